@@ -1,0 +1,159 @@
+# PicoMDM — one plain GNU Makefile.
+#
+#   make            build every binary into bin/ (and regenerate docs/bus.md)
+#   make deps       install the Debian 12 packages listed in deps.txt that are missing
+#   make check      unit + integration tests, then unit tests again under ASan+UBSan,
+#                   then a short fuzz smoke run; ends with the runner's summary line
+#   make check T=pm_msg   run one test (unit test name or tests/it/<name>.sh)
+#   make run        deps + build + `bin/picomdm up` (the whole MDM on this host)
+#   make bench      benchmarks (figures, not pass/fail)
+#   make fuzz       run every libFuzzer target for FUZZ_SECONDS each
+#   make lint       clang-format check + banned functions
+#
+# Layout rules (so new code needs no Makefile edit):
+#   proto/*.c common/*.c          -> build/<v>/libpicomdm.a (shared by every process)
+#   <proc>/*.c                    -> bin/picomdm-<proc>   (broker gateway store scheduler pusher ca)
+#   tools/<name>/*.c              -> bin/<name>           (picomdm, picomdm-devsim, picomdm-fake-apns)
+#   tests/tools/<name>.c          -> build/<v>/tt/<name>  (helper programs for integration tests)
+#   any */*_test.c                -> build/<v>/test/<name> (cmocka; linked with its folder's
+#                                    modules except main.c; tools/<name>/*_test.c likewise)
+#   tests/fuzz/fuzz_<name>.c      -> build/fuzz/fuzz_<name> (clang libFuzzer)
+
+VARIANT ?= rel
+B       := build/$(VARIANT)
+ifeq ($(VARIANT),rel)
+BIN     := bin
+SAN     :=
+OPT     ?= -O2 -g
+else ifeq ($(VARIANT),asan)
+BIN     := $(B)/bin
+SAN     := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+OPT     ?= -O1 -g
+else ifeq ($(VARIANT),fuzz)
+CC      := clang
+BIN     := $(B)/bin
+SAN     := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
+OPT     ?= -O1 -g
+endif
+
+PKGS     := libzmq libczmq libsodium openssl libplist-2.0 libcurl sqlite3 msgpack libevent \
+            libevent_openssl libnghttp2
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) cmocka 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
+CMOCKA     = $(shell pkg-config --libs cmocka 2>/dev/null)
+
+WARN     := -Wall -Wextra -Werror -Wshadow -Wformat=2 -Wno-missing-field-initializers
+CFLAGS   := -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(SAN) -Iproto -Icommon -MMD -MP
+LDFLAGS  := $(SAN)
+
+PROCS    := broker gateway store scheduler pusher ca
+TOOLS    := $(notdir $(patsubst %/,%,$(wildcard tools/*/)))
+srcs      = $(filter-out %_test.c,$(wildcard $(1)/*.c))
+objs      = $(patsubst %.c,$(B)/%.o,$(1))
+
+LIB_SRC  := $(call srcs,proto) $(call srcs,common)
+LIB      := $(B)/libpicomdm.a
+
+PROC_BINS := $(foreach p,$(PROCS),$(if $(call srcs,$(p)),$(BIN)/picomdm-$(p)))
+TOOL_BINS := $(foreach t,$(TOOLS),$(if $(call srcs,tools/$(t)),$(BIN)/$(t)))
+TT_SRC    := $(wildcard tests/tools/*.c)
+TT_BINS   := $(patsubst tests/tools/%.c,$(B)/tt/%,$(TT_SRC))
+TEST_SRC  := $(wildcard proto/*_test.c common/*_test.c $(addsuffix /*_test.c,$(PROCS)) \
+               tools/*/*_test.c)
+TEST_BINS := $(foreach t,$(TEST_SRC),$(B)/test/$(notdir $(t:_test.c=)))
+
+.PHONY: all bins tests deps check run bench fuzz lint clean install docs
+.DEFAULT_GOAL := all
+
+all: bins tests $(if $(wildcard proto/gen/busdoc.c),docs/bus.md)
+bins: $(PROC_BINS) $(TOOL_BINS)
+tests: $(TEST_BINS) $(TT_BINS)
+
+$(B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
+
+$(LIB): $(call objs,$(LIB_SRC))
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+# one binary per process folder
+define PROC_RULE
+$(BIN)/picomdm-$(1): $(call objs,$(call srcs,$(1))) $(LIB)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(PKG_LIBS)
+endef
+$(foreach p,$(PROCS),$(eval $(call PROC_RULE,$(p))))
+
+define TOOL_RULE
+$(BIN)/$(1): $(call objs,$(call srcs,tools/$(1))) $(LIB)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(PKG_LIBS)
+endef
+$(foreach t,$(TOOLS),$(eval $(call TOOL_RULE,$(t))))
+
+$(B)/tt/%: $(B)/tests/tools/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+# a unit test links its own folder's modules (minus main.c) and the library
+define TEST_RULE
+$(B)/test/$(notdir $(1:_test.c=)): $(call objs,$(1) $(filter-out $(dir $(1))main.c,$(call srcs,$(patsubst %/,%,$(dir $(1)))))) $(LIB)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(CMOCKA) $$(PKG_LIBS)
+endef
+$(foreach t,$(TEST_SRC),$(eval $(call TEST_RULE,$(t))))
+
+# the bus reference is generated from the message table (proto/pm_msgtab.def)
+$(B)/gen-busdoc: $(B)/proto/gen/busdoc.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+docs/bus.md: $(B)/gen-busdoc
+	$< > $@.tmp && mv $@.tmp $@
+
+# ---- fuzzing (clang libFuzzer) ----
+FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
+FUZZ_SECONDS ?= 60
+fuzz-bins:
+	$(MAKE) VARIANT=fuzz $(FUZZ_BINS)
+build/fuzz/fuzz_%: build/fuzz/tests/fuzz/fuzz_%.o $(LIB)
+	$(CC) -fsanitize=fuzzer,address,undefined -o $@ $^ $(PKG_LIBS)
+fuzz: fuzz-bins
+	@for f in $(FUZZ_BINS); do n=$${f##*/fuzz_}; mkdir -p build/fuzz/corpus/$$n; \
+	  echo "== $$f ($(FUZZ_SECONDS)s)"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus/$$n tests/fuzz/corpus/$$n || exit 1; done
+
+# ---- the things people type ----
+deps:
+	@missing=$$(grep -v '^\s*#' deps.txt | grep -v '^\s*$$' | while read p; do \
+	  dpkg-query -W -f='$${Status}\n' "$$p" 2>/dev/null | grep -q '^install ok installed' || echo "$$p"; done); \
+	if [ -z "$$missing" ]; then echo "deps: all $$(grep -cv '^\s*\(#\|$$\)' deps.txt) packages installed"; \
+	else echo "deps: installing" $$missing; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; fi
+
+check:
+	$(MAKE) all
+	$(MAKE) VARIANT=asan tests
+	$(MAKE) fuzz-bins
+	@tests/run.sh $(T)
+
+run: deps
+	$(MAKE) all
+	bin/picomdm up
+
+bench: all
+	@tests/bench.sh
+
+lint:
+	@fail=0; files=$$(git ls-files '*.c' '*.h'); \
+	clang-format --dry-run -Werror $$files || fail=1; \
+	if grep -nE '\b(sprintf|strcpy|strcat|atoi|gets)\s*\(' $$files; then \
+	  echo "lint: banned function (use snprintf, memcpy with a bound, strtol)"; fail=1; fi; \
+	[ $$fail = 0 ] && echo "lint: ok"; exit $$fail
+
+clean:
+	rm -rf build bin
+
+-include $(shell find build/$(VARIANT) -name '*.d' 2>/dev/null)

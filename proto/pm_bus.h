@@ -1,0 +1,117 @@
+/*  pm_bus — the bus client library used by every process: requests to named
+ *  services (client side), serving a service (worker side), and events.
+ *
+ *  Request plane (Majordomo-style, ZeroMQ guide ch. 4), through the broker's
+ *  ROUTER "request endpoint". Wire frames (all sockets are DEALER on our side):
+ *    client -> broker : "PMC1", service, rid, body
+ *    broker -> client : "PMC1", service, rid, body        (reply, or an `error` msg)
+ *    worker -> broker : "PMW1", 0x01 READY, service, capacity(ascii)
+ *                       "PMW1", 0x03 REPLY, client-id, rid, body
+ *                       "PMW1", 0x04 HEARTBEAT
+ *                       "PMW1", 0x05 DISCONNECT
+ *    broker -> worker : "PMW1", 0x02 REQUEST, client-id, rid, body
+ *                       "PMW1", 0x04 HEARTBEAT
+ *                       "PMW1", 0x05 DISCONNECT        (worker re-registers)
+ *  body is an encoded pm_msg; rid repeats the envelope's request id so the
+ *  broker can route and fail requests without decoding bodies.
+ *  Heartbeats go both ways; a peer silent for 3 intervals is dead. The broker
+ *  fails a dead worker's in-flight requests back to their clients (an `error`
+ *  reply, code "worker_lost"), and the client retries them with the same rid.
+ *  A client retries with the same rid after each per-attempt timeout; the
+ *  worker side keeps a cache of recent rids so a retried request is answered
+ *  from the cache (or dropped while the first copy is still being handled):
+ *  every service is idempotent for retries without doing anything itself.
+ *
+ *  Event plane: we PUB into the broker's XSUB "publish endpoint" and SUB from
+ *  its XPUB "subscribe endpoint". Frames: topic (= event name), body (pm_msg EVENT).
+ *
+ *  Threading: one pm_bus_t per thread; the process's loop drives it, either
+ *  with pm_bus_run_once (blocking poll) or, from a foreign event loop such as
+ *  libevent, with pm_bus_fds + pm_bus_process + pm_bus_next_timeout.
+ */
+#ifndef PM_BUS_H
+#define PM_BUS_H
+
+#include "pm_msg.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct {
+    const char *name;               //  for logs and socket identities ("gateway", "store"...)
+    const char *request_endpoint;   //  broker ROUTER; NULL = no request plane
+    const char *publish_endpoint;   //  broker XSUB; NULL = we do not publish
+    const char *subscribe_endpoint; //  broker XPUB; NULL = we do not subscribe
+    const char *server_public_key;  //  broker's CURVE public key (Z85); NULL = plain (ipc/loopback)
+    const char *cert_file;          //  our CURVE certificate (zcert secret file), with server key
+    int heartbeat_ms;               //  0 = 1000
+    int capacity;                   //  worker: requests in flight at once (0 = 256)
+} pm_bus_config_t;
+
+typedef struct pm_bus pm_bus_t;
+typedef struct pm_bus_job pm_bus_job_t;
+
+//  Connect. Returns NULL (reason logged) on a bad endpoint or key.
+pm_bus_t *pm_bus_new(const pm_bus_config_t *cfg);
+void pm_bus_destroy(pm_bus_t **bus);
+
+/* ---- client side ---- */
+
+//  Called exactly once per request: `reply` on success (owned by the library,
+//  valid during the call; an `error` message is a reply too), or reply == NULL
+//  and `error` says why (timed out after all retries, undecodable reply...).
+typedef void(pm_bus_reply_fn)(void *arg, const pm_msg_t *reply, const char *error);
+
+//  Send `req` to `service`; `timeout_ms` per attempt, `retries` extra attempts
+//  with the same rid. Returns 0, or -1 if it could not even be queued.
+int pm_bus_call_async(pm_bus_t *bus, const char *service, const pm_msg_t *req, int timeout_ms,
+                      int retries, pm_bus_reply_fn *fn, void *arg);
+
+//  Blocking call (drives the bus while waiting; other callbacks may run).
+//  Returns the reply (caller owns) or NULL with the reason in err.
+pm_msg_t *pm_bus_call(pm_bus_t *bus, const char *service, const pm_msg_t *req, int timeout_ms,
+                      int retries, char *err, size_t errlen);
+
+/* ---- worker side ---- */
+
+//  A request for us. The handler owns `job` and must end it with
+//  pm_bus_job_reply or pm_bus_job_drop, now or later (group commit replies later).
+typedef void(pm_bus_job_fn)(void *arg, pm_bus_job_t *job);
+
+//  Register as a worker of `service` (re-registers by itself after a broker
+//  restart). Undecodable requests are answered with `error` bad_request by the
+//  library and logged; the handler never sees them.
+int pm_bus_serve(pm_bus_t *bus, const char *service, pm_bus_job_fn *fn, void *arg);
+
+const pm_msg_t *pm_bus_job_msg(const pm_bus_job_t *job);
+//  Send the reply and free the job. Returns -1 if the reply could not be encoded
+//  (an `error` internal reply is sent instead).
+int pm_bus_job_reply(pm_bus_job_t **job, const pm_msg_t *reply);
+void pm_bus_job_drop(pm_bus_job_t **job);
+
+/* ---- events ---- */
+
+//  Publish an EVENT message; the topic frame is its `name` field.
+int pm_bus_publish(pm_bus_t *bus, const pm_msg_t *event);
+
+typedef void(pm_bus_event_fn)(void *arg, const char *topic, const pm_msg_t *event);
+//  Subscribe to topics starting with `prefix` ("" = all).
+int pm_bus_subscribe(pm_bus_t *bus, const char *prefix, pm_bus_event_fn *fn, void *arg);
+
+/* ---- driving the bus ---- */
+
+//  Wait up to timeout_ms for traffic, then handle everything that is pending
+//  (bounded batch), timers included. Returns messages handled, or -1 when the
+//  process was interrupted (SIGINT/SIGTERM).
+int pm_bus_run_once(pm_bus_t *bus, int timeout_ms);
+
+//  For foreign event loops: the file descriptors to watch for readability
+//  (ZMQ_FD: edge-triggered — call pm_bus_process whenever one fires AND after
+//  every pm_bus_call_async/pm_bus_job_reply/pm_bus_publish). Returns the count.
+int pm_bus_fds(const pm_bus_t *bus, int *fds, int max);
+//  Non-blocking: handle everything pending now. Returns messages handled.
+int pm_bus_process(pm_bus_t *bus);
+//  Milliseconds until pm_bus_process must run again for heartbeats and retries.
+int pm_bus_next_timeout(const pm_bus_t *bus);
+
+#endif

@@ -1,0 +1,44 @@
+/*  pm_plist — the plist <-> msgpack bridge. Plist exists only at the gateway's
+ *  edge (and in tools that speak to devices); on the bus everything is msgpack.
+ *
+ *  Mapping (lossless both ways): dict->map (str keys), array->array,
+ *  string->str, integer->int (the full signed and unsigned 64-bit range),
+ *  real->float64, bool->bool, data->bin, date->msgpack timestamp ext (-1),
+ *  uid->(rejected: never valid in MDM plists).
+ *
+ *  Debian 12's libplist 2.2 has no depth limit and no error returns, so the
+ *  input is bounded (size, nesting depth, node count) by a pre-scan of the
+ *  bytes before libplist parses them: deep nesting is a clean error, never a
+ *  stack overflow.
+ */
+#ifndef PM_PLIST_H
+#define PM_PLIST_H
+
+#include <msgpack.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    size_t max_bytes;   //  input size
+    unsigned max_depth; //  dict/array nesting
+    size_t max_nodes;   //  every value counts one
+} pm_plist_limits_t;
+
+//  8 MiB, depth 32, 500k nodes: room for a large InstalledApplicationList.
+extern const pm_plist_limits_t pm_plist_default_limits;
+
+//  XML or binary plist -> msgpack bytes (*out malloc'd, caller frees).
+//  Returns 0, or -1 with a one-line reason in err.
+int pm_plist_to_msgpack(const char *data, size_t len, const pm_plist_limits_t *lim, uint8_t **out,
+                        size_t *outlen, char *err, size_t errlen);
+
+//  msgpack object -> XML plist text (*xml malloc'd, NUL-terminated, caller frees).
+//  Fails on values a plist cannot carry (nil, ext other than timestamp, non-str map keys).
+int pm_plist_from_msgpack(const msgpack_object *obj, char **xml, size_t *xmllen, char *err,
+                          size_t errlen);
+
+//  Same, from encoded msgpack bytes (checked with pm_mpck first).
+int pm_plist_from_msgpack_bytes(const uint8_t *data, size_t len, char **xml, size_t *xmllen,
+                                char *err, size_t errlen);
+
+#endif
