@@ -21,11 +21,11 @@
 #define PM_PROTO_VERSION 1
 //  FNV-1a 64 of the table (names, services, fields, types, required flags).
 //  The pm_msg test fails when the table changes and this does not.
-#define PM_PROTO_FINGERPRINT 0xf8bfe40f80a8ce0aULL
+#define PM_PROTO_FINGERPRINT 0x6f9aa519f8039bdbULL
 
 #define PM_MSG_MAX_BYTES (16u * 1024 * 1024) //  also ZMQ_MAXMSGSIZE on every bus socket
 #define PM_MSG_MAX_DEPTH 32
-#define PM_MSG_MAX_ELEMENTS (1u << 20)       //  array/map entries in one message, all levels
+#define PM_MSG_MAX_ELEMENTS (1u << 20) //  array/map entries in one message, all levels
 #define PM_RID_MAX 64
 
 typedef enum {
@@ -33,13 +33,13 @@ typedef enum {
     PM_T_INT,     //  integer (positive or negative), fits int64
     PM_T_UINT,    //  non-negative integer
     PM_T_BOOL,
-    PM_T_FLOAT,   //  float32/64 (an integer is accepted and widened)
+    PM_T_FLOAT, //  float32/64 (an integer is accepted and widened)
     PM_T_BIN,
-    PM_T_MAP,     //  any map (string keys not enforced inside)
-    PM_T_ARRAY,   //  any array
-    PM_T_STRS,    //  array of str
-    PM_T_ANY,     //  anything
-    PM_T_TIME     //  msgpack timestamp extension (type -1)
+    PM_T_MAP,   //  any map (string keys not enforced inside)
+    PM_T_ARRAY, //  any array
+    PM_T_STRS,  //  array of str
+    PM_T_ANY,   //  anything
+    PM_T_TIME   //  msgpack timestamp extension (type -1)
 } pm_ftype_t;
 
 typedef struct {
