@@ -363,19 +363,35 @@ int pm_msg_set_ts(pm_msg_t *msg, uint64_t ts)
 
 /* ---- type checks shared by setters and the decoder ---- */
 
+static bool s_name_eq(const char *n, const char *name, size_t len)
+{
+    return strlen(n) == len && memcmp(n, name, len) == 0;
+}
+
 static int s_field_index(const pm_msgdef_t *def, const char *name, size_t len, int hint)
 {
-    if (hint >= 0 && hint < def->nfields) {
-        const char *n = def->fields[hint].name;
-        if (strncmp(n, name, len) == 0 && n[len] == '\0')
-            return hint;
-    }
-    for (int i = 0; i < def->nfields; i++) {
-        const char *n = def->fields[i].name;
-        if (strncmp(n, name, len) == 0 && n[len] == '\0')
+    if (hint >= 0 && hint < def->nfields && s_name_eq(def->fields[hint].name, name, len))
+        return hint;
+    for (int i = 0; i < def->nfields; i++)
+        if (s_name_eq(def->fields[i].name, name, len))
             return i;
-    }
     return -1;
+}
+
+//  A str from the wire, made safe for a one-line log message: at most
+//  size-4 chars, anything but printable ASCII shown as '?', "..." if cut.
+static const char *s_safe(char *buf, size_t size, const msgpack_object *o)
+{
+    size_t n = o->via.str.size, k = 0;
+    for (; k < n && k + 4 < size; k++) {
+        char c = o->via.str.ptr[k];
+        buf[k] = c >= 0x20 && c < 0x7f ? c : '?';
+    }
+    if (k < n)
+        for (int d = 0; d < 3; d++)
+            buf[k++] = '.';
+    buf[k] = '\0';
+    return buf;
 }
 
 static const char *s_otype_name(msgpack_object_type t)
@@ -1014,9 +1030,9 @@ int pm_msg_decode(const uint8_t *data, size_t len, pm_msg_t **msgp, char *err, s
             if (pm_mp_str_eq(&kv->key, keys[k]))
                 break;
         if (k == 5) {
-            s_err(err, errlen, "decode: unknown envelope key '%.*s' (allowed: v type rid ts body)",
-                  (int)(kv->key.via.str.size > 40 ? 40 : kv->key.via.str.size),
-                  kv->key.via.str.ptr);
+            char safe[48];
+            s_err(err, errlen, "decode: unknown envelope key '%s' (allowed: v type rid ts body)",
+                  s_safe(safe, sizeof safe, &kv->key));
             goto out;
         }
         if (env[k]) {
@@ -1046,8 +1062,8 @@ int pm_msg_decode(const uint8_t *data, size_t len, pm_msg_t **msgp, char *err, s
     }
     pm_msg_type_t type = s_type_lookup(env[1]->via.str.ptr, env[1]->via.str.size);
     if (type == PM_MSG_INVALID) {
-        s_err(err, errlen, "decode: unknown message type '%.*s'",
-              (int)(env[1]->via.str.size > 40 ? 40 : env[1]->via.str.size), env[1]->via.str.ptr);
+        char safe[48];
+        s_err(err, errlen, "decode: unknown message type '%s'", s_safe(safe, sizeof safe, env[1]));
         goto out;
     }
     if (env[2]->type != MSGPACK_OBJECT_STR ||
@@ -1088,9 +1104,9 @@ int pm_msg_decode(const uint8_t *data, size_t len, pm_msg_t **msgp, char *err, s
         //  the encoder writes fields in table order: try the i-th first
         int f = s_field_index(def, kv->key.via.str.ptr, kv->key.via.str.size, (int)i);
         if (f < 0) {
-            s_err(err, errlen, "decode %s: unknown field '%.*s'", def->name,
-                  (int)(kv->key.via.str.size > 40 ? 40 : kv->key.via.str.size),
-                  kv->key.via.str.ptr);
+            char safe[48];
+            s_err(err, errlen, "decode %s: unknown field '%s'", def->name,
+                  s_safe(safe, sizeof safe, &kv->key));
             goto out;
         }
         if (msg->present & (1ULL << f)) {

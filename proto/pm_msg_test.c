@@ -458,6 +458,14 @@ static void test_reject_body(void **state)
     w_str(&w, "delay_ms"), msgpack_pack_uint32(&w.pk, 1);
     w_str(&w, "delay_ms"), msgpack_pack_uint32(&w.pk, 1);
     w_expect(&w, "'delay_ms' appears twice");
+    //  hostile key bytes: the reason stays one printable line (fuzz finding)
+    w_env(&w, PM_PROTO_VERSION, "ok", "r1", 1);
+    msgpack_pack_str_with_body(&w.pk, "\xff\ndy", 4), msgpack_pack_true(&w.pk);
+    w_expect(&w, "unknown field '??dy'");
+    //  a key with an embedded NUL is not the field before the NUL
+    w_env(&w, PM_PROTO_VERSION, "echo", "r1", 1);
+    msgpack_pack_str_with_body(&w.pk, "payload\0xx", 10), msgpack_pack_true(&w.pk);
+    w_expect(&w, "unknown field 'payload?xx'");
     //  non-str body key
     w_env(&w, PM_PROTO_VERSION, "ok", "r1", 1);
     msgpack_pack_uint32(&w.pk, 1), msgpack_pack_true(&w.pk);
