@@ -9,6 +9,7 @@
  */
 #include "cli.h"
 #include "cli_command.h"
+#include "cli_up.h"
 #include "cmdtab.h"
 #include "pm_cfg.h"
 #include "pm_log.h"
@@ -65,19 +66,12 @@ static const s_cmd_t s_cmds[] = {
     {"commands", "[RequestType]",
      "list the MDM commands Apple's schema defines, or describe one (keys, types, values)", s_none,
      false, false, s_run_commands},
+    {"up", "[--data-dir DIR] [--listen ADDR:PORT] [options]",
+     "start the whole MDM on this host (every process, certificates, supervision)", cli_up_opts,
+     false, false, cli_up_run},
     {"help", "[subcommand]", "this overview, or the help of one subcommand", s_none, false, false,
      s_run_help},
     {NULL, NULL, NULL, NULL, false, false, NULL}};
-
-const char *cli_arg(const cli_ctx_t *ctx, int i)
-{
-    return pm_cfg_arg(ctx->cfg, i);
-}
-
-int cli_argc(const cli_ctx_t *ctx)
-{
-    return pm_cfg_argc(ctx->cfg);
-}
 
 static const s_cmd_t *s_find_cmd(const char *name)
 {
