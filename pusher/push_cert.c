@@ -152,8 +152,13 @@ push_cert_t *push_cert_load(const char *cert_path, const char *key_path, const c
         c->x509 = PEM_read_bio_X509(b, NULL, NULL, NULL);
     if (c->x509) {
         //  the key may follow in the same file
-        if (!key_path && BIO_reset(b) == 0)
-            c->key = PEM_read_bio_PrivateKey(b, NULL, NULL, (void *)(password ? password : ""));
+        if (!key_path) {
+            BIO *kb = BIO_new_mem_buf(data, (int)len); //  the key may come before or after
+            if (kb)
+                c->key =
+                    PEM_read_bio_PrivateKey(kb, NULL, NULL, (void *)(password ? password : ""));
+            BIO_free(kb);
+        }
     } else {
         ERR_clear_error();
         int r = s_load_p12(c, data, len, password, cert_path, err, errlen);
