@@ -79,6 +79,31 @@ static push_cert_t *s_load_cert(const pm_cfg_t *cfg)
     return c;
 }
 
+//  SIGHUP: load the certificate again; on success the client switches to it
+//  (stopped topics resume). The old certificate stays in use on failure.
+static void s_tick(void *arg, push_apns_t *apns)
+{
+    push_cert_t **cert = ((void **)arg)[0];
+    const pm_cfg_t *cfg = ((void **)arg)[1];
+    if (!s_reload)
+        return;
+    s_reload = 0;
+    pm_notice("SIGHUP: reloading the push certificate");
+    push_cert_t *fresh = s_load_cert(cfg);
+    char err[256];
+    if (!fresh) {
+        pm_error("reload failed: still using the previous certificate");
+        return;
+    }
+    if (push_apns_set_cert(apns, fresh, err, sizeof err) < 0) {
+        pm_error("reload failed: %s", err);
+        push_cert_destroy(&fresh);
+        return;
+    }
+    push_cert_destroy(cert);
+    *cert = fresh;
+}
+
 int main(int argc, char **argv)
 {
     pm_cfg_t *cfg = NULL;
@@ -126,8 +151,8 @@ int main(int argc, char **argv)
         goto out;
     }
     pm_info("pushing to %s with %d connection(s); reading wakes from stdin", base, ac.connections);
-    rc = push_stdin_run(apns, 0, stdout) == 0 ? 0 : 1;
-    (void)s_reload;
+    void *tick_arg[2] = {&cert, cfg};
+    rc = push_stdin_run(apns, 0, stdout, s_tick, tick_arg) == 0 ? 0 : 1;
 out:
     push_apns_destroy(&apns);
     push_cert_destroy(&cert);

@@ -126,7 +126,7 @@ static void s_line(push_apns_t *a, char *line, FILE *out)
     push_apns_wake(a, &t);
 }
 
-int push_stdin_run(push_apns_t *a, int fd, FILE *out)
+int push_stdin_run(push_apns_t *a, int fd, FILE *out, push_stdin_tick_fn *tick, void *arg)
 {
     char *buf = malloc(S_BUF + 1);
     size_t have = 0;
@@ -136,6 +136,8 @@ int push_stdin_run(push_apns_t *a, int fd, FILE *out)
         return -1;
     while (!zsys_interrupted) {
         struct curl_waitfd wfd = {.fd = fd, .events = CURL_WAIT_POLLIN};
+        if (tick)
+            tick(arg, a);
         if (eof && push_apns_pending(a) == 0)
             break;
         if (push_apns_poll(a, eof ? NULL : &wfd, eof ? 0 : 1, 1000) < 0) {

@@ -21,7 +21,10 @@
 //  The event callback for push_apns_new: prints the JSON line. arg = FILE*.
 void push_stdin_print(void *arg, const push_result_t *r);
 
+//  Called once per loop turn; lets main reload the certificate on SIGHUP.
+typedef void(push_stdin_tick_fn)(void *arg, push_apns_t *apns);
+
 //  Run until end of input and no pending push (or interrupted). 0 / -1.
-int push_stdin_run(push_apns_t *apns, int fd, FILE *out);
+int push_stdin_run(push_apns_t *apns, int fd, FILE *out, push_stdin_tick_fn *tick, void *arg);
 
 #endif

@@ -286,6 +286,9 @@ static void s_delay_cb(evutil_socket_t fd, short what, void *arg)
     s_session_send(c); //  a failure closes the connection from the write path
 }
 
+//  GOAWAY as APNs sends it before closing: this stream and any later one are
+//  refused (the client may retry them elsewhere), earlier ones are still
+//  answered, then the connection closes.
 static void s_goaway(s_stream_t *st)
 {
     s_conn_t *c = st->conn;
@@ -293,6 +296,15 @@ static void s_goaway(s_stream_t *st)
     int32_t last = st->id > 2 ? st->id - 2 : 0;
     nghttp2_submit_goaway(c->session, NGHTTP2_FLAG_NONE, last, NGHTTP2_NO_ERROR,
                           (const uint8_t *)dbg, sizeof dbg - 1);
+    for (s_stream_t *x = c->streams; x; x = x->next)
+        if (x->id > last && !x->answered) {
+            x->answered = true;
+            if (x->timer_set) {
+                event_del(&x->timer);
+                x->timer_set = false;
+            }
+            nghttp2_submit_rst_stream(c->session, NGHTTP2_FLAG_NONE, x->id, NGHTTP2_REFUSED_STREAM);
+        }
     c->srv->st.goaways++;
     c->closing = true;
 }
@@ -503,10 +515,6 @@ static int s_session_send(s_conn_t *c)
 static void s_readcb(struct bufferevent *bev, void *ptr)
 {
     s_conn_t *c = ptr;
-    if (c->closing) {
-        evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
-        return;
-    }
     struct evbuffer *in = bufferevent_get_input(bev);
     size_t len = evbuffer_get_length(in);
     unsigned char *data = evbuffer_pullup(in, -1);
@@ -531,7 +539,8 @@ static void s_writecb(struct bufferevent *bev, void *ptr)
             s_conn_free(c);
         return;
     }
-    if (c->closing ||
+    //  after a GOAWAY: close once the streams before it are answered
+    if ((c->closing && c->open_streams == 0) ||
         (!nghttp2_session_want_read(c->session) && !nghttp2_session_want_write(c->session)))
         s_conn_free(c);
 }
