@@ -57,6 +57,13 @@ struct push_apns {
     size_t inflight, max_inflight;
     uint64_t rnd;
     bool kick; //  transfers finished: poll again soon
+    //  Connections known to be up (local ports of answered requests). libcurl
+    //  7.88 parks a transfer added while its connection is still being set up
+    //  ("pending") and releases parked ones one at a time as others finish,
+    //  which serialises everything; so we only add what fits on connections
+    //  that answered, plus one transfer that may open the next connection.
+    long ports[64];
+    int nports;
     push_apns_stats_t st;
 };
 
@@ -338,7 +345,10 @@ static void s_wait(push_apns_t *a, s_job_t *j, int64_t due)
 //  Start queued pushes while there is room.
 static void s_pump(push_apns_t *a)
 {
-    while (a->inflight < a->max_inflight) {
+    size_t limit = (size_t)a->nports * (size_t)a->cfg.streams + 1;
+    if (limit > a->max_inflight)
+        limit = a->max_inflight;
+    while (a->inflight < limit) {
         s_job_t *j = zlistx_first(a->ready);
         if (!j)
             break;
@@ -425,6 +435,17 @@ static void s_done(push_apns_t *a, CURL *e, CURLcode res)
     a->inflight--;
     char reason[64];
     s_json_field(j->resp, "reason", reason, sizeof reason);
+    if (res == CURLE_OK) {
+        long port = 0;
+        curl_easy_getinfo(e, CURLINFO_LOCAL_PORT, &port);
+        int i = 0;
+        while (i < a->nports && a->ports[i] != port)
+            i++;
+        if (i == a->nports && a->nports < a->cfg.connections && a->nports < 64)
+            a->ports[a->nports++] = port;
+    } else {
+        a->nports = 0; //  connections may be gone: probe again before flooding
+    }
     if (res != CURLE_OK) {
         s_retry(a, j, 0, res == CURLE_OPERATION_TIMEDOUT ? "timeout" : curl_easy_strerror(res));
         return;
@@ -690,7 +711,8 @@ int push_apns_wake(push_apns_t *a, const push_target_t *t)
 long push_apns_next_ms(push_apns_t *a)
 {
     long next = -1;
-    if (zlistx_size(a->ready) && a->inflight < a->max_inflight)
+    if (zlistx_size(a->ready) && a->inflight < (size_t)a->nports * (size_t)a->cfg.streams + 1 &&
+        a->inflight < a->max_inflight)
         return 0;
     if (zlistx_size(a->waiting)) {
         int64_t now = s_now_ms(), min = INT64_MAX;

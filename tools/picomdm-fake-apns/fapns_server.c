@@ -465,9 +465,29 @@ static int s_data_cb(nghttp2_session *session, uint8_t flags, int32_t stream_id,
     return 0;
 }
 
+static int s_frame_send_cb(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
+{
+    (void)session, (void)user_data;
+    if (frame->hd.type == NGHTTP2_GOAWAY)
+        pm_debug("GOAWAY sent: last stream %d, %s", frame->goaway.last_stream_id,
+                 nghttp2_http2_strerror(frame->goaway.error_code));
+    return 0;
+}
+
+static int s_error_cb(nghttp2_session *session, int lib_error_code, const char *msg, size_t len,
+                      void *user_data)
+{
+    (void)session, (void)user_data;
+    pm_debug("nghttp2: %.*s (%s)", (int)len, msg, nghttp2_strerror(lib_error_code));
+    return 0;
+}
+
 static int s_frame_recv_cb(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
 {
     (void)user_data;
+    if (frame->hd.type == NGHTTP2_GOAWAY)
+        pm_debug("GOAWAY received from the client: %s",
+                 nghttp2_http2_strerror(frame->goaway.error_code));
     if ((frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS) &&
         (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
         s_stream_t *st = nghttp2_session_get_stream_user_data(session, frame->hd.stream_id);
@@ -569,11 +589,22 @@ static void s_on_connected(s_conn_t *c)
     nghttp2_session_callbacks_new(&cbs);
     nghttp2_session_callbacks_set_send_callback(cbs, s_send_cb);
     nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, s_frame_recv_cb);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cbs, s_frame_send_cb);
+    nghttp2_session_callbacks_set_error_callback2(cbs, s_error_cb);
     nghttp2_session_callbacks_set_on_stream_close_callback(cbs, s_stream_close_cb);
     nghttp2_session_callbacks_set_on_header_callback(cbs, s_header_cb);
     nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, s_begin_headers_cb);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, s_data_cb);
-    int rv = nghttp2_session_server_new(&c->session, cbs, c);
+    //  libcurl 7.88 ends every answered stream with RST_STREAM(STREAM_CLOSED);
+    //  Debian's nghttp2 1.52 carries the rapid-reset limit (burst 1000, 33/s)
+    //  and would tear the connection down after ~1000 pushes. The stand-in
+    //  is about APNs rules, not that defence: allow 1M resets, 1M/s.
+    nghttp2_option *opt = NULL;
+    nghttp2_option_new(&opt);
+    if (opt)
+        nghttp2_option_set_stream_reset_rate_limit(opt, 1000000, 1000000);
+    int rv = nghttp2_session_server_new2(&c->session, cbs, c, opt);
+    nghttp2_option_del(opt);
     nghttp2_session_callbacks_del(cbs);
     if (rv != 0) {
         s_conn_free(c);
@@ -603,6 +634,14 @@ static void s_eventcb(struct bufferevent *bev, short events, void *ptr)
         pm_info("TLS handshake failed: %s (a client certificate from the configured CA and ALPN "
                 "h2 are required)",
                 why);
+    } else {
+        unsigned long e = bufferevent_get_openssl_error(c->bev);
+        char why[256] = "";
+        if (e)
+            ERR_error_string_n(e, why, sizeof why);
+        pm_debug("connection closed (%s%s%s) with %lu open streams",
+                 (events & BEV_EVENT_EOF) ? "eof" : "error", *why ? ": " : "", why,
+                 c->open_streams);
     }
     s_conn_free(c);
 }
@@ -759,6 +798,10 @@ static SSL_CTX *s_ssl_ctx(fapns_server_t *s, char *err, size_t errlen)
     if (names)
         SSL_CTX_set_client_CA_list(ctx, names);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+    //  clients resume TLS sessions on new connections (libcurl does): with
+    //  client verification OpenSSL needs a session id context for that
+    static const unsigned char sid[] = "picomdm-fake-apns";
+    SSL_CTX_set_session_id_context(ctx, sid, sizeof sid - 1);
     SSL_CTX_set_alpn_select_cb(ctx, s_alpn_cb, s);
     return ctx;
 fail : {
