@@ -1485,3 +1485,28 @@ int pm_plist_from_msgpack(const msgpack_object *obj, char **xml, size_t *xmllen,
     *xmllen = n;
     return 0;
 }
+
+int pm_plist_from_msgpack_bytes(const uint8_t *data, size_t len, char **xml, size_t *xmllen,
+                                char *err, size_t errlen)
+{
+    if (!data || !xml || !xmllen) {
+        s_err(err, errlen, "msgpack->plist: missing argument");
+        return -1;
+    }
+    *xml = NULL;
+    *xmllen = 0;
+    //  same bounds as the plist direction: what one converts, the other can
+    const pm_mpck_limits_t lim = {.max_depth = s_depth_limit(&pm_plist_default_limits),
+                                  .max_elements = pm_plist_default_limits.max_nodes};
+    msgpack_zone zone;
+    msgpack_object obj;
+    int rc = -1;
+    if (!msgpack_zone_init(&zone, 4096)) {
+        s_err(err, errlen, "msgpack->plist: out of memory");
+        return -1;
+    }
+    if (pm_mpck_unpack(data, len, &lim, &zone, &obj, err, errlen) == 0)
+        rc = pm_plist_from_msgpack(&obj, xml, xmllen, err, errlen);
+    msgpack_zone_destroy(&zone);
+    return rc;
+}

@@ -75,19 +75,11 @@ static void s_expect_fail(const char *data, size_t len, const char *needle)
         fail_msg("error \"%s\" does not mention \"%s\"", s_errbuf, needle);
 }
 
-//  msgpack bytes -> XML (our own output, trusted: plain msgpack_unpack).
+//  msgpack bytes -> XML through the bounded entry point.
 static int s_mp_to_xml(const uint8_t *mp, size_t mplen, char **xml, size_t *xmllen)
 {
-    msgpack_zone zone;
-    msgpack_zone_init(&zone, 4096);
-    msgpack_object obj;
-    size_t off = 0;
-    int rc = -1;
-    if (msgpack_unpack((const char *)mp, mplen, &off, &zone, &obj) == MSGPACK_UNPACK_SUCCESS &&
-        off == mplen)
-        rc = pm_plist_from_msgpack(&obj, xml, xmllen, s_errbuf, sizeof s_errbuf);
-    msgpack_zone_destroy(&zone);
-    return rc;
+    s_errbuf[0] = 0;
+    return pm_plist_from_msgpack_bytes(mp, mplen, xml, xmllen, s_errbuf, sizeof s_errbuf);
 }
 
 //  plist -> msgpack -> XML -> msgpack must give identical bytes. Returns the
@@ -624,6 +616,24 @@ static void test_from_msgpack_rejects(void **state)
     assert_int_equal(pm_plist_from_msgpack(&deep[100 - 32], &out, &outlen, s_errbuf, 256), 0);
     free(out);
     assert_int_equal(pm_plist_from_msgpack(&deep[100 - 33], &out, &outlen, s_errbuf, 256), -1);
+    //  hostile msgpack bytes never reach msgpack-c: a 5-byte "huge array",
+    //  truncation, trailing bytes, empty input
+    const uint8_t huge[] = {0xdd, 0xff, 0xff, 0xff, 0xff};
+    char *x2 = NULL;
+    size_t x2l = 0;
+    assert_int_equal(pm_plist_from_msgpack_bytes(huge, sizeof huge, &x2, &x2l, s_errbuf, 256), -1);
+    assert_null(x2);
+    const uint8_t trunc[] = {0x82, 0xa1, 'a', 0xc3};
+    assert_int_equal(pm_plist_from_msgpack_bytes(trunc, sizeof trunc, &x2, &x2l, s_errbuf, 256),
+                     -1);
+    const uint8_t trail[] = {0xc3, 0xc3};
+    assert_int_equal(pm_plist_from_msgpack_bytes(trail, sizeof trail, &x2, &x2l, s_errbuf, 256),
+                     -1);
+    assert_int_equal(pm_plist_from_msgpack_bytes(trail, 0, &x2, &x2l, s_errbuf, 256), -1);
+    const uint8_t one[] = {0xc3};
+    assert_int_equal(pm_plist_from_msgpack_bytes(one, sizeof one, &x2, &x2l, s_errbuf, 256), 0);
+    assert_non_null(strstr(x2, "<true/>"));
+    free(x2);
     //  and the NULL argument checks
     char *xml;
     size_t xl;
