@@ -763,6 +763,7 @@ typedef struct {
     size_t body_end; //  offset table start: objects live in [8, body_end)
     unsigned off_size, ref_size;
     uint64_t nobj, top, table;
+    uint64_t expanded, max_expanded; //  string/data bytes of the expanded tree
     char *err;
     size_t errlen;
 } s_bin_t;
@@ -825,6 +826,21 @@ static int s_bin_fits(s_bin_t *b, uint64_t obj, size_t start, uint64_t count, ui
     return 0;
 }
 
+//  A string or data object shared by many references is copied by libplist
+//  for each of them: bound the total as if the plist had been written out.
+static int s_bin_expand(s_bin_t *b, uint64_t obj, uint64_t bytes)
+{
+    b->expanded += bytes;
+    if (b->expanded > b->max_expanded) {
+        s_err(b->err, b->errlen,
+              "binary plist: shared objects expand past the %llu-byte limit (object %llu); "
+              "send a smaller body",
+              (unsigned long long)b->max_expanded, (unsigned long long)obj);
+        return -1;
+    }
+    return 0;
+}
+
 //  UTF-16BE string: pairs well formed, every character allowed in XML.
 static int s_bin_utf16_ok(const uint8_t *p, uint64_t n)
 {
@@ -883,17 +899,19 @@ static int s_bin_check(s_bin_t *b, uint64_t obj, bool want_string, int *kind, ui
             return s_bfail(b, "bad date size", obj);
         return s_bin_fits(b, obj, off + 1, 1, 8);
     case 0x4:
-        if (s_bin_count(b, obj, off, &n, &start) < 0)
-            return -1;
-        return s_bin_fits(b, obj, start, n, 1);
-    case 0x5:
         if (s_bin_count(b, obj, off, &n, &start) < 0 || s_bin_fits(b, obj, start, n, 1) < 0)
+            return -1;
+        return s_bin_expand(b, obj, n);
+    case 0x5:
+        if (s_bin_count(b, obj, off, &n, &start) < 0 || s_bin_fits(b, obj, start, n, 1) < 0 ||
+            s_bin_expand(b, obj, n) < 0)
             return -1;
         if (s_text_check(b->d + start, (size_t)n, &bad) < 0)
             return s_bfail(b, "string is not XML-safe UTF-8", obj);
         return 0;
     case 0x6:
-        if (s_bin_count(b, obj, off, &n, &start) < 0 || s_bin_fits(b, obj, start, n, 2) < 0)
+        if (s_bin_count(b, obj, off, &n, &start) < 0 || s_bin_fits(b, obj, start, n, 2) < 0 ||
+            s_bin_expand(b, obj, 2 * n) < 0)
             return -1;
         if (s_bin_utf16_ok(b->d + start, n) < 0)
             return s_bfail(b, "string is not valid XML-safe UTF-16", obj);
@@ -924,7 +942,11 @@ typedef struct {
 static int s_bin_scan(const char *data, size_t len, const pm_plist_limits_t *lim, char *err,
                       size_t errlen)
 {
-    s_bin_t b = {.d = (const uint8_t *)data, .len = len, .err = err, .errlen = errlen};
+    s_bin_t b = {.d = (const uint8_t *)data,
+                 .len = len,
+                 .max_expanded = lim->max_bytes,
+                 .err = err,
+                 .errlen = errlen};
     uint8_t *on_path = NULL;
     int rc = -1;
     if (len < 8 + 1 + 1 + 32) {

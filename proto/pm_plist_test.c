@@ -963,6 +963,30 @@ static void test_bin_deep_and_wide(void **state)
     free(objs);
     free(ptrs);
     free(lens);
+    //  one 1 MiB string referenced 100 times: 100 MiB once libplist copies it
+    size_t big = 1u << 20;
+    uint8_t *str = malloc(big + 6), arr[1 + 2 + 100];
+    str[0] = 0x5F, str[1] = 0x12;
+    s_put_be(str + 2, big, 4);
+    memset(str + 6, 'a', big);
+    arr[0] = 0xAF, arr[1] = 0x10, arr[2] = 100;
+    memset(arr + 3, 1, 100);
+    const uint8_t *o2[] = {arr, str};
+    size_t l2[] = {sizeof arr, big + 6};
+    bp = s_bp_build(o2, l2, 2, 0, 1);
+    s_expect_fail((char *)bp.buf, bp.len, "expand");
+    free(bp.buf);
+    //  referenced 7 times it is 7 MiB: within the 8 MiB default
+    arr[2] = 7;
+    l2[0] = 3 + 7;
+    bp = s_bp_build(o2, l2, 2, 0, 1);
+    uint8_t *mp;
+    size_t n;
+    assert_int_equal(s_conv((char *)bp.buf, bp.len, &mp, &n), 0);
+    assert_true(n > 7 * big);
+    free(mp);
+    free(bp.buf);
+    free(str);
 }
 
 static void test_bin_truncated(void **state)
