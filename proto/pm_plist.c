@@ -745,6 +745,8 @@ static int s_xml_scan(const char *data, size_t len, const pm_plist_limits_t *lim
             x.p += cn;
         } else if (!strcmp(name, "integer") || !strcmp(name, "real") || !strcmp(name, "date")) {
             return s_xfail(&x, "empty number or date");
+        } else if (is_key) {
+            return s_xfail(&x, "<key/> (libplist 2.2 needs <key></key>)");
         }
     }
     if (!root_done) {
