@@ -679,6 +679,8 @@ static int s_xml_scan(const char *data, size_t len, const pm_plist_limits_t *lim
             if (s_xml_attrs(&x) < 0)
                 return -1;
         }
+        while (x.p < x.end && s_is_ws(*x.p)) //  <true />, <dict > (libplist reads them)
+            x.p++;
         bool empty = false;
         if (x.p < x.end && *x.p == '/') {
             empty = true;
@@ -737,12 +739,17 @@ static int s_xml_scan(const char *data, size_t len, const pm_plist_limits_t *lim
                 return s_xfail(&x, "unterminated element");
             x.p = q;
             char close[24];
-            int cn = snprintf(close, sizeof close, "</%s>", name);
+            int cn = snprintf(close, sizeof close, "</%s", name);
             if (!s_starts(&x, close))
                 return s_xfail(&x, "markup inside a value (comments and CDATA are not accepted)");
             if (s_xml_leaf(&x, name, t, (size_t)(q - t)) < 0)
                 return -1;
             x.p += cn;
+            while (x.p < x.end && s_is_ws(*x.p))
+                x.p++;
+            if (x.p >= x.end || *x.p != '>')
+                return s_xfail(&x, "bad closing tag");
+            x.p++;
         } else if (!strcmp(name, "integer") || !strcmp(name, "real") || !strcmp(name, "date")) {
             return s_xfail(&x, "empty number or date");
         } else if (is_key) {

@@ -410,6 +410,8 @@ static void test_reals_and_scalars(void **state)
         "<dict><key></key><string>empty key</string></dict>",
         "<dict><key>a&amp;b&lt;</key><false/></dict>",
         "<!-- c --><array><!-- c --><true/><!-- c --></array>",
+        "<array ><true /><string >x</string ><dict\n><key >k</key\t><integer >5</integer>"
+        "</dict ></array >",
     };
     for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
         const char *x = s_wrap(ok[i]);
@@ -749,7 +751,8 @@ static void test_bad_xml(void **state)
         {"<plist version=\"1.0\" a=\"<\"><true/></plist>", "attribute"},
         {"<plist version=\"1.0\"><string a=\"b\">x</string></plist>", "tag"},
         {"<plist version=\"1.0\"><!-- unterminated <true/></plist>", "comment"},
-        {"<plist version=\"1.0\"><string>x</string ></plist>", "markup"},
+        {"<plist version=\"1.0\"><string>x</strin></plist>", "markup"},
+        {"<plist version=\"1.0\"><string>x</string x></plist>", "closing"},
     };
     for (size_t i = 0; i < sizeof v / sizeof *v; i++) {
         if (!v[i].needle)
