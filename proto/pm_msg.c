@@ -1094,6 +1094,7 @@ int pm_msg_decode(const uint8_t *data, size_t len, pm_msg_t **msgp, char *err, s
     msg->ts = env[3]->via.u64;
 
     const msgpack_object *body = env[4];
+    int next = 0;
     for (uint32_t i = 0; i < body->via.map.size; i++) {
         const msgpack_object_kv *kv = &body->via.map.ptr[i];
         if (kv->key.type != MSGPACK_OBJECT_STR) {
@@ -1101,8 +1102,8 @@ int pm_msg_decode(const uint8_t *data, size_t len, pm_msg_t **msgp, char *err, s
                   s_otype_name(kv->key.type));
             goto out;
         }
-        //  the encoder writes fields in table order: try the i-th first
-        int f = s_field_index(def, kv->key.via.str.ptr, kv->key.via.str.size, (int)i);
+        //  the encoder writes fields in table order: try the one after the last first
+        int f = s_field_index(def, kv->key.via.str.ptr, kv->key.via.str.size, next);
         if (f < 0) {
             char safe[48];
             s_err(err, errlen, "decode %s: unknown field '%s'", def->name,
@@ -1122,6 +1123,7 @@ int pm_msg_decode(const uint8_t *data, size_t len, pm_msg_t **msgp, char *err, s
         }
         msg->vals[f] = kv->val;
         msg->present |= 1ULL << f;
+        next = f + 1;
         if (kv->val.type == MSGPACK_OBJECT_STR) {
             //  NUL-terminate in place: the byte after a str body is the next
             //  object's header (or the spare byte at the end of the copy);

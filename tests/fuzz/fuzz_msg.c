@@ -2,10 +2,12 @@
  *
  *  Any input: pm_msg_decode must not crash, leak or read out of bounds. When
  *  it accepts, the message must survive encode -> decode unchanged, and the
- *  re-encoding must be byte-stable (encode(decode(encode(m))) == encode(m)).
+ *  re-encoding must be byte-stable (encode(decode(encode(m))) == encode(m)),
+ *  and it must render as JSON (pm_json) without raw control characters.
  *  Seed corpus: tests/fuzz/corpus/msg/ (valid messages of every type, written
  *  by PM_MSG_CORPUS=dir build/rel/test/pm_msg, plus hostile vectors).
  */
+#include "pm_json.h"
 #include "pm_msg.h"
 
 #include <stdint.h>
@@ -52,8 +54,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (int f = 0; f < d->nfields; f++) {
         const msgpack_object *o = pm_msg_obj(m, d->fields[f].name);
         if (o && pm_msg_set_obj(m3, d->fields[f].name, o) != 0) {
-            fprintf(stderr, "set_obj refused field '%s' of a decoded message\n",
-                    d->fields[f].name);
+            fprintf(stderr, "set_obj refused field '%s' of a decoded message\n", d->fields[f].name);
             abort();
         }
     }
@@ -61,6 +62,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fprintf(stderr, "copy through pm_msg_set_obj differs\n");
         abort();
     }
+    //  every accepted message renders as JSON (depth 32 < PM_JSON_MAX_DEPTH)
+    size_t jlen = 0;
+    char *json = pm_json_from_msg(m, &jlen);
+    if (!json || strlen(json) != jlen) {
+        fprintf(stderr, "pm_json_from_msg failed on an accepted message\n");
+        abort();
+    }
+    for (size_t i = 0; i < jlen; i++)
+        if ((unsigned char)json[i] < 0x20) {
+            fprintf(stderr, "raw control character in JSON output\n");
+            abort();
+        }
+    free(json);
     pm_msg_destroy(&m);
     pm_msg_destroy(&m2);
     pm_msg_destroy(&m3);
