@@ -161,12 +161,12 @@ static bool s_mac_to_ts(double mac, msgpack_timestamp *ts)
 {
     if (!isfinite(mac))
         return false;
-    double unix_s = floor(mac);
-    if (unix_s < (double)(S_DATE_MIN - S_MAC_EPOCH) || unix_s > (double)(S_DATE_MAX - S_MAC_EPOCH))
+    double whole = floor(mac);
+    if (whole < (double)(S_DATE_MIN - S_MAC_EPOCH) || whole > (double)(S_DATE_MAX - S_MAC_EPOCH))
         return false;
     //  libplist 2.2 resolution is the microsecond: round the fraction to it.
-    double usec = nearbyint((mac - unix_s) * 1e6);
-    int64_t sec = (int64_t)unix_s + S_MAC_EPOCH;
+    double usec = nearbyint((mac - whole) * 1e6);
+    int64_t sec = (int64_t)whole + S_MAC_EPOCH;
     if (usec >= 1e6) {
         sec += 1;
         usec = 0;
