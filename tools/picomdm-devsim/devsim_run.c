@@ -574,7 +574,8 @@ int devsim_run_report(devsim_run_t *r, FILE *out)
     for (int i = 0; i < r->nphases; i++) {
         phase_t *p = &r->phases[i];
         double secs = (p->t1 - p->t0) / 1e3;
-        qsort(p->lat, p->nlat, sizeof *p->lat, s_cmp);
+        if (p->nlat > 1)
+            qsort(p->lat, p->nlat, sizeof *p->lat, s_cmp);
         bool enroll = strcmp(p->name, "enroll") == 0;
         bool checkout = strcmp(p->name, "checkout") == 0;
         fprintf(out, "%-10s %ld %s in %.3f s = %.1f/s", p->name, p->units,
