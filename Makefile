@@ -62,7 +62,7 @@ TEST_SRC  := $(wildcard proto/*_test.c common/*_test.c $(addsuffix /*_test.c,$(P
                tools/*/*_test.c)
 TEST_BINS := $(foreach t,$(TEST_SRC),$(B)/test/$(notdir $(t:_test.c=)))
 
-.PHONY: all bins tests deps check run bench fuzz lint clean install docs
+.PHONY: all bins tests deps check run bench fuzz fuzz-bins lint clean install docs
 .DEFAULT_GOAL := all
 
 all: bins tests $(if $(wildcard proto/gen/busdoc.c),docs/bus.md)
@@ -116,7 +116,7 @@ FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BINS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC))
 FUZZ_SECONDS ?= 60
 fuzz-bins:
-	$(MAKE) VARIANT=fuzz $(FUZZ_BINS)
+	$(if $(FUZZ_BINS),$(MAKE) VARIANT=fuzz $(FUZZ_BINS),@echo "fuzz: no targets yet")
 build/fuzz/fuzz_%: build/fuzz/tests/fuzz/fuzz_%.o $(LIB)
 	$(CC) -fsanitize=fuzzer,address,undefined -o $@ $^ $(PKG_LIBS)
 fuzz: fuzz-bins

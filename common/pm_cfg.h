@@ -18,10 +18,10 @@
 typedef enum { PM_OPT_STR, PM_OPT_INT, PM_OPT_BOOL } pm_opt_type_t;
 
 typedef struct {
-    const char *name;    //  "request-endpoint": --request-endpoint, PICOMDM_REQUEST_ENDPOINT
+    const char *name; //  "request-endpoint": --request-endpoint, PICOMDM_REQUEST_ENDPOINT
     pm_opt_type_t type;
-    const char *def;     //  default as text (NULL = unset)
-    const char *help;    //  one line for --help
+    const char *def;  //  default as text (NULL = unset)
+    const char *help; //  one line for --help
 } pm_opt_t;
 
 typedef struct pm_cfg pm_cfg_t;

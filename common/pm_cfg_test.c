@@ -11,11 +11,10 @@
 #include <string.h>
 #include <unistd.h>
 
-static const pm_opt_t s_opts[] = {
-    {"endpoint", PM_OPT_STR, "ipc://x", "where"},
-    {"workers", PM_OPT_INT, "4", "how many"},
-    {"lab-mode", PM_OPT_BOOL, "false", "unsigned requests"},
-    {NULL, 0, NULL, NULL}};
+static const pm_opt_t s_opts[] = {{"endpoint", PM_OPT_STR, "ipc://x", "where"},
+                                  {"workers", PM_OPT_INT, "4", "how many"},
+                                  {"lab-mode", PM_OPT_BOOL, "false", "unsigned requests"},
+                                  {NULL, 0, NULL, NULL}};
 
 static pm_cfg_result_t s_parse(pm_cfg_t **cfg, int argc, const char **argv)
 {

@@ -9,7 +9,13 @@
 
 #include <stdbool.h>
 
-typedef enum { PM_LOG_ERROR = 0, PM_LOG_WARN, PM_LOG_NOTICE, PM_LOG_INFO, PM_LOG_DEBUG } pm_log_level_t;
+typedef enum {
+    PM_LOG_ERROR = 0,
+    PM_LOG_WARN,
+    PM_LOG_NOTICE,
+    PM_LOG_INFO,
+    PM_LOG_DEBUG
+} pm_log_level_t;
 
 //  Start logging for process `name` ("broker", "store", ...). `level` is one of
 //  error, warn, notice, info, debug (NULL = info). Returns -1 on an unknown level.

@@ -27,8 +27,8 @@ int pm_mpck_check(const uint8_t *data, size_t len, const pm_mpck_limits_t *lim, 
                   size_t *used, char *err, size_t errlen);
 
 //  pm_mpck_check(exact) then msgpack_unpack into `zone`; *obj points into zone.
-int pm_mpck_unpack(const uint8_t *data, size_t len, const pm_mpck_limits_t *lim,
-                   msgpack_zone *zone, msgpack_object *obj, char *err, size_t errlen);
+int pm_mpck_unpack(const uint8_t *data, size_t len, const pm_mpck_limits_t *lim, msgpack_zone *zone,
+                   msgpack_object *obj, char *err, size_t errlen);
 
 //  Map lookup by string key; NULL if `map` is not a map or has no such key.
 const msgpack_object *pm_mp_get(const msgpack_object *map, const char *key);
