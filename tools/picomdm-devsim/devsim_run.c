@@ -344,7 +344,10 @@ static int s_finish(devsim_run_t *r, slot_t *s, CURLcode res)
         r->transport_errors++;
         pm_warn("%s: %s failed: %s%s", devsim_dev_id(ch, idbuf, sizeof idbuf), s->what,
                 s->overflow ? "reply too large" : curl_easy_strerror(res),
-                " (is the server running and the --url right?)");
+                res == CURLE_PEER_FAILED_VERIFICATION
+                    ? " (give --ca-bundle with the CA of the server's TLS certificate, or "
+                      "--insecure)"
+                    : " (is the server running and the --url right?)");
         return -1;
     }
     if (code != 200) {
