@@ -40,6 +40,8 @@ pm_log_level_t pm_log_level(void)
 }
 
 static void s_vlog(pm_log_level_t level, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+static void s_vlog(pm_log_level_t level, const char *fmt, va_list ap)
 {
     char line[2048];
     vsnprintf(line, sizeof line, fmt, ap);

@@ -21,7 +21,7 @@
 #define PM_PROTO_VERSION 1
 //  FNV-1a 64 of the table (names, services, fields, types, required flags).
 //  The pm_msg test fails when the table changes and this does not.
-#define PM_PROTO_FINGERPRINT 0ULL
+#define PM_PROTO_FINGERPRINT 0x6f9aa519f8039bdbULL
 
 #define PM_MSG_MAX_BYTES (16u * 1024 * 1024) //  also ZMQ_MAXMSGSIZE on every bus socket
 #define PM_MSG_MAX_DEPTH 32
@@ -91,8 +91,11 @@ void pm_msg_destroy(pm_msg_t **msg);
 
 pm_msg_type_t pm_msg_type(const pm_msg_t *msg);
 const char *pm_msg_rid(const pm_msg_t *msg);
-int pm_msg_set_rid(pm_msg_t *msg, const char *rid); //  -1 if longer than PM_RID_MAX
+//  -1 if empty, longer than PM_RID_MAX, or not printable ASCII without spaces
+//  (the decoder rejects the same).
+int pm_msg_set_rid(pm_msg_t *msg, const char *rid);
 uint64_t pm_msg_ts(const pm_msg_t *msg);
+int pm_msg_set_ts(pm_msg_t *msg, uint64_t ts_ms); //  tests, replays
 
 //  Setters. Each returns -1 if `field` is not declared for this type with a
 //  compatible type (the message is unchanged), 0 otherwise. Values are copied.
@@ -104,6 +107,9 @@ int pm_msg_set_bool(pm_msg_t *msg, const char *field, bool value);
 int pm_msg_set_float(pm_msg_t *msg, const char *field, double value);
 int pm_msg_set_bin(pm_msg_t *msg, const char *field, const void *data, size_t len);
 int pm_msg_set_strs(pm_msg_t *msg, const char *field, const char *const *values, size_t n);
+//  TIME field: seconds since epoch (may be negative) and nanoseconds (< 1e9),
+//  encoded as the smallest msgpack timestamp (4, 8 or 12 bytes).
+int pm_msg_set_time(pm_msg_t *msg, const char *field, int64_t sec, uint32_t nsec);
 //  Any field from a msgpack object (deep-copied; type-checked against the table).
 int pm_msg_set_obj(pm_msg_t *msg, const char *field, const msgpack_object *obj);
 //  Any field from encoded msgpack bytes (checked with pm_mpck first, then copied).
@@ -118,6 +124,11 @@ bool pm_msg_bool(const pm_msg_t *msg, const char *field, bool def);
 double pm_msg_float(const pm_msg_t *msg, const char *field, double def);
 const uint8_t *pm_msg_bin(const pm_msg_t *msg, const char *field, size_t *len);
 const msgpack_object *pm_msg_obj(const pm_msg_t *msg, const char *field); //  owned by msg
+//  TIME field: 0 and *sec/*nsec, or -1 if absent / not a timestamp.
+int pm_msg_time(const pm_msg_t *msg, const char *field, int64_t *sec, uint32_t *nsec);
+
+//  Same type, rid, ts and field values (floats compared bitwise). Tests, fuzzing.
+bool pm_msg_equal(const pm_msg_t *a, const pm_msg_t *b);
 
 //  Encode. Fails (-1, reason in err) if a required field is missing.
 //  On success *out is malloc'd and owned by the caller.

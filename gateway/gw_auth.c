@@ -1,0 +1,404 @@
+/*  gw_auth — device authentication (Mdm-Signature CMS, mTLS, proxy header).
+ *  See gw_auth.h. Every check that can fail says which one in res->code.
+ */
+#include "gw_auth.h"
+
+#include <event2/http.h>
+#include <openssl/bio.h>
+#include <openssl/cms.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct gw_auth {
+    X509_STORE *store;    //  trusted device CAs (purpose any, default time check)
+    STACK_OF(X509) * cas; //  the same certificates, for their names
+};
+
+static int s_fail(gw_auth_result_t *res, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int s_fail(gw_auth_result_t *res, const char *code, const char *fmt, ...)
+{
+    res->code = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(res->reason, sizeof res->reason, fmt, ap);
+    va_end(ap);
+    ERR_clear_error();
+    return -1;
+}
+
+//  Last OpenSSL error as text (or "no detail"), into buf.
+static const char *s_ssl_err(char *buf, size_t size)
+{
+    unsigned long e = ERR_peek_last_error();
+    if (e == 0)
+        snprintf(buf, size, "no detail");
+    else
+        ERR_error_string_n(e, buf, size);
+    return buf;
+}
+
+static void s_name(const X509_NAME *name, char *out, size_t size)
+{
+    out[0] = '\0';
+    BIO *mem = BIO_new(BIO_s_mem());
+    if (!mem)
+        return;
+    if (X509_NAME_print_ex(mem, name, 0, XN_FLAG_RFC2253) >= 0) {
+        char *p;
+        long n = BIO_get_mem_data(mem, &p);
+        if (n > 0) {
+            size_t k = (size_t)n < size - 1 ? (size_t)n : size - 1;
+            memcpy(out, p, k);
+            out[k] = '\0';
+        }
+    }
+    BIO_free(mem);
+}
+
+static int s_load_file(gw_auth_t *self, const char *path, char *err, size_t errlen)
+{
+    int rc = -1, n = 0;
+    BIO *bio = BIO_new_file(path, "r");
+    if (!bio) {
+        snprintf(err, errlen,
+                 "cannot read device CA file '%s': check the device-ca option and the "
+                 "file's permissions",
+                 path);
+        goto out;
+    }
+    X509 *x;
+    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+        if (X509_STORE_add_cert(self->store, x) != 1 || !sk_X509_push(self->cas, x)) {
+            X509_free(x);
+            snprintf(err, errlen, "cannot add a certificate of '%s' to the trust store", path);
+            goto out;
+        }
+        n++;
+    }
+    ERR_clear_error(); //  the loop ends with "no start line"
+    if (n == 0) {
+        snprintf(err, errlen,
+                 "device CA file '%s' holds no PEM certificate: give the CA that issues the "
+                 "device identity certificates (SCEP CA)",
+                 path);
+        goto out;
+    }
+    rc = 0;
+out:
+    BIO_free(bio);
+    return rc;
+}
+
+gw_auth_t *gw_auth_new(const char *ca_files, char *err, size_t errlen)
+{
+    gw_auth_t *self = NULL;
+    char *list = NULL;
+    if (!ca_files || !*ca_files) {
+        snprintf(err, errlen,
+                 "no device CA given: set device-ca to the PEM file of the CA "
+                 "that issues device identity certificates");
+        goto fail;
+    }
+    self = calloc(1, sizeof *self);
+    list = strdup(ca_files);
+    if (!self || !list)
+        goto oom;
+    self->store = X509_STORE_new();
+    self->cas = sk_X509_new_null();
+    if (!self->store || !self->cas)
+        goto oom;
+    //  Device identity certificates from SCEP carry various key usages; the
+    //  brief (and NanoMDM's practice) is "purpose any", chain + time checked.
+    X509_STORE_set_purpose(self->store, X509_PURPOSE_ANY);
+    char *save = NULL;
+    for (char *p = strtok_r(list, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
+        while (*p == ' ')
+            p++;
+        if (*p && s_load_file(self, p, err, errlen) < 0)
+            goto fail;
+    }
+    if (sk_X509_num(self->cas) == 0) {
+        snprintf(err, errlen, "device-ca lists no file");
+        goto fail;
+    }
+    free(list);
+    return self;
+oom:
+    snprintf(err, errlen, "out of memory loading the device CA");
+fail:
+    free(list);
+    gw_auth_destroy(&self);
+    return NULL;
+}
+
+void gw_auth_destroy(gw_auth_t **auth)
+{
+    if (!auth || !*auth)
+        return;
+    gw_auth_t *self = *auth;
+    X509_STORE_free(self->store);
+    sk_X509_pop_free(self->cas, X509_free);
+    free(self);
+    *auth = NULL;
+}
+
+int gw_auth_ca_count(const gw_auth_t *auth)
+{
+    return sk_X509_num(auth->cas);
+}
+
+STACK_OF(X509_NAME) * gw_auth_ca_names(const gw_auth_t *auth)
+{
+    STACK_OF(X509_NAME) *names = sk_X509_NAME_new_null();
+    if (!names)
+        return NULL;
+    for (int i = 0; i < sk_X509_num(auth->cas); i++) {
+        X509_NAME *n = X509_NAME_dup(X509_get_subject_name(sk_X509_value(auth->cas, i)));
+        if (!n || !sk_X509_NAME_push(names, n)) {
+            X509_NAME_free(n);
+            sk_X509_NAME_pop_free(names, X509_NAME_free);
+            return NULL;
+        }
+    }
+    return names;
+}
+
+void gw_auth_hash_hex(const uint8_t hash[32], char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < 32; i++) {
+        out[2 * i] = hex[hash[i] >> 4];
+        out[2 * i + 1] = hex[hash[i] & 15];
+    }
+    out[64] = '\0';
+}
+
+//  Chain check of an identity certificate + hash/issuer into res.
+static int s_verify_chain(gw_auth_t *self, X509 *cert, STACK_OF(X509) * untrusted,
+                          gw_auth_result_t *res)
+{
+    int rc = -1;
+    X509_STORE_CTX *ctx = NULL;
+    s_name(X509_get_subject_name(cert), res->subject, sizeof res->subject);
+    s_name(X509_get_issuer_name(cert), res->issuer, sizeof res->issuer);
+    //  A self-signed signer proves only that the sender holds that key: never
+    //  an identity (CVE-2026-114611 class). Refuse even if it is one of our CAs.
+    if (X509_self_signed(cert, 0) == 1) {
+        s_fail(res, "self_signed",
+               "self-signed certificate (subject '%s') is not a device identity", res->subject);
+        goto out;
+    }
+    ctx = X509_STORE_CTX_new();
+    if (!ctx || X509_STORE_CTX_init(ctx, self->store, cert, untrusted) != 1) {
+        s_fail(res, "internal", "cannot set up certificate verification (out of memory?)");
+        goto out;
+    }
+    if (X509_verify_cert(ctx) != 1) {
+        int e = X509_STORE_CTX_get_error(ctx);
+        const char *code = e == X509_V_ERR_CERT_HAS_EXPIRED     ? "expired"
+                           : e == X509_V_ERR_CERT_NOT_YET_VALID ? "not_yet_valid"
+                                                                : "untrusted_chain";
+        s_fail(res, code, "certificate (subject '%s', issuer '%s') rejected: %s", res->subject,
+               res->issuer, X509_verify_cert_error_string(e));
+        goto out;
+    }
+    unsigned int n = 0;
+    if (X509_digest(cert, EVP_sha256(), res->cert_hash, &n) != 1 || n != 32) {
+        s_fail(res, "internal", "cannot hash the certificate");
+        goto out;
+    }
+    rc = 0;
+out:
+    X509_STORE_CTX_free(ctx);
+    return rc;
+}
+
+static void s_reset(gw_auth_result_t *res)
+{
+    memset(res, 0, sizeof *res);
+}
+
+int gw_auth_verify_cert(gw_auth_t *auth, X509 *cert, STACK_OF(X509) * untrusted,
+                        gw_auth_result_t *res)
+{
+    s_reset(res);
+    if (!cert)
+        return s_fail(res, "no_certificate", "no client certificate presented");
+    return s_verify_chain(auth, cert, untrusted, res);
+}
+
+int gw_auth_verify_escaped_pem(gw_auth_t *auth, const char *escaped, gw_auth_result_t *res)
+{
+    s_reset(res);
+    int rc = -1;
+    char *pem = NULL;
+    BIO *bio = NULL;
+    X509 *cert = NULL;
+    STACK_OF(X509) *chain = NULL;
+    if (!escaped || !*escaped)
+        return s_fail(res, "no_certificate", "empty forwarded certificate header");
+    if (strlen(escaped) > GW_AUTH_PEM_MAX)
+        return s_fail(res, "too_large", "forwarded certificate header longer than %u bytes",
+                      GW_AUTH_PEM_MAX);
+    size_t len = 0;
+    pem = evhttp_uridecode(escaped, 0, &len); //  '+' stays '+' (base64)
+    if (!pem) {
+        s_fail(res, "bad_header", "forwarded certificate header is not URL-escaped text");
+        goto out;
+    }
+    bio = BIO_new_mem_buf(pem, (int)len);
+    chain = sk_X509_new_null();
+    if (!bio || !chain) {
+        s_fail(res, "internal", "out of memory");
+        goto out;
+    }
+    cert = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+    if (!cert) {
+        s_fail(res, "bad_header", "forwarded certificate header holds no PEM certificate");
+        goto out;
+    }
+    //  nginx forwards the leaf only; a proxy may append intermediates.
+    X509 *x;
+    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL)
+        if (!sk_X509_push(chain, x))
+            X509_free(x);
+    ERR_clear_error();
+    rc = s_verify_chain(auth, cert, chain, res);
+out:
+    X509_free(cert);
+    sk_X509_pop_free(chain, X509_free);
+    BIO_free(bio);
+    free(pem);
+    return rc;
+}
+
+//  Base64 (with or without line breaks) -> bytes. NULL if not base64.
+static uint8_t *s_unbase64(const char *in, size_t inlen, size_t *outlen)
+{
+    EVP_ENCODE_CTX *ctx = EVP_ENCODE_CTX_new();
+    uint8_t *out = malloc(inlen / 4 * 3 + 4);
+    int n1 = 0, n2 = 0;
+    if (!ctx || !out)
+        goto fail;
+    EVP_DecodeInit(ctx);
+    if (EVP_DecodeUpdate(ctx, out, &n1, (const unsigned char *)in, (int)inlen) < 0)
+        goto fail;
+    if (EVP_DecodeFinal(ctx, out + n1, &n2) < 0)
+        goto fail;
+    if (n1 + n2 <= 0)
+        goto fail;
+    EVP_ENCODE_CTX_free(ctx);
+    *outlen = (size_t)(n1 + n2);
+    return out;
+fail:
+    EVP_ENCODE_CTX_free(ctx);
+    free(out);
+    return NULL;
+}
+
+int gw_auth_verify_signature(gw_auth_t *auth, const char *sig, size_t siglen, const uint8_t *body,
+                             size_t len, gw_auth_result_t *res)
+{
+    s_reset(res);
+    int rc = -1;
+    uint8_t *der = NULL;
+    CMS_ContentInfo *cms = NULL;
+    STACK_OF(X509) *certs = NULL;
+    STACK_OF(X509) *signers = NULL;
+    BIO *content = NULL;
+    char ebuf[160];
+
+    if (!sig || siglen == 0)
+        return s_fail(res, "unsigned", "no Mdm-Signature header");
+    if (siglen > GW_AUTH_SIG_MAX)
+        return s_fail(res, "too_large", "Mdm-Signature longer than %u bytes", GW_AUTH_SIG_MAX);
+    size_t derlen = 0;
+    der = s_unbase64(sig, siglen, &derlen);
+    if (!der) {
+        s_fail(res, "bad_base64", "Mdm-Signature is not valid base64");
+        goto out;
+    }
+    const unsigned char *p = der;
+    cms = d2i_CMS_ContentInfo(NULL, &p, (long)derlen);
+    if (!cms || p != der + derlen) {
+        s_fail(res, "bad_cms", "Mdm-Signature is not one DER CMS structure");
+        goto out;
+    }
+    if (OBJ_obj2nid(CMS_get0_type(cms)) != NID_pkcs7_signed) {
+        s_fail(res, "bad_cms", "Mdm-Signature is CMS but not SignedData");
+        goto out;
+    }
+    if (CMS_is_detached(cms) != 1) {
+        s_fail(res, "bad_cms", "Mdm-Signature carries content; a detached signature is required");
+        goto out;
+    }
+    //  Exactly one signer, checked here rather than trusting the library's
+    //  verdict on degenerate structures (JLSEC-2026-736 class).
+    STACK_OF(CMS_SignerInfo) *sis = CMS_get0_SignerInfos(cms);
+    int nsi = sis ? sk_CMS_SignerInfo_num(sis) : 0;
+    if (nsi != 1) {
+        s_fail(res, "signer_count", "Mdm-Signature has %d signers; exactly one is required", nsi);
+        goto out;
+    }
+    CMS_SignerInfo *si = sk_CMS_SignerInfo_value(sis, 0);
+    X509_ALGOR *dig = NULL;
+    CMS_SignerInfo_get0_algs(si, NULL, NULL, &dig, NULL);
+    int dnid = dig ? OBJ_obj2nid(dig->algorithm) : NID_undef;
+    if (dnid != NID_sha1 && dnid != NID_sha256) {
+        s_fail(res, "bad_digest", "Mdm-Signature digest %s is not accepted (SHA-1 or SHA-256)",
+               dnid == NID_undef ? "unknown" : OBJ_nid2sn(dnid));
+        goto out;
+    }
+    certs = CMS_get1_certs(cms);
+    X509 *signer = NULL;
+    for (int i = 0; certs && i < sk_X509_num(certs); i++)
+        if (CMS_SignerInfo_cert_cmp(si, sk_X509_value(certs, i)) == 0) {
+            signer = sk_X509_value(certs, i);
+            break;
+        }
+    if (!signer) {
+        s_fail(res, "no_signer_cert", "Mdm-Signature does not carry the signer's certificate");
+        goto out;
+    }
+    //  Chain first, for a precise reason (expired, unknown CA, self-signed)...
+    if (s_verify_chain(auth, signer, certs, res) < 0)
+        goto out;
+    //  ...then the signature over the exact body bytes. CMS_verify repeats the
+    //  chain check with the same store; no NO_SIGNER_CERT_VERIFY, ever.
+    content = BIO_new_mem_buf(body ? (const void *)body : "", (int)len);
+    if (!content) {
+        s_fail(res, "internal", "out of memory");
+        goto out;
+    }
+    ERR_clear_error();
+    if (CMS_verify(cms, NULL, auth->store, content, NULL, CMS_BINARY) != 1) {
+        s_fail(res, "bad_signature", "Mdm-Signature does not verify over the body (%s)",
+               s_ssl_err(ebuf, sizeof ebuf));
+        goto out;
+    }
+    signers = CMS_get0_signers(cms);
+    if (!signers || sk_X509_num(signers) != 1 || X509_cmp(sk_X509_value(signers, 0), signer) != 0) {
+        s_fail(res, "bad_signature", "verified signer differs from the checked certificate");
+        goto out;
+    }
+    rc = 0;
+out:
+    sk_X509_free(signers);
+    sk_X509_pop_free(certs, X509_free);
+    CMS_ContentInfo_free(cms);
+    BIO_free(content);
+    free(der);
+    if (rc < 0 && !res->code)
+        s_fail(res, "internal", "authentication failed");
+    return rc;
+}

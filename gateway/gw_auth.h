@@ -1,0 +1,78 @@
+/*  gw_auth — device authentication for the gateway (picomdm-gateway).
+ *
+ *  Every check-in and command-loop request must prove which device identity
+ *  certificate sent it, BEFORE its body is parsed (DESIGN.md §1.5, §5):
+ *
+ *    - Mdm-Signature header: base64 of a detached CMS SignedData over the exact
+ *      body bytes (profile key SignMessage = true). Exactly one SignerInfo;
+ *      SHA-1 or SHA-256 digests; the signer certificate must chain to one of
+ *      the configured device CAs, be within its validity and not be
+ *      self-signed. Then the signature itself is checked (CMS_verify with the
+ *      same trust store, CMS_BINARY: no MIME canonicalisation).
+ *    - the TLS client certificate (mTLS), same chain check;
+ *    - a certificate forwarded by a trusted TLS-terminating proxy as
+ *      URL-escaped PEM (nginx $ssl_client_escaped_cert), same chain check.
+ *
+ *  The result is the certificate's SHA-256 over its DER encoding (the back end
+ *  binds it to the enrollment at Authenticate) and its issuer DN. On failure a
+ *  short `code` and a one-line `reason` (for the log and the security.rejected
+ *  event; never sent to the device).
+ *
+ *  Pure OpenSSL; no bus, no HTTP. Thread use: one gw_auth_t per thread.
+ */
+#ifndef GW_AUTH_H
+#define GW_AUTH_H
+
+#include <openssl/x509.h>
+#include <stddef.h>
+#include <stdint.h>
+
+//  Largest Mdm-Signature header accepted (base64 text). A signature carrying
+//  the device's whole chain is a few KiB.
+#define GW_AUTH_SIG_MAX (32u * 1024)
+//  Largest forwarded certificate header (URL-escaped PEM).
+#define GW_AUTH_PEM_MAX (32u * 1024)
+
+typedef struct gw_auth gw_auth_t;
+
+typedef struct {
+    uint8_t cert_hash[32]; //  SHA-256 of the identity certificate (DER)
+    char issuer[256];      //  issuer DN, RFC 2253 one line (truncated if longer)
+    char subject[256];     //  subject DN (for logs)
+    const char *code;      //  failure: static short code ("bad_signature", "expired"...)
+    char reason[256];      //  failure: one line, what was wrong
+} gw_auth_result_t;
+
+//  Load the device CA certificate(s): `ca_files` is one path or several
+//  separated by commas; each file holds one or more PEM certificates (roots
+//  and intermediates). Returns NULL with a reason in err if a file is
+//  unreadable or holds no certificate.
+gw_auth_t *gw_auth_new(const char *ca_files, char *err, size_t errlen);
+void gw_auth_destroy(gw_auth_t **auth);
+
+//  Number of CA certificates loaded.
+int gw_auth_ca_count(const gw_auth_t *auth);
+
+//  The CA subject names, for the TLS CertificateRequest (SSL_CTX_set_client_CA_list
+//  takes ownership of the returned stack). NULL on allocation failure.
+STACK_OF(X509_NAME) * gw_auth_ca_names(const gw_auth_t *auth);
+
+//  Verify an Mdm-Signature header value (`sig`, `siglen` bytes of base64)
+//  over body[0..len). Returns 0 and fills res->cert_hash/issuer/subject, or -1
+//  with res->code/reason.
+int gw_auth_verify_signature(gw_auth_t *auth, const char *sig, size_t siglen, const uint8_t *body,
+                             size_t len, gw_auth_result_t *res);
+
+//  Verify a certificate presented another way (TLS client certificate).
+//  `untrusted` may hold intermediates sent by the peer (may be NULL).
+int gw_auth_verify_cert(gw_auth_t *auth, X509 *cert, STACK_OF(X509) * untrusted,
+                        gw_auth_result_t *res);
+
+//  Verify a certificate forwarded by a trusted proxy: URL-escaped PEM, as
+//  nginx's $ssl_client_escaped_cert (plain PEM is accepted too).
+int gw_auth_verify_escaped_pem(gw_auth_t *auth, const char *escaped, gw_auth_result_t *res);
+
+//  Lower-case hex of a 32-byte hash into out (at least 65 bytes).
+void gw_auth_hash_hex(const uint8_t hash[32], char *out);
+
+#endif

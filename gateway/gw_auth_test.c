@@ -1,0 +1,463 @@
+/*  gw_auth unit tests: Mdm-Signature (CMS detached) verification and the
+ *  certificate chain check, with a CA, leaves and signatures made here with
+ *  the OpenSSL API (nothing read from the source tree).
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "gw_auth.h"
+
+#include <openssl/bio.h>
+#include <openssl/cms.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509v3.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- test PKI ---- */
+
+typedef struct {
+    X509 *cert;
+    EVP_PKEY *key;
+} ident_t;
+
+static const char s_body[] = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<plist version=\"1.0\">"
+                             "<dict><key>MessageType</key><string>Authenticate</string>"
+                             "<key>UDID</key><string>0000-TEST</string></dict></plist>\n";
+
+static void s_ext(X509 *cert, X509 *issuer, int nid, const char *value)
+{
+    X509V3_CTX ctx;
+    X509V3_set_ctx(&ctx, issuer, cert, NULL, NULL, 0);
+    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+    assert_non_null(ext);
+    assert_int_equal(X509_add_ext(cert, ext, -1), 1);
+    X509_EXTENSION_free(ext);
+}
+
+//  A certificate for `cn`, signed by `issuer` (NULL = self-signed), valid
+//  from now+nb to now+na seconds.
+static ident_t s_make(const char *cn, const ident_t *issuer, int ca, long nb, long na, int rsa)
+{
+    static long serial = 1;
+    ident_t id;
+    id.key = rsa ? EVP_RSA_gen(2048) : EVP_EC_gen("P-256");
+    assert_non_null(id.key);
+    id.cert = X509_new();
+    assert_non_null(id.cert);
+    X509_set_version(id.cert, 2);
+    ASN1_INTEGER_set(X509_get_serialNumber(id.cert), serial++);
+    X509_gmtime_adj(X509_getm_notBefore(id.cert), nb);
+    X509_gmtime_adj(X509_getm_notAfter(id.cert), na);
+    X509_NAME *name = X509_get_subject_name(id.cert);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+    X509_set_issuer_name(id.cert, issuer ? X509_get_subject_name(issuer->cert) : name);
+    X509_set_pubkey(id.cert, id.key);
+    X509 *icert = issuer ? issuer->cert : id.cert;
+    s_ext(id.cert, icert, NID_subject_key_identifier, "hash");
+    s_ext(id.cert, icert, NID_authority_key_identifier, "keyid:always");
+    if (ca) {
+        s_ext(id.cert, icert, NID_basic_constraints, "critical,CA:TRUE");
+        s_ext(id.cert, icert, NID_key_usage, "critical,keyCertSign,cRLSign");
+    } else {
+        s_ext(id.cert, icert, NID_basic_constraints, "critical,CA:FALSE");
+        s_ext(id.cert, icert, NID_key_usage, "critical,digitalSignature,keyEncipherment");
+        s_ext(id.cert, icert, NID_ext_key_usage, "clientAuth");
+    }
+    assert_true(X509_sign(id.cert, issuer ? issuer->key : id.key, EVP_sha256()) > 0);
+    return id;
+}
+
+static void s_free(ident_t *id)
+{
+    X509_free(id->cert);
+    EVP_PKEY_free(id->key);
+}
+
+static char *s_pem(X509 *cert)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    PEM_write_bio_X509(b, cert);
+    char *p;
+    long n = BIO_get_mem_data(b, &p);
+    char *s = strndup(p, (size_t)n);
+    BIO_free(b);
+    return s;
+}
+
+static void s_write_pem(const char *path, X509 *a, X509 *b)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    PEM_write_X509(f, a);
+    if (b)
+        PEM_write_X509(f, b);
+    fclose(f);
+}
+
+//  Detached CMS over data by `n` signers (0 = certs-only, no SignerInfo),
+//  `extra` certificates added (intermediates). Returns base64 (malloc'd).
+static char *s_sign(const void *data, size_t len, const ident_t *signers, int n, const EVP_MD *md,
+                    X509 *extra)
+{
+    BIO *in = BIO_new_mem_buf(data, (int)len);
+    CMS_ContentInfo *cms =
+        CMS_sign(NULL, NULL, NULL, NULL, CMS_PARTIAL | CMS_DETACHED | CMS_BINARY);
+    assert_non_null(cms);
+    for (int i = 0; i < n; i++)
+        assert_non_null(CMS_add1_signer(cms, signers[i].cert, signers[i].key, md, CMS_BINARY));
+    if (n == 0) //  certs-only: the signer's certificate but no SignerInfo
+        assert_int_equal(CMS_add1_cert(cms, signers[0].cert), 1);
+    if (extra)
+        assert_int_equal(CMS_add1_cert(cms, extra), 1);
+    if (n > 0) //  (OpenSSL refuses to "finalise" a SignedData without signers)
+        assert_int_equal(CMS_final(cms, in, NULL, CMS_DETACHED | CMS_BINARY), 1);
+    assert_non_null(cms);
+    unsigned char *der = NULL;
+    int dlen = i2d_CMS_ContentInfo(cms, &der);
+    assert_true(dlen > 0);
+    char *b64 = malloc((size_t)dlen / 3 * 4 + 8);
+    EVP_EncodeBlock((unsigned char *)b64, der, dlen);
+    OPENSSL_free(der);
+    CMS_ContentInfo_free(cms);
+    BIO_free(in);
+    return b64;
+}
+
+/* ---- fixture ---- */
+
+typedef struct {
+    char dir[64], ca_path[128], other_path[128];
+    ident_t ca, other_ca, inter, leaf, leaf_rsa, expired, other_leaf, selfsigned, inter_leaf;
+    gw_auth_t *auth;
+} fx_t;
+
+static int s_setup(void **state)
+{
+    fx_t *f = calloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/gw_auth_testXXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    f->ca = s_make("PicoMDM Test Device CA", NULL, 1, -3600, 86400 * 365, 0);
+    f->other_ca = s_make("Some Other CA", NULL, 1, -3600, 86400 * 365, 0);
+    f->inter = s_make("PicoMDM Test Intermediate", &f->ca, 1, -3600, 86400 * 365, 0);
+    f->leaf = s_make("device-1", &f->ca, 0, -3600, 86400, 0);
+    f->leaf_rsa = s_make("device-rsa", &f->ca, 0, -3600, 86400, 1);
+    f->expired = s_make("device-old", &f->ca, 0, -86400 * 10, -86400, 0);
+    f->other_leaf = s_make("device-x", &f->other_ca, 0, -3600, 86400, 0);
+    f->selfsigned = s_make("device-self", NULL, 0, -3600, 86400, 0);
+    f->inter_leaf = s_make("device-2", &f->inter, 0, -3600, 86400, 0);
+    snprintf(f->ca_path, sizeof f->ca_path, "%s/ca.pem", f->dir);
+    snprintf(f->other_path, sizeof f->other_path, "%s/other.pem", f->dir);
+    s_write_pem(f->ca_path, f->ca.cert, NULL);
+    s_write_pem(f->other_path, f->other_ca.cert, NULL);
+    char err[256];
+    f->auth = gw_auth_new(f->ca_path, err, sizeof err);
+    assert_non_null(f->auth);
+    *state = f;
+    return 0;
+}
+
+static int s_teardown(void **state)
+{
+    fx_t *f = *state;
+    gw_auth_destroy(&f->auth);
+    gw_auth_destroy(&f->auth); //  safe twice
+    ident_t *all[] = {&f->ca,      &f->other_ca,   &f->inter,      &f->leaf,      &f->leaf_rsa,
+                      &f->expired, &f->other_leaf, &f->selfsigned, &f->inter_leaf};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        s_free(all[i]);
+    unlink(f->ca_path);
+    unlink(f->other_path);
+    rmdir(f->dir);
+    free(f);
+    return 0;
+}
+
+static int s_verify(fx_t *f, const char *sig, const void *body, size_t len, gw_auth_result_t *r)
+{
+    return gw_auth_verify_signature(f->auth, sig, sig ? strlen(sig) : 0, body, len, r);
+}
+
+static void s_expect_fail(fx_t *f, const char *sig, const void *body, size_t len, const char *code)
+{
+    gw_auth_result_t r;
+    assert_int_equal(s_verify(f, sig, body, len, &r), -1);
+    assert_non_null(r.code);
+    if (strcmp(r.code, code) != 0)
+        fail_msg("expected code %s, got %s (%s)", code, r.code, r.reason);
+    assert_true(strlen(r.reason) > 0);
+}
+
+/* ---- tests ---- */
+
+static void test_good_sha256(void **state)
+{
+    fx_t *f = *state;
+    char *sig = s_sign(s_body, strlen(s_body), &f->leaf, 1, EVP_sha256(), NULL);
+    gw_auth_result_t r;
+    int rc = s_verify(f, sig, s_body, strlen(s_body), &r);
+    if (rc != 0)
+        fail_msg("good signature rejected: %s %s", r.code, r.reason);
+    //  cert_hash is SHA-256 over the DER certificate
+    unsigned char *der = NULL;
+    int dlen = i2d_X509(f->leaf.cert, &der);
+    uint8_t want[32];
+    EVP_Digest(der, (size_t)dlen, want, NULL, EVP_sha256(), NULL);
+    OPENSSL_free(der);
+    assert_memory_equal(r.cert_hash, want, 32);
+    assert_string_equal(r.issuer, "CN=PicoMDM Test Device CA");
+    assert_string_equal(r.subject, "CN=device-1");
+    char hex[65];
+    gw_auth_hash_hex(r.cert_hash, hex);
+    assert_int_equal(strlen(hex), 64);
+    free(sig);
+}
+
+static void test_good_sha1_rsa(void **state)
+{
+    fx_t *f = *state;
+    char *sig = s_sign(s_body, strlen(s_body), &f->leaf_rsa, 1, EVP_sha1(), NULL);
+    gw_auth_result_t r;
+    int rc = s_verify(f, sig, s_body, strlen(s_body), &r);
+    if (rc != 0)
+        fail_msg("SHA-1 signature rejected: %s %s", r.code, r.reason);
+    assert_string_equal(r.subject, "CN=device-rsa");
+    free(sig);
+}
+
+static void test_sha512_refused(void **state)
+{
+    fx_t *f = *state;
+    char *sig = s_sign(s_body, strlen(s_body), &f->leaf, 1, EVP_sha512(), NULL);
+    s_expect_fail(f, sig, s_body, strlen(s_body), "bad_digest");
+    free(sig);
+}
+
+static void test_base64_with_newlines(void **state)
+{
+    fx_t *f = *state;
+    char *sig = s_sign(s_body, strlen(s_body), &f->leaf, 1, EVP_sha256(), NULL);
+    size_t n = strlen(sig);
+    char *wrapped = malloc(n + n / 64 + 2), *w = wrapped;
+    for (size_t i = 0; i < n; i++) {
+        *w++ = sig[i];
+        if (i % 64 == 63)
+            *w++ = '\n';
+    }
+    *w = '\0';
+    gw_auth_result_t r;
+    assert_int_equal(s_verify(f, wrapped, s_body, strlen(s_body), &r), 0);
+    free(wrapped);
+    free(sig);
+}
+
+static void test_intermediate_in_signature(void **state)
+{
+    fx_t *f = *state;
+    //  the device sends its chain (iOS does); only the root is configured
+    char *sig = s_sign(s_body, strlen(s_body), &f->inter_leaf, 1, EVP_sha256(), f->inter.cert);
+    gw_auth_result_t r;
+    int rc = s_verify(f, sig, s_body, strlen(s_body), &r);
+    if (rc != 0)
+        fail_msg("chain via intermediate rejected: %s %s", r.code, r.reason);
+    free(sig);
+    //  without the intermediate it cannot chain
+    sig = s_sign(s_body, strlen(s_body), &f->inter_leaf, 1, EVP_sha256(), NULL);
+    s_expect_fail(f, sig, s_body, strlen(s_body), "untrusted_chain");
+    free(sig);
+}
+
+static void test_unsigned(void **state)
+{
+    fx_t *f = *state;
+    s_expect_fail(f, NULL, s_body, strlen(s_body), "unsigned");
+    s_expect_fail(f, "", s_body, strlen(s_body), "unsigned");
+}
+
+static void test_wrong_ca(void **state)
+{
+    fx_t *f = *state;
+    char *sig = s_sign(s_body, strlen(s_body), &f->other_leaf, 1, EVP_sha256(), NULL);
+    s_expect_fail(f, sig, s_body, strlen(s_body), "untrusted_chain");
+    free(sig);
+}
+
+static void test_expired(void **state)
+{
+    fx_t *f = *state;
+    char *sig = s_sign(s_body, strlen(s_body), &f->expired, 1, EVP_sha256(), NULL);
+    s_expect_fail(f, sig, s_body, strlen(s_body), "expired");
+    free(sig);
+}
+
+static void test_zero_signers(void **state)
+{
+    fx_t *f = *state;
+    char *sig = s_sign(s_body, strlen(s_body), &f->leaf, 0, EVP_sha256(), NULL);
+    s_expect_fail(f, sig, s_body, strlen(s_body), "signer_count");
+    free(sig);
+}
+
+static void test_two_signers(void **state)
+{
+    fx_t *f = *state;
+    ident_t two[2] = {f->leaf, f->leaf_rsa}; //  both individually valid
+    char *sig = s_sign(s_body, strlen(s_body), two, 2, EVP_sha256(), NULL);
+    s_expect_fail(f, sig, s_body, strlen(s_body), "signer_count");
+    free(sig);
+}
+
+static void test_tampered_body(void **state)
+{
+    fx_t *f = *state;
+    char *sig = s_sign(s_body, strlen(s_body), &f->leaf, 1, EVP_sha256(), NULL);
+    char *body = strdup(s_body);
+    char *u = strstr(body, "0000-TEST");
+    u[0] = '1'; //  another device's UDID
+    s_expect_fail(f, sig, body, strlen(body), "bad_signature");
+    s_expect_fail(f, sig, s_body, strlen(s_body) - 1, "bad_signature"); //  truncated
+    s_expect_fail(f, sig, "", 0, "bad_signature");
+    free(body);
+    free(sig);
+}
+
+static void test_garbage(void **state)
+{
+    fx_t *f = *state;
+    s_expect_fail(f, "!!!not base64***", s_body, strlen(s_body), "bad_base64");
+    s_expect_fail(f, "aGVsbG8gd29ybGQ=", s_body, strlen(s_body), "bad_cms"); //  "hello world"
+    //  a valid signature with trailing bytes after the DER
+    char *sig = s_sign(s_body, strlen(s_body), &f->leaf, 1, EVP_sha256(), NULL);
+    size_t n = strlen(sig);
+    char *longer = malloc(n + 8);
+    memcpy(longer, sig, n);
+    //  strip padding and append more base64: decodes to DER + garbage
+    while (n && longer[n - 1] == '=')
+        n--;
+    memcpy(longer + n, "QUFB", 5);
+    gw_auth_result_t r;
+    assert_int_equal(s_verify(f, longer, s_body, strlen(s_body), &r), -1);
+    free(longer);
+    //  a signature that is too large is refused before decoding
+    char *huge = malloc(GW_AUTH_SIG_MAX + 8);
+    memset(huge, 'A', GW_AUTH_SIG_MAX + 4);
+    huge[GW_AUTH_SIG_MAX + 4] = '\0';
+    s_expect_fail(f, huge, s_body, strlen(s_body), "too_large");
+    free(huge);
+    free(sig);
+}
+
+static void test_self_signed(void **state)
+{
+    fx_t *f = *state;
+    //  a self-signed leaf nobody issued
+    char *sig = s_sign(s_body, strlen(s_body), &f->selfsigned, 1, EVP_sha256(), NULL);
+    s_expect_fail(f, sig, s_body, strlen(s_body), "self_signed");
+    free(sig);
+    //  even the trusted CA itself is not a device identity
+    sig = s_sign(s_body, strlen(s_body), &f->ca, 1, EVP_sha256(), NULL);
+    s_expect_fail(f, sig, s_body, strlen(s_body), "self_signed");
+    free(sig);
+}
+
+static void test_verify_cert_and_pem(void **state)
+{
+    fx_t *f = *state;
+    gw_auth_result_t r;
+    assert_int_equal(gw_auth_verify_cert(f->auth, f->leaf.cert, NULL, &r), 0);
+    uint8_t h1[32];
+    memcpy(h1, r.cert_hash, 32);
+    assert_int_equal(gw_auth_verify_cert(f->auth, f->other_leaf.cert, NULL, &r), -1);
+    assert_string_equal(r.code, "untrusted_chain");
+    assert_int_equal(gw_auth_verify_cert(f->auth, NULL, NULL, &r), -1);
+    assert_string_equal(r.code, "no_certificate");
+
+    //  URL-escaped PEM, as nginx's $ssl_client_escaped_cert
+    char *pem = s_pem(f->leaf.cert);
+    char *esc = malloc(strlen(pem) * 3 + 1), *e = esc;
+    for (const char *p = pem; *p; p++) {
+        if (*p == '\n' || *p == ' ' || *p == '+' || *p == '/' || *p == '=')
+            e += snprintf(e, 4, "%%%02X", (unsigned char)*p);
+        else
+            *e++ = *p;
+    }
+    *e = '\0';
+    assert_int_equal(gw_auth_verify_escaped_pem(f->auth, esc, &r), 0);
+    assert_memory_equal(r.cert_hash, h1, 32);
+    assert_int_equal(gw_auth_verify_escaped_pem(f->auth, pem, &r), 0); //  plain PEM too
+    assert_int_equal(gw_auth_verify_escaped_pem(f->auth, "%ZZgarbage", &r), -1);
+    assert_int_equal(gw_auth_verify_escaped_pem(f->auth, "", &r), -1);
+    free(esc);
+    free(pem);
+    pem = s_pem(f->expired.cert);
+    assert_int_equal(gw_auth_verify_escaped_pem(f->auth, pem, &r), -1);
+    assert_string_equal(r.code, "expired");
+    free(pem);
+}
+
+static void test_load_errors(void **state)
+{
+    fx_t *f = *state;
+    char err[256] = "";
+    assert_null(gw_auth_new("/nonexistent/ca.pem", err, sizeof err));
+    assert_non_null(strstr(err, "/nonexistent/ca.pem"));
+    assert_null(gw_auth_new("", err, sizeof err));
+    char empty[160];
+    snprintf(empty, sizeof empty, "%s/empty.pem", f->dir);
+    FILE *fp = fopen(empty, "w");
+    fputs("not a certificate\n", fp);
+    fclose(fp);
+    assert_null(gw_auth_new(empty, err, sizeof err));
+    assert_non_null(strstr(err, "no PEM certificate"));
+    unlink(empty);
+
+    //  several files, and several certificates in one file
+    char list[300];
+    snprintf(list, sizeof list, "%s, %s", f->other_path, f->ca_path);
+    gw_auth_t *a = gw_auth_new(list, err, sizeof err);
+    assert_non_null(a);
+    assert_int_equal(gw_auth_ca_count(a), 2);
+    STACK_OF(X509_NAME) *names = gw_auth_ca_names(a);
+    assert_int_equal(sk_X509_NAME_num(names), 2);
+    sk_X509_NAME_pop_free(names, X509_NAME_free);
+    gw_auth_result_t r;
+    assert_int_equal(gw_auth_verify_cert(a, f->other_leaf.cert, NULL, &r), 0);
+    assert_int_equal(gw_auth_verify_cert(a, f->leaf.cert, NULL, &r), 0);
+    gw_auth_destroy(&a);
+    char both[160];
+    snprintf(both, sizeof both, "%s/both.pem", f->dir);
+    s_write_pem(both, f->other_ca.cert, f->ca.cert);
+    a = gw_auth_new(both, err, sizeof err);
+    assert_non_null(a);
+    assert_int_equal(gw_auth_ca_count(a), 2);
+    gw_auth_destroy(&a);
+    unlink(both);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_good_sha256),
+        cmocka_unit_test(test_good_sha1_rsa),
+        cmocka_unit_test(test_sha512_refused),
+        cmocka_unit_test(test_base64_with_newlines),
+        cmocka_unit_test(test_intermediate_in_signature),
+        cmocka_unit_test(test_unsigned),
+        cmocka_unit_test(test_wrong_ca),
+        cmocka_unit_test(test_expired),
+        cmocka_unit_test(test_zero_signers),
+        cmocka_unit_test(test_two_signers),
+        cmocka_unit_test(test_tampered_body),
+        cmocka_unit_test(test_garbage),
+        cmocka_unit_test(test_self_signed),
+        cmocka_unit_test(test_verify_cert_and_pem),
+        cmocka_unit_test(test_load_errors),
+    };
+    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+}

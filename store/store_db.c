@@ -1,0 +1,1714 @@
+/*  store_db — SQLite implementation of store_db.h (see there and docs/queue.md).
+ *
+ *  One connection, used by the store's single thread. WAL mode; prepared
+ *  statements are prepared once and cached; every operation runs inside the
+ *  caller's transaction (group commit) and a savepoint per request.
+ */
+#include "store_db.h"
+
+#include <sqlite3.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- schema: one entry per version; never edit a released entry, add one ---- */
+static const char *const s_migrations[] = {
+    /* 1: the first schema */
+    "CREATE TABLE enrollments("
+    " eid TEXT PRIMARY KEY, kind TEXT NOT NULL, parent TEXT,"
+    " udid TEXT, serial TEXT, model TEXT, os_version TEXT, device_name TEXT,"
+    " topic TEXT, push_magic TEXT, push_token BLOB, unlock_token BLOB, bootstrap_token BLOB,"
+    " awaiting_config INTEGER NOT NULL DEFAULT 0,"
+    " cert_hash BLOB, cert_issuer TEXT,"
+    " enrolled INTEGER NOT NULL DEFAULT 0, stale_token INTEGER NOT NULL DEFAULT 0,"
+    " wake_pending INTEGER NOT NULL DEFAULT 0, session INTEGER NOT NULL DEFAULT 0,"
+    " first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL,"
+    " authenticate BLOB, token_update BLOB,"
+    " last_rid TEXT, last_status INTEGER, last_reply BLOB);"
+    "CREATE INDEX enrollments_parent ON enrollments(parent) WHERE parent IS NOT NULL;"
+    "CREATE INDEX enrollments_cert ON enrollments(cert_hash) WHERE cert_hash IS NOT NULL;"
+    "CREATE INDEX enrollments_wake ON enrollments(wake_pending) WHERE wake_pending = 1;"
+    "CREATE TABLE commands("
+    " id INTEGER PRIMARY KEY, uuid TEXT NOT NULL UNIQUE, request_type TEXT NOT NULL,"
+    " body BLOB NOT NULL, priority INTEGER NOT NULL, created INTEGER NOT NULL,"
+    " expires INTEGER, rid TEXT UNIQUE, targets INTEGER NOT NULL DEFAULT 0);"
+    "CREATE TABLE queue("
+    " eid TEXT NOT NULL, cmd INTEGER NOT NULL, status TEXT NOT NULL, active INTEGER NOT NULL,"
+    " priority INTEGER NOT NULL, expires INTEGER, created INTEGER NOT NULL,"
+    " delivered INTEGER, answered INTEGER, session INTEGER,"
+    " deliveries INTEGER NOT NULL DEFAULT 0, notnow_count INTEGER NOT NULL DEFAULT 0,"
+    " PRIMARY KEY(eid, cmd)) WITHOUT ROWID;"
+    "CREATE INDEX queue_active ON queue(eid, priority DESC, cmd) WHERE active = 1;"
+    "CREATE INDEX queue_cmd ON queue(cmd);"
+    "CREATE TABLE results("
+    " id INTEGER PRIMARY KEY, eid TEXT NOT NULL, cmd INTEGER NOT NULL, status TEXT NOT NULL,"
+    " received INTEGER NOT NULL, body BLOB, UNIQUE(eid, cmd));"
+    "CREATE INDEX results_cmd ON results(cmd);"
+    "CREATE TABLE events("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, name TEXT NOT NULL,"
+    " eid TEXT, source TEXT, data BLOB);",
+};
+#define S_NMIGRATIONS ((int)(sizeof s_migrations / sizeof s_migrations[0]))
+_Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema version");
+
+/* ---- cached statements ---- */
+#define S_STMTS(X)                                                                                 \
+    X(BEGIN, "BEGIN IMMEDIATE")                                                                    \
+    X(COMMIT, "COMMIT")                                                                            \
+    X(ROLLBACK, "ROLLBACK")                                                                        \
+    X(SAVEPOINT, "SAVEPOINT op")                                                                   \
+    X(RELEASE, "RELEASE op")                                                                       \
+    X(ROLLBACK_TO, "ROLLBACK TO op")                                                               \
+    X(EVENT_INS, "INSERT INTO events(ts,name,eid,source,data) VALUES(?1,?2,?3,?4,?5)")             \
+    X(ENR_GET, "SELECT kind, cert_hash, enrolled, session, last_rid, last_status, last_reply,"     \
+               " parent, bootstrap_token FROM enrollments WHERE eid=?1")                           \
+    X(ENR_CERT_OTHER, "SELECT eid FROM enrollments WHERE cert_hash=?1 AND eid<>?2"                 \
+                      " AND (parent IS NULL OR parent<>?2) LIMIT 1")                               \
+    X(ENR_INSERT, "INSERT INTO enrollments(eid,kind,parent,udid,serial,model,os_version,"          \
+                  "device_name,cert_hash,cert_issuer,first_seen,last_seen,authenticate)"           \
+                  " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?11,?12)")                           \
+    X(ENR_AUTH, "UPDATE enrollments SET kind=?2, udid=coalesce(?3,udid),"                          \
+                " serial=coalesce(?4,serial), model=coalesce(?5,model),"                           \
+                " os_version=coalesce(?6,os_version), device_name=coalesce(?7,device_name),"       \
+                " cert_hash=coalesce(?8,cert_hash), cert_issuer=coalesce(?9,cert_issuer),"         \
+                " enrolled=0, last_seen=?10, authenticate=?11 WHERE eid=?1")                       \
+    X(ENR_AUTH_CHILDREN, "UPDATE enrollments SET enrolled=0, cert_hash=coalesce(?2,cert_hash)"     \
+                         " WHERE parent=?1")                                                       \
+    X(QUEUE_CLEAR, "UPDATE queue SET status='cancelled', active=0, answered=?2"                    \
+                   " WHERE active=1 AND eid IN (SELECT eid FROM enrollments WHERE eid=?1"          \
+                   " UNION ALL SELECT eid FROM enrollments WHERE parent=?1)"                       \
+                   " RETURNING eid, cmd")                                                          \
+    X(ENR_TOKEN, "UPDATE enrollments SET push_token=coalesce(?2,push_token),"                      \
+                 " push_magic=coalesce(?3,push_magic), topic=coalesce(?4,topic),"                  \
+                 " unlock_token=coalesce(?5,unlock_token), awaiting_config=?6, enrolled=1,"        \
+                 " stale_token=0, token_update=?7, last_seen=?8 WHERE eid=?1")                     \
+    X(ENR_CHECKOUT, "UPDATE enrollments SET enrolled=0, last_seen=?2 WHERE eid=?1")                \
+    X(ENR_BOOTSTRAP, "UPDATE enrollments SET bootstrap_token=?2, last_seen=?3 WHERE eid=?1")       \
+    X(ENR_SEEN, "UPDATE enrollments SET last_seen=?2 WHERE eid=?1")                                \
+    X(ENR_CONNECTED, "UPDATE enrollments SET session=?2, last_seen=?3, wake_pending=0,"            \
+                     " last_rid=?4, last_status=?5, last_reply=?6 WHERE eid=?1")                   \
+    X(ENR_WAKE, "UPDATE enrollments SET wake_pending=(wake_pending OR ?2) WHERE eid=?1")           \
+    X(CMD_BY_UUID, "SELECT id, request_type FROM commands WHERE uuid=?1")                          \
+    X(CMD_BY_ID, "SELECT uuid, request_type, body FROM commands WHERE id=?1")                      \
+    X(CMD_BY_RID, "SELECT uuid, targets FROM commands WHERE rid=?1")                               \
+    X(CMD_INSERT, "INSERT INTO commands(uuid,request_type,body,priority,created,expires,rid)"      \
+                  " VALUES(?1,?2,?3,?4,?5,?6,?7)")                                                 \
+    X(CMD_TARGETS, "UPDATE commands SET targets=?2 WHERE id=?1")                                   \
+    X(Q_INSERT, "INSERT OR IGNORE INTO queue(eid,cmd,status,active,priority,expires,created)"      \
+                " VALUES(?1,?2,'pending',1,?3,?4,?5)")                                             \
+    X(Q_GET, "SELECT status, active, notnow_count FROM queue WHERE eid=?1 AND cmd=?2")             \
+    X(Q_ANSWER, "UPDATE queue SET status=?3, active=0, answered=?4 WHERE eid=?1 AND cmd=?2")       \
+    X(Q_NOTNOW, "UPDATE queue SET status='notnow', notnow_count=notnow_count+1, session=?3,"       \
+                " answered=?4 WHERE eid=?1 AND cmd=?2")                                            \
+    X(Q_EXPIRE,                                                                                    \
+      "UPDATE queue SET status='expired', active=0, answered=?2"                                   \
+      " WHERE eid=?1 AND active=1 AND expires IS NOT NULL AND expires<=?2 RETURNING cmd")          \
+    X(Q_FAIL, "UPDATE queue SET status='failed', active=0, answered=?2"                            \
+              " WHERE eid=?1 AND active=1 AND status='sent' AND deliveries>=?3 AND session<?4"     \
+              " AND delivered<=?5 RETURNING cmd, deliveries")                                      \
+    X(Q_NEXT, "SELECT cmd, deliveries FROM queue WHERE eid=?1 AND active=1"                        \
+              " AND (session IS NULL OR session<?2) AND (status<>'sent' OR delivered<=?3)"         \
+              " ORDER BY (?4>0 AND notnow_count>=?4), priority DESC, cmd LIMIT 1")                 \
+    X(Q_DELIVER, "UPDATE queue SET status='sent', deliveries=deliveries+1, delivered=?3,"          \
+                 " session=?4 WHERE eid=?1 AND cmd=?2")                                            \
+    X(Q_CANCEL_ONE, "UPDATE queue SET status='cancelled', active=0, answered=?3"                   \
+                    " WHERE eid=?1 AND cmd=?2 AND active=1")                                       \
+    X(Q_CANCEL_ALL, "UPDATE queue SET status='cancelled', active=0, answered=?2"                   \
+                    " WHERE cmd=?1 AND active=1 RETURNING eid")                                    \
+    X(Q_LIST, "SELECT c.uuid, c.request_type, q.status, q.priority, q.created, q.delivered,"       \
+              " q.notnow_count, q.deliveries, q.expires FROM queue q JOIN commands c"              \
+              " ON c.id=q.cmd WHERE q.eid=?1 AND (?2 OR q.active=1) ORDER BY q.active DESC,"       \
+              " (?3>0 AND q.notnow_count>=?3), q.priority DESC, q.cmd LIMIT 10000")                \
+    X(RES_UPSERT, "INSERT INTO results(eid,cmd,status,received,body) VALUES(?1,?2,?3,?4,?5)"       \
+                  " ON CONFLICT(eid,cmd) DO UPDATE SET status=excluded.status,"                    \
+                  " received=excluded.received, body=excluded.body")                               \
+    X(RES_EXISTS, "SELECT 1 FROM results WHERE eid=?1 AND cmd=?2")                                 \
+    X(RES_BY_EID, "SELECT r.eid, c.uuid, c.request_type, r.status, r.received, r.body"             \
+                  " FROM results r JOIN commands c ON c.id=r.cmd WHERE r.eid=?1"                   \
+                  " ORDER BY r.id DESC LIMIT ?3")                                                  \
+    X(RES_BY_CMD, "SELECT r.eid, c.uuid, c.request_type, r.status, r.received, r.body"             \
+                  " FROM results r JOIN commands c ON c.id=r.cmd WHERE c.uuid=?2"                  \
+                  " ORDER BY r.id DESC LIMIT ?3")                                                  \
+    X(RES_BY_BOTH, "SELECT r.eid, c.uuid, c.request_type, r.status, r.received, r.body"            \
+                   " FROM results r JOIN commands c ON c.id=r.cmd WHERE r.eid=?1 AND c.uuid=?2"    \
+                   " ORDER BY r.id DESC LIMIT ?3")                                                 \
+    X(RES_ALL, "SELECT r.eid, c.uuid, c.request_type, r.status, r.received, r.body"                \
+               " FROM results r JOIN commands c ON c.id=r.cmd ORDER BY r.id DESC LIMIT ?3")        \
+    X(DEVICES, "SELECT eid, kind, udid, serial, model, os_version, topic, enrolled,"               \
+               " (push_token IS NOT NULL AND push_magic IS NOT NULL AND topic IS NOT NULL"         \
+               "  AND enrolled=1 AND stale_token=0), first_seen, last_seen,"                       \
+               " (SELECT count(*) FROM queue q WHERE q.eid=e.eid AND q.active=1), wake_pending"    \
+               " FROM enrollments e WHERE eid>?1 ORDER BY eid LIMIT ?2")                           \
+    X(EVENTS, "SELECT seq, ts, name, eid, source, data FROM events WHERE seq>?1"                   \
+              " ORDER BY seq LIMIT ?2")                                                            \
+    X(WAKE_LIST, "SELECT eid FROM enrollments WHERE wake_pending=1 LIMIT ?1")                      \
+    X(WAKE_CLEAR, "UPDATE enrollments SET wake_pending=0 WHERE eid=?1")
+
+enum {
+#define S_ENUM(id, sql) S_##id,
+    S_STMTS(S_ENUM)
+#undef S_ENUM
+        S_NSTMTS
+};
+static const char *const s_sql[] = {
+#define S_TEXT(id, sql) sql,
+    S_STMTS(S_TEXT)
+#undef S_TEXT
+};
+
+typedef struct {
+    uint64_t seq;
+    int64_t ts;
+    char *name, *eid, *source;
+    uint8_t *data;
+    size_t len;
+} s_event_t;
+
+struct store_db {
+    sqlite3 *sql;
+    sqlite3_stmt *stmt[S_NSTMTS];
+    char errmsg[512];
+    s_event_t *ev; //  events raised since begin (published after commit)
+    size_t nev, evcap, nev_mark;
+    msgpack_sbuffer scratch; //  event data being built
+    msgpack_packer pk;       //  packs into scratch
+};
+
+/* ---- small helpers ---- */
+
+static void s_err(store_db_t *db, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void s_err(store_db_t *db, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(db->errmsg, sizeof db->errmsg, fmt, ap);
+    va_end(ap);
+}
+
+static store_rc_t s_dberr(store_db_t *db, const char *what)
+{
+    s_err(db,
+          "database error while %s: %s (check the data directory's disk space and "
+          "permissions; the store log has details)",
+          what, sqlite3_errmsg(db->sql));
+    return STORE_ERR_DB;
+}
+
+//  The cached statement `id`, reset and unbound. NULL (errmsg set) if it fails to prepare.
+static sqlite3_stmt *s_st(store_db_t *db, int id)
+{
+    sqlite3_stmt *st = db->stmt[id];
+    if (!st) {
+        if (sqlite3_prepare_v3(db->sql, s_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) !=
+            SQLITE_OK) {
+            s_dberr(db, "preparing a statement");
+            return NULL;
+        }
+        db->stmt[id] = st;
+    } else {
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+    }
+    return st;
+}
+
+static void s_bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+    if (s)
+        sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+static void s_bind_blob(sqlite3_stmt *st, int i, const void *p, size_t n)
+{
+    if (p && n)
+        sqlite3_bind_blob64(st, i, p, n, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+//  Run a statement that returns no rows. 0 / -1 (errmsg set).
+static int s_exec(store_db_t *db, sqlite3_stmt *st, const char *what)
+{
+    if (!st)
+        return -1;
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+        s_dberr(db, what);
+        return -1;
+    }
+    return 0;
+}
+
+static const char *s_col_text(sqlite3_stmt *st, int i)
+{
+    return (const char *)sqlite3_column_text(st, i);
+}
+
+/* ---- msgpack packing helpers (event data, lists) ---- */
+
+static void s_pk_str(msgpack_packer *pk, const char *s)
+{
+    size_t n = s ? strlen(s) : 0;
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s ? s : "", n);
+}
+
+static void s_pk_kstr(msgpack_packer *pk, const char *k, const char *v)
+{
+    s_pk_str(pk, k);
+    if (v)
+        s_pk_str(pk, v);
+    else
+        msgpack_pack_nil(pk);
+}
+
+static void s_pk_kint(msgpack_packer *pk, const char *k, int64_t v)
+{
+    s_pk_str(pk, k);
+    msgpack_pack_int64(pk, v);
+}
+
+static void s_pk_kbool(msgpack_packer *pk, const char *k, bool v)
+{
+    s_pk_str(pk, k);
+    if (v)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+}
+
+//  key + column value (int, text, or nil)
+static void s_pk_kcol(msgpack_packer *pk, const char *k, sqlite3_stmt *st, int i)
+{
+    s_pk_str(pk, k);
+    switch (sqlite3_column_type(st, i)) {
+    case SQLITE_INTEGER:
+        msgpack_pack_int64(pk, sqlite3_column_int64(st, i));
+        break;
+    case SQLITE_TEXT:
+        s_pk_str(pk, s_col_text(st, i));
+        break;
+    default:
+        msgpack_pack_nil(pk);
+    }
+}
+
+//  Start building an event's data map with n pairs (in db->scratch).
+static msgpack_packer *s_ev_data(store_db_t *db, size_t n)
+{
+    msgpack_sbuffer_clear(&db->scratch);
+    msgpack_pack_map(&db->pk, n);
+    return &db->pk;
+}
+
+static char *s_dup(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+//  Append an event (data = db->scratch when use_scratch) to the log and the
+//  in-memory list. Returns 0 / -1.
+static int s_event(store_db_t *db, const char *name, const char *eid, const char *source,
+                   const uint8_t *data, size_t len, int64_t now, uint64_t *seq_out)
+{
+    sqlite3_stmt *st = s_st(db, S_EVENT_INS);
+    if (!st)
+        return -1;
+    sqlite3_bind_int64(st, 1, now);
+    s_bind_text(st, 2, name);
+    s_bind_text(st, 3, eid);
+    s_bind_text(st, 4, source);
+    s_bind_blob(st, 5, data, len);
+    if (s_exec(db, st, "appending an event") < 0)
+        return -1;
+    uint64_t seq = (uint64_t)sqlite3_last_insert_rowid(db->sql);
+    if (seq_out)
+        *seq_out = seq;
+    if (db->nev == db->evcap) {
+        size_t cap = db->evcap ? db->evcap * 2 : 64;
+        s_event_t *ev = realloc(db->ev, cap * sizeof *ev);
+        if (!ev) {
+            s_err(db, "out of memory while queuing an event");
+            return -1;
+        }
+        db->ev = ev;
+        db->evcap = cap;
+    }
+    s_event_t *e = &db->ev[db->nev];
+    memset(e, 0, sizeof *e);
+    e->seq = seq;
+    e->ts = now;
+    e->name = s_dup(name);
+    e->eid = s_dup(eid);
+    e->source = s_dup(source ? source : "store");
+    if (data && len) {
+        e->data = malloc(len);
+        if (e->data) {
+            memcpy(e->data, data, len);
+            e->len = len;
+        }
+    }
+    db->nev++;
+    return 0;
+}
+
+//  Event whose data was built in db->scratch.
+static int s_event_scratch(store_db_t *db, const char *name, const char *eid, int64_t now)
+{
+    return s_event(db, name, eid, "store", (const uint8_t *)db->scratch.data, db->scratch.size, now,
+                   NULL);
+}
+
+static void s_events_drop(store_db_t *db, size_t keep)
+{
+    for (size_t i = keep; i < db->nev; i++) {
+        free(db->ev[i].name);
+        free(db->ev[i].eid);
+        free(db->ev[i].source);
+        free(db->ev[i].data);
+    }
+    db->nev = keep < db->nev ? keep : db->nev;
+}
+
+/* ---- open / close ---- */
+
+static int s_run(store_db_t *db, const char *sql, const char *what)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(db->sql, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        s_err(db, "%s failed: %s", what, msg ? msg : sqlite3_errmsg(db->sql));
+        sqlite3_free(msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int s_migrate(store_db_t *db)
+{
+    int v = store_db_schema_version(db);
+    if (v < 0)
+        return -1;
+    if (v > S_NMIGRATIONS) {
+        s_err(db,
+              "the database is at schema version %d but this picomdm-store knows only up to "
+              "%d: run a newer picomdm-store",
+              v, S_NMIGRATIONS);
+        return -1;
+    }
+    for (; v < S_NMIGRATIONS; v++) {
+        char pragma[64];
+        snprintf(pragma, sizeof pragma, "PRAGMA user_version=%d", v + 1);
+        if (s_run(db, "BEGIN IMMEDIATE", "starting a migration") < 0)
+            return -1;
+        if (s_run(db, s_migrations[v], "schema migration") < 0 ||
+            s_run(db, pragma, "recording the schema version") < 0 ||
+            s_run(db, "COMMIT", "committing a migration") < 0) {
+            sqlite3_exec(db->sql, "ROLLBACK", NULL, NULL, NULL);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+store_db_t *store_db_new(const char *path, const store_db_opts_t *opts, char *err, size_t errlen)
+{
+    store_db_opts_t defaults = {.sync_full = true};
+    if (!opts)
+        opts = &defaults;
+    store_db_t *db = calloc(1, sizeof *db);
+    if (!db) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    msgpack_sbuffer_init(&db->scratch);
+    msgpack_packer_init(&db->pk, &db->scratch, msgpack_sbuffer_write);
+    int rc = sqlite3_open_v2(
+        path, &db->sql, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen,
+                 "cannot open database %s: %s (check that the data directory exists "
+                 "and is writable)",
+                 path, db->sql ? sqlite3_errmsg(db->sql) : sqlite3_errstr(rc));
+        goto fail;
+    }
+    sqlite3_busy_timeout(db->sql, opts->busy_ms > 0 ? opts->busy_ms : 5000);
+    char pragmas[256];
+    snprintf(pragmas, sizeof pragmas,
+             "PRAGMA journal_mode=WAL; PRAGMA synchronous=%s; PRAGMA foreign_keys=OFF;"
+             " PRAGMA cache_size=-16384; PRAGMA temp_store=MEMORY;",
+             opts->sync_full ? "FULL" : "NORMAL");
+    if (s_run(db, pragmas, "setting up the database") < 0 || s_migrate(db) < 0) {
+        snprintf(err, errlen, "%s: %s", path, db->errmsg);
+        goto fail;
+    }
+    return db;
+fail:
+    store_db_destroy(&db);
+    return NULL;
+}
+
+void store_db_destroy(store_db_t **pdb)
+{
+    if (!pdb || !*pdb)
+        return;
+    store_db_t *db = *pdb;
+    for (int i = 0; i < S_NSTMTS; i++)
+        sqlite3_finalize(db->stmt[i]);
+    if (db->sql)
+        sqlite3_close(db->sql);
+    s_events_drop(db, 0);
+    free(db->ev);
+    msgpack_sbuffer_destroy(&db->scratch);
+    free(db);
+    *pdb = NULL;
+}
+
+int store_db_schema_version(store_db_t *db)
+{
+    sqlite3_stmt *st = NULL;
+    int v = -1;
+    if (sqlite3_prepare_v2(db->sql, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        v = sqlite3_column_int(st, 0);
+    else
+        s_dberr(db, "reading the schema version");
+    sqlite3_finalize(st);
+    return v;
+}
+
+const char *store_db_errmsg(const store_db_t *db)
+{
+    return db->errmsg;
+}
+
+/* ---- transactions ---- */
+
+int store_db_begin(store_db_t *db)
+{
+    s_events_drop(db, 0);
+    db->nev_mark = 0;
+    return s_exec(db, s_st(db, S_BEGIN), "starting a transaction");
+}
+
+int store_db_commit(store_db_t *db)
+{
+    if (s_exec(db, s_st(db, S_COMMIT), "committing") < 0) {
+        store_db_rollback(db);
+        return -1;
+    }
+    return 0;
+}
+
+void store_db_rollback(store_db_t *db)
+{
+    if (!sqlite3_get_autocommit(db->sql))
+        s_exec(db, s_st(db, S_ROLLBACK), "rolling back");
+    s_events_drop(db, 0);
+}
+
+int store_db_op_begin(store_db_t *db)
+{
+    db->nev_mark = db->nev;
+    return s_exec(db, s_st(db, S_SAVEPOINT), "starting a savepoint");
+}
+
+void store_db_op_end(store_db_t *db, bool ok)
+{
+    if (!ok) {
+        s_exec(db, s_st(db, S_ROLLBACK_TO), "undoing a request");
+        s_events_drop(db, db->nev_mark);
+    }
+    s_exec(db, s_st(db, S_RELEASE), "ending a savepoint");
+}
+
+void store_db_events_flush(store_db_t *db, store_event_fn *fn, void *arg)
+{
+    for (size_t i = 0; i < db->nev; i++) {
+        s_event_t *e = &db->ev[i];
+        if (fn)
+            fn(arg, e->seq, e->ts, e->name, e->eid, e->source, e->data, e->len);
+    }
+    s_events_drop(db, 0);
+}
+
+/* ---- enrollments ---- */
+
+typedef struct {
+    bool found;
+    bool enrolled;
+    int64_t session;
+    uint8_t cert_hash[64];
+    size_t cert_hash_len;
+    char kind[32];
+    char parent[256];
+} s_enr_t;
+
+//  Load the parts of an enrollment the rules need. Returns 0 (found or not) / -1.
+//  Leaves the statement positioned on the row so the caller may read more columns.
+static int s_enr_load(store_db_t *db, const char *eid, s_enr_t *e, sqlite3_stmt **stp)
+{
+    memset(e, 0, sizeof *e);
+    sqlite3_stmt *st = s_st(db, S_ENR_GET);
+    if (!st)
+        return -1;
+    s_bind_text(st, 1, eid);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        return 0;
+    if (rc != SQLITE_ROW) {
+        s_dberr(db, "reading an enrollment");
+        return -1;
+    }
+    e->found = true;
+    snprintf(e->kind, sizeof e->kind, "%s", s_col_text(st, 0) ? s_col_text(st, 0) : "");
+    int n = sqlite3_column_bytes(st, 1);
+    if (n > 0 && (size_t)n <= sizeof e->cert_hash) {
+        memcpy(e->cert_hash, sqlite3_column_blob(st, 1), (size_t)n);
+        e->cert_hash_len = (size_t)n;
+    }
+    e->enrolled = sqlite3_column_int(st, 2) != 0;
+    e->session = sqlite3_column_int64(st, 3);
+    if (s_col_text(st, 7))
+        snprintf(e->parent, sizeof e->parent, "%s", s_col_text(st, 7));
+    if (stp)
+        *stp = st;
+    else
+        sqlite3_reset(st);
+    return 0;
+}
+
+//  The request's certificate is the one bound to the enrollment (absent = lab mode).
+static bool s_cert_ok(const s_enr_t *e, const uint8_t *hash, size_t len)
+{
+    if (!hash || !len)
+        return true;
+    return e->cert_hash_len == len && memcmp(e->cert_hash, hash, len) == 0;
+}
+
+static int s_rejected(store_db_t *db, const char *eid, const char *what, const char *reason,
+                      int64_t now)
+{
+    msgpack_packer *pk = s_ev_data(db, 2);
+    s_pk_kstr(pk, "request", what);
+    s_pk_kstr(pk, "reason", reason);
+    return s_event_scratch(db, "security.rejected", eid, now);
+}
+
+//  "UDID:UserID" -> "UDID" (user channels); false if the eid has no parent part.
+static bool s_parent_of(const char *eid, char *buf, size_t size)
+{
+    const char *colon = strchr(eid, ':');
+    if (!colon || colon == eid || (size_t)(colon - eid) >= size)
+        return false;
+    memcpy(buf, eid, (size_t)(colon - eid));
+    buf[colon - eid] = '\0';
+    return true;
+}
+
+static bool s_is_user_kind(const char *kind)
+{
+    return kind && (strcmp(kind, "user") == 0 || strcmp(kind, "user-enrollment-user") == 0 ||
+                    strcmp(kind, "shared-ipad-user") == 0);
+}
+
+//  Cancel every active queue entry of eid and its user channels (re-enrollment).
+static int s_queue_clear(store_db_t *db, const char *eid, int64_t now)
+{
+    sqlite3_stmt *st = s_st(db, S_QUEUE_CLEAR);
+    if (!st)
+        return -1;
+    s_bind_text(st, 1, eid);
+    sqlite3_bind_int64(st, 2, now);
+    //  collect first: the RETURNING rows must be read out before other statements run
+    size_t n = 0, cap = 0;
+    struct row {
+        char *eid;
+        int64_t cmd;
+    } *rows = NULL;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            struct row *r = realloc(rows, cap * sizeof *r);
+            if (!r)
+                break;
+            rows = r;
+        }
+        rows[n].eid = s_dup(s_col_text(st, 0));
+        rows[n].cmd = sqlite3_column_int64(st, 1);
+        n++;
+    }
+    sqlite3_reset(st);
+    int ret = 0;
+    if (rc != SQLITE_DONE) {
+        s_dberr(db, "clearing a queue");
+        ret = -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (ret == 0) {
+            sqlite3_stmt *c = s_st(db, S_CMD_BY_ID);
+            const char *uuid = NULL;
+            if (c) {
+                sqlite3_bind_int64(c, 1, rows[i].cmd);
+                if (sqlite3_step(c) == SQLITE_ROW)
+                    uuid = s_col_text(c, 0);
+            }
+            msgpack_packer *pk = s_ev_data(db, 2);
+            s_pk_kstr(pk, "command_uuid", uuid);
+            s_pk_kstr(pk, "reason", "re-enrollment (new Authenticate)");
+            if (c)
+                sqlite3_reset(c);
+            if (s_event_scratch(db, "command.cancelled", rows[i].eid, now) < 0)
+                ret = -1;
+        }
+        free(rows[i].eid);
+    }
+    free(rows);
+    return ret;
+}
+
+static store_rc_t s_authenticate(store_db_t *db, const store_checkin_t *in, const s_enr_t *e,
+                                 store_checkin_res_t *res)
+{
+    //  one identity certificate, one enrollment (its own user channels share it)
+    if (in->cert_hash && in->cert_hash_len) {
+        sqlite3_stmt *st = s_st(db, S_ENR_CERT_OTHER);
+        if (!st)
+            return STORE_ERR_DB;
+        s_bind_blob(st, 1, in->cert_hash, in->cert_hash_len);
+        s_bind_text(st, 2, in->eid);
+        int rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc == SQLITE_ROW) {
+            res->status = 400;
+            snprintf(res->reason, sizeof res->reason,
+                     "the identity certificate is already bound to another enrollment");
+            return s_rejected(db, in->eid, in->message_type, res->reason, in->now_ms) < 0
+                       ? STORE_ERR_DB
+                       : STORE_OK;
+        }
+        if (rc != SQLITE_DONE)
+            return s_dberr(db, "checking the certificate binding");
+    }
+    sqlite3_stmt *st;
+    if (!e->found) {
+        st = s_st(db, S_ENR_INSERT);
+        if (!st)
+            return STORE_ERR_DB;
+        s_bind_text(st, 1, in->eid);
+        s_bind_text(st, 2, in->kind);
+        sqlite3_bind_null(st, 3);
+        s_bind_text(st, 4, in->udid);
+        s_bind_text(st, 5, in->serial);
+        s_bind_text(st, 6, in->model);
+        s_bind_text(st, 7, in->os_version);
+        s_bind_text(st, 8, in->device_name);
+        s_bind_blob(st, 9, in->cert_hash, in->cert_hash_len);
+        s_bind_text(st, 10, in->cert_issuer);
+        sqlite3_bind_int64(st, 11, in->now_ms);
+        s_bind_blob(st, 12, in->body, in->body_len);
+        if (s_exec(db, st, "creating an enrollment") < 0)
+            return STORE_ERR_DB;
+    } else {
+        st = s_st(db, S_ENR_AUTH);
+        if (!st)
+            return STORE_ERR_DB;
+        s_bind_text(st, 1, in->eid);
+        s_bind_text(st, 2, in->kind);
+        s_bind_text(st, 3, in->udid);
+        s_bind_text(st, 4, in->serial);
+        s_bind_text(st, 5, in->model);
+        s_bind_text(st, 6, in->os_version);
+        s_bind_text(st, 7, in->device_name);
+        s_bind_blob(st, 8, in->cert_hash, in->cert_hash_len);
+        s_bind_text(st, 9, in->cert_issuer);
+        sqlite3_bind_int64(st, 10, in->now_ms);
+        s_bind_blob(st, 11, in->body, in->body_len);
+        if (s_exec(db, st, "updating an enrollment") < 0)
+            return STORE_ERR_DB;
+        st = s_st(db, S_ENR_AUTH_CHILDREN);
+        if (!st)
+            return STORE_ERR_DB;
+        s_bind_text(st, 1, in->eid);
+        s_bind_blob(st, 2, in->cert_hash, in->cert_hash_len);
+        if (s_exec(db, st, "updating user channels") < 0)
+            return STORE_ERR_DB;
+        //  re-enrollment: the old queue belonged to the old enrollment
+        if (s_queue_clear(db, in->eid, in->now_ms) < 0)
+            return STORE_ERR_DB;
+    }
+    msgpack_packer *pk = s_ev_data(db, 5);
+    s_pk_kstr(pk, "kind", in->kind);
+    s_pk_kstr(pk, "udid", in->udid);
+    s_pk_kstr(pk, "serial", in->serial);
+    s_pk_kstr(pk, "model", in->model);
+    s_pk_kbool(pk, "reenrolled", e->found);
+    return s_event_scratch(db, "checkin.Authenticate", in->eid, in->now_ms) < 0 ? STORE_ERR_DB
+                                                                                : STORE_OK;
+}
+
+static store_rc_t s_token_update(store_db_t *db, const store_checkin_t *in, s_enr_t *e)
+{
+    sqlite3_stmt *st = s_st(db, S_ENR_TOKEN);
+    if (!st)
+        return STORE_ERR_DB;
+    s_bind_text(st, 1, in->eid);
+    s_bind_blob(st, 2, in->token, in->token_len);
+    s_bind_text(st, 3, in->push_magic);
+    s_bind_text(st, 4, in->topic);
+    s_bind_blob(st, 5, in->unlock_token, in->unlock_token_len);
+    sqlite3_bind_int(st, 6, in->awaiting_configuration > 0);
+    s_bind_blob(st, 7, in->body, in->body_len);
+    sqlite3_bind_int64(st, 8, in->now_ms);
+    if (s_exec(db, st, "storing a push token") < 0)
+        return STORE_ERR_DB;
+    msgpack_packer *pk = s_ev_data(db, 3);
+    s_pk_kstr(pk, "kind", e->kind);
+    s_pk_kbool(pk, "awaiting_configuration", in->awaiting_configuration > 0);
+    s_pk_kbool(pk, "unlock_token", in->unlock_token_len > 0); //  whether, never the value
+    return s_event_scratch(db, "checkin.TokenUpdate", in->eid, in->now_ms) < 0 ? STORE_ERR_DB
+                                                                               : STORE_OK;
+}
+
+//  A TokenUpdate for an unknown user channel of a known device creates it.
+static store_rc_t s_user_channel_create(store_db_t *db, const store_checkin_t *in, s_enr_t *e,
+                                        store_checkin_res_t *res)
+{
+    char parent[256];
+    s_enr_t p;
+    memset(&p, 0, sizeof p);
+    if (s_parent_of(in->eid, parent, sizeof parent) && s_enr_load(db, parent, &p, NULL) < 0)
+        return STORE_ERR_DB;
+    if (!p.found) {
+        res->status = 400;
+        snprintf(res->reason, sizeof res->reason,
+                 "unknown user channel %.128s: its device is not enrolled", in->eid);
+        return STORE_OK;
+    }
+    if (!s_cert_ok(&p, in->cert_hash, in->cert_hash_len)) {
+        res->status = 400;
+        snprintf(res->reason, sizeof res->reason,
+                 "certificate is not the one bound to device %.128s", parent);
+        return s_rejected(db, in->eid, in->message_type, res->reason, in->now_ms) < 0 ? STORE_ERR_DB
+                                                                                      : STORE_OK;
+    }
+    sqlite3_stmt *st = s_st(db, S_ENR_INSERT);
+    if (!st)
+        return STORE_ERR_DB;
+    s_bind_text(st, 1, in->eid);
+    s_bind_text(st, 2, in->kind);
+    s_bind_text(st, 3, parent);
+    s_bind_text(st, 4, in->udid);
+    s_bind_text(st, 5, in->serial);
+    s_bind_text(st, 6, in->model);
+    s_bind_text(st, 7, in->os_version);
+    s_bind_text(st, 8, in->device_name);
+    s_bind_blob(st, 9, p.cert_hash, p.cert_hash_len); //  the device's identity
+    s_bind_text(st, 10, in->cert_issuer);
+    sqlite3_bind_int64(st, 11, in->now_ms);
+    sqlite3_bind_null(st, 12);
+    if (s_exec(db, st, "creating a user channel") < 0)
+        return STORE_ERR_DB;
+    e->found = true;
+    snprintf(e->kind, sizeof e->kind, "%s", in->kind);
+    return STORE_OK;
+}
+
+store_rc_t store_db_checkin(store_db_t *db, const store_checkin_t *in, store_checkin_res_t *res,
+                            msgpack_sbuffer *body_out)
+{
+    memset(res, 0, sizeof *res);
+    res->status = 200;
+    db->errmsg[0] = '\0';
+    if (!in->eid || !*in->eid || !in->kind || !in->message_type) {
+        s_err(db, "checkin needs eid, kind and message_type");
+        return STORE_ERR_BAD;
+    }
+    const char *mt = in->message_type;
+    s_enr_t e;
+    sqlite3_stmt *est = NULL;
+    if (s_enr_load(db, in->eid, &e, &est) < 0)
+        return STORE_ERR_DB;
+    //  the bootstrap token is read before the statement is reused
+    uint8_t *boot = NULL;
+    int bootlen = 0;
+    if (e.found && strcmp(mt, "GetBootstrapToken") == 0) {
+        bootlen = sqlite3_column_bytes(est, 8);
+        if (bootlen > 0 && (boot = malloc((size_t)bootlen)))
+            memcpy(boot, sqlite3_column_blob(est, 8), (size_t)bootlen);
+    }
+    if (est)
+        sqlite3_reset(est);
+    store_rc_t rc = STORE_OK;
+
+    if (strcmp(mt, "Authenticate") == 0) {
+        rc = s_authenticate(db, in, &e, res);
+        goto out;
+    }
+    if (strcmp(mt, "UserAuthenticate") == 0) {
+        //  no directory-user channel support: 410 tells macOS not to retry
+        res->status = 410;
+        snprintf(res->reason, sizeof res->reason, "user channel authentication is not supported");
+        goto event;
+    }
+    if (!e.found) {
+        if (strcmp(mt, "TokenUpdate") == 0 && s_is_user_kind(in->kind)) {
+            rc = s_user_channel_create(db, in, &e, res);
+            if (rc != STORE_OK || res->status != 200)
+                goto out;
+        } else {
+            res->status = 400;
+            snprintf(res->reason, sizeof res->reason,
+                     "unknown enrollment %.128s: the device must send Authenticate first", in->eid);
+            rc = s_rejected(db, in->eid, mt, res->reason, in->now_ms) < 0 ? STORE_ERR_DB : STORE_OK;
+            goto out;
+        }
+    } else if (!s_cert_ok(&e, in->cert_hash, in->cert_hash_len)) {
+        res->status = 400;
+        snprintf(res->reason, sizeof res->reason,
+                 "certificate is not the one bound to enrollment %.128s", in->eid);
+        rc = s_rejected(db, in->eid, mt, res->reason, in->now_ms) < 0 ? STORE_ERR_DB : STORE_OK;
+        goto out;
+    }
+
+    sqlite3_stmt *st;
+    if (strcmp(mt, "TokenUpdate") == 0) {
+        rc = s_token_update(db, in, &e);
+        goto out;
+    } else if (strcmp(mt, "CheckOut") == 0) {
+        st = s_st(db, S_ENR_CHECKOUT);
+        if (!st)
+            return STORE_ERR_DB;
+        s_bind_text(st, 1, in->eid);
+        sqlite3_bind_int64(st, 2, in->now_ms);
+        if (s_exec(db, st, "checking out") < 0) {
+            rc = STORE_ERR_DB;
+            goto out;
+        }
+    } else if (strcmp(mt, "SetBootstrapToken") == 0) {
+        st = s_st(db, S_ENR_BOOTSTRAP);
+        if (!st)
+            return STORE_ERR_DB;
+        s_bind_text(st, 1, in->eid);
+        s_bind_blob(st, 2, in->bootstrap_token, in->bootstrap_token_len);
+        sqlite3_bind_int64(st, 3, in->now_ms);
+        if (s_exec(db, st, "escrowing a bootstrap token") < 0) {
+            rc = STORE_ERR_DB;
+            goto out;
+        }
+    } else {
+        st = s_st(db, S_ENR_SEEN);
+        if (!st)
+            return STORE_ERR_DB;
+        s_bind_text(st, 1, in->eid);
+        sqlite3_bind_int64(st, 2, in->now_ms);
+        if (s_exec(db, st, "updating last seen") < 0) {
+            rc = STORE_ERR_DB;
+            goto out;
+        }
+        if (strcmp(mt, "GetBootstrapToken") == 0) {
+            //  reply {BootstrapToken: data}; an empty dict when none was escrowed
+            msgpack_packer pk;
+            msgpack_packer_init(&pk, body_out, msgpack_sbuffer_write);
+            if (boot) {
+                msgpack_pack_map(&pk, 1);
+                s_pk_str(&pk, "BootstrapToken");
+                msgpack_pack_bin(&pk, (size_t)bootlen);
+                msgpack_pack_bin_body(&pk, boot, (size_t)bootlen);
+            } else {
+                msgpack_pack_map(&pk, 0);
+            }
+        } else if (strcmp(mt, "DeclarativeManagement") == 0 || strcmp(mt, "GetToken") == 0) {
+            res->status = 404;
+            snprintf(res->reason, sizeof res->reason, "%s is not configured on this server",
+                     strcmp(mt, "GetToken") == 0 ? "no token service" : "declarative management");
+        } else {
+            res->status = 400;
+            snprintf(res->reason, sizeof res->reason, "unknown MessageType %.64s", mt);
+        }
+    }
+event:;
+    char name[96];
+    snprintf(name, sizeof name, "checkin.%s", mt);
+    msgpack_packer *pk = s_ev_data(db, 2);
+    s_pk_kstr(pk, "kind", in->kind);
+    s_pk_kint(pk, "status", res->status);
+    if (s_event_scratch(db, name, in->eid, in->now_ms) < 0)
+        rc = STORE_ERR_DB;
+out:
+    free(boot);
+    return rc;
+}
+
+/* ---- command loop ---- */
+
+//  Apple Status -> queue status for a terminal answer; NULL if not terminal/unknown.
+static const char *s_terminal_status(const char *status)
+{
+    if (strcmp(status, "Acknowledged") == 0)
+        return "acknowledged";
+    if (strcmp(status, "Error") == 0)
+        return "error";
+    if (strcmp(status, "CommandFormatError") == 0)
+        return "format_error";
+    return NULL;
+}
+
+static const char *s_uuid_of(store_db_t *db, int64_t cmd, char *buf, size_t size)
+{
+    sqlite3_stmt *c = s_st(db, S_CMD_BY_ID);
+    buf[0] = '\0';
+    if (!c)
+        return buf;
+    sqlite3_bind_int64(c, 1, cmd);
+    if (sqlite3_step(c) == SQLITE_ROW)
+        snprintf(buf, size, "%s", s_col_text(c, 0));
+    sqlite3_reset(c);
+    return buf;
+}
+
+//  Run an UPDATE ... RETURNING cmd[, n] statement (already bound) and raise
+//  event `name` for each row. Returns 0 / -1.
+static int s_sweep(store_db_t *db, sqlite3_stmt *st, const char *eid, const char *name, int64_t now)
+{
+    struct row {
+        int64_t cmd, n;
+    } *rows = NULL;
+    size_t n = 0, cap = 0;
+    int rc, ret = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 8;
+            struct row *r = realloc(rows, cap * sizeof *r);
+            if (!r) {
+                rc = SQLITE_NOMEM;
+                break;
+            }
+            rows = r;
+        }
+        rows[n].cmd = sqlite3_column_int64(st, 0);
+        rows[n].n = sqlite3_column_count(st) > 1 ? sqlite3_column_int64(st, 1) : 0;
+        n++;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        s_dberr(db, "sweeping a queue");
+        ret = -1;
+    }
+    for (size_t i = 0; ret == 0 && i < n; i++) {
+        char uuid[128];
+        s_uuid_of(db, rows[i].cmd, uuid, sizeof uuid);
+        msgpack_packer *pk = s_ev_data(db, rows[i].n ? 2 : 1);
+        s_pk_kstr(pk, "command_uuid", uuid);
+        if (rows[i].n)
+            s_pk_kint(pk, "deliveries", rows[i].n);
+        if (s_event_scratch(db, name, eid, now) < 0)
+            ret = -1;
+    }
+    free(rows);
+    return ret;
+}
+
+//  Expire entries past their expiry; fail entries delivered too often without
+//  an answer (only when they would otherwise be offered again).
+static int s_sweeps(store_db_t *db, const char *eid, int64_t session, const store_policy_t *pol,
+                    int64_t now)
+{
+    sqlite3_stmt *st = s_st(db, S_Q_EXPIRE);
+    if (!st)
+        return -1;
+    s_bind_text(st, 1, eid);
+    sqlite3_bind_int64(st, 2, now);
+    if (s_sweep(db, st, eid, "command.expired", now) < 0)
+        return -1;
+    if (pol && pol->redeliver_limit > 0) {
+        st = s_st(db, S_Q_FAIL);
+        if (!st)
+            return -1;
+        s_bind_text(st, 1, eid);
+        sqlite3_bind_int64(st, 2, now);
+        sqlite3_bind_int(st, 3, pol->redeliver_limit);
+        sqlite3_bind_int64(st, 4, session);
+        sqlite3_bind_int64(st, 5, now - pol->delivered_timeout_ms);
+        if (s_sweep(db, st, eid, "command.failed", now) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+//  Record the device's answer for command_uuid. Returns 0 / -1.
+static int s_record_answer(store_db_t *db, const store_connect_t *in, int64_t session)
+{
+    sqlite3_stmt *st = s_st(db, S_CMD_BY_UUID);
+    if (!st)
+        return -1;
+    s_bind_text(st, 1, in->command_uuid);
+    int64_t cmd = -1;
+    char rtype[128] = "";
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        cmd = sqlite3_column_int64(st, 0);
+        snprintf(rtype, sizeof rtype, "%s", s_col_text(st, 1));
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        s_dberr(db, "looking up a command");
+        return -1;
+    }
+    bool active = false, known = false;
+    if (cmd >= 0) {
+        st = s_st(db, S_Q_GET);
+        if (!st)
+            return -1;
+        s_bind_text(st, 1, in->eid);
+        sqlite3_bind_int64(st, 2, cmd);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            known = true;
+            active = sqlite3_column_int(st, 1) != 0;
+        }
+        sqlite3_reset(st);
+    }
+    if (!known) {
+        //  unknown, or another enrollment's command: note it, change nothing
+        msgpack_packer *pk = s_ev_data(db, 3);
+        s_pk_kstr(pk, "command_uuid", in->command_uuid);
+        s_pk_kstr(pk, "status", in->status);
+        s_pk_kstr(pk, "reason",
+                  cmd >= 0 ? "command is not queued for this enrollment" : "unknown CommandUUID");
+        return s_event_scratch(db, "command.unknown", in->eid, in->now_ms);
+    }
+    bool replay = false;
+    const char *term = s_terminal_status(in->status);
+    if (!term) { //  NotNow
+        if (active) {
+            st = s_st(db, S_Q_NOTNOW);
+            if (!st)
+                return -1;
+            s_bind_text(st, 1, in->eid);
+            sqlite3_bind_int64(st, 2, cmd);
+            sqlite3_bind_int64(st, 3, session);
+            sqlite3_bind_int64(st, 4, in->now_ms);
+            if (s_exec(db, st, "recording NotNow") < 0)
+                return -1;
+        } else {
+            replay = true;
+        }
+    } else {
+        st = s_st(db, S_RES_EXISTS);
+        if (!st)
+            return -1;
+        s_bind_text(st, 1, in->eid);
+        sqlite3_bind_int64(st, 2, cmd);
+        replay = sqlite3_step(st) == SQLITE_ROW;
+        sqlite3_reset(st);
+        st = s_st(db, S_RES_UPSERT);
+        if (!st)
+            return -1;
+        s_bind_text(st, 1, in->eid);
+        sqlite3_bind_int64(st, 2, cmd);
+        s_bind_text(st, 3, in->status);
+        sqlite3_bind_int64(st, 4, in->now_ms);
+        s_bind_blob(st, 5, in->body, in->body_len);
+        if (s_exec(db, st, "storing a result") < 0)
+            return -1;
+        if (active) {
+            st = s_st(db, S_Q_ANSWER);
+            if (!st)
+                return -1;
+            s_bind_text(st, 1, in->eid);
+            sqlite3_bind_int64(st, 2, cmd);
+            s_bind_text(st, 3, term);
+            sqlite3_bind_int64(st, 4, in->now_ms);
+            if (s_exec(db, st, "finishing a queue entry") < 0)
+                return -1;
+        }
+    }
+    msgpack_packer *pk = s_ev_data(db, replay ? 4 : 3);
+    s_pk_kstr(pk, "command_uuid", in->command_uuid);
+    s_pk_kstr(pk, "request_type", rtype);
+    s_pk_kstr(pk, "status", in->status);
+    if (replay)
+        s_pk_kbool(pk, "replay", true);
+    return s_event_scratch(db, "command.result", in->eid, in->now_ms);
+}
+
+//  Pick the next command and mark it delivered; packs {CommandUUID, Command}.
+static int s_next(store_db_t *db, const store_connect_t *in, int64_t session, msgpack_sbuffer *out)
+{
+    const store_policy_t *pol = in->policy;
+    sqlite3_stmt *st = s_st(db, S_Q_NEXT);
+    if (!st)
+        return -1;
+    s_bind_text(st, 1, in->eid);
+    sqlite3_bind_int64(st, 2, session);
+    sqlite3_bind_int64(st, 3, in->now_ms - (pol ? pol->delivered_timeout_ms : 0));
+    sqlite3_bind_int(st, 4, pol ? pol->notnow_limit : 0);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        sqlite3_reset(st);
+        return 0;
+    }
+    if (rc != SQLITE_ROW) {
+        s_dberr(db, "choosing the next command");
+        return -1;
+    }
+    int64_t cmd = sqlite3_column_int64(st, 0);
+    int64_t deliveries = sqlite3_column_int64(st, 1) + 1;
+    sqlite3_reset(st);
+
+    st = s_st(db, S_Q_DELIVER);
+    if (!st)
+        return -1;
+    s_bind_text(st, 1, in->eid);
+    sqlite3_bind_int64(st, 2, cmd);
+    sqlite3_bind_int64(st, 3, in->now_ms);
+    sqlite3_bind_int64(st, 4, session);
+    if (s_exec(db, st, "marking a command delivered") < 0)
+        return -1;
+
+    st = s_st(db, S_CMD_BY_ID);
+    if (!st)
+        return -1;
+    sqlite3_bind_int64(st, 1, cmd);
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        sqlite3_reset(st);
+        s_dberr(db, "reading a queued command");
+        return -1;
+    }
+    char uuid[128], rtype[128];
+    snprintf(uuid, sizeof uuid, "%s", s_col_text(st, 0));
+    snprintf(rtype, sizeof rtype, "%s", s_col_text(st, 1));
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 2);
+    s_pk_kstr(&pk, "CommandUUID", uuid);
+    s_pk_str(&pk, "Command");
+    msgpack_sbuffer_write(out, sqlite3_column_blob(st, 2), (size_t)sqlite3_column_bytes(st, 2));
+    sqlite3_reset(st);
+
+    msgpack_packer *ep = s_ev_data(db, 3);
+    s_pk_kstr(ep, "command_uuid", uuid);
+    s_pk_kstr(ep, "request_type", rtype);
+    s_pk_kint(ep, "delivery", deliveries);
+    return s_event_scratch(db, "command.delivered", in->eid, in->now_ms);
+}
+
+store_rc_t store_db_connect(store_db_t *db, const store_connect_t *in, store_connect_res_t *res,
+                            msgpack_sbuffer *command_out)
+{
+    memset(res, 0, sizeof *res);
+    res->status = 200;
+    db->errmsg[0] = '\0';
+    if (!in->eid || !*in->eid || !in->status) {
+        s_err(db, "connect needs eid and status");
+        return STORE_ERR_BAD;
+    }
+    bool idle = strcmp(in->status, "Idle") == 0;
+    if (!idle && strcmp(in->status, "NotNow") != 0 && !s_terminal_status(in->status)) {
+        res->status = 400;
+        snprintf(res->reason, sizeof res->reason,
+                 "unknown Status %.64s (expected Idle, Acknowledged, Error, CommandFormatError "
+                 "or NotNow)",
+                 in->status);
+        return STORE_OK;
+    }
+    if (!idle && (!in->command_uuid || !*in->command_uuid)) {
+        res->status = 400;
+        snprintf(res->reason, sizeof res->reason, "Status %.64s without a CommandUUID", in->status);
+        return STORE_OK;
+    }
+    s_enr_t e;
+    sqlite3_stmt *est = NULL;
+    if (s_enr_load(db, in->eid, &e, &est) < 0)
+        return STORE_ERR_DB;
+    if (!e.found) {
+        res->status = 400;
+        snprintf(res->reason, sizeof res->reason,
+                 "unknown enrollment %.128s: the device must enroll (Authenticate) first", in->eid);
+        return s_rejected(db, in->eid, "connect", res->reason, in->now_ms) < 0 ? STORE_ERR_DB
+                                                                               : STORE_OK;
+    }
+    //  a repeat of the request we answered last gets the same answer (a retry
+    //  that crossed a scheduler or store restart)
+    if (in->rid && *in->rid && s_col_text(est, 4) && strcmp(s_col_text(est, 4), in->rid) == 0) {
+        res->status = (unsigned)sqlite3_column_int(est, 5);
+        int n = sqlite3_column_bytes(est, 6);
+        if (n > 0)
+            msgpack_sbuffer_write(command_out, sqlite3_column_blob(est, 6), (size_t)n);
+        sqlite3_reset(est);
+        return STORE_OK;
+    }
+    sqlite3_reset(est);
+    if (!s_cert_ok(&e, in->cert_hash, in->cert_hash_len)) {
+        res->status = 400;
+        snprintf(res->reason, sizeof res->reason,
+                 "certificate is not the one bound to enrollment %.128s", in->eid);
+        return s_rejected(db, in->eid, "connect", res->reason, in->now_ms) < 0 ? STORE_ERR_DB
+                                                                               : STORE_OK;
+    }
+    if (!e.enrolled) {
+        res->status = 400;
+        snprintf(res->reason, sizeof res->reason,
+                 "enrollment %.128s is not active (checked out, or no TokenUpdate yet)", in->eid);
+        return STORE_OK;
+    }
+    //  Idle opens a new session: NotNow'd and unanswered commands of earlier
+    //  sessions become eligible again
+    int64_t session = e.session + (idle ? 1 : 0);
+    if (s_sweeps(db, in->eid, session, in->policy, in->now_ms) < 0)
+        return STORE_ERR_DB;
+    if (!idle && s_record_answer(db, in, session) < 0)
+        return STORE_ERR_DB;
+    if (s_next(db, in, session, command_out) < 0)
+        return STORE_ERR_DB;
+    sqlite3_stmt *st = s_st(db, S_ENR_CONNECTED);
+    if (!st)
+        return STORE_ERR_DB;
+    s_bind_text(st, 1, in->eid);
+    sqlite3_bind_int64(st, 2, session);
+    sqlite3_bind_int64(st, 3, in->now_ms);
+    s_bind_text(st, 4, in->rid && *in->rid ? in->rid : NULL);
+    sqlite3_bind_int(st, 5, (int)res->status);
+    s_bind_blob(st, 6, command_out->data, command_out->size);
+    if (s_exec(db, st, "updating the session") < 0)
+        return STORE_ERR_DB;
+    return STORE_OK;
+}
+
+/* ---- operator ---- */
+
+store_rc_t store_db_enqueue(store_db_t *db, const store_enqueue_t *in, char *uuid_out,
+                            size_t uuid_size, uint64_t *queued)
+{
+    db->errmsg[0] = '\0';
+    *queued = 0;
+    if (uuid_size)
+        uuid_out[0] = '\0';
+    if (!in->command_uuid || !*in->command_uuid || !in->request_type || !*in->request_type ||
+        !in->command || !in->command_len) {
+        s_err(db, "enqueue needs a command with a RequestType");
+        return STORE_ERR_BAD;
+    }
+    if (!in->ntargets) {
+        s_err(db, "no targets: give at least one enrollment id (see `picomdm devices`)");
+        return STORE_ERR_BAD;
+    }
+    sqlite3_stmt *st;
+    if (in->rid && *in->rid) { //  a retried request: the first answer again
+        st = s_st(db, S_CMD_BY_RID);
+        if (!st)
+            return STORE_ERR_DB;
+        s_bind_text(st, 1, in->rid);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            snprintf(uuid_out, uuid_size, "%s", s_col_text(st, 0));
+            *queued = (uint64_t)sqlite3_column_int64(st, 1);
+            sqlite3_reset(st);
+            return STORE_OK;
+        }
+        sqlite3_reset(st);
+    }
+    st = s_st(db, S_CMD_BY_UUID);
+    if (!st)
+        return STORE_ERR_DB;
+    s_bind_text(st, 1, in->command_uuid);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc == SQLITE_ROW) {
+        s_err(db,
+              "CommandUUID %s is already used by another command: choose another one or "
+              "leave command_uuid out to get a fresh one",
+              in->command_uuid);
+        return STORE_ERR_CONFLICT;
+    }
+    st = s_st(db, S_CMD_INSERT);
+    if (!st)
+        return STORE_ERR_DB;
+    s_bind_text(st, 1, in->command_uuid);
+    s_bind_text(st, 2, in->request_type);
+    s_bind_blob(st, 3, in->command, in->command_len);
+    sqlite3_bind_int64(st, 4, in->priority);
+    sqlite3_bind_int64(st, 5, in->now_ms);
+    if (in->expires_ms > 0)
+        sqlite3_bind_int64(st, 6, in->expires_ms);
+    else
+        sqlite3_bind_null(st, 6);
+    s_bind_text(st, 7, in->rid && *in->rid ? in->rid : NULL);
+    if (s_exec(db, st, "storing a command") < 0)
+        return STORE_ERR_DB;
+    int64_t cmd = sqlite3_last_insert_rowid(db->sql);
+
+    //  one pass: the wake mark update doubles as the existence check
+    size_t nunknown = 0;
+    size_t ulen = 0;
+    char unknown[400] = "";
+    sqlite3_stmt *wake = s_st(db, S_ENR_WAKE);
+    sqlite3_stmt *ins = s_st(db, S_Q_INSERT);
+    if (!wake || !ins)
+        return STORE_ERR_DB;
+    for (size_t i = 0; i < in->ntargets; i++) {
+        const char *t = in->targets[i];
+        sqlite3_reset(wake);
+        s_bind_text(wake, 1, t);
+        sqlite3_bind_int(wake, 2, !in->no_push);
+        if (sqlite3_step(wake) != SQLITE_DONE) {
+            sqlite3_reset(wake);
+            return s_dberr(db, "checking targets");
+        }
+        if (sqlite3_changes(db->sql) == 0) {
+            if (nunknown < 10 && ulen + strlen(t) + 3 < sizeof unknown) {
+                int w = snprintf(unknown + ulen, sizeof unknown - ulen, "%s%s",
+                                 nunknown ? ", " : "", t);
+                if (w > 0)
+                    ulen += (size_t)w;
+            }
+            nunknown++;
+            continue;
+        }
+        if (nunknown)
+            continue;
+        sqlite3_reset(ins);
+        s_bind_text(ins, 1, t);
+        sqlite3_bind_int64(ins, 2, cmd);
+        sqlite3_bind_int64(ins, 3, in->priority);
+        if (in->expires_ms > 0)
+            sqlite3_bind_int64(ins, 4, in->expires_ms);
+        else
+            sqlite3_bind_null(ins, 4);
+        sqlite3_bind_int64(ins, 5, in->now_ms);
+        if (sqlite3_step(ins) != SQLITE_DONE) {
+            sqlite3_reset(ins);
+            return s_dberr(db, "queuing a command");
+        }
+        *queued += (uint64_t)sqlite3_changes(db->sql);
+    }
+    sqlite3_reset(wake);
+    sqlite3_reset(ins);
+    if (nunknown) {
+        *queued = 0;
+        s_err(db,
+              "unknown enrollment ids: %s%s (%zu unknown of %zu; nothing was queued) — list "
+              "them with `picomdm devices`",
+              unknown, nunknown > 10 ? ", ..." : "", nunknown, in->ntargets);
+        return STORE_ERR_NOTFOUND;
+    }
+    st = s_st(db, S_CMD_TARGETS);
+    if (!st)
+        return STORE_ERR_DB;
+    sqlite3_bind_int64(st, 1, cmd);
+    sqlite3_bind_int64(st, 2, (int64_t)*queued);
+    if (s_exec(db, st, "counting targets") < 0)
+        return STORE_ERR_DB;
+
+    //  one event per enqueue (it lists the targets)
+    msgpack_packer *pk = s_ev_data(db, 6);
+    s_pk_kstr(pk, "command_uuid", in->command_uuid);
+    s_pk_kstr(pk, "request_type", in->request_type);
+    s_pk_kint(pk, "priority", in->priority);
+    s_pk_kint(pk, "expires", in->expires_ms);
+    s_pk_kint(pk, "targets", (int64_t)*queued);
+    s_pk_str(pk, "eids");
+    msgpack_pack_array(pk, in->ntargets);
+    for (size_t i = 0; i < in->ntargets; i++)
+        s_pk_str(pk, in->targets[i]);
+    if (s_event_scratch(db, "command.queued", in->ntargets == 1 ? in->targets[0] : NULL,
+                        in->now_ms) < 0)
+        return STORE_ERR_DB;
+    snprintf(uuid_out, uuid_size, "%s", in->command_uuid);
+    return STORE_OK;
+}
+
+store_rc_t store_db_cancel(store_db_t *db, const char *command_uuid, const char *const *targets,
+                           size_t ntargets, int64_t now_ms, uint64_t *cancelled)
+{
+    db->errmsg[0] = '\0';
+    *cancelled = 0;
+    if (!command_uuid || !*command_uuid) {
+        s_err(db, "cancel needs a command_uuid");
+        return STORE_ERR_BAD;
+    }
+    sqlite3_stmt *st = s_st(db, S_CMD_BY_UUID);
+    if (!st)
+        return STORE_ERR_DB;
+    s_bind_text(st, 1, command_uuid);
+    int64_t cmd = -1;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        cmd = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    if (cmd < 0) {
+        s_err(db, "unknown CommandUUID %s — see `picomdm queue <eid>` for queued commands",
+              command_uuid);
+        return STORE_ERR_NOTFOUND;
+    }
+    msgpack_sbuffer eids;
+    msgpack_sbuffer_init(&eids);
+    msgpack_packer epk;
+    msgpack_packer_init(&epk, &eids, msgpack_sbuffer_write);
+    if (ntargets) {
+        st = s_st(db, S_Q_CANCEL_ONE);
+        if (!st)
+            goto dberr;
+        for (size_t i = 0; i < ntargets; i++) {
+            sqlite3_reset(st);
+            s_bind_text(st, 1, targets[i]);
+            sqlite3_bind_int64(st, 2, cmd);
+            sqlite3_bind_int64(st, 3, now_ms);
+            if (sqlite3_step(st) != SQLITE_DONE) {
+                sqlite3_reset(st);
+                s_dberr(db, "cancelling");
+                goto dberr;
+            }
+            if (sqlite3_changes(db->sql) > 0) {
+                (*cancelled)++;
+                s_pk_str(&epk, targets[i]);
+            }
+        }
+        sqlite3_reset(st);
+    } else {
+        st = s_st(db, S_Q_CANCEL_ALL);
+        if (!st)
+            goto dberr;
+        sqlite3_bind_int64(st, 1, cmd);
+        sqlite3_bind_int64(st, 2, now_ms);
+        int rc;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            (*cancelled)++;
+            s_pk_str(&epk, s_col_text(st, 0));
+        }
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE) {
+            s_dberr(db, "cancelling");
+            goto dberr;
+        }
+    }
+    msgpack_packer *pk = s_ev_data(db, 3);
+    s_pk_kstr(pk, "command_uuid", command_uuid);
+    s_pk_kint(pk, "cancelled", (int64_t)*cancelled);
+    s_pk_str(pk, "eids");
+    msgpack_pack_array(pk, (size_t)*cancelled);
+    msgpack_sbuffer_write(&db->scratch, eids.data, eids.size);
+    msgpack_sbuffer_destroy(&eids);
+    return s_event_scratch(db, "command.cancelled", NULL, now_ms) < 0 ? STORE_ERR_DB : STORE_OK;
+dberr:
+    msgpack_sbuffer_destroy(&eids);
+    return STORE_ERR_DB;
+}
+
+//  Pack the rows of `st` (already bound) as an array, each row packed by fn.
+typedef void(s_row_fn)(msgpack_packer *pk, sqlite3_stmt *st);
+static store_rc_t s_list(store_db_t *db, sqlite3_stmt *st, s_row_fn *fn, msgpack_sbuffer *out,
+                         const char *what)
+{
+    msgpack_sbuffer items;
+    msgpack_sbuffer_init(&items);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &items, msgpack_sbuffer_write);
+    size_t n = 0;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        fn(&pk, st);
+        n++;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) {
+        msgpack_sbuffer_destroy(&items);
+        return s_dberr(db, what);
+    }
+    msgpack_packer opk;
+    msgpack_packer_init(&opk, out, msgpack_sbuffer_write);
+    msgpack_pack_array(&opk, n);
+    msgpack_sbuffer_write(out, items.data, items.size);
+    msgpack_sbuffer_destroy(&items);
+    return STORE_OK;
+}
+
+static void s_row_queue(msgpack_packer *pk, sqlite3_stmt *st)
+{
+    msgpack_pack_map(pk, 9);
+    s_pk_kcol(pk, "command_uuid", st, 0);
+    s_pk_kcol(pk, "request_type", st, 1);
+    s_pk_kcol(pk, "status", st, 2);
+    s_pk_kcol(pk, "priority", st, 3);
+    s_pk_kcol(pk, "created", st, 4);
+    s_pk_kcol(pk, "delivered", st, 5);
+    s_pk_kcol(pk, "notnow_count", st, 6);
+    s_pk_kcol(pk, "deliveries", st, 7);
+    s_pk_kcol(pk, "expires", st, 8);
+}
+
+store_rc_t store_db_queue(store_db_t *db, const char *eid, bool all, const store_policy_t *policy,
+                          int64_t now_ms, msgpack_sbuffer *out)
+{
+    db->errmsg[0] = '\0';
+    s_enr_t e;
+    if (!eid) {
+        s_err(db, "queue needs an enrollment id");
+        return STORE_ERR_BAD;
+    }
+    if (s_enr_load(db, eid, &e, NULL) < 0)
+        return STORE_ERR_DB;
+    if (!e.found) {
+        s_err(db, "unknown enrollment id %s — list them with `picomdm devices`", eid);
+        return STORE_ERR_NOTFOUND;
+    }
+    //  show what a device would see: expired entries are expired now
+    sqlite3_stmt *st = s_st(db, S_Q_EXPIRE);
+    if (!st)
+        return STORE_ERR_DB;
+    s_bind_text(st, 1, eid);
+    sqlite3_bind_int64(st, 2, now_ms);
+    if (s_sweep(db, st, eid, "command.expired", now_ms) < 0)
+        return STORE_ERR_DB;
+    st = s_st(db, S_Q_LIST);
+    if (!st)
+        return STORE_ERR_DB;
+    s_bind_text(st, 1, eid);
+    sqlite3_bind_int(st, 2, all);
+    sqlite3_bind_int(st, 3, policy ? policy->notnow_limit : 0);
+    return s_list(db, st, s_row_queue, out, "listing a queue");
+}
+
+static void s_row_result(msgpack_packer *pk, sqlite3_stmt *st)
+{
+    msgpack_pack_map(pk, 6);
+    s_pk_kcol(pk, "eid", st, 0);
+    s_pk_kcol(pk, "command_uuid", st, 1);
+    s_pk_kcol(pk, "request_type", st, 2);
+    s_pk_kcol(pk, "status", st, 3);
+    s_pk_kcol(pk, "received", st, 4);
+    s_pk_str(pk, "body");
+    int n = sqlite3_column_bytes(st, 5);
+    if (n > 0)
+        msgpack_sbuffer_write((msgpack_sbuffer *)pk->data, sqlite3_column_blob(st, 5), (size_t)n);
+    else
+        msgpack_pack_map(pk, 0);
+}
+
+store_rc_t store_db_results(store_db_t *db, const char *eid, const char *command_uuid,
+                            unsigned limit, msgpack_sbuffer *out)
+{
+    db->errmsg[0] = '\0';
+    int id = eid && command_uuid ? S_RES_BY_BOTH
+             : eid               ? S_RES_BY_EID
+             : command_uuid      ? S_RES_BY_CMD
+                                 : S_RES_ALL;
+    sqlite3_stmt *st = s_st(db, id);
+    if (!st)
+        return STORE_ERR_DB;
+    if (eid)
+        s_bind_text(st, 1, eid);
+    if (command_uuid)
+        s_bind_text(st, 2, command_uuid);
+    sqlite3_bind_int(st, 3, limit ? (int)limit : 100);
+    return s_list(db, st, s_row_result, out, "listing results");
+}
+
+static void s_row_device(msgpack_packer *pk, sqlite3_stmt *st)
+{
+    msgpack_pack_map(pk, 13);
+    s_pk_kcol(pk, "eid", st, 0);
+    s_pk_kcol(pk, "kind", st, 1);
+    s_pk_kcol(pk, "udid", st, 2);
+    s_pk_kcol(pk, "serial", st, 3);
+    s_pk_kcol(pk, "model", st, 4);
+    s_pk_kcol(pk, "os_version", st, 5);
+    s_pk_kcol(pk, "topic", st, 6);
+    s_pk_kbool(pk, "enrolled", sqlite3_column_int(st, 7) != 0);
+    s_pk_kbool(pk, "pushable", sqlite3_column_int(st, 8) != 0);
+    s_pk_kcol(pk, "first_seen", st, 9);
+    s_pk_kcol(pk, "last_seen", st, 10);
+    s_pk_kcol(pk, "queued", st, 11);
+    s_pk_kbool(pk, "wake_pending", sqlite3_column_int(st, 12) != 0);
+}
+
+store_rc_t store_db_devices(store_db_t *db, const char *after, unsigned limit, msgpack_sbuffer *out)
+{
+    db->errmsg[0] = '\0';
+    sqlite3_stmt *st = s_st(db, S_DEVICES);
+    if (!st)
+        return STORE_ERR_DB;
+    s_bind_text(st, 1, after ? after : "");
+    sqlite3_bind_int(st, 2, limit ? (int)limit : 1000);
+    return s_list(db, st, s_row_device, out, "listing enrollments");
+}
+
+store_rc_t store_db_event_append(store_db_t *db, const char *name, const char *eid,
+                                 const char *source, const uint8_t *data, size_t len,
+                                 int64_t now_ms, uint64_t *seq)
+{
+    db->errmsg[0] = '\0';
+    if (!name || !*name) {
+        s_err(db, "an event needs a name");
+        return STORE_ERR_BAD;
+    }
+    return s_event(db, name, eid, source, data, len, now_ms, seq) < 0 ? STORE_ERR_DB : STORE_OK;
+}
+
+static void s_row_event(msgpack_packer *pk, sqlite3_stmt *st)
+{
+    msgpack_pack_map(pk, 6);
+    s_pk_kcol(pk, "seq", st, 0);
+    s_pk_kcol(pk, "ts", st, 1);
+    s_pk_kcol(pk, "name", st, 2);
+    s_pk_kcol(pk, "eid", st, 3);
+    s_pk_kcol(pk, "source", st, 4);
+    s_pk_str(pk, "data");
+    int n = sqlite3_column_bytes(st, 5);
+    if (n > 0)
+        msgpack_sbuffer_write((msgpack_sbuffer *)pk->data, sqlite3_column_blob(st, 5), (size_t)n);
+    else
+        msgpack_pack_map(pk, 0);
+}
+
+store_rc_t store_db_events(store_db_t *db, uint64_t after, unsigned limit, msgpack_sbuffer *out)
+{
+    db->errmsg[0] = '\0';
+    sqlite3_stmt *st = s_st(db, S_EVENTS);
+    if (!st)
+        return STORE_ERR_DB;
+    sqlite3_bind_int64(st, 1, (int64_t)after);
+    sqlite3_bind_int(st, 2, limit ? (int)limit : 1000);
+    return s_list(db, st, s_row_event, out, "listing events");
+}
+
+static void s_row_eid(msgpack_packer *pk, sqlite3_stmt *st)
+{
+    s_pk_str(pk, s_col_text(st, 0));
+}
+
+store_rc_t store_db_wake_pending(store_db_t *db, unsigned limit, bool clear, msgpack_sbuffer *out)
+{
+    db->errmsg[0] = '\0';
+    sqlite3_stmt *st = s_st(db, S_WAKE_LIST);
+    if (!st)
+        return STORE_ERR_DB;
+    sqlite3_bind_int(st, 1, limit ? (int)limit : 1000);
+    store_rc_t rc = s_list(db, st, s_row_eid, out, "listing wakeups");
+    if (rc != STORE_OK || !clear)
+        return rc;
+    //  clear the marks of exactly the listed eids
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    if (msgpack_unpack_next(&u, out->data, out->size, NULL) == MSGPACK_UNPACK_SUCCESS &&
+        u.data.type == MSGPACK_OBJECT_ARRAY) {
+        sqlite3_stmt *c = s_st(db, S_WAKE_CLEAR);
+        for (uint32_t i = 0; c && i < u.data.via.array.size; i++) {
+            const msgpack_object *o = &u.data.via.array.ptr[i];
+            if (o->type != MSGPACK_OBJECT_STR)
+                continue;
+            sqlite3_reset(c);
+            sqlite3_bind_text(c, 1, o->via.str.ptr, (int)o->via.str.size, SQLITE_STATIC);
+            if (sqlite3_step(c) != SQLITE_DONE) {
+                rc = s_dberr(db, "clearing wakeups");
+                break;
+            }
+        }
+        if (c)
+            sqlite3_reset(c);
+    }
+    msgpack_unpacked_destroy(&u);
+    return rc;
+}

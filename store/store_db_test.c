@@ -1,0 +1,853 @@
+/*  store_db unit tests: schema migrations, check-ins, and every queue rule of
+ *  docs/queue.md as a table-driven script (no bus), including replayed
+ *  results, foreign CommandUUIDs and interleaved enrollments.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "store_db.h"
+
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int64_t s_now = 1700000000000;
+static store_policy_t s_pol = {.notnow_limit = 0, .redeliver_limit = 0, .delivered_timeout_ms = 0};
+
+/* ---- events seen after each commit ---- */
+static char s_events[4096];
+static uint64_t s_last_seq;
+static void s_on_event(void *arg, uint64_t seq, int64_t ts, const char *name, const char *eid,
+                       const char *source, const uint8_t *data, size_t len)
+{
+    (void)arg, (void)ts, (void)source, (void)data, (void)len, (void)eid;
+    assert_true(seq > s_last_seq); //  strictly increasing
+    s_last_seq = seq;
+    size_t l = strlen(s_events);
+    snprintf(s_events + l, sizeof s_events - l, "%s ", name);
+}
+static bool s_saw(const char *name)
+{
+    return strstr(s_events, name) != NULL;
+}
+
+static store_db_t *s_open(void)
+{
+    char err[256] = "";
+    (void)err;
+    store_db_t *db = store_db_new(":memory:", NULL, err, sizeof err);
+    assert_non_null(db);
+    s_last_seq = 0; //  a new event log
+    return db;
+}
+
+static void s_commit(store_db_t *db)
+{
+    assert_int_equal(store_db_commit(db), 0);
+    s_events[0] = '\0';
+    store_db_events_flush(db, s_on_event, NULL);
+}
+
+/* ---- helpers: each runs one request in its own transaction ---- */
+
+static unsigned s_checkin(store_db_t *db, const char *eid, const char *kind, const char *mt,
+                          const char *hash)
+{
+    store_checkin_t in = {.eid = eid,
+                          .kind = kind,
+                          .message_type = mt,
+                          .cert_hash = (const uint8_t *)hash,
+                          .cert_hash_len = hash ? strlen(hash) : 0,
+                          .udid = eid,
+                          .topic = "com.apple.mgmt.test",
+                          .push_magic = "magic",
+                          .token = (const uint8_t *)"\x01\x02\x03",
+                          .token_len = 3,
+                          .awaiting_configuration = -1,
+                          .now_ms = s_now};
+    store_checkin_res_t res;
+    msgpack_sbuffer out;
+    msgpack_sbuffer_init(&out);
+    assert_int_equal(store_db_begin(db), 0);
+    assert_int_equal(store_db_op_begin(db), 0);
+    assert_int_equal(store_db_checkin(db, &in, &res, &out), STORE_OK);
+    store_db_op_end(db, true);
+    s_commit(db);
+    msgpack_sbuffer_destroy(&out);
+    return res.status;
+}
+
+static void s_enroll(store_db_t *db, const char *eid)
+{
+    assert_int_equal(s_checkin(db, eid, "device", "Authenticate", NULL), 200);
+    assert_int_equal(s_checkin(db, eid, "device", "TokenUpdate", NULL), 200);
+}
+
+static store_rc_t s_enqueue_rid(store_db_t *db, const char *rid, const char *uuid, int prio,
+                                int64_t ttl_ms, const char *targets, char *got_uuid)
+{
+    const char *t[16];
+    char buf[512];
+    size_t n = 0;
+    snprintf(buf, sizeof buf, "%s", targets);
+    for (char *save = NULL, *tok = strtok_r(buf, " ", &save); tok && n < 16;
+         tok = strtok_r(NULL, " ", &save))
+        t[n++] = tok;
+    msgpack_sbuffer cmd;
+    msgpack_sbuffer_init(&cmd);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &cmd, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 1);
+    msgpack_pack_str_with_body(&pk, "RequestType", 11);
+    msgpack_pack_str_with_body(&pk, "DeviceInformation", 17);
+    store_enqueue_t in = {.rid = rid,
+                          .command_uuid = uuid,
+                          .request_type = "DeviceInformation",
+                          .command = (const uint8_t *)cmd.data,
+                          .command_len = cmd.size,
+                          .targets = t,
+                          .ntargets = n,
+                          .priority = prio,
+                          .expires_ms = ttl_ms ? s_now + ttl_ms : 0,
+                          .now_ms = s_now};
+    char u[128];
+    uint64_t queued;
+    assert_int_equal(store_db_begin(db), 0);
+    assert_int_equal(store_db_op_begin(db), 0);
+    store_rc_t rc = store_db_enqueue(db, &in, u, sizeof u, &queued);
+    store_db_op_end(db, rc == STORE_OK);
+    s_commit(db);
+    if (rc == STORE_OK && got_uuid)
+        snprintf(got_uuid, 128, "%s", u);
+    msgpack_sbuffer_destroy(&cmd);
+    return rc;
+}
+
+static void s_enqueue(store_db_t *db, const char *uuid, int prio, int64_t ttl_ms,
+                      const char *targets)
+{
+    assert_int_equal(s_enqueue_rid(db, NULL, uuid, prio, ttl_ms, targets, NULL), STORE_OK);
+}
+
+//  CommandUUID in a packed {CommandUUID, Command} map, "" when empty.
+static void s_uuid_in(const msgpack_sbuffer *b, char *out, size_t size)
+{
+    out[0] = '\0';
+    if (!b->size)
+        return;
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    assert_int_equal(msgpack_unpack_next(&u, b->data, b->size, NULL), MSGPACK_UNPACK_SUCCESS);
+    assert_int_equal(u.data.type, MSGPACK_OBJECT_MAP);
+    for (uint32_t i = 0; i < u.data.via.map.size; i++) {
+        msgpack_object_kv *kv = &u.data.via.map.ptr[i];
+        if (kv->key.via.str.size == 11 && !memcmp(kv->key.via.str.ptr, "CommandUUID", 11))
+            snprintf(out, size, "%.*s", (int)kv->val.via.str.size, kv->val.via.str.ptr);
+        if (kv->key.via.str.size == 7 && !memcmp(kv->key.via.str.ptr, "Command", 7))
+            assert_int_equal(kv->val.type, MSGPACK_OBJECT_MAP);
+    }
+    msgpack_unpacked_destroy(&u);
+}
+
+//  One CONNECT; returns the HTTP status; *next = the CommandUUID offered ("" none).
+static unsigned s_connect_full(store_db_t *db, const char *eid, const char *status,
+                               const char *uuid, const char *rid, const char *hash, char *next)
+{
+    static const char body[] = "\x81\xa6"
+                               "Status"
+                               "\xac"
+                               "Acknowledged";
+    store_connect_t in = {.eid = eid,
+                          .status = status,
+                          .command_uuid = uuid,
+                          .rid = rid,
+                          .cert_hash = (const uint8_t *)hash,
+                          .cert_hash_len = hash ? strlen(hash) : 0,
+                          .body = (const uint8_t *)body,
+                          .body_len = sizeof body - 1,
+                          .now_ms = s_now,
+                          .policy = &s_pol};
+    store_connect_res_t res;
+    msgpack_sbuffer out;
+    msgpack_sbuffer_init(&out);
+    assert_int_equal(store_db_begin(db), 0);
+    assert_int_equal(store_db_op_begin(db), 0);
+    assert_int_equal(store_db_connect(db, &in, &res, &out), STORE_OK);
+    store_db_op_end(db, true);
+    s_commit(db);
+    s_uuid_in(&out, next, 128);
+    msgpack_sbuffer_destroy(&out);
+    return res.status;
+}
+
+static unsigned s_connect(store_db_t *db, const char *eid, const char *status, const char *uuid,
+                          char *next)
+{
+    return s_connect_full(db, eid, status, uuid, NULL, NULL, next);
+}
+
+//  Number of results stored for eid (and their statuses, space-separated).
+static int s_results(store_db_t *db, const char *eid, const char *uuid, char *statuses, size_t size)
+{
+    msgpack_sbuffer out;
+    msgpack_sbuffer_init(&out);
+    assert_int_equal(store_db_results(db, eid, uuid, 100, &out), STORE_OK);
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    assert_int_equal(msgpack_unpack_next(&u, out.data, out.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    assert_int_equal(u.data.type, MSGPACK_OBJECT_ARRAY);
+    int n = (int)u.data.via.array.size;
+    if (statuses) {
+        statuses[0] = '\0';
+        for (int i = 0; i < n; i++) {
+            msgpack_object *m = &u.data.via.array.ptr[i];
+            for (uint32_t j = 0; j < m->via.map.size; j++) {
+                msgpack_object_kv *kv = &m->via.map.ptr[j];
+                if (kv->key.via.str.size == 6 && !memcmp(kv->key.via.str.ptr, "status", 6)) {
+                    size_t l = strlen(statuses);
+                    snprintf(statuses + l, size - l, "%s%.*s", l ? " " : "",
+                             (int)kv->val.via.str.size, kv->val.via.str.ptr);
+                }
+            }
+        }
+    }
+    msgpack_unpacked_destroy(&u);
+    msgpack_sbuffer_destroy(&out);
+    return n;
+}
+
+//  Statuses of an enrollment's queue (all entries), in listing order "uuid:status ...".
+static void s_queue(store_db_t *db, const char *eid, char *buf, size_t size)
+{
+    msgpack_sbuffer out;
+    msgpack_sbuffer_init(&out);
+    assert_int_equal(store_db_begin(db), 0);
+    assert_int_equal(store_db_queue(db, eid, true, &s_pol, s_now, &out), STORE_OK);
+    s_commit(db);
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    assert_int_equal(msgpack_unpack_next(&u, out.data, out.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    buf[0] = '\0';
+    for (uint32_t i = 0; i < u.data.via.array.size; i++) {
+        msgpack_object *m = &u.data.via.array.ptr[i];
+        const msgpack_object *uu = NULL, *st = NULL;
+        for (uint32_t j = 0; j < m->via.map.size; j++) {
+            msgpack_object_kv *kv = &m->via.map.ptr[j];
+            if (kv->key.via.str.size == 12 && !memcmp(kv->key.via.str.ptr, "command_uuid", 12))
+                uu = &kv->val;
+            if (kv->key.via.str.size == 6 && !memcmp(kv->key.via.str.ptr, "status", 6))
+                st = &kv->val;
+        }
+        assert_non_null(uu);
+        assert_non_null(st);
+        size_t l = strlen(buf);
+        snprintf(buf + l, size - l, "%s%.*s:%.*s", l ? " " : "", (int)uu->via.str.size,
+                 uu->via.str.ptr, (int)st->via.str.size, st->via.str.ptr);
+    }
+    msgpack_unpacked_destroy(&u);
+    msgpack_sbuffer_destroy(&out);
+}
+
+/* ---- the table-driven queue script ---- */
+
+typedef enum { ENQ, CONN, CANCEL, ADVANCE, REAUTH, EXPECT_EVENT, EXPECT_RESULTS } s_op_t;
+
+typedef struct {
+    s_op_t op;
+    const char *eid;    //  CONN, REAUTH, EXPECT_RESULTS; ENQ: targets (space separated)
+    const char *a;      //  CONN: Status; ENQ/CANCEL: CommandUUID; EXPECT_EVENT: event name
+    const char *b;      //  CONN: CommandUUID answered; EXPECT_RESULTS: statuses
+    int n;              //  ENQ: priority; ADVANCE: ms; EXPECT_RESULTS: count
+    int64_t ttl;        //  ENQ: ttl ms
+    const char *expect; //  CONN: CommandUUID expected next ("" = empty reply)
+} s_step_t;
+
+typedef struct {
+    const char *name;
+    store_policy_t pol;
+    const char *eids; //  enrolled before the script
+    s_step_t steps[24];
+} s_script_t;
+
+#define END                                                                                        \
+    {                                                                                              \
+        .op = -1                                                                                   \
+    }
+
+static const s_script_t s_scripts[] = {
+    {"priority then oldest",
+     {0},
+     "d1",
+     {{ENQ, "d1", "A", .n = 0},
+      {ENQ, "d1", "B", .n = 5},
+      {ENQ, "d1", "C", .n = 0},
+      {CONN, "d1", "Idle", .expect = "B"},
+      {CONN, "d1", "Acknowledged", "B", .expect = "A"},
+      {CONN, "d1", "Acknowledged", "A", .expect = "C"},
+      {CONN, "d1", "Acknowledged", "C", .expect = ""},
+      {EXPECT_RESULTS, "d1", .n = 3},
+      END}},
+    {"terminal statuses record the result and serve the next",
+     {0},
+     "d1",
+     {{ENQ, "d1", "A"},
+      {ENQ, "d1", "B"},
+      {ENQ, "d1", "C"},
+      {CONN, "d1", "Idle", .expect = "A"},
+      {CONN, "d1", "Error", "A", .expect = "B"},
+      {EXPECT_EVENT, .a = "command.result"},
+      {EXPECT_EVENT, .a = "command.delivered"},
+      {CONN, "d1", "CommandFormatError", "B", .expect = "C"},
+      {CONN, "d1", "Acknowledged", "C", .expect = ""},
+      {EXPECT_RESULTS, "d1", .b = "Acknowledged CommandFormatError Error", .n = 3},
+      {CONN, "d1", "Idle", .expect = ""},
+      END}},
+    {"NotNow stays queued but not in the same session",
+     {0},
+     "d1",
+     {{ENQ, "d1", "A"},
+      {ENQ, "d1", "B"},
+      {CONN, "d1", "Idle", .expect = "A"},
+      {CONN, "d1", "NotNow", "A", .expect = "B"},
+      {CONN, "d1", "Acknowledged", "B", .expect = ""},
+      {EXPECT_RESULTS, "d1", .n = 1},
+      {CONN, "d1", "Idle", .expect = "A"}, //  next session
+      {CONN, "d1", "NotNow", "A", .expect = ""},
+      {CONN, "d1", "Idle", .expect = "A"},
+      {CONN, "d1", "Acknowledged", "A", .expect = ""},
+      {EXPECT_RESULTS, "d1", .n = 2},
+      END}},
+    {"a session that starts without Idle keeps NotNow'd commands back",
+     {0},
+     "d1",
+     {{ENQ, "d1", "A"},
+      {ENQ, "d1", "B"},
+      {CONN, "d1", "Idle", .expect = "A"},
+      {CONN, "d1", "NotNow", "A", .expect = "B"},
+      {CONN, "d1", "Acknowledged", "B", .expect = ""},
+      {CONN, "d1", "Acknowledged", "B", .expect = ""}, //  a new connection reporting again
+      {CONN, "d1", "Idle", .expect = "A"},
+      END}},
+    {"unknown and foreign CommandUUIDs are events, not failures",
+     {0},
+     "d1 d2",
+     {{ENQ, "d1", "A"},
+      {ENQ, "d2", "B"},
+      {CONN, "d1", "Idle", .expect = "A"},
+      {CONN, "d1", "Acknowledged", "B", .expect = ""}, //  d2's command: A already sent
+      {EXPECT_EVENT, .a = "command.unknown"},
+      {CONN, "d1", "Acknowledged", "no-such-uuid", .expect = ""},
+      {EXPECT_EVENT, .a = "command.unknown"},
+      {EXPECT_RESULTS, "d1", .n = 0},
+      {CONN, "d1", "Acknowledged", "A", .expect = ""},
+      {EXPECT_RESULTS, "d1", .n = 1},
+      {CONN, "d2", "Idle", .expect = "B"}, //  untouched by d1's report
+      END}},
+    {"a replayed result is stored once",
+     {0},
+     "d1",
+     {{ENQ, "d1", "A"},
+      {ENQ, "d1", "B"},
+      {CONN, "d1", "Idle", .expect = "A"},
+      {CONN, "d1", "Acknowledged", "A", .expect = "B"},
+      {CONN, "d1", "Acknowledged", "A", .expect = ""}, //  replay: B already sent
+      {EXPECT_EVENT, .a = "command.result"},
+      {EXPECT_RESULTS, "d1", .n = 1},
+      {CONN, "d1", "Acknowledged", "B", .expect = ""},
+      {CONN, "d1", "Acknowledged", "B", .expect = ""},
+      {EXPECT_RESULTS, "d1", .n = 2},
+      END}},
+    {"interleaved enrollments share one command",
+     {0},
+     "d1 d2 d3",
+     {{ENQ, "d1 d2 d3", "A"},
+      {ENQ, "d1 d2", "B", .n = -1},
+      {CONN, "d1", "Idle", .expect = "A"},
+      {CONN, "d2", "Idle", .expect = "A"},
+      {CONN, "d1", "Acknowledged", "A", .expect = "B"},
+      {CONN, "d3", "Idle", .expect = "A"},
+      {CONN, "d2", "NotNow", "A", .expect = "B"},
+      {CONN, "d3", "Error", "A", .expect = ""},
+      {CONN, "d1", "Acknowledged", "B", .expect = ""},
+      {CONN, "d2", "Acknowledged", "B", .expect = ""},
+      {CONN, "d2", "Idle", .expect = "A"},
+      {CONN, "d2", "Acknowledged", "A", .expect = ""},
+      {EXPECT_RESULTS, "d1", .n = 2},
+      {EXPECT_RESULTS, "d2", .n = 2},
+      {EXPECT_RESULTS, "d3", .b = "Error", .n = 1},
+      END}},
+    {"expiry",
+     {0},
+     "d1",
+     {{ENQ, "d1", "A", .ttl = 10000},
+      {ENQ, "d1", "B"},
+      {ADVANCE, .n = 10001},
+      {CONN, "d1", "Idle", .expect = "B"},
+      {EXPECT_EVENT, .a = "command.expired"},
+      END}},
+    {"an answered command is not expired later",
+     {0},
+     "d1",
+     {{ENQ, "d1", "A", .ttl = 10000},
+      {CONN, "d1", "Idle", .expect = "A"},
+      {CONN, "d1", "Acknowledged", "A", .expect = ""},
+      {ADVANCE, .n = 20000},
+      {CONN, "d1", "Idle", .expect = ""},
+      {EXPECT_RESULTS, "d1", .b = "Acknowledged", .n = 1},
+      END}},
+    {"cancel",
+     {0},
+     "d1 d2",
+     {{ENQ, "d1 d2", "A"},
+      {ENQ, "d1 d2", "B"},
+      {CANCEL, "d1", "A"},
+      {EXPECT_EVENT, .a = "command.cancelled"},
+      {CONN, "d1", "Idle", .expect = "B"},
+      {CONN, "d2", "Idle", .expect = "A"},
+      {CANCEL, NULL, "B"},                             //  every target
+      {CONN, "d1", "Acknowledged", "B", .expect = ""}, //  delivered before: result kept
+      {EXPECT_RESULTS, "d1", .n = 1},
+      {CONN, "d2", "Acknowledged", "A", .expect = ""},
+      END}},
+    {"after notnow-limit NotNow a command goes behind the others",
+     {.notnow_limit = 2},
+     "d1",
+     {{ENQ, "d1", "A"},
+      {ENQ, "d1", "B"},
+      {CONN, "d1", "Idle", .expect = "A"},
+      {CONN, "d1", "NotNow", "A", .expect = "B"},
+      {CONN, "d1", "NotNow", "B", .expect = ""},
+      {CONN, "d1", "Idle", .expect = "A"},
+      {CONN, "d1", "NotNow", "A", .expect = "B"},
+      {CONN, "d1", "Acknowledged", "B", .expect = ""},
+      {ENQ, "d1", "C"},
+      {CONN, "d1", "Idle", .expect = "C"}, //  A (2 NotNow) is behind C
+      {CONN, "d1", "Acknowledged", "C", .expect = "A"},
+      {CONN, "d1", "Acknowledged", "A", .expect = ""},
+      END}},
+    {"delivered and never answered: re-offered next session, failed after redeliver-limit",
+     {.redeliver_limit = 2},
+     "d1",
+     {{ENQ, "d1", "A"},
+      {ENQ, "d1", "B", .n = -1},
+      {CONN, "d1", "Idle", .expect = "A"}, //  delivery 1, no answer
+      {CONN, "d1", "Idle", .expect = "A"}, //  delivery 2, no answer
+      {CONN, "d1", "Idle", .expect = "B"}, //  A failed
+      {EXPECT_EVENT, .a = "command.failed"},
+      {CONN, "d1", "Acknowledged", "B", .expect = ""},
+      END}},
+    {"an unanswered delivery waits delivered-timeout before it is offered again",
+     {.delivered_timeout_ms = 60000},
+     "d1",
+     {{ENQ, "d1", "A"},
+      {CONN, "d1", "Idle", .expect = "A"},
+      {ADVANCE, .n = 1000},
+      {CONN, "d1", "Idle", .expect = ""},
+      {ADVANCE, .n = 60000},
+      {CONN, "d1", "Idle", .expect = "A"},
+      END}},
+    {"re-enrollment clears the queue",
+     {0},
+     "d1",
+     {{ENQ, "d1", "A"},
+      {ENQ, "d1", "B"},
+      {CONN, "d1", "Idle", .expect = "A"},
+      {REAUTH, "d1"},
+      {EXPECT_EVENT, .a = "command.cancelled"},
+      {CONN, "d1", "Idle", .expect = ""},
+      {ENQ, "d1", "C"},
+      {CONN, "d1", "Idle", .expect = "C"},
+      END}},
+};
+
+static void s_run_script(const s_script_t *sc)
+{
+    char err[256] = "";
+    (void)err;
+    store_db_t *db = s_open();
+    s_pol = sc->pol;
+    char eids[256];
+    snprintf(eids, sizeof eids, "%s", sc->eids);
+    for (char *save = NULL, *t = strtok_r(eids, " ", &save); t; t = strtok_r(NULL, " ", &save))
+        s_enroll(db, t);
+    for (int i = 0; sc->steps[i].op != (s_op_t)-1; i++) {
+        const s_step_t *s = &sc->steps[i];
+        char next[128], st[256];
+        print_message("  [%s] step %d\n", sc->name, i);
+        switch (s->op) {
+        case ENQ:
+            s_enqueue(db, s->a, s->n, s->ttl, s->eid);
+            assert_true(s_saw("command.queued"));
+            break;
+        case CONN:
+            assert_int_equal(s_connect(db, s->eid, s->a, s->b, next), 200);
+            assert_string_equal(next, s->expect);
+            break;
+        case CANCEL: {
+            uint64_t n;
+            const char *t[1] = {s->eid};
+            assert_int_equal(store_db_begin(db), 0);
+            assert_int_equal(store_db_cancel(db, s->a, t, s->eid ? 1 : 0, s_now, &n), STORE_OK);
+            s_commit(db);
+            assert_true(n >= 1);
+            break;
+        }
+        case ADVANCE:
+            s_now += s->n;
+            break;
+        case REAUTH:
+            assert_int_equal(s_checkin(db, s->eid, "device", "Authenticate", NULL), 200);
+            assert_true(s_saw("checkin.Authenticate"));
+            if (!s_saw("command.cancelled"))
+                fail_msg("re-enrollment raised no command.cancelled: %s", s_events);
+            {
+                char save[sizeof s_events];
+                memcpy(save, s_events, sizeof save);
+                assert_int_equal(s_checkin(db, s->eid, "device", "TokenUpdate", NULL), 200);
+                memcpy(s_events, save, sizeof save);
+            }
+            break;
+        case EXPECT_EVENT:
+            if (!s_saw(s->a))
+                fail_msg("[%s] step %d: expected event %s, saw: %s", sc->name, i, s->a, s_events);
+            break;
+        case EXPECT_RESULTS:
+            assert_int_equal(s_results(db, s->eid, NULL, st, sizeof st), s->n);
+            if (s->b)
+                assert_string_equal(st, s->b);
+            break;
+        }
+    }
+    store_db_destroy(&db);
+    store_db_destroy(&db); //  safe twice
+    s_pol = (store_policy_t){0};
+}
+
+static void test_queue_rules(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof s_scripts / sizeof s_scripts[0]; i++) {
+        print_message("script: %s\n", s_scripts[i].name);
+        s_run_script(&s_scripts[i]);
+    }
+}
+
+/* ---- individual cases ---- */
+
+static char s_path[64];
+
+static void test_schema_migrations(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/store_db_testXXXXXX";
+    assert_non_null(mkdtemp(dir));
+    snprintf(s_path, sizeof s_path, "%s/db", dir);
+    char err[256] = "";
+    (void)err;
+    store_db_t *db = store_db_new(s_path, NULL, err, sizeof err);
+    assert_non_null(db);
+    s_last_seq = 0;
+    assert_int_equal(store_db_schema_version(db), STORE_SCHEMA_VERSION);
+    s_enroll(db, "d1");
+    store_db_destroy(&db);
+    //  reopening keeps the data and does not migrate again
+    db = store_db_new(s_path, &(store_db_opts_t){.sync_full = false}, err, sizeof err);
+    assert_non_null(db);
+    char next[128];
+    assert_int_equal(s_connect(db, "d1", "Idle", NULL, next), 200);
+    store_db_destroy(&db);
+    //  a database from the future is refused with a clear message
+    sqlite3 *raw;
+    assert_int_equal(sqlite3_open(s_path, &raw), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(raw, "PRAGMA user_version=99", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(raw);
+    db = store_db_new(s_path, NULL, err, sizeof err);
+    assert_null(db);
+    assert_non_null(strstr(err, "newer picomdm-store"));
+    //  an unwritable place says so
+    db = store_db_new("/nonexistent-dir/x/db", NULL, err, sizeof err);
+    assert_null(db);
+    assert_non_null(strstr(err, "cannot open"));
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void test_checkin_rules(void **state)
+{
+    (void)state;
+    char err[256] = "";
+    (void)err;
+    char next[128];
+    store_db_t *db = s_open();
+    //  unknown enrollment: everything but Authenticate is refused
+    assert_int_equal(s_checkin(db, "d1", "device", "TokenUpdate", "H1"), 400);
+    assert_true(s_saw("security.rejected"));
+    assert_int_equal(s_connect(db, "d1", "Idle", NULL, next), 400);
+    //  Authenticate binds H1; not active until TokenUpdate
+    assert_int_equal(s_checkin(db, "d1", "device", "Authenticate", "H1"), 200);
+    assert_int_equal(s_connect_full(db, "d1", "Idle", NULL, NULL, "H1", next), 400);
+    assert_int_equal(s_checkin(db, "d1", "device", "TokenUpdate", "H1"), 200);
+    assert_int_equal(s_connect_full(db, "d1", "Idle", NULL, NULL, "H1", next), 200);
+    //  another certificate is refused, lab mode (no hash) accepted
+    assert_int_equal(s_checkin(db, "d1", "device", "TokenUpdate", "H2"), 400);
+    assert_true(s_saw("security.rejected"));
+    assert_int_equal(s_connect_full(db, "d1", "Idle", NULL, NULL, "H2", next), 400);
+    assert_true(s_saw("security.rejected"));
+    assert_int_equal(s_connect_full(db, "d1", "Idle", NULL, NULL, NULL, next), 200);
+    //  H1 cannot enroll a second device
+    assert_int_equal(s_checkin(db, "d2", "device", "Authenticate", "H1"), 400);
+    assert_true(s_saw("security.rejected"));
+    //  user channel: created by its TokenUpdate, with the device's identity
+    assert_int_equal(s_checkin(db, "d1:u1", "user", "TokenUpdate", "H1"), 200);
+    assert_int_equal(s_checkin(db, "d1:u2", "user", "TokenUpdate", "H2"), 400);
+    assert_int_equal(s_checkin(db, "dX:u1", "user", "TokenUpdate", NULL), 400);
+    assert_int_equal(s_connect_full(db, "d1:u1", "Idle", NULL, NULL, "H1", next), 200);
+    //  renewal: a new Authenticate re-binds (the gateway checked the CA)
+    s_enqueue(db, "U", 0, 0, "d1:u1");
+    assert_int_equal(s_checkin(db, "d1", "device", "Authenticate", "H3"), 200);
+    assert_true(s_saw("command.cancelled")); //  the user channel's queue too
+    assert_int_equal(s_checkin(db, "d1", "device", "TokenUpdate", "H3"), 200);
+    assert_int_equal(s_connect_full(db, "d1", "Idle", NULL, NULL, "H1", next), 400);
+    assert_int_equal(s_connect_full(db, "d1", "Idle", NULL, NULL, "H3", next), 200);
+    //  CheckOut: no more commands
+    s_enqueue(db, "A", 0, 0, "d1");
+    assert_int_equal(s_checkin(db, "d1", "device", "CheckOut", "H3"), 200);
+    assert_int_equal(s_connect_full(db, "d1", "Idle", NULL, NULL, "H3", next), 400);
+    //  the other message types
+    assert_int_equal(s_checkin(db, "d1", "device", "UserAuthenticate", "H3"), 410);
+    assert_int_equal(s_checkin(db, "d1", "device", "GetToken", "H3"), 404);
+    assert_int_equal(s_checkin(db, "d1", "device", "DeclarativeManagement", "H3"), 404);
+    assert_int_equal(s_checkin(db, "d1", "device", "Bogus", "H3"), 400);
+    store_db_destroy(&db);
+}
+
+static void test_bootstrap_token(void **state)
+{
+    (void)state;
+    char err[256] = "";
+    (void)err;
+    store_db_t *db = s_open();
+    s_enroll(db, "d1");
+    store_checkin_t in = {.eid = "d1",
+                          .kind = "device",
+                          .message_type = "SetBootstrapToken",
+                          .bootstrap_token = (const uint8_t *)"SECRET",
+                          .bootstrap_token_len = 6,
+                          .awaiting_configuration = -1,
+                          .now_ms = s_now};
+    store_checkin_res_t res;
+    msgpack_sbuffer out;
+    msgpack_sbuffer_init(&out);
+    assert_int_equal(store_db_begin(db), 0);
+    assert_int_equal(store_db_checkin(db, &in, &res, &out), STORE_OK);
+    assert_int_equal(res.status, 200);
+    assert_int_equal(out.size, 0);
+    in.message_type = "GetBootstrapToken";
+    assert_int_equal(store_db_checkin(db, &in, &res, &out), STORE_OK);
+    s_commit(db);
+    assert_int_equal(res.status, 200);
+    assert_false(strstr(s_events, "SECRET")); //  never in events
+    //  {BootstrapToken: bin "SECRET"}
+    const char want[] = "\x81\xae"
+                        "BootstrapToken"
+                        "\xc4\x06"
+                        "SECRET";
+    assert_int_equal(out.size, sizeof want - 1);
+    assert_memory_equal(out.data, want, out.size);
+    msgpack_sbuffer_destroy(&out);
+    store_db_destroy(&db);
+}
+
+static void test_enqueue_idempotent_and_all_or_nothing(void **state)
+{
+    (void)state;
+    char err[256] = "";
+    (void)err;
+    char u[128], q[256];
+    store_db_t *db = s_open();
+    s_enroll(db, "d1");
+    s_enroll(db, "d2");
+    assert_int_equal(s_enqueue_rid(db, "rid-1", "U1", 0, 0, "d1 d2", u), STORE_OK);
+    assert_string_equal(u, "U1");
+    //  the same rid again (a retry after a crash): the first CommandUUID, nothing new queued
+    assert_int_equal(s_enqueue_rid(db, "rid-1", "U2", 0, 0, "d1 d2", u), STORE_OK);
+    assert_string_equal(u, "U1");
+    s_queue(db, "d1", q, sizeof q);
+    assert_string_equal(q, "U1:pending");
+    //  a CommandUUID already used by another request
+    assert_int_equal(s_enqueue_rid(db, "rid-2", "U1", 0, 0, "d1", u), STORE_ERR_CONFLICT);
+    assert_non_null(strstr(store_db_errmsg(db), "already used"));
+    //  unknown targets: nothing queued, the message names them
+    assert_int_equal(s_enqueue_rid(db, "rid-3", "U3", 0, 0, "d1 x1 d2 x2", u), STORE_ERR_NOTFOUND);
+    assert_non_null(strstr(store_db_errmsg(db), "unknown enrollment ids: x1, x2"));
+    assert_non_null(strstr(store_db_errmsg(db), "picomdm devices"));
+    assert_false(s_saw("command.queued"));
+    s_queue(db, "d1", q, sizeof q);
+    assert_string_equal(q, "U1:pending");
+    //  ...and U3 is free again (the failed request left nothing behind)
+    assert_int_equal(s_enqueue_rid(db, "rid-4", "U3", 0, 0, "d1", u), STORE_OK);
+    store_db_destroy(&db);
+}
+
+static void test_connect_retry_same_answer(void **state)
+{
+    (void)state;
+    char err[256] = "";
+    (void)err;
+    char next[128], q[256];
+    store_db_t *db = s_open();
+    s_enroll(db, "d1");
+    s_enqueue(db, "A", 0, 0, "d1");
+    s_enqueue(db, "B", 0, 0, "d1");
+    assert_int_equal(s_connect_full(db, "d1", "Idle", NULL, "r1", NULL, next), 200);
+    assert_string_equal(next, "A");
+    //  the same request again (reply lost, retried through a restarted scheduler)
+    assert_int_equal(s_connect_full(db, "d1", "Idle", NULL, "r1", NULL, next), 200);
+    assert_string_equal(next, "A");
+    assert_false(s_saw("command.delivered")); //  not a second delivery
+    assert_int_equal(s_connect_full(db, "d1", "Acknowledged", "A", "r2", NULL, next), 200);
+    assert_string_equal(next, "B");
+    assert_int_equal(s_connect_full(db, "d1", "Acknowledged", "A", "r2", NULL, next), 200);
+    assert_string_equal(next, "B");
+    s_queue(db, "d1", q, sizeof q);
+    assert_string_equal(q, "B:sent A:acknowledged");
+    //  bad statuses are refused without touching anything
+    assert_int_equal(s_connect(db, "d1", "Sleeping", NULL, next), 400);
+    assert_int_equal(s_connect(db, "d1", "Acknowledged", NULL, next), 400);
+    store_db_destroy(&db);
+}
+
+static void test_group_commit_isolates_failures(void **state)
+{
+    (void)state;
+    char err[256] = "";
+    (void)err;
+    char u[128], q[256];
+    store_db_t *db = s_open();
+    s_enroll(db, "d1");
+    msgpack_sbuffer cmd;
+    msgpack_sbuffer_init(&cmd);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &cmd, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 0);
+    const char *good[] = {"d1"}, *bad[] = {"nope"};
+    store_enqueue_t a = {.command_uuid = "GA",
+                         .request_type = "X",
+                         .command = (const uint8_t *)cmd.data,
+                         .command_len = cmd.size,
+                         .targets = good,
+                         .ntargets = 1,
+                         .now_ms = s_now};
+    store_enqueue_t b = a, c = a;
+    b.command_uuid = "GB";
+    b.targets = bad;
+    c.command_uuid = "GC";
+    uint64_t n;
+    //  three requests, one transaction, the middle one fails
+    assert_int_equal(store_db_begin(db), 0);
+    assert_int_equal(store_db_op_begin(db), 0);
+    assert_int_equal(store_db_enqueue(db, &a, u, sizeof u, &n), STORE_OK);
+    store_db_op_end(db, true);
+    assert_int_equal(store_db_op_begin(db), 0);
+    assert_int_equal(store_db_enqueue(db, &b, u, sizeof u, &n), STORE_ERR_NOTFOUND);
+    store_db_op_end(db, false);
+    assert_int_equal(store_db_op_begin(db), 0);
+    assert_int_equal(store_db_enqueue(db, &c, u, sizeof u, &n), STORE_OK);
+    store_db_op_end(db, true);
+    s_commit(db);
+    assert_string_equal(s_events, "command.queued command.queued ");
+    s_queue(db, "d1", q, sizeof q);
+    assert_string_equal(q, "GA:pending GC:pending");
+    //  a rolled-back transaction publishes nothing
+    assert_int_equal(store_db_begin(db), 0);
+    store_enqueue_t d = a;
+    d.command_uuid = "GD";
+    assert_int_equal(store_db_enqueue(db, &d, u, sizeof u, &n), STORE_OK);
+    store_db_rollback(db);
+    s_events[0] = '\0';
+    store_db_events_flush(db, s_on_event, NULL);
+    assert_string_equal(s_events, "");
+    s_queue(db, "d1", q, sizeof q);
+    assert_string_equal(q, "GA:pending GC:pending");
+    msgpack_sbuffer_destroy(&cmd);
+    store_db_destroy(&db);
+}
+
+static void test_lists(void **state)
+{
+    (void)state;
+    char err[256] = "";
+    (void)err;
+    char next[128];
+    store_db_t *db = s_open();
+    s_enroll(db, "d1");
+    s_enroll(db, "d2");
+    s_enroll(db, "d3");
+    s_enqueue(db, "A", 0, 0, "d1 d2");
+    s_connect(db, "d1", "Idle", NULL, next);
+    s_connect(db, "d1", "Acknowledged", "A", next);
+    s_connect(db, "d2", "Idle", NULL, next);
+    s_connect(db, "d2", "Error", "A", next);
+    assert_int_equal(s_results(db, NULL, "A", NULL, 0), 2);
+    assert_int_equal(s_results(db, "d2", "A", NULL, 0), 1);
+    assert_int_equal(s_results(db, NULL, NULL, NULL, 0), 2);
+    msgpack_sbuffer out;
+    msgpack_sbuffer_init(&out);
+    assert_int_equal(store_db_devices(db, "d1", 10, &out), STORE_OK); //  after d1
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    assert_int_equal(msgpack_unpack_next(&u, out.data, out.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    assert_int_equal(u.data.via.array.size, 2);
+    msgpack_sbuffer_clear(&out);
+    assert_int_equal(store_db_events(db, 0, 5, &out), STORE_OK);
+    assert_int_equal(msgpack_unpack_next(&u, out.data, out.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    assert_int_equal(u.data.via.array.size, 5);
+    //  wakeups: d1 and d2 got a command, then connected (cleared); d3 did not connect
+    s_enqueue(db, "W", 0, 0, "d3");
+    msgpack_sbuffer_clear(&out);
+    assert_int_equal(store_db_begin(db), 0);
+    assert_int_equal(store_db_wake_pending(db, 10, true, &out), STORE_OK);
+    s_commit(db);
+    assert_int_equal(msgpack_unpack_next(&u, out.data, out.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    assert_int_equal(u.data.via.array.size, 1);
+    msgpack_sbuffer_clear(&out);
+    assert_int_equal(store_db_wake_pending(db, 10, false, &out), STORE_OK);
+    assert_int_equal(msgpack_unpack_next(&u, out.data, out.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    assert_int_equal(u.data.via.array.size, 0);
+    //  event_append from another process gets the next seq
+    uint64_t seq;
+    assert_int_equal(store_db_begin(db), 0);
+    assert_int_equal(
+        store_db_event_append(db, "security.rejected", "d9", "gateway", NULL, 0, s_now, &seq),
+        STORE_OK);
+    s_commit(db);
+    assert_int_equal(seq, s_last_seq);
+    msgpack_sbuffer clear;
+    msgpack_sbuffer_init(&clear);
+    assert_int_equal(store_db_queue(db, "nobody", true, NULL, s_now, &clear), STORE_ERR_NOTFOUND);
+    assert_non_null(strstr(store_db_errmsg(db), "picomdm devices"));
+    msgpack_sbuffer_destroy(&clear);
+    msgpack_unpacked_destroy(&u);
+    msgpack_sbuffer_destroy(&out);
+    store_db_destroy(&db);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_schema_migrations),
+        cmocka_unit_test(test_queue_rules),
+        cmocka_unit_test(test_checkin_rules),
+        cmocka_unit_test(test_bootstrap_token),
+        cmocka_unit_test(test_enqueue_idempotent_and_all_or_nothing),
+        cmocka_unit_test(test_connect_retry_same_answer),
+        cmocka_unit_test(test_group_commit_isolates_failures),
+        cmocka_unit_test(test_lists),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,165 @@
+/*  devsim_ident_test — identities issued by the simulator and its
+ *  Mdm-Signature: verified here with OpenSSL's CMS_verify against the CA
+ *  (as a server does), plus the negative-test signatures (two signers, zero
+ *  signers, wrong CA, expired, tampered body).
+ */
+#include "devsim_ident.h"
+
+#include <openssl/cms.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/x509_vfy.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+static const char s_body[] = "<?xml version=\"1.0\"?><plist><dict><key>Status</key>"
+                             "<string>Idle</string></dict></plist>";
+
+//  Decode the base64 Mdm-Signature and verify it over body against ca.
+//  Returns the number of SignerInfos, or -1 if verification fails.
+static int s_verify(const char *b64, const void *body, size_t len, X509 *ca)
+{
+    size_t blen = strlen(b64);
+    unsigned char *der = malloc(blen);
+    int n = EVP_DecodeBlock(der, (const unsigned char *)b64, (int)blen);
+    assert_true(n > 0);
+    while (blen > 0 && b64[blen - 1] == '=') { //  EVP_DecodeBlock counts padding
+        n--;
+        blen--;
+    }
+    const unsigned char *p = der;
+    CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, n);
+    assert_non_null(cms);
+    int signers = sk_CMS_SignerInfo_num(CMS_get0_SignerInfos(cms));
+    X509_STORE *store = X509_STORE_new();
+    X509_STORE_add_cert(store, ca);
+    X509_STORE_set_purpose(store, X509_PURPOSE_ANY);
+    BIO *content = BIO_new_mem_buf(body, (int)len);
+    int ok = CMS_verify(cms, NULL, store, content, NULL, CMS_BINARY);
+    ERR_clear_error();
+    BIO_free(content);
+    X509_STORE_free(store);
+    CMS_ContentInfo_free(cms);
+    free(der);
+    return ok == 1 ? signers : -1;
+}
+
+static void test_sign_and_verify(void **state)
+{
+    (void)state;
+    char err[256];
+    devsim_ca_t *ca = devsim_ca_generate("Device CA", DEVSIM_KEY_EC, err, sizeof err);
+    assert_non_null(ca);
+    for (int kt = 0; kt < 2; kt++) {
+        devsim_ident_t *id = devsim_ident_issue(ca, "00008120-001C195A3E80801E", (devsim_key_t)kt,
+                                                -60, 86400, err, sizeof err);
+        assert_non_null(id);
+        assert_string_equal(devsim_ident_cn(id), "00008120-001C195A3E80801E");
+        char *sig = NULL;
+        assert_int_equal(devsim_ident_sign(id, NULL, EVP_sha256(), s_body, strlen(s_body), &sig),
+                         0);
+        assert_null(strchr(sig, '\n'));
+        assert_int_equal(s_verify(sig, s_body, strlen(s_body), devsim_ca_cert(ca)), 1);
+        //  tampered body
+        char bad[sizeof s_body];
+        memcpy(bad, s_body, sizeof s_body);
+        bad[60] ^= 1;
+        assert_int_equal(s_verify(sig, bad, strlen(bad), devsim_ca_cert(ca)), -1);
+        free(sig);
+        assert_int_equal(devsim_ident_sign(id, NULL, EVP_sha1(), s_body, strlen(s_body), &sig), 0);
+        assert_int_equal(s_verify(sig, s_body, strlen(s_body), devsim_ca_cert(ca)), 1);
+        free(sig);
+        devsim_ident_destroy(&id);
+        devsim_ident_destroy(&id);
+    }
+    devsim_ca_destroy(&ca);
+    devsim_ca_destroy(&ca);
+}
+
+static void test_negative_signatures(void **state)
+{
+    (void)state;
+    char err[256];
+    devsim_ca_t *ca = devsim_ca_generate("Device CA", DEVSIM_KEY_EC, err, sizeof err);
+    devsim_ca_t *other = devsim_ca_generate("Other CA", DEVSIM_KEY_EC, err, sizeof err);
+    devsim_ident_t *a = devsim_ident_issue(ca, "A", DEVSIM_KEY_EC, -60, 86400, err, sizeof err);
+    devsim_ident_t *b = devsim_ident_issue(ca, "B", DEVSIM_KEY_EC, -60, 86400, err, sizeof err);
+    devsim_ident_t *w = devsim_ident_issue(other, "W", DEVSIM_KEY_EC, -60, 86400, err, sizeof err);
+    devsim_ident_t *x =
+        devsim_ident_issue(ca, "X", DEVSIM_KEY_EC, -2 * 86400, -86400, err, sizeof err);
+    devsim_ident_t *s = devsim_ident_self_signed("S", DEVSIM_KEY_EC, err, sizeof err);
+    assert_true(a && b && w && x && s);
+    size_t len = strlen(s_body);
+    char *sig = NULL;
+    //  two signers: verifies, but carries 2 SignerInfos (a server must insist on 1)
+    assert_int_equal(devsim_ident_sign(a, b, EVP_sha256(), s_body, len, &sig), 0);
+    assert_int_equal(s_verify(sig, s_body, len, devsim_ca_cert(ca)), 2);
+    free(sig);
+    //  zero signers
+    assert_int_equal(devsim_ident_sign_nosigner(a, &sig), 0);
+    assert_int_equal(s_verify(sig, s_body, len, devsim_ca_cert(ca)), -1);
+    free(sig);
+    //  wrong CA, expired, self-signed
+    const devsim_ident_t *bad[] = {w, x, s};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(devsim_ident_sign(bad[i], NULL, EVP_sha256(), s_body, len, &sig), 0);
+        assert_int_equal(s_verify(sig, s_body, len, devsim_ca_cert(ca)), -1);
+        free(sig);
+    }
+    devsim_ident_destroy(&a);
+    devsim_ident_destroy(&b);
+    devsim_ident_destroy(&w);
+    devsim_ident_destroy(&x);
+    devsim_ident_destroy(&s);
+    devsim_ca_destroy(&ca);
+    devsim_ca_destroy(&other);
+}
+
+static void test_pem_round_trip(void **state)
+{
+    (void)state;
+    char err[256], dir[] = "/tmp/devsim_ident_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char cc[128], ck[128], ic[128], ik[128];
+    snprintf(cc, sizeof cc, "%s/ca.pem", dir);
+    snprintf(ck, sizeof ck, "%s/ca.key", dir);
+    snprintf(ic, sizeof ic, "%s/dev.pem", dir);
+    snprintf(ik, sizeof ik, "%s/dev.key", dir);
+    devsim_ca_t *ca = devsim_ca_generate("CA", DEVSIM_KEY_RSA, err, sizeof err);
+    assert_int_equal(devsim_ca_write(ca, cc, ck), 0);
+    devsim_ca_t *ca2 = devsim_ca_load(cc, ck, err, sizeof err);
+    assert_non_null(ca2);
+    devsim_ident_t *id = devsim_ident_issue(ca2, "dev", DEVSIM_KEY_EC, -60, 600, err, sizeof err);
+    assert_int_equal(devsim_ident_write(id, ic, ik), 0);
+    devsim_ident_t *id2 = devsim_ident_load(ic, ik, err, sizeof err);
+    assert_non_null(id2);
+    assert_string_equal(devsim_ident_cn(id2), "dev");
+    //  mismatched pair and missing file: clear errors, no crash
+    assert_null(devsim_ident_load(ic, ck, err, sizeof err));
+    assert_non_null(strstr(err, "does not belong"));
+    assert_null(devsim_ident_load("/nonexistent.pem", ik, err, sizeof err));
+    assert_non_null(strstr(err, "cannot read"));
+    devsim_ident_destroy(&id);
+    devsim_ident_destroy(&id2);
+    devsim_ca_destroy(&ca);
+    devsim_ca_destroy(&ca2);
+    unlink(cc), unlink(ck), unlink(ic), unlink(ik);
+    rmdir(dir);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sign_and_verify),
+        cmocka_unit_test(test_negative_signatures),
+        cmocka_unit_test(test_pem_round_trip),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,613 @@
+/*  devsim_run — libcurl multi engine of the device simulator (see devsim_run.h). */
+#include "devsim_run.h"
+#include "devsim_plist.h"
+#include "pm_log.h"
+
+#include <curl/curl.h>
+#include <czmq.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+typedef enum { ST_AUTH, ST_TOKEN, ST_SESSION, ST_CHECKOUT } step_kind_t;
+
+typedef struct {
+    step_kind_t kind;
+    devsim_dev_t *ch; //  the channel this step speaks for
+} step_t;
+
+typedef struct job {
+    devsim_dev_t *dev;
+    step_t steps[4];
+    int nsteps, at;
+    int cmds;       //  commands answered in the current session
+    bool stop_next; //  the device ends the session after this PUT (EraseDevice...)
+    struct job *next;
+} job_t;
+
+typedef struct {
+    CURL *easy;
+    job_t *job;
+    char *body;
+    size_t bodylen;
+    struct curl_slist *hdrs;
+    char *resp;
+    size_t resplen, respcap;
+    bool overflow;
+    double t0;
+    char what[48]; //  for logs: message type or status sent
+} slot_t;
+
+#define MAX_PHASES 64
+
+typedef struct {
+    char name[32];
+    double t0, t1;
+    double *lat; //  ms, one per request
+    size_t nlat, caplat;
+    long units;  //  enrollments or sessions completed
+    long cmds;   //  command round trips (a report with a CommandUUID)
+    long failed; //  jobs that failed
+} phase_t;
+
+struct devsim_run {
+    devsim_run_opts_t o;
+    devsim_dev_t **devs;
+    int n;
+    CURLM *multi;
+    slot_t *slots;
+    int nslots;
+    job_t *head, *tail;
+    phase_t phases[MAX_PHASES];
+    int nphases;
+    phase_t *ph;
+    long st_ack, st_error, st_format, st_notnow, violations, http_errors, transport_errors;
+    long bad_replies;
+};
+
+static double s_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static size_t s_write(char *data, size_t size, size_t nmemb, void *arg)
+{
+    slot_t *s = arg;
+    size_t n = size * nmemb;
+    if (s->resplen + n > DEVSIM_PLIST_MAX_BYTES) {
+        s->overflow = true;
+        return 0; //  abort: a reply larger than any plist we accept
+    }
+    if (s->resplen + n + 1 > s->respcap) {
+        size_t cap = s->respcap ? s->respcap : 4096;
+        while (cap < s->resplen + n + 1)
+            cap *= 2;
+        char *p = realloc(s->resp, cap);
+        if (!p)
+            return 0;
+        s->resp = p;
+        s->respcap = cap;
+    }
+    memcpy(s->resp + s->resplen, data, n);
+    s->resplen += n;
+    s->resp[s->resplen] = 0;
+    return n;
+}
+
+devsim_run_t *devsim_run_new(const devsim_run_opts_t *o, devsim_dev_t **devs, int n)
+{
+    devsim_run_t *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->o = *o;
+    if (r->o.concurrency < 1)
+        r->o.concurrency = 1;
+    if (r->o.max_commands < 1)
+        r->o.max_commands = 1000;
+    r->devs = devs;
+    r->n = n;
+    r->multi = curl_multi_init();
+    r->nslots = r->o.concurrency;
+    r->slots = calloc((size_t)r->nslots, sizeof *r->slots);
+    if (!r->multi || !r->slots)
+        goto fail;
+    curl_multi_setopt(r->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)r->nslots);
+    curl_multi_setopt(r->multi, CURLMOPT_MAXCONNECTS, (long)r->nslots);
+    for (int i = 0; i < r->nslots; i++) {
+        r->slots[i].easy = curl_easy_init();
+        if (!r->slots[i].easy)
+            goto fail;
+    }
+    return r;
+fail:
+    devsim_run_destroy(&r);
+    return NULL;
+}
+
+void devsim_run_destroy(devsim_run_t **rp)
+{
+    if (!rp || !*rp)
+        return;
+    devsim_run_t *r = *rp;
+    for (int i = 0; r->slots && i < r->nslots; i++) {
+        slot_t *s = &r->slots[i];
+        if (s->easy) {
+            if (s->job)
+                curl_multi_remove_handle(r->multi, s->easy);
+            curl_easy_cleanup(s->easy);
+        }
+        free(s->job);
+        free(s->body);
+        free(s->resp);
+        curl_slist_free_all(s->hdrs);
+    }
+    free(r->slots);
+    while (r->head) {
+        job_t *j = r->head;
+        r->head = j->next;
+        free(j);
+    }
+    for (int i = 0; i < r->nphases; i++)
+        free(r->phases[i].lat);
+    if (r->multi)
+        curl_multi_cleanup(r->multi);
+    free(r);
+    *rp = NULL;
+}
+
+static void s_push(devsim_run_t *r, job_t *j)
+{
+    j->next = NULL;
+    if (r->tail)
+        r->tail->next = j;
+    else
+        r->head = j;
+    r->tail = j;
+}
+
+static job_t *s_pop(devsim_run_t *r)
+{
+    job_t *j = r->head;
+    if (j) {
+        r->head = j->next;
+        if (!r->head)
+            r->tail = NULL;
+    }
+    return j;
+}
+
+static job_t *s_job(devsim_dev_t *dev)
+{
+    job_t *j = calloc(1, sizeof *j);
+    if (j)
+        j->dev = dev;
+    return j;
+}
+
+static void s_add_step(job_t *j, step_kind_t k, devsim_dev_t *ch)
+{
+    if (j->nsteps < 4)
+        j->steps[j->nsteps++] = (step_t){k, ch};
+}
+
+//  Serialise, sign and hand one PUT to curl on slot s.
+static int s_submit(devsim_run_t *r, slot_t *s, plist_t msg, bool checkin)
+{
+    char *xml = NULL;
+    size_t len = 0;
+    int rc = devsim_pl_to_xml(msg, &xml, &len);
+    plist_free(msg);
+    if (rc < 0)
+        return -1;
+    free(s->body);
+    s->body = xml;
+    s->bodylen = len;
+    curl_slist_free_all(s->hdrs);
+    s->hdrs = NULL;
+    s->hdrs =
+        curl_slist_append(s->hdrs, checkin ? "Content-Type: application/x-apple-aspen-mdm-checkin"
+                                           : "Content-Type: application/x-apple-aspen-mdm");
+    s->hdrs = curl_slist_append(s->hdrs, "Expect:"); //  devices do not send 100-continue
+    const devsim_ident_t *id = devsim_dev_ident(s->job->dev);
+    if (r->o.sign && id) {
+        char *b64 = NULL;
+        if (devsim_ident_sign(id, NULL, r->o.md, xml, len, &b64) < 0) {
+            pm_error("cannot sign a request for %s (OpenSSL CMS_sign failed)",
+                     devsim_dev_cn(s->job->dev));
+            return -1;
+        }
+        size_t hl = strlen(b64) + 32;
+        char *h = malloc(hl);
+        if (!h) {
+            free(b64);
+            return -1;
+        }
+        snprintf(h, hl, "Mdm-Signature: %s", b64);
+        s->hdrs = curl_slist_append(s->hdrs, h);
+        free(h);
+        free(b64);
+    }
+    char url[1024];
+    snprintf(url, sizeof url, "%s%s", r->o.url, checkin ? r->o.checkin_path : r->o.server_path);
+    CURL *e = s->easy;
+    curl_easy_reset(e);
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "PUT");
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, s->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)s->bodylen);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, s->hdrs);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, s->job->dev->is_mac ? "MDM-OSX/1.0" : "MDM/1.0");
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, s_write);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, s);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, s);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, r->o.timeout_ms > 0 ? r->o.timeout_ms : 30000L);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    if (r->o.ca_bundle)
+        curl_easy_setopt(e, CURLOPT_CAINFO, r->o.ca_bundle);
+    if (r->o.insecure) {
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    s->resplen = 0;
+    s->overflow = false;
+    if (s->resp)
+        s->resp[0] = 0;
+    if (r->o.verbose) {
+        char idbuf[128];
+        printf("--> PUT %s  [%s, %s]%s\n%.*s\n", url,
+               devsim_dev_id(s->job->dev, idbuf, sizeof idbuf), s->what,
+               r->o.sign && id ? " Mdm-Signature: yes" : " unsigned", (int)len, xml);
+        fflush(stdout);
+    }
+    s->t0 = s_now_ms();
+    return curl_multi_add_handle(r->multi, e) == CURLM_OK ? 0 : -1;
+}
+
+//  Start the job's current step (skipping steps that no longer apply).
+static int s_start_step(devsim_run_t *r, slot_t *s)
+{
+    job_t *j = s->job;
+    while (j->at < j->nsteps) {
+        step_t *st = &j->steps[j->at];
+        devsim_dev_t *ch = st->ch;
+        bool erased = ch->erased || (ch->parent && ch->parent->erased);
+        if (erased || ((st->kind == ST_SESSION || st->kind == ST_CHECKOUT) && !ch->enrolled)) {
+            j->at++;
+            continue;
+        }
+        switch (st->kind) {
+        case ST_AUTH:
+            snprintf(s->what, sizeof s->what, "Authenticate");
+            return s_submit(r, s, devsim_dev_authenticate(ch), true);
+        case ST_TOKEN:
+            snprintf(s->what, sizeof s->what, "TokenUpdate");
+            return s_submit(r, s, devsim_dev_tokenupdate(ch), true);
+        case ST_CHECKOUT:
+            snprintf(s->what, sizeof s->what, "CheckOut");
+            return s_submit(r, s, devsim_dev_checkout(ch), true);
+        case ST_SESSION:
+            devsim_dev_session_begin(ch);
+            j->cmds = 0;
+            j->stop_next = false;
+            snprintf(s->what, sizeof s->what, "Status Idle");
+            return s_submit(r, s, devsim_dev_report(ch, "Idle", NULL), false);
+        }
+    }
+    return 1; //  nothing left
+}
+
+static void s_lat(phase_t *p, double ms)
+{
+    if (p->nlat == p->caplat) {
+        size_t cap = p->caplat ? p->caplat * 2 : 1024;
+        double *l = realloc(p->lat, cap * sizeof *l);
+        if (!l)
+            return;
+        p->lat = l;
+        p->caplat = cap;
+    }
+    p->lat[p->nlat++] = ms;
+}
+
+static bool s_blank(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != ' ' && p[i] != '\n' && p[i] != '\r' && p[i] != '\t')
+            return false;
+    return true;
+}
+
+//  A transfer finished. Returns 0 to continue the job (next request already
+//  submitted), 1 when the job is done, -1 when it failed.
+static int s_finish(devsim_run_t *r, slot_t *s, CURLcode res)
+{
+    job_t *j = s->job;
+    step_t *st = &j->steps[j->at];
+    devsim_dev_t *ch = st->ch;
+    char idbuf[128];
+    s_lat(r->ph, s_now_ms() - s->t0);
+    long code = 0;
+    curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &code);
+    if (r->o.verbose) {
+        printf("<-- %ld (%zu bytes)%s%s\n%.*s\n", code, s->resplen,
+               res != CURLE_OK ? " transport error: " : "",
+               res != CURLE_OK ? curl_easy_strerror(res) : "", (int)s->resplen,
+               s->resp ? s->resp : "");
+        fflush(stdout);
+    }
+    if (res != CURLE_OK) {
+        r->transport_errors++;
+        pm_warn("%s: %s failed: %s%s", devsim_dev_id(ch, idbuf, sizeof idbuf), s->what,
+                s->overflow ? "reply too large" : curl_easy_strerror(res),
+                " (is the server running and the --url right?)");
+        return -1;
+    }
+    if (code != 200) {
+        r->http_errors++;
+        pm_warn("%s: %s answered HTTP %ld (expected 200; see the server's log)",
+                devsim_dev_id(ch, idbuf, sizeof idbuf), s->what, code);
+        if (code == 401) //  a real device drops its enrollment on 401
+            ch->enrolled = false;
+        return -1;
+    }
+    bool next_step = true;
+    if (st->kind == ST_TOKEN) {
+        ch->enrolled = true;
+        if (!ch->user_channel && !ch->user)
+            r->ph->units++;
+        else if (ch->user_channel)
+            r->ph->units++;
+    } else if (st->kind == ST_CHECKOUT) {
+        ch->enrolled = false;
+        r->ph->units++;
+    } else if (st->kind == ST_SESSION) {
+        if (j->stop_next || s->resplen == 0 || s_blank(s->resp, s->resplen)) {
+            r->ph->units++; //  an empty 200 body ends the session
+        } else if (j->cmds >= r->o.max_commands) {
+            pm_warn("%s: more than %d commands in one session; the simulator stops here",
+                    devsim_dev_id(ch, idbuf, sizeof idbuf), r->o.max_commands);
+            r->bad_replies++;
+            return -1;
+        } else {
+            char err[160];
+            plist_t cmd = devsim_pl_parse(s->resp, s->resplen, err, sizeof err);
+            if (!cmd) {
+                r->bad_replies++;
+                pm_warn("%s: the server's reply is not a command plist: %s",
+                        devsim_dev_id(ch, idbuf, sizeof idbuf), err);
+                return -1;
+            }
+            devsim_answer_info_t info;
+            plist_t rep = devsim_answer(ch, cmd, &r->o.answer, &info);
+            plist_free(cmd);
+            if (info.violation) {
+                r->violations++;
+                pm_warn("%s: NOTNOW VIOLATION: command %s (%s) was re-offered in the same "
+                        "session it was answered NotNow in (it must wait for a later one)",
+                        devsim_dev_id(ch, idbuf, sizeof idbuf), info.uuid, info.request_type);
+            }
+            const char *stt = info.status ? info.status : "?";
+            if (strcmp(stt, "Acknowledged") == 0)
+                r->st_ack++;
+            else if (strcmp(stt, "Error") == 0)
+                r->st_error++;
+            else if (strcmp(stt, "NotNow") == 0)
+                r->st_notnow++;
+            else
+                r->st_format++;
+            if (info.uuid[0])
+                r->ph->cmds++;
+            j->cmds++;
+            j->stop_next = info.stop;
+            snprintf(s->what, sizeof s->what, "%.20s %.24s", stt,
+                     info.request_type[0] ? info.request_type : "?");
+            next_step = false;
+            if (s_submit(r, s, rep, false) < 0)
+                return -1;
+        }
+    }
+    if (!next_step)
+        return 0;
+    j->at++;
+    int rc = s_start_step(r, s);
+    return rc < 0 ? -1 : rc; //  0: submitted, 1: nothing left
+}
+
+//  Run the job queue to completion. Returns the number of failed jobs.
+static int s_drain(devsim_run_t *r)
+{
+    int active = 0;
+    long failed0 = r->ph->failed;
+    for (;;) {
+        for (int i = 0; i < r->nslots && r->head; i++) {
+            slot_t *s = &r->slots[i];
+            if (s->job)
+                continue;
+            s->job = s_pop(r);
+            int rc = s_start_step(r, s);
+            if (rc != 0) {
+                if (rc < 0)
+                    r->ph->failed++;
+                free(s->job);
+                s->job = NULL;
+                continue;
+            }
+            active++;
+        }
+        if (active == 0 && !r->head)
+            break;
+        if (zsys_interrupted) { //  SIGINT/SIGTERM: stop; destroy() cleans up transfers
+            pm_notice("interrupted: stopping with %d transfers in flight", active);
+            break;
+        }
+        int running = 0;
+        curl_multi_perform(r->multi, &running);
+        CURLMsg *m;
+        int left;
+        while ((m = curl_multi_info_read(r->multi, &left))) {
+            if (m->msg != CURLMSG_DONE)
+                continue;
+            slot_t *s = NULL;
+            curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&s);
+            CURLcode res = m->data.result;
+            curl_multi_remove_handle(r->multi, m->easy_handle);
+            int rc = s_finish(r, s, res);
+            if (rc != 0) {
+                if (rc < 0)
+                    r->ph->failed++;
+                free(s->job);
+                s->job = NULL;
+                active--;
+            }
+        }
+        if (active > 0)
+            curl_multi_poll(r->multi, NULL, 0, 100, NULL);
+    }
+    return (int)(r->ph->failed - failed0);
+}
+
+static phase_t *s_phase(devsim_run_t *r, const char *name)
+{
+    if (r->nphases == MAX_PHASES) //  reuse the last one rather than overflow
+        r->nphases--;
+    phase_t *p = &r->phases[r->nphases++];
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "%s", name);
+    p->t0 = s_now_ms();
+    r->ph = p;
+    return p;
+}
+
+static int s_run_phase(devsim_run_t *r)
+{
+    int failed = s_drain(r);
+    r->ph->t1 = s_now_ms();
+    return failed;
+}
+
+int devsim_run_enroll(devsim_run_t *r)
+{
+    s_phase(r, "enroll");
+    for (int i = 0; i < r->n; i++) {
+        devsim_dev_t *d = r->devs[i];
+        job_t *j = s_job(d);
+        if (!j)
+            return -1;
+        s_add_step(j, ST_AUTH, d);
+        s_add_step(j, ST_TOKEN, d);
+        if (d->user)
+            s_add_step(j, ST_TOKEN, d->user);
+        s_push(r, j);
+    }
+    return s_run_phase(r);
+}
+
+void devsim_run_wake(devsim_run_t *r, devsim_dev_t *d)
+{
+    job_t *j = s_job(d);
+    if (!j)
+        return;
+    s_add_step(j, ST_SESSION, d);
+    if (d->user)
+        s_add_step(j, ST_SESSION, d->user);
+    s_push(r, j);
+}
+
+int devsim_run_pending(devsim_run_t *r)
+{
+    if (!r->ph || r->ph->t1 > 0)
+        s_phase(r, "wake");
+    return s_run_phase(r);
+}
+
+int devsim_run_sessions(devsim_run_t *r)
+{
+    char name[32];
+    int k = 0;
+    for (int i = 0; i < r->nphases; i++)
+        k += strncmp(r->phases[i].name, "session", 7) == 0;
+    snprintf(name, sizeof name, "session %d", k + 1);
+    s_phase(r, name);
+    for (int i = 0; i < r->n; i++)
+        if (r->devs[i]->enrolled && !r->devs[i]->erased)
+            devsim_run_wake(r, r->devs[i]);
+    return s_run_phase(r);
+}
+
+int devsim_run_checkout(devsim_run_t *r)
+{
+    s_phase(r, "checkout");
+    for (int i = 0; i < r->n; i++) {
+        devsim_dev_t *d = r->devs[i];
+        if (!d->enrolled || d->erased)
+            continue;
+        job_t *j = s_job(d);
+        if (!j)
+            return -1;
+        s_add_step(j, ST_CHECKOUT, d);
+        s_push(r, j);
+    }
+    return s_run_phase(r);
+}
+
+static int s_cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double s_pct(const double *v, size_t n, double p)
+{
+    if (n == 0)
+        return 0;
+    size_t i = (size_t)ceil(p * (double)n) - 1;
+    return v[i < n ? i : n - 1];
+}
+
+int devsim_run_report(devsim_run_t *r, FILE *out)
+{
+    for (int i = 0; i < r->nphases; i++) {
+        phase_t *p = &r->phases[i];
+        double secs = (p->t1 - p->t0) / 1e3;
+        qsort(p->lat, p->nlat, sizeof *p->lat, s_cmp);
+        bool enroll = strcmp(p->name, "enroll") == 0;
+        bool checkout = strcmp(p->name, "checkout") == 0;
+        fprintf(out, "%-10s %ld %s in %.3f s = %.1f/s", p->name, p->units,
+                enroll     ? "enrollments"
+                : checkout ? "check-outs"
+                           : "sessions",
+                secs, secs > 0 ? (double)p->units / secs : 0.0);
+        if (!enroll && !checkout)
+            fprintf(out, ", %ld command round trips = %.1f/s", p->cmds,
+                    secs > 0 ? (double)p->cmds / secs : 0.0);
+        fprintf(out, "; %zu requests, latency p50 %.2f ms p99 %.2f ms max %.2f ms; %ld failed\n",
+                p->nlat, s_pct(p->lat, p->nlat, 0.50), s_pct(p->lat, p->nlat, 0.99),
+                p->nlat ? p->lat[p->nlat - 1] : 0.0, p->failed);
+    }
+    long reoffered = 0, waiting = 0;
+    for (int i = 0; i < r->n; i++) {
+        devsim_dev_t *d = r->devs[i];
+        reoffered += d->notnow_reoffered + (d->user ? d->user->notnow_reoffered : 0);
+        waiting += d->n_notnow_wait + d->n_notnow_now +
+                   (d->user ? d->user->n_notnow_wait + d->user->n_notnow_now : 0);
+    }
+    fprintf(out,
+            "answers    Acknowledged %ld, Error %ld, CommandFormatError %ld, NotNow %ld "
+            "(re-offered in a later session %ld, not re-offered yet %ld, same-session "
+            "violations %ld)\n",
+            r->st_ack, r->st_error, r->st_format, r->st_notnow, reoffered, waiting, r->violations);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    fprintf(out,
+            "devsim     cpu user %.2f s sys %.2f s, max RSS %ld MiB; http errors %ld, transport "
+            "errors %ld, bad replies %ld\n",
+            (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6,
+            (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6, ru.ru_maxrss / 1024,
+            r->http_errors, r->transport_errors, r->bad_replies);
+    return (int)(r->http_errors + r->transport_errors + r->violations + r->bad_replies);
+}

@@ -1,0 +1,61 @@
+/*  devsim_run — the simulator's HTTP engine (bin/picomdm-devsim): drives many
+ *  simulated devices against one MDM server with libcurl's multi interface
+ *  (many transfers in one thread, keep-alive connections reused), and keeps
+ *  the figures (enrollments/s, command round trips/s, latency percentiles).
+ *
+ *  Work is a queue of jobs; a job is one device running a short program:
+ *  enroll (Authenticate, TokenUpdate, then the user channel's TokenUpdate) or
+ *  a session (device channel, then user channel: PUT Idle, answer each command,
+ *  stop at an empty 200 body). At most `concurrency` jobs are in flight.
+ *  devsim_run_wake() is the hook for pushes: "wake up and connect" queues a
+ *  session for one device, exactly what an APNs push makes a device do.
+ */
+#ifndef DEVSIM_RUN_H
+#define DEVSIM_RUN_H
+
+#include "devsim_answer.h"
+#include "devsim_dev.h"
+
+#include <openssl/evp.h>
+#include <stdbool.h>
+#include <stdio.h>
+
+typedef struct {
+    const char *url;          //  https://host:port (no path)
+    const char *checkin_path; //  CheckInURL path, e.g. /mdm/checkin
+    const char *server_path;  //  ServerURL path, e.g. /mdm/connect
+    const char *ca_bundle;    //  the server's TLS trust (NULL = system store)
+    bool insecure;            //  do not verify the server's TLS certificate
+    bool sign;                //  send Mdm-Signature (SignMessage)
+    const EVP_MD *md;         //  signature digest
+    int concurrency;          //  transfers in flight
+    int max_commands;         //  per session: a server that never stops is cut off here
+    long timeout_ms;          //  per request
+    bool verbose;             //  print every exchange (bodies included)
+    devsim_answer_opts_t answer;
+} devsim_run_opts_t;
+
+typedef struct devsim_run devsim_run_t;
+
+//  devs: n devices (borrowed; the caller destroys them after the run).
+devsim_run_t *devsim_run_new(const devsim_run_opts_t *o, devsim_dev_t **devs, int n);
+void devsim_run_destroy(devsim_run_t **r);
+
+//  Enroll every device (Authenticate + TokenUpdate on each channel). Returns
+//  the number of devices that failed.
+int devsim_run_enroll(devsim_run_t *r);
+//  One session for every enrolled device (both channels). Returns failures.
+int devsim_run_sessions(devsim_run_t *r);
+//  Send CheckOut for every enrolled device. Returns failures.
+int devsim_run_checkout(devsim_run_t *r);
+
+//  Push hook: queue a session for one device; devsim_run_pending() runs the
+//  queue to completion. Returns failures.
+void devsim_run_wake(devsim_run_t *r, devsim_dev_t *dev);
+int devsim_run_pending(devsim_run_t *r);
+
+//  Print the figures of every phase run so far. Returns the number of
+//  problems seen (HTTP errors, transport errors, NotNow violations).
+int devsim_run_report(devsim_run_t *r, FILE *out);
+
+#endif

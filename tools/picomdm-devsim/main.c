@@ -1,0 +1,409 @@
+/*  picomdm-devsim — a device simulator: behaves like Apple devices (iPhone,
+ *  iPad, Mac, user channels, User Enrollment, Shared iPad) towards any MDM
+ *  server that speaks the protocol: check-in (Authenticate, TokenUpdate,
+ *  CheckOut), the command loop with Apple's response keys, signed requests
+ *  (Mdm-Signature), NotNow, load mode with many devices, negative tests
+ *  (--spoof, --malformed) and a print mode. See docs/devsim.md.
+ */
+#include "devsim_answer.h"
+#include "devsim_dev.h"
+#include "devsim_ident.h"
+#include "devsim_neg.h"
+#include "devsim_plist.h"
+#include "devsim_run.h"
+#include "pm_cfg.h"
+#include "pm_log.h"
+
+#include <czmq.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static const pm_opt_t s_opts[] = {
+    {"url", PM_OPT_STR, "https://127.0.0.1:8443", "the MDM server (scheme://host:port, no path)"},
+    {"checkin-path", PM_OPT_STR, "/mdm/checkin", "CheckInURL path"},
+    {"server-path", PM_OPT_STR, "/mdm/connect", "ServerURL path"},
+    {"ca-bundle", PM_OPT_STR, NULL, "PEM file to trust for the server's TLS certificate"},
+    {"insecure", PM_OPT_BOOL, "false", "do not verify the server's TLS certificate"},
+    {"cert", PM_OPT_STR, NULL, "device identity certificate (PEM), one device only"},
+    {"key", PM_OPT_STR, NULL, "device identity private key (PEM) for --cert"},
+    {"ca-cert", PM_OPT_STR, NULL, "device CA certificate (PEM): issue each device its identity"},
+    {"ca-key", PM_OPT_STR, NULL, "device CA private key (PEM) for --ca-cert"},
+    {"key-type", PM_OPT_STR, "ec", "device keys: ec (P-256, fast) or rsa (2048)"},
+    {"digest", PM_OPT_STR, "sha256", "Mdm-Signature digest: sha256 or sha1"},
+    {"sign", PM_OPT_BOOL, "true",
+     "send Mdm-Signature (--no-sign: for servers using mTLS/lab mode)"},
+    {"kind", PM_OPT_STR, "iphone",
+     "iphone, ipad, mac, mac-user, ue, ue-mac-user, shared-ipad, or mix (all in turn)"},
+    {"devices", PM_OPT_INT, "1", "number of simulated devices"},
+    {"concurrency", PM_OPT_INT, "16", "HTTP transfers in flight (connections kept alive)"},
+    {"rounds", PM_OPT_INT, "1", "command-loop sessions per device after enrollment"},
+    {"enroll", PM_OPT_BOOL, "true",
+     "run Authenticate + TokenUpdate first (--no-enroll: already enrolled)"},
+    {"checkout", PM_OPT_BOOL, "false", "send CheckOut at the end"},
+    {"topic", PM_OPT_STR, "com.apple.mgmt.External.00000000-0000-0000-0000-000000000000",
+     "push topic (the MDM push certificate's UID)"},
+    {"seed", PM_OPT_INT, "0", "identifier seed (same seed = same UDIDs; 0 = from the clock)"},
+    {"apps", PM_OPT_INT, "200", "apps in InstalledApplicationList"},
+    {"notnow-rate", PM_OPT_STR, "0", "chance 0..1 of answering a command NotNow"},
+    {"timeout-ms", PM_OPT_INT, "30000", "per-request timeout"},
+    {"max-commands", PM_OPT_INT, "1000", "commands per session before the device gives up"},
+    {"verbose", PM_OPT_BOOL, "false", "print every exchange, bodies included (also -v)"},
+    {"spoof", PM_OPT_STR, NULL,
+     "negative test: unsigned, wrong-ca, expired, self-signed, tampered, two-signers, "
+     "zero-signers, bad-base64, another; exit 1 if the server accepts"},
+    {"malformed", PM_OPT_STR, NULL,
+     "negative test: truncated, nested, oversized, garbage, wrong-types; exit 1 if accepted"},
+    {"print", PM_OPT_STR, NULL,
+     "print the plist the device would send and exit: authenticate, tokenupdate, checkout, "
+     "idle, user-tokenupdate, or a RequestType (its answer)"},
+    {"command", PM_OPT_STR, NULL, "with --print RequestType: answer this command plist file"},
+    {"sig-out", PM_OPT_STR, NULL,
+     "with --print: also write the body's Mdm-Signature (base64) here"},
+    {"make-ca", PM_OPT_STR, NULL, "write a new device CA to PREFIX.pem and PREFIX.key and exit"},
+    {NULL, 0, NULL, NULL}};
+
+static const char *s_summary =
+    "Simulated Apple devices for any MDM server: check-in, signed command loop, load, spoofing.";
+
+static int s_read_file(const char *path, char **data, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return -1;
+    size_t cap = 65536, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (n < cap)
+            break;
+        if (cap >= DEVSIM_PLIST_MAX_BYTES) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        char *p = realloc(buf, cap * 2);
+        if (!p) {
+            free(buf);
+            buf = NULL;
+        }
+        buf = p;
+        cap *= 2;
+    }
+    fclose(f);
+    if (!buf)
+        return -1;
+    *data = buf;
+    *len = n;
+    return 0;
+}
+
+//  --print: the plist a device would send (and optionally its signature).
+static int s_print(const pm_cfg_t *cfg, devsim_dev_t *dev, const devsim_answer_opts_t *ao,
+                   const EVP_MD *md)
+{
+    const char *what = pm_cfg_str(cfg, "print");
+    plist_t p = NULL;
+    if (strcmp(what, "authenticate") == 0)
+        p = devsim_dev_authenticate(dev);
+    else if (strcmp(what, "tokenupdate") == 0)
+        p = devsim_dev_tokenupdate(dev);
+    else if (strcmp(what, "checkout") == 0)
+        p = devsim_dev_checkout(dev);
+    else if (strcmp(what, "idle") == 0)
+        p = devsim_dev_report(dev, "Idle", NULL);
+    else if (strcmp(what, "user-tokenupdate") == 0) {
+        if (!dev->user) {
+            pm_error("--kind %s has no user channel (use mac-user, ue-mac-user or shared-ipad)",
+                     devsim_kind_name(dev->kind));
+            return 2;
+        }
+        p = devsim_dev_tokenupdate(dev->user);
+    } else {
+        plist_t cmd = NULL;
+        const char *file = pm_cfg_str(cfg, "command");
+        if (file) {
+            char *data = NULL, err[160];
+            size_t len = 0;
+            if (s_read_file(file, &data, &len) < 0) {
+                pm_error("cannot read the command plist '%s' (check the path)", file);
+                return 2;
+            }
+            cmd = devsim_pl_parse(data, len, err, sizeof err);
+            free(data);
+            if (!cmd) {
+                pm_error("'%s' is not a command plist: %s", file, err);
+                return 2;
+            }
+        } else
+            cmd = devsim_answer_sample_command(what);
+        devsim_dev_session_begin(dev);
+        devsim_answer_info_t info;
+        p = devsim_answer(dev, cmd, ao, &info);
+        plist_free(cmd);
+    }
+    char *xml = NULL;
+    size_t len = 0;
+    int rc = devsim_pl_to_xml(p, &xml, &len);
+    plist_free(p);
+    if (rc < 0)
+        return 1;
+    fwrite(xml, 1, len, stdout);
+    const char *sig_out = pm_cfg_str(cfg, "sig-out");
+    if (sig_out) {
+        char *b64 = NULL;
+        FILE *f = NULL;
+        if (!devsim_dev_ident(dev) ||
+            devsim_ident_sign(devsim_dev_ident(dev), NULL, md, xml, len, &b64) < 0 ||
+            !(f = fopen(sig_out, "w")) || fprintf(f, "%s\n", b64) < 0) {
+            pm_error("cannot write the signature to '%s' (need an identity and a writable path)",
+                     sig_out);
+            rc = -1;
+        }
+        if (f && fclose(f) != 0)
+            rc = -1;
+        free(b64);
+    }
+    free(xml);
+    return rc < 0 ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    pm_cfg_t *cfg = NULL;
+    pm_cfg_result_t pr = pm_cfg_parse(&cfg, "picomdm-devsim", s_summary, s_opts, argc, argv);
+    if (pr == PM_CFG_EXIT)
+        return 0;
+    if (pr == PM_CFG_ERROR)
+        return 2;
+    int rc = 2;
+    devsim_dev_t **devs = NULL;
+    devsim_ca_t *ca = NULL;
+    devsim_run_t *run = NULL;
+    int n = 0;
+    char err[256];
+    bool verbose = pm_cfg_bool(cfg, "verbose");
+    for (int i = 0; i < pm_cfg_argc(cfg); i++) {
+        if (strcmp(pm_cfg_arg(cfg, i), "-v") == 0)
+            verbose = true;
+        else {
+            fprintf(stderr, "picomdm-devsim: unexpected argument '%s' (see --help)\n",
+                    pm_cfg_arg(cfg, i));
+            goto out;
+        }
+    }
+    if (pm_cfg_start_logging(cfg) < 0)
+        goto out;
+
+    //  Validate the options before doing anything.
+    const char *kt_s = pm_cfg_str(cfg, "key-type");
+    devsim_key_t kt = DEVSIM_KEY_EC;
+    if (strcmp(kt_s, "rsa") == 0)
+        kt = DEVSIM_KEY_RSA;
+    else if (strcmp(kt_s, "ec") != 0) {
+        pm_error("--key-type must be ec or rsa, not '%s'", kt_s);
+        goto out;
+    }
+    const char *dg = pm_cfg_str(cfg, "digest");
+    const EVP_MD *md = strcmp(dg, "sha1") == 0 ? EVP_sha1() : EVP_sha256();
+    if (strcmp(dg, "sha1") && strcmp(dg, "sha256")) {
+        pm_error("--digest must be sha256 or sha1, not '%s'", dg);
+        goto out;
+    }
+    const char *kind_s = pm_cfg_str(cfg, "kind");
+    bool mix = strcmp(kind_s, "mix") == 0;
+    int kind = mix ? 0 : devsim_kind_parse(kind_s);
+    if (kind < 0) {
+        pm_error("--kind must be iphone, ipad, mac, mac-user, ue, ue-mac-user, shared-ipad or "
+                 "mix, not '%s'",
+                 kind_s);
+        goto out;
+    }
+    n = (int)pm_cfg_int(cfg, "devices");
+    int conc = (int)pm_cfg_int(cfg, "concurrency");
+    int rounds = (int)pm_cfg_int(cfg, "rounds");
+    int apps = (int)pm_cfg_int(cfg, "apps");
+    if (n < 1 || n > 1000000 || conc < 1 || conc > 10000 || rounds < 0 || apps < 0 ||
+        apps > 100000) {
+        pm_error("--devices 1..1000000, --concurrency 1..10000, --rounds >= 0, --apps 0..100000");
+        goto out;
+    }
+    char *end = NULL;
+    errno = 0;
+    double notnow = strtod(pm_cfg_str(cfg, "notnow-rate"), &end);
+    if (errno || !end || *end || notnow < 0 || notnow > 1) {
+        pm_error("--notnow-rate wants a number from 0 to 1, e.g. 0.2");
+        goto out;
+    }
+    const char *cert = pm_cfg_str(cfg, "cert"), *key = pm_cfg_str(cfg, "key");
+    const char *cacert = pm_cfg_str(cfg, "ca-cert"), *cakey = pm_cfg_str(cfg, "ca-key");
+    if ((cert != NULL) != (key != NULL) || (cacert != NULL) != (cakey != NULL)) {
+        pm_error("give --cert with --key, and --ca-cert with --ca-key");
+        goto out;
+    }
+    if (cert && n != 1) {
+        pm_error("--cert/--key is one device's identity: use --ca-cert/--ca-key for --devices %d",
+                 n);
+        goto out;
+    }
+    if (pr == PM_CFG_CHECK) {
+        printf("ok\n");
+        rc = 0;
+        goto out;
+    }
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+
+    const char *make_ca = pm_cfg_str(cfg, "make-ca");
+    if (make_ca) {
+        char cp[1024], kp[1024];
+        snprintf(cp, sizeof cp, "%s.pem", make_ca);
+        snprintf(kp, sizeof kp, "%s.key", make_ca);
+        ca = devsim_ca_generate("PicoMDM devsim Device CA", kt, err, sizeof err);
+        if (!ca || devsim_ca_write(ca, cp, kp) < 0) {
+            pm_error("cannot write the CA to %s / %s (check the directory exists): %s", cp, kp,
+                     ca ? "write failed" : err);
+            goto out;
+        }
+        printf("device CA written: %s %s\n", cp, kp);
+        rc = 0;
+        goto out;
+    }
+
+    uint64_t seed = (uint64_t)pm_cfg_int(cfg, "seed");
+    if (seed == 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        seed = (uint64_t)ts.tv_sec * 1000000007ULL ^ (uint64_t)ts.tv_nsec ^ (uint64_t)getpid();
+    }
+    devsim_rand_seed(seed);
+    devs = calloc((size_t)n, sizeof *devs);
+    if (!devs)
+        goto out;
+    for (int i = 0; i < n; i++) {
+        devsim_kind_t k = mix ? (devsim_kind_t)(i % DEVSIM_KIND_COUNT) : (devsim_kind_t)kind;
+        devs[i] = devsim_dev_new(k, i, seed, pm_cfg_str(cfg, "topic"));
+        if (!devs[i])
+            goto out;
+    }
+
+    //  Identities: given, issued by the given CA, or (no CA) by a throwaway CA.
+    const char *print = pm_cfg_str(cfg, "print");
+    const char *spoof = pm_cfg_str(cfg, "spoof"), *malformed = pm_cfg_str(cfg, "malformed");
+    bool need_ident = pm_cfg_bool(cfg, "sign") || spoof || malformed || print;
+    if (cert) {
+        devsim_ident_t *id = devsim_ident_load(cert, key, err, sizeof err);
+        if (!id) {
+            pm_error("%s", err);
+            goto out;
+        }
+        devsim_dev_set_ident(devs[0], &id);
+    } else if (need_ident) {
+        if (cacert) {
+            ca = devsim_ca_load(cacert, cakey, err, sizeof err);
+            if (!ca) {
+                pm_error("%s", err);
+                goto out;
+            }
+        } else {
+            ca = devsim_ca_generate("PicoMDM devsim throwaway CA", kt, err, sizeof err);
+            if (!ca) {
+                pm_error("%s", err);
+                goto out;
+            }
+            if (!print && !spoof)
+                pm_warn("no --ca-cert/--ca-key or --cert/--key: signing with a throwaway CA the "
+                        "server does not trust (expect 400s); use --make-ca and give the server "
+                        "that CA");
+        }
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (int i = 0; i < n; i++) {
+            devsim_ident_t *id = devsim_ident_issue(ca, devsim_dev_cn(devs[i]), kt, -3600,
+                                                    365L * 86400, err, sizeof err);
+            if (!id) {
+                pm_error("%s", err);
+                goto out;
+            }
+            devsim_dev_set_ident(devs[i], &id);
+            if (zsys_interrupted)
+                goto out;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        if (n > 1)
+            pm_info("issued %d %s identities in %.2f s", n,
+                    kt == DEVSIM_KEY_EC ? "EC P-256" : "RSA",
+                    (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+    }
+    size_t ca_derlen = 0;
+    unsigned char *ca_der = NULL;
+    if (cacert && ca) {
+        int l = i2d_X509(devsim_ca_cert(ca), &ca_der);
+        ca_derlen = l > 0 ? (size_t)l : 0;
+    }
+    devsim_answer_opts_t ao = {notnow, apps, ca_der, ca_derlen};
+    if (print) {
+        rc = s_print(cfg, devs[0], &ao, md);
+        OPENSSL_free(ca_der);
+        goto out;
+    }
+
+    devsim_run_opts_t ro = {
+        .url = pm_cfg_str(cfg, "url"),
+        .checkin_path = pm_cfg_str(cfg, "checkin-path"),
+        .server_path = pm_cfg_str(cfg, "server-path"),
+        .ca_bundle = pm_cfg_str(cfg, "ca-bundle"),
+        .insecure = pm_cfg_bool(cfg, "insecure"),
+        .sign = pm_cfg_bool(cfg, "sign"),
+        .md = md,
+        .concurrency = conc,
+        .max_commands = (int)pm_cfg_int(cfg, "max-commands"),
+        .timeout_ms = (long)pm_cfg_int(cfg, "timeout-ms"),
+        .verbose = verbose,
+        .answer = ao,
+    };
+    if (spoof || malformed) {
+        //  The CA only counts as "the server's" when it was given.
+        rc = spoof ? devsim_neg_spoof(&ro, spoof, cacert ? ca : NULL, devs[0], kt, seed)
+                   : devsim_neg_malformed_run(&ro, malformed, devs[0]);
+        OPENSSL_free(ca_der);
+        goto out;
+    }
+
+    run = devsim_run_new(&ro, devs, n);
+    if (!run) {
+        OPENSSL_free(ca_der);
+        goto out;
+    }
+    pm_info("%d %s device(s) -> %s, concurrency %d, %d round(s), NotNow rate %.2f", n, kind_s,
+            ro.url, conc, rounds, notnow);
+    int failed = 0;
+    if (pm_cfg_bool(cfg, "enroll"))
+        failed += devsim_run_enroll(run);
+    else
+        for (int i = 0; i < n; i++) {
+            devs[i]->enrolled = true;
+            if (devs[i]->user)
+                devs[i]->user->enrolled = true;
+        }
+    for (int i = 0; i < rounds && !zsys_interrupted; i++)
+        failed += devsim_run_sessions(run);
+    if (pm_cfg_bool(cfg, "checkout") && !zsys_interrupted)
+        failed += devsim_run_checkout(run);
+    int problems = devsim_run_report(run, stdout);
+    OPENSSL_free(ca_der);
+    rc = failed || problems || zsys_interrupted ? 1 : 0;
+out:
+    devsim_run_destroy(&run);
+    for (int i = 0; devs && i < n; i++)
+        devsim_dev_destroy(&devs[i]);
+    free(devs);
+    devsim_ca_destroy(&ca);
+    pm_cfg_destroy(&cfg);
+    curl_global_cleanup();
+    return rc;
+}
