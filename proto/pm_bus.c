@@ -199,7 +199,7 @@ static void s_give_up(pm_bus_t *bus, s_pending_t *p)
              "and registered with the broker at %s?",
              p->service, p->attempts, p->attempts == 1 ? "" : "s", (long long)secs, p->service,
              bus->request_endpoint);
-    pm_warn("bus: %s", err);
+    pm_bus_ratelog(&bus->ratelog, "bus: %s", err);
     s_complete(bus, p, NULL, err);
 }
 
@@ -235,7 +235,8 @@ static void s_client_reply(pm_bus_t *bus, zmq_msg_t *f, int n, int total)
     if (pm_msg_type(reply) == PM_MSG_ERROR) {
         const char *code = pm_msg_str(reply, "code");
         if (code && strcmp(code, "worker_lost") == 0 && p->attempts < p->attempts_max) {
-            pm_info("bus: worker of '%s' lost while handling %s; resending", p->service, rid);
+            pm_bus_ratelog(&bus->ratelog, "bus: worker of '%s' lost while handling %s; resending",
+                           p->service, rid);
             pm_msg_destroy(&reply);
             s_client_send(bus, p);
             return;

@@ -1,6 +1,7 @@
 # Helpers for tests/it/broker_*.sh (sourced; not a test itself: the runner
 # only runs *.sh). Every test gets its own temp dir for ipc endpoints and
 # logs, kills everything it started on exit, and bounds every wait.
+# KEEP_LOGS=1 keeps the temp dir (e.g. to read sanitizer reports).
 set -u
 BIN=${BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/bin}
 TT=${TT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/build/rel/tt}
@@ -22,7 +23,7 @@ cleanup() {
     if [ $rc != 0 ] && [ $rc != 77 ]; then
         for f in "$D"/*.log; do [ -f "$f" ] && { echo "---- $(basename "$f") (last 15 lines)"; tail -n 15 "$f"; }; done
     fi
-    rm -rf "$D"
+    if [ -n "${KEEP_LOGS:-}" ]; then echo "logs kept in $D"; else rm -rf "$D"; fi
     exit $rc
 }
 trap cleanup EXIT
