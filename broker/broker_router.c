@@ -375,8 +375,14 @@ static void s_worker_input(broker_router_t *self, zmq_msg_t *f, int n, int total
     uint8_t cmd = *(uint8_t *)zmq_msg_data(&f[2]);
     s_worker_t *w = zhashx_lookup(self->workers, key);
     if (cmd == PM_BUS_READY && (total == 5 || total == 6)) {
+        if (w && pm_bus_frame_is(&f[3], w->service->name)) {
+            //  Registered already (its READYs queued up while we were away):
+            //  same socket, same process, its jobs are alive; just refresh.
+            w->expiry = zclock_mono() + (int64_t)w->heartbeat_ms * PM_BUS_LIVENESS;
+            return;
+        }
         if (w) {
-            s_worker_delete(self, w, "it sent READY twice");
+            s_worker_delete(self, w, "it sent READY for another service");
             s_send_command(self, id, idlen, PM_BUS_DISCONNECT);
         } else
             s_worker_ready(self, id, idlen, key, f, total);

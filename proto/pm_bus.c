@@ -61,6 +61,7 @@ typedef struct {
     void *arg;
     int64_t broker_expiry; //  broker is dead if silent past this
     int64_t heartbeat_at;  //  next heartbeat we send
+    bool silent;           //  broker missed 3 heartbeats (logged once per outage)
     zhashx_t *cache;       //  rid -> s_cached_t
     s_cached_t *oldest, *newest;
     size_t cache_count, cache_bytes;
@@ -126,6 +127,11 @@ static zsock_t *s_socket(pm_bus_t *bus, int type, const char *endpoint)
     zsock_set_linger(sock, 0);
     zsock_set_reconnect_ivl(sock, 100);
     zsock_set_reconnect_ivl_max(sock, 2000);
+    //  ZMTP heartbeats: libzmq drops and re-dials a connection that went silent
+    //  (half-open TCP after a host or broker crash) on the same socket.
+    zsock_set_heartbeat_ivl(sock, bus->heartbeat_ms);
+    zsock_set_heartbeat_timeout(sock, bus->heartbeat_ms * PM_BUS_LIVENESS);
+    zsock_set_heartbeat_ttl(sock, bus->heartbeat_ms * PM_BUS_LIVENESS);
     if (bus->server_key) {
         zcert_apply(bus->cert, sock);
         zsock_set_curve_serverkey(sock, bus->server_key);
@@ -409,13 +415,13 @@ static void s_worker_command(s_worker_t *w, uint8_t cmd)
     s_worker_send(w, data, len, 2);
 }
 
-static int s_worker_connect(s_worker_t *w)
+//  (Re-)register: READY on the worker's socket. The socket lives as long as
+//  the bus, so the descriptors from pm_bus_fds stay valid: libzmq reconnects
+//  it by itself (ZMTP heartbeats catch half-open TCP), and a restarted broker
+//  answers our next heartbeat with DISCONNECT, which brings us here.
+static void s_worker_ready(s_worker_t *w)
 {
     pm_bus_t *bus = w->bus;
-    zsock_destroy(&w->sock);
-    w->sock = s_socket(bus, ZMQ_DEALER, bus->request_endpoint);
-    if (!w->sock)
-        return -1;
     char cap[16], hb[16];
     snprintf(cap, sizeof cap, "%d", bus->capacity);
     snprintf(hb, sizeof hb, "%d", bus->heartbeat_ms);
@@ -426,7 +432,6 @@ static int s_worker_connect(s_worker_t *w)
     int64_t now = zclock_mono();
     w->broker_expiry = now + (int64_t)bus->heartbeat_ms * PM_BUS_LIVENESS;
     w->heartbeat_at = now + bus->heartbeat_ms;
-    return 0;
 }
 
 static void s_job_unlink(pm_bus_job_t *job)
@@ -567,14 +572,18 @@ static void s_worker_input(s_worker_t *w, zmq_msg_t *f, int n, int total)
         return;
     }
     w->broker_expiry = now + (int64_t)bus->heartbeat_ms * PM_BUS_LIVENESS;
+    if (w->silent) {
+        pm_info("bus: broker at %s is back for '%s'", bus->request_endpoint, w->service);
+        w->silent = false;
+    }
     uint8_t cmd = *(uint8_t *)zmq_msg_data(&f[1]);
     if (cmd == PM_BUS_REQUEST && total == 5)
         s_worker_request(w, f);
     else if (cmd == PM_BUS_HEARTBEAT && total == 2)
         ;
     else if (cmd == PM_BUS_DISCONNECT && total == 2) {
-        pm_info("bus: broker asked '%s' to re-register; reconnecting", w->service);
-        s_worker_connect(w);
+        pm_info("bus: broker asked '%s' to register again; sending READY", w->service);
+        s_worker_ready(w);
     } else {
         bus->stats.bad_frames++;
         pm_bus_ratelog(&bus->ratelog,
@@ -587,9 +596,12 @@ static void s_worker_input(s_worker_t *w, zmq_msg_t *f, int n, int total)
 static void s_worker_timers(s_worker_t *w, int64_t now)
 {
     if (now >= w->broker_expiry) {
-        pm_warn("bus: broker at %s silent for %d heartbeats; reconnecting '%s'",
-                w->bus->request_endpoint, PM_BUS_LIVENESS, w->service);
-        s_worker_connect(w);
+        if (!w->silent)
+            pm_warn("bus: broker at %s silent for %d heartbeats; '%s' keeps trying to "
+                    "register (is picomdm-broker running?)",
+                    w->bus->request_endpoint, PM_BUS_LIVENESS, w->service);
+        w->silent = true;
+        s_worker_ready(w);
     }
     if (now >= w->heartbeat_at) {
         s_worker_command(w, PM_BUS_HEARTBEAT);
@@ -621,11 +633,13 @@ int pm_bus_serve(pm_bus_t *bus, const char *service, pm_bus_job_fn *fn, void *ar
     w->arg = arg;
     w->cache = zhashx_new();
     zhashx_set_destructor(w->cache, s_cached_destructor);
-    if (s_worker_connect(w) < 0) {
+    w->sock = s_socket(bus, ZMQ_DEALER, bus->request_endpoint);
+    if (!w->sock) {
         zhashx_destroy(&w->cache);
         free(w);
         return -1;
     }
+    s_worker_ready(w);
     bus->workers[bus->nworkers++] = w;
     pm_info("bus: serving '%s' via %s (capacity %d)", service, bus->request_endpoint,
             bus->capacity);
@@ -808,9 +822,6 @@ static int s_drain(pm_bus_t *bus, zsock_t *sock, s_kind_t kind, s_worker_t *w)
         else
             s_event_input(bus, f, n, total);
         pm_bus_frames_close(f, n);
-        //  The handler may have re-created the worker socket (DISCONNECT).
-        if (kind == S_WORKER && w->sock != sock)
-            return handled;
     }
     bus->more = true;
     return handled;

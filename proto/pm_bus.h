@@ -17,9 +17,12 @@
  *  broker can route and fail requests without decoding bodies.
  *  Heartbeats go both ways, at the interval the worker announced in READY
  *  (optional frame; the broker's own interval if absent), so the two ends
- *  never disagree; a peer silent for 3 intervals is dead. A worker re-creates
- *  its socket and sends READY again when the broker says DISCONNECT (a
- *  restarted broker says it to any worker it does not know) or is silent.
+ *  never disagree; a peer silent for 3 intervals is dead. A worker sends
+ *  READY again when the broker says DISCONNECT (a restarted broker says it to
+ *  any worker it does not know) or is silent; its socket is never re-created
+ *  (libzmq re-dials it, ZMTP heartbeats catch half-open TCP), so the
+ *  descriptors from pm_bus_fds stay valid for the life of the pm_bus_t. A
+ *  repeated READY for the same service is harmless.
  *  The broker dispatches a request to the worker with the fewest in flight
  *  below its capacity, queues it otherwise (bounded: `error` busy), answers
  *  `error` no_service when no worker registered within its request-wait-ms,
@@ -84,7 +87,13 @@ pm_msg_t *pm_bus_call(pm_bus_t *bus, const char *service, const pm_msg_t *req, i
 /* ---- worker side ---- */
 
 //  A request for us. The handler owns `job` and must end it with
-//  pm_bus_job_reply or pm_bus_job_drop, now or later (group commit replies later).
+//  pm_bus_job_reply or pm_bus_job_drop, now or later (group commit replies later),
+//  and before pm_bus_destroy (after it, reply/drop only free the job).
+//  Dropping sends no reply (the client retries after its timeout) but frees
+//  the worker's slot in the broker and forgets the rid, so the retry is
+//  handled afresh. The reply cache only lives as long as the process: a
+//  service that must stay idempotent across its own restarts (store) must
+//  also remember rids itself.
 typedef void(pm_bus_job_fn)(void *arg, pm_bus_job_t *job);
 
 //  Register as a worker of `service` (re-registers by itself after a broker

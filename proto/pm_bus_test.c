@@ -395,17 +395,27 @@ static void test_worker_disconnect_reregisters(void **state)
     s_fix_t *f = *state;
     s_handler_t h = {0};
     assert_int_equal(pm_bus_serve(f->bus, "echo", s_on_job, &h), 0);
+    int fds[4];
+    assert_int_equal(pm_bus_fds(f->bus, fds, 4), 2); //  client + worker
     zframe_t *id = s_expect_ready(f);
     zmsg_t *m = zmsg_new();
     zmsg_append(m, &(zframe_t *){zframe_dup(id)});
     zmsg_addstr(m, PM_BUS_WORKER_HDR);
     zmsg_addmem(m, &(uint8_t){PM_BUS_DISCONNECT}, 1);
     zmsg_send(&m, f->router);
+    //  READY again at once (well before the 300 ms silence limit), same socket
+    int64_t t0 = zclock_mono();
     zframe_t *id2 = s_expect_ready(f);
-    assert_false(zframe_eq(id, id2)); //  a new socket
-    //  and a silent broker (no heartbeats for 3 x 100 ms) makes it reconnect too
+    assert_true(zclock_mono() - t0 < 250);
+    assert_true(zframe_eq(id, id2));
+    //  a silent broker (no heartbeats for 3 x 100 ms) gets READY again too
     zframe_t *id3 = s_expect_ready(f);
-    assert_false(zframe_eq(id2, id3));
+    assert_true(zclock_mono() - t0 >= 250);
+    assert_true(zframe_eq(id, id3));
+    //  the descriptors a foreign event loop watches did not change
+    int fds2[4];
+    assert_int_equal(pm_bus_fds(f->bus, fds2, 4), 2);
+    assert_memory_equal(fds, fds2, sizeof fds2[0] * 2);
     zframe_destroy(&id), zframe_destroy(&id2), zframe_destroy(&id3);
 }
 

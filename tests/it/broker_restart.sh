@@ -17,7 +17,7 @@ C=$!
 PIDS+=("$C")
 sleep 0.5
 kill -9 "$BROKER"
-sleep 0.3
+sleep 1.0   # longer than 3 heartbeats (600 ms): workers see a silent broker
 start_broker broker2
 wait_log broker2 "registered for 'echo'" 2 10
 wait "$C"
