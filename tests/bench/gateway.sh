@@ -53,3 +53,12 @@ PY
 cpu1=$(awk '{print $14 + $15}' /proc/$GW_PID/stat)
 tck=$(getconf CLK_TCK)
 echo "  gateway CPU: $(( (cpu1 - cpu0) * 1000 / tck )) ms for the run; peak RSS: $(awk '/VmHWM/ {print $2, $3}' /proc/$GW_PID/status)"
+# the device simulator (C, libcurl): enrollments and command round trips
+if [ -x "$BIN/picomdm-devsim" ]; then
+    cpu0=$(awk '{print $14 + $15}' /proc/$GW_PID/stat)
+    "$BIN/picomdm-devsim" --url "$URL" --ca-bundle "$PKI/ca.pem" --ca-cert "$PKI/ca.pem" \
+        --ca-key "$PKI/ca.key" --kind mix --devices "${DEVICES:-300}" --concurrency 16 --rounds 3 \
+        --log-level warn 2>&1 | sed 's/^/  devsim: /'
+    cpu1=$(awk '{print $14 + $15}' /proc/$GW_PID/stat)
+    echo "  gateway CPU for the devsim run: $(( (cpu1 - cpu0) * 1000 / tck )) ms; peak RSS: $(awk '/VmHWM/ {print $2, $3}' /proc/$GW_PID/status)"
+fi
