@@ -119,7 +119,7 @@ _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema 
     X(Q_LIST, "SELECT c.uuid, c.request_type, q.status, q.priority, q.created, q.delivered,"       \
               " q.notnow_count, q.deliveries, q.expires FROM queue q JOIN commands c"              \
               " ON c.id=q.cmd WHERE q.eid=?1 AND (?2 OR q.active=1) ORDER BY q.active DESC,"       \
-              " (?3>0 AND q.notnow_count>=?3), q.priority DESC, q.cmd LIMIT 10000")                \
+              " (?3>0 AND q.notnow_count>=?3), q.priority DESC, q.cmd LIMIT 100000")                \
     X(RES_UPSERT, "INSERT INTO results(eid,cmd,status,received,body) VALUES(?1,?2,?3,?4,?5)"       \
                   " ON CONFLICT(eid,cmd) DO UPDATE SET status=excluded.status,"                    \
                   " received=excluded.received, body=excluded.body")                               \
