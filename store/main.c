@@ -26,6 +26,7 @@ static const pm_opt_t s_opts[] = {
      "broker request endpoint (ROUTER) we register at as the store service"},
     {"publish-endpoint", PM_OPT_STR, "tcp://127.0.0.1:7402",
      "broker publish endpoint (XSUB) we publish events to"},
+    {"database", PM_OPT_STR, NULL, "database file (default <data-dir>/picomdm.db)"},
     {"synchronous", PM_OPT_STR, "full",
      "full: a commit is on disk before anyone is answered (default); normal: faster, but a "
      "power loss (not a crash) may lose the last commits; never corrupts"},
@@ -66,7 +67,10 @@ int main(int argc, char **argv)
         goto out;
     }
     char path[4096], err[512];
-    snprintf(path, sizeof path, "%s/picomdm.db", dir);
+    if (pm_cfg_str(cfg, "database"))
+        snprintf(path, sizeof path, "%s", pm_cfg_str(cfg, "database"));
+    else
+        snprintf(path, sizeof path, "%s/picomdm.db", dir);
     store_db_opts_t o = {.sync_full = strcmp(sync, "full") == 0};
     db = store_db_new(path, &o, err, sizeof err);
     if (!db) {
