@@ -281,6 +281,7 @@ static int s_write_config(s_up_t *up, const pm_cfg_t *cfg)
             "publish-endpoint = \"%s\"\n"
             "subscribe-endpoint = \"%s\"\n"
             "data-dir = \"%s\"\n"
+            "run-dir = \"%s\"\n"
             "log-level = \"%s\"\n"
             "device-ca = \"%s\"\n"
             "store\n"
@@ -294,7 +295,7 @@ static int s_write_config(s_up_t *up, const pm_cfg_t *cfg)
             "ca\n"
             "    ca-cert = \"%s\"\n"
             "    ca-key = \"%s\"\n",
-            up->cfgfile, up->req, up->pub, up->sub, up->data, log_level ? log_level : "info",
+            up->cfgfile, up->req, up->pub, up->sub, up->data, up->run, log_level ? log_level : "info",
             up->ca_crt, up->data, pm_cfg_str(cfg, "listen"), up->tls_crt, up->tls_key,
             pm_cfg_str(cfg, "checkin-path"), pm_cfg_str(cfg, "server-path"), up->ca_crt,
             up->ca_key);
