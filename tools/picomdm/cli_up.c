@@ -32,8 +32,8 @@ const pm_opt_t cli_up_opts[] = {
      "gateway HTTPS address:port (0.0.0.0:8443 to serve devices on the network)"},
     {"public-host", PM_OPT_STR, NULL,
      "host name devices use in URLs (default: localhost on loopback, else this host's name)"},
-    {"checkin-path", PM_OPT_STR, "/checkin", "CheckInURL path"},
-    {"server-path", PM_OPT_STR, "/mdm", "ServerURL path"},
+    {"checkin-path", PM_OPT_STR, "/mdm/checkin", "CheckInURL path"},
+    {"server-path", PM_OPT_STR, "/mdm/connect", "ServerURL path"},
     {"push-cert", PM_OPT_STR, NULL,
      "APNs push certificate and key (one PEM file); default <data-dir>/pki/push.pem if present"},
     {"only", PM_OPT_STR, NULL, "comma-separated processes to start (default: every one built)"},
@@ -481,7 +481,9 @@ static int s_setup(s_up_t *up, const pm_cfg_t *cfg)
     char devsim[PATH_MAX + 32];
     snprintf(devsim, sizeof devsim, "%s/picomdm-devsim", up->bin);
     if (access(devsim, X_OK) == 0)
-        printf("  %s --help   # simulated devices for this server\n", devsim);
+        printf("  %s --url https://%s%s --ca-bundle %s \\\n"
+               "      --ca-cert %s --ca-key %s --devices 3   # simulated devices\n",
+               devsim, up->host, port ? port : "", up->tls_crt, up->ca_crt, up->ca_key);
     printf("  %s/picomdm enqueue DeviceInformation --set Queries=UDID,OSVersion --to <id>\n"
            "  %s/picomdm watch   # every event, as JSON lines\n"
            "Ctrl-C stops everything.\n\n",
