@@ -295,10 +295,10 @@ static int s_write_config(s_up_t *up, const pm_cfg_t *cfg)
             "ca\n"
             "    ca-cert = \"%s\"\n"
             "    ca-key = \"%s\"\n",
-            up->cfgfile, up->req, up->pub, up->sub, up->data, up->run, log_level ? log_level : "info",
-            up->ca_crt, up->data, pm_cfg_str(cfg, "listen"), up->tls_crt, up->tls_key,
-            pm_cfg_str(cfg, "checkin-path"), pm_cfg_str(cfg, "server-path"), up->ca_crt,
-            up->ca_key);
+            up->cfgfile, up->req, up->pub, up->sub, up->data, up->run,
+            log_level ? log_level : "info", up->ca_crt, up->data, pm_cfg_str(cfg, "listen"),
+            up->tls_crt, up->tls_key, pm_cfg_str(cfg, "checkin-path"),
+            pm_cfg_str(cfg, "server-path"), up->ca_crt, up->ca_key);
     if (up->push[0])
         fprintf(f, "pusher\n    push-cert = \"%s\"\n", up->push);
     if (fclose(f) != 0 || rename(tmp, up->cfgfile) != 0) {
