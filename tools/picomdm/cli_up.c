@@ -283,24 +283,29 @@ static int s_write_config(s_up_t *up, const pm_cfg_t *cfg)
             "data-dir = \"%s\"\n"
             "run-dir = \"%s\"\n"
             "log-level = \"%s\"\n"
-            "device-ca = \"%s\"\n"
-            "store\n"
-            "    database = \"%s/picomdm.db\"\n"
-            "gateway\n"
-            "    listen = \"%s\"\n"
-            "    tls-cert = \"%s\"\n"
-            "    tls-key = \"%s\"\n"
-            "    checkin-path = \"%s\"\n"
-            "    server-path = \"%s\"\n"
-            "ca\n"
-            "    ca-cert = \"%s\"\n"
-            "    ca-key = \"%s\"\n",
+            "device-ca = \"%s\"\n",
             up->cfgfile, up->req, up->pub, up->sub, up->data, up->run,
-            log_level ? log_level : "info", up->ca_crt, up->data, pm_cfg_str(cfg, "listen"),
-            up->tls_crt, up->tls_key, pm_cfg_str(cfg, "checkin-path"),
-            pm_cfg_str(cfg, "server-path"), up->ca_crt, up->ca_key);
-    if (up->push[0])
-        fprintf(f, "pusher\n    push-cert = \"%s\"\n", up->push);
+            log_level ? log_level : "info", up->ca_crt);
+    //  Process sections. A process looks up <its pm_cfg name>/<option>, and
+    //  some name themselves "gateway", others "picomdm-gateway": write both.
+    for (int pass = 0; pass < 2; pass++) {
+        const char *pre = pass ? "picomdm-" : "";
+        fprintf(f,
+                "%sgateway\n"
+                "    listen = \"%s\"\n"
+                "    tls-cert = \"%s\"\n"
+                "    tls-key = \"%s\"\n"
+                "    checkin-path = \"%s\"\n"
+                "    server-path = \"%s\"\n"
+                "%sca\n"
+                "    ca-cert = \"%s\"\n"
+                "    ca-key = \"%s\"\n",
+                pre, pm_cfg_str(cfg, "listen"), up->tls_crt, up->tls_key,
+                pm_cfg_str(cfg, "checkin-path"), pm_cfg_str(cfg, "server-path"), pre, up->ca_crt,
+                up->ca_key);
+        if (up->push[0])
+            fprintf(f, "%spusher\n    push-cert = \"%s\"\n", pre, up->push);
+    }
     if (fclose(f) != 0 || rename(tmp, up->cfgfile) != 0) {
         fprintf(stderr, "picomdm up: cannot write %s: %s\n", up->cfgfile, strerror(errno));
         return -1;
