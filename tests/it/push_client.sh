@@ -60,8 +60,8 @@ has dev6 '"event":"push.failed","eid":"dev6","status":500'
 has dev6 'gave up after 3 attempts'
 has dev7 '"event":"push.sent","eid":"dev7"'
 has devX '"event":"push.failed","eid":"devX","status":0,"reason":"topic differs'
-[ "$(stat goaways)" = 1 ] || fail "the stand-in sent no GOAWAY"
-[ "$(stat s400)" = 1 ] && [ "$(stat s429)" = 1 ] && [ "$(stat s503)" = 2 ] && [ "$(stat s500)" = 3 ] && [ "$(stat s410)" = 1 ] \
+[ "$(apns_stat goaways)" = 1 ] || fail "the stand-in sent no GOAWAY"
+[ "$(apns_stat s400)" = 1 ] && [ "$(apns_stat s429)" = 1 ] && [ "$(apns_stat s503)" = 2 ] && [ "$(apns_stat s500)" = 3 ] && [ "$(apns_stat s410)" = 1 ] \
     || fail "stand-in counters: $(curl -s "http://127.0.0.1:$CTL_PORT/stats" | tr '\n' ' ')"
 echo "ok   stand-in saw 400 x1 (not retried), 429 x1, 503 x2, 500 x3 (capped), 410 x1, one GOAWAY"
 
@@ -72,10 +72,10 @@ has dev8 '"event":"push.sent","eid":"dev8"'
 has dev8 '"attempts":2'
 
 # the stale token gets no more pushes; a new token (next TokenUpdate) does
-req410=$(stat s410)
+req410=$(apns_stat s410)
 send "wake dev2 $(T 2) MAGIC2"
 wait_for '"eid":"dev2".*stale token' 1
-[ "$(stat s410)" = "$req410" ] || fail "a push went to the stale token"
+[ "$(apns_stat s410)" = "$req410" ] || fail "a push went to the stale token"
 echo "ok   stale token: refused locally, nothing sent to APNs"
 send "wake dev2 $(T 12) MAGIC2b"
 wait_for '"event":"push.sent","eid":"dev2"' 1
@@ -85,10 +85,10 @@ echo "ok   new token after the stale one: sent"
 ctl POST /rules "$(T 10) 403 count=1" | grep -q 'added 1' || fail "rule not added"
 send "wake dev10 $(T 10) MAGIC10"
 wait_for '"event":"push.cert_problem","eid":"dev10","status":403,"reason":"BadCertificate"' 1
-sent_before=$(stat accepted)
+sent_before=$(apns_stat accepted)
 send "wake dev11 $(T 11) MAGIC11"
 wait_for '"event":"push.failed","eid":"dev11".*topic stopped' 1
-[ "$(stat accepted)" = "$sent_before" ] || fail "a push went out for a stopped topic"
+[ "$(apns_stat accepted)" = "$sent_before" ] || fail "a push went out for a stopped topic"
 echo "ok   403: cert_problem event, topic stopped"
 grep -q "APNs refused the push certificate" "$W/pusher.log" || fail "no alert in the log"
 kill -HUP "$PUSHER_PID"

@@ -47,18 +47,18 @@ grep -q "\"token\":\"$KNOWN\".*\"mdm\":\"MAGIC-2\"" "$W/datagrams" || fail "no d
 echo "ok   delivery hook: file and UNIX datagram"
 
 # transport: HTTP/1.1, no client certificate, a certificate from another CA
-before=$(stat alpn_refused)
+before=$(apns_stat alpn_refused)
 out=$(curl -s --http1.1 --max-time 10 --cacert "$W/ca.pem" --cert "$W/push.pem" \
     -H "apns-topic: $TOPIC" -d '{"mdm":"x"}' "$URL/3/device/$KNOWN" -w '%{http_code}')
 [ $? != 0 ] || fail "HTTP/1.1 request succeeded ($out)"
-[ "$(stat alpn_refused)" -gt "$before" ] || fail "ALPN refusal not counted"
+[ "$(apns_stat alpn_refused)" -gt "$before" ] || fail "ALPN refusal not counted"
 echo "ok   HTTP/1.1 refused (ALPN h2 only)"
-tls=$(stat tls_failures)
+tls=$(apns_stat tls_failures)
 curl -s --http2 --max-time 10 --cacert "$W/ca.pem" -H "apns-topic: $TOPIC" -d '{"mdm":"x"}' \
     "$URL/3/device/$KNOWN" >/dev/null && fail "request without a client certificate succeeded"
 curl -s --http2 --max-time 10 --cacert "$W/ca.pem" --cert "$W/rogue.pem" -H "apns-topic: $TOPIC" \
     -d '{"mdm":"x"}' "$URL/3/device/$KNOWN" >/dev/null && fail "certificate from another CA accepted"
-[ "$(stat tls_failures)" -ge $((tls + 2)) ] || fail "TLS failures not counted"
+[ "$(apns_stat tls_failures)" -ge $((tls + 2)) ] || fail "TLS failures not counted"
 echo "ok   no client certificate / wrong CA refused in the handshake"
 
 expect "certificate without UID" "$(req no-uid "$KNOWN" -H "apns-topic: $TOPIC" -d '{"mdm":"x"}')" \
@@ -108,8 +108,8 @@ expect "delayed answer" "$out" '200 '
 echo "ok   delay=700 took $(((t1 - t0) / 1000000)) ms"
 ctl POST /rules "$KNOWN goaway count=1" >/dev/null
 good "$KNOWN" >/dev/null
-[ "$(stat goaways)" = 1 ] || fail "GOAWAY not sent (goaways=$(stat goaways))"
+[ "$(apns_stat goaways)" = 1 ] || fail "GOAWAY not sent (goaways=$(apns_stat goaways))"
 echo "ok   GOAWAY sent"
-[ "$(stat accepted)" = 4 ] || fail "accepted counter $(stat accepted)"
+[ "$(apns_stat accepted)" = 4 ] || fail "accepted counter $(apns_stat accepted)"
 kill -0 "$FAPNS_PID" || fail "fake-apns died"
 echo "PASS"
