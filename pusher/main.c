@@ -11,6 +11,7 @@
 #include "push_apns.h"
 #include "push_cert.h"
 #include "push_stdin.h"
+#include "push_svc.h"
 
 #include <czmq.h>
 #include <signal.h>
@@ -34,6 +35,8 @@ static const pm_opt_t s_opts[] = {
     {"backoff-max-ms", PM_OPT_INT, "60000", "longest retry delay"},
     {"expiration", PM_OPT_INT, "86400",
      "APNs keeps an undelivered push this many seconds (0 = deliver now or never)"},
+    {"request-endpoint", PM_OPT_STR, "tcp://127.0.0.1:7401",
+     "broker request endpoint (ROUTER): we serve 'push' and call 'store'"},
     {"stdin", PM_OPT_BOOL, "false",
      "read \"wake <eid> <token hex> <PushMagic> [topic]\" lines, print outcomes as JSON"},
     {NULL, 0, NULL, NULL}};
@@ -116,6 +119,8 @@ int main(int argc, char **argv)
     int rc = 1;
     push_cert_t *cert = NULL;
     push_apns_t *apns = NULL;
+    pm_bus_t *bus = NULL;
+    push_svc_t *svc = NULL;
     char err[512];
     if (pm_cfg_start_logging(cfg) < 0)
         goto out;
@@ -134,7 +139,20 @@ int main(int argc, char **argv)
                           .backoff_ms = (int)pm_cfg_int(cfg, "backoff-ms"),
                           .backoff_max_ms = (int)pm_cfg_int(cfg, "backoff-max-ms"),
                           .expiration_s = pm_cfg_int(cfg, "expiration")};
-    apns = push_apns_new(&ac, cert, push_stdin_print, stdout, err, sizeof err);
+    bool use_stdin = pm_cfg_bool(cfg, "stdin");
+    if (!use_stdin && r != PM_CFG_CHECK) {
+        pm_bus_config_t bc = {.name = "pusher",
+                              .request_endpoint = pm_cfg_str(cfg, "request-endpoint")};
+        if (!(bus = pm_bus_new(&bc))) {
+            pm_error("cannot connect to the broker at %s (check request-endpoint)",
+                     bc.request_endpoint);
+            goto out;
+        }
+        if (!(svc = push_svc_new(bus)))
+            goto out;
+    }
+    apns = push_apns_new(&ac, cert, svc ? push_svc_outcome : push_stdin_print,
+                         svc ? (void *)svc : (void *)stdout, err, sizeof err);
     if (!apns) {
         pm_error("%s", err);
         goto out;
@@ -146,15 +164,30 @@ int main(int argc, char **argv)
     }
     signal(SIGHUP, s_on_hup);
     signal(SIGPIPE, SIG_IGN);
-    if (!pm_cfg_bool(cfg, "stdin")) {
-        pm_error("the bus service is not wired yet: run with --stdin (see docs/push.md)");
+    void *tick_arg[2] = {&cert, cfg};
+    if (use_stdin) {
+        pm_info("pushing to %s with %d connection(s); reading wakes from stdin", base,
+                ac.connections);
+        rc = push_stdin_run(apns, 0, stdout, s_tick, tick_arg) == 0 ? 0 : 1;
         goto out;
     }
-    pm_info("pushing to %s with %d connection(s); reading wakes from stdin", base, ac.connections);
-    void *tick_arg[2] = {&cert, cfg};
-    rc = push_stdin_run(apns, 0, stdout, s_tick, tick_arg) == 0 ? 0 : 1;
+    push_svc_attach(svc, apns);
+    int days = 0;
+    if (push_cert_state(cert, time(NULL), &days) == PUSH_CERT_EXPIRING) {
+        char msg[300];
+        snprintf(msg, sizeof msg,
+                 "the push certificate for %s expires in %d days: renew it at identity.apple.com "
+                 "with the same Apple ID",
+                 push_cert_topic(cert), days);
+        push_svc_event(svc, "push.cert_expiring", msg);
+    }
+    pm_info("serving 'push' via %s; pushing to %s with %d connection(s)",
+            pm_cfg_str(cfg, "request-endpoint"), base, ac.connections);
+    rc = push_svc_run(svc, s_tick, tick_arg) == 0 ? 0 : 1;
 out:
     push_apns_destroy(&apns);
+    push_svc_destroy(&svc);
+    pm_bus_destroy(&bus);
     push_cert_destroy(&cert);
     pm_cfg_destroy(&cfg);
     return rc;

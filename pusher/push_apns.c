@@ -20,6 +20,8 @@ typedef enum { S_QUEUED = 0, S_INFLIGHT, S_WAITING } s_state_t;
 typedef struct {
     char eid[PUSH_EID_MAX];
     char token_hex[2 * PUSH_TOKEN_MAX + 1];
+    uint8_t token[PUSH_TOKEN_MAX];
+    size_t token_len;
     char magic[PUSH_MAGIC_MAX];
     char topic[PUSH_CERT_TOPIC_MAX];
     char body[PUSH_MAGIC_MAX + 16];
@@ -169,7 +171,9 @@ static void s_finish(push_apns_t *a, s_job_t *j, push_outcome_t o, unsigned stat
                        .topic = j->topic,
                        .apns_id = j->apns_id,
                        .attempts = j->attempts,
-                       .stale_since_ms = stale_since};
+                       .stale_since_ms = stale_since,
+                       .token = j->token,
+                       .token_len = j->token_len};
     if (o == PUSH_SENT)
         pm_debug("push %s: sent (%d attempts)", j->eid, j->attempts);
     else
@@ -191,7 +195,9 @@ static void s_refuse(push_apns_t *a, const push_target_t *t, const char *reason)
                        .outcome = PUSH_FAILED,
                        .reason = reason,
                        .topic = t->topic ? t->topic : "",
-                       .apns_id = ""};
+                       .apns_id = "",
+                       .token = t->token,
+                       .token_len = t->token && t->token_len <= PUSH_TOKEN_MAX ? t->token_len : 0};
     pm_info("push %s: refused: %s", eid, reason);
     if (a->fn)
         a->fn(a->arg, &r);
@@ -674,6 +680,8 @@ int push_apns_wake(push_apns_t *a, const push_target_t *t)
     }
     char hex[2 * PUSH_TOKEN_MAX + 1];
     push_token_hex(t->token, t->token_len, hex, sizeof hex);
+    if (t->not_stale)
+        zhashx_delete(a->stale, hex);
     if (zhashx_lookup(a->stale, hex)) {
         s_refuse(a, t,
                  "stale token (APNs said 410 Unregistered): waiting for the next TokenUpdate");
@@ -685,6 +693,8 @@ int push_apns_wake(push_apns_t *a, const push_target_t *t)
         if (j->state != S_INFLIGHT && strcmp(j->token_hex, hex) != 0) {
             //  a newer TokenUpdate: push to the new token
             memcpy(j->token_hex, hex, sizeof hex);
+            memcpy(j->token, t->token, t->token_len);
+            j->token_len = t->token_len;
         }
         if (j->state != S_INFLIGHT && strcmp(j->magic, t->push_magic) != 0) {
             snprintf(j->magic, sizeof j->magic, "%s", t->push_magic);
@@ -699,6 +709,8 @@ int push_apns_wake(push_apns_t *a, const push_target_t *t)
     }
     snprintf(j->eid, sizeof j->eid, "%s", t->eid);
     memcpy(j->token_hex, hex, sizeof hex);
+    memcpy(j->token, t->token, t->token_len);
+    j->token_len = t->token_len;
     snprintf(j->magic, sizeof j->magic, "%s", t->push_magic);
     snprintf(j->topic, sizeof j->topic, "%s", topic);
     j->body_len = (size_t)snprintf(j->body, sizeof j->body, "{\"mdm\":\"%s\"}", j->magic);

@@ -72,6 +72,8 @@ typedef struct {
     const char *apns_id; //  from APNs, "" if none
     int attempts;
     int64_t stale_since_ms; //  410: APNs "timestamp" (0 if none)
+    const uint8_t *token;   //  the raw token pushed to: for the store only, never in events/logs
+    size_t token_len;
 } push_result_t;
 
 typedef void(push_apns_event_fn)(void *arg, const push_result_t *r);
@@ -82,6 +84,8 @@ typedef struct {
     size_t token_len;
     const char *push_magic;
     const char *topic;
+    bool not_stale; //  the store vouches the token is current (a TokenUpdate after a 410
+                    //  cleared it): forget our own stale mark for it
 } push_target_t;
 
 typedef struct {

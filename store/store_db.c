@@ -178,6 +178,11 @@ struct store_db {
     msgpack_packer pk;       //  packs into scratch
 };
 
+struct sqlite3 *store_db_sqlite(store_db_t *db)
+{
+    return db->sql;
+}
+
 /* ---- small helpers ---- */
 
 static void s_err(store_db_t *db, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -79,6 +79,10 @@ int store_db_schema_version(store_db_t *db);
 //  The last failure's text, for the operator (owned by db).
 const char *store_db_errmsg(const store_db_t *db);
 
+//  The SQLite handle, for the store's modules in other files (store_push.c);
+//  they run inside the transaction the caller opened, like the operations here.
+struct sqlite3 *store_db_sqlite(store_db_t *db);
+
 /* ---- transactions ---- */
 int store_db_begin(store_db_t *db);  //  0 / -1
 int store_db_commit(store_db_t *db); //  0 / -1 (then the transaction is rolled back)

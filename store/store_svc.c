@@ -2,6 +2,7 @@
  *  (see store_svc.h). Runs in picomdm-store's single thread.
  */
 #include "store_svc.h"
+#include "store_push.h"
 
 #include "pm_log.h"
 #include "pm_mpck.h"
@@ -367,6 +368,10 @@ bool store_svc_apply(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply)
                                    pm_msg_bool(req, "clear", false), &b);
         if (rc == STORE_OK)
             rc = s_list_reply(req, reply, PM_MSG_WAKE_PENDING_REPLY, "eids", &b);
+        break;
+    case PM_MSG_PUSH_INFO:
+    case PM_MSG_PUSH_OUTCOME:
+        rc = store_push_apply(svc->db, req, reply, s_now_ms());
         break;
     default:
         pm_warn("request %s: type %s is not a store request; answered bad_request", pm_msg_rid(req),
