@@ -237,19 +237,20 @@ static void s_on_request(void *arg, pm_bus_job_t *job)
         pm_msg_destroy(&e);
         return;
     }
+    //  the lookups copy the ids: the request is freed by the reply below
     const msgpack_object *eids = pm_msg_obj(req, "eids");
+    if (eids && eids->type == MSGPACK_OBJECT_ARRAY) {
+        pm_debug("wake %s: %u enrollments", pm_msg_rid(req), eids->via.array.size);
+        for (uint32_t from = 0; from < eids->via.array.size; from += S_INFO_BATCH) {
+            uint32_t to = from + S_INFO_BATCH;
+            if (to > eids->via.array.size)
+                to = eids->via.array.size;
+            s_lookup(s, eids, from, to);
+        }
+    }
     pm_msg_t *ok = pm_msg_new_reply(req, PM_MSG_OK);
     pm_bus_job_reply(&job, ok); //  accepted; outcomes follow as events
     pm_msg_destroy(&ok);
-    if (!eids || eids->type != MSGPACK_OBJECT_ARRAY)
-        return;
-    pm_debug("wake %s: %u enrollments", pm_msg_rid(req), eids->via.array.size);
-    for (uint32_t from = 0; from < eids->via.array.size; from += S_INFO_BATCH) {
-        uint32_t to = from + S_INFO_BATCH;
-        if (to > eids->via.array.size)
-            to = eids->via.array.size;
-        s_lookup(s, eids, from, to);
-    }
 }
 
 push_svc_t *push_svc_new(pm_bus_t *bus)

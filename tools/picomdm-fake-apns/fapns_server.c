@@ -84,6 +84,7 @@ typedef struct s_stream {
 } s_stream_t;
 
 struct s_conn {
+    s_conn_t *prev, *next; //  the server's open connections
     fapns_server_t *srv;
     struct bufferevent *bev;
     nghttp2_session *session;
@@ -103,6 +104,7 @@ struct fapns_server {
     int port, control_port;
     fapns_tokens_t *tokens;
     fapns_rules_t *rules;
+    s_conn_t *conns; //  open connections (freed on destroy)
     int deliver_fd;
     FILE *deliver_file;
     struct sockaddr_un deliver_addr;
@@ -513,6 +515,12 @@ static int s_stream_close_cb(nghttp2_session *session, int32_t stream_id, uint32
 
 static void s_conn_free(s_conn_t *c)
 {
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->srv->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
     while (c->streams)
         s_stream_free(c->streams);
     nghttp2_session_del(c->session);
@@ -671,6 +679,10 @@ static void s_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct soc
         free(c);
         return;
     }
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
     bufferevent_setcb(c->bev, s_readcb, s_writecb, s_eventcb, c);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
@@ -931,6 +943,10 @@ void fapns_server_destroy(fapns_server_t **srv)
     if (!srv || !*srv)
         return;
     fapns_server_t *s = *srv;
+    while (s->conns)
+        s_conn_free(s->conns);
+    if (s->base)
+        event_base_loop(s->base, EVLOOP_NONBLOCK); //  run the deferred bufferevent frees
     if (s->sigint)
         event_free(s->sigint);
     if (s->sigterm)
