@@ -7,7 +7,7 @@
 # CURVE key steps work. The sd_notify protocol itself is covered by the
 # pm_notify unit test.
 set -u
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 ROOT=$PWD
 BIN=${BIN:-$ROOT/bin}
 tmp=$(mktemp -d /tmp/pm_deploy.XXXXXX)
@@ -190,7 +190,7 @@ sed "s|/var/lib/picomdm|$X/data|g; s|/etc/picomdm|$X/etc|g; s|/run/picomdm|$X/ru
 for d in "${daemons[@]}"; do
     p=${d#picomdm-}
     # pusher and ca need real push/CA material the test does not make
-    case " broker store scheduler gateway " in *" $p "*) ;; *) continue ;; esac
+    case $p in broker | store | scheduler | gateway) ;; *) continue ;; esac
     [[ ${sections_ok:-} == *" $p "* ]] || continue # reported above
     timeout 20 "$R/usr/sbin/$d" --config "$X/picomdm.cfg" --check >"$tmp/xcheck.log" 2>&1 ||
         fail "$d --check rejects the one-host example: $(tail -2 "$tmp/xcheck.log")"

@@ -6,7 +6,7 @@
 # wired yet (pm_notify_ready not linked in) is listed and not tested; if none is
 # wired the test is skipped. Per-process settings are in the config below.
 set -u
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 BIN=${BIN:-$PWD/bin}
 tmp=$(mktemp -d /tmp/pm_notify.XXXXXX)
 pids=()
