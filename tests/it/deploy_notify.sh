@@ -56,13 +56,13 @@ gateway
     tls-key = "$tmp/pki/tls.key"
 EOF
 
-# listen.py SOCKET OUT: append every datagram received on SOCKET to OUT (60 s at most)
+# listen.py SOCKET OUT: append every datagram received on SOCKET to OUT (killed at exit)
 cat >"$tmp/listen.py" <<'EOF'
 import socket, sys, time
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.bind(sys.argv[1])
 s.settimeout(0.5)
-end = time.time() + 60
+end = time.time() + 180
 with open(sys.argv[2], "a") as out:
     while time.time() < end:
         try:
@@ -73,12 +73,13 @@ with open(sys.argv[2], "a") as out:
         out.flush()
 EOF
 
-wait_for() { # file pattern seconds
-    for _ in $(seq $(($3 * 10))); do
+wait_for() { # file pattern seconds (wall clock, however loaded the machine is)
+    local end=$((SECONDS + $3))
+    while [ $SECONDS -lt $end ]; do
         grep -qx "$2" "$1" 2>/dev/null && return 0
         sleep 0.1
     done
-    return 1
+    grep -qx "$2" "$1" 2>/dev/null
 }
 
 fails=0
@@ -115,9 +116,15 @@ for ((i = ${#wired[@]} - 1; i >= 0; i--)); do [ "${wired[$i]}" = broker ] || ord
 [[ " ${wired[*]} " == *" broker "* ]] && order+=(broker)
 for p in "${order[@]}"; do
     pid=${pid_of[$p]}
-    kill -TERM "$pid" 2>/dev/null
+    if ! kill -TERM "$pid" 2>/dev/null; then
+        wait "$pid"
+        echo "FAIL: $p had already exited (status $?) before SIGTERM"
+        fails=$((fails + 1))
+        continue
+    fi
     rc=
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || { wait "$pid"; rc=$?; break; }; sleep 0.1; done
+    end=$((SECONDS + 10))
+    while [ $SECONDS -lt $end ]; do kill -0 "$pid" 2>/dev/null || { wait "$pid"; rc=$?; break; }; sleep 0.1; done
     if [ -z "$rc" ]; then
         echo "FAIL: $p still running 10 s after SIGTERM"
         fails=$((fails + 1))
@@ -129,7 +136,8 @@ for p in "${order[@]}"; do
         if wait_for "$tmp/notify-$p.txt" STOPPING=1 5; then
             echo "ok: $p sent STOPPING=1 and exited ${rc:-?}"
         else
-            echo "FAIL: $p calls pm_notify_stopping but sent no STOPPING=1"
+            echo "FAIL: $p calls pm_notify_stopping but sent no STOPPING=1 (got: $(tr '\n' ' ' <"$tmp/notify-$p.txt")); its log:"
+            tail -3 "$tmp/$p.log" | sed 's/^/    /'
             fails=$((fails + 1))
         fi
     fi
