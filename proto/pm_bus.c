@@ -842,6 +842,16 @@ int pm_bus_process(pm_bus_t *bus)
     s_client_timers(bus, now);
     for (int i = 0; i < bus->nworkers; i++)
         s_worker_timers(bus->workers[i], now);
+    //  ZMQ_FD is edge-triggered and a send (a resend, a heartbeat, a reply
+    //  from a callback) can consume the edge while input waits: if anything is
+    //  readable now, ask to be called again at once (next_timeout 0).
+    if (bus->client && (zsock_events(bus->client) & ZMQ_POLLIN))
+        bus->more = true;
+    for (int i = 0; i < bus->nworkers; i++)
+        if (zsock_events(bus->workers[i]->sock) & ZMQ_POLLIN)
+            bus->more = true;
+    if (bus->sub && (zsock_events(bus->sub) & ZMQ_POLLIN))
+        bus->more = true;
     return handled;
 }
 
