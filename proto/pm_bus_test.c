@@ -490,6 +490,62 @@ static void test_foreign_loop(void **state)
     zhashx_destroy(&dropped);
 }
 
+//  A fake broker in its own thread that answers `echo` and ignores the rest.
+static void s_echo_actor(zsock_t *pipe, void *args)
+{
+    zsock_t *router = zsock_new(ZMQ_ROUTER);
+    zsock_bind(router, "%s", (const char *)args);
+    zsock_signal(pipe, 0);
+    zpoller_t *poller = zpoller_new(pipe, router, NULL);
+    while (true) {
+        void *which = zpoller_wait(poller, -1);
+        if (which != router)
+            break; //  $TERM or interrupted
+        zmsg_t *m = zmsg_recv(router);
+        char *svc = s_frame_str(m, 2), *rid = s_frame_str(m, 3);
+        if (zmsg_size(m) == 5 && strcmp(svc, "echo") == 0) {
+            zmsg_t *rep = zmsg_new();
+            zmsg_append(rep, &(zframe_t *){zframe_dup(s_frame(m, 0))});
+            zmsg_addstr(rep, PM_BUS_CLIENT_HDR);
+            zmsg_addstr(rep, svc);
+            zmsg_addstr(rep, rid);
+            zmsg_append(rep, &(zframe_t *){s_body(PM_MSG_ECHO_REPLY, rid, NULL)});
+            zmsg_send(&rep, router);
+        }
+        free(svc), free(rid);
+        zmsg_destroy(&m);
+    }
+    zpoller_destroy(&poller);
+    zsock_destroy(&router);
+}
+
+static void test_blocking_call(void **state)
+{
+    (void)state;
+    const char *ep = "inproc://pm-bus-test-actor";
+    zactor_t *broker = zactor_new(s_echo_actor, (void *)ep);
+    pm_bus_config_t cfg = {.name = "test", .request_endpoint = ep};
+    pm_bus_t *bus = pm_bus_new(&cfg);
+    assert_non_null(bus);
+    char err[512];
+    pm_msg_t *req = pm_msg_new(PM_MSG_ECHO);
+    pm_msg_t *rep = pm_bus_call(bus, "echo", req, 1000, 0, err, sizeof err);
+    assert_non_null(rep);
+    assert_int_equal(pm_msg_type(rep), PM_MSG_ECHO_REPLY);
+    assert_string_equal(pm_msg_rid(rep), pm_msg_rid(req));
+    pm_msg_destroy(&rep);
+    pm_msg_destroy(&req);
+    req = pm_msg_new(PM_MSG_ECHO);
+    int64_t t0 = zclock_mono();
+    rep = pm_bus_call(bus, "void", req, 50, 1, err, sizeof err);
+    assert_null(rep);
+    assert_true(zclock_mono() - t0 >= 100);
+    assert_non_null(strstr(err, "no reply from service 'void' after 2 attempts"));
+    pm_msg_destroy(&req);
+    pm_bus_destroy(&bus);
+    zactor_destroy(&broker);
+}
+
 static void test_bad_config(void **state)
 {
     (void)state;
@@ -529,6 +585,7 @@ int main(void)
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_worker_disconnect_reregisters, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_foreign_loop, s_setup, s_teardown),
+        cmocka_unit_test(test_blocking_call),
         cmocka_unit_test(test_bad_config),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
