@@ -153,6 +153,7 @@ typedef struct {
     int64_t *lat_us;
     uint8_t *done;
     zhashx_t *workers; //  name -> count (stored as pointer-sized int)
+    zhashx_t *codes;   //  `error` reply code -> count
     char last_error[512];
 } s_client_t;
 
@@ -170,6 +171,11 @@ static void s_on_reply(void *arg, const pm_msg_t *reply, const char *error)
     c->lat_us[idx] = zclock_usecs() - c->start_us[idx];
     if (!reply || pm_msg_type(reply) != PM_MSG_ECHO_REPLY) {
         c->failed++;
+        const char *code = reply ? pm_msg_str(reply, "code") : "no-reply";
+        if (!code)
+            code = "?";
+        uintptr_t n = (uintptr_t)zhashx_lookup(c->codes, code);
+        zhashx_update(c->codes, code, (void *)(n + 1));
         snprintf(c->last_error, sizeof c->last_error, "%s",
                  error ? error
                        : (pm_msg_str(reply, "message") ? pm_msg_str(reply, "message")
@@ -232,6 +238,7 @@ static int s_client(void)
     c.lat_us = calloc((size_t)c.count, sizeof *c.lat_us);
     c.done = calloc((size_t)c.count, 1);
     c.workers = zhashx_new();
+    c.codes = zhashx_new();
     c.bus = s_bus("bustest-client", pm_cfg_str(s_cfg, "endpoint"), NULL, NULL, 0);
     if (!c.bus)
         return 1;
@@ -271,12 +278,16 @@ static int s_client(void)
     for (void *v = zhashx_first(c.workers); v; v = zhashx_next(c.workers))
         printf("worker=%s count=%lu\n", (const char *)zhashx_cursor(c.workers),
                (unsigned long)(uintptr_t)v);
+    for (void *v = zhashx_first(c.codes); v; v = zhashx_next(c.codes))
+        printf("error=%s count=%lu\n", (const char *)zhashx_cursor(c.codes),
+               (unsigned long)(uintptr_t)v);
     if (c.failed)
         printf("last_error=%s\n", c.last_error);
     int rc = c.answered == c.count && c.failed == 0 && c.doubles == 0 ? 0 : 1;
     free(lat);
     pm_bus_destroy(&c.bus);
     zhashx_destroy(&c.workers);
+    zhashx_destroy(&c.codes);
     free(c.payload);
     free(c.start_us);
     free(c.lat_us);
