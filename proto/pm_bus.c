@@ -23,6 +23,7 @@
 #define S_CACHE_MAX_COUNT 20000               //  replies kept for retried rids
 #define S_CACHE_MAX_BYTES (64u * 1024 * 1024) //  and their total size
 #define S_CACHE_TTL_MS (5 * 60 * 1000)        //  and how long
+#define S_MAX_PENDING 100000                  //  client requests in flight per bus
 
 //  An outgoing request waiting for its reply.
 typedef struct {
@@ -293,6 +294,13 @@ int pm_bus_call_async(pm_bus_t *bus, const char *service, const pm_msg_t *req, i
     if (slen == 0 || slen > PM_BUS_SERVICE_MAX || !rid || !*rid || strlen(rid) > PM_RID_MAX) {
         pm_error("bus: bad call (service '%s', rid '%s'): names are 1-%d bytes, rids 1-%d", service,
                  rid ? rid : "", PM_BUS_SERVICE_MAX, PM_RID_MAX);
+        return -1;
+    }
+    if (zhashx_size(bus->pending) >= S_MAX_PENDING) {
+        pm_bus_ratelog(&bus->ratelog,
+                       "bus: %d requests already in flight; call to '%s' refused (wait for "
+                       "replies before sending more)",
+                       S_MAX_PENDING, service);
         return -1;
     }
     if (zhashx_lookup(bus->pending, rid)) {

@@ -209,6 +209,21 @@ static void test_client_worker_lost_resends_at_once(void **state)
     pm_msg_destroy(&req);
 }
 
+static void test_client_pending_bound(void **state)
+{
+    s_fix_t *f = *state;
+    s_result_t res = {0};
+    int ok = 0;
+    for (int i = 0; i < 100001; i++) {
+        pm_msg_t *req = pm_msg_new(PM_MSG_OK);
+        if (pm_bus_call_async(f->bus, "echo", req, 60000, 0, s_on_reply, &res) == 0)
+            ok++;
+        pm_msg_destroy(&req);
+    }
+    assert_int_equal(ok, 100000);
+    assert_int_equal(res.calls, 0);
+}
+
 static void test_client_bad_reply_body(void **state)
 {
     s_fix_t *f = *state;
@@ -578,6 +593,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_client_worker_lost_resends_at_once, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_client_bad_reply_body, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_client_pending_bound, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_worker_reply_cache, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_worker_bad_body_is_bad_request, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_worker_duplicate_in_progress, s_setup, s_teardown),
