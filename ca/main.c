@@ -1,24 +1,95 @@
 /*  picomdm-ca — the device identity CA: SCEP (RFC 8894) for device
- *  certificates and CMS-signed enrollment profiles. Holds the CA key and the
- *  profile signing key; never parses device HTTP (the gateway forwards SCEP
- *  requests as `scep` bus messages).
+ *  certificates and CMS-signed enrollment profiles (docs/enrollment.md).
+ *  Holds the CA key and the profile signing key; never parses device HTTP
+ *  (the gateway forwards SCEP requests as `scep` bus messages).
+ *
+ *    picomdm-ca [options]            serve the "ca" bus service
+ *    picomdm-ca [options] profile    write one signed profile (DER) to --out or
+ *                                    stdout, without the bus (static challenge only)
  */
-#include "ca_challenge.h"
-#include "ca_pki.h"
-#include "ca_scep.h"
+#include "ca_svc.h"
 #include "pm_cfg.h"
 #include "pm_log.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static const pm_opt_t s_opts[] = {
-    {"data-dir", PM_OPT_STR, "/var/lib/picomdm", "directory for keys made on first start"},
-    {"ca-cert", PM_OPT_STR, NULL, "device CA certificate (PEM; default <data-dir>/ca.crt)"},
-    {"ca-key", PM_OPT_STR, NULL, "device CA key (PEM, 0600; default <data-dir>/ca.key)"},
+    {"data-dir", PM_OPT_STR, "/var/lib/picomdm",
+     "directory for the keys made on first start (created 0700)"},
+    {"ca-cert", PM_OPT_STR, NULL, "device CA certificate, PEM (default <data-dir>/ca.crt)"},
+    {"ca-key", PM_OPT_STR, NULL,
+     "device CA key, PEM 0600 (default <data-dir>/ca.key; both absent = make a new CA)"},
+    {"ra-cert", PM_OPT_STR, NULL,
+     "SCEP RA certificate, used when the CA key is not RSA (default <data-dir>/scep-ra.crt)"},
+    {"ra-key", PM_OPT_STR, NULL, "SCEP RA key (default <data-dir>/scep-ra.key)"},
+    {"signer-cert", PM_OPT_STR, NULL,
+     "profile signing certificate (default <data-dir>/profile-signer.crt, made by the CA)"},
+    {"signer-key", PM_OPT_STR, NULL, "profile signing key (default <data-dir>/profile-signer.key)"},
+    {"cert-days", PM_OPT_INT, "365", "lifetime of issued device certificates, days"},
+    {"key-usage", PM_OPT_STR, "critical,digitalSignature,keyEncipherment",
+     "keyUsage of device certificates (OpenSSL extension syntax)"},
+    {"ext-key-usage", PM_OPT_STR, "clientAuth",
+     "extendedKeyUsage of device certificates (\"\" = none)"},
+    {"subject", PM_OPT_STR, "",
+     "subject of device certificates: \"\" = as requested, or /O=Org/OU=Devices + requested CN"},
+    {"min-rsa-bits", PM_OPT_INT, "2048", "smallest RSA key accepted in a request"},
+    {"challenge-mode", PM_OPT_STR, "one-time",
+     "one-time: a fresh challenge per profile; static: `challenge` for everyone"},
+    {"challenge", PM_OPT_STR, NULL,
+     "the static SCEP challenge (prefer the PICOMDM_CHALLENGE environment variable)"},
+    {"challenge-ttl", PM_OPT_INT, "604800", "seconds a one-time challenge stays valid"},
+    {"server-url", PM_OPT_STR, NULL, "profile: ServerURL, https://host:port/path"},
+    {"checkin-url", PM_OPT_STR, NULL, "profile: CheckInURL (default: ServerURL)"},
+    {"scep-url", PM_OPT_STR, NULL, "profile: the SCEP URL devices use"},
+    {"topic", PM_OPT_STR, NULL, "profile: APNs topic (default: from push-cert)"},
+    {"push-cert", PM_OPT_STR, NULL, "push certificate (PEM) to read the topic from"},
+    {"tls-anchor", PM_OPT_STR, NULL,
+     "profile: self-made TLS server certificate (PEM) to include as trust anchor"},
+    {"organization", PM_OPT_STR, "PicoMDM", "profile: PayloadOrganization and certificate O"},
+    {"display-name", PM_OPT_STR, "MDM enrollment", "profile: PayloadDisplayName"},
+    {"profile-identifier", PM_OPT_STR, "org.picomdm.enroll", "profile: PayloadIdentifier"},
+    {"out", PM_OPT_STR, NULL, "profile command: write here instead of stdout"},
+    {"request-endpoint", PM_OPT_STR, "ipc:///tmp/picomdm-req", "broker request endpoint"},
+    {"publish-endpoint", PM_OPT_STR, NULL, "broker publish endpoint (events)"},
     {NULL, 0, NULL, NULL}};
+
+static const char *s_path(const pm_cfg_t *cfg, const char *opt, const char *file, char *buf,
+                          size_t size)
+{
+    const char *v = pm_cfg_str(cfg, opt);
+    if (v && v[0])
+        return v;
+    snprintf(buf, size, "%s/%s", pm_cfg_str(cfg, "data-dir"), file);
+    return buf;
+}
+
+static int s_write_out(const char *path, const uint8_t *data, size_t len)
+{
+    int fd = path ? open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644) : STDOUT_FILENO;
+    if (fd < 0) {
+        pm_error("cannot write %s: %s", path, strerror(errno));
+        return -1;
+    }
+    size_t off = 0;
+    while (off < len) {
+        ssize_t n = write(fd, data + off, len - off);
+        if (n <= 0) {
+            pm_error("cannot write the profile: %s", strerror(errno));
+            break;
+        }
+        off += (size_t)n;
+    }
+    if (path)
+        close(fd);
+    return off == len ? 0 : -1;
+}
 
 int main(int argc, char **argv)
 {
@@ -29,6 +100,93 @@ int main(int argc, char **argv)
         return 0;
     if (r == PM_CFG_ERROR)
         return 2;
+    int rc = 1;
+    ca_svc_t *svc = NULL;
+    if (pm_cfg_start_logging(cfg) < 0)
+        goto out;
+    const char *cmd = pm_cfg_argc(cfg) > 0 ? pm_cfg_arg(cfg, 0) : NULL;
+    if (cmd && strcmp(cmd, "profile") != 0) {
+        fprintf(stderr, "picomdm-ca: unknown command '%s' (the only command is `profile`)\n", cmd);
+        rc = 2;
+        goto out;
+    }
+    const char *mode = pm_cfg_str(cfg, "challenge-mode");
+    ca_challenge_mode_t cm;
+    if (mode && strcmp(mode, "static") == 0)
+        cm = CA_CHALLENGE_STATIC;
+    else if (mode && strcmp(mode, "one-time") == 0)
+        cm = CA_CHALLENGE_ONE_TIME;
+    else {
+        pm_error("challenge-mode must be one-time or static, not '%s'", mode ? mode : "");
+        rc = 2;
+        goto out;
+    }
+    if (cmd && cm != CA_CHALLENGE_STATIC) {
+        pm_error("`picomdm-ca profile` runs without the service, which would not know a one-time "
+                 "challenge: use --challenge-mode static with a challenge, or ask the running "
+                 "service (`picomdm profile`)");
+        rc = 2;
+        goto out;
+    }
+    const char *dir = pm_cfg_str(cfg, "data-dir");
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+        pm_error("cannot create data-dir %s: %s", dir, strerror(errno));
+        goto out;
+    }
+    char p[6][4096];
+    ca_svc_opts_t o = {
+        .pki = {.ca_cert = s_path(cfg, "ca-cert", "ca.crt", p[0], sizeof p[0]),
+                .ca_key = s_path(cfg, "ca-key", "ca.key", p[1], sizeof p[1]),
+                .ra_cert = s_path(cfg, "ra-cert", "scep-ra.crt", p[2], sizeof p[2]),
+                .ra_key = s_path(cfg, "ra-key", "scep-ra.key", p[3], sizeof p[3]),
+                .signer_cert = s_path(cfg, "signer-cert", "profile-signer.crt", p[4], sizeof p[4]),
+                .signer_key = s_path(cfg, "signer-key", "profile-signer.key", p[5], sizeof p[5]),
+                .cert_days = (int)pm_cfg_int(cfg, "cert-days"),
+                .key_usage = pm_cfg_str(cfg, "key-usage"),
+                .ext_key_usage = pm_cfg_str(cfg, "ext-key-usage"),
+                .subject = pm_cfg_str(cfg, "subject"),
+                .min_rsa_bits = (int)pm_cfg_int(cfg, "min-rsa-bits")},
+        .challenge_mode = cm,
+        .challenge = pm_cfg_str(cfg, "challenge"),
+        .challenge_ttl_s = pm_cfg_int(cfg, "challenge-ttl"),
+        .profile = {.server_url = pm_cfg_str(cfg, "server-url"),
+                    .checkin_url = pm_cfg_str(cfg, "checkin-url"),
+                    .scep_url = pm_cfg_str(cfg, "scep-url"),
+                    .topic = pm_cfg_str(cfg, "topic"),
+                    .organization = pm_cfg_str(cfg, "organization"),
+                    .display_name = pm_cfg_str(cfg, "display-name"),
+                    .identifier = pm_cfg_str(cfg, "profile-identifier")},
+        .tls_anchor = pm_cfg_str(cfg, "tls-anchor"),
+        .push_cert = pm_cfg_str(cfg, "push-cert")};
+    char err[512];
+    svc = ca_svc_new(&o, err, sizeof err);
+    if (!svc) {
+        pm_error("%s", err);
+        goto out;
+    }
+    pm_info("device CA %s ready (SCEP %s, challenge %s)", o.pki.ca_cert,
+            ca_pki_has_ra(ca_svc_pki(svc)) ? "via RSA RA" : "by the CA", mode);
+    if (r == PM_CFG_CHECK) {
+        printf("ok\n");
+        rc = 0;
+        goto out;
+    }
+    if (cmd) {
+        uint8_t *der = NULL;
+        size_t len = 0;
+        char uuid[37];
+        if (ca_svc_profile(svc, NULL, &der, &len, uuid, err, sizeof err) < 0) {
+            pm_error("profile: %s", err);
+            goto out;
+        }
+        rc = s_write_out(pm_cfg_str(cfg, "out"), der, len) == 0 ? 0 : 1;
+        OPENSSL_free(der);
+        goto out;
+    }
+    pm_error("this build has no bus client yet (proto/pm_bus.c has not landed): the ca service "
+             "cannot be served; `picomdm-ca profile` works without it");
+out:
+    ca_svc_destroy(&svc);
     pm_cfg_destroy(&cfg);
-    return 0;
+    return rc;
 }
