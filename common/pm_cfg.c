@@ -89,9 +89,10 @@ void pm_cfg_usage(const char *process, const char *summary, const pm_opt_t *opts
     printf("  %-28s %s\n", "--check", "validate the configuration and exit");
     printf("  %-28s %s\n", "--version", "print the version and exit");
     printf("  %-28s %s\n", "--help", "print this help and exit");
+    const char *section = strncmp(process, "picomdm-", 8) == 0 ? process + 8 : process;
     printf("\nEvery option can also be set in the config file (as %s/NAME or NAME)\n"
            "or in the environment as PICOMDM_NAME (upper case, dashes as underscores).\n",
-           process);
+           section);
 }
 
 static void s_envname(char *out, size_t size, const char *name)
@@ -134,12 +135,14 @@ pm_cfg_result_t pm_cfg_parse(pm_cfg_t **cfgp, const char *process, const char *s
         if (strcmp(argv[i], "--") == 0)
             break;
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            pm_cfg_usage(process, summary, opts);
+            //  Show the name the user typed (picomdm-store), not the log tag (store).
+            const char *slash = argv[0] ? strrchr(argv[0], '/') : NULL;
+            pm_cfg_usage(slash ? slash + 1 : (argv[0] ? argv[0] : process), summary, opts);
             rc = PM_CFG_EXIT;
             goto out;
         }
         if (strcmp(argv[i], "--version") == 0) {
-            printf("%s %s\n", process, PICOMDM_VERSION);
+            printf("%s (PicoMDM) %s\n", process, PICOMDM_VERSION);
             rc = PM_CFG_EXIT;
             goto out;
         }

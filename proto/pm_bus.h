@@ -5,16 +5,28 @@
  *  ROUTER "request endpoint". Wire frames (all sockets are DEALER on our side):
  *    client -> broker : "PMC1", service, rid, body
  *    broker -> client : "PMC1", service, rid, body        (reply, or an `error` msg)
- *    worker -> broker : "PMW1", 0x01 READY, service, capacity(ascii)
+ *    worker -> broker : "PMW1", 0x01 READY, service, capacity(ascii), heartbeat-ms(ascii)
  *                       "PMW1", 0x03 REPLY, client-id, rid, body
  *                       "PMW1", 0x04 HEARTBEAT
  *                       "PMW1", 0x05 DISCONNECT
+ *                       "PMW1", 0x06 DROPPED, client-id, rid   (job dropped: no reply)
  *    broker -> worker : "PMW1", 0x02 REQUEST, client-id, rid, body
  *                       "PMW1", 0x04 HEARTBEAT
  *                       "PMW1", 0x05 DISCONNECT        (worker re-registers)
  *  body is an encoded pm_msg; rid repeats the envelope's request id so the
  *  broker can route and fail requests without decoding bodies.
- *  Heartbeats go both ways; a peer silent for 3 intervals is dead. The broker
+ *  Heartbeats go both ways, at the interval the worker announced in READY
+ *  (optional frame; the broker's own interval if absent), so the two ends
+ *  never disagree; a peer silent for 3 intervals is dead. A worker sends
+ *  READY again when the broker says DISCONNECT (a restarted broker says it to
+ *  any worker it does not know) or is silent; its socket is never re-created
+ *  (libzmq re-dials it, ZMTP heartbeats catch half-open TCP), so the
+ *  descriptors from pm_bus_fds stay valid for the life of the pm_bus_t. A
+ *  repeated READY for the same service is harmless.
+ *  The broker dispatches a request to the worker with the fewest in flight
+ *  below its capacity, queues it otherwise (bounded: `error` busy), answers
+ *  `error` no_service when no worker registered within its request-wait-ms,
+ *  and drops a copy of a (client, rid) it already holds (queued or in flight). The broker
  *  fails a dead worker's in-flight requests back to their clients (an `error`
  *  reply, code "worker_lost"), and the client retries them with the same rid.
  *  A client retries with the same rid after each per-attempt timeout; the
@@ -75,7 +87,13 @@ pm_msg_t *pm_bus_call(pm_bus_t *bus, const char *service, const pm_msg_t *req, i
 /* ---- worker side ---- */
 
 //  A request for us. The handler owns `job` and must end it with
-//  pm_bus_job_reply or pm_bus_job_drop, now or later (group commit replies later).
+//  pm_bus_job_reply or pm_bus_job_drop, now or later (group commit replies later),
+//  and before pm_bus_destroy (after it, reply/drop only free the job).
+//  Dropping sends no reply (the client retries after its timeout) but frees
+//  the worker's slot in the broker and forgets the rid, so the retry is
+//  handled afresh. The reply cache only lives as long as the process: a
+//  service that must stay idempotent across its own restarts (store) must
+//  also remember rids itself.
 typedef void(pm_bus_job_fn)(void *arg, pm_bus_job_t *job);
 
 //  Register as a worker of `service` (re-registers by itself after a broker
@@ -97,6 +115,23 @@ int pm_bus_publish(pm_bus_t *bus, const pm_msg_t *event);
 typedef void(pm_bus_event_fn)(void *arg, const char *topic, const pm_msg_t *event);
 //  Subscribe to topics starting with `prefix` ("" = all).
 int pm_bus_subscribe(pm_bus_t *bus, const char *prefix, pm_bus_event_fn *fn, void *arg);
+
+/* ---- statistics (tests, benchmarks, logs) ---- */
+
+typedef struct {
+    uint64_t requests;     //  client: calls made
+    uint64_t resends;      //  client: attempts after the first (timeouts, worker_lost)
+    uint64_t replies;      //  client: calls completed with a reply
+    uint64_t failures;     //  client: calls completed with an error text
+    uint64_t duplicates;   //  client: replies dropped because their rid was already complete
+    uint64_t jobs;         //  worker: requests handed to handlers
+    uint64_t retried_jobs; //  worker: retried rids answered from the cache or dropped
+    uint64_t published;    //  events published
+    uint64_t events;       //  events delivered to subscribers
+    uint64_t bad_frames;   //  malformed or undecodable input dropped
+} pm_bus_stats_t;
+
+void pm_bus_stats(const pm_bus_t *bus, pm_bus_stats_t *stats);
 
 /* ---- driving the bus ---- */
 

@@ -28,12 +28,18 @@ typedef struct {
 extern const pm_plist_limits_t pm_plist_default_limits;
 
 //  XML or binary plist -> msgpack bytes (*out malloc'd, caller frees).
-//  Returns 0, or -1 with a one-line reason in err.
+//  Returns 0, or -1 with a one-line reason in err. lim NULL = the defaults.
+//  Dates keep libplist's microsecond resolution; -0.0 becomes 0.0 and every NaN
+//  the same NaN (XML cannot tell them apart); uid, null and duplicate keys fail.
 int pm_plist_to_msgpack(const char *data, size_t len, const pm_plist_limits_t *lim, uint8_t **out,
                         size_t *outlen, char *err, size_t errlen);
 
 //  msgpack object -> XML plist text (*xml malloc'd, NUL-terminated, caller frees).
 //  Fails on values a plist cannot carry (nil, ext other than timestamp, non-str map keys).
+//  Also refused, so that nothing is silently changed: duplicate map keys, str that is
+//  not UTF-8 or holds characters XML cannot carry (NUL, most control characters),
+//  timestamps with a fraction of a second (XML plist dates are whole seconds) or
+//  outside years 1000..9999. Nesting and size: pm_plist_default_limits.
 int pm_plist_from_msgpack(const msgpack_object *obj, char **xml, size_t *xmllen, char *err,
                           size_t errlen);
 

@@ -344,7 +344,10 @@ static int s_finish(devsim_run_t *r, slot_t *s, CURLcode res)
         r->transport_errors++;
         pm_warn("%s: %s failed: %s%s", devsim_dev_id(ch, idbuf, sizeof idbuf), s->what,
                 s->overflow ? "reply too large" : curl_easy_strerror(res),
-                " (is the server running and the --url right?)");
+                res == CURLE_PEER_FAILED_VERIFICATION
+                    ? " (give --ca-bundle with the CA of the server's TLS certificate, or "
+                      "--insecure)"
+                    : " (is the server running and the --url right?)");
         return -1;
     }
     if (code != 200) {
@@ -574,7 +577,8 @@ int devsim_run_report(devsim_run_t *r, FILE *out)
     for (int i = 0; i < r->nphases; i++) {
         phase_t *p = &r->phases[i];
         double secs = (p->t1 - p->t0) / 1e3;
-        qsort(p->lat, p->nlat, sizeof *p->lat, s_cmp);
+        if (p->nlat > 1)
+            qsort(p->lat, p->nlat, sizeof *p->lat, s_cmp);
         bool enroll = strcmp(p->name, "enroll") == 0;
         bool checkout = strcmp(p->name, "checkout") == 0;
         fprintf(out, "%-10s %ld %s in %.3f s = %.1f/s", p->name, p->units,

@@ -60,7 +60,7 @@ def main():
     d = sys.argv[1]
     out = []
     for f in sorted(glob.glob(os.path.join(d, "*.yaml"))):
-        y = yaml.safe_load(open(f))
+        y = yaml.load(open(f), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         rt = y["payload"]["requesttype"]
         if rt not in WANT:
             continue

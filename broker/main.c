@@ -1,0 +1,254 @@
+/*  picomdm-broker — the ZeroMQ hub of PicoMDM: routes requests to named
+ *  services (broker_router), fans events out (broker_proxy), and guards every
+ *  non-local endpoint with CURVE (broker_curve).
+ *
+ *  Endpoints: each of request-endpoint (ROUTER), publish-endpoint (XSUB) and
+ *  subscribe-endpoint (XPUB) takes a comma-separated list. Defaults:
+ *  ipc://<run-dir>/{request,publish,subscribe} plus tcp://127.0.0.1:7401/7402/7403,
+ *  where run-dir defaults to $XDG_RUNTIME_DIR/picomdm if XDG_RUNTIME_DIR is set,
+ *  else /tmp/picomdm (created with mode 0700).
+ */
+#include "broker_curve.h"
+#include "broker_proxy.h"
+#include "broker_router.h"
+#include "pm_bus_wire.h"
+#include "pm_cfg.h"
+#include "pm_log.h"
+
+#include <czmq.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const pm_opt_t s_opts[] = {
+    {"request-endpoint", PM_OPT_STR, NULL,
+     "where clients and workers connect (ROUTER), comma-separated; default "
+     "ipc://<run-dir>/request,tcp://127.0.0.1:7401"},
+    {"publish-endpoint", PM_OPT_STR, NULL,
+     "where publishers connect (XSUB); default ipc://<run-dir>/publish,tcp://127.0.0.1:7402"},
+    {"subscribe-endpoint", PM_OPT_STR, NULL,
+     "where subscribers connect (XPUB); default ipc://<run-dir>/subscribe,tcp://127.0.0.1:7403"},
+    {"run-dir", PM_OPT_STR, NULL,
+     "directory for the default ipc endpoints; default $XDG_RUNTIME_DIR/picomdm or /tmp/picomdm"},
+    {"heartbeat-ms", PM_OPT_INT, "1000",
+     "heartbeat interval for workers that do not announce one (dead after 3 missed)"},
+    {"request-wait-ms", PM_OPT_INT, "5000",
+     "how long a request waits for a worker of its service before `error` no_service/busy"},
+    {"max-inflight-per-worker", PM_OPT_INT, "1000", "caps the capacity a worker announces"},
+    {"max-queue", PM_OPT_INT, "10000", "queued requests per service before `error` busy"},
+    {"curve-secret", PM_OPT_STR, NULL,
+     "server certificate (secret file from --keygen); turns CURVE on for every endpoint"},
+    {"curve-allow", PM_OPT_STR, NULL, "directory of allowed client public certificates"},
+    {"keygen", PM_OPT_STR, NULL,
+     "write a CURVE certificate DIR/NAME (public) and DIR/NAME_secret, print the public key, "
+     "exit"},
+    {NULL, 0, NULL, NULL}};
+
+#define S_MAX_ENDPOINTS 16
+
+typedef struct {
+    char *list[S_MAX_ENDPOINTS];
+    int n;
+} s_endpoints_t;
+
+static void s_endpoints_free(s_endpoints_t *e)
+{
+    for (int i = 0; i < e->n; i++)
+        free(e->list[i]);
+    e->n = 0;
+}
+
+//  Split a comma-separated list (spaces around items ignored). -1 if empty or too long.
+static int s_endpoints_parse(s_endpoints_t *e, const char *text, const char *option)
+{
+    const char *p = text;
+    while (*p) {
+        while (*p == ' ' || *p == ',')
+            p++;
+        const char *end = p;
+        while (*end && *end != ',')
+            end++;
+        const char *last = end;
+        while (last > p && last[-1] == ' ')
+            last--;
+        if (last > p) {
+            if (e->n == S_MAX_ENDPOINTS) {
+                fprintf(stderr, "picomdm-broker: --%s lists more than %d endpoints\n", option,
+                        S_MAX_ENDPOINTS);
+                return -1;
+            }
+            e->list[e->n++] = strndup(p, (size_t)(last - p));
+        }
+        p = end;
+    }
+    if (e->n == 0) {
+        fprintf(stderr,
+                "picomdm-broker: --%s is empty; give at least one endpoint, e.g. "
+                "ipc:///tmp/picomdm/request\n",
+                option);
+        return -1;
+    }
+    return 0;
+}
+
+static int s_bind(zsock_t *sock, const s_endpoints_t *e, const char *what, broker_curve_t *curve)
+{
+    if (curve)
+        broker_curve_apply(curve, sock);
+    for (int i = 0; i < e->n; i++) {
+        if (zsock_bind(sock, "%s", e->list[i]) < 0) {
+            pm_error("cannot bind the %s endpoint %s: %s (is another broker running there, or "
+                     "does the ipc directory not exist?)",
+                     what, e->list[i], zmq_strerror(errno));
+            return -1;
+        }
+        pm_info("%s endpoint: %s%s", what, e->list[i], curve ? " (CURVE)" : "");
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int rc = 2;
+    pm_cfg_t *cfg = NULL;
+    s_endpoints_t eps[3] = {0};
+    broker_curve_t *curve = NULL;
+    broker_router_t *router = NULL;
+    broker_proxy_t *proxy = NULL;
+    static const char *names[3] = {"request", "publish", "subscribe"};
+    static const int ports[3] = {7401, 7402, 7403};
+
+    pm_cfg_result_t r = pm_cfg_parse(&cfg, "picomdm-broker",
+                                     "The PicoMDM bus broker: routes requests to services and "
+                                     "fans events out.",
+                                     s_opts, argc, argv);
+    if (r == PM_CFG_EXIT)
+        return 0;
+    if (r == PM_CFG_ERROR)
+        return 2;
+    if (pm_cfg_start_logging(cfg) < 0)
+        goto out;
+    if (pm_cfg_str(cfg, "keygen")) {
+        rc = broker_curve_keygen(pm_cfg_str(cfg, "keygen")) == 0 ? 0 : 1;
+        goto out;
+    }
+
+    //  The run directory for the default ipc endpoints.
+    char run_dir[1024];
+    const char *xdg = getenv("XDG_RUNTIME_DIR");
+    if (pm_cfg_str(cfg, "run-dir"))
+        snprintf(run_dir, sizeof run_dir, "%s", pm_cfg_str(cfg, "run-dir"));
+    else if (xdg && *xdg)
+        snprintf(run_dir, sizeof run_dir, "%s/picomdm", xdg);
+    else
+        snprintf(run_dir, sizeof run_dir, "/tmp/picomdm");
+    bool uses_run_dir = false;
+    for (int i = 0; i < 3; i++) {
+        char option[32], def[1200];
+        snprintf(option, sizeof option, "%s-endpoint", names[i]);
+        const char *text = pm_cfg_str(cfg, option);
+        if (!text) {
+            snprintf(def, sizeof def, "ipc://%s/%s,tcp://127.0.0.1:%d", run_dir, names[i],
+                     ports[i]);
+            text = def;
+            uses_run_dir = true;
+        }
+        if (s_endpoints_parse(&eps[i], text, option) < 0)
+            goto out;
+    }
+
+    //  Policy: an endpoint other hosts can reach needs CURVE.
+    const char *secret = pm_cfg_str(cfg, "curve-secret");
+    const char *allow = pm_cfg_str(cfg, "curve-allow");
+    for (int i = 0; i < 3; i++)
+        for (int k = 0; k < eps[i].n; k++)
+            if (!secret && !pm_bus_endpoint_is_local(eps[i].list[k])) {
+                fprintf(stderr,
+                        "picomdm-broker: refusing to bind %s without CURVE: it is not ipc:// or "
+                        "loopback, so other hosts could inject commands or read events.\n"
+                        "  Make keys:  picomdm-broker --keygen /etc/picomdm/curve/broker\n"
+                        "              picomdm-broker --keygen /etc/picomdm/curve/clients/<name> "
+                        "(one per client host)\n"
+                        "  then run with --curve-secret /etc/picomdm/curve/broker_secret "
+                        "--curve-allow /etc/picomdm/curve/clients\n",
+                        eps[i].list[k]);
+                goto out;
+            }
+    if (secret && !allow) {
+        fprintf(stderr, "picomdm-broker: --curve-secret needs --curve-allow DIR (the allowed "
+                        "client public certificates)\n");
+        goto out;
+    }
+    int heartbeat = (int)pm_cfg_int(cfg, "heartbeat-ms");
+    int wait = (int)pm_cfg_int(cfg, "request-wait-ms");
+    int inflight = (int)pm_cfg_int(cfg, "max-inflight-per-worker");
+    int queue = (int)pm_cfg_int(cfg, "max-queue");
+    if (heartbeat < 10 || wait < 1 || inflight < 1 || queue < 1) {
+        fprintf(stderr, "picomdm-broker: heartbeat-ms must be >= 10 and request-wait-ms, "
+                        "max-inflight-per-worker, max-queue >= 1\n");
+        goto out;
+    }
+    rc = 1;
+    if (secret && !(curve = broker_curve_new(secret, allow, pm_log_level() >= PM_LOG_DEBUG)))
+        goto out;
+    if (r == PM_CFG_CHECK) {
+        printf("ok\n");
+        rc = 0;
+        goto out;
+    }
+    if (uses_run_dir && zsys_dir_create("%s", run_dir) < 0) {
+        pm_error("cannot create the run directory %s; set --run-dir to a writable directory",
+                 run_dir);
+        goto out;
+    }
+    if (uses_run_dir)
+        chmod(run_dir, 0700);
+
+    broker_router_config_t rcfg = {heartbeat, wait, inflight, queue};
+    router = broker_router_new(&rcfg);
+    proxy = broker_proxy_new();
+    if (!router || !proxy) {
+        pm_error("cannot create the broker sockets (out of memory or file descriptors)");
+        goto out;
+    }
+    if (s_bind(broker_router_socket(router), &eps[0], "request", curve) < 0 ||
+        s_bind(broker_proxy_xsub(proxy), &eps[1], "publish", curve) < 0 ||
+        s_bind(broker_proxy_xpub(proxy), &eps[2], "subscribe", curve) < 0)
+        goto out;
+    if (curve)
+        pm_info("CURVE on; clients need server key %s", broker_curve_public(curve));
+    pm_info("broker %s ready", PICOMDM_VERSION);
+
+    zmq_pollitem_t items[3] = {{zsock_resolve(broker_router_socket(router)), 0, ZMQ_POLLIN, 0},
+                               {zsock_resolve(broker_proxy_xsub(proxy)), 0, ZMQ_POLLIN, 0},
+                               {zsock_resolve(broker_proxy_xpub(proxy)), 0, ZMQ_POLLIN, 0}};
+    int busy = 0;
+    while (!zsys_interrupted) {
+        if (zmq_poll(items, 3, busy ? 0 : broker_router_next_timeout(router)) < 0 &&
+            errno != EINTR) {
+            pm_error("poll failed: %s", zmq_strerror(errno));
+            break;
+        }
+        busy = broker_router_process(router) >= PM_BUS_BATCH;
+        busy |= broker_proxy_process(proxy) >= PM_BUS_BATCH;
+    }
+    broker_router_stats_t st;
+    broker_router_stats(router, &st);
+    pm_info("broker stopping: %llu requests, %llu replies, %llu duplicates dropped, %llu errors "
+            "sent, %llu workers lost, %llu bad frames, %llu events",
+            (unsigned long long)st.requests, (unsigned long long)st.replies,
+            (unsigned long long)st.duplicates, (unsigned long long)st.errors,
+            (unsigned long long)st.workers_lost, (unsigned long long)st.bad_frames,
+            (unsigned long long)broker_proxy_events(proxy));
+    rc = 0;
+out:
+    broker_router_destroy(&router);
+    broker_proxy_destroy(&proxy);
+    broker_curve_destroy(&curve);
+    for (int i = 0; i < 3; i++)
+        s_endpoints_free(&eps[i]);
+    pm_cfg_destroy(&cfg);
+    return rc;
+}

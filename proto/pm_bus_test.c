@@ -1,0 +1,465 @@
+/*  pm_bus unit tests: the library against a fake broker (a ROUTER socket in
+ *  this process, inproc://), checking the wire frames of pm_bus.h and the
+ *  reliability rules: same-rid resends, exactly-once completion, giving up
+ *  with a clear error, worker_lost resends, the worker's reply cache,
+ *  in-progress duplicates, dropped jobs, bad bodies, DISCONNECT.
+ */
+#include "pm_bus.h"
+#include "pm_bus_wire.h"
+#include "pm_log.h"
+
+#include <czmq.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+#include <string.h>
+
+typedef struct {
+    zsock_t *router;
+    pm_bus_t *bus;
+    char endpoint[64];
+} s_fix_t;
+
+static int s_setup(void **state)
+{
+    static int n;
+    s_fix_t *f = calloc(1, sizeof *f);
+    snprintf(f->endpoint, sizeof f->endpoint, "inproc://pm-bus-test-%d", ++n);
+    f->router = zsock_new(ZMQ_ROUTER);
+    assert_int_equal(zsock_bind(f->router, "%s", f->endpoint), 0);
+    pm_bus_config_t cfg = {.name = "test", .request_endpoint = f->endpoint, .heartbeat_ms = 100};
+    f->bus = pm_bus_new(&cfg);
+    assert_non_null(f->bus);
+    *state = f;
+    return 0;
+}
+
+static int s_teardown(void **state)
+{
+    s_fix_t *f = *state;
+    pm_bus_destroy(&f->bus);
+    pm_bus_destroy(&f->bus); //  safe twice
+    zsock_destroy(&f->router);
+    free(f);
+    return 0;
+}
+
+static zframe_t *s_frame(zmsg_t *m, int i)
+{
+    zframe_t *fr = zmsg_first(m);
+    while (i-- > 0 && fr)
+        fr = zmsg_next(m);
+    return fr;
+}
+
+//  Drive the bus until the fake broker has a message, skipping heartbeats.
+static zmsg_t *s_broker_recv(s_fix_t *f, int timeout_ms)
+{
+    int64_t until = zclock_mono() + timeout_ms;
+    while (zclock_mono() < until) {
+        if (zsock_events(f->router) & ZMQ_POLLIN) {
+            zmsg_t *m = zmsg_recv(f->router);
+            zframe_t *cmd = zmsg_size(m) == 3 ? s_frame(m, 2) : NULL;
+            if (cmd && zframe_size(cmd) == 1 && *zframe_data(cmd) == PM_BUS_HEARTBEAT) {
+                zmsg_destroy(&m);
+                continue;
+            }
+            return m;
+        }
+        pm_bus_run_once(f->bus, 5);
+    }
+    return NULL;
+}
+
+static void s_drive(s_fix_t *f, int ms)
+{
+    int64_t until = zclock_mono() + ms;
+    while (zclock_mono() < until)
+        pm_bus_run_once(f->bus, 5);
+}
+
+static char *s_frame_str(zmsg_t *m, int i)
+{
+    return zframe_strdup(s_frame(m, i));
+}
+
+//  Build an encoded message of `type` with rid.
+static zframe_t *s_body(pm_msg_type_t type, const char *rid, const char *code)
+{
+    pm_msg_t *m = pm_msg_new(type);
+    pm_msg_set_rid(m, rid);
+    if (type == PM_MSG_ERROR) {
+        pm_msg_set_str(m, "code", code);
+        pm_msg_set_str(m, "message", "test");
+    }
+    uint8_t *data;
+    size_t len;
+    char err[128];
+    assert_int_equal(pm_msg_encode(m, &data, &len, err, sizeof err), 0);
+    zframe_t *fr = zframe_new(data, len);
+    free(data);
+    pm_msg_destroy(&m);
+    return fr;
+}
+
+//  The broker answers a client request message `req` with `body`.
+static void s_answer(s_fix_t *f, zmsg_t *req, zframe_t *body)
+{
+    zmsg_t *rep = zmsg_new();
+    zmsg_append(rep, &(zframe_t *){zframe_dup(s_frame(req, 0))});
+    zmsg_addstr(rep, PM_BUS_CLIENT_HDR);
+    zmsg_append(rep, &(zframe_t *){zframe_dup(s_frame(req, 2))});
+    zmsg_append(rep, &(zframe_t *){zframe_dup(s_frame(req, 3))});
+    zmsg_append(rep, &body);
+    zmsg_send(&rep, f->router);
+}
+
+typedef struct {
+    int calls;
+    pm_msg_type_t type;
+    char code[32];
+    char error[512];
+} s_result_t;
+
+static void s_on_reply(void *arg, const pm_msg_t *reply, const char *error)
+{
+    s_result_t *r = arg;
+    r->calls++;
+    r->type = reply ? pm_msg_type(reply) : PM_MSG_INVALID;
+    snprintf(r->code, sizeof r->code, "%s",
+             reply && pm_msg_str(reply, "code") ? pm_msg_str(reply, "code") : "");
+    snprintf(r->error, sizeof r->error, "%s", error ? error : "");
+}
+
+static void test_client_resend_same_rid_and_dedupe(void **state)
+{
+    s_fix_t *f = *state;
+    s_result_t res = {0};
+    pm_msg_t *req = pm_msg_new(PM_MSG_ECHO);
+    assert_int_equal(pm_bus_call_async(f->bus, "echo", req, 100, 2, s_on_reply, &res), 0);
+    //  the same rid may not be in flight twice
+    assert_int_equal(pm_bus_call_async(f->bus, "echo", req, 100, 2, s_on_reply, &res), -1);
+    zmsg_t *a = s_broker_recv(f, 1000);
+    assert_non_null(a);
+    assert_int_equal(zmsg_size(a), 5);
+    char *hdr = s_frame_str(a, 1), *svc = s_frame_str(a, 2), *rid = s_frame_str(a, 3);
+    assert_string_equal(hdr, PM_BUS_CLIENT_HDR);
+    assert_string_equal(svc, "echo");
+    assert_string_equal(rid, pm_msg_rid(req));
+    //  no answer: after ~100 ms the same rid and body come again
+    zmsg_t *b = s_broker_recv(f, 1000);
+    assert_non_null(b);
+    char *rid2 = s_frame_str(b, 3);
+    assert_string_equal(rid2, rid);
+    assert_true(zframe_eq(s_frame(a, 4), s_frame(b, 4)));
+    //  both copies answered: the caller hears exactly once
+    s_answer(f, a, s_body(PM_MSG_ECHO_REPLY, rid, NULL));
+    s_answer(f, b, s_body(PM_MSG_ECHO_REPLY, rid, NULL));
+    s_drive(f, 100);
+    assert_int_equal(res.calls, 1);
+    assert_int_equal(res.type, PM_MSG_ECHO_REPLY);
+    pm_bus_stats_t st;
+    pm_bus_stats(f->bus, &st);
+    assert_int_equal(st.duplicates, 1);
+    assert_int_equal(st.resends, 1);
+    assert_int_equal(st.replies, 1);
+    free(hdr), free(svc), free(rid), free(rid2);
+    zmsg_destroy(&a), zmsg_destroy(&b);
+    pm_msg_destroy(&req);
+}
+
+static void test_client_gives_up_with_clear_error(void **state)
+{
+    s_fix_t *f = *state;
+    s_result_t res = {0};
+    pm_msg_t *req = pm_msg_new(PM_MSG_ECHO);
+    assert_int_equal(pm_bus_call_async(f->bus, "store", req, 50, 1, s_on_reply, &res), 0);
+    s_drive(f, 300);
+    assert_int_equal(res.calls, 1);
+    assert_int_equal(res.type, PM_MSG_INVALID);
+    assert_non_null(strstr(res.error, "no reply from service 'store' after 2 attempts"));
+    assert_non_null(strstr(res.error, "is picomdm-store running"));
+    assert_non_null(strstr(res.error, f->endpoint));
+    pm_msg_destroy(&req);
+}
+
+static void test_client_worker_lost_resends_at_once(void **state)
+{
+    s_fix_t *f = *state;
+    s_result_t res = {0};
+    pm_msg_t *req = pm_msg_new(PM_MSG_ECHO);
+    assert_int_equal(pm_bus_call_async(f->bus, "echo", req, 10000, 1, s_on_reply, &res), 0);
+    zmsg_t *a = s_broker_recv(f, 1000);
+    assert_non_null(a);
+    int64_t t0 = zclock_mono();
+    s_answer(f, a, s_body(PM_MSG_ERROR, pm_msg_rid(req), "worker_lost"));
+    zmsg_t *b = s_broker_recv(f, 1000);
+    assert_non_null(b);
+    assert_true(zclock_mono() - t0 < 500); //  not after the 10 s timeout
+    assert_int_equal(res.calls, 0);
+    //  the last attempt's worker_lost is a reply like any error
+    s_answer(f, b, s_body(PM_MSG_ERROR, pm_msg_rid(req), "worker_lost"));
+    s_drive(f, 50);
+    assert_int_equal(res.calls, 1);
+    assert_int_equal(res.type, PM_MSG_ERROR);
+    assert_string_equal(res.code, "worker_lost");
+    zmsg_destroy(&a), zmsg_destroy(&b);
+    pm_msg_destroy(&req);
+}
+
+static void test_client_bad_reply_body(void **state)
+{
+    s_fix_t *f = *state;
+    s_result_t res = {0};
+    pm_msg_t *req = pm_msg_new(PM_MSG_ECHO);
+    assert_int_equal(pm_bus_call_async(f->bus, "echo", req, 1000, 0, s_on_reply, &res), 0);
+    zmsg_t *a = s_broker_recv(f, 1000);
+    s_answer(f, a, zframe_new("\xc1garbage", 8));
+    s_drive(f, 50);
+    assert_int_equal(res.calls, 1);
+    assert_non_null(strstr(res.error, "undecodable reply"));
+    zmsg_destroy(&a);
+    pm_msg_destroy(&req);
+}
+
+/* ---- worker side ---- */
+
+typedef struct {
+    int calls;
+    bool hold;
+    bool drop;
+    pm_bus_job_t *held;
+} s_handler_t;
+
+static void s_on_job(void *arg, pm_bus_job_t *job)
+{
+    s_handler_t *h = arg;
+    h->calls++;
+    if (h->drop) {
+        pm_bus_job_drop(&job);
+        return;
+    }
+    if (h->hold) {
+        h->held = job;
+        return;
+    }
+    pm_msg_t *rep = pm_msg_new_reply(pm_bus_job_msg(job), PM_MSG_ECHO_REPLY);
+    pm_msg_set_str(rep, "worker", "unit");
+    assert_int_equal(pm_bus_job_reply(&job, rep), 0);
+    assert_null(job);
+    pm_msg_destroy(&rep);
+}
+
+//  Register; returns the worker's routing id frame (caller destroys).
+static zframe_t *s_expect_ready(s_fix_t *f)
+{
+    zmsg_t *m = s_broker_recv(f, 1000);
+    assert_non_null(m);
+    assert_int_equal(zmsg_size(m), 6);
+    char *hdr = s_frame_str(m, 1), *svc = s_frame_str(m, 3), *cap = s_frame_str(m, 4),
+         *hb = s_frame_str(m, 5);
+    assert_string_equal(hdr, PM_BUS_WORKER_HDR);
+    assert_int_equal(*zframe_data(s_frame(m, 2)), PM_BUS_READY);
+    assert_string_equal(svc, "echo");
+    assert_string_equal(cap, "256");
+    assert_string_equal(hb, "100");
+    zframe_t *id = zframe_dup(s_frame(m, 0));
+    free(hdr), free(svc), free(cap), free(hb);
+    zmsg_destroy(&m);
+    return id;
+}
+
+static void s_request(s_fix_t *f, zframe_t *id, const char *client, const char *rid, zframe_t *body)
+{
+    zmsg_t *m = zmsg_new();
+    zmsg_append(m, &(zframe_t *){zframe_dup(id)});
+    zmsg_addstr(m, PM_BUS_WORKER_HDR);
+    zmsg_addmem(m, &(uint8_t){PM_BUS_REQUEST}, 1);
+    zmsg_addstr(m, client);
+    zmsg_addstr(m, rid);
+    zmsg_append(m, &body);
+    zmsg_send(&m, f->router);
+}
+
+//  Expect a REPLY (or DROPPED); returns it.
+static zmsg_t *s_expect(s_fix_t *f, uint8_t cmd, const char *client, const char *rid)
+{
+    zmsg_t *m = s_broker_recv(f, 1000);
+    assert_non_null(m);
+    assert_int_equal(*zframe_data(s_frame(m, 2)), cmd);
+    char *c = s_frame_str(m, 3), *r = s_frame_str(m, 4);
+    assert_string_equal(c, client);
+    assert_string_equal(r, rid);
+    free(c), free(r);
+    return m;
+}
+
+static void test_worker_reply_cache(void **state)
+{
+    s_fix_t *f = *state;
+    s_handler_t h = {0};
+    assert_int_equal(pm_bus_serve(f->bus, "echo", s_on_job, &h), 0);
+    zframe_t *id = s_expect_ready(f);
+    s_request(f, id, "C1", "rid-1", s_body(PM_MSG_ECHO, "rid-1", NULL));
+    zmsg_t *r1 = s_expect(f, PM_BUS_REPLY, "C1", "rid-1");
+    assert_int_equal(zmsg_size(r1), 6);
+    //  a retry (from a new route) is answered from the cache, byte for byte
+    s_request(f, id, "C2", "rid-1", s_body(PM_MSG_ECHO, "rid-1", NULL));
+    zmsg_t *r2 = s_expect(f, PM_BUS_REPLY, "C2", "rid-1");
+    assert_true(zframe_eq(s_frame(r1, 5), s_frame(r2, 5)));
+    assert_int_equal(h.calls, 1);
+    pm_msg_t *rep = NULL;
+    char err[128];
+    zframe_t *b = s_frame(r1, 5);
+    assert_int_equal(pm_msg_decode(zframe_data(b), zframe_size(b), &rep, err, sizeof err), 0);
+    assert_int_equal(pm_msg_type(rep), PM_MSG_ECHO_REPLY);
+    assert_string_equal(pm_msg_rid(rep), "rid-1");
+    pm_msg_destroy(&rep);
+    pm_bus_stats_t st;
+    pm_bus_stats(f->bus, &st);
+    assert_int_equal(st.jobs, 1);
+    assert_int_equal(st.retried_jobs, 1);
+    zmsg_destroy(&r1), zmsg_destroy(&r2);
+    zframe_destroy(&id);
+}
+
+static void test_worker_bad_body_is_bad_request(void **state)
+{
+    s_fix_t *f = *state;
+    s_handler_t h = {0};
+    assert_int_equal(pm_bus_serve(f->bus, "echo", s_on_job, &h), 0);
+    zframe_t *id = s_expect_ready(f);
+    for (int i = 0; i < 50; i++) {
+        char rid[32];
+        snprintf(rid, sizeof rid, "bad-%d", i);
+        s_request(f, id, "C1", rid, zframe_new("\x92\x01", 2));
+        zmsg_t *r = s_expect(f, PM_BUS_REPLY, "C1", rid);
+        pm_msg_t *rep = NULL;
+        char err[128];
+        zframe_t *b = s_frame(r, 5);
+        assert_int_equal(pm_msg_decode(zframe_data(b), zframe_size(b), &rep, err, sizeof err), 0);
+        assert_int_equal(pm_msg_type(rep), PM_MSG_ERROR);
+        assert_string_equal(pm_msg_str(rep, "code"), "bad_request");
+        pm_msg_destroy(&rep);
+        zmsg_destroy(&r);
+    }
+    assert_int_equal(h.calls, 0);
+    zframe_destroy(&id);
+}
+
+static void test_worker_duplicate_in_progress(void **state)
+{
+    s_fix_t *f = *state;
+    s_handler_t h = {.hold = true};
+    assert_int_equal(pm_bus_serve(f->bus, "echo", s_on_job, &h), 0);
+    zframe_t *id = s_expect_ready(f);
+    s_request(f, id, "C1", "rid-2", s_body(PM_MSG_ECHO, "rid-2", NULL));
+    s_drive(f, 50);
+    assert_non_null(h.held);
+    s_request(f, id, "C9", "rid-2", s_body(PM_MSG_ECHO, "rid-2", NULL));
+    s_drive(f, 50);
+    assert_int_equal(h.calls, 1);
+    //  one reply, routed to the latest copy's client
+    pm_msg_t *rep = pm_msg_new_reply(pm_bus_job_msg(h.held), PM_MSG_ECHO_REPLY);
+    assert_int_equal(pm_bus_job_reply(&h.held, rep), 0);
+    pm_msg_destroy(&rep);
+    zmsg_t *r = s_expect(f, PM_BUS_REPLY, "C9", "rid-2");
+    zmsg_destroy(&r);
+    s_drive(f, 50);
+    assert_false(zsock_events(f->router) & ZMQ_POLLIN);
+    zframe_destroy(&id);
+}
+
+static void test_worker_drop_frees_slot_and_forgets(void **state)
+{
+    s_fix_t *f = *state;
+    s_handler_t h = {.drop = true};
+    assert_int_equal(pm_bus_serve(f->bus, "echo", s_on_job, &h), 0);
+    zframe_t *id = s_expect_ready(f);
+    s_request(f, id, "C1", "rid-3", s_body(PM_MSG_ECHO, "rid-3", NULL));
+    zmsg_t *d = s_expect(f, PM_BUS_DROPPED, "C1", "rid-3");
+    assert_int_equal(zmsg_size(d), 5);
+    zmsg_destroy(&d);
+    //  a retry is handled afresh, not swallowed
+    h.drop = false;
+    s_request(f, id, "C1", "rid-3", s_body(PM_MSG_ECHO, "rid-3", NULL));
+    zmsg_t *r = s_expect(f, PM_BUS_REPLY, "C1", "rid-3");
+    assert_int_equal(h.calls, 2);
+    zmsg_destroy(&r);
+    zframe_destroy(&id);
+}
+
+static void test_worker_disconnect_reregisters(void **state)
+{
+    s_fix_t *f = *state;
+    s_handler_t h = {0};
+    assert_int_equal(pm_bus_serve(f->bus, "echo", s_on_job, &h), 0);
+    int fds[4];
+    assert_int_equal(pm_bus_fds(f->bus, fds, 4), 2); //  client + worker
+    zframe_t *id = s_expect_ready(f);
+    zmsg_t *m = zmsg_new();
+    zmsg_append(m, &(zframe_t *){zframe_dup(id)});
+    zmsg_addstr(m, PM_BUS_WORKER_HDR);
+    zmsg_addmem(m, &(uint8_t){PM_BUS_DISCONNECT}, 1);
+    zmsg_send(&m, f->router);
+    //  READY again at once (well before the 300 ms silence limit), same socket
+    int64_t t0 = zclock_mono();
+    zframe_t *id2 = s_expect_ready(f);
+    assert_true(zclock_mono() - t0 < 250);
+    assert_true(zframe_eq(id, id2));
+    //  a silent broker (no heartbeats for 3 x 100 ms) gets READY again too
+    zframe_t *id3 = s_expect_ready(f);
+    assert_true(zclock_mono() - t0 >= 250);
+    assert_true(zframe_eq(id, id3));
+    //  the descriptors a foreign event loop watches did not change
+    int fds2[4];
+    assert_int_equal(pm_bus_fds(f->bus, fds2, 4), 2);
+    assert_memory_equal(fds, fds2, sizeof fds2[0] * 2);
+    zframe_destroy(&id), zframe_destroy(&id2), zframe_destroy(&id3);
+}
+
+static void test_bad_config(void **state)
+{
+    (void)state;
+    pm_bus_config_t cfg = {.name = "x", .request_endpoint = "nonsense://"};
+    assert_null(pm_bus_new(&cfg));
+    pm_bus_config_t cfg2 = {.name = "x",
+                            .request_endpoint = "inproc://x",
+                            .server_public_key = "short",
+                            .cert_file = "/nonexistent"};
+    assert_null(pm_bus_new(&cfg2));
+    assert_true(pm_bus_endpoint_is_local("ipc:///tmp/x"));
+    assert_true(pm_bus_endpoint_is_local("tcp://127.0.0.1:7401"));
+    assert_true(pm_bus_endpoint_is_local("tcp://127.1.2.3:1"));
+    assert_true(pm_bus_endpoint_is_local("tcp://localhost:7401"));
+    assert_true(pm_bus_endpoint_is_local("tcp://[::1]:7401"));
+    assert_false(pm_bus_endpoint_is_local("tcp://0.0.0.0:7401"));
+    assert_false(pm_bus_endpoint_is_local("tcp://*:7401"));
+    assert_false(pm_bus_endpoint_is_local("tcp://127.0.0.1.evil.com:7401"));
+    assert_false(pm_bus_endpoint_is_local("tcp://eth0;127.0.0.1:7401"));
+    assert_false(pm_bus_endpoint_is_local("tcp://10.0.0.1:7401"));
+}
+
+int main(void)
+{
+    pm_log_init("pm_bus_test", getenv("PM_TEST_VERBOSE") ? "debug" : "error", false);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_client_resend_same_rid_and_dedupe, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_client_gives_up_with_clear_error, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_client_worker_lost_resends_at_once, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_client_bad_reply_body, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_reply_cache, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_bad_body_is_bad_request, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_duplicate_in_progress, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_drop_frees_slot_and_forgets, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_disconnect_reregisters, s_setup, s_teardown),
+        cmocka_unit_test(test_bad_config),
+    };
+    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    zsys_shutdown();
+    return rc;
+}

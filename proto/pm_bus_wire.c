@@ -1,0 +1,134 @@
+/*  pm_bus_wire — frame helpers shared by the bus library and the broker
+ *  (see pm_bus_wire.h). */
+#include "pm_bus_wire.h"
+#include "pm_log.h"
+
+#include <czmq.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <string.h>
+
+int pm_bus_recv(void *sock, zmq_msg_t *frames, int max, int *n, int *total)
+{
+    *n = 0;
+    *total = 0;
+    zmq_msg_t extra;
+    for (;;) {
+        zmq_msg_t *f = *n < max ? &frames[*n] : &extra;
+        zmq_msg_init(f);
+        //  Only the first frame can be "not there yet": parts arrive atomically.
+        if (zmq_msg_recv(f, sock, *total == 0 ? ZMQ_DONTWAIT : 0) < 0) {
+            int e = errno;
+            zmq_msg_close(f);
+            pm_bus_frames_close(frames, *n);
+            *n = 0;
+            errno = e;
+            return -1;
+        }
+        (*total)++;
+        int more = zmq_msg_more(f);
+        if (f == &extra)
+            zmq_msg_close(f);
+        else
+            (*n)++;
+        if (!more)
+            return 0;
+    }
+}
+
+void pm_bus_frames_close(zmq_msg_t *frames, int n)
+{
+    for (int i = 0; i < n; i++)
+        zmq_msg_close(&frames[i]);
+}
+
+int pm_bus_sendv(void *sock, const void *const *data, const size_t *len, int n)
+{
+    for (int i = 0; i < n; i++) {
+        int flags = ZMQ_DONTWAIT | (i < n - 1 ? ZMQ_SNDMORE : 0);
+        if (zmq_send(sock, data[i], len[i], flags) < 0)
+            return -1; //  only the first part can fail: multipart is atomic
+    }
+    return 0;
+}
+
+bool pm_bus_frame_is(zmq_msg_t *frame, const char *s)
+{
+    size_t len = strlen(s);
+    return zmq_msg_size(frame) == len && memcmp(zmq_msg_data(frame), s, len) == 0;
+}
+
+int pm_bus_frame_str(zmq_msg_t *frame, char *out, size_t max)
+{
+    size_t len = zmq_msg_size(frame);
+    const unsigned char *p = zmq_msg_data(frame);
+    if (len == 0 || len >= max)
+        return -1;
+    for (size_t i = 0; i < len; i++)
+        if (p[i] < 0x20 || p[i] == 0x7f)
+            return -1;
+    memcpy(out, p, len);
+    out[len] = 0;
+    return 0;
+}
+
+void pm_bus_ratelog(pm_bus_ratelog_t *rl, const char *fmt, ...)
+{
+    int64_t now = zclock_mono();
+    if (now - rl->window_start >= 10000) {
+        if (rl->suppressed)
+            pm_warn("%llu more lines like the above were suppressed in the last 10 s",
+                    (unsigned long long)rl->suppressed);
+        rl->window_start = now;
+        rl->lines = 0;
+        rl->suppressed = 0;
+    }
+    if (rl->lines >= 10) {
+        rl->suppressed++;
+        return;
+    }
+    rl->lines++;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    pm_warn("%s", line);
+}
+
+bool pm_bus_endpoint_is_local(const char *ep)
+{
+    if (strncmp(ep, "ipc://", 6) == 0 || strncmp(ep, "inproc://", 9) == 0)
+        return true;
+    if (strncmp(ep, "tcp://", 6) != 0)
+        return false;
+    const char *host = ep + 6;
+    //  tcp://IFACE;HOST:PORT (source address form) is not something we bind.
+    if (strchr(host, ';'))
+        return false;
+    if (strncmp(host, "127.", 4) == 0) {
+        //  127.a.b.c:port — require digits and dots up to the colon
+        const char *p = host + 4;
+        int dots = 0;
+        for (; *p && *p != ':'; p++) {
+            if (*p == '.')
+                dots++;
+            else if (*p < '0' || *p > '9')
+                return false;
+        }
+        return *p == ':' && dots == 2;
+    }
+    if (strncmp(host, "[::1]:", 6) == 0 || strncmp(host, "localhost:", 10) == 0)
+        return true;
+    return false;
+}
+
+void pm_bus_hex(const uint8_t *data, size_t len, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = digits[data[i] >> 4];
+        out[2 * i + 1] = digits[data[i] & 15];
+    }
+    out[2 * len] = 0;
+}

@@ -1,0 +1,70 @@
+/*  pm_bus_wire — what the bus client library (pm_bus.c) and the broker
+ *  (broker/) share about the request-plane wire: protocol header frames,
+ *  worker command bytes, non-blocking multi-frame send/receive on raw libzmq
+ *  sockets, a rate-limited log line for bad input, and the endpoint policy
+ *  (which endpoints count as local and may run without CURVE).
+ *  The frames themselves are documented in pm_bus.h.
+ */
+#ifndef PM_BUS_WIRE_H
+#define PM_BUS_WIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <zmq.h>
+
+#define PM_BUS_CLIENT_HDR "PMC1"
+#define PM_BUS_WORKER_HDR "PMW1"
+#define PM_BUS_HDR_LEN 4
+
+enum {
+    PM_BUS_READY = 0x01,
+    PM_BUS_REQUEST = 0x02,
+    PM_BUS_REPLY = 0x03,
+    PM_BUS_HEARTBEAT = 0x04,
+    PM_BUS_DISCONNECT = 0x05,
+    PM_BUS_DROPPED = 0x06
+};
+
+#define PM_BUS_SERVICE_MAX 64 //  longest service name
+#define PM_BUS_MAX_FRAMES 8   //  more frames than this is malformed everywhere
+#define PM_BUS_BATCH 1000     //  messages handled per socket per processing call
+#define PM_BUS_HWM 100000     //  send/receive high-water marks
+#define PM_BUS_LIVENESS 3     //  heartbeats missed before a peer is dead
+
+//  Receive one whole message (all its frames) without blocking. Up to `max`
+//  frames are kept in `frames` (initialised here; the caller closes *n of them
+//  with pm_bus_frames_close); extra frames are read and discarded, and
+//  *total says how many there were. Returns 0, or -1 when nothing is waiting
+//  (errno EAGAIN) or on error.
+int pm_bus_recv(void *sock, zmq_msg_t *frames, int max, int *n, int *total);
+void pm_bus_frames_close(zmq_msg_t *frames, int n);
+
+//  Send `n` frames without blocking (ZMQ_DONTWAIT). Returns 0, or -1 (errno:
+//  EAGAIN at the high-water mark, EHOSTUNREACH for an unknown ROUTER peer).
+int pm_bus_sendv(void *sock, const void *const *data, const size_t *len, int n);
+
+//  True if the frame holds exactly the string s.
+bool pm_bus_frame_is(zmq_msg_t *frame, const char *s);
+//  Copy a frame into a NUL-terminated string of at most max-1 bytes; -1 if it
+//  does not fit or holds a NUL or a control character.
+int pm_bus_frame_str(zmq_msg_t *frame, char *out, size_t max);
+
+//  Rate-limited logging of bad input: at most `burst` lines per 10 s window,
+//  then one line saying how many were suppressed.
+typedef struct {
+    int64_t window_start;
+    int lines;
+    uint64_t suppressed;
+} pm_bus_ratelog_t;
+void pm_bus_ratelog(pm_bus_ratelog_t *rl, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+//  Endpoint policy: ipc://, inproc:// and tcp:// on 127.0.0.0/8, ::1 or
+//  localhost are local; anything else needs CURVE.
+bool pm_bus_endpoint_is_local(const char *endpoint);
+
+//  Hex of `len` bytes into out (2*len+1 bytes); used for ROUTER identities in logs/keys.
+void pm_bus_hex(const uint8_t *data, size_t len, char *out);
+
+#endif
