@@ -8,6 +8,7 @@
  *                                    stdout, without the bus (static challenge only)
  */
 #include "ca_svc.h"
+#include "pm_bus.h"
 #include "pm_cfg.h"
 #include "pm_log.h"
 
@@ -56,8 +57,15 @@ static const pm_opt_t s_opts[] = {
     {"display-name", PM_OPT_STR, "MDM enrollment", "profile: PayloadDisplayName"},
     {"profile-identifier", PM_OPT_STR, "org.picomdm.enroll", "profile: PayloadIdentifier"},
     {"out", PM_OPT_STR, NULL, "profile command: write here instead of stdout"},
-    {"request-endpoint", PM_OPT_STR, "ipc:///tmp/picomdm-req", "broker request endpoint"},
-    {"publish-endpoint", PM_OPT_STR, NULL, "broker publish endpoint (events)"},
+    {"request-endpoint", PM_OPT_STR, NULL,
+     "broker request endpoint (default ipc://<run-dir>/request, as the broker's)"},
+    {"publish-endpoint", PM_OPT_STR, NULL,
+     "broker publish endpoint for events (default ipc://<run-dir>/publish; \"-\" = none)"},
+    {"run-dir", PM_OPT_STR, NULL,
+     "default ipc directory: $XDG_RUNTIME_DIR/picomdm or /tmp/picomdm"},
+    {"heartbeat-ms", PM_OPT_INT, "1000", "bus heartbeat interval"},
+    {"curve-server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85), off loopback"},
+    {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate (zcert secret file)"},
     {NULL, 0, NULL, NULL}};
 
 static const char *s_path(const pm_cfg_t *cfg, const char *opt, const char *file, char *buf,
@@ -67,6 +75,45 @@ static const char *s_path(const pm_cfg_t *cfg, const char *opt, const char *file
     if (v && v[0])
         return v;
     snprintf(buf, size, "%s/%s", pm_cfg_str(cfg, "data-dir"), file);
+    return buf;
+}
+
+typedef struct {
+    ca_svc_t *svc;
+    pm_bus_t *bus;
+    bool publish;
+} s_ctx_t;
+
+//  One request: answer it now (every operation is a few ms of CPU) and
+//  publish the audit event, if any.
+static void s_on_job(void *arg, pm_bus_job_t *job)
+{
+    s_ctx_t *c = arg;
+    pm_msg_t *ev = NULL;
+    pm_msg_t *rep = ca_svc_handle(c->svc, pm_bus_job_msg(job), c->publish ? &ev : NULL);
+    if (rep)
+        pm_bus_job_reply(&job, rep);
+    else
+        pm_bus_job_drop(&job);
+    pm_msg_destroy(&rep);
+    if (ev && pm_bus_publish(c->bus, ev) < 0)
+        pm_warn("cannot publish %s", pm_msg_str(ev, "name"));
+    pm_msg_destroy(&ev);
+}
+
+static const char *s_endpoint(const pm_cfg_t *cfg, const char *opt, const char *name, char *buf,
+                              size_t size)
+{
+    const char *v = pm_cfg_str(cfg, opt);
+    if (v && v[0])
+        return strcmp(v, "-") == 0 ? NULL : v;
+    const char *rd = pm_cfg_str(cfg, "run-dir"), *xdg = getenv("XDG_RUNTIME_DIR");
+    if (rd && rd[0])
+        snprintf(buf, size, "ipc://%s/%s", rd, name);
+    else if (xdg && xdg[0])
+        snprintf(buf, size, "ipc://%s/picomdm/%s", xdg, name);
+    else
+        snprintf(buf, size, "ipc:///tmp/picomdm/%s", name);
     return buf;
 }
 
@@ -183,8 +230,30 @@ int main(int argc, char **argv)
         OPENSSL_free(der);
         goto out;
     }
-    pm_error("this build has no bus client yet (proto/pm_bus.c has not landed): the ca service "
-             "cannot be served; `picomdm-ca profile` works without it");
+    {
+        char req[1200], pub[1200];
+        pm_bus_config_t bc = {
+            .name = "ca",
+            .request_endpoint = s_endpoint(cfg, "request-endpoint", "request", req, sizeof req),
+            .publish_endpoint = s_endpoint(cfg, "publish-endpoint", "publish", pub, sizeof pub),
+            .server_public_key = pm_cfg_str(cfg, "curve-server-key"),
+            .cert_file = pm_cfg_str(cfg, "curve-cert"),
+            .heartbeat_ms = (int)pm_cfg_int(cfg, "heartbeat-ms")};
+        s_ctx_t ctx = {.svc = svc, .publish = bc.publish_endpoint != NULL};
+        ctx.bus = pm_bus_new(&bc);
+        if (!ctx.bus || pm_bus_serve(ctx.bus, "ca", s_on_job, &ctx) < 0) {
+            pm_error("cannot connect to the broker at %s: check request-endpoint",
+                     bc.request_endpoint);
+            pm_bus_destroy(&ctx.bus);
+            goto out;
+        }
+        pm_info("serving \"ca\" at %s", bc.request_endpoint);
+        while (pm_bus_run_once(ctx.bus, 1000) >= 0)
+            ;
+        pm_info("stopping");
+        pm_bus_destroy(&ctx.bus);
+        rc = 0;
+    }
 out:
     ca_svc_destroy(&svc);
     pm_cfg_destroy(&cfg);

@@ -1,4 +1,4 @@
-/*  ca_scep_test — the SCEP server core without the bus: GetCACaps, GetCACert,
+/*  ca_scep_server_test — the SCEP server core without the bus: GetCACaps, GetCACert,
  *  PKCSReq / RenewalReq built like a device builds them (ca_scepc), challenge
  *  policies, an EC CA with an RSA RA, and hostile input.
  *
