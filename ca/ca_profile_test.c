@@ -35,8 +35,11 @@ static int s_setup(void **state)
         return -1;
     static const char *names[6] = {"ca.crt", "ca.key",     "ra.crt",
                                    "ra.key", "signer.crt", "signer.key"};
-    for (int i = 0; i < 6; i++)
-        snprintf(f->paths[i], sizeof f->paths[i], "%s/%s", f->dir, names[i]);
+    for (int i = 0; i < 6; i++) {
+        char dir[64];
+        memcpy(dir, f->dir, sizeof dir);
+        snprintf(f->paths[i], sizeof f->paths[i], "%s/%s", dir, names[i]);
+    }
     ca_pki_opts_t o = {.ca_cert = f->paths[0],
                        .ca_key = f->paths[1],
                        .ra_cert = f->paths[2],

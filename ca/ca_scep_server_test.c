@@ -45,8 +45,11 @@ static void s_paths(s_fix_t *f)
 {
     static const char *names[6] = {"ca.crt", "ca.key",     "ra.crt",
                                    "ra.key", "signer.crt", "signer.key"};
-    for (int i = 0; i < 6; i++)
-        snprintf(f->paths[i], sizeof f->paths[i], "%s/%s", f->dir, names[i]);
+    for (int i = 0; i < 6; i++) {
+        char dir[64];
+        memcpy(dir, f->dir, sizeof dir);
+        snprintf(f->paths[i], sizeof f->paths[i], "%s/%s", dir, names[i]);
+    }
 }
 
 static ca_pki_opts_t s_opts(s_fix_t *f)
