@@ -26,12 +26,15 @@ static const pm_opt_t s_opts[] = {
      "directory for the keys made on first start (created 0700)"},
     {"ca-cert", PM_OPT_STR, NULL, "device CA certificate, PEM (default <data-dir>/ca.crt)"},
     {"ca-key", PM_OPT_STR, NULL,
-     "device CA key, PEM 0600 (default <data-dir>/ca.key; both absent = make a new CA)"},
+     "device CA key, PEM 0600 (default ca.key beside ca-cert, or in data-dir; both absent = make a "
+     "new CA)"},
     {"ra-cert", PM_OPT_STR, NULL,
-     "SCEP RA certificate, used when the CA key is not RSA (default <data-dir>/scep-ra.crt)"},
+     "SCEP RA certificate, used when the CA key is not RSA (default scep-ra.crt beside ca-cert, or "
+     "in data-dir)"},
     {"ra-key", PM_OPT_STR, NULL, "SCEP RA key (default <data-dir>/scep-ra.key)"},
     {"signer-cert", PM_OPT_STR, NULL,
-     "profile signing certificate (default <data-dir>/profile-signer.crt, made by the CA)"},
+     "profile signing certificate, made by the CA (default profile-signer.crt beside ca-cert, or "
+     "in data-dir)"},
     {"signer-key", PM_OPT_STR, NULL, "profile signing key (default <data-dir>/profile-signer.key)"},
     {"cert-days", PM_OPT_INT, "365", "lifetime of issued device certificates, days"},
     {"key-usage", PM_OPT_STR, "critical,digitalSignature,keyEncipherment",
@@ -68,13 +71,20 @@ static const pm_opt_t s_opts[] = {
     {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate (zcert secret file)"},
     {NULL, 0, NULL, NULL}};
 
+//  An option's path, or `file` in the directory of `ca-cert` when that is set
+//  (the RA and profile signer live beside the CA), else in data-dir.
 static const char *s_path(const pm_cfg_t *cfg, const char *opt, const char *file, char *buf,
                           size_t size)
 {
     const char *v = pm_cfg_str(cfg, opt);
     if (v && v[0])
         return v;
-    snprintf(buf, size, "%s/%s", pm_cfg_str(cfg, "data-dir"), file);
+    const char *ca = pm_cfg_str(cfg, "ca-cert");
+    const char *slash = ca ? strrchr(ca, '/') : NULL;
+    if (slash)
+        snprintf(buf, size, "%.*s/%s", (int)(slash - ca), ca, file);
+    else
+        snprintf(buf, size, "%s/%s", pm_cfg_str(cfg, "data-dir"), file);
     return buf;
 }
 
