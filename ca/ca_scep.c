@@ -483,18 +483,23 @@ out:
     return rc;
 }
 
-//  base64 (the GET form of PKIOperation; newlines and padding tolerated)
+//  base64 (the GET form of PKIOperation; newlines and padding tolerated). A
+//  space is read as '+': a query string decoded as a form turns '+' into ' '.
 static uint8_t *s_unbase64(const uint8_t *in, size_t len, size_t *outlen)
 {
     uint8_t *out = malloc(len / 4 * 3 + 4);
+    uint8_t *fixed = malloc(len + 1);
     EVP_ENCODE_CTX *ctx = EVP_ENCODE_CTX_new();
     int n1 = 0, n2 = 0;
-    bool ok = out && ctx;
+    bool ok = out && fixed && ctx;
     if (ok) {
+        for (size_t i = 0; i < len; i++)
+            fixed[i] = in[i] == ' ' ? '+' : in[i];
         EVP_DecodeInit(ctx);
-        ok = EVP_DecodeUpdate(ctx, out, &n1, in, (int)len) >= 0 &&
+        ok = EVP_DecodeUpdate(ctx, out, &n1, fixed, (int)len) >= 0 &&
              EVP_DecodeFinal(ctx, out + n1, &n2) == 1;
     }
+    free(fixed);
     EVP_ENCODE_CTX_free(ctx);
     if (!ok || n1 + n2 == 0) {
         free(out);
