@@ -1,51 +1,120 @@
-/*  picomdm-store — the only owner of persistent state (see store/store_db.h,
- *  docs/queue.md). Opens (creating and migrating) the SQLite database in the
- *  data directory. The bus service is wired in store_svc.c.
+/*  picomdm-store — the only owner of persistent state.
+ *
+ *  Opens (creating and migrating) the SQLite database in the data directory,
+ *  registers as the "store" service on the broker and serves it with group
+ *  commit: everything that arrived while the last transaction was committing
+ *  is applied in the next one, and replies go out only after that commit
+ *  (store_svc.h). Events are published after the commit that logged them.
  */
+#include "pm_bus.h"
 #include "pm_cfg.h"
 #include "pm_log.h"
 #include "store_db.h"
+#include "store_svc.h"
 
+#include <czmq.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 
 static const pm_opt_t s_opts[] = {
     {"data-dir", PM_OPT_STR, "/var/lib/picomdm",
      "directory holding picomdm.db (created if missing)"},
+    {"request-endpoint", PM_OPT_STR, "tcp://127.0.0.1:7401",
+     "broker request endpoint (ROUTER) we register at as the store service"},
+    {"publish-endpoint", PM_OPT_STR, "tcp://127.0.0.1:7402",
+     "broker publish endpoint (XSUB) we publish events to"},
+    {"database", PM_OPT_STR, NULL, "database file (default <data-dir>/picomdm.db)"},
     {"synchronous", PM_OPT_STR, "full",
-     "full: every commit reaches the disk before replies (default); normal: faster, a power "
-     "loss may lose the last commits (never corrupts)"},
+     "full: a commit is on disk before anyone is answered (default); normal: faster, but a "
+     "power loss (not a crash) may lose the last commits; never corrupts"},
+    {"group-commit", PM_OPT_BOOL, "true",
+     "apply every waiting request in one transaction (off: one transaction per request)"},
+    {"batch-max", PM_OPT_INT, "1024", "at most this many requests per transaction"},
     {NULL, 0, NULL, NULL}};
 
 int main(int argc, char **argv)
 {
     pm_cfg_t *cfg = NULL;
-    pm_cfg_result_t r =
-        pm_cfg_parse(&cfg, "store", "PicoMDM state store (SQLite)", s_opts, argc, argv);
+    pm_cfg_result_t r = pm_cfg_parse(&cfg, "store", "PicoMDM state store (SQLite, group commit)",
+                                     s_opts, argc, argv);
     if (r == PM_CFG_EXIT)
         return 0;
     if (r == PM_CFG_ERROR)
         return 2;
     int rc = 1;
     store_db_t *db = NULL;
+    store_svc_t *svc = NULL;
+    pm_bus_t *bus = NULL;
     if (pm_cfg_start_logging(cfg) < 0)
         goto out;
+    const char *sync = pm_cfg_str(cfg, "synchronous");
+    if (strcmp(sync, "full") != 0 && strcmp(sync, "normal") != 0) {
+        pm_error("synchronous must be full or normal, not '%s'", sync);
+        goto out;
+    }
+    int64_t batch = pm_cfg_int(cfg, "batch-max");
+    if (batch < 1 || batch > 100000) {
+        pm_error("batch-max must be between 1 and 100000, not %lld", (long long)batch);
+        goto out;
+    }
     const char *dir = pm_cfg_str(cfg, "data-dir");
-    mkdir(dir, 0700);
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+        pm_error("cannot create data directory %s: %s (create it or pass --data-dir)", dir,
+                 strerror(errno));
+        goto out;
+    }
     char path[4096], err[512];
-    snprintf(path, sizeof path, "%s/picomdm.db", dir);
-    store_db_opts_t o = {.sync_full = true};
+    if (pm_cfg_str(cfg, "database"))
+        snprintf(path, sizeof path, "%s", pm_cfg_str(cfg, "database"));
+    else
+        snprintf(path, sizeof path, "%s/picomdm.db", dir);
+    store_db_opts_t o = {.sync_full = strcmp(sync, "full") == 0};
     db = store_db_new(path, &o, err, sizeof err);
     if (!db) {
         pm_error("%s", err);
         goto out;
     }
-    pm_info("database %s at schema version %d", path, store_db_schema_version(db));
-    if (r == PM_CFG_CHECK)
+    pm_info("database %s at schema version %d (synchronous=%s, group commit %s, batch-max %lld)",
+            path, store_db_schema_version(db), sync,
+            pm_cfg_bool(cfg, "group-commit") ? "on" : "off", (long long)batch);
+    if (r == PM_CFG_CHECK) {
         printf("ok\n");
+        rc = 0;
+        goto out;
+    }
+    pm_bus_config_t bc = {.name = "store",
+                          .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
+                          .publish_endpoint = pm_cfg_str(cfg, "publish-endpoint"),
+                          .capacity = (int)batch};
+    bus = pm_bus_new(&bc);
+    if (!bus) {
+        pm_error("cannot connect to the broker at %s (check request-endpoint)",
+                 bc.request_endpoint);
+        goto out;
+    }
+    store_svc_opts_t so = {.group_commit = pm_cfg_bool(cfg, "group-commit"),
+                           .batch_max = (int)batch};
+    svc = store_svc_new(db, bus, &so);
+    if (!svc || pm_bus_serve(bus, "store", store_svc_on_job, svc) < 0) {
+        pm_error("cannot serve the store service (see above)");
+        goto out;
+    }
+    pm_info("serving 'store' via %s", bc.request_endpoint);
+    while (!zsys_interrupted) {
+        //  drain whatever is waiting, then commit it all at once
+        if (pm_bus_run_once(bus, store_svc_pending(svc) ? 0 : 500) < 0)
+            break;
+        if (store_svc_pending(svc))
+            store_svc_flush(svc);
+    }
+    pm_info("stopping");
     rc = 0;
 out:
+    store_svc_destroy(&svc);
+    pm_bus_destroy(&bus);
     store_db_destroy(&db);
     pm_cfg_destroy(&cfg);
     return rc;

@@ -48,6 +48,9 @@ static const char *const s_migrations[] = {
     "CREATE TABLE events("
     " seq INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, name TEXT NOT NULL,"
     " eid TEXT, source TEXT, data BLOB);",
+    /* 2: indexes for the per-connect sweeps, so they do not read a long queue */
+    "CREATE INDEX queue_expiry ON queue(eid, expires) WHERE active = 1 AND expires IS NOT NULL;"
+    "CREATE INDEX queue_sent ON queue(eid, deliveries) WHERE active = 1 AND status = 'sent';",
 };
 #define S_NMIGRATIONS ((int)(sizeof s_migrations / sizeof s_migrations[0]))
 _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema version");
@@ -109,7 +112,7 @@ _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema 
               " AND delivered<=?5 RETURNING cmd, deliveries")                                      \
     X(Q_NEXT, "SELECT cmd, deliveries FROM queue WHERE eid=?1 AND active=1"                        \
               " AND (session IS NULL OR session<?2) AND (status<>'sent' OR delivered<=?3)"         \
-              " ORDER BY (?4>0 AND notnow_count>=?4), priority DESC, cmd LIMIT 1")                 \
+              " AND ((?4>0 AND notnow_count>=?4)=?5) ORDER BY priority DESC, cmd LIMIT 1")         \
     X(Q_DELIVER, "UPDATE queue SET status='sent', deliveries=deliveries+1, delivered=?3,"          \
                  " session=?4 WHERE eid=?1 AND cmd=?2")                                            \
     X(Q_CANCEL_ONE, "UPDATE queue SET status='cancelled', active=0, answered=?3"                   \
@@ -119,7 +122,7 @@ _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema 
     X(Q_LIST, "SELECT c.uuid, c.request_type, q.status, q.priority, q.created, q.delivered,"       \
               " q.notnow_count, q.deliveries, q.expires FROM queue q JOIN commands c"              \
               " ON c.id=q.cmd WHERE q.eid=?1 AND (?2 OR q.active=1) ORDER BY q.active DESC,"       \
-              " (?3>0 AND q.notnow_count>=?3), q.priority DESC, q.cmd LIMIT 10000")                \
+              " (?3>0 AND q.notnow_count>=?3), q.priority DESC, q.cmd LIMIT 100000")               \
     X(RES_UPSERT, "INSERT INTO results(eid,cmd,status,received,body) VALUES(?1,?2,?3,?4,?5)"       \
                   " ON CONFLICT(eid,cmd) DO UPDATE SET status=excluded.status,"                    \
                   " received=excluded.received, body=excluded.body")                               \
@@ -1147,7 +1150,16 @@ static int s_next(store_db_t *db, const store_connect_t *in, int64_t session, ms
     sqlite3_bind_int64(st, 2, session);
     sqlite3_bind_int64(st, 3, in->now_ms - (pol ? pol->delivered_timeout_ms : 0));
     sqlite3_bind_int(st, 4, pol ? pol->notnow_limit : 0);
+    //  two passes, each in the order of the queue_active index (a sort over an
+    //  expression would read the whole queue): first the entries that are not
+    //  demoted by notnow-limit, then the demoted ones
+    sqlite3_bind_int(st, 5, 0);
     int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE && pol && pol->notnow_limit > 0) {
+        sqlite3_reset(st);
+        sqlite3_bind_int(st, 5, 1);
+        rc = sqlite3_step(st);
+    }
     if (rc == SQLITE_DONE) {
         sqlite3_reset(st);
         return 0;

@@ -1,0 +1,473 @@
+/*  store_svc — the "store" bus service over store_db, with group commit
+ *  (see store_svc.h). Runs in picomdm-store's single thread.
+ */
+#include "store_svc.h"
+
+#include "pm_log.h"
+#include "pm_mpck.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+typedef struct {
+    pm_bus_job_t *job;
+    pm_msg_t *reply;
+} s_job_t;
+
+struct store_svc {
+    store_db_t *db;
+    pm_bus_t *bus;
+    store_svc_opts_t opts;
+    s_job_t *jobs;
+    size_t njobs, cap;
+};
+
+static int64_t s_now_ms(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+store_svc_t *store_svc_new(store_db_t *db, pm_bus_t *bus, const store_svc_opts_t *opts)
+{
+    store_svc_t *svc = calloc(1, sizeof *svc);
+    if (!svc)
+        return NULL;
+    svc->db = db;
+    svc->bus = bus;
+    svc->opts = opts ? *opts : (store_svc_opts_t){.group_commit = true};
+    if (svc->opts.batch_max <= 0)
+        svc->opts.batch_max = 1024;
+    return svc;
+}
+
+void store_svc_destroy(store_svc_t **psvc)
+{
+    if (!psvc || !*psvc)
+        return;
+    store_svc_t *svc = *psvc;
+    for (size_t i = 0; i < svc->njobs; i++) {
+        pm_bus_job_drop(&svc->jobs[i].job);
+        pm_msg_destroy(&svc->jobs[i].reply);
+    }
+    free(svc->jobs);
+    free(svc);
+    *psvc = NULL;
+}
+
+void store_svc_on_job(void *arg, pm_bus_job_t *job)
+{
+    store_svc_t *svc = arg;
+    if (svc->njobs == svc->cap) {
+        size_t cap = svc->cap ? svc->cap * 2 : 256;
+        s_job_t *j = realloc(svc->jobs, cap * sizeof *j);
+        if (!j) {
+            pm_error("out of memory parking a request; dropping it (the client will retry)");
+            pm_bus_job_drop(&job);
+            return;
+        }
+        svc->jobs = j;
+        svc->cap = cap;
+    }
+    svc->jobs[svc->njobs++] = (s_job_t){job, NULL};
+}
+
+size_t store_svc_pending(const store_svc_t *svc)
+{
+    return svc->njobs;
+}
+
+/* ---- helpers ---- */
+
+//  Pack a field's msgpack object into buf (cleared first). 0 / -1 if absent.
+static int s_packed(const pm_msg_t *req, const char *field, msgpack_sbuffer *buf)
+{
+    msgpack_sbuffer_clear(buf);
+    const msgpack_object *o = pm_msg_obj(req, field);
+    if (!o)
+        return -1;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, buf, msgpack_sbuffer_write);
+    return msgpack_pack_object(&pk, *o) == 0 ? 0 : -1;
+}
+
+//  NUL-terminated copies of a STRS field: one allocation (*block, caller frees)
+//  holding the pointer array and the strings. Absent field: n = 0.
+static const char **s_strs(const pm_msg_t *req, const char *field, size_t *n, void **block)
+{
+    *n = 0;
+    *block = NULL;
+    const msgpack_object *o = pm_msg_obj(req, field);
+    if (!o || o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size == 0)
+        return NULL;
+    size_t count = o->via.array.size, bytes = count * sizeof(char *);
+    for (size_t i = 0; i < count; i++)
+        if (o->via.array.ptr[i].type == MSGPACK_OBJECT_STR)
+            bytes += o->via.array.ptr[i].via.str.size + 1;
+    char **v = malloc(bytes);
+    if (!v)
+        return NULL;
+    char *p = (char *)(v + count);
+    for (size_t i = 0; i < count; i++) {
+        const msgpack_object *s = &o->via.array.ptr[i];
+        size_t len = s->type == MSGPACK_OBJECT_STR ? s->via.str.size : 0;
+        if (len)
+            memcpy(p, s->via.str.ptr, len);
+        p[len] = '\0';
+        v[i] = p;
+        p += len + 1;
+    }
+    *n = count;
+    *block = v;
+    return (const char **)v;
+}
+
+//  A str value from the check-in body, NUL-terminated into buf (NULL if absent).
+static const char *s_body_str(const msgpack_object *body, const char *key, char *buf, size_t size)
+{
+    return pm_mp_get_str(body, key, buf, size) == 0 ? buf : NULL;
+}
+
+static const uint8_t *s_body_bin(const msgpack_object *body, const char *key, size_t *len)
+{
+    const msgpack_object *o = pm_mp_get(body, key);
+    *len = 0;
+    if (!o || o->type != MSGPACK_OBJECT_BIN)
+        return NULL;
+    *len = o->via.bin.size;
+    return (const uint8_t *)o->via.bin.ptr;
+}
+
+static pm_msg_t *s_error(store_svc_t *svc, const pm_msg_t *req, store_rc_t rc)
+{
+    const char *code = rc == STORE_ERR_BAD        ? "bad_request"
+                       : rc == STORE_ERR_NOTFOUND ? "not_found"
+                       : rc == STORE_ERR_CONFLICT ? "conflict"
+                                                  : "internal";
+    if (rc == STORE_ERR_DB)
+        pm_error("%s (request %s)", store_db_errmsg(svc->db), pm_msg_rid(req));
+    return pm_msg_new_error(req, code, "%s", store_db_errmsg(svc->db));
+}
+
+/* ---- one handler per request type ---- */
+
+static store_rc_t s_checkin(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply,
+                            msgpack_sbuffer *a, msgpack_sbuffer *b)
+{
+    const msgpack_object *body = pm_msg_obj(req, "body");
+    char udid[256], serial[128], model[128], osv[64], name[256], topic[256], magic[256];
+    store_checkin_t in = {.eid = pm_msg_str(req, "eid"),
+                          .kind = pm_msg_str(req, "kind"),
+                          .message_type = pm_msg_str(req, "message_type"),
+                          .cert_issuer = pm_msg_str(req, "cert_issuer"),
+                          .awaiting_configuration = -1,
+                          .now_ms = s_now_ms()};
+    in.cert_hash = pm_msg_bin(req, "cert_hash", &in.cert_hash_len);
+    if (s_packed(req, "body", a) == 0) {
+        in.body = (const uint8_t *)a->data;
+        in.body_len = a->size;
+    }
+    in.udid = s_body_str(body, "UDID", udid, sizeof udid);
+    if (!in.udid)
+        in.udid = s_body_str(body, "EnrollmentID", udid, sizeof udid);
+    in.serial = s_body_str(body, "SerialNumber", serial, sizeof serial);
+    in.model = s_body_str(body, "Model", model, sizeof model);
+    in.os_version = s_body_str(body, "OSVersion", osv, sizeof osv);
+    in.device_name = s_body_str(body, "DeviceName", name, sizeof name);
+    in.topic = s_body_str(body, "Topic", topic, sizeof topic);
+    in.push_magic = s_body_str(body, "PushMagic", magic, sizeof magic);
+    in.token = s_body_bin(body, "Token", &in.token_len);
+    in.unlock_token = s_body_bin(body, "UnlockToken", &in.unlock_token_len);
+    in.bootstrap_token = s_body_bin(body, "BootstrapToken", &in.bootstrap_token_len);
+    const msgpack_object *ac = pm_mp_get(body, "AwaitingConfiguration");
+    if (ac && ac->type == MSGPACK_OBJECT_BOOLEAN)
+        in.awaiting_configuration = ac->via.boolean;
+    store_checkin_res_t res;
+    store_rc_t rc = store_db_checkin(svc->db, &in, &res, b);
+    if (rc != STORE_OK)
+        return rc;
+    *reply = pm_msg_new_reply(req, PM_MSG_CHECKIN_REPLY);
+    if (!*reply)
+        return STORE_ERR_DB;
+    pm_msg_set_uint(*reply, "status", res.status);
+    if (res.reason[0])
+        pm_msg_set_str(*reply, "reason", res.reason);
+    if (b->size)
+        pm_msg_set_packed(*reply, "body", (const uint8_t *)b->data, b->size);
+    return STORE_OK;
+}
+
+static store_rc_t s_connect(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply,
+                            msgpack_sbuffer *a, msgpack_sbuffer *b)
+{
+    store_policy_t pol = {.notnow_limit = (int)pm_msg_uint(req, "notnow_limit", 0),
+                          .redeliver_limit = (int)pm_msg_uint(req, "redeliver_limit", 0),
+                          .delivered_timeout_ms =
+                              (int64_t)pm_msg_uint(req, "delivered_timeout_s", 0) * 1000};
+    store_connect_t in = {.eid = pm_msg_str(req, "eid"),
+                          .status = pm_msg_str(req, "status"),
+                          .command_uuid = pm_msg_str(req, "command_uuid"),
+                          .rid = pm_msg_str(req, "device_rid"),
+                          .now_ms = s_now_ms(),
+                          .policy = &pol};
+    in.cert_hash = pm_msg_bin(req, "cert_hash", &in.cert_hash_len);
+    if (s_packed(req, "body", a) == 0) {
+        in.body = (const uint8_t *)a->data;
+        in.body_len = a->size;
+    }
+    store_connect_res_t res;
+    store_rc_t rc = store_db_connect(svc->db, &in, &res, b);
+    if (rc != STORE_OK)
+        return rc;
+    *reply = pm_msg_new_reply(req, PM_MSG_CONNECT_REPLY);
+    if (!*reply)
+        return STORE_ERR_DB;
+    pm_msg_set_uint(*reply, "status", res.status);
+    if (res.reason[0])
+        pm_msg_set_str(*reply, "reason", res.reason);
+    if (b->size && pm_msg_set_packed(*reply, "command", (const uint8_t *)b->data, b->size) < 0) {
+        pm_error("stored command for %s is not a valid map; answering 200 empty", in.eid);
+    }
+    return STORE_OK;
+}
+
+static store_rc_t s_enqueue(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply,
+                            msgpack_sbuffer *a)
+{
+    char rtype[128];
+    const msgpack_object *cmd = pm_msg_obj(req, "command");
+    if (pm_mp_get_str(cmd, "RequestType", rtype, sizeof rtype) < 0) {
+        *reply = pm_msg_new_error(req, "bad_request",
+                                  "the command has no RequestType string: give the Command dict "
+                                  "as Apple's schema defines it");
+        return STORE_ERR_BAD;
+    }
+    s_packed(req, "command", a);
+    size_t n;
+    void *block;
+    const char **targets = s_strs(req, "targets", &n, &block);
+    store_enqueue_t in = {.rid = pm_msg_str(req, "op_rid"),
+                          .command_uuid = pm_msg_str(req, "command_uuid"),
+                          .request_type = rtype,
+                          .command = (const uint8_t *)a->data,
+                          .command_len = a->size,
+                          .targets = targets,
+                          .ntargets = n,
+                          .priority = pm_msg_int(req, "priority", 0),
+                          .expires_ms = (int64_t)pm_msg_uint(req, "expires_ms", 0),
+                          .no_push = pm_msg_bool(req, "no_push", false),
+                          .now_ms = s_now_ms()};
+    char uuid[256];
+    uint64_t queued = 0;
+    store_rc_t rc = store_db_enqueue(svc->db, &in, uuid, sizeof uuid, &queued);
+    free(block);
+    if (rc != STORE_OK)
+        return rc;
+    *reply = pm_msg_new_reply(req, PM_MSG_ENQUEUE_REPLY);
+    if (!*reply)
+        return STORE_ERR_DB;
+    pm_msg_set_str(*reply, "command_uuid", uuid);
+    pm_msg_set_uint(*reply, "queued", queued);
+    return STORE_OK;
+}
+
+static store_rc_t s_cancel(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply)
+{
+    size_t n;
+    void *block;
+    const char **targets = s_strs(req, "targets", &n, &block);
+    uint64_t cancelled = 0;
+    store_rc_t rc = store_db_cancel(svc->db, pm_msg_str(req, "command_uuid"), targets, n,
+                                    s_now_ms(), &cancelled);
+    free(block);
+    if (rc != STORE_OK)
+        return rc;
+    *reply = pm_msg_new_reply(req, PM_MSG_CANCEL_REPLY);
+    if (!*reply)
+        return STORE_ERR_DB;
+    pm_msg_set_uint(*reply, "cancelled", cancelled);
+    return STORE_OK;
+}
+
+//  A reply of `type` whose `field` is the packed list in b.
+static store_rc_t s_list_reply(const pm_msg_t *req, pm_msg_t **reply, pm_msg_type_t type,
+                               const char *field, msgpack_sbuffer *b)
+{
+    *reply = pm_msg_new_reply(req, type);
+    if (!*reply)
+        return STORE_ERR_DB;
+    if (pm_msg_set_packed(*reply, field, (const uint8_t *)b->data, b->size) < 0) {
+        pm_msg_destroy(reply);
+        *reply = pm_msg_new_error(req, "internal",
+                                  "the answer is too large for one message: ask for fewer "
+                                  "(limit) and page");
+    }
+    return STORE_OK;
+}
+
+bool store_svc_apply(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply)
+{
+    msgpack_sbuffer a, b;
+    msgpack_sbuffer_init(&a);
+    msgpack_sbuffer_init(&b);
+    *reply = NULL;
+    store_rc_t rc = STORE_OK;
+    uint64_t seq = 0;
+    switch (pm_msg_type(req)) {
+    case PM_MSG_STORE_CHECKIN:
+        rc = s_checkin(svc, req, reply, &a, &b);
+        break;
+    case PM_MSG_STORE_CONNECT:
+        rc = s_connect(svc, req, reply, &a, &b);
+        break;
+    case PM_MSG_STORE_ENQUEUE:
+        rc = s_enqueue(svc, req, reply, &a);
+        break;
+    case PM_MSG_STORE_CANCEL:
+        rc = s_cancel(svc, req, reply);
+        break;
+    case PM_MSG_STORE_QUEUE: {
+        store_policy_t pol = {.notnow_limit = (int)pm_msg_uint(req, "notnow_limit", 0)};
+        rc = store_db_queue(svc->db, pm_msg_str(req, "eid"), pm_msg_bool(req, "all", false), &pol,
+                            s_now_ms(), &b);
+        if (rc == STORE_OK)
+            rc = s_list_reply(req, reply, PM_MSG_QUEUE_REPLY, "items", &b);
+        break;
+    }
+    case PM_MSG_STORE_RESULTS:
+        rc = store_db_results(svc->db, pm_msg_str(req, "eid"), pm_msg_str(req, "command_uuid"),
+                              (unsigned)pm_msg_uint(req, "limit", 100), &b);
+        if (rc == STORE_OK)
+            rc = s_list_reply(req, reply, PM_MSG_RESULTS_REPLY, "results", &b);
+        break;
+    case PM_MSG_STORE_DEVICES:
+        rc = store_db_devices(svc->db, pm_msg_str(req, "after"),
+                              (unsigned)pm_msg_uint(req, "limit", 1000), &b);
+        if (rc == STORE_OK)
+            rc = s_list_reply(req, reply, PM_MSG_DEVICES_REPLY, "devices", &b);
+        break;
+    case PM_MSG_EVENT_APPEND:
+        s_packed(req, "data", &a);
+        rc = store_db_event_append(svc->db, pm_msg_str(req, "name"), pm_msg_str(req, "eid"),
+                                   pm_msg_str(req, "source"), (const uint8_t *)a.data, a.size,
+                                   s_now_ms(), &seq);
+        if (rc == STORE_OK && (*reply = pm_msg_new_reply(req, PM_MSG_EVENT_APPEND_REPLY)))
+            pm_msg_set_uint(*reply, "seq", seq);
+        break;
+    case PM_MSG_EVENTS:
+        rc = store_db_events(svc->db, pm_msg_uint(req, "after", 0),
+                             (unsigned)pm_msg_uint(req, "limit", 1000), &b);
+        if (rc == STORE_OK)
+            rc = s_list_reply(req, reply, PM_MSG_EVENTS_REPLY, "events", &b);
+        break;
+    case PM_MSG_WAKE_PENDING:
+        rc = store_db_wake_pending(svc->db, (unsigned)pm_msg_uint(req, "limit", 1000),
+                                   pm_msg_bool(req, "clear", false), &b);
+        if (rc == STORE_OK)
+            rc = s_list_reply(req, reply, PM_MSG_WAKE_PENDING_REPLY, "eids", &b);
+        break;
+    default:
+        pm_warn("request %s: type %s is not a store request; answered bad_request", pm_msg_rid(req),
+                pm_msg_type_name(pm_msg_type(req)));
+        *reply = pm_msg_new_error(req, "unknown_type",
+                                  "the store does not handle %s: send it to its own service "
+                                  "(see docs/bus.md)",
+                                  pm_msg_type_name(pm_msg_type(req)));
+        rc = STORE_ERR_BAD;
+        break;
+    }
+    if (rc != STORE_OK && !*reply)
+        *reply = s_error(svc, req, rc);
+    else if (!*reply)
+        *reply = pm_msg_new_error(req, "internal", "out of memory in the store: retry");
+    msgpack_sbuffer_destroy(&a);
+    msgpack_sbuffer_destroy(&b);
+    return rc == STORE_OK;
+}
+
+/* ---- group commit ---- */
+
+static void s_publish(void *arg, uint64_t seq, int64_t ts, const char *name, const char *eid,
+                      const char *source, const uint8_t *data, size_t len)
+{
+    store_svc_t *svc = arg;
+    (void)ts;
+    if (!svc->bus)
+        return;
+    pm_msg_t *ev = pm_msg_new(PM_MSG_EVENT);
+    if (!ev)
+        return;
+    pm_msg_set_str(ev, "name", name);
+    pm_msg_set_uint(ev, "seq", seq);
+    if (eid)
+        pm_msg_set_str(ev, "eid", eid);
+    if (source)
+        pm_msg_set_str(ev, "source", source);
+    if (data && len)
+        pm_msg_set_packed(ev, "data", data, len);
+    if (pm_bus_publish(svc->bus, ev) < 0)
+        pm_debug("event %s (seq %llu) not published; it is in the log", name,
+                 (unsigned long long)seq);
+    pm_msg_destroy(&ev);
+}
+
+//  One transaction over jobs[from, to).
+static void s_batch(store_svc_t *svc, size_t from, size_t to)
+{
+    int64_t t0 = s_now_ms();
+    bool tx = store_db_begin(svc->db) == 0;
+    for (size_t i = from; i < to; i++) {
+        s_job_t *j = &svc->jobs[i];
+        const pm_msg_t *req = pm_bus_job_msg(j->job);
+        if (!tx) {
+            j->reply = pm_msg_new_error(req, "internal", "%s", store_db_errmsg(svc->db));
+            continue;
+        }
+        if (store_db_op_begin(svc->db) < 0) {
+            j->reply = pm_msg_new_error(req, "internal", "%s", store_db_errmsg(svc->db));
+            continue;
+        }
+        bool keep = store_svc_apply(svc, req, &j->reply);
+        store_db_op_end(svc->db, keep);
+    }
+    int64_t t1 = s_now_ms();
+    if (tx && store_db_commit(svc->db) < 0) {
+        pm_error("commit failed: %s; answering %zu requests with an error",
+                 store_db_errmsg(svc->db), to - from);
+        for (size_t i = from; i < to; i++) {
+            s_job_t *j = &svc->jobs[i];
+            pm_msg_destroy(&j->reply);
+            j->reply = pm_msg_new_error(pm_bus_job_msg(j->job), "internal",
+                                        "the store could not commit (%s); retry",
+                                        store_db_errmsg(svc->db));
+        }
+    }
+    int64_t tc = s_now_ms();
+    //  durable now: answer, then tell the world
+    for (size_t i = from; i < to; i++) {
+        s_job_t *j = &svc->jobs[i];
+        if (j->reply)
+            pm_bus_job_reply(&j->job, j->reply);
+        else
+            pm_bus_job_drop(&j->job);
+        pm_msg_destroy(&j->reply);
+    }
+    store_db_events_flush(svc->db, s_publish, svc);
+    int64_t t2 = s_now_ms();
+    if (t2 - t0 >= 250)
+        pm_info("slow batch: %zu requests, %lld ms applying, %lld ms committing, %lld ms "
+                "replying and publishing",
+                to - from, (long long)(t1 - t0), (long long)(tc - t1), (long long)(t2 - tc));
+}
+
+int store_svc_flush(store_svc_t *svc)
+{
+    size_t n = svc->njobs;
+    size_t step = svc->opts.group_commit ? (size_t)svc->opts.batch_max : 1;
+    for (size_t from = 0; from < n; from += step)
+        s_batch(svc, from, from + step < n ? from + step : n);
+    svc->njobs = 0;
+    return (int)n;
+}
