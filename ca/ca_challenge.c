@@ -12,7 +12,6 @@
 #include <string.h>
 #include <time.h>
 
-#define S_MAX_OUTSTANDING 1000000
 #define S_TXID_MAX 128
 
 typedef struct {
@@ -122,7 +121,7 @@ int ca_challenge_issue(ca_challenge_t *c, char *buf, size_t size)
         return 0;
     }
     s_sweep(c);
-    if (size < 33 || zhashx_size(c->table) >= S_MAX_OUTSTANDING)
+    if (size < 33 || zhashx_size(c->table) >= CA_CHALLENGE_MAX_OUTSTANDING)
         return -1;
     //  24 random bytes -> 32 characters of URL-safe base64 (no padding)
     uint8_t rnd[24];
@@ -171,6 +170,11 @@ bool ca_challenge_check(ca_challenge_t *c, const char *password, const char *txi
     //  a retry of the same transaction with the same key
     return txid && strncmp(e->txid, txid, sizeof e->txid) == 0 && strlen(txid) < S_TXID_MAX &&
            CRYPTO_memcmp(e->key_hash, key_hash, 32) == 0;
+}
+
+int64_t ca_challenge_ttl(const ca_challenge_t *c)
+{
+    return c->ttl_s;
 }
 
 size_t ca_challenge_outstanding(const ca_challenge_t *c)

@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define CA_CHALLENGE_MAX_OUTSTANDING 100000
+
 typedef enum { CA_CHALLENGE_STATIC = 0, CA_CHALLENGE_ONE_TIME } ca_challenge_mode_t;
 
 typedef struct ca_challenge ca_challenge_t;
@@ -33,12 +35,17 @@ ca_challenge_mode_t ca_challenge_mode(const ca_challenge_t *c);
 
 //  The challenge to put into a new profile: the static secret, or a fresh
 //  one-time challenge (32 characters) that is now outstanding. buf >= 64.
+//  -1 when CA_CHALLENGE_MAX_OUTSTANDING are outstanding (a flood of profile
+//  requests cannot exhaust memory).
 int ca_challenge_issue(ca_challenge_t *c, char *buf, size_t size);
 
 //  Check (and in one-time mode consume) `password` for SCEP transaction
 //  `txid` whose CSR key hashes to `key_hash` (32 bytes). true = accepted.
 bool ca_challenge_check(ca_challenge_t *c, const char *password, const char *txid,
                         const uint8_t key_hash[32]);
+
+//  Lifetime of one-time challenges, seconds.
+int64_t ca_challenge_ttl(const ca_challenge_t *c);
 
 //  Outstanding one-time challenges (tests, metrics).
 size_t ca_challenge_outstanding(const ca_challenge_t *c);

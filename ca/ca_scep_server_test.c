@@ -551,6 +551,26 @@ static void test_one_time(void **state)
     X509_free(self);
 }
 
+static void test_challenge_cap(void **state)
+{
+    (void)state;
+    char err[128], buf[64];
+    ca_challenge_t *c = ca_challenge_new(CA_CHALLENGE_ONE_TIME, NULL, 60, err, sizeof err);
+    assert_non_null(c);
+    int issued = 0;
+    while (ca_challenge_issue(c, buf, sizeof buf) == 0 && issued <= CA_CHALLENGE_MAX_OUTSTANDING)
+        issued++;
+    assert_int_equal(issued, CA_CHALLENGE_MAX_OUTSTANDING);
+    //  expired ones are swept and make room again
+    ca_challenge_advance_clock(c, 61);
+    assert_int_equal(ca_challenge_issue(c, buf, sizeof buf), 0);
+    ca_challenge_destroy(&c);
+    ca_challenge_destroy(&c);
+    //  static mode refuses a short or missing secret
+    assert_null(ca_challenge_new(CA_CHALLENGE_STATIC, "short", 0, err, sizeof err));
+    assert_null(ca_challenge_new(CA_CHALLENGE_STATIC, NULL, 0, err, sizeof err));
+}
+
 static void test_ec_ca_with_ra(void **state)
 {
     s_fix_t *f = *state;
@@ -735,6 +755,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_garbage, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_one_time, s_setup_onetime, s_teardown),
         cmocka_unit_test_setup_teardown(test_ec_ca_with_ra, s_setup_ec, s_teardown),
+        cmocka_unit_test(test_challenge_cap),
         cmocka_unit_test_setup_teardown(test_pki_files, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_subject_policy, s_setup, s_teardown),
     };

@@ -209,10 +209,12 @@ static pm_msg_t *s_profile(ca_svc_t *s, const pm_msg_t *req, pm_msg_t **event)
     pm_info("profile: issued (identity %s%s%s%s)", uuid, one_time ? ", one-time challenge" : "",
             who ? ", for " : "", who ? who : "");
     pm_msg_t *rep = pm_msg_new_reply(req, PM_MSG_PROFILE_REPLY);
-    if (rep && (pm_msg_set_bin(rep, "profile", der, len) < 0 ||
-                pm_msg_set_str(rep, "content_type", "application/x-apple-aspen-config") < 0 ||
-                pm_msg_set_str(rep, "identity_uuid", uuid) < 0 ||
-                pm_msg_set_bool(rep, "one_time", one_time) < 0))
+    if (rep &&
+        (pm_msg_set_bin(rep, "profile", der, len) < 0 ||
+         pm_msg_set_str(rep, "content_type", "application/x-apple-aspen-config") < 0 ||
+         pm_msg_set_str(rep, "identity_uuid", uuid) < 0 ||
+         pm_msg_set_bool(rep, "one_time", one_time) < 0 ||
+         (one_time && pm_msg_set_uint(rep, "expires_s", (uint64_t)ca_challenge_ttl(s->ch)) < 0)))
         pm_msg_destroy(&rep);
     OPENSSL_free(der);
     if (event) {

@@ -174,6 +174,7 @@ static void test_profile_then_scep(void **state)
     assert_int_equal(pm_msg_type(rep), PM_MSG_PROFILE_REPLY);
     assert_string_equal(pm_msg_str(rep, "content_type"), "application/x-apple-aspen-config");
     assert_true(pm_msg_bool(rep, "one_time", false));
+    assert_int_equal(pm_msg_uint(rep, "expires_s", 0), 7 * 86400);
     assert_int_equal(strlen(pm_msg_str(rep, "identity_uuid")), 36);
     size_t plen = 0;
     const uint8_t *prof = pm_msg_bin(rep, "profile", &plen);
