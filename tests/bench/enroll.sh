@@ -3,8 +3,10 @@
 #  1. the SCEP core alone (build/rel/test/ca_scep_server in CA_SCEP_BENCH mode):
 #     server CPU per enrollment, measured around the server call only;
 #  2. the real picomdm-ca behind a real broker, driven by tests/tools/ca_client
-#     over the bus: enrollments/s end to end and the ca process's CPU
-#     (utime+stime from /proc) per enrollment, bus and msgpack included.
+#     over the bus, requests pre-built and 8 in flight (the server works back
+#     to back): enrollments/s and the ca process's CPU (utime+stime of all its
+#     threads, from /proc) per enrollment, bus, ZeroMQ and msgpack included;
+#     then the same one request at a time (each arrives at an idle process).
 # Target: <= 3 ms server CPU per enrollment. ENROLL_N sets the count (default 300).
 set -u
 cd "$(dirname "$0")/../.."
@@ -41,14 +43,22 @@ HZ=$(getconf CLK_TCK)
 # warm-up (first request, key loading) outside the measurement
 timeout 60 "$TT/ca_client" --endpoint "$REQ" enroll --challenge bench-static-challenge --count 2 >/dev/null \
     || { echo "enroll bench: warm-up failed"; cat "$D/ca.log"; exit 1; }
-c0=$(cpu $CA); b0=$(cpu $BROKER); t0=$(date +%s%N)
-timeout 600 "$TT/ca_client" --endpoint "$REQ" enroll --challenge bench-static-challenge --count "$N" \
-    >"$D/out" || { cat "$D/out"; exit 1; }
-t1=$(date +%s%N); c1=$(cpu $CA); b1=$(cpu $BROKER)
-grep -q "issued=$N failed=0 errors=0" "$D/out" || { cat "$D/out"; exit 1; }
-awk -v n="$N" -v ns=$((t1 - t0)) -v ca=$((c1 - c0)) -v br=$((b1 - b0)) -v hz="$HZ" 'BEGIN {
-    printf "enroll(bus): %d PKCSReq sequential, %.0f enrollments/s end to end (client builds each request: RSA sign + CSR)\n", n, n / (ns / 1e9)
-    printf "enroll(bus): picomdm-ca CPU %.2f ms per enrollment (target <= 3 ms), broker CPU %.2f ms per enrollment\n", ca * 1000 / hz / n, br * 1000 / hz / n
-}'
+measure() { # LABEL INFLIGHT
+    local c0 b0 t0 t1 c1 b1
+    c0=$(cpu $CA); b0=$(cpu $BROKER); t0=$(date +%s%N)
+    timeout 600 "$TT/ca_client" --endpoint "$REQ" enroll --challenge bench-static-challenge \
+        --count "$N" --inflight "$2" >"$D/out" || { cat "$D/out"; exit 1; }
+    t1=$(date +%s%N); c1=$(cpu $CA); b1=$(cpu $BROKER)
+    grep -q "issued=$N failed=0 errors=0" "$D/out" || { cat "$D/out"; exit 1; }
+    local rate
+    rate=$(sed -n 's/.*rate=\([0-9.]*\).*/\1/p' "$D/out")
+    awk -v l="$1" -v n="$N" -v ns=$((t1 - t0)) -v ca=$((c1 - c0)) -v br=$((b1 - b0)) -v hz="$HZ" -v rate="$rate" 'BEGIN {
+        if (rate != "") printf "enroll(bus, %s): %d PKCSReq, %.0f enrollments/s while the requests flow\n", l, n, rate
+        else printf "enroll(bus, %s): %d PKCSReq, %.0f enrollments/s end to end (client builds each request in turn)\n", l, n, n / (ns / 1e9)
+        printf "enroll(bus, %s): picomdm-ca CPU %.2f ms per enrollment (target <= 3 ms), broker %.2f ms\n", l, ca * 1000 / hz / n, br * 1000 / hz / n
+    }'
+}
+measure "8 in flight" 8
+measure "one at a time" 1
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$CA/status")
 echo "enroll(bus): picomdm-ca RSS ${rss} kB"

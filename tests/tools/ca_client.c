@@ -25,6 +25,7 @@
 #include "pm_cfg.h"
 #include "pm_log.h"
 
+#include <czmq.h>
 #include <openssl/cms.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
@@ -42,6 +43,7 @@ static const pm_opt_t s_opts[] = {
     {"cn", PM_OPT_STR, "it-device", "CN to request"},
     {"get", PM_OPT_BOOL, "false", "PKIOperation over GET (base64) instead of POST"},
     {"count", PM_OPT_INT, "1", "enroll: number of PKCSReq (one key per 8 requests is reused)"},
+    {"inflight", PM_OPT_INT, "1", "enroll: requests in flight (> 1: pre-built, pipelined)"},
     {"cert-out", PM_OPT_STR, NULL, "write the (last) issued certificate here (PEM)"},
     {"key-out", PM_OPT_STR, NULL, "write its key here (PEM)"},
     {"cert", PM_OPT_STR, NULL, "renew: current certificate"},
@@ -231,6 +233,114 @@ static void s_print_cert(X509 *x)
     printf(" cn=%s\n", cn);
 }
 
+//  Pipelined enrollment: requests pre-built, K in flight.
+typedef struct {
+    uint8_t *der;
+    size_t len;
+    int key;
+    char txid[40];
+    uint8_t nonce[16];
+} s_job_t;
+
+static struct {
+    s_job_t *jobs;
+    int n, next, done, issued, failed, errors;
+    EVP_PKEY **keys;
+    X509 **selfs;
+    X509 *ra;
+} s_pipe;
+
+static void s_send_next(void);
+
+static void s_on_reply(void *arg, const pm_msg_t *rep, const char *error)
+{
+    s_job_t *j = arg;
+    s_pipe.done++;
+    if (!rep || pm_msg_type(rep) != PM_MSG_SCEP_REPLY || pm_msg_uint(rep, "status", 0) != 200) {
+        if (s_pipe.errors++ == 0)
+            fprintf(stderr, "ca_client: request failed: %s\n", error ? error : "bad reply");
+    } else {
+        size_t blen = 0;
+        const uint8_t *body = pm_msg_bin(rep, "body", &blen);
+        ca_scepc_result_t res;
+        char err[200];
+        if (ca_scepc_parse_reply(body, blen, s_pipe.ra, s_pipe.selfs[j->key], s_pipe.keys[j->key],
+                                 &res, err, sizeof err) < 0 ||
+            strcmp(res.txid, j->txid) != 0)
+            s_pipe.errors++;
+        else if (res.pki_status == 0 && res.cert)
+            s_pipe.issued++;
+        else
+            s_pipe.failed++;
+        X509_free(res.cert);
+    }
+    OPENSSL_free(j->der);
+    j->der = NULL;
+    s_send_next();
+}
+
+static void s_send_next(void)
+{
+    if (s_pipe.next >= s_pipe.n)
+        return;
+    s_job_t *j = &s_pipe.jobs[s_pipe.next++];
+    pm_msg_t *req = pm_msg_new(PM_MSG_SCEP);
+    pm_msg_set_str(req, "method", "POST");
+    pm_msg_set_str(req, "operation", "PKIOperation");
+    pm_msg_set_bin(req, "message", j->der, j->len);
+    if (pm_bus_call_async(s_bus, "ca", req, (int)pm_cfg_int(s_cfg, "timeout-ms"), 1, s_on_reply,
+                          j) < 0) {
+        s_pipe.errors++;
+        s_pipe.done++;
+    }
+    pm_msg_destroy(&req);
+}
+
+static int s_enroll_pipelined(X509 *ra, const char *challenge, int count, int inflight)
+{
+    enum { KEYS = 8 };
+    EVP_PKEY *keys[KEYS];
+    X509 *selfs[KEYS];
+    for (int k = 0; k < KEYS; k++) {
+        keys[k] = EVP_RSA_gen(2048);
+        selfs[k] = ca_scepc_self_signed(keys[k], "transient");
+    }
+    s_pipe.jobs = calloc((size_t)count, sizeof *s_pipe.jobs);
+    s_pipe.n = count;
+    s_pipe.keys = keys;
+    s_pipe.selfs = selfs;
+    s_pipe.ra = ra;
+    for (int i = 0; i < count; i++) {
+        s_job_t *j = &s_pipe.jobs[i];
+        j->key = i % KEYS;
+        RAND_bytes(j->nonce, sizeof j->nonce);
+        snprintf(j->txid, sizeof j->txid, "PIPE-%d", i);
+        X509_REQ *csr = ca_scepc_csr(keys[j->key], pm_cfg_str(s_cfg, "cn"), challenge);
+        ca_scepc_request(19, csr, selfs[j->key], keys[j->key], ra, j->txid, j->nonce, &j->der,
+                         &j->len);
+        X509_REQ_free(csr);
+    }
+    int64_t t0 = zclock_usecs();
+    for (int i = 0; i < inflight; i++)
+        s_send_next();
+    int64_t until = zclock_mono() + 600000;
+    while (s_pipe.done < count && zclock_mono() < until && pm_bus_run_once(s_bus, 100) >= 0)
+        ;
+    double secs = (double)(zclock_usecs() - t0) / 1e6;
+    printf("issued=%d failed=%d errors=%d status=%s fail_info=-1\n", s_pipe.issued, s_pipe.failed,
+           s_pipe.errors + (count - s_pipe.done), s_pipe.issued == count ? "SUCCESS" : "MIXED");
+    printf("pipelined=%d inflight=%d seconds=%.3f rate=%.1f/s\n", count, inflight, secs,
+           secs > 0 ? count / secs : 0);
+    for (int k = 0; k < KEYS; k++) {
+        EVP_PKEY_free(keys[k]);
+        X509_free(selfs[k]);
+    }
+    for (int i = 0; i < count; i++)
+        OPENSSL_free(s_pipe.jobs[i].der);
+    free(s_pipe.jobs);
+    return s_pipe.issued == count ? 0 : 1;
+}
+
 static int s_enroll(X509 *ca, X509 *ra)
 {
     const char *challenge = pm_cfg_str(s_cfg, "challenge");
@@ -242,6 +352,11 @@ static int s_enroll(X509 *ca, X509 *ra)
         challenge = from_profile;
     }
     int count = (int)pm_cfg_int(s_cfg, "count"), issued = 0, failed = 0, errors = 0;
+    if (pm_cfg_int(s_cfg, "inflight") > 1) {
+        int rc = s_enroll_pipelined(ra, challenge, count, (int)pm_cfg_int(s_cfg, "inflight"));
+        free(from_profile);
+        return rc;
+    }
     enum { KEYS = 8 };
     EVP_PKEY *keys[KEYS] = {0};
     X509 *selfs[KEYS] = {0}, *last = NULL;
