@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -40,6 +41,28 @@ typedef struct {
 } s_fix_t;
 
 static EVP_PKEY *s_dev_key, *s_dev_key2;
+//  an RSA CA and profile signer made once; each fixture starts from a copy
+//  (RSA key generation would otherwise dominate the test's run time)
+static char s_tmpl[64];
+
+static int s_copy(const char *from, const char *to, mode_t mode)
+{
+    FILE *in = fopen(from, "rb");
+    int fd = open(to, O_WRONLY | O_CREAT | O_EXCL, mode);
+    FILE *out = fd >= 0 ? fdopen(fd, "wb") : NULL;
+    char buf[4096];
+    size_t n;
+    int rc = in && out ? 0 : -1;
+    while (rc == 0 && (n = fread(buf, 1, sizeof buf, in)) > 0)
+        rc = fwrite(buf, 1, n, out) == n ? 0 : -1;
+    if (in)
+        fclose(in);
+    if (out)
+        fclose(out);
+    else if (fd >= 0)
+        close(fd);
+    return rc;
+}
 
 static void s_paths(s_fix_t *f)
 {
@@ -73,6 +96,16 @@ static int s_setup_mode(void **state, ca_challenge_mode_t mode, bool ec_ca)
     if (!mkdtemp(f->dir))
         return -1;
     s_paths(f);
+    if (!ec_ca && s_tmpl[0]) {
+        static const int files[4] = {0, 1, 4, 5};
+        static const char *names[6] = {"ca.crt", "ca.key", "", "", "signer.crt", "signer.key"};
+        for (int i = 0; i < 4; i++) {
+            char from[128];
+            snprintf(from, sizeof from, "%s/%s", s_tmpl, names[files[i]]);
+            if (s_copy(from, f->paths[files[i]], (files[i] & 1) ? 0600 : 0644) < 0)
+                return -1;
+        }
+    }
     if (ec_ca) {
         //  a P-256 CA as `picomdm up` makes it: SCEP must then use an RSA RA
         EVP_PKEY *k = EVP_EC_gen("P-256");
@@ -745,6 +778,13 @@ int main(void)
     }
     s_dev_key = EVP_RSA_gen(2048);
     s_dev_key2 = EVP_RSA_gen(2048);
+    void *tmpl = NULL;
+    if (s_setup(&tmpl) == 0) {
+        memcpy(s_tmpl, ((s_fix_t *)tmpl)->dir, sizeof s_tmpl);
+        ca_scep_destroy(&((s_fix_t *)tmpl)->scep);
+        ca_challenge_destroy(&((s_fix_t *)tmpl)->ch);
+        ca_pki_destroy(&((s_fix_t *)tmpl)->pki);
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_getcacaps, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_getcacert, s_setup, s_teardown),
@@ -760,6 +800,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_subject_policy, s_setup, s_teardown),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    if (tmpl)
+        s_teardown(&tmpl); //  removes the template files
     EVP_PKEY_free(s_dev_key);
     EVP_PKEY_free(s_dev_key2);
     return rc;
