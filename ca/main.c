@@ -11,6 +11,7 @@
 #include "pm_bus.h"
 #include "pm_cfg.h"
 #include "pm_log.h"
+#include "pm_notify.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -216,9 +217,21 @@ int main(int argc, char **argv)
         .tls_anchor = pm_cfg_str(cfg, "tls-anchor"),
         .push_cert = pm_cfg_str(cfg, "push-cert")};
     char err[512];
+    //  the CA's directory (e.g. /var/lib/picomdm/ca) is made on first start too
+    if (pm_cfg_str(cfg, "ca-cert") && strrchr(pm_cfg_str(cfg, "ca-cert"), '/')) {
+        char cadir[4096];
+        const char *c = pm_cfg_str(cfg, "ca-cert");
+        snprintf(cadir, sizeof cadir, "%.*s", (int)(strrchr(c, '/') - c), c);
+        if (cadir[0] && mkdir(cadir, 0700) < 0 && errno != EEXIST) {
+            pm_error("cannot create %s for the CA: %s", cadir, strerror(errno));
+            goto out;
+        }
+    }
     svc = ca_svc_new(&o, err, sizeof err);
     if (!svc) {
+        //  bad options or key files: a restart cannot fix that (exit 2, see deploy.md)
         pm_error("%s", err);
+        rc = 2;
         goto out;
     }
     pm_info("device CA %s ready (SCEP %s, challenge %s)", o.pki.ca_cert,
@@ -258,8 +271,14 @@ int main(int argc, char **argv)
             goto out;
         }
         pm_info("serving \"ca\" at %s", bc.request_endpoint);
-        while (pm_bus_run_once(ctx.bus, 1000) >= 0)
-            ;
+        pm_notify_ready();
+        pm_notify_status("serving \"ca\" via %s", bc.request_endpoint);
+        int64_t wd = pm_notify_watchdog_ms();
+        int poll_ms = wd > 0 && wd < 1000 ? (int)wd : 1000;
+        while (pm_bus_run_once(ctx.bus, poll_ms) >= 0)
+            if (wd > 0)
+                pm_notify_watchdog();
+        pm_notify_stopping();
         pm_info("stopping");
         pm_bus_destroy(&ctx.bus);
         rc = 0;
