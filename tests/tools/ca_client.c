@@ -298,9 +298,11 @@ static void s_send_next(void)
 
 static int s_enroll_pipelined(X509 *ra, const char *challenge, int count, int inflight)
 {
-    enum { KEYS = 8 };
-    EVP_PKEY *keys[KEYS];
-    X509 *selfs[KEYS];
+    //  at most 8 device keys (generating them is the client's cost, not the server's)
+    enum { MAX_KEYS = 8 };
+    const int KEYS = count < MAX_KEYS ? count : MAX_KEYS;
+    EVP_PKEY *keys[MAX_KEYS] = {0};
+    X509 *selfs[MAX_KEYS] = {0};
     for (int k = 0; k < KEYS; k++) {
         keys[k] = EVP_RSA_gen(2048);
         selfs[k] = ca_scepc_self_signed(keys[k], "transient");
