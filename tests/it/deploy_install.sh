@@ -159,21 +159,13 @@ fi
 # The examples put per-process options in a section named after the process
 # (gateway, broker, ...), as every --help and picomdm.cfg(5) say. Probe: a bad
 # log-level in that section only must make --check fail with exit 2.
-# KNOWN_SECTION_BUG: daemons that pass "picomdm-<name>" to pm_cfg_parse, so
-# pm_cfg looks them up under "picomdm-<name>/" (reported; the fix is in
-# common/pm_cfg.c: strip "picomdm-" for the section, as pm_cfg_usage does).
-KNOWN_SECTION_BUG=" broker gateway "
 for d in "${daemons[@]}"; do
     p=${d#picomdm-}
     printf '%s\n    log-level = "bogus"\n' "$p" >"$tmp/probe.cfg"
     "$R/usr/sbin/$d" --config "$tmp/probe.cfg" --check >/dev/null 2>"$tmp/probe.err"
     rc=$?
     if [ $rc = 2 ] && grep -q log-level "$tmp/probe.err"; then
-        [[ $KNOWN_SECTION_BUG == *" $p "* ]] &&
-            echo "note: $d now reads its [$p] section: remove it from KNOWN_SECTION_BUG"
         sections_ok+=" $p "
-    elif [[ $KNOWN_SECTION_BUG == *" $p "* ]]; then
-        echo "known issue: $d ignores the [$p] section of the config file (pm_cfg section name)"
     else
         fail "$d ignores its [$p] section (--check exit $rc with a bad $p/log-level)"
     fi
