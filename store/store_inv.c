@@ -45,6 +45,7 @@ static const char *const s_sql[S_NST] = {
         " AND (?3 IS NULL OR os_version=?3)"
         " AND (?4 IS NULL OR last_seen<?4)"
         " AND (?5 IS NULL OR eid IN (SELECT eid FROM inventory WHERE key=?5 AND vtext=?6))"
+        " AND (?8 IS NULL OR eid=?8)"
         " ORDER BY eid LIMIT ?7",
 };
 
@@ -673,6 +674,7 @@ int store_inv_devices(store_inv_t *self, const store_inv_filter_t *f, const char
     if (!st)
         return -1;
     s_bind_text(st, 1, after ? after : "");
+    //  ?1 eid>after, ?2 model, ?3 OS, ?4 last_seen before, ?5/?6 attribute=text, ?7 limit, ?8 eid
     s_bind_text(st, 2, f->model && *f->model ? f->model : NULL);
     s_bind_text(st, 3, f->os_version && *f->os_version ? f->os_version : NULL);
     if (f->silent_for_ms > 0)
@@ -680,6 +682,7 @@ int store_inv_devices(store_inv_t *self, const store_inv_filter_t *f, const char
     s_bind_text(st, 5, f->query_key && *f->query_key ? f->query_key : NULL);
     s_bind_text(st, 6, f->query_value ? f->query_value : "");
     sqlite3_bind_int(st, 7, limit ? (int)limit : 1000);
+    s_bind_text(st, 8, f->eid);
     return s_rows(self, st, s_row_device, out);
 }
 

@@ -89,6 +89,7 @@ typedef struct {
     int64_t silent_for_ms;  //  last_seen older than now - this
     const char *query_key;  //  inventory attribute = query_value (its text)
     const char *query_value;
+    const char *eid; //  exactly this enrollment
     int64_t now_ms;
 } store_inv_filter_t;
 
@@ -96,5 +97,15 @@ typedef struct {
 //  store_db_devices. 0 / -1.
 int store_inv_devices(store_inv_t *self, const store_inv_filter_t *f, const char *after,
                       unsigned limit, msgpack_sbuffer *out);
+
+/* ---- bus requests (store_inv_svc.c) ---- */
+
+#include "pm_msg.h"
+#include "store_db.h"
+
+//  Answer store.device, store.timeline, store.devices.find (called by
+//  store_svc_apply). *reply is always set (an error reply on failure).
+//  Returns STORE_OK or the failure.
+store_rc_t store_inv_svc(store_db_t *db, const pm_msg_t *req, pm_msg_t **reply, int64_t now_ms);
 
 #endif
