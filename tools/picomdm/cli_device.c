@@ -118,7 +118,7 @@ int cli_op_device(cli_ctx_t *ctx)
         const msgpack_object *val = cli_map_get(row, "value");
         cli_render_scalar(k, val, v, sizeof v);
         printf("  %-40s %-40s  (%s, %s)\n", k, v, s_str(row, "source", src, sizeof src),
-               s_cell(row, "updated", upd, sizeof upd));
+               cli_render_scalar("received", cli_map_get(row, "updated"), upd, sizeof upd));
     }
     pm_msg_destroy(&reply);
     return CLI_EXIT_OK;
