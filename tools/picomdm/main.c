@@ -8,6 +8,7 @@
  *  are repeatable, so they are taken out of argv before pm_cfg sees it.
  */
 #include "cli.h"
+#include "cli_audit.h"
 #include "cli_command.h"
 #include "cli_ops.h"
 #include "cli_up.h"
@@ -104,6 +105,9 @@ static const s_cmd_t s_cmds[] = {
     {"watch", "[topic-prefix] [--count N]",
      "print events (checkin., command., push., security.) as JSON lines", s_watch_opts, false,
      false, cli_op_watch},
+    {"audit", "[--file PATH] [--after SEQ] [--poll-ms N]",
+     "append every event to a JSON-lines file, gaps filled from the store (SIGHUP reopens)",
+     cli_audit_opts, false, false, cli_audit_run},
     {"commands", "[RequestType]",
      "list the MDM commands Apple's schema defines, or describe one (keys, types, values)", s_none,
      false, false, s_run_commands},
