@@ -475,3 +475,8 @@ int cli_op_watch(cli_ctx_t *ctx)
     pm_bus_destroy(&bus);
     return CLI_EXIT_OK;
 }
+
+int cli_call(cli_ctx_t *ctx, const pm_msg_t *req, pm_msg_t **reply)
+{
+    return s_call(ctx, req, reply);
+}
