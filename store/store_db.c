@@ -961,8 +961,8 @@ store_inv_t *store_db_inv(store_db_t *db)
     return db->inv;
 }
 
-static int s_inv_emit(void *arg, const char *name, const char *eid, const uint8_t *data,
-                      size_t len, int64_t now)
+static int s_inv_emit(void *arg, const char *name, const char *eid, const uint8_t *data, size_t len,
+                      int64_t now)
 {
     return s_event((store_db_t *)arg, name, eid, "store", data, len, now, NULL);
 }
