@@ -124,6 +124,18 @@ int main(int argc, char **argv)
     char err[512];
     if (pm_cfg_start_logging(cfg) < 0)
         goto out;
+    if (!pm_cfg_str(cfg, "push-cert") && !pm_cfg_bool(cfg, "stdin") && r != PM_CFG_CHECK) {
+        //  `picomdm up` without a certificate: serve "push" and answer every wake
+        //  with push.failed saying what to do, instead of failing in a restart loop
+        pm_notice("NOTICE: no push certificate configured (push-cert): devices are not woken; "
+                  "every wake is reported as push.failed until one is installed");
+        pm_bus_config_t bc = {.name = "pusher",
+                              .request_endpoint = pm_cfg_str(cfg, "request-endpoint")};
+        if (!(bus = pm_bus_new(&bc)) || !(svc = push_svc_new(bus)))
+            goto out;
+        rc = push_svc_run(svc, NULL, NULL) == 0 ? 0 : 1;
+        goto out;
+    }
     if (!(cert = s_load_cert(cfg)))
         goto out;
     const char *env = pm_cfg_str(cfg, "apns");

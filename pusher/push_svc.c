@@ -239,7 +239,20 @@ static void s_on_request(void *arg, pm_bus_job_t *job)
     }
     //  the lookups copy the ids: the request is freed by the reply below
     const msgpack_object *eids = pm_msg_obj(req, "eids");
-    if (eids && eids->type == MSGPACK_OBJECT_ARRAY) {
+    if (!s->apns && eids && eids->type == MSGPACK_OBJECT_ARRAY) {
+        //  no push certificate: say so for every wake instead of failing silently
+        for (uint32_t i = 0; i < eids->via.array.size; i++) {
+            const msgpack_object *e = &eids->via.array.ptr[i];
+            char eid[PUSH_EID_MAX];
+            if (e->type != MSGPACK_OBJECT_STR || e->via.str.size >= sizeof eid)
+                continue;
+            memcpy(eid, e->via.str.ptr, e->via.str.size);
+            eid[e->via.str.size] = 0;
+            s_refuse(s, eid,
+                     "no push certificate configured: install one (picomdm pushcert install) "
+                     "and restart the pusher");
+        }
+    } else if (eids && eids->type == MSGPACK_OBJECT_ARRAY) {
         pm_debug("wake %s: %u enrollments", pm_msg_rid(req), eids->via.array.size);
         for (uint32_t from = 0; from < eids->via.array.size; from += S_INFO_BATCH) {
             uint32_t to = from + S_INFO_BATCH;
@@ -317,6 +330,12 @@ int push_svc_run(push_svc_t *s, push_stdin_tick_fn *tick, void *arg)
         int to = pm_bus_next_timeout(s->bus);
         if (to < 0 || to > 500)
             to = 500;
+        if (!s->apns) {
+            if (pm_bus_run_once(s->bus, to) < 0)
+                break;
+            s_flush(s);
+            continue;
+        }
         if (push_apns_poll(s->apns, w, (unsigned)n, to) < 0) {
             pm_error("libcurl poll failed");
             return -1;

@@ -29,6 +29,8 @@ static const pm_opt_t s_opts[] = {
     {"store-retries", PM_OPT_INT, "3", "extra attempts for a store call (same request id)"},
     {"wake-sweep-s", PM_OPT_INT, "300",
      "re-send wakeups for enrollments still marked wake_pending this often (0 = never)"},
+    {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
+    {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     {NULL, 0, NULL, NULL}};
 
 static int64_t s_now_ms(void)
@@ -78,7 +80,9 @@ int main(int argc, char **argv)
         goto out;
     }
     pm_bus_config_t bc = {.name = "scheduler",
-                          .request_endpoint = pm_cfg_str(cfg, "request-endpoint")};
+                          .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
+                          .server_public_key = pm_cfg_str(cfg, "server-key"),
+                          .cert_file = pm_cfg_str(cfg, "curve-cert")};
     bus = pm_bus_new(&bc);
     if (!bus) {
         pm_error("cannot connect to the broker at %s (check request-endpoint)",

@@ -33,6 +33,8 @@ static const pm_opt_t s_opts[] = {
     {"group-commit", PM_OPT_BOOL, "true",
      "apply every waiting request in one transaction (off: one transaction per request)"},
     {"batch-max", PM_OPT_INT, "1024", "at most this many requests per transaction"},
+    {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
+    {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     {NULL, 0, NULL, NULL}};
 
 int main(int argc, char **argv)
@@ -88,6 +90,8 @@ int main(int argc, char **argv)
     pm_bus_config_t bc = {.name = "store",
                           .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
                           .publish_endpoint = pm_cfg_str(cfg, "publish-endpoint"),
+                          .server_public_key = pm_cfg_str(cfg, "server-key"),
+                          .cert_file = pm_cfg_str(cfg, "curve-cert"),
                           .capacity = (int)batch};
     bus = pm_bus_new(&bc);
     if (!bus) {

@@ -68,4 +68,16 @@ grep -q "reason=unknown enrollment" "$W/evn" || fail "unknown reason: $(cat "$W/
 echo "ok   unknown enrollment reported as push.failed"
 kill -0 "$PUSHER_PID" || fail "pusher died"
 grep -qiE "$(tok 1)" "$W/pusher.log" "$W/store.log" && fail "a token was logged"
+
+# without a push certificate (picomdm up before one is installed) the pusher
+# still serves "push" and reports every wake as push.failed with the next step
+kill "$PUSHER_PID"; wait "$PUSHER_PID" 2>/dev/null
+"$PUSHER" --request-endpoint "$REQ" > "$W/pusher2.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q "serving 'push'" "$W/pusher2.log" && break; sleep 0.1; done
+grep -q "no push certificate configured" "$W/pusher2.log" || fail "no notice: $(cat "$W/pusher2.log")"
+drv wake --n 1 --from 4 > /dev/null || fail "wake not accepted without a certificate"
+drv events --name push.failed --count 1 --prefix dev4 > "$W/ev4" || fail "no push.failed without certificate"
+grep -q "reason=no push certificate configured" "$W/ev4" || fail "dev4 reason: $(cat "$W/ev4")"
+echo "ok   no certificate: wakes answered, push.failed says to install one"
 echo "PASS"
