@@ -34,6 +34,7 @@ typedef struct {
     s_state_t state;
     void *handle; //  in ready or waiting (zlistx handle)
     CURL *easy;
+    unsigned gen; //  certificate generation the easy handle was configured with
     struct curl_slist *hdrs;
 } s_job_t;
 
@@ -48,14 +49,15 @@ struct push_apns {
     push_apns_event_fn *fn;
     void *arg;
     CURLM *multi;
-    zlistx_t *ready;       //  s_job_t*, FIFO
-    zlistx_t *waiting;     //  s_job_t*, due later (backoff)
-    zhashx_t *by_eid;      //  eid -> s_job_t* (coalescing)
-    zhashx_t *stale;       //  token hex -> "" (410 until a new token)
-    zhashx_t *token_until; //  token hex -> int64_t* (429 backoff)
-    zhashx_t *stopped;     //  topic -> reason (403)
-    CURL *pool[S_EASY_POOL_MAX];
+    zlistx_t *ready;             //  s_job_t*, FIFO
+    zlistx_t *waiting;           //  s_job_t*, due later (backoff)
+    zhashx_t *by_eid;            //  eid -> s_job_t* (coalescing)
+    zhashx_t *stale;             //  token hex -> "" (410 until a new token)
+    zhashx_t *token_until;       //  token hex -> int64_t* (429 backoff)
+    zhashx_t *stopped;           //  topic -> reason (403)
+    CURL *pool[S_EASY_POOL_MAX]; //  idle easy handles, configured for cert_gen
     int npool;
+    unsigned cert_gen;
     size_t inflight, max_inflight;
     uint64_t rnd;
     bool kick; //  transfers finished: poll again soon
@@ -136,7 +138,7 @@ static void s_job_free(push_apns_t *a, s_job_t *j)
 {
     if (j->easy) {
         curl_multi_remove_handle(a->multi, j->easy);
-        if (a->npool < S_EASY_POOL_MAX)
+        if (a->npool < S_EASY_POOL_MAX && j->gen == a->cert_gen)
             a->pool[a->npool++] = j->easy;
         else
             curl_easy_cleanup(j->easy);
@@ -263,10 +265,11 @@ static size_t s_header_cb(char *buf, size_t size, size_t nitems, void *userdata)
 
 static int s_start(push_apns_t *a, s_job_t *j)
 {
-    CURL *e = a->npool ? a->pool[--a->npool] : curl_easy_init();
+    //  a pooled handle keeps the options that never change; a new one gets them
+    bool fresh = a->npool == 0;
+    CURL *e = fresh ? curl_easy_init() : a->pool[--a->npool];
     if (!e)
         return -1;
-    curl_easy_reset(e);
     char url[sizeof a->base_url + 16 + sizeof j->token_hex];
     snprintf(url, sizeof url, "%s/3/device/%s", a->base_url, j->token_hex);
     char h[PUSH_CERT_TOPIC_MAX + 32];
@@ -286,31 +289,34 @@ static int s_start(push_apns_t *a, s_job_t *j)
         curl_easy_cleanup(e);
         return -1;
     }
-    struct curl_blob cb = {.data = a->cert_pem, .len = a->cert_len, .flags = CURL_BLOB_COPY};
-    struct curl_blob kb = {.data = a->key_pem, .len = a->key_len, .flags = CURL_BLOB_COPY};
+    if (fresh) {
+        struct curl_blob cb = {.data = a->cert_pem, .len = a->cert_len, .flags = CURL_BLOB_COPY};
+        struct curl_blob kb = {.data = a->key_pem, .len = a->key_len, .flags = CURL_BLOB_COPY};
+        curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
+                         a->prior_knowledge ? (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE
+                                            : (long)CURL_HTTP_VERSION_2TLS);
+        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+        curl_easy_setopt(e, CURLOPT_POST, 1L);
+        curl_easy_setopt(e, CURLOPT_SSLCERT_BLOB, &cb);
+        curl_easy_setopt(e, CURLOPT_SSLCERTTYPE, "PEM");
+        curl_easy_setopt(e, CURLOPT_SSLKEY_BLOB, &kb);
+        curl_easy_setopt(e, CURLOPT_SSLKEYTYPE, "PEM");
+        if (a->ca_file[0])
+            curl_easy_setopt(e, CURLOPT_CAINFO, a->ca_file);
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)a->cfg.timeout_ms);
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)a->cfg.timeout_ms);
+        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, s_write_cb);
+        curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, s_header_cb);
+    }
     curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
-                     a->prior_knowledge ? (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE
-                                        : (long)CURL_HTTP_VERSION_2TLS);
-    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
-    curl_easy_setopt(e, CURLOPT_POST, 1L);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, j->body);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)j->body_len);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, j->hdrs);
-    curl_easy_setopt(e, CURLOPT_SSLCERT_BLOB, &cb);
-    curl_easy_setopt(e, CURLOPT_SSLCERTTYPE, "PEM");
-    curl_easy_setopt(e, CURLOPT_SSLKEY_BLOB, &kb);
-    curl_easy_setopt(e, CURLOPT_SSLKEYTYPE, "PEM");
-    if (a->ca_file[0])
-        curl_easy_setopt(e, CURLOPT_CAINFO, a->ca_file);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)a->cfg.timeout_ms);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)a->cfg.timeout_ms);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, s_write_cb);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, j);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, s_header_cb);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, j);
     curl_easy_setopt(e, CURLOPT_PRIVATE, j);
+    j->gen = a->cert_gen;
     j->resp_len = 0;
     j->resp[0] = 0;
     j->apns_id[0] = 0;
@@ -433,7 +439,7 @@ static void s_done(push_apns_t *a, CURL *e, CURLcode res)
     long status = 0;
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
     curl_multi_remove_handle(a->multi, e);
-    if (a->npool < S_EASY_POOL_MAX)
+    if (a->npool < S_EASY_POOL_MAX && j->gen == a->cert_gen)
         a->pool[a->npool++] = e;
     else
         curl_easy_cleanup(e);
@@ -631,8 +637,13 @@ int push_apns_set_cert(push_apns_t *a, const push_cert_t *cert, char *err, size_
         snprintf(err, errlen, "the push certificate has no usable key");
         return -1;
     }
-    //  curl copies the blobs into each request (CURL_BLOB_COPY): the old ones can go
+    //  curl copies the blobs into each handle (CURL_BLOB_COPY): the old ones can go;
+    //  idle handles hold the old identity, in-flight ones are not pooled again
     s_free_pem(a);
+    for (int i = 0; i < a->npool; i++)
+        curl_easy_cleanup(a->pool[i]);
+    a->npool = 0;
+    a->cert_gen++;
     a->cert_pem = cp;
     a->cert_len = cl;
     a->key_pem = kp;
