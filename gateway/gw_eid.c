@@ -66,7 +66,9 @@ int gw_eid_derive(const gw_eid_keys_t *k, char *eid, size_t size, gw_eid_kind_t 
         }
         if (s_check("UserID", k->user_id, err, errlen) < 0)
             return -1;
-        *kind = GW_EID_USER;
+        *kind = s_present(k->user_short_name) && !s_present(k->user_long_name)
+                    ? GW_EID_SHARED_IPAD_USER
+                    : GW_EID_USER;
         return s_join(eid, size, k->udid, k->user_id, err, errlen);
     }
     if (s_present(k->enrollment_id)) {

@@ -8,14 +8,20 @@
  *
  *    UDID only                        -> "<UDID>"                       device
  *    UDID + UserID                    -> "<UDID>:<UserID>"              user (macOS)
+ *    UDID + UserID + UserShortName,
+ *           no UserLongName           -> "<UDID>:<UserID>"              shared-ipad-user
  *    UDID + UserID FFFFFFFF-...-FFFF  -> "<UDID>:<UserShortName>"       shared-ipad-user
  *    EnrollmentID only                -> "<EnrollmentID>"               user-enrollment
  *    EnrollmentID + EnrollmentUserID  -> "<EnrollmentID>:<EnrollmentUserID>"
  *                                                                       user-enrollment-user
  *
- *  On Shared iPad, UserID is always FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF
- *  ("no authentication will occur", tokenupdate.yaml) so it cannot tell users
- *  apart; UserShortName (the Managed Apple Account) does.
+ *  The macOS user channel always carries UserLongName (required there,
+ *  "macOS only" in tokenupdate.yaml, declarativemanagement.yaml,
+ *  gettoken.yaml); the Shared iPad user channel carries UserShortName (its
+ *  Managed Apple Account) and never UserLongName. When a Shared iPad user is
+ *  not authenticated, UserID is FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF for
+ *  every user, so it cannot tell users apart and UserShortName does. (The
+ *  kind is a label; the id does not depend on the macOS/Shared iPad guess.)
  *  Pure functions, no allocation.
  */
 #ifndef GW_EID_H
@@ -42,6 +48,7 @@ typedef struct {
     const char *udid;
     const char *user_id;
     const char *user_short_name;
+    const char *user_long_name;
     const char *enrollment_id;
     const char *enrollment_user_id;
 } gw_eid_keys_t;

@@ -48,8 +48,11 @@ static void test_macos_user(void **state)
     (void)state;
     s_ok((gw_eid_keys_t){.udid = "U1",
                          .user_id = "A1B2C3D4-0000-1111-2222-333344445555",
-                         .user_short_name = "alice"},
+                         .user_short_name = "alice",
+                         .user_long_name = "Alice Example"},
          "U1:A1B2C3D4-0000-1111-2222-333344445555", GW_EID_USER, "user");
+    //  UserAuthenticate carries only UDID and UserID
+    s_ok((gw_eid_keys_t){.udid = "U1", .user_id = "GUID-1"}, "U1:GUID-1", GW_EID_USER, "user");
 }
 
 static void test_shared_ipad(void **state)
@@ -59,6 +62,11 @@ static void test_shared_ipad(void **state)
                          .user_id = GW_EID_SHARED_IPAD_USERID,
                          .user_short_name = "bob@school.example"},
          "U2:bob@school.example", GW_EID_SHARED_IPAD_USER, "shared-ipad-user");
+    //  an authenticated Shared iPad user: a real UserID, UserShortName, no UserLongName
+    s_ok((gw_eid_keys_t){.udid = "U2",
+                         .user_id = "1712CD64-6C7E-4041-BF67-B1E7C9BC2488",
+                         .user_short_name = "student1@school.example"},
+         "U2:1712CD64-6C7E-4041-BF67-B1E7C9BC2488", GW_EID_SHARED_IPAD_USER, "shared-ipad-user");
     s_bad((gw_eid_keys_t){.udid = "U2", .user_id = GW_EID_SHARED_IPAD_USERID},
           "without UserShortName");
 }

@@ -1,42 +1,181 @@
-/*  picomdm-gateway — HTTPS front door for devices (check-in and command loop).
- *  This first cut validates its configuration (--check); the server loop
- *  arrives with the bus library.
+/*  picomdm-gateway — the HTTPS front door for devices: check-in (CheckInURL)
+ *  and command loop (ServerURL). Authenticates every request (Mdm-Signature,
+ *  mTLS or a trusted proxy's certificate header), turns plist bodies into
+ *  msgpack bus messages for the scheduler and its answers back into plists.
+ *  Holds only its TLS key. See docs/gateway.md.
  */
 #include "gw_auth.h"
+#include "gw_server.h"
+#include "pm_bus.h"
 #include "pm_cfg.h"
 #include "pm_log.h"
 
+#include <czmq.h>
+#include <event2/event.h>
+#include <openssl/crypto.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static const pm_opt_t s_opts[] = {
+    {"listen", PM_OPT_STR, "0.0.0.0:8443", "address:port for devices (shared with SO_REUSEPORT)"},
+    {"tls-cert", PM_OPT_STR, NULL, "TLS server certificate chain (PEM)"},
+    {"tls-key", PM_OPT_STR, NULL, "TLS server private key (PEM)"},
+    {"tls-client-cert", PM_OPT_BOOL, "true",
+     "ask TLS clients for their identity certificate (mTLS; checked per request)"},
     {"device-ca", PM_OPT_STR, NULL,
-     "PEM file(s), comma-separated, of the CA(s) issuing device identities"},
+     "PEM file(s), comma-separated, of the CA(s) that issue device identity certificates"},
+    {"plain-http", PM_OPT_BOOL, "false", "serve plain HTTP behind a TLS-terminating proxy"},
+    {"proxy-cert-header", PM_OPT_STR, "X-SSL-Client-Cert",
+     "header carrying the client certificate as URL-escaped PEM (nginx $ssl_client_escaped_cert)"},
+    {"trusted-proxies", PM_OPT_STR, "127.0.0.1,::1",
+     "comma-separated proxy addresses allowed to send proxy-cert-header"},
+    {"checkin-path", PM_OPT_STR, "/mdm/checkin", "path of the profile's CheckInURL"},
+    {"server-path", PM_OPT_STR, "/mdm/connect", "path of the profile's ServerURL"},
+    {"body-max", PM_OPT_INT, "8388608", "largest request body in bytes (answered 413 above)"},
+    {"header-max", PM_OPT_INT, "65536", "largest request header block in bytes"},
+    {"idle-timeout", PM_OPT_INT, "30", "seconds a connection may idle or trickle (slow clients)"},
+    {"backend-timeout-ms", PM_OPT_INT, "10000", "wait this long for the scheduler, then 503"},
+    {"retry-after", PM_OPT_INT, "10", "Retry-After seconds sent with 503"},
+    {"insecure-lab-mode", PM_OPT_BOOL, "false",
+     "accept UNSIGNED device requests (lab only: anyone can impersonate any device)"},
+    {"user-authenticate", PM_OPT_STR, "decline",
+     "UserAuthenticate: decline (HTTP 410, Apple's documented answer) or forward"},
+    {"backend-service", PM_OPT_STR, "scheduler", "bus service that handles device traffic"},
+    {"request-endpoint", PM_OPT_STR, "ipc:///tmp/picomdm/request", "broker request endpoint"},
+    {"publish-endpoint", PM_OPT_STR, "ipc:///tmp/picomdm/publish",
+     "broker event endpoint (XSUB) for security.rejected"},
+    {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
+    {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     {NULL, 0, NULL, NULL}};
+
+static void s_on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    pm_info("signal %d: shutting down", (int)sig);
+    event_base_loopbreak(arg);
+}
 
 int main(int argc, char **argv)
 {
     pm_cfg_t *cfg = NULL;
-    pm_cfg_result_t r = pm_cfg_parse(&cfg, "gateway", "HTTPS check-in and command loop for devices",
-                                     s_opts, argc, argv);
+    gw_auth_t *auth = NULL;
+    pm_bus_t *bus = NULL;
+    gw_server_t *srv = NULL;
+    struct event_base *base = NULL;
+    struct event *sigint = NULL, *sigterm = NULL;
+    int rc = 1;
+    pm_cfg_result_t r = pm_cfg_parse(
+        &cfg, "picomdm-gateway", "HTTPS check-in and command loop for devices", s_opts, argc, argv);
     if (r == PM_CFG_EXIT)
         return 0;
     if (r == PM_CFG_ERROR)
         return 2;
-    int rc = 1;
+    if (pm_cfg_start_logging(cfg) < 0)
+        goto out;
+
+    bool lab = pm_cfg_bool(cfg, "insecure-lab-mode");
+    const char *ca = pm_cfg_str(cfg, "device-ca");
+    const char *ua = pm_cfg_str(cfg, "user-authenticate");
+    if (!ua || (strcmp(ua, "decline") != 0 && strcmp(ua, "forward") != 0)) {
+        pm_error("user-authenticate must be 'decline' or 'forward'");
+        goto out;
+    }
+    int64_t body_max = pm_cfg_int(cfg, "body-max"), header_max = pm_cfg_int(cfg, "header-max");
+    if (body_max < 1024 || body_max > 256 * 1024 * 1024 || header_max < 4096 ||
+        header_max > 1024 * 1024) {
+        pm_error("body-max must be 1 KiB..256 MiB and header-max 4 KiB..1 MiB");
+        goto out;
+    }
     char err[256];
-    gw_auth_t *auth = gw_auth_new(pm_cfg_str(cfg, "device-ca"), err, sizeof err);
-    if (!auth) {
-        fprintf(stderr, "gateway: %s\n", err);
+    if (ca && *ca) {
+        auth = gw_auth_new(ca, err, sizeof err);
+        if (!auth) {
+            pm_error("%s", err);
+            goto out;
+        }
+    } else if (!lab) {
+        pm_error("device-ca is required: the PEM file of the CA that issues device identity "
+                 "certificates (or insecure-lab-mode, in a lab only)");
+        goto out;
+    }
+    if (lab)
+        pm_warn("*** INSECURE LAB MODE: unsigned device requests are accepted; anyone who can "
+                "reach this port can impersonate any device. Never use this in production. ***");
+    pm_info("%s, %d device CA certificate(s)", OpenSSL_version(OPENSSL_VERSION),
+            auth ? gw_auth_ca_count(auth) : 0);
+
+    gw_server_config_t sc = {
+        .listen = pm_cfg_str(cfg, "listen"),
+        .tls_cert = pm_cfg_str(cfg, "tls-cert"),
+        .tls_key = pm_cfg_str(cfg, "tls-key"),
+        .tls_client_cert = pm_cfg_bool(cfg, "tls-client-cert"),
+        .plain_http = pm_cfg_bool(cfg, "plain-http"),
+        .proxy_cert_header = pm_cfg_str(cfg, "proxy-cert-header"),
+        .trusted_proxies = pm_cfg_str(cfg, "trusted-proxies"),
+        .checkin_path = pm_cfg_str(cfg, "checkin-path"),
+        .server_path = pm_cfg_str(cfg, "server-path"),
+        .body_max = (size_t)body_max,
+        .header_max = (size_t)header_max,
+        .idle_timeout_s = (int)pm_cfg_int(cfg, "idle-timeout"),
+        .backend_timeout_ms = (int)pm_cfg_int(cfg, "backend-timeout-ms"),
+        .retry_after_s = (int)pm_cfg_int(cfg, "retry-after"),
+        .insecure_lab_mode = lab,
+        .user_auth_forward = strcmp(ua, "forward") == 0,
+        .backend_service = pm_cfg_str(cfg, "backend-service"),
+    };
+    if (sc.backend_timeout_ms < 200 || sc.idle_timeout_s < 1) {
+        pm_error("backend-timeout-ms must be >= 200 and idle-timeout >= 1");
+        goto out;
+    }
+
+    base = event_base_new();
+    if (!base) {
+        pm_error("cannot create the event loop");
         goto out;
     }
     if (r == PM_CFG_CHECK) {
+        //  bind and load everything, without the bus
+        srv = gw_server_new(&sc, base, NULL, auth);
+        if (!srv)
+            goto out;
         printf("ok\n");
         rc = 0;
         goto out;
     }
-    fprintf(stderr, "gateway: the server loop is not built yet (needs the bus library)\n");
+    pm_bus_config_t bc = {
+        .name = "gateway",
+        .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
+        .publish_endpoint = pm_cfg_str(cfg, "publish-endpoint"),
+        .server_public_key = pm_cfg_str(cfg, "server-key"),
+        .cert_file = pm_cfg_str(cfg, "curve-cert"),
+    };
+    bus = pm_bus_new(&bc);
+    if (!bus)
+        goto out;
+    srv = gw_server_new(&sc, base, bus, auth);
+    if (!srv)
+        goto out;
+    //  libevent's handlers replace czmq's (installed by the bus) so that a
+    //  signal ends the loop at once.
+    sigint = evsignal_new(base, SIGINT, s_on_signal, base);
+    sigterm = evsignal_new(base, SIGTERM, s_on_signal, base);
+    if (!sigint || !sigterm || event_add(sigint, NULL) < 0 || event_add(sigterm, NULL) < 0)
+        goto out;
+    signal(SIGPIPE, SIG_IGN);
+    event_base_dispatch(base);
+    rc = 0;
 out:
+    gw_server_shutdown(srv);
+    pm_bus_destroy(&bus);
+    gw_server_destroy(&srv);
+    if (sigint)
+        event_free(sigint);
+    if (sigterm)
+        event_free(sigterm);
+    if (base)
+        event_base_free(base);
     gw_auth_destroy(&auth);
     pm_cfg_destroy(&cfg);
     return rc;

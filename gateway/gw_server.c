@@ -1,0 +1,1055 @@
+/*  gw_server — device HTTP(S) server of picomdm-gateway. See gw_server.h.
+ *
+ *  Request life: s_on_request (auth, parse, derive the enrollment id, send the
+ *  bus call) -> s_on_reply (bus callback: turn the reply into HTTP) or
+ *  s_on_guard (our own deadline, in case the bus never calls back). A request
+ *  context lives until both the HTTP answer is sent and the bus is done with it.
+ *
+ *  libevent detail relied on: if the client goes away while we still owe the
+ *  answer, evhttp detaches the request from its connection and does not free
+ *  it; evhttp_send_reply on such a request just frees it. So replying late is
+ *  always safe, and we always reply exactly once.
+ */
+#include "gw_server.h"
+#include "gw_eid.h"
+#include "pm_log.h"
+#include "pm_mpck.h"
+#include "pm_msg.h"
+#include "pm_plist.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+#include <event2/util.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#define GW_BUS_FDS_MAX 8
+#define GW_REMOTE_MAX 64
+
+typedef enum { GW_ROUTE_CHECKIN = 1, GW_ROUTE_CONNECT, GW_ROUTE_HEALTH } gw_route_t;
+
+typedef struct gw_req gw_req_t;
+
+struct gw_server {
+    gw_server_config_t cfg;
+    char *listen, *checkin_path, *server_path, *proxy_header, *service;
+    char **proxies;
+    int nproxies;
+    struct event_base *base;
+    pm_bus_t *bus;
+    gw_auth_t *auth;
+    SSL_CTX *ssl;
+    struct evhttp *http;
+    struct evconnlistener *listener;
+    int port;
+    struct event *bus_ev[GW_BUS_FDS_MAX];
+    int nbus_ev;
+    struct event *bus_timer;
+    gw_req_t *reqs; //  every live request context (doubly linked)
+    bool shutting_down;
+    gw_server_stats_t st;
+};
+
+struct gw_req {
+    gw_server_t *srv;
+    gw_req_t *prev, *next;
+    struct evhttp_request *req; //  NULL once answered
+    bool bus_pending;           //  the bus still owes us its callback
+    struct event *guard;
+    gw_route_t route;
+    gw_eid_kind_t kind;
+    char eid[GW_EID_MAX];
+    char what[48]; //  MessageType or Status, for logs
+    char remote[GW_REMOTE_MAX];
+    char path[128];
+    struct timespec t0;
+};
+
+/* ---- small helpers ---- */
+
+static double s_ms_since(const struct timespec *t0)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+static void s_bus_kick(gw_server_t *self);
+
+//  Publish security.rejected {reason, remote, path} (eid when known).
+static void s_event_rejected(gw_server_t *self, const char *eid, const char *reason,
+                             const char *remote, const char *path)
+{
+    pm_msg_t *ev = pm_msg_new(PM_MSG_EVENT);
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    if (!ev)
+        goto out;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    const char *kv[] = {"reason", reason, "remote", remote, "path", path};
+    msgpack_pack_map(&pk, 3);
+    for (int i = 0; i < 6; i++) {
+        size_t n = strlen(kv[i]);
+        msgpack_pack_str(&pk, n);
+        msgpack_pack_str_body(&pk, kv[i], n);
+    }
+    pm_msg_set_str(ev, "name", "security.rejected");
+    pm_msg_set_str(ev, "source", "gateway");
+    if (eid && *eid)
+        pm_msg_set_str(ev, "eid", eid);
+    if (pm_msg_set_packed(ev, "data", (const uint8_t *)sb.data, sb.size) < 0 ||
+        pm_bus_publish(self->bus, ev) < 0)
+        pm_warn("could not publish security.rejected (%s): check publish-endpoint", reason);
+    s_bus_kick(self);
+out:
+    msgpack_sbuffer_destroy(&sb);
+    pm_msg_destroy(&ev);
+}
+
+static void s_send(struct evhttp_request *req, int code, const char *ctype, const void *body,
+                   size_t len)
+{
+    struct evbuffer *buf = evbuffer_new();
+    if (buf && len)
+        evbuffer_add(buf, body, len);
+    if (ctype)
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
+    evhttp_send_reply(req, code, NULL, buf);
+    if (buf)
+        evbuffer_free(buf);
+}
+
+static void s_send_text(struct evhttp_request *req, int code, const char *text)
+{
+    s_send(req, code, "text/plain; charset=utf-8", text, strlen(text));
+}
+
+static void s_send_503(gw_server_t *self, struct evhttp_request *req)
+{
+    char ra[16];
+    snprintf(ra, sizeof ra, "%d", self->cfg.retry_after_s);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", ra);
+    s_send_text(req, 503, "back end unavailable, retry later\n");
+    self->st.unavailable++;
+}
+
+/* ---- request contexts ---- */
+
+static gw_req_t *s_req_new(gw_server_t *self, struct evhttp_request *req)
+{
+    gw_req_t *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->srv = self;
+    r->req = req;
+    clock_gettime(CLOCK_MONOTONIC, &r->t0);
+    r->next = self->reqs;
+    if (self->reqs)
+        self->reqs->prev = r;
+    self->reqs = r;
+    return r;
+}
+
+static void s_req_free(gw_req_t *r)
+{
+    gw_server_t *self = r->srv;
+    if (r->prev)
+        r->prev->next = r->next;
+    else
+        self->reqs = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    if (r->guard)
+        event_free(r->guard);
+    free(r);
+}
+
+//  Free the context once nothing refers to it any more.
+static void s_req_maybe_free(gw_req_t *r)
+{
+    if (!r->req && !r->bus_pending)
+        s_req_free(r);
+}
+
+//  A 400 made by the gateway: log, event, answer.
+static void s_reject(gw_server_t *self, struct evhttp_request *req, const char *eid,
+                     const char *remote, const char *path, const char *reason)
+{
+    pm_warn("rejected %s from %s%s%s: %s", path, remote, eid && *eid ? " eid=" : "", eid ? eid : "",
+            reason);
+    s_event_rejected(self, eid, reason, remote, path);
+    self->st.rejected++;
+    s_send_text(req, 400, "bad request\n");
+}
+
+/* ---- bus plumbing in the event loop ---- */
+
+static void s_bus_arm_timer(gw_server_t *self)
+{
+    if (!self->bus_timer)
+        return;
+    int ms = pm_bus_next_timeout(self->bus);
+    if (ms < 0 || ms > 1000)
+        ms = 1000;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(self->bus_timer, &tv);
+}
+
+//  ZMQ_FD is edge-triggered: handle everything now, after every send too.
+static void s_bus_kick(gw_server_t *self)
+{
+    if (!self->bus)
+        return;
+    pm_bus_process(self->bus);
+    s_bus_arm_timer(self);
+}
+
+static void s_on_bus_fd(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    s_bus_kick(arg);
+}
+
+/* ---- back end replies ---- */
+
+//  Bytes of a plist for a msgpack map (or an error).
+static int s_send_plist(gw_req_t *r, int code, const msgpack_object *obj)
+{
+    char *xml = NULL;
+    size_t len = 0;
+    char err[200];
+    if (pm_plist_from_msgpack(obj, &xml, &len, err, sizeof err) < 0) {
+        pm_error("eid=%s %s: back end reply cannot be a plist (%s); answering 500", r->eid, r->what,
+                 err);
+        s_send_text(r->req, 500, "internal error\n");
+        return -1;
+    }
+    s_send(r->req, code, "application/xml", xml, len);
+    free(xml);
+    return 0;
+}
+
+static int s_http_status(gw_req_t *r, uint64_t st)
+{
+    if (st == 401) {
+        //  Never 401: a real device may drop its enrollment on it.
+        pm_warn("eid=%s: back end asked for 401, answering 400 instead", r->eid);
+        return 400;
+    }
+    if (st < 200 || st > 599) {
+        pm_error("eid=%s: back end gave HTTP status %llu; answering 500", r->eid,
+                 (unsigned long long)st);
+        return 500;
+    }
+    return (int)st;
+}
+
+static void s_answer(gw_req_t *r, const pm_msg_t *reply, const char *error)
+{
+    gw_server_t *self = r->srv;
+    struct evhttp_request *req = r->req;
+    if (!reply) {
+        pm_warn("eid=%s %s: back end did not answer (%s); 503", r->eid, r->what,
+                error ? error : "no reason");
+        s_send_503(self, req);
+        return;
+    }
+    pm_msg_type_t t = pm_msg_type(reply);
+    if (t == PM_MSG_ERROR) {
+        const char *code = pm_msg_str(reply, "code");
+        const char *msg = pm_msg_str(reply, "message");
+        pm_warn("eid=%s %s: back end error %s: %s", r->eid, r->what, code ? code : "?",
+                msg ? msg : "");
+        if (code && (strcmp(code, "timeout") == 0 || strcmp(code, "no_service") == 0 ||
+                     strcmp(code, "worker_lost") == 0))
+            s_send_503(self, req);
+        else if (code && strcmp(code, "bad_request") == 0)
+            s_send_text(req, 400, "bad request\n");
+        else
+            s_send_text(req, 500, "internal error\n");
+        return;
+    }
+    pm_msg_type_t want = r->route == GW_ROUTE_CHECKIN ? PM_MSG_CHECKIN_REPLY : PM_MSG_CONNECT_REPLY;
+    if (t != want) {
+        pm_error("eid=%s: back end answered with '%s', expected '%s'; answering 500", r->eid,
+                 pm_msg_type_name(t), pm_msg_type_name(want));
+        s_send_text(req, 500, "internal error\n");
+        return;
+    }
+    int code = s_http_status(r, pm_msg_uint(reply, "status", 500));
+    const char *reason = pm_msg_str(reply, "reason");
+    if (code != 200) {
+        //  The back end refused (e.g. a certificate not bound to this
+        //  enrollment): it is a rejection at the edge like ours.
+        pm_warn("eid=%s %s: back end answered %d: %s", r->eid, r->what, code,
+                reason ? reason : "(no reason)");
+        if (code == 400) {
+            char why[300];
+            snprintf(why, sizeof why, "back end: %s", reason ? reason : "rejected");
+            s_event_rejected(self, r->eid, why, r->remote, r->path);
+        }
+    }
+    const char *mapfield = r->route == GW_ROUTE_CHECKIN ? "body" : "command";
+    const msgpack_object *obj = pm_msg_obj(reply, mapfield);
+    size_t rawlen = 0;
+    const uint8_t *raw = r->route == GW_ROUTE_CHECKIN ? pm_msg_bin(reply, "raw", &rawlen) : NULL;
+    if (raw) {
+        //  DeclarativeManagement answers JSON, not a plist.
+        s_send(req, code, "application/json", raw, rawlen);
+    } else if (obj && obj->type == MSGPACK_OBJECT_MAP) {
+        s_send_plist(r, code, obj);
+    } else {
+        s_send(req, code, NULL, NULL, 0); //  empty 200: nothing queued
+    }
+    pm_debug("eid=%s %s -> %d (%.1f ms)", r->eid, r->what, code, s_ms_since(&r->t0));
+}
+
+static void s_on_reply(void *arg, const pm_msg_t *reply, const char *error)
+{
+    gw_req_t *r = arg;
+    r->bus_pending = false;
+    if (r->req) {
+        s_answer(r, reply, error);
+        r->req = NULL;
+        if (r->srv->st.in_flight)
+            r->srv->st.in_flight--;
+    }
+    s_req_maybe_free(r);
+}
+
+//  Our own deadline: the bus promises a callback, but a device must never hang.
+static void s_on_guard(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    gw_req_t *r = arg;
+    if (r->req) {
+        pm_warn("eid=%s %s: no answer from the back end within %d ms; 503", r->eid, r->what,
+                r->srv->cfg.backend_timeout_ms);
+        s_send_503(r->srv, r->req);
+        r->req = NULL;
+        if (r->srv->st.in_flight)
+            r->srv->st.in_flight--;
+    }
+    s_req_maybe_free(r);
+}
+
+//  Send `msg` to the back end for request context r (takes ownership of msg).
+static void s_call(gw_req_t *r, pm_msg_t **msg)
+{
+    gw_server_t *self = r->srv;
+    int total = self->cfg.backend_timeout_ms;
+    //  one retry with the same rid (the worker side answers it from its cache)
+    int per_try = total / 2 > 100 ? total / 2 : 100;
+    r->bus_pending = true;
+    self->st.in_flight++;
+    if (pm_bus_call_async(self->bus, self->service, *msg, per_try, 1, s_on_reply, r) < 0) {
+        r->bus_pending = false;
+        self->st.in_flight--;
+        pm_warn("eid=%s %s: cannot queue the request for '%s'; 503", r->eid, r->what,
+                self->service);
+        s_send_503(self, r->req);
+        r->req = NULL;
+        pm_msg_destroy(msg);
+        s_req_maybe_free(r);
+        return;
+    }
+    pm_msg_destroy(msg);
+    r->guard = evtimer_new(self->base, s_on_guard, r);
+    if (r->guard) {
+        int ms = total + 500;
+        struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+        evtimer_add(r->guard, &tv);
+    }
+    s_bus_kick(self);
+}
+
+/* ---- health ---- */
+
+static void s_on_health_reply(void *arg, const pm_msg_t *reply, const char *error)
+{
+    gw_req_t *r = arg;
+    r->bus_pending = false;
+    if (r->req) {
+        gw_server_t *self = r->srv;
+        const char *code =
+            reply && pm_msg_type(reply) == PM_MSG_ERROR ? pm_msg_str(reply, "code") : NULL;
+        bool up =
+            reply && !(code && (strcmp(code, "no_service") == 0 || strcmp(code, "timeout") == 0 ||
+                                strcmp(code, "worker_lost") == 0));
+        char text[512];
+        snprintf(text, sizeof text,
+                 "ok\nbackend: %s%s%s\nrequests: %llu\nrejected: %llu\nunavailable: %llu\n"
+                 "in_flight: %llu\n",
+                 up ? "up" : "down (",
+                 up ? ""
+                    : (error  ? error
+                       : code ? code
+                              : "no answer"),
+                 up ? "" : ")", (unsigned long long)self->st.requests,
+                 (unsigned long long)self->st.rejected, (unsigned long long)self->st.unavailable,
+                 (unsigned long long)self->st.in_flight);
+        s_send_text(r->req, 200, text);
+        r->req = NULL;
+    }
+    s_req_maybe_free(r);
+}
+
+static void s_health(gw_server_t *self, struct evhttp_request *req)
+{
+    gw_req_t *r = s_req_new(self, req);
+    if (!r) {
+        s_send_text(req, 500, "out of memory\n");
+        return;
+    }
+    r->route = GW_ROUTE_HEALTH;
+    snprintf(r->what, sizeof r->what, "health");
+    //  Any answer from the back end service (even an `error` reply to this
+    //  echo) proves it is there; no_service / timeout prove it is not.
+    pm_msg_t *m = pm_msg_new(PM_MSG_ECHO);
+    r->bus_pending = true;
+    if (!m || pm_bus_call_async(self->bus, self->service, m, 1000, 0, s_on_health_reply, r) < 0) {
+        r->bus_pending = false;
+        s_on_health_reply(r, NULL, "bus unavailable");
+    }
+    pm_msg_destroy(&m);
+    s_bus_kick(self);
+}
+
+/* ---- device requests ---- */
+
+static const char *const s_message_types[] = {
+    "Authenticate",          "TokenUpdate",       "CheckOut",
+    "UserAuthenticate",      "SetBootstrapToken", "GetBootstrapToken",
+    "DeclarativeManagement", "GetToken",          NULL};
+
+static const char *const s_statuses[] = {
+    "Idle", "Acknowledged", "Error", "CommandFormatError", "NotNow", NULL};
+
+//  Types of the keys the gateway checks per MessageType (Apple schema,
+//  mdm/checkin/*.yaml): required keys must be present; any listed key that
+//  is present must have the listed type. Keys not listed pass through.
+typedef enum { K_STR, K_DATA, K_BOOL } s_ktype_t;
+typedef struct {
+    const char *mtype, *key;
+    s_ktype_t type;
+    bool required;
+} s_keyrule_t;
+
+static const s_keyrule_t s_rules[] = {{"Authenticate", "Topic", K_STR, true},
+                                      {"Authenticate", "DeviceName", K_STR, false},
+                                      {"Authenticate", "SerialNumber", K_STR, false},
+                                      {"TokenUpdate", "Topic", K_STR, true},
+                                      {"TokenUpdate", "Token", K_DATA, true},
+                                      {"TokenUpdate", "PushMagic", K_STR, true},
+                                      {"TokenUpdate", "UnlockToken", K_DATA, false},
+                                      {"TokenUpdate", "AwaitingConfiguration", K_BOOL, false},
+                                      {"TokenUpdate", "NotOnConsole", K_BOOL, false},
+                                      {"CheckOut", "Topic", K_STR, false},
+                                      {"SetBootstrapToken", "BootstrapToken", K_DATA, false},
+                                      {"SetBootstrapToken", "AwaitingConfiguration", K_BOOL, false},
+                                      {"GetBootstrapToken", "AwaitingConfiguration", K_BOOL, false},
+                                      {"DeclarativeManagement", "Endpoint", K_STR, true},
+                                      {"DeclarativeManagement", "Data", K_DATA, false},
+                                      {"GetToken", "TokenServiceType", K_STR, true},
+                                      {"UserAuthenticate", "UserID", K_STR, true},
+                                      {"UserAuthenticate", "DigestResponse", K_STR, false},
+                                      {"*", "UDID", K_STR, false},
+                                      {"*", "UserID", K_STR, false},
+                                      {"*", "UserShortName", K_STR, false},
+                                      {"*", "UserLongName", K_STR, false},
+                                      {"*", "EnrollmentID", K_STR, false},
+                                      {"*", "EnrollmentUserID", K_STR, false},
+                                      {"*", "CommandUUID", K_STR, false},
+                                      {NULL, NULL, K_STR, false}};
+
+//  0, or -1 with the reason in why.
+static int s_check_keys(const msgpack_object *map, const char *mtype, char *why, size_t size)
+{
+    static const char *const tname[] = {"a string", "data", "a boolean"};
+    for (const s_keyrule_t *k = s_rules; k->mtype; k++) {
+        if (strcmp(k->mtype, "*") != 0 && strcmp(k->mtype, mtype) != 0)
+            continue;
+        const msgpack_object *v = pm_mp_get(map, k->key);
+        if (!v) {
+            if (k->required) {
+                snprintf(why, size, "%s without %s", mtype, k->key);
+                return -1;
+            }
+            continue;
+        }
+        bool ok = (k->type == K_STR && v->type == MSGPACK_OBJECT_STR) ||
+                  (k->type == K_DATA && v->type == MSGPACK_OBJECT_BIN) ||
+                  (k->type == K_BOOL && v->type == MSGPACK_OBJECT_BOOLEAN);
+        if (!ok) {
+            snprintf(why, size, "%s: %s must be %s", mtype, k->key, tname[k->type]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static bool s_in(const char *const *list, const char *s)
+{
+    for (int i = 0; list[i]; i++)
+        if (strcmp(list[i], s) == 0)
+            return true;
+    return false;
+}
+
+static bool s_trusted_proxy(const gw_server_t *self, const char *addr)
+{
+    for (int i = 0; i < self->nproxies; i++)
+        if (strcmp(self->proxies[i], addr) == 0)
+            return true;
+    return false;
+}
+
+//  Authenticate the request. 0 and res filled (has_cert says whether a
+//  certificate was proven), or -1 with the reason in res->reason.
+static int s_authenticate(gw_server_t *self, struct evhttp_request *req, const uint8_t *body,
+                          size_t len, const char *remote, gw_auth_result_t *res, bool *has_cert)
+{
+    struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+    const char *sig = evhttp_find_header(h, "Mdm-Signature");
+    *has_cert = false;
+    memset(res, 0, sizeof *res);
+    if (self->auth && sig) {
+        if (gw_auth_verify_signature(self->auth, sig, strlen(sig), body, len, res) < 0)
+            return -1;
+        *has_cert = true;
+        return 0;
+    }
+    if (self->auth && self->cfg.plain_http) {
+        const char *pem = evhttp_find_header(h, self->proxy_header);
+        if (pem) {
+            if (!s_trusted_proxy(self, remote)) {
+                res->code = "untrusted_proxy";
+                snprintf(res->reason, sizeof res->reason,
+                         "%s header from %s, which is not in trusted-proxies", self->proxy_header,
+                         remote);
+                return -1;
+            }
+            if (gw_auth_verify_escaped_pem(self->auth, pem, res) < 0)
+                return -1;
+            *has_cert = true;
+            return 0;
+        }
+    }
+    if (self->auth && !self->cfg.plain_http) {
+        struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+        struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+        SSL *ssl = bev ? bufferevent_openssl_get_ssl(bev) : NULL;
+        X509 *peer = ssl ? SSL_get0_peer_certificate(ssl) : NULL;
+        if (peer) {
+            if (gw_auth_verify_cert(self->auth, peer, SSL_get_peer_cert_chain(ssl), res) < 0)
+                return -1;
+            *has_cert = true;
+            return 0;
+        }
+    }
+    if (self->cfg.insecure_lab_mode) {
+        pm_debug("INSECURE LAB MODE: accepting an unsigned request from %s", remote);
+        return 0;
+    }
+    res->code = "unsigned";
+    snprintf(res->reason, sizeof res->reason,
+             "no Mdm-Signature and no client certificate (enable SignMessage in the enrollment "
+             "profile, or mTLS)");
+    return -1;
+}
+
+static void s_key(const msgpack_object *map, const char *key, char *buf, size_t size)
+{
+    if (pm_mp_get_str(map, key, buf, size) < 0)
+        buf[0] = '\0';
+}
+
+static void s_on_device(gw_server_t *self, struct evhttp_request *req, const char *path,
+                        bool is_server_path, const char *remote)
+{
+    uint8_t *mp = NULL;
+    size_t mplen = 0;
+    msgpack_zone zone;
+    bool zone_ok = false;
+    pm_msg_t *msg = NULL;
+    char err[256], why[400];
+    char eid[GW_EID_MAX] = "";
+    self->st.requests++;
+
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    if (len > self->cfg.body_max) {
+        s_reject(self, req, NULL, remote, path, "body larger than body-max");
+        goto out;
+    }
+    const uint8_t *body = len ? evbuffer_pullup(in, -1) : (const uint8_t *)"";
+    if (!body) {
+        s_send_text(req, 500, "out of memory\n");
+        goto out;
+    }
+
+    //  1. who sent it (before looking inside)
+    gw_auth_result_t auth;
+    bool has_cert = false;
+    if (s_authenticate(self, req, body, len, remote, &auth, &has_cert) < 0) {
+        snprintf(why, sizeof why, "%s: %s", auth.code ? auth.code : "auth", auth.reason);
+        s_reject(self, req, NULL, remote, path, why);
+        goto out;
+    }
+
+    //  2. the plist, bounded
+    pm_plist_limits_t lim = pm_plist_default_limits;
+    lim.max_bytes = self->cfg.body_max;
+    //  the plist travels two levels down in the bus message (envelope, body)
+    lim.max_depth = PM_MSG_MAX_DEPTH - 4;
+    if (len == 0 ||
+        pm_plist_to_msgpack((const char *)body, len, &lim, &mp, &mplen, err, sizeof err) < 0) {
+        snprintf(why, sizeof why, "bad plist: %s", len == 0 ? "empty body" : err);
+        s_reject(self, req, NULL, remote, path, why);
+        goto out;
+    }
+    msgpack_zone_init(&zone, 4096);
+    zone_ok = true;
+    msgpack_object obj;
+    pm_mpck_limits_t mlim = {PM_MSG_MAX_DEPTH, PM_MSG_MAX_ELEMENTS};
+    if (pm_mpck_unpack(mp, mplen, &mlim, &zone, &obj, err, sizeof err) < 0 ||
+        obj.type != MSGPACK_OBJECT_MAP) {
+        s_reject(self, req, NULL, remote, path, "plist is not a dictionary");
+        goto out;
+    }
+
+    //  3. the enrollment (id keys of the wrong type must not silently
+    //  become "absent": a user-channel message would land on the device)
+    if (s_check_keys(&obj, "any message", why, sizeof why) < 0) {
+        s_reject(self, req, NULL, remote, path, why);
+        goto out;
+    }
+    char udid[GW_EID_PART_MAX + 1], uid[GW_EID_PART_MAX + 1], ushort[GW_EID_PART_MAX + 1], ulong[8],
+        enr[GW_EID_PART_MAX + 1], enru[GW_EID_PART_MAX + 1];
+    s_key(&obj, "UDID", udid, sizeof udid);
+    s_key(&obj, "UserID", uid, sizeof uid);
+    s_key(&obj, "UserShortName", ushort, sizeof ushort);
+    //  only whether UserLongName is there matters (macOS vs Shared iPad)
+    snprintf(ulong, sizeof ulong, "%s", pm_mp_get(&obj, "UserLongName") ? "y" : "");
+    s_key(&obj, "EnrollmentID", enr, sizeof enr);
+    s_key(&obj, "EnrollmentUserID", enru, sizeof enru);
+    gw_eid_keys_t keys = {udid, uid, ushort, ulong, enr, enru};
+    gw_eid_kind_t kind;
+    if (gw_eid_derive(&keys, eid, sizeof eid, &kind, err, sizeof err) < 0) {
+        snprintf(why, sizeof why, "bad enrollment id: %s", err);
+        s_reject(self, req, NULL, remote, path, why);
+        goto out;
+    }
+
+    //  4. which kind of message
+    char mtype[48] = "", status[48] = "", cuuid[80] = "";
+    bool has_mtype = pm_mp_get(&obj, "MessageType") != NULL;
+    bool has_status = pm_mp_get(&obj, "Status") != NULL;
+    gw_route_t route;
+    if (has_mtype && !has_status)
+        route = GW_ROUTE_CHECKIN;
+    else if (has_status && !has_mtype && is_server_path)
+        route = GW_ROUTE_CONNECT;
+    else {
+        s_reject(self, req, eid, remote, path,
+                 has_mtype && has_status ? "body has both MessageType and Status"
+                 : is_server_path        ? "body has neither MessageType nor Status"
+                                         : "check-in body without MessageType");
+        goto out;
+    }
+
+    if (route == GW_ROUTE_CHECKIN) {
+        if (pm_mp_get_str(&obj, "MessageType", mtype, sizeof mtype) < 0 ||
+            !s_in(s_message_types, mtype)) {
+            char shown[48];
+            s_key(&obj, "MessageType", shown, sizeof shown);
+            if (pm_mp_get(&obj, "MessageType")->type != MSGPACK_OBJECT_STR)
+                snprintf(why, sizeof why, "MessageType is not a string");
+            else
+                snprintf(why, sizeof why, "unknown MessageType '%s'", shown);
+            s_reject(self, req, eid, remote, path, why);
+            goto out;
+        }
+        if (s_check_keys(&obj, mtype, why, sizeof why) < 0) {
+            s_reject(self, req, eid, remote, path, why);
+            goto out;
+        }
+        if (strcmp(mtype, "UserAuthenticate") == 0 && !self->cfg.user_auth_forward) {
+            //  Apple: a server that does not authenticate users declines the
+            //  UserAuthenticate (DigestChallenge) request with HTTP 410.
+            pm_info("eid=%s UserAuthenticate declined (410; user-authenticate=forward changes it)",
+                    eid);
+            s_send(req, 410, NULL, NULL, 0);
+            goto out;
+        }
+    } else {
+        if (pm_mp_get_str(&obj, "Status", status, sizeof status) < 0 || !s_in(s_statuses, status)) {
+            char shown[48];
+            s_key(&obj, "Status", shown, sizeof shown);
+            snprintf(why, sizeof why, "unknown Status '%s'", shown);
+            s_reject(self, req, eid, remote, path, why);
+            goto out;
+        }
+        bool has_uuid = pm_mp_get_str(&obj, "CommandUUID", cuuid, sizeof cuuid) == 0 && *cuuid;
+        if (!has_uuid && strcmp(status, "Idle") != 0) {
+            snprintf(why, sizeof why, "Status %s without a CommandUUID", status);
+            s_reject(self, req, eid, remote, path, why);
+            goto out;
+        }
+    }
+
+    //  5. to the back end
+    msg = pm_msg_new(route == GW_ROUTE_CHECKIN ? PM_MSG_CHECKIN : PM_MSG_CONNECT);
+    if (!msg) {
+        s_send_text(req, 500, "out of memory\n");
+        goto out;
+    }
+    int bad = 0;
+    bad |= pm_msg_set_str(msg, "eid", eid);
+    bad |= pm_msg_set_str(msg, "kind", gw_eid_kind_name(kind));
+    if (route == GW_ROUTE_CHECKIN) {
+        bad |= pm_msg_set_str(msg, "message_type", mtype);
+        if (has_cert)
+            bad |= pm_msg_set_str(msg, "cert_issuer", auth.issuer);
+    } else {
+        bad |= pm_msg_set_str(msg, "status", status);
+        if (*cuuid)
+            bad |= pm_msg_set_str(msg, "command_uuid", cuuid);
+    }
+    if (has_cert)
+        bad |= pm_msg_set_bin(msg, "cert_hash", auth.cert_hash, sizeof auth.cert_hash);
+    bad |= pm_msg_set_packed(msg, "body", mp, mplen);
+    if (bad) {
+        pm_error("eid=%s: cannot build the bus message (field rejected by the table)", eid);
+        s_send_text(req, 500, "internal error\n");
+        goto out;
+    }
+    gw_req_t *r = s_req_new(self, req);
+    if (!r) {
+        s_send_text(req, 500, "out of memory\n");
+        goto out;
+    }
+    r->route = route;
+    r->kind = kind;
+    snprintf(r->eid, sizeof r->eid, "%s", eid);
+    snprintf(r->what, sizeof r->what, "%s", route == GW_ROUTE_CHECKIN ? mtype : status);
+    snprintf(r->remote, sizeof r->remote, "%s", remote);
+    snprintf(r->path, sizeof r->path, "%s", path);
+    if (has_cert) {
+        char hex[65];
+        gw_auth_hash_hex(auth.cert_hash, hex);
+        pm_debug("eid=%s %s from %s cert=%.16s", eid, r->what, remote, hex);
+    }
+    s_call(r, &msg);
+out:
+    pm_msg_destroy(&msg);
+    if (zone_ok)
+        msgpack_zone_destroy(&zone);
+    free(mp);
+}
+
+static void s_on_request(struct evhttp_request *req, void *arg)
+{
+    gw_server_t *self = arg;
+    char remote[GW_REMOTE_MAX] = "?";
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    if (evcon) {
+        //  Header and body leave as separate writes (TLS records): without
+        //  TCP_NODELAY, Nagle + the client's delayed ACK add ~40 ms per answer.
+        struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+        evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+        int one = 1;
+        if (fd >= 0)
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        char *host = NULL;
+        ev_uint16_t port = 0;
+        evhttp_connection_get_peer(evcon, &host, &port);
+        if (host)
+            snprintf(remote, sizeof remote, "%s", host);
+    }
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    if (!path || !*path) {
+        s_send_text(req, 400, "bad request\n");
+        return;
+    }
+    if (self->shutting_down) {
+        s_send_503(self, req);
+        return;
+    }
+    enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+    if (strcmp(path, "/health") == 0) {
+        if (cmd != EVHTTP_REQ_GET) {
+            s_send_text(req, 405, "use GET\n");
+            return;
+        }
+        s_health(self, req);
+        return;
+    }
+    bool is_checkin = strcmp(path, self->checkin_path) == 0;
+    bool is_server = strcmp(path, self->server_path) == 0;
+    if (!is_checkin && !is_server) {
+        s_send_text(req, 404, "not found\n");
+        return;
+    }
+    if (cmd != EVHTTP_REQ_PUT && cmd != EVHTTP_REQ_POST) {
+        s_send_text(req, 405, "devices use PUT\n");
+        return;
+    }
+    //  When both paths are the same (one-URL profiles), the body decides.
+    s_on_device(self, req, path, is_server, remote);
+}
+
+/* ---- TLS ---- */
+
+static int s_verify_later(int ok, X509_STORE_CTX *ctx)
+{
+    (void)ok;
+    (void)ctx;
+    //  Accept any client certificate during the handshake: gw_auth checks it
+    //  per request, so a bad one gets a 400 (and an event), not a TLS alert,
+    //  and clients without one can still reach /health.
+    return 1;
+}
+
+static struct bufferevent *s_on_bev(struct event_base *base, void *arg)
+{
+    gw_server_t *self = arg;
+    SSL *ssl = SSL_new(self->ssl);
+    if (!ssl)
+        return NULL;
+    return bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
+                                          BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+}
+
+static int s_tls_setup(gw_server_t *self)
+{
+    const gw_server_config_t *c = &self->cfg;
+    char ebuf[200];
+    if (!c->tls_cert || !c->tls_key || !*c->tls_cert || !*c->tls_key) {
+        pm_error("TLS needs tls-cert and tls-key (PEM files); or set plain-http behind a "
+                 "TLS-terminating proxy");
+        return -1;
+    }
+    self->ssl = SSL_CTX_new(TLS_server_method());
+    if (!self->ssl)
+        return -1;
+    SSL_CTX_set_min_proto_version(self->ssl, TLS1_2_VERSION);
+    SSL_CTX_set_options(self->ssl, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    if (SSL_CTX_use_certificate_chain_file(self->ssl, c->tls_cert) != 1) {
+        ERR_error_string_n(ERR_get_error(), ebuf, sizeof ebuf);
+        pm_error("cannot load tls-cert '%s' (%s): give a PEM certificate chain", c->tls_cert, ebuf);
+        return -1;
+    }
+    if (SSL_CTX_use_PrivateKey_file(self->ssl, c->tls_key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(self->ssl) != 1) {
+        ERR_error_string_n(ERR_get_error(), ebuf, sizeof ebuf);
+        pm_error("cannot load tls-key '%s' or it does not match tls-cert (%s)", c->tls_key, ebuf);
+        return -1;
+    }
+    if (c->tls_client_cert && self->auth) {
+        STACK_OF(X509_NAME) *names = gw_auth_ca_names(self->auth);
+        if (names)
+            SSL_CTX_set_client_CA_list(self->ssl, names);
+        SSL_CTX_set_verify(self->ssl, SSL_VERIFY_PEER, s_verify_later);
+        static const unsigned char sid[] = "picomdm-gateway";
+        SSL_CTX_set_session_id_context(self->ssl, sid, sizeof sid - 1);
+    }
+    return 0;
+}
+
+/* ---- life cycle ---- */
+
+static char **s_split(const char *list, int *n)
+{
+    *n = 0;
+    if (!list || !*list)
+        return NULL;
+    char *copy = strdup(list);
+    if (!copy)
+        return NULL;
+    int cap = 1;
+    for (const char *p = list; *p; p++)
+        cap += *p == ',';
+    char **out = calloc((size_t)cap, sizeof *out);
+    char *save = NULL;
+    for (char *t = strtok_r(copy, ",", &save); out && t; t = strtok_r(NULL, ",", &save)) {
+        while (*t == ' ')
+            t++;
+        size_t l = strlen(t);
+        while (l && t[l - 1] == ' ')
+            t[--l] = '\0';
+        if (*t)
+            out[(*n)++] = strdup(t);
+    }
+    free(copy);
+    return out;
+}
+
+gw_server_t *gw_server_new(const gw_server_config_t *cfg, struct event_base *base, pm_bus_t *bus,
+                           gw_auth_t *auth)
+{
+    gw_server_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->cfg = *cfg;
+    self->base = base;
+    self->bus = bus;
+    self->auth = auth;
+    self->listen = strdup(cfg->listen ? cfg->listen : "");
+    self->checkin_path = strdup(cfg->checkin_path ? cfg->checkin_path : "/mdm/checkin");
+    self->server_path = strdup(cfg->server_path ? cfg->server_path : "/mdm/connect");
+    self->proxy_header =
+        strdup(cfg->proxy_cert_header ? cfg->proxy_cert_header : "X-SSL-Client-Cert");
+    self->service = strdup(cfg->backend_service ? cfg->backend_service : "scheduler");
+    self->proxies = s_split(cfg->trusted_proxies, &self->nproxies);
+    if (!self->listen || !self->checkin_path || !self->server_path || !self->proxy_header ||
+        !self->service)
+        goto fail;
+    if (!auth && !cfg->insecure_lab_mode) {
+        pm_error("no device CA: set device-ca (or, in a lab only, insecure-lab-mode)");
+        goto fail;
+    }
+    if (self->checkin_path[0] != '/' || self->server_path[0] != '/') {
+        pm_error("checkin-path and server-path must start with '/'");
+        goto fail;
+    }
+    if (!cfg->plain_http && s_tls_setup(self) < 0)
+        goto fail;
+
+    struct sockaddr_storage ss;
+    int sslen = sizeof ss;
+    memset(&ss, 0, sizeof ss);
+    if (evutil_parse_sockaddr_port(self->listen, (struct sockaddr *)&ss, &sslen) < 0 ||
+        (ss.ss_family == AF_INET && ((struct sockaddr_in *)&ss)->sin_port == 0 &&
+         !strstr(self->listen, ":0"))) {
+        pm_error("bad listen address '%s': use address:port, e.g. 0.0.0.0:8443 or [::]:8443",
+                 self->listen);
+        goto fail;
+    }
+    //  SO_REUSEPORT: several gateway processes may share the port.
+    self->listener = evconnlistener_new_bind(base, NULL, NULL,
+                                             LEV_OPT_REUSEABLE | LEV_OPT_REUSEABLE_PORT |
+                                                 LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
+                                             1024, (struct sockaddr *)&ss, sslen);
+    if (!self->listener) {
+        pm_error("cannot listen on %s: %s (is the address local and the port free, or owned by "
+                 "another user?)",
+                 self->listen, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+        goto fail;
+    }
+    struct sockaddr_storage bound;
+    socklen_t blen = sizeof bound;
+    evutil_socket_t lfd = evconnlistener_get_fd(self->listener);
+    if (getsockname(lfd, (struct sockaddr *)&bound, &blen) == 0)
+        self->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                       : ((struct sockaddr_in *)&bound)->sin_port);
+
+    self->http = evhttp_new(base);
+    if (!self->http)
+        goto fail;
+    evhttp_set_max_body_size(self->http, (ev_ssize_t)cfg->body_max);
+    evhttp_set_max_headers_size(self->http, (ev_ssize_t)cfg->header_max);
+    evhttp_set_timeout(self->http, cfg->idle_timeout_s > 0 ? cfg->idle_timeout_s : 60);
+    evhttp_set_allowed_methods(self->http, EVHTTP_REQ_GET | EVHTTP_REQ_PUT | EVHTTP_REQ_POST);
+    evhttp_set_gencb(self->http, s_on_request, self);
+    if (self->ssl)
+        evhttp_set_bevcb(self->http, s_on_bev, self);
+    if (!evhttp_bind_listener(self->http, self->listener))
+        goto fail;
+    self->listener = NULL; //  owned by evhttp now
+
+    //  the bus in our event loop
+    int fds[GW_BUS_FDS_MAX];
+    int n = bus ? pm_bus_fds(bus, fds, GW_BUS_FDS_MAX) : 0;
+    for (int i = 0; i < n && i < GW_BUS_FDS_MAX; i++) {
+        self->bus_ev[i] = event_new(base, fds[i], EV_READ | EV_PERSIST, s_on_bus_fd, self);
+        if (!self->bus_ev[i] || event_add(self->bus_ev[i], NULL) < 0)
+            goto fail;
+        self->nbus_ev++;
+    }
+    self->bus_timer = evtimer_new(base, s_on_bus_fd, self);
+    if (!self->bus_timer)
+        goto fail;
+    s_bus_kick(self);
+    pm_info("listening on %s (port %d, %s%s), check-in %s, command loop %s, back end '%s'",
+            self->listen, self->port, cfg->plain_http ? "plain HTTP behind a proxy" : "TLS",
+            !cfg->plain_http && cfg->tls_client_cert ? " + client certificates" : "",
+            self->checkin_path, self->server_path, self->service);
+    return self;
+fail:
+    gw_server_shutdown(self);
+    gw_server_destroy(&self);
+    return NULL;
+}
+
+void gw_server_shutdown(gw_server_t *self)
+{
+    if (!self || self->shutting_down)
+        return;
+    self->shutting_down = true;
+    //  Everyone still waiting gets an answer now (the bus is going away).
+    for (gw_req_t *r = self->reqs; r; r = r->next)
+        if (r->req) {
+            s_send_503(self, r->req);
+            r->req = NULL;
+        }
+    if (self->http)
+        evhttp_free(self->http);
+    self->http = NULL;
+    if (self->listener)
+        evconnlistener_free(self->listener);
+    self->listener = NULL;
+}
+
+void gw_server_destroy(gw_server_t **srv)
+{
+    if (!srv || !*srv)
+        return;
+    gw_server_t *self = *srv;
+    gw_server_shutdown(self);
+    while (self->reqs)
+        s_req_free(self->reqs);
+    for (int i = 0; i < self->nbus_ev; i++)
+        event_free(self->bus_ev[i]);
+    if (self->bus_timer)
+        event_free(self->bus_timer);
+    if (self->ssl)
+        SSL_CTX_free(self->ssl);
+    for (int i = 0; i < self->nproxies; i++)
+        free(self->proxies[i]);
+    free(self->proxies);
+    free(self->listen);
+    free(self->checkin_path);
+    free(self->server_path);
+    free(self->proxy_header);
+    free(self->service);
+    free(self);
+    *srv = NULL;
+}
+
+int gw_server_port(const gw_server_t *srv)
+{
+    return srv->port;
+}
+
+void gw_server_stats(const gw_server_t *srv, gw_server_stats_t *st)
+{
+    *st = srv->st;
+}
