@@ -124,6 +124,10 @@ _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema 
     X(Q_ANSWER, "UPDATE queue SET status=?3, active=0, answered=?4 WHERE eid=?1 AND cmd=?2")       \
     X(Q_NOTNOW, "UPDATE queue SET status='notnow', notnow_count=notnow_count+1, session=?3,"       \
                 " answered=?4 WHERE eid=?1 AND cmd=?2")                                            \
+    X(Q_EXPIRE_ANY, "SELECT 1 FROM queue WHERE eid=?1 AND active=1 AND expires IS NOT NULL"        \
+                    " AND expires<=?2 LIMIT 1")                                                    \
+    X(Q_FAIL_ANY, "SELECT 1 FROM queue WHERE eid=?1 AND active=1 AND status='sent'"                \
+                  " AND deliveries>=?3 AND session<?4 AND delivered<=?5 LIMIT 1")                  \
     X(Q_EXPIRE,                                                                                    \
       "UPDATE queue SET status='expired', active=0, answered=?2"                                   \
       " WHERE eid=?1 AND active=1 AND expires IS NOT NULL AND expires<=?2 RETURNING cmd")          \
@@ -1048,19 +1052,54 @@ static int s_sweep(store_db_t *db, sqlite3_stmt *st, const char *eid, const char
     return ret;
 }
 
+//  Whether the probe statement `id` (bound like the UPDATE it guards) finds a
+//  row: 1 / 0 / -1. A SELECT is much cheaper than an UPDATE that changes
+//  nothing (no statement journal), and the sweeps almost never find anything.
+static int s_probe(store_db_t *db, int id, const char *eid, int64_t now, int limit, int64_t session,
+                   int64_t before)
+{
+    sqlite3_stmt *st = s_st(db, id);
+    if (!st)
+        return -1;
+    s_bind_text(st, 1, eid);
+    sqlite3_bind_int64(st, 2, now);
+    if (id == S_Q_FAIL_ANY) {
+        sqlite3_bind_int(st, 3, limit);
+        sqlite3_bind_int64(st, 4, session);
+        sqlite3_bind_int64(st, 5, before);
+    }
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        s_dberr(db, "checking a queue");
+        return -1;
+    }
+    return rc == SQLITE_ROW;
+}
+
 //  Expire entries past their expiry; fail entries delivered too often without
 //  an answer (only when they would otherwise be offered again).
 static int s_sweeps(store_db_t *db, const char *eid, int64_t session, const store_policy_t *pol,
                     int64_t now)
 {
-    sqlite3_stmt *st = s_st(db, S_Q_EXPIRE);
-    if (!st)
+    int any = s_probe(db, S_Q_EXPIRE_ANY, eid, now, 0, 0, 0);
+    if (any < 0)
         return -1;
-    s_bind_text(st, 1, eid);
-    sqlite3_bind_int64(st, 2, now);
-    if (s_sweep(db, st, eid, "command.expired", now) < 0)
-        return -1;
+    sqlite3_stmt *st;
+    if (any) {
+        st = s_st(db, S_Q_EXPIRE);
+        if (!st)
+            return -1;
+        s_bind_text(st, 1, eid);
+        sqlite3_bind_int64(st, 2, now);
+        if (s_sweep(db, st, eid, "command.expired", now) < 0)
+            return -1;
+    }
     if (pol && pol->redeliver_limit > 0) {
+        any = s_probe(db, S_Q_FAIL_ANY, eid, now, pol->redeliver_limit, session,
+                      now - pol->delivered_timeout_ms);
+        if (any <= 0)
+            return any;
         st = s_st(db, S_Q_FAIL);
         if (!st)
             return -1;
@@ -1133,13 +1172,16 @@ static int s_record_answer(store_db_t *db, const store_connect_t *in, int64_t se
             replay = true;
         }
     } else {
-        st = s_st(db, S_RES_EXISTS);
-        if (!st)
-            return -1;
-        s_bind_text(st, 1, in->eid);
-        sqlite3_bind_int64(st, 2, cmd);
-        replay = sqlite3_step(st) == SQLITE_ROW;
-        sqlite3_reset(st);
+        //  only a finished entry can have a result already (NotNow stores none)
+        if (!active) {
+            st = s_st(db, S_RES_EXISTS);
+            if (!st)
+                return -1;
+            s_bind_text(st, 1, in->eid);
+            sqlite3_bind_int64(st, 2, cmd);
+            replay = sqlite3_step(st) == SQLITE_ROW;
+            sqlite3_reset(st);
+        }
         st = s_st(db, S_RES_UPSERT);
         if (!st)
             return -1;
