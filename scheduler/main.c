@@ -99,7 +99,9 @@ int main(int argc, char **argv)
             break;
         sched_tick(s, s_now_ms());
     }
-    pm_info("stopping");
+    pm_bus_stats_t st;
+    pm_bus_stats(bus, &st);
+    pm_info("stopping after %llu requests", (unsigned long long)st.jobs);
     rc = 0;
 out:
     sched_destroy(&s);

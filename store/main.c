@@ -110,7 +110,9 @@ int main(int argc, char **argv)
         if (store_svc_pending(svc))
             store_svc_flush(svc);
     }
-    pm_info("stopping");
+    pm_bus_stats_t st;
+    pm_bus_stats(bus, &st);
+    pm_info("stopping after %llu requests", (unsigned long long)st.jobs);
     rc = 0;
 out:
     store_svc_destroy(&svc);
