@@ -16,6 +16,8 @@
 static const pm_opt_t s_opts[] = {
     {"request-endpoint", PM_OPT_STR, "tcp://127.0.0.1:7401",
      "broker request endpoint (ROUTER): we serve 'scheduler' and call 'store' and 'push'"},
+    {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
+    {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     {"notnow-limit", PM_OPT_INT, "3",
      "after this many NotNow answers a command goes behind the device's other commands (0 = "
      "never)"},
@@ -78,7 +80,9 @@ int main(int argc, char **argv)
         goto out;
     }
     pm_bus_config_t bc = {.name = "scheduler",
-                          .request_endpoint = pm_cfg_str(cfg, "request-endpoint")};
+                          .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
+                          .server_public_key = pm_cfg_str(cfg, "server-key"),
+                          .cert_file = pm_cfg_str(cfg, "curve-cert")};
     bus = pm_bus_new(&bc);
     if (!bus) {
         pm_error("cannot connect to the broker at %s (check request-endpoint)",

@@ -20,6 +20,8 @@
 #include <sys/stat.h>
 
 static const pm_opt_t s_opts[] = {
+    {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
+    {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     {"data-dir", PM_OPT_STR, "/var/lib/picomdm",
      "directory holding picomdm.db (created if missing)"},
     {"request-endpoint", PM_OPT_STR, "tcp://127.0.0.1:7401",
@@ -87,6 +89,8 @@ int main(int argc, char **argv)
     }
     pm_bus_config_t bc = {.name = "store",
                           .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
+                          .server_public_key = pm_cfg_str(cfg, "server-key"),
+                          .cert_file = pm_cfg_str(cfg, "curve-cert"),
                           .publish_endpoint = pm_cfg_str(cfg, "publish-endpoint"),
                           .capacity = (int)batch};
     bus = pm_bus_new(&bc);

@@ -35,6 +35,8 @@
 
 static const pm_opt_t s_opts[] = {
     {"request-endpoint", PM_OPT_STR, "tcp://127.0.0.1:7401", "broker request endpoint"},
+    {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85)"},
+    {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     {"n", PM_OPT_INT, "10", "number of enrollments"},
     {"prefix", PM_OPT_STR, "dev-", "enrollment ids are <prefix><i>"},
     {"window", PM_OPT_INT, "64", "requests in flight"},
@@ -581,7 +583,9 @@ int main(int argc, char **argv)
     snprintf(s_prefix, sizeof s_prefix, "%s", pm_cfg_str(cfg, "prefix"));
     int n = (int)pm_cfg_int(cfg, "n");
     pm_bus_config_t bc = {.name = "queuedrv",
-                          .request_endpoint = pm_cfg_str(cfg, "request-endpoint")};
+                          .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
+                          .server_public_key = pm_cfg_str(cfg, "server-key"),
+                          .cert_file = pm_cfg_str(cfg, "curve-cert")};
     s_bus = pm_bus_new(&bc);
     if (!s_bus)
         return 2;
