@@ -17,8 +17,6 @@
 static const pm_opt_t s_opts[] = {
     {"request-endpoint", PM_OPT_STR, "tcp://127.0.0.1:7401",
      "broker request endpoint (ROUTER): we serve 'scheduler' and call 'store' and 'push'"},
-    {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
-    {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     {"notnow-limit", PM_OPT_INT, "3",
      "after this many NotNow answers a command goes behind the device's other commands (0 = "
      "never)"},
@@ -32,6 +30,8 @@ static const pm_opt_t s_opts[] = {
     {"store-retries", PM_OPT_INT, "3", "extra attempts for a store call (same request id)"},
     {"wake-sweep-s", PM_OPT_INT, "300",
      "re-send wakeups for enrollments still marked wake_pending this often (0 = never)"},
+    {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
+    {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     {NULL, 0, NULL, NULL}};
 
 static int64_t s_now_ms(void)

@@ -21,8 +21,6 @@
 #include <sys/stat.h>
 
 static const pm_opt_t s_opts[] = {
-    {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
-    {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     {"data-dir", PM_OPT_STR, "/var/lib/picomdm",
      "directory holding picomdm.db (created if missing)"},
     {"request-endpoint", PM_OPT_STR, "tcp://127.0.0.1:7401",
@@ -36,6 +34,8 @@ static const pm_opt_t s_opts[] = {
     {"group-commit", PM_OPT_BOOL, "true",
      "apply every waiting request in one transaction (off: one transaction per request)"},
     {"batch-max", PM_OPT_INT, "1024", "at most this many requests per transaction"},
+    {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
+    {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     {NULL, 0, NULL, NULL}};
 
 int main(int argc, char **argv)

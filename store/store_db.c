@@ -5,6 +5,7 @@
  *  caller's transaction (group commit) and a savepoint per request.
  */
 #include "store_db.h"
+#include "store_inv.h"
 
 #include <sqlite3.h>
 #include <stdarg.h>
@@ -51,7 +52,9 @@ static const char *const s_migrations[] = {
     /* 2: indexes for the per-connect sweeps, so they do not read a long queue */
     "CREATE INDEX queue_expiry ON queue(eid, expires) WHERE active = 1 AND expires IS NOT NULL;"
     "CREATE INDEX queue_sent ON queue(eid, deliveries) WHERE active = 1 AND status = 'sent';",
-    /* 3: what changes on every connect, and the wake marks, move out of the wide
+    /* 3: the inventory (store_inv.h) and the indexes of the operator's queries */
+    STORE_INV_MIGRATION,
+    /* 4: what changes on every connect, and the wake marks, move out of the wide
      * enrollments row (which holds the Authenticate/TokenUpdate bodies) into
      * narrow tables; the last answer is kept as a command id, not its bytes.
      * enrollments.session/last_rid/last_status/last_reply/wake_pending are unused
@@ -203,6 +206,7 @@ struct store_db {
     size_t nev, evcap, nev_mark;
     msgpack_sbuffer scratch; //  event data being built
     msgpack_packer pk;       //  packs into scratch
+    store_inv_t *inv;        //  inventory (store_inv.h), made on first use
 };
 
 /* ---- small helpers ---- */
@@ -495,6 +499,7 @@ void store_db_destroy(store_db_t **pdb)
     if (!pdb || !*pdb)
         return;
     store_db_t *db = *pdb;
+    store_inv_destroy(&db->inv);
     for (int i = 0; i < S_NSTMTS; i++)
         sqlite3_finalize(db->stmt[i]);
     if (db->sql)
@@ -985,6 +990,19 @@ out:
 
 /* ---- command loop ---- */
 
+store_inv_t *store_db_inv(store_db_t *db)
+{
+    if (!db->inv)
+        db->inv = store_inv_new(db->sql);
+    return db->inv;
+}
+
+static int s_inv_emit(void *arg, const char *name, const char *eid, const uint8_t *data, size_t len,
+                      int64_t now)
+{
+    return s_event((store_db_t *)arg, name, eid, "store", data, len, now, NULL);
+}
+
 //  Apple Status -> queue status for a terminal answer; NULL if not terminal/unknown.
 static const char *s_terminal_status(const char *status)
 {
@@ -1202,6 +1220,15 @@ static int s_record_answer(store_db_t *db, const store_connect_t *in, int64_t se
             sqlite3_bind_int64(st, 4, in->now_ms);
             if (s_exec(db, st, "finishing a queue entry") < 0)
                 return -1;
+        }
+        //  the answer becomes inventory, in this same transaction (store_inv.h)
+        if (!replay && strcmp(in->status, "Acknowledged") == 0) {
+            store_inv_t *inv = store_db_inv(db);
+            if (!inv || store_inv_ingest(inv, in->eid, rtype, in->command_uuid, in->body,
+                                         in->body_len, in->now_ms, s_inv_emit, db) < 0) {
+                s_err(db, "%s", inv ? store_inv_errmsg(inv) : "out of memory (inventory)");
+                return -1;
+            }
         }
     }
     msgpack_packer *pk = s_ev_data(db, replay ? 4 : 3);

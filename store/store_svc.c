@@ -2,6 +2,7 @@
  *  (see store_svc.h). Runs in picomdm-store's single thread.
  */
 #include "store_svc.h"
+#include "store_inv.h"
 
 #include "pm_log.h"
 #include "pm_mpck.h"
@@ -352,6 +353,11 @@ bool store_svc_apply(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply)
                               (unsigned)pm_msg_uint(req, "limit", 1000), b);
         if (rc == STORE_OK)
             rc = s_list_reply(req, reply, PM_MSG_DEVICES_REPLY, "devices", b);
+        break;
+    case PM_MSG_STORE_DEVICE:
+    case PM_MSG_STORE_TIMELINE:
+    case PM_MSG_STORE_DEVICES_FIND:
+        rc = store_inv_svc(svc->db, req, reply, s_now_ms());
         break;
     case PM_MSG_EVENT_APPEND:
         s_packed(req, "data", a);

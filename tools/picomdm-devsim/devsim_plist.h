@@ -40,8 +40,8 @@ plist_t devsim_pl_get(plist_t dict, const char *key, plist_type type);
 int devsim_pl_to_xml(plist_t node, char **xml, size_t *len);
 
 //  Bounded parse of an XML (or binary) plist reply through the shared bridge
-//  (pm_plist_parse): size, nesting depth and node count are checked before libplist parses. Returns the root
-//  (caller frees with plist_free) or NULL with a reason in err.
+//  (pm_plist_parse): size, nesting depth and node count are checked before libplist parses. Returns
+//  the root (caller frees with plist_free) or NULL with a reason in err.
 plist_t devsim_pl_parse(const char *data, size_t len, char *err, size_t errlen);
 
 #endif
