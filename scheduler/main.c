@@ -100,13 +100,16 @@ int main(int argc, char **argv)
             bc.request_endpoint, o.notnow_limit, o.redeliver_limit, o.delivered_timeout_s,
             o.default_ttl_s);
     pm_notify_ready();
+    pm_notify_status("serving scheduler via %s", bc.request_endpoint);
     while (!zsys_interrupted) {
         if (pm_bus_run_once(bus, 500) < 0)
             break;
         sched_tick(s, s_now_ms());
     }
     pm_notify_stopping();
-    pm_info("stopping");
+    pm_bus_stats_t st;
+    pm_bus_stats(bus, &st);
+    pm_info("stopping after %llu requests", (unsigned long long)st.jobs);
     rc = 0;
 out:
     sched_destroy(&s);
