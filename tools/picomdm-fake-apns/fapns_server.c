@@ -4,7 +4,7 @@
  */
 #include "fapns_server.h"
 #include "pm_log.h"
-#include "../../pusher/push_cert.h"
+#include "push_cert.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

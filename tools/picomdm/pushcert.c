@@ -2,10 +2,7 @@
  */
 #include "pushcert.h"
 
-//  The certificate module of the pusher, compiled into the CLI: the build
-//  links each binary from its own folder (Makefile header), and a copy would
-//  drift. It brings push_cert_load, push_cert_state, ...
-#include "../../pusher/push_cert.c"
+#include "push_cert.h"
 
 #include <errno.h>
 #include <fcntl.h>

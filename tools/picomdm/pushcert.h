@@ -9,7 +9,7 @@
  *      show FILE    topic, subject, issuer, validity, key/certificate match
  *      install FILE copy a new certificate (and key) to the configured place;
  *                   refuses another topic than the installed one (--force)
- *  Uses the pusher's certificate module (pusher/push_cert.c).
+ *  Uses the pusher's certificate module (proto/push_cert.c).
  */
 #ifndef PUSHCERT_H
 #define PUSHCERT_H
