@@ -259,6 +259,16 @@ static int s_http_status(gw_req_t *r, uint64_t st)
     return (int)st;
 }
 
+//  Bus error codes that mean "the back end is not there right now": the
+//  device should come back later (503 + Retry-After), not give up. `busy`
+//  is what the broker answers while a killed worker is not yet declared
+//  dead (3 missed heartbeats) and requests wait for it.
+static bool s_transient(const char *code)
+{
+    return code && (strcmp(code, "timeout") == 0 || strcmp(code, "no_service") == 0 ||
+                    strcmp(code, "worker_lost") == 0 || strcmp(code, "busy") == 0);
+}
+
 static void s_answer(gw_req_t *r, const pm_msg_t *reply, const char *error)
 {
     gw_server_t *self = r->srv;
@@ -275,8 +285,7 @@ static void s_answer(gw_req_t *r, const pm_msg_t *reply, const char *error)
         const char *msg = pm_msg_str(reply, "message");
         pm_warn("eid=%s %s: back end error %s: %s", r->eid, r->what, code ? code : "?",
                 msg ? msg : "");
-        if (code && (strcmp(code, "timeout") == 0 || strcmp(code, "no_service") == 0 ||
-                     strcmp(code, "worker_lost") == 0))
+        if (s_transient(code))
             s_send_503(self, req);
         else if (code && strcmp(code, "bad_request") == 0)
             s_send_text(req, 400, "bad request\n");
@@ -389,9 +398,7 @@ static void s_on_health_reply(void *arg, const pm_msg_t *reply, const char *erro
         gw_server_t *self = r->srv;
         const char *code =
             reply && pm_msg_type(reply) == PM_MSG_ERROR ? pm_msg_str(reply, "code") : NULL;
-        bool up =
-            reply && !(code && (strcmp(code, "no_service") == 0 || strcmp(code, "timeout") == 0 ||
-                                strcmp(code, "worker_lost") == 0));
+        bool up = reply && !s_transient(code);
         char text[512];
         snprintf(text, sizeof text,
                  "ok\nbackend: %s%s%s\nrequests: %llu\nrejected: %llu\nunavailable: %llu\n"
