@@ -161,12 +161,12 @@ static bool s_mac_to_ts(double mac, msgpack_timestamp *ts)
 {
     if (!isfinite(mac))
         return false;
-    double unix_s = floor(mac);
-    if (unix_s < (double)(S_DATE_MIN - S_MAC_EPOCH) || unix_s > (double)(S_DATE_MAX - S_MAC_EPOCH))
+    double whole = floor(mac);
+    if (whole < (double)(S_DATE_MIN - S_MAC_EPOCH) || whole > (double)(S_DATE_MAX - S_MAC_EPOCH))
         return false;
     //  libplist 2.2 resolution is the microsecond: round the fraction to it.
-    double usec = nearbyint((mac - unix_s) * 1e6);
-    int64_t sec = (int64_t)unix_s + S_MAC_EPOCH;
+    double usec = nearbyint((mac - whole) * 1e6);
+    int64_t sec = (int64_t)whole + S_MAC_EPOCH;
     if (usec >= 1e6) {
         sec += 1;
         usec = 0;
@@ -1259,6 +1259,41 @@ static int s_pack_node(s_pack_t *c, plist_t node, unsigned depth)
     }
 }
 
+int pm_plist_parse(const char *data, size_t len, const pm_plist_limits_t *lim, plist_t *root,
+                   char *err, size_t errlen)
+{
+    if (!lim)
+        lim = &pm_plist_default_limits;
+    if (!data || !root) {
+        s_err(err, errlen, "plist: missing argument");
+        return -1;
+    }
+    *root = NULL;
+    if (len == 0) {
+        s_err(err, errlen, "plist: empty body (send an XML or binary plist)");
+        return -1;
+    }
+    if (len > lim->max_bytes || len > UINT32_MAX) {
+        s_err(err, errlen, "plist: body of %zu bytes exceeds the %zu-byte limit", len,
+              lim->max_bytes);
+        return -1;
+    }
+    bool binary = len >= 8 && plist_is_binary(data, (uint32_t)len);
+    if (binary ? s_bin_scan(data, len, lim, err, errlen) < 0
+               : s_xml_scan(data, len, lim, err, errlen) < 0)
+        return -1;
+    if (binary)
+        plist_from_bin(data, (uint32_t)len, root);
+    else
+        plist_from_xml(data, (uint32_t)len, root);
+    if (!*root) {
+        s_err(err, errlen, "plist: libplist rejected the %s body (send a well-formed plist)",
+              binary ? "binary" : "XML");
+        return -1;
+    }
+    return 0;
+}
+
 int pm_plist_to_msgpack(const char *data, size_t len, const pm_plist_limits_t *lim, uint8_t **out,
                         size_t *outlen, char *err, size_t errlen)
 {
@@ -1268,34 +1303,14 @@ int pm_plist_to_msgpack(const char *data, size_t len, const pm_plist_limits_t *l
     int rc = -1;
     if (!lim)
         lim = &pm_plist_default_limits;
-    if (!data || !out || !outlen) {
+    if (!out || !outlen) {
         s_err(err, errlen, "plist: missing argument");
         goto out;
     }
     *out = NULL;
     *outlen = 0;
-    if (len == 0) {
-        s_err(err, errlen, "plist: empty body (send an XML or binary plist)");
+    if (pm_plist_parse(data, len, lim, &root, err, errlen) < 0)
         goto out;
-    }
-    if (len > lim->max_bytes || len > UINT32_MAX) {
-        s_err(err, errlen, "plist: body of %zu bytes exceeds the %zu-byte limit", len,
-              lim->max_bytes);
-        goto out;
-    }
-    bool binary = len >= 8 && plist_is_binary(data, (uint32_t)len);
-    if (binary ? s_bin_scan(data, len, lim, err, errlen) < 0
-               : s_xml_scan(data, len, lim, err, errlen) < 0)
-        goto out;
-    if (binary)
-        plist_from_bin(data, (uint32_t)len, &root);
-    else
-        plist_from_xml(data, (uint32_t)len, &root);
-    if (!root) {
-        s_err(err, errlen, "plist: libplist rejected the %s body (send a well-formed plist)",
-              binary ? "binary" : "XML");
-        goto out;
-    }
     s_pack_t c = {
         .max_depth = s_depth_limit(lim), .max_nodes = lim->max_nodes, .err = err, .errlen = errlen};
     msgpack_packer_init(&c.pk, &sb, msgpack_sbuffer_write);

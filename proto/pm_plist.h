@@ -15,6 +15,7 @@
 #define PM_PLIST_H
 
 #include <msgpack.h>
+#include <plist/plist.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,6 +34,13 @@ extern const pm_plist_limits_t pm_plist_default_limits;
 //  the same NaN (XML cannot tell them apart); uid, null and duplicate keys fail.
 int pm_plist_to_msgpack(const char *data, size_t len, const pm_plist_limits_t *lim, uint8_t **out,
                         size_t *outlen, char *err, size_t errlen);
+
+//  The same bounded pre-scan, then libplist: for code that needs the libplist tree
+//  itself (tools that read operator or device plists). *root is the caller's
+//  (plist_free). The tree is safe to walk (depth and size bounded); values are not
+//  checked further (duplicate keys, dates, UIDs: pm_plist_to_msgpack does that).
+int pm_plist_parse(const char *data, size_t len, const pm_plist_limits_t *lim, plist_t *root,
+                   char *err, size_t errlen);
 
 //  msgpack object -> XML plist text (*xml malloc'd, NUL-terminated, caller frees).
 //  Fails on values a plist cannot carry (nil, ext other than timestamp, non-str map keys).

@@ -55,7 +55,7 @@ grep -q "^request-endpoint = \"ipc://$T/var/run/request.sock\"" "$T/var/run/pico
 openssl x509 -in "$T/var/pki/tls.crt" -noout -ext subjectAltName | grep -q "IP Address:127.0.0.1" || fail "TLS SAN lacks 127.0.0.1"
 grep -q "created now" "$T/up.log" || fail "banner does not say the certificates were created"
 grep -q "NOTICE: no APNs push certificate" "$T/up.log" || fail "no push-certificate notice"
-grep -q "ServerURL        https://localhost:8443/mdm" "$T/up.log" || fail "no ServerURL in the banner"
+grep -q "ServerURL        https://localhost:8443/mdm/connect" "$T/up.log" || fail "no ServerURL in the banner"
 fp1=$(openssl x509 -in "$T/var/pki/ca.crt" -noout -fingerprint -sha256)
 
 # a killed process is restarted (new pid), and the restart is logged

@@ -1,5 +1,6 @@
 /*  cli_command — build and validate an MDM Command dict (see cli_command.h). */
 #include "cli_command.h"
+#include "pm_plist.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -204,6 +205,14 @@ int cli_command_load_plist_mem(cli_command_t *self, const char *data, size_t len
         return s_fail(err, errlen,
                       "not a property list (expected an XML or binary plist of at most %u bytes)",
                       CLI_FILE_MAX);
+    //  The shared bridge's bounded pre-scan (size, depth, node count) first:
+    //  libplist 2.2 itself would recurse without limit on deep nesting.
+    uint8_t *mp = NULL;
+    size_t mplen = 0;
+    char why[256];
+    if (pm_plist_to_msgpack(data, len, &pm_plist_default_limits, &mp, &mplen, why, sizeof why) < 0)
+        return s_fail(err, errlen, "not a usable property list: %s", why);
+    free(mp);
     plist_t root = NULL;
     plist_from_memory(data, (uint32_t)len, &root);
     if (!root)

@@ -361,6 +361,17 @@ static void test_plist_input(void **state)
     assert_int_equal(cli_command_load_plist_mem(c, "<plist><array/></plist>", 23, err, sizeof err),
                      -1);
     assert_non_null(strstr(err, "dictionary"));
+    //  deep nesting is refused before libplist sees it
+    char deep[4096];
+    size_t dl =
+        (size_t)snprintf(deep, sizeof deep, "<?xml version=\"1.0\"?><plist><dict><key>A</key>");
+    for (int i = 0; i < 200; i++)
+        dl += (size_t)snprintf(deep + dl, sizeof deep - dl, "<array>");
+    for (int i = 0; i < 200; i++)
+        dl += (size_t)snprintf(deep + dl, sizeof deep - dl, "</array>");
+    snprintf(deep + dl, sizeof deep - dl, "</dict></plist>");
+    assert_int_equal(cli_command_load_plist_mem(c, deep, strlen(deep), err, sizeof err), -1);
+    assert_non_null(strstr(err, "not a usable property list"));
     assert_int_equal(cli_command_load_plist(c, "/nonexistent.plist", err, sizeof err), -1);
     assert_non_null(strstr(err, "cannot open"));
     cli_command_destroy(&c);

@@ -32,8 +32,8 @@ const pm_opt_t cli_up_opts[] = {
      "gateway HTTPS address:port (0.0.0.0:8443 to serve devices on the network)"},
     {"public-host", PM_OPT_STR, NULL,
      "host name devices use in URLs (default: localhost on loopback, else this host's name)"},
-    {"checkin-path", PM_OPT_STR, "/checkin", "CheckInURL path"},
-    {"server-path", PM_OPT_STR, "/mdm", "ServerURL path"},
+    {"checkin-path", PM_OPT_STR, "/mdm/checkin", "CheckInURL path"},
+    {"server-path", PM_OPT_STR, "/mdm/connect", "ServerURL path"},
     {"push-cert", PM_OPT_STR, NULL,
      "APNs push certificate and key (one PEM file); default <data-dir>/pki/push.pem if present"},
     {"only", PM_OPT_STR, NULL, "comma-separated processes to start (default: every one built)"},
@@ -281,25 +281,31 @@ static int s_write_config(s_up_t *up, const pm_cfg_t *cfg)
             "publish-endpoint = \"%s\"\n"
             "subscribe-endpoint = \"%s\"\n"
             "data-dir = \"%s\"\n"
+            "run-dir = \"%s\"\n"
             "log-level = \"%s\"\n"
-            "device-ca = \"%s\"\n"
-            "store\n"
-            "    database = \"%s/picomdm.db\"\n"
-            "gateway\n"
-            "    listen = \"%s\"\n"
-            "    tls-cert = \"%s\"\n"
-            "    tls-key = \"%s\"\n"
-            "    checkin-path = \"%s\"\n"
-            "    server-path = \"%s\"\n"
-            "ca\n"
-            "    ca-cert = \"%s\"\n"
-            "    ca-key = \"%s\"\n",
-            up->cfgfile, up->req, up->pub, up->sub, up->data, log_level ? log_level : "info",
-            up->ca_crt, up->data, pm_cfg_str(cfg, "listen"), up->tls_crt, up->tls_key,
-            pm_cfg_str(cfg, "checkin-path"), pm_cfg_str(cfg, "server-path"), up->ca_crt,
-            up->ca_key);
-    if (up->push[0])
-        fprintf(f, "pusher\n    push-cert = \"%s\"\n", up->push);
+            "device-ca = \"%s\"\n",
+            up->cfgfile, up->req, up->pub, up->sub, up->data, up->run,
+            log_level ? log_level : "info", up->ca_crt);
+    //  Process sections. A process looks up <its pm_cfg name>/<option>, and
+    //  some name themselves "gateway", others "picomdm-gateway": write both.
+    for (int pass = 0; pass < 2; pass++) {
+        const char *pre = pass ? "picomdm-" : "";
+        fprintf(f,
+                "%sgateway\n"
+                "    listen = \"%s\"\n"
+                "    tls-cert = \"%s\"\n"
+                "    tls-key = \"%s\"\n"
+                "    checkin-path = \"%s\"\n"
+                "    server-path = \"%s\"\n"
+                "%sca\n"
+                "    ca-cert = \"%s\"\n"
+                "    ca-key = \"%s\"\n",
+                pre, pm_cfg_str(cfg, "listen"), up->tls_crt, up->tls_key,
+                pm_cfg_str(cfg, "checkin-path"), pm_cfg_str(cfg, "server-path"), pre, up->ca_crt,
+                up->ca_key);
+        if (up->push[0])
+            fprintf(f, "%spusher\n    push-cert = \"%s\"\n", pre, up->push);
+    }
     if (fclose(f) != 0 || rename(tmp, up->cfgfile) != 0) {
         fprintf(stderr, "picomdm up: cannot write %s: %s\n", up->cfgfile, strerror(errno));
         return -1;
@@ -480,7 +486,9 @@ static int s_setup(s_up_t *up, const pm_cfg_t *cfg)
     char devsim[PATH_MAX + 32];
     snprintf(devsim, sizeof devsim, "%s/picomdm-devsim", up->bin);
     if (access(devsim, X_OK) == 0)
-        printf("  %s --help   # simulated devices for this server\n", devsim);
+        printf("  %s --url https://%s%s --ca-bundle %s \\\n"
+               "      --ca-cert %s --ca-key %s --devices 3   # simulated devices\n",
+               devsim, up->host, port ? port : "", up->tls_crt, up->ca_crt, up->ca_key);
     printf("  %s/picomdm enqueue DeviceInformation --set Queries=UDID,OSVersion --to <id>\n"
            "  %s/picomdm watch   # every event, as JSON lines\n"
            "Ctrl-C stops everything.\n\n",

@@ -9,6 +9,7 @@
  */
 #include "cli.h"
 #include "cli_command.h"
+#include "cli_ops.h"
 #include "cli_up.h"
 #include "cmdtab.h"
 #include "pm_cfg.h"
@@ -44,6 +45,17 @@ static const pm_opt_t s_enqueue_opts[] = {
     {NULL, 0, NULL, NULL}};
 
 static const pm_opt_t s_none[] = {{NULL, 0, NULL, NULL}};
+static const pm_opt_t s_queue_opts[] = {{"all", PM_OPT_BOOL, "false", "include finished entries"},
+                                        {NULL, 0, NULL, NULL}};
+static const pm_opt_t s_results_opts[] = {
+    {"limit", PM_OPT_INT, "20", "at most this many results, newest first"}, {NULL, 0, NULL, NULL}};
+static const pm_opt_t s_devices_opts[] = {
+    {"limit", PM_OPT_INT, "1000", "at most this many enrollments"},
+    {"after", PM_OPT_STR, NULL, "start after this enrollment id (paging)"},
+    {NULL, 0, NULL, NULL}};
+static const pm_opt_t s_watch_opts[] = {
+    {"count", PM_OPT_INT, "0", "exit after this many events (0 = run until Ctrl-C)"},
+    {NULL, 0, NULL, NULL}};
 
 typedef struct {
     const char *name;
@@ -58,11 +70,25 @@ typedef struct {
 static int s_run_help(cli_ctx_t *ctx);
 static int s_run_commands(cli_ctx_t *ctx);
 static int s_run_enqueue(cli_ctx_t *ctx);
+static int s_run_cancel(cli_ctx_t *ctx);
 
 static const s_cmd_t s_cmds[] = {
     {"enqueue", "<RequestType> --to ID... [--set Key=Value...] [--plist FILE] [options]",
      "queue an MDM command for devices; prints its CommandUUID", s_enqueue_opts, true, true,
      s_run_enqueue},
+    {"queue", "<enrollment id> [--all]", "the commands queued for an enrollment, next first",
+     s_queue_opts, false, false, cli_op_queue},
+    {"results", "<enrollment id | CommandUUID> [--limit N]",
+     "command results with the device's answer (ErrorChain included)", s_results_opts, false, false,
+     cli_op_results},
+    {"devices", "[--limit N] [--after ID]", "the enrollments this server knows", s_devices_opts,
+     false, false, cli_op_devices},
+    {"cancel", "<CommandUUID> [--to ID...]",
+     "cancel a queued command that has not been answered (for all targets, or some)", s_none, true,
+     false, s_run_cancel},
+    {"watch", "[topic-prefix] [--count N]",
+     "print events (checkin., command., push., security.) as JSON lines", s_watch_opts, false,
+     false, cli_op_watch},
     {"commands", "[RequestType]",
      "list the MDM commands Apple's schema defines, or describe one (keys, types, values)", s_none,
      false, false, s_run_commands},
@@ -248,15 +274,14 @@ static int s_run_enqueue(cli_ctx_t *ctx)
         cli_command_destroy(&cmd);
         return rc;
     }
-    if (ctx->nto == 0) {
-        fprintf(stderr, "picomdm: enqueue needs at least one target: --to ID (see picomdm "
-                        "devices)\n");
-        cli_command_destroy(&cmd);
-        return CLI_EXIT_USAGE;
-    }
-    fprintf(stderr, "picomdm: this build has no bus client yet; use --dry-run\n");
+    rc = cli_op_enqueue(ctx, cmd);
     cli_command_destroy(&cmd);
-    return CLI_EXIT_BUS;
+    return rc;
+}
+
+static int s_run_cancel(cli_ctx_t *ctx)
+{
+    return cli_op_cancel(ctx);
 }
 
 //  Is argv[i] a value-taking option of `c` or of the global table (so that

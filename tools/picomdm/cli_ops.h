@@ -1,0 +1,23 @@
+/*  cli_ops — the picomdm subcommands that talk to the bus: enqueue, queue,
+ *  results, devices, cancel (requests to the "scheduler" service) and watch
+ *  (the event plane). Each returns a CLI_EXIT_* code and prints what went
+ *  wrong and what to do next.
+ */
+#ifndef CLI_OPS_H
+#define CLI_OPS_H
+
+#include "cli.h"
+#include "cli_command.h"
+
+//  Send an ENQUEUE for `cmd` (already validated) to ctx->to; prints the CommandUUID.
+int cli_op_enqueue(cli_ctx_t *ctx, const cli_command_t *cmd);
+int cli_op_queue(cli_ctx_t *ctx);
+int cli_op_results(cli_ctx_t *ctx);
+int cli_op_devices(cli_ctx_t *ctx);
+int cli_op_cancel(cli_ctx_t *ctx);
+int cli_op_watch(cli_ctx_t *ctx);
+
+//  "90s", "30m", "1h", "2d" or plain seconds -> seconds. -1 if malformed.
+long long cli_parse_duration(const char *text);
+
+#endif
