@@ -90,6 +90,17 @@ gw_pki() {
     PKI=$d
 }
 
+# gw_devcert NAME: one more device identity $PKI/NAME.{pem,key} from the device CA
+gw_devcert() {
+    (
+        cd "$PKI" || exit 1
+        openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1.key" \
+            -out "$1.csr" -subj "/CN=$1" &&
+            openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -out "$1.pem" \
+                -days 2 -extfile <(printf 'basicConstraints=critical,CA:FALSE\n')
+    ) >>"$T/pki.out" 2>&1 || fail "could not issue the identity $1"
+}
+
 # ---- processes ----
 gw_broker() {
     "$BIN/picomdm-broker" --request-endpoint "ipc://$T/req" --publish-endpoint "ipc://$T/pub" \

@@ -17,6 +17,7 @@
 #include <czmq.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +49,9 @@ static const pm_opt_t s_opts[] = {
     {"topic", PM_OPT_STR, "com.apple.mgmt.External.00000000-0000-0000-0000-000000000000",
      "push topic (the MDM push certificate's UID)"},
     {"seed", PM_OPT_INT, "0", "identifier seed (same seed = same UDIDs; 0 = from the clock)"},
+    {"identity-dir", PM_OPT_STR, NULL,
+     "keep each device's identity here (<id>.pem/.key; reused on the next run, as a real "
+     "device keeps its certificate; with --ca-cert)"},
     {"apps", PM_OPT_INT, "200", "apps in InstalledApplicationList"},
     {"notnow-rate", PM_OPT_STR, "0", "chance 0..1 of answering a command NotNow"},
     {"timeout-ms", PM_OPT_INT, "30000", "per-request timeout"},
@@ -322,9 +326,34 @@ int main(int argc, char **argv)
         }
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
+        const char *idir = pm_cfg_str(cfg, "identity-dir");
+        if (idir && cacert && mkdir(idir, 0700) < 0 && errno != EEXIST) {
+            pm_error("cannot create --identity-dir '%s': %s", idir, strerror(errno));
+            goto out;
+        }
+        int reused = 0;
         for (int i = 0; i < n; i++) {
-            devsim_ident_t *id = devsim_ident_issue(ca, devsim_dev_cn(devs[i]), kt, -3600,
-                                                    365L * 86400, err, sizeof err);
+            //  --identity-dir: a device that ran before keeps its certificate
+            //  (the server bound it at Authenticate); a new one is issued once.
+            char cpath[1024] = "", kpath[1024] = "";
+            if (idir && cacert) {
+                snprintf(cpath, sizeof cpath, "%s/%s.pem", idir, devsim_dev_cn(devs[i]));
+                snprintf(kpath, sizeof kpath, "%s/%s.key", idir, devsim_dev_cn(devs[i]));
+            }
+            devsim_ident_t *id = NULL;
+            if (cpath[0] && access(cpath, R_OK) == 0 && access(kpath, R_OK) == 0) {
+                id = devsim_ident_load(cpath, kpath, err, sizeof err);
+                reused += id != NULL;
+            } else {
+                id = devsim_ident_issue(ca, devsim_dev_cn(devs[i]), kt, -3600, 365L * 86400, err,
+                                        sizeof err);
+                if (id && cpath[0] && devsim_ident_write(id, cpath, kpath) < 0) {
+                    pm_error("cannot write the identity of %s to '%s'", devsim_dev_cn(devs[i]),
+                             idir);
+                    devsim_ident_destroy(&id);
+                    goto out;
+                }
+            }
             if (!id) {
                 pm_error("%s", err);
                 goto out;
@@ -334,8 +363,10 @@ int main(int argc, char **argv)
                 goto out;
         }
         clock_gettime(CLOCK_MONOTONIC, &t1);
+        if (reused)
+            pm_info("reused %d identities from --identity-dir", reused);
         if (n > 1)
-            pm_info("issued %d %s identities in %.2f s", n,
+            pm_info("issued %d %s identities in %.2f s", n - reused,
                     kt == DEVSIM_KEY_EC ? "EC P-256" : "RSA",
                     (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
     }
