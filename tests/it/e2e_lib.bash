@@ -118,18 +118,19 @@ gw_store() { # [extra args]
         --publish-endpoint "ipc://$T/pub" "$@" >>"$T/store.log" 2>&1 &
     STORE_PID=$!
     PIDS+=($!)
-    wait_for 10 "the store to register" log_has store.log "serving 'store'"
+    s_store_up() { log_has store.log "serving 'store'" || log_has broker.log "registered for 'store'"; }
+    wait_for 10 "the store to register" s_store_up
 }
 
 gw_scheduler() { # [extra args]; each start waits for its own "serving" line
-    local n
-    n=$(grep -c "serving 'scheduler'" "$T/sched.log" 2>/dev/null)
+    local n # registrations so far (the broker logs each, whatever our log level)
+    n=$(grep -c "registered for 'scheduler'" "$T/broker.log" 2>/dev/null)
     "$BIN/picomdm-scheduler" --request-endpoint "ipc://$T/req" --wake-sweep-s 0 "$@" \
         >>"$T/sched.log" 2>&1 &
     SCHED_PID=$!
     BACKEND_PID=$SCHED_PID
     PIDS+=($!)
-    s_sched_up() { [ "$(grep -c "serving 'scheduler'" "$T/sched.log" 2>/dev/null)" -gt "${n:-0}" ]; }
+    s_sched_up() { [ "$(grep -c "registered for 'scheduler'" "$T/broker.log" 2>/dev/null)" -gt "${n:-0}" ]; }
     wait_for 10 "the scheduler to register" s_sched_up
 }
 
