@@ -13,13 +13,27 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+//  One verified identity certificate: its SHA-256, when it stops being valid
+//  (notAfter) and when its chain was verified.
+typedef struct {
+    uint8_t hash[32];
+    int64_t not_after;
+    int64_t verified_at; //  0 = empty slot
+} s_cached_t;
 
 struct gw_auth {
     X509_STORE *store;    //  trusted device CAs (purpose any, default time check)
     STACK_OF(X509) * cas; //  the same certificates, for their names
+    s_cached_t *cache;    //  verified chains, direct-mapped by hash (NULL = no cache)
+    size_t slots;
+    int64_t ttl_s;
+    uint64_t hits, misses;
 };
 
 static int s_fail(gw_auth_result_t *res, const char *code, const char *fmt, ...)
@@ -131,6 +145,8 @@ gw_auth_t *gw_auth_new(const char *ca_files, char *err, size_t errlen)
         snprintf(err, errlen, "device-ca lists no file");
         goto fail;
     }
+    if (gw_auth_set_cache(self, GW_AUTH_CACHE_SLOTS, GW_AUTH_CACHE_TTL_S) < 0)
+        goto oom;
     free(list);
     return self;
 oom:
@@ -148,6 +164,7 @@ void gw_auth_destroy(gw_auth_t **auth)
     gw_auth_t *self = *auth;
     X509_STORE_free(self->store);
     sk_X509_pop_free(self->cas, X509_free);
+    free(self->cache);
     free(self);
     *auth = NULL;
 }
@@ -183,7 +200,85 @@ void gw_auth_hash_hex(const uint8_t hash[32], char *out)
     out[64] = '\0';
 }
 
-//  Chain check of an identity certificate + hash/issuer into res.
+int gw_auth_set_cache(gw_auth_t *auth, size_t slots, int ttl_s)
+{
+    free(auth->cache);
+    auth->cache = NULL;
+    auth->slots = 0;
+    auth->ttl_s = ttl_s;
+    if (slots == 0 || ttl_s <= 0)
+        return 0;
+    auth->cache = calloc(slots, sizeof *auth->cache);
+    if (!auth->cache)
+        return -1;
+    auth->slots = slots;
+    return 0;
+}
+
+void gw_auth_cache_stats(const gw_auth_t *auth, uint64_t *hits, uint64_t *misses)
+{
+    *hits = auth->hits;
+    *misses = auth->misses;
+}
+
+static s_cached_t *s_slot(gw_auth_t *self, const uint8_t hash[32])
+{
+    uint64_t k;
+    memcpy(&k, hash, sizeof k); //  a SHA-256: its first bytes are as good as any hash
+    return &self->cache[k % self->slots];
+}
+
+//  Was this exact certificate verified recently, and is it still valid now?
+//  An entry past the certificate's notAfter or older than the ttl is dropped,
+//  so expiry (and a changed device-ca after a restart) is always re-checked.
+static bool s_cache_hit(gw_auth_t *self, const uint8_t hash[32], int64_t now)
+{
+    if (!self->cache)
+        return false;
+    s_cached_t *c = s_slot(self, hash);
+    if (c->verified_at == 0 || memcmp(c->hash, hash, 32) != 0)
+        return false;
+    if (now >= c->not_after || now - c->verified_at >= self->ttl_s || now < c->verified_at) {
+        memset(c, 0, sizeof *c);
+        return false;
+    }
+    return true;
+}
+
+//  Remember a verified chain. Only chains whose every certificate above the
+//  leaf is a configured CA are remembered: then the verdict depends on the
+//  leaf alone, not on intermediates the request happened to carry (a chain
+//  through an intermediate from the message is verified every time). The
+//  entry expires with the earliest notAfter of the chain.
+static void s_cache_put(gw_auth_t *self, const uint8_t hash[32], X509_STORE_CTX *ctx, int64_t now)
+{
+    STACK_OF(X509) *chain = X509_STORE_CTX_get0_chain(ctx);
+    if (!self->cache || !chain || sk_X509_num(chain) < 2)
+        return;
+    int64_t not_after = INT64_MAX;
+    for (int i = 0; i < sk_X509_num(chain); i++) {
+        X509 *x = sk_X509_value(chain, i);
+        bool configured = i == 0;
+        for (int j = 0; !configured && j < sk_X509_num(self->cas); j++)
+            configured = X509_cmp(x, sk_X509_value(self->cas, j)) == 0;
+        struct tm tm;
+        if (!configured || ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) != 1)
+            return;
+        int64_t t = (int64_t)timegm(&tm);
+        if (t < not_after)
+            not_after = t;
+    }
+    s_cached_t *c = s_slot(self, hash);
+    memcpy(c->hash, hash, 32);
+    c->not_after = not_after;
+    c->verified_at = now;
+}
+
+//  Chain check of an identity certificate + hash/issuer into res. The same
+//  device sends the same certificate on every request: a verified chain is
+//  remembered by the certificate's SHA-256 (bounded, expiry respected), so
+//  the X509_verify_cert work (the CA's signature over the certificate) is
+//  done once per certificate and ttl, not once per request.
 static int s_verify_chain(gw_auth_t *self, X509 *cert, STACK_OF(X509) * untrusted,
                           gw_auth_result_t *res)
 {
@@ -191,6 +286,18 @@ static int s_verify_chain(gw_auth_t *self, X509 *cert, STACK_OF(X509) * untruste
     X509_STORE_CTX *ctx = NULL;
     s_name(X509_get_subject_name(cert), res->subject, sizeof res->subject);
     s_name(X509_get_issuer_name(cert), res->issuer, sizeof res->issuer);
+    unsigned int n = 0;
+    if (X509_digest(cert, EVP_sha256(), res->cert_hash, &n) != 1 || n != 32) {
+        s_fail(res, "internal", "cannot hash the certificate");
+        goto out;
+    }
+    int64_t now = (int64_t)time(NULL);
+    if (s_cache_hit(self, res->cert_hash, now)) {
+        self->hits++;
+        rc = 0;
+        goto out;
+    }
+    self->misses++;
     //  A self-signed signer proves only that the sender holds that key: never
     //  an identity (CVE-2026-114611 class). Refuse even if it is one of our CAs.
     if (X509_self_signed(cert, 0) == 1) {
@@ -212,11 +319,7 @@ static int s_verify_chain(gw_auth_t *self, X509 *cert, STACK_OF(X509) * untruste
                res->issuer, X509_verify_cert_error_string(e));
         goto out;
     }
-    unsigned int n = 0;
-    if (X509_digest(cert, EVP_sha256(), res->cert_hash, &n) != 1 || n != 32) {
-        s_fail(res, "internal", "cannot hash the certificate");
-        goto out;
-    }
+    s_cache_put(self, res->cert_hash, ctx, now);
     rc = 0;
 out:
     X509_STORE_CTX_free(ctx);
@@ -373,15 +476,19 @@ int gw_auth_verify_signature(gw_auth_t *auth, const char *sig, size_t siglen, co
     //  Chain first, for a precise reason (expired, unknown CA, self-signed)...
     if (s_verify_chain(auth, signer, certs, res) < 0)
         goto out;
-    //  ...then the signature over the exact body bytes. CMS_verify repeats the
-    //  chain check with the same store; no NO_SIGNER_CERT_VERIFY, ever.
+    //  ...then the signature over the exact body bytes. The signer's chain was
+    //  just verified (or found verified and unexpired in the cache) for this
+    //  very certificate object, so CMS_verify does not build it a second time
+    //  (CMS_NO_SIGNER_CERT_VERIFY: safe only because of the s_verify_chain
+    //  above); the check below makes sure CMS_verify used that certificate.
     content = BIO_new_mem_buf(body ? (const void *)body : "", (int)len);
     if (!content) {
         s_fail(res, "internal", "out of memory");
         goto out;
     }
     ERR_clear_error();
-    if (CMS_verify(cms, NULL, auth->store, content, NULL, CMS_BINARY) != 1) {
+    unsigned int flags = CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY;
+    if (CMS_verify(cms, NULL, auth->store, content, NULL, flags) != 1) {
         s_fail(res, "bad_signature", "Mdm-Signature does not verify over the body (%s)",
                s_ssl_err(ebuf, sizeof ebuf));
         goto out;

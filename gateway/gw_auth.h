@@ -7,8 +7,9 @@
  *      body bytes (profile key SignMessage = true). Exactly one SignerInfo;
  *      SHA-1 or SHA-256 digests; the signer certificate must chain to one of
  *      the configured device CAs, be within its validity and not be
- *      self-signed. Then the signature itself is checked (CMS_verify with the
- *      same trust store, CMS_BINARY: no MIME canonicalisation).
+ *      self-signed. Then the signature itself is checked (CMS_verify,
+ *      CMS_BINARY: no MIME canonicalisation; the signer's chain is not
+ *      built a second time there, it was just verified for that certificate).
  *    - the TLS client certificate (mTLS), same chain check;
  *    - a certificate forwarded by a trusted TLS-terminating proxy as
  *      URL-escaped PEM (nginx $ssl_client_escaped_cert), same chain check.
@@ -71,6 +72,18 @@ int gw_auth_verify_cert(gw_auth_t *auth, X509 *cert, STACK_OF(X509) * untrusted,
 //  Verify a certificate forwarded by a trusted proxy: URL-escaped PEM, as
 //  nginx's $ssl_client_escaped_cert (plain PEM is accepted too).
 int gw_auth_verify_escaped_pem(gw_auth_t *auth, const char *escaped, gw_auth_result_t *res);
+
+//  Verified-chain cache (on by default): slots (direct-mapped, 48 bytes
+//  each) and how long a verification is trusted before it is redone. An
+//  entry is never used past the notAfter of any certificate of its chain,
+//  and only chains made of the leaf and configured CAs are cached. slots 0
+//  or ttl_s 0 turns it off (every request verifies the chain). Returns -1 on
+//  allocation failure (cache then off).
+#define GW_AUTH_CACHE_SLOTS 65536
+#define GW_AUTH_CACHE_TTL_S 600
+int gw_auth_set_cache(gw_auth_t *auth, size_t slots, int ttl_s);
+//  Cache hits and misses (chain verifications done) so far.
+void gw_auth_cache_stats(const gw_auth_t *auth, uint64_t *hits, uint64_t *misses);
 
 //  Lower-case hex of a 32-byte hash into out (at least 65 bytes).
 void gw_auth_hash_hex(const uint8_t hash[32], char *out);

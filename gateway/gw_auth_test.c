@@ -273,6 +273,50 @@ static void test_intermediate_in_signature(void **state)
     free(sig);
 }
 
+static void test_chain_cache(void **state)
+{
+    fx_t *f = *state;
+    uint64_t h0, m0, h1, m1;
+    gw_auth_result_t r;
+    //  the same device twice: one chain verification, then a cache hit
+    ident_t dev = s_make("device-cache", &f->ca, 0, -3600, 86400, 0);
+    char *sig = s_sign(s_body, strlen(s_body), &dev, 1, EVP_sha256(), NULL);
+    gw_auth_cache_stats(f->auth, &h0, &m0);
+    assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
+    assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
+    gw_auth_cache_stats(f->auth, &h1, &m1);
+    assert_int_equal(m1 - m0, 1);
+    assert_int_equal(h1 - h0, 1);
+    assert_string_equal(r.issuer, "CN=PicoMDM Test Device CA");
+    //  a cached certificate does not make a tampered body or another signer pass
+    s_expect_fail(f, sig, "<plist/>", 8, "bad_signature");
+    free(sig);
+    //  a chain through an intermediate from the message is never cached
+    sig = s_sign(s_body, strlen(s_body), &f->inter_leaf, 1, EVP_sha256(), f->inter.cert);
+    gw_auth_cache_stats(f->auth, &h0, &m0);
+    assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
+    assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
+    gw_auth_cache_stats(f->auth, &h1, &m1);
+    assert_int_equal(h1 - h0, 0);
+    free(sig);
+    s_free(&dev);
+    //  expiry is respected: a certificate valid for 2 more seconds is
+    //  cached, then refused as expired once its notAfter has passed
+    ident_t brief = s_make("device-brief", &f->ca, 0, -3600, 2, 0);
+    sig = s_sign(s_body, strlen(s_body), &brief, 1, EVP_sha256(), NULL);
+    assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
+    sleep(3);
+    s_expect_fail(f, sig, s_body, strlen(s_body), "expired");
+    free(sig);
+    s_free(&brief);
+    //  cache off: still correct
+    assert_int_equal(gw_auth_set_cache(f->auth, 0, 0), 0);
+    sig = s_sign(s_body, strlen(s_body), &f->leaf, 1, EVP_sha256(), NULL);
+    assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
+    free(sig);
+    assert_int_equal(gw_auth_set_cache(f->auth, 16, 600), 0);
+}
+
 static void test_unsigned(void **state)
 {
     fx_t *f = *state;
@@ -448,6 +492,7 @@ int main(void)
         cmocka_unit_test(test_sha512_refused),
         cmocka_unit_test(test_base64_with_newlines),
         cmocka_unit_test(test_intermediate_in_signature),
+        cmocka_unit_test(test_chain_cache),
         cmocka_unit_test(test_unsigned),
         cmocka_unit_test(test_wrong_ca),
         cmocka_unit_test(test_expired),

@@ -35,7 +35,13 @@ run_size() {
         shift 2
         declare -A c0
         for k in "${!P[@]}"; do c0[$k]=$(cpu "${P[$k]}"); done
+        local perf_pid=
+        if [ -n "${PERF:-}" ]; then # PERF=gateway: perf record that process (perf report -i perf-<name>.data)
+            perf record -q -g -p "${P[$PERF]}" -o "${PERF_DIR:-/tmp}/perf-$name.data" >/dev/null 2>&1 &
+            perf_pid=$!
+        fi
         "${DS[@]}" "$@" >"$T/$name.out" 2>&1 || { cat "$T/$name.out"; fail "devsim $name failed"; }
+        [ -z "$perf_pid" ] || { kill -INT $perf_pid; wait $perf_pid; }
         grep -E '^(enroll|session)' "$T/$name.out" | sed 's/^/  /'
         grep -q 'http errors 0, transport errors 0, bad replies 0' "$T/$name.out" ||
             echo "  WARNING: devsim saw errors: $(tail -n 1 "$T/$name.out")"
