@@ -27,6 +27,15 @@ typedef struct {
     int64_t verified_at; //  0 = empty slot
 } s_cached_t;
 
+//  A parsed certificate, by the SHA-256 of its DER bytes. OpenSSL 3.0 spends
+//  most of a signature check decoding the certificate's public key inside
+//  d2i_CMS_ContentInfo (OSSL_DECODER_CTX_new_for_pkey per call); a device
+//  sends the same certificate every time, so it is decoded once.
+typedef struct {
+    uint8_t hash[32];
+    X509 *x;
+} s_xcached_t;
+
 struct gw_auth {
     X509_STORE *store;    //  trusted device CAs (purpose any, default time check)
     STACK_OF(X509) * cas; //  the same certificates, for their names
@@ -34,6 +43,8 @@ struct gw_auth {
     size_t slots;
     int64_t ttl_s;
     uint64_t hits, misses;
+    s_xcached_t *xcache; //  parsed certificates by SHA-256 of their DER (slots entries)
+    uint64_t xhits;
 };
 
 static int s_fail(gw_auth_result_t *res, const char *code, const char *fmt, ...)
@@ -165,6 +176,9 @@ void gw_auth_destroy(gw_auth_t **auth)
     X509_STORE_free(self->store);
     sk_X509_pop_free(self->cas, X509_free);
     free(self->cache);
+    for (size_t i = 0; self->xcache && i < self->slots; i++)
+        X509_free(self->xcache[i].x);
+    free(self->xcache);
     free(self);
     *auth = NULL;
 }
@@ -202,15 +216,25 @@ void gw_auth_hash_hex(const uint8_t hash[32], char *out)
 
 int gw_auth_set_cache(gw_auth_t *auth, size_t slots, int ttl_s)
 {
+    for (size_t i = 0; auth->xcache && i < auth->slots; i++)
+        X509_free(auth->xcache[i].x);
+    free(auth->xcache);
     free(auth->cache);
     auth->cache = NULL;
+    auth->xcache = NULL;
     auth->slots = 0;
     auth->ttl_s = ttl_s;
     if (slots == 0 || ttl_s <= 0)
         return 0;
     auth->cache = calloc(slots, sizeof *auth->cache);
-    if (!auth->cache)
+    auth->xcache = calloc(slots, sizeof *auth->xcache);
+    if (!auth->cache || !auth->xcache) {
+        free(auth->cache);
+        free(auth->xcache);
+        auth->cache = NULL;
+        auth->xcache = NULL;
         return -1;
+    }
     auth->slots = slots;
     return 0;
 }
@@ -219,6 +243,157 @@ void gw_auth_cache_stats(const gw_auth_t *auth, uint64_t *hits, uint64_t *misses
 {
     *hits = auth->hits;
     *misses = auth->misses;
+}
+
+uint64_t gw_auth_cert_cache_hits(const gw_auth_t *auth)
+{
+    return auth->xhits;
+}
+
+//  The certificate encoded by der[0..len): from the cache, or decoded (and
+//  cached). Returns a new reference (X509_free it), NULL if not a certificate.
+static X509 *s_cert_get(gw_auth_t *self, const uint8_t *der, size_t len)
+{
+    uint8_t h[32];
+    if (!self->xcache || EVP_Digest(der, len, h, NULL, EVP_sha256(), NULL) != 1) {
+        const unsigned char *p = der;
+        X509 *x = d2i_X509(NULL, &p, (long)len);
+        if (x && p != der + len) {
+            X509_free(x);
+            x = NULL;
+        }
+        return x;
+    }
+    uint64_t k;
+    memcpy(&k, h, sizeof k);
+    s_xcached_t *c = &self->xcache[k % self->slots];
+    if (c->x && memcmp(c->hash, h, 32) == 0) {
+        self->xhits++;
+        X509_up_ref(c->x);
+        return c->x;
+    }
+    const unsigned char *p = der;
+    X509 *x = d2i_X509(NULL, &p, (long)len);
+    if (!x || p != der + len) {
+        X509_free(x);
+        return NULL;
+    }
+    X509_free(c->x);
+    memcpy(c->hash, h, 32);
+    c->x = x;
+    X509_up_ref(x);
+    return x;
+}
+
+//  One DER TLV header at *p (OpenSSL's reader, ASN1_get_object): definite
+//  length only, and the element must fit in the bytes left. Advances *p past
+//  the header; the content is (*p)[0..*len).
+static bool s_tlv(const unsigned char **p, const unsigned char *end, long *len, int *tag, int *cls,
+                  bool *constructed)
+{
+    if (*p >= end)
+        return false;
+    int r = ASN1_get_object(p, len, tag, cls, end - *p);
+    if (r & 0x80) { //  error (or the content runs past end)
+        ERR_clear_error();
+        return false;
+    }
+    *constructed = (r & V_ASN1_CONSTRUCTED) != 0;
+    return !(r & 1) && *len >= 0 && *len <= end - *p; //  r & 1: indefinite length (BER)
+}
+
+//  Split an Mdm-Signature (DER ContentInfo holding SignedData) into the same
+//  structure without its `certificates` field, re-encoded in `out`, and the
+//  certificates themselves (each from the cache, or decoded once). Walks the
+//  DER with OpenSSL's TLV reader only as far as the certificates field; what
+//  it does not recognise (BER, other certificate choices, no certificates)
+//  returns -1 and the caller decodes the signature the ordinary way.
+//
+//  ContentInfo ::= SEQUENCE { contentType OID, content [0] EXPLICIT
+//    SignedData ::= SEQUENCE { version, digestAlgorithms SET, encapContentInfo
+//      SEQUENCE, certificates [0] IMPLICIT SET OF Certificate OPTIONAL, crls [1]
+//      OPTIONAL, signerInfos SET } }   (RFC 5652 §3, §5.1)
+static int s_split_certs(gw_auth_t *self, const uint8_t *der, size_t derlen, uint8_t **out,
+                         size_t *outlen, STACK_OF(X509) * *certs)
+{
+    const unsigned char *p = der, *end = der + derlen;
+    long l1, l2, l3, l, lc;
+    int tag, cls;
+    bool cons;
+    *out = NULL;
+    *certs = NULL;
+    if (!s_tlv(&p, end, &l1, &tag, &cls, &cons) || tag != V_ASN1_SEQUENCE || !cons || p + l1 != end)
+        return -1;
+    const unsigned char *oid = p;
+    if (!s_tlv(&p, end, &l, &tag, &cls, &cons) || tag != V_ASN1_OBJECT)
+        return -1;
+    p += l;
+    size_t oidlen = (size_t)(p - oid);
+    if (!s_tlv(&p, end, &l2, &tag, &cls, &cons) || cls != V_ASN1_CONTEXT_SPECIFIC || tag != 0 ||
+        !cons || p + l2 != end)
+        return -1;
+    if (!s_tlv(&p, end, &l3, &tag, &cls, &cons) || tag != V_ASN1_SEQUENCE || !cons || p + l3 != end)
+        return -1;
+    const unsigned char *sd = p;  //  SignedData content
+    for (int i = 0; i < 3; i++) { //  version, digestAlgorithms, encapContentInfo
+        if (!s_tlv(&p, end, &l, &tag, &cls, &cons) || cls != V_ASN1_UNIVERSAL)
+            return -1;
+        p += l;
+    }
+    const unsigned char *cstart = p;
+    if (!s_tlv(&p, end, &lc, &tag, &cls, &cons) || cls != V_ASN1_CONTEXT_SPECIFIC || tag != 0 ||
+        !cons)
+        return -1;
+    const unsigned char *cend = p + lc;
+    STACK_OF(X509) *sk = sk_X509_new_null();
+    if (!sk)
+        return -1;
+    while (p < cend) {
+        const unsigned char *c = p;
+        if (!s_tlv(&p, cend, &l, &tag, &cls, &cons) || cls != V_ASN1_UNIVERSAL ||
+            tag != V_ASN1_SEQUENCE || !cons)
+            goto fail;
+        p += l;
+        X509 *x = s_cert_get(self, c, (size_t)(p - c));
+        if (!x || !sk_X509_push(sk, x)) {
+            X509_free(x);
+            goto fail;
+        }
+    }
+    if (sk_X509_num(sk) == 0)
+        goto fail;
+    //  Re-encode: the SignedData without [certificates], then its wrappers.
+    size_t before = (size_t)(cstart - sd), after = (size_t)(end - cend);
+    int n3 = (int)(before + after);
+    int s3 = ASN1_object_size(1, n3, V_ASN1_SEQUENCE);
+    int s2 = ASN1_object_size(1, s3, 0);
+    int n1 = (int)oidlen + s2;
+    int s1 = ASN1_object_size(1, n1, V_ASN1_SEQUENCE);
+    if (n3 < 0 || s3 < 0 || s2 < 0 || s1 < 0)
+        goto fail;
+    unsigned char *buf = malloc((size_t)s1), *w = buf;
+    if (!buf)
+        goto fail;
+    ASN1_put_object(&w, 1, n1, V_ASN1_SEQUENCE, V_ASN1_UNIVERSAL);
+    memcpy(w, oid, oidlen);
+    w += oidlen;
+    ASN1_put_object(&w, 1, s3, 0, V_ASN1_CONTEXT_SPECIFIC);
+    ASN1_put_object(&w, 1, n3, V_ASN1_SEQUENCE, V_ASN1_UNIVERSAL);
+    memcpy(w, sd, before);
+    w += before;
+    memcpy(w, cend, after);
+    w += after;
+    if (w != buf + s1) {
+        free(buf);
+        goto fail;
+    }
+    *out = buf;
+    *outlen = (size_t)s1;
+    *certs = sk;
+    return 0;
+fail:
+    sk_X509_pop_free(sk, X509_free);
+    return -1;
 }
 
 static s_cached_t *s_slot(gw_auth_t *self, const uint8_t hash[32])
@@ -431,6 +606,15 @@ int gw_auth_verify_signature(gw_auth_t *auth, const char *sig, size_t siglen, co
         s_fail(res, "bad_base64", "Mdm-Signature is not valid base64");
         goto out;
     }
+    //  Fast path: the certificates come out of the cache (decoded once per
+    //  certificate), the rest of the structure is decoded by d2i as usual.
+    uint8_t *stripped = NULL;
+    size_t slen = 0;
+    if (auth->xcache && s_split_certs(auth, der, derlen, &stripped, &slen, &certs) == 0) {
+        free(der);
+        der = stripped;
+        derlen = slen;
+    }
     const unsigned char *p = der;
     cms = d2i_CMS_ContentInfo(NULL, &p, (long)derlen);
     if (!cms || p != der + derlen) {
@@ -462,7 +646,8 @@ int gw_auth_verify_signature(gw_auth_t *auth, const char *sig, size_t siglen, co
                dnid == NID_undef ? "unknown" : OBJ_nid2sn(dnid));
         goto out;
     }
-    certs = CMS_get1_certs(cms);
+    if (!certs)
+        certs = CMS_get1_certs(cms);
     X509 *signer = NULL;
     for (int i = 0; certs && i < sk_X509_num(certs); i++)
         if (CMS_SignerInfo_cert_cmp(si, sk_X509_value(certs, i)) == 0) {
@@ -488,7 +673,7 @@ int gw_auth_verify_signature(gw_auth_t *auth, const char *sig, size_t siglen, co
     }
     ERR_clear_error();
     unsigned int flags = CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY;
-    if (CMS_verify(cms, NULL, auth->store, content, NULL, flags) != 1) {
+    if (CMS_verify(cms, certs, auth->store, content, NULL, flags) != 1) {
         s_fail(res, "bad_signature", "Mdm-Signature does not verify over the body (%s)",
                s_ssl_err(ebuf, sizeof ebuf));
         goto out;

@@ -84,6 +84,9 @@ int gw_auth_verify_escaped_pem(gw_auth_t *auth, const char *escaped, gw_auth_res
 int gw_auth_set_cache(gw_auth_t *auth, size_t slots, int ttl_s);
 //  Cache hits and misses (chain verifications done) so far.
 void gw_auth_cache_stats(const gw_auth_t *auth, uint64_t *hits, uint64_t *misses);
+//  Certificates in Mdm-Signatures taken from the parsed-certificate cache
+//  (same slots; decoding an X509 is most of a signature check in OpenSSL 3.0).
+uint64_t gw_auth_cert_cache_hits(const gw_auth_t *auth);
 
 //  Lower-case hex of a 32-byte hash into out (at least 65 bytes).
 void gw_auth_hash_hex(const uint8_t hash[32], char *out);

@@ -37,7 +37,7 @@ run_size() {
         for k in "${!P[@]}"; do c0[$k]=$(cpu "${P[$k]}"); done
         local perf_pid=
         if [ -n "${PERF:-}" ]; then # PERF=gateway: perf record that process (perf report -i perf-<name>.data)
-            perf record -q -g -p "${P[$PERF]}" -o "${PERF_DIR:-/tmp}/perf-$name.data" >/dev/null 2>&1 &
+            perf record -q --call-graph ${PERF_CG:-fp} -p "${P[$PERF]}" -o "${PERF_DIR:-/tmp}/perf-$name.data" >/dev/null 2>&1 &
             perf_pid=$!
         fi
         "${DS[@]}" "$@" >"$T/$name.out" 2>&1 || { cat "$T/$name.out"; fail "devsim $name failed"; }
