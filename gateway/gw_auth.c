@@ -43,7 +43,8 @@ struct gw_auth {
     size_t slots;
     int64_t ttl_s;
     uint64_t hits, misses;
-    s_xcached_t *xcache; //  parsed certificates by SHA-256 of their DER (slots entries)
+    s_xcached_t *xcache; //  parsed certificates by SHA-256 of their DER (xslots entries)
+    size_t xslots;
     uint64_t xhits;
 };
 
@@ -176,7 +177,7 @@ void gw_auth_destroy(gw_auth_t **auth)
     X509_STORE_free(self->store);
     sk_X509_pop_free(self->cas, X509_free);
     free(self->cache);
-    for (size_t i = 0; self->xcache && i < self->slots; i++)
+    for (size_t i = 0; self->xcache && i < self->xslots; i++)
         X509_free(self->xcache[i].x);
     free(self->xcache);
     free(self);
@@ -216,18 +217,23 @@ void gw_auth_hash_hex(const uint8_t hash[32], char *out)
 
 int gw_auth_set_cache(gw_auth_t *auth, size_t slots, int ttl_s)
 {
-    for (size_t i = 0; auth->xcache && i < auth->slots; i++)
+    for (size_t i = 0; auth->xcache && i < auth->xslots; i++)
         X509_free(auth->xcache[i].x);
     free(auth->xcache);
     free(auth->cache);
     auth->cache = NULL;
     auth->xcache = NULL;
-    auth->slots = 0;
+    auth->slots = auth->xslots = 0;
     auth->ttl_s = ttl_s;
     if (slots == 0 || ttl_s <= 0)
         return 0;
+    //  A decoded X509 costs a few KiB (OpenSSL 3.0 keeps the provider key
+    //  data with it): at most GW_AUTH_CERT_SLOTS of them stay decoded. The
+    //  requests of one device session come close together, so even a small
+    //  cache serves all but the first request of a session.
+    size_t xslots = slots < GW_AUTH_CERT_SLOTS ? slots : GW_AUTH_CERT_SLOTS;
     auth->cache = calloc(slots, sizeof *auth->cache);
-    auth->xcache = calloc(slots, sizeof *auth->xcache);
+    auth->xcache = calloc(xslots, sizeof *auth->xcache);
     if (!auth->cache || !auth->xcache) {
         free(auth->cache);
         free(auth->xcache);
@@ -236,6 +242,7 @@ int gw_auth_set_cache(gw_auth_t *auth, size_t slots, int ttl_s)
         return -1;
     }
     auth->slots = slots;
+    auth->xslots = xslots;
     return 0;
 }
 
@@ -266,7 +273,7 @@ static X509 *s_cert_get(gw_auth_t *self, const uint8_t *der, size_t len)
     }
     uint64_t k;
     memcpy(&k, h, sizeof k);
-    s_xcached_t *c = &self->xcache[k % self->slots];
+    s_xcached_t *c = &self->xcache[k % self->xslots];
     if (c->x && memcmp(c->hash, h, 32) == 0) {
         self->xhits++;
         X509_up_ref(c->x);

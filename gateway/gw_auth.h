@@ -81,6 +81,8 @@ int gw_auth_verify_escaped_pem(gw_auth_t *auth, const char *escaped, gw_auth_res
 //  allocation failure (cache then off).
 #define GW_AUTH_CACHE_SLOTS 65536
 #define GW_AUTH_CACHE_TTL_S 600
+//  Decoded certificates kept (at most; fewer if slots is smaller).
+#define GW_AUTH_CERT_SLOTS 4096
 int gw_auth_set_cache(gw_auth_t *auth, size_t slots, int ttl_s);
 //  Cache hits and misses (chain verifications done) so far.
 void gw_auth_cache_stats(const gw_auth_t *auth, uint64_t *hits, uint64_t *misses);

@@ -399,10 +399,13 @@ static void s_on_health_reply(void *arg, const pm_msg_t *reply, const char *erro
         const char *code =
             reply && pm_msg_type(reply) == PM_MSG_ERROR ? pm_msg_str(reply, "code") : NULL;
         bool up = reply && !s_transient(code);
-        char text[512];
+        char text[640];
+        uint64_t hits = 0, misses = 0;
+        gw_auth_cache_stats(self->auth, &hits, &misses);
         snprintf(text, sizeof text,
                  "ok\nbackend: %s%s%s\nrequests: %llu\nrejected: %llu\nunavailable: %llu\n"
-                 "in_flight: %llu\n",
+                 "in_flight: %llu\nchain_cache: %llu hits, %llu verifications\n"
+                 "cert_cache: %llu hits\n",
                  up ? "up" : "down (",
                  up ? ""
                     : (error  ? error
@@ -410,7 +413,9 @@ static void s_on_health_reply(void *arg, const pm_msg_t *reply, const char *erro
                               : "no answer"),
                  up ? "" : ")", (unsigned long long)self->st.requests,
                  (unsigned long long)self->st.rejected, (unsigned long long)self->st.unavailable,
-                 (unsigned long long)self->st.in_flight);
+                 (unsigned long long)self->st.in_flight, (unsigned long long)hits,
+                 (unsigned long long)misses,
+                 (unsigned long long)gw_auth_cert_cache_hits(self->auth));
         s_send_text(r->req, 200, text);
         r->req = NULL;
     }

@@ -69,6 +69,7 @@ run_size() {
     echo "  enqueue: $(wc -l <"$T/eids") targets in $((($(date +%s%N) - t0) / 1000000)) ms"
     phase session 2 --no-enroll --rounds 1
     grep '^answers' "$T/session.out" | sed 's/^/  /'
+    echo "  gateway /health: $(curl -sS -m 5 --cacert "$PKI/ca.pem" "$URL/health" | grep cache | tr '\n' ';')"
     local line="  peak RSS (MB):" sum=0 k
     for k in broker store scheduler gateway; do
         local kb=$(awk '/VmHWM/ { print $2 }' "/proc/${P[$k]}/status")
