@@ -89,14 +89,41 @@ static double s_ms_since(const struct timespec *t0)
 
 static void s_bus_kick(gw_server_t *self);
 
-//  Publish security.rejected {reason, remote, path} (eid when known).
+//  A security.rejected on its way to the store's event log.
+typedef struct {
+    gw_server_t *srv;
+    pm_msg_t *ev; //  the same event as a plain EVENT, published if the store fails
+} s_append_t;
+
+static void s_on_append_reply(void *arg, const pm_msg_t *reply, const char *error)
+{
+    s_append_t *a = arg;
+    if (!reply || pm_msg_type(reply) != PM_MSG_EVENT_APPEND_REPLY) {
+        //  No store: subscribers still see the event live; only the sequenced
+        //  log (replay after a gap) misses it.
+        pm_warn("security.rejected not in the event log (%s); published without a seq",
+                error                                         ? error
+                : reply && pm_msg_type(reply) == PM_MSG_ERROR ? pm_msg_str(reply, "message")
+                                                              : "unexpected reply");
+        if (pm_bus_publish(a->srv->bus, a->ev) < 0)
+            pm_warn("could not publish security.rejected: check publish-endpoint");
+    }
+    pm_msg_destroy(&a->ev);
+    free(a);
+}
+
+//  security.rejected {reason, remote, path} (eid when known): appended to the
+//  store's sequenced event log (event.append), which publishes it with its
+//  seq, so an auditor that missed it can replay it (docs/queue.md).
 static void s_event_rejected(gw_server_t *self, const char *eid, const char *reason,
                              const char *remote, const char *path)
 {
     pm_msg_t *ev = pm_msg_new(PM_MSG_EVENT);
+    pm_msg_t *app = pm_msg_new(PM_MSG_EVENT_APPEND);
+    s_append_t *a = NULL;
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
-    if (!ev)
+    if (!ev || !app)
         goto out;
     msgpack_packer pk;
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
@@ -107,17 +134,34 @@ static void s_event_rejected(gw_server_t *self, const char *eid, const char *rea
         msgpack_pack_str(&pk, n);
         msgpack_pack_str_body(&pk, kv[i], n);
     }
-    pm_msg_set_str(ev, "name", "security.rejected");
-    pm_msg_set_str(ev, "source", "gateway");
-    if (eid && *eid)
-        pm_msg_set_str(ev, "eid", eid);
-    if (pm_msg_set_packed(ev, "data", (const uint8_t *)sb.data, sb.size) < 0 ||
-        pm_bus_publish(self->bus, ev) < 0)
+    pm_msg_t *both[] = {ev, app};
+    for (int i = 0; i < 2; i++) {
+        pm_msg_set_str(both[i], "name", "security.rejected");
+        pm_msg_set_str(both[i], "source", "gateway");
+        if (eid && *eid)
+            pm_msg_set_str(both[i], "eid", eid);
+        if (pm_msg_set_packed(both[i], "data", (const uint8_t *)sb.data, sb.size) < 0)
+            goto out;
+    }
+    a = malloc(sizeof *a);
+    if (a) {
+        a->srv = self;
+        a->ev = ev;
+        //  the service that owns the event log, as the message table says
+        if (pm_bus_call_async(self->bus, pm_msgdef(PM_MSG_EVENT_APPEND)->service, app, 2000, 0,
+                              s_on_append_reply, a) == 0) {
+            ev = NULL; //  the callback owns it now
+            a = NULL;
+        }
+    }
+    if (ev && pm_bus_publish(self->bus, ev) < 0)
         pm_warn("could not publish security.rejected (%s): check publish-endpoint", reason);
     s_bus_kick(self);
 out:
+    free(a);
     msgpack_sbuffer_destroy(&sb);
     pm_msg_destroy(&ev);
+    pm_msg_destroy(&app);
 }
 
 static void s_send(struct evhttp_request *req, int code, const char *ctype, const void *body,

@@ -4,7 +4,7 @@
 # unsigned, wrong CA, expired certificate, self-signed, zero signers, two
 # signers, tampered body, garbage signature, another enrollment's valid
 # certificate. Each must be answered 400 (never 401), raise a
-# security.rejected event, and change nothing: `picomdm devices`, `queue`
+# security.rejected event (in the store's sequenced log), and change nothing: `picomdm devices`, `queue`
 # and `results` read the same before and after. Then the real device still
 # gets its command.
 source "$(dirname "$0")/e2e_lib.bash"
@@ -76,6 +76,11 @@ for s in expired zero-signers two-signers wrong-ca unsigned tampered bad-base64;
     echo "ok  devsim --spoof $s -> 400"
 done
 
+# the gateway's rejections are in the store's sequenced event log (a seq each),
+# so an auditor that missed them can replay them
+grep -F '"name":"security.rejected"' "$T/events.jsonl" | grep -F '"source":"gateway"' >"$T/gwrej"
+[ "$(grep -c '"seq":[0-9]' "$T/gwrej")" = "$(wc -l <"$T/gwrej")" ] ||
+    fail "a gateway security.rejected without a seq: $(grep -v '"seq":' "$T/gwrej" | head -1)"
 snapshot "$T/after"
 diff "$T/before" "$T/after" >"$T/diff" || fail "a refused request changed the store: $(cat "$T/diff")"
 echo "ok  devices, queues and results unchanged after $n refused requests"
