@@ -71,6 +71,10 @@ static const pm_opt_t s_opts[] = {
     {"renew", PM_OPT_BOOL, "false",
      "with --enroll-url: after the sessions, renew every certificate over SCEP (RenewalReq) "
      "and run the sessions again with the new one"},
+    {"scep-challenge", PM_OPT_STR, NULL,
+     "negative test: send this challenge instead of the profile's (expect SCEP FAILURE)"},
+    {"session-delay-ms", PM_OPT_INT, "0",
+     "wait this long after enrollment before the sessions (time to queue commands)"},
     {"make-ca", PM_OPT_STR, NULL, "write a new device CA to PREFIX.pem and PREFIX.key and exit"},
     {NULL, 0, NULL, NULL}};
 
@@ -86,6 +90,9 @@ static int s_scep_enroll(const pm_cfg_t *cfg, devsim_dev_t **devs, int n,
     for (int i = 0; i < n && !zsys_interrupted; i++) {
         devsim_profile_t *p = devsim_profile_fetch(url, so, err, errlen);
         devsim_ident_t *id = NULL;
+        const char *chal = pm_cfg_str(cfg, "scep-challenge");
+        if (p && chal)
+            snprintf(p->challenge, sizeof p->challenge, "%s", chal);
         if (!p || devsim_scep_enroll(p, so, &id, err, errlen) < 0) {
             devsim_profile_destroy(&p);
             return -1;
@@ -470,6 +477,9 @@ int main(int argc, char **argv)
             if (devs[i]->user)
                 devs[i]->user->enrolled = true;
         }
+    int64_t delay = pm_cfg_int(cfg, "session-delay-ms");
+    if (delay > 0 && delay <= 600000)
+        zclock_sleep((int)delay);
     for (int i = 0; i < rounds && !zsys_interrupted; i++)
         failed += devsim_run_sessions(run);
     if (enroll_url && pm_cfg_bool(cfg, "renew") && !zsys_interrupted) {
