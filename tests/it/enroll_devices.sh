@@ -6,9 +6,9 @@
 # with the one-time challenge, checks in (Authenticate, TokenUpdate, signed),
 # gets a DeviceInformation command queued meanwhile and answers it (command
 # round trip), renews its certificate (RenewalReq) and keeps checking in.
-# Also: the same profile downloaded with curl verifies with openssl to the CA;
-# a reused challenge gets SCEP FAILURE; a certificate from another CA is
-# refused at check-in; the enrollment route honours basic auth.
+# Also: the same profile downloaded with curl verifies with openssl to the CA
+# and has the schema keys; a wrong challenge gets SCEP FAILURE badRequest; a
+# certificate from another CA is refused at check-in; 405/413/400 on /scep.
 set -u
 ROOT=${PICOMDM_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 BIN=${BIN:-$ROOT/bin}
