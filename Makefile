@@ -153,6 +153,29 @@ lint:
 	  echo "lint: banned function (use snprintf, memcpy with a bound, strtol)"; fail=1; fi; \
 	[ $$fail = 0 ] && echo "lint: ok"; exit $$fail
 
+# ---- man pages and install (deploy/, docs/deploy.md) ----
+#   make man       man pages from each program's --help (help2man) + man/*.h2m -> build/man
+#   make install PREFIX=/usr/local DESTDIR=
+#                  daemons -> $(SBINDIR), picomdm and tools -> $(BINDIR), systemd units
+#                  -> $(UNITDIR), man pages -> $(MANDIR)/man{1,5,8}, example config, logrotate
+#                  snippet and docs -> $(DOCDIR). Never writes $(SYSCONFDIR) (/etc).
+PREFIX      ?= /usr/local
+BINDIR      ?= $(PREFIX)/bin
+SBINDIR     ?= $(PREFIX)/sbin
+SYSCONFDIR  ?= /etc
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+MANDIR      ?= $(PREFIX)/share/man
+DOCDIR      ?= $(PREFIX)/share/doc/picomdm
+.PHONY: man
+man: bins
+	@deploy/mkman.sh build/man $(PROC_BINS) $(TOOL_BINS)
+install: bins man
+	@DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" BINDIR="$(BINDIR)" SBINDIR="$(SBINDIR)" \
+	  SYSCONFDIR="$(SYSCONFDIR)" UNITDIR="$(UNITDIR)" SYSUSERSDIR="$(SYSUSERSDIR)" \
+	  MANDIR="$(MANDIR)" DOCDIR="$(DOCDIR)" MANSRC=build/man \
+	  deploy/install.sh $(PROC_BINS) -- $(TOOL_BINS)
+
 clean:
 	rm -rf build bin
 

@@ -389,7 +389,21 @@ static void s_worker_input(broker_router_t *self, zmq_msg_t *f, int n, int total
         return;
     }
     if (!w) {
-        //  Not registered here (we restarted, or it was expired): make it re-register.
+        //  Not registered here (we restarted, or expired it while it was
+        //  stalled): make it re-register. Its reply is still good: pass it on
+        //  (the client drops it if it already has one).
+        if (cmd == PM_BUS_REPLY && total == 6 && zmq_msg_size(&f[3]) > 0 &&
+            zmq_msg_size(&f[3]) <= S_ID_MAX) {
+            char rid[PM_RID_MAX + 1], service[PM_BUS_SERVICE_MAX + 1];
+            //  The service frame of a client reply is informational; we do
+            //  not know this worker's, so the reply says "?".
+            snprintf(service, sizeof service, "?");
+            if (pm_bus_frame_str(&f[4], rid, sizeof rid) == 0) {
+                self->stats.replies++;
+                s_send_to_client(self, zmq_msg_data(&f[3]), zmq_msg_size(&f[3]), service, rid,
+                                 &f[5], NULL, 0);
+            }
+        }
         if (cmd != PM_BUS_DISCONNECT)
             s_send_command(self, id, idlen, PM_BUS_DISCONNECT);
         pm_debug("broker: message 0x%02x from unregistered worker %s; told it to reconnect", cmd,

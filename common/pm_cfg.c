@@ -163,9 +163,11 @@ pm_cfg_result_t pm_cfg_parse(pm_cfg_t **cfgp, const char *process, const char *s
             rc = PM_CFG_ERROR;
             goto out;
         }
+        //  "picomdm-gateway" and "gateway" both read the `gateway` section.
+        const char *section = strncmp(process, "picomdm-", 8) == 0 ? process + 8 : process;
         for (int i = 0; i < cfg->nopts; i++) {
             char path[256];
-            snprintf(path, sizeof path, "%s/%s", process, cfg->opts[i]->name);
+            snprintf(path, sizeof path, "%s/%s", section, cfg->opts[i]->name);
             char *v = zconfig_get(root, path, NULL);
             if (!v)
                 v = zconfig_get(root, cfg->opts[i]->name, NULL);

@@ -51,6 +51,7 @@ struct gw_server {
     struct event_base *base;
     pm_bus_t *bus;
     gw_auth_t *auth;
+    gw_enroll_t *enroll; //  SCEP + profile routes (borrowed), or NULL
     SSL_CTX *ssl;
     struct evhttp *http;
     struct evconnlistener *listener;
@@ -858,6 +859,8 @@ static void s_on_request(struct evhttp_request *req, void *arg)
         s_health(self, req);
         return;
     }
+    if (gw_enroll_handle(self->enroll, req, path, remote))
+        return;
     bool is_checkin = strcmp(path, self->checkin_path) == 0;
     bool is_server = strcmp(path, self->server_path) == 0;
     if (!is_checkin && !is_server) {
@@ -1060,6 +1063,7 @@ void gw_server_shutdown(gw_server_t *self)
     if (!self || self->shutting_down)
         return;
     self->shutting_down = true;
+    gw_enroll_shutdown(self->enroll);
     //  Everyone still waiting gets an answer now (the bus is going away).
     for (gw_req_t *r = self->reqs; r; r = r->next)
         if (r->req) {
@@ -1098,6 +1102,18 @@ void gw_server_destroy(gw_server_t **srv)
     free(self->service);
     free(self);
     *srv = NULL;
+}
+
+static void s_enroll_kick(void *arg)
+{
+    s_bus_kick(arg);
+}
+
+void gw_server_set_enroll(gw_server_t *srv, gw_enroll_t *enroll)
+{
+    srv->enroll = enroll;
+    if (enroll)
+        gw_enroll_set_kick(enroll, s_enroll_kick, srv);
 }
 
 int gw_server_port(const gw_server_t *srv)

@@ -23,6 +23,7 @@
 #define S_CACHE_MAX_COUNT 20000               //  replies kept for retried rids
 #define S_CACHE_MAX_BYTES (64u * 1024 * 1024) //  and their total size
 #define S_CACHE_TTL_MS (5 * 60 * 1000)        //  and how long
+#define S_MAX_PENDING 100000                  //  client requests in flight per bus
 
 //  An outgoing request waiting for its reply.
 typedef struct {
@@ -293,6 +294,13 @@ int pm_bus_call_async(pm_bus_t *bus, const char *service, const pm_msg_t *req, i
     if (slen == 0 || slen > PM_BUS_SERVICE_MAX || !rid || !*rid || strlen(rid) > PM_RID_MAX) {
         pm_error("bus: bad call (service '%s', rid '%s'): names are 1-%d bytes, rids 1-%d", service,
                  rid ? rid : "", PM_BUS_SERVICE_MAX, PM_RID_MAX);
+        return -1;
+    }
+    if (zhashx_size(bus->pending) >= S_MAX_PENDING) {
+        pm_bus_ratelog(&bus->ratelog,
+                       "bus: %d requests already in flight; call to '%s' refused (wait for "
+                       "replies before sending more)",
+                       S_MAX_PENDING, service);
         return -1;
     }
     if (zhashx_lookup(bus->pending, rid)) {
@@ -842,6 +850,16 @@ int pm_bus_process(pm_bus_t *bus)
     s_client_timers(bus, now);
     for (int i = 0; i < bus->nworkers; i++)
         s_worker_timers(bus->workers[i], now);
+    //  ZMQ_FD is edge-triggered and a send (a resend, a heartbeat, a reply
+    //  from a callback) can consume the edge while input waits: if anything is
+    //  readable now, ask to be called again at once (next_timeout 0).
+    if (bus->client && (zsock_events(bus->client) & ZMQ_POLLIN))
+        bus->more = true;
+    for (int i = 0; i < bus->nworkers; i++)
+        if (zsock_events(bus->workers[i]->sock) & ZMQ_POLLIN)
+            bus->more = true;
+    if (bus->sub && (zsock_events(bus->sub) & ZMQ_POLLIN))
+        bus->more = true;
     return handled;
 }
 

@@ -75,7 +75,9 @@ void pm_bus_destroy(pm_bus_t **bus);
 typedef void(pm_bus_reply_fn)(void *arg, const pm_msg_t *reply, const char *error);
 
 //  Send `req` to `service`; `timeout_ms` per attempt, `retries` extra attempts
-//  with the same rid. Returns 0, or -1 if it could not even be queued.
+//  with the same rid. Returns 0, or -1 if it could not even be queued (bad
+//  service name or rid, rid already in flight, encode failure, or 100,000
+//  requests already in flight on this bus).
 int pm_bus_call_async(pm_bus_t *bus, const char *service, const pm_msg_t *req, int timeout_ms,
                       int retries, pm_bus_reply_fn *fn, void *arg);
 

@@ -7,6 +7,7 @@
 #include "pm_bus.h"
 #include "pm_cfg.h"
 #include "pm_log.h"
+#include "pm_notify.h"
 #include "sched.h"
 
 #include <czmq.h>
@@ -29,6 +30,8 @@ static const pm_opt_t s_opts[] = {
     {"store-retries", PM_OPT_INT, "3", "extra attempts for a store call (same request id)"},
     {"wake-sweep-s", PM_OPT_INT, "300",
      "re-send wakeups for enrollments still marked wake_pending this often (0 = never)"},
+    {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
+    {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     {NULL, 0, NULL, NULL}};
 
 static int64_t s_now_ms(void)
@@ -78,7 +81,9 @@ int main(int argc, char **argv)
         goto out;
     }
     pm_bus_config_t bc = {.name = "scheduler",
-                          .request_endpoint = pm_cfg_str(cfg, "request-endpoint")};
+                          .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
+                          .server_public_key = pm_cfg_str(cfg, "server-key"),
+                          .cert_file = pm_cfg_str(cfg, "curve-cert")};
     bus = pm_bus_new(&bc);
     if (!bus) {
         pm_error("cannot connect to the broker at %s (check request-endpoint)",
@@ -94,12 +99,17 @@ int main(int argc, char **argv)
             "delivered-timeout-s %d, default-ttl-s %d)",
             bc.request_endpoint, o.notnow_limit, o.redeliver_limit, o.delivered_timeout_s,
             o.default_ttl_s);
+    pm_notify_ready();
+    pm_notify_status("serving scheduler via %s", bc.request_endpoint);
     while (!zsys_interrupted) {
         if (pm_bus_run_once(bus, 500) < 0)
             break;
         sched_tick(s, s_now_ms());
     }
-    pm_info("stopping");
+    pm_notify_stopping();
+    pm_bus_stats_t st;
+    pm_bus_stats(bus, &st);
+    pm_info("stopping after %llu requests", (unsigned long long)st.jobs);
     rc = 0;
 out:
     sched_destroy(&s);

@@ -125,6 +125,13 @@ pm_msg_t *sched_validate(const pm_msg_t *req)
         return NULL;
     case PM_MSG_RESULTS:
     case PM_MSG_DEVICES:
+    case PM_MSG_DEVICES_FIND:
+        return NULL;
+    case PM_MSG_DEVICE:
+    case PM_MSG_TIMELINE:
+        if (!s_str_ok(pm_msg_str(req, "eid"), S_EID_MAX))
+            return pm_msg_new_error(req, "bad_request",
+                                    "eid is required (list enrollments with `picomdm devices`)");
         return NULL;
     default:
         return pm_msg_new_error(req, "unknown_type",
@@ -208,6 +215,26 @@ pm_msg_t *sched_store_request(const sched_opts_t *o, const pm_msg_t *req, const 
     case PM_MSG_DEVICES: {
         static const char *const f[] = {"limit", "after", NULL};
         if ((m = pm_msg_new(PM_MSG_STORE_DEVICES)))
+            s_copy(m, req, f);
+        break;
+    }
+    /* ---- inventory (docs/inventory.md): passed through to the store ---- */
+    case PM_MSG_DEVICE: {
+        static const char *const f[] = {"eid", NULL};
+        if ((m = pm_msg_new(PM_MSG_STORE_DEVICE)))
+            s_copy(m, req, f);
+        break;
+    }
+    case PM_MSG_TIMELINE: {
+        static const char *const f[] = {"eid", "after", "limit", NULL};
+        if ((m = pm_msg_new(PM_MSG_STORE_TIMELINE)))
+            s_copy(m, req, f);
+        break;
+    }
+    case PM_MSG_DEVICES_FIND: {
+        static const char *const f[] = {"model",       "os_version", "silent_for_s", "query_key",
+                                        "query_value", "limit",      "after",        NULL};
+        if ((m = pm_msg_new(PM_MSG_STORE_DEVICES_FIND)))
             s_copy(m, req, f);
         break;
     }

@@ -9,6 +9,7 @@
 #include "pm_bus.h"
 #include "pm_cfg.h"
 #include "pm_log.h"
+#include "pm_notify.h"
 #include "store_db.h"
 #include "store_svc.h"
 
@@ -33,6 +34,8 @@ static const pm_opt_t s_opts[] = {
     {"group-commit", PM_OPT_BOOL, "true",
      "apply every waiting request in one transaction (off: one transaction per request)"},
     {"batch-max", PM_OPT_INT, "1024", "at most this many requests per transaction"},
+    {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
+    {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     {NULL, 0, NULL, NULL}};
 
 int main(int argc, char **argv)
@@ -87,6 +90,8 @@ int main(int argc, char **argv)
     }
     pm_bus_config_t bc = {.name = "store",
                           .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
+                          .server_public_key = pm_cfg_str(cfg, "server-key"),
+                          .cert_file = pm_cfg_str(cfg, "curve-cert"),
                           .publish_endpoint = pm_cfg_str(cfg, "publish-endpoint"),
                           .capacity = (int)batch};
     bus = pm_bus_new(&bc);
@@ -103,6 +108,8 @@ int main(int argc, char **argv)
         goto out;
     }
     pm_info("serving 'store' via %s", bc.request_endpoint);
+    pm_notify_ready();
+    pm_notify_status("serving store via %s", bc.request_endpoint);
     while (!zsys_interrupted) {
         //  drain whatever is waiting, then commit it all at once
         if (pm_bus_run_once(bus, store_svc_pending(svc) ? 0 : 500) < 0)
@@ -110,7 +117,10 @@ int main(int argc, char **argv)
         if (store_svc_pending(svc))
             store_svc_flush(svc);
     }
-    pm_info("stopping");
+    pm_notify_stopping();
+    pm_bus_stats_t st;
+    pm_bus_stats(bus, &st);
+    pm_info("stopping after %llu requests", (unsigned long long)st.jobs);
     rc = 0;
 out:
     store_svc_destroy(&svc);

@@ -3,7 +3,9 @@
 # echo worker, one client) over ipc:// and tcp://127.0.0.1 with 64 and 256
 # requests in flight; latency p50/p99; CPU seconds and peak RSS of broker,
 # worker and client. Target: >= 30,000 round trips/s over ipc on 2 cores.
-#   COUNT=200000 tests/bench/bus.sh
+#   COUNT=200000 tests/bench/bus.sh      (KEEP_LOGS=1 keeps the broker/worker logs)
+# Wall-clock rates depend on what else runs on the machine; the CPU seconds
+# per run (sum / COUNT = CPU per round trip) are the steadier figure.
 set -u
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-$PWD/bin}
@@ -13,7 +15,7 @@ PAYLOAD=${PAYLOAD:-64}
 [ -x "$BIN/picomdm-broker" ] && [ -x "$TT/bustest" ] || { echo "build first (make)"; exit 1; }
 D=$(mktemp -d /tmp/pm-bench-bus.XXXXXX)
 PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$D"' EXIT
+trap 'for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done; wait 2>/dev/null; [ -n "${KEEP_LOGS:-}" ] && echo "logs kept in $D" || rm -rf "$D"' EXIT
 TCK=$(getconf CLK_TCK)
 
 free_port() {
@@ -43,7 +45,7 @@ run() {
         --subscribe-endpoint "ipc://$D/sub-$transport-$inflight" --log-level warn >"$D/broker.log" 2>&1 &
     local b=$!; PIDS+=("$b")
     sleep 0.2
-    "$TT/bustest" worker --endpoint "$req" --name w1 --capacity 1000 --log-level warn >"$D/worker.log" 2>&1 &
+    "$TT/bustest" worker --endpoint "$req" --name w1 --capacity 1000 --log-level info >"$D/worker-$transport-$inflight.log" 2>&1 &
     local w=$!; PIDS+=("$w")
     sleep 0.3
     /usr/bin/time -f "%U %S %M" -o "$D/client.time" "$TT/bustest" client --endpoint "$req" \

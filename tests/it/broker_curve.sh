@@ -4,7 +4,9 @@
 # gets nothing and the worker never sees its requests; a non-loopback bind
 # without keys is refused at start.
 . "$(dirname "$0")/broker_lib.bash"
-P1=$(free_port); P2=$(free_port); P3=$(free_port)
+P1=$(free_port); P2=$P1; P3=$P1
+while [ "$P2" = "$P1" ]; do P2=$(free_port); done
+while [ "$P3" = "$P1" ] || [ "$P3" = "$P2" ]; do P3=$(free_port); done
 REQ=tcp://127.0.0.1:$P1
 PUB=tcp://127.0.0.1:$P2
 SUB=tcp://127.0.0.1:$P3

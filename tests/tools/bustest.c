@@ -1,7 +1,7 @@
 /*  bustest — test and benchmark helper for the bus (tests/it/broker_*.sh,
  *  tests/bench/bus.sh). Subcommands:
  *
- *    bustest worker  --endpoint E [--service echo] [--name N] [--delay-ms D]
+ *    bustest worker  --endpoint E [--service echo] [--name N] [--delay-ms D] [--stall-ms S]
  *                    [--capacity C] [--heartbeat-ms H] [--curve-server-key K --cert F]
  *        answers `echo` with `echo.reply` (worker = N) after D ms (or the
  *        request's delay_ms); prints "worker N jobs=.. retried=.." on exit.
@@ -32,6 +32,7 @@ static const pm_opt_t s_opts[] = {
     {"service", PM_OPT_STR, "echo", "service name"},
     {"name", PM_OPT_STR, "w", "worker name"},
     {"delay-ms", PM_OPT_INT, "0", "worker: reply delay; pub: wait before publishing"},
+    {"stall-ms", PM_OPT_INT, "0", "worker: block the whole loop this long in the handler"},
     {"capacity", PM_OPT_INT, "0", "worker capacity (0 = library default)"},
     {"heartbeat-ms", PM_OPT_INT, "0", "heartbeat interval (0 = library default)"},
     {"count", PM_OPT_INT, "1000", "requests / events / garbage messages"},
@@ -72,6 +73,7 @@ typedef struct {
 typedef struct {
     const char *name;
     int delay_ms;
+    int stall_ms;
     zlistx_t *delayed;
     uint64_t replied;
 } s_worker_t;
@@ -100,6 +102,8 @@ static void s_on_job(void *arg, pm_bus_job_t *job)
         pm_msg_destroy(&err);
         return;
     }
+    if (w->stall_ms > 0)
+        zclock_sleep(w->stall_ms); //  like a long commit: no heartbeats meanwhile
     int delay = (int)pm_msg_uint(req, "delay_ms", (uint64_t)w->delay_ms);
     if (delay <= 0) {
         s_answer(w, job);
@@ -113,7 +117,8 @@ static void s_on_job(void *arg, pm_bus_job_t *job)
 
 static int s_worker(void)
 {
-    s_worker_t w = {pm_cfg_str(s_cfg, "name"), (int)pm_cfg_int(s_cfg, "delay-ms"), zlistx_new(), 0};
+    s_worker_t w = {pm_cfg_str(s_cfg, "name"), (int)pm_cfg_int(s_cfg, "delay-ms"),
+                    (int)pm_cfg_int(s_cfg, "stall-ms"), zlistx_new(), 0};
     pm_bus_t *bus = s_bus(w.name, pm_cfg_str(s_cfg, "endpoint"), NULL, NULL,
                           (int)pm_cfg_int(s_cfg, "capacity"));
     if (!bus || pm_bus_serve(bus, pm_cfg_str(s_cfg, "service"), s_on_job, &w) < 0)
@@ -153,6 +158,7 @@ typedef struct {
     int64_t *lat_us;
     uint8_t *done;
     zhashx_t *workers; //  name -> count (stored as pointer-sized int)
+    zhashx_t *codes;   //  `error` reply code -> count
     char last_error[512];
 } s_client_t;
 
@@ -170,6 +176,11 @@ static void s_on_reply(void *arg, const pm_msg_t *reply, const char *error)
     c->lat_us[idx] = zclock_usecs() - c->start_us[idx];
     if (!reply || pm_msg_type(reply) != PM_MSG_ECHO_REPLY) {
         c->failed++;
+        const char *code = reply ? pm_msg_str(reply, "code") : "no-reply";
+        if (!code)
+            code = "?";
+        uintptr_t n = (uintptr_t)zhashx_lookup(c->codes, code);
+        zhashx_update(c->codes, code, (void *)(n + 1));
         snprintf(c->last_error, sizeof c->last_error, "%s",
                  error ? error
                        : (pm_msg_str(reply, "message") ? pm_msg_str(reply, "message")
@@ -232,6 +243,7 @@ static int s_client(void)
     c.lat_us = calloc((size_t)c.count, sizeof *c.lat_us);
     c.done = calloc((size_t)c.count, 1);
     c.workers = zhashx_new();
+    c.codes = zhashx_new();
     c.bus = s_bus("bustest-client", pm_cfg_str(s_cfg, "endpoint"), NULL, NULL, 0);
     if (!c.bus)
         return 1;
@@ -271,12 +283,16 @@ static int s_client(void)
     for (void *v = zhashx_first(c.workers); v; v = zhashx_next(c.workers))
         printf("worker=%s count=%lu\n", (const char *)zhashx_cursor(c.workers),
                (unsigned long)(uintptr_t)v);
+    for (void *v = zhashx_first(c.codes); v; v = zhashx_next(c.codes))
+        printf("error=%s count=%lu\n", (const char *)zhashx_cursor(c.codes),
+               (unsigned long)(uintptr_t)v);
     if (c.failed)
         printf("last_error=%s\n", c.last_error);
     int rc = c.answered == c.count && c.failed == 0 && c.doubles == 0 ? 0 : 1;
     free(lat);
     pm_bus_destroy(&c.bus);
     zhashx_destroy(&c.workers);
+    zhashx_destroy(&c.codes);
     free(c.payload);
     free(c.start_us);
     free(c.lat_us);

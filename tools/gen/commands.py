@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Generate tools/picomdm/cmdtab.c, the MDM command table of the picomdm CLI,
-from Apple's device-management schema (mdm/commands/*.yaml).
+"""Generate proto/pm_cmdtab.c, the MDM command table (the picomdm CLI checks
+commands with it, the store validates responses and builds the inventory with
+it), from Apple's device-management schema (mdm/commands/*.yaml).
 
     python3 tools/gen/commands.py [--schema DIR] [--out FILE] [--check]
+    python3 tools/gen/commands.py --inventory-doc   # the table of docs/inventory.md
 
 DIR defaults to $PICOMDM_APPLE_SCHEMA, then shared/apple-device-management
 in the repository's parent (or grandparent) directory, the copy the project
@@ -23,6 +25,11 @@ tree (name, type, required). Schema conventions handled here:
     (DeviceInformation QueriesItem: one subkey per query);
   * a key named "ANY ..." or containing a space stands for any key name;
   * `introduced: n/a` under supportedOS means "not on that platform".
+
+Inventory (docs/inventory.md): every command whose schema has responsekeys
+must be classified below, either as an inventory source or as result-only
+(with the reason); the generator stops when a command is missing or a name is
+not in the schema, so the list cannot drift from Apple's.
 """
 import argparse
 import glob
@@ -37,6 +44,54 @@ TYPES = {"<string>": "CT_STRING", "<integer>": "CT_INTEGER", "<boolean>": "CT_BO
          "<real>": "CT_REAL", "<data>": "CT_DATA", "<date>": "CT_DATE",
          "<array>": "CT_ARRAY", "<dictionary>": "CT_DICT", "<any>": "CT_ANY"}
 DOC_MAX = 110
+
+# RequestType -> how its answer feeds the inventory.
+#   CT_INV_MERGE:   the answer holds only what was asked (DeviceInformation
+#                   Queries): each QueryResponses key updates its attribute.
+#   CT_INV_REPLACE: the answer is complete: it replaces every attribute this
+#                   RequestType reported before (lists are replaced whole).
+INVENTORY = {
+    "DeviceInformation": "CT_INV_MERGE",
+    "SecurityInfo": "CT_INV_REPLACE",
+    "ProfileList": "CT_INV_REPLACE",
+    "ProvisioningProfileList": "CT_INV_REPLACE",
+    "InstalledApplicationList": "CT_INV_REPLACE",
+    "ManagedApplicationList": "CT_INV_REPLACE",
+    "CertificateList": "CT_INV_REPLACE",
+    "AvailableOSUpdates": "CT_INV_REPLACE",
+    "OSUpdateStatus": "CT_INV_REPLACE",
+    "Restrictions": "CT_INV_REPLACE",
+    "UserList": "CT_INV_REPLACE",
+    "ActivationLockBypassCode": "CT_INV_REPLACE",
+    "ManagedMediaList": "CT_INV_REPLACE",
+    "ActiveNSExtensions": "CT_INV_REPLACE",
+    "NSExtensionMappings": "CT_INV_REPLACE",
+    "ContentCachingInformation": "CT_INV_REPLACE",
+    "DeviceLocation": "CT_INV_REPLACE",
+    "ManagedApplicationAttributes": "CT_INV_REPLACE",
+    "ManagedApplicationConfiguration": "CT_INV_REPLACE",
+    "ManagedApplicationFeedback": "CT_INV_REPLACE",
+}
+# Commands with responsekeys that stay result-only (the answer is the outcome
+# of one action, not device state): kept in the results table, shown by
+# `picomdm results`.
+RESULT_ONLY = {
+    "InstallApplication": "outcome of one install (Identifier, State)",
+    "InstallMedia": "outcome of one install",
+    "InviteToProgram": "outcome of one invitation",
+    "DeviceLock": "outcome of one lock (MessageResult)",
+    "LOMDeviceRequest": "outcome of one lights-out request",
+    "LOMSetupRequest": "outcome of one lights-out setup",
+    "RequestMirroring": "outcome of one mirroring request",
+    "SetFirmwarePassword": "outcome of one password change",
+    "VerifyFirmwarePassword": "outcome of one verification",
+    "VerifyRecoveryLock": "outcome of one verification",
+    "RequestUnlockToken": "a secret: kept only in the result, never in the inventory",
+    "RotateFileVaultKey": "a secret (the new key): kept only in the result",
+    "Settings": "outcome of one settings change",
+    "ScheduleOSUpdateScan": "outcome of one scan request",
+    "ScheduleOSUpdate": "outcome of one update request (OSUpdateStatus reports progress)",
+}
 
 
 def c_str(s):
@@ -152,16 +207,26 @@ def generate(schema):
         plat = command_platforms(payload.get("supportedOS"))
         key, nkey = table.add_level(y.get("payloadkeys"), plat, True)
         resp, nresp = table.add_level(y.get("responsekeys"), plat, False)
-        cmds.append({"rt": rt, "title": y.get("title"), "plat": plat, "key": key,
+        cmds.append({"respnames": [str(k["key"]) for k in (y.get("responsekeys") or [])],
+                     "rt": rt, "title": y.get("title"), "plat": plat, "key": key,
                      "nkey": nkey, "resp": resp, "nresp": nresp,
                      "file": os.path.basename(f)})
     cmds.sort(key=lambda c: c["rt"])
+    names = {c["rt"] for c in cmds}
+    for n in list(INVENTORY) + list(RESULT_ONLY):
+        if n not in names:
+            sys.exit("commands.py: %s is classified for the inventory but not in the schema" % n)
+    for c in cmds:
+        c["inv"] = INVENTORY.get(c["rt"], "CT_INV_NONE")
+        if c["nresp"] and c["rt"] not in INVENTORY and c["rt"] not in RESULT_ONLY:
+            sys.exit("commands.py: %s has responsekeys: classify it in INVENTORY or "
+                     "RESULT_ONLY (docs/inventory.md)" % c["rt"])
 
     src = []
     w = src.append
-    w("/*  cmdtab.c — GENERATED — DO NOT EDIT. Regenerate with: python3 tools/gen/commands.py")
+    w("/*  pm_cmdtab.c — GENERATED — DO NOT EDIT. Regenerate with: python3 tools/gen/commands.py")
     w(" *")
-    w(" *  The MDM command table of the picomdm CLI (see cmdtab.h for its shape).")
+    w(" *  The MDM command table (see pm_cmdtab.h for its shape).")
     w(" *  Source: Apple's device-management schema (the mdm/commands YAML files) from")
     w(" *  https://github.com/apple/device-management (commit b6202ca2fbd3,")
     w(" *  \"Release_iOS-18-1_macOS-15-1\"). Copyright (c) 2022-2024 Apple Inc.,")
@@ -169,9 +234,10 @@ def generate(schema):
     w(" *  and this permission notice shall be included in all copies or substantial")
     w(" *  portions of the Software.\" Descriptions are shortened to one sentence.")
     w(" */")
-    w('#include "cmdtab.h"')
+    w('#include "pm_cmdtab.h"')
     w("")
     w("#include <stddef.h>")
+    w("#include <string.h>")
     w("")
     w("// clang-format off")
     w("const char *const cmdtab_values[] = {")
@@ -193,19 +259,38 @@ def generate(schema):
             r["value"], r["nvalue"]))
     w("    {NULL, NULL, NULL, 0, 0, 0, 0, 0, 0, 0}};")
     w("")
-    w("//  RequestType, title, platforms, payload keys, response keys (sorted by RequestType)")
+    w("//  RequestType, title, platforms, payload keys, response keys, inventory")
+    w("//  (sorted by RequestType)")
     w("const cmdtab_cmd_t cmdtab_cmds[] = {")
     for c in cmds:
-        w("    {%s, %s, %s, %d, %d, %d, %d}, /* %s */" % (
+        w("    {%s, %s, %s, %d, %d, %d, %d, %s}, /* %s */" % (
             c_str(c["rt"]), c_str(c["title"]), "|".join(c["plat"]) or "0",
-            c["key"], c["nkey"], c["resp"], c["nresp"], c["file"]))
-    w("    {NULL, NULL, 0, 0, 0, 0, 0}};")
+            c["key"], c["nkey"], c["resp"], c["nresp"], c["inv"], c["file"]))
+    w("    {NULL, NULL, 0, 0, 0, 0, 0, 0}};")
     w("// clang-format on")
     w("")
     w("const size_t cmdtab_ncmds = %d;" % len(cmds))
     w("const size_t cmdtab_nkeys = %d;" % len(table.keys))
     w("const size_t cmdtab_nvalues = %d;" % len(table.values))
-    return "\n".join(src) + "\n", len(cmds), len(table.keys), len(table.values)
+    w("")
+    w("const cmdtab_cmd_t *cmdtab_find(const char *request_type)")
+    w("{")
+    w("    if (!request_type)")
+    w("        return NULL;")
+    w("    size_t lo = 0, hi = cmdtab_ncmds;")
+    w("    while (lo < hi) {")
+    w("        size_t mid = lo + (hi - lo) / 2;")
+    w("        int c = strcmp(request_type, cmdtab_cmds[mid].request_type);")
+    w("        if (c == 0)")
+    w("            return &cmdtab_cmds[mid];")
+    w("        if (c < 0)")
+    w("            hi = mid;")
+    w("        else")
+    w("            lo = mid + 1;")
+    w("    }")
+    w("    return NULL;")
+    w("}")
+    return "\n".join(src) + "\n", len(cmds), len(table.keys), len(table.values), cmds
 
 
 def main():
@@ -220,11 +305,24 @@ def main():
         if not default and os.path.isdir(cand):
             default = cand
     ap.add_argument("--schema", default=default or "apple-device-management")
-    ap.add_argument("--out", default=os.path.join(root, "tools", "picomdm", "cmdtab.c"))
+    ap.add_argument("--out", default=os.path.join(root, "proto", "pm_cmdtab.c"))
     ap.add_argument("--check", action="store_true",
                     help="exit 1 if the committed file is not what the schema generates")
+    ap.add_argument("--inventory-doc", action="store_true",
+                    help="print the markdown table of docs/inventory.md")
     a = ap.parse_args()
-    text, ncmd, nkey, nval = generate(a.schema)
+    text, ncmd, nkey, nval, cmds = generate(a.schema)
+    if a.inventory_doc:
+        print("| RequestType | response keys | what PicoMDM does |")
+        print("|---|---|---|")
+        for c in cmds:
+            if not c["nresp"]:
+                continue
+            what = {"CT_INV_MERGE": "inventory: each answered query updates its attribute",
+                    "CT_INV_REPLACE": "inventory: the answer replaces what this command reported before",
+                    }.get(c["inv"]) or "result only: " + RESULT_ONLY[c["rt"]]
+            print("| %s | %s | %s |" % (c["rt"], ", ".join(c["respnames"]), what))
+        return
     if a.check:
         try:
             with open(a.out, encoding="utf-8") as fh:

@@ -410,15 +410,13 @@ static void test_bounded_parse(void **state)
 {
     (void)state;
     char err[128];
-    assert_int_equal(devsim_pl_xml_depth("<dict><array/><array><dict></dict></array></dict>", 49),
-                     3);
-    assert_int_equal(devsim_pl_xml_depth("<dict>", 6), -1);
-    static char deep[40 * 15 + 1];
-    size_t n = 0;
+    static char deep[40 * 15 + 64];
+    size_t n = (size_t)snprintf(deep, sizeof deep, "<plist version=\"1.0\">");
     for (int i = 0; i < 40; i++)
         n += (size_t)snprintf(deep + n, sizeof deep - n, "<array>");
     for (int i = 0; i < 40; i++)
         n += (size_t)snprintf(deep + n, sizeof deep - n, "</array>");
+    n += (size_t)snprintf(deep + n, sizeof deep - n, "</plist>");
     assert_null(devsim_pl_parse(deep, n, err, sizeof err));
     assert_non_null(strstr(err, "deep"));
     assert_null(devsim_pl_parse("\x01\x02garbage", 9, err, sizeof err));

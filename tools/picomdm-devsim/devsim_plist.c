@@ -1,5 +1,6 @@
 /*  devsim_plist — libplist helpers for the device simulator (see devsim_plist.h). */
 #include "devsim_plist.h"
+#include "pm_plist.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,42 +92,6 @@ int devsim_pl_to_xml(plist_t node, char **xml, size_t *len)
     return 0;
 }
 
-//  Tag name at p (just after '<'): true if it opens/closes dict or array.
-static bool s_is_container(const char *p, const char *end)
-{
-    size_t left = (size_t)(end - p);
-    return (left >= 4 && memcmp(p, "dict", 4) == 0) || (left >= 5 && memcmp(p, "array", 5) == 0);
-}
-
-int devsim_pl_xml_depth(const char *data, size_t len)
-{
-    const char *p = data, *end = data + len;
-    int depth = 0, max = 0;
-    while (p < end) {
-        const char *lt = memchr(p, '<', (size_t)(end - p));
-        if (!lt)
-            break;
-        const char *gt = memchr(lt, '>', (size_t)(end - lt));
-        if (!gt)
-            return -1;
-        const char *name = lt + 1;
-        bool closing = name < gt && *name == '/';
-        if (closing)
-            name++;
-        if (s_is_container(name, gt)) {
-            bool selfclose = gt > lt && gt[-1] == '/';
-            if (closing)
-                depth--;
-            else if (!selfclose && ++depth > max)
-                max = depth;
-            if (depth < 0)
-                return -1;
-        }
-        p = gt + 1;
-    }
-    return depth == 0 ? max : -1;
-}
-
 plist_t devsim_pl_parse(const char *data, size_t len, char *err, size_t errlen)
 {
     if (len == 0) {
@@ -138,20 +103,13 @@ plist_t devsim_pl_parse(const char *data, size_t len, char *err, size_t errlen)
                  DEVSIM_PLIST_MAX_BYTES);
         return NULL;
     }
-    if (plist_is_binary(data, (uint32_t)len)) {
-        //  MDM servers send XML; a binary plist's depth cannot be pre-checked here.
-        snprintf(err, errlen, "binary plist in a reply (MDM servers send XML plists)");
-        return NULL;
-    }
-    int depth = devsim_pl_xml_depth(data, len);
-    if (depth < 0 || depth > DEVSIM_PLIST_MAX_DEPTH) {
-        snprintf(err, errlen, depth < 0 ? "unbalanced plist XML" : "plist nested too deeply (%d)",
-                 depth);
-        return NULL;
-    }
+    //  The shared bridge's bounded parse: size, depth and node count are checked
+    //  before libplist sees the bytes (XML and binary alike).
+    pm_plist_limits_t lim = pm_plist_default_limits;
+    lim.max_bytes = DEVSIM_PLIST_MAX_BYTES;
+    lim.max_depth = DEVSIM_PLIST_MAX_DEPTH;
     plist_t root = NULL;
-    plist_from_xml(data, (uint32_t)len, &root);
-    if (!root)
-        snprintf(err, errlen, "not a valid XML plist");
+    if (pm_plist_parse(data, len, &lim, &root, err, errlen) < 0)
+        return NULL;
     return root;
 }

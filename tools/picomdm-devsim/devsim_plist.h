@@ -39,13 +39,9 @@ plist_t devsim_pl_get(plist_t dict, const char *key, plist_type type);
 //  Serialise to XML. *xml is malloc'd (caller frees). Returns 0 or -1.
 int devsim_pl_to_xml(plist_t node, char **xml, size_t *len);
 
-//  Bounded parse of an XML (or binary) plist reply: checks the byte size and
-//  the dict/array nesting depth before libplist parses. Returns the root
-//  (caller frees with plist_free) or NULL with a reason in err.
+//  Bounded parse of an XML (or binary) plist reply through the shared bridge
+//  (pm_plist_parse): size, nesting depth and node count are checked before libplist parses. Returns
+//  the root (caller frees with plist_free) or NULL with a reason in err.
 plist_t devsim_pl_parse(const char *data, size_t len, char *err, size_t errlen);
-
-//  Nesting depth of dict/array elements in XML plist text (0 for a scalar);
-//  -1 if the tags do not balance.
-int devsim_pl_xml_depth(const char *data, size_t len);
 
 #endif

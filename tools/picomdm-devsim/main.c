@@ -11,6 +11,7 @@
 #include "devsim_neg.h"
 #include "devsim_plist.h"
 #include "devsim_run.h"
+#include "devsim_scep.h"
 #include "pm_cfg.h"
 #include "pm_log.h"
 
@@ -68,8 +69,67 @@ static const pm_opt_t s_opts[] = {
     {"command", PM_OPT_STR, NULL, "with --print RequestType: answer this command plist file"},
     {"sig-out", PM_OPT_STR, NULL,
      "with --print: also write the body's Mdm-Signature (base64) here"},
+    {"enroll-url", PM_OPT_STR, NULL,
+     "enroll like a real device from this URL only: download the profile, verify it, get an "
+     "identity over SCEP, then check in with the profile's URLs, topic and SignMessage"},
+    {"renew", PM_OPT_BOOL, "false",
+     "with --enroll-url: after the sessions, renew every certificate over SCEP (RenewalReq) "
+     "and run the sessions again with the new one"},
+    {"scep-challenge", PM_OPT_STR, NULL,
+     "negative test: send this challenge instead of the profile's (expect SCEP FAILURE)"},
+    {"session-delay-ms", PM_OPT_INT, "0",
+     "wait this long after enrollment before the sessions (time to queue commands)"},
     {"make-ca", PM_OPT_STR, NULL, "write a new device CA to PREFIX.pem and PREFIX.key and exit"},
     {NULL, 0, NULL, NULL}};
+
+//  --enroll-url: every device fetches its own profile (one-time challenge) and
+//  enrolls over SCEP. The first profile's URLs and SignMessage drive the run.
+static int s_scep_enroll(const pm_cfg_t *cfg, devsim_dev_t **devs, int n,
+                         const devsim_scep_opts_t *so, devsim_profile_t **first, char *err,
+                         size_t errlen)
+{
+    const char *url = pm_cfg_str(cfg, "enroll-url");
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int i = 0; i < n && !zsys_interrupted; i++) {
+        devsim_profile_t *p = devsim_profile_fetch(url, so, err, errlen);
+        devsim_ident_t *id = NULL;
+        const char *chal = pm_cfg_str(cfg, "scep-challenge");
+        if (p && chal)
+            snprintf(p->challenge, sizeof p->challenge, "%s", chal);
+        if (!p || devsim_scep_enroll(p, so, &id, err, errlen) < 0) {
+            devsim_profile_destroy(&p);
+            return -1;
+        }
+        devsim_dev_set_ident(devs[i], &id);
+        snprintf(devs[i]->topic, sizeof devs[i]->topic, "%s", p->topic);
+        if (devs[i]->user)
+            snprintf(devs[i]->user->topic, sizeof devs[i]->user->topic, "%s", p->topic);
+        if (!*first)
+            *first = p;
+        else
+            devsim_profile_destroy(&p);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    printf("scep: %d device(s) got their identity (profile + GetCACaps + GetCACert + PKCSReq) in "
+           "%.2f s, %.1f/s\n",
+           n, s, s > 0 ? n / s : 0.0);
+    return zsys_interrupted ? -1 : 0;
+}
+
+static int s_scep_renew(devsim_dev_t **devs, int n, const devsim_profile_t *p,
+                        const devsim_scep_opts_t *so, char *err, size_t errlen)
+{
+    for (int i = 0; i < n && !zsys_interrupted; i++) {
+        devsim_ident_t *id = NULL;
+        if (devsim_scep_renew(p, so, devsim_dev_ident(devs[i]), &id, err, errlen) < 0)
+            return -1;
+        devsim_dev_set_ident(devs[i], &id);
+    }
+    printf("scep: %d certificate(s) renewed (RenewalReq)\n", n);
+    return 0;
+}
 
 static const char *s_summary =
     "Simulated Apple devices for any MDM server: check-in, signed command loop, load, spoofing.";
@@ -189,6 +249,7 @@ int main(int argc, char **argv)
     devsim_dev_t **devs = NULL;
     devsim_ca_t *ca = NULL;
     devsim_run_t *run = NULL;
+    devsim_profile_t *profile = NULL; //  --enroll-url: the first device's profile
     int n = 0;
     char err[256];
     bool verbose = pm_cfg_bool(cfg, "verbose");
@@ -298,7 +359,33 @@ int main(int argc, char **argv)
     //  Identities: given, issued by the given CA, or (no CA) by a throwaway CA.
     const char *print = pm_cfg_str(cfg, "print");
     const char *spoof = pm_cfg_str(cfg, "spoof"), *malformed = pm_cfg_str(cfg, "malformed");
-    bool need_ident = pm_cfg_bool(cfg, "sign") || spoof || malformed || print;
+    const char *enroll_url = pm_cfg_str(cfg, "enroll-url");
+    devsim_scep_opts_t so = {pm_cfg_str(cfg, "ca-bundle"), pm_cfg_bool(cfg, "insecure"),
+                             (long)pm_cfg_int(cfg, "timeout-ms"), verbose};
+    char ebase[512] = "", echeckin[256] = "", eserver[256] = "";
+    if (enroll_url && (cert || cacert || spoof || malformed || print)) {
+        pm_error("--enroll-url gets identities over SCEP: do not combine it with --cert, "
+                 "--ca-cert, --spoof, --malformed or --print");
+        goto out;
+    }
+    if (enroll_url) {
+        if (s_scep_enroll(cfg, devs, n, &so, &profile, err, sizeof err) < 0) {
+            pm_error("enrollment from %s failed: %s", enroll_url, err);
+            rc = 1;
+            goto out;
+        }
+        char b2[512];
+        if (devsim_url_split(profile->server_url, ebase, sizeof ebase, eserver, sizeof eserver) <
+                0 ||
+            devsim_url_split(profile->checkin_url, b2, sizeof b2, echeckin, sizeof echeckin) < 0 ||
+            strcmp(ebase, b2) != 0) {
+            pm_error("the profile's ServerURL and CheckInURL must be https://host:port/path on "
+                     "one server");
+            rc = 1;
+            goto out;
+        }
+    }
+    bool need_ident = !enroll_url && (pm_cfg_bool(cfg, "sign") || spoof || malformed || print);
     if (cert) {
         devsim_ident_t *id = devsim_ident_load(cert, key, err, sizeof err);
         if (!id) {
@@ -384,12 +471,12 @@ int main(int argc, char **argv)
     }
 
     devsim_run_opts_t ro = {
-        .url = pm_cfg_str(cfg, "url"),
-        .checkin_path = pm_cfg_str(cfg, "checkin-path"),
-        .server_path = pm_cfg_str(cfg, "server-path"),
+        .url = enroll_url ? ebase : pm_cfg_str(cfg, "url"),
+        .checkin_path = enroll_url ? echeckin : pm_cfg_str(cfg, "checkin-path"),
+        .server_path = enroll_url ? eserver : pm_cfg_str(cfg, "server-path"),
         .ca_bundle = pm_cfg_str(cfg, "ca-bundle"),
         .insecure = pm_cfg_bool(cfg, "insecure"),
-        .sign = pm_cfg_bool(cfg, "sign"),
+        .sign = enroll_url ? profile->sign_message : pm_cfg_bool(cfg, "sign"),
         .md = md,
         .concurrency = conc,
         .max_commands = (int)pm_cfg_int(cfg, "max-commands"),
@@ -421,8 +508,24 @@ int main(int argc, char **argv)
             if (devs[i]->user)
                 devs[i]->user->enrolled = true;
         }
+    int64_t delay = pm_cfg_int(cfg, "session-delay-ms");
+    if (delay > 0 && delay <= 600000)
+        zclock_sleep((int)delay);
     for (int i = 0; i < rounds && !zsys_interrupted; i++)
         failed += devsim_run_sessions(run);
+    if (enroll_url && pm_cfg_bool(cfg, "renew") && !zsys_interrupted) {
+        if (s_scep_renew(devs, n, profile, &so, err, sizeof err) < 0) {
+            pm_error("renewal failed: %s", err);
+            failed++;
+        } else {
+            //  The back end binds a certificate at Authenticate only (docs/queue.md):
+            //  with a new identity the device authenticates again, as iOS does
+            //  when its MDM identity is replaced.
+            failed += devsim_run_enroll(run);
+            for (int i = 0; i < (rounds > 0 ? rounds : 1) && !zsys_interrupted; i++)
+                failed += devsim_run_sessions(run);
+        }
+    }
     if (pm_cfg_bool(cfg, "checkout") && !zsys_interrupted)
         failed += devsim_run_checkout(run);
     int problems = devsim_run_report(run, stdout);
@@ -434,6 +537,7 @@ out:
         devsim_dev_destroy(&devs[i]);
     free(devs);
     devsim_ca_destroy(&ca);
+    devsim_profile_destroy(&profile);
     pm_cfg_destroy(&cfg);
     curl_global_cleanup();
     return rc;

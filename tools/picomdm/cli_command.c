@@ -205,18 +205,13 @@ int cli_command_load_plist_mem(cli_command_t *self, const char *data, size_t len
         return s_fail(err, errlen,
                       "not a property list (expected an XML or binary plist of at most %u bytes)",
                       CLI_FILE_MAX);
-    //  The shared bridge's bounded pre-scan (size, depth, node count) first:
-    //  libplist 2.2 itself would recurse without limit on deep nesting.
-    uint8_t *mp = NULL;
-    size_t mplen = 0;
-    char why[256];
-    if (pm_plist_to_msgpack(data, len, &pm_plist_default_limits, &mp, &mplen, why, sizeof why) < 0)
-        return s_fail(err, errlen, "not a usable property list: %s", why);
-    free(mp);
+    //  The shared bridge's bounded parse (size, depth, node count checked before
+    //  libplist sees the bytes: libplist 2.2 itself would recurse without limit).
     plist_t root = NULL;
-    plist_from_memory(data, (uint32_t)len, &root);
-    if (!root)
-        return s_fail(err, errlen, "the plist could not be parsed (check it with plutil -lint)");
+    char why[256];
+    if (pm_plist_parse(data, len, &pm_plist_default_limits, &root, why, sizeof why) < 0)
+        return s_fail(err, errlen, "not a usable property list: %s (check it with plutil -lint)",
+                      why);
     if (plist_get_node_type(root) != PLIST_DICT) {
         plist_free(root);
         return s_fail(err, errlen, "the plist's top level must be a dictionary (the Command)");

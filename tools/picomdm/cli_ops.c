@@ -426,12 +426,21 @@ int cli_op_cancel(cli_ctx_t *ctx)
 
 typedef struct {
     long long seen;
+    uint64_t last_seq; //  gap report: seq of the previous event (0 = none yet)
 } s_watch_t;
 
 static void s_on_event(void *arg, const char *topic, const pm_msg_t *event)
 {
     (void)topic;
     s_watch_t *w = arg;
+    uint64_t seq = pm_msg_uint(event, "seq", 0);
+    if (seq && w->last_seq && seq > w->last_seq + 1)
+        fprintf(stderr,
+                "picomdm watch: gap: %" PRIu64 " event(s) missed (seq %" PRIu64 "..%" PRIu64
+                "); `picomdm audit` replays them from the store\n",
+                seq - w->last_seq - 1, w->last_seq + 1, seq - 1);
+    if (seq > w->last_seq)
+        w->last_seq = seq;
     char *text = pm_json_from_msg(event, NULL);
     if (text) {
         printf("%s\n", text);
@@ -465,4 +474,9 @@ int cli_op_watch(cli_ctx_t *ctx)
             break; //  interrupted
     pm_bus_destroy(&bus);
     return CLI_EXIT_OK;
+}
+
+int cli_call(cli_ctx_t *ctx, const pm_msg_t *req, pm_msg_t **reply)
+{
+    return s_call(ctx, req, reply);
 }

@@ -17,6 +17,16 @@ int cli_op_devices(cli_ctx_t *ctx);
 int cli_op_cancel(cli_ctx_t *ctx);
 int cli_op_watch(cli_ctx_t *ctx);
 
+//  Send `req` to the scheduler (errors printed). On CLI_EXIT_OK *reply is the caller's.
+#include "pm_msg.h"
+int cli_call(cli_ctx_t *ctx, const pm_msg_t *req, pm_msg_t **reply);
+
+/* ---- inventory (cli_device.c) ---- */
+int cli_op_device(cli_ctx_t *ctx);
+int cli_op_timeline(cli_ctx_t *ctx);
+//  `devices` with --model/--os/--silent-for/--query (devices.find), else cli_op_devices.
+int cli_op_devices_find(cli_ctx_t *ctx);
+
 //  "90s", "30m", "1h", "2d" or plain seconds -> seconds. -1 if malformed.
 long long cli_parse_duration(const char *text);
 

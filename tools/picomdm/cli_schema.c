@@ -11,24 +11,6 @@
 #define S_NAME_MAX 64
 #define S_LIST_MAX 2048
 
-const cmdtab_cmd_t *cmdtab_find(const char *request_type)
-{
-    if (!request_type)
-        return NULL;
-    size_t lo = 0, hi = cmdtab_ncmds;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(request_type, cmdtab_cmds[mid].request_type);
-        if (c == 0)
-            return &cmdtab_cmds[mid];
-        if (c < 0)
-            hi = mid;
-        else
-            lo = mid + 1;
-    }
-    return NULL;
-}
-
 //  Case-insensitive Levenshtein distance, names truncated to S_NAME_MAX.
 static size_t s_distance(const char *a, const char *b)
 {

@@ -8,12 +8,14 @@
  *  are repeatable, so they are taken out of argv before pm_cfg sees it.
  */
 #include "cli.h"
+#include "cli_audit.h"
 #include "cli_command.h"
 #include "cli_ops.h"
 #include "cli_up.h"
 #include "cmdtab.h"
 #include "pm_cfg.h"
 #include "pm_log.h"
+#include "pushcert.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,6 +54,14 @@ static const pm_opt_t s_results_opts[] = {
 static const pm_opt_t s_devices_opts[] = {
     {"limit", PM_OPT_INT, "1000", "at most this many enrollments"},
     {"after", PM_OPT_STR, NULL, "start after this enrollment id (paging)"},
+    {"model", PM_OPT_STR, NULL, "only this model (enrollment or inventory Model/ProductName)"},
+    {"os", PM_OPT_STR, NULL, "only this OS version"},
+    {"silent-for", PM_OPT_STR, NULL, "only enrollments not seen for this long (7d, 12h)"},
+    {"query", PM_OPT_STR, NULL, "only where inventory attribute Attr=Value (docs/inventory.md)"},
+    {NULL, 0, NULL, NULL}};
+static const pm_opt_t s_timeline_opts[] = {
+    {"limit", PM_OPT_INT, "1000", "at most this many events"},
+    {"after", PM_OPT_INT, "0", "events after this seq"},
     {NULL, 0, NULL, NULL}};
 static const pm_opt_t s_watch_opts[] = {
     {"count", PM_OPT_INT, "0", "exit after this many events (0 = run until Ctrl-C)"},
@@ -81,14 +91,24 @@ static const s_cmd_t s_cmds[] = {
     {"results", "<enrollment id | CommandUUID> [--limit N]",
      "command results with the device's answer (ErrorChain included)", s_results_opts, false, false,
      cli_op_results},
-    {"devices", "[--limit N] [--after ID]", "the enrollments this server knows", s_devices_opts,
-     false, false, cli_op_devices},
+    {"devices", "[--model M] [--os V] [--silent-for 7d] [--query Attr=Value] [--limit N]",
+     "the enrollments this server knows (filtered in the store)", s_devices_opts, false, false,
+     cli_op_devices_find},
+    {"device", "<enrollment id> [--json]",
+     "one enrollment: identity, push state, queue depth and its inventory", s_none, false, false,
+     cli_op_device},
+    {"timeline", "<enrollment id> [--limit N] [--after SEQ]",
+     "the events of one enrollment, one line each, oldest first", s_timeline_opts, false, false,
+     cli_op_timeline},
     {"cancel", "<CommandUUID> [--to ID...]",
      "cancel a queued command that has not been answered (for all targets, or some)", s_none, true,
      false, s_run_cancel},
     {"watch", "[topic-prefix] [--count N]",
      "print events (checkin., command., push., security.) as JSON lines", s_watch_opts, false,
      false, cli_op_watch},
+    {"audit", "[--file PATH] [--after SEQ] [--poll-ms N]",
+     "append every event to a JSON-lines file, gaps filled from the store (SIGHUP reopens)",
+     cli_audit_opts, false, false, cli_audit_run},
     {"commands", "[RequestType]",
      "list the MDM commands Apple's schema defines, or describe one (keys, types, values)", s_none,
      false, false, s_run_commands},
@@ -97,6 +117,9 @@ static const s_cmd_t s_cmds[] = {
      false, false, cli_up_run},
     {"help", "[subcommand]", "this overview, or the help of one subcommand", s_none, false, false,
      s_run_help},
+    {"pushcert", "new|vendor-sign|show FILE|install FILE [options]",
+     "the MDM push certificate: key and CSR, vendor signing, inspection, installation",
+     pushcert_opts, false, false, pushcert_run},
     {NULL, NULL, NULL, NULL, false, false, NULL}};
 
 static const s_cmd_t *s_find_cmd(const char *name)

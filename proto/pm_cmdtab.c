@@ -1,6 +1,6 @@
-/*  cmdtab.c — GENERATED — DO NOT EDIT. Regenerate with: python3 tools/gen/commands.py
+/*  pm_cmdtab.c — GENERATED — DO NOT EDIT. Regenerate with: python3 tools/gen/commands.py
  *
- *  The MDM command table of the picomdm CLI (see cmdtab.h for its shape).
+ *  The MDM command table (see pm_cmdtab.h for its shape).
  *  Source: Apple's device-management schema (the mdm/commands YAML files) from
  *  https://github.com/apple/device-management (commit b6202ca2fbd3,
  *  "Release_iOS-18-1_macOS-15-1"). Copyright (c) 2022-2024 Apple Inc.,
@@ -8,9 +8,10 @@
  *  and this permission notice shall be included in all copies or substantial
  *  portions of the Software." Descriptions are shortened to one sentence.
  */
-#include "cmdtab.h"
+#include "pm_cmdtab.h"
 
 #include <stddef.h>
+#include <string.h>
 
 // clang-format off
 const char *const cmdtab_values[] = {
@@ -1008,77 +1009,96 @@ const cmdtab_key_t cmdtab_keys[] = {
     /*  803 */ {"UserName", "The user name of the local account, which can be any local account on the system, not just a managed user a...", NULL, CT_STRING, CT_REQUIRED, CT_MACOS, 0, 0, 0, 0},
     {NULL, NULL, NULL, 0, 0, 0, 0, 0, 0, 0}};
 
-//  RequestType, title, platforms, payload keys, response keys (sorted by RequestType)
+//  RequestType, title, platforms, payload keys, response keys, inventory
+//  (sorted by RequestType)
 const cmdtab_cmd_t cmdtab_cmds[] = {
-    {"AccountConfiguration", "Account Configuration Command", CT_MACOS, 0, 8, 13, 0}, /* account.configuration.yaml */
-    {"ActivationLockBypassCode", "Activation Lock Bypass Code Command", CT_IOS|CT_MACOS|CT_VISIONOS, 123, 0, 123, 1}, /* device.activationlock.bypasscode.yaml */
-    {"ActiveNSExtensions", "Active NSExtensions Command", CT_MACOS, 13, 1, 15, 1}, /* application.extensions.listactive.yaml */
-    {"ApplyRedemptionCode", "Apply Redemption Code Command", CT_IOS, 111, 2, 113, 0}, /* application.redemptioncode.yaml */
-    {"AvailableOSUpdates", "Available OS Updates Command", CT_IOS|CT_MACOS|CT_TVOS, 736, 0, 736, 1}, /* system.update.available.yaml */
-    {"CertificateList", "Certificate List Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 116, 1, 117, 1}, /* certificate.list.yaml */
-    {"ClearActivationLockBypassCode", "Clear Activation Lock Bypass Code Command", CT_IOS|CT_MACOS|CT_VISIONOS, 124, 0, 124, 0}, /* device.activationlock.clearbypasscode.yaml */
-    {"ClearPasscode", "Clear Passcode Command", CT_IOS|CT_VISIONOS|CT_WATCHOS, 566, 1, 567, 0}, /* passcode.clear.yaml */
-    {"ClearRestrictionsPassword", "Clear Restrictions Password Command", CT_IOS, 152, 0, 152, 0}, /* device.restrictions.clearpassword.yaml */
-    {"ContentCachingInformation", "Content Caching Information Command", CT_MACOS, 184, 0, 184, 1}, /* information.contentcaching.yaml */
-    {"DeclarativeManagement", "Declarative Management Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 122, 1, 123, 0}, /* declarativemanagement.yaml */
-    {"DeleteUser", "Delete User Command", CT_IOS|CT_MACOS, 788, 3, 791, 0}, /* user.delete.yaml */
-    {"DeviceConfigured", "Device Configured Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS, 124, 0, 124, 0}, /* device.configured.yaml */
-    {"DeviceInformation", "Device Information Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 295, 2, 298, 1}, /* information.device.yaml */
-    {"DeviceLocation", "Device Location Command", CT_IOS, 140, 0, 140, 8}, /* device.lostmode.location.yaml */
-    {"DeviceLock", "Device Lock Command", CT_IOS|CT_MACOS|CT_VISIONOS|CT_WATCHOS, 133, 3, 136, 1}, /* device.lock.yaml */
-    {"DisableLostMode", "Disable Lost Mode Command", CT_IOS, 137, 0, 137, 0}, /* device.lostmode.disable.yaml */
-    {"DisableRemoteDesktop", "Disable Remote Desktop Command", CT_MACOS, 615, 0, 615, 0}, /* remotedesktop.disable.yaml */
-    {"EnableLostMode", "Enable Lost Mode Command", CT_IOS, 137, 3, 140, 0}, /* device.lostmode.enable.yaml */
-    {"EnableRemoteDesktop", "Enable Remote Desktop Command", CT_MACOS, 615, 0, 615, 0}, /* remotedesktop.enable.yaml */
-    {"EraseDevice", "Erase Device Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 124, 5, 132, 0}, /* device.erase.yaml */
-    {"InstallApplication", "Install Application Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 42, 10, 66, 3}, /* application.install.yaml */
-    {"InstallEnterpriseApplication", "Install Enterprise Application Command", CT_MACOS, 30, 9, 42, 0}, /* application.install.enterprise.yaml */
-    {"InstallMedia", "Install Media Command", CT_IOS|CT_MACOS, 535, 8, 543, 6}, /* media.install.yaml */
-    {"InstallProfile", "Install Profile Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 580, 1, 581, 0}, /* profile.install.yaml */
-    {"InstallProvisioningProfile", "Install Provisioning Profile Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 606, 1, 607, 0}, /* profile.provisioning.install.yaml */
-    {"InstalledApplicationList", "Installed Application List Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 69, 3, 74, 1}, /* application.installed.list.yaml */
-    {"InviteToProgram", "Invite To Program Command", CT_IOS|CT_MACOS, 97, 2, 99, 1}, /* application.invitetoprogram.yaml */
-    {"LOMDeviceRequest", "LOM Device Request Command", CT_MACOS, 482, 1, 492, 1}, /* lom.devicerequest.yaml */
-    {"LOMSetupRequest", "LOM Setup Request Command", CT_MACOS, 497, 0, 497, 3}, /* lom.setuprequest.yaml */
-    {"LogOutUser", "Log Out User Command", CT_IOS, 803, 0, 803, 0}, /* user.logout.yaml */
-    {"ManagedApplicationAttributes", "Managed Application Attributes Command", CT_IOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 502, 1, 504, 1}, /* managed.application.attributes.yaml */
-    {"ManagedApplicationConfiguration", "Managed Application Configuration Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 520, 1, 522, 1}, /* managed.application.configuration.yaml */
-    {"ManagedApplicationFeedback", "Managed Application Feedback Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS, 527, 2, 530, 1}, /* managed.application.feedback.yaml */
-    {"ManagedApplicationList", "Managed Application List Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 100, 1, 102, 1}, /* application.managed.list.yaml */
-    {"ManagedMediaList", "Managed Media List Command", CT_IOS, 549, 0, 549, 1}, /* media.managed.list.yaml */
-    {"NSExtensionMappings", "NSExtension Mappings Command", CT_MACOS, 25, 0, 25, 1}, /* application.extensions.mappings.yaml */
-    {"OSUpdateStatus", "OS Update Status Command", CT_IOS|CT_MACOS|CT_TVOS, 777, 0, 777, 1}, /* system.update.status.yaml */
-    {"PlayLostModeSound", "Play Lost Mode Sound Command", CT_IOS, 148, 0, 148, 0}, /* device.lostmode.playsound.yaml */
-    {"ProfileList", "Profile List Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 581, 1, 582, 1}, /* profile.list.yaml */
-    {"ProvisioningProfileList", "Provisioning Profile List Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 607, 1, 608, 1}, /* profile.provisioning.list.yaml */
-    {"RefreshCellularPlans", "Refresh Cellular Plans Command", CT_IOS, 132, 1, 133, 0}, /* device.esim.yaml */
-    {"RemoveApplication", "Remove Application Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 113, 1, 114, 0}, /* application.remove.yaml */
-    {"RemoveMedia", "Remove Media Command", CT_IOS, 558, 3, 561, 0}, /* media.remove.yaml */
-    {"RemoveProfile", "Remove Profile Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 614, 1, 615, 0}, /* profile.remove.yaml */
-    {"RemoveProvisioningProfile", "Remove Provisioning Profile Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 613, 1, 614, 0}, /* profile.provisioning.remove.yaml */
-    {"RequestMirroring", "Request Mirroring Command", CT_IOS|CT_MACOS, 561, 4, 565, 1}, /* mirroring.request.yaml */
-    {"RequestUnlockToken", "Request Unlock Token Command", CT_IOS, 579, 0, 579, 1}, /* passcode.unlocktoken.yaml */
-    {"RestartDevice", "Restart Device Command", CT_IOS|CT_MACOS|CT_TVOS, 148, 3, 152, 0}, /* device.restart.yaml */
-    {"Restrictions", "Restrictions Command", CT_IOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 152, 1, 153, 2}, /* device.restrictions.list.yaml */
-    {"RotateFileVaultKey", "Rotate FileVault Key Command", CT_MACOS, 615, 4, 622, 1}, /* rotate.file.vault.key.yaml */
-    {"ScheduleOSUpdate", "Schedule OS Update Command", CT_IOS|CT_MACOS|CT_TVOS, 762, 1, 769, 1}, /* system.update.schedule.yaml */
-    {"ScheduleOSUpdateScan", "Schedule OS Update Scan Command", CT_MACOS, 760, 1, 761, 1}, /* system.update.scan.yaml */
-    {"SecurityInfo", "Security Info Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 437, 0, 437, 1}, /* information.security.yaml */
-    {"SetAutoAdminPassword", "Set Auto Admin Password Command", CT_MACOS, 624, 2, 626, 0}, /* set.auto.admin.password.yaml */
-    {"SetFirmwarePassword", "Set Firmware Password Command", CT_MACOS, 567, 3, 570, 1}, /* passcode.firmware.set.yaml */
-    {"SetRecoveryLock", "Set Recovery Lock Command", CT_MACOS, 575, 2, 577, 0}, /* passcode.recovery.set.yaml */
-    {"Settings", "Settings Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 626, 1, 730, 1}, /* settings.yaml */
-    {"ShutDownDevice", "Shut Down Device Command", CT_IOS|CT_MACOS, 184, 0, 184, 0}, /* device.shutdown.yaml */
-    {"StopMirroring", "Stop Mirroring Command", CT_IOS|CT_MACOS, 566, 0, 566, 0}, /* mirroring.stop.yaml */
-    {"UnlockUserAccount", "Unlock User Account Command", CT_MACOS, 803, 1, 804, 0}, /* user.unlock.yaml */
-    {"UserConfigured", "User Configured Command", CT_IOS, 788, 0, 788, 0}, /* user.configured.yaml */
-    {"UserList", "User List Command", CT_IOS|CT_MACOS, 791, 0, 791, 1}, /* user.list.yaml */
-    {"ValidateApplications", "Validate Applications Command", CT_IOS|CT_TVOS|CT_VISIONOS, 114, 1, 116, 0}, /* application.validate.yaml */
-    {"VerifyFirmwarePassword", "Verify Firmware Password Command", CT_MACOS, 572, 1, 573, 1}, /* passcode.firmware.verify.yaml */
-    {"VerifyRecoveryLock", "Verify Recovery Lock Command", CT_MACOS, 577, 1, 578, 1}, /* passcode.recovery.verify.yaml */
-    {NULL, NULL, 0, 0, 0, 0, 0}};
+    {"AccountConfiguration", "Account Configuration Command", CT_MACOS, 0, 8, 13, 0, CT_INV_NONE}, /* account.configuration.yaml */
+    {"ActivationLockBypassCode", "Activation Lock Bypass Code Command", CT_IOS|CT_MACOS|CT_VISIONOS, 123, 0, 123, 1, CT_INV_REPLACE}, /* device.activationlock.bypasscode.yaml */
+    {"ActiveNSExtensions", "Active NSExtensions Command", CT_MACOS, 13, 1, 15, 1, CT_INV_REPLACE}, /* application.extensions.listactive.yaml */
+    {"ApplyRedemptionCode", "Apply Redemption Code Command", CT_IOS, 111, 2, 113, 0, CT_INV_NONE}, /* application.redemptioncode.yaml */
+    {"AvailableOSUpdates", "Available OS Updates Command", CT_IOS|CT_MACOS|CT_TVOS, 736, 0, 736, 1, CT_INV_REPLACE}, /* system.update.available.yaml */
+    {"CertificateList", "Certificate List Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 116, 1, 117, 1, CT_INV_REPLACE}, /* certificate.list.yaml */
+    {"ClearActivationLockBypassCode", "Clear Activation Lock Bypass Code Command", CT_IOS|CT_MACOS|CT_VISIONOS, 124, 0, 124, 0, CT_INV_NONE}, /* device.activationlock.clearbypasscode.yaml */
+    {"ClearPasscode", "Clear Passcode Command", CT_IOS|CT_VISIONOS|CT_WATCHOS, 566, 1, 567, 0, CT_INV_NONE}, /* passcode.clear.yaml */
+    {"ClearRestrictionsPassword", "Clear Restrictions Password Command", CT_IOS, 152, 0, 152, 0, CT_INV_NONE}, /* device.restrictions.clearpassword.yaml */
+    {"ContentCachingInformation", "Content Caching Information Command", CT_MACOS, 184, 0, 184, 1, CT_INV_REPLACE}, /* information.contentcaching.yaml */
+    {"DeclarativeManagement", "Declarative Management Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 122, 1, 123, 0, CT_INV_NONE}, /* declarativemanagement.yaml */
+    {"DeleteUser", "Delete User Command", CT_IOS|CT_MACOS, 788, 3, 791, 0, CT_INV_NONE}, /* user.delete.yaml */
+    {"DeviceConfigured", "Device Configured Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS, 124, 0, 124, 0, CT_INV_NONE}, /* device.configured.yaml */
+    {"DeviceInformation", "Device Information Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 295, 2, 298, 1, CT_INV_MERGE}, /* information.device.yaml */
+    {"DeviceLocation", "Device Location Command", CT_IOS, 140, 0, 140, 8, CT_INV_REPLACE}, /* device.lostmode.location.yaml */
+    {"DeviceLock", "Device Lock Command", CT_IOS|CT_MACOS|CT_VISIONOS|CT_WATCHOS, 133, 3, 136, 1, CT_INV_NONE}, /* device.lock.yaml */
+    {"DisableLostMode", "Disable Lost Mode Command", CT_IOS, 137, 0, 137, 0, CT_INV_NONE}, /* device.lostmode.disable.yaml */
+    {"DisableRemoteDesktop", "Disable Remote Desktop Command", CT_MACOS, 615, 0, 615, 0, CT_INV_NONE}, /* remotedesktop.disable.yaml */
+    {"EnableLostMode", "Enable Lost Mode Command", CT_IOS, 137, 3, 140, 0, CT_INV_NONE}, /* device.lostmode.enable.yaml */
+    {"EnableRemoteDesktop", "Enable Remote Desktop Command", CT_MACOS, 615, 0, 615, 0, CT_INV_NONE}, /* remotedesktop.enable.yaml */
+    {"EraseDevice", "Erase Device Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 124, 5, 132, 0, CT_INV_NONE}, /* device.erase.yaml */
+    {"InstallApplication", "Install Application Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 42, 10, 66, 3, CT_INV_NONE}, /* application.install.yaml */
+    {"InstallEnterpriseApplication", "Install Enterprise Application Command", CT_MACOS, 30, 9, 42, 0, CT_INV_NONE}, /* application.install.enterprise.yaml */
+    {"InstallMedia", "Install Media Command", CT_IOS|CT_MACOS, 535, 8, 543, 6, CT_INV_NONE}, /* media.install.yaml */
+    {"InstallProfile", "Install Profile Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 580, 1, 581, 0, CT_INV_NONE}, /* profile.install.yaml */
+    {"InstallProvisioningProfile", "Install Provisioning Profile Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 606, 1, 607, 0, CT_INV_NONE}, /* profile.provisioning.install.yaml */
+    {"InstalledApplicationList", "Installed Application List Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 69, 3, 74, 1, CT_INV_REPLACE}, /* application.installed.list.yaml */
+    {"InviteToProgram", "Invite To Program Command", CT_IOS|CT_MACOS, 97, 2, 99, 1, CT_INV_NONE}, /* application.invitetoprogram.yaml */
+    {"LOMDeviceRequest", "LOM Device Request Command", CT_MACOS, 482, 1, 492, 1, CT_INV_NONE}, /* lom.devicerequest.yaml */
+    {"LOMSetupRequest", "LOM Setup Request Command", CT_MACOS, 497, 0, 497, 3, CT_INV_NONE}, /* lom.setuprequest.yaml */
+    {"LogOutUser", "Log Out User Command", CT_IOS, 803, 0, 803, 0, CT_INV_NONE}, /* user.logout.yaml */
+    {"ManagedApplicationAttributes", "Managed Application Attributes Command", CT_IOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 502, 1, 504, 1, CT_INV_REPLACE}, /* managed.application.attributes.yaml */
+    {"ManagedApplicationConfiguration", "Managed Application Configuration Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 520, 1, 522, 1, CT_INV_REPLACE}, /* managed.application.configuration.yaml */
+    {"ManagedApplicationFeedback", "Managed Application Feedback Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS, 527, 2, 530, 1, CT_INV_REPLACE}, /* managed.application.feedback.yaml */
+    {"ManagedApplicationList", "Managed Application List Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 100, 1, 102, 1, CT_INV_REPLACE}, /* application.managed.list.yaml */
+    {"ManagedMediaList", "Managed Media List Command", CT_IOS, 549, 0, 549, 1, CT_INV_REPLACE}, /* media.managed.list.yaml */
+    {"NSExtensionMappings", "NSExtension Mappings Command", CT_MACOS, 25, 0, 25, 1, CT_INV_REPLACE}, /* application.extensions.mappings.yaml */
+    {"OSUpdateStatus", "OS Update Status Command", CT_IOS|CT_MACOS|CT_TVOS, 777, 0, 777, 1, CT_INV_REPLACE}, /* system.update.status.yaml */
+    {"PlayLostModeSound", "Play Lost Mode Sound Command", CT_IOS, 148, 0, 148, 0, CT_INV_NONE}, /* device.lostmode.playsound.yaml */
+    {"ProfileList", "Profile List Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 581, 1, 582, 1, CT_INV_REPLACE}, /* profile.list.yaml */
+    {"ProvisioningProfileList", "Provisioning Profile List Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 607, 1, 608, 1, CT_INV_REPLACE}, /* profile.provisioning.list.yaml */
+    {"RefreshCellularPlans", "Refresh Cellular Plans Command", CT_IOS, 132, 1, 133, 0, CT_INV_NONE}, /* device.esim.yaml */
+    {"RemoveApplication", "Remove Application Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 113, 1, 114, 0, CT_INV_NONE}, /* application.remove.yaml */
+    {"RemoveMedia", "Remove Media Command", CT_IOS, 558, 3, 561, 0, CT_INV_NONE}, /* media.remove.yaml */
+    {"RemoveProfile", "Remove Profile Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 614, 1, 615, 0, CT_INV_NONE}, /* profile.remove.yaml */
+    {"RemoveProvisioningProfile", "Remove Provisioning Profile Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 613, 1, 614, 0, CT_INV_NONE}, /* profile.provisioning.remove.yaml */
+    {"RequestMirroring", "Request Mirroring Command", CT_IOS|CT_MACOS, 561, 4, 565, 1, CT_INV_NONE}, /* mirroring.request.yaml */
+    {"RequestUnlockToken", "Request Unlock Token Command", CT_IOS, 579, 0, 579, 1, CT_INV_NONE}, /* passcode.unlocktoken.yaml */
+    {"RestartDevice", "Restart Device Command", CT_IOS|CT_MACOS|CT_TVOS, 148, 3, 152, 0, CT_INV_NONE}, /* device.restart.yaml */
+    {"Restrictions", "Restrictions Command", CT_IOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 152, 1, 153, 2, CT_INV_REPLACE}, /* device.restrictions.list.yaml */
+    {"RotateFileVaultKey", "Rotate FileVault Key Command", CT_MACOS, 615, 4, 622, 1, CT_INV_NONE}, /* rotate.file.vault.key.yaml */
+    {"ScheduleOSUpdate", "Schedule OS Update Command", CT_IOS|CT_MACOS|CT_TVOS, 762, 1, 769, 1, CT_INV_NONE}, /* system.update.schedule.yaml */
+    {"ScheduleOSUpdateScan", "Schedule OS Update Scan Command", CT_MACOS, 760, 1, 761, 1, CT_INV_NONE}, /* system.update.scan.yaml */
+    {"SecurityInfo", "Security Info Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 437, 0, 437, 1, CT_INV_REPLACE}, /* information.security.yaml */
+    {"SetAutoAdminPassword", "Set Auto Admin Password Command", CT_MACOS, 624, 2, 626, 0, CT_INV_NONE}, /* set.auto.admin.password.yaml */
+    {"SetFirmwarePassword", "Set Firmware Password Command", CT_MACOS, 567, 3, 570, 1, CT_INV_NONE}, /* passcode.firmware.set.yaml */
+    {"SetRecoveryLock", "Set Recovery Lock Command", CT_MACOS, 575, 2, 577, 0, CT_INV_NONE}, /* passcode.recovery.set.yaml */
+    {"Settings", "Settings Command", CT_IOS|CT_MACOS|CT_TVOS|CT_VISIONOS|CT_WATCHOS, 626, 1, 730, 1, CT_INV_NONE}, /* settings.yaml */
+    {"ShutDownDevice", "Shut Down Device Command", CT_IOS|CT_MACOS, 184, 0, 184, 0, CT_INV_NONE}, /* device.shutdown.yaml */
+    {"StopMirroring", "Stop Mirroring Command", CT_IOS|CT_MACOS, 566, 0, 566, 0, CT_INV_NONE}, /* mirroring.stop.yaml */
+    {"UnlockUserAccount", "Unlock User Account Command", CT_MACOS, 803, 1, 804, 0, CT_INV_NONE}, /* user.unlock.yaml */
+    {"UserConfigured", "User Configured Command", CT_IOS, 788, 0, 788, 0, CT_INV_NONE}, /* user.configured.yaml */
+    {"UserList", "User List Command", CT_IOS|CT_MACOS, 791, 0, 791, 1, CT_INV_REPLACE}, /* user.list.yaml */
+    {"ValidateApplications", "Validate Applications Command", CT_IOS|CT_TVOS|CT_VISIONOS, 114, 1, 116, 0, CT_INV_NONE}, /* application.validate.yaml */
+    {"VerifyFirmwarePassword", "Verify Firmware Password Command", CT_MACOS, 572, 1, 573, 1, CT_INV_NONE}, /* passcode.firmware.verify.yaml */
+    {"VerifyRecoveryLock", "Verify Recovery Lock Command", CT_MACOS, 577, 1, 578, 1, CT_INV_NONE}, /* passcode.recovery.verify.yaml */
+    {NULL, NULL, 0, 0, 0, 0, 0, 0}};
 // clang-format on
 
 const size_t cmdtab_ncmds = 66;
 const size_t cmdtab_nkeys = 804;
 const size_t cmdtab_nvalues = 184;
+
+const cmdtab_cmd_t *cmdtab_find(const char *request_type)
+{
+    if (!request_type)
+        return NULL;
+    size_t lo = 0, hi = cmdtab_ncmds;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(request_type, cmdtab_cmds[mid].request_type);
+        if (c == 0)
+            return &cmdtab_cmds[mid];
+        if (c < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return NULL;
+}

@@ -1,0 +1,359 @@
+/*  ca_profile_test — the enrollment profile parses, its CMS signature
+ *  verifies to the device CA, IdentityCertificateUUID is the SCEP payload's
+ *  PayloadUUID, and every key (with its type) is in Apple's schema
+ *  (ca_profile_keys.h, generated from mdm/profiles/<name>.yaml).
+ */
+#include "ca_pki.h"
+#include "ca_profile.h"
+#include "ca_profile_keys.h"
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <openssl/cms.h>
+#include <openssl/pem.h>
+#include <plist/plist.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct {
+    char dir[64];
+    char paths[6][128];
+    ca_pki_t *pki;
+} s_fix_t;
+
+static int s_setup(void **state)
+{
+    s_fix_t *f = calloc(1, sizeof *f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/ca_profile_test.XXXXXX");
+    if (!mkdtemp(f->dir))
+        return -1;
+    static const char *names[6] = {"ca.crt", "ca.key",     "ra.crt",
+                                   "ra.key", "signer.crt", "signer.key"};
+    for (int i = 0; i < 6; i++) {
+        char dir[64];
+        memcpy(dir, f->dir, sizeof dir);
+        snprintf(f->paths[i], sizeof f->paths[i], "%s/%s", dir, names[i]);
+    }
+    ca_pki_opts_t o = {.ca_cert = f->paths[0],
+                       .ca_key = f->paths[1],
+                       .ra_cert = f->paths[2],
+                       .ra_key = f->paths[3],
+                       .signer_cert = f->paths[4],
+                       .signer_key = f->paths[5],
+                       .cert_days = 365,
+                       .key_usage = "critical,digitalSignature,keyEncipherment"};
+    char err[256];
+    f->pki = ca_pki_new(&o, NULL, err, sizeof err);
+    *state = f;
+    return f->pki ? 0 : -1;
+}
+
+static int s_teardown(void **state)
+{
+    s_fix_t *f = *state;
+    ca_pki_destroy(&f->pki);
+    for (int i = 0; i < 6; i++)
+        unlink(f->paths[i]);
+    rmdir(f->dir);
+    free(f);
+    return 0;
+}
+
+static const char *s_type_name(plist_t n)
+{
+    switch (plist_get_node_type(n)) {
+    case PLIST_BOOLEAN:
+        return "boolean";
+    case PLIST_UINT:
+        return "integer";
+    case PLIST_REAL:
+        return "real";
+    case PLIST_STRING:
+        return "string";
+    case PLIST_ARRAY:
+        return "array";
+    case PLIST_DICT:
+        return "dictionary";
+    case PLIST_DATE:
+        return "date";
+    case PLIST_DATA:
+        return "data";
+    default:
+        return "?";
+    }
+}
+
+static const ca_profile_key_t *s_lookup(const char *payload, const char *key)
+{
+    for (const ca_profile_key_t *k = ca_profile_keys; k->payload; k++)
+        if (strcmp(k->payload, payload) == 0 && strcmp(k->key, key) == 0)
+            return k;
+    return NULL;
+}
+
+static char *s_get_str(plist_t d, const char *key)
+{
+    plist_t n = plist_dict_get_item(d, key);
+    char *s = NULL;
+    if (n && plist_get_node_type(n) == PLIST_STRING)
+        plist_get_string_val(n, &s);
+    return s;
+}
+
+//  Every key of dict `d` (and of nested dicts) must be in the schema for
+//  `payload` (or Common, for payloads) with the right type; every required
+//  key must be present. Returns the number of keys checked.
+static int s_check_dict(plist_t d, const char *payload, const char *prefix)
+{
+    int checked = 0;
+    plist_dict_iter it = NULL;
+    plist_dict_new_iter(d, &it);
+    for (;;) {
+        char *key = NULL;
+        plist_t val = NULL;
+        plist_dict_next_item(d, it, &key, &val);
+        if (!key)
+            break;
+        char path[256];
+        snprintf(path, sizeof path, "%s%s", prefix, key);
+        const ca_profile_key_t *k = s_lookup(payload, path);
+        if (!k && strcmp(payload, "TopLevel") != 0 && !prefix[0])
+            k = s_lookup("Common", path);
+        if (!k)
+            fail_msg("key %s is not in Apple's schema for %s", path, payload);
+        if (strcmp(k->type, s_type_name(val)) != 0)
+            fail_msg("key %s of %s is a %s, the schema says %s", path, payload, s_type_name(val),
+                     k->type);
+        checked++;
+        //  nested dictionaries that the schema describes key by key
+        if (plist_get_node_type(val) == PLIST_DICT && strcmp(payload, "TopLevel") != 0) {
+            char sub[300];
+            snprintf(sub, sizeof sub, "%s.", path);
+            checked += s_check_dict(val, payload, sub);
+        }
+        free(key);
+    }
+    free(it);
+    for (const ca_profile_key_t *k = ca_profile_keys; k->payload; k++) {
+        bool mine =
+            strcmp(k->payload, payload) == 0 ||
+            (!prefix[0] && strcmp(payload, "TopLevel") != 0 && strcmp(k->payload, "Common") == 0);
+        size_t pl = strlen(prefix);
+        if (!mine || !k->required || strncmp(k->key, prefix, pl) != 0 || strchr(k->key + pl, '.'))
+            continue;
+        if (!plist_dict_get_item(d, k->key + pl))
+            fail_msg("required key %s missing in %s", k->key, payload);
+    }
+    return checked;
+}
+
+static plist_t s_build_verify(s_fix_t *f, ca_profile_opts_t *o, char uuid[37])
+{
+    char *xml = NULL, err[256] = "";
+    size_t len = 0;
+    if (ca_profile_build(o, &xml, &len, uuid, err, sizeof err) != 0)
+        fail_msg("build: %s", err);
+    uint8_t *der = NULL;
+    size_t dlen = 0;
+    assert_int_equal(ca_profile_sign(ca_pki_signer_cert(f->pki), ca_pki_signer_key(f->pki),
+                                     ca_pki_ca_cert(f->pki), xml, len, &der, &dlen, err,
+                                     sizeof err),
+                     0);
+    //  verify as a device would: CMS, content embedded, chain to the CA
+    const unsigned char *p = der;
+    CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, (long)dlen);
+    assert_non_null(cms);
+    X509_STORE *st = X509_STORE_new();
+    X509_STORE_add_cert(st, ca_pki_ca_cert(f->pki));
+    BIO *out = BIO_new(BIO_s_mem());
+    assert_int_equal(CMS_verify(cms, NULL, st, NULL, out, CMS_BINARY), 1);
+    char *content = NULL;
+    long clen = BIO_get_mem_data(out, &content);
+    assert_int_equal((size_t)clen, len);
+    assert_memory_equal(content, xml, len);
+    //  tampering breaks it
+    uint8_t *bad = malloc(dlen);
+    memcpy(bad, der, dlen);
+    char *hit = memmem(bad, dlen, "ServerURL", 9);
+    assert_non_null(hit);
+    hit[0] = 's';
+    p = bad;
+    CMS_ContentInfo *cms2 = d2i_CMS_ContentInfo(NULL, &p, (long)dlen);
+    assert_non_null(cms2);
+    assert_int_not_equal(CMS_verify(cms2, NULL, st, NULL, NULL, CMS_BINARY), 1);
+    CMS_ContentInfo_free(cms2);
+    free(bad);
+    plist_t root = NULL;
+    plist_from_xml(content, (uint32_t)clen, &root);
+    assert_non_null(root);
+    BIO_free(out);
+    X509_STORE_free(st);
+    CMS_ContentInfo_free(cms);
+    OPENSSL_free(der);
+    free(xml);
+    return root;
+}
+
+static void test_profile(void **state)
+{
+    s_fix_t *f = *state;
+    ca_profile_opts_t o = {.server_url = "https://mdm.example.test:8443/mdm/server",
+                           .checkin_url = "https://mdm.example.test:8443/mdm/checkin",
+                           .scep_url = "https://mdm.example.test:8443/scep",
+                           .topic = "com.apple.mgmt.External.1234",
+                           .challenge = "one-time-xyz",
+                           .organization = "Example Org",
+                           .tls_anchor = ca_pki_ca_cert(f->pki)};
+    char uuid[37];
+    plist_t root = s_build_verify(f, &o, uuid);
+    int checked = s_check_dict(root, "TopLevel", "");
+    plist_t content = plist_dict_get_item(root, "PayloadContent");
+    assert_int_equal(plist_array_get_size(content), 3);
+    char *scep_uuid = NULL, *identity = NULL;
+    int seen = 0;
+    for (uint32_t i = 0; i < plist_array_get_size(content); i++) {
+        plist_t pl = plist_array_get_item(content, i);
+        char *type = s_get_str(pl, "PayloadType");
+        assert_non_null(type);
+        checked += s_check_dict(pl, type, "");
+        if (strcmp(type, "com.apple.security.scep") == 0) {
+            scep_uuid = s_get_str(pl, "PayloadUUID");
+            plist_t sc = plist_dict_get_item(pl, "PayloadContent");
+            char *url = s_get_str(sc, "URL"), *ch = s_get_str(sc, "Challenge"),
+                 *kt = s_get_str(sc, "Key Type");
+            assert_string_equal(url, o.scep_url);
+            assert_string_equal(ch, "one-time-xyz");
+            assert_string_equal(kt, "RSA");
+            uint64_t ks = 0;
+            plist_get_uint_val(plist_dict_get_item(sc, "Keysize"), &ks);
+            assert_int_equal(ks, 2048);
+            free(url);
+            free(ch);
+            free(kt);
+            seen |= 1;
+        } else if (strcmp(type, "com.apple.mdm") == 0) {
+            identity = s_get_str(pl, "IdentityCertificateUUID");
+            char *topic = s_get_str(pl, "Topic");
+            assert_string_equal(topic, o.topic);
+            free(topic);
+            uint64_t ar = 0;
+            plist_get_uint_val(plist_dict_get_item(pl, "AccessRights"), &ar);
+            assert_int_equal(ar, 8191);
+            uint8_t b = 0;
+            plist_get_bool_val(plist_dict_get_item(pl, "SignMessage"), &b);
+            assert_true(b);
+            plist_get_bool_val(plist_dict_get_item(pl, "CheckOutWhenRemoved"), &b);
+            assert_true(b);
+            plist_t caps = plist_dict_get_item(pl, "ServerCapabilities");
+            assert_int_equal(plist_array_get_size(caps), 2);
+            seen |= 2;
+        } else if (strcmp(type, "com.apple.security.root") == 0) {
+            char *data = NULL;
+            uint64_t dl = 0;
+            plist_get_data_val(plist_dict_get_item(pl, "PayloadContent"), &data, &dl);
+            const unsigned char *p = (const unsigned char *)data;
+            X509 *x = d2i_X509(NULL, &p, (long)dl);
+            assert_non_null(x);
+            assert_int_equal(X509_cmp(x, ca_pki_ca_cert(f->pki)), 0);
+            X509_free(x);
+            free(data);
+            seen |= 4;
+        }
+        free(type);
+    }
+    assert_int_equal(seen, 7);
+    assert_non_null(scep_uuid);
+    assert_non_null(identity);
+    assert_string_equal(identity, scep_uuid);
+    assert_string_equal(identity, uuid);
+    assert_true(checked > 30);
+    free(scep_uuid);
+    free(identity);
+    plist_free(root);
+
+    //  without an anchor: two payloads; two builds never share UUIDs
+    o.tls_anchor = NULL;
+    o.checkin_url = NULL;
+    char uuid2[37];
+    root = s_build_verify(f, &o, uuid2);
+    assert_int_equal(plist_array_get_size(plist_dict_get_item(root, "PayloadContent")), 2);
+    assert_string_not_equal(uuid, uuid2);
+    s_check_dict(root, "TopLevel", "");
+    plist_free(root);
+}
+
+static void test_bad_options(void **state)
+{
+    (void)state;
+    ca_profile_opts_t o = {.server_url = "https://a.test/mdm",
+                           .scep_url = "https://a.test/scep",
+                           .topic = "com.apple.mgmt.X"};
+    char *xml = NULL, uuid[37], err[256];
+    size_t len;
+    ca_profile_opts_t b = o;
+    b.server_url = "http://a.test/mdm";
+    assert_int_equal(ca_profile_build(&b, &xml, &len, uuid, err, sizeof err), -1);
+    assert_non_null(strstr(err, "server-url"));
+    b = o;
+    b.scep_url = NULL;
+    assert_int_equal(ca_profile_build(&b, &xml, &len, uuid, err, sizeof err), -1);
+    b = o;
+    b.topic = "com.example.nope";
+    assert_int_equal(ca_profile_build(&b, &xml, &len, uuid, err, sizeof err), -1);
+    assert_non_null(strstr(err, "topic"));
+    b = o;
+    b.key_size = 3000;
+    assert_int_equal(ca_profile_build(&b, &xml, &len, uuid, err, sizeof err), -1);
+    b = o;
+    b.server_url = "https://a.test/<x>";
+    assert_int_equal(ca_profile_build(&b, &xml, &len, uuid, err, sizeof err), -1);
+    assert_null(xml);
+    assert_int_equal(ca_profile_build(&o, &xml, &len, uuid, err, sizeof err), 0);
+    free(xml);
+}
+
+static void test_topic_from_cert(void **state)
+{
+    s_fix_t *f = *state;
+    char path[160], buf[128], err[256];
+    snprintf(path, sizeof path, "%s/push.pem", f->dir);
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    X509_NAME *n = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_NID(n, NID_userId, MBSTRING_UTF8,
+                               (const unsigned char *)"com.apple.mgmt.External.abc-123", -1, -1, 0);
+    X509_NAME_add_entry_by_NID(n, NID_commonName, MBSTRING_UTF8, (const unsigned char *)"APSP:abc",
+                               -1, -1, 0);
+    X509_set_issuer_name(x, n);
+    X509_gmtime_adj(X509_getm_notBefore(x), 0);
+    X509_gmtime_adj(X509_getm_notAfter(x), 60);
+    X509_set_pubkey(x, k);
+    X509_sign(x, k, EVP_sha256());
+    FILE *fp = fopen(path, "w");
+    PEM_write_X509(fp, x);
+    fclose(fp);
+    assert_int_equal(ca_profile_topic_from_cert(path, buf, sizeof buf, err, sizeof err), 0);
+    assert_string_equal(buf, "com.apple.mgmt.External.abc-123");
+    assert_int_equal(ca_profile_topic_from_cert(f->paths[0], buf, sizeof buf, err, sizeof err), -1);
+    assert_int_equal(ca_profile_topic_from_cert("/nonexistent", buf, sizeof buf, err, sizeof err),
+                     -1);
+    unlink(path);
+    X509_free(x);
+    EVP_PKEY_free(k);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_profile, s_setup, s_teardown),
+        cmocka_unit_test(test_bad_options),
+        cmocka_unit_test_setup_teardown(test_topic_from_cert, s_setup, s_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,290 @@
+/*  picomdm-ca — the device identity CA: SCEP (RFC 8894) for device
+ *  certificates and CMS-signed enrollment profiles (docs/enrollment.md).
+ *  Holds the CA key and the profile signing key; never parses device HTTP
+ *  (the gateway forwards SCEP requests as `scep` bus messages).
+ *
+ *    picomdm-ca [options]            serve the "ca" bus service
+ *    picomdm-ca [options] profile    write one signed profile (DER) to --out or
+ *                                    stdout, without the bus (static challenge only)
+ */
+#include "ca_svc.h"
+#include "pm_bus.h"
+#include "pm_cfg.h"
+#include "pm_log.h"
+#include "pm_notify.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const pm_opt_t s_opts[] = {
+    {"data-dir", PM_OPT_STR, "/var/lib/picomdm",
+     "directory for the keys made on first start (created 0700)"},
+    {"ca-cert", PM_OPT_STR, NULL, "device CA certificate, PEM (default <data-dir>/ca.crt)"},
+    {"ca-key", PM_OPT_STR, NULL,
+     "device CA key, PEM 0600 (default ca.key beside ca-cert, or in data-dir; both absent = make a "
+     "new CA)"},
+    {"ra-cert", PM_OPT_STR, NULL,
+     "SCEP RA certificate, used when the CA key is not RSA (default scep-ra.crt beside ca-cert, or "
+     "in data-dir)"},
+    {"ra-key", PM_OPT_STR, NULL, "SCEP RA key (default <data-dir>/scep-ra.key)"},
+    {"signer-cert", PM_OPT_STR, NULL,
+     "profile signing certificate, made by the CA (default profile-signer.crt beside ca-cert, or "
+     "in data-dir)"},
+    {"signer-key", PM_OPT_STR, NULL, "profile signing key (default <data-dir>/profile-signer.key)"},
+    {"cert-days", PM_OPT_INT, "365", "lifetime of issued device certificates, days"},
+    {"key-usage", PM_OPT_STR, "critical,digitalSignature,keyEncipherment",
+     "keyUsage of device certificates (OpenSSL extension syntax)"},
+    {"ext-key-usage", PM_OPT_STR, "clientAuth",
+     "extendedKeyUsage of device certificates (\"\" = none)"},
+    {"subject", PM_OPT_STR, "",
+     "subject of device certificates: \"\" = as requested, or /O=Org/OU=Devices + requested CN"},
+    {"min-rsa-bits", PM_OPT_INT, "2048", "smallest RSA key accepted in a request"},
+    {"challenge-mode", PM_OPT_STR, "one-time",
+     "one-time: a fresh challenge per profile; static: `challenge` for everyone"},
+    {"challenge", PM_OPT_STR, NULL,
+     "the static SCEP challenge (prefer the PICOMDM_CHALLENGE environment variable)"},
+    {"challenge-ttl", PM_OPT_INT, "604800", "seconds a one-time challenge stays valid"},
+    {"server-url", PM_OPT_STR, NULL, "profile: ServerURL, https://host:port/path"},
+    {"checkin-url", PM_OPT_STR, NULL, "profile: CheckInURL (default: ServerURL)"},
+    {"scep-url", PM_OPT_STR, NULL, "profile: the SCEP URL devices use"},
+    {"topic", PM_OPT_STR, NULL, "profile: APNs topic (default: from push-cert)"},
+    {"push-cert", PM_OPT_STR, NULL, "push certificate (PEM) to read the topic from"},
+    {"tls-anchor", PM_OPT_STR, NULL,
+     "profile: self-made TLS server certificate (PEM) to include as trust anchor"},
+    {"organization", PM_OPT_STR, "PicoMDM", "profile: PayloadOrganization and certificate O"},
+    {"display-name", PM_OPT_STR, "MDM enrollment", "profile: PayloadDisplayName"},
+    {"profile-identifier", PM_OPT_STR, "org.picomdm.enroll", "profile: PayloadIdentifier"},
+    {"out", PM_OPT_STR, NULL, "profile command: write here instead of stdout"},
+    {"request-endpoint", PM_OPT_STR, NULL,
+     "broker request endpoint (default ipc://<run-dir>/request, as the broker's)"},
+    {"publish-endpoint", PM_OPT_STR, NULL,
+     "broker publish endpoint for events (default ipc://<run-dir>/publish; \"-\" = none)"},
+    {"run-dir", PM_OPT_STR, NULL,
+     "default ipc directory: $XDG_RUNTIME_DIR/picomdm or /tmp/picomdm"},
+    {"heartbeat-ms", PM_OPT_INT, "1000", "bus heartbeat interval"},
+    {"curve-server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85), off loopback"},
+    {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate (zcert secret file)"},
+    {NULL, 0, NULL, NULL}};
+
+//  An option's path, or `file` in the directory of `ca-cert` when that is set
+//  (the RA and profile signer live beside the CA), else in data-dir.
+static const char *s_path(const pm_cfg_t *cfg, const char *opt, const char *file, char *buf,
+                          size_t size)
+{
+    const char *v = pm_cfg_str(cfg, opt);
+    if (v && v[0])
+        return v;
+    const char *ca = pm_cfg_str(cfg, "ca-cert");
+    const char *slash = ca ? strrchr(ca, '/') : NULL;
+    if (slash)
+        snprintf(buf, size, "%.*s/%s", (int)(slash - ca), ca, file);
+    else
+        snprintf(buf, size, "%s/%s", pm_cfg_str(cfg, "data-dir"), file);
+    return buf;
+}
+
+typedef struct {
+    ca_svc_t *svc;
+    pm_bus_t *bus;
+    bool publish;
+} s_ctx_t;
+
+//  One request: answer it now (every operation is a few ms of CPU) and
+//  publish the audit event, if any.
+static void s_on_job(void *arg, pm_bus_job_t *job)
+{
+    s_ctx_t *c = arg;
+    pm_msg_t *ev = NULL;
+    pm_msg_t *rep = ca_svc_handle(c->svc, pm_bus_job_msg(job), c->publish ? &ev : NULL);
+    if (rep)
+        pm_bus_job_reply(&job, rep);
+    else
+        pm_bus_job_drop(&job);
+    pm_msg_destroy(&rep);
+    if (ev && pm_bus_publish(c->bus, ev) < 0)
+        pm_warn("cannot publish %s", pm_msg_str(ev, "name"));
+    pm_msg_destroy(&ev);
+}
+
+static const char *s_endpoint(const pm_cfg_t *cfg, const char *opt, const char *name, char *buf,
+                              size_t size)
+{
+    const char *v = pm_cfg_str(cfg, opt);
+    if (v && v[0])
+        return strcmp(v, "-") == 0 ? NULL : v;
+    const char *rd = pm_cfg_str(cfg, "run-dir"), *xdg = getenv("XDG_RUNTIME_DIR");
+    if (rd && rd[0])
+        snprintf(buf, size, "ipc://%s/%s", rd, name);
+    else if (xdg && xdg[0])
+        snprintf(buf, size, "ipc://%s/picomdm/%s", xdg, name);
+    else
+        snprintf(buf, size, "ipc:///tmp/picomdm/%s", name);
+    return buf;
+}
+
+static int s_write_out(const char *path, const uint8_t *data, size_t len)
+{
+    int fd = path ? open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644) : STDOUT_FILENO;
+    if (fd < 0) {
+        pm_error("cannot write %s: %s", path, strerror(errno));
+        return -1;
+    }
+    size_t off = 0;
+    while (off < len) {
+        ssize_t n = write(fd, data + off, len - off);
+        if (n <= 0) {
+            pm_error("cannot write the profile: %s", strerror(errno));
+            break;
+        }
+        off += (size_t)n;
+    }
+    if (path)
+        close(fd);
+    return off == len ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+    pm_cfg_t *cfg = NULL;
+    pm_cfg_result_t r = pm_cfg_parse(&cfg, "ca", "PicoMDM device CA (SCEP, enrollment profiles)",
+                                     s_opts, argc, argv);
+    if (r == PM_CFG_EXIT)
+        return 0;
+    if (r == PM_CFG_ERROR)
+        return 2;
+    int rc = 1;
+    ca_svc_t *svc = NULL;
+    if (pm_cfg_start_logging(cfg) < 0)
+        goto out;
+    const char *cmd = pm_cfg_argc(cfg) > 0 ? pm_cfg_arg(cfg, 0) : NULL;
+    if (cmd && strcmp(cmd, "profile") != 0) {
+        fprintf(stderr, "picomdm-ca: unknown command '%s' (the only command is `profile`)\n", cmd);
+        rc = 2;
+        goto out;
+    }
+    const char *mode = pm_cfg_str(cfg, "challenge-mode");
+    ca_challenge_mode_t cm;
+    if (mode && strcmp(mode, "static") == 0)
+        cm = CA_CHALLENGE_STATIC;
+    else if (mode && strcmp(mode, "one-time") == 0)
+        cm = CA_CHALLENGE_ONE_TIME;
+    else {
+        pm_error("challenge-mode must be one-time or static, not '%s'", mode ? mode : "");
+        rc = 2;
+        goto out;
+    }
+    if (cmd && cm != CA_CHALLENGE_STATIC) {
+        pm_error("`picomdm-ca profile` runs without the service, which would not know a one-time "
+                 "challenge: use --challenge-mode static with a challenge, or ask the running "
+                 "service (`picomdm profile`)");
+        rc = 2;
+        goto out;
+    }
+    const char *dir = pm_cfg_str(cfg, "data-dir");
+    if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+        pm_error("cannot create data-dir %s: %s", dir, strerror(errno));
+        goto out;
+    }
+    char p[6][4096];
+    ca_svc_opts_t o = {
+        .pki = {.ca_cert = s_path(cfg, "ca-cert", "ca.crt", p[0], sizeof p[0]),
+                .ca_key = s_path(cfg, "ca-key", "ca.key", p[1], sizeof p[1]),
+                .ra_cert = s_path(cfg, "ra-cert", "scep-ra.crt", p[2], sizeof p[2]),
+                .ra_key = s_path(cfg, "ra-key", "scep-ra.key", p[3], sizeof p[3]),
+                .signer_cert = s_path(cfg, "signer-cert", "profile-signer.crt", p[4], sizeof p[4]),
+                .signer_key = s_path(cfg, "signer-key", "profile-signer.key", p[5], sizeof p[5]),
+                .cert_days = (int)pm_cfg_int(cfg, "cert-days"),
+                .key_usage = pm_cfg_str(cfg, "key-usage"),
+                .ext_key_usage = pm_cfg_str(cfg, "ext-key-usage"),
+                .subject = pm_cfg_str(cfg, "subject"),
+                .min_rsa_bits = (int)pm_cfg_int(cfg, "min-rsa-bits")},
+        .challenge_mode = cm,
+        .challenge = pm_cfg_str(cfg, "challenge"),
+        .challenge_ttl_s = pm_cfg_int(cfg, "challenge-ttl"),
+        .profile = {.server_url = pm_cfg_str(cfg, "server-url"),
+                    .checkin_url = pm_cfg_str(cfg, "checkin-url"),
+                    .scep_url = pm_cfg_str(cfg, "scep-url"),
+                    .topic = pm_cfg_str(cfg, "topic"),
+                    .organization = pm_cfg_str(cfg, "organization"),
+                    .display_name = pm_cfg_str(cfg, "display-name"),
+                    .identifier = pm_cfg_str(cfg, "profile-identifier")},
+        .tls_anchor = pm_cfg_str(cfg, "tls-anchor"),
+        .push_cert = pm_cfg_str(cfg, "push-cert")};
+    char err[512];
+    //  the CA's directory (e.g. /var/lib/picomdm/ca) is made on first start too
+    if (pm_cfg_str(cfg, "ca-cert") && strrchr(pm_cfg_str(cfg, "ca-cert"), '/')) {
+        char cadir[4096];
+        const char *c = pm_cfg_str(cfg, "ca-cert");
+        snprintf(cadir, sizeof cadir, "%.*s", (int)(strrchr(c, '/') - c), c);
+        if (cadir[0] && mkdir(cadir, 0700) < 0 && errno != EEXIST) {
+            pm_error("cannot create %s for the CA: %s", cadir, strerror(errno));
+            goto out;
+        }
+    }
+    svc = ca_svc_new(&o, err, sizeof err);
+    if (!svc) {
+        //  bad options or key files: a restart cannot fix that (exit 2, see deploy.md)
+        pm_error("%s", err);
+        rc = 2;
+        goto out;
+    }
+    pm_info("device CA %s ready (SCEP %s, challenge %s)", o.pki.ca_cert,
+            ca_pki_has_ra(ca_svc_pki(svc)) ? "via RSA RA" : "by the CA", mode);
+    if (r == PM_CFG_CHECK) {
+        printf("ok\n");
+        rc = 0;
+        goto out;
+    }
+    if (cmd) {
+        uint8_t *der = NULL;
+        size_t len = 0;
+        char uuid[37];
+        if (ca_svc_profile(svc, NULL, &der, &len, uuid, err, sizeof err) < 0) {
+            pm_error("profile: %s", err);
+            goto out;
+        }
+        rc = s_write_out(pm_cfg_str(cfg, "out"), der, len) == 0 ? 0 : 1;
+        OPENSSL_free(der);
+        goto out;
+    }
+    {
+        char req[1200], pub[1200];
+        pm_bus_config_t bc = {
+            .name = "ca",
+            .request_endpoint = s_endpoint(cfg, "request-endpoint", "request", req, sizeof req),
+            .publish_endpoint = s_endpoint(cfg, "publish-endpoint", "publish", pub, sizeof pub),
+            .server_public_key = pm_cfg_str(cfg, "curve-server-key"),
+            .cert_file = pm_cfg_str(cfg, "curve-cert"),
+            .heartbeat_ms = (int)pm_cfg_int(cfg, "heartbeat-ms")};
+        s_ctx_t ctx = {.svc = svc, .publish = bc.publish_endpoint != NULL};
+        ctx.bus = pm_bus_new(&bc);
+        if (!ctx.bus || pm_bus_serve(ctx.bus, "ca", s_on_job, &ctx) < 0) {
+            pm_error("cannot connect to the broker at %s: check request-endpoint",
+                     bc.request_endpoint);
+            pm_bus_destroy(&ctx.bus);
+            goto out;
+        }
+        pm_info("serving \"ca\" at %s", bc.request_endpoint);
+        pm_notify_ready();
+        pm_notify_status("serving \"ca\" via %s", bc.request_endpoint);
+        int64_t wd = pm_notify_watchdog_ms();
+        int poll_ms = wd > 0 && wd < 1000 ? (int)wd : 1000;
+        while (pm_bus_run_once(ctx.bus, poll_ms) >= 0)
+            if (wd > 0)
+                pm_notify_watchdog();
+        pm_notify_stopping();
+        pm_info("stopping");
+        pm_bus_destroy(&ctx.bus);
+        rc = 0;
+    }
+out:
+    ca_svc_destroy(&svc);
+    pm_cfg_destroy(&cfg);
+    return rc;
+}
