@@ -14,6 +14,7 @@
 #include "pm_bus_wire.h"
 #include "pm_cfg.h"
 #include "pm_log.h"
+#include "pm_notify.h"
 
 #include <czmq.h>
 #include <errno.h>
@@ -220,6 +221,7 @@ int main(int argc, char **argv)
     if (curve)
         pm_info("CURVE on; clients need server key %s", broker_curve_public(curve));
     pm_info("broker %s ready", PICOMDM_VERSION);
+    pm_notify_ready();
 
     zmq_pollitem_t items[3] = {{zsock_resolve(broker_router_socket(router)), 0, ZMQ_POLLIN, 0},
                                {zsock_resolve(broker_proxy_xsub(proxy)), 0, ZMQ_POLLIN, 0},
@@ -234,6 +236,7 @@ int main(int argc, char **argv)
         busy = broker_router_process(router) >= PM_BUS_BATCH;
         busy |= broker_proxy_process(proxy) >= PM_BUS_BATCH;
     }
+    pm_notify_stopping();
     broker_router_stats_t st;
     broker_router_stats(router, &st);
     pm_info("broker stopping: %llu requests, %llu replies, %llu duplicates dropped, %llu errors "

@@ -9,6 +9,7 @@
 #include "pm_bus.h"
 #include "pm_cfg.h"
 #include "pm_log.h"
+#include "pm_notify.h"
 
 #include <czmq.h>
 #include <event2/event.h>
@@ -54,6 +55,7 @@ static void s_on_signal(evutil_socket_t sig, short what, void *arg)
 {
     (void)what;
     pm_info("signal %d: shutting down", (int)sig);
+    pm_notify_stopping();
     event_base_loopbreak(arg);
 }
 
@@ -164,6 +166,7 @@ int main(int argc, char **argv)
     if (!sigint || !sigterm || event_add(sigint, NULL) < 0 || event_add(sigterm, NULL) < 0)
         goto out;
     signal(SIGPIPE, SIG_IGN);
+    pm_notify_ready();
     event_base_dispatch(base);
     rc = 0;
 out:

@@ -7,6 +7,7 @@
 #include "pm_bus.h"
 #include "pm_cfg.h"
 #include "pm_log.h"
+#include "pm_notify.h"
 #include "sched.h"
 
 #include <czmq.h>
@@ -98,12 +99,17 @@ int main(int argc, char **argv)
             "delivered-timeout-s %d, default-ttl-s %d)",
             bc.request_endpoint, o.notnow_limit, o.redeliver_limit, o.delivered_timeout_s,
             o.default_ttl_s);
+    pm_notify_ready();
+    pm_notify_status("serving scheduler via %s", bc.request_endpoint);
     while (!zsys_interrupted) {
         if (pm_bus_run_once(bus, 500) < 0)
             break;
         sched_tick(s, s_now_ms());
     }
-    pm_info("stopping");
+    pm_notify_stopping();
+    pm_bus_stats_t st;
+    pm_bus_stats(bus, &st);
+    pm_info("stopping after %llu requests", (unsigned long long)st.jobs);
     rc = 0;
 out:
     sched_destroy(&s);

@@ -9,6 +9,7 @@
 #include "pm_bus.h"
 #include "pm_cfg.h"
 #include "pm_log.h"
+#include "pm_notify.h"
 #include "store_db.h"
 #include "store_svc.h"
 
@@ -89,9 +90,9 @@ int main(int argc, char **argv)
     }
     pm_bus_config_t bc = {.name = "store",
                           .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
-                          .publish_endpoint = pm_cfg_str(cfg, "publish-endpoint"),
                           .server_public_key = pm_cfg_str(cfg, "server-key"),
                           .cert_file = pm_cfg_str(cfg, "curve-cert"),
+                          .publish_endpoint = pm_cfg_str(cfg, "publish-endpoint"),
                           .capacity = (int)batch};
     bus = pm_bus_new(&bc);
     if (!bus) {
@@ -107,6 +108,8 @@ int main(int argc, char **argv)
         goto out;
     }
     pm_info("serving 'store' via %s", bc.request_endpoint);
+    pm_notify_ready();
+    pm_notify_status("serving store via %s", bc.request_endpoint);
     while (!zsys_interrupted) {
         //  drain whatever is waiting, then commit it all at once
         if (pm_bus_run_once(bus, store_svc_pending(svc) ? 0 : 500) < 0)
@@ -114,7 +117,10 @@ int main(int argc, char **argv)
         if (store_svc_pending(svc))
             store_svc_flush(svc);
     }
-    pm_info("stopping");
+    pm_notify_stopping();
+    pm_bus_stats_t st;
+    pm_bus_stats(bus, &st);
+    pm_info("stopping after %llu requests", (unsigned long long)st.jobs);
     rc = 0;
 out:
     store_svc_destroy(&svc);

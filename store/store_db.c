@@ -54,6 +54,19 @@ static const char *const s_migrations[] = {
     "CREATE INDEX queue_sent ON queue(eid, deliveries) WHERE active = 1 AND status = 'sent';",
     /* 3: the inventory (store_inv.h) and the indexes of the operator's queries */
     STORE_INV_MIGRATION,
+    /* 4: what changes on every connect, and the wake marks, move out of the wide
+     * enrollments row (which holds the Authenticate/TokenUpdate bodies) into
+     * narrow tables; the last answer is kept as a command id, not its bytes.
+     * enrollments.session/last_rid/last_status/last_reply/wake_pending are unused
+     * from here on. */
+    "CREATE TABLE sessions(eid TEXT PRIMARY KEY, session INTEGER NOT NULL,"
+    " last_seen INTEGER NOT NULL, last_rid TEXT, last_status INTEGER, last_cmd INTEGER)"
+    " WITHOUT ROWID;"
+    "INSERT INTO sessions SELECT eid, session, last_seen, last_rid, last_status, NULL"
+    " FROM enrollments WHERE session > 0;"
+    "CREATE TABLE wake(eid TEXT PRIMARY KEY) WITHOUT ROWID;"
+    "INSERT INTO wake SELECT eid FROM enrollments WHERE wake_pending = 1;"
+    "UPDATE enrollments SET wake_pending = 0, last_reply = NULL;",
 };
 #define S_NMIGRATIONS ((int)(sizeof s_migrations / sizeof s_migrations[0]))
 _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema version");
@@ -67,8 +80,10 @@ _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema 
     X(RELEASE, "RELEASE op")                                                                       \
     X(ROLLBACK_TO, "ROLLBACK TO op")                                                               \
     X(EVENT_INS, "INSERT INTO events(ts,name,eid,source,data) VALUES(?1,?2,?3,?4,?5)")             \
-    X(ENR_GET, "SELECT kind, cert_hash, enrolled, session, last_rid, last_status, last_reply,"     \
-               " parent, bootstrap_token FROM enrollments WHERE eid=?1")                           \
+    X(ENR_GET,                                                                                     \
+      "SELECT e.kind, e.cert_hash, e.enrolled, s.session, s.last_rid, s.last_status, s.last_cmd,"  \
+      " e.parent, e.bootstrap_token FROM enrollments e LEFT JOIN sessions s ON s.eid=e.eid"        \
+      " WHERE e.eid=?1")                                                                           \
     X(ENR_CERT_OTHER, "SELECT eid FROM enrollments WHERE cert_hash=?1 AND eid<>?2"                 \
                       " AND (parent IS NULL OR parent<>?2) LIMIT 1")                               \
     X(ENR_INSERT, "INSERT INTO enrollments(eid,kind,parent,udid,serial,model,os_version,"          \
@@ -92,9 +107,14 @@ _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema 
     X(ENR_CHECKOUT, "UPDATE enrollments SET enrolled=0, last_seen=?2 WHERE eid=?1")                \
     X(ENR_BOOTSTRAP, "UPDATE enrollments SET bootstrap_token=?2, last_seen=?3 WHERE eid=?1")       \
     X(ENR_SEEN, "UPDATE enrollments SET last_seen=?2 WHERE eid=?1")                                \
-    X(ENR_CONNECTED, "UPDATE enrollments SET session=?2, last_seen=?3, wake_pending=0,"            \
-                     " last_rid=?4, last_status=?5, last_reply=?6 WHERE eid=?1")                   \
-    X(ENR_WAKE, "UPDATE enrollments SET wake_pending=(wake_pending OR ?2) WHERE eid=?1")           \
+    X(ENR_CONNECTED, "INSERT INTO sessions(eid,session,last_seen,last_rid,last_status,last_cmd)"   \
+                     " VALUES(?1,?2,?3,?4,?5,?6) ON CONFLICT(eid) DO UPDATE SET"                   \
+                     " session=excluded.session, last_seen=excluded.last_seen,"                    \
+                     " last_rid=excluded.last_rid, last_status=excluded.last_status,"              \
+                     " last_cmd=excluded.last_cmd")                                                \
+    X(WAKE_DONE, "DELETE FROM wake WHERE eid=?1")                                                  \
+    X(ENR_EXISTS, "SELECT 1 FROM enrollments WHERE eid=?1")                                        \
+    X(ENR_WAKE, "INSERT OR IGNORE INTO wake(eid) VALUES(?1)")                                      \
     X(CMD_BY_UUID, "SELECT id, request_type FROM commands WHERE uuid=?1")                          \
     X(CMD_BY_ID, "SELECT uuid, request_type, body FROM commands WHERE id=?1")                      \
     X(CMD_BY_RID, "SELECT uuid, targets FROM commands WHERE rid=?1")                               \
@@ -107,6 +127,10 @@ _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema 
     X(Q_ANSWER, "UPDATE queue SET status=?3, active=0, answered=?4 WHERE eid=?1 AND cmd=?2")       \
     X(Q_NOTNOW, "UPDATE queue SET status='notnow', notnow_count=notnow_count+1, session=?3,"       \
                 " answered=?4 WHERE eid=?1 AND cmd=?2")                                            \
+    X(Q_EXPIRE_ANY, "SELECT 1 FROM queue WHERE eid=?1 AND active=1 AND expires IS NOT NULL"        \
+                    " AND expires<=?2 LIMIT 1")                                                    \
+    X(Q_FAIL_ANY, "SELECT 1 FROM queue WHERE eid=?1 AND active=1 AND status='sent'"                \
+                  " AND deliveries>=?3 AND session<?4 AND delivered<=?5 LIMIT 1")                  \
     X(Q_EXPIRE,                                                                                    \
       "UPDATE queue SET status='expired', active=0, answered=?2"                                   \
       " WHERE eid=?1 AND active=1 AND expires IS NOT NULL AND expires<=?2 RETURNING cmd")          \
@@ -141,15 +165,18 @@ _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema 
                    " ORDER BY r.id DESC LIMIT ?3")                                                 \
     X(RES_ALL, "SELECT r.eid, c.uuid, c.request_type, r.status, r.received, r.body"                \
                " FROM results r JOIN commands c ON c.id=r.cmd ORDER BY r.id DESC LIMIT ?3")        \
-    X(DEVICES, "SELECT eid, kind, udid, serial, model, os_version, topic, enrolled,"               \
-               " (push_token IS NOT NULL AND push_magic IS NOT NULL AND topic IS NOT NULL"         \
-               "  AND enrolled=1 AND stale_token=0), first_seen, last_seen,"                       \
-               " (SELECT count(*) FROM queue q WHERE q.eid=e.eid AND q.active=1), wake_pending"    \
-               " FROM enrollments e WHERE eid>?1 ORDER BY eid LIMIT ?2")                           \
+    X(DEVICES, "SELECT e.eid, e.kind, e.udid, e.serial, e.model, e.os_version, e.topic,"           \
+               " e.enrolled, (e.push_token IS NOT NULL AND e.push_magic IS NOT NULL"               \
+               "  AND e.topic IS NOT NULL AND e.enrolled=1 AND e.stale_token=0), e.first_seen,"    \
+               " max(e.last_seen, coalesce(s.last_seen, 0)),"                                      \
+               " (SELECT count(*) FROM queue q WHERE q.eid=e.eid AND q.active=1),"                 \
+               " EXISTS(SELECT 1 FROM wake w WHERE w.eid=e.eid)"                                   \
+               " FROM enrollments e LEFT JOIN sessions s ON s.eid=e.eid WHERE e.eid>?1"            \
+               " ORDER BY e.eid LIMIT ?2")                                                         \
     X(EVENTS, "SELECT seq, ts, name, eid, source, data FROM events WHERE seq>?1"                   \
               " ORDER BY seq LIMIT ?2")                                                            \
-    X(WAKE_LIST, "SELECT eid FROM enrollments WHERE wake_pending=1 LIMIT ?1")                      \
-    X(WAKE_CLEAR, "UPDATE enrollments SET wake_pending=0 WHERE eid=?1")
+    X(WAKE_LIST, "SELECT eid FROM wake LIMIT ?1")                                                  \
+    X(WAKE_CLEAR, "DELETE FROM wake WHERE eid=?1")
 
 enum {
 #define S_ENUM(id, sql) S_##id,
@@ -181,6 +208,11 @@ struct store_db {
     msgpack_packer pk;       //  packs into scratch
     store_inv_t *inv;        //  inventory (store_inv.h), made on first use
 };
+
+struct sqlite3 *store_db_sqlite(store_db_t *db)
+{
+    return db->sql;
+}
 
 /* ---- small helpers ---- */
 
@@ -423,6 +455,15 @@ static int s_migrate(store_db_t *db)
 
 store_db_t *store_db_new(const char *path, const store_db_opts_t *opts, char *err, size_t errlen)
 {
+    //  The store uses SQLite from one thread only: no mutexes, no memory
+    //  statistics (both showed up at ~10% of the store's CPU in perf). Only
+    //  possible before SQLite initialises; later calls fail harmlessly.
+    static bool configured;
+    if (!configured) {
+        sqlite3_config(SQLITE_CONFIG_SINGLETHREAD);
+        sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+        configured = true;
+    }
     store_db_opts_t defaults = {.sync_full = true};
     if (!opts)
         opts = &defaults;
@@ -1039,19 +1080,54 @@ static int s_sweep(store_db_t *db, sqlite3_stmt *st, const char *eid, const char
     return ret;
 }
 
+//  Whether the probe statement `id` (bound like the UPDATE it guards) finds a
+//  row: 1 / 0 / -1. A SELECT is much cheaper than an UPDATE that changes
+//  nothing (no statement journal), and the sweeps almost never find anything.
+static int s_probe(store_db_t *db, int id, const char *eid, int64_t now, int limit, int64_t session,
+                   int64_t before)
+{
+    sqlite3_stmt *st = s_st(db, id);
+    if (!st)
+        return -1;
+    s_bind_text(st, 1, eid);
+    sqlite3_bind_int64(st, 2, now);
+    if (id == S_Q_FAIL_ANY) {
+        sqlite3_bind_int(st, 3, limit);
+        sqlite3_bind_int64(st, 4, session);
+        sqlite3_bind_int64(st, 5, before);
+    }
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        s_dberr(db, "checking a queue");
+        return -1;
+    }
+    return rc == SQLITE_ROW;
+}
+
 //  Expire entries past their expiry; fail entries delivered too often without
 //  an answer (only when they would otherwise be offered again).
 static int s_sweeps(store_db_t *db, const char *eid, int64_t session, const store_policy_t *pol,
                     int64_t now)
 {
-    sqlite3_stmt *st = s_st(db, S_Q_EXPIRE);
-    if (!st)
+    int any = s_probe(db, S_Q_EXPIRE_ANY, eid, now, 0, 0, 0);
+    if (any < 0)
         return -1;
-    s_bind_text(st, 1, eid);
-    sqlite3_bind_int64(st, 2, now);
-    if (s_sweep(db, st, eid, "command.expired", now) < 0)
-        return -1;
+    sqlite3_stmt *st;
+    if (any) {
+        st = s_st(db, S_Q_EXPIRE);
+        if (!st)
+            return -1;
+        s_bind_text(st, 1, eid);
+        sqlite3_bind_int64(st, 2, now);
+        if (s_sweep(db, st, eid, "command.expired", now) < 0)
+            return -1;
+    }
     if (pol && pol->redeliver_limit > 0) {
+        any = s_probe(db, S_Q_FAIL_ANY, eid, now, pol->redeliver_limit, session,
+                      now - pol->delivered_timeout_ms);
+        if (any <= 0)
+            return any;
         st = s_st(db, S_Q_FAIL);
         if (!st)
             return -1;
@@ -1124,13 +1200,16 @@ static int s_record_answer(store_db_t *db, const store_connect_t *in, int64_t se
             replay = true;
         }
     } else {
-        st = s_st(db, S_RES_EXISTS);
-        if (!st)
-            return -1;
-        s_bind_text(st, 1, in->eid);
-        sqlite3_bind_int64(st, 2, cmd);
-        replay = sqlite3_step(st) == SQLITE_ROW;
-        sqlite3_reset(st);
+        //  only a finished entry can have a result already (NotNow stores none)
+        if (!active) {
+            st = s_st(db, S_RES_EXISTS);
+            if (!st)
+                return -1;
+            s_bind_text(st, 1, in->eid);
+            sqlite3_bind_int64(st, 2, cmd);
+            replay = sqlite3_step(st) == SQLITE_ROW;
+            sqlite3_reset(st);
+        }
         st = s_st(db, S_RES_UPSERT);
         if (!st)
             return -1;
@@ -1171,8 +1250,37 @@ static int s_record_answer(store_db_t *db, const store_connect_t *in, int64_t se
     return s_event_scratch(db, "command.result", in->eid, in->now_ms);
 }
 
+//  Pack the device's view of command `cmd`: {CommandUUID, Command}. The uuid
+//  and RequestType are copied out when buffers are given. 0 / -1.
+static int s_pack_command(store_db_t *db, int64_t cmd, msgpack_sbuffer *out, char *uuid,
+                          size_t usize, char *rtype, size_t rsize)
+{
+    sqlite3_stmt *st = s_st(db, S_CMD_BY_ID);
+    if (!st)
+        return -1;
+    sqlite3_bind_int64(st, 1, cmd);
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        sqlite3_reset(st);
+        s_dberr(db, "reading a queued command");
+        return -1;
+    }
+    if (uuid)
+        snprintf(uuid, usize, "%s", s_col_text(st, 0));
+    if (rtype)
+        snprintf(rtype, rsize, "%s", s_col_text(st, 1));
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 2);
+    s_pk_kstr(&pk, "CommandUUID", s_col_text(st, 0));
+    s_pk_str(&pk, "Command");
+    msgpack_sbuffer_write(out, sqlite3_column_blob(st, 2), (size_t)sqlite3_column_bytes(st, 2));
+    sqlite3_reset(st);
+    return 0;
+}
+
 //  Pick the next command and mark it delivered; packs {CommandUUID, Command}.
-static int s_next(store_db_t *db, const store_connect_t *in, int64_t session, msgpack_sbuffer *out)
+static int s_next(store_db_t *db, const store_connect_t *in, int64_t session, msgpack_sbuffer *out,
+                  int64_t *delivered)
 {
     const store_policy_t *pol = in->policy;
     sqlite3_stmt *st = s_st(db, S_Q_NEXT);
@@ -1214,25 +1322,10 @@ static int s_next(store_db_t *db, const store_connect_t *in, int64_t session, ms
     if (s_exec(db, st, "marking a command delivered") < 0)
         return -1;
 
-    st = s_st(db, S_CMD_BY_ID);
-    if (!st)
-        return -1;
-    sqlite3_bind_int64(st, 1, cmd);
-    if (sqlite3_step(st) != SQLITE_ROW) {
-        sqlite3_reset(st);
-        s_dberr(db, "reading a queued command");
-        return -1;
-    }
     char uuid[128], rtype[128];
-    snprintf(uuid, sizeof uuid, "%s", s_col_text(st, 0));
-    snprintf(rtype, sizeof rtype, "%s", s_col_text(st, 1));
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 2);
-    s_pk_kstr(&pk, "CommandUUID", uuid);
-    s_pk_str(&pk, "Command");
-    msgpack_sbuffer_write(out, sqlite3_column_blob(st, 2), (size_t)sqlite3_column_bytes(st, 2));
-    sqlite3_reset(st);
+    if (s_pack_command(db, cmd, out, uuid, sizeof uuid, rtype, sizeof rtype) < 0)
+        return -1;
+    *delivered = cmd;
 
     msgpack_packer *ep = s_ev_data(db, 3);
     s_pk_kstr(ep, "command_uuid", uuid);
@@ -1280,10 +1373,11 @@ store_rc_t store_db_connect(store_db_t *db, const store_connect_t *in, store_con
     //  that crossed a scheduler or store restart)
     if (in->rid && *in->rid && s_col_text(est, 4) && strcmp(s_col_text(est, 4), in->rid) == 0) {
         res->status = (unsigned)sqlite3_column_int(est, 5);
-        int n = sqlite3_column_bytes(est, 6);
-        if (n > 0)
-            msgpack_sbuffer_write(command_out, sqlite3_column_blob(est, 6), (size_t)n);
+        bool had = sqlite3_column_type(est, 6) != SQLITE_NULL;
+        int64_t last = sqlite3_column_int64(est, 6);
         sqlite3_reset(est);
+        if (had && s_pack_command(db, last, command_out, NULL, 0, NULL, 0) < 0)
+            return STORE_ERR_DB;
         return STORE_OK;
     }
     sqlite3_reset(est);
@@ -1307,7 +1401,8 @@ store_rc_t store_db_connect(store_db_t *db, const store_connect_t *in, store_con
         return STORE_ERR_DB;
     if (!idle && s_record_answer(db, in, session) < 0)
         return STORE_ERR_DB;
-    if (s_next(db, in, session, command_out) < 0)
+    int64_t delivered = -1;
+    if (s_next(db, in, session, command_out, &delivered) < 0)
         return STORE_ERR_DB;
     sqlite3_stmt *st = s_st(db, S_ENR_CONNECTED);
     if (!st)
@@ -1317,8 +1412,18 @@ store_rc_t store_db_connect(store_db_t *db, const store_connect_t *in, store_con
     sqlite3_bind_int64(st, 3, in->now_ms);
     s_bind_text(st, 4, in->rid && *in->rid ? in->rid : NULL);
     sqlite3_bind_int(st, 5, (int)res->status);
-    s_bind_blob(st, 6, command_out->data, command_out->size);
+    if (delivered >= 0)
+        sqlite3_bind_int64(st, 6, delivered);
+    else
+        sqlite3_bind_null(st, 6);
     if (s_exec(db, st, "updating the session") < 0)
+        return STORE_ERR_DB;
+    //  it connected: no wakeup needed any more
+    st = s_st(db, S_WAKE_DONE);
+    if (!st)
+        return STORE_ERR_DB;
+    s_bind_text(st, 1, in->eid);
+    if (s_exec(db, st, "clearing a wake mark") < 0)
         return STORE_ERR_DB;
     return STORE_OK;
 }
@@ -1385,24 +1490,24 @@ store_rc_t store_db_enqueue(store_db_t *db, const store_enqueue_t *in, char *uui
         return STORE_ERR_DB;
     int64_t cmd = sqlite3_last_insert_rowid(db->sql);
 
-    //  one pass: the wake mark update doubles as the existence check
+    //  one pass: check each target exists, queue it, mark it for a wakeup
     size_t nunknown = 0;
     size_t ulen = 0;
     char unknown[400] = "";
+    sqlite3_stmt *exists = s_st(db, S_ENR_EXISTS);
     sqlite3_stmt *wake = s_st(db, S_ENR_WAKE);
     sqlite3_stmt *ins = s_st(db, S_Q_INSERT);
-    if (!wake || !ins)
+    if (!exists || !wake || !ins)
         return STORE_ERR_DB;
     for (size_t i = 0; i < in->ntargets; i++) {
         const char *t = in->targets[i];
-        sqlite3_reset(wake);
-        s_bind_text(wake, 1, t);
-        sqlite3_bind_int(wake, 2, !in->no_push);
-        if (sqlite3_step(wake) != SQLITE_DONE) {
-            sqlite3_reset(wake);
+        sqlite3_reset(exists);
+        s_bind_text(exists, 1, t);
+        int rc1 = sqlite3_step(exists);
+        sqlite3_reset(exists);
+        if (rc1 != SQLITE_ROW && rc1 != SQLITE_DONE)
             return s_dberr(db, "checking targets");
-        }
-        if (sqlite3_changes(db->sql) == 0) {
+        if (rc1 == SQLITE_DONE) {
             if (nunknown < 10 && ulen + strlen(t) + 3 < sizeof unknown) {
                 int w = snprintf(unknown + ulen, sizeof unknown - ulen, "%s%s",
                                  nunknown ? ", " : "", t);
@@ -1428,6 +1533,14 @@ store_rc_t store_db_enqueue(store_db_t *db, const store_enqueue_t *in, char *uui
             return s_dberr(db, "queuing a command");
         }
         *queued += (uint64_t)sqlite3_changes(db->sql);
+        if (!in->no_push) {
+            sqlite3_reset(wake);
+            s_bind_text(wake, 1, t);
+            if (sqlite3_step(wake) != SQLITE_DONE) {
+                sqlite3_reset(wake);
+                return s_dberr(db, "marking a wakeup");
+            }
+        }
     }
     sqlite3_reset(wake);
     sqlite3_reset(ins);

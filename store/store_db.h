@@ -67,7 +67,7 @@ typedef struct {
                                   //  only this long after it was delivered
 } store_policy_t;
 
-#define STORE_SCHEMA_VERSION 3
+#define STORE_SCHEMA_VERSION 4
 
 //  Open (creating and migrating) the database at `path` (":memory:" works).
 //  Returns NULL with the reason in err.
@@ -78,6 +78,10 @@ void store_db_destroy(store_db_t **db);
 int store_db_schema_version(store_db_t *db);
 //  The last failure's text, for the operator (owned by db).
 const char *store_db_errmsg(const store_db_t *db);
+
+//  The SQLite handle, for the store's modules in other files (store_push.c);
+//  they run inside the transaction the caller opened, like the operations here.
+struct sqlite3 *store_db_sqlite(store_db_t *db);
 
 /* ---- transactions ---- */
 int store_db_begin(store_db_t *db);  //  0 / -1

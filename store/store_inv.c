@@ -34,19 +34,22 @@ static const char *const s_sql[S_NST] = {
     [S_TIMELINE] = "SELECT seq, ts, name, eid, source, data FROM events WHERE seq>?2 AND"
                    " (eid=?1 OR eid IN (SELECT eid FROM enrollments WHERE parent=?1))"
                    " ORDER BY seq LIMIT ?3",
+    //  connect-time state lives in sessions and wake (store_db.c migration 4)
     [S_DEVICES] =
-        "SELECT eid, kind, udid, serial, model, os_version, topic, enrolled,"
-        " (push_token IS NOT NULL AND push_magic IS NOT NULL AND topic IS NOT NULL"
-        "  AND enrolled=1 AND stale_token=0), first_seen, last_seen,"
-        " (SELECT count(*) FROM queue q WHERE q.eid=e.eid AND q.active=1), wake_pending"
-        " FROM enrollments e WHERE eid>?1"
-        " AND (?2 IS NULL OR model=?2 OR eid IN (SELECT eid FROM inventory WHERE"
+        "SELECT e.eid, e.kind, e.udid, e.serial, e.model, e.os_version, e.topic, e.enrolled,"
+        " (e.push_token IS NOT NULL AND e.push_magic IS NOT NULL AND e.topic IS NOT NULL"
+        "  AND e.enrolled=1 AND e.stale_token=0), e.first_seen,"
+        " max(e.last_seen, coalesce(s.last_seen, 0)),"
+        " (SELECT count(*) FROM queue q WHERE q.eid=e.eid AND q.active=1),"
+        " EXISTS(SELECT 1 FROM wake w WHERE w.eid=e.eid)"
+        " FROM enrollments e LEFT JOIN sessions s ON s.eid=e.eid WHERE e.eid>?1"
+        " AND (?2 IS NULL OR e.model=?2 OR e.eid IN (SELECT eid FROM inventory WHERE"
         "      key IN ('Model','ProductName','ModelName') AND vtext=?2))"
-        " AND (?3 IS NULL OR os_version=?3)"
-        " AND (?4 IS NULL OR last_seen<?4)"
-        " AND (?5 IS NULL OR eid IN (SELECT eid FROM inventory WHERE key=?5 AND vtext=?6))"
-        " AND (?8 IS NULL OR eid=?8)"
-        " ORDER BY eid LIMIT ?7",
+        " AND (?3 IS NULL OR e.os_version=?3)"
+        " AND (?4 IS NULL OR max(e.last_seen, coalesce(s.last_seen, 0))<?4)"
+        " AND (?5 IS NULL OR e.eid IN (SELECT eid FROM inventory WHERE key=?5 AND vtext=?6))"
+        " AND (?8 IS NULL OR e.eid=?8)"
+        " ORDER BY e.eid LIMIT ?7",
 };
 
 struct store_inv {

@@ -4,6 +4,7 @@
 #include "store_svc.h"
 #include "store_doctor.h"
 #include "store_inv.h"
+#include "store_push.h"
 
 #include "pm_log.h"
 #include "pm_mpck.h"
@@ -23,6 +24,7 @@ struct store_svc {
     store_svc_opts_t opts;
     s_job_t *jobs;
     size_t njobs, cap;
+    msgpack_sbuffer a, b; //  scratch for one request, reused (they keep their capacity)
 };
 
 static int64_t s_now_ms(void)
@@ -42,6 +44,8 @@ store_svc_t *store_svc_new(store_db_t *db, pm_bus_t *bus, const store_svc_opts_t
     svc->opts = opts ? *opts : (store_svc_opts_t){.group_commit = true};
     if (svc->opts.batch_max <= 0)
         svc->opts.batch_max = 1024;
+    msgpack_sbuffer_init(&svc->a);
+    msgpack_sbuffer_init(&svc->b);
     return svc;
 }
 
@@ -55,6 +59,8 @@ void store_svc_destroy(store_svc_t **psvc)
         pm_msg_destroy(&svc->jobs[i].reply);
     }
     free(svc->jobs);
+    msgpack_sbuffer_destroy(&svc->a);
+    msgpack_sbuffer_destroy(&svc->b);
     free(svc);
     *psvc = NULL;
 }
@@ -311,21 +317,21 @@ static store_rc_t s_list_reply(const pm_msg_t *req, pm_msg_t **reply, pm_msg_typ
 
 bool store_svc_apply(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply)
 {
-    msgpack_sbuffer a, b;
-    msgpack_sbuffer_init(&a);
-    msgpack_sbuffer_init(&b);
+    msgpack_sbuffer_clear(&svc->a);
+    msgpack_sbuffer_clear(&svc->b);
+    msgpack_sbuffer *a = &svc->a, *b = &svc->b;
     *reply = NULL;
     store_rc_t rc = STORE_OK;
     uint64_t seq = 0;
     switch (pm_msg_type(req)) {
     case PM_MSG_STORE_CHECKIN:
-        rc = s_checkin(svc, req, reply, &a, &b);
+        rc = s_checkin(svc, req, reply, a, b);
         break;
     case PM_MSG_STORE_CONNECT:
-        rc = s_connect(svc, req, reply, &a, &b);
+        rc = s_connect(svc, req, reply, a, b);
         break;
     case PM_MSG_STORE_ENQUEUE:
-        rc = s_enqueue(svc, req, reply, &a);
+        rc = s_enqueue(svc, req, reply, a);
         break;
     case PM_MSG_STORE_CANCEL:
         rc = s_cancel(svc, req, reply);
@@ -333,22 +339,22 @@ bool store_svc_apply(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply)
     case PM_MSG_STORE_QUEUE: {
         store_policy_t pol = {.notnow_limit = (int)pm_msg_uint(req, "notnow_limit", 0)};
         rc = store_db_queue(svc->db, pm_msg_str(req, "eid"), pm_msg_bool(req, "all", false), &pol,
-                            s_now_ms(), &b);
+                            s_now_ms(), b);
         if (rc == STORE_OK)
-            rc = s_list_reply(req, reply, PM_MSG_QUEUE_REPLY, "items", &b);
+            rc = s_list_reply(req, reply, PM_MSG_QUEUE_REPLY, "items", b);
         break;
     }
     case PM_MSG_STORE_RESULTS:
         rc = store_db_results(svc->db, pm_msg_str(req, "eid"), pm_msg_str(req, "command_uuid"),
-                              (unsigned)pm_msg_uint(req, "limit", 100), &b);
+                              (unsigned)pm_msg_uint(req, "limit", 100), b);
         if (rc == STORE_OK)
-            rc = s_list_reply(req, reply, PM_MSG_RESULTS_REPLY, "results", &b);
+            rc = s_list_reply(req, reply, PM_MSG_RESULTS_REPLY, "results", b);
         break;
     case PM_MSG_STORE_DEVICES:
         rc = store_db_devices(svc->db, pm_msg_str(req, "after"),
-                              (unsigned)pm_msg_uint(req, "limit", 1000), &b);
+                              (unsigned)pm_msg_uint(req, "limit", 1000), b);
         if (rc == STORE_OK)
-            rc = s_list_reply(req, reply, PM_MSG_DEVICES_REPLY, "devices", &b);
+            rc = s_list_reply(req, reply, PM_MSG_DEVICES_REPLY, "devices", b);
         break;
     case PM_MSG_STORE_DEVICE:
     case PM_MSG_STORE_TIMELINE:
@@ -359,24 +365,28 @@ bool store_svc_apply(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply)
         rc = store_doctor_svc(svc->db, req, reply, s_now_ms());
         break;
     case PM_MSG_EVENT_APPEND:
-        s_packed(req, "data", &a);
+        s_packed(req, "data", a);
         rc = store_db_event_append(svc->db, pm_msg_str(req, "name"), pm_msg_str(req, "eid"),
-                                   pm_msg_str(req, "source"), (const uint8_t *)a.data, a.size,
+                                   pm_msg_str(req, "source"), (const uint8_t *)a->data, a->size,
                                    s_now_ms(), &seq);
         if (rc == STORE_OK && (*reply = pm_msg_new_reply(req, PM_MSG_EVENT_APPEND_REPLY)))
             pm_msg_set_uint(*reply, "seq", seq);
         break;
     case PM_MSG_EVENTS:
         rc = store_db_events(svc->db, pm_msg_uint(req, "after", 0),
-                             (unsigned)pm_msg_uint(req, "limit", 1000), &b);
+                             (unsigned)pm_msg_uint(req, "limit", 1000), b);
         if (rc == STORE_OK)
-            rc = s_list_reply(req, reply, PM_MSG_EVENTS_REPLY, "events", &b);
+            rc = s_list_reply(req, reply, PM_MSG_EVENTS_REPLY, "events", b);
         break;
     case PM_MSG_WAKE_PENDING:
         rc = store_db_wake_pending(svc->db, (unsigned)pm_msg_uint(req, "limit", 1000),
-                                   pm_msg_bool(req, "clear", false), &b);
+                                   pm_msg_bool(req, "clear", false), b);
         if (rc == STORE_OK)
-            rc = s_list_reply(req, reply, PM_MSG_WAKE_PENDING_REPLY, "eids", &b);
+            rc = s_list_reply(req, reply, PM_MSG_WAKE_PENDING_REPLY, "eids", b);
+        break;
+    case PM_MSG_PUSH_INFO:
+    case PM_MSG_PUSH_OUTCOME:
+        rc = store_push_apply(svc->db, req, reply, s_now_ms());
         break;
     default:
         pm_warn("request %s: type %s is not a store request; answered bad_request", pm_msg_rid(req),
@@ -392,8 +402,11 @@ bool store_svc_apply(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply)
         *reply = s_error(svc, req, rc);
     else if (!*reply)
         *reply = pm_msg_new_error(req, "internal", "out of memory in the store: retry");
-    msgpack_sbuffer_destroy(&a);
-    msgpack_sbuffer_destroy(&b);
+    //  do not keep a big list's buffer for ever
+    if (svc->b.alloc > (1u << 20)) {
+        msgpack_sbuffer_destroy(&svc->b);
+        msgpack_sbuffer_init(&svc->b);
+    }
     return rc == STORE_OK;
 }
 

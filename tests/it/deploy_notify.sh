@@ -2,9 +2,8 @@
 # deploy_notify: every daemon that calls pm_notify_ready() tells a real
 # NOTIFY_SOCKET "READY=1" once it serves, when started the way its systemd unit
 # starts it (--config FILE, NOTIFY_SOCKET set), and exits 0 on SIGTERM (sending
-# STOPPING=1 first if it calls pm_notify_stopping()). A daemon that is not
-# wired yet (pm_notify_ready not linked in) is listed and not tested; if none is
-# wired the test is skipped. Per-process settings are in the config below.
+# STOPPING=1 first if it calls pm_notify_stopping()). A daemon that never calls
+# pm_notify_ready() fails the test. Per-process settings are in the config below.
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 BIN=${BIN:-$PWD/bin}
@@ -27,10 +26,10 @@ for p in broker store scheduler pusher ca gateway; do
     [ -x "$b" ] || continue
     if nm "$b" 2>/dev/null | grep -q ' T pm_notify_ready$'; then wired+=("$p"); else unwired+=("$p"); fi
 done
-echo "wired: ${wired[*]:-none}; not wired yet: ${unwired[*]:-none}"
-if [ ${#wired[@]} = 0 ]; then
-    echo "skip: no daemon calls pm_notify_ready() yet (docs/deploy.md section 7 says where)"
-    exit 77
+echo "wired: ${wired[*]:-none}; not wired: ${unwired[*]:-none}"
+if [ ${#unwired[@]} != 0 ]; then
+    echo "FAIL: ${unwired[*]} never call pm_notify_ready(): their Type=notify units would time out (docs/deploy.md section 7 says where the call goes)"
+    exit 1
 fi
 
 # a free loopback port for the gateway

@@ -6,7 +6,8 @@
 #     is named as stuck at the head of the queue with its tally;
 #   - a command queued (with a wakeup) after the device's last connection:
 #     "has not connected since commands were queued";
-#   - no pusher: "no push outcome recorded (is picomdm-pusher running?)";
+#   - no push certificate (pusher idle or absent): "no push outcome recorded
+#     (is picomdm-pusher running?)";
 #   - --push-cert with another topic: "push topic mismatch";
 #   - an unknown id fails with a hint.
 set -u
@@ -35,10 +36,6 @@ UP_PID=$!
 export PICOMDM_CONFIG=$T/var/run/picomdm.cfg
 P=("$BIN/picomdm" --timeout 3000 --retries 1)
 wait_for 20 "${P[@]}" devices >/dev/null 2>&1 || fail "the scheduler does not answer"
-if pgrep -f "picomdm-pusher.*$T" >/dev/null 2>&1; then
-    echo "skipped: picomdm up started a pusher here; this test covers the stack without one"
-    exit 77
-fi
 openssl ecparam -name prime256v1 -genkey -noout -out "$T/dev.key" 2>/dev/null &&
     openssl req -new -key "$T/dev.key" -subj "/CN=doctor-test-device" -out "$T/dev.csr" 2>/dev/null &&
     openssl x509 -req -in "$T/dev.csr" -CA "$T/var/pki/ca.crt" -CAkey "$T/var/pki/ca.key" \
@@ -79,8 +76,17 @@ grep -q "1 with a stuck command" "$T/fleet2.txt" || { cat "$T/fleet2.txt"; fail 
 sleep 1.1
 "${P[@]}" enqueue ProfileList --to "$eid" >/dev/null 2>&1 || fail "enqueue ProfileList"
 "${P[@]}" doctor "$eid" >"$T/d3.txt" 2>&1
+grep -q "has not connected since commands were queued" "$T/d3.txt" || { cat "$T/d3.txt"; fail "doctor does not say the device has not connected since the queueing"; }
+if [ -f "$T/var/run/pusher.pid" ] && kill -0 "$(cat "$T/var/run/pusher.pid")" 2>/dev/null; then
+    # a real pusher without a push certificate records a failed outcome for the wakeup
+    wait_for 10 sh -c "'${P[0]}' --timeout 3000 doctor '$eid' 2>&1 | grep -q 'the last push failed.*no push certificate'" ||
+        { "${P[@]}" doctor "$eid"; fail "doctor does not report the pusher's failed outcome (no push certificate)"; }
+    echo "ok  pusher outcome: the last push failed (no push certificate)"
+else
+    grep -q "no push outcome recorded (is picomdm-pusher running?)" "$T/d3.txt" || fail "no 'no push outcome recorded' without a pusher"
+fi
+"${P[@]}" doctor "$eid" >"$T/d3.txt" 2>&1
 cat "$T/d3.txt"
-grep -q "has not connected since commands were queued" "$T/d3.txt" || fail "doctor does not say the device has not connected since the queueing"
 grep -q "NotNow" "$T/d3.txt" && fail "a cancelled command is still reported"
 
 # 5. a push certificate for another topic

@@ -3,9 +3,16 @@
 # store: every enrollment receives it exactly once at Idle, acknowledges,
 # gets an empty reply; a replayed Acknowledged changes nothing; the results
 # are stored once per enrollment; a second round of sessions gets nothing.
+# Two schedulers serve at once (the broker spreads the sessions over both):
+# all decisions are store transactions, so nothing is delivered twice.
 . "$(dirname "$0")/queue_lib.bash"
 N=1000
 start_all
+"$BIN/picomdm-scheduler" --request-endpoint "$REQ" --delivered-timeout-s 0 --wake-sweep-s 0 \
+    >"$D/sched2.log" 2>&1 &
+SCHED2_PID=$!
+PIDS+=($SCHED2_PID)
+wait_log sched2 "serving 'scheduler'" 1 10
 drv enroll --n $N --window 128 >"$D/enroll.out" 2>"$D/enroll.log" || fail "enroll failed"
 [ "$(field enrolled "$D/enroll.out")" = $N ] || fail "enrolled != $N"
 drv enqueue --n $N --uuid FANOUT-1 >"$D/enq.out" 2>"$D/enq.log" || fail "enqueue failed"
@@ -24,4 +31,12 @@ drv drain --n $N >"$D/drain.out" 2>"$D/drain.log" || fail "drain failed"
 drv enqueue --n 3 --prefix nobody- >"$D/bad.out" 2>"$D/bad.log" && fail "enqueue to unknown ids succeeded"
 grep -q "unknown enrollment ids: nobody-0, nobody-1, nobody-2" "$D/bad.log" || fail "no clear unknown-ids message"
 grep -q "picomdm devices" "$D/bad.log" || fail "unknown-ids message does not say what to do"
+# both schedulers took part
+kill -TERM "$SCHED_PID" "$SCHED2_PID"
+wait_log sched "stopping after" 1 10
+wait_log sched2 "stopping after" 1 10
+for l in sched sched2; do
+    n=$(sed -n 's/.*stopping after \([0-9]*\) requests.*/\1/p' "$D/$l.log")
+    [ "${n:-0}" -gt 100 ] || fail "scheduler $l handled only ${n:-0} requests; the test did not run two"
+done
 echo "ok"

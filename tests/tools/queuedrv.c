@@ -17,6 +17,10 @@
  *                    command offered until empty; counts deliveries per
  *                    command per session (a second one in one session fails)
  *    results         prints count= of results for `uuid` (limit 1000000)
+ *    devices         prints devices=, pushable=, wake_pending= over all enrollments
+ *    events          replays the whole event log (service "store", pages of
+ *                    1000); fails on a gap or a repeat in seq; prints events=
+ *                    and the count of each command.* / checkin.* name
  *  --apps N (enqueue, sessions): the command is InstalledApplicationList and
  *  every Acknowledged carries N apps (tests/bench/inventory.sh).
  */
@@ -33,6 +37,8 @@
 
 static const pm_opt_t s_opts[] = {
     {"request-endpoint", PM_OPT_STR, "tcp://127.0.0.1:7401", "broker request endpoint"},
+    {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85)"},
+    {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     {"n", PM_OPT_INT, "10", "number of enrollments"},
     {"prefix", PM_OPT_STR, "dev-", "enrollment ids are <prefix><i>"},
     {"window", PM_OPT_INT, "64", "requests in flight"},
@@ -523,6 +529,71 @@ static int s_results(const char *uuid)
     return 0;
 }
 
+static int s_devices(void)
+{
+    pm_msg_t *m = pm_msg_new(PM_MSG_DEVICES);
+    pm_msg_set_uint(m, "limit", 1000000);
+    char err[256];
+    pm_msg_t *r = pm_bus_call(s_bus, "scheduler", m, s_timeout, s_retries, err, sizeof err);
+    pm_msg_destroy(&m);
+    if (s_is_error(r, err, "devices"))
+        return -1;
+    const msgpack_object *a = pm_msg_obj(r, "devices");
+    size_t n = a ? a->via.array.size : 0, push = 0, wake = 0;
+    for (size_t i = 0; i < n; i++) {
+        const msgpack_object *p = pm_mp_get(&a->via.array.ptr[i], "pushable");
+        const msgpack_object *w = pm_mp_get(&a->via.array.ptr[i], "wake_pending");
+        push += p && p->type == MSGPACK_OBJECT_BOOLEAN && p->via.boolean;
+        wake += w && w->type == MSGPACK_OBJECT_BOOLEAN && w->via.boolean;
+    }
+    printf("devices=%zu\npushable=%zu\nwake_pending=%zu\n", n, push, wake);
+    pm_msg_destroy(&r);
+    return 0;
+}
+
+static int s_events(void)
+{
+    uint64_t after = 0, total = 0;
+    zhashx_t *names = zhashx_new();
+    zhashx_set_destructor(names, NULL);
+    for (;;) {
+        pm_msg_t *m = pm_msg_new(PM_MSG_EVENTS);
+        pm_msg_set_uint(m, "after", after);
+        pm_msg_set_uint(m, "limit", 1000);
+        char err[256];
+        pm_msg_t *r = pm_bus_call(s_bus, "store", m, s_timeout, s_retries, err, sizeof err);
+        pm_msg_destroy(&m);
+        if (s_is_error(r, err, "events")) {
+            zhashx_destroy(&names);
+            return -1;
+        }
+        const msgpack_object *a = pm_msg_obj(r, "events");
+        size_t n = a ? a->via.array.size : 0;
+        for (size_t i = 0; i < n; i++) {
+            const msgpack_object *seq = pm_mp_get(&a->via.array.ptr[i], "seq");
+            uint64_t v = seq && seq->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? seq->via.u64 : 0;
+            if (v != after + 1)
+                s_fail("event seq %llu follows %llu", (unsigned long long)v,
+                       (unsigned long long)after);
+            after = v;
+            char name[64];
+            if (pm_mp_get_str(&a->via.array.ptr[i], "name", name, sizeof name) == 0) {
+                uintptr_t c = (uintptr_t)zhashx_lookup(names, name);
+                zhashx_update(names, name, (void *)(c + 1));
+            }
+        }
+        total += n;
+        pm_msg_destroy(&r);
+        if (n < 1000)
+            break;
+    }
+    printf("events=%llu\n", (unsigned long long)total);
+    for (void *c = zhashx_first(names); c; c = zhashx_next(names))
+        printf("%s=%lu\n", (const char *)zhashx_cursor(names), (unsigned long)(uintptr_t)c);
+    zhashx_destroy(&names);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     pm_cfg_t *cfg = NULL;
@@ -545,7 +616,9 @@ int main(int argc, char **argv)
     int n = (int)pm_cfg_int(cfg, "n");
     s_apps = (int)pm_cfg_int(cfg, "apps");
     pm_bus_config_t bc = {.name = "queuedrv",
-                          .request_endpoint = pm_cfg_str(cfg, "request-endpoint")};
+                          .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
+                          .server_public_key = pm_cfg_str(cfg, "server-key"),
+                          .cert_file = pm_cfg_str(cfg, "curve-cert")};
     s_bus = pm_bus_new(&bc);
     if (!s_bus)
         return 2;
@@ -568,6 +641,10 @@ int main(int argc, char **argv)
         rc = s_sessions(n, true);
     else if (strcmp(mode, "results") == 0 && uuid)
         rc = s_results(uuid);
+    else if (strcmp(mode, "devices") == 0)
+        rc = s_devices();
+    else if (strcmp(mode, "events") == 0)
+        rc = s_events();
     else
         fprintf(stderr, "queuedrv: unknown mode %s or missing --uuid/--log\n", mode);
     printf("failures=%d\n", s_failures);

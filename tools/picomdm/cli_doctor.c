@@ -184,11 +184,12 @@ static void s_queue(s_list_t *l, const msgpack_object *dev, const cli_doc_opts_t
 {
     char a[40], b[40], rt[96], uuid[96], status[32];
     int64_t newest = s_int(dev, "newest_queued", 0);
-    if (s_bool(dev, "wake_pending") && newest > last_seen)
+    if (newest > last_seen)
         s_add(l, CLI_DOC_WARN, "not_connected_since_queued",
               "device has not connected since commands were queued (newest %s, last check-in "
-              "%s): it was not woken or did not come; see the push findings",
-              s_when(newest, a, sizeof a), s_when(last_seen, b, sizeof b));
+              "%s%s): it was not woken or did not come; see the push findings",
+              s_when(newest, a, sizeof a), s_when(last_seen, b, sizeof b),
+              s_bool(dev, "wake_pending") ? ", wakeup pending" : "");
     const msgpack_object *head = cli_map_get(dev, "head");
     uint32_t n = head && head->type == MSGPACK_OBJECT_ARRAY ? head->via.array.size : 0;
     for (uint32_t i = 0; i < n; i++) {

@@ -16,6 +16,7 @@
 #include "cmdtab.h"
 #include "pm_cfg.h"
 #include "pm_log.h"
+#include "pushcert.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -120,6 +121,9 @@ static const s_cmd_t s_cmds[] = {
      false, false, cli_up_run},
     {"help", "[subcommand]", "this overview, or the help of one subcommand", s_none, false, false,
      s_run_help},
+    {"pushcert", "new|vendor-sign|show FILE|install FILE [options]",
+     "the MDM push certificate: key and CSR, vendor signing, inspection, installation",
+     pushcert_opts, false, false, pushcert_run},
     {NULL, NULL, NULL, NULL, false, false, NULL}};
 
 static const s_cmd_t *s_find_cmd(const char *name)

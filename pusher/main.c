@@ -1,0 +1,206 @@
+/*  picomdm-pusher — the APNs HTTP/2 client: wakeups in, MDM pushes out
+ *  (push_apns.h for the rules, docs/push.md for the operator's view).
+ *  Holds the push certificate's key and nothing else.
+ *
+ *  --stdin: wakes come from standard input and outcomes go to standard
+ *  output (push_stdin.h) — tests, benchmarks, pushing a device by hand.
+ *  SIGHUP reloads the push certificate (stopped topics resume).
+ */
+#include "pm_cfg.h"
+#include "pm_log.h"
+#include "push_apns.h"
+#include "push_cert.h"
+#include "push_stdin.h"
+#include "push_svc.h"
+
+#include <czmq.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const pm_opt_t s_opts[] = {
+    {"push-cert", PM_OPT_STR, NULL,
+     "MDM push certificate: PEM (key may be in the same file) or PKCS#12 (.p12)"},
+    {"push-key", PM_OPT_STR, NULL, "its private key (PEM), when not inside push-cert"},
+    {"push-cert-password", PM_OPT_STR, NULL, "password of the .p12 or of the encrypted PEM key"},
+    {"apns", PM_OPT_STR, "production",
+     "production (api.push.apple.com), development (api.sandbox.push.apple.com) or a base URL"},
+    {"apns-ca", PM_OPT_STR, NULL, "CA bundle to verify the APNs server (default: the system's)"},
+    {"connections", PM_OPT_INT, "2", "HTTP/2 connections to APNs (the pool)"},
+    {"streams", PM_OPT_INT, "500", "concurrent pushes per connection"},
+    {"timeout-ms", PM_OPT_INT, "10000", "per push request"},
+    {"max-attempts", PM_OPT_INT, "5", "tries per push for 429/5xx/GOAWAY/timeouts"},
+    {"backoff-ms", PM_OPT_INT, "1000", "first retry delay (doubles per attempt, with jitter)"},
+    {"backoff-max-ms", PM_OPT_INT, "60000", "longest retry delay"},
+    {"expiration", PM_OPT_INT, "86400",
+     "APNs keeps an undelivered push this many seconds (0 = deliver now or never)"},
+    {"request-endpoint", PM_OPT_STR, "tcp://127.0.0.1:7401",
+     "broker request endpoint (ROUTER): we serve 'push' and call 'store'"},
+    {"stdin", PM_OPT_BOOL, "false",
+     "read \"wake <eid> <token hex> <PushMagic> [topic]\" lines, print outcomes as JSON"},
+    {NULL, 0, NULL, NULL}};
+
+static volatile sig_atomic_t s_reload;
+
+static void s_on_hup(int sig)
+{
+    (void)sig;
+    s_reload = 1;
+}
+
+//  Load and vet the push certificate. NULL (logged) when unusable.
+static push_cert_t *s_load_cert(const pm_cfg_t *cfg)
+{
+    char err[512];
+    push_cert_t *c = push_cert_load(pm_cfg_str(cfg, "push-cert"), pm_cfg_str(cfg, "push-key"),
+                                    pm_cfg_str(cfg, "push-cert-password"), true, err, sizeof err);
+    if (!c) {
+        pm_error("%s", err);
+        return NULL;
+    }
+    int days = 0;
+    push_cert_state_t st = push_cert_state(c, time(NULL), &days);
+    if (!*push_cert_topic(c)) {
+        pm_error("the push certificate %s has no UID topic in its subject: it is not an MDM push "
+                 "certificate (get one from identity.apple.com, see `picomdm pushcert`)",
+                 pm_cfg_str(cfg, "push-cert"));
+        push_cert_destroy(&c);
+    } else if (st == PUSH_CERT_EXPIRED || st == PUSH_CERT_NOT_YET_VALID) {
+        pm_error("the push certificate for %s is %s (notAfter %ld): APNs would refuse it; renew "
+                 "it at identity.apple.com with the same Apple ID and install it with `picomdm "
+                 "pushcert install`",
+                 push_cert_topic(c), push_cert_state_name(st), (long)push_cert_not_after(c));
+        push_cert_destroy(&c);
+    } else if (st == PUSH_CERT_EXPIRING) {
+        pm_warn("the push certificate for %s expires in %d days: renew it at identity.apple.com "
+                "(same Apple ID, so the topic stays) before devices become unreachable",
+                push_cert_topic(c), days);
+    } else {
+        pm_info("push certificate for %s, valid for %d more days", push_cert_topic(c), days);
+    }
+    return c;
+}
+
+//  SIGHUP: load the certificate again; on success the client switches to it
+//  (stopped topics resume). The old certificate stays in use on failure.
+static void s_tick(void *arg, push_apns_t *apns)
+{
+    push_cert_t **cert = ((void **)arg)[0];
+    const pm_cfg_t *cfg = ((void **)arg)[1];
+    if (!s_reload)
+        return;
+    s_reload = 0;
+    pm_notice("SIGHUP: reloading the push certificate");
+    push_cert_t *fresh = s_load_cert(cfg);
+    char err[256];
+    if (!fresh) {
+        pm_error("reload failed: still using the previous certificate");
+        return;
+    }
+    if (push_apns_set_cert(apns, fresh, err, sizeof err) < 0) {
+        pm_error("reload failed: %s", err);
+        push_cert_destroy(&fresh);
+        return;
+    }
+    push_cert_destroy(cert);
+    *cert = fresh;
+}
+
+int main(int argc, char **argv)
+{
+    pm_cfg_t *cfg = NULL;
+    pm_cfg_result_t r =
+        pm_cfg_parse(&cfg, "pusher", "PicoMDM APNs pusher (HTTP/2)", s_opts, argc, argv);
+    if (r == PM_CFG_EXIT)
+        return 0;
+    if (r == PM_CFG_ERROR)
+        return 2;
+    int rc = 1;
+    push_cert_t *cert = NULL;
+    push_apns_t *apns = NULL;
+    pm_bus_t *bus = NULL;
+    push_svc_t *svc = NULL;
+    char err[512];
+    if (pm_cfg_start_logging(cfg) < 0)
+        goto out;
+    if (!pm_cfg_str(cfg, "push-cert") && !pm_cfg_bool(cfg, "stdin") && r != PM_CFG_CHECK) {
+        //  `picomdm up` without a certificate: serve "push" and answer every wake
+        //  with push.failed saying what to do, instead of failing in a restart loop
+        pm_notice("NOTICE: no push certificate configured (push-cert): devices are not woken; "
+                  "every wake is reported as push.failed until one is installed");
+        pm_bus_config_t bc = {.name = "pusher",
+                              .request_endpoint = pm_cfg_str(cfg, "request-endpoint")};
+        if (!(bus = pm_bus_new(&bc)) || !(svc = push_svc_new(bus)))
+            goto out;
+        rc = push_svc_run(svc, NULL, NULL) == 0 ? 0 : 1;
+        goto out;
+    }
+    if (!(cert = s_load_cert(cfg)))
+        goto out;
+    const char *env = pm_cfg_str(cfg, "apns");
+    const char *base = strcmp(env, "production") == 0    ? PUSH_APNS_PRODUCTION
+                       : strcmp(env, "development") == 0 ? PUSH_APNS_SANDBOX
+                                                         : env;
+    push_apns_cfg_t ac = {.base_url = base,
+                          .ca_file = pm_cfg_str(cfg, "apns-ca"),
+                          .connections = (int)pm_cfg_int(cfg, "connections"),
+                          .streams = (int)pm_cfg_int(cfg, "streams"),
+                          .timeout_ms = (int)pm_cfg_int(cfg, "timeout-ms"),
+                          .max_attempts = (int)pm_cfg_int(cfg, "max-attempts"),
+                          .backoff_ms = (int)pm_cfg_int(cfg, "backoff-ms"),
+                          .backoff_max_ms = (int)pm_cfg_int(cfg, "backoff-max-ms"),
+                          .expiration_s = pm_cfg_int(cfg, "expiration")};
+    bool use_stdin = pm_cfg_bool(cfg, "stdin");
+    if (!use_stdin && r != PM_CFG_CHECK) {
+        pm_bus_config_t bc = {.name = "pusher",
+                              .request_endpoint = pm_cfg_str(cfg, "request-endpoint")};
+        if (!(bus = pm_bus_new(&bc))) {
+            pm_error("cannot connect to the broker at %s (check request-endpoint)",
+                     bc.request_endpoint);
+            goto out;
+        }
+        if (!(svc = push_svc_new(bus)))
+            goto out;
+    }
+    apns = push_apns_new(&ac, cert, svc ? push_svc_outcome : push_stdin_print,
+                         svc ? (void *)svc : (void *)stdout, err, sizeof err);
+    if (!apns) {
+        pm_error("%s", err);
+        goto out;
+    }
+    if (r == PM_CFG_CHECK) {
+        printf("ok\n");
+        rc = 0;
+        goto out;
+    }
+    signal(SIGHUP, s_on_hup);
+    signal(SIGPIPE, SIG_IGN);
+    void *tick_arg[2] = {&cert, cfg};
+    if (use_stdin) {
+        pm_info("pushing to %s with %d connection(s); reading wakes from stdin", base,
+                ac.connections);
+        rc = push_stdin_run(apns, 0, stdout, s_tick, tick_arg) == 0 ? 0 : 1;
+        goto out;
+    }
+    push_svc_attach(svc, apns);
+    int days = 0;
+    if (push_cert_state(cert, time(NULL), &days) == PUSH_CERT_EXPIRING) {
+        char msg[300];
+        snprintf(msg, sizeof msg,
+                 "the push certificate for %s expires in %d days: renew it at identity.apple.com "
+                 "with the same Apple ID",
+                 push_cert_topic(cert), days);
+        push_svc_event(svc, "push.cert_expiring", msg);
+    }
+    pm_info("serving 'push' via %s; pushing to %s with %d connection(s)",
+            pm_cfg_str(cfg, "request-endpoint"), base, ac.connections);
+    rc = push_svc_run(svc, s_tick, tick_arg) == 0 ? 0 : 1;
+out:
+    push_apns_destroy(&apns);
+    push_svc_destroy(&svc);
+    pm_bus_destroy(&bus);
+    push_cert_destroy(&cert);
+    pm_cfg_destroy(&cfg);
+    return rc;
+}

@@ -1,0 +1,242 @@
+/*  store_svc unit tests, without the bus: bus messages in, replies out
+ *  (check-in body fields reach the database, connect replies carry the
+ *  command dict, lists come back as the table says, bad requests get errors),
+ *  and a database that cannot start a transaction fails cleanly.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "pm_mpck.h"
+#include "store_svc.h"
+
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static store_db_t *s_db;
+static store_svc_t *s_svc;
+
+static int s_setup(void **state)
+{
+    (void)state;
+    char err[256];
+    s_db = store_db_new(":memory:", NULL, err, sizeof err);
+    assert_non_null(s_db);
+    s_svc = store_svc_new(s_db, NULL, NULL);
+    assert_non_null(s_svc);
+    return 0;
+}
+
+static int s_teardown(void **state)
+{
+    (void)state;
+    store_svc_destroy(&s_svc);
+    store_svc_destroy(&s_svc); //  safe twice
+    store_db_destroy(&s_db);
+    return 0;
+}
+
+//  Apply one request in its own transaction; returns the reply (caller owns).
+static pm_msg_t *s_apply(pm_msg_t *req)
+{
+    pm_msg_t *reply = NULL;
+    assert_int_equal(store_db_begin(s_db), 0);
+    assert_int_equal(store_db_op_begin(s_db), 0);
+    bool keep = store_svc_apply(s_svc, req, &reply);
+    store_db_op_end(s_db, keep);
+    assert_int_equal(store_db_commit(s_db), 0);
+    store_db_events_flush(s_db, NULL, NULL);
+    assert_non_null(reply);
+    assert_string_equal(pm_msg_rid(reply), pm_msg_rid(req));
+    pm_msg_destroy(&req);
+    return reply;
+}
+
+static pm_msg_t *s_checkin(const char *eid, const char *mt)
+{
+    pm_msg_t *m = pm_msg_new(PM_MSG_STORE_CHECKIN);
+    msgpack_sbuffer b;
+    msgpack_sbuffer_init(&b);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
+    bool tu = strcmp(mt, "TokenUpdate") == 0, sb = strcmp(mt, "SetBootstrapToken") == 0;
+    msgpack_pack_map(&pk, tu ? 6 : sb ? 3 : 2);
+    msgpack_pack_str_with_body(&pk, "MessageType", 11);
+    msgpack_pack_str_with_body(&pk, mt, strlen(mt));
+    msgpack_pack_str_with_body(&pk, "UDID", 4);
+    msgpack_pack_str_with_body(&pk, eid, strlen(eid));
+    if (tu) {
+        msgpack_pack_str_with_body(&pk, "Topic", 5);
+        msgpack_pack_str_with_body(&pk, "com.apple.mgmt.x", 16);
+        msgpack_pack_str_with_body(&pk, "PushMagic", 9);
+        msgpack_pack_str_with_body(&pk, "M", 1);
+        msgpack_pack_str_with_body(&pk, "Token", 5);
+        msgpack_pack_bin_with_body(&pk, "\xaa\xbb", 2);
+        msgpack_pack_str_with_body(&pk, "AwaitingConfiguration", 21);
+        msgpack_pack_true(&pk);
+    }
+    if (sb) {
+        msgpack_pack_str_with_body(&pk, "BootstrapToken", 14);
+        msgpack_pack_bin_with_body(&pk, "BT", 2);
+    }
+    pm_msg_set_str(m, "eid", eid);
+    pm_msg_set_str(m, "kind", "device");
+    pm_msg_set_str(m, "message_type", mt);
+    assert_int_equal(pm_msg_set_packed(m, "body", (const uint8_t *)b.data, b.size), 0);
+    msgpack_sbuffer_destroy(&b);
+    return m;
+}
+
+static unsigned s_status(pm_msg_t *reply)
+{
+    unsigned st = (unsigned)pm_msg_uint(reply, "status", 0);
+    pm_msg_destroy(&reply);
+    return st;
+}
+
+static void test_checkin_enqueue_connect(void **state)
+{
+    (void)state;
+    assert_int_equal(s_status(s_apply(s_checkin("d1", "Authenticate"))), 200);
+    assert_int_equal(s_status(s_apply(s_checkin("d1", "TokenUpdate"))), 200);
+    assert_int_equal(s_status(s_apply(s_checkin("d9", "TokenUpdate"))), 400);
+
+    //  devices: the TokenUpdate fields made d1 pushable
+    pm_msg_t *r = s_apply(pm_msg_new(PM_MSG_STORE_DEVICES));
+    assert_int_equal(pm_msg_type(r), PM_MSG_DEVICES_REPLY);
+    const msgpack_object *devs = pm_msg_obj(r, "devices");
+    assert_int_equal(devs->via.array.size, 1);
+    const msgpack_object *p = pm_mp_get(&devs->via.array.ptr[0], "pushable");
+    assert_non_null(p);
+    assert_true(p->type == MSGPACK_OBJECT_BOOLEAN && p->via.boolean);
+    char topic[64];
+    assert_int_equal(pm_mp_get_str(&devs->via.array.ptr[0], "topic", topic, sizeof topic), 0);
+    assert_string_equal(topic, "com.apple.mgmt.x");
+    pm_msg_destroy(&r);
+
+    //  bootstrap token escrow and retrieval
+    assert_int_equal(s_status(s_apply(s_checkin("d1", "SetBootstrapToken"))), 200);
+    r = s_apply(s_checkin("d1", "GetBootstrapToken"));
+    const msgpack_object *bt = pm_mp_get(pm_msg_obj(r, "body"), "BootstrapToken");
+    assert_non_null(bt);
+    assert_int_equal(bt->type, MSGPACK_OBJECT_BIN);
+    assert_memory_equal(bt->via.bin.ptr, "BT", 2);
+    pm_msg_destroy(&r);
+
+    //  enqueue
+    pm_msg_t *m = pm_msg_new(PM_MSG_STORE_ENQUEUE);
+    assert_int_equal(
+        pm_msg_set_packed(m, "command", (const uint8_t *)"\x81\xabRequestType\xa4Ping", 18), 0);
+    const char *t[] = {"d1"};
+    pm_msg_set_strs(m, "targets", t, 1);
+    pm_msg_set_str(m, "command_uuid", "C-1");
+    pm_msg_set_str(m, "op_rid", "op-1");
+    r = s_apply(m);
+    assert_int_equal(pm_msg_type(r), PM_MSG_ENQUEUE_REPLY);
+    assert_string_equal(pm_msg_str(r, "command_uuid"), "C-1");
+    assert_int_equal(pm_msg_uint(r, "queued", 0), 1);
+    pm_msg_destroy(&r);
+
+    //  connect Idle: the command dict as the device must see it
+    m = pm_msg_new(PM_MSG_STORE_CONNECT);
+    pm_msg_set_str(m, "eid", "d1");
+    pm_msg_set_str(m, "status", "Idle");
+    pm_msg_set_packed(m, "body", (const uint8_t *)"\x80", 1);
+    r = s_apply(m);
+    assert_int_equal(pm_msg_type(r), PM_MSG_CONNECT_REPLY);
+    assert_int_equal(pm_msg_uint(r, "status", 0), 200);
+    const msgpack_object *cmd = pm_msg_obj(r, "command");
+    assert_non_null(cmd);
+    char buf[64];
+    assert_int_equal(pm_mp_get_str(cmd, "CommandUUID", buf, sizeof buf), 0);
+    assert_string_equal(buf, "C-1");
+    assert_int_equal(pm_mp_get_str(pm_mp_get(cmd, "Command"), "RequestType", buf, sizeof buf), 0);
+    assert_string_equal(buf, "Ping");
+    pm_msg_destroy(&r);
+
+    //  queue listing
+    m = pm_msg_new(PM_MSG_STORE_QUEUE);
+    pm_msg_set_str(m, "eid", "d1");
+    r = s_apply(m);
+    assert_int_equal(pm_msg_type(r), PM_MSG_QUEUE_REPLY);
+    assert_int_equal(
+        pm_mp_get_str(&pm_msg_obj(r, "items")->via.array.ptr[0], "status", buf, sizeof buf), 0);
+    assert_string_equal(buf, "sent");
+    pm_msg_destroy(&r);
+}
+
+static void test_bad_requests(void **state)
+{
+    (void)state;
+    //  a command without RequestType
+    pm_msg_t *m = pm_msg_new(PM_MSG_STORE_ENQUEUE);
+    pm_msg_set_packed(m, "command", (const uint8_t *)"\x80", 1);
+    const char *t[] = {"d1"};
+    pm_msg_set_strs(m, "targets", t, 1);
+    pm_msg_set_str(m, "command_uuid", "C-2");
+    pm_msg_t *r = s_apply(m);
+    assert_int_equal(pm_msg_type(r), PM_MSG_ERROR);
+    assert_string_equal(pm_msg_str(r, "code"), "bad_request");
+    assert_non_null(strstr(pm_msg_str(r, "message"), "RequestType"));
+    pm_msg_destroy(&r);
+    //  unknown targets
+    m = pm_msg_new(PM_MSG_STORE_ENQUEUE);
+    pm_msg_set_packed(m, "command", (const uint8_t *)"\x81\xabRequestType\xa4Ping", 18);
+    const char *u[] = {"ghost"};
+    pm_msg_set_strs(m, "targets", u, 1);
+    pm_msg_set_str(m, "command_uuid", "C-3");
+    r = s_apply(m);
+    assert_string_equal(pm_msg_str(r, "code"), "not_found");
+    assert_non_null(strstr(pm_msg_str(r, "message"), "ghost"));
+    pm_msg_destroy(&r);
+    //  not a store request
+    r = s_apply(pm_msg_new(PM_MSG_ECHO));
+    assert_string_equal(pm_msg_str(r, "code"), "unknown_type");
+    pm_msg_destroy(&r);
+    //  event.append gets a seq
+    m = pm_msg_new(PM_MSG_EVENT_APPEND);
+    pm_msg_set_str(m, "name", "security.rejected");
+    pm_msg_set_str(m, "source", "gateway");
+    r = s_apply(m);
+    assert_int_equal(pm_msg_type(r), PM_MSG_EVENT_APPEND_REPLY);
+    assert_true(pm_msg_uint(r, "seq", 0) > 0);
+    pm_msg_destroy(&r);
+}
+
+static void test_locked_database(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/store_svc_testXXXXXX", path[64], err[256];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/db", dir);
+    store_db_opts_t o = {.sync_full = true, .busy_ms = 50};
+    store_db_t *db = store_db_new(path, &o, err, sizeof err);
+    assert_non_null(db);
+    sqlite3 *other;
+    assert_int_equal(sqlite3_open(path, &other), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    //  another writer holds the database: the transaction cannot start, and says why
+    assert_int_equal(store_db_begin(db), -1);
+    assert_non_null(strstr(store_db_errmsg(db), "database error"));
+    sqlite3_exec(other, "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_close(other);
+    assert_int_equal(store_db_begin(db), 0); //  and it recovers
+    assert_int_equal(store_db_commit(db), 0);
+    store_db_destroy(&db);
+    char cmd[96];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_checkin_enqueue_connect, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_requests, s_setup, s_teardown),
+        cmocka_unit_test(test_locked_database),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
