@@ -217,4 +217,8 @@ store_rc_t store_db_wake_pending(store_db_t *db, unsigned limit, bool clear, msg
 struct store_inv;
 struct store_inv *store_db_inv(store_db_t *db);
 
+//  The SQLite handle (owned by db), for read-only queries of other store
+//  modules (store_doctor.c).
+struct sqlite3 *store_db_sql(store_db_t *db);
+
 #endif

@@ -2,6 +2,7 @@
  *  (see store_svc.h). Runs in picomdm-store's single thread.
  */
 #include "store_svc.h"
+#include "store_doctor.h"
 #include "store_inv.h"
 #include "store_push.h"
 
@@ -359,6 +360,9 @@ bool store_svc_apply(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply)
     case PM_MSG_STORE_TIMELINE:
     case PM_MSG_STORE_DEVICES_FIND:
         rc = store_inv_svc(svc->db, req, reply, s_now_ms());
+        break;
+    case PM_MSG_STORE_DOCTOR:
+        rc = store_doctor_svc(svc->db, req, reply, s_now_ms());
         break;
     case PM_MSG_EVENT_APPEND:
         s_packed(req, "data", a);

@@ -54,6 +54,8 @@ static const pm_opt_t s_opts[] = {
      "keep each device's identity here (<id>.pem/.key; reused on the next run, as a real "
      "device keeps its certificate; with --ca-cert)"},
     {"apps", PM_OPT_INT, "200", "apps in InstalledApplicationList"},
+    {"os-version", PM_OPT_STR, NULL,
+     "report this OSVersion instead of the model's (e.g. an update between two runs)"},
     {"notnow-rate", PM_OPT_STR, "0", "chance 0..1 of answering a command NotNow"},
     {"timeout-ms", PM_OPT_INT, "30000", "per-request timeout"},
     {"max-commands", PM_OPT_INT, "1000", "commands per session before the device gives up"},
@@ -354,6 +356,9 @@ int main(int argc, char **argv)
         devs[i] = devsim_dev_new(k, i, seed, pm_cfg_str(cfg, "topic"));
         if (!devs[i])
             goto out;
+        const char *osv = pm_cfg_str(cfg, "os-version");
+        if (osv)
+            snprintf(devs[i]->os_version, sizeof devs[i]->os_version, "%s", osv);
     }
 
     //  Identities: given, issued by the given CA, or (no CA) by a throwaway CA.
