@@ -995,11 +995,6 @@ out:
 
 /* ---- command loop ---- */
 
-sqlite3 *store_db_sql(store_db_t *db)
-{
-    return db->sql;
-}
-
 store_inv_t *store_db_inv(store_db_t *db)
 {
     if (!db->inv)

@@ -79,8 +79,9 @@ int store_db_schema_version(store_db_t *db);
 //  The last failure's text, for the operator (owned by db).
 const char *store_db_errmsg(const store_db_t *db);
 
-//  The SQLite handle, for the store's modules in other files (store_push.c);
-//  they run inside the transaction the caller opened, like the operations here.
+//  The SQLite handle (owned by db), for the store's modules in other files
+//  (store_push.c, store_doctor.c); they run inside the transaction the caller
+//  opened, like the operations here.
 struct sqlite3 *store_db_sqlite(store_db_t *db);
 
 /* ---- transactions ---- */
@@ -216,9 +217,5 @@ store_rc_t store_db_wake_pending(store_db_t *db, unsigned limit, bool clear, msg
 //  out of memory). Answers feed it from store_db_connect.
 struct store_inv;
 struct store_inv *store_db_inv(store_db_t *db);
-
-//  The SQLite handle (owned by db), for read-only queries of other store
-//  modules (store_doctor.c).
-struct sqlite3 *store_db_sql(store_db_t *db);
 
 #endif

@@ -226,7 +226,7 @@ store_rc_t store_doctor_svc(store_db_t *db, const pm_msg_t *req, pm_msg_t **repl
     store_rc_t rc = STORE_ERR_DB;
     msgpack_sbuffer b;
     msgpack_sbuffer_init(&b);
-    sqlite3 *sql = store_db_sql(db);
+    sqlite3 *sql = store_db_sqlite(db);
     const char *eid = pm_msg_str(req, "eid");
     *reply = NULL;
     if (eid && *eid) {
