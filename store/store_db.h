@@ -107,6 +107,8 @@ typedef struct {
     const char *message_type; //  Authenticate, TokenUpdate, ...
     const uint8_t *cert_hash; //  NULL: the gateway runs in lab mode (no certificate check)
     size_t cert_hash_len;
+    const uint8_t *cert_prev_hash; //  the certificate it renews (re-binds when that is the bound one)
+    size_t cert_prev_hash_len;
     const char *cert_issuer;
     const uint8_t *body; //  the whole check-in plist as packed msgpack
     size_t body_len;
@@ -138,6 +140,8 @@ typedef struct {
     const char *rid; //  the device request's id: a repeat of the last one gets the same answer
     const uint8_t *cert_hash;
     size_t cert_hash_len;
+    const uint8_t *cert_prev_hash; //  as in store_checkin_t
+    size_t cert_prev_hash_len;
     const uint8_t *body; //  the whole response plist as packed msgpack
     size_t body_len;
     int64_t now_ms;

@@ -173,6 +173,7 @@ static store_rc_t s_checkin(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **re
                           .awaiting_configuration = -1,
                           .now_ms = s_now_ms()};
     in.cert_hash = pm_msg_bin(req, "cert_hash", &in.cert_hash_len);
+    in.cert_prev_hash = pm_msg_bin(req, "cert_prev_hash", &in.cert_prev_hash_len);
     if (s_packed(req, "body", a) == 0) {
         in.body = (const uint8_t *)a->data;
         in.body_len = a->size;
@@ -221,6 +222,7 @@ static store_rc_t s_connect(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **re
                           .now_ms = s_now_ms(),
                           .policy = &pol};
     in.cert_hash = pm_msg_bin(req, "cert_hash", &in.cert_hash_len);
+    in.cert_prev_hash = pm_msg_bin(req, "cert_prev_hash", &in.cert_prev_hash_len);
     if (s_packed(req, "body", a) == 0) {
         in.body = (const uint8_t *)a->data;
         in.body_len = a->size;
