@@ -42,7 +42,7 @@ run_size() {
         fi
         "${DS[@]}" "$@" >"$T/$name.out" 2>&1 || { cat "$T/$name.out"; fail "devsim $name failed"; }
         [ -z "$perf_pid" ] || { kill -INT $perf_pid; wait $perf_pid; }
-        grep -E '^(enroll|session)' "$T/$name.out" | sed 's/^/  /'
+        grep -E '^(enroll|session|devsim)' "$T/$name.out" | sed 's/^/  /'
         grep -q 'http errors 0, transport errors 0, bad replies 0' "$T/$name.out" ||
             echo "  WARNING: devsim saw errors: $(tail -n 1 "$T/$name.out")"
         local reqs=$(awk '/requests, latency/ { for (i = 1; i <= NF; i++) if ($(i) ~ /^requests,/) s += $(i - 1) } END { print s + 0 }' "$T/$name.out")
