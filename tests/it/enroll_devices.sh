@@ -96,6 +96,12 @@ grep -q "^scep: $N certificate(s) renewed" "$T/ds.out" || fail "renewal"
 grep -q "^enroll     $N enrollments.*; 0 failed" "$T/ds.out" || fail "check-in failures"
 grep -q "$N command round trips" "$T/ds.out" || fail "want $N command round trips"
 grep -q "^session 2  $N sessions.* 0 failed" "$T/ds.out" || fail "sessions with the renewed certificate failed"
+# no new Authenticate after the renewal: the store re-bound every enrollment to
+# its renewed certificate (the CA-signed renews extension), with an event each
+rebound=$(for id in $ids; do "$BIN/picomdm" timeline "$id" 2>/dev/null; done | grep -c "enroll.cert_rebound")
+[ "$rebound" = "$N" ] || fail "want $N enroll.cert_rebound events in the timelines, got $rebound"
+auths=$(for id in $ids; do "$BIN/picomdm" timeline "$id" 2>/dev/null; done | grep -c "checkin.Authenticate")
+[ "$auths" = "$N" ] || fail "want exactly $N Authenticate check-ins (none after the renewal), got $auths"
 
 # a wrong challenge -> CertRep FAILURE badRequest, no certificate
 "$BIN/picomdm-devsim" --enroll-url "$URL/mdm/enroll" --ca-bundle "$TLS" --devices 1 --rounds 0 \

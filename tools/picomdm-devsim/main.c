@@ -523,10 +523,8 @@ int main(int argc, char **argv)
             pm_error("renewal failed: %s", err);
             failed++;
         } else {
-            //  The back end binds a certificate at Authenticate only (docs/queue.md):
-            //  with a new identity the device authenticates again, as iOS does
-            //  when its MDM identity is replaced.
-            failed += devsim_run_enroll(run);
+            //  A renewed identity keeps the enrollment: the device goes on
+            //  checking in with it, no new Authenticate (the server re-binds).
             for (int i = 0; i < (rounds > 0 ? rounds : 1) && !zsys_interrupted; i++)
                 failed += devsim_run_sessions(run);
         }
