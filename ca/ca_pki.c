@@ -1,5 +1,6 @@
 /*  ca_pki — key material and certificate issuance for picomdm-ca (see ca_pki.h). */
 #include "ca_pki.h"
+#include "pm_x509.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -455,7 +456,7 @@ static X509_NAME *s_subject_for(const ca_pki_t *pki, X509_REQ *req)
     return n;
 }
 
-X509 *ca_pki_issue(ca_pki_t *pki, X509_REQ *req, char *err, size_t errlen)
+X509 *ca_pki_issue(ca_pki_t *pki, X509_REQ *req, const uint8_t *renews, char *err, size_t errlen)
 {
     X509_NAME *name = s_subject_for(pki, req);
     if (!name || X509_NAME_entry_count(name) == 0) {
@@ -474,6 +475,10 @@ X509 *ca_pki_issue(ca_pki_t *pki, X509_REQ *req, char *err, size_t errlen)
     X509 *x = s_make_cert(X509_REQ_get0_pubkey(req), name, pki->ca, pki->ca_key, pki->cert_days,
                           nids, values);
     X509_NAME_free(name);
+    //  a renewal names the certificate it replaces; signed again to cover it
+    if (x && renews &&
+        (pm_x509_set_renews(x, renews) < 0 || X509_sign(x, pki->ca_key, EVP_sha256()) <= 0))
+        X509_free(x), x = NULL;
     if (!x)
         s_fail(err, errlen, "cannot issue the certificate (OpenSSL failed)");
     return x;

@@ -21,6 +21,7 @@
 
 #include "ca_challenge.h"
 #include "ca_pki.h"
+#include "pm_scepc.h"
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -47,12 +48,13 @@ enum {
     CA_SCEP_BAD_CERT_ID = 4
 };
 
-//  NIDs of the SCEP signed attributes (OIDs 2.16.840.1.113733.1.9.x, registered
-//  with OBJ_create on first use; also used by the test client).
-typedef struct {
-    int message_type, pki_status, fail_info, sender_nonce, recipient_nonce, transaction_id;
-} ca_scep_nids_t;
-const ca_scep_nids_t *ca_scep_nids(void);
+//  NIDs of the SCEP signed attributes (OIDs 2.16.840.1.113733.1.9.x): registered
+//  once in proto/pm_scepc.c, shared with the device-side client.
+typedef pm_scep_nids_t ca_scep_nids_t;
+static inline const ca_scep_nids_t *ca_scep_nids(void)
+{
+    return pm_scep_nids();
+}
 
 typedef struct {
     int status;               //  HTTP status for the device

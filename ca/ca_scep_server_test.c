@@ -1,5 +1,5 @@
 /*  ca_scep_server_test — the SCEP server core without the bus: GetCACaps, GetCACert,
- *  PKCSReq / RenewalReq built like a device builds them (ca_scepc), challenge
+ *  PKCSReq / RenewalReq built like a device builds them (pm_scepc), challenge
  *  policies, an EC CA with an RSA RA, and hostile input.
  *
  *  CA_SCEP_BENCH=N turns the binary into the enrollment benchmark instead
@@ -9,7 +9,8 @@
 #include "ca_challenge.h"
 #include "ca_pki.h"
 #include "ca_scep.h"
-#include "ca_scepc.h"
+#include "pm_x509.h"
+#include "pm_scepc.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -182,7 +183,7 @@ static int s_teardown(void **state)
 //  A device's request: the reply and the parsed result.
 typedef struct {
     ca_scep_reply_t rep;
-    ca_scepc_result_t res;
+    pm_scepc_result_t res;
     int parse_rc;
     uint8_t nonce[16];
 } s_run_t;
@@ -194,7 +195,7 @@ static void s_run(s_fix_t *f, int type, X509_REQ *csr, X509 *signer, EVP_PKEY *s
     size_t len = 0;
     memset(run, 0, sizeof *run);
     RAND_bytes(run->nonce, sizeof run->nonce);
-    assert_int_equal(ca_scepc_request(type, csr, signer, signer_key, ca_pki_ra_cert(f->pki), txid,
+    assert_int_equal(pm_scepc_request(type, csr, signer, signer_key, ca_pki_ra_cert(f->pki), txid,
                                       run->nonce, &der, &len),
                      0);
     ca_scep_reply_clear(&run->rep);
@@ -216,7 +217,7 @@ static void s_run(s_fix_t *f, int type, X509_REQ *csr, X509 *signer, EVP_PKEY *s
     assert_int_equal(run->rep.status, 200);
     assert_string_equal(run->rep.content_type, "application/x-pki-message");
     char err[200] = "";
-    run->parse_rc = ca_scepc_parse_reply(run->rep.body, run->rep.len, ca_pki_ra_cert(f->pki),
+    run->parse_rc = pm_scepc_parse_reply(run->rep.body, run->rep.len, ca_pki_ra_cert(f->pki),
                                          signer, signer_key, &run->res, err, sizeof err);
     if (run->parse_rc != 0)
         fprintf(stderr, "parse: %s\n", err);
@@ -284,8 +285,8 @@ static void test_pkcsreq_success(void **state)
 {
     s_fix_t *f = *state;
     for (int get = 0; get < 2; get++) {
-        X509_REQ *csr = ca_scepc_csr(s_dev_key, "device-1", CHALLENGE);
-        X509 *self = ca_scepc_self_signed(s_dev_key, "transient");
+        X509_REQ *csr = pm_scepc_csr(s_dev_key, "device-1", CHALLENGE);
+        X509 *self = pm_scepc_self_signed(s_dev_key, "transient");
         s_run_t run;
         s_run(f, CA_SCEP_PKCSREQ, csr, self, s_dev_key, get ? "TX-GET-1" : "TX-POST-1", get, &run);
         assert_int_equal(run.res.pki_status, CA_SCEP_SUCCESS);
@@ -319,8 +320,8 @@ static void test_wrong_challenge(void **state)
     s_fix_t *f = *state;
     const char *bad[] = {"wrong-challenge", NULL, CHALLENGE "x", "static-challenge-4"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        X509_REQ *csr = ca_scepc_csr(s_dev_key, "device-1", bad[i]);
-        X509 *self = ca_scepc_self_signed(s_dev_key, "transient");
+        X509_REQ *csr = pm_scepc_csr(s_dev_key, "device-1", bad[i]);
+        X509 *self = pm_scepc_self_signed(s_dev_key, "transient");
         s_run_t run;
         s_run(f, CA_SCEP_PKCSREQ, csr, self, s_dev_key, "TX-BAD", false, &run);
         assert_int_equal(run.res.pki_status, CA_SCEP_FAILURE);
@@ -342,8 +343,8 @@ static void test_wrong_challenge(void **state)
 
 static X509 *s_enroll(s_fix_t *f, EVP_PKEY *key, const char *cn, const char *challenge)
 {
-    X509_REQ *csr = ca_scepc_csr(key, cn, challenge);
-    X509 *self = ca_scepc_self_signed(key, "transient");
+    X509_REQ *csr = pm_scepc_csr(key, cn, challenge);
+    X509 *self = pm_scepc_self_signed(key, "transient");
     s_run_t run;
     s_run(f, CA_SCEP_PKCSREQ, csr, self, key, "TX-ENROLL", false, &run);
     assert_int_equal(run.res.pki_status, CA_SCEP_SUCCESS);
@@ -360,7 +361,7 @@ static void test_renewal(void **state)
     s_fix_t *f = *state;
     X509 *old = s_enroll(f, s_dev_key, "device-r", CHALLENGE);
     //  a new key, signed with the old certificate; no challenge needed
-    X509_REQ *csr = ca_scepc_csr(s_dev_key2, "device-r", NULL);
+    X509_REQ *csr = pm_scepc_csr(s_dev_key2, "device-r", NULL);
     s_run_t run;
     s_run(f, CA_SCEP_RENEWALREQ, csr, old, s_dev_key, "TX-RENEW", true, &run);
     assert_int_equal(run.res.pki_status, CA_SCEP_SUCCESS);
@@ -369,12 +370,20 @@ static void test_renewal(void **state)
     assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(run.res.cert), s_dev_key2), 1);
     assert_int_not_equal(
         ASN1_INTEGER_cmp(X509_get0_serialNumber(old), X509_get0_serialNumber(run.res.cert)), 0);
+    //  the renewal names the certificate it replaces (the store re-binds on it);
+    //  a first enrollment names none
+    uint8_t want[32], got[32];
+    unsigned wl = 0;
+    assert_int_equal(X509_digest(old, EVP_sha256(), want, &wl), 1);
+    assert_int_equal(pm_x509_get_renews(run.res.cert, got), 1);
+    assert_memory_equal(got, want, 32);
+    assert_int_equal(pm_x509_get_renews(old, got), 0);
     s_run_free(&run);
     X509_REQ_free(csr);
 
     //  renewal signed with a self-signed certificate: refused
-    X509 *self = ca_scepc_self_signed(s_dev_key, "device-r");
-    csr = ca_scepc_csr(s_dev_key2, "device-r", NULL);
+    X509 *self = pm_scepc_self_signed(s_dev_key, "device-r");
+    csr = pm_scepc_csr(s_dev_key2, "device-r", NULL);
     s_run(f, CA_SCEP_RENEWALREQ, csr, self, s_dev_key, "TX-RENEW-2", false, &run);
     assert_int_equal(run.res.pki_status, CA_SCEP_FAILURE);
     assert_int_equal(run.res.fail_info, CA_SCEP_BAD_REQUEST);
@@ -384,7 +393,7 @@ static void test_renewal(void **state)
     X509_free(self);
 
     //  renewal for another device's name: refused
-    csr = ca_scepc_csr(s_dev_key2, "device-other", NULL);
+    csr = pm_scepc_csr(s_dev_key2, "device-other", NULL);
     s_run(f, CA_SCEP_RENEWALREQ, csr, old, s_dev_key, "TX-RENEW-3", false, &run);
     assert_int_equal(run.res.pki_status, CA_SCEP_FAILURE);
     assert_null(run.res.cert);
@@ -398,8 +407,8 @@ static void test_policy_failures(void **state)
     s_fix_t *f = *state;
     s_run_t run;
     //  PKCSReq signed by a certificate whose key is not the CSR's
-    X509_REQ *csr = ca_scepc_csr(s_dev_key, "device-1", CHALLENGE);
-    X509 *self2 = ca_scepc_self_signed(s_dev_key2, "transient");
+    X509_REQ *csr = pm_scepc_csr(s_dev_key, "device-1", CHALLENGE);
+    X509 *self2 = pm_scepc_self_signed(s_dev_key2, "transient");
     s_run(f, CA_SCEP_PKCSREQ, csr, self2, s_dev_key2, "TX-KEY", false, &run);
     assert_int_equal(run.res.pki_status, CA_SCEP_FAILURE);
     assert_int_equal(run.res.fail_info, CA_SCEP_BAD_REQUEST);
@@ -409,8 +418,8 @@ static void test_policy_failures(void **state)
 
     //  a 1024-bit RSA key: badAlg
     EVP_PKEY *small = EVP_RSA_gen(1024);
-    csr = ca_scepc_csr(small, "device-1", CHALLENGE);
-    X509 *self = ca_scepc_self_signed(small, "transient");
+    csr = pm_scepc_csr(small, "device-1", CHALLENGE);
+    X509 *self = pm_scepc_self_signed(small, "transient");
     s_run(f, CA_SCEP_PKCSREQ, csr, self, small, "TX-SMALL", false, &run);
     assert_int_equal(run.res.pki_status, CA_SCEP_FAILURE);
     assert_int_equal(run.res.fail_info, CA_SCEP_BAD_ALG);
@@ -420,8 +429,8 @@ static void test_policy_failures(void **state)
     EVP_PKEY_free(small);
 
     //  CertPoll (we never answer PENDING): FAILURE badCertId
-    csr = ca_scepc_csr(s_dev_key, "device-1", CHALLENGE);
-    self = ca_scepc_self_signed(s_dev_key, "transient");
+    csr = pm_scepc_csr(s_dev_key, "device-1", CHALLENGE);
+    self = pm_scepc_self_signed(s_dev_key, "transient");
     s_run(f, CA_SCEP_CERTPOLL, csr, self, s_dev_key, "TX-POLL", false, &run);
     assert_int_equal(run.res.pki_status, CA_SCEP_FAILURE);
     assert_int_equal(run.res.fail_info, CA_SCEP_BAD_CERT_ID);
@@ -456,11 +465,11 @@ static void test_garbage(void **state)
     s_expect_http(f, "POST", "PKIOperation", big, sizeof big, 413);
 
     //  a real request, truncated at many lengths, and with trailing bytes
-    X509_REQ *csr = ca_scepc_csr(s_dev_key, "device-1", CHALLENGE);
-    X509 *self = ca_scepc_self_signed(s_dev_key, "transient");
+    X509_REQ *csr = pm_scepc_csr(s_dev_key, "device-1", CHALLENGE);
+    X509 *self = pm_scepc_self_signed(s_dev_key, "transient");
     uint8_t nonce[16] = {1}, *der = NULL;
     size_t len = 0;
-    assert_int_equal(ca_scepc_request(CA_SCEP_PKCSREQ, csr, self, s_dev_key, ca_pki_ra_cert(f->pki),
+    assert_int_equal(pm_scepc_request(CA_SCEP_PKCSREQ, csr, self, s_dev_key, ca_pki_ra_cert(f->pki),
                                       "TX-T", nonce, &der, &len),
                      0);
     for (size_t cut = 1; cut < len; cut += (cut < 64 ? 1 : 97))
@@ -518,11 +527,11 @@ static void test_garbage(void **state)
     ca_scep_reply_clear(&r);
 
     //  signed by one key, claiming another's certificate: badMessageCheck
-    X509 *self2 = ca_scepc_self_signed(s_dev_key2, "transient");
+    X509 *self2 = pm_scepc_self_signed(s_dev_key2, "transient");
     s_run_t run;
     memset(&run, 0, sizeof run);
     der = NULL;
-    if (ca_scepc_request(CA_SCEP_PKCSREQ, csr, self2, s_dev_key, ca_pki_ra_cert(f->pki), "TX-MIX",
+    if (pm_scepc_request(CA_SCEP_PKCSREQ, csr, self2, s_dev_key, ca_pki_ra_cert(f->pki), "TX-MIX",
                          nonce, &der, &len) == 0) {
         ca_scep_handle(f->scep, "POST", "PKIOperation", der, len, &run.rep);
         assert_int_equal(run.rep.status, 200);
@@ -546,8 +555,8 @@ static void test_one_time(void **state)
     assert_string_not_equal(c1, c2);
     assert_int_equal(ca_challenge_outstanding(f->ch), 2);
 
-    X509_REQ *csr = ca_scepc_csr(s_dev_key, "device-ot", c1);
-    X509 *self = ca_scepc_self_signed(s_dev_key, "transient");
+    X509_REQ *csr = pm_scepc_csr(s_dev_key, "device-ot", c1);
+    X509 *self = pm_scepc_self_signed(s_dev_key, "transient");
     s_run_t run;
     s_run(f, CA_SCEP_PKCSREQ, csr, self, s_dev_key, "TX-OT-1", false, &run);
     assert_int_equal(run.res.pki_status, CA_SCEP_SUCCESS);
@@ -565,8 +574,8 @@ static void test_one_time(void **state)
     X509_REQ_free(csr);
     X509_free(self);
     //  same transaction id but another key: refused
-    csr = ca_scepc_csr(s_dev_key2, "device-ot", c1);
-    self = ca_scepc_self_signed(s_dev_key2, "transient");
+    csr = pm_scepc_csr(s_dev_key2, "device-ot", c1);
+    self = pm_scepc_self_signed(s_dev_key2, "transient");
     s_run(f, CA_SCEP_PKCSREQ, csr, self, s_dev_key2, "TX-OT-1", false, &run);
     assert_int_equal(run.res.pki_status, CA_SCEP_FAILURE);
     s_run_free(&run);
@@ -575,8 +584,8 @@ static void test_one_time(void **state)
     //  the second challenge expires
     ca_challenge_advance_clock(f->ch, 3601);
     assert_int_equal(ca_challenge_outstanding(f->ch), 0);
-    csr = ca_scepc_csr(s_dev_key, "device-ot2", c2);
-    self = ca_scepc_self_signed(s_dev_key, "transient");
+    csr = pm_scepc_csr(s_dev_key, "device-ot2", c2);
+    self = pm_scepc_self_signed(s_dev_key, "transient");
     s_run(f, CA_SCEP_PKCSREQ, csr, self, s_dev_key, "TX-OT-3", false, &run);
     assert_int_equal(run.res.pki_status, CA_SCEP_FAILURE);
     s_run_free(&run);
@@ -684,9 +693,9 @@ static void test_subject_policy(void **state)
     o.cert_days = 30;
     ca_pki_t *pki = ca_pki_new(&o, NULL, err, sizeof err);
     assert_non_null(pki);
-    X509_REQ *csr = ca_scepc_csr(s_dev_key, "device-s", NULL);
+    X509_REQ *csr = pm_scepc_csr(s_dev_key, "device-s", NULL);
     assert_int_equal(ca_pki_check_csr(pki, csr, err, sizeof err), 0);
-    X509 *x = ca_pki_issue(pki, csr, err, sizeof err);
+    X509 *x = ca_pki_issue(pki, csr, NULL, err, sizeof err);
     assert_non_null(x);
     char line[256];
     ca_pki_subject_line(X509_get_subject_name(x), line, sizeof line);
@@ -727,7 +736,7 @@ static int s_bench(int n, bool ec)
     X509 *selfs[KEYS];
     for (int i = 0; i < KEYS; i++) {
         keys[i] = EVP_RSA_gen(2048);
-        selfs[i] = ca_scepc_self_signed(keys[i], "transient");
+        selfs[i] = pm_scepc_self_signed(keys[i], "transient");
     }
     uint8_t **msgs = calloc((size_t)n, sizeof *msgs);
     size_t *lens = calloc((size_t)n, sizeof *lens);
@@ -738,8 +747,8 @@ static int s_bench(int n, bool ec)
         ca_challenge_issue(f->ch, ch, sizeof ch);
         snprintf(cn, sizeof cn, "bench-%d", i);
         snprintf(tx, sizeof tx, "TX-%d", i);
-        X509_REQ *csr = ca_scepc_csr(keys[i % KEYS], cn, ch);
-        ca_scepc_request(CA_SCEP_PKCSREQ, csr, selfs[i % KEYS], keys[i % KEYS],
+        X509_REQ *csr = pm_scepc_csr(keys[i % KEYS], cn, ch);
+        pm_scepc_request(CA_SCEP_PKCSREQ, csr, selfs[i % KEYS], keys[i % KEYS],
                          ca_pki_ra_cert(f->pki), tx, nonce, &msgs[i], &lens[i]);
         X509_REQ_free(csr);
     }

@@ -4,7 +4,7 @@
  *  device over `scep` exactly once; events carry no secret.
  */
 #include "ca_scep.h"
-#include "ca_scepc.h"
+#include "pm_scepc.h"
 #include "ca_svc.h"
 
 #include <setjmp.h>
@@ -134,14 +134,14 @@ static char *s_challenge_of(s_fix_t *f, const uint8_t *der, size_t len)
 }
 
 static pm_msg_t *s_pkiop(s_fix_t *f, EVP_PKEY *key, const char *challenge, const char *txid,
-                         pm_msg_t **event, ca_scepc_result_t *res, X509 **self_out)
+                         pm_msg_t **event, pm_scepc_result_t *res, X509 **self_out)
 {
-    X509_REQ *csr = ca_scepc_csr(key, "svc-device", challenge);
-    X509 *self = ca_scepc_self_signed(key, "transient");
+    X509_REQ *csr = pm_scepc_csr(key, "svc-device", challenge);
+    X509 *self = pm_scepc_self_signed(key, "transient");
     uint8_t nonce[16], *der = NULL;
     size_t len = 0;
     RAND_bytes(nonce, sizeof nonce);
-    assert_int_equal(ca_scepc_request(CA_SCEP_PKCSREQ, csr, self, key,
+    assert_int_equal(pm_scepc_request(CA_SCEP_PKCSREQ, csr, self, key,
                                       ca_pki_ra_cert(ca_svc_pki(f->svc)), txid, nonce, &der, &len),
                      0);
     pm_msg_t *req = pm_msg_new(PM_MSG_SCEP);
@@ -156,7 +156,7 @@ static pm_msg_t *s_pkiop(s_fix_t *f, EVP_PKEY *key, const char *challenge, const
     size_t blen = 0;
     const uint8_t *body = pm_msg_bin(rep, "body", &blen);
     char err[200];
-    assert_int_equal(ca_scepc_parse_reply(body, blen, ca_pki_ra_cert(ca_svc_pki(f->svc)), self, key,
+    assert_int_equal(pm_scepc_parse_reply(body, blen, ca_pki_ra_cert(ca_svc_pki(f->svc)), self, key,
                                           res, err, sizeof err),
                      0);
     X509_REQ_free(csr);
@@ -186,7 +186,7 @@ static void test_profile_then_scep(void **state)
     pm_msg_destroy(&rep);
 
     EVP_PKEY *key = EVP_RSA_gen(2048);
-    ca_scepc_result_t res;
+    pm_scepc_result_t res;
     X509 *self = NULL;
     rep = s_pkiop(f, key, challenge, "SVC-TX-1", &ev, &res, &self);
     assert_int_equal(res.pki_status, CA_SCEP_SUCCESS);

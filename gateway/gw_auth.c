@@ -2,6 +2,7 @@
  *  See gw_auth.h. Every check that can fail says which one in res->code.
  */
 #include "gw_auth.h"
+#include "pm_x509.h"
 
 #include <event2/http.h>
 #include <openssl/bio.h>
@@ -13,13 +14,39 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+//  One verified identity certificate: its SHA-256, when it stops being valid
+//  (notAfter) and when its chain was verified.
+typedef struct {
+    uint8_t hash[32];
+    int64_t not_after;
+    int64_t verified_at; //  0 = empty slot
+} s_cached_t;
+
+//  A parsed certificate, by the SHA-256 of its DER bytes. OpenSSL 3.0 spends
+//  most of a signature check decoding the certificate's public key inside
+//  d2i_CMS_ContentInfo (OSSL_DECODER_CTX_new_for_pkey per call); a device
+//  sends the same certificate every time, so it is decoded once.
+typedef struct {
+    uint8_t hash[32];
+    X509 *x;
+} s_xcached_t;
 
 struct gw_auth {
     X509_STORE *store;    //  trusted device CAs (purpose any, default time check)
     STACK_OF(X509) * cas; //  the same certificates, for their names
+    s_cached_t *cache;    //  verified chains, direct-mapped by hash (NULL = no cache)
+    size_t slots;
+    int64_t ttl_s;
+    uint64_t hits, misses;
+    s_xcached_t *xcache; //  parsed certificates by SHA-256 of their DER (xslots entries)
+    size_t xslots;
+    uint64_t xhits;
 };
 
 static int s_fail(gw_auth_result_t *res, const char *code, const char *fmt, ...)
@@ -131,6 +158,8 @@ gw_auth_t *gw_auth_new(const char *ca_files, char *err, size_t errlen)
         snprintf(err, errlen, "device-ca lists no file");
         goto fail;
     }
+    if (gw_auth_set_cache(self, GW_AUTH_CACHE_SLOTS, GW_AUTH_CACHE_TTL_S) < 0)
+        goto oom;
     free(list);
     return self;
 oom:
@@ -148,6 +177,10 @@ void gw_auth_destroy(gw_auth_t **auth)
     gw_auth_t *self = *auth;
     X509_STORE_free(self->store);
     sk_X509_pop_free(self->cas, X509_free);
+    free(self->cache);
+    for (size_t i = 0; self->xcache && i < self->xslots; i++)
+        X509_free(self->xcache[i].x);
+    free(self->xcache);
     free(self);
     *auth = NULL;
 }
@@ -183,7 +216,252 @@ void gw_auth_hash_hex(const uint8_t hash[32], char *out)
     out[64] = '\0';
 }
 
-//  Chain check of an identity certificate + hash/issuer into res.
+int gw_auth_set_cache(gw_auth_t *auth, size_t slots, int ttl_s)
+{
+    for (size_t i = 0; auth->xcache && i < auth->xslots; i++)
+        X509_free(auth->xcache[i].x);
+    free(auth->xcache);
+    free(auth->cache);
+    auth->cache = NULL;
+    auth->xcache = NULL;
+    auth->slots = auth->xslots = 0;
+    auth->ttl_s = ttl_s;
+    if (slots == 0 || ttl_s <= 0)
+        return 0;
+    //  A decoded X509 costs a few KiB (OpenSSL 3.0 keeps the provider key
+    //  data with it): at most GW_AUTH_CERT_SLOTS of them stay decoded. The
+    //  requests of one device session come close together, so even a small
+    //  cache serves all but the first request of a session.
+    size_t xslots = slots < GW_AUTH_CERT_SLOTS ? slots : GW_AUTH_CERT_SLOTS;
+    auth->cache = calloc(slots, sizeof *auth->cache);
+    auth->xcache = calloc(xslots, sizeof *auth->xcache);
+    if (!auth->cache || !auth->xcache) {
+        free(auth->cache);
+        free(auth->xcache);
+        auth->cache = NULL;
+        auth->xcache = NULL;
+        return -1;
+    }
+    auth->slots = slots;
+    auth->xslots = xslots;
+    return 0;
+}
+
+void gw_auth_cache_stats(const gw_auth_t *auth, uint64_t *hits, uint64_t *misses)
+{
+    *hits = auth->hits;
+    *misses = auth->misses;
+}
+
+uint64_t gw_auth_cert_cache_hits(const gw_auth_t *auth)
+{
+    return auth->xhits;
+}
+
+//  The certificate encoded by der[0..len): from the cache, or decoded (and
+//  cached). Returns a new reference (X509_free it), NULL if not a certificate.
+static X509 *s_cert_get(gw_auth_t *self, const uint8_t *der, size_t len)
+{
+    uint8_t h[32];
+    if (!self->xcache || EVP_Digest(der, len, h, NULL, EVP_sha256(), NULL) != 1) {
+        const unsigned char *p = der;
+        X509 *x = d2i_X509(NULL, &p, (long)len);
+        if (x && p != der + len) {
+            X509_free(x);
+            x = NULL;
+        }
+        return x;
+    }
+    uint64_t k;
+    memcpy(&k, h, sizeof k);
+    s_xcached_t *c = &self->xcache[k % self->xslots];
+    if (c->x && memcmp(c->hash, h, 32) == 0) {
+        self->xhits++;
+        X509_up_ref(c->x);
+        return c->x;
+    }
+    const unsigned char *p = der;
+    X509 *x = d2i_X509(NULL, &p, (long)len);
+    if (!x || p != der + len) {
+        X509_free(x);
+        return NULL;
+    }
+    X509_free(c->x);
+    memcpy(c->hash, h, 32);
+    c->x = x;
+    X509_up_ref(x);
+    return x;
+}
+
+//  One DER TLV header at *p (OpenSSL's reader, ASN1_get_object): definite
+//  length only, and the element must fit in the bytes left. Advances *p past
+//  the header; the content is (*p)[0..*len).
+static bool s_tlv(const unsigned char **p, const unsigned char *end, long *len, int *tag, int *cls,
+                  bool *constructed)
+{
+    if (*p >= end)
+        return false;
+    int r = ASN1_get_object(p, len, tag, cls, end - *p);
+    if (r & 0x80) { //  error (or the content runs past end)
+        ERR_clear_error();
+        return false;
+    }
+    *constructed = (r & V_ASN1_CONSTRUCTED) != 0;
+    return !(r & 1) && *len >= 0 && *len <= end - *p; //  r & 1: indefinite length (BER)
+}
+
+//  Split an Mdm-Signature (DER ContentInfo holding SignedData) into the same
+//  structure without its `certificates` field, re-encoded in `out`, and the
+//  certificates themselves (each from the cache, or decoded once). Walks the
+//  DER with OpenSSL's TLV reader only as far as the certificates field; what
+//  it does not recognise (BER, other certificate choices, no certificates)
+//  returns -1 and the caller decodes the signature the ordinary way.
+//
+//  ContentInfo ::= SEQUENCE { contentType OID, content [0] EXPLICIT
+//    SignedData ::= SEQUENCE { version, digestAlgorithms SET, encapContentInfo
+//      SEQUENCE, certificates [0] IMPLICIT SET OF Certificate OPTIONAL, crls [1]
+//      OPTIONAL, signerInfos SET } }   (RFC 5652 §3, §5.1)
+static int s_split_certs(gw_auth_t *self, const uint8_t *der, size_t derlen, uint8_t **out,
+                         size_t *outlen, STACK_OF(X509) * *certs)
+{
+    const unsigned char *p = der, *end = der + derlen;
+    long l1, l2, l3, l, lc;
+    int tag, cls;
+    bool cons;
+    *out = NULL;
+    *certs = NULL;
+    if (!s_tlv(&p, end, &l1, &tag, &cls, &cons) || tag != V_ASN1_SEQUENCE || !cons || p + l1 != end)
+        return -1;
+    const unsigned char *oid = p;
+    if (!s_tlv(&p, end, &l, &tag, &cls, &cons) || tag != V_ASN1_OBJECT)
+        return -1;
+    p += l;
+    size_t oidlen = (size_t)(p - oid);
+    if (!s_tlv(&p, end, &l2, &tag, &cls, &cons) || cls != V_ASN1_CONTEXT_SPECIFIC || tag != 0 ||
+        !cons || p + l2 != end)
+        return -1;
+    if (!s_tlv(&p, end, &l3, &tag, &cls, &cons) || tag != V_ASN1_SEQUENCE || !cons || p + l3 != end)
+        return -1;
+    const unsigned char *sd = p;  //  SignedData content
+    for (int i = 0; i < 3; i++) { //  version, digestAlgorithms, encapContentInfo
+        if (!s_tlv(&p, end, &l, &tag, &cls, &cons) || cls != V_ASN1_UNIVERSAL)
+            return -1;
+        p += l;
+    }
+    const unsigned char *cstart = p;
+    if (!s_tlv(&p, end, &lc, &tag, &cls, &cons) || cls != V_ASN1_CONTEXT_SPECIFIC || tag != 0 ||
+        !cons)
+        return -1;
+    const unsigned char *cend = p + lc;
+    STACK_OF(X509) *sk = sk_X509_new_null();
+    if (!sk)
+        return -1;
+    while (p < cend) {
+        const unsigned char *c = p;
+        if (!s_tlv(&p, cend, &l, &tag, &cls, &cons) || cls != V_ASN1_UNIVERSAL ||
+            tag != V_ASN1_SEQUENCE || !cons)
+            goto fail;
+        p += l;
+        X509 *x = s_cert_get(self, c, (size_t)(p - c));
+        if (!x || !sk_X509_push(sk, x)) {
+            X509_free(x);
+            goto fail;
+        }
+    }
+    if (sk_X509_num(sk) == 0)
+        goto fail;
+    //  Re-encode: the SignedData without [certificates], then its wrappers.
+    size_t before = (size_t)(cstart - sd), after = (size_t)(end - cend);
+    int n3 = (int)(before + after);
+    int s3 = ASN1_object_size(1, n3, V_ASN1_SEQUENCE);
+    int s2 = ASN1_object_size(1, s3, 0);
+    int n1 = (int)oidlen + s2;
+    int s1 = ASN1_object_size(1, n1, V_ASN1_SEQUENCE);
+    if (n3 < 0 || s3 < 0 || s2 < 0 || s1 < 0)
+        goto fail;
+    unsigned char *buf = malloc((size_t)s1), *w = buf;
+    if (!buf)
+        goto fail;
+    ASN1_put_object(&w, 1, n1, V_ASN1_SEQUENCE, V_ASN1_UNIVERSAL);
+    memcpy(w, oid, oidlen);
+    w += oidlen;
+    ASN1_put_object(&w, 1, s3, 0, V_ASN1_CONTEXT_SPECIFIC);
+    ASN1_put_object(&w, 1, n3, V_ASN1_SEQUENCE, V_ASN1_UNIVERSAL);
+    memcpy(w, sd, before);
+    w += before;
+    memcpy(w, cend, after);
+    w += after;
+    if (w != buf + s1) {
+        free(buf);
+        goto fail;
+    }
+    *out = buf;
+    *outlen = (size_t)s1;
+    *certs = sk;
+    return 0;
+fail:
+    sk_X509_pop_free(sk, X509_free);
+    return -1;
+}
+
+static s_cached_t *s_slot(gw_auth_t *self, const uint8_t hash[32])
+{
+    uint64_t k;
+    memcpy(&k, hash, sizeof k); //  a SHA-256: its first bytes are as good as any hash
+    return &self->cache[k % self->slots];
+}
+
+//  Was this exact certificate verified recently, and is it still valid now?
+//  An entry past the certificate's notAfter or older than the ttl is dropped,
+//  so expiry (and a changed device-ca after a restart) is always re-checked.
+static bool s_cache_hit(gw_auth_t *self, const uint8_t hash[32], int64_t now)
+{
+    if (!self->cache)
+        return false;
+    s_cached_t *c = s_slot(self, hash);
+    if (c->verified_at == 0 || memcmp(c->hash, hash, 32) != 0)
+        return false;
+    if (now >= c->not_after || now - c->verified_at >= self->ttl_s || now < c->verified_at) {
+        memset(c, 0, sizeof *c);
+        return false;
+    }
+    return true;
+}
+
+//  Remember a verified chain. Only chains whose every certificate above the
+//  leaf is a configured CA are remembered: then the verdict depends on the
+//  leaf alone, not on intermediates the request happened to carry (a chain
+//  through an intermediate from the message is verified every time). The
+//  entry expires with the earliest notAfter of the chain.
+static void s_cache_put(gw_auth_t *self, const uint8_t hash[32], X509_STORE_CTX *ctx, int64_t now)
+{
+    STACK_OF(X509) *chain = X509_STORE_CTX_get0_chain(ctx);
+    if (!self->cache || !chain || sk_X509_num(chain) < 2)
+        return;
+    int64_t not_after = INT64_MAX;
+    for (int i = 0; i < sk_X509_num(chain); i++) {
+        X509 *x = sk_X509_value(chain, i);
+        bool configured = i == 0;
+        for (int j = 0; !configured && j < sk_X509_num(self->cas); j++)
+            configured = X509_cmp(x, sk_X509_value(self->cas, j)) == 0;
+        struct tm tm;
+        if (!configured || ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) != 1)
+            return;
+        int64_t t = (int64_t)timegm(&tm);
+        if (t < not_after)
+            not_after = t;
+    }
+    s_cached_t *c = s_slot(self, hash);
+    memcpy(c->hash, hash, 32);
+    c->not_after = not_after;
+    c->verified_at = now;
+}
+
+//  Chain check of an identity certificate + hash/issuer into res. The same
+//  device sends the same certificate on every request: a verified chain is
+//  remembered by the certificate's SHA-256 (bounded, expiry respected), so
+//  the X509_verify_cert work (the CA's signature over the certificate) is
+//  done once per certificate and ttl, not once per request.
 static int s_verify_chain(gw_auth_t *self, X509 *cert, STACK_OF(X509) * untrusted,
                           gw_auth_result_t *res)
 {
@@ -191,6 +469,21 @@ static int s_verify_chain(gw_auth_t *self, X509 *cert, STACK_OF(X509) * untruste
     X509_STORE_CTX *ctx = NULL;
     s_name(X509_get_subject_name(cert), res->subject, sizeof res->subject);
     s_name(X509_get_issuer_name(cert), res->issuer, sizeof res->issuer);
+    unsigned int n = 0;
+    if (X509_digest(cert, EVP_sha256(), res->cert_hash, &n) != 1 || n != 32) {
+        s_fail(res, "internal", "cannot hash the certificate");
+        goto out;
+    }
+    //  a renewal names the certificate it replaces (the store may re-bind to it);
+    //  trusted only because the chain check below proves our CA signed it
+    res->has_prev = pm_x509_get_renews(cert, res->prev_hash) == 1;
+    int64_t now = (int64_t)time(NULL);
+    if (s_cache_hit(self, res->cert_hash, now)) {
+        self->hits++;
+        rc = 0;
+        goto out;
+    }
+    self->misses++;
     //  A self-signed signer proves only that the sender holds that key: never
     //  an identity (CVE-2026-114611 class). Refuse even if it is one of our CAs.
     if (X509_self_signed(cert, 0) == 1) {
@@ -212,11 +505,7 @@ static int s_verify_chain(gw_auth_t *self, X509 *cert, STACK_OF(X509) * untruste
                res->issuer, X509_verify_cert_error_string(e));
         goto out;
     }
-    unsigned int n = 0;
-    if (X509_digest(cert, EVP_sha256(), res->cert_hash, &n) != 1 || n != 32) {
-        s_fail(res, "internal", "cannot hash the certificate");
-        goto out;
-    }
+    s_cache_put(self, res->cert_hash, ctx, now);
     rc = 0;
 out:
     X509_STORE_CTX_free(ctx);
@@ -328,6 +617,15 @@ int gw_auth_verify_signature(gw_auth_t *auth, const char *sig, size_t siglen, co
         s_fail(res, "bad_base64", "Mdm-Signature is not valid base64");
         goto out;
     }
+    //  Fast path: the certificates come out of the cache (decoded once per
+    //  certificate), the rest of the structure is decoded by d2i as usual.
+    uint8_t *stripped = NULL;
+    size_t slen = 0;
+    if (auth->xcache && s_split_certs(auth, der, derlen, &stripped, &slen, &certs) == 0) {
+        free(der);
+        der = stripped;
+        derlen = slen;
+    }
     const unsigned char *p = der;
     cms = d2i_CMS_ContentInfo(NULL, &p, (long)derlen);
     if (!cms || p != der + derlen) {
@@ -359,7 +657,8 @@ int gw_auth_verify_signature(gw_auth_t *auth, const char *sig, size_t siglen, co
                dnid == NID_undef ? "unknown" : OBJ_nid2sn(dnid));
         goto out;
     }
-    certs = CMS_get1_certs(cms);
+    if (!certs)
+        certs = CMS_get1_certs(cms);
     X509 *signer = NULL;
     for (int i = 0; certs && i < sk_X509_num(certs); i++)
         if (CMS_SignerInfo_cert_cmp(si, sk_X509_value(certs, i)) == 0) {
@@ -373,15 +672,19 @@ int gw_auth_verify_signature(gw_auth_t *auth, const char *sig, size_t siglen, co
     //  Chain first, for a precise reason (expired, unknown CA, self-signed)...
     if (s_verify_chain(auth, signer, certs, res) < 0)
         goto out;
-    //  ...then the signature over the exact body bytes. CMS_verify repeats the
-    //  chain check with the same store; no NO_SIGNER_CERT_VERIFY, ever.
+    //  ...then the signature over the exact body bytes. The signer's chain was
+    //  just verified (or found verified and unexpired in the cache) for this
+    //  very certificate object, so CMS_verify does not build it a second time
+    //  (CMS_NO_SIGNER_CERT_VERIFY: safe only because of the s_verify_chain
+    //  above); the check below makes sure CMS_verify used that certificate.
     content = BIO_new_mem_buf(body ? (const void *)body : "", (int)len);
     if (!content) {
         s_fail(res, "internal", "out of memory");
         goto out;
     }
     ERR_clear_error();
-    if (CMS_verify(cms, NULL, auth->store, content, NULL, CMS_BINARY) != 1) {
+    unsigned int flags = CMS_BINARY | CMS_NO_SIGNER_CERT_VERIFY;
+    if (CMS_verify(cms, certs, auth->store, content, NULL, flags) != 1) {
         s_fail(res, "bad_signature", "Mdm-Signature does not verify over the body (%s)",
                s_ssl_err(ebuf, sizeof ebuf));
         goto out;

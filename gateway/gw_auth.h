@@ -7,8 +7,9 @@
  *      body bytes (profile key SignMessage = true). Exactly one SignerInfo;
  *      SHA-1 or SHA-256 digests; the signer certificate must chain to one of
  *      the configured device CAs, be within its validity and not be
- *      self-signed. Then the signature itself is checked (CMS_verify with the
- *      same trust store, CMS_BINARY: no MIME canonicalisation).
+ *      self-signed. Then the signature itself is checked (CMS_verify,
+ *      CMS_BINARY: no MIME canonicalisation; the signer's chain is not
+ *      built a second time there, it was just verified for that certificate).
  *    - the TLS client certificate (mTLS), same chain check;
  *    - a certificate forwarded by a trusted TLS-terminating proxy as
  *      URL-escaped PEM (nginx $ssl_client_escaped_cert), same chain check.
@@ -25,6 +26,7 @@
 
 #include <openssl/x509.h>
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 //  Largest Mdm-Signature header accepted (base64 text). A signature carrying
@@ -37,7 +39,9 @@ typedef struct gw_auth gw_auth_t;
 
 typedef struct {
     uint8_t cert_hash[32]; //  SHA-256 of the identity certificate (DER)
-    char issuer[256];      //  issuer DN, RFC 2253 one line (truncated if longer)
+    uint8_t prev_hash[32]; //  the certificate it renews (pm_x509.h), when has_prev
+    bool has_prev;
+    char issuer[256]; //  issuer DN, RFC 2253 one line (truncated if longer)
     char subject[256];     //  subject DN (for logs)
     const char *code;      //  failure: static short code ("bad_signature", "expired"...)
     char reason[256];      //  failure: one line, what was wrong
@@ -71,6 +75,23 @@ int gw_auth_verify_cert(gw_auth_t *auth, X509 *cert, STACK_OF(X509) * untrusted,
 //  Verify a certificate forwarded by a trusted proxy: URL-escaped PEM, as
 //  nginx's $ssl_client_escaped_cert (plain PEM is accepted too).
 int gw_auth_verify_escaped_pem(gw_auth_t *auth, const char *escaped, gw_auth_result_t *res);
+
+//  Verified-chain cache (on by default): slots (direct-mapped, 48 bytes
+//  each) and how long a verification is trusted before it is redone. An
+//  entry is never used past the notAfter of any certificate of its chain,
+//  and only chains made of the leaf and configured CAs are cached. slots 0
+//  or ttl_s 0 turns it off (every request verifies the chain). Returns -1 on
+//  allocation failure (cache then off).
+#define GW_AUTH_CACHE_SLOTS 65536
+#define GW_AUTH_CACHE_TTL_S 600
+//  Decoded certificates kept (at most; fewer if slots is smaller).
+#define GW_AUTH_CERT_SLOTS 4096
+int gw_auth_set_cache(gw_auth_t *auth, size_t slots, int ttl_s);
+//  Cache hits and misses (chain verifications done) so far.
+void gw_auth_cache_stats(const gw_auth_t *auth, uint64_t *hits, uint64_t *misses);
+//  Certificates in Mdm-Signatures taken from the parsed-certificate cache
+//  (same slots; decoding an X509 is most of a signature check in OpenSSL 3.0).
+uint64_t gw_auth_cert_cache_hits(const gw_auth_t *auth);
 
 //  Lower-case hex of a 32-byte hash into out (at least 65 bytes).
 void gw_auth_hash_hex(const uint8_t hash[32], char *out);

@@ -15,6 +15,7 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -136,6 +137,7 @@ typedef struct {
     char dir[64], ca_path[128], other_path[128];
     ident_t ca, other_ca, inter, leaf, leaf_rsa, expired, other_leaf, selfsigned, inter_leaf;
     gw_auth_t *auth;
+    bool nocache; //  the group that runs every case without the caches
 } fx_t;
 
 static int s_setup(void **state)
@@ -160,6 +162,15 @@ static int s_setup(void **state)
     f->auth = gw_auth_new(f->ca_path, err, sizeof err);
     assert_non_null(f->auth);
     *state = f;
+    return 0;
+}
+
+static int s_setup_nocache(void **state)
+{
+    s_setup(state);
+    fx_t *f = *state;
+    assert_int_equal(gw_auth_set_cache(f->auth, 0, 0), 0);
+    f->nocache = true;
     return 0;
 }
 
@@ -271,6 +282,55 @@ static void test_intermediate_in_signature(void **state)
     sig = s_sign(s_body, strlen(s_body), &f->inter_leaf, 1, EVP_sha256(), NULL);
     s_expect_fail(f, sig, s_body, strlen(s_body), "untrusted_chain");
     free(sig);
+}
+
+static void test_chain_cache(void **state)
+{
+    fx_t *f = *state;
+    uint64_t h0, m0, h1, m1;
+    gw_auth_result_t r;
+    assert_int_equal(gw_auth_set_cache(f->auth, 1024, 600), 0);
+    //  the same device twice: one chain verification, then a cache hit
+    ident_t dev = s_make("device-cache", &f->ca, 0, -3600, 86400, 0);
+    char *sig = s_sign(s_body, strlen(s_body), &dev, 1, EVP_sha256(), NULL);
+    gw_auth_cache_stats(f->auth, &h0, &m0);
+    assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
+    assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
+    gw_auth_cache_stats(f->auth, &h1, &m1);
+    assert_int_equal(m1 - m0, 1);
+    assert_int_equal(h1 - h0, 1);
+    //  ...and the certificate was decoded once, then taken from the cache
+    uint64_t x0 = gw_auth_cert_cache_hits(f->auth);
+    assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
+    assert_int_equal(gw_auth_cert_cache_hits(f->auth), x0 + 1);
+    assert_string_equal(r.issuer, "CN=PicoMDM Test Device CA");
+    //  a cached certificate does not make a tampered body or another signer pass
+    s_expect_fail(f, sig, "<plist/>", 8, "bad_signature");
+    free(sig);
+    //  a chain through an intermediate from the message is never cached
+    sig = s_sign(s_body, strlen(s_body), &f->inter_leaf, 1, EVP_sha256(), f->inter.cert);
+    gw_auth_cache_stats(f->auth, &h0, &m0);
+    assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
+    assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
+    gw_auth_cache_stats(f->auth, &h1, &m1);
+    assert_int_equal(h1 - h0, 0);
+    free(sig);
+    s_free(&dev);
+    //  expiry is respected: a certificate valid for 2 more seconds is
+    //  cached, then refused as expired once its notAfter has passed
+    ident_t brief = s_make("device-brief", &f->ca, 0, -3600, 2, 0);
+    sig = s_sign(s_body, strlen(s_body), &brief, 1, EVP_sha256(), NULL);
+    assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
+    sleep(3);
+    s_expect_fail(f, sig, s_body, strlen(s_body), "expired");
+    free(sig);
+    s_free(&brief);
+    //  cache off: still correct
+    assert_int_equal(gw_auth_set_cache(f->auth, 0, 0), 0);
+    sig = s_sign(s_body, strlen(s_body), &f->leaf, 1, EVP_sha256(), NULL);
+    assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
+    free(sig);
+    assert_int_equal(gw_auth_set_cache(f->auth, f->nocache ? 0 : 16, 600), 0);
 }
 
 static void test_unsigned(void **state)
@@ -448,6 +508,7 @@ int main(void)
         cmocka_unit_test(test_sha512_refused),
         cmocka_unit_test(test_base64_with_newlines),
         cmocka_unit_test(test_intermediate_in_signature),
+        cmocka_unit_test(test_chain_cache),
         cmocka_unit_test(test_unsigned),
         cmocka_unit_test(test_wrong_ca),
         cmocka_unit_test(test_expired),
@@ -459,5 +520,9 @@ int main(void)
         cmocka_unit_test(test_verify_cert_and_pem),
         cmocka_unit_test(test_load_errors),
     };
-    return cmocka_run_group_tests(tests, s_setup, s_teardown);
+    //  every case twice: with the caches (the default) and without them, so
+    //  the fast path (certificates from the cache) and the plain
+    //  d2i_CMS_ContentInfo path give the same verdicts
+    int failed = cmocka_run_group_tests_name("caches on", tests, s_setup, s_teardown);
+    return failed + cmocka_run_group_tests_name("caches off", tests, s_setup_nocache, s_teardown);
 }

@@ -51,6 +51,7 @@ struct gw_server {
     struct event_base *base;
     pm_bus_t *bus;
     gw_auth_t *auth;
+    gw_enroll_t *enroll; //  SCEP + profile routes (borrowed), or NULL
     SSL_CTX *ssl;
     struct evhttp *http;
     struct evconnlistener *listener;
@@ -89,14 +90,41 @@ static double s_ms_since(const struct timespec *t0)
 
 static void s_bus_kick(gw_server_t *self);
 
-//  Publish security.rejected {reason, remote, path} (eid when known).
+//  A security.rejected on its way to the store's event log.
+typedef struct {
+    gw_server_t *srv;
+    pm_msg_t *ev; //  the same event as a plain EVENT, published if the store fails
+} s_append_t;
+
+static void s_on_append_reply(void *arg, const pm_msg_t *reply, const char *error)
+{
+    s_append_t *a = arg;
+    if (!reply || pm_msg_type(reply) != PM_MSG_EVENT_APPEND_REPLY) {
+        //  No store: subscribers still see the event live; only the sequenced
+        //  log (replay after a gap) misses it.
+        pm_warn("security.rejected not in the event log (%s); published without a seq",
+                error                                         ? error
+                : reply && pm_msg_type(reply) == PM_MSG_ERROR ? pm_msg_str(reply, "message")
+                                                              : "unexpected reply");
+        if (pm_bus_publish(a->srv->bus, a->ev) < 0)
+            pm_warn("could not publish security.rejected: check publish-endpoint");
+    }
+    pm_msg_destroy(&a->ev);
+    free(a);
+}
+
+//  security.rejected {reason, remote, path} (eid when known): appended to the
+//  store's sequenced event log (event.append), which publishes it with its
+//  seq, so an auditor that missed it can replay it (docs/queue.md).
 static void s_event_rejected(gw_server_t *self, const char *eid, const char *reason,
                              const char *remote, const char *path)
 {
     pm_msg_t *ev = pm_msg_new(PM_MSG_EVENT);
+    pm_msg_t *app = pm_msg_new(PM_MSG_EVENT_APPEND);
+    s_append_t *a = NULL;
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
-    if (!ev)
+    if (!ev || !app)
         goto out;
     msgpack_packer pk;
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
@@ -107,17 +135,34 @@ static void s_event_rejected(gw_server_t *self, const char *eid, const char *rea
         msgpack_pack_str(&pk, n);
         msgpack_pack_str_body(&pk, kv[i], n);
     }
-    pm_msg_set_str(ev, "name", "security.rejected");
-    pm_msg_set_str(ev, "source", "gateway");
-    if (eid && *eid)
-        pm_msg_set_str(ev, "eid", eid);
-    if (pm_msg_set_packed(ev, "data", (const uint8_t *)sb.data, sb.size) < 0 ||
-        pm_bus_publish(self->bus, ev) < 0)
+    pm_msg_t *both[] = {ev, app};
+    for (int i = 0; i < 2; i++) {
+        pm_msg_set_str(both[i], "name", "security.rejected");
+        pm_msg_set_str(both[i], "source", "gateway");
+        if (eid && *eid)
+            pm_msg_set_str(both[i], "eid", eid);
+        if (pm_msg_set_packed(both[i], "data", (const uint8_t *)sb.data, sb.size) < 0)
+            goto out;
+    }
+    a = malloc(sizeof *a);
+    if (a) {
+        a->srv = self;
+        a->ev = ev;
+        //  the service that owns the event log, as the message table says
+        if (pm_bus_call_async(self->bus, pm_msgdef(PM_MSG_EVENT_APPEND)->service, app, 2000, 0,
+                              s_on_append_reply, a) == 0) {
+            ev = NULL; //  the callback owns it now
+            a = NULL;
+        }
+    }
+    if (ev && pm_bus_publish(self->bus, ev) < 0)
         pm_warn("could not publish security.rejected (%s): check publish-endpoint", reason);
     s_bus_kick(self);
 out:
+    free(a);
     msgpack_sbuffer_destroy(&sb);
     pm_msg_destroy(&ev);
+    pm_msg_destroy(&app);
 }
 
 static void s_send(struct evhttp_request *req, int code, const char *ctype, const void *body,
@@ -259,6 +304,16 @@ static int s_http_status(gw_req_t *r, uint64_t st)
     return (int)st;
 }
 
+//  Bus error codes that mean "the back end is not there right now": the
+//  device should come back later (503 + Retry-After), not give up. `busy`
+//  is what the broker answers while a killed worker is not yet declared
+//  dead (3 missed heartbeats) and requests wait for it.
+static bool s_transient(const char *code)
+{
+    return code && (strcmp(code, "timeout") == 0 || strcmp(code, "no_service") == 0 ||
+                    strcmp(code, "worker_lost") == 0 || strcmp(code, "busy") == 0);
+}
+
 static void s_answer(gw_req_t *r, const pm_msg_t *reply, const char *error)
 {
     gw_server_t *self = r->srv;
@@ -275,8 +330,7 @@ static void s_answer(gw_req_t *r, const pm_msg_t *reply, const char *error)
         const char *msg = pm_msg_str(reply, "message");
         pm_warn("eid=%s %s: back end error %s: %s", r->eid, r->what, code ? code : "?",
                 msg ? msg : "");
-        if (code && (strcmp(code, "timeout") == 0 || strcmp(code, "no_service") == 0 ||
-                     strcmp(code, "worker_lost") == 0))
+        if (s_transient(code))
             s_send_503(self, req);
         else if (code && strcmp(code, "bad_request") == 0)
             s_send_text(req, 400, "bad request\n");
@@ -389,13 +443,14 @@ static void s_on_health_reply(void *arg, const pm_msg_t *reply, const char *erro
         gw_server_t *self = r->srv;
         const char *code =
             reply && pm_msg_type(reply) == PM_MSG_ERROR ? pm_msg_str(reply, "code") : NULL;
-        bool up =
-            reply && !(code && (strcmp(code, "no_service") == 0 || strcmp(code, "timeout") == 0 ||
-                                strcmp(code, "worker_lost") == 0));
-        char text[512];
+        bool up = reply && !s_transient(code);
+        char text[640];
+        uint64_t hits = 0, misses = 0;
+        gw_auth_cache_stats(self->auth, &hits, &misses);
         snprintf(text, sizeof text,
                  "ok\nbackend: %s%s%s\nrequests: %llu\nrejected: %llu\nunavailable: %llu\n"
-                 "in_flight: %llu\n",
+                 "in_flight: %llu\nchain_cache: %llu hits, %llu verifications\n"
+                 "cert_cache: %llu hits\n",
                  up ? "up" : "down (",
                  up ? ""
                     : (error  ? error
@@ -403,7 +458,9 @@ static void s_on_health_reply(void *arg, const pm_msg_t *reply, const char *erro
                               : "no answer"),
                  up ? "" : ")", (unsigned long long)self->st.requests,
                  (unsigned long long)self->st.rejected, (unsigned long long)self->st.unavailable,
-                 (unsigned long long)self->st.in_flight);
+                 (unsigned long long)self->st.in_flight, (unsigned long long)hits,
+                 (unsigned long long)misses,
+                 (unsigned long long)gw_auth_cert_cache_hits(self->auth));
         s_send_text(r->req, 200, text);
         r->req = NULL;
     }
@@ -734,6 +791,8 @@ static void s_on_device(gw_server_t *self, struct evhttp_request *req, const cha
     }
     if (has_cert)
         bad |= pm_msg_set_bin(msg, "cert_hash", auth.cert_hash, sizeof auth.cert_hash);
+    if (has_cert && auth.has_prev)
+        bad |= pm_msg_set_bin(msg, "cert_prev_hash", auth.prev_hash, sizeof auth.prev_hash);
     bad |= pm_msg_set_packed(msg, "body", mp, mplen);
     if (bad) {
         pm_error("eid=%s: cannot build the bus message (field rejected by the table)", eid);
@@ -802,6 +861,8 @@ static void s_on_request(struct evhttp_request *req, void *arg)
         s_health(self, req);
         return;
     }
+    if (gw_enroll_handle(self->enroll, req, path, remote))
+        return;
     bool is_checkin = strcmp(path, self->checkin_path) == 0;
     bool is_server = strcmp(path, self->server_path) == 0;
     if (!is_checkin && !is_server) {
@@ -1004,6 +1065,7 @@ void gw_server_shutdown(gw_server_t *self)
     if (!self || self->shutting_down)
         return;
     self->shutting_down = true;
+    gw_enroll_shutdown(self->enroll);
     //  Everyone still waiting gets an answer now (the bus is going away).
     for (gw_req_t *r = self->reqs; r; r = r->next)
         if (r->req) {
@@ -1042,6 +1104,18 @@ void gw_server_destroy(gw_server_t **srv)
     free(self->service);
     free(self);
     *srv = NULL;
+}
+
+static void s_enroll_kick(void *arg)
+{
+    s_bus_kick(arg);
+}
+
+void gw_server_set_enroll(gw_server_t *srv, gw_enroll_t *enroll)
+{
+    srv->enroll = enroll;
+    if (enroll)
+        gw_enroll_set_kick(enroll, s_enroll_kick, srv);
 }
 
 int gw_server_port(const gw_server_t *srv)

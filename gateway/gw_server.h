@@ -22,6 +22,7 @@
 #define GW_SERVER_H
 
 #include "gw_auth.h"
+#include "gw_enroll.h"
 #include "pm_bus.h"
 
 #include <event2/event.h>
@@ -63,6 +64,10 @@ void gw_server_shutdown(gw_server_t *srv);
 
 //  Free everything (after the bus is destroyed: no callback can come later).
 void gw_server_destroy(gw_server_t **srv);
+
+//  Serve the SCEP and enrollment-profile routes too (gw_enroll.h). The server
+//  borrows `enroll`: destroy it after gw_server_destroy.
+void gw_server_set_enroll(gw_server_t *srv, gw_enroll_t *enroll);
 
 //  The port actually bound (useful with port 0).
 int gw_server_port(const gw_server_t *srv);

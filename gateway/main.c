@@ -44,6 +44,13 @@ static const pm_opt_t s_opts[] = {
     {"user-authenticate", PM_OPT_STR, "decline",
      "UserAuthenticate: decline (HTTP 410, Apple's documented answer) or forward"},
     {"backend-service", PM_OPT_STR, "scheduler", "bus service that handles device traffic"},
+    {"scep-path", PM_OPT_STR, "/scep", "SCEP route relayed to the ca service (empty: off)"},
+    {"enroll-path", PM_OPT_STR, "/mdm/enroll",
+     "enrollment-profile download route, relayed to the ca service (empty: off)"},
+    {"enroll-basic-auth", PM_OPT_STR, NULL,
+     "user:password required to download the profile (prefer PICOMDM_ENROLL_BASIC_AUTH); "
+     "unset: open (lab)"},
+    {"ca-service", PM_OPT_STR, "ca", "bus service that answers SCEP and profile requests"},
     {"request-endpoint", PM_OPT_STR, "ipc:///tmp/picomdm/request", "broker request endpoint"},
     {"publish-endpoint", PM_OPT_STR, "ipc:///tmp/picomdm/publish",
      "broker event endpoint (XSUB) for security.rejected"},
@@ -65,6 +72,7 @@ int main(int argc, char **argv)
     gw_auth_t *auth = NULL;
     pm_bus_t *bus = NULL;
     gw_server_t *srv = NULL;
+    gw_enroll_t *enroll = NULL;
     struct event_base *base = NULL;
     struct event *sigint = NULL, *sigterm = NULL;
     int rc = 1;
@@ -132,6 +140,15 @@ int main(int argc, char **argv)
         goto out;
     }
 
+    gw_enroll_config_t ec = {
+        .scep_path = pm_cfg_str(cfg, "scep-path"),
+        .enroll_path = pm_cfg_str(cfg, "enroll-path"),
+        .basic_auth = pm_cfg_str(cfg, "enroll-basic-auth"),
+        .service = pm_cfg_str(cfg, "ca-service"),
+        .timeout_ms = sc.backend_timeout_ms,
+        .retry_after_s = sc.retry_after_s,
+    };
+
     base = event_base_new();
     if (!base) {
         pm_error("cannot create the event loop");
@@ -140,7 +157,8 @@ int main(int argc, char **argv)
     if (r == PM_CFG_CHECK) {
         //  bind and load everything, without the bus
         srv = gw_server_new(&sc, base, NULL, auth);
-        if (!srv)
+        enroll = srv ? gw_enroll_new(&ec, base, NULL) : NULL;
+        if (!srv || !enroll)
             goto out;
         printf("ok\n");
         rc = 0;
@@ -157,8 +175,10 @@ int main(int argc, char **argv)
     if (!bus)
         goto out;
     srv = gw_server_new(&sc, base, bus, auth);
-    if (!srv)
+    enroll = srv ? gw_enroll_new(&ec, base, bus) : NULL;
+    if (!srv || !enroll)
         goto out;
+    gw_server_set_enroll(srv, enroll);
     //  libevent's handlers replace czmq's (installed by the bus) so that a
     //  signal ends the loop at once.
     sigint = evsignal_new(base, SIGINT, s_on_signal, base);
@@ -173,6 +193,7 @@ out:
     gw_server_shutdown(srv);
     pm_bus_destroy(&bus);
     gw_server_destroy(&srv);
+    gw_enroll_destroy(&enroll);
     if (sigint)
         event_free(sigint);
     if (sigterm)

@@ -1,6 +1,6 @@
 #!/bin/bash
-# gateway benchmark (figures, not pass/fail): the gateway over TLS with a real
-# broker and the stand-in back end; W client processes with keep-alive send
+# gateway benchmark (figures, not pass/fail): the gateway over TLS in front of
+# the real back end (broker, store, scheduler); W client processes with keep-alive send
 # signed command-loop requests (Idle, pre-signed per device: the signature
 # is checked in full on every request) for S seconds. Prints requests/s,
 # latency percentiles, and the gateway's CPU time and peak RSS.
@@ -9,17 +9,20 @@ cd "$(dirname "$0")/../.."
 export BIN=${BIN:-$PWD/bin} TT=${TT:-$PWD/build/rel/tt}
 SECS=${1:-5}
 WORKERS=${2:-4}
-source gateway/gw_it_lib.sh
+source tests/it/e2e_lib.bash
 command -v python3 >/dev/null || skip "skipped: python3 not installed"
 gw_pki
 gw_broker
 gw_backend
 gw_tls --log-level warn
 for i in $(seq 1 $WORKERS); do
+    gw_devcert bench$i # each device its own identity (the store binds it)
     plist MessageType Authenticate UDID BENCH-$i Topic t >"$T/a$i"
-    [ "$(put /mdm/checkin "$T/a$i" dev1)" = 200 ] || fail "Authenticate BENCH-$i"
+    [ "$(put /mdm/checkin "$T/a$i" bench$i)" = 200 ] || fail "Authenticate BENCH-$i"
+    plist MessageType TokenUpdate UDID BENCH-$i Topic t Token data:AAEC PushMagic PM >"$T/t$i"
+    [ "$(put /mdm/checkin "$T/t$i" bench$i)" = 200 ] || fail "TokenUpdate BENCH-$i"
     plist Status Idle UDID BENCH-$i >"$T/i$i"
-    sign "$T/i$i" dev1 >"$T/s$i"
+    sign "$T/i$i" bench$i >"$T/s$i"
 done
 cpu0=$(awk '{print $14 + $15}' /proc/$GW_PID/stat)
 python3 - "$PORT" "$PKI/ca.pem" "$T" "$WORKERS" "$SECS" <<'PY'

@@ -1,7 +1,7 @@
 #!/bin/bash
 # gateway_reuseport — two gateway processes share one port (SO_REUSEPORT):
 # both start, the kernel spreads new connections over both, all answered.
-source "$(dirname "$0")/../../gateway/gw_it_lib.sh"
+source "$(dirname "$0")/e2e_lib.bash"
 gw_pki
 gw_broker
 gw_backend

@@ -3,8 +3,8 @@
 # deeply nested, binary and wrong-typed bodies, plus slow clients holding
 # connections; the gateway stays up, answers each bad request with 400/413
 # (never 5xx, never 401), drops slow clients after idle-timeout, and keeps
-# serving a good device throughout.
-source "$(dirname "$0")/../../gateway/gw_it_lib.sh"
+# serving a good device throughout. Real back end (store + scheduler).
+source "$(dirname "$0")/e2e_lib.bash"
 command -v python3 >/dev/null || skip "skipped: python3 not installed"
 
 gw_pki
@@ -18,8 +18,11 @@ gw_gateway --plain-http --insecure-lab-mode --idle-timeout 3 --body-max 65536
 B_PORT=$PORT B_PID=$GW_PID
 
 plist MessageType Authenticate UDID ROBUST-1 Topic t >"$T/auth"
+plist MessageType TokenUpdate UDID ROBUST-1 Topic t Token data:AAEC PushMagic PM >"$T/tok"
 URL=$A_URL
 expect 200 "$(put /mdm/checkin "$T/auth" dev1)" "good device before the flood"
+expect 200 "$(put /mdm/checkin "$T/tok" dev1)" "good device TokenUpdate"
+CU=$(cli enqueue DeviceInformation --to ROBUST-1 --set Queries=UDID) || fail "enqueue"
 
 python3 - "$B_PORT" "$A_PORT" >"$T/flood.out" 2>&1 <<'EOF' || { cat "$T/flood.out"; fail "flood script failed"; }
 import http.client, plistlib, random, socket, sys, time, collections
@@ -111,7 +114,8 @@ kill -0 $A_PID && kill -0 $B_PID || fail "a gateway died during the flood"
 URL=$A_URL
 plist Status Idle UDID ROBUST-1 >"$T/idle"
 expect 200 "$(put /mdm/connect "$T/idle" dev1)" "good device after the flood"
-grep -q '<string>DeviceInformation</string>' "$T/resp" || fail "good device did not get its command"
+grep -q "<string>$CU</string>" "$T/resp" || fail "good device did not get its command"
+kill -0 "$SCHED_PID" && kill -0 "$STORE_PID" || fail "the back end died during the flood"
 grep -qi 'sanitizer\|segfault\|assert' "$T/gateway.log" && fail "gateway log shows a crash"
 # every 400 made by the gateway raised an event (413s are answered by the HTTP
 # layer before the gateway sees the request)

@@ -15,11 +15,10 @@
  *    ca_client raw --endpoint E --method M --operation O [--message-file F]
  *        any scep request; prints status= content_type= and the body size
  *
- *  The device-side SCEP code is ca/ca_scepc.c, compiled in here (the tt
- *  build rule links only libpicomdm.a; including it keeps one copy).
+ *  The device-side SCEP code is proto/pm_scepc.c (libpicomdm.a), shared
+ *  with picomdm-devsim.
  */
-#include "../../ca/ca_scep_oid.c"
-#include "../../ca/ca_scepc.c"
+#include "pm_scepc.h"
 
 #include "pm_bus.h"
 #include "pm_cfg.h"
@@ -178,7 +177,7 @@ static const char *s_status(int st)
 
 //  One PKIOperation; returns the parsed result (cert owned by caller).
 static int s_pkiop(int type, X509_REQ *csr, X509 *signer, EVP_PKEY *skey, X509 *ra, bool get,
-                   ca_scepc_result_t *res)
+                   pm_scepc_result_t *res)
 {
     uint8_t nonce[16], *der = NULL;
     size_t len = 0;
@@ -186,7 +185,7 @@ static int s_pkiop(int type, X509_REQ *csr, X509 *signer, EVP_PKEY *skey, X509 *
     RAND_bytes(nonce, sizeof nonce);
     for (int i = 0; i < 16; i++)
         snprintf(txid + 2 * i, 3, "%02X", nonce[(i + 7) % 16] ^ 0x5c);
-    if (ca_scepc_request(type, csr, signer, skey, ra, txid, nonce, &der, &len) < 0)
+    if (pm_scepc_request(type, csr, signer, skey, ra, txid, nonce, &der, &len) < 0)
         return -1;
     pm_msg_t *rep = NULL;
     if (get) {
@@ -202,7 +201,7 @@ static int s_pkiop(int type, X509_REQ *csr, X509 *signer, EVP_PKEY *skey, X509 *
     if (rep && pm_msg_type(rep) == PM_MSG_SCEP_REPLY && pm_msg_uint(rep, "status", 0) == 200) {
         size_t blen = 0;
         const uint8_t *body = pm_msg_bin(rep, "body", &blen);
-        rc = ca_scepc_parse_reply(body, blen, ra, signer, skey, res, err, sizeof err);
+        rc = pm_scepc_parse_reply(body, blen, ra, signer, skey, res, err, sizeof err);
         if (rc < 0)
             fprintf(stderr, "ca_client: bad CertRep: %s\n", err);
         else if (strcmp(res->txid, txid) != 0 || res->recipient_nonce_len != 16 ||
@@ -262,9 +261,9 @@ static void s_on_reply(void *arg, const pm_msg_t *rep, const char *error)
     } else {
         size_t blen = 0;
         const uint8_t *body = pm_msg_bin(rep, "body", &blen);
-        ca_scepc_result_t res;
+        pm_scepc_result_t res;
         char err[200];
-        if (ca_scepc_parse_reply(body, blen, s_pipe.ra, s_pipe.selfs[j->key], s_pipe.keys[j->key],
+        if (pm_scepc_parse_reply(body, blen, s_pipe.ra, s_pipe.selfs[j->key], s_pipe.keys[j->key],
                                  &res, err, sizeof err) < 0 ||
             strcmp(res.txid, j->txid) != 0)
             s_pipe.errors++;
@@ -305,7 +304,7 @@ static int s_enroll_pipelined(X509 *ra, const char *challenge, int count, int in
     X509 *selfs[MAX_KEYS] = {0};
     for (int k = 0; k < KEYS; k++) {
         keys[k] = EVP_RSA_gen(2048);
-        selfs[k] = ca_scepc_self_signed(keys[k], "transient");
+        selfs[k] = pm_scepc_self_signed(keys[k], "transient");
     }
     s_pipe.jobs = calloc((size_t)count, sizeof *s_pipe.jobs);
     s_pipe.n = count;
@@ -317,8 +316,8 @@ static int s_enroll_pipelined(X509 *ra, const char *challenge, int count, int in
         j->key = i % KEYS;
         RAND_bytes(j->nonce, sizeof j->nonce);
         snprintf(j->txid, sizeof j->txid, "PIPE-%d", i);
-        X509_REQ *csr = ca_scepc_csr(keys[j->key], pm_cfg_str(s_cfg, "cn"), challenge);
-        ca_scepc_request(19, csr, selfs[j->key], keys[j->key], ra, j->txid, j->nonce, &j->der,
+        X509_REQ *csr = pm_scepc_csr(keys[j->key], pm_cfg_str(s_cfg, "cn"), challenge);
+        pm_scepc_request(19, csr, selfs[j->key], keys[j->key], ra, j->txid, j->nonce, &j->der,
                          &j->len);
         X509_REQ_free(csr);
     }
@@ -368,10 +367,10 @@ static int s_enroll(X509 *ca, X509 *ra)
         int k = i % KEYS;
         if (!keys[k]) {
             keys[k] = EVP_RSA_gen(2048);
-            selfs[k] = ca_scepc_self_signed(keys[k], "transient");
+            selfs[k] = pm_scepc_self_signed(keys[k], "transient");
         }
-        X509_REQ *csr = ca_scepc_csr(keys[k], pm_cfg_str(s_cfg, "cn"), challenge);
-        ca_scepc_result_t res;
+        X509_REQ *csr = pm_scepc_csr(keys[k], pm_cfg_str(s_cfg, "cn"), challenge);
+        pm_scepc_result_t res;
         if (s_pkiop(19, csr, selfs[k], keys[k], ra, pm_cfg_bool(s_cfg, "get"), &res) < 0) {
             errors++;
         } else {
@@ -429,8 +428,8 @@ static int s_renew(X509 *ca, X509 *ra)
         return 2;
     }
     EVP_PKEY *key = EVP_RSA_gen(2048);
-    X509_REQ *csr = ca_scepc_csr(key, pm_cfg_str(s_cfg, "cn"), NULL);
-    ca_scepc_result_t res;
+    X509_REQ *csr = pm_scepc_csr(key, pm_cfg_str(s_cfg, "cn"), NULL);
+    pm_scepc_result_t res;
     int rc = s_pkiop(17, csr, old, old_key, ra, false, &res);
     if (rc == 0) {
         printf("status=%s fail_info=%d\n", s_status(res.pki_status), res.fail_info);

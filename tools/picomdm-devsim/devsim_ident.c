@@ -131,6 +131,16 @@ static devsim_ident_t *s_ident_wrap(X509 *cert, EVP_PKEY *key)
     return id;
 }
 
+devsim_ident_t *devsim_ident_adopt(X509 **cert, EVP_PKEY **key)
+{
+    if (!cert || !*cert || !key || !*key || X509_check_private_key(*cert, *key) != 1)
+        return NULL;
+    devsim_ident_t *id = s_ident_wrap(*cert, *key);
+    if (id)
+        *cert = NULL, *key = NULL;
+    return id;
+}
+
 static X509 *s_read_cert(const char *path)
 {
     FILE *f = fopen(path, "r");

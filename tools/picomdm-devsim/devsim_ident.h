@@ -40,6 +40,9 @@ devsim_ident_t *devsim_ident_load(const char *cert_path, const char *key_path, c
 //  to make an expired certificate).
 devsim_ident_t *devsim_ident_issue(const devsim_ca_t *ca, const char *cn, devsim_key_t kt,
                                    long not_before_s, long not_after_s, char *err, size_t errlen);
+//  An identity from a certificate and its key (e.g. issued over SCEP): takes
+//  both (NULLs the caller's pointers) on success; NULL if they do not match.
+devsim_ident_t *devsim_ident_adopt(X509 **cert, EVP_PKEY **key);
 //  A self-signed identity (no CA at all).
 devsim_ident_t *devsim_ident_self_signed(const char *cn, devsim_key_t kt, char *err, size_t errlen);
 void devsim_ident_destroy(devsim_ident_t **id);

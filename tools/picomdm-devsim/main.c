@@ -12,6 +12,7 @@
 #include "devsim_plist.h"
 #include "devsim_push.h"
 #include "devsim_run.h"
+#include "devsim_scep.h"
 #include "pm_cfg.h"
 #include "pm_log.h"
 
@@ -19,6 +20,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,7 +52,12 @@ static const pm_opt_t s_opts[] = {
     {"topic", PM_OPT_STR, "com.apple.mgmt.External.00000000-0000-0000-0000-000000000000",
      "push topic (the MDM push certificate's UID)"},
     {"seed", PM_OPT_INT, "0", "identifier seed (same seed = same UDIDs; 0 = from the clock)"},
+    {"identity-dir", PM_OPT_STR, NULL,
+     "keep each device's identity here (<id>.pem/.key; reused on the next run, as a real "
+     "device keeps its certificate; with --ca-cert)"},
     {"apps", PM_OPT_INT, "200", "apps in InstalledApplicationList"},
+    {"os-version", PM_OPT_STR, NULL,
+     "report this OSVersion instead of the model's (e.g. an update between two runs)"},
     {"notnow-rate", PM_OPT_STR, "0", "chance 0..1 of answering a command NotNow"},
     {"timeout-ms", PM_OPT_INT, "30000", "per-request timeout"},
     {"max-commands", PM_OPT_INT, "1000", "commands per session before the device gives up"},
@@ -66,6 +73,16 @@ static const pm_opt_t s_opts[] = {
     {"command", PM_OPT_STR, NULL, "with --print RequestType: answer this command plist file"},
     {"sig-out", PM_OPT_STR, NULL,
      "with --print: also write the body's Mdm-Signature (base64) here"},
+    {"enroll-url", PM_OPT_STR, NULL,
+     "enroll like a real device from this URL only: download the profile, verify it, get an "
+     "identity over SCEP, then check in with the profile's URLs, topic and SignMessage"},
+    {"renew", PM_OPT_BOOL, "false",
+     "with --enroll-url: after the sessions, renew every certificate over SCEP (RenewalReq) "
+     "and run the sessions again with the new one"},
+    {"scep-challenge", PM_OPT_STR, NULL,
+     "negative test: send this challenge instead of the profile's (expect SCEP FAILURE)"},
+    {"session-delay-ms", PM_OPT_INT, "0",
+     "wait this long after enrollment before the sessions (time to queue commands)"},
     {"make-ca", PM_OPT_STR, NULL, "write a new device CA to PREFIX.pem and PREFIX.key and exit"},
     {"push-listen", PM_OPT_STR, NULL,
      "UNIX datagram socket for pushes (picomdm-fake-apns --deliver-unix): each push for a "
@@ -108,6 +125,55 @@ static void s_on_ready(void *arg)
     }
     if (sv->push)
         devsim_push_on_ready(sv->push);
+}
+
+//  --enroll-url: every device fetches its own profile (one-time challenge) and
+//  enrolls over SCEP. The first profile's URLs and SignMessage drive the run.
+static int s_scep_enroll(const pm_cfg_t *cfg, devsim_dev_t **devs, int n,
+                         const devsim_scep_opts_t *so, devsim_profile_t **first, char *err,
+                         size_t errlen)
+{
+    const char *url = pm_cfg_str(cfg, "enroll-url");
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int i = 0; i < n && !zsys_interrupted; i++) {
+        devsim_profile_t *p = devsim_profile_fetch(url, so, err, errlen);
+        devsim_ident_t *id = NULL;
+        const char *chal = pm_cfg_str(cfg, "scep-challenge");
+        if (p && chal)
+            snprintf(p->challenge, sizeof p->challenge, "%s", chal);
+        if (!p || devsim_scep_enroll(p, so, &id, err, errlen) < 0) {
+            devsim_profile_destroy(&p);
+            return -1;
+        }
+        devsim_dev_set_ident(devs[i], &id);
+        snprintf(devs[i]->topic, sizeof devs[i]->topic, "%s", p->topic);
+        if (devs[i]->user)
+            snprintf(devs[i]->user->topic, sizeof devs[i]->user->topic, "%s", p->topic);
+        if (!*first)
+            *first = p;
+        else
+            devsim_profile_destroy(&p);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    printf("scep: %d device(s) got their identity (profile + GetCACaps + GetCACert + PKCSReq) in "
+           "%.2f s, %.1f/s\n",
+           n, s, s > 0 ? n / s : 0.0);
+    return zsys_interrupted ? -1 : 0;
+}
+
+static int s_scep_renew(devsim_dev_t **devs, int n, const devsim_profile_t *p,
+                        const devsim_scep_opts_t *so, char *err, size_t errlen)
+{
+    for (int i = 0; i < n && !zsys_interrupted; i++) {
+        devsim_ident_t *id = NULL;
+        if (devsim_scep_renew(p, so, devsim_dev_ident(devs[i]), &id, err, errlen) < 0)
+            return -1;
+        devsim_dev_set_ident(devs[i], &id);
+    }
+    printf("scep: %d certificate(s) renewed (RenewalReq)\n", n);
+    return 0;
 }
 
 static const char *s_summary =
@@ -229,6 +295,7 @@ int main(int argc, char **argv)
     devsim_ca_t *ca = NULL;
     devsim_run_t *run = NULL;
     devsim_push_t *push = NULL;
+    devsim_profile_t *profile = NULL; //  --enroll-url: the first device's profile
     int n = 0;
     char err[256];
     bool verbose = pm_cfg_bool(cfg, "verbose");
@@ -333,12 +400,41 @@ int main(int argc, char **argv)
         devs[i] = devsim_dev_new(k, i, seed, pm_cfg_str(cfg, "topic"));
         if (!devs[i])
             goto out;
+        const char *osv = pm_cfg_str(cfg, "os-version");
+        if (osv)
+            snprintf(devs[i]->os_version, sizeof devs[i]->os_version, "%s", osv);
     }
 
     //  Identities: given, issued by the given CA, or (no CA) by a throwaway CA.
     const char *print = pm_cfg_str(cfg, "print");
     const char *spoof = pm_cfg_str(cfg, "spoof"), *malformed = pm_cfg_str(cfg, "malformed");
-    bool need_ident = pm_cfg_bool(cfg, "sign") || spoof || malformed || print;
+    const char *enroll_url = pm_cfg_str(cfg, "enroll-url");
+    devsim_scep_opts_t so = {pm_cfg_str(cfg, "ca-bundle"), pm_cfg_bool(cfg, "insecure"),
+                             (long)pm_cfg_int(cfg, "timeout-ms"), verbose};
+    char ebase[512] = "", echeckin[256] = "", eserver[256] = "";
+    if (enroll_url && (cert || cacert || spoof || malformed || print)) {
+        pm_error("--enroll-url gets identities over SCEP: do not combine it with --cert, "
+                 "--ca-cert, --spoof, --malformed or --print");
+        goto out;
+    }
+    if (enroll_url) {
+        if (s_scep_enroll(cfg, devs, n, &so, &profile, err, sizeof err) < 0) {
+            pm_error("enrollment from %s failed: %s", enroll_url, err);
+            rc = 1;
+            goto out;
+        }
+        char b2[512];
+        if (devsim_url_split(profile->server_url, ebase, sizeof ebase, eserver, sizeof eserver) <
+                0 ||
+            devsim_url_split(profile->checkin_url, b2, sizeof b2, echeckin, sizeof echeckin) < 0 ||
+            strcmp(ebase, b2) != 0) {
+            pm_error("the profile's ServerURL and CheckInURL must be https://host:port/path on "
+                     "one server");
+            rc = 1;
+            goto out;
+        }
+    }
+    bool need_ident = !enroll_url && (pm_cfg_bool(cfg, "sign") || spoof || malformed || print);
     if (cert) {
         devsim_ident_t *id = devsim_ident_load(cert, key, err, sizeof err);
         if (!id) {
@@ -366,9 +462,34 @@ int main(int argc, char **argv)
         }
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
+        const char *idir = pm_cfg_str(cfg, "identity-dir");
+        if (idir && cacert && mkdir(idir, 0700) < 0 && errno != EEXIST) {
+            pm_error("cannot create --identity-dir '%s': %s", idir, strerror(errno));
+            goto out;
+        }
+        int reused = 0;
         for (int i = 0; i < n; i++) {
-            devsim_ident_t *id = devsim_ident_issue(ca, devsim_dev_cn(devs[i]), kt, -3600,
-                                                    365L * 86400, err, sizeof err);
+            //  --identity-dir: a device that ran before keeps its certificate
+            //  (the server bound it at Authenticate); a new one is issued once.
+            char cpath[1024] = "", kpath[1024] = "";
+            if (idir && cacert) {
+                snprintf(cpath, sizeof cpath, "%s/%s.pem", idir, devsim_dev_cn(devs[i]));
+                snprintf(kpath, sizeof kpath, "%s/%s.key", idir, devsim_dev_cn(devs[i]));
+            }
+            devsim_ident_t *id = NULL;
+            if (cpath[0] && access(cpath, R_OK) == 0 && access(kpath, R_OK) == 0) {
+                id = devsim_ident_load(cpath, kpath, err, sizeof err);
+                reused += id != NULL;
+            } else {
+                id = devsim_ident_issue(ca, devsim_dev_cn(devs[i]), kt, -3600, 365L * 86400, err,
+                                        sizeof err);
+                if (id && cpath[0] && devsim_ident_write(id, cpath, kpath) < 0) {
+                    pm_error("cannot write the identity of %s to '%s'", devsim_dev_cn(devs[i]),
+                             idir);
+                    devsim_ident_destroy(&id);
+                    goto out;
+                }
+            }
             if (!id) {
                 pm_error("%s", err);
                 goto out;
@@ -378,8 +499,10 @@ int main(int argc, char **argv)
                 goto out;
         }
         clock_gettime(CLOCK_MONOTONIC, &t1);
+        if (reused)
+            pm_info("reused %d identities from --identity-dir", reused);
         if (n > 1)
-            pm_info("issued %d %s identities in %.2f s", n,
+            pm_info("issued %d %s identities in %.2f s", n - reused,
                     kt == DEVSIM_KEY_EC ? "EC P-256" : "RSA",
                     (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
     }
@@ -397,12 +520,12 @@ int main(int argc, char **argv)
     }
 
     devsim_run_opts_t ro = {
-        .url = pm_cfg_str(cfg, "url"),
-        .checkin_path = pm_cfg_str(cfg, "checkin-path"),
-        .server_path = pm_cfg_str(cfg, "server-path"),
+        .url = enroll_url ? ebase : pm_cfg_str(cfg, "url"),
+        .checkin_path = enroll_url ? echeckin : pm_cfg_str(cfg, "checkin-path"),
+        .server_path = enroll_url ? eserver : pm_cfg_str(cfg, "server-path"),
         .ca_bundle = pm_cfg_str(cfg, "ca-bundle"),
         .insecure = pm_cfg_bool(cfg, "insecure"),
-        .sign = pm_cfg_bool(cfg, "sign"),
+        .sign = enroll_url ? profile->sign_message : pm_cfg_bool(cfg, "sign"),
         .md = md,
         .concurrency = conc,
         .max_commands = (int)pm_cfg_int(cfg, "max-commands"),
@@ -445,8 +568,22 @@ int main(int argc, char **argv)
             if (devs[i]->user)
                 devs[i]->user->enrolled = true;
         }
+    int64_t delay = pm_cfg_int(cfg, "session-delay-ms");
+    if (delay > 0 && delay <= 600000)
+        zclock_sleep((int)delay);
     for (int i = 0; i < rounds && !zsys_interrupted; i++)
         failed += devsim_run_sessions(run);
+    if (enroll_url && pm_cfg_bool(cfg, "renew") && !zsys_interrupted) {
+        if (s_scep_renew(devs, n, profile, &so, err, sizeof err) < 0) {
+            pm_error("renewal failed: %s", err);
+            failed++;
+        } else {
+            //  A renewed identity keeps the enrollment: the device goes on
+            //  checking in with it, no new Authenticate (the server re-binds).
+            for (int i = 0; i < (rounds > 0 ? rounds : 1) && !zsys_interrupted; i++)
+                failed += devsim_run_sessions(run);
+        }
+    }
     if ((push || pm_cfg_bool(cfg, "stay")) && !zsys_interrupted) {
         long idle = (long)pm_cfg_int(cfg, "exit-after-idle-ms");
         pm_info("%s; serving until SIGTERM%s", push ? "listening for pushes" : "staying",
@@ -479,6 +616,7 @@ out:
         devsim_dev_destroy(&devs[i]);
     free(devs);
     devsim_ca_destroy(&ca);
+    devsim_profile_destroy(&profile);
     pm_cfg_destroy(&cfg);
     curl_global_cleanup();
     return rc;

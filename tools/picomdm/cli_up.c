@@ -271,6 +271,8 @@ static int s_write_config(s_up_t *up, const pm_cfg_t *cfg)
         return -1;
     }
     const char *log_level = pm_cfg_str(cfg, "log-level");
+    const char *listen = pm_cfg_str(cfg, "listen");
+    const char *port = listen && strrchr(listen, ':') ? strrchr(listen, ':') : "";
     //  Top-level names are read by every process (pm_cfg: <process>/<name>, then <name>);
     //  a section holds what only one process has.
     fprintf(f,
@@ -300,11 +302,22 @@ static int s_write_config(s_up_t *up, const pm_cfg_t *cfg)
                 "%sca\n"
                 "    ca-cert = \"%s\"\n"
                 "    ca-key = \"%s\"\n",
-                pre, pm_cfg_str(cfg, "listen"), up->tls_crt, up->tls_key,
-                pm_cfg_str(cfg, "checkin-path"), pm_cfg_str(cfg, "server-path"), pre, up->ca_crt,
-                up->ca_key);
+                pre, listen, up->tls_crt, up->tls_key, pm_cfg_str(cfg, "checkin-path"),
+                pm_cfg_str(cfg, "server-path"), pre, up->ca_crt, up->ca_key);
+        //  The enrollment profile points devices at this gateway: ServerURL,
+        //  CheckInURL and the SCEP URL (relayed to ca), trusting our TLS cert.
+        fprintf(f,
+                "    server-url = \"https://%s%s%s\"\n"
+                "    checkin-url = \"https://%s%s%s\"\n"
+                "    scep-url = \"https://%s%s/scep\"\n"
+                "    tls-anchor = \"%s\"\n",
+                up->host, port, pm_cfg_str(cfg, "server-path"), up->host, port,
+                pm_cfg_str(cfg, "checkin-path"), up->host, port, up->tls_crt);
         if (up->push[0])
-            fprintf(f, "%spusher\n    push-cert = \"%s\"\n", pre, up->push);
+            fprintf(f, "    push-cert = \"%s\"\n%spusher\n    push-cert = \"%s\"\n", up->push, pre,
+                    up->push);
+        else //  no push certificate: a lab topic (devices are not woken anyway)
+            fprintf(f, "    topic = \"com.apple.mgmt.External.picomdm-lab\"\n");
     }
     if (fclose(f) != 0 || rename(tmp, up->cfgfile) != 0) {
         fprintf(stderr, "picomdm up: cannot write %s: %s\n", up->cfgfile, strerror(errno));

@@ -1,8 +1,8 @@
-/*  ca_scepc — a minimal SCEP client for tests and benchmarks (see ca_scepc.h). */
-#include "ca_scepc.h"
-#include "ca_scep.h"
+/*  pm_scepc — the device side of SCEP (see pm_scepc.h). Only OpenSSL. */
+#include "pm_scepc.h"
 
 #include <openssl/err.h>
+#include <openssl/objects.h>
 #include <openssl/pkcs7.h>
 #include <openssl/x509v3.h>
 #include <stdbool.h>
@@ -10,7 +10,45 @@
 #include <stdlib.h>
 #include <string.h>
 
-X509_REQ *ca_scepc_csr(EVP_PKEY *key, const char *cn, const char *challenge)
+static pm_scep_nids_t s_nids;
+
+static int s_obj(const char *oid, const char *sn, const char *ln)
+{
+    int nid = OBJ_txt2nid(oid);
+    return nid != NID_undef ? nid : OBJ_create(oid, sn, ln);
+}
+
+const pm_scep_nids_t *pm_scep_nids(void)
+{
+    if (!s_nids.message_type) {
+        s_nids.message_type = s_obj("2.16.840.1.113733.1.9.2", "messageType", "messageType");
+        s_nids.pki_status = s_obj("2.16.840.1.113733.1.9.3", "pkiStatus", "pkiStatus");
+        s_nids.fail_info = s_obj("2.16.840.1.113733.1.9.4", "failInfo", "failInfo");
+        s_nids.sender_nonce = s_obj("2.16.840.1.113733.1.9.5", "senderNonce", "senderNonce");
+        s_nids.recipient_nonce =
+            s_obj("2.16.840.1.113733.1.9.6", "recipientNonce", "recipientNonce");
+        s_nids.transaction_id = s_obj("2.16.840.1.113733.1.9.7", "transID", "transactionID");
+    }
+    return &s_nids;
+}
+
+X509_REQ *pm_scepc_csr_name(EVP_PKEY *key, const X509_NAME *name, const char *challenge)
+{
+    X509_REQ *req = X509_REQ_new();
+    bool ok = req && name && X509_REQ_set_version(req, 0) && X509_REQ_set_subject_name(req, name) &&
+              X509_REQ_set_pubkey(req, key);
+    if (ok && challenge)
+        ok = X509_REQ_add1_attr_by_NID(req, NID_pkcs9_challengePassword, MBSTRING_UTF8,
+                                       (const unsigned char *)challenge, -1);
+    ok = ok && X509_REQ_sign(req, key, EVP_sha256()) > 0;
+    if (!ok) {
+        X509_REQ_free(req);
+        return NULL;
+    }
+    return req;
+}
+
+X509_REQ *pm_scepc_csr(EVP_PKEY *key, const char *cn, const char *challenge)
 {
     X509_REQ *req = X509_REQ_new();
     X509_NAME *n = X509_REQ_get_subject_name(req);
@@ -31,7 +69,7 @@ X509_REQ *ca_scepc_csr(EVP_PKEY *key, const char *cn, const char *challenge)
     return req;
 }
 
-X509 *ca_scepc_self_signed(EVP_PKEY *key, const char *cn)
+X509 *pm_scepc_self_signed(EVP_PKEY *key, const char *cn)
 {
     X509 *x = X509_new();
     X509_NAME *n = X509_get_subject_name(x);
@@ -58,10 +96,10 @@ static int s_attr(PKCS7_SIGNER_INFO *si, int nid, int type, const void *data, in
     return 0;
 }
 
-int ca_scepc_request(int type, X509_REQ *csr, X509 *signer, EVP_PKEY *signer_key, X509 *recipient,
+int pm_scepc_request(int type, X509_REQ *csr, X509 *signer, EVP_PKEY *signer_key, X509 *recipient,
                      const char *txid, const uint8_t nonce[16], uint8_t **der, size_t *len)
 {
-    const ca_scep_nids_t *n = ca_scep_nids();
+    const pm_scep_nids_t *n = pm_scep_nids();
     int rc = -1;
     uint8_t *csr_der = NULL, *env_der = NULL;
     BIO *csr_bio = NULL, *env_bio = NULL;
@@ -120,10 +158,10 @@ static int s_get_int(PKCS7_SIGNER_INFO *si, int nid)
     return (int)strtol(buf, NULL, 10);
 }
 
-int ca_scepc_parse_reply(const uint8_t *der, size_t len, X509 *ra, X509 *req_cert,
-                         EVP_PKEY *req_key, ca_scepc_result_t *res, char *err, size_t errlen)
+int pm_scepc_parse_reply(const uint8_t *der, size_t len, X509 *ra, X509 *req_cert,
+                         EVP_PKEY *req_key, pm_scepc_result_t *res, char *err, size_t errlen)
 {
-    const ca_scep_nids_t *n = ca_scep_nids();
+    const pm_scep_nids_t *n = pm_scep_nids();
     memset(res, 0, sizeof *res);
     res->pki_status = res->fail_info = -1;
     int rc = -1;
@@ -160,12 +198,12 @@ int ca_scepc_parse_reply(const uint8_t *der, size_t len, X509 *ra, X509 *req_cer
         memcpy(res->recipient_nonce, ASN1_STRING_get0_data(t->value.octet_string),
                (size_t)res->recipient_nonce_len);
     }
-    if (res->message_type != CA_SCEP_CERTREP || res->pki_status < 0 ||
+    if (res->message_type != PM_SCEP_CERTREP || res->pki_status < 0 ||
         !PKCS7_get_signed_attribute(si, n->sender_nonce)) {
         snprintf(err, errlen, "not a CertRep (messageType, pkiStatus or senderNonce missing)");
         goto out;
     }
-    if (res->pki_status != CA_SCEP_SUCCESS) {
+    if (res->pki_status != PM_SCEP_SUCCESS) {
         rc = 0;
         goto out;
     }

@@ -1,0 +1,87 @@
+#!/bin/bash
+# e2e benchmark (figures, not pass/fail): the whole server — broker, store,
+# scheduler, TLS gateway checking every Mdm-Signature — driven by the device
+# simulator. For each N: N devices enroll (Authenticate + TokenUpdate), the
+# operator queues one DeviceInformation for all of them (picomdm enqueue),
+# and each device runs one session (Idle -> command -> Acknowledged -> empty).
+# Printed per phase: device requests/s, latency p50/p99 (devsim), CPU seconds
+# per process and per device request; at the end peak RSS (VmHWM) per process.
+#   tests/bench/e2e.sh [N...]          (default: 1000 10000)
+#   CONCURRENCY=32 KEY_TYPE=ec|rsa
+cd "$(dirname "$0")/../.."
+export BIN=${BIN:-$PWD/bin}
+SIZES=("$@")
+[ ${#SIZES[@]} -gt 0 ] || SIZES=(1000 10000)
+CONC=${CONCURRENCY:-32}
+source tests/it/e2e_lib.bash
+[ -x "$BIN/picomdm-devsim" ] || skip "skipped: $BIN/picomdm-devsim is not built"
+
+tck=$(getconf CLK_TCK)
+cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; } # clock ticks, user + system
+declare -A P
+run_size() {
+    local n=$1 ids=$T/ids-$n seed=$((7000 + $1))
+    gw_pki
+    gw_broker
+    gw_backend --log-level warn
+    gw_tls --log-level warn
+    P=([broker]=$BROKER_PID [store]=$STORE_PID [scheduler]=$SCHED_PID [gateway]=$GW_PID)
+    local DS=("$BIN/picomdm-devsim" --url "$URL" --ca-bundle "$PKI/ca.pem" --ca-cert "$PKI/ca.pem"
+        --ca-key "$PKI/ca.key" --identity-dir "$ids" --devices "$n" --concurrency "$CONC"
+        --seed "$seed" --key-type "${KEY_TYPE:-ec}" --timeout-ms 30000 --log-level warn)
+    echo "--- $n devices, concurrency $CONC, ${KEY_TYPE:-ec} device keys, TLS + Mdm-Signature"
+    phase() { # phase NAME REQUESTS-PER-DEVICE devsim-args...
+        local name=$1 per=$2 k before total=0 line
+        shift 2
+        declare -A c0
+        for k in "${!P[@]}"; do c0[$k]=$(cpu "${P[$k]}"); done
+        local perf_pid=
+        if [ -n "${PERF:-}" ]; then # PERF=gateway: perf record that process (perf report -i perf-<name>.data)
+            perf record -q --call-graph ${PERF_CG:-fp} -p "${P[$PERF]}" -o "${PERF_DIR:-/tmp}/perf-$name.data" >/dev/null 2>&1 &
+            perf_pid=$!
+        fi
+        "${DS[@]}" "$@" >"$T/$name.out" 2>&1 || { cat "$T/$name.out"; fail "devsim $name failed"; }
+        [ -z "$perf_pid" ] || { kill -INT $perf_pid; wait $perf_pid; }
+        grep -E '^(enroll|session|devsim)' "$T/$name.out" | sed 's/^/  /'
+        grep -q 'http errors 0, transport errors 0, bad replies 0' "$T/$name.out" ||
+            echo "  WARNING: devsim saw errors: $(tail -n 1 "$T/$name.out")"
+        local reqs=$(awk '/requests, latency/ { for (i = 1; i <= NF; i++) if ($(i) ~ /^requests,/) s += $(i - 1) } END { print s + 0 }' "$T/$name.out")
+        line="  $name CPU (s):"
+        for k in broker store scheduler gateway; do
+            local d=$(($(cpu "${P[$k]}") - c0[$k]))
+            total=$((total + d))
+            line+=" $k $(awk -v d=$d -v t=$tck 'BEGIN { printf "%.2f", d / t }')"
+        done
+        echo "$line"
+        awk -v t=$total -v tck=$tck -v r=$reqs 'BEGIN { printf "  %s: %d device requests, server CPU %.2f s = %.0f us per device request\n", "'"$name"'", r, t / tck, r ? t / tck / r * 1e6 : 0 }'
+    }
+    phase enroll 2 --rounds 0
+    # one DeviceInformation for every device, in chunks of 1000 targets per enqueue
+    "$BIN/picomdm-devsim" --seed "$seed" --devices "$n" --print authenticate >/dev/null 2>&1
+    cli devices --limit $((n + 10)) | awk 'NR > 1 { print $1 }' >"$T/eids"
+    local t0=$(date +%s%N)
+    split -l 1000 "$T/eids" "$T/chunk."
+    for f in "$T"/chunk.*; do
+        cli enqueue DeviceInformation --no-push --set Queries=OSVersion,LastCloudBackupDate \
+            --to "$(paste -sd, "$f")" >/dev/null 2>>"$T/enqueue.err" || fail "enqueue failed: $(tail -n 2 "$T/enqueue.err")"
+    done
+    rm -f "$T"/chunk.*
+    echo "  enqueue: $(wc -l <"$T/eids") targets in $((($(date +%s%N) - t0) / 1000000)) ms"
+    phase session 2 --no-enroll --rounds 1
+    grep '^answers' "$T/session.out" | sed 's/^/  /'
+    echo "  gateway /health: $(curl -sS -m 5 --cacert "$PKI/ca.pem" "$URL/health" | grep cache | tr '\n' ';')"
+    local line="  peak RSS (MB):" sum=0 k
+    for k in broker store scheduler gateway; do
+        local kb=$(awk '/VmHWM/ { print $2 }' "/proc/${P[$k]}/status")
+        sum=$((sum + kb))
+        line+=" $k $((kb / 1024))"
+    done
+    echo "$line; all $((sum / 1024)) MB"
+    echo "  database: $(du -sh "$T/data" | cut -f1)"
+    # stop this set before the next size
+    for k in gateway scheduler store broker; do kill "${P[$k]}" 2>/dev/null; done
+    kill "$WATCH_PID" 2>/dev/null
+    wait 2>/dev/null
+    rm -rf "$T/data" "$T/pki" "$ids" "$T"/*.log "$T/events.jsonl"
+}
+for n in "${SIZES[@]}"; do run_size "$n"; done
