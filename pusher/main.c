@@ -8,6 +8,7 @@
  */
 #include "pm_cfg.h"
 #include "pm_log.h"
+#include "pm_notify.h"
 #include "push_apns.h"
 #include "push_cert.h"
 #include "push_stdin.h"
@@ -133,7 +134,9 @@ int main(int argc, char **argv)
                               .request_endpoint = pm_cfg_str(cfg, "request-endpoint")};
         if (!(bus = pm_bus_new(&bc)) || !(svc = push_svc_new(bus)))
             goto out;
+        pm_notify_ready();
         rc = push_svc_run(svc, NULL, NULL) == 0 ? 0 : 1;
+        pm_notify_stopping();
         goto out;
     }
     if (!(cert = s_load_cert(cfg)))
@@ -195,7 +198,9 @@ int main(int argc, char **argv)
     }
     pm_info("serving 'push' via %s; pushing to %s with %d connection(s)",
             pm_cfg_str(cfg, "request-endpoint"), base, ac.connections);
+    pm_notify_ready();
     rc = push_svc_run(svc, s_tick, tick_arg) == 0 ? 0 : 1;
+    pm_notify_stopping();
 out:
     push_apns_destroy(&apns);
     push_svc_destroy(&svc);
