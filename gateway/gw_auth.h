@@ -41,10 +41,10 @@ typedef struct {
     uint8_t cert_hash[32]; //  SHA-256 of the identity certificate (DER)
     uint8_t prev_hash[32]; //  the certificate it renews (pm_x509.h), when has_prev
     bool has_prev;
-    char issuer[256]; //  issuer DN, RFC 2253 one line (truncated if longer)
-    char subject[256];     //  subject DN (for logs)
-    const char *code;      //  failure: static short code ("bad_signature", "expired"...)
-    char reason[256];      //  failure: one line, what was wrong
+    char issuer[256];  //  issuer DN, RFC 2253 one line (truncated if longer)
+    char subject[256]; //  subject DN (for logs)
+    const char *code;  //  failure: static short code ("bad_signature", "expired"...)
+    char reason[256];  //  failure: one line, what was wrong
 } gw_auth_result_t;
 
 //  Load the device CA certificate(s): `ca_files` is one path or several

@@ -107,7 +107,8 @@ typedef struct {
     const char *message_type; //  Authenticate, TokenUpdate, ...
     const uint8_t *cert_hash; //  NULL: the gateway runs in lab mode (no certificate check)
     size_t cert_hash_len;
-    const uint8_t *cert_prev_hash; //  the certificate it renews (re-binds when that is the bound one)
+    const uint8_t
+        *cert_prev_hash; //  the certificate it renews (re-binds when that is the bound one)
     size_t cert_prev_hash_len;
     const char *cert_issuer;
     const uint8_t *body; //  the whole check-in plist as packed msgpack
