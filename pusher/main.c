@@ -38,6 +38,8 @@ static const pm_opt_t s_opts[] = {
      "APNs keeps an undelivered push this many seconds (0 = deliver now or never)"},
     {"request-endpoint", PM_OPT_STR, "tcp://127.0.0.1:7401",
      "broker request endpoint (ROUTER): we serve 'push' and call 'store'"},
+    {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
+    {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     {"stdin", PM_OPT_BOOL, "false",
      "read \"wake <eid> <token hex> <PushMagic> [topic]\" lines, print outcomes as JSON"},
     {NULL, 0, NULL, NULL}};
@@ -131,7 +133,9 @@ int main(int argc, char **argv)
         pm_notice("NOTICE: no push certificate configured (push-cert): devices are not woken; "
                   "every wake is reported as push.failed until one is installed");
         pm_bus_config_t bc = {.name = "pusher",
-                              .request_endpoint = pm_cfg_str(cfg, "request-endpoint")};
+                              .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
+                              .server_public_key = pm_cfg_str(cfg, "server-key"),
+                              .cert_file = pm_cfg_str(cfg, "curve-cert")};
         if (!(bus = pm_bus_new(&bc)) || !(svc = push_svc_new(bus)))
             goto out;
         pm_notify_ready();
@@ -157,7 +161,9 @@ int main(int argc, char **argv)
     bool use_stdin = pm_cfg_bool(cfg, "stdin");
     if (!use_stdin && r != PM_CFG_CHECK) {
         pm_bus_config_t bc = {.name = "pusher",
-                              .request_endpoint = pm_cfg_str(cfg, "request-endpoint")};
+                              .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
+                              .server_public_key = pm_cfg_str(cfg, "server-key"),
+                              .cert_file = pm_cfg_str(cfg, "curve-cert")};
         if (!(bus = pm_bus_new(&bc))) {
             pm_error("cannot connect to the broker at %s (check request-endpoint)",
                      bc.request_endpoint);
