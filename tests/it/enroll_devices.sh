@@ -61,6 +61,13 @@ for k in com.apple.security.scep com.apple.mdm com.apple.security.root \
     IdentityCertificateUUID SignMessage; do
     grep -q -- "$k" "$T/p.plist" || fail "profile lacks $k"
 done
+# `picomdm profile` writes the same kind of profile, through the bus
+"$BIN/picomdm" profile -o "$T/cli.mobileconfig" 2>"$T/cli.err" || fail "picomdm profile: $(cat "$T/cli.err")"
+grep -q "^wrote $T/cli.mobileconfig" "$T/cli.err" || fail "picomdm profile said: $(cat "$T/cli.err")"
+openssl cms -verify -inform DER -in "$T/cli.mobileconfig" -CAfile "$T/var/pki/ca.crt" -binary \
+    -purpose any -out "$T/cli.plist" 2>/dev/null || fail "picomdm profile: does not verify to the device CA"
+grep -q "IdentityCertificateUUID" "$T/cli.plist" || fail "picomdm profile: no MDM payload"
+"$BIN/picomdm" profile >/dev/null 2>&1 </dev/null; [ $? = 0 ] || fail "picomdm profile > file failed"
 if command -v python3 >/dev/null; then
     python3 - "$T/p.plist" <<'PY' || fail "profile payload check"
 import plistlib, sys
