@@ -30,6 +30,8 @@ static const pm_opt_t s_opts[] = {
     {"store-retries", PM_OPT_INT, "3", "extra attempts for a store call (same request id)"},
     {"wake-sweep-s", PM_OPT_INT, "300",
      "re-send wakeups for enrollments still marked wake_pending this often (0 = never)"},
+    {"silent-sweep-s", PM_OPT_INT, "86400",
+     "wake active enrollments not seen for this long, this often (daily; 0 = never)"},
     {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
     {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     {NULL, 0, NULL, NULL}};
@@ -73,7 +75,8 @@ int main(int argc, char **argv)
         s_int(cfg, "default-ttl-s", 0, 86400 * 3650, &o.default_ttl_s) < 0 ||
         s_int(cfg, "store-timeout-ms", 10, 600000, &o.store_timeout_ms) < 0 ||
         s_int(cfg, "store-retries", 0, 100, &o.store_retries) < 0 ||
-        s_int(cfg, "wake-sweep-s", 0, 86400, &o.wake_sweep_s) < 0)
+        s_int(cfg, "wake-sweep-s", 0, 86400, &o.wake_sweep_s) < 0 ||
+        s_int(cfg, "silent-sweep-s", 0, 86400 * 30, &o.silent_sweep_s) < 0)
         goto out;
     if (r == PM_CFG_CHECK) {
         printf("ok\n");

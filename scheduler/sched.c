@@ -17,6 +17,8 @@ struct sched {
     sched_opts_t opts;
     int64_t next_sweep;
     bool sweeping;
+    int64_t next_silent; //  0 until the first tick: the first silent sweep waits a period
+    bool silent_sweeping;
 };
 
 typedef struct {
@@ -353,8 +355,46 @@ static void s_sweep_done(void *arg, const pm_msg_t *reply, const char *error)
     s_wake(s, pm_msg_obj(reply, "eids"));
 }
 
+static void s_silent_done(void *arg, const pm_msg_t *reply, const char *error)
+{
+    sched_t *s = arg;
+    s->silent_sweeping = false;
+    if (!reply || pm_msg_type(reply) != PM_MSG_WAKE_PENDING_REPLY) {
+        pm_debug("silent sweep: store did not answer (%s)",
+                 error ? error : pm_msg_str(reply, "message"));
+        return;
+    }
+    const msgpack_object *eids = pm_msg_obj(reply, "eids");
+    if (eids && eids->type == MSGPACK_OBJECT_ARRAY && eids->via.array.size)
+        pm_info("silent sweep: waking %u enrollment(s) not seen for %d s",
+                (unsigned)eids->via.array.size, s->opts.silent_sweep_s);
+    s_wake(s, eids);
+}
+
+//  A lost push or a device that went quiet must not stay silent for ever: every
+//  silent-sweep-s, wake the enrollments not seen for that long.
+static void s_silent_tick(sched_t *s, int64_t now_ms)
+{
+    if (s->opts.silent_sweep_s <= 0 || s->silent_sweeping)
+        return;
+    if (!s->next_silent)
+        s->next_silent = now_ms + (int64_t)s->opts.silent_sweep_s * 1000;
+    if (now_ms < s->next_silent)
+        return;
+    s->next_silent = now_ms + (int64_t)s->opts.silent_sweep_s * 1000;
+    pm_msg_t *m = pm_msg_new(PM_MSG_WAKE_PENDING);
+    if (!m)
+        return;
+    pm_msg_set_uint(m, "limit", 100000);
+    pm_msg_set_uint(m, "silent_s", (uint64_t)s->opts.silent_sweep_s);
+    if (pm_bus_call_async(s->bus, "store", m, s->opts.store_timeout_ms, 0, s_silent_done, s) == 0)
+        s->silent_sweeping = true;
+    pm_msg_destroy(&m);
+}
+
 void sched_tick(sched_t *s, int64_t now_ms)
 {
+    s_silent_tick(s, now_ms);
     if (s->opts.wake_sweep_s <= 0 || s->sweeping || now_ms < s->next_sweep)
         return;
     s->next_sweep = now_ms + (int64_t)s->opts.wake_sweep_s * 1000;

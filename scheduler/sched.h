@@ -27,6 +27,7 @@ typedef struct {
     int store_timeout_ms;    //  per attempt, for calls to the store
     int store_retries;       //  extra attempts (same rid; the store is idempotent for them)
     int wake_sweep_s;        //  re-send wakeups for marked enrollments this often (0 = never)
+    int silent_sweep_s;      //  wake enrollments not seen for this long, this often (0 = never)
 } sched_opts_t;
 
 typedef struct sched sched_t;

@@ -177,7 +177,10 @@ _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema 
     X(EVENTS, "SELECT seq, ts, name, eid, source, data FROM events WHERE seq>?1"                   \
               " ORDER BY seq LIMIT ?2")                                                            \
     X(WAKE_LIST, "SELECT eid FROM wake LIMIT ?1")                                                  \
-    X(WAKE_CLEAR, "DELETE FROM wake WHERE eid=?1")
+    X(WAKE_CLEAR, "DELETE FROM wake WHERE eid=?1")                                                 \
+    X(SILENT_LIST, "SELECT e.eid FROM enrollments e LEFT JOIN sessions s ON s.eid=e.eid"           \
+                   " WHERE e.enrolled=1 AND e.push_token IS NOT NULL AND e.stale_token=0"          \
+                   " AND max(e.last_seen, coalesce(s.last_seen, 0)) < ?2 LIMIT ?1")
 
 enum {
 #define S_ENUM(id, sql) S_##id,
@@ -1887,6 +1890,17 @@ store_rc_t store_db_events(store_db_t *db, uint64_t after, unsigned limit, msgpa
 static void s_row_eid(msgpack_packer *pk, sqlite3_stmt *st)
 {
     s_pk_str(pk, s_col_text(st, 0));
+}
+
+store_rc_t store_db_silent(store_db_t *db, unsigned limit, int64_t before_ms, msgpack_sbuffer *out)
+{
+    db->errmsg[0] = '\0';
+    sqlite3_stmt *st = s_st(db, S_SILENT_LIST);
+    if (!st)
+        return STORE_ERR_DB;
+    sqlite3_bind_int(st, 1, limit ? (int)limit : 1000);
+    sqlite3_bind_int64(st, 2, before_ms);
+    return s_list(db, st, s_row_eid, out, "listing silent enrollments");
 }
 
 store_rc_t store_db_wake_pending(store_db_t *db, unsigned limit, bool clear, msgpack_sbuffer *out)

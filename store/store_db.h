@@ -215,6 +215,9 @@ store_rc_t store_db_events(store_db_t *db, uint64_t after, unsigned limit, msgpa
 //  Enrollments marked for a wakeup (new commands, not connected since), up to
 //  `limit`: packed array of eid strings. With `clear`, the marks are removed.
 store_rc_t store_db_wake_pending(store_db_t *db, unsigned limit, bool clear, msgpack_sbuffer *out);
+//  Active enrollments with a usable push token, not seen since `before_ms`
+//  (packed array of eids, at most `limit`): the periodic re-push of the silent.
+store_rc_t store_db_silent(store_db_t *db, unsigned limit, int64_t before_ms, msgpack_sbuffer *out);
 
 /* ---- inventory ---- */
 

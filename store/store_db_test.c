@@ -81,6 +81,36 @@ static unsigned s_checkin(store_db_t *db, const char *eid, const char *kind, con
     return res.status;
 }
 
+//  A TokenUpdate signed with `hash`, a certificate whose renews extension names `prev`.
+static unsigned s_checkin_renewed(store_db_t *db, const char *eid, const char *hash,
+                                  const char *prev)
+{
+    store_checkin_t in = {.eid = eid,
+                          .kind = "device",
+                          .message_type = "TokenUpdate",
+                          .cert_hash = (const uint8_t *)hash,
+                          .cert_hash_len = strlen(hash),
+                          .cert_prev_hash = (const uint8_t *)prev,
+                          .cert_prev_hash_len = strlen(prev),
+                          .udid = eid,
+                          .topic = "com.apple.mgmt.test",
+                          .push_magic = "magic",
+                          .token = (const uint8_t *)"\x01\x02\x03",
+                          .token_len = 3,
+                          .awaiting_configuration = -1,
+                          .now_ms = s_now};
+    store_checkin_res_t res;
+    msgpack_sbuffer out;
+    msgpack_sbuffer_init(&out);
+    assert_int_equal(store_db_begin(db), 0);
+    assert_int_equal(store_db_op_begin(db), 0);
+    assert_int_equal(store_db_checkin(db, &in, &res, &out), STORE_OK);
+    store_db_op_end(db, true);
+    s_commit(db);
+    msgpack_sbuffer_destroy(&out);
+    return res.status;
+}
+
 static void s_enroll(store_db_t *db, const char *eid)
 {
     assert_int_equal(s_checkin(db, eid, "device", "Authenticate", NULL), 200);
@@ -626,6 +656,47 @@ static void test_checkin_rules(void **state)
     store_db_destroy(&db);
 }
 
+static size_t s_silent(store_db_t *db, int64_t before_ms)
+{
+    msgpack_sbuffer out;
+    msgpack_sbuffer_init(&out);
+    assert_int_equal(store_db_silent(db, 10, before_ms, &out), STORE_OK);
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    assert_int_equal(msgpack_unpack_next(&u, out.data, out.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    size_t n = u.data.type == MSGPACK_OBJECT_ARRAY ? u.data.via.array.size : 999;
+    msgpack_unpacked_destroy(&u);
+    msgpack_sbuffer_destroy(&out);
+    return n;
+}
+
+static void test_renewal_rebinds_and_silent_sweep(void **state)
+{
+    (void)state;
+    store_db_t *db = s_open();
+    assert_int_equal(s_checkin(db, "r1", "device", "Authenticate", "OLDHASH"), 200);
+    assert_int_equal(s_checkin(db, "r1", "device", "TokenUpdate", "OLDHASH"), 200);
+    //  a certificate renewing some other certificate: refused
+    assert_int_equal(s_checkin_renewed(db, "r1", "NEWHASH", "ELSEHASH"), 400);
+    assert_true(s_saw("security.rejected"));
+    //  the renewal of the bound certificate: re-bound, with an event, no new Authenticate
+    assert_int_equal(s_checkin_renewed(db, "r1", "NEWHASH", "OLDHASH"), 200);
+    assert_true(s_saw("enroll.cert_rebound"));
+    assert_int_equal(s_checkin(db, "r1", "device", "TokenUpdate", "OLDHASH"), 400);
+    assert_int_equal(s_checkin(db, "r1", "device", "TokenUpdate", "NEWHASH"), 200);
+    //  a renewal cannot take over a certificate bound to another enrollment
+    assert_int_equal(s_checkin(db, "r2", "device", "Authenticate", "R2HASH"), 200);
+    assert_int_equal(s_checkin(db, "r2", "device", "TokenUpdate", "R2HASH"), 200);
+    assert_int_equal(s_checkin_renewed(db, "r1", "R2HASH", "NEWHASH"), 400);
+    //  the periodic re-push: both were seen at s_now
+    assert_int_equal(s_silent(db, s_now - 1000), 0);
+    assert_int_equal(s_silent(db, s_now + 1), 2);
+    //  a checked-out enrollment is not woken
+    assert_int_equal(s_checkin(db, "r2", "device", "CheckOut", "R2HASH"), 200);
+    assert_int_equal(s_silent(db, s_now + 1), 1);
+    store_db_destroy(&db);
+}
+
 static void test_bootstrap_token(void **state)
 {
     (void)state;
@@ -843,6 +914,7 @@ int main(void)
         cmocka_unit_test(test_schema_migrations),
         cmocka_unit_test(test_queue_rules),
         cmocka_unit_test(test_checkin_rules),
+        cmocka_unit_test(test_renewal_rebinds_and_silent_sweep),
         cmocka_unit_test(test_bootstrap_token),
         cmocka_unit_test(test_enqueue_idempotent_and_all_or_nothing),
         cmocka_unit_test(test_connect_retry_same_answer),

@@ -381,8 +381,12 @@ bool store_svc_apply(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply)
             rc = s_list_reply(req, reply, PM_MSG_EVENTS_REPLY, "events", b);
         break;
     case PM_MSG_WAKE_PENDING:
-        rc = store_db_wake_pending(svc->db, (unsigned)pm_msg_uint(req, "limit", 1000),
-                                   pm_msg_bool(req, "clear", false), b);
+        if (pm_msg_has(req, "silent_s"))
+            rc = store_db_silent(svc->db, (unsigned)pm_msg_uint(req, "limit", 1000),
+                                 s_now_ms() - (int64_t)pm_msg_uint(req, "silent_s", 0) * 1000, b);
+        else
+            rc = store_db_wake_pending(svc->db, (unsigned)pm_msg_uint(req, "limit", 1000),
+                                       pm_msg_bool(req, "clear", false), b);
         if (rc == STORE_OK)
             rc = s_list_reply(req, reply, PM_MSG_WAKE_PENDING_REPLY, "eids", b);
         break;
