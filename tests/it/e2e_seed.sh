@@ -51,7 +51,9 @@ echo "ok  results show LastCloudBackupDate"
 # watch saw every step, in order, for this device
 want=(checkin.Authenticate checkin.TokenUpdate command.queued command.delivered command.result)
 wait_event 1 command.result "$CU"
-grep -F "\"eid\":\"$U\"" "$T/events.jsonl" | grep -o '"name":"[^"]*"' | cut -d'"' -f4 >"$T/seen"
+# (the check-in and command events; others, e.g. inventory.changed, may come in between)
+grep -F "\"eid\":\"$U\"" "$T/events.jsonl" | grep -o '"name":"[^"]*"' | cut -d'"' -f4 |
+    grep -E '^(checkin|command)\.' >"$T/seen"
 got=$(tr '\n' ' ' <"$T/seen")
 [ "$got" = "${want[*]} " ] || fail "watch saw [$got], expected [${want[*]}]"
 grep -F '"name":"command.result"' "$T/events.jsonl" | grep -q '"status":"Acknowledged"' ||
