@@ -157,7 +157,7 @@ gw_auth_t *gw_auth_new(const char *ca_files, char *err, size_t errlen)
         snprintf(err, errlen, "device-ca lists no file");
         goto fail;
     }
-    if (gw_auth_set_cache(self, GW_AUTH_CACHE_SLOTS, GW_AUTH_CACHE_TTL_S) < 0)
+    if (gw_auth_set_cache(self, GW_AUTH_CACHE_SLOTS, GW_AUTH_CACHE_TTL_S, GW_AUTH_CERT_SLOTS) < 0)
         goto oom;
     free(list);
     return self;
@@ -215,7 +215,7 @@ void gw_auth_hash_hex(const uint8_t hash[32], char *out)
     out[64] = '\0';
 }
 
-int gw_auth_set_cache(gw_auth_t *auth, size_t slots, int ttl_s)
+int gw_auth_set_cache(gw_auth_t *auth, size_t slots, int ttl_s, size_t cert_slots)
 {
     for (size_t i = 0; auth->xcache && i < auth->xslots; i++)
         X509_free(auth->xcache[i].x);
@@ -231,7 +231,7 @@ int gw_auth_set_cache(gw_auth_t *auth, size_t slots, int ttl_s)
     //  data with it): at most GW_AUTH_CERT_SLOTS of them stay decoded. The
     //  requests of one device session come close together, so even a small
     //  cache serves all but the first request of a session.
-    size_t xslots = slots < GW_AUTH_CERT_SLOTS ? slots : GW_AUTH_CERT_SLOTS;
+    size_t xslots = cert_slots ? cert_slots : 1;
     auth->cache = calloc(slots, sizeof *auth->cache);
     auth->xcache = calloc(xslots, sizeof *auth->xcache);
     if (!auth->cache || !auth->xcache) {

@@ -169,7 +169,7 @@ static int s_setup_nocache(void **state)
 {
     s_setup(state);
     fx_t *f = *state;
-    assert_int_equal(gw_auth_set_cache(f->auth, 0, 0), 0);
+    assert_int_equal(gw_auth_set_cache(f->auth, 0, 0, 16), 0);
     f->nocache = true;
     return 0;
 }
@@ -289,7 +289,7 @@ static void test_chain_cache(void **state)
     fx_t *f = *state;
     uint64_t h0, m0, h1, m1;
     gw_auth_result_t r;
-    assert_int_equal(gw_auth_set_cache(f->auth, 1024, 600), 0);
+    assert_int_equal(gw_auth_set_cache(f->auth, 1024, 600, 16), 0);
     //  the same device twice: one chain verification, then a cache hit
     ident_t dev = s_make("device-cache", &f->ca, 0, -3600, 86400, 0);
     char *sig = s_sign(s_body, strlen(s_body), &dev, 1, EVP_sha256(), NULL);
@@ -326,11 +326,11 @@ static void test_chain_cache(void **state)
     free(sig);
     s_free(&brief);
     //  cache off: still correct
-    assert_int_equal(gw_auth_set_cache(f->auth, 0, 0), 0);
+    assert_int_equal(gw_auth_set_cache(f->auth, 0, 0, 16), 0);
     sig = s_sign(s_body, strlen(s_body), &f->leaf, 1, EVP_sha256(), NULL);
     assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
     free(sig);
-    assert_int_equal(gw_auth_set_cache(f->auth, f->nocache ? 0 : 16, 600), 0);
+    assert_int_equal(gw_auth_set_cache(f->auth, f->nocache ? 0 : 16, 600, 16), 0);
 }
 
 //  Differential check of the fast path: 3,000 mutated signatures (bit flips,
@@ -346,7 +346,7 @@ static void test_fast_path_same_verdicts(void **state)
     gw_auth_t *fast = gw_auth_new(f->ca_path, err, sizeof err);
     assert_non_null(plain);
     assert_non_null(fast);
-    assert_int_equal(gw_auth_set_cache(plain, 0, 0), 0);
+    assert_int_equal(gw_auth_set_cache(plain, 0, 0, 16), 0);
     char *sigs[2] = {
         s_sign(s_body, strlen(s_body), &f->leaf, 1, EVP_sha256(), NULL),
         s_sign(s_body, strlen(s_body), &f->inter_leaf, 1, EVP_sha256(), f->inter.cert)};

@@ -44,6 +44,9 @@ static const pm_opt_t s_opts[] = {
     {"user-authenticate", PM_OPT_STR, "decline",
      "UserAuthenticate: decline (HTTP 410, Apple's documented answer) or forward"},
     {"backend-service", PM_OPT_STR, "scheduler", "bus service that handles device traffic"},
+    {"cert-cache", PM_OPT_INT, "4096",
+     "device certificates kept decoded (~5 KiB each; 0 = none: every request decodes and "
+     "verifies the chain)"},
     {"scep-path", PM_OPT_STR, "/scep", "SCEP route relayed to the ca service (empty: off)"},
     {"enroll-path", PM_OPT_STR, "/mdm/enroll",
      "enrollment-profile download route, relayed to the ca service (empty: off)"},
@@ -103,6 +106,16 @@ int main(int argc, char **argv)
         auth = gw_auth_new(ca, err, sizeof err);
         if (!auth) {
             pm_error("%s", err);
+            goto out;
+        }
+        long long certs = pm_cfg_int(cfg, "cert-cache");
+        if (certs < 0 || certs > 10000000) {
+            pm_error("cert-cache %lld is out of range: give 0 (off) to 10000000", certs);
+            goto out;
+        }
+        if (gw_auth_set_cache(auth, certs ? GW_AUTH_CACHE_SLOTS : 0, GW_AUTH_CACHE_TTL_S,
+                              (size_t)certs) < 0) {
+            pm_error("cannot allocate the certificate caches: lower cert-cache");
             goto out;
         }
     } else if (!lab) {
