@@ -133,14 +133,15 @@ deps:
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; fi
 
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 check:
-	$(MAKE) all
-	$(MAKE) VARIANT=asan tests
-	$(MAKE) fuzz-bins
+	$(MAKE) -j$(JOBS) all
+	$(MAKE) -j$(JOBS) VARIANT=asan tests
+	$(MAKE) -j$(JOBS) fuzz-bins
 	@tests/run.sh $(T)
 
 run: deps
-	$(MAKE) all
+	$(MAKE) -j$(JOBS) all
 	bin/picomdm up
 
 bench: all

@@ -1,5 +1,7 @@
 /*  ca_pki — key material and certificate issuance for picomdm-ca (see ca_pki.h). */
 #include "ca_pki.h"
+#include "pm_pem.h"
+#include "pm_x509.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -45,53 +47,6 @@ static int s_fail(char *err, size_t errlen, const char *fmt, ...)
     }
     ERR_clear_error();
     return -1;
-}
-
-static X509 *s_load_cert(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return NULL;
-    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
-    fclose(f);
-    return x;
-}
-
-static EVP_PKEY *s_load_key(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return NULL;
-    EVP_PKEY *k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-    fclose(f);
-    return k;
-}
-
-//  Write through a temporary file and rename, so a crash never leaves half a key.
-static int s_write_pem(const char *path, mode_t mode, X509 *x, EVP_PKEY *key, char *err,
-                       size_t errlen)
-{
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
-        return s_fail(err, errlen, "path too long: %s", path);
-    unlink(tmp);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, mode);
-    if (fd < 0)
-        return s_fail(err, errlen, "cannot create %s: %s (check the directory exists and is ours)",
-                      tmp, strerror(errno));
-    FILE *f = fdopen(fd, "w");
-    if (!f) {
-        close(fd);
-        return s_fail(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
-    }
-    int ok = x ? PEM_write_X509(f, x) : PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL);
-    if (fclose(f) != 0)
-        ok = 0;
-    if (!ok || rename(tmp, path) != 0) {
-        unlink(tmp);
-        return s_fail(err, errlen, "cannot write %s (disk full or read-only?)", path);
-    }
-    return 0;
 }
 
 static int s_add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
@@ -197,8 +152,8 @@ static int s_load_pair(ca_pki_t *pki, const char *cert_path, const char *key_pat
         if (made)
             *made = true;
     }
-    *x = s_load_cert(cert_path);
-    *k = s_load_key(key_path);
+    *x = pm_pem_read_cert(cert_path);
+    *k = pm_pem_read_key(key_path);
     if (!*x || !*k || X509_check_private_key(*x, *k) != 1)
         return s_fail(err, errlen,
                       "the %s in %s / %s is incomplete, unreadable or does not match; it is not "
@@ -227,8 +182,8 @@ static int s_make_ca(ca_pki_t *pki, const char *cert_path, const char *key_path,
         s_fail(err, errlen, "cannot make the device CA (OpenSSL failed)");
         goto out;
     }
-    if (s_write_pem(key_path, 0600, NULL, k, err, errlen) < 0 ||
-        s_write_pem(cert_path, 0644, x, NULL, err, errlen) < 0)
+    if (pm_pem_write(key_path, 0600, NULL, k, err, errlen) < 0 ||
+        pm_pem_write(cert_path, 0644, x, NULL, err, errlen) < 0)
         goto out;
     rc = 0;
 out:
@@ -256,8 +211,8 @@ static int s_make_leaf(ca_pki_t *pki, const char *cert_path, const char *key_pat
         s_fail(err, errlen, "cannot make the %s certificate (OpenSSL failed)", cn);
         goto out;
     }
-    if (s_write_pem(key_path, 0600, NULL, k, err, errlen) < 0 ||
-        s_write_pem(cert_path, 0644, x, NULL, err, errlen) < 0)
+    if (pm_pem_write(key_path, 0600, NULL, k, err, errlen) < 0 ||
+        pm_pem_write(cert_path, 0644, x, NULL, err, errlen) < 0)
         goto out;
     rc = 0;
 out:
@@ -455,7 +410,7 @@ static X509_NAME *s_subject_for(const ca_pki_t *pki, X509_REQ *req)
     return n;
 }
 
-X509 *ca_pki_issue(ca_pki_t *pki, X509_REQ *req, char *err, size_t errlen)
+X509 *ca_pki_issue(ca_pki_t *pki, X509_REQ *req, const uint8_t *renews, char *err, size_t errlen)
 {
     X509_NAME *name = s_subject_for(pki, req);
     if (!name || X509_NAME_entry_count(name) == 0) {
@@ -474,6 +429,10 @@ X509 *ca_pki_issue(ca_pki_t *pki, X509_REQ *req, char *err, size_t errlen)
     X509 *x = s_make_cert(X509_REQ_get0_pubkey(req), name, pki->ca, pki->ca_key, pki->cert_days,
                           nids, values);
     X509_NAME_free(name);
+    //  a renewal names the certificate it replaces; signed again to cover it
+    if (x && renews &&
+        (pm_x509_set_renews(x, renews) < 0 || X509_sign(x, pki->ca_key, EVP_sha256()) <= 0))
+        X509_free(x), x = NULL;
     if (!x)
         s_fail(err, errlen, "cannot issue the certificate (OpenSSL failed)");
     return x;

@@ -61,7 +61,10 @@ bool ca_pki_has_ra(const ca_pki_t *pki); //  a separate RA certificate is in use
 int ca_pki_check_csr(const ca_pki_t *pki, X509_REQ *req, char *err, size_t errlen);
 
 //  Issue a device certificate for a checked CSR. Caller owns the result.
-X509 *ca_pki_issue(ca_pki_t *pki, X509_REQ *req, char *err, size_t errlen);
+//  `renews` (NULL for a first enrollment) is the SHA-256 of the certificate a
+//  verified RenewalReq was signed with: it is recorded in the new certificate
+//  (pm_x509.h) so that the store can re-bind the enrollment to it.
+X509 *ca_pki_issue(ca_pki_t *pki, X509_REQ *req, const uint8_t *renews, char *err, size_t errlen);
 
 //  Was `cert` issued by our CA, and is it valid now? (renewal requests)
 bool ca_pki_issued_by_us(const ca_pki_t *pki, X509 *cert);

@@ -16,6 +16,7 @@
 #include <openssl/cms.h>
 #include <openssl/pem.h>
 #include <plist/plist.h>
+#include "pm_plist.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,30 +66,6 @@ static int s_teardown(void **state)
     return 0;
 }
 
-static const char *s_type_name(plist_t n)
-{
-    switch (plist_get_node_type(n)) {
-    case PLIST_BOOLEAN:
-        return "boolean";
-    case PLIST_UINT:
-        return "integer";
-    case PLIST_REAL:
-        return "real";
-    case PLIST_STRING:
-        return "string";
-    case PLIST_ARRAY:
-        return "array";
-    case PLIST_DICT:
-        return "dictionary";
-    case PLIST_DATE:
-        return "date";
-    case PLIST_DATA:
-        return "data";
-    default:
-        return "?";
-    }
-}
-
 static const ca_profile_key_t *s_lookup(const char *payload, const char *key)
 {
     for (const ca_profile_key_t *k = ca_profile_keys; k->payload; k++)
@@ -127,9 +104,9 @@ static int s_check_dict(plist_t d, const char *payload, const char *prefix)
             k = s_lookup("Common", path);
         if (!k)
             fail_msg("key %s is not in Apple's schema for %s", path, payload);
-        if (strcmp(k->type, s_type_name(val)) != 0)
-            fail_msg("key %s of %s is a %s, the schema says %s", path, payload, s_type_name(val),
-                     k->type);
+        if (strcmp(k->type, pm_plist_type_name(val)) != 0)
+            fail_msg("key %s of %s is a %s, the schema says %s", path, payload,
+                     pm_plist_type_name(val), k->type);
         checked++;
         //  nested dictionaries that the schema describes key by key
         if (plist_get_node_type(val) == PLIST_DICT && strcmp(payload, "TopLevel") != 0) {

@@ -441,7 +441,14 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
             goto out;
         }
     }
-    issued = ca_pki_issue(s->pki, req, err, sizeof err);
+    uint8_t renews[32];
+    unsigned renews_len = 0;
+    if (q.message_type == CA_SCEP_RENEWALREQ &&
+        X509_digest(q.signer, EVP_sha256(), renews, &renews_len) != 1) {
+        rc = s_http_error(r, 500, "cannot hash the certificate being renewed");
+        goto out;
+    }
+    issued = ca_pki_issue(s->pki, req, renews_len == 32 ? renews : NULL, err, sizeof err);
     if (!issued) {
         rc = s_http_error(r, 500, "%s", err);
         goto out;

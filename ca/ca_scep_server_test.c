@@ -9,6 +9,7 @@
 #include "ca_challenge.h"
 #include "ca_pki.h"
 #include "ca_scep.h"
+#include "pm_x509.h"
 #include "pm_scepc.h"
 
 #include <setjmp.h>
@@ -369,6 +370,14 @@ static void test_renewal(void **state)
     assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(run.res.cert), s_dev_key2), 1);
     assert_int_not_equal(
         ASN1_INTEGER_cmp(X509_get0_serialNumber(old), X509_get0_serialNumber(run.res.cert)), 0);
+    //  the renewal names the certificate it replaces (the store re-binds on it);
+    //  a first enrollment names none
+    uint8_t want[32], got[32];
+    unsigned wl = 0;
+    assert_int_equal(X509_digest(old, EVP_sha256(), want, &wl), 1);
+    assert_int_equal(pm_x509_get_renews(run.res.cert, got), 1);
+    assert_memory_equal(got, want, 32);
+    assert_int_equal(pm_x509_get_renews(old, got), 0);
     s_run_free(&run);
     X509_REQ_free(csr);
 
@@ -686,7 +695,7 @@ static void test_subject_policy(void **state)
     assert_non_null(pki);
     X509_REQ *csr = pm_scepc_csr(s_dev_key, "device-s", NULL);
     assert_int_equal(ca_pki_check_csr(pki, csr, err, sizeof err), 0);
-    X509 *x = ca_pki_issue(pki, csr, err, sizeof err);
+    X509 *x = ca_pki_issue(pki, csr, NULL, err, sizeof err);
     assert_non_null(x);
     char line[256];
     ca_pki_subject_line(X509_get_subject_name(x), line, sizeof line);

@@ -68,7 +68,7 @@ static const pm_opt_t s_opts[] = {
     {"run-dir", PM_OPT_STR, NULL,
      "default ipc directory: $XDG_RUNTIME_DIR/picomdm or /tmp/picomdm"},
     {"heartbeat-ms", PM_OPT_INT, "1000", "bus heartbeat interval"},
-    {"curve-server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85), off loopback"},
+    {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
     {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate (zcert secret file)"},
     {NULL, 0, NULL, NULL}};
 
@@ -259,7 +259,7 @@ int main(int argc, char **argv)
             .name = "ca",
             .request_endpoint = s_endpoint(cfg, "request-endpoint", "request", req, sizeof req),
             .publish_endpoint = s_endpoint(cfg, "publish-endpoint", "publish", pub, sizeof pub),
-            .server_public_key = pm_cfg_str(cfg, "curve-server-key"),
+            .server_public_key = pm_cfg_str(cfg, "server-key"),
             .cert_file = pm_cfg_str(cfg, "curve-cert"),
             .heartbeat_ms = (int)pm_cfg_int(cfg, "heartbeat-ms")};
         s_ctx_t ctx = {.svc = svc, .publish = bc.publish_endpoint != NULL};

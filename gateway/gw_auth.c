@@ -2,6 +2,7 @@
  *  See gw_auth.h. Every check that can fail says which one in res->code.
  */
 #include "gw_auth.h"
+#include "pm_x509.h"
 
 #include <event2/http.h>
 #include <openssl/bio.h>
@@ -487,6 +488,9 @@ static int s_verify_chain(gw_auth_t *self, X509 *cert, STACK_OF(X509) * untruste
         s_fail(res, "internal", "cannot hash the certificate");
         goto out;
     }
+    //  a renewal names the certificate it replaces (the store may re-bind to it);
+    //  trusted only because the chain check below proves our CA signed it
+    res->has_prev = pm_x509_get_renews(cert, res->prev_hash) == 1;
     int64_t now = (int64_t)time(NULL);
     if (s_cache_hit(self, res->cert_hash, now)) {
         self->hits++;

@@ -26,6 +26,7 @@
 
 #include <openssl/x509.h>
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 //  Largest Mdm-Signature header accepted (base64 text). A signature carrying
@@ -38,10 +39,12 @@ typedef struct gw_auth gw_auth_t;
 
 typedef struct {
     uint8_t cert_hash[32]; //  SHA-256 of the identity certificate (DER)
-    char issuer[256];      //  issuer DN, RFC 2253 one line (truncated if longer)
-    char subject[256];     //  subject DN (for logs)
-    const char *code;      //  failure: static short code ("bad_signature", "expired"...)
-    char reason[256];      //  failure: one line, what was wrong
+    uint8_t prev_hash[32]; //  the certificate it renews (pm_x509.h), when has_prev
+    bool has_prev;
+    char issuer[256];  //  issuer DN, RFC 2253 one line (truncated if longer)
+    char subject[256]; //  subject DN (for logs)
+    const char *code;  //  failure: static short code ("bad_signature", "expired"...)
+    char reason[256];  //  failure: one line, what was wrong
 } gw_auth_result_t;
 
 //  Load the device CA certificate(s): `ca_files` is one path or several

@@ -820,6 +820,8 @@ static void s_on_device(gw_server_t *self, struct evhttp_request *req, const cha
     }
     if (has_cert)
         bad |= pm_msg_set_bin(msg, "cert_hash", auth.cert_hash, sizeof auth.cert_hash);
+    if (has_cert && auth.has_prev)
+        bad |= pm_msg_set_bin(msg, "cert_prev_hash", auth.prev_hash, sizeof auth.prev_hash);
     bad |= pm_msg_set_packed(msg, "body", mp, mplen);
     if (bad) {
         pm_error("eid=%s: cannot build the bus message (field rejected by the table)", eid);

@@ -1556,3 +1556,27 @@ int pm_plist_from_msgpack_bytes(const uint8_t *data, size_t len, char **xml, siz
     msgpack_zone_destroy(&zone);
     return rc;
 }
+
+const char *pm_plist_type_name(plist_t node)
+{
+    switch (plist_get_node_type(node)) {
+    case PLIST_BOOLEAN:
+        return "boolean";
+    case PLIST_UINT:
+        return "integer";
+    case PLIST_REAL:
+        return "real";
+    case PLIST_STRING:
+        return "string";
+    case PLIST_ARRAY:
+        return "array";
+    case PLIST_DICT:
+        return "dictionary";
+    case PLIST_DATE:
+        return "date";
+    case PLIST_DATA:
+        return "data";
+    default:
+        return "other";
+    }
+}

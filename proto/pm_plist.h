@@ -42,6 +42,10 @@ int pm_plist_to_msgpack(const char *data, size_t len, const pm_plist_limits_t *l
 int pm_plist_parse(const char *data, size_t len, const pm_plist_limits_t *lim, plist_t *root,
                    char *err, size_t errlen);
 
+//  The schema's name of a node's type, as Apple's YAML spells it: boolean, integer,
+//  real, string, array, dictionary, date, data ("other" for anything else).
+const char *pm_plist_type_name(plist_t node);
+
 //  msgpack object -> XML plist text (*xml malloc'd, NUL-terminated, caller frees).
 //  Fails on values a plist cannot carry (nil, ext other than timestamp, non-str map keys).
 //  Also refused, so that nothing is silently changed: duplicate map keys, str that is

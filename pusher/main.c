@@ -8,6 +8,7 @@
  */
 #include "pm_cfg.h"
 #include "pm_log.h"
+#include "pm_notify.h"
 #include "push_apns.h"
 #include "push_cert.h"
 #include "push_stdin.h"
@@ -37,6 +38,8 @@ static const pm_opt_t s_opts[] = {
      "APNs keeps an undelivered push this many seconds (0 = deliver now or never)"},
     {"request-endpoint", PM_OPT_STR, "tcp://127.0.0.1:7401",
      "broker request endpoint (ROUTER): we serve 'push' and call 'store'"},
+    {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
+    {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     {"stdin", PM_OPT_BOOL, "false",
      "read \"wake <eid> <token hex> <PushMagic> [topic]\" lines, print outcomes as JSON"},
     {NULL, 0, NULL, NULL}};
@@ -130,10 +133,14 @@ int main(int argc, char **argv)
         pm_notice("NOTICE: no push certificate configured (push-cert): devices are not woken; "
                   "every wake is reported as push.failed until one is installed");
         pm_bus_config_t bc = {.name = "pusher",
-                              .request_endpoint = pm_cfg_str(cfg, "request-endpoint")};
+                              .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
+                              .server_public_key = pm_cfg_str(cfg, "server-key"),
+                              .cert_file = pm_cfg_str(cfg, "curve-cert")};
         if (!(bus = pm_bus_new(&bc)) || !(svc = push_svc_new(bus)))
             goto out;
+        pm_notify_ready();
         rc = push_svc_run(svc, NULL, NULL) == 0 ? 0 : 1;
+        pm_notify_stopping();
         goto out;
     }
     if (!(cert = s_load_cert(cfg)))
@@ -154,7 +161,9 @@ int main(int argc, char **argv)
     bool use_stdin = pm_cfg_bool(cfg, "stdin");
     if (!use_stdin && r != PM_CFG_CHECK) {
         pm_bus_config_t bc = {.name = "pusher",
-                              .request_endpoint = pm_cfg_str(cfg, "request-endpoint")};
+                              .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
+                              .server_public_key = pm_cfg_str(cfg, "server-key"),
+                              .cert_file = pm_cfg_str(cfg, "curve-cert")};
         if (!(bus = pm_bus_new(&bc))) {
             pm_error("cannot connect to the broker at %s (check request-endpoint)",
                      bc.request_endpoint);
@@ -195,7 +204,9 @@ int main(int argc, char **argv)
     }
     pm_info("serving 'push' via %s; pushing to %s with %d connection(s)",
             pm_cfg_str(cfg, "request-endpoint"), base, ac.connections);
+    pm_notify_ready();
     rc = push_svc_run(svc, s_tick, tick_arg) == 0 ? 0 : 1;
+    pm_notify_stopping();
 out:
     push_apns_destroy(&apns);
     push_svc_destroy(&svc);

@@ -94,6 +94,7 @@ _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema 
                 " os_version=coalesce(?6,os_version), device_name=coalesce(?7,device_name),"       \
                 " cert_hash=coalesce(?8,cert_hash), cert_issuer=coalesce(?9,cert_issuer),"         \
                 " enrolled=0, last_seen=?10, authenticate=?11 WHERE eid=?1")                       \
+    X(ENR_REBIND, "UPDATE enrollments SET cert_hash=?1 WHERE cert_hash=?2")                        \
     X(ENR_AUTH_CHILDREN, "UPDATE enrollments SET enrolled=0, cert_hash=coalesce(?2,cert_hash)"     \
                          " WHERE parent=?1")                                                       \
     X(QUEUE_CLEAR, "UPDATE queue SET status='cancelled', active=0, answered=?2"                    \
@@ -638,6 +639,49 @@ static bool s_cert_ok(const s_enr_t *e, const uint8_t *hash, size_t len)
     return e->cert_hash_len == len && memcmp(e->cert_hash, hash, len) == 0;
 }
 
+//  s_cert_ok, or the request's certificate renews the bound one: our CA wrote
+//  the bound certificate's SHA-256 into it when it served a RenewalReq signed
+//  with that certificate (proto/pm_x509.h; the gateway passes it as `prev`).
+//  Then every enrollment bound to the old certificate (the device and its user
+//  channels) is re-bound to the new one, with an enroll.cert_rebound event.
+//  1 = accepted, 0 = refused, -1 = database error.
+static int s_cert_check(store_db_t *db, s_enr_t *e, const char *eid, const uint8_t *hash,
+                        size_t len, const uint8_t *prev, size_t prev_len, int64_t now)
+{
+    if (s_cert_ok(e, hash, len))
+        return 1;
+    if (!prev || !e->cert_hash_len || prev_len != e->cert_hash_len ||
+        memcmp(prev, e->cert_hash, prev_len) != 0 || len > sizeof e->cert_hash)
+        return 0;
+    //  the renewal must not already identify another enrollment
+    sqlite3_stmt *st = s_st(db, S_ENR_CERT_OTHER);
+    if (!st)
+        return -1;
+    s_bind_blob(st, 1, hash, len);
+    s_bind_text(st, 2, "");
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc == SQLITE_ROW)
+        return 0;
+    if (rc != SQLITE_DONE)
+        return -1;
+    if (!(st = s_st(db, S_ENR_REBIND)))
+        return -1;
+    s_bind_blob(st, 1, hash, len);
+    s_bind_blob(st, 2, e->cert_hash, e->cert_hash_len);
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE)
+        return -1;
+    msgpack_packer *pk = s_ev_data(db, 1);
+    s_pk_kstr(pk, "reason", "renewed identity certificate (SCEP RenewalReq) now bound");
+    if (s_event_scratch(db, "enroll.cert_rebound", eid, now) < 0)
+        return -1;
+    memcpy(e->cert_hash, hash, len);
+    e->cert_hash_len = len;
+    return 1;
+}
+
 static int s_rejected(store_db_t *db, const char *eid, const char *what, const char *reason,
                       int64_t now)
 {
@@ -838,7 +882,11 @@ static store_rc_t s_user_channel_create(store_db_t *db, const store_checkin_t *i
                  "unknown user channel %.128s: its device is not enrolled", in->eid);
         return STORE_OK;
     }
-    if (!s_cert_ok(&p, in->cert_hash, in->cert_hash_len)) {
+    int cert = s_cert_check(db, &p, parent, in->cert_hash, in->cert_hash_len, in->cert_prev_hash,
+                            in->cert_prev_hash_len, in->now_ms);
+    if (cert < 0)
+        return s_dberr(db, "re-binding a renewed certificate");
+    if (!cert) {
         res->status = 400;
         snprintf(res->reason, sizeof res->reason,
                  "certificate is not the one bound to device %.128s", parent);
@@ -893,6 +941,7 @@ store_rc_t store_db_checkin(store_db_t *db, const store_checkin_t *in, store_che
     if (est)
         sqlite3_reset(est);
     store_rc_t rc = STORE_OK;
+    int cert;
 
     if (strcmp(mt, "Authenticate") == 0) {
         rc = s_authenticate(db, in, &e, res);
@@ -916,7 +965,12 @@ store_rc_t store_db_checkin(store_db_t *db, const store_checkin_t *in, store_che
             rc = s_rejected(db, in->eid, mt, res->reason, in->now_ms) < 0 ? STORE_ERR_DB : STORE_OK;
             goto out;
         }
-    } else if (!s_cert_ok(&e, in->cert_hash, in->cert_hash_len)) {
+    } else if ((cert = s_cert_check(db, &e, in->eid, in->cert_hash, in->cert_hash_len,
+                                    in->cert_prev_hash, in->cert_prev_hash_len, in->now_ms)) <= 0) {
+        if (cert < 0) {
+            rc = s_dberr(db, "re-binding a renewed certificate");
+            goto out;
+        }
         res->status = 400;
         snprintf(res->reason, sizeof res->reason,
                  "certificate is not the one bound to enrollment %.128s", in->eid);
@@ -1376,7 +1430,11 @@ store_rc_t store_db_connect(store_db_t *db, const store_connect_t *in, store_con
         return STORE_OK;
     }
     sqlite3_reset(est);
-    if (!s_cert_ok(&e, in->cert_hash, in->cert_hash_len)) {
+    int cert = s_cert_check(db, &e, in->eid, in->cert_hash, in->cert_hash_len, in->cert_prev_hash,
+                            in->cert_prev_hash_len, in->now_ms);
+    if (cert < 0)
+        return s_dberr(db, "re-binding a renewed certificate");
+    if (!cert) {
         res->status = 400;
         snprintf(res->reason, sizeof res->reason,
                  "certificate is not the one bound to enrollment %.128s", in->eid);

@@ -79,8 +79,9 @@ int store_db_schema_version(store_db_t *db);
 //  The last failure's text, for the operator (owned by db).
 const char *store_db_errmsg(const store_db_t *db);
 
-//  The SQLite handle, for the store's modules in other files (store_push.c);
-//  they run inside the transaction the caller opened, like the operations here.
+//  The SQLite handle (owned by db), for the store's modules in other files
+//  (store_push.c, store_doctor.c); they run inside the transaction the caller
+//  opened, like the operations here.
 struct sqlite3 *store_db_sqlite(store_db_t *db);
 
 /* ---- transactions ---- */
@@ -106,6 +107,9 @@ typedef struct {
     const char *message_type; //  Authenticate, TokenUpdate, ...
     const uint8_t *cert_hash; //  NULL: the gateway runs in lab mode (no certificate check)
     size_t cert_hash_len;
+    const uint8_t
+        *cert_prev_hash; //  the certificate it renews (re-binds when that is the bound one)
+    size_t cert_prev_hash_len;
     const char *cert_issuer;
     const uint8_t *body; //  the whole check-in plist as packed msgpack
     size_t body_len;
@@ -137,6 +141,8 @@ typedef struct {
     const char *rid; //  the device request's id: a repeat of the last one gets the same answer
     const uint8_t *cert_hash;
     size_t cert_hash_len;
+    const uint8_t *cert_prev_hash; //  as in store_checkin_t
+    size_t cert_prev_hash_len;
     const uint8_t *body; //  the whole response plist as packed msgpack
     size_t body_len;
     int64_t now_ms;

@@ -2,6 +2,7 @@
  *  (see store_svc.h). Runs in picomdm-store's single thread.
  */
 #include "store_svc.h"
+#include "store_doctor.h"
 #include "store_inv.h"
 #include "store_push.h"
 
@@ -172,6 +173,7 @@ static store_rc_t s_checkin(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **re
                           .awaiting_configuration = -1,
                           .now_ms = s_now_ms()};
     in.cert_hash = pm_msg_bin(req, "cert_hash", &in.cert_hash_len);
+    in.cert_prev_hash = pm_msg_bin(req, "cert_prev_hash", &in.cert_prev_hash_len);
     if (s_packed(req, "body", a) == 0) {
         in.body = (const uint8_t *)a->data;
         in.body_len = a->size;
@@ -220,6 +222,7 @@ static store_rc_t s_connect(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **re
                           .now_ms = s_now_ms(),
                           .policy = &pol};
     in.cert_hash = pm_msg_bin(req, "cert_hash", &in.cert_hash_len);
+    in.cert_prev_hash = pm_msg_bin(req, "cert_prev_hash", &in.cert_prev_hash_len);
     if (s_packed(req, "body", a) == 0) {
         in.body = (const uint8_t *)a->data;
         in.body_len = a->size;
@@ -359,6 +362,9 @@ bool store_svc_apply(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply)
     case PM_MSG_STORE_TIMELINE:
     case PM_MSG_STORE_DEVICES_FIND:
         rc = store_inv_svc(svc->db, req, reply, s_now_ms());
+        break;
+    case PM_MSG_STORE_DOCTOR:
+        rc = store_doctor_svc(svc->db, req, reply, s_now_ms());
         break;
     case PM_MSG_EVENT_APPEND:
         s_packed(req, "data", a);

@@ -49,7 +49,9 @@ grep -q "^$CU  *DeviceInformation  *acknowledged" "$T/queue2" || fail "queue ent
 echo "ok  results show LastCloudBackupDate"
 
 # watch saw every step, in order, for this device
-want=(checkin.Authenticate checkin.TokenUpdate command.queued command.delivered command.result)
+# (the answer's LastCloudBackupDate is new inventory: inventory.changed is logged with the result)
+want=(checkin.Authenticate checkin.TokenUpdate command.queued command.delivered inventory.changed
+      command.result)
 wait_event 1 command.result "$CU"
 # (the check-in and command events; others, e.g. inventory.changed, may come in between)
 grep -F "\"eid\":\"$U\"" "$T/events.jsonl" | grep -o '"name":"[^"]*"' | cut -d'"' -f4 |

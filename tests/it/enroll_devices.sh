@@ -61,6 +61,13 @@ for k in com.apple.security.scep com.apple.mdm com.apple.security.root \
     IdentityCertificateUUID SignMessage; do
     grep -q -- "$k" "$T/p.plist" || fail "profile lacks $k"
 done
+# `picomdm profile` writes the same kind of profile, through the bus
+"$BIN/picomdm" profile -o "$T/cli.mobileconfig" 2>"$T/cli.err" || fail "picomdm profile: $(cat "$T/cli.err")"
+grep -q "^wrote $T/cli.mobileconfig" "$T/cli.err" || fail "picomdm profile said: $(cat "$T/cli.err")"
+openssl cms -verify -inform DER -in "$T/cli.mobileconfig" -CAfile "$T/var/pki/ca.crt" -binary \
+    -purpose any -out "$T/cli.plist" 2>/dev/null || fail "picomdm profile: does not verify to the device CA"
+grep -q "IdentityCertificateUUID" "$T/cli.plist" || fail "picomdm profile: no MDM payload"
+"$BIN/picomdm" profile >/dev/null 2>&1 </dev/null; [ $? = 0 ] || fail "picomdm profile > file failed"
 if command -v python3 >/dev/null; then
     python3 - "$T/p.plist" <<'PY' || fail "profile payload check"
 import plistlib, sys
@@ -96,6 +103,12 @@ grep -q "^scep: $N certificate(s) renewed" "$T/ds.out" || fail "renewal"
 grep -q "^enroll     $N enrollments.*; 0 failed" "$T/ds.out" || fail "check-in failures"
 grep -q "$N command round trips" "$T/ds.out" || fail "want $N command round trips"
 grep -q "^session 2  $N sessions.* 0 failed" "$T/ds.out" || fail "sessions with the renewed certificate failed"
+# no new Authenticate after the renewal: the store re-bound every enrollment to
+# its renewed certificate (the CA-signed renews extension), with an event each
+rebound=$(for id in $ids; do "$BIN/picomdm" timeline "$id" 2>/dev/null; done | grep -c "enroll.cert_rebound")
+[ "$rebound" = "$N" ] || fail "want $N enroll.cert_rebound events in the timelines, got $rebound"
+auths=$(for id in $ids; do "$BIN/picomdm" timeline "$id" 2>/dev/null; done | grep -c "checkin.Authenticate")
+[ "$auths" = "$N" ] || fail "want exactly $N Authenticate check-ins (none after the renewal), got $auths"
 
 # a wrong challenge -> CertRep FAILURE badRequest, no certificate
 "$BIN/picomdm-devsim" --enroll-url "$URL/mdm/enroll" --ca-bundle "$TLS" --devices 1 --rounds 0 \

@@ -21,6 +21,8 @@
  *    events          replays the whole event log (service "store", pages of
  *                    1000); fails on a gap or a repeat in seq; prints events=
  *                    and the count of each command.* / checkin.* name
+ *  --apps N (enqueue, sessions): the command is InstalledApplicationList and
+ *  every Acknowledged carries N apps (tests/bench/inventory.sh).
  */
 #include "pm_bus.h"
 #include "pm_cfg.h"
@@ -48,12 +50,15 @@ static const pm_opt_t s_opts[] = {
     {"retries", PM_OPT_INT, "5", "extra attempts (same rid)"},
     {"replay", PM_OPT_BOOL, "false", "sessions: acknowledge twice"},
     {"no-push", PM_OPT_BOOL, "true", "enqueue: no wakeups"},
+    {"apps", PM_OPT_INT, "0",
+     "enqueue/sessions: InstalledApplicationList, each answer with this many apps"},
     {NULL, 0, NULL, NULL}};
 
 static pm_bus_t *s_bus;
 static int s_timeout, s_retries, s_window;
 static int s_inflight, s_failures;
 static char s_prefix[64];
+static int s_apps; //  > 0: InstalledApplicationList answers with this many apps
 
 static int64_t s_ms(void)
 {
@@ -190,13 +195,19 @@ static pm_msg_t *s_enqueue_msg(const char *const *targets, size_t n, const char 
     msgpack_sbuffer_init(&b);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 2);
-    msgpack_pack_str_with_body(&pk, "RequestType", 11);
-    msgpack_pack_str_with_body(&pk, "DeviceInformation", 17);
-    msgpack_pack_str_with_body(&pk, "Queries", 7);
-    msgpack_pack_array(&pk, 2);
-    msgpack_pack_str_with_body(&pk, "UDID", 4);
-    msgpack_pack_str_with_body(&pk, "OSVersion", 9);
+    if (s_apps > 0) {
+        msgpack_pack_map(&pk, 1);
+        msgpack_pack_str_with_body(&pk, "RequestType", 11);
+        msgpack_pack_str_with_body(&pk, "InstalledApplicationList", 24);
+    } else {
+        msgpack_pack_map(&pk, 2);
+        msgpack_pack_str_with_body(&pk, "RequestType", 11);
+        msgpack_pack_str_with_body(&pk, "DeviceInformation", 17);
+        msgpack_pack_str_with_body(&pk, "Queries", 7);
+        msgpack_pack_array(&pk, 2);
+        msgpack_pack_str_with_body(&pk, "UDID", 4);
+        msgpack_pack_str_with_body(&pk, "OSVersion", 9);
+    }
     pm_msg_set_packed(m, "command", (const uint8_t *)b.data, b.size);
     msgpack_sbuffer_destroy(&b);
     pm_msg_set_strs(m, "targets", targets, n);
@@ -411,7 +422,28 @@ static int s_connect(s_sess_t *s, const char *status, const char *uuid)
     msgpack_sbuffer_init(&b);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, uuid ? 3 : 2);
+    bool apps = s_apps > 0 && uuid && strcmp(status, "Acknowledged") == 0;
+    msgpack_pack_map(&pk, (uuid ? 3 : 2) + (apps ? 1 : 0));
+    if (apps) {
+        msgpack_pack_str_with_body(&pk, "InstalledApplicationList", 24);
+        msgpack_pack_array(&pk, (uint32_t)s_apps);
+        for (int a = 0; a < s_apps; a++) {
+            char id[64], name[32];
+            int li = snprintf(id, sizeof id, "com.example.bench.app%03d", a);
+            int ln = snprintf(name, sizeof name, "Bench App %03d", a);
+            msgpack_pack_map(&pk, 5);
+            msgpack_pack_str_with_body(&pk, "Identifier", 10);
+            msgpack_pack_str_with_body(&pk, id, (size_t)li);
+            msgpack_pack_str_with_body(&pk, "Name", 4);
+            msgpack_pack_str_with_body(&pk, name, (size_t)ln);
+            msgpack_pack_str_with_body(&pk, "ShortVersion", 12);
+            msgpack_pack_str_with_body(&pk, "1.0", 3);
+            msgpack_pack_str_with_body(&pk, "Version", 7);
+            msgpack_pack_str_with_body(&pk, "100", 3);
+            msgpack_pack_str_with_body(&pk, "BundleSize", 10);
+            msgpack_pack_uint64(&pk, 1000000 + (uint64_t)a * 1000);
+        }
+    }
     msgpack_pack_str_with_body(&pk, "UDID", 4);
     msgpack_pack_str_with_body(&pk, eid, strlen(eid));
     msgpack_pack_str_with_body(&pk, "Status", 6);
@@ -582,6 +614,7 @@ int main(int argc, char **argv)
     s_window = (int)pm_cfg_int(cfg, "window");
     snprintf(s_prefix, sizeof s_prefix, "%s", pm_cfg_str(cfg, "prefix"));
     int n = (int)pm_cfg_int(cfg, "n");
+    s_apps = (int)pm_cfg_int(cfg, "apps");
     pm_bus_config_t bc = {.name = "queuedrv",
                           .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
                           .server_public_key = pm_cfg_str(cfg, "server-key"),

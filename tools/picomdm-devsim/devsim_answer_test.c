@@ -5,6 +5,7 @@
  *  state a device keeps (profiles, erase, NotNow bookkeeping).
  */
 #include "devsim_answer.h"
+#include "pm_plist.h"
 #include "devsim_plist.h"
 #include "devsim_schema_keys.h"
 
@@ -21,30 +22,6 @@ static const char *const s_envelope[] = {
     "Status", "CommandUUID",   "UDID",         "EnrollmentID", "EnrollmentUserID",
     "UserID", "UserShortName", "UserLongName", "NotOnConsole", "ErrorChain",
     NULL};
-
-static const char *s_type(plist_t n)
-{
-    switch (plist_get_node_type(n)) {
-    case PLIST_BOOLEAN:
-        return "boolean";
-    case PLIST_UINT:
-        return "integer";
-    case PLIST_REAL:
-        return "real";
-    case PLIST_STRING:
-        return "string";
-    case PLIST_ARRAY:
-        return "array";
-    case PLIST_DICT:
-        return "dictionary";
-    case PLIST_DATE:
-        return "date";
-    case PLIST_DATA:
-        return "data";
-    default:
-        return "?";
-    }
-}
 
 static const devsim_schema_key_t *s_lookup(const char *rt, const char *path)
 {
@@ -72,10 +49,10 @@ static void s_check(const char *rt, const char *path, plist_t node, bool mac)
             fprintf(stderr, "%s: key %s is not in the schema's responsekeys\n", rt, path);
         return;
     }
-    if (strcmp(k->type, "any") != 0 && strcmp(k->type, s_type(node)) != 0) {
+    if (strcmp(k->type, "any") != 0 && strcmp(k->type, pm_plist_type_name(node)) != 0) {
         if (s_violations++ < 10)
-            fprintf(stderr, "%s: key %s is a %s, the schema says %s\n", rt, path, s_type(node),
-                    k->type);
+            fprintf(stderr, "%s: key %s is a %s, the schema says %s\n", rt, path,
+                    pm_plist_type_name(node), k->type);
     }
     if (mac ? !k->macos : !k->ios) {
         if (s_violations++ < 10)

@@ -1,5 +1,6 @@
 /*  devsim_ident — device identities and Mdm-Signature (see devsim_ident.h). */
 #include "devsim_ident.h"
+#include "pm_pem.h"
 
 #include <openssl/bio.h>
 #include <openssl/cms.h>
@@ -141,26 +142,6 @@ devsim_ident_t *devsim_ident_adopt(X509 **cert, EVP_PKEY **key)
     return id;
 }
 
-static X509 *s_read_cert(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return NULL;
-    X509 *c = PEM_read_X509(f, NULL, NULL, NULL);
-    fclose(f);
-    return c;
-}
-
-static EVP_PKEY *s_read_key(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return NULL;
-    EVP_PKEY *k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-    fclose(f);
-    return k;
-}
-
 static int s_write_pair(X509 *cert, EVP_PKEY *key, const char *cert_path, const char *key_path)
 {
     int rc = -1;
@@ -188,8 +169,8 @@ devsim_ca_t *devsim_ca_load(const char *cert_path, const char *key_path, char *e
     devsim_ca_t *ca = calloc(1, sizeof *ca);
     if (!ca)
         return NULL;
-    ca->cert = s_read_cert(cert_path);
-    ca->key = ca->cert ? s_read_key(key_path) : NULL;
+    ca->cert = pm_pem_read_cert(cert_path);
+    ca->key = ca->cert ? pm_pem_read_key(key_path) : NULL;
     if (!ca->cert || !ca->key) {
         snprintf(err, errlen, "cannot read the CA %s from '%s' (a PEM file is expected)",
                  ca->cert ? "key" : "certificate", ca->cert ? key_path : cert_path);
@@ -248,8 +229,8 @@ int devsim_ca_write(const devsim_ca_t *ca, const char *cert_path, const char *ke
 devsim_ident_t *devsim_ident_load(const char *cert_path, const char *key_path, char *err,
                                   size_t errlen)
 {
-    X509 *cert = s_read_cert(cert_path);
-    EVP_PKEY *key = cert ? s_read_key(key_path) : NULL;
+    X509 *cert = pm_pem_read_cert(cert_path);
+    EVP_PKEY *key = cert ? pm_pem_read_key(key_path) : NULL;
     devsim_ident_t *id = NULL;
     if (!cert || !key) {
         snprintf(err, errlen, "cannot read the device %s from '%s' (a PEM file is expected)",

@@ -24,6 +24,7 @@ typedef struct job {
     int nsteps, at;
     int cmds;       //  commands answered in the current session
     bool stop_next; //  the device ends the session after this PUT (EraseDevice...)
+    int wake_ix;    //  index in wake_state for a wake job, else -1
     struct job *next;
 } job_t;
 
@@ -65,7 +66,13 @@ struct devsim_run {
     phase_t *ph;
     long st_ack, st_error, st_format, st_notnow, violations, http_errors, transport_errors;
     long bad_replies;
+    //  Per channel (device i: 2i, its user channel: 2i+1): a wake job is
+    //  queued/running, and whether another wake arrived meanwhile. A device
+    //  runs one session at a time; a push during a session means one more.
+    unsigned char *wake_state;
 };
+
+enum { S_WAKE_IDLE = 0, S_WAKE_BUSY, S_WAKE_AGAIN };
 
 static double s_now_ms(void)
 {
@@ -146,6 +153,7 @@ void devsim_run_destroy(devsim_run_t **rp)
         curl_slist_free_all(s->hdrs);
     }
     free(r->slots);
+    free(r->wake_state);
     while (r->head) {
         job_t *j = r->head;
         r->head = j->next;
@@ -183,8 +191,10 @@ static job_t *s_pop(devsim_run_t *r)
 static job_t *s_job(devsim_dev_t *dev)
 {
     job_t *j = calloc(1, sizeof *j);
-    if (j)
+    if (j) {
         j->dev = dev;
+        j->wake_ix = -1;
+    }
     return j;
 }
 
@@ -421,11 +431,27 @@ static int s_finish(devsim_run_t *r, slot_t *s, CURLcode res)
     return rc < 0 ? -1 : rc; //  0: submitted, 1: nothing left
 }
 
-//  Run the job queue to completion. Returns the number of failed jobs.
-static int s_drain(devsim_run_t *r)
+//  A job ended: a wake that arrived while it was queued or running runs now.
+static void s_job_done(devsim_run_t *r, job_t *j)
+{
+    if (j->wake_ix >= 0 && r->wake_state) {
+        bool again = r->wake_state[j->wake_ix] == S_WAKE_AGAIN;
+        r->wake_state[j->wake_ix] = S_WAKE_IDLE;
+        if (again)
+            devsim_run_wake(r, j->dev);
+    }
+    free(j);
+}
+
+//  Run the job queue: until it is empty, or (serve) until interrupted or
+//  idle_ms without a job (0: no limit), calling on_ready after each wait on
+//  fd (the push socket, or -1). Returns the number of failed jobs.
+static int s_loop(devsim_run_t *r, bool serve, int fd, void (*on_ready)(void *), void *arg,
+                  long idle_ms)
 {
     int active = 0;
     long failed0 = r->ph->failed;
+    double idle_since = s_now_ms();
     for (;;) {
         for (int i = 0; i < r->nslots && r->head; i++) {
             slot_t *s = &r->slots[i];
@@ -436,14 +462,21 @@ static int s_drain(devsim_run_t *r)
             if (rc != 0) {
                 if (rc < 0)
                     r->ph->failed++;
-                free(s->job);
+                s_job_done(r, s->job);
                 s->job = NULL;
                 continue;
             }
             active++;
         }
-        if (active == 0 && !r->head)
-            break;
+        if (active == 0 && !r->head) {
+            if (!serve)
+                break;
+            if (idle_ms > 0 && s_now_ms() - idle_since >= (double)idle_ms) {
+                pm_info("no push for %ld ms and nothing to do: stopping", idle_ms);
+                break;
+            }
+        } else
+            idle_since = s_now_ms();
         if (zsys_interrupted) { //  SIGINT/SIGTERM: stop; destroy() cleans up transfers
             pm_notice("interrupted: stopping with %d transfers in flight", active);
             break;
@@ -463,15 +496,33 @@ static int s_drain(devsim_run_t *r)
             if (rc != 0) {
                 if (rc < 0)
                     r->ph->failed++;
-                free(s->job);
+                s_job_done(r, s->job);
                 s->job = NULL;
                 active--;
             }
         }
-        if (active > 0)
+        if (serve) {
+            //  The push socket waits in the same poll as the transfers: a
+            //  datagram wakes the loop at once. The timeout only bounds how
+            //  late SIGTERM and the idle limit are noticed.
+            struct curl_waitfd wfd = {.fd = fd, .events = CURL_WAIT_POLLIN};
+            int tmo = active > 0 ? 100 : 1000;
+            if (active == 0 && !r->head && idle_ms > 0) {
+                double rem = (double)idle_ms - (s_now_ms() - idle_since);
+                tmo = rem < 1 ? 1 : rem < tmo ? (int)rem : tmo;
+            }
+            curl_multi_poll(r->multi, fd >= 0 ? &wfd : NULL, fd >= 0 ? 1 : 0, tmo, NULL);
+            if (on_ready)
+                on_ready(arg); //  reads without blocking: nothing waiting costs one recv
+        } else if (active > 0)
             curl_multi_poll(r->multi, NULL, 0, 100, NULL);
     }
     return (int)(r->ph->failed - failed0);
+}
+
+static int s_drain(devsim_run_t *r)
+{
+    return s_loop(r, false, -1, NULL, NULL, 0);
 }
 
 static phase_t *s_phase(devsim_run_t *r, const char *name)
@@ -512,12 +563,36 @@ int devsim_run_enroll(devsim_run_t *r)
 
 void devsim_run_wake(devsim_run_t *r, devsim_dev_t *d)
 {
+    int ix = -1;
+    if (r->wake_state && d->index >= 0 && d->index < r->n) {
+        ix = 2 * d->index + (d->user_channel ? 1 : 0);
+        if (r->wake_state[ix] != S_WAKE_IDLE) {
+            r->wake_state[ix] = S_WAKE_AGAIN; //  one more session after this one
+            return;
+        }
+        r->wake_state[ix] = S_WAKE_BUSY;
+    }
     job_t *j = s_job(d);
-    if (!j)
+    if (!j) {
+        if (ix >= 0)
+            r->wake_state[ix] = S_WAKE_IDLE;
         return;
+    }
+    j->wake_ix = ix;
     s_add_step(j, ST_SESSION, d);
     if (d->user)
         s_add_step(j, ST_SESSION, d->user);
+    s_push(r, j);
+}
+
+void devsim_run_tokenupdate(devsim_run_t *r, devsim_dev_t *d)
+{
+    job_t *j = s_job(d);
+    if (!j)
+        return;
+    s_add_step(j, ST_TOKEN, d);
+    if (d->user)
+        s_add_step(j, ST_TOKEN, d->user);
     s_push(r, j);
 }
 
@@ -526,6 +601,19 @@ int devsim_run_pending(devsim_run_t *r)
     if (!r->ph || r->ph->t1 > 0)
         s_phase(r, "wake");
     return s_run_phase(r);
+}
+
+int devsim_run_serve(devsim_run_t *r, int fd, void (*on_ready)(void *arg), void *arg, long idle_ms)
+{
+    if (!r->wake_state) {
+        r->wake_state = calloc((size_t)r->n * 2, 1);
+        if (!r->wake_state)
+            return -1;
+    }
+    s_phase(r, "wake");
+    int failed = s_loop(r, true, fd, on_ready, arg, idle_ms);
+    r->ph->t1 = s_now_ms();
+    return failed;
 }
 
 int devsim_run_sessions(devsim_run_t *r)

@@ -53,6 +53,16 @@ int devsim_run_checkout(devsim_run_t *r);
 //  queue to completion. Returns failures.
 void devsim_run_wake(devsim_run_t *r, devsim_dev_t *dev);
 int devsim_run_pending(devsim_run_t *r);
+//  Queue a TokenUpdate (both channels) for an enrolled device, as a device
+//  does when its token may have changed; a server clears a stale-token mark.
+void devsim_run_tokenupdate(devsim_run_t *r, devsim_dev_t *dev);
+//  Serve pushes: one loop runs the transfers and waits on `fd` (the push
+//  socket) in the same curl_multi_poll; when fd is readable (or jobs are
+//  queued) on_ready(arg) is called, which calls devsim_run_wake() per push.
+//  A device runs one session at a time (a push during a session queues one
+//  more). Returns when interrupted (SIGINT/SIGTERM) or after idle_ms with
+//  nothing to do (0: never). Returns the number of failed sessions.
+int devsim_run_serve(devsim_run_t *r, int fd, void (*on_ready)(void *arg), void *arg, long idle_ms);
 
 //  Print the figures of every phase run so far. Returns the number of
 //  problems seen (HTTP errors, transport errors, NotNow violations).

@@ -10,6 +10,7 @@
 #include "devsim_ident.h"
 #include "devsim_neg.h"
 #include "devsim_plist.h"
+#include "devsim_push.h"
 #include "devsim_run.h"
 #include "devsim_scep.h"
 #include "pm_cfg.h"
@@ -18,6 +19,7 @@
 #include <czmq.h>
 #include <curl/curl.h>
 #include <errno.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,6 +56,8 @@ static const pm_opt_t s_opts[] = {
      "keep each device's identity here (<id>.pem/.key; reused on the next run, as a real "
      "device keeps its certificate; with --ca-cert)"},
     {"apps", PM_OPT_INT, "200", "apps in InstalledApplicationList"},
+    {"os-version", PM_OPT_STR, NULL,
+     "report this OSVersion instead of the model's (e.g. an update between two runs)"},
     {"notnow-rate", PM_OPT_STR, "0", "chance 0..1 of answering a command NotNow"},
     {"timeout-ms", PM_OPT_INT, "30000", "per-request timeout"},
     {"max-commands", PM_OPT_INT, "1000", "commands per session before the device gives up"},
@@ -80,7 +84,48 @@ static const pm_opt_t s_opts[] = {
     {"session-delay-ms", PM_OPT_INT, "0",
      "wait this long after enrollment before the sessions (time to queue commands)"},
     {"make-ca", PM_OPT_STR, NULL, "write a new device CA to PREFIX.pem and PREFIX.key and exit"},
+    {"push-listen", PM_OPT_STR, NULL,
+     "UNIX datagram socket for pushes (picomdm-fake-apns --deliver-unix): each push for a "
+     "device's Token and PushMagic runs one session for it; implies --stay"},
+    {"stay", PM_OPT_BOOL, "false",
+     "after enrollment and --rounds, keep running (serving pushes) until SIGTERM; SIGHUP makes "
+     "every device re-send TokenUpdate"},
+    {"exit-after-idle-ms", PM_OPT_INT, "0",
+     "with --stay/--push-listen: stop after this long with no push and nothing to do (0: never)"},
     {NULL, 0, NULL, NULL}};
+
+//  SIGHUP while serving: every enrolled device re-sends TokenUpdate.
+static volatile sig_atomic_t s_hup;
+static void s_on_hup(int sig)
+{
+    (void)sig;
+    s_hup = 1;
+}
+
+typedef struct {
+    devsim_run_t *run;
+    devsim_push_t *push;
+    devsim_dev_t **devs;
+    int n;
+} s_serve_t;
+
+//  Called by the serve loop after each wait.
+static void s_on_ready(void *arg)
+{
+    s_serve_t *sv = arg;
+    if (s_hup) {
+        s_hup = 0;
+        int k = 0;
+        for (int i = 0; i < sv->n; i++)
+            if (sv->devs[i]->enrolled && !sv->devs[i]->erased) {
+                devsim_run_tokenupdate(sv->run, sv->devs[i]);
+                k++;
+            }
+        pm_info("SIGHUP: %d device(s) re-send TokenUpdate", k);
+    }
+    if (sv->push)
+        devsim_push_on_ready(sv->push);
+}
 
 //  --enroll-url: every device fetches its own profile (one-time challenge) and
 //  enrolls over SCEP. The first profile's URLs and SignMessage drive the run.
@@ -249,6 +294,7 @@ int main(int argc, char **argv)
     devsim_dev_t **devs = NULL;
     devsim_ca_t *ca = NULL;
     devsim_run_t *run = NULL;
+    devsim_push_t *push = NULL;
     devsim_profile_t *profile = NULL; //  --enroll-url: the first device's profile
     int n = 0;
     char err[256];
@@ -354,6 +400,9 @@ int main(int argc, char **argv)
         devs[i] = devsim_dev_new(k, i, seed, pm_cfg_str(cfg, "topic"));
         if (!devs[i])
             goto out;
+        const char *osv = pm_cfg_str(cfg, "os-version");
+        if (osv)
+            snprintf(devs[i]->os_version, sizeof devs[i]->os_version, "%s", osv);
     }
 
     //  Identities: given, issued by the given CA, or (no CA) by a throwaway CA.
@@ -499,6 +548,17 @@ int main(int argc, char **argv)
     }
     pm_info("%d %s device(s) -> %s, concurrency %d, %d round(s), NotNow rate %.2f", n, kind_s,
             ro.url, conc, rounds, notnow);
+    //  Bound before enrolling: a push that comes right after a TokenUpdate
+    //  waits in the socket until the serve loop reads it.
+    const char *listen = pm_cfg_str(cfg, "push-listen");
+    if (listen) {
+        push = devsim_push_new(listen, devs, n, run, err, sizeof err);
+        if (!push) {
+            pm_error("%s", err);
+            OPENSSL_free(ca_der);
+            goto out;
+        }
+    }
     int failed = 0;
     if (pm_cfg_bool(cfg, "enroll"))
         failed += devsim_run_enroll(run);
@@ -518,20 +578,39 @@ int main(int argc, char **argv)
             pm_error("renewal failed: %s", err);
             failed++;
         } else {
-            //  The back end binds a certificate at Authenticate only (docs/queue.md):
-            //  with a new identity the device authenticates again, as iOS does
-            //  when its MDM identity is replaced.
-            failed += devsim_run_enroll(run);
+            //  A renewed identity keeps the enrollment: the device goes on
+            //  checking in with it, no new Authenticate (the server re-binds).
             for (int i = 0; i < (rounds > 0 ? rounds : 1) && !zsys_interrupted; i++)
                 failed += devsim_run_sessions(run);
         }
     }
+    if ((push || pm_cfg_bool(cfg, "stay")) && !zsys_interrupted) {
+        long idle = (long)pm_cfg_int(cfg, "exit-after-idle-ms");
+        pm_info("%s; serving until SIGTERM%s", push ? "listening for pushes" : "staying",
+                idle > 0 ? " or idle" : "");
+        if (push) {
+            int ne = 0;
+            for (int i = 0; i < n; i++)
+                ne += devs[i]->enrolled;
+            printf("push-listen %s ready, %d of %d devices enrolled\n", listen, ne, n);
+            fflush(stdout);
+        }
+        s_serve_t sv = {run, push, devs, n};
+        signal(SIGHUP, s_on_hup);
+        failed += devsim_run_serve(run, push ? devsim_push_fd(push) : -1, s_on_ready, &sv, idle);
+    }
     if (pm_cfg_bool(cfg, "checkout") && !zsys_interrupted)
         failed += devsim_run_checkout(run);
     int problems = devsim_run_report(run, stdout);
+    if (push) {
+        long rx, woken, ignored;
+        devsim_push_counts(push, &rx, &woken, &ignored);
+        printf("pushes     received %ld, woke a device %ld, ignored %ld\n", rx, woken, ignored);
+    }
     OPENSSL_free(ca_der);
     rc = failed || problems || zsys_interrupted ? 1 : 0;
 out:
+    devsim_push_destroy(&push);
     devsim_run_destroy(&run);
     for (int i = 0; devs && i < n; i++)
         devsim_dev_destroy(&devs[i]);

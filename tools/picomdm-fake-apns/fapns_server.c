@@ -6,6 +6,8 @@
 #include "pm_log.h"
 #include "push_cert.h"
 
+#include <czmq.h>
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/buffer.h>
@@ -106,6 +108,8 @@ struct fapns_server {
     fapns_rules_t *rules;
     s_conn_t *conns; //  open connections (freed on destroy)
     int deliver_fd;
+    zlist_t *deliver_backlog; //  datagrams the receiver had no room for yet (oldest first)
+    struct event *deliver_retry;
     FILE *deliver_file;
     struct sockaddr_un deliver_addr;
     uint64_t id_seq, id_salt;
@@ -183,6 +187,34 @@ static void s_stat_status(fapns_server_t *s, unsigned status)
 
 /* ---- delivery hook ---- */
 
+//  A full receiver queue (net.unix.max_dgram_qlen is 10 on many machines) must
+//  not lose a push the stand-in accepted: such datagrams wait in a bounded
+//  backlog, in order, and a 5 ms timer retries them.
+#define S_DELIVER_BACKLOG_MAX 100000
+
+static void s_deliver_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    fapns_server_t *s = arg;
+    char *line;
+    while ((line = zlist_first(s->deliver_backlog))) {
+        if (sendto(s->deliver_fd, line, strlen(line), 0, (struct sockaddr *)&s->deliver_addr,
+                   sizeof s->deliver_addr) < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
+                break;
+            pm_debug("delivery datagram to %s failed: %m", s->cfg.deliver_unix);
+            s->st.deliver_errors++;
+        } else
+            s->st.delivered++;
+        free(zlist_pop(s->deliver_backlog));
+    }
+    if (zlist_size(s->deliver_backlog)) {
+        struct timeval tv = {0, 5000};
+        event_add(s->deliver_retry, &tv);
+    }
+}
+
 static void s_deliver(fapns_server_t *s, const s_stream_t *st)
 {
     if (s->deliver_fd < 0 && !s->deliver_file)
@@ -193,19 +225,35 @@ static void s_deliver(fapns_server_t *s, const s_stream_t *st)
                      st->v.token, st->topic, st->v.magic, st->apns_id);
     if (n < 0 || (size_t)n >= sizeof line)
         return;
-    bool ok = true;
-    if (s->deliver_fd >= 0 &&
-        sendto(s->deliver_fd, line, (size_t)n - 1, 0, (struct sockaddr *)&s->deliver_addr,
-               sizeof s->deliver_addr) < 0) {
-        ok = false;
-        pm_debug("delivery datagram to %s failed: %m", s->cfg.deliver_unix);
-    }
     if (s->deliver_file && (fputs(line, s->deliver_file) < 0 || fflush(s->deliver_file) != 0))
-        ok = false;
-    if (ok)
-        s->st.delivered++;
-    else
         s->st.deliver_errors++;
+    if (s->deliver_fd < 0) {
+        s->st.delivered++;
+        return;
+    }
+    line[n - 1] = 0; //  the datagram carries no newline
+    if (!zlist_size(s->deliver_backlog)) {
+        if (sendto(s->deliver_fd, line, (size_t)n - 1, 0, (struct sockaddr *)&s->deliver_addr,
+                   sizeof s->deliver_addr) >= 0) {
+            s->st.delivered++;
+            return;
+        }
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS) {
+            pm_debug("delivery datagram to %s failed: %m", s->cfg.deliver_unix);
+            s->st.deliver_errors++;
+            return;
+        }
+    }
+    char *copy = zlist_size(s->deliver_backlog) < S_DELIVER_BACKLOG_MAX ? strdup(line) : NULL;
+    if (!copy || zlist_append(s->deliver_backlog, copy) < 0) {
+        free(copy);
+        s->st.deliver_errors++;
+        return;
+    }
+    if (!evtimer_pending(s->deliver_retry, NULL)) {
+        struct timeval tv = {0, 5000};
+        event_add(s->deliver_retry, &tv);
+    }
 }
 
 /* ---- streams ---- */
@@ -915,6 +963,12 @@ fapns_server_t *fapns_server_new(const fapns_server_cfg_t *cfg, fapns_tokens_t *
             goto fail;
         }
         s->deliver_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        s->deliver_backlog = zlist_new();
+        s->deliver_retry = evtimer_new(s->base, s_deliver_flush, s);
+        if (s->deliver_fd < 0 || !s->deliver_backlog || !s->deliver_retry) {
+            snprintf(err, errlen, "cannot set up the delivery socket: %m");
+            goto fail;
+        }
         s->deliver_addr.sun_family = AF_UNIX;
         memcpy(s->deliver_addr.sun_path, cfg->deliver_unix, strlen(cfg->deliver_unix) + 1);
     }
@@ -956,8 +1010,16 @@ void fapns_server_destroy(fapns_server_t **srv)
     if (s->listener)
         evconnlistener_free(s->listener);
     SSL_CTX_free(s->ssl_ctx);
+    if (s->deliver_retry)
+        event_free(s->deliver_retry);
     if (s->base)
         event_base_free(s->base);
+    if (s->deliver_backlog) {
+        char *line;
+        while ((line = zlist_pop(s->deliver_backlog)))
+            free(line);
+        zlist_destroy(&s->deliver_backlog);
+    }
     if (s->deliver_fd >= 0)
         close(s->deliver_fd);
     if (s->deliver_file)

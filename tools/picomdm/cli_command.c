@@ -597,30 +597,6 @@ int cli_command_set(cli_command_t *self, const char *assignment, char *err, size
 
 /* ---- validation ---- */
 
-static const char *s_node_type(plist_t node)
-{
-    switch (plist_get_node_type(node)) {
-    case PLIST_BOOLEAN:
-        return "boolean";
-    case PLIST_UINT:
-        return "integer";
-    case PLIST_REAL:
-        return "real";
-    case PLIST_STRING:
-        return "string";
-    case PLIST_ARRAY:
-        return "array";
-    case PLIST_DICT:
-        return "dictionary";
-    case PLIST_DATE:
-        return "date";
-    case PLIST_DATA:
-        return "data";
-    default:
-        return "other";
-    }
-}
-
 static void s_check_node(const cmdtab_key_t *k, plist_t node, const char *path, s_problems_t *p);
 
 static void s_check_dict(uint16_t first, uint16_t n, plist_t dict, const char *path, bool top,
@@ -731,7 +707,7 @@ static void s_check_node(const cmdtab_key_t *k, plist_t node, const char *path, 
         s_problem(p, "%s: must be %s %s, not %s %s", path,
                   k->type == CT_INTEGER || k->type == CT_ARRAY ? "an" : "a",
                   cmdtab_type_name(k->type), t == PLIST_UINT || t == PLIST_ARRAY ? "an" : "a",
-                  s_node_type(node));
+                  pm_plist_type_name(node));
         return;
     }
     if (t == PLIST_STRING && k->nvalue) {

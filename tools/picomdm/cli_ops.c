@@ -63,7 +63,14 @@ static pm_bus_t *s_connect(cli_ctx_t *ctx, bool events)
 }
 
 //  Send `req` to the scheduler. On CLI_EXIT_OK *reply is the caller's.
+static int s_call_to(cli_ctx_t *ctx, const char *service, const pm_msg_t *req, pm_msg_t **reply);
+
 static int s_call(cli_ctx_t *ctx, const pm_msg_t *req, pm_msg_t **reply)
+{
+    return s_call_to(ctx, S_SERVICE, req, reply);
+}
+
+static int s_call_to(cli_ctx_t *ctx, const char *service, const pm_msg_t *req, pm_msg_t **reply)
 {
     *reply = NULL;
     int64_t timeout = pm_cfg_int(ctx->cfg, "timeout");
@@ -76,13 +83,14 @@ static int s_call(cli_ctx_t *ctx, const pm_msg_t *req, pm_msg_t **reply)
     if (!bus)
         return CLI_EXIT_BUS;
     char err[256] = "";
-    pm_msg_t *r = pm_bus_call(bus, S_SERVICE, req, (int)timeout, (int)retries, err, sizeof err);
+    pm_msg_t *r = pm_bus_call(bus, service, req, (int)timeout, (int)retries, err, sizeof err);
     pm_bus_destroy(&bus);
     if (!r) {
         fprintf(stderr,
                 "picomdm: no reply from the %s service at %s (%s). Is `picomdm up` (or the "
-                "broker and scheduler) running? Check --request-endpoint or PICOMDM_CONFIG.\n",
-                S_SERVICE, pm_cfg_str(ctx->cfg, "request-endpoint"), err[0] ? err : "timed out");
+                "broker and picomdm-%s) running? Check --request-endpoint or PICOMDM_CONFIG.\n",
+                service, pm_cfg_str(ctx->cfg, "request-endpoint"), err[0] ? err : "timed out",
+                service);
         return CLI_EXIT_BUS;
     }
     if (pm_msg_type(r) == PM_MSG_ERROR) {
@@ -479,4 +487,9 @@ int cli_op_watch(cli_ctx_t *ctx)
 int cli_call(cli_ctx_t *ctx, const pm_msg_t *req, pm_msg_t **reply)
 {
     return s_call(ctx, req, reply);
+}
+
+int cli_call_to(cli_ctx_t *ctx, const char *service, const pm_msg_t *req, pm_msg_t **reply)
+{
+    return s_call_to(ctx, service, req, reply);
 }

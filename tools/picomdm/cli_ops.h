@@ -18,8 +18,15 @@ int cli_op_cancel(cli_ctx_t *ctx);
 int cli_op_watch(cli_ctx_t *ctx);
 
 //  Send `req` to the scheduler (errors printed). On CLI_EXIT_OK *reply is the caller's.
+#include "pm_cfg.h"
 #include "pm_msg.h"
 int cli_call(cli_ctx_t *ctx, const pm_msg_t *req, pm_msg_t **reply);
+//  The same, to another service ("ca", "store").
+int cli_call_to(cli_ctx_t *ctx, const char *service, const pm_msg_t *req, pm_msg_t **reply);
+
+/* ---- enrollment profile (cli_profile.c) ---- */
+extern const pm_opt_t cli_profile_opts[];
+int cli_profile_run(cli_ctx_t *ctx);
 
 /* ---- inventory (cli_device.c) ---- */
 int cli_op_device(cli_ctx_t *ctx);

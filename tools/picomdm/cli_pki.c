@@ -1,5 +1,6 @@
 /*  cli_pki — first-start certificates for `picomdm up` (see cli_pki.h). */
 #include "cli_pki.h"
+#include "pm_pem.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -40,57 +41,6 @@ __attribute__((format(printf, 3, 4))) static int s_fail(char *err, size_t errlen
     }
     ERR_clear_error();
     return -1;
-}
-
-static X509 *s_load_cert(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return NULL;
-    X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
-    fclose(f);
-    return x;
-}
-
-static EVP_PKEY *s_load_key(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return NULL;
-    EVP_PKEY *k = PEM_read_PrivateKey(f, NULL, NULL, NULL);
-    fclose(f);
-    return k;
-}
-
-//  Write PEM through a temp file and rename, so a crash never leaves half a
-//  file; `mode` applies from creation (no window where a key is world-readable).
-static int s_write_pem(const char *path, mode_t mode, X509 *cert, EVP_PKEY *key, char *err,
-                       size_t errlen)
-{
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
-        return s_fail(err, errlen, "path too long: %s", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0)
-        return s_fail(err, errlen, "cannot create %s: %s (check the directory's permissions)", tmp,
-                      strerror(errno));
-    FILE *f = fdopen(fd, "w");
-    if (!f) {
-        close(fd);
-        unlink(tmp);
-        return s_fail(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
-    }
-    int ok =
-        cert ? PEM_write_X509(f, cert) : PEM_write_PrivateKey(f, key, NULL, NULL, 0, NULL, NULL);
-    if (fflush(f) != 0 || fsync(fileno(f)) != 0)
-        ok = 0;
-    if (fclose(f) != 0)
-        ok = 0;
-    if (!ok || chmod(tmp, mode) != 0 || rename(tmp, path) != 0) {
-        unlink(tmp);
-        return s_fail(err, errlen, "cannot write %s: %s", path, strerror(errno));
-    }
-    return 0;
 }
 
 static int s_add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
@@ -155,8 +105,8 @@ static int s_make(const char *cert_path, const char *key_path, const char *cn, i
         goto out;
     }
     //  key first: a certificate without its key is useless, the reverse is redone
-    if (s_write_pem(key_path, 0600, NULL, key, err, errlen) < 0 ||
-        s_write_pem(cert_path, 0644, x, NULL, err, errlen) < 0)
+    if (pm_pem_write(key_path, 0600, NULL, key, err, errlen) < 0 ||
+        pm_pem_write(cert_path, 0644, x, NULL, err, errlen) < 0)
         goto out;
     rc = 0;
 out:
@@ -171,8 +121,8 @@ int cli_pki_ensure_ca(const char *cert_path, const char *key_path, const char *c
     *created = false;
     bool have_cert = access(cert_path, F_OK) == 0, have_key = access(key_path, F_OK) == 0;
     if (have_cert || have_key) {
-        X509 *x = s_load_cert(cert_path);
-        EVP_PKEY *k = s_load_key(key_path);
+        X509 *x = pm_pem_read_cert(cert_path);
+        EVP_PKEY *k = pm_pem_read_key(key_path);
         int ok = x && k && X509_check_private_key(x, k);
         X509_free(x);
         EVP_PKEY_free(k);
@@ -219,8 +169,8 @@ int cli_pki_ensure_tls(const char *cert_path, const char *key_path, const char *
     *created = false;
     if (!names || !*names)
         return s_fail(err, errlen, "no host names for the TLS certificate");
-    X509 *x = s_load_cert(cert_path);
-    EVP_PKEY *k = x ? s_load_key(key_path) : NULL;
+    X509 *x = pm_pem_read_cert(cert_path);
+    EVP_PKEY *k = x ? pm_pem_read_key(key_path) : NULL;
     bool reuse = x && k && X509_check_private_key(x, k) && s_covers(x, names);
     if (reuse) {
         time_t soon = time(NULL) + (time_t)S_RENEW_DAYS * 86400;
@@ -267,7 +217,7 @@ int cli_pki_ensure_tls(const char *cert_path, const char *key_path, const char *
 
 int cli_pki_fingerprint(const char *cert_path, char *buf, size_t size)
 {
-    X509 *x = s_load_cert(cert_path);
+    X509 *x = pm_pem_read_cert(cert_path);
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int n = 0;
     int rc = -1;

@@ -10,6 +10,7 @@
 #include "cli.h"
 #include "cli_audit.h"
 #include "cli_command.h"
+#include "cli_doctor.h"
 #include "cli_ops.h"
 #include "cli_up.h"
 #include "cmdtab.h"
@@ -109,6 +110,12 @@ static const s_cmd_t s_cmds[] = {
     {"audit", "[--file PATH] [--after SEQ] [--poll-ms N]",
      "append every event to a JSON-lines file, gaps filled from the store (SIGHUP reopens)",
      cli_audit_opts, false, false, cli_audit_run},
+    {"doctor", "[<enrollment id>] [--push-cert PEM] [--silent-for 1d]",
+     "why is a device silent: push, token, queue and check-in findings (no id: the fleet)",
+     cli_doctor_opts, false, false, cli_doctor_run},
+    {"profile", "[-o FILE] [--server-url URL] [--topic T]",
+     "the signed enrollment profile (.mobileconfig) devices install, from the ca service",
+     cli_profile_opts, false, false, cli_profile_run},
     {"commands", "[RequestType]",
      "list the MDM commands Apple's schema defines, or describe one (keys, types, values)", s_none,
      false, false, s_run_commands},

@@ -1,0 +1,261 @@
+/*  store_doctor — facts for `picomdm doctor` (store_doctor.h). Read-only
+ *  queries over enrollments, queue, commands and events; nothing here writes.
+ */
+#include "store_doctor.h"
+
+#include "pm_log.h"
+
+#include <stdbool.h>
+#include <string.h>
+
+static void s_key(msgpack_packer *pk, const char *k)
+{
+    msgpack_pack_str_with_body(pk, k, strlen(k));
+}
+
+//  Column i as msgpack: integer, text, nil (blobs: nil; doctor never needs them).
+static void s_col(msgpack_packer *pk, sqlite3_stmt *st, int i)
+{
+    switch (sqlite3_column_type(st, i)) {
+    case SQLITE_INTEGER:
+        msgpack_pack_int64(pk, sqlite3_column_int64(st, i));
+        break;
+    case SQLITE_TEXT: {
+        const char *t = (const char *)sqlite3_column_text(st, i);
+        msgpack_pack_str_with_body(pk, t, (size_t)sqlite3_column_bytes(st, i));
+        break;
+    }
+    default:
+        msgpack_pack_nil(pk);
+        break;
+    }
+}
+
+static void s_bool_col(msgpack_packer *pk, sqlite3_stmt *st, int i)
+{
+    if (sqlite3_column_int64(st, i))
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+}
+
+//  Prepare `q` with eid bound as ?1. NULL on failure (logged).
+static sqlite3_stmt *s_prep(sqlite3 *sql, const char *q, const char *eid)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(sql, q, -1, &st, NULL) != SQLITE_OK) {
+        pm_error("doctor query failed: %s", sqlite3_errmsg(sql));
+        sqlite3_finalize(st);
+        return NULL;
+    }
+    if (eid)
+        sqlite3_bind_text(st, 1, eid, -1, SQLITE_STATIC);
+    return st;
+}
+
+int store_doctor_device(sqlite3 *sql, const char *eid, msgpack_sbuffer *out)
+{
+    int rc = -1;
+    sqlite3_stmt *e = NULL, *q = NULL, *h = NULL, *p = NULL, *n = NULL;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
+    e = s_prep(sql,
+               "SELECT kind, enrolled, token_update IS NOT NULL, push_token IS NOT NULL, topic,"
+               " stale_token, wake_pending, first_seen, last_seen FROM enrollments WHERE eid=?1",
+               eid);
+    q = s_prep(sql, "SELECT count(*), max(created) FROM queue WHERE eid=?1 AND active=1", eid);
+    h = s_prep(sql,
+               "SELECT c.uuid, c.request_type, q.status, q.notnow_count, q.deliveries, q.created,"
+               " q.delivered FROM queue q JOIN commands c ON c.id=q.cmd"
+               " WHERE q.eid=?1 AND q.active=1 ORDER BY q.priority DESC, q.cmd LIMIT 5",
+               eid);
+    p = s_prep(sql,
+               "SELECT name, ts, data FROM events WHERE eid=?1 AND name LIKE 'push.%'"
+               " ORDER BY seq DESC LIMIT 1",
+               eid);
+    n = s_prep(sql, "SELECT count(*) FROM events WHERE eid=?1 AND name LIKE 'push.%'", eid);
+    if (!e || !q || !h || !p || !n)
+        goto out;
+    int r = sqlite3_step(e);
+    if (r == SQLITE_DONE) {
+        rc = 1;
+        goto out;
+    }
+    if (r != SQLITE_ROW || sqlite3_step(q) != SQLITE_ROW || sqlite3_step(n) != SQLITE_ROW)
+        goto out;
+    msgpack_pack_map(&pk, 15);
+    s_key(&pk, "eid");
+    msgpack_pack_str_with_body(&pk, eid, strlen(eid));
+    s_key(&pk, "kind");
+    s_col(&pk, e, 0);
+    s_key(&pk, "enrolled");
+    s_bool_col(&pk, e, 1);
+    s_key(&pk, "activated");
+    s_bool_col(&pk, e, 2);
+    s_key(&pk, "has_token");
+    s_bool_col(&pk, e, 3);
+    s_key(&pk, "topic");
+    s_col(&pk, e, 4);
+    s_key(&pk, "stale_token");
+    s_bool_col(&pk, e, 5);
+    s_key(&pk, "wake_pending");
+    s_bool_col(&pk, e, 6);
+    s_key(&pk, "first_seen");
+    s_col(&pk, e, 7);
+    s_key(&pk, "last_seen");
+    s_col(&pk, e, 8);
+    s_key(&pk, "queued");
+    s_col(&pk, q, 0);
+    s_key(&pk, "newest_queued");
+    s_col(&pk, q, 1);
+    s_key(&pk, "push_events");
+    s_col(&pk, n, 0);
+    //  the head of the queue, in offer order
+    s_key(&pk, "head");
+    msgpack_sbuffer rows;
+    msgpack_sbuffer_init(&rows);
+    msgpack_packer rp;
+    msgpack_packer_init(&rp, &rows, msgpack_sbuffer_write);
+    uint32_t nrows = 0;
+    static const char *const hk[] = {"uuid",       "request_type", "status",   "notnow_count",
+                                     "deliveries", "created",      "delivered"};
+    while ((r = sqlite3_step(h)) == SQLITE_ROW) {
+        msgpack_pack_map(&rp, 7);
+        for (int i = 0; i < 7; i++) {
+            s_key(&rp, hk[i]);
+            s_col(&rp, h, i);
+        }
+        nrows++;
+    }
+    if (r != SQLITE_DONE) {
+        msgpack_sbuffer_destroy(&rows);
+        goto out;
+    }
+    msgpack_pack_array(&pk, nrows);
+    msgpack_sbuffer_write(out, rows.data, rows.size);
+    msgpack_sbuffer_destroy(&rows);
+    //  the last push outcome the pusher logged
+    s_key(&pk, "last_push");
+    r = sqlite3_step(p);
+    if (r == SQLITE_ROW) {
+        msgpack_pack_map(&pk, 3);
+        s_key(&pk, "name");
+        s_col(&pk, p, 0);
+        s_key(&pk, "ts");
+        s_col(&pk, p, 1);
+        s_key(&pk, "data");
+        int len = sqlite3_column_bytes(p, 2);
+        const void *blob = sqlite3_column_blob(p, 2);
+        msgpack_unpacked u;
+        msgpack_unpacked_init(&u);
+        //  data is one packed map (or nothing); anything else is left out
+        if (blob && len > 0 &&
+            msgpack_unpack_next(&u, blob, (size_t)len, NULL) == MSGPACK_UNPACK_SUCCESS &&
+            u.data.type == MSGPACK_OBJECT_MAP)
+            msgpack_pack_object(&pk, u.data);
+        else
+            msgpack_pack_nil(&pk);
+        msgpack_unpacked_destroy(&u);
+    } else if (r == SQLITE_DONE)
+        msgpack_pack_nil(&pk);
+    else
+        goto out;
+    rc = 0;
+out:
+    if (rc < 0)
+        pm_error("doctor facts for %s failed: %s", eid, sqlite3_errmsg(sql));
+    sqlite3_finalize(e);
+    sqlite3_finalize(q);
+    sqlite3_finalize(h);
+    sqlite3_finalize(p);
+    sqlite3_finalize(n);
+    return rc;
+}
+
+int store_doctor_fleet(sqlite3 *sql, int64_t silent_ms, unsigned notnow_limit, int64_t now_ms,
+                       msgpack_sbuffer *out)
+{
+    int rc = -1;
+    sqlite3_stmt *e = NULL, *s = NULL, *p = NULL;
+    e = s_prep(sql,
+               "SELECT count(*), coalesce(sum(enrolled=1 AND push_token IS NOT NULL),0),"
+               " coalesce(sum(enrolled=0 AND token_update IS NULL),0),"
+               " coalesce(sum(enrolled=0 AND token_update IS NOT NULL),0),"
+               " coalesce(sum(enrolled=1 AND push_token IS NULL),0),"
+               " coalesce(sum(stale_token=1),0), coalesce(sum(wake_pending=1),0),"
+               " coalesce(sum(enrolled=1 AND last_seen < ?1),0) FROM enrollments",
+               NULL);
+    s = s_prep(sql,
+               "SELECT count(DISTINCT eid) FROM queue WHERE active=1 AND"
+               " (notnow_count >= ?1 OR (status='sent' AND delivered < ?2))",
+               NULL);
+    p = s_prep(sql, "SELECT EXISTS(SELECT 1 FROM events WHERE name LIKE 'push.%')", NULL);
+    if (!e || !s || !p)
+        goto out;
+    sqlite3_bind_int64(e, 1, now_ms - silent_ms);
+    sqlite3_bind_int64(s, 1, notnow_limit ? (sqlite3_int64)notnow_limit : INT64_MAX);
+    sqlite3_bind_int64(s, 2, now_ms - 60000); //  delivered a minute ago, no answer
+    if (sqlite3_step(e) != SQLITE_ROW || sqlite3_step(s) != SQLITE_ROW ||
+        sqlite3_step(p) != SQLITE_ROW)
+        goto out;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
+    static const char *const ek[] = {"total",    "active",      "not_activated", "checked_out",
+                                     "no_token", "stale_token", "wake_pending",  "silent"};
+    msgpack_pack_map(&pk, 10);
+    for (int i = 0; i < 8; i++) {
+        s_key(&pk, ek[i]);
+        s_col(&pk, e, i);
+    }
+    s_key(&pk, "stuck");
+    s_col(&pk, s, 0);
+    s_key(&pk, "push_outcomes");
+    s_bool_col(&pk, p, 0);
+    rc = 0;
+out:
+    if (rc < 0)
+        pm_error("doctor fleet facts failed: %s", sqlite3_errmsg(sql));
+    sqlite3_finalize(e);
+    sqlite3_finalize(s);
+    sqlite3_finalize(p);
+    return rc;
+}
+
+store_rc_t store_doctor_svc(store_db_t *db, const pm_msg_t *req, pm_msg_t **reply, int64_t now_ms)
+{
+    store_rc_t rc = STORE_ERR_DB;
+    msgpack_sbuffer b;
+    msgpack_sbuffer_init(&b);
+    sqlite3 *sql = store_db_sqlite(db);
+    const char *eid = pm_msg_str(req, "eid");
+    *reply = NULL;
+    if (eid && *eid) {
+        int r = store_doctor_device(sql, eid, &b);
+        if (r == 1) {
+            *reply = pm_msg_new_error(
+                req, "not_found", "no enrollment %.128s: list them with `picomdm devices`", eid);
+            rc = STORE_ERR_NOTFOUND;
+            goto out;
+        }
+        if (r < 0)
+            goto out;
+    } else if (store_doctor_fleet(sql, (int64_t)pm_msg_uint(req, "silent_s", 86400) * 1000,
+                                  (unsigned)pm_msg_uint(req, "notnow_limit", 3), now_ms, &b) < 0)
+        goto out;
+    *reply = pm_msg_new_reply(req, PM_MSG_DOCTOR_REPLY);
+    if (!*reply || pm_msg_set_uint(*reply, "now", (uint64_t)now_ms) < 0 ||
+        pm_msg_set_packed(*reply, eid && *eid ? "device" : "fleet", (const uint8_t *)b.data,
+                          b.size) < 0) {
+        pm_msg_destroy(reply);
+        goto out;
+    }
+    rc = STORE_OK;
+out:
+    if (!*reply)
+        *reply = pm_msg_new_error(req, "internal",
+                                  "the store could not read the doctor facts (%s): check the "
+                                  "store's log and retry",
+                                  sqlite3_errmsg(sql));
+    msgpack_sbuffer_destroy(&b);
+    return rc;
+}
