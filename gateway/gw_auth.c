@@ -158,7 +158,7 @@ gw_auth_t *gw_auth_new(const char *ca_files, char *err, size_t errlen)
         snprintf(err, errlen, "device-ca lists no file");
         goto fail;
     }
-    if (gw_auth_set_cache(self, GW_AUTH_CACHE_SLOTS, GW_AUTH_CACHE_TTL_S) < 0)
+    if (gw_auth_set_cache(self, GW_AUTH_CACHE_SLOTS, GW_AUTH_CACHE_TTL_S, GW_AUTH_CERT_SLOTS) < 0)
         goto oom;
     free(list);
     return self;
@@ -216,7 +216,7 @@ void gw_auth_hash_hex(const uint8_t hash[32], char *out)
     out[64] = '\0';
 }
 
-int gw_auth_set_cache(gw_auth_t *auth, size_t slots, int ttl_s)
+int gw_auth_set_cache(gw_auth_t *auth, size_t slots, int ttl_s, size_t cert_slots)
 {
     for (size_t i = 0; auth->xcache && i < auth->xslots; i++)
         X509_free(auth->xcache[i].x);
@@ -232,7 +232,7 @@ int gw_auth_set_cache(gw_auth_t *auth, size_t slots, int ttl_s)
     //  data with it): at most GW_AUTH_CERT_SLOTS of them stay decoded. The
     //  requests of one device session come close together, so even a small
     //  cache serves all but the first request of a session.
-    size_t xslots = slots < GW_AUTH_CERT_SLOTS ? slots : GW_AUTH_CERT_SLOTS;
+    size_t xslots = cert_slots ? cert_slots : 1;
     auth->cache = calloc(slots, sizeof *auth->cache);
     auth->xcache = calloc(xslots, sizeof *auth->xcache);
     if (!auth->cache || !auth->xcache) {
@@ -301,13 +301,24 @@ static bool s_tlv(const unsigned char **p, const unsigned char *end, long *len, 
 {
     if (*p >= end)
         return false;
+    const unsigned char *h = *p;
     int r = ASN1_get_object(p, len, tag, cls, end - *p);
     if (r & 0x80) { //  error (or the content runs past end)
         ERR_clear_error();
         return false;
     }
     *constructed = (r & V_ASN1_CONSTRUCTED) != 0;
-    return !(r & 1) && *len >= 0 && *len <= end - *p; //  r & 1: indefinite length (BER)
+    if ((r & 1) || *len < 0 || *len > end - *p) //  r & 1: indefinite length (BER)
+        return false;
+    //  Canonical DER only: the header must be exactly what ASN1_put_object
+    //  writes for it (minimal length, low tag form), so that re-encoding the
+    //  wrappers changes nothing but their length values and d2i sees what
+    //  it would have seen in the original.
+    unsigned char canon[16], *w = canon;
+    if (*p - h > (long)sizeof canon || ASN1_object_size(*constructed, *len, *tag) - *len != *p - h)
+        return false;
+    ASN1_put_object(&w, *constructed, *len, *tag, *cls);
+    return w - canon == *p - h && memcmp(canon, h, (size_t)(*p - h)) == 0;
 }
 
 //  Split an Mdm-Signature (DER ContentInfo holding SignedData) into the same
@@ -330,17 +341,20 @@ static int s_split_certs(gw_auth_t *self, const uint8_t *der, size_t derlen, uin
     bool cons;
     *out = NULL;
     *certs = NULL;
-    if (!s_tlv(&p, end, &l1, &tag, &cls, &cons) || tag != V_ASN1_SEQUENCE || !cons || p + l1 != end)
+    if (!s_tlv(&p, end, &l1, &tag, &cls, &cons) || cls != V_ASN1_UNIVERSAL ||
+        tag != V_ASN1_SEQUENCE || !cons || p + l1 != end)
         return -1;
     const unsigned char *oid = p;
-    if (!s_tlv(&p, end, &l, &tag, &cls, &cons) || tag != V_ASN1_OBJECT)
+    if (!s_tlv(&p, end, &l, &tag, &cls, &cons) || cls != V_ASN1_UNIVERSAL || tag != V_ASN1_OBJECT ||
+        cons)
         return -1;
     p += l;
     size_t oidlen = (size_t)(p - oid);
     if (!s_tlv(&p, end, &l2, &tag, &cls, &cons) || cls != V_ASN1_CONTEXT_SPECIFIC || tag != 0 ||
         !cons || p + l2 != end)
         return -1;
-    if (!s_tlv(&p, end, &l3, &tag, &cls, &cons) || tag != V_ASN1_SEQUENCE || !cons || p + l3 != end)
+    if (!s_tlv(&p, end, &l3, &tag, &cls, &cons) || cls != V_ASN1_UNIVERSAL ||
+        tag != V_ASN1_SEQUENCE || !cons || p + l3 != end)
         return -1;
     const unsigned char *sd = p;  //  SignedData content
     for (int i = 0; i < 3; i++) { //  version, digestAlgorithms, encapContentInfo

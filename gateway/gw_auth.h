@@ -79,14 +79,16 @@ int gw_auth_verify_escaped_pem(gw_auth_t *auth, const char *escaped, gw_auth_res
 //  Verified-chain cache (on by default): slots (direct-mapped, 48 bytes
 //  each) and how long a verification is trusted before it is redone. An
 //  entry is never used past the notAfter of any certificate of its chain,
-//  and only chains made of the leaf and configured CAs are cached. slots 0
-//  or ttl_s 0 turns it off (every request verifies the chain). Returns -1 on
-//  allocation failure (cache then off).
+//  and only chains made of the leaf and configured CAs are cached. Plus up
+//  to cert_slots decoded certificates (by SHA-256 of their DER; 0 is taken
+//  as 1). slots 0 or ttl_s 0 turns both off (every request decodes the
+//  certificate and verifies the chain). Returns -1 on allocation failure
+//  (caches then off).
 #define GW_AUTH_CACHE_SLOTS 65536
 #define GW_AUTH_CACHE_TTL_S 600
-//  Decoded certificates kept (at most; fewer if slots is smaller).
+//  Decoded certificates kept (cert_slots; option cert-cache).
 #define GW_AUTH_CERT_SLOTS 4096
-int gw_auth_set_cache(gw_auth_t *auth, size_t slots, int ttl_s);
+int gw_auth_set_cache(gw_auth_t *auth, size_t slots, int ttl_s, size_t cert_slots);
 //  Cache hits and misses (chain verifications done) so far.
 void gw_auth_cache_stats(const gw_auth_t *auth, uint64_t *hits, uint64_t *misses);
 //  Certificates in Mdm-Signatures taken from the parsed-certificate cache

@@ -59,6 +59,8 @@ struct gw_server {
     struct event *bus_ev[GW_BUS_FDS_MAX];
     int nbus_ev;
     struct event *bus_timer;
+    struct event *bus_defer; //  one pm_bus_process per loop iteration (s_bus_kick)
+    bool kick_pending;
     gw_req_t *reqs; //  every live request context (doubly linked)
     bool shutting_down;
     gw_server_stats_t st;
@@ -254,8 +256,7 @@ static void s_bus_arm_timer(gw_server_t *self)
     evtimer_add(self->bus_timer, &tv);
 }
 
-//  ZMQ_FD is edge-triggered: handle everything now, after every send too.
-static void s_bus_kick(gw_server_t *self)
+static void s_bus_process(gw_server_t *self)
 {
     if (!self->bus)
         return;
@@ -263,11 +264,39 @@ static void s_bus_kick(gw_server_t *self)
     s_bus_arm_timer(self);
 }
 
+//  ZMQ_FD is edge-triggered: after every send the bus must be processed
+//  once more. Not at once but once per event-loop iteration (an active
+//  event, run before the loop waits again): requests that arrive together
+//  share one pm_bus_process, and each of those costs several zmq calls and
+//  syscalls (poll, getpid inside libzmq).
+static void s_bus_kick(gw_server_t *self)
+{
+    if (!self->bus)
+        return;
+    if (!self->bus_defer) {
+        s_bus_process(self);
+        return;
+    }
+    if (!self->kick_pending) {
+        self->kick_pending = true;
+        event_active(self->bus_defer, EV_TIMEOUT, 0);
+    }
+}
+
+static void s_on_bus_defer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    gw_server_t *self = arg;
+    self->kick_pending = false;
+    s_bus_process(self);
+}
+
 static void s_on_bus_fd(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    s_bus_kick(arg);
+    s_bus_process(arg);
 }
 
 /* ---- back end replies ---- */
@@ -829,13 +858,6 @@ static void s_on_request(struct evhttp_request *req, void *arg)
     char remote[GW_REMOTE_MAX] = "?";
     struct evhttp_connection *evcon = evhttp_request_get_connection(req);
     if (evcon) {
-        //  Header and body leave as separate writes (TLS records): without
-        //  TCP_NODELAY, Nagle + the client's delayed ACK add ~40 ms per answer.
-        struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
-        evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
-        int one = 1;
-        if (fd >= 0)
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         char *host = NULL;
         ev_uint16_t port = 0;
         evhttp_connection_get_peer(evcon, &host, &port);
@@ -1018,6 +1040,12 @@ gw_server_t *gw_server_new(const gw_server_config_t *cfg, struct event_base *bas
     struct sockaddr_storage bound;
     socklen_t blen = sizeof bound;
     evutil_socket_t lfd = evconnlistener_get_fd(self->listener);
+    //  TCP_NODELAY: header and body leave as separate writes (TLS records);
+    //  with Nagle and the client's delayed ACK every answer waits ~40 ms.
+    //  Set once on the listener: Linux passes it on to every accepted socket.
+    int one = 1;
+    if (setsockopt(lfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0)
+        pm_warn("cannot set TCP_NODELAY on %s: answers may be delayed ~40 ms", self->listen);
     if (getsockname(lfd, (struct sockaddr *)&bound, &blen) == 0)
         self->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
                                                        : ((struct sockaddr_in *)&bound)->sin_port);
@@ -1046,7 +1074,8 @@ gw_server_t *gw_server_new(const gw_server_config_t *cfg, struct event_base *bas
         self->nbus_ev++;
     }
     self->bus_timer = evtimer_new(base, s_on_bus_fd, self);
-    if (!self->bus_timer)
+    self->bus_defer = event_new(base, -1, 0, s_on_bus_defer, self);
+    if (!self->bus_timer || !self->bus_defer)
         goto fail;
     s_bus_kick(self);
     pm_info("listening on %s (port %d, %s%s), check-in %s, command loop %s, back end '%s'",
@@ -1092,6 +1121,8 @@ void gw_server_destroy(gw_server_t **srv)
         event_free(self->bus_ev[i]);
     if (self->bus_timer)
         event_free(self->bus_timer);
+    if (self->bus_defer)
+        event_free(self->bus_defer);
     if (self->ssl)
         SSL_CTX_free(self->ssl);
     for (int i = 0; i < self->nproxies; i++)

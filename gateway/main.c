@@ -44,6 +44,9 @@ static const pm_opt_t s_opts[] = {
     {"user-authenticate", PM_OPT_STR, "decline",
      "UserAuthenticate: decline (HTTP 410, Apple's documented answer) or forward"},
     {"backend-service", PM_OPT_STR, "scheduler", "bus service that handles device traffic"},
+    {"cert-cache", PM_OPT_INT, "4096",
+     "device certificates kept decoded (~5 KiB each; 0 = none: every request decodes and "
+     "verifies the chain)"},
     {"scep-path", PM_OPT_STR, "/scep", "SCEP route relayed to the ca service (empty: off)"},
     {"enroll-path", PM_OPT_STR, "/mdm/enroll",
      "enrollment-profile download route, relayed to the ca service (empty: off)"},
@@ -105,6 +108,16 @@ int main(int argc, char **argv)
             pm_error("%s", err);
             goto out;
         }
+        long long certs = pm_cfg_int(cfg, "cert-cache");
+        if (certs < 0 || certs > 10000000) {
+            pm_error("cert-cache %lld is out of range: give 0 (off) to 10000000", certs);
+            goto out;
+        }
+        if (gw_auth_set_cache(auth, certs ? GW_AUTH_CACHE_SLOTS : 0, GW_AUTH_CACHE_TTL_S,
+                              (size_t)certs) < 0) {
+            pm_error("cannot allocate the certificate caches: lower cert-cache");
+            goto out;
+        }
     } else if (!lab) {
         pm_error("device-ca is required: the PEM file of the CA that issues device identity "
                  "certificates (or insecure-lab-mode, in a lab only)");
@@ -149,7 +162,16 @@ int main(int argc, char **argv)
         .retry_after_s = sc.retry_after_s,
     };
 
-    base = event_base_new();
+    //  The epoll changelist: evhttp and the TLS bufferevents enable and
+    //  disable reading/writing several times per request; with it, changes
+    //  made within one loop iteration become at most one epoll_ctl per fd
+    //  (and none when they cancel out). We never dup() sockets, the case the
+    //  libevent documentation warns about.
+    struct event_config *ecfg = event_config_new();
+    if (ecfg)
+        event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    base = ecfg ? event_base_new_with_config(ecfg) : event_base_new();
+    event_config_free(ecfg);
     if (!base) {
         pm_error("cannot create the event loop");
         goto out;

@@ -7,7 +7,7 @@
 # Printed per phase: device requests/s, latency p50/p99 (devsim), CPU seconds
 # per process and per device request; at the end peak RSS (VmHWM) per process.
 #   tests/bench/e2e.sh [N...]          (default: 1000 10000)
-#   CONCURRENCY=32 KEY_TYPE=ec|rsa
+#   CONCURRENCY=32 KEY_TYPE=ec|rsa GW_ARGS="--cert-cache 0" PERF=gateway
 cd "$(dirname "$0")/../.."
 export BIN=${BIN:-$PWD/bin}
 SIZES=("$@")
@@ -24,7 +24,7 @@ run_size() {
     gw_pki
     gw_broker
     gw_backend --log-level warn
-    gw_tls --log-level warn
+    gw_tls --log-level warn ${GW_ARGS:-} # GW_ARGS: extra gateway options (e.g. --cert-cache 0)
     P=([broker]=$BROKER_PID [store]=$STORE_PID [scheduler]=$SCHED_PID [gateway]=$GW_PID)
     local DS=("$BIN/picomdm-devsim" --url "$URL" --ca-bundle "$PKI/ca.pem" --ca-cert "$PKI/ca.pem"
         --ca-key "$PKI/ca.key" --identity-dir "$ids" --devices "$n" --concurrency "$CONC"
