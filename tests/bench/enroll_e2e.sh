@@ -1,0 +1,66 @@
+#!/bin/bash
+# enroll_e2e: enrollments from zero through the whole server, as a device does
+# them: profile download (/mdm/enroll) + SCEP (GetCACaps, GetCACert, PKCSReq)
+# + Authenticate + TokenUpdate, signed. Prints enrollments/s and the server's
+# CPU per enrollment (every PicoMDM process that `picomdm up` started, from
+# /proc/<pid>/stat), next to the simulator's own CPU.
+#   ENROLL_BENCH_N=200 tests/bench/enroll_e2e.sh
+set -u
+cd "$(dirname "$0")/../.." || exit 1
+BIN=${BIN:-$PWD/bin}
+N=${ENROLL_BENCH_N:-200}
+T=$(mktemp -d /tmp/enroll_bench.XXXXXX)
+UP_PID=
+cleanup() {
+    [ -n "$UP_PID" ] && kill -TERM "$UP_PID" 2>/dev/null && wait "$UP_PID" 2>/dev/null
+    rm -rf "$T"
+}
+trap cleanup EXIT
+wait_for() { local n=$(($1 * 10)); shift; while [ $n -gt 0 ]; do "$@" && return 0; sleep 0.1; n=$((n - 1)); done; return 1; }
+
+PORT=
+for _ in $(seq 20); do
+    p=$((20000 + RANDOM % 40000))
+    ss -ltn | grep -q ":$p " || { PORT=$p; break; }
+done
+[ -n "$PORT" ] || { echo "no free port found"; exit 1; }
+PICOMDM_ENROLL_BASIC_AUTH= "$BIN/picomdm" up --data-dir "$T/var" --bin-dir "$BIN" \
+    --listen "127.0.0.1:$PORT" --stop-timeout 3000 --log-level warn >"$T/up.log" 2>&1 &
+UP_PID=$!
+export PICOMDM_CONFIG=$T/var/run/picomdm.cfg
+TLS=$T/var/pki/tls.crt
+URL=https://localhost:$PORT
+health() { curl -sf --cacert "$TLS" "$URL/scep?operation=GetCACaps" 2>/dev/null | grep -q POSTPKIOperation; }
+wait_for 30 health || { echo "the server did not come up:"; tail -20 "$T/up.log"; exit 1; }
+
+# CPU ticks (user + system) of every process `picomdm up` supervises
+server_ticks() {
+    local sum=0 pid
+    for pid in $(pgrep -P "$UP_PID"); do
+        [ -r "/proc/$pid/stat" ] || continue
+        sum=$((sum + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$sum"
+}
+HZ=$(getconf CLK_TCK)
+# what the idle server costs (heartbeats, sweeps), to report the enrollment cost net of it
+idle0=$(server_ticks)
+sleep 5
+idle_ticks=$(($(server_ticks) - idle0))
+before=$(server_ticks)
+start=$(date +%s%N)
+"$BIN/picomdm-devsim" --enroll-url "$URL/mdm/enroll" --ca-bundle "$TLS" --devices "$N" \
+    --concurrency 16 --rounds 0 --timeout-ms 30000 >"$T/ds.out" 2>"$T/ds.err"
+rc=$?
+ms=$((($(date +%s%N) - start) / 1000000))
+after=$(server_ticks)
+[ $rc = 0 ] || { echo "devsim exited $rc:"; tail -5 "$T/ds.err"; exit 1; }
+grep -q "^scep: $N device(s) got their identity" "$T/ds.out" || { cat "$T/ds.out"; exit 1; }
+cpu_ms=$(((after - before) * 1000 / HZ))
+idle_ms=$((idle_ticks * 1000 / HZ * ms / 5000))
+net_ms=$((cpu_ms - idle_ms))
+echo "enroll_e2e: $N devices from the enrollment URL (profile + SCEP + Authenticate + TokenUpdate), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "  wall          $ms ms = $((N * 1000 / (ms > 0 ? ms : 1))) enrollments/s (the simulator makes an RSA key per device on the same cores)"
+echo "  server CPU    $cpu_ms ms = $((cpu_ms * 1000 / N)) µs per enrollment (all PicoMDM processes; target ≤ 3,000 µs)"
+echo "                net of the idle server ($idle_ms ms over the same time): $((net_ms * 1000 / N)) µs per enrollment"
+grep -E "^(scep|enroll|devsim) " "$T/ds.out" | sed 's/^/  /'
