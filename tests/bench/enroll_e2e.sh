@@ -43,17 +43,26 @@ server_ticks() {
     echo "$sum"
 }
 HZ=$(getconf CLK_TCK)
+# per process: "name ticks" lines
+per_process() {
+    local pid
+    for pid in $(pgrep -P "$UP_PID"); do
+        [ -r "/proc/$pid/stat" ] && awk '{gsub(/[()]/, "", $2); print $2, $14 + $15}' "/proc/$pid/stat"
+    done | sort
+}
 # what the idle server costs (heartbeats, sweeps), to report the enrollment cost net of it
 idle0=$(server_ticks)
 sleep 5
 idle_ticks=$(($(server_ticks) - idle0))
 before=$(server_ticks)
+per_process >"$T/before"
 start=$(date +%s%N)
 "$BIN/picomdm-devsim" --enroll-url "$URL/mdm/enroll" --ca-bundle "$TLS" --devices "$N" \
     --concurrency 16 --rounds 0 --timeout-ms 30000 >"$T/ds.out" 2>"$T/ds.err"
 rc=$?
 ms=$((($(date +%s%N) - start) / 1000000))
 after=$(server_ticks)
+per_process >"$T/after"
 [ $rc = 0 ] || { echo "devsim exited $rc:"; tail -5 "$T/ds.err"; exit 1; }
 grep -q "^scep: $N device(s) got their identity" "$T/ds.out" || { cat "$T/ds.out"; exit 1; }
 cpu_ms=$(((after - before) * 1000 / HZ))
@@ -63,4 +72,6 @@ echo "enroll_e2e: $N devices from the enrollment URL (profile + SCEP + Authentic
 echo "  wall          $ms ms = $((N * 1000 / (ms > 0 ? ms : 1))) enrollments/s (the simulator makes an RSA key per device on the same cores)"
 echo "  server CPU    $cpu_ms ms = $((cpu_ms * 1000 / N)) µs per enrollment (all PicoMDM processes; target ≤ 3,000 µs)"
 echo "                net of the idle server ($idle_ms ms over the same time): $((net_ms * 1000 / N)) µs per enrollment"
+join "$T/before" "$T/after" | awk -v hz="$HZ" -v n="$N" \
+    '{printf "  %-18s %6d ms CPU = %6d µs per enrollment\n", $1, ($3 - $2) * 1000 / hz, ($3 - $2) * 1000000 / hz / n}'
 grep -E "^(scep|enroll|devsim) " "$T/ds.out" | sed 's/^/  /'
