@@ -487,6 +487,12 @@ static int s_setup(s_up_t *up, const pm_cfg_t *cfg)
            pm_cfg_str(cfg, "server-path"));
     printf("  CheckInURL       https://%s%s%s\n", up->host, port ? port : "",
            pm_cfg_str(cfg, "checkin-path"));
+    char ca_bin[PATH_MAX + 32];
+    snprintf(ca_bin, sizeof ca_bin, "%s/picomdm-ca", up->bin);
+    bool have_ca = access(ca_bin, X_OK) == 0;
+    if (have_ca) //  the gateway's default enrollment route (docs/gateway.md)
+        printf("  Enrollment URL   https://%s%s/mdm/enroll   (the signed profile; SCEP at /scep)\n",
+               up->host, port ? port : "");
     if (!up->push[0])
         printf("\nNOTICE: no APNs push certificate is configured, so devices are not woken\n"
                "        when commands are queued (they still get them at their next check-in).\n"
@@ -498,7 +504,11 @@ static int s_setup(s_up_t *up, const pm_cfg_t *cfg)
            up->cfgfile, up->bin);
     char devsim[PATH_MAX + 32];
     snprintf(devsim, sizeof devsim, "%s/picomdm-devsim", up->bin);
-    if (access(devsim, X_OK) == 0)
+    if (access(devsim, X_OK) == 0 && have_ca)
+        printf("  %s --enroll-url https://%s%s/mdm/enroll \\\n"
+               "      --ca-bundle %s --devices 3   # simulated devices, enrolled like real ones\n",
+               devsim, up->host, port ? port : "", up->tls_crt);
+    else if (access(devsim, X_OK) == 0)
         printf("  %s --url https://%s%s --ca-bundle %s \\\n"
                "      --ca-cert %s --ca-key %s --devices 3   # simulated devices\n",
                devsim, up->host, port ? port : "", up->tls_crt, up->ca_crt, up->ca_key);
