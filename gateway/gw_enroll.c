@@ -2,6 +2,7 @@
  *  to the bus service "ca" (see gw_enroll.h and docs/enrollment.md).
  */
 #include "gw_enroll.h"
+#include "gw_http.h"
 #include "pm_log.h"
 #include "pm_msg.h"
 
@@ -89,30 +90,9 @@ void gw_enroll_set_kick(gw_enroll_t *self, gw_enroll_kick_fn *fn, void *arg)
 
 /* ---- answers and request contexts ---- */
 
-static void s_send(struct evhttp_request *req, int code, const char *ctype, const void *body,
-                   size_t len)
-{
-    struct evbuffer *buf = evbuffer_new();
-    if (buf && len)
-        evbuffer_add(buf, body, len);
-    if (ctype)
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
-    evhttp_send_reply(req, code, NULL, buf);
-    if (buf)
-        evbuffer_free(buf);
-}
-
-static void s_send_text(struct evhttp_request *req, int code, const char *text)
-{
-    s_send(req, code, "text/plain; charset=utf-8", text, strlen(text));
-}
-
 static void s_send_503(gw_enroll_t *self, struct evhttp_request *req)
 {
-    char ra[16];
-    snprintf(ra, sizeof ra, "%d", self->retry_after_s);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", ra);
-    s_send_text(req, 503, "enrollment service unavailable, retry later\n");
+    gw_http_send_503(req, self->retry_after_s, "enrollment service unavailable, retry later\n");
     self->st.unavailable++;
 }
 
@@ -183,9 +163,9 @@ static void s_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
                      strcmp(code, "worker_lost") == 0))
             s_send_503(self, req);
         else if (code && strcmp(code, "bad_request") == 0)
-            s_send_text(req, 400, "bad request\n");
+            gw_http_send_text(req, 400, "bad request\n");
         else
-            s_send_text(req, 500, "internal error\n");
+            gw_http_send_text(req, 500, "internal error\n");
         return;
     }
     size_t len = 0;
@@ -198,26 +178,26 @@ static void s_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
         if (code != 200 || reason)
             pm_info("SCEP %s from %s -> %d%s%s", r->what, r->remote, code, reason ? ": " : "",
                     reason ? reason : "");
-        s_send(req, code, ct && *ct ? ct : "application/octet-stream", body, body ? len : 0);
+        gw_http_send(req, code, ct && *ct ? ct : "application/octet-stream", body, body ? len : 0);
     } else if (r->route == R_PROFILE && t == PM_MSG_PROFILE_REPLY) {
         const uint8_t *body = pm_msg_bin(reply, "profile", &len);
         const char *ct = pm_msg_str(reply, "content_type");
         if (!body || !len) {
             pm_error("enrollment profile for %s: the ca sent an empty profile; 500", r->remote);
-            s_send_text(req, 500, "internal error\n");
+            gw_http_send_text(req, 500, "internal error\n");
             return;
         }
         evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Disposition",
                           "attachment; filename=\"enroll.mobileconfig\"");
         evhttp_add_header(evhttp_request_get_output_headers(req), "Cache-Control", "no-store");
-        s_send(req, 200, ct && *ct ? ct : "application/x-apple-aspen-config", body, len);
+        gw_http_send(req, 200, ct && *ct ? ct : "application/x-apple-aspen-config", body, len);
         pm_info("enrollment profile served to %s (identity %s, %.1f ms)", r->remote,
                 pm_msg_str(reply, "identity_uuid") ? pm_msg_str(reply, "identity_uuid") : "?",
                 s_ms_since(&r->t0));
     } else {
         pm_error("%s: the ca answered with '%s'; 500 (gateway and ca versions differ?)", r->what,
                  pm_msg_type_name(t));
-        s_send_text(req, 500, "internal error\n");
+        gw_http_send_text(req, 500, "internal error\n");
     }
 }
 
@@ -280,7 +260,7 @@ static void s_scep(gw_enroll_t *self, struct evhttp_request *req, const char *re
 {
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_POST) {
-        s_send_text(req, 405, "SCEP uses GET or POST\n");
+        gw_http_send_text(req, 405, "SCEP uses GET or POST\n");
         return;
     }
     struct evkeyvalq q;
@@ -290,48 +270,48 @@ static void s_scep(gw_enroll_t *self, struct evhttp_request *req, const char *re
     pm_msg_t *msg = NULL;
     //  form decoding turns '+' into ' ' in the base64 message: the ca tolerates it
     if (query && evhttp_parse_query_str(query, &q) < 0) {
-        s_send_text(req, 400, "bad query string\n");
+        gw_http_send_text(req, 400, "bad query string\n");
         goto out;
     }
     const char *op = evhttp_find_header(&q, "operation");
     if (!op || !*op || strlen(op) > 64) {
-        s_send_text(req, 400, "missing operation (GetCACaps, GetCACert or PKIOperation)\n");
+        gw_http_send_text(req, 400, "missing operation (GetCACaps, GetCACert or PKIOperation)\n");
         goto out;
     }
     msg = pm_msg_new(PM_MSG_SCEP);
     if (!msg || pm_msg_set_str(msg, "method", cmd == EVHTTP_REQ_GET ? "GET" : "POST") < 0 ||
         pm_msg_set_str(msg, "operation", op) < 0 || pm_msg_set_str(msg, "remote", remote) < 0) {
-        s_send_text(req, 500, "internal error\n");
+        gw_http_send_text(req, 500, "internal error\n");
         goto out;
     }
     if (cmd == EVHTTP_REQ_POST) {
         struct evbuffer *in = evhttp_request_get_input_buffer(req);
         size_t len = in ? evbuffer_get_length(in) : 0;
         if (len > GW_ENROLL_SCEP_MAX) {
-            s_send_text(req, 413, "SCEP message too large (64 KiB at most)\n");
+            gw_http_send_text(req, 413, "SCEP message too large (64 KiB at most)\n");
             goto out;
         }
         if (len) {
             const unsigned char *p = evbuffer_pullup(in, (ev_ssize_t)len);
             if (!p || pm_msg_set_bin(msg, "message", p, len) < 0) {
-                s_send_text(req, 500, "internal error\n");
+                gw_http_send_text(req, 500, "internal error\n");
                 goto out;
             }
         }
     } else {
         const char *m = evhttp_find_header(&q, "message");
         if (m && strlen(m) > GW_ENROLL_SCEP_MAX) {
-            s_send_text(req, 413, "SCEP message too large (64 KiB at most)\n");
+            gw_http_send_text(req, 413, "SCEP message too large (64 KiB at most)\n");
             goto out;
         }
         if (m && pm_msg_set_bin(msg, "message", m, strlen(m)) < 0) {
-            s_send_text(req, 500, "internal error\n");
+            gw_http_send_text(req, 500, "internal error\n");
             goto out;
         }
     }
     s_req_t *r = s_req_new(self, req, R_SCEP, op, remote);
     if (!r) {
-        s_send_text(req, 500, "internal error\n");
+        gw_http_send_text(req, 500, "internal error\n");
         goto out;
     }
     self->st.scep++;
@@ -378,7 +358,7 @@ static bool s_basic_ok(const gw_enroll_t *self, struct evhttp_request *req, char
 static void s_profile(gw_enroll_t *self, struct evhttp_request *req, const char *remote)
 {
     if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
-        s_send_text(req, 405, "use GET\n");
+        gw_http_send_text(req, 405, "use GET\n");
         return;
     }
     char user[128] = "";
@@ -387,7 +367,7 @@ static void s_profile(gw_enroll_t *self, struct evhttp_request *req, const char 
         self->st.denied++;
         evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
                           "Basic realm=\"PicoMDM enrollment\", charset=\"UTF-8\"");
-        s_send_text(req, 401, "credentials required to download the enrollment profile\n");
+        gw_http_send_text(req, 401, "credentials required to download the enrollment profile\n");
         return;
     }
     pm_msg_t *msg = pm_msg_new(PM_MSG_PROFILE);
@@ -395,13 +375,13 @@ static void s_profile(gw_enroll_t *self, struct evhttp_request *req, const char 
     snprintf(who, sizeof who, "%s%s%s", user, *user ? "@" : "", remote);
     if (!msg || pm_msg_set_str(msg, "for", who) < 0) {
         pm_msg_destroy(&msg);
-        s_send_text(req, 500, "internal error\n");
+        gw_http_send_text(req, 500, "internal error\n");
         return;
     }
     s_req_t *r = s_req_new(self, req, R_PROFILE, "profile", remote);
     if (!r) {
         pm_msg_destroy(&msg);
-        s_send_text(req, 500, "internal error\n");
+        gw_http_send_text(req, 500, "internal error\n");
         return;
     }
     self->st.profiles++;

@@ -11,6 +11,7 @@
  *  always safe, and we always reply exactly once.
  */
 #include "gw_server.h"
+#include "gw_http.h"
 #include "gw_eid.h"
 #include "pm_log.h"
 #include "pm_mpck.h"
@@ -167,30 +168,9 @@ out:
     pm_msg_destroy(&app);
 }
 
-static void s_send(struct evhttp_request *req, int code, const char *ctype, const void *body,
-                   size_t len)
-{
-    struct evbuffer *buf = evbuffer_new();
-    if (buf && len)
-        evbuffer_add(buf, body, len);
-    if (ctype)
-        evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
-    evhttp_send_reply(req, code, NULL, buf);
-    if (buf)
-        evbuffer_free(buf);
-}
-
-static void s_send_text(struct evhttp_request *req, int code, const char *text)
-{
-    s_send(req, code, "text/plain; charset=utf-8", text, strlen(text));
-}
-
 static void s_send_503(gw_server_t *self, struct evhttp_request *req)
 {
-    char ra[16];
-    snprintf(ra, sizeof ra, "%d", self->cfg.retry_after_s);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", ra);
-    s_send_text(req, 503, "back end unavailable, retry later\n");
+    gw_http_send_503(req, self->cfg.retry_after_s, "back end unavailable, retry later\n");
     self->st.unavailable++;
 }
 
@@ -240,7 +220,7 @@ static void s_reject(gw_server_t *self, struct evhttp_request *req, const char *
             reason);
     s_event_rejected(self, eid, reason, remote, path);
     self->st.rejected++;
-    s_send_text(req, 400, "bad request\n");
+    gw_http_send_text(req, 400, "bad request\n");
 }
 
 /* ---- bus plumbing in the event loop ---- */
@@ -310,10 +290,10 @@ static int s_send_plist(gw_req_t *r, int code, const msgpack_object *obj)
     if (pm_plist_from_msgpack(obj, &xml, &len, err, sizeof err) < 0) {
         pm_error("eid=%s %s: back end reply cannot be a plist (%s); answering 500", r->eid, r->what,
                  err);
-        s_send_text(r->req, 500, "internal error\n");
+        gw_http_send_text(r->req, 500, "internal error\n");
         return -1;
     }
-    s_send(r->req, code, "application/xml", xml, len);
+    gw_http_send(r->req, code, "application/xml", xml, len);
     free(xml);
     return 0;
 }
@@ -362,16 +342,16 @@ static void s_answer(gw_req_t *r, const pm_msg_t *reply, const char *error)
         if (s_transient(code))
             s_send_503(self, req);
         else if (code && strcmp(code, "bad_request") == 0)
-            s_send_text(req, 400, "bad request\n");
+            gw_http_send_text(req, 400, "bad request\n");
         else
-            s_send_text(req, 500, "internal error\n");
+            gw_http_send_text(req, 500, "internal error\n");
         return;
     }
     pm_msg_type_t want = r->route == GW_ROUTE_CHECKIN ? PM_MSG_CHECKIN_REPLY : PM_MSG_CONNECT_REPLY;
     if (t != want) {
         pm_error("eid=%s: back end answered with '%s', expected '%s'; answering 500", r->eid,
                  pm_msg_type_name(t), pm_msg_type_name(want));
-        s_send_text(req, 500, "internal error\n");
+        gw_http_send_text(req, 500, "internal error\n");
         return;
     }
     int code = s_http_status(r, pm_msg_uint(reply, "status", 500));
@@ -393,11 +373,11 @@ static void s_answer(gw_req_t *r, const pm_msg_t *reply, const char *error)
     const uint8_t *raw = r->route == GW_ROUTE_CHECKIN ? pm_msg_bin(reply, "raw", &rawlen) : NULL;
     if (raw) {
         //  DeclarativeManagement answers JSON, not a plist.
-        s_send(req, code, "application/json", raw, rawlen);
+        gw_http_send(req, code, "application/json", raw, rawlen);
     } else if (obj && obj->type == MSGPACK_OBJECT_MAP) {
         s_send_plist(r, code, obj);
     } else {
-        s_send(req, code, NULL, NULL, 0); //  empty 200: nothing queued
+        gw_http_send(req, code, NULL, NULL, 0); //  empty 200: nothing queued
     }
     pm_debug("eid=%s %s -> %d (%.1f ms)", r->eid, r->what, code, s_ms_since(&r->t0));
 }
@@ -490,7 +470,7 @@ static void s_on_health_reply(void *arg, const pm_msg_t *reply, const char *erro
                  (unsigned long long)self->st.in_flight, (unsigned long long)hits,
                  (unsigned long long)misses,
                  (unsigned long long)gw_auth_cert_cache_hits(self->auth));
-        s_send_text(r->req, 200, text);
+        gw_http_send_text(r->req, 200, text);
         r->req = NULL;
     }
     s_req_maybe_free(r);
@@ -500,7 +480,7 @@ static void s_health(gw_server_t *self, struct evhttp_request *req)
 {
     gw_req_t *r = s_req_new(self, req);
     if (!r) {
-        s_send_text(req, 500, "out of memory\n");
+        gw_http_send_text(req, 500, "out of memory\n");
         return;
     }
     r->route = GW_ROUTE_HEALTH;
@@ -686,7 +666,7 @@ static void s_on_device(gw_server_t *self, struct evhttp_request *req, const cha
     }
     const uint8_t *body = len ? evbuffer_pullup(in, -1) : (const uint8_t *)"";
     if (!body) {
-        s_send_text(req, 500, "out of memory\n");
+        gw_http_send_text(req, 500, "out of memory\n");
         goto out;
     }
 
@@ -781,7 +761,7 @@ static void s_on_device(gw_server_t *self, struct evhttp_request *req, const cha
             //  UserAuthenticate (DigestChallenge) request with HTTP 410.
             pm_info("eid=%s UserAuthenticate declined (410; user-authenticate=forward changes it)",
                     eid);
-            s_send(req, 410, NULL, NULL, 0);
+            gw_http_send(req, 410, NULL, NULL, 0);
             goto out;
         }
     } else {
@@ -803,7 +783,7 @@ static void s_on_device(gw_server_t *self, struct evhttp_request *req, const cha
     //  5. to the back end
     msg = pm_msg_new(route == GW_ROUTE_CHECKIN ? PM_MSG_CHECKIN : PM_MSG_CONNECT);
     if (!msg) {
-        s_send_text(req, 500, "out of memory\n");
+        gw_http_send_text(req, 500, "out of memory\n");
         goto out;
     }
     int bad = 0;
@@ -825,12 +805,12 @@ static void s_on_device(gw_server_t *self, struct evhttp_request *req, const cha
     bad |= pm_msg_set_packed(msg, "body", mp, mplen);
     if (bad) {
         pm_error("eid=%s: cannot build the bus message (field rejected by the table)", eid);
-        s_send_text(req, 500, "internal error\n");
+        gw_http_send_text(req, 500, "internal error\n");
         goto out;
     }
     gw_req_t *r = s_req_new(self, req);
     if (!r) {
-        s_send_text(req, 500, "out of memory\n");
+        gw_http_send_text(req, 500, "out of memory\n");
         goto out;
     }
     r->route = route;
@@ -867,7 +847,7 @@ static void s_on_request(struct evhttp_request *req, void *arg)
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     if (!path || !*path) {
-        s_send_text(req, 400, "bad request\n");
+        gw_http_send_text(req, 400, "bad request\n");
         return;
     }
     if (self->shutting_down) {
@@ -877,7 +857,7 @@ static void s_on_request(struct evhttp_request *req, void *arg)
     enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
     if (strcmp(path, "/health") == 0) {
         if (cmd != EVHTTP_REQ_GET) {
-            s_send_text(req, 405, "use GET\n");
+            gw_http_send_text(req, 405, "use GET\n");
             return;
         }
         s_health(self, req);
@@ -888,11 +868,11 @@ static void s_on_request(struct evhttp_request *req, void *arg)
     bool is_checkin = strcmp(path, self->checkin_path) == 0;
     bool is_server = strcmp(path, self->server_path) == 0;
     if (!is_checkin && !is_server) {
-        s_send_text(req, 404, "not found\n");
+        gw_http_send_text(req, 404, "not found\n");
         return;
     }
     if (cmd != EVHTTP_REQ_PUT && cmd != EVHTTP_REQ_POST) {
-        s_send_text(req, 405, "devices use PUT\n");
+        gw_http_send_text(req, 405, "devices use PUT\n");
         return;
     }
     //  When both paths are the same (one-URL profiles), the body decides.

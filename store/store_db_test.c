@@ -54,14 +54,18 @@ static void s_commit(store_db_t *db)
 
 /* ---- helpers: each runs one request in its own transaction ---- */
 
-static unsigned s_checkin(store_db_t *db, const char *eid, const char *kind, const char *mt,
-                          const char *hash)
+//  One check-in signed with `hash` (NULL: lab mode), from a certificate whose
+//  renews extension names `prev` (NULL: none).
+static unsigned s_checkin_prev(store_db_t *db, const char *eid, const char *kind, const char *mt,
+                               const char *hash, const char *prev)
 {
     store_checkin_t in = {.eid = eid,
                           .kind = kind,
                           .message_type = mt,
                           .cert_hash = (const uint8_t *)hash,
                           .cert_hash_len = hash ? strlen(hash) : 0,
+                          .cert_prev_hash = (const uint8_t *)prev,
+                          .cert_prev_hash_len = prev ? strlen(prev) : 0,
                           .udid = eid,
                           .topic = "com.apple.mgmt.test",
                           .push_magic = "magic",
@@ -81,34 +85,17 @@ static unsigned s_checkin(store_db_t *db, const char *eid, const char *kind, con
     return res.status;
 }
 
+static unsigned s_checkin(store_db_t *db, const char *eid, const char *kind, const char *mt,
+                          const char *hash)
+{
+    return s_checkin_prev(db, eid, kind, mt, hash, NULL);
+}
+
 //  A TokenUpdate signed with `hash`, a certificate whose renews extension names `prev`.
 static unsigned s_checkin_renewed(store_db_t *db, const char *eid, const char *hash,
                                   const char *prev)
 {
-    store_checkin_t in = {.eid = eid,
-                          .kind = "device",
-                          .message_type = "TokenUpdate",
-                          .cert_hash = (const uint8_t *)hash,
-                          .cert_hash_len = strlen(hash),
-                          .cert_prev_hash = (const uint8_t *)prev,
-                          .cert_prev_hash_len = strlen(prev),
-                          .udid = eid,
-                          .topic = "com.apple.mgmt.test",
-                          .push_magic = "magic",
-                          .token = (const uint8_t *)"\x01\x02\x03",
-                          .token_len = 3,
-                          .awaiting_configuration = -1,
-                          .now_ms = s_now};
-    store_checkin_res_t res;
-    msgpack_sbuffer out;
-    msgpack_sbuffer_init(&out);
-    assert_int_equal(store_db_begin(db), 0);
-    assert_int_equal(store_db_op_begin(db), 0);
-    assert_int_equal(store_db_checkin(db, &in, &res, &out), STORE_OK);
-    store_db_op_end(db, true);
-    s_commit(db);
-    msgpack_sbuffer_destroy(&out);
-    return res.status;
+    return s_checkin_prev(db, eid, "device", "TokenUpdate", hash, prev);
 }
 
 static void s_enroll(store_db_t *db, const char *eid)
