@@ -17,7 +17,8 @@
 #   tests/tools/<name>.c          -> build/<v>/tt/<name>  (helper programs for integration tests)
 #   any */*_test.c                -> build/<v>/test/<name> (cmocka; linked with its folder's
 #                                    modules except main.c; tools/<name>/*_test.c likewise)
-#   tests/fuzz/fuzz_<name>.c      -> build/fuzz/fuzz_<name> (clang libFuzzer)
+#   tests/fuzz/fuzz_<name>.c      -> build/fuzz/fuzz_<name> (clang libFuzzer; fuzz_<proc>
+#                                    also links <proc>/*.c except main.c)
 
 VARIANT ?= rel
 B       := build/$(VARIANT)
@@ -118,7 +119,9 @@ FUZZ_SECONDS ?= 60
 fuzz-bins:
 	$(if $(FUZZ_BINS),$(MAKE) VARIANT=fuzz $(FUZZ_BINS),@echo "fuzz: no targets yet")
 build/fuzz/fuzz_%: build/fuzz/tests/fuzz/fuzz_%.o $(LIB)
-	$(CC) -fsanitize=fuzzer,address,undefined -o $@ $^ $(PKG_LIBS)
+	$(CC) -fsanitize=fuzzer,address,undefined -o $@ $(filter-out $(LIB),$^) $(LIB) $(PKG_LIBS)
+# a fuzzer named after a process (fuzz_gateway) also links that folder's modules (minus main.c)
+$(foreach p,$(PROCS),$(eval build/fuzz/fuzz_$(p): $(call objs,$(filter-out $(p)/main.c,$(call srcs,$(p))))))
 fuzz: fuzz-bins
 	@for f in $(FUZZ_BINS); do n=$${f##*/fuzz_}; mkdir -p build/fuzz/corpus/$$n; \
 	  echo "== $$f ($(FUZZ_SECONDS)s)"; \

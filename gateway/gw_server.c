@@ -11,10 +11,10 @@
  *  always safe, and we always reply exactly once.
  */
 #include "gw_server.h"
+#include "gw_devreq.h"
 #include "gw_http.h"
 #include "gw_eid.h"
 #include "pm_log.h"
-#include "pm_mpck.h"
 #include "pm_msg.h"
 #include "pm_plist.h"
 
@@ -499,85 +499,6 @@ static void s_health(gw_server_t *self, struct evhttp_request *req)
 
 /* ---- device requests ---- */
 
-static const char *const s_message_types[] = {
-    "Authenticate",          "TokenUpdate",       "CheckOut",
-    "UserAuthenticate",      "SetBootstrapToken", "GetBootstrapToken",
-    "DeclarativeManagement", "GetToken",          NULL};
-
-static const char *const s_statuses[] = {
-    "Idle", "Acknowledged", "Error", "CommandFormatError", "NotNow", NULL};
-
-//  Types of the keys the gateway checks per MessageType (Apple schema,
-//  mdm/checkin/*.yaml): required keys must be present; any listed key that
-//  is present must have the listed type. Keys not listed pass through.
-typedef enum { K_STR, K_DATA, K_BOOL } s_ktype_t;
-typedef struct {
-    const char *mtype, *key;
-    s_ktype_t type;
-    bool required;
-} s_keyrule_t;
-
-static const s_keyrule_t s_rules[] = {{"Authenticate", "Topic", K_STR, true},
-                                      {"Authenticate", "DeviceName", K_STR, false},
-                                      {"Authenticate", "SerialNumber", K_STR, false},
-                                      {"TokenUpdate", "Topic", K_STR, true},
-                                      {"TokenUpdate", "Token", K_DATA, true},
-                                      {"TokenUpdate", "PushMagic", K_STR, true},
-                                      {"TokenUpdate", "UnlockToken", K_DATA, false},
-                                      {"TokenUpdate", "AwaitingConfiguration", K_BOOL, false},
-                                      {"TokenUpdate", "NotOnConsole", K_BOOL, false},
-                                      {"CheckOut", "Topic", K_STR, false},
-                                      {"SetBootstrapToken", "BootstrapToken", K_DATA, false},
-                                      {"SetBootstrapToken", "AwaitingConfiguration", K_BOOL, false},
-                                      {"GetBootstrapToken", "AwaitingConfiguration", K_BOOL, false},
-                                      {"DeclarativeManagement", "Endpoint", K_STR, true},
-                                      {"DeclarativeManagement", "Data", K_DATA, false},
-                                      {"GetToken", "TokenServiceType", K_STR, true},
-                                      {"UserAuthenticate", "UserID", K_STR, true},
-                                      {"UserAuthenticate", "DigestResponse", K_STR, false},
-                                      {"*", "UDID", K_STR, false},
-                                      {"*", "UserID", K_STR, false},
-                                      {"*", "UserShortName", K_STR, false},
-                                      {"*", "UserLongName", K_STR, false},
-                                      {"*", "EnrollmentID", K_STR, false},
-                                      {"*", "EnrollmentUserID", K_STR, false},
-                                      {"*", "CommandUUID", K_STR, false},
-                                      {NULL, NULL, K_STR, false}};
-
-//  0, or -1 with the reason in why.
-static int s_check_keys(const msgpack_object *map, const char *mtype, char *why, size_t size)
-{
-    static const char *const tname[] = {"a string", "data", "a boolean"};
-    for (const s_keyrule_t *k = s_rules; k->mtype; k++) {
-        if (strcmp(k->mtype, "*") != 0 && strcmp(k->mtype, mtype) != 0)
-            continue;
-        const msgpack_object *v = pm_mp_get(map, k->key);
-        if (!v) {
-            if (k->required) {
-                snprintf(why, size, "%s without %s", mtype, k->key);
-                return -1;
-            }
-            continue;
-        }
-        bool ok = (k->type == K_STR && v->type == MSGPACK_OBJECT_STR) ||
-                  (k->type == K_DATA && v->type == MSGPACK_OBJECT_BIN) ||
-                  (k->type == K_BOOL && v->type == MSGPACK_OBJECT_BOOLEAN);
-        if (!ok) {
-            snprintf(why, size, "%s: %s must be %s", mtype, k->key, tname[k->type]);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-static bool s_in(const char *const *list, const char *s)
-{
-    for (int i = 0; list[i]; i++)
-        if (strcmp(list[i], s) == 0)
-            return true;
-    return false;
-}
-
 static bool s_trusted_proxy(const gw_server_t *self, const char *addr)
 {
     for (int i = 0; i < self->nproxies; i++)
@@ -640,22 +561,13 @@ static int s_authenticate(gw_server_t *self, struct evhttp_request *req, const u
     return -1;
 }
 
-static void s_key(const msgpack_object *map, const char *key, char *buf, size_t size)
-{
-    if (pm_mp_get_str(map, key, buf, size) < 0)
-        buf[0] = '\0';
-}
-
 static void s_on_device(gw_server_t *self, struct evhttp_request *req, const char *path,
                         bool is_server_path, const char *remote)
 {
-    uint8_t *mp = NULL;
-    size_t mplen = 0;
-    msgpack_zone zone;
-    bool zone_ok = false;
+    gw_devreq_t d;
+    memset(&d, 0, sizeof d);
     pm_msg_t *msg = NULL;
-    char err[256], why[400];
-    char eid[GW_EID_MAX] = "";
+    char why[400];
     self->st.requests++;
 
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
@@ -679,132 +591,27 @@ static void s_on_device(gw_server_t *self, struct evhttp_request *req, const cha
         goto out;
     }
 
-    //  2. the plist, bounded
-    pm_plist_limits_t lim = pm_plist_default_limits;
-    lim.max_bytes = self->cfg.body_max;
-    //  the plist travels two levels down in the bus message (envelope, body)
-    lim.max_depth = PM_MSG_MAX_DEPTH - 4;
-    if (len == 0 ||
-        pm_plist_to_msgpack((const char *)body, len, &lim, &mp, &mplen, err, sizeof err) < 0) {
-        snprintf(why, sizeof why, "bad plist: %s", len == 0 ? "empty body" : err);
-        s_reject(self, req, NULL, remote, path, why);
+    //  2. what it says: plist, enrollment id, MessageType / Status (gw_devreq)
+    if (gw_devreq_parse(body, len, self->cfg.body_max, is_server_path, &d, why, sizeof why) < 0) {
+        s_reject(self, req, d.eid, remote, path, why);
         goto out;
     }
-    msgpack_zone_init(&zone, 4096);
-    zone_ok = true;
-    msgpack_object obj;
-    pm_mpck_limits_t mlim = {PM_MSG_MAX_DEPTH, PM_MSG_MAX_ELEMENTS};
-    if (pm_mpck_unpack(mp, mplen, &mlim, &zone, &obj, err, sizeof err) < 0 ||
-        obj.type != MSGPACK_OBJECT_MAP) {
-        s_reject(self, req, NULL, remote, path, "plist is not a dictionary");
+    if (d.route == GW_DEVREQ_CHECKIN && strcmp(d.mtype, "UserAuthenticate") == 0 &&
+        !self->cfg.user_auth_forward) {
+        //  Apple: a server that does not authenticate users declines the
+        //  UserAuthenticate (DigestChallenge) request with HTTP 410.
+        pm_info("eid=%s UserAuthenticate declined (410; user-authenticate=forward changes it)",
+                d.eid);
+        gw_http_send(req, 410, NULL, NULL, 0);
         goto out;
     }
 
-    //  3. the enrollment (id keys of the wrong type must not silently
-    //  become "absent": a user-channel message would land on the device)
-    if (s_check_keys(&obj, "any message", why, sizeof why) < 0) {
-        s_reject(self, req, NULL, remote, path, why);
-        goto out;
-    }
-    char udid[GW_EID_PART_MAX + 1], uid[GW_EID_PART_MAX + 1], ushort[GW_EID_PART_MAX + 1], ulong[8],
-        enr[GW_EID_PART_MAX + 1], enru[GW_EID_PART_MAX + 1];
-    s_key(&obj, "UDID", udid, sizeof udid);
-    s_key(&obj, "UserID", uid, sizeof uid);
-    s_key(&obj, "UserShortName", ushort, sizeof ushort);
-    //  only whether UserLongName is there matters (macOS vs Shared iPad)
-    snprintf(ulong, sizeof ulong, "%s", pm_mp_get(&obj, "UserLongName") ? "y" : "");
-    s_key(&obj, "EnrollmentID", enr, sizeof enr);
-    s_key(&obj, "EnrollmentUserID", enru, sizeof enru);
-    gw_eid_keys_t keys = {udid, uid, ushort, ulong, enr, enru};
-    gw_eid_kind_t kind;
-    if (gw_eid_derive(&keys, eid, sizeof eid, &kind, err, sizeof err) < 0) {
-        snprintf(why, sizeof why, "bad enrollment id: %s", err);
-        s_reject(self, req, NULL, remote, path, why);
-        goto out;
-    }
-
-    //  4. which kind of message
-    char mtype[48] = "", status[48] = "", cuuid[80] = "";
-    bool has_mtype = pm_mp_get(&obj, "MessageType") != NULL;
-    bool has_status = pm_mp_get(&obj, "Status") != NULL;
-    gw_route_t route;
-    if (has_mtype && !has_status)
-        route = GW_ROUTE_CHECKIN;
-    else if (has_status && !has_mtype && is_server_path)
-        route = GW_ROUTE_CONNECT;
-    else {
-        s_reject(self, req, eid, remote, path,
-                 has_mtype && has_status ? "body has both MessageType and Status"
-                 : is_server_path        ? "body has neither MessageType nor Status"
-                                         : "check-in body without MessageType");
-        goto out;
-    }
-
-    if (route == GW_ROUTE_CHECKIN) {
-        if (pm_mp_get_str(&obj, "MessageType", mtype, sizeof mtype) < 0 ||
-            !s_in(s_message_types, mtype)) {
-            char shown[48];
-            s_key(&obj, "MessageType", shown, sizeof shown);
-            if (pm_mp_get(&obj, "MessageType")->type != MSGPACK_OBJECT_STR)
-                snprintf(why, sizeof why, "MessageType is not a string");
-            else
-                snprintf(why, sizeof why, "unknown MessageType '%s'", shown);
-            s_reject(self, req, eid, remote, path, why);
-            goto out;
-        }
-        if (s_check_keys(&obj, mtype, why, sizeof why) < 0) {
-            s_reject(self, req, eid, remote, path, why);
-            goto out;
-        }
-        if (strcmp(mtype, "UserAuthenticate") == 0 && !self->cfg.user_auth_forward) {
-            //  Apple: a server that does not authenticate users declines the
-            //  UserAuthenticate (DigestChallenge) request with HTTP 410.
-            pm_info("eid=%s UserAuthenticate declined (410; user-authenticate=forward changes it)",
-                    eid);
-            gw_http_send(req, 410, NULL, NULL, 0);
-            goto out;
-        }
-    } else {
-        if (pm_mp_get_str(&obj, "Status", status, sizeof status) < 0 || !s_in(s_statuses, status)) {
-            char shown[48];
-            s_key(&obj, "Status", shown, sizeof shown);
-            snprintf(why, sizeof why, "unknown Status '%s'", shown);
-            s_reject(self, req, eid, remote, path, why);
-            goto out;
-        }
-        bool has_uuid = pm_mp_get_str(&obj, "CommandUUID", cuuid, sizeof cuuid) == 0 && *cuuid;
-        if (!has_uuid && strcmp(status, "Idle") != 0) {
-            snprintf(why, sizeof why, "Status %s without a CommandUUID", status);
-            s_reject(self, req, eid, remote, path, why);
-            goto out;
-        }
-    }
-
-    //  5. to the back end
-    msg = pm_msg_new(route == GW_ROUTE_CHECKIN ? PM_MSG_CHECKIN : PM_MSG_CONNECT);
+    //  3. to the back end
+    msg = gw_devreq_msg(&d, has_cert ? &auth : NULL);
     if (!msg) {
-        gw_http_send_text(req, 500, "out of memory\n");
-        goto out;
-    }
-    int bad = 0;
-    bad |= pm_msg_set_str(msg, "eid", eid);
-    bad |= pm_msg_set_str(msg, "kind", gw_eid_kind_name(kind));
-    if (route == GW_ROUTE_CHECKIN) {
-        bad |= pm_msg_set_str(msg, "message_type", mtype);
-        if (has_cert)
-            bad |= pm_msg_set_str(msg, "cert_issuer", auth.issuer);
-    } else {
-        bad |= pm_msg_set_str(msg, "status", status);
-        if (*cuuid)
-            bad |= pm_msg_set_str(msg, "command_uuid", cuuid);
-    }
-    if (has_cert)
-        bad |= pm_msg_set_bin(msg, "cert_hash", auth.cert_hash, sizeof auth.cert_hash);
-    if (has_cert && auth.has_prev)
-        bad |= pm_msg_set_bin(msg, "cert_prev_hash", auth.prev_hash, sizeof auth.prev_hash);
-    bad |= pm_msg_set_packed(msg, "body", mp, mplen);
-    if (bad) {
-        pm_error("eid=%s: cannot build the bus message (field rejected by the table)", eid);
+        pm_error("eid=%s: cannot build the bus message (out of memory or a field rejected by the "
+                 "table)",
+                 d.eid);
         gw_http_send_text(req, 500, "internal error\n");
         goto out;
     }
@@ -813,23 +620,21 @@ static void s_on_device(gw_server_t *self, struct evhttp_request *req, const cha
         gw_http_send_text(req, 500, "out of memory\n");
         goto out;
     }
-    r->route = route;
-    r->kind = kind;
-    snprintf(r->eid, sizeof r->eid, "%s", eid);
-    snprintf(r->what, sizeof r->what, "%s", route == GW_ROUTE_CHECKIN ? mtype : status);
+    r->route = d.route == GW_DEVREQ_CHECKIN ? GW_ROUTE_CHECKIN : GW_ROUTE_CONNECT;
+    r->kind = d.kind;
+    snprintf(r->eid, sizeof r->eid, "%s", d.eid);
+    snprintf(r->what, sizeof r->what, "%s", d.route == GW_DEVREQ_CHECKIN ? d.mtype : d.status);
     snprintf(r->remote, sizeof r->remote, "%s", remote);
     snprintf(r->path, sizeof r->path, "%s", path);
     if (has_cert) {
         char hex[65];
         gw_auth_hash_hex(auth.cert_hash, hex);
-        pm_debug("eid=%s %s from %s cert=%.16s", eid, r->what, remote, hex);
+        pm_debug("eid=%s %s from %s cert=%.16s", d.eid, r->what, remote, hex);
     }
     s_call(r, &msg);
 out:
     pm_msg_destroy(&msg);
-    if (zone_ok)
-        msgpack_zone_destroy(&zone);
-    free(mp);
+    gw_devreq_clear(&d);
 }
 
 static void s_on_request(struct evhttp_request *req, void *arg)
