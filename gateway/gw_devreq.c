@@ -199,15 +199,20 @@ out:
     return rc;
 }
 
-pm_msg_t *gw_devreq_msg(const gw_devreq_t *d, const gw_auth_result_t *auth)
+pm_msg_t *gw_devreq_msg(const gw_devreq_t *d, const gw_auth_result_t *auth,
+                        const gw_devreq_policy_t *pol)
 {
-    pm_msg_t *msg = pm_msg_new(d->route == GW_DEVREQ_CHECKIN ? PM_MSG_CHECKIN : PM_MSG_CONNECT);
+    bool checkin = d->route == GW_DEVREQ_CHECKIN;
+    pm_msg_type_t t = checkin ? (pol ? PM_MSG_STORE_CHECKIN : PM_MSG_CHECKIN)
+                              : (pol ? PM_MSG_STORE_CONNECT : PM_MSG_CONNECT);
+    pm_msg_t *msg = pm_msg_new(t);
     if (!msg)
         return NULL;
     int bad = 0;
     bad |= pm_msg_set_str(msg, "eid", d->eid);
-    bad |= pm_msg_set_str(msg, "kind", gw_eid_kind_name(d->kind));
-    if (d->route == GW_DEVREQ_CHECKIN) {
+    if (checkin || !pol) //  store.connect has no kind
+        bad |= pm_msg_set_str(msg, "kind", gw_eid_kind_name(d->kind));
+    if (checkin) {
         bad |= pm_msg_set_str(msg, "message_type", d->mtype);
         if (auth)
             bad |= pm_msg_set_str(msg, "cert_issuer", auth->issuer);
@@ -221,6 +226,14 @@ pm_msg_t *gw_devreq_msg(const gw_devreq_t *d, const gw_auth_result_t *auth)
     if (auth && auth->has_prev)
         bad |= pm_msg_set_bin(msg, "cert_prev_hash", auth->prev_hash, sizeof auth->prev_hash);
     bad |= pm_msg_set_packed(msg, "body", d->mp, d->mplen);
+    if (!checkin && pol) {
+        //  what the scheduler adds (sched_store_request): our request id (a
+        //  retry, even across a store restart, gets the same answer) and its policy
+        bad |= pm_msg_set_str(msg, "device_rid", pm_msg_rid(msg));
+        bad |= pm_msg_set_uint(msg, "notnow_limit", pol->notnow_limit);
+        bad |= pm_msg_set_uint(msg, "redeliver_limit", pol->redeliver_limit);
+        bad |= pm_msg_set_uint(msg, "delivered_timeout_s", pol->delivered_timeout_s);
+    }
     if (bad)
         pm_msg_destroy(&msg);
     return msg;

@@ -5,8 +5,9 @@
  *  enrollment id is derived from its id keys (gw_eid); the route follows
  *  from MessageType (check-in) or Status (command loop, only on the
  *  ServerURL path); the keys the Apple schema types (mdm/checkin/ *.yaml)
- *  are type-checked; then gw_devreq_msg builds the bus message (CHECKIN or
- *  CONNECT) the scheduler receives. gw_server.c calls these after the
+ *  are type-checked; then gw_devreq_msg builds the bus message: CHECKIN or
+ *  CONNECT for the scheduler, or, on the direct device path (docs/queue.md),
+ *  STORE_CHECKIN or STORE_CONNECT for the store. gw_server.c calls these after the
  *  request is authenticated (gw_auth); the libFuzzer target
  *  tests/fuzz/fuzz_gateway.c calls them directly.
  */
@@ -41,10 +42,20 @@ typedef struct {
 int gw_devreq_parse(const uint8_t *body, size_t len, size_t body_max, bool is_server_path,
                     gw_devreq_t *d, char *why, size_t whysize);
 
-//  The bus message for a parsed request (CHECKIN or CONNECT), with the
-//  certificate facts from auth (NULL: no certificate, lab mode). The caller
-//  owns the result; NULL if the table refused a field or out of memory.
-pm_msg_t *gw_devreq_msg(const gw_devreq_t *d, const gw_auth_result_t *auth);
+//  The scheduler's command-queue policy (policy.reply), which store.connect
+//  takes as parameters.
+typedef struct {
+    uint64_t notnow_limit, redeliver_limit, delivered_timeout_s;
+} gw_devreq_policy_t;
+
+//  The bus message for a parsed request, with the certificate facts from auth
+//  (NULL: no certificate, lab mode). pol NULL: CHECKIN / CONNECT for the
+//  scheduler; else STORE_CHECKIN / STORE_CONNECT straight to the store, with
+//  the policy and device_rid = the message's own request id (what the
+//  scheduler would have added). The caller owns the result; NULL if the
+//  table refused a field or out of memory.
+pm_msg_t *gw_devreq_msg(const gw_devreq_t *d, const gw_auth_result_t *auth,
+                        const gw_devreq_policy_t *pol);
 
 //  Free what gw_devreq_parse allocated (safe twice, safe on a zeroed d).
 void gw_devreq_clear(gw_devreq_t *d);

@@ -63,6 +63,12 @@ struct gw_server {
     struct event *bus_defer; //  one pm_bus_process per loop iteration (s_bus_kick)
     bool kick_pending;
     gw_req_t *reqs; //  every live request context (doubly linked)
+    //  the direct device path: the scheduler's policy, once it answered
+    char *store_service;
+    gw_devreq_policy_t policy;
+    bool have_policy, policy_pending;
+    int policy_refresh_s;
+    struct event *policy_timer;
     bool shutting_down;
     gw_server_stats_t st;
 };
@@ -413,7 +419,7 @@ static void s_on_guard(evutil_socket_t fd, short what, void *arg)
 }
 
 //  Send `msg` to the back end for request context r (takes ownership of msg).
-static void s_call(gw_req_t *r, pm_msg_t **msg)
+static void s_call(gw_req_t *r, const char *service, pm_msg_t **msg)
 {
     gw_server_t *self = r->srv;
     int total = self->cfg.backend_timeout_ms;
@@ -421,11 +427,10 @@ static void s_call(gw_req_t *r, pm_msg_t **msg)
     int per_try = total / 2 > 100 ? total / 2 : 100;
     r->bus_pending = true;
     self->st.in_flight++;
-    if (pm_bus_call_async(self->bus, self->service, *msg, per_try, 1, s_on_reply, r) < 0) {
+    if (pm_bus_call_async(self->bus, service, *msg, per_try, 1, s_on_reply, r) < 0) {
         r->bus_pending = false;
         self->st.in_flight--;
-        pm_warn("eid=%s %s: cannot queue the request for '%s'; 503", r->eid, r->what,
-                self->service);
+        pm_warn("eid=%s %s: cannot queue the request for '%s'; 503", r->eid, r->what, service);
         s_send_503(self, r->req);
         r->req = NULL;
         pm_msg_destroy(msg);
@@ -439,6 +444,62 @@ static void s_call(gw_req_t *r, pm_msg_t **msg)
         struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
         evtimer_add(r->guard, &tv);
     }
+    s_bus_kick(self);
+}
+
+/* ---- the scheduler's policy (direct device path) ---- */
+
+static void s_policy_arm(gw_server_t *self, int seconds)
+{
+    if (!self->policy_timer)
+        return;
+    struct timeval tv = {seconds, 0};
+    evtimer_add(self->policy_timer, &tv);
+}
+
+static void s_on_policy(void *arg, const pm_msg_t *reply, const char *error)
+{
+    gw_server_t *self = arg;
+    self->policy_pending = false;
+    if (reply && pm_msg_type(reply) == PM_MSG_POLICY_REPLY) {
+        gw_devreq_policy_t p = {pm_msg_uint(reply, "notnow_limit", 0),
+                                pm_msg_uint(reply, "redeliver_limit", 0),
+                                pm_msg_uint(reply, "delivered_timeout_s", 0)};
+        if (!self->have_policy || memcmp(&p, &self->policy, sizeof p) != 0)
+            pm_info("device path: direct to '%s' with the policy of '%s' (notnow-limit %llu, "
+                    "redeliver-limit %llu, delivered-timeout-s %llu)",
+                    self->store_service, self->service, (unsigned long long)p.notnow_limit,
+                    (unsigned long long)p.redeliver_limit,
+                    (unsigned long long)p.delivered_timeout_s);
+        self->policy = p;
+        self->have_policy = true;
+        uint64_t refresh = pm_msg_uint(reply, "refresh_s", 5);
+        self->policy_refresh_s = refresh >= 1 && refresh <= 3600 ? (int)refresh : 5;
+        s_policy_arm(self, self->policy_refresh_s);
+        return;
+    }
+    //  Keep the last policy: the store alone serves devices while the
+    //  scheduler restarts. Never had one: requests go through the scheduler.
+    pm_debug("policy from '%s' not refreshed (%s)", self->service,
+             error                                         ? error
+             : reply && pm_msg_type(reply) == PM_MSG_ERROR ? pm_msg_str(reply, "message")
+                                                           : "unexpected reply");
+    s_policy_arm(self, self->have_policy ? self->policy_refresh_s : 1);
+}
+
+static void s_policy_fetch(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    gw_server_t *self = arg;
+    if (self->policy_pending || self->shutting_down || !self->bus)
+        return;
+    pm_msg_t *m = pm_msg_new(PM_MSG_POLICY);
+    if (m && pm_bus_call_async(self->bus, self->service, m, 1000, 0, s_on_policy, self) == 0)
+        self->policy_pending = true;
+    else
+        s_policy_arm(self, 1);
+    pm_msg_destroy(&m);
     s_bus_kick(self);
 }
 
@@ -459,7 +520,7 @@ static void s_on_health_reply(void *arg, const pm_msg_t *reply, const char *erro
         snprintf(text, sizeof text,
                  "ok\nbackend: %s%s%s\nrequests: %llu\nrejected: %llu\nunavailable: %llu\n"
                  "in_flight: %llu\nchain_cache: %llu hits, %llu verifications\n"
-                 "cert_cache: %llu hits\n",
+                 "cert_cache: %llu hits\ndevice_path: %s\n",
                  up ? "up" : "down (",
                  up ? ""
                     : (error  ? error
@@ -469,7 +530,9 @@ static void s_on_health_reply(void *arg, const pm_msg_t *reply, const char *erro
                  (unsigned long long)self->st.rejected, (unsigned long long)self->st.unavailable,
                  (unsigned long long)self->st.in_flight, (unsigned long long)hits,
                  (unsigned long long)misses,
-                 (unsigned long long)gw_auth_cert_cache_hits(self->auth));
+                 (unsigned long long)gw_auth_cert_cache_hits(self->auth),
+                 self->cfg.direct_store && self->have_policy ? "direct to the store"
+                                                             : "through the scheduler");
         gw_http_send_text(r->req, 200, text);
         r->req = NULL;
     }
@@ -489,7 +552,10 @@ static void s_health(gw_server_t *self, struct evhttp_request *req)
     //  echo) proves it is there; no_service / timeout prove it is not.
     pm_msg_t *m = pm_msg_new(PM_MSG_ECHO);
     r->bus_pending = true;
-    if (!m || pm_bus_call_async(self->bus, self->service, m, 1000, 0, s_on_health_reply, r) < 0) {
+    //  the service devices depend on now: the store on the direct path
+    const char *svc =
+        self->cfg.direct_store && self->have_policy ? self->store_service : self->service;
+    if (!m || pm_bus_call_async(self->bus, svc, m, 1000, 0, s_on_health_reply, r) < 0) {
         r->bus_pending = false;
         s_on_health_reply(r, NULL, "bus unavailable");
     }
@@ -607,7 +673,9 @@ static void s_on_device(gw_server_t *self, struct evhttp_request *req, const cha
     }
 
     //  3. to the back end
-    msg = gw_devreq_msg(&d, has_cert ? &auth : NULL);
+    //  the direct path once the scheduler told us its policy (docs/queue.md)
+    bool direct = self->cfg.direct_store && self->have_policy;
+    msg = gw_devreq_msg(&d, has_cert ? &auth : NULL, direct ? &self->policy : NULL);
     if (!msg) {
         pm_error("eid=%s: cannot build the bus message (out of memory or a field rejected by the "
                  "table)",
@@ -631,7 +699,9 @@ static void s_on_device(gw_server_t *self, struct evhttp_request *req, const cha
         gw_auth_hash_hex(auth.cert_hash, hex);
         pm_debug("eid=%s %s from %s cert=%.16s", d.eid, r->what, remote, hex);
     }
-    s_call(r, &msg);
+    if (direct)
+        self->st.direct++;
+    s_call(r, direct ? self->store_service : self->service, &msg);
 out:
     pm_msg_destroy(&msg);
     gw_devreq_clear(&d);
@@ -786,9 +856,10 @@ gw_server_t *gw_server_new(const gw_server_config_t *cfg, struct event_base *bas
     self->proxy_header =
         strdup(cfg->proxy_cert_header ? cfg->proxy_cert_header : "X-SSL-Client-Cert");
     self->service = strdup(cfg->backend_service ? cfg->backend_service : "scheduler");
+    self->store_service = strdup(cfg->store_service ? cfg->store_service : "store");
     self->proxies = s_split(cfg->trusted_proxies, &self->nproxies);
     if (!self->listen || !self->checkin_path || !self->server_path || !self->proxy_header ||
-        !self->service)
+        !self->service || !self->store_service)
         goto fail;
     if (!auth && !cfg->insecure_lab_mode) {
         pm_error("no device CA: set device-ca (or, in a lab only, insecure-lab-mode)");
@@ -862,6 +933,12 @@ gw_server_t *gw_server_new(const gw_server_config_t *cfg, struct event_base *bas
     self->bus_defer = event_new(base, -1, 0, s_on_bus_defer, self);
     if (!self->bus_timer || !self->bus_defer)
         goto fail;
+    if (bus && cfg->direct_store) {
+        self->policy_timer = evtimer_new(base, s_policy_fetch, self);
+        if (!self->policy_timer)
+            goto fail;
+        s_policy_fetch(-1, 0, self);
+    }
     s_bus_kick(self);
     pm_info("listening on %s (port %d, %s%s), check-in %s, command loop %s, back end '%s'",
             self->listen, self->port, cfg->plain_http ? "plain HTTP behind a proxy" : "TLS",
@@ -908,6 +985,9 @@ void gw_server_destroy(gw_server_t **srv)
         event_free(self->bus_timer);
     if (self->bus_defer)
         event_free(self->bus_defer);
+    if (self->policy_timer)
+        event_free(self->policy_timer);
+    free(self->store_service);
     if (self->ssl)
         SSL_CTX_free(self->ssl);
     for (int i = 0; i < self->nproxies; i++)

@@ -44,6 +44,11 @@ static const pm_opt_t s_opts[] = {
     {"user-authenticate", PM_OPT_STR, "decline",
      "UserAuthenticate: decline (HTTP 410, Apple's documented answer) or forward"},
     {"backend-service", PM_OPT_STR, "scheduler", "bus service that handles device traffic"},
+    {"device-path", PM_OPT_STR, "direct",
+     "direct: check-in and command-loop requests go straight to store-service with the "
+     "policy fetched from backend-service (docs/queue.md); scheduler: every request through "
+     "backend-service"},
+    {"store-service", PM_OPT_STR, "store", "bus service that owns the queue (device-path direct)"},
     {"cert-cache", PM_OPT_INT, "4096",
      "device certificates kept decoded (~5 KiB each; 0 = none: every request decodes and "
      "verifies the chain)"},
@@ -147,7 +152,14 @@ int main(int argc, char **argv)
         .insecure_lab_mode = lab,
         .user_auth_forward = strcmp(ua, "forward") == 0,
         .backend_service = pm_cfg_str(cfg, "backend-service"),
+        .store_service = pm_cfg_str(cfg, "store-service"),
     };
+    const char *dp = pm_cfg_str(cfg, "device-path");
+    if (!dp || (strcmp(dp, "direct") != 0 && strcmp(dp, "scheduler") != 0)) {
+        pm_error("device-path must be 'direct' or 'scheduler'");
+        goto out;
+    }
+    sc.direct_store = strcmp(dp, "direct") == 0;
     if (sc.backend_timeout_ms < 200 || sc.idle_timeout_s < 1) {
         pm_error("backend-timeout-ms must be >= 200 and idle-timeout >= 1");
         goto out;

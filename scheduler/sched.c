@@ -128,6 +128,7 @@ pm_msg_t *sched_validate(const pm_msg_t *req)
     case PM_MSG_RESULTS:
     case PM_MSG_DEVICES:
     case PM_MSG_DEVICES_FIND:
+    case PM_MSG_POLICY:
         return NULL;
     case PM_MSG_DEVICE:
     case PM_MSG_TIMELINE:
@@ -248,6 +249,19 @@ pm_msg_t *sched_store_request(const sched_opts_t *o, const pm_msg_t *req, const 
     return m;
 }
 
+pm_msg_t *sched_policy_reply(const sched_opts_t *o, const pm_msg_t *req)
+{
+    pm_msg_t *m = pm_msg_new_reply(req, PM_MSG_POLICY_REPLY);
+    if (!m)
+        return NULL;
+    if (pm_msg_set_uint(m, "notnow_limit", (uint64_t)o->notnow_limit) < 0 ||
+        pm_msg_set_uint(m, "redeliver_limit", (uint64_t)o->redeliver_limit) < 0 ||
+        pm_msg_set_uint(m, "delivered_timeout_s", (uint64_t)o->delivered_timeout_s) < 0 ||
+        pm_msg_set_uint(m, "refresh_s", SCHED_POLICY_REFRESH_S) < 0)
+        pm_msg_destroy(&m);
+    return m;
+}
+
 /* ---- the bus side ---- */
 
 static void s_wake_done(void *arg, const pm_msg_t *reply, const char *error)
@@ -312,6 +326,16 @@ void sched_on_job(void *arg, pm_bus_job_t *job)
                 pm_msg_str(err, "message"));
         pm_bus_job_reply(&job, err);
         pm_msg_destroy(&err);
+        return;
+    }
+    if (pm_msg_type(req) == PM_MSG_POLICY) {
+        //  answered from our own options: the gateway passes them to the store
+        pm_msg_t *pol = sched_policy_reply(&s->opts, req);
+        if (pol)
+            pm_bus_job_reply(&job, pol);
+        else
+            pm_bus_job_drop(&job);
+        pm_msg_destroy(&pol);
         return;
     }
     char uuid[64] = "";

@@ -47,6 +47,12 @@ void sched_tick(sched_t *s, int64_t now_ms);
 //  Pure: no bus, used by the unit test.
 pm_msg_t *sched_validate(const pm_msg_t *req);
 
+//  The policy.reply for a `policy` request (caller owns; NULL: out of
+//  memory). The gateway sends device requests straight to the store with
+//  these values and asks again every SCHED_POLICY_REFRESH_S (docs/queue.md).
+#define SCHED_POLICY_REFRESH_S 5
+pm_msg_t *sched_policy_reply(const sched_opts_t *o, const pm_msg_t *req);
+
 //  Build the store request for `req` (caller owns), or NULL if req is not a
 //  scheduler request. `uuid` is used for ENQUEUE without a command_uuid.
 pm_msg_t *sched_store_request(const sched_opts_t *o, const pm_msg_t *req, const char *uuid,

@@ -10,6 +10,7 @@
 #include "pm_mpck.h"
 #include "sched.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static const sched_opts_t s_o = {
@@ -148,12 +149,36 @@ static void test_connect_translation(void **state)
     pm_msg_destroy(&m);
 }
 
+//  The policy the gateway fetches is exactly the options store.connect gets.
+static void test_policy_reply(void **state)
+{
+    (void)state;
+    pm_msg_t *req = pm_msg_new(PM_MSG_POLICY);
+    assert_null(sched_validate(req));
+    pm_msg_t *r = sched_policy_reply(&s_o, req);
+    assert_non_null(r);
+    assert_int_equal(pm_msg_type(r), PM_MSG_POLICY_REPLY);
+    assert_string_equal(pm_msg_rid(r), pm_msg_rid(req));
+    assert_int_equal(pm_msg_uint(r, "notnow_limit", 99), 3);
+    assert_int_equal(pm_msg_uint(r, "redeliver_limit", 99), 5);
+    assert_int_equal(pm_msg_uint(r, "delivered_timeout_s", 99), 60);
+    assert_int_equal(pm_msg_uint(r, "refresh_s", 0), SCHED_POLICY_REFRESH_S);
+    uint8_t *enc = NULL;
+    size_t n = 0;
+    char err[128];
+    assert_int_equal(pm_msg_encode(r, &enc, &n, err, sizeof err), 0);
+    free(enc);
+    pm_msg_destroy(&r);
+    pm_msg_destroy(&req);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_validate),
         cmocka_unit_test(test_enqueue_translation),
         cmocka_unit_test(test_connect_translation),
+        cmocka_unit_test(test_policy_reply),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -5,8 +5,9 @@
  *    mode & 3 == 0 / 1: the rest is a body sent to the CheckInURL / ServerURL
  *        path: gw_devreq_parse (plist -> map, enrollment id, MessageType /
  *        Status routing, schema key types) and, when accepted, the bus
- *        message (gw_devreq_msg), which the strict decoder must take back
- *        unchanged, since the scheduler decodes it.
+ *        messages (gw_devreq_msg: for the scheduler, and for the store on the
+ *        direct path), which the strict decoder must take back unchanged,
+ *        since the back end decodes them.
  *    mode & 3 == 2: "<Mdm-Signature base64>\0<body>": gw_auth_verify_signature
  *        (base64, the CMS certificate split-off fast path or, with mode & 8,
  *        the uncached OpenSSL path; chain to the test CA below; signature);
@@ -84,24 +85,29 @@ static void s_device(const uint8_t *body, size_t len, bool server_path,
     if (!d.eid[0] || (d.route != GW_DEVREQ_CHECKIN && d.route != GW_DEVREQ_CONNECT) ||
         (d.route == GW_DEVREQ_CONNECT && !server_path))
         abort();
-    pm_msg_t *msg = gw_devreq_msg(&d, auth), *back = NULL;
-    if (!msg) {
-        fprintf(stderr, "fuzz_gateway: the table refused an accepted request (eid %s)\n", d.eid);
-        abort();
+    //  both paths: through the scheduler, and straight to the store
+    static const gw_devreq_policy_t pol = {3, 5, 60};
+    for (int direct = 0; direct < 2; direct++) {
+        pm_msg_t *msg = gw_devreq_msg(&d, auth, direct ? &pol : NULL), *back = NULL;
+        if (!msg) {
+            fprintf(stderr, "fuzz_gateway: the table refused an accepted request (eid %s)\n",
+                    d.eid);
+            abort();
+        }
+        uint8_t *enc = NULL;
+        size_t n = 0;
+        char err[256];
+        if (pm_msg_encode(msg, &enc, &n, err, sizeof err) < 0 ||
+            pm_msg_decode(enc, n, &back, err, sizeof err) < 0) {
+            fprintf(stderr, "fuzz_gateway: the back end would refuse our message: %s\n", err);
+            abort();
+        }
+        if (!pm_msg_equal(msg, back))
+            abort();
+        free(enc);
+        pm_msg_destroy(&back);
+        pm_msg_destroy(&msg);
     }
-    uint8_t *enc = NULL;
-    size_t n = 0;
-    char err[256];
-    if (pm_msg_encode(msg, &enc, &n, err, sizeof err) < 0 ||
-        pm_msg_decode(enc, n, &back, err, sizeof err) < 0) {
-        fprintf(stderr, "fuzz_gateway: the scheduler would refuse our message: %s\n", err);
-        abort();
-    }
-    if (!pm_msg_equal(msg, back))
-        abort();
-    free(enc);
-    pm_msg_destroy(&back);
-    pm_msg_destroy(&msg);
     gw_devreq_clear(&d);
 }
 

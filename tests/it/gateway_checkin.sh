@@ -5,7 +5,8 @@
 # gets the DeviceInformation queued with `picomdm enqueue` -> Acknowledged;
 # every Status; NotNow then re-offer (mTLS identity); every check-in
 # MessageType; single-URL profiles; spoofing cases each 400 with an event
-# and nothing reaching the store; 413; back end down -> 503 Retry-After.
+# and nothing reaching the store; 413; scheduler down -> still served (direct
+# device path); store down -> 503 Retry-After.
 source "$(dirname "$0")/e2e_lib.bash"
 
 e2e_up --log-level debug --backend-timeout-ms 2000 --body-max 262144
@@ -136,9 +137,16 @@ head -c $((300 * 1024)) /dev/zero | tr '\0' 'A' >"$T/big"
 # the upload, so the client never writes into a closed connection)
 expect 413 "$(put /mdm/checkin "$T/big" - -H "Expect: 100-continue")" "body over body-max"
 
-# ---- back end down: 503 with Retry-After, promptly ----
+# ---- scheduler down: devices are still served (direct device path, docs/queue.md) ----
+code=$(curl -sS -m 5 --cacert "$PKI/ca.pem" -o "$T/resp" -w '%{http_code}' "$URL/health")
+grep -q '^device_path: direct to the store' "$T/resp" || fail "/health: not on the direct path: $(cat "$T/resp")"
 kill "$SCHED_PID"
 wait "$SCHED_PID" 2>/dev/null
+expect 200 "$(put /mdm/connect "$T/idle1" dev1)" "Idle with the scheduler stopped"
+
+# ---- back end (the store) down: 503 with Retry-After, promptly ----
+kill "$STORE_PID"
+wait "$STORE_PID" 2>/dev/null
 start=$(date +%s%N)
 expect 503 "$(put /mdm/connect "$T/idle1" dev1)" "back end down"
 ms=$((($(date +%s%N) - start) / 1000000))
