@@ -34,6 +34,9 @@ static const pm_opt_t s_opts[] = {
     {"group-commit", PM_OPT_BOOL, "true",
      "apply every waiting request in one transaction (off: one transaction per request)"},
     {"batch-max", PM_OPT_INT, "1024", "at most this many requests per transaction"},
+    {"commit-wait-ms", PM_OPT_INT, "0",
+     "after the first request of a transaction, gather more for this long before committing "
+     "(fewer commits per request under load, at most this much latency; 0: commit at once)"},
     {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
     {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     {NULL, 0, NULL, NULL}};
@@ -110,17 +113,38 @@ int main(int argc, char **argv)
     pm_info("serving 'store' via %s", bc.request_endpoint);
     pm_notify_ready();
     pm_notify_status("serving store via %s", bc.request_endpoint);
+    int64_t wait_ms = pm_cfg_int(cfg, "commit-wait-ms");
+    if (wait_ms < 0 || wait_ms > 1000) {
+        pm_error("commit-wait-ms must be 0..1000");
+        goto out;
+    }
+    int64_t deadline = 0; //  commit the pending requests at this time (zclock_mono)
     while (!zsys_interrupted) {
-        //  drain whatever is waiting, then commit it all at once
-        if (pm_bus_run_once(bus, store_svc_pending(svc) ? 0 : 500) < 0)
+        //  drain whatever is waiting (for up to commit-wait-ms after the
+        //  first), then commit it all at once
+        int timeout = 500;
+        if (store_svc_pending(svc)) {
+            if (!deadline)
+                deadline = zclock_mono() + wait_ms;
+            int64_t left = deadline - zclock_mono();
+            timeout = left > 0 ? (int)left : 0;
+        }
+        if (pm_bus_run_once(bus, timeout) < 0)
             break;
-        if (store_svc_pending(svc))
+        size_t pending = store_svc_pending(svc);
+        if (pending && (zclock_mono() >= deadline || pending >= (size_t)batch)) {
             store_svc_flush(svc);
+            deadline = 0;
+        }
     }
     pm_notify_stopping();
     pm_bus_stats_t st;
     pm_bus_stats(bus, &st);
-    pm_info("stopping after %llu requests", (unsigned long long)st.jobs);
+    uint64_t commits = 0, applied = 0;
+    store_svc_counts(svc, &commits, &applied);
+    pm_info("stopping after %llu requests (%llu applied in %llu transactions, %.1f per commit)",
+            (unsigned long long)st.jobs, (unsigned long long)applied, (unsigned long long)commits,
+            commits ? (double)applied / (double)commits : 0.0);
     rc = 0;
 out:
     store_svc_destroy(&svc);

@@ -25,6 +25,7 @@ struct store_svc {
     s_job_t *jobs;
     size_t njobs, cap;
     msgpack_sbuffer a, b; //  scratch for one request, reused (they keep their capacity)
+    uint64_t commits, applied;
 };
 
 static int64_t s_now_ms(void)
@@ -85,6 +86,12 @@ void store_svc_on_job(void *arg, pm_bus_job_t *job)
 size_t store_svc_pending(const store_svc_t *svc)
 {
     return svc->njobs;
+}
+
+void store_svc_counts(const store_svc_t *svc, uint64_t *commits, uint64_t *requests)
+{
+    *commits = svc->commits;
+    *requests = svc->applied;
 }
 
 /* ---- helpers ---- */
@@ -462,6 +469,8 @@ static void s_batch(store_svc_t *svc, size_t from, size_t to)
         store_db_op_end(svc->db, keep);
     }
     int64_t t1 = s_now_ms();
+    svc->commits++;
+    svc->applied += to - from;
     if (tx && store_db_commit(svc->db) < 0) {
         pm_error("commit failed: %s; answering %zu requests with an error",
                  store_db_errmsg(svc->db), to - from);

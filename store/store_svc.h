@@ -19,6 +19,7 @@
 #include "store_db.h"
 
 #include <stdbool.h>
+#include <stdint.h>
 
 typedef struct store_svc store_svc_t;
 
@@ -37,6 +38,10 @@ void store_svc_on_job(void *arg, pm_bus_job_t *job);
 
 //  Requests parked and not yet answered.
 size_t store_svc_pending(const store_svc_t *svc);
+
+//  Transactions committed and requests applied in them so far (their ratio is
+//  the group commit's batch size).
+void store_svc_counts(const store_svc_t *svc, uint64_t *commits, uint64_t *requests);
 
 //  Apply every parked request (in batches of batch_max), commit, reply, publish.
 //  Returns the number of requests answered.
