@@ -4,9 +4,10 @@
  *  processes may serve one port), TLS 1.2+ through bufferevent_openssl, or
  *  plain HTTP behind a TLS-terminating proxy. Routes:
  *
- *    PUT <checkin-path>  check-in (MessageType)       -> CHECKIN to "scheduler"
+ *    PUT <checkin-path>  check-in (MessageType)       -> STORE_CHECKIN to "store"
  *    PUT <server-path>   command loop (Status), or a check-in when the body
- *                        has MessageType              -> CONNECT / CHECKIN
+ *                        has MessageType              -> STORE_CONNECT / STORE_CHECKIN
+ *                        (CHECKIN / CONNECT to "scheduler" on the scheduler path)
  *    GET /health         200 "ok" and whether the back end answers
  *
  *  Every device request is authenticated (gw_auth) before its body is parsed;
