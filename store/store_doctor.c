@@ -56,13 +56,22 @@ static sqlite3_stmt *s_prep(sqlite3 *sql, const char *q, const char *eid)
 int store_doctor_device(sqlite3 *sql, const char *eid, msgpack_sbuffer *out)
 {
     int rc = -1;
-    sqlite3_stmt *e = NULL, *q = NULL, *h = NULL, *p = NULL, *n = NULL;
+    sqlite3_stmt *e = NULL, *q = NULL, *h = NULL, *p = NULL, *n = NULL, *id = NULL;
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
+    //  last seen: a check-in (enrollments) or a command-loop request (sessions)
     e = s_prep(sql,
-               "SELECT kind, enrolled, token_update IS NOT NULL, push_token IS NOT NULL, topic,"
-               " stale_token, wake_pending, first_seen, last_seen FROM enrollments WHERE eid=?1",
+               "SELECT e.kind, e.enrolled, e.token_update IS NOT NULL, e.push_token IS NOT NULL,"
+               " e.topic, e.stale_token, EXISTS(SELECT 1 FROM wake w WHERE w.eid=e.eid),"
+               " e.first_seen, max(e.last_seen, coalesce(s.last_seen, 0))"
+               " FROM enrollments e LEFT JOIN sessions s ON s.eid=e.eid WHERE e.eid=?1",
                eid);
+    //  the identity facts of this enrollment, else of its device (user channels)
+    id = s_prep(sql,
+                "SELECT cert_not_after, clock_skew_s, skew_at FROM identity WHERE eid=?1"
+                " OR eid=(SELECT parent FROM enrollments WHERE eid=?1) ORDER BY eid=?1 DESC"
+                " LIMIT 1",
+                eid);
     q = s_prep(sql, "SELECT count(*), max(created) FROM queue WHERE eid=?1 AND active=1", eid);
     h = s_prep(sql,
                "SELECT c.uuid, c.request_type, q.status, q.notnow_count, q.deliveries, q.created,"
@@ -74,7 +83,7 @@ int store_doctor_device(sqlite3 *sql, const char *eid, msgpack_sbuffer *out)
                " ORDER BY seq DESC LIMIT 1",
                eid);
     n = s_prep(sql, "SELECT count(*) FROM events WHERE eid=?1 AND name LIKE 'push.%'", eid);
-    if (!e || !q || !h || !p || !n)
+    if (!e || !q || !h || !p || !n || !id)
         goto out;
     int r = sqlite3_step(e);
     if (r == SQLITE_DONE) {
@@ -83,7 +92,10 @@ int store_doctor_device(sqlite3 *sql, const char *eid, msgpack_sbuffer *out)
     }
     if (r != SQLITE_ROW || sqlite3_step(q) != SQLITE_ROW || sqlite3_step(n) != SQLITE_ROW)
         goto out;
-    msgpack_pack_map(&pk, 15);
+    int ir = sqlite3_step(id);
+    if (ir != SQLITE_ROW && ir != SQLITE_DONE)
+        goto out;
+    msgpack_pack_map(&pk, 18);
     s_key(&pk, "eid");
     msgpack_pack_str_with_body(&pk, eid, strlen(eid));
     s_key(&pk, "kind");
@@ -110,6 +122,15 @@ int store_doctor_device(sqlite3 *sql, const char *eid, msgpack_sbuffer *out)
     s_col(&pk, q, 1);
     s_key(&pk, "push_events");
     s_col(&pk, n, 0);
+    //  identity certificate notAfter (ms), clock skew (s) and when it was recorded (ms)
+    static const char *const ik[] = {"cert_not_after", "clock_skew_s", "skew_at"};
+    for (int i = 0; i < 3; i++) {
+        s_key(&pk, ik[i]);
+        if (ir == SQLITE_ROW)
+            s_col(&pk, id, i);
+        else
+            msgpack_pack_nil(&pk);
+    }
     //  the head of the queue, in offer order
     s_key(&pk, "head");
     msgpack_sbuffer rows;
@@ -169,6 +190,7 @@ out:
     sqlite3_finalize(h);
     sqlite3_finalize(p);
     sqlite3_finalize(n);
+    sqlite3_finalize(id);
     return rc;
 }
 
@@ -178,12 +200,13 @@ int store_doctor_fleet(sqlite3 *sql, int64_t silent_ms, unsigned notnow_limit, i
     int rc = -1;
     sqlite3_stmt *e = NULL, *s = NULL, *p = NULL;
     e = s_prep(sql,
-               "SELECT count(*), coalesce(sum(enrolled=1 AND push_token IS NOT NULL),0),"
-               " coalesce(sum(enrolled=0 AND token_update IS NULL),0),"
-               " coalesce(sum(enrolled=0 AND token_update IS NOT NULL),0),"
-               " coalesce(sum(enrolled=1 AND push_token IS NULL),0),"
-               " coalesce(sum(stale_token=1),0), coalesce(sum(wake_pending=1),0),"
-               " coalesce(sum(enrolled=1 AND last_seen < ?1),0) FROM enrollments",
+               "SELECT count(*), coalesce(sum(e.enrolled=1 AND e.push_token IS NOT NULL),0),"
+               " coalesce(sum(e.enrolled=0 AND e.token_update IS NULL),0),"
+               " coalesce(sum(e.enrolled=0 AND e.token_update IS NOT NULL),0),"
+               " coalesce(sum(e.enrolled=1 AND e.push_token IS NULL),0),"
+               " coalesce(sum(e.stale_token=1),0), (SELECT count(*) FROM wake),"
+               " coalesce(sum(e.enrolled=1 AND max(e.last_seen, coalesce(s.last_seen, 0)) < ?1),0)"
+               " FROM enrollments e LEFT JOIN sessions s ON s.eid=e.eid",
                NULL);
     s = s_prep(sql,
                "SELECT count(DISTINCT eid) FROM queue WHERE active=1 AND"
