@@ -28,6 +28,10 @@ const pm_opt_t cli_doctor_opts[] = {
     {"delivered-timeout", PM_OPT_STR, "60s",
      "a command delivered and unanswered this long is reported as stuck"},
     {"silent-for", PM_OPT_STR, "1d", "a device not seen this long is reported as silent"},
+    {"identity-warn", PM_OPT_STR, "30d",
+     "a device identity certificate expiring within this is reported"},
+    {"max-skew", PM_OPT_STR, "5m",
+     "a device clock further than this from the server's is reported"},
     {NULL, 0, NULL, NULL}};
 
 /* ---- reading the facts ---- */
@@ -131,8 +135,9 @@ static void s_push(s_list_t *l, const msgpack_object *dev, const cli_doc_opts_t 
               topic, o->push_topic, o->push_topic, topic);
     if (s_bool(dev, "stale_token"))
         s_add(l, CLI_DOC_FAIL, "token_stale",
-              "push token stale: APNs answered 410 (the device is no longer registered for "
-              "this topic); it cannot be woken until it sends a new TokenUpdate: re-enroll it");
+              "push token stale: APNs answered 410 for the device's token (no longer "
+              "registered for this topic), so it is not pushed; a TokenUpdate from the device "
+              "clears this (it sends one when it gets a new token; else re-enroll it)");
     else if (!s_bool(dev, "has_token"))
         s_add(l, CLI_DOC_FAIL, "no_token",
               "no push token: the device never sent a TokenUpdate with a Token, so it cannot "
@@ -177,6 +182,57 @@ static void s_push(s_list_t *l, const msgpack_object *dev, const cli_doc_opts_t 
               "the last push failed at %s (status %" PRId64 ", %s): see the pusher's log; the "
               "scheduler retries wakeups every wake-sweep-s",
               s_when(ts, a, sizeof a), status, *reason ? reason : "no reason given");
+}
+
+//  The device identity certificate (its notAfter, as the gateway saw it on the
+//  last signed request) and the device's clock (Mdm-Signature signingTime
+//  minus the server's clock). Adds to *unknown what could not be checked.
+static void s_identity(s_list_t *l, const msgpack_object *dev, const cli_doc_opts_t *o,
+                       char *unknown, size_t usize)
+{
+    char a[40], b[40];
+    int64_t warn = o->identity_warn_ms > 0 ? o->identity_warn_ms : 30 * S_DAY_MS;
+    int64_t smax = o->skew_max_s > 0 ? o->skew_max_s : 300;
+    int64_t na = s_int(dev, "cert_not_after", 0);
+    if (na <= 0)
+        snprintf(unknown, usize, "identity certificate expiry");
+    else if (na <= o->now_ms)
+        s_add(l, CLI_DOC_FAIL, "identity_cert_expired",
+              "identity certificate expired on %s: the gateway refuses every request the device "
+              "signs with it (400), so it can neither check in nor renew it; re-enroll it "
+              "(install the enrollment profile again)",
+              s_when(na, a, sizeof a));
+    else if (na - o->now_ms < warn) {
+        int64_t left = na - o->now_ms;
+        if (left >= S_DAY_MS)
+            snprintf(b, sizeof b, "%lld days", (long long)((left + S_DAY_MS / 2) / S_DAY_MS));
+        else
+            s_ago(left, b, sizeof b);
+        s_add(l, CLI_DOC_WARN, "identity_cert_expiring",
+              "identity certificate expires in %s (%s): renew it (SCEP RenewalReq) or re-enroll "
+              "the device before then; after it the gateway refuses the device's requests",
+              b, s_when(na, a, sizeof a));
+    } else
+        s_add(l, CLI_DOC_INFO, "identity_cert_ok", "identity certificate valid until %s",
+              s_when(na, a, sizeof a));
+    const msgpack_object *sk = cli_map_get(dev, "clock_skew_s");
+    if (!sk || (sk->type != MSGPACK_OBJECT_POSITIVE_INTEGER &&
+                sk->type != MSGPACK_OBJECT_NEGATIVE_INTEGER)) {
+        size_t n = strlen(unknown);
+        snprintf(unknown + n, usize - n, "%sclock skew (no signingTime in its signatures)",
+                 n ? " and " : "");
+        return;
+    }
+    int64_t skew = s_int(dev, "clock_skew_s", 0), mag = skew < 0 ? -skew : skew;
+    s_ago(mag * 1000, b, sizeof b);
+    if (mag > smax)
+        s_add(l, CLI_DOC_WARN, "clock_skew",
+              "clock skew: the device's clock is %s %s the server's (Mdm-Signature signingTime, "
+              "recorded %s); with a wrong clock TLS and certificate checks fail on the device "
+              "(certificates look expired or not yet valid); set its date and time to automatic",
+              b, skew > 0 ? "ahead of" : "behind", s_when(s_int(dev, "skew_at", 0), a, sizeof a));
+    else
+        s_add(l, CLI_DOC_INFO, "clock_ok", "device clock within %s of the server's", b);
 }
 
 static void s_queue(s_list_t *l, const msgpack_object *dev, const cli_doc_opts_t *o,
@@ -242,6 +298,8 @@ int cli_doctor_diagnose(const msgpack_object *dev, const cli_doc_opts_t *o, cli_
               s_when(last_seen, a, sizeof a));
         return l.n;
     }
+    char unknown[160] = "";
+    s_identity(&l, dev, o, unknown, sizeof unknown);
     s_push(&l, dev, o, last_seen);
     s_queue(&l, dev, o, last_seen);
     if (o->silent_ms > 0 && last_seen > 0 && o->now_ms - last_seen >= o->silent_ms)
@@ -256,8 +314,18 @@ int cli_doctor_diagnose(const msgpack_object *dev, const cli_doc_opts_t *o, cli_
               "no problem found: last check-in %s (%s ago), %" PRId64 " command(s) queued",
               s_when(last_seen, a, sizeof a), s_ago(o->now_ms - last_seen, b, sizeof b),
               s_int(dev, "queued", 0));
-    s_add(&l, CLI_DOC_INFO, "not_checked",
-          "not checked: identity certificate expiry and clock skew (the store keeps neither)");
+    if (*unknown)
+        s_add(&l, CLI_DOC_INFO, "not_checked",
+              "not checked: %s (the gateway records them from the device's signed requests)",
+              unknown);
+    //  problems first (the order above within a level), then the information
+    for (int i = 1; i < l.n; i++) {
+        cli_doc_finding_t f = out[i];
+        int j = i;
+        for (; j > 0 && (out[j - 1].level < CLI_DOC_WARN) && f.level >= CLI_DOC_WARN; j--)
+            out[j] = out[j - 1];
+        out[j] = f;
+    }
     return l.n;
 }
 
@@ -396,8 +464,17 @@ int cli_doctor_run(cli_ctx_t *ctx)
                         "like 90s, 12h, 7d; --notnow-limit a count\n");
         return CLI_EXIT_USAGE;
     }
+    long long iwarn = cli_parse_duration(pm_cfg_str(ctx->cfg, "identity-warn"));
+    long long mskew = cli_parse_duration(pm_cfg_str(ctx->cfg, "max-skew"));
+    if (iwarn <= 0 || mskew <= 0) {
+        fprintf(stderr, "picomdm doctor: --identity-warn and --max-skew take a duration like "
+                        "30d or 5m (more than 0)\n");
+        return CLI_EXIT_USAGE;
+    }
     o.silent_ms = silent * 1000;
     o.delivered_timeout_ms = dto * 1000;
+    o.identity_warn_ms = iwarn * 1000;
+    o.skew_max_s = mskew;
     char topic[256] = "";
     const char *pc = pm_cfg_str(ctx->cfg, "push-cert");
     if (pc) {
