@@ -15,7 +15,9 @@
 #      ... and never answered";
 #   5. APNs answers 410 for its token: "push token stale: APNs answered 410",
 #      with the hint that a TokenUpdate from the device clears it;
-#   6. a correct clock and a long-lived certificate: no skew, no expiry finding.
+#   6. a correct clock and a long-lived certificate: no skew, no expiry finding;
+#   7. a certificate that ends 15 s after it is issued: "expires in Ns", then,
+#      once the gateway refuses it, "identity certificate expired on <date>".
 . "$(dirname "$0")/push_lib.inc"
 for b in picomdm picomdm-broker picomdm-store picomdm-scheduler picomdm-gateway picomdm-pusher \
     picomdm-devsim; do
@@ -138,6 +140,33 @@ grep -q "^info  identity certificate valid until" "$W/d6.txt" || die "no identit
 grep -q "^info  device clock within [0-9]*s of the server's" "$W/d6.txt" || die "no clock info for device 2"
 grep -q "identity certificate expires\|clock skew" "$W/d6.txt" && die "a healthy device gets an identity/clock warning"
 echo "ok   healthy certificate and clock: information only"
+
+# 7. an identity certificate that expires: first "expires in", then "expired on";
+#    the gateway refuses the device once it has expired (openssl ca: an end
+#    date to the second)
+mkdir -p "$W/ca3" && : >"$W/ca3/index.txt" && echo 01 >"$W/ca3/serial"
+printf '[ca]\ndefault_ca = c\n[c]\ndatabase = %s\nnew_certs_dir = %s\nserial = %s\ndefault_md = sha256\npolicy = p\nunique_subject = no\n[p]\ncommonName = supplied\n' \
+    "$W/ca3/index.txt" "$W/ca3" "$W/ca3/serial" >"$W/ca3/ca.cnf"
+openssl req -new -key "$W/dev.key" -subj "/CN=doctor-push-device-3" -out "$W/dev3.csr" 2>/dev/null &&
+    openssl ca -batch -config "$W/ca3/ca.cnf" -cert "$W/var/pki/ca.crt" -keyfile "$W/var/pki/ca.key" \
+        -in "$W/dev3.csr" -out "$W/dev3.crt" -notext -startdate "$(date -u -d '-1 min' +%y%m%d%H%M%SZ)" \
+        -enddate "$(date -u -d '+15 sec' +%y%m%d%H%M%SZ)" >/dev/null 2>&1 || die "cannot issue certificate 3"
+end3=$(date -u -d "$(openssl x509 -in "$W/dev3.crt" -noout -enddate | cut -d= -f2)" +%s)
+DS3=("$BIN/picomdm-devsim" --url "https://127.0.0.1:$port" --ca-bundle "$W/var/pki/tls.crt"
+    --cert "$W/dev3.crt" --key "$W/dev.key" --topic "$TOPIC" --timeout-ms 10000 --seed 79)
+timeout 30 "${DS3[@]}" --rounds 1 >"$W/ds4.out" 2>&1 || { cat "$W/ds4.out"; die "enrollment 3 failed"; }
+eid3=$("${P[@]}" devices --json | sed -n 's/.*"eid":"\([^"]*\)".*/\1/p' | grep -v "^$eid\$" | grep -v "^$eid2\$" | head -1)
+[ -n "$eid3" ] || die "no third enrollment"
+"${P[@]}" doctor "$eid3" >"$W/d7.txt" 2>&1
+grep -q "^WARN  identity certificate expires in [0-9]*s (" "$W/d7.txt" || { cat "$W/d7.txt"; die "no 'expires in Ns' for a certificate expiring in seconds"; }
+while [ "$(date +%s)" -le "$end3" ]; do sleep 0.5; done
+timeout 30 "${DS3[@]}" --no-enroll --rounds 1 >"$W/ds5.out" 2>&1 && die "the gateway accepted an expired identity certificate"
+"${P[@]}" doctor "$eid3" >"$W/d7.txt" 2>&1
+cat "$W/d7.txt"
+grep -q "^FAIL  identity certificate expired on $(date -u -d "@$end3" '+%Y-%m-%d %H:%M:%S UTC'): the gateway refuses" "$W/d7.txt" ||
+    die "doctor does not report the expired identity certificate"
+grep -q "re-enroll it" "$W/d7.txt" || die "the expired-certificate finding does not say to re-enroll"
+echo "ok   identity certificate expired: reported (and the gateway refuses the device)"
 
 kill -TERM "$UP_PID"; wait "$UP_PID"; UP_PID=
 echo "PASS"
