@@ -951,6 +951,22 @@ static void test_doctor_identity_facts(void **state)
     //  a user channel without facts of its own shows its device's
     assert_int_equal(s_checkin(db, "d1:U1", "user", "TokenUpdate", NULL), 200);
     assert_int_equal(s_fact(db, "d1:U1", "cert_not_after"), na + 1000);
+    //  the fleet counts: d1 expiring within 30 days; d2 expired and 10 minutes behind
+    s_enroll(db, "d2");
+    assert_int_equal(s_note(db, "d2", s_now - 1000, true, -600, s_now), 1);
+    msgpack_sbuffer out;
+    msgpack_sbuffer_init(&out);
+    assert_int_equal(
+        store_doctor_fleet(store_db_sqlite(db), 86400000, 3, s_now, 30LL * 86400 * 1000, 300, &out),
+        0);
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    assert_int_equal(msgpack_unpack_next(&u, out.data, out.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    assert_int_equal(pm_mp_get(&u.data, "identity_expired")->via.i64, 1);
+    assert_int_equal(pm_mp_get(&u.data, "identity_expiring")->via.i64, 1);
+    assert_int_equal(pm_mp_get(&u.data, "clock_skewed")->via.i64, 1);
+    msgpack_unpacked_destroy(&u);
+    msgpack_sbuffer_destroy(&out);
     store_db_destroy(&db);
 }
 

@@ -195,10 +195,16 @@ out:
 }
 
 int store_doctor_fleet(sqlite3 *sql, int64_t silent_ms, unsigned notnow_limit, int64_t now_ms,
-                       msgpack_sbuffer *out)
+                       int64_t identity_warn_ms, int64_t skew_max_s, msgpack_sbuffer *out)
 {
     int rc = -1;
-    sqlite3_stmt *e = NULL, *s = NULL, *p = NULL;
+    sqlite3_stmt *e = NULL, *s = NULL, *p = NULL, *id = NULL;
+    id = s_prep(sql,
+                "SELECT coalesce(sum(i.cert_not_after <= ?1),0),"
+                " coalesce(sum(i.cert_not_after > ?1 AND i.cert_not_after < ?2),0),"
+                " coalesce(sum(abs(i.clock_skew_s) > ?3),0)"
+                " FROM identity i JOIN enrollments e ON e.eid=i.eid WHERE e.enrolled=1",
+                NULL);
     e = s_prep(sql,
                "SELECT count(*), coalesce(sum(e.enrolled=1 AND e.push_token IS NOT NULL),0),"
                " coalesce(sum(e.enrolled=0 AND e.token_update IS NULL),0),"
@@ -213,19 +219,22 @@ int store_doctor_fleet(sqlite3 *sql, int64_t silent_ms, unsigned notnow_limit, i
                " (notnow_count >= ?1 OR (status='sent' AND delivered < ?2))",
                NULL);
     p = s_prep(sql, "SELECT EXISTS(SELECT 1 FROM events WHERE name LIKE 'push.%')", NULL);
-    if (!e || !s || !p)
+    if (!e || !s || !p || !id)
         goto out;
+    sqlite3_bind_int64(id, 1, now_ms);
+    sqlite3_bind_int64(id, 2, now_ms + identity_warn_ms);
+    sqlite3_bind_int64(id, 3, skew_max_s);
     sqlite3_bind_int64(e, 1, now_ms - silent_ms);
     sqlite3_bind_int64(s, 1, notnow_limit ? (sqlite3_int64)notnow_limit : INT64_MAX);
     sqlite3_bind_int64(s, 2, now_ms - 60000); //  delivered a minute ago, no answer
     if (sqlite3_step(e) != SQLITE_ROW || sqlite3_step(s) != SQLITE_ROW ||
-        sqlite3_step(p) != SQLITE_ROW)
+        sqlite3_step(p) != SQLITE_ROW || sqlite3_step(id) != SQLITE_ROW)
         goto out;
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
     static const char *const ek[] = {"total",    "active",      "not_activated", "checked_out",
                                      "no_token", "stale_token", "wake_pending",  "silent"};
-    msgpack_pack_map(&pk, 10);
+    msgpack_pack_map(&pk, 13);
     for (int i = 0; i < 8; i++) {
         s_key(&pk, ek[i]);
         s_col(&pk, e, i);
@@ -234,6 +243,11 @@ int store_doctor_fleet(sqlite3 *sql, int64_t silent_ms, unsigned notnow_limit, i
     s_col(&pk, s, 0);
     s_key(&pk, "push_outcomes");
     s_bool_col(&pk, p, 0);
+    static const char *const ik[] = {"identity_expired", "identity_expiring", "clock_skewed"};
+    for (int i = 0; i < 3; i++) {
+        s_key(&pk, ik[i]);
+        s_col(&pk, id, i);
+    }
     rc = 0;
 out:
     if (rc < 0)
@@ -241,6 +255,7 @@ out:
     sqlite3_finalize(e);
     sqlite3_finalize(s);
     sqlite3_finalize(p);
+    sqlite3_finalize(id);
     return rc;
 }
 
@@ -262,9 +277,15 @@ store_rc_t store_doctor_svc(store_db_t *db, const pm_msg_t *req, pm_msg_t **repl
         }
         if (r < 0)
             goto out;
-    } else if (store_doctor_fleet(sql, (int64_t)pm_msg_uint(req, "silent_s", 86400) * 1000,
-                                  (unsigned)pm_msg_uint(req, "notnow_limit", 3), now_ms, &b) < 0)
-        goto out;
+    } else {
+        uint64_t iw = pm_msg_uint(req, "identity_warn_s", 30 * 86400);
+        uint64_t sk = pm_msg_uint(req, "skew_max_s", STORE_DOCTOR_SKEW_MAX_S);
+        if (store_doctor_fleet(sql, (int64_t)pm_msg_uint(req, "silent_s", 86400) * 1000,
+                               (unsigned)pm_msg_uint(req, "notnow_limit", 3), now_ms,
+                               iw > 100 * 365 * 86400ULL ? INT64_MAX / 4 : (int64_t)iw * 1000,
+                               sk > INT32_MAX ? INT32_MAX : (int64_t)sk, &b) < 0)
+            goto out;
+    }
     *reply = pm_msg_new_reply(req, PM_MSG_DOCTOR_REPLY);
     if (!*reply || pm_msg_set_uint(*reply, "now", (uint64_t)now_ms) < 0 ||
         pm_msg_set_packed(*reply, eid && *eid ? "device" : "fleet", (const uint8_t *)b.data,

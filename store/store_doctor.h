@@ -55,8 +55,10 @@
 int store_doctor_device(sqlite3 *sql, const char *eid, msgpack_sbuffer *out);
 
 //  The fleet's counts as a packed map (DOCTOR_REPLY.fleet). 0 / -1.
+//  identity_warn_ms / skew_max_s: what counts as an identity certificate
+//  expiring soon and a device clock off (enrolled devices only).
 int store_doctor_fleet(sqlite3 *sql, int64_t silent_ms, unsigned notnow_limit, int64_t now_ms,
-                       msgpack_sbuffer *out);
+                       int64_t identity_warn_ms, int64_t skew_max_s, msgpack_sbuffer *out);
 
 //  Answer store.doctor. *reply is always set (an error reply on failure).
 store_rc_t store_doctor_svc(store_db_t *db, const pm_msg_t *req, pm_msg_t **reply, int64_t now_ms);

@@ -17,7 +17,8 @@
 #      with the hint that a TokenUpdate from the device clears it;
 #   6. a correct clock and a long-lived certificate: no skew, no expiry finding;
 #   7. a certificate that ends 15 s after it is issued: "expires in Ns", then,
-#      once the gateway refuses it, "identity certificate expired on <date>".
+#      once the gateway refuses it, "identity certificate expired on <date>";
+#   8. the fleet summary counts them: 1 expired, 1 expiring, 1 clock off.
 . "$(dirname "$0")/push_lib.inc"
 for b in picomdm picomdm-broker picomdm-store picomdm-scheduler picomdm-gateway picomdm-pusher \
     picomdm-devsim; do
@@ -85,7 +86,7 @@ cat "$W/d1.txt"
 [ $rc -eq 1 ] || die "doctor exit $rc with a certificate expiring in 3 days (expected 1)"
 grep -q "^WARN  identity certificate expires in 3 days ($not_after): renew it (SCEP RenewalReq) or re-enroll" "$W/d1.txt" ||
     die "doctor does not report the identity certificate expiring on $not_after"
-grep -q "^WARN  clock skew: the device's clock is 1[45]m [0-9]*s ahead of the server's" "$W/d1.txt" ||
+grep -q "^WARN  clock skew: the device's clock is 1[45]m\( [0-9]*s\)\? ahead of the server's" "$W/d1.txt" ||
     die "doctor does not report the device clock 15 minutes ahead"
 grep -q "TLS and certificate checks fail" "$W/d1.txt" || die "the skew finding does not say why it matters"
 grep -q "not checked" "$W/d1.txt" && die "doctor still says identity/clock are not checked"
@@ -167,6 +168,13 @@ grep -q "^FAIL  identity certificate expired on $(date -u -d "@$end3" '+%Y-%m-%d
     die "doctor does not report the expired identity certificate"
 grep -q "re-enroll it" "$W/d7.txt" || die "the expired-certificate finding does not say to re-enroll"
 echo "ok   identity certificate expired: reported (and the gateway refuses the device)"
+
+# 8. the fleet: the expired, the expiring and the skewed device are counted
+"${P[@]}" doctor >"$W/fleet.txt" 2>&1 || { cat "$W/fleet.txt"; die "doctor (fleet) failed"; }
+cat "$W/fleet.txt"
+grep -q "^identity: 1 certificate(s) expired, 1 expiring within 30d; 1 device clock(s) off by more than 5m" "$W/fleet.txt" ||
+    die "the fleet summary does not count the identity/clock problems"
+echo "ok   fleet summary counts expired/expiring identity certificates and skewed clocks"
 
 kill -TERM "$UP_PID"; wait "$UP_PID"; UP_PID=
 echo "PASS"

@@ -74,18 +74,26 @@ static const char *s_when(int64_t ms, char *buf, size_t size)
     return buf;
 }
 
-//  A duration as "3d 4h", "5h 2m", "42s".
+//  A duration as "3d 4h", "5h 2m", "42s" ("30d", "15m" when the second part is 0).
 static const char *s_ago(int64_t ms, char *buf, size_t size)
 {
     long long s = ms > 0 ? ms / 1000 : 0;
+    long long big, small;
+    char bu, su;
     if (s >= 86400)
-        snprintf(buf, size, "%lldd %lldh", s / 86400, s % 86400 / 3600);
+        big = s / 86400, small = s % 86400 / 3600, bu = 'd', su = 'h';
     else if (s >= 3600)
-        snprintf(buf, size, "%lldh %lldm", s / 3600, s % 3600 / 60);
+        big = s / 3600, small = s % 3600 / 60, bu = 'h', su = 'm';
     else if (s >= 60)
-        snprintf(buf, size, "%lldm %llds", s / 60, s % 60);
-    else
+        big = s / 60, small = s % 60, bu = 'm', su = 's';
+    else {
         snprintf(buf, size, "%llds", s);
+        return buf;
+    }
+    if (small)
+        snprintf(buf, size, "%lld%c %lld%c", big, bu, small, su);
+    else
+        snprintf(buf, size, "%lld%c", big, bu);
     return buf;
 }
 
@@ -329,9 +337,10 @@ int cli_doctor_diagnose(const msgpack_object *dev, const cli_doc_opts_t *o, cli_
     return l.n;
 }
 
-long long cli_doctor_fleet(FILE *out, const msgpack_object *fleet, int64_t silent_ms)
+long long cli_doctor_fleet(FILE *out, const msgpack_object *fleet, const cli_doc_opts_t *o)
 {
-    char a[40];
+    char a[40], b[40];
+    int64_t silent_ms = o->silent_ms;
     int64_t total = s_int(fleet, "total", 0), active = s_int(fleet, "active", 0);
     int64_t notact = s_int(fleet, "not_activated", 0), out_ = s_int(fleet, "checked_out", 0);
     int64_t notok = s_int(fleet, "no_token", 0), stale = s_int(fleet, "stale_token", 0);
@@ -351,7 +360,17 @@ long long cli_doctor_fleet(FILE *out, const msgpack_object *fleet, int64_t silen
             "%" PRId64 " active enrollment(s) silent for %s or more; %" PRId64
             " with a stuck command (NotNow or unanswered)\n",
             silent, s_ago(silent_ms, a, sizeof a), stuck);
-    long long attention = (long long)(notact + stale + notok + silent + stuck);
+    int64_t idexp = s_int(fleet, "identity_expired", 0),
+            idsoon = s_int(fleet, "identity_expiring", 0);
+    int64_t skewed = s_int(fleet, "clock_skewed", 0);
+    fprintf(out,
+            "identity: %" PRId64 " certificate(s) expired, %" PRId64 " expiring within %s; %" PRId64
+            " device clock(s) off by more than %s\n",
+            idexp, idsoon,
+            s_ago(o->identity_warn_ms > 0 ? o->identity_warn_ms : 30 * S_DAY_MS, a, sizeof a),
+            skewed, s_ago((o->skew_max_s > 0 ? o->skew_max_s : 300) * 1000, b, sizeof b));
+    long long attention =
+        (long long)(notact + stale + notok + silent + stuck + idexp + idsoon + skewed);
     if (attention > 0)
         fprintf(out, "find them: picomdm devices --silent-for %s; then picomdm doctor <id>\n",
                 s_ago(silent_ms, a, sizeof a));
@@ -485,7 +504,9 @@ int cli_doctor_run(cli_ctx_t *ctx)
     pm_msg_t *req = pm_msg_new(PM_MSG_STORE_DOCTOR), *reply = NULL;
     if (!req || (eid && pm_msg_set_str(req, "eid", eid) < 0) ||
         pm_msg_set_uint(req, "silent_s", (uint64_t)silent) < 0 ||
-        pm_msg_set_uint(req, "notnow_limit", o.notnow_limit) < 0) {
+        pm_msg_set_uint(req, "notnow_limit", o.notnow_limit) < 0 ||
+        pm_msg_set_uint(req, "identity_warn_s", (uint64_t)iwarn) < 0 ||
+        pm_msg_set_uint(req, "skew_max_s", (uint64_t)mskew) < 0) {
         pm_msg_destroy(&req);
         fprintf(stderr, "picomdm: cannot build the request\n");
         return CLI_EXIT_FAIL;
@@ -503,7 +524,7 @@ int cli_doctor_run(cli_ctx_t *ctx)
             printf("%s\n", t ? t : "null");
             free(t);
         } else
-            cli_doctor_fleet(stdout, fleet, o.silent_ms);
+            cli_doctor_fleet(stdout, fleet, &o);
         pm_msg_destroy(&reply);
         return CLI_EXIT_OK;
     }

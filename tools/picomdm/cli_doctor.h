@@ -50,7 +50,7 @@ int cli_doctor_diagnose(const msgpack_object *dev, const cli_doc_opts_t *o, cli_
 
 //  The fleet summary (DOCTOR_REPLY.fleet) as a few lines. Returns the number
 //  of enrollments needing attention.
-long long cli_doctor_fleet(FILE *out, const msgpack_object *fleet, int64_t silent_ms);
+long long cli_doctor_fleet(FILE *out, const msgpack_object *fleet, const cli_doc_opts_t *o);
 
 //  Read a push certificate (PEM): its topic (subject UID) into topic and its
 //  expiry. 0 / -1 (message printed).

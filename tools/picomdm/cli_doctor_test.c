@@ -235,8 +235,8 @@ static void test_conditions(void **state)
          "identity certificate expires in 3 days (2023-11-17 22:13:15 UTC): renew it (SCEP "
          "RenewalReq) or re-enroll"},
         {"clock ahead", ahead, s_opts, "clock_skew",
-         "the device's clock is 15m 0s ahead of the server's"},
-        {"clock behind", behind, s_opts, "clock_skew", "the device's clock is 2h 0m behind"},
+         "the device's clock is 15m ahead of the server's"},
+        {"clock behind", behind, s_opts, "clock_skew", "the device's clock is 2h behind"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         s_facts_t f;
@@ -269,22 +269,27 @@ static void test_fleet(void **state)
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 4);
+    msgpack_pack_map(&pk, 7);
     s_i(&pk, "total", 7);
     s_i(&pk, "active", 5);
     s_i(&pk, "stuck", 2);
     s_b(&pk, "push_outcomes", 0);
+    s_i(&pk, "identity_expired", 1);
+    s_i(&pk, "identity_expiring", 2);
+    s_i(&pk, "clock_skewed", 1);
     msgpack_unpacked u;
     msgpack_unpacked_init(&u);
     assert_int_equal(msgpack_unpack_next(&u, sb.data, sb.size, NULL), MSGPACK_UNPACK_SUCCESS);
     char buf[2048] = "";
     FILE *f = fmemopen(buf, sizeof buf - 1, "w");
     assert_non_null(f);
-    assert_int_equal(cli_doctor_fleet(f, &u.data, 86400000), 2);
+    assert_int_equal(cli_doctor_fleet(f, &u.data, &s_opts), 6);
     fclose(f);
     assert_non_null(strstr(buf, "7 enrollment(s): 5 active"));
     assert_non_null(strstr(buf, "no push outcome recorded (is picomdm-pusher running?)"));
     assert_non_null(strstr(buf, "2 with a stuck command"));
+    assert_non_null(strstr(buf, "identity: 1 certificate(s) expired, 2 expiring within 30d; 1 "
+                                "device clock(s) off by more than 5m"));
     msgpack_unpacked_destroy(&u);
     msgpack_sbuffer_destroy(&sb);
 }
