@@ -14,7 +14,9 @@
 #      --drop-after-command): "... at the head of the queue was delivered at
 #      ... and never answered";
 #   5. APNs answers 410 for its token: "push token stale: APNs answered 410",
-#      with the hint that a TokenUpdate from the device clears it;
+#      with the hint that a TokenUpdate from the device clears it; after the
+#      device's next TokenUpdate the finding is gone ("got 410 but the device
+#      sent a new token since");
 #   6. a correct clock and a long-lived certificate: no skew, no expiry finding;
 #   7. a certificate that ends 15 s after it is issued: "expires in Ns", then,
 #      once the gateway refuses it, "identity certificate expired on <date>";
@@ -125,6 +127,14 @@ grep -q "^FAIL  push token stale: .*a TokenUpdate from the device clears this" "
     die "the stale-token finding does not say a TokenUpdate clears it"
 cat "$W/doc.txt"
 echo "ok   410 from APNs: stale token reported (a TokenUpdate clears it)"
+# the device checks in again (Authenticate + TokenUpdate with its token): cleared
+timeout 30 "${DS[@]}" --rounds 0 >"$W/ds2b.out" 2>&1 || { cat "$W/ds2b.out"; die "re-enrollment failed"; }
+"${P[@]}" doctor "$eid" "${DOPTS[@]}" >"$W/doc.txt" 2>&1
+cat "$W/doc.txt"
+grep -q "push token stale" "$W/doc.txt" && die "the stale-token finding stays after a TokenUpdate"
+grep -q "^info  the last push (.*) got 410 but the device sent a new token since" "$W/doc.txt" ||
+    die "doctor does not say the 410 was cleared by a new token"
+echo "ok   after the device's TokenUpdate: no stale token, the 410 shown as cleared"
 
 # 6. a healthy identity and clock: a second device, a one-year certificate, no skew
 openssl req -new -key "$W/dev.key" -subj "/CN=doctor-push-device-2" -out "$W/dev2.csr" 2>/dev/null &&

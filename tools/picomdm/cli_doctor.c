@@ -235,8 +235,9 @@ static void s_identity(s_list_t *l, const msgpack_object *dev, const cli_doc_opt
     s_ago(mag * 1000, b, sizeof b);
     if (mag > smax)
         s_add(l, CLI_DOC_WARN, "clock_skew",
-              "clock skew: the device's clock is %s %s the server's (Mdm-Signature signingTime, "
-              "recorded %s); with a wrong clock TLS and certificate checks fail on the device "
+              "clock skew: the device's clock is %s %s the server's (Mdm-Signature signingTime; "
+              "at this value since %s); with a wrong clock TLS and certificate checks fail on the "
+              "device "
               "(certificates look expired or not yet valid); set its date and time to automatic",
               b, skew > 0 ? "ahead of" : "behind", s_when(s_int(dev, "skew_at", 0), a, sizeof a));
     else
