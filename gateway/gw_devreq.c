@@ -225,6 +225,10 @@ pm_msg_t *gw_devreq_msg(const gw_devreq_t *d, const gw_auth_result_t *auth,
         bad |= pm_msg_set_bin(msg, "cert_hash", auth->cert_hash, sizeof auth->cert_hash);
     if (auth && auth->has_prev)
         bad |= pm_msg_set_bin(msg, "cert_prev_hash", auth->prev_hash, sizeof auth->prev_hash);
+    if (auth && auth->not_after > 0) //  for picomdm doctor (gw_auth.h)
+        bad |= pm_msg_set_time(msg, "cert_not_after", auth->not_after, 0);
+    if (auth && auth->has_skew)
+        bad |= pm_msg_set_int(msg, "clock_skew_s", auth->clock_skew_s);
     bad |= pm_msg_set_packed(msg, "body", d->mp, d->mplen);
     if (!checkin && pol) {
         //  what the scheduler adds (sched_store_request): our request id (a

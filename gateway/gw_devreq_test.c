@@ -70,6 +70,9 @@ static void test_connect_direct(void **state)
     gw_auth_result_t auth;
     memset(&auth, 0, sizeof auth);
     memset(auth.cert_hash, 0xab, sizeof auth.cert_hash);
+    auth.not_after = 2000000000;
+    auth.clock_skew_s = -42;
+    auth.has_skew = true;
     gw_devreq_policy_t pol = {3, 5, 60};
     pm_msg_t *m = gw_devreq_msg(&d, &auth, &pol);
     assert_int_equal(pm_msg_type(m), PM_MSG_STORE_CONNECT);
@@ -83,10 +86,18 @@ static void test_connect_direct(void **state)
     assert_non_null(pm_msg_bin(m, "cert_hash", &n));
     assert_int_equal(n, 32);
     assert_false(pm_msg_has(m, "kind"));
+    //  the doctor's facts (cert_not_after, clock_skew_s) travel on both paths
+    int64_t sec = 0;
+    uint32_t nsec = 1;
+    assert_int_equal(pm_msg_time(m, "cert_not_after", &sec, &nsec), 0);
+    assert_int_equal(sec, 2000000000);
+    assert_int_equal(pm_msg_int(m, "clock_skew_s", 0), -42);
     pm_msg_destroy(&m);
     m = gw_devreq_msg(&d, &auth, NULL);
     assert_int_equal(pm_msg_type(m), PM_MSG_CONNECT);
     assert_false(pm_msg_has(m, "device_rid"));
+    assert_int_equal(pm_msg_int(m, "clock_skew_s", 0), -42);
+    assert_true(pm_msg_has(m, "cert_not_after"));
     pm_msg_destroy(&m);
     gw_devreq_clear(&d);
 }
