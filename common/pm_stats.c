@@ -4,6 +4,7 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -342,6 +343,38 @@ int pm_stats_next_ms(const pm_stats_t *st)
     return d <= 0 ? 0 : d > 3600000 ? 3600000 : (int)d + 1;
 }
 
+void pm_stats_collect_bus(pm_stats_t *st, const pm_bus_t *bus)
+{
+    if (!st || !bus)
+        return;
+    pm_bus_stats_t b;
+    pm_bus_stats(bus, &b);
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } f[] = {
+        {"bus_requests_total", "bus calls made (client)", offsetof(pm_bus_stats_t, requests)},
+        {"bus_resends_total", "bus call attempts after the first (timeouts, worker_lost)",
+         offsetof(pm_bus_stats_t, resends)},
+        {"bus_replies_total", "bus calls completed with a reply", offsetof(pm_bus_stats_t, replies)},
+        {"bus_failures_total", "bus calls that failed after every retry",
+         offsetof(pm_bus_stats_t, failures)},
+        {"bus_jobs_total", "requests served as a worker", offsetof(pm_bus_stats_t, jobs)},
+        {"bus_retried_jobs_total", "retried requests answered from the cache or dropped",
+         offsetof(pm_bus_stats_t, retried_jobs)},
+        {"bus_published_total", "messages published on the event plane",
+         offsetof(pm_bus_stats_t, published)},
+        {"bus_events_total", "events received from subscriptions", offsetof(pm_bus_stats_t, events)},
+        {"bus_bad_frames_total", "malformed or undecodable bus input dropped",
+         offsetof(pm_bus_stats_t, bad_frames)},
+    };
+    for (size_t i = 0; i < sizeof f / sizeof *f; i++) {
+        uint64_t v;
+        memcpy(&v, (const char *)&b + f[i].off, sizeof v);
+        pm_stats_set_count(pm_stats_counter(st, f[i].name, f[i].help), v);
+    }
+}
+
 int pm_stats_tick(pm_stats_t *st, pm_bus_t *bus)
 {
     if (!st || st->interval_s == 0 || !bus)
@@ -350,6 +383,7 @@ int pm_stats_tick(pm_stats_t *st, pm_bus_t *bus)
     if (now < st->next_ms)
         return 0;
     st->next_ms = now + st->interval_s * 1000.0;
+    pm_stats_collect_bus(st, bus);
     pm_msg_t *snap = pm_stats_snapshot(st);
     int rc = snap && pm_bus_publish(bus, snap) == 0 ? 1 : -1;
     pm_msg_destroy(&snap);

@@ -83,6 +83,10 @@ double pm_stats_now_ms(void);
 typedef void(pm_stats_collect_fn)(void *arg, pm_stats_t *st);
 void pm_stats_set_collect(pm_stats_t *st, pm_stats_collect_fn *fn, void *arg);
 
+//  Copy the bus client's counters (pm_bus_stats) into bus_*_total series.
+//  pm_stats_tick does it before every snapshot.
+void pm_stats_collect_bus(pm_stats_t *st, const pm_bus_t *bus);
+
 //  The registry as a `stats` message (caller destroys), NULL on OOM.
 pm_msg_t *pm_stats_snapshot(pm_stats_t *st);
 
