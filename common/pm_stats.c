@@ -375,14 +375,22 @@ void pm_stats_collect_bus(pm_stats_t *st, const pm_bus_t *bus)
     }
 }
 
-int pm_stats_tick(pm_stats_t *st, pm_bus_t *bus)
+bool pm_stats_due(pm_stats_t *st)
 {
-    if (!st || st->interval_s == 0 || !bus)
-        return 0;
+    if (!st || st->interval_s == 0)
+        return false;
     double now = pm_stats_now_ms();
     if (now < st->next_ms)
-        return 0;
+        return false;
     st->next_ms = now + st->interval_s * 1000.0;
+    return true;
+}
+
+int pm_stats_tick(pm_stats_t *st, pm_bus_t *bus)
+{
+    if (!bus || !pm_stats_due(st))
+        return 0;
+    double now = pm_stats_now_ms();
     pm_stats_collect_bus(st, bus);
     pm_msg_t *snap = pm_stats_snapshot(st);
     int rc = snap && pm_bus_publish(bus, snap) == 0 ? 1 : -1;

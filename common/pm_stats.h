@@ -94,6 +94,9 @@ pm_msg_t *pm_stats_snapshot(pm_stats_t *st);
 //  from the main loop as often as you like; cheap when not due). Returns 1 if
 //  published, 0 if not due or off, -1 on failure (logged once per minute).
 int pm_stats_tick(pm_stats_t *st, pm_bus_t *bus);
+//  True (and the next one is scheduled) when a snapshot is due: for loops
+//  that publish without a pm_bus_t (the broker).
+bool pm_stats_due(pm_stats_t *st);
 //  Milliseconds until pm_stats_tick has something to do (-1: never).
 int pm_stats_next_ms(const pm_stats_t *st);
 
