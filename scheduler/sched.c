@@ -17,7 +17,7 @@ struct sched {
     pm_bus_t *bus;
     pm_stats_t *stats;                          //  borrowed, may be NULL
     pm_stats_series_t *by_type[PM_MSG_COUNT];   //  scheduler_requests_total{type}, on first use
-    pm_stats_series_t *refused, *store_failed, *delivered, *wakes, *in_flight;
+    pm_stats_series_t *refused, *store_failed, *delivered, *wakes, *in_flight, *latency;
     sched_opts_t opts;
     int64_t next_sweep;
     bool sweeping;
@@ -28,6 +28,7 @@ struct sched {
 typedef struct {
     sched_t *s;
     pm_bus_job_t *job;
+    double t0_ms; //  arrival (pm_stats_now_ms), for the latency histogram
 } s_call_t;
 
 static int64_t s_now_ms(void)
@@ -266,6 +267,9 @@ void sched_set_stats(sched_t *s, pm_stats_t *st)
     s->wakes = pm_stats_counter(st, "scheduler_wakes_requested_total",
                                 "enrollments the scheduler asked the pusher to wake");
     s->in_flight = pm_stats_gauge(st, "scheduler_in_flight", "requests waiting for the store");
+    s->latency = pm_stats_histogram(st, "scheduler_request_duration_seconds",
+                                    "time from a request's arrival to its answer (store "
+                                    "transaction included)");
 }
 
 //  A store call ended: results by the Status the device reported, deliveries.
@@ -323,6 +327,7 @@ static void s_store_done(void *arg, const pm_msg_t *reply, const char *error)
     const pm_msg_t *req = pm_bus_job_msg(c->job);
     pm_msg_t *out = NULL;
     s_count_done(c->s, req, reply);
+    pm_stats_observe_ms(c->s->latency, pm_stats_now_ms() - c->t0_ms);
     if (!reply) {
         pm_warn("store call for %s %s failed: %s", pm_msg_type_name(pm_msg_type(req)),
                 pm_msg_rid(req), error ? error : "?");
@@ -394,6 +399,7 @@ void sched_on_job(void *arg, pm_bus_job_t *job)
     }
     c->s = s;
     c->job = job;
+    c->t0_ms = s->stats ? pm_stats_now_ms() : 0;
     pm_stats_set(s->in_flight, pm_stats_value(s->in_flight) + 1);
     if (pm_bus_call_async(s->bus, "store", sreq, s->opts.store_timeout_ms, s->opts.store_retries,
                           s_store_done, c) < 0)
