@@ -144,6 +144,13 @@ code=$(curl -sS -m 5 -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$A
 [ "$code" = 405 ] || [ "$code" = 501 ] || fail "POST /metrics: $code, expected 405/501"
 echo "ok  admin listener: 404 elsewhere, GET only"
 
+# the same snapshots from the CLI, without the gateway
+cli stats store --seconds 3 >"$T/cli_stats.txt" 2>"$T/cli_stats.log" || fail "picomdm stats store: $(cat "$T/cli_stats.log")"
+grep -q '^picomdm_store_ops_total{process="store",instance="[^"]*",type="store.checkin"} [1-9]' "$T/cli_stats.txt" ||
+    fail "picomdm stats store printed: $(head -c 400 "$T/cli_stats.txt")"
+grep -q 'process="scheduler"' "$T/cli_stats.txt" && fail "picomdm stats store printed another process"
+echo "ok  picomdm stats store"
+
 # a second gateway on the same admin port keeps serving devices (metrics are not worth an outage)
 P2=$(free_port)
 "$BIN/picomdm-gateway" --listen "127.0.0.1:$P2" --request-endpoint "ipc://$T/req" --publish-endpoint "ipc://$T/pub" \
