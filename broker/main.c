@@ -116,9 +116,9 @@ static void s_service_stats(void *arg, const char *service, int workers, int que
         {"broker_capacity", "requests the service's workers take at once", capacity},
     };
     for (size_t i = 0; i < sizeof g / sizeof *g; i++)
-        pm_stats_set(pm_stats_get(st, PM_STATS_GAUGE, g[i].name, g[i].help, "service", service,
-                                  NULL, NULL),
-                     g[i].v);
+        pm_stats_set(
+            pm_stats_get(st, PM_STATS_GAUGE, g[i].name, g[i].help, "service", service, NULL, NULL),
+            g[i].v);
 }
 
 //  The router's and proxy's counts, just before each snapshot.
@@ -136,8 +136,7 @@ static void s_collect(void *arg, pm_stats_t *st)
         {"broker_dispatched_total", "requests handed to a worker", r.dispatched},
         {"broker_queued_total", "requests that had to wait for a worker", r.queued},
         {"broker_duplicates_total", "copies of a request already held, dropped", r.duplicates},
-        {"broker_errors_total", "error replies made by the broker (no_service, busy...)",
-         r.errors},
+        {"broker_errors_total", "error replies made by the broker (no_service, busy...)", r.errors},
         {"broker_workers_lost_total", "workers declared dead (silent or gone)", r.workers_lost},
         {"broker_bad_frames_total", "malformed frames dropped", r.bad_frames},
         {"broker_unroutable_total", "replies for a client that is gone", r.unroutable},
@@ -306,8 +305,7 @@ int main(int argc, char **argv)
         int timeout = broker_router_next_timeout(router), sms = pm_stats_next_ms(stats);
         if (sms >= 0 && (timeout < 0 || sms < timeout))
             timeout = sms;
-        if (zmq_poll(items, 3, busy ? 0 : timeout) < 0 &&
-            errno != EINTR) {
+        if (zmq_poll(items, 3, busy ? 0 : timeout) < 0 && errno != EINTR) {
             pm_error("poll failed: %s", zmq_strerror(errno));
             break;
         }

@@ -104,8 +104,8 @@ static void s_stats_init(s_ctx_t *c)
     c->issued = pm_stats_counter(c->stats, "ca_issued_total", "certificates issued (SCEP)");
     c->rejected = pm_stats_counter(c->stats, "ca_scep_failures_total",
                                    "SCEP PKIOperations refused (CertRep FAILURE)");
-    c->profiles = pm_stats_counter(c->stats, "ca_profiles_signed_total",
-                                   "enrollment profiles signed");
+    c->profiles =
+        pm_stats_counter(c->stats, "ca_profiles_signed_total", "enrollment profiles signed");
     c->errors = pm_stats_counter(c->stats, "ca_errors_total",
                                  "requests answered with an error or an HTTP status >= 400");
     c->latency = pm_stats_histogram(c->stats, "ca_request_duration_seconds",

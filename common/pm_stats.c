@@ -11,7 +11,8 @@
 #include <time.h>
 #include <unistd.h>
 
-const double pm_stats_bucket_ms[PM_STATS_NBUCKETS] = {0.5, 1, 2, 5, 10, 20, 50, 100, 250, 500, 1000};
+const double pm_stats_bucket_ms[PM_STATS_NBUCKETS] = {0.5, 1,   2,   5,   10,  20,
+                                                      50,  100, 250, 500, 1000};
 
 #define S_MAX_LABELS 2
 #define S_HELP_MAX 200
@@ -22,9 +23,9 @@ struct pm_stats_series {
     char name[PM_STATS_NAME_MAX];
     char key[S_MAX_LABELS][PM_STATS_NAME_MAX];
     char val[S_MAX_LABELS][PM_STATS_LABEL_MAX];
-    const char *help; //  borrowed: a string literal
-    uint64_t count;   //  counter value, histogram count
-    double value;     //  gauge value, histogram sum (ms)
+    const char *help;                   //  borrowed: a string literal
+    uint64_t count;                     //  counter value, histogram count
+    double value;                       //  gauge value, histogram sum (ms)
     uint64_t bucket[PM_STATS_NBUCKETS]; //  per bucket, not cumulative
 };
 
@@ -356,7 +357,8 @@ void pm_stats_collect_bus(pm_stats_t *st, const pm_bus_t *bus)
         {"bus_requests_total", "bus calls made (client)", offsetof(pm_bus_stats_t, requests)},
         {"bus_resends_total", "bus call attempts after the first (timeouts, worker_lost)",
          offsetof(pm_bus_stats_t, resends)},
-        {"bus_replies_total", "bus calls completed with a reply", offsetof(pm_bus_stats_t, replies)},
+        {"bus_replies_total", "bus calls completed with a reply",
+         offsetof(pm_bus_stats_t, replies)},
         {"bus_failures_total", "bus calls that failed after every retry",
          offsetof(pm_bus_stats_t, failures)},
         {"bus_jobs_total", "requests served as a worker", offsetof(pm_bus_stats_t, jobs)},
@@ -364,7 +366,8 @@ void pm_stats_collect_bus(pm_stats_t *st, const pm_bus_t *bus)
          offsetof(pm_bus_stats_t, retried_jobs)},
         {"bus_published_total", "messages published on the event plane",
          offsetof(pm_bus_stats_t, published)},
-        {"bus_events_total", "events received from subscriptions", offsetof(pm_bus_stats_t, events)},
+        {"bus_events_total", "events received from subscriptions",
+         offsetof(pm_bus_stats_t, events)},
         {"bus_bad_frames_total", "malformed or undecodable bus input dropped",
          offsetof(pm_bus_stats_t, bad_frames)},
     };
@@ -456,8 +459,7 @@ static bool s_num(const msgpack_object *o, double *out)
 //  A name from the wire: [a-z_][a-z0-9_]* (as registered), else false.
 static bool s_wire_name(const msgpack_object *o, char *out, size_t outlen)
 {
-    if (!o || o->type != MSGPACK_OBJECT_STR || o->via.str.size == 0 ||
-        o->via.str.size >= outlen)
+    if (!o || o->type != MSGPACK_OBJECT_STR || o->via.str.size == 0 || o->via.str.size >= outlen)
         return false;
     memcpy(out, o->via.str.ptr, o->via.str.size);
     out[o->via.str.size] = 0;
@@ -545,8 +547,7 @@ static char *s_render_metric(const msgpack_object *m, const char *process, const
                              const char **help, size_t *help_len)
 {
     const msgpack_object *k = s_get(m, "k"), *h = s_get(m, "h"), *l = s_get(m, "l");
-    if (!s_wire_name(s_get(m, "n"), name, PM_STATS_NAME_MAX) || !k ||
-        k->type != MSGPACK_OBJECT_STR)
+    if (!s_wire_name(s_get(m, "n"), name, PM_STATS_NAME_MAX) || !k || k->type != MSGPACK_OBJECT_STR)
         return NULL;
     if (k->via.str.size == 7 && memcmp(k->via.str.ptr, "counter", 7) == 0)
         *kind = "counter";
@@ -669,8 +670,8 @@ char *pm_stats_render(const pm_msg_t *const *snaps, const double *ages_s, size_t
             bk_ok = bk_ok && s_num(&bk->via.array.ptr[j], &les[j]) && isfinite(les[j]) &&
                     (j == 0 || les[j] > les[j - 1]);
         char *t = s_render_gauge("stats_age_seconds", process, instance, ages_s ? ages_s[i] : 0);
-        if (!t || s_rows_add(&rs, "stats_age_seconds", "gauge", s_age_help,
-                             sizeof s_age_help - 1, t) < 0) {
+        if (!t || s_rows_add(&rs, "stats_age_seconds", "gauge", s_age_help, sizeof s_age_help - 1,
+                             t) < 0) {
             free(t);
             oom = true;
             break;

@@ -20,8 +20,8 @@ static void test_registry(void **state)
     pm_stats_t *st = pm_stats_new("gateway", "host:1", 10);
     assert_non_null(st);
     assert_string_equal(pm_stats_instance(st), "host:1");
-    pm_stats_series_t *a = pm_stats_get(st, PM_STATS_COUNTER, "requests_total", "requests",
-                                        "route", "checkin", "code", "200");
+    pm_stats_series_t *a = pm_stats_get(st, PM_STATS_COUNTER, "requests_total", "requests", "route",
+                                        "checkin", "code", "200");
     pm_stats_series_t *b = pm_stats_get(st, PM_STATS_COUNTER, "requests_total", NULL, "route",
                                         "checkin", "code", "200");
     pm_stats_series_t *c = pm_stats_get(st, PM_STATS_COUNTER, "requests_total", NULL, "route",
@@ -79,11 +79,20 @@ static void s_buckets(pm_msg_t *snap, const char *name, uint64_t *cum, double *s
             if (kv->key.via.str.size != 1)
                 continue;
             switch (kv->key.via.str.ptr[0]) {
-            case 'n': n = &kv->val; break;
-            case 'b': b = &kv->val; break;
-            case 's': s = &kv->val; break;
-            case 'c': c = &kv->val; break;
-            default: break;
+            case 'n':
+                n = &kv->val;
+                break;
+            case 'b':
+                b = &kv->val;
+                break;
+            case 's':
+                s = &kv->val;
+                break;
+            case 'c':
+                c = &kv->val;
+                break;
+            default:
+                break;
             }
         }
         if (!n || n->via.str.size != strlen(name) || memcmp(n->via.str.ptr, name, strlen(name)))
@@ -141,8 +150,8 @@ static void test_roundtrip(void **state)
 {
     (void)state;
     pm_stats_t *st = pm_stats_new("pusher", "h\"ost\\x\ny", 5);
-    pm_stats_series_t *sent = pm_stats_get(st, PM_STATS_COUNTER, "pushes_total", "pushes by outcome",
-                                           "outcome", "sent", NULL, NULL);
+    pm_stats_series_t *sent = pm_stats_get(st, PM_STATS_COUNTER, "pushes_total",
+                                           "pushes by outcome", "outcome", "sent", NULL, NULL);
     pm_stats_get(st, PM_STATS_COUNTER, "pushes_total", NULL, "outcome", "failed", NULL, NULL);
     pm_stats_set(pm_stats_gauge(st, "in_flight", "in flight\nnow \\ here"), 3);
     pm_stats_observe_ms(pm_stats_histogram(st, "push_duration_seconds", "latency"), 7);
@@ -174,19 +183,23 @@ static void test_roundtrip(void **state)
     snprintf(want, sizeof want, "picomdm_pushes_total{process=\"pusher\",%s,outcome=\"sent\"} 42\n",
              inst);
     assert_non_null(strstr(text, want));
-    snprintf(want, sizeof want, "picomdm_pushes_total{process=\"pusher\",%s,outcome=\"failed\"} 0\n",
-             inst);
+    snprintf(want, sizeof want,
+             "picomdm_pushes_total{process=\"pusher\",%s,outcome=\"failed\"} 0\n", inst);
     assert_non_null(strstr(text, want));
     assert_non_null(strstr(text, "# HELP picomdm_in_flight in flight\\nnow \\\\ here\n"));
     assert_non_null(strstr(text, "# TYPE picomdm_pushes_total counter\n"));
     assert_non_null(strstr(text, "# TYPE picomdm_push_duration_seconds histogram\n"));
-    snprintf(want, sizeof want, "picomdm_push_duration_seconds_bucket{process=\"pusher\",%s,le=\"0.005\"} 0\n", inst);
+    snprintf(want, sizeof want,
+             "picomdm_push_duration_seconds_bucket{process=\"pusher\",%s,le=\"0.005\"} 0\n", inst);
     assert_non_null(strstr(text, want));
-    snprintf(want, sizeof want, "picomdm_push_duration_seconds_bucket{process=\"pusher\",%s,le=\"0.01\"} 1\n", inst);
+    snprintf(want, sizeof want,
+             "picomdm_push_duration_seconds_bucket{process=\"pusher\",%s,le=\"0.01\"} 1\n", inst);
     assert_non_null(strstr(text, want));
-    snprintf(want, sizeof want, "picomdm_push_duration_seconds_bucket{process=\"pusher\",%s,le=\"+Inf\"} 1\n", inst);
+    snprintf(want, sizeof want,
+             "picomdm_push_duration_seconds_bucket{process=\"pusher\",%s,le=\"+Inf\"} 1\n", inst);
     assert_non_null(strstr(text, want));
-    snprintf(want, sizeof want, "picomdm_push_duration_seconds_sum{process=\"pusher\",%s} 0.007\n", inst);
+    snprintf(want, sizeof want, "picomdm_push_duration_seconds_sum{process=\"pusher\",%s} 0.007\n",
+             inst);
     assert_non_null(strstr(text, want));
     snprintf(want, sizeof want, "picomdm_stats_age_seconds{process=\"pusher\",%s} 1.5\n", inst);
     assert_non_null(strstr(text, want));
@@ -293,9 +306,9 @@ static void test_tick(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_registry),       cmocka_unit_test(test_full),
+        cmocka_unit_test(test_registry),        cmocka_unit_test(test_full),
         cmocka_unit_test(test_histogram_edges), cmocka_unit_test(test_roundtrip),
-        cmocka_unit_test(test_render_hostile), cmocka_unit_test(test_tick),
+        cmocka_unit_test(test_render_hostile),  cmocka_unit_test(test_tick),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -15,8 +15,8 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#define S_MAX_PEERS 256      //  snapshots kept (process x instance)
-#define S_MIN_KEEP_S 60      //  a snapshot is forgotten after max(this, 10 intervals)
+#define S_MAX_PEERS 256 //  snapshots kept (process x instance)
+#define S_MIN_KEEP_S 60 //  a snapshot is forgotten after max(this, 10 intervals)
 #define S_ROUTES 7
 
 typedef struct {
@@ -45,7 +45,7 @@ struct gw_admin {
     pm_stats_series_t *by_code[S_ROUTES][500];
 };
 
-static const char *const s_route_names[S_ROUTES] = {"checkin", "connect", "scep",  "enroll",
+static const char *const s_route_names[S_ROUTES] = {"checkin", "connect", "scep", "enroll",
                                                     "health",  "other",   "admin"};
 
 /* ---- the gateway's own counts ---- */
@@ -74,9 +74,9 @@ static void s_on_answered(void *arg, struct evhttp_request *req, int code)
     if (!*slot) {
         char c[8];
         snprintf(c, sizeof c, "%d", code);
-        *slot = pm_stats_get(self->stats, PM_STATS_COUNTER, "gateway_responses_total",
-                             "HTTP answers, by route and status", "route", s_route_names[r],
-                             "code", c);
+        *slot =
+            pm_stats_get(self->stats, PM_STATS_COUNTER, "gateway_responses_total",
+                         "HTTP answers, by route and status", "route", s_route_names[r], "code", c);
     }
     pm_stats_inc(*slot);
 }
@@ -105,25 +105,25 @@ static void s_collect(void *arg, pm_stats_t *st)
         pm_stats_set_count(pm_stats_counter(st, "gateway_unavailable_total",
                                             "device requests answered 503 (back end down or slow)"),
                            s.unavailable);
-        pm_stats_set(pm_stats_gauge(st, "gateway_in_flight",
-                                    "device requests waiting for the back end now"),
-                     (double)s.in_flight);
-        pm_stats_set_count(pm_stats_counter(st, "gateway_tls_handshakes_total",
-                                            "TLS handshakes completed"),
-                           s.tls_handshakes);
-        pm_stats_set_count(pm_stats_counter(st, "gateway_tls_accepts_total",
-                                            "TLS handshakes started"),
-                           s.tls_accepts);
+        pm_stats_set(
+            pm_stats_gauge(st, "gateway_in_flight", "device requests waiting for the back end now"),
+            (double)s.in_flight);
+        pm_stats_set_count(
+            pm_stats_counter(st, "gateway_tls_handshakes_total", "TLS handshakes completed"),
+            s.tls_handshakes);
+        pm_stats_set_count(
+            pm_stats_counter(st, "gateway_tls_accepts_total", "TLS handshakes started"),
+            s.tls_accepts);
     }
     if (self->enroll) {
         gw_enroll_stats_t e;
         gw_enroll_stats(self->enroll, &e);
-        pm_stats_set_count(pm_stats_counter(st, "gateway_scep_requests_total",
-                                            "SCEP requests relayed to the ca"),
-                           e.scep);
-        pm_stats_set_count(pm_stats_counter(st, "gateway_profiles_total",
-                                            "enrollment profiles served"),
-                           e.profiles);
+        pm_stats_set_count(
+            pm_stats_counter(st, "gateway_scep_requests_total", "SCEP requests relayed to the ca"),
+            e.scep);
+        pm_stats_set_count(
+            pm_stats_counter(st, "gateway_profiles_total", "enrollment profiles served"),
+            e.profiles);
         pm_stats_set_count(pm_stats_counter(st, "gateway_enroll_denied_total",
                                             "profile downloads refused (basic auth)"),
                            e.denied);
@@ -293,11 +293,10 @@ static int s_listen(gw_admin_t *self, const char *listen)
         pm_error("bad admin-listen '%s': use address:port, e.g. 127.0.0.1:9640 (or off)", listen);
         return -1;
     }
-    bool loopback =
-        (ss.ss_family == AF_INET &&
-         (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127) ||
-        (ss.ss_family == AF_INET6 &&
-         IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr));
+    bool loopback = (ss.ss_family == AF_INET &&
+                     (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127) ||
+                    (ss.ss_family == AF_INET6 &&
+                     IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr));
     if (!loopback)
         pm_warn("admin-listen %s is not loopback: anyone who reaches it reads the metrics "
                 "(no secrets, but fleet sizes and traffic); firewall it or use 127.0.0.1",

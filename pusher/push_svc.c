@@ -327,9 +327,9 @@ static void s_collect(void *arg, pm_stats_t *st)
     pm_stats_set_count(pm_stats_counter(st, "pusher_lookups_failed_total",
                                         "push.info lookups the store did not answer"),
                        s->lookups_failed);
-    pm_stats_set_count(pm_stats_counter(st, "pusher_outcomes_lost_total",
-                                        "outcomes the store did not record"),
-                       s->outcomes_lost);
+    pm_stats_set_count(
+        pm_stats_counter(st, "pusher_outcomes_lost_total", "outcomes the store did not record"),
+        s->outcomes_lost);
     if (!s->apns)
         return;
     push_apns_stats_t a;
@@ -338,7 +338,9 @@ static void s_collect(void *arg, pm_stats_t *st)
     const struct {
         const char *outcome;
         uint64_t n;
-    } o[] = {{"sent", a.sent}, {"failed", a.failed}, {"stale", a.stale},
+    } o[] = {{"sent", a.sent},
+             {"failed", a.failed},
+             {"stale", a.stale},
              {"cert_problem", a.cert_problems}};
     for (size_t i = 0; i < sizeof o / sizeof *o; i++)
         pm_stats_set_count(pm_stats_get(st, PM_STATS_COUNTER, "pusher_pushes_total", help,
@@ -348,15 +350,16 @@ static void s_collect(void *arg, pm_stats_t *st)
                                         "push attempts after the first (429, 5xx, timeouts)"),
                        a.retries);
     pm_stats_set_count(pm_stats_counter(st, "pusher_wakes_total", "wakes received"), a.wakes);
-    pm_stats_set_count(pm_stats_counter(st, "pusher_coalesced_total",
-                                        "wakes merged into a push already pending"),
-                       a.coalesced);
-    pm_stats_set_count(pm_stats_counter(st, "pusher_refused_total",
-                                        "wakes refused locally (bad or stale token, stopped topic)"),
-                       a.refused);
-    pm_stats_set_count(pm_stats_counter(st, "pusher_apns_requests_total",
-                                        "HTTP/2 requests sent to APNs"),
-                       a.requests);
+    pm_stats_set_count(
+        pm_stats_counter(st, "pusher_coalesced_total", "wakes merged into a push already pending"),
+        a.coalesced);
+    pm_stats_set_count(
+        pm_stats_counter(st, "pusher_refused_total",
+                         "wakes refused locally (bad or stale token, stopped topic)"),
+        a.refused);
+    pm_stats_set_count(
+        pm_stats_counter(st, "pusher_apns_requests_total", "HTTP/2 requests sent to APNs"),
+        a.requests);
     pm_stats_set(pm_stats_gauge(st, "pusher_queued", "pushes queued now"), (double)a.queued);
     pm_stats_set(pm_stats_gauge(st, "pusher_in_flight", "pushes in flight to APNs now"),
                  (double)a.inflight);

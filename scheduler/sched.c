@@ -15,8 +15,8 @@
 
 struct sched {
     pm_bus_t *bus;
-    pm_stats_t *stats;                          //  borrowed, may be NULL
-    pm_stats_series_t *by_type[PM_MSG_COUNT];   //  scheduler_requests_total{type}, on first use
+    pm_stats_t *stats;                        //  borrowed, may be NULL
+    pm_stats_series_t *by_type[PM_MSG_COUNT]; //  scheduler_requests_total{type}, on first use
     pm_stats_series_t *refused, *store_failed, *delivered, *wakes, *in_flight, *latency;
     sched_opts_t opts;
     int64_t next_sweep;
@@ -294,8 +294,8 @@ static void s_count_done(sched_t *s, const pm_msg_t *req, const pm_msg_t *reply)
             label = known[i];
     if (status && strcmp(status, "Idle") != 0)
         pm_stats_inc(pm_stats_get(s->stats, PM_STATS_COUNTER, "scheduler_results_total",
-                                  "command results reported by devices, by Status", "status",
-                                  label, NULL, NULL));
+                                  "command results reported by devices, by Status", "status", label,
+                                  NULL, NULL));
     if (pm_msg_has(reply, "command"))
         pm_stats_inc(s->delivered);
 }

@@ -89,12 +89,12 @@ void store_svc_on_job(void *arg, pm_bus_job_t *job)
 void store_svc_set_stats(store_svc_t *svc, pm_stats_t *st)
 {
     svc->stats = st;
-    svc->errors = pm_stats_counter(st, "store_errors_total",
-                                   "requests answered with an error (undone)");
+    svc->errors =
+        pm_stats_counter(st, "store_errors_total", "requests answered with an error (undone)");
     svc->commit_ms = pm_stats_histogram(st, "store_commit_duration_seconds",
                                         "time to commit one group-commit transaction");
-    svc->commit_failed = pm_stats_counter(st, "store_commit_failures_total",
-                                          "transactions that failed to commit");
+    svc->commit_failed =
+        pm_stats_counter(st, "store_commit_failures_total", "transactions that failed to commit");
     svc->batches = pm_stats_counter(st, "store_transactions_total",
                                     "transactions (one per batch of requests)");
     svc->seq = pm_stats_gauge(st, "store_event_seq", "sequence number of the last event logged");

@@ -73,8 +73,9 @@ int cli_stats_run(cli_ctx_t *ctx)
     s_seen_t seen = {0};
     int rc = CLI_EXIT_BUS;
     if (!bus || pm_bus_subscribe(bus, prefix, s_on_stats, &seen) < 0) {
-        fprintf(stderr, "picomdm stats: cannot subscribe at %s (check --subscribe-endpoint and the "
-                        "CURVE options)\n",
+        fprintf(stderr,
+                "picomdm stats: cannot subscribe at %s (check --subscribe-endpoint and the "
+                "CURVE options)\n",
                 bc.subscribe_endpoint ? bc.subscribe_endpoint : "(none)");
         goto out;
     }
