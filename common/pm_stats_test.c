@@ -303,12 +303,52 @@ static void test_tick(void **state)
     pm_stats_destroy(&st);
 }
 
+//  What a bump costs on the hot path, and a snapshot + render of a busy
+//  registry (printed, not asserted: the machine is shared).
+static void test_timing(void **state)
+{
+    (void)state;
+    pm_stats_t *st = pm_stats_new("gateway", "i", 10);
+    pm_stats_series_t *c = pm_stats_counter(st, "c_total", NULL);
+    pm_stats_series_t *h = pm_stats_histogram(st, "h_seconds", NULL);
+    char name[32];
+    for (int i = 0; i < 100; i++) {
+        snprintf(name, sizeof name, "g%d", i);
+        pm_stats_set(pm_stats_gauge(st, name, "a gauge"), i);
+    }
+    const int n = 5000000;
+    double t0 = pm_stats_now_ms();
+    for (int i = 0; i < n; i++)
+        pm_stats_inc(c);
+    double t1 = pm_stats_now_ms();
+    for (int i = 0; i < n; i++)
+        pm_stats_observe_ms(h, (double)(i % 2000));
+    double t2 = pm_stats_now_ms();
+    assert_true(pm_stats_value(c) == n);
+    const int m = 200;
+    size_t len = 0;
+    for (int i = 0; i < m; i++) {
+        pm_msg_t *snap = pm_stats_snapshot(st);
+        const pm_msg_t *one[1] = {snap};
+        char *text = pm_stats_render(one, NULL, 1, &len);
+        assert_non_null(text);
+        free(text);
+        pm_msg_destroy(&snap);
+    }
+    double t3 = pm_stats_now_ms();
+    printf("timing: inc %.1f ns, observe %.1f ns, snapshot+render of 102 series %.1f us (%zu "
+           "bytes)\n",
+           (t1 - t0) * 1e6 / n, (t2 - t1) * 1e6 / n, (t3 - t2) * 1e3 / m, len);
+    pm_stats_destroy(&st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_registry),        cmocka_unit_test(test_full),
         cmocka_unit_test(test_histogram_edges), cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_render_hostile),  cmocka_unit_test(test_tick),
+        cmocka_unit_test(test_timing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
