@@ -16,6 +16,15 @@ export PICOMDM_STATS_INTERVAL_S=1 # every process, through the environment (pm_c
 gw_pki
 gw_broker
 gw_backend --publish-endpoint "ipc://$T/pub"
+# the pusher (no push certificate: it serves and reports every wake failed) and the ca
+"$BIN/picomdm-pusher" --request-endpoint "ipc://$T/req" --publish-endpoint "ipc://$T/pub" >>"$T/pusher.log" 2>&1 &
+PIDS+=($!)
+"$BIN/picomdm-ca" --request-endpoint "ipc://$T/req" --publish-endpoint "ipc://$T/pub" --data-dir "$T/ca" \
+    --server-url https://127.0.0.1:8443/mdm/server --scep-url https://127.0.0.1:8443/scep \
+    --topic com.apple.mgmt.External.it >>"$T/ca.log" 2>&1 &
+PIDS+=($!)
+wait_for 30 "the ca to register" log_has broker.log "registered for 'ca'"
+wait_for 10 "the pusher to register" log_has broker.log "registered for 'push'"
 APORT=$(free_port)
 [ "$APORT" != 0 ] || fail "no free port for the admin listener"
 gw_tls --subscribe-endpoint "ipc://$T/sub" --admin-listen "127.0.0.1:$APORT"
@@ -36,6 +45,8 @@ devsim dev1 301 --rounds 1 >"$T/dev1.out" 2>&1 || { cat "$T/dev1.out"; fail "dev
 devsim dev2 302 --rounds 1 >"$T/dev2.out" 2>&1 || { cat "$T/dev2.out"; fail "devsim dev2 failed"; }
 plist MessageType Authenticate UDID metrics-unsigned Topic com.apple.mgmt.x >"$T/unsigned.plist"
 expect 400 "$(put /mdm/checkin "$T/unsigned.plist" -)" "unsigned check-in"
+code=$(curl -sS -m 10 --cacert "$PKI/ca.pem" -o "$T/caps" -w '%{http_code}' "$URL/scep?operation=GetCACaps")
+[ "$code" = 200 ] || fail "SCEP GetCACaps through the gateway: HTTP $code"
 NCHECKIN=5 NCONNECT=2 NDEVICE=7 # 4 accepted check-ins + 1 rejected; 2 Idle
 echo "requests made: $NCHECKIN check-in, $NCONNECT command loop"
 
@@ -48,11 +59,16 @@ for i in $(seq 1 40); do
     o=$(metric 'picomdm_store_ops_total{process="store",')
     sc=$(grep '^picomdm_scheduler_requests_total{' "$T/metrics.txt" | grep -E 'type="(checkin|connect)"' |
         awk '{ s += $NF } END { print s + 0 }')
-    if [ "$sc" -ge $((NDEVICE - 1)) ] && [ "$b" != 0 ] && [ "$o" != 0 ]; then ok=1; break; fi
+    ca=$(metric 'picomdm_ca_scep_requests_total{process="ca",')
+    pu=$(grep -c '^picomdm_stats_age_seconds{process="pusher",' "$T/metrics.txt")
+    if [ "$sc" -ge $((NDEVICE - 1)) ] && [ "$b" != 0 ] && [ "$o" != 0 ] && [ "$ca" != 0 ] && [ "$pu" = 1 ]; then
+        ok=1
+        break
+    fi
     sleep 0.25
 done
-[ $ok = 1 ] || { cat "$T/metrics.txt" | head -80; fail "no scheduler/store/broker series with the traffic after 10 s"; }
-echo "ok  scrape has scheduler, store and broker series"
+[ $ok = 1 ] || { cat "$T/metrics.txt" | head -80; fail "no scheduler/store/broker/ca/pusher series with the traffic after 10 s"; }
+echo "ok  scrape has scheduler, store, broker, ca and pusher series"
 
 python3 - "$T/metrics.txt" $NCHECKIN $NCONNECT <<'PY' || { head -60 "$T/metrics.txt"; fail "exposition checks failed"; }
 import re, sys
@@ -103,7 +119,10 @@ sched = sum(get("picomdm_scheduler_requests_total", process="scheduler", type="c
 assert sched == ncheckin + nconnect - 1, f"scheduler handled {sched} device requests, the gateway passed {ncheckin + nconnect - 1}"
 assert get("picomdm_broker_workers", process="broker", service="scheduler") == [1.0], "broker: scheduler workers"
 assert get("picomdm_broker_workers", process="broker", service="store") == [1.0], "broker: store workers"
-for p in ("gateway", "broker", "store", "scheduler"):
+assert get("picomdm_ca_scep_requests_total", process="ca", operation="GetCACaps") == [1.0], "ca: GetCACaps not counted once"
+assert get("picomdm_gateway_responses_total", route="scep", code="200", **gw) == [1.0], "gateway: the SCEP answer not counted"
+assert get("picomdm_broker_workers", process="broker", service="push") == [1.0], "broker: push workers"
+for p in ("gateway", "broker", "store", "scheduler", "pusher", "ca"):
     age = get("picomdm_stats_age_seconds", process=p)
     assert len(age) == 1 and 0 <= age[0] < 5, f"stats age of {p}: {age}"
 print(f"ok  scheduler handled {sched:.0f} device requests; broker, store series present; ages fresh")
