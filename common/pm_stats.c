@@ -476,6 +476,8 @@ static void s_put_escaped(FILE *f, const char *s, size_t n, bool quote)
             fputs("\\n", f);
         else if (c == '"' && quote)
             fputs("\\\"", f);
+        else if ((unsigned char)c < 0x20 || c == 0x7f)
+            fputc('?', f); //  control bytes (NUL included) would break the text format
         else
             fputc(c, f);
     }

@@ -162,6 +162,15 @@ static void test_roundtrip(void **state)
     size_t len = 0;
     char err[200];
     assert_int_equal(pm_msg_encode(snap, &buf, &len, err, sizeof err), 0);
+    const char *corpus = getenv("PM_STATS_CORPUS"); //  seed for tests/fuzz/fuzz_stats.c
+    if (corpus) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/snapshot", corpus);
+        FILE *f = fopen(path, "wb");
+        assert_non_null(f);
+        assert_int_equal(fwrite(buf, 1, len, f), len);
+        fclose(f);
+    }
     pm_msg_t *back = NULL;
     assert_int_equal(pm_msg_decode(buf, len, &back, err, sizeof err), 0);
     free(buf);
