@@ -738,3 +738,126 @@ out:
         *len = outlen;
     return out;
 }
+
+/* ---- board ---- */
+
+typedef struct {
+    char process[64];
+    char instance[128];
+    pm_msg_t *snap; //  decoded copy
+    double at_ms;   //  when it arrived (pm_stats_now_ms)
+} s_slot_t;
+
+struct pm_stats_board {
+    s_slot_t *slots;
+    int n, max;
+};
+
+pm_stats_board_t *pm_stats_board_new(int max)
+{
+    pm_stats_board_t *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    b->max = max > 0 ? max : 256;
+    b->slots = calloc((size_t)b->max, sizeof *b->slots);
+    if (!b->slots) {
+        free(b);
+        return NULL;
+    }
+    return b;
+}
+
+void pm_stats_board_destroy(pm_stats_board_t **pb)
+{
+    if (!pb || !*pb)
+        return;
+    for (int i = 0; i < (*pb)->n; i++)
+        pm_msg_destroy(&(*pb)->slots[i].snap);
+    free((*pb)->slots);
+    free(*pb);
+    *pb = NULL;
+}
+
+int pm_stats_board_put(pm_stats_board_t *b, const pm_msg_t *snap)
+{
+    if (!b || !snap || pm_msg_type(snap) != PM_MSG_STATS)
+        return -1;
+    const char *process = pm_msg_str(snap, "process"), *instance = pm_msg_str(snap, "instance");
+    if (!process || !instance || strlen(process) >= sizeof b->slots[0].process ||
+        strlen(instance) >= sizeof b->slots[0].instance)
+        return -1;
+    int i;
+    for (i = 0; i < b->n; i++)
+        if (strcmp(b->slots[i].process, process) == 0 &&
+            strcmp(b->slots[i].instance, instance) == 0)
+            break;
+    if (i == b->max)
+        return -1;
+    //  the bus owns `snap` only during its callback: keep a decoded copy
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    char err[200];
+    pm_msg_t *copy = NULL;
+    int rc = pm_msg_encode(snap, &buf, &len, err, sizeof err) == 0 &&
+                     pm_msg_decode(buf, len, &copy, err, sizeof err) == 0
+                 ? 0
+                 : -1;
+    free(buf);
+    if (rc < 0)
+        return -1;
+    s_slot_t *s = &b->slots[i];
+    if (i == b->n) {
+        b->n++;
+        snprintf(s->process, sizeof s->process, "%s", process);
+        snprintf(s->instance, sizeof s->instance, "%s", instance);
+    }
+    pm_msg_destroy(&s->snap);
+    s->snap = copy;
+    s->at_ms = pm_stats_now_ms();
+    return 0;
+}
+
+void pm_stats_board_expire(pm_stats_board_t *b, double min_keep_s)
+{
+    if (!b)
+        return;
+    double now = pm_stats_now_ms();
+    for (int i = b->n - 1; i >= 0; i--) {
+        double keep = 10.0 * (double)pm_msg_uint(b->slots[i].snap, "interval_s", 0);
+        if (keep < min_keep_s)
+            keep = min_keep_s;
+        if (now - b->slots[i].at_ms > keep * 1000) {
+            pm_msg_destroy(&b->slots[i].snap);
+            b->slots[i] = b->slots[--b->n];
+            memset(&b->slots[b->n], 0, sizeof b->slots[b->n]);
+        }
+    }
+}
+
+int pm_stats_board_count(const pm_stats_board_t *b)
+{
+    return b ? b->n : 0;
+}
+
+char *pm_stats_board_render(const pm_stats_board_t *b, const pm_msg_t *own, size_t *len)
+{
+    int n = b ? b->n : 0;
+    const pm_msg_t **snaps = calloc((size_t)n + 1, sizeof *snaps);
+    double *ages = calloc((size_t)n + 1, sizeof *ages);
+    char *text = NULL;
+    if (!snaps || !ages)
+        goto out;
+    size_t k = 0;
+    if (own)
+        snaps[k++] = own; //  age 0: live
+    double now = pm_stats_now_ms();
+    for (int i = 0; i < n; i++) {
+        snaps[k] = b->slots[i].snap;
+        ages[k++] = (now - b->slots[i].at_ms) / 1000.0;
+    }
+    text = pm_stats_render(snaps, ages, k, len);
+out:
+    free(snaps);
+    free(ages);
+    return text;
+}

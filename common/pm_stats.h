@@ -108,6 +108,27 @@ int pm_stats_next_ms(const pm_stats_t *st);
 //  text (caller frees), NULL on OOM.
 char *pm_stats_render(const pm_msg_t *const *snaps, const double *ages_s, size_t n, size_t *len);
 
+/* ---- the receiving side: the latest snapshot of every process ---- */
+
+typedef struct pm_stats_board pm_stats_board_t;
+
+//  Up to `max` snapshots (one per process + instance). NULL on OOM.
+pm_stats_board_t *pm_stats_board_new(int max);
+void pm_stats_board_destroy(pm_stats_board_t **board);
+
+//  Keep a copy of `snap` (a `stats` message from the bus; the caller keeps
+//  its own), replacing the earlier one of the same process and instance.
+//  0, or -1 if it is not a `stats` message, the board is full, or on OOM.
+int pm_stats_board_put(pm_stats_board_t *board, const pm_msg_t *snap);
+
+//  Forget the snapshots older than max(min_keep_s, 10 of their intervals).
+void pm_stats_board_expire(pm_stats_board_t *board, double min_keep_s);
+int pm_stats_board_count(const pm_stats_board_t *board);
+
+//  pm_stats_render of every snapshot on the board (ages from when each
+//  arrived), plus `own` (may be NULL) with age 0. Caller frees; NULL on OOM.
+char *pm_stats_board_render(const pm_stats_board_t *board, const pm_msg_t *own, size_t *len);
+
 //  A registry from the PM_STATS_OPTION options of `cfg` (stats-interval-s
 //  between 0 and 86400). 0 and *out set, or -1 (reason logged: exit).
 int pm_stats_from_cfg(const pm_cfg_t *cfg, const char *process, pm_stats_t **out);

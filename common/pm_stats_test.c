@@ -312,6 +312,49 @@ static void test_tick(void **state)
     pm_stats_destroy(&st);
 }
 
+static void test_board(void **state)
+{
+    (void)state;
+    pm_stats_t *a = pm_stats_new("store", "h:1", 0), *a2 = pm_stats_new("store", "h:1", 0);
+    pm_stats_t *b = pm_stats_new("ca", "h:2", 0), *c = pm_stats_new("pusher", "h:3", 0);
+    pm_stats_inc(pm_stats_counter(a, "store_ops_total", "ops"));
+    pm_stats_add(pm_stats_counter(a2, "store_ops_total", "ops"), 7);
+    pm_msg_t *sa = pm_stats_snapshot(a), *sa2 = pm_stats_snapshot(a2);
+    pm_msg_t *sb = pm_stats_snapshot(b), *sc = pm_stats_snapshot(c);
+    pm_msg_t *ev = pm_msg_new(PM_MSG_EVENT);
+    pm_msg_set_str(ev, "name", "stats.fake");
+    pm_stats_board_t *board = pm_stats_board_new(2);
+    assert_int_equal(pm_stats_board_put(board, sa), 0);
+    assert_int_equal(pm_stats_board_put(board, sa2), 0); //  same process+instance: replaced
+    assert_int_equal(pm_stats_board_count(board), 1);
+    assert_int_equal(pm_stats_board_put(board, ev), -1); //  not a stats message
+    assert_int_equal(pm_stats_board_put(board, sb), 0);
+    assert_int_equal(pm_stats_board_put(board, sc), -1); //  full
+    pm_msg_destroy(&sa2);                                //  the board keeps its own copy
+    char *text = pm_stats_board_render(board, sc, NULL);
+    assert_non_null(text);
+    assert_non_null(
+        strstr(text, "picomdm_store_ops_total{process=\"store\",instance=\"h:1\"} 7\n"));
+    assert_non_null(strstr(text, "picomdm_stats_age_seconds{process=\"ca\",instance=\"h:2\"} "));
+    assert_non_null(
+        strstr(text, "picomdm_stats_age_seconds{process=\"pusher\",instance=\"h:3\"} 0\n"));
+    free(text);
+    pm_stats_board_expire(board, 3600);
+    assert_int_equal(pm_stats_board_count(board), 2);
+    pm_stats_board_expire(board, 0); //  interval 0: kept max(0, 0) s
+    assert_int_equal(pm_stats_board_count(board), 0);
+    pm_stats_board_destroy(&board);
+    pm_stats_board_destroy(&board);
+    pm_msg_destroy(&ev);
+    pm_msg_destroy(&sa);
+    pm_msg_destroy(&sb);
+    pm_msg_destroy(&sc);
+    pm_stats_destroy(&a);
+    pm_stats_destroy(&a2);
+    pm_stats_destroy(&b);
+    pm_stats_destroy(&c);
+}
+
 //  What a bump costs on the hot path, and a snapshot + render of a busy
 //  registry (printed, not asserted: the machine is shared).
 static void test_timing(void **state)
@@ -357,7 +400,7 @@ int main(void)
         cmocka_unit_test(test_registry),        cmocka_unit_test(test_full),
         cmocka_unit_test(test_histogram_edges), cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_render_hostile),  cmocka_unit_test(test_tick),
-        cmocka_unit_test(test_timing),
+        cmocka_unit_test(test_board),           cmocka_unit_test(test_timing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

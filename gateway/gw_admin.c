@@ -19,13 +19,6 @@
 #define S_MIN_KEEP_S 60 //  a snapshot is forgotten after max(this, 10 intervals)
 #define S_ROUTES 7
 
-typedef struct {
-    char process[32];
-    char instance[128];
-    pm_msg_t *snap; //  decoded copy
-    double at_ms;   //  when it arrived (pm_stats_now_ms)
-} s_peer_t;
-
 struct gw_admin {
     gw_admin_config_t cfg;
     char *paths[4]; //  checkin, server, scep, enroll (owned copies; NULL = route off)
@@ -37,8 +30,7 @@ struct gw_admin {
     struct evhttp *http;
     int port;
     struct event *timer;
-    s_peer_t peers[S_MAX_PEERS];
-    int npeers;
+    pm_stats_board_t *board; //  the other processes' latest snapshots
     pm_stats_series_t *latency, *scrapes;
     bool in_admin; //  answering on the admin listener (route label "admin")
     //  gateway_responses_total{route,code}: resolved on first use, [route][code - 100]
@@ -137,25 +129,6 @@ static void s_collect(void *arg, pm_stats_t *st)
 
 /* ---- other processes' snapshots ---- */
 
-static void s_peer_drop(gw_admin_t *self, int i)
-{
-    pm_msg_destroy(&self->peers[i].snap);
-    self->peers[i] = self->peers[--self->npeers];
-    self->peers[self->npeers].snap = NULL;
-}
-
-//  Forget processes silent for max(60 s, 10 of their intervals).
-static void s_expire(gw_admin_t *self, double now)
-{
-    for (int i = self->npeers - 1; i >= 0; i--) {
-        double keep = 10.0 * (double)pm_msg_uint(self->peers[i].snap, "interval_s", 0);
-        if (keep < S_MIN_KEEP_S)
-            keep = S_MIN_KEEP_S;
-        if (now - self->peers[i].at_ms > keep * 1000)
-            s_peer_drop(self, i);
-    }
-}
-
 static void s_on_stats(void *arg, const char *topic, const pm_msg_t *msg)
 {
     (void)topic;
@@ -163,65 +136,24 @@ static void s_on_stats(void *arg, const char *topic, const pm_msg_t *msg)
     if (pm_msg_type(msg) != PM_MSG_STATS)
         return; //  an `event` whose name starts with stats.: not ours
     const char *process = pm_msg_str(msg, "process"), *instance = pm_msg_str(msg, "instance");
-    if (!process || !instance || strlen(process) >= sizeof self->peers[0].process ||
-        strlen(instance) >= sizeof self->peers[0].instance)
-        return;
-    if (strcmp(process, pm_stats_process(self->stats)) == 0 &&
+    if (process && instance && strcmp(process, pm_stats_process(self->stats)) == 0 &&
         strcmp(instance, pm_stats_instance(self->stats)) == 0)
         return; //  our own, rendered live
-    //  the library owns msg only during the call: keep a decoded copy
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    char err[200];
-    pm_msg_t *copy = NULL;
-    if (pm_msg_encode(msg, &buf, &len, err, sizeof err) < 0 ||
-        pm_msg_decode(buf, len, &copy, err, sizeof err) < 0) {
-        free(buf);
-        return;
+    if (pm_stats_board_put(self->board, msg) < 0) {
+        pm_stats_board_expire(self->board, S_MIN_KEEP_S); //  make room, then once more
+        if (pm_stats_board_put(self->board, msg) < 0)
+            pm_debug("stats from %s/%s not kept (malformed, or %d processes already)",
+                     process ? process : "?", instance ? instance : "?", S_MAX_PEERS);
     }
-    free(buf);
-    double now = pm_stats_now_ms();
-    int i;
-    for (i = 0; i < self->npeers; i++)
-        if (strcmp(self->peers[i].process, process) == 0 &&
-            strcmp(self->peers[i].instance, instance) == 0)
-            break;
-    if (i == self->npeers) {
-        s_expire(self, now);
-        if (self->npeers == S_MAX_PEERS) {
-            pm_msg_destroy(&copy);
-            pm_debug("stats from %s/%s ignored: %d processes already", process, instance,
-                     S_MAX_PEERS);
-            return;
-        }
-        i = self->npeers++;
-        snprintf(self->peers[i].process, sizeof self->peers[i].process, "%s", process);
-        snprintf(self->peers[i].instance, sizeof self->peers[i].instance, "%s", instance);
-    }
-    pm_msg_destroy(&self->peers[i].snap);
-    self->peers[i].snap = copy;
-    self->peers[i].at_ms = now;
 }
 
 /* ---- exposition ---- */
 
 char *gw_admin_render(gw_admin_t *self, size_t *len)
 {
-    double now = pm_stats_now_ms();
-    s_expire(self, now);
-    const pm_msg_t *snaps[S_MAX_PEERS + 1];
-    double ages[S_MAX_PEERS + 1];
+    pm_stats_board_expire(self->board, S_MIN_KEEP_S);
     pm_msg_t *own = pm_stats_snapshot(self->stats);
-    size_t n = 0;
-    if (own) {
-        snaps[n] = own;
-        ages[n++] = 0;
-    }
-    for (int i = 0; i < self->npeers; i++) {
-        snaps[n] = self->peers[i].snap;
-        ages[n++] = (now - self->peers[i].at_ms) / 1000.0;
-    }
-    char *text = pm_stats_render(snaps, ages, n, len);
+    char *text = pm_stats_board_render(self->board, own, len);
     pm_msg_destroy(&own);
     return text;
 }
@@ -278,7 +210,7 @@ static void s_on_timer(evutil_socket_t fd, short what, void *arg)
     gw_admin_t *self = arg;
     if (pm_stats_tick(self->stats, self->bus) != 0)
         pm_bus_process(self->bus); //  foreign loop: after a publish (pm_bus.h)
-    s_expire(self, pm_stats_now_ms());
+    pm_stats_board_expire(self->board, S_MIN_KEEP_S);
     s_arm(self);
 }
 
@@ -352,6 +284,9 @@ gw_admin_t *gw_admin_new(const gw_admin_config_t *cfg, struct event_base *base, 
     self->stats = stats;
     self->srv = srv;
     self->enroll = enroll;
+    self->board = pm_stats_board_new(S_MAX_PEERS);
+    if (!self->board)
+        goto fail;
     const char *p[4] = {cfg->checkin_path, cfg->server_path, cfg->scep_path, cfg->enroll_path};
     for (int i = 0; i < 4; i++)
         if (p[i] && *p[i] && !(self->paths[i] = strdup(p[i])))
@@ -390,8 +325,7 @@ void gw_admin_destroy(gw_admin_t **pself)
         event_free(self->timer);
     if (self->http)
         evhttp_free(self->http);
-    for (int i = 0; i < self->npeers; i++)
-        pm_msg_destroy(&self->peers[i].snap);
+    pm_stats_board_destroy(&self->board);
     for (int i = 0; i < 4; i++)
         free(self->paths[i]);
     free(self);

@@ -16,40 +16,11 @@ const pm_opt_t cli_stats_opts[] = {
      "listen this long (one stats-interval-s and a bit catches every process)"},
     {NULL, 0, NULL, NULL}};
 
-typedef struct {
-    pm_msg_t *snap[S_MAX];
-    double at[S_MAX];
-    int n;
-} s_seen_t;
-
-//  Keep the latest snapshot per (process, instance), as a decoded copy.
 static void s_on_stats(void *arg, const char *topic, const pm_msg_t *msg)
 {
     (void)topic;
-    s_seen_t *s = arg;
-    if (pm_msg_type(msg) != PM_MSG_STATS)
-        return;
-    const char *p = pm_msg_str(msg, "process"), *i = pm_msg_str(msg, "instance");
-    int k;
-    for (k = 0; k < s->n; k++)
-        if (strcmp(pm_msg_str(s->snap[k], "process"), p) == 0 &&
-            strcmp(pm_msg_str(s->snap[k], "instance"), i) == 0)
-            break;
-    if (k == S_MAX)
-        return;
-    uint8_t *buf = NULL;
-    size_t len = 0;
-    char err[200];
-    pm_msg_t *copy = NULL;
-    if (pm_msg_encode(msg, &buf, &len, err, sizeof err) == 0 &&
-        pm_msg_decode(buf, len, &copy, err, sizeof err) == 0) {
-        pm_msg_destroy(&s->snap[k]);
-        s->snap[k] = copy;
-        s->at[k] = pm_stats_now_ms();
-        if (k == s->n)
-            s->n++;
-    }
-    free(buf);
+    if (pm_msg_type(msg) == PM_MSG_STATS)
+        pm_stats_board_put(arg, msg); //  the latest per process and instance
 }
 
 int cli_stats_run(cli_ctx_t *ctx)
@@ -70,9 +41,14 @@ int cli_stats_run(cli_ctx_t *ctx)
                           .server_public_key = pm_cfg_str(ctx->cfg, "server-key"),
                           .cert_file = pm_cfg_str(ctx->cfg, "curve-cert")};
     pm_bus_t *bus = pm_bus_new(&bc);
-    s_seen_t seen = {0};
+    pm_stats_board_t *board = pm_stats_board_new(S_MAX);
     int rc = CLI_EXIT_BUS;
-    if (!bus || pm_bus_subscribe(bus, prefix, s_on_stats, &seen) < 0) {
+    if (!board) {
+        fprintf(stderr, "picomdm stats: out of memory\n");
+        rc = CLI_EXIT_FAIL;
+        goto out;
+    }
+    if (!bus || pm_bus_subscribe(bus, prefix, s_on_stats, board) < 0) {
         fprintf(stderr,
                 "picomdm stats: cannot subscribe at %s (check --subscribe-endpoint and the "
                 "CURVE options)\n",
@@ -83,7 +59,7 @@ int cli_stats_run(cli_ctx_t *ctx)
     while (pm_stats_now_ms() < until)
         if (pm_bus_run_once(bus, 200) < 0)
             break; //  interrupted: print what we have
-    if (seen.n == 0) {
+    if (pm_stats_board_count(board) == 0) {
         fprintf(stderr,
                 "picomdm stats: no %s* snapshot within %lld s: are the processes running with "
                 "stats-interval-s > 0 and a publish-endpoint on this broker? (try --seconds "
@@ -92,14 +68,8 @@ int cli_stats_run(cli_ctx_t *ctx)
         rc = CLI_EXIT_FAIL;
         goto out;
     }
-    double now = pm_stats_now_ms(), ages[S_MAX];
-    const pm_msg_t *snaps[S_MAX];
-    for (int k = 0; k < seen.n; k++) {
-        snaps[k] = seen.snap[k];
-        ages[k] = (now - seen.at[k]) / 1000.0;
-    }
     size_t len = 0;
-    char *text = pm_stats_render(snaps, ages, (size_t)seen.n, &len);
+    char *text = pm_stats_board_render(board, NULL, &len);
     if (!text) {
         fprintf(stderr, "picomdm stats: out of memory\n");
         rc = CLI_EXIT_FAIL;
@@ -109,8 +79,7 @@ int cli_stats_run(cli_ctx_t *ctx)
     free(text);
     rc = CLI_EXIT_OK;
 out:
-    for (int k = 0; k < seen.n; k++)
-        pm_msg_destroy(&seen.snap[k]);
+    pm_stats_board_destroy(&board);
     pm_bus_destroy(&bus);
     return rc;
 }
