@@ -197,6 +197,13 @@ static void s_complete(pm_bus_t *bus, s_pending_t *p, pm_msg_t **reply, const ch
     s_pending_free(&p);
 }
 
+//  The program that serves a bus service, for error messages: the service is
+//  named after its binary except 'push' (picomdm-pusher).
+static const char *s_server_binary(const char *service)
+{
+    return strcmp(service, "push") == 0 ? "pusher" : service;
+}
+
 static void s_give_up(pm_bus_t *bus, s_pending_t *p)
 {
     char err[512];
@@ -204,8 +211,8 @@ static void s_give_up(pm_bus_t *bus, s_pending_t *p)
     snprintf(err, sizeof err,
              "no reply from service '%s' after %d attempt%s (%lld s): is picomdm-%s running "
              "and registered with the broker at %s?",
-             p->service, p->attempts, p->attempts == 1 ? "" : "s", (long long)secs, p->service,
-             bus->request_endpoint);
+             p->service, p->attempts, p->attempts == 1 ? "" : "s", (long long)secs,
+             s_server_binary(p->service), bus->request_endpoint);
     pm_bus_ratelog(&bus->ratelog, "bus: %s", err);
     s_complete(bus, p, NULL, err);
 }
