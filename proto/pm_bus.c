@@ -611,10 +611,16 @@ static void s_worker_input(s_worker_t *w, zmq_msg_t *f, int n, int total)
 static void s_worker_timers(s_worker_t *w, int64_t now)
 {
     if (now >= w->broker_expiry) {
+        //  A CURVE mismatch looks exactly like a broker that is down (ZAP
+        //  refusals are silent), so the hint names both.
         if (!w->silent)
             pm_warn("bus: broker at %s silent for %d heartbeats; '%s' keeps trying to "
-                    "register (is picomdm-broker running?)",
-                    w->bus->request_endpoint, PM_BUS_LIVENESS, w->service);
+                    "register (is picomdm-broker running? %s)",
+                    w->bus->request_endpoint, PM_BUS_LIVENESS, w->service,
+                    w->bus->server_key ? "is our curve-cert's public key in its curve-allow "
+                                         "directory, and server-key its key?"
+                                       : "if it uses CURVE (curve-secret), set server-key and "
+                                         "curve-cert");
         w->silent = true;
         s_worker_ready(w);
     }

@@ -21,7 +21,7 @@ mh_setup
 # ---- 1. enrollment from the URL alone, through B, the CA on A
 # an auditor on C sees the ca's events (published on A) across the A-C link
 on c timeout 30 "$BIN/picomdm" watch ca. --count $((2 * N)) --json "${OPS_C[@]}" "${CURVE[@]}" \
-    --curve-cert "$T/keys/operator_secret" >"$T/cawatch.out" 2>"$T/cawatch.log" &
+    --curve-cert "$OPKEY" >"$T/cawatch.out" 2>"$T/cawatch.log" &
 CW=$!
 sleep 0.5
 bg c devsim "$BIN/picomdm-devsim" --enroll-url "https://$GW/mdm/enroll" --ca-bundle "$T/tlsca.pem" \

@@ -16,7 +16,15 @@
 mh_setup
 
 # ---- host C: devices and the operator
-DS=(on c "$BIN/picomdm-devsim" --url https://10.200.3.2:8443 --ca-bundle "$T/tlsca.pem"
+# one device identity, issued by the ca's CA and kept across devsim runs (the
+# enrollment is bound to it)
+(
+    cd "$T" && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout dev.key \
+        -out dev.csr -subj "/CN=multihost-device" &&
+        openssl x509 -req -in dev.csr -CA data/ca/ca.crt -CAkey data/ca/ca.key -CAcreateserial \
+            -out dev.pem -days 2 -extfile <(printf 'basicConstraints=critical,CA:FALSE\n')
+) >"$T/devpki.log" 2>&1 || fail "device identity: $(tail -n 3 "$T/devpki.log")"
+DS=(on c "$BIN/picomdm-devsim" --url "https://$GW" --ca-bundle "$T/tlsca.pem"
     --cert "$T/dev.pem" --key "$T/dev.key" --seed 7 --timeout-ms 8000)
 OPS=("${OPS_C[@]}" "${CURVE[@]}")
 
@@ -25,7 +33,7 @@ EID=$(cli devices --json --timeout 3000 | sed -n 's/.*"eid":"\([^"]*\)".*/\1/p' 
 [ -n "$EID" ] || fail "the enrolled device is not listed by \`picomdm devices\` from C"
 
 # the operator's key: the config-file and environment routes work too
-printf 'picomdm\n    curve-cert = "%s"\n' "$T/keys/operator_secret" >"$T/op.cfg"
+printf 'picomdm\n    curve-cert = "%s"\n' "$OPKEY" >"$T/op.cfg"
 on c env PICOMDM_SERVER_KEY="$SKEY" "$BIN/picomdm" devices --config "$T/op.cfg" \
     --request-endpoint tcp://10.200.2.1:7401 --timeout 3000 >/dev/null ||
     fail "CLI with the key from PICOMDM_SERVER_KEY and the cert from --config failed"
@@ -39,17 +47,17 @@ grep -q "^DeviceInformation $U1  Acknowledged  on $EID" "$T/res1.out" || fail "r
 
 # a key not on the allow list: gets nothing, changes nothing
 before=$(db "SELECT COUNT(*) FROM commands; SELECT MAX(seq) FROM events;" | tr '\n' ' ')
-on c timeout 10 "$BIN/picomdm" watch --count 1 "${OPS[@]}" --curve-cert "$T/keys/evil_secret" \
+on c timeout 10 "$BIN/picomdm" watch --count 1 "${OPS[@]}" --curve-cert "$EVILKEY" \
     >"$T/evilwatch.out" 2>"$T/evilwatch.log" &
 EW=$!
 # a worker with that key offering the scheduler service: never registered,
 # so it can never be handed device traffic or operator requests
 bg c evilsched "$BIN/picomdm-scheduler" --request-endpoint tcp://10.200.2.1:7401 "${CURVE[@]}" \
-    --curve-cert "$T/keys/evil_secret"
+    --curve-cert "$EVILKEY"
 EVIL_SCHED=$LAST_PID
 sleep 0.5
 on c "$BIN/picomdm" enqueue DeviceLock --to "$EID" --no-push "${OPS[@]}" \
-    --curve-cert "$T/keys/evil_secret" --timeout 1000 --retries 1 >"$T/evil.out" 2>"$T/evil.log"
+    --curve-cert "$EVILKEY" --timeout 1000 --retries 1 >"$T/evil.out" 2>"$T/evil.log"
 rc=$?
 [ $rc = 3 ] || fail "enqueue with a key not allowed exited $rc (want 3, no answer): $(cat "$T/evil.out" "$T/evil.log")"
 on c "$BIN/picomdm" enqueue DeviceLock --to "$EID" --no-push --request-endpoint tcp://10.200.2.1:7401 \
