@@ -38,6 +38,12 @@ grep -q "push-listen .* ready, $N of $N devices enrolled" "$T/devsim.log" ||
 wait $CW || fail "the auditor on C did not see $((2 * N)) ca events: $(cat "$T/cawatch.out" "$T/cawatch.log")"
 [ "$(grep -c '"ca.issued"' "$T/cawatch.out")" = $N ] && [ "$(grep -c '"ca.profile"' "$T/cawatch.out")" = $N ] ||
     fail "want $N ca.profile and $N ca.issued events on C: $(cat "$T/cawatch.out")"
+# ... with their sequence numbers: they are in the store's event log, so an
+# auditor that missed them can replay them
+[ "$(grep -c '"seq":[0-9]' "$T/cawatch.out")" = $((2 * N)) ] ||
+    fail "ca events without a seq (not in the store's log): $(head -n 2 "$T/cawatch.out")"
+[ "$(db "SELECT COUNT(*) FROM events WHERE name = 'ca.issued' AND source = 'ca'")" = $N ] ||
+    fail "want $N ca.issued in the store's event log: $(db "SELECT name, COUNT(*) FROM events GROUP BY name")"
 cli_a devices --json --timeout 3000 | sed -n 's/.*"eid":"\([^"]*\)".*/\1/p' >"$T/eids"
 [ "$(wc -l <"$T/eids")" = $N ] || fail "picomdm devices on A lists $(wc -l <"$T/eids") enrollments, want $N"
 [ "$(db "SELECT COUNT(*) FROM enrollments WHERE topic = '$TOPIC' AND push_token IS NOT NULL")" = $N ] ||
