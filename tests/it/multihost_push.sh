@@ -23,7 +23,8 @@ mh_setup
 on c timeout 30 "$BIN/picomdm" watch ca. --count $((2 * N)) --json "${OPS_C[@]}" "${CURVE[@]}" \
     --curve-cert "$OPKEY" >"$T/cawatch.out" 2>"$T/cawatch.log" &
 CW=$!
-sleep 0.5
+for _ in $(seq 100); do grep -q "watching events" "$T/cawatch.log" && break; sleep 0.1; done
+sleep 1 # the CURVE handshake and the subscription reach A (no replay in watch)
 bg c devsim "$BIN/picomdm-devsim" --enroll-url "https://$GW/mdm/enroll" --ca-bundle "$T/tlsca.pem" \
     --devices $N --rounds 0 --push-listen "$T/push.sock" --seed 4711 --timeout-ms 8000
 DS_PID=$LAST_PID
