@@ -13,6 +13,8 @@
 #      the devices during the cut; after the link is back the same processes
 #      carry on by themselves (the scheduler's wake sweep re-pushes) and each
 #      device gets and acknowledges the command exactly once.
+#   4. the same with the B-C link (pusher -> APNs stand-in, devices -> gateway)
+#      cut while the wake is being pushed.
 # Needs root (CAP_NET_ADMIN): otherwise it says why and exits 77.
 . "$(dirname "$0")/multihost_lib.inc"
 N=3
@@ -113,12 +115,32 @@ cmd=$(db "SELECT id FROM commands WHERE uuid = '$W2'")
 [ "$(db "SELECT COUNT(*) FROM wake")" = 0 ] || fail "wake marks left after every device connected"
 echo "ok   A-B cut 5 s with a wake queued from A: after the link came back all $N acknowledged $W2 exactly once ($((t1 - t0)) ms after the enqueue)"
 
+# ---- 4. the B-C link (pusher -> APNs, and devices -> gateway) cut while a
+# wake is pushed: the pusher's attempts time out or fail; after the link is
+# back the pusher's retries or the sweep deliver it, each device answers once
+W3=$(uuid)
+on b ip link set vbc down
+cli_a enqueue DeviceInformation --to "$(cat "$T/toall")" --set Queries=OSVersion --uuid "$W3" \
+    >/dev/null 2>"$T/enq3.err" || fail "enqueue on A during the B-C cut: $(cat "$T/enq3.err")"
+t0=$(now_ms)
+sleep 4
+[ "$(acked "$W3")" = 0 ] || fail "a device acknowledged $W3 while B-C was down"
+on b ip link set vbc up
+wait_acked "$W3" $N 30 || fail "only $(acked "$W3") of $N devices acknowledged $W3 after the B-C link came back"
+t1=$(now_ms)
+kill -0 "$PUSHER_PID" 2>/dev/null || fail "the pusher died"
+sleep 2.5 # one more wake sweep: nothing may be delivered twice
+cmd=$(db "SELECT id FROM commands WHERE uuid = '$W3'")
+[ "$(db "SELECT COUNT(*) FROM queue WHERE cmd = $cmd AND status = 'acknowledged' AND deliveries = 1")" = $N ] ||
+    fail "want $N queue entries acknowledged after exactly one delivery: $(db "SELECT eid, status, deliveries FROM queue WHERE cmd = $cmd")"
+echo "ok   B-C cut 4 s during the push of $W3: all $N acknowledged it exactly once after the link came back ($((t1 - t0)) ms after the enqueue)"
+
 # the devices only ever connected because of a push, and never saw a command twice
 kill -TERM "$DS_PID"
 for _ in $(seq 50); do kill -0 "$DS_PID" 2>/dev/null || break; sleep 0.1; done
 grep -E "^(scep|pushes|answers)" "$T/devsim.log"
 grep -q "^pushes .* ignored 0" "$T/devsim.log" || fail "the device simulator ignored pushes (wrong PushMagic/topic?)"
 grep -q "same-session violations 0" "$T/devsim.log" || fail "devsim saw a command re-offered in the same session"
-grep -q "Acknowledged $((N + 1))," "$T/devsim.log" ||
-    fail "want exactly $((N + 1)) commands answered by the devices: $(grep "^answers" "$T/devsim.log")"
+grep -q "Acknowledged $((2 * N + 1))," "$T/devsim.log" ||
+    fail "want exactly $((2 * N + 1)) commands answered by the devices: $(grep "^answers" "$T/devsim.log")"
 echo "PASS"
