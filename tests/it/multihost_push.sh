@@ -15,10 +15,26 @@
 #      device gets and acknowledges the command exactly once.
 #   4. the same with the B-C link (pusher -> APNs stand-in, devices -> gateway)
 #      cut while the wake is being pushed.
+#   Meanwhile two auditors record the store's event log (ca events included):
+#   the audit unit's own command line on A and `picomdm audit` on C.
 # Needs root (CAP_NET_ADMIN): otherwise it says why and exits 77.
 . "$(dirname "$0")/multihost_lib.inc"
 N=3
 mh_setup
+
+# auditors: on A the audit unit's own command line (its ExecStart) with the
+# example's file, i.e. A's key; on C one with alice's key across the A-C link
+unit=$(dirname "$EXAMPLE")/../systemd/picomdm-audit.service.in
+mkdir -p "$T/log"
+audit_cmd=$(sed -n 's/^ExecStart=//p' "$unit" |
+    sed "s|@BINDIR@|$BIN|; s|@SYSCONFDIR@/picomdm/picomdm.cfg|$T/a.cfg|; s|/var/log/picomdm|$T/log|")
+[[ $audit_cmd == "$BIN/picomdm audit "* ]] || fail "unexpected ExecStart in $unit: $audit_cmd"
+read -ra audit_argv <<<"$audit_cmd"
+bg a audit "${audit_argv[@]}"
+AUD_A=$LAST_PID
+bg c auditc "$BIN/picomdm" audit --file "$T/audit-c.jsonl" "${OPS_C[@]}" "${CURVE[@]}" \
+    --curve-cert "$OPKEY"
+AUD_C=$LAST_PID
 
 # ---- 1. enrollment from the URL alone, through B, the CA on A
 # an auditor on C sees the ca's events (published on A) across the A-C link
@@ -143,4 +159,15 @@ grep -q "^pushes .* ignored 0" "$T/devsim.log" || fail "the device simulator ign
 grep -q "same-session violations 0" "$T/devsim.log" || fail "devsim saw a command re-offered in the same session"
 grep -q "Acknowledged $((2 * N + 1))," "$T/devsim.log" ||
     fail "want exactly $((2 * N + 1)) commands answered by the devices: $(grep "^answers" "$T/devsim.log")"
+# both auditors hold the store's whole event log: seq 1..last, each once, in order
+last=$(db "SELECT MAX(seq) FROM events")
+for f in "$T/log/audit.jsonl" "$T/audit-c.jsonl"; do
+    seqs() { sed -n 's/^{"seq":\([0-9]*\),.*/\1/p' "$f" 2>/dev/null; }
+    for _ in $(seq 100); do [ "$(seqs | tail -n 1)" = "$last" ] && break; sleep 0.1; done
+    seqs | diff -q - <(seq 1 "$last") >/dev/null ||
+        fail "$f is not seq 1..$last: $(seqs | tr '\n' ' ' | head -c 300)"
+done
+kill -0 "$AUD_A" && kill -0 "$AUD_C" || fail "an auditor died"
+grep -q '"name":"ca.issued"' "$T/audit-c.jsonl" || fail "no ca.issued in the audit file"
+echo "ok   the audit unit's command on A and an auditor on C both hold seq 1..$last"
 echo "PASS"
