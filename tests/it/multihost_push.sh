@@ -5,7 +5,8 @@
 # and device simulators on C, every bus endpoint tcp under CURVE.
 #   1. devices on C enroll from nothing but the enrollment URL on B: the
 #      profile (/mdm/enroll) and SCEP (/scep) are relayed over the bus to the
-#      ca on A; each device gets its identity, checks in and listens for pushes.
+#      ca on A; each device gets its identity, checks in, renews it
+#      (RenewalReq, re-bound without a new Authenticate) and listens for pushes.
 #   2. `picomdm enqueue` on A wakes a device: scheduler (A) -> pusher (B) ->
 #      APNs stand-in (C) -> devsim push listener (C) -> gateway (B) ->
 #      Acknowledged, the device never polling.
@@ -38,13 +39,13 @@ AUD_C=$LAST_PID
 
 # ---- 1. enrollment from the URL alone, through B, the CA on A
 # an auditor on C sees the ca's events (published on A) across the A-C link
-on c timeout 30 "$BIN/picomdm" watch ca. --count $((2 * N)) --json "${OPS_C[@]}" "${CURVE[@]}" \
+on c timeout 30 "$BIN/picomdm" watch ca. --count $((3 * N)) --json "${OPS_C[@]}" "${CURVE[@]}" \
     --curve-cert "$OPKEY" >"$T/cawatch.out" 2>"$T/cawatch.log" &
 CW=$!
 for _ in $(seq 100); do grep -q "watching events" "$T/cawatch.log" && break; sleep 0.1; done
 sleep 1 # the CURVE handshake and the subscription reach A (no replay in watch)
 bg c devsim "$BIN/picomdm-devsim" --enroll-url "https://$GW/mdm/enroll" --ca-bundle "$T/tlsca.pem" \
-    --devices $N --rounds 0 --push-listen "$T/push.sock" --seed 4711 --timeout-ms 8000
+    --devices $N --rounds 0 --renew --push-listen "$T/push.sock" --seed 4711 --timeout-ms 8000
 DS_PID=$LAST_PID
 for _ in $(seq 300); do
     grep -q "push-listen .* ready" "$T/devsim.log" && break
@@ -53,21 +54,29 @@ for _ in $(seq 300); do
 done
 grep -q "push-listen .* ready, $N of $N devices enrolled" "$T/devsim.log" ||
     fail "devsim on C did not enroll $N devices from https://$GW/mdm/enroll"
-[ "$(grep -c "scep: issued" "$T/ca.log")" = $N ] || fail "want $N certificates issued by the ca on A"
-wait $CW || fail "the auditor on C did not see $((2 * N)) ca events: $(cat "$T/cawatch.out" "$T/cawatch.log")"
-[ "$(grep -c '"ca.issued"' "$T/cawatch.out")" = $N ] && [ "$(grep -c '"ca.profile"' "$T/cawatch.out")" = $N ] ||
-    fail "want $N ca.profile and $N ca.issued events on C: $(cat "$T/cawatch.out")"
+grep -q "^scep: $N certificate(s) renewed" "$T/devsim.log" || fail "the devices did not renew over SCEP"
+[ "$(grep -c "scep: issued" "$T/ca.log")" = $((2 * N)) ] ||
+    fail "want $N certificates issued and $N renewed by the ca on A"
+wait $CW || fail "the watcher on C did not see $((3 * N)) ca events: $(cat "$T/cawatch.out" "$T/cawatch.log")"
+[ "$(grep -c '"ca.issued".*"kind":"enrollment"' "$T/cawatch.out")" = $N ] &&
+    [ "$(grep -c '"ca.issued".*"kind":"renewal"' "$T/cawatch.out")" = $N ] &&
+    [ "$(grep -c '"ca.profile"' "$T/cawatch.out")" = $N ] ||
+    fail "want $N ca.profile and 2 x $N ca.issued events on C: $(cat "$T/cawatch.out")"
 # ... with their sequence numbers: they are in the store's event log, so an
 # auditor that missed them can replay them
-[ "$(grep -c '"seq":[0-9]' "$T/cawatch.out")" = $((2 * N)) ] ||
+[ "$(grep -c '"seq":[0-9]' "$T/cawatch.out")" = $((3 * N)) ] ||
     fail "ca events without a seq (not in the store's log): $(head -n 2 "$T/cawatch.out")"
-[ "$(db "SELECT COUNT(*) FROM events WHERE name = 'ca.issued' AND source = 'ca'")" = $N ] ||
-    fail "want $N ca.issued in the store's event log: $(db "SELECT name, COUNT(*) FROM events GROUP BY name")"
+[ "$(db "SELECT COUNT(*) FROM events WHERE name = 'ca.issued' AND source = 'ca'")" = $((2 * N)) ] ||
+    fail "want 2 x $N ca.issued in the store's event log: $(db "SELECT name, COUNT(*) FROM events GROUP BY name")"
+# the renewed certificates re-bound the enrollments (no new Authenticate)
+[ "$(db "SELECT COUNT(*) FROM events WHERE name = 'enroll.cert_rebound'")" = $N ] &&
+    [ "$(db "SELECT COUNT(*) FROM events WHERE name = 'checkin.Authenticate'")" = $N ] ||
+    fail "want $N enroll.cert_rebound and $N Authenticate: $(db "SELECT name, COUNT(*) FROM events GROUP BY name")"
 cli_a devices --json --timeout 3000 | sed -n 's/.*"eid":"\([^"]*\)".*/\1/p' >"$T/eids"
 [ "$(wc -l <"$T/eids")" = $N ] || fail "picomdm devices on A lists $(wc -l <"$T/eids") enrollments, want $N"
 [ "$(db "SELECT COUNT(*) FROM enrollments WHERE topic = '$TOPIC' AND push_token IS NOT NULL")" = $N ] ||
     fail "not every enrollment has the push certificate's topic and a token"
-echo "ok   $N devices on C enrolled from https://$GW/mdm/enroll (profile + SCEP relayed to the ca on A)"
+echo "ok   $N devices on C enrolled from https://$GW/mdm/enroll (profile + SCEP relayed to the ca on A) and renewed"
 
 uuid() { tr a-z A-Z </proc/sys/kernel/random/uuid; }
 acked() { cli_a results "$1" --limit 100 --json 2>/dev/null | grep -c '"Acknowledged"'; }
@@ -111,9 +120,12 @@ sleep 5 # longer than the bus liveness (3 heartbeats): B's workers count as gone
 [ "$(acked "$W2")" = 0 ] || fail "a device acknowledged $W2 while A-B was down"
 [ "$(apns_stat delivered)" = "$del0" ] || fail "a push was delivered while A-B was down"
 [ "$(db "SELECT COUNT(*) FROM wake")" = $N ] || fail "want $N wake marks during the cut: $(db "SELECT * FROM wake")"
-# the wake did not reach the pusher: it failed back to the scheduler, whose
-# marks (above) are what the sweep re-sends
+# the wake did not reach the pusher: the scheduler's call timed out, or the
+# broker failed it back when it dropped the silent pusher; the marks (above)
+# are what the sweep re-sends
 grep -q "no reply from service 'push'.*picomdm-pusher" "$T/sched.log" ||
+    grep -q "of 'push' removed (missed 3 heartbeats); [1-9][0-9]* requests* in flight failed back" \
+        "$T/broker.log" ||
     fail "the scheduler's wake during the cut did not fail: the cut did not exercise the sweep"
 on a ip link set vab up
 wait_acked "$W2" $N 30 || fail "only $(acked "$W2") of $N devices acknowledged $W2 after the A-B link came back"
