@@ -2,7 +2,8 @@
 # multihost_push — enrollment and wake-ups across three "hosts" (network
 # namespaces; layout in tests/it/multihost_lib.inc and docs/multihost.md):
 # broker + store + scheduler + ca on A, gateway + pusher on B, APNs stand-in
-# and device simulators on C, every bus endpoint tcp under CURVE.
+# and device simulators on C; every bus endpoint (ipc on A, tcp across hosts)
+# under CURVE, hosts A and B run deploy/examples/picomdm-multihost.cfg.
 #   1. devices on C enroll from nothing but the enrollment URL on B: the
 #      profile (/mdm/enroll) and SCEP (/scep) are relayed over the bus to the
 #      ca on A; each device gets its identity, checks in, renews it

@@ -2,8 +2,9 @@
 # multihost_seed — PicoMDM on three "hosts" (network namespaces joined by veth
 # pairs, 10.200.{1,2,3}.0/24 only inside them; tests/it/multihost_lib.inc):
 # broker + store + scheduler + ca on A, gateway + pusher on B, APNs stand-in,
-# device simulator and operator CLI on C. Every bus endpoint is tcp under
-# CURVE with an allow-list of client keys. Checks: the seed flow end to end
+# device simulator and operator CLI on C. Every bus endpoint (ipc on A, tcp
+# across hosts) is under CURVE with an allow-list of client keys; hosts A and
+# B run deploy/examples/picomdm-multihost.cfg. Checks: the seed flow end to end
 # (devsim enrolls through B, `picomdm enqueue` from C with its own key, the
 # device gets and acknowledges the command, `picomdm results` shows it); an
 # injector and a subscriber whose key is not allowed get nothing and change
