@@ -543,6 +543,10 @@ push_apns_t *push_apns_new(const push_apns_cfg_t *cfg, const push_cert_t *cert,
     a->arg = arg;
     a->rnd = ((uint64_t)getpid() << 32) ^ (uint64_t)s_wall_ms() ^ 0x9e3779b97f4a7c15ULL;
     a->max_inflight = (size_t)a->cfg.connections * (size_t)a->cfg.streams;
+    if (a->cfg.max_inflight <= 0)
+        a->cfg.max_inflight = a->cfg.streams;
+    if ((size_t)a->cfg.max_inflight < a->max_inflight)
+        a->max_inflight = (size_t)a->cfg.max_inflight;
     const char *base = cfg->base_url && *cfg->base_url ? cfg->base_url : PUSH_APNS_PRODUCTION;
     size_t bl = strlen(base);
     while (bl && base[bl - 1] == '/')

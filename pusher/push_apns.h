@@ -48,6 +48,9 @@ typedef struct {
     const char *ca_file;  //  CA bundle to verify APNs (NULL = the system's)
     int connections;      //  pool size (0 = 2)
     int streams;          //  concurrent streams per connection (0 = 500)
+    int max_inflight;     //  concurrent pushes over the whole pool (0 = streams): more in
+                          //  flight than the round trip needs only costs CPU (libcurl's
+                          //  per-transfer bookkeeping grows with the number of transfers)
     int timeout_ms;       //  per request (0 = 10000)
     int max_attempts;     //  per push, first try included (0 = 5)
     int backoff_ms;       //  first retry delay (0 = 1000); doubles per attempt
