@@ -15,7 +15,11 @@
 #define S_RESP_MAX 512
 #define S_EASY_POOL_MAX 4096
 
-typedef enum { S_QUEUED = 0, S_INFLIGHT, S_WAITING } s_state_t;
+typedef enum { S_QUEUED = 0, S_INFLIGHT, S_WAITING, S_HELD } s_state_t;
+
+//  Held pushes (topic stopped by a 403) are coalesced per enrollment, so they
+//  are bounded by the enrollments; this cap only guards against a runaway.
+#define S_HELD_MAX 1000000
 
 typedef struct {
     char eid[PUSH_EID_MAX];
@@ -32,7 +36,7 @@ typedef struct {
     int attempts;
     int64_t due_ms;
     s_state_t state;
-    void *handle; //  in ready or waiting (zlistx handle)
+    void *handle; //  in ready, waiting or held (zlistx handle)
     CURL *easy;
     unsigned gen; //  certificate generation the easy handle was configured with
     struct curl_slist *hdrs;
@@ -51,6 +55,7 @@ struct push_apns {
     CURLM *multi;
     zlistx_t *ready;             //  s_job_t*, FIFO
     zlistx_t *waiting;           //  s_job_t*, due later (backoff)
+    zlistx_t *held;              //  s_job_t*, topic stopped (403): sent after a new certificate
     zhashx_t *by_eid;            //  eid -> s_job_t* (coalescing)
     zhashx_t *stale;             //  token hex -> "" (410 until a new token)
     zhashx_t *token_until;       //  token hex -> int64_t* (429 backoff)
@@ -354,6 +359,13 @@ static void s_wait(push_apns_t *a, s_job_t *j, int64_t due)
     j->handle = zlistx_add_end(a->waiting, j);
 }
 
+//  Park a push until a new certificate (the job is in no list).
+static void s_hold(push_apns_t *a, s_job_t *j)
+{
+    j->state = S_HELD;
+    j->handle = zlistx_add_end(a->held, j);
+}
+
 //  Start queued pushes while there is room.
 static void s_pump(push_apns_t *a)
 {
@@ -366,6 +378,10 @@ static void s_pump(push_apns_t *a)
             break;
         zlistx_delete(a->ready, j->handle);
         j->handle = NULL;
+        if (zhashx_lookup(a->stopped, j->topic)) {
+            s_hold(a, j);
+            continue;
+        }
         int64_t until = s_token_until(a, j->token_hex);
         if (until) {
             s_wait(a, j, until);
@@ -410,8 +426,8 @@ static void s_retry(push_apns_t *a, s_job_t *j, unsigned status, const char *rea
     s_wait(a, j, s_now_ms() + d);
 }
 
-//  Fail every queued or waiting push for a stopped topic.
-static void s_drop_topic(push_apns_t *a, const char *topic, const char *why)
+//  Hold every queued or waiting push for a stopped topic.
+static void s_hold_topic(push_apns_t *a, const char *topic)
 {
     zlistx_t *lists[2] = {a->ready, a->waiting};
     for (int l = 0; l < 2; l++) {
@@ -420,14 +436,29 @@ static void s_drop_topic(push_apns_t *a, const char *topic, const char *why)
             s_job_t *next = zlistx_next(lists[l]);
             if (strcmp(j->topic, topic) == 0) {
                 zlistx_delete(lists[l], j->handle);
-                j->handle = NULL;
-                s_finish(a, j, PUSH_FAILED, 0, why, 0);
-                //  s_finish may run a callback that changes the list: restart
-                next = zlistx_first(lists[l]);
+                s_hold(a, j);
             }
             j = next;
         }
     }
+}
+
+//  Report the 403 alert for a job without finishing it (it is held and sent
+//  after the certificate is fixed): the one push.cert_problem of this stop.
+static void s_alert(push_apns_t *a, s_job_t *j, const char *reason)
+{
+    a->st.cert_problems++;
+    push_result_t r = {.eid = j->eid,
+                       .outcome = PUSH_CERT_PROBLEM,
+                       .status = 403,
+                       .reason = reason,
+                       .topic = j->topic,
+                       .apns_id = j->apns_id,
+                       .attempts = j->attempts,
+                       .token = j->token,
+                       .token_len = j->token_len};
+    if (a->fn)
+        a->fn(a->arg, &r);
 }
 
 static void s_done(push_apns_t *a, CURL *e, CURLcode res)
@@ -471,23 +502,24 @@ static void s_done(push_apns_t *a, CURL *e, CURLcode res)
         s_finish(a, j, PUSH_STALE, 410, *reason ? reason : "Unregistered",
                  *ts ? strtoll(ts, NULL, 10) : s_wall_ms());
     } else if (status == 403) {
-        char why[200];
-        snprintf(why, sizeof why,
-                 "topic stopped: APNs refused the push certificate (403 %s); install a valid "
-                 "certificate (picomdm pushcert install) and reload the pusher",
-                 *reason ? reason : "Forbidden");
-        if (zhashx_lookup(a->stopped, j->topic)) {
-            s_finish(a, j, PUSH_FAILED, 403, why, 0);
-            return;
+        //  the certificate is refused: hold this push and every later one for
+        //  the topic (coalesced per enrollment), alert once, resume on a new
+        //  certificate (push_apns_set_cert)
+        if (!zhashx_lookup(a->stopped, j->topic)) {
+            char why[200];
+            snprintf(why, sizeof why,
+                     "topic stopped: APNs refused the push certificate (403 %s); install a valid "
+                     "certificate (picomdm pushcert install) and reload the pusher",
+                     *reason ? reason : "Forbidden");
+            zhashx_update(a->stopped, j->topic, why);
+            pm_error("APNs refused the push certificate for %s (403 %s): pushes for this topic "
+                     "are held until a valid certificate is installed and loaded (picomdm "
+                     "pushcert install, then SIGHUP)",
+                     j->topic, *reason ? reason : "Forbidden");
+            s_alert(a, j, *reason ? reason : "Forbidden");
+            s_hold_topic(a, j->topic);
         }
-        zhashx_update(a->stopped, j->topic, why);
-        pm_error("APNs refused the push certificate for %s (403 %s): pushes for this topic "
-                 "stop; install a valid certificate and reload (SIGHUP)",
-                 j->topic, *reason ? reason : "Forbidden");
-        char topic[PUSH_CERT_TOPIC_MAX];
-        snprintf(topic, sizeof topic, "%s", j->topic);
-        s_finish(a, j, PUSH_CERT_PROBLEM, 403, *reason ? reason : "Forbidden", 0);
-        s_drop_topic(a, topic, why);
+        s_hold(a, j);
     } else if (status == 429) {
         int d =
             push_backoff_ms(a->cfg.backoff_ms, a->cfg.backoff_max_ms, j->attempts + 1, s_rand01(a));
@@ -567,12 +599,13 @@ push_apns_t *push_apns_new(const push_apns_cfg_t *cfg, const push_cert_t *cert,
     a->multi = curl_multi_init();
     a->ready = zlistx_new();
     a->waiting = zlistx_new();
+    a->held = zlistx_new();
     a->by_eid = zhashx_new();
     a->stale = zhashx_new();
     a->token_until = zhashx_new();
     a->stopped = zhashx_new();
-    if (!a->multi || !a->ready || !a->waiting || !a->by_eid || !a->stale || !a->token_until ||
-        !a->stopped) {
+    if (!a->multi || !a->ready || !a->waiting || !a->held || !a->by_eid || !a->stale ||
+        !a->token_until || !a->stopped) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -623,6 +656,7 @@ void push_apns_destroy(push_apns_t **apns)
         curl_multi_cleanup(a->multi);
     zlistx_destroy(&a->ready);
     zlistx_destroy(&a->waiting);
+    zlistx_destroy(&a->held);
     zhashx_destroy(&a->by_eid);
     zhashx_destroy(&a->stale);
     zhashx_destroy(&a->token_until);
@@ -654,9 +688,30 @@ int push_apns_set_cert(push_apns_t *a, const push_cert_t *cert, char *err, size_
     a->key_len = kl;
     snprintf(a->cert_topic, sizeof a->cert_topic, "%s", push_cert_topic(cert));
     if (zhashx_size(a->stopped))
-        pm_notice("new push certificate: pushes resume for %zu stopped topic(s)",
-                  zhashx_size(a->stopped));
+        pm_notice("new push certificate: pushes resume for %zu stopped topic(s), %zu held "
+                  "push(es) go out now",
+                  zhashx_size(a->stopped), a->held ? zlistx_size(a->held) : 0);
     zhashx_purge(a->stopped);
+    //  held pushes go out again (a fresh set of attempts); a topic the new
+    //  certificate does not serve is refused by the next wake, so those fail
+    if (a->held) {
+        s_job_t *j;
+        while ((j = zlistx_first(a->held))) {
+            zlistx_delete(a->held, j->handle);
+            j->attempts = 0;
+            if (strcmp(j->topic, a->cert_topic) != 0) {
+                j->handle = NULL;
+                s_finish(a, j, PUSH_FAILED, 0,
+                         "topic differs from the new push certificate's: the device enrolled "
+                         "with another certificate (re-enroll it, or install the certificate "
+                         "it uses)",
+                         0);
+                continue;
+            }
+            j->state = S_QUEUED;
+            j->handle = zlistx_add_end(a->ready, j);
+        }
+    }
     return 0;
 }
 
@@ -688,9 +743,9 @@ int push_apns_wake(push_apns_t *a, const push_target_t *t)
                  "certificate (re-enroll it, or install the certificate it uses)");
         return -1;
     }
-    const char *why = zhashx_lookup(a->stopped, topic);
-    if (why) {
-        s_refuse(a, t, why);
+    bool stopped = zhashx_lookup(a->stopped, topic) != NULL;
+    if (stopped && !zhashx_lookup(a->by_eid, t->eid) && zlistx_size(a->held) >= S_HELD_MAX) {
+        s_refuse(a, t, zhashx_lookup(a->stopped, topic));
         return -1;
     }
     char hex[2 * PUSH_TOKEN_MAX + 1];
@@ -729,9 +784,13 @@ int push_apns_wake(push_apns_t *a, const push_target_t *t)
     snprintf(j->magic, sizeof j->magic, "%s", t->push_magic);
     snprintf(j->topic, sizeof j->topic, "%s", topic);
     j->body_len = (size_t)snprintf(j->body, sizeof j->body, "{\"mdm\":\"%s\"}", j->magic);
+    zhashx_insert(a->by_eid, j->eid, j);
+    if (stopped) {
+        s_hold(a, j);
+        return 0;
+    }
     j->state = S_QUEUED;
     j->handle = zlistx_add_end(a->ready, j);
-    zhashx_insert(a->by_eid, j->eid, j);
     return 0;
 }
 
@@ -800,4 +859,20 @@ void push_apns_stats(const push_apns_t *a, push_apns_stats_t *out)
     out->queued = zlistx_size(a->ready);
     out->inflight = a->inflight;
     out->waiting = zlistx_size(a->waiting);
+    out->held = zlistx_size(a->held);
+}
+
+size_t push_apns_held(const push_apns_t *a)
+{
+    return zlistx_size(a->held);
+}
+
+void push_apns_drop_held(push_apns_t *a, const char *why)
+{
+    s_job_t *j;
+    while ((j = zlistx_first(a->held))) {
+        zlistx_delete(a->held, j->handle);
+        j->handle = NULL;
+        s_finish(a, j, PUSH_FAILED, 0, why, 0);
+    }
 }
