@@ -667,6 +667,31 @@ void push_apns_destroy(push_apns_t **apns)
     *apns = NULL;
 }
 
+//  Stopped topics resume: held pushes are queued again (a fresh set of
+//  attempts); those for a topic the certificate does not serve fail.
+static void s_resume(push_apns_t *a)
+{
+    zhashx_purge(a->stopped);
+    if (a->held) {
+        s_job_t *j;
+        while ((j = zlistx_first(a->held))) {
+            zlistx_delete(a->held, j->handle);
+            j->attempts = 0;
+            if (strcmp(j->topic, a->cert_topic) != 0) {
+                j->handle = NULL;
+                s_finish(a, j, PUSH_FAILED, 0,
+                         "topic differs from the new push certificate's: the device enrolled "
+                         "with another certificate (re-enroll it, or install the certificate "
+                         "it uses)",
+                         0);
+                continue;
+            }
+            j->state = S_QUEUED;
+            j->handle = zlistx_add_end(a->ready, j);
+        }
+    }
+}
+
 int push_apns_set_cert(push_apns_t *a, const push_cert_t *cert, char *err, size_t errlen)
 {
     char *cp = NULL, *kp = NULL;
@@ -691,28 +716,24 @@ int push_apns_set_cert(push_apns_t *a, const push_cert_t *cert, char *err, size_
         pm_notice("new push certificate: pushes resume for %zu stopped topic(s), %zu held "
                   "push(es) go out now",
                   zhashx_size(a->stopped), a->held ? zlistx_size(a->held) : 0);
-    zhashx_purge(a->stopped);
-    //  held pushes go out again (a fresh set of attempts); a topic the new
-    //  certificate does not serve is refused by the next wake, so those fail
-    if (a->held) {
-        s_job_t *j;
-        while ((j = zlistx_first(a->held))) {
-            zlistx_delete(a->held, j->handle);
-            j->attempts = 0;
-            if (strcmp(j->topic, a->cert_topic) != 0) {
-                j->handle = NULL;
-                s_finish(a, j, PUSH_FAILED, 0,
-                         "topic differs from the new push certificate's: the device enrolled "
-                         "with another certificate (re-enroll it, or install the certificate "
-                         "it uses)",
-                         0);
-                continue;
-            }
-            j->state = S_QUEUED;
-            j->handle = zlistx_add_end(a->ready, j);
-        }
-    }
+    s_resume(a);
     return 0;
+}
+
+void push_apns_stop(push_apns_t *a, const char *why)
+{
+    if (!zhashx_lookup(a->stopped, a->cert_topic))
+        pm_notice("pushes for %s are held until a usable certificate is loaded", a->cert_topic);
+    zhashx_update(a->stopped, a->cert_topic, (void *)why);
+    s_hold_topic(a, a->cert_topic);
+}
+
+void push_apns_resume(push_apns_t *a)
+{
+    if (zhashx_size(a->stopped))
+        pm_notice("pushes resume for %zu stopped topic(s), %zu held push(es) go out now",
+                  zhashx_size(a->stopped), zlistx_size(a->held));
+    s_resume(a);
 }
 
 bool push_apns_topic_stopped(const push_apns_t *a, const char *topic)

@@ -128,7 +128,12 @@ void push_apns_drop_held(push_apns_t *apns, const char *why);
 //  A new (fixed) certificate: used for new connections, stopped topics resume
 //  and their held pushes are queued again.
 int push_apns_set_cert(push_apns_t *apns, const push_cert_t *cert, char *err, size_t errlen);
-//  Whether pushes for `topic` are stopped by a 403.
+//  Stop pushing for the certificate's topic (e.g. it expired): queued and
+//  later pushes are held as after a 403. `why` is copied.
+void push_apns_stop(push_apns_t *apns, const char *why);
+//  Resume every stopped topic: held pushes are queued again.
+void push_apns_resume(push_apns_t *apns);
+//  Whether pushes for `topic` are stopped (403, push_apns_stop).
 bool push_apns_topic_stopped(const push_apns_t *apns, const char *topic);
 
 const char *push_outcome_name(push_outcome_t o); //  "sent", "failed", "stale", "cert_problem"

@@ -140,8 +140,9 @@ int push_stdin_run(push_apns_t *a, int fd, FILE *out, push_stdin_tick_fn *tick, 
             tick(arg, a);
         if (eof && push_apns_pending(a) > 0 && push_apns_pending(a) == push_apns_held(a))
             //  only pushes held for a stopped topic remain: nothing will send them
-            push_apns_drop_held(a, "held push dropped at end of input: the topic is stopped "
-                                   "(403); install a valid certificate and push again");
+            push_apns_drop_held(a, "held push dropped at end of input: pushes for the topic are "
+                                   "stopped (APNs refused the certificate, or it expired); "
+                                   "install a valid certificate and push again");
         if (eof && push_apns_pending(a) == 0)
             break;
         if (push_apns_poll(a, eof ? NULL : &wfd, eof ? 0 : 1, 1000) < 0) {
