@@ -38,6 +38,9 @@ static const pm_opt_t s_opts[] = {
     {"streams", PM_OPT_INT, "500", "concurrent pushes per connection"},
     {"max-inflight", PM_OPT_INT, "0",
      "concurrent pushes over the whole pool (0 = streams); spread over the connections"},
+    {"transport", PM_OPT_STR, "h2",
+     "h2: the pusher's own HTTP/2 client (nghttp2; batches frames, ~5x less CPU per push) or "
+     "curl: libcurl"},
     {"timeout-ms", PM_OPT_INT, "10000", "per push request"},
     {"max-attempts", PM_OPT_INT, "5", "tries per push for 429/5xx/GOAWAY/timeouts"},
     {"backoff-ms", PM_OPT_INT, "1000", "first retry delay (doubles per attempt, with jitter)"},
@@ -255,7 +258,13 @@ int main(int argc, char **argv)
                           .max_attempts = (int)pm_cfg_int(cfg, "max-attempts"),
                           .backoff_ms = (int)pm_cfg_int(cfg, "backoff-ms"),
                           .backoff_max_ms = (int)pm_cfg_int(cfg, "backoff-max-ms"),
-                          .expiration_s = pm_cfg_int(cfg, "expiration")};
+                          .expiration_s = pm_cfg_int(cfg, "expiration"),
+                          .use_curl = strcmp(pm_cfg_str(cfg, "transport"), "curl") == 0};
+    if (strcmp(pm_cfg_str(cfg, "transport"), "curl") != 0 &&
+        strcmp(pm_cfg_str(cfg, "transport"), "h2") != 0) {
+        pm_error("transport must be h2 or curl, not \"%s\"", pm_cfg_str(cfg, "transport"));
+        goto out;
+    }
     bool use_stdin = pm_cfg_bool(cfg, "stdin");
     if (!use_stdin && r != PM_CFG_CHECK) {
         pm_bus_config_t bc = {.name = "pusher",

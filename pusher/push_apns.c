@@ -3,9 +3,12 @@
  */
 #include "push_apns.h"
 #include "pm_log.h"
+#include "push_h2.h"
 
 #include <czmq.h>
+#include <errno.h>
 #include <openssl/crypto.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +56,7 @@ struct push_apns {
     push_apns_event_fn *fn;
     void *arg;
     CURLM *multi;
+    push_h2_t *h2;               //  our own HTTP/2 client (default); NULL = libcurl
     zlistx_t *ready;             //  s_job_t*, FIFO
     zlistx_t *waiting;           //  s_job_t*, due later (backoff)
     zlistx_t *held;              //  s_job_t*, topic stopped (403): sent after a new certificate
@@ -270,6 +274,25 @@ static size_t s_header_cb(char *buf, size_t size, size_t nitems, void *userdata)
 
 static int s_start(push_apns_t *a, s_job_t *j)
 {
+    if (a->h2) {
+        char path[16 + sizeof j->token_hex];
+        snprintf(path, sizeof path, "/3/device/%s", j->token_hex);
+        j->resp_len = 0;
+        j->resp[0] = 0;
+        j->apns_id[0] = 0;
+        if (push_h2_submit(a->h2, j, path, j->topic, a->cfg.priority,
+                           a->cfg.expiration_s > 0 ? (long long)(time(NULL) + a->cfg.expiration_s)
+                                                   : 0LL,
+                           j->body, j->body_len) < 0)
+            return -1;
+        j->attempts++;
+        j->state = S_INFLIGHT;
+        a->inflight++;
+        a->st.requests++;
+        if (j->attempts > 1)
+            a->st.retries++;
+        return 0;
+    }
     //  a pooled handle keeps the options that never change; a new one gets them
     bool fresh = a->npool == 0;
     CURL *e = fresh ? curl_easy_init() : a->pool[--a->npool];
@@ -369,7 +392,7 @@ static void s_hold(push_apns_t *a, s_job_t *j)
 //  Start queued pushes while there is room.
 static void s_pump(push_apns_t *a)
 {
-    size_t limit = (size_t)a->nports * (size_t)a->cfg.streams + 1;
+    size_t limit = a->h2 ? a->max_inflight : (size_t)a->nports * (size_t)a->cfg.streams + 1;
     if (limit > a->max_inflight)
         limit = a->max_inflight;
     while (a->inflight < limit) {
@@ -461,14 +484,17 @@ static void s_alert(push_apns_t *a, s_job_t *j, const char *reason)
         a->fn(a->arg, &r);
 }
 
+static void s_outcome(push_apns_t *a, s_job_t *j, const char *terr, long status);
+
 static void s_done(push_apns_t *a, CURL *e, CURLcode res)
 {
     s_job_t *j = NULL;
     curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&j);
     if (!j)
         return;
-    long status = 0;
+    long status = 0, port = 0;
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(e, CURLINFO_LOCAL_PORT, &port);
     curl_multi_remove_handle(a->multi, e);
     if (a->npool < S_EASY_POOL_MAX && j->gen == a->cert_gen)
         a->pool[a->npool++] = e;
@@ -476,11 +502,7 @@ static void s_done(push_apns_t *a, CURL *e, CURLcode res)
         curl_easy_cleanup(e);
     j->easy = NULL;
     a->inflight--;
-    char reason[64];
-    s_json_field(j->resp, "reason", reason, sizeof reason);
     if (res == CURLE_OK) {
-        long port = 0;
-        curl_easy_getinfo(e, CURLINFO_LOCAL_PORT, &port);
         int i = 0;
         while (i < a->nports && a->ports[i] != port)
             i++;
@@ -489,8 +511,33 @@ static void s_done(push_apns_t *a, CURL *e, CURLcode res)
     } else {
         a->nports = 0; //  connections may be gone: probe again before flooding
     }
-    if (res != CURLE_OK) {
-        s_retry(a, j, 0, res == CURLE_OPERATION_TIMEDOUT ? "timeout" : curl_easy_strerror(res));
+    s_outcome(a, j,
+              res == CURLE_OK                   ? NULL
+              : res == CURLE_OPERATION_TIMEDOUT ? "timeout"
+                                                : curl_easy_strerror(res),
+              status);
+}
+
+//  The push_h2 completion.
+static void s_h2_done(void *arg, const push_h2_result_t *r)
+{
+    push_apns_t *a = arg;
+    s_job_t *j = r->ud;
+    a->inflight--;
+    snprintf(j->resp, sizeof j->resp, "%s", r->body ? r->body : "");
+    j->resp_len = strlen(j->resp);
+    snprintf(j->apns_id, sizeof j->apns_id, "%s", r->apns_id ? r->apns_id : "");
+    a->kick = true;
+    s_outcome(a, j, r->error, (long)r->status);
+}
+
+//  Apply the outcome rules to an answered (terr NULL) or failed request.
+static void s_outcome(push_apns_t *a, s_job_t *j, const char *terr, long status)
+{
+    char reason[64];
+    s_json_field(j->resp, "reason", reason, sizeof reason);
+    if (terr) {
+        s_retry(a, j, 0, terr);
         return;
     }
     if (status == 200) {
@@ -619,6 +666,25 @@ push_apns_t *push_apns_new(const push_apns_cfg_t *cfg, const push_cert_t *cert,
     curl_multi_setopt(a->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)a->cfg.connections);
     curl_multi_setopt(a->multi, CURLMOPT_MAXCONNECTS, (long)a->cfg.connections);
     curl_multi_setopt(a->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, (long)a->cfg.streams);
+    if (!cfg->use_curl) {
+        if (a->prior_knowledge) {
+            snprintf(err, errlen, "http:// (h2c) APNs URLs need --transport curl");
+            goto fail;
+        }
+        push_h2_cfg_t hc = {.base_url = a->base_url,
+                            .ca_file = a->ca_file[0] ? a->ca_file : NULL,
+                            .connections = a->cfg.connections,
+                            .streams = a->cfg.streams,
+                            .timeout_ms = a->cfg.timeout_ms};
+        if (!cert || !push_cert_key(cert)) {
+            snprintf(err, errlen, "the push certificate has no usable key");
+            goto fail;
+        }
+        a->h2 =
+            push_h2_new(&hc, push_cert_x509(cert), push_cert_key(cert), s_h2_done, a, err, errlen);
+        if (!a->h2)
+            goto fail;
+    }
     if (push_apns_set_cert(a, cert, err, errlen) < 0)
         goto fail;
     return a;
@@ -641,6 +707,7 @@ void push_apns_destroy(push_apns_t **apns)
     if (!apns || !*apns)
         return;
     push_apns_t *a = *apns;
+    push_h2_destroy(&a->h2); //  no completions from here on
     if (a->by_eid) {
         //  every job is in by_eid
         for (s_job_t *j = zhashx_first(a->by_eid); j; j = zhashx_next(a->by_eid)) {
@@ -698,6 +765,13 @@ int push_apns_set_cert(push_apns_t *a, const push_cert_t *cert, char *err, size_
     size_t cl = 0, kl = 0;
     if (!cert || push_cert_pem(cert, &cp, &cl, &kp, &kl) < 0) {
         snprintf(err, errlen, "the push certificate has no usable key");
+        return -1;
+    }
+    if (a->h2 &&
+        push_h2_set_identity(a->h2, push_cert_x509(cert), push_cert_key(cert), err, errlen) < 0) {
+        OPENSSL_cleanse(kp, kl);
+        free(kp);
+        free(cp);
         return -1;
     }
     //  curl copies the blobs into each handle (CURL_BLOB_COPY): the old ones can go;
@@ -818,7 +892,8 @@ int push_apns_wake(push_apns_t *a, const push_target_t *t)
 long push_apns_next_ms(push_apns_t *a)
 {
     long next = -1;
-    if (zlistx_size(a->ready) && a->inflight < (size_t)a->nports * (size_t)a->cfg.streams + 1 &&
+    if (zlistx_size(a->ready) &&
+        (a->h2 || a->inflight < (size_t)a->nports * (size_t)a->cfg.streams + 1) &&
         a->inflight < a->max_inflight)
         return 0;
     if (zlistx_size(a->waiting)) {
@@ -829,14 +904,66 @@ long push_apns_next_ms(push_apns_t *a)
         next = min <= now ? 0 : (long)(min - now);
     }
     long ct = -1;
-    curl_multi_timeout(a->multi, &ct);
+    if (a->h2)
+        ct = push_h2_next_ms(a->h2);
+    else
+        curl_multi_timeout(a->multi, &ct);
     if (ct >= 0 && (next < 0 || ct < next))
         next = ct;
     return next;
 }
 
+//  push_apns_poll with our HTTP/2 client: one poll() over its sockets and
+//  the caller's descriptors.
+static int s_poll_h2(push_apns_t *a, struct curl_waitfd *extra, unsigned nextra, int timeout_ms)
+{
+    struct pollfd fds[80];
+    s_promote(a);
+    s_pump(a);
+    unsigned ne = nextra < 16 ? nextra : 16;
+    for (unsigned i = 0; i < ne; i++) {
+        short ev = 0;
+        if (extra[i].events & CURL_WAIT_POLLIN)
+            ev |= POLLIN;
+        if (extra[i].events & CURL_WAIT_POLLPRI)
+            ev |= POLLPRI;
+        if (extra[i].events & CURL_WAIT_POLLOUT)
+            ev |= POLLOUT;
+        fds[i] = (struct pollfd){.fd = extra[i].fd, .events = ev};
+        extra[i].revents = 0;
+    }
+    int nh = push_h2_pollfds(a->h2, fds + ne, (int)(sizeof fds / sizeof *fds) - (int)ne);
+    long next = push_apns_next_ms(a);
+    int wait = timeout_ms;
+    if (next >= 0 && next < wait)
+        wait = (int)next;
+    if (a->kick && wait > 0)
+        wait = 0;
+    a->kick = false;
+    int rv = poll(fds, ne + (unsigned)nh, wait < 0 ? 0 : wait);
+    if (rv < 0 && errno != EINTR)
+        return -1;
+    for (unsigned i = 0; rv > 0 && i < ne; i++) {
+        if (fds[i].revents & (POLLIN | POLLHUP | POLLERR))
+            extra[i].revents |= CURL_WAIT_POLLIN;
+        if (fds[i].revents & POLLPRI)
+            extra[i].revents |= CURL_WAIT_POLLPRI;
+        if (fds[i].revents & POLLOUT)
+            extra[i].revents |= CURL_WAIT_POLLOUT;
+    }
+    if (rv <= 0)
+        for (int i = 0; i < nh; i++)
+            fds[ne + (unsigned)i].revents = 0;
+    push_h2_process(a->h2, fds + ne, nh);
+    s_promote(a);
+    s_pump(a);
+    return 0;
+}
+
 int push_apns_poll(push_apns_t *a, struct curl_waitfd *extra, unsigned nextra, int timeout_ms)
 {
+    if (a->h2)
+        return s_poll_h2(a, extra, nextra, timeout_ms);
     int running = 0, numfds = 0;
     s_promote(a);
     s_pump(a);

@@ -59,6 +59,7 @@ typedef struct {
     int backoff_max_ms;   //  cap (0 = 60000)
     int64_t expiration_s; //  apns-expiration = now + this; 0 = "0" (deliver once, no storage)
     int priority;         //  apns-priority (0 = 10)
+    bool use_curl;        //  libcurl instead of our own HTTP/2 client (push_h2.h)
 } push_apns_cfg_t;
 
 typedef enum {
