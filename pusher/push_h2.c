@@ -136,9 +136,9 @@ static void s_complete(push_h2_t *h, s_req_t *r, const char *error, bool timeout
                             .status = r->status,
                             .apns_id = r->apns_id,
                             .body = r->resp};
-    free(r);
     if (h->fn)
         h->fn(h->arg, &res);
+    free(r);
 }
 
 /* ---- TLS ---- */
@@ -508,12 +508,12 @@ static int s_handshake(s_conn_t *c)
         c->events = POLLOUT;
         return 0;
     }
-    char why[400], ossl[120] = "";
+    char why[512], ossl[120] = "";
     unsigned long oe = ERR_get_error();
     if (oe)
         ERR_error_string_n(oe, ossl, sizeof ossl);
     long vr = SSL_get_verify_result(c->ssl);
-    snprintf(why, sizeof why, "TLS handshake with %s failed: %s", h->host,
+    snprintf(why, sizeof why, "TLS handshake with %.200s failed: %s", h->host,
              vr != X509_V_OK ? X509_verify_cert_error_string(vr) : (*ossl ? ossl : "closed"));
     s_conn_fail(c, why);
     return -1;
