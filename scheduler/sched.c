@@ -162,15 +162,16 @@ pm_msg_t *sched_store_request(const sched_opts_t *o, const pm_msg_t *req, const 
     switch (pm_msg_type(req)) {
     case PM_MSG_CHECKIN: {
         static const char *const f[] = {
-            "eid",  "kind", "message_type", "cert_hash", "cert_prev_hash", "cert_issuer",
-            "body", NULL};
+            "eid",         "kind",           "message_type", "cert_hash", "cert_prev_hash",
+            "cert_issuer", "cert_not_after", "clock_skew_s", "body",      NULL};
         if ((m = pm_msg_new(PM_MSG_STORE_CHECKIN)))
             s_copy(m, req, f);
         break;
     }
     case PM_MSG_CONNECT: {
-        static const char *const f[] = {
-            "eid", "status", "command_uuid", "cert_hash", "cert_prev_hash", "body", NULL};
+        static const char *const f[] = {"eid",          "status",         "command_uuid",
+                                        "cert_hash",    "cert_prev_hash", "cert_not_after",
+                                        "clock_skew_s", "body",           NULL};
         if (!(m = pm_msg_new(PM_MSG_STORE_CONNECT)))
             break;
         s_copy(m, req, f);
