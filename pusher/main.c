@@ -38,9 +38,9 @@ static const pm_opt_t s_opts[] = {
     {"streams", PM_OPT_INT, "500", "concurrent pushes per connection"},
     {"max-inflight", PM_OPT_INT, "0",
      "concurrent pushes over the whole pool (0 = streams); spread over the connections"},
-    {"transport", PM_OPT_STR, "h2",
-     "h2: the pusher's own HTTP/2 client (nghttp2; batches frames, ~5x less CPU per push) or "
-     "curl: libcurl"},
+    {"transport", PM_OPT_STR, "curl",
+     "curl: libcurl's multi interface (the project's HTTP client) or h2: opt-in HTTP/2 client "
+     "on libnghttp2 (batches frames, ~4x less CPU per push; docs/push.md)"},
     {"timeout-ms", PM_OPT_INT, "10000", "per push request"},
     {"max-attempts", PM_OPT_INT, "5", "tries per push for 429/5xx/GOAWAY/timeouts"},
     {"backoff-ms", PM_OPT_INT, "1000", "first retry delay (doubles per attempt, with jitter)"},

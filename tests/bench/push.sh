@@ -1,8 +1,8 @@
 #!/bin/bash
 # APNs push throughput against the stand-in (bin/picomdm-fake-apns, accept-any):
 # N wakes (distinct enrollments) fed to `picomdm-pusher --stdin`, through one
-# HTTP/2 connection and through the pool, with the pusher's own HTTP/2
-# client (default) and with libcurl (--transport curl) for comparison. Prints pushes/s (first wake to last
+# HTTP/2 connection and through the pool, with libcurl (the default
+# transport) and with the opt-in own HTTP/2 client (--transport h2). Prints pushes/s (first wake to last
 # outcome, measured inside the pusher), wall time, and CPU of both processes.
 #   PUSH_BENCH_N=10000 PUSH_BENCH_POOL=4 tests/bench/push.sh
 . "$(dirname "$0")/../it/push_lib.inc"
@@ -34,11 +34,11 @@ run() { # label connections streams [pusher options]
         "$(echo "($cpu1 - $cpu0) * 1000000 / $(getconf CLK_TCK) / (${sent:-0} + 0.001)" | bc)" "$(cut -d' ' -f1-3 /proc/loadavg)"
 }
 echo "push bench: $N wakes, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-run "one connection (500 streams)" 1 500
-run "pool of $POOL connections" "$POOL" 500
-run "pool of $POOL, 2000 in flight" "$POOL" 500 --max-inflight 2000
 run "libcurl, one connection" 1 500 --transport curl
 run "libcurl, pool of $POOL" "$POOL" 500 --transport curl
+run "h2, one connection" 1 500 --transport h2
+run "h2, pool of $POOL connections" "$POOL" 500 --transport h2
+run "h2, pool of $POOL, 2000 in flight" "$POOL" 500 --transport h2 --max-inflight 2000
 echo "stand-in: $(curl -s "http://127.0.0.1:$CTL_PORT/stats" | awk '$1=="connections"||$1=="accepted"||$1=="max_concurrent_streams"{printf "%s=%s ", $1, $2}')"
 
 # through the bus: broker + store + pusher; one wake for PUSH_BENCH_BUS_N
