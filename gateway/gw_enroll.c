@@ -33,10 +33,23 @@ struct s_req {
     s_route_t route;
     char what[48];
     char remote[64];
-    char hash[65]; //  R_TOKEN / R_PROFILE after a token: SHA-256 of the token, hex
-    char path[64]; //  for the refusal event
+    char hash[65];  //  R_TOKEN / R_PROFILE after a token: SHA-256 of the token, hex
+    char path[64];  //  for the refusal event
+    int cache_slot; //  R_SCEP GetCACaps/GetCACert: where to keep the reply, else -1
     struct timespec t0;
 };
+
+//  A SCEP reply that is the same for every device (GetCACaps, GetCACert):
+//  served by the gateway for GW_ENROLL_CA_CACHE_S instead of a bus round trip
+//  to the ca per device.
+typedef struct {
+    uint8_t *body;
+    size_t len;
+    char content_type[64];
+    struct timespec expires;
+} s_cached_t;
+
+static const char *const s_cacheable[2] = {"GetCACaps", "GetCACert"};
 
 struct gw_enroll {
     char *scep_path, *enroll_path, *basic_auth, *service, *token_service;
@@ -47,6 +60,7 @@ struct gw_enroll {
     gw_enroll_kick_fn *kick;
     void *kick_arg;
     s_req_t *reqs;
+    s_cached_t cache[2]; //  GetCACaps, GetCACert: the same for every device
     bool shutting_down;
     gw_enroll_stats_t st;
 };
@@ -132,6 +146,7 @@ static s_req_t *s_req_new(gw_enroll_t *self, struct evhttp_request *req, s_route
     r->owner = self;
     r->req = req;
     r->route = route;
+    r->cache_slot = -1;
     snprintf(r->what, sizeof r->what, "%s", what);
     snprintf(r->remote, sizeof r->remote, "%s", remote ? remote : "?");
     clock_gettime(CLOCK_MONOTONIC, &r->t0);
@@ -169,6 +184,34 @@ static double s_ms_since(const struct timespec *t0)
     return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
 }
 
+static void s_cache_put(gw_enroll_t *self, int slot, const char *ct, const uint8_t *body,
+                        size_t len)
+{
+    s_cached_t *c = &self->cache[slot];
+    uint8_t *copy = malloc(len);
+    if (!copy)
+        return;
+    memcpy(copy, body, len);
+    free(c->body);
+    c->body = copy;
+    c->len = len;
+    snprintf(c->content_type, sizeof c->content_type, "%s", ct);
+    clock_gettime(CLOCK_MONOTONIC, &c->expires);
+    c->expires.tv_sec += GW_ENROLL_CA_CACHE_S;
+}
+
+//  The cached reply of `slot` when still fresh, else NULL.
+static const s_cached_t *s_cache_get(const gw_enroll_t *self, int slot)
+{
+    const s_cached_t *c = &self->cache[slot];
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (!c->body || now.tv_sec > c->expires.tv_sec ||
+        (now.tv_sec == c->expires.tv_sec && now.tv_nsec >= c->expires.tv_nsec))
+        return NULL;
+    return c;
+}
+
 //  The ca's reply, relayed as is (status, content type, body).
 static void s_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
 {
@@ -202,6 +245,9 @@ static void s_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
         const char *ct = pm_msg_str(reply, "content_type");
         const char *reason = pm_msg_str(reply, "reason");
         int code = st >= 200 && st <= 599 ? (int)st : 500;
+        if (code == 200 && r->cache_slot >= 0 && body && len && len <= GW_ENROLL_SCEP_MAX)
+            s_cache_put(self, r->cache_slot, ct && *ct ? ct : "application/octet-stream", body,
+                        len);
         if (code != 200 || reason)
             pm_info("SCEP %s from %s -> %d%s%s", r->what, r->remote, code, reason ? ": " : "",
                     reason ? reason : "");
@@ -485,6 +531,16 @@ static void s_scep(gw_enroll_t *self, struct evhttp_request *req, const char *re
         gw_http_send_text(req, 400, "missing operation (GetCACaps, GetCACert or PKIOperation)\n");
         goto out;
     }
+    int slot = -1;
+    for (int i = 0; i < 2 && cmd == EVHTTP_REQ_GET; i++)
+        if (strcmp(op, s_cacheable[i]) == 0)
+            slot = i;
+    const s_cached_t *c = slot >= 0 ? s_cache_get(self, slot) : NULL;
+    if (c) {
+        self->st.scep++;
+        gw_http_send(req, 200, c->content_type, c->body, c->len);
+        goto out;
+    }
     msg = pm_msg_new(PM_MSG_SCEP);
     if (!msg || pm_msg_set_str(msg, "method", cmd == EVHTTP_REQ_GET ? "GET" : "POST") < 0 ||
         pm_msg_set_str(msg, "operation", op) < 0 || pm_msg_set_str(msg, "remote", remote) < 0) {
@@ -521,6 +577,7 @@ static void s_scep(gw_enroll_t *self, struct evhttp_request *req, const char *re
         gw_http_send_text(req, 500, "internal error\n");
         goto out;
     }
+    r->cache_slot = slot;
     self->st.scep++;
     if (s_call(r, self->service, &msg) < 0)
         s_req_maybe_free(r);
@@ -716,6 +773,8 @@ void gw_enroll_destroy(gw_enroll_t **p)
     free(self->basic_auth);
     free(self->service);
     free(self->token_service);
+    for (int i = 0; i < 2; i++)
+        free(self->cache[i].body);
     free(self);
     *p = NULL;
 }

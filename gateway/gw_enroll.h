@@ -9,11 +9,12 @@
  *
  *  Both are forwarded asynchronously over the bus to the ca service, which
  *  holds every key; the gateway only relays the reply's status, content type
- *  and body. The enrollment route is protected as `enroll-auth` says:
- *    none   open (lab; the default unless enroll-basic-auth is set)
- *    basic  HTTP basic auth (`enroll-basic-auth user:password`). A wrong or
- *           missing password gets 401 with a WWW-Authenticate challenge: a
- *           browser asks for the password only after that challenge, and this
+ *  and body. GetCACaps and GetCACert answers are the same for every device:
+ *  the gateway keeps a 200 answer for GW_ENROLL_CA_CACHE_S seconds and serves
+ *  it itself (two of the four ca round trips of an enrollment). The enrollment route is protected
+ * as `enroll-auth` says: none   open (lab; the default unless enroll-basic-auth is set) basic  HTTP
+ * basic auth (`enroll-basic-auth user:password`). A wrong or missing password gets 401 with a
+ * WWW-Authenticate challenge: a browser asks for the password only after that challenge, and this
  *           route comes before enrollment, so no MDM client can drop anything.
  *    token  a one-time token made by `picomdm enroll-token new`, in the URL
  *           (<enroll-path>?token=T or <enroll-path>/T). The gateway hashes it
@@ -41,6 +42,7 @@
 #define GW_ENROLL_SCEP_MAX (64 * 1024) //  SCEP request body limit (413 above)
 #define GW_ENROLL_TOKEN_MIN 16         //  token length bounds (base64url characters)
 #define GW_ENROLL_TOKEN_MAX 128
+#define GW_ENROLL_CA_CACHE_S 60 //  GetCACaps/GetCACert replies are reused this long
 
 typedef struct {
     const char *scep_path;   //  "/scep"; NULL or "" = route off
