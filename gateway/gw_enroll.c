@@ -35,6 +35,7 @@ struct s_req {
     char remote[64];
     char hash[65];  //  R_TOKEN / R_PROFILE after a token: SHA-256 of the token, hex
     char path[64];  //  for the refusal event
+    bool released;  //  the token consumed for this request was given back
     int cache_slot; //  R_SCEP GetCACaps/GetCACert: where to keep the reply, else -1
     struct timespec t0;
 };
@@ -290,8 +291,9 @@ static void s_on_release_reply(void *arg, const pm_msg_t *reply, const char *err
 //  The profile was not served: make the token consumed for it usable again.
 static void s_release_token(gw_enroll_t *self, s_req_t *r)
 {
-    if (!r->hash[0] || !self->bus)
+    if (!r->hash[0] || r->released || !self->bus)
         return;
+    r->released = true;
     pm_msg_t *m = pm_msg_new(PM_MSG_ENROLL_TOKEN_RELEASE);
     if (!m || pm_msg_set_str(m, "hash", r->hash) < 0 ||
         pm_bus_call_async(self->bus, self->token_service, m, 2000, 1, s_on_release_reply, NULL) < 0)
@@ -301,7 +303,6 @@ static void s_release_token(gw_enroll_t *self, s_req_t *r)
     else
         pm_info("enrollment profile for %s not served: its token is usable again", r->remote);
     pm_msg_destroy(&m);
-    r->hash[0] = '\0';
 }
 
 typedef struct {
@@ -496,6 +497,13 @@ static void s_on_reply(void *arg, const pm_msg_t *reply, const char *error)
     r->bus_pending = false;
     if (r->req && r->route == R_TOKEN) {
         s_token_answer(r, reply, error); //  may ask the ca next (bus_pending again)
+    } else if (r->route == R_TOKEN) {
+        //  answered 503 already (deadline): a token the store consumed since goes back
+        if (reply && pm_msg_type(reply) == PM_MSG_ENROLL_TOKEN_USE_REPLY &&
+            pm_msg_bool(reply, "accepted", false)) {
+            r->released = false;
+            s_release_token(r->owner, r);
+        }
     } else if (r->req) {
         bool served = r->route == R_PROFILE && reply &&
                       pm_msg_type(reply) == PM_MSG_PROFILE_REPLY && pm_msg_has(reply, "profile");
