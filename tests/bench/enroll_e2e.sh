@@ -60,16 +60,18 @@ per_process >"$T/idle0"
 sleep 5
 idle_ticks=$(($(server_ticks) - idle0))
 per_process >"$T/idle1"
-# the simulator makes every device's RSA key first and says so: the server's
-# CPU is counted from then on, over the exchanges alone
+# the simulator makes every device's RSA key first, says so, and waits for
+# $T/go: the server's CPU is counted from then on, over the exchanges alone
 "$BIN/picomdm-devsim" --enroll-url "$URL/mdm/enroll" --ca-bundle "$TLS" --devices "$N" \
     --concurrency 16 --rounds 0 --timeout-ms 30000 --enroll-keepalive="${ENROLL_BENCH_KEEPALIVE:-true}" \
-    >"$T/ds.out" 2>"$T/ds.err" &
+    --go-file "$T/go" >"$T/ds.out" 2>"$T/ds.err" &
 DS=$!
 keys_made() { grep -q "device keys made" "$T/ds.out"; }
-n=0; while ! keys_made && kill -0 $DS 2>/dev/null && [ $n -lt 3000 ]; do sleep 0.05; n=$((n + 1)); done
+n=0; while ! keys_made && kill -0 $DS 2>/dev/null && [ $n -lt 12000 ]; do sleep 0.05; n=$((n + 1)); done
+keys_made || { echo "the simulator did not make its keys (exited, or > 600 s):"; tail -5 "$T/ds.err"; exit 1; }
 before=$(server_ticks)
 per_process >"$T/before"
+touch "$T/go"
 start=$(date +%s%N)
 wait $DS
 rc=$?

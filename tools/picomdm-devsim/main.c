@@ -77,6 +77,9 @@ static const pm_opt_t s_opts[] = {
     {"enroll-url", PM_OPT_STR, NULL,
      "enroll like a real device from this URL only: download the profile, verify it, get an "
      "identity over SCEP, then check in with the profile's URLs, topic and SignMessage"},
+    {"go-file", PM_OPT_STR, NULL,
+     "with --enroll-url: once the device keys are made, wait until this file exists before the "
+     "first request (benchmarks start counting the server's CPU in between)"},
     {"enroll-keepalive", PM_OPT_BOOL, "true",
      "with --enroll-url: one TLS connection per device for its profile download and SCEP "
      "requests, as a device keeps it (false: a new connection per request)"},
@@ -150,8 +153,16 @@ static int s_scep_enroll(const pm_cfg_t *cfg, devsim_dev_t **devs, int n,
     printf("scep: %d RSA-2048 device keys made in %.2f s, before the first request\n", n,
            (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
     fflush(stdout);
-    clock_gettime(CLOCK_MONOTONIC, &t0);
     int rc = -1;
+    const char *go = pm_cfg_str(cfg, "go-file");
+    for (int waited = 0; go && *go && access(go, F_OK) != 0 && !zsys_interrupted; waited += 10) {
+        if (waited >= 600000) {
+            snprintf(err, errlen, "--go-file %s did not appear within 600 s", go);
+            goto out;
+        }
+        zclock_sleep(10);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int i = 0; i < n && !zsys_interrupted; i++) {
         //  one connection per device for its profile download and SCEP requests
         void *conn = NULL;
