@@ -18,7 +18,6 @@
 
 #include <czmq.h>
 #include <errno.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -224,38 +223,18 @@ int main(int argc, char **argv)
     pm_info("broker %s ready", PICOMDM_VERSION);
     pm_notify_ready();
 
-    //  The loop waits on the sockets' ZMQ_FDs with one poll(2). zmq_poll would
-    //  make two passes per wait, each asking every socket for ZMQ_EVENTS (a
-    //  getpid and a poll each): about 24 system calls per message routed
-    //  (strace, docs/enrollment.md). ZMQ_FD is edge-triggered, so the loop
-    //  sleeps only after every socket was drained and ZMQ_EVENTS says no
-    //  input is pending (commands arriving after that check wake the poll).
-    void *socks[3] = {zsock_resolve(broker_router_socket(router)),
-                      zsock_resolve(broker_proxy_xsub(proxy)),
-                      zsock_resolve(broker_proxy_xpub(proxy))};
-    struct pollfd pfd[3];
-    for (int i = 0; i < 3; i++) {
-        size_t len = sizeof pfd[i].fd;
-        if (zmq_getsockopt(socks[i], ZMQ_FD, &pfd[i].fd, &len) < 0) {
-            pm_error("cannot get the sockets' file descriptors: %s", zmq_strerror(errno));
-            goto out;
-        }
-        pfd[i].events = POLLIN;
-    }
+    zmq_pollitem_t items[3] = {{zsock_resolve(broker_router_socket(router)), 0, ZMQ_POLLIN, 0},
+                               {zsock_resolve(broker_proxy_xsub(proxy)), 0, ZMQ_POLLIN, 0},
+                               {zsock_resolve(broker_proxy_xpub(proxy)), 0, ZMQ_POLLIN, 0}};
+    int busy = 0;
     while (!zsys_interrupted) {
-        int busy = broker_router_process(router) >= PM_BUS_BATCH;
-        busy |= broker_proxy_process(proxy) >= PM_BUS_BATCH;
-        for (int i = 0; i < 3 && !busy; i++) {
-            int ev = 0;
-            size_t len = sizeof ev;
-            busy = zmq_getsockopt(socks[i], ZMQ_EVENTS, &ev, &len) == 0 && (ev & ZMQ_POLLIN);
-        }
-        if (busy)
-            continue;
-        if (poll(pfd, 3, broker_router_next_timeout(router)) < 0 && errno != EINTR) {
-            pm_error("poll failed: %s", strerror(errno));
+        if (zmq_poll(items, 3, busy ? 0 : broker_router_next_timeout(router)) < 0 &&
+            errno != EINTR) {
+            pm_error("poll failed: %s", zmq_strerror(errno));
             break;
         }
+        busy = broker_router_process(router) >= PM_BUS_BATCH;
+        busy |= broker_proxy_process(proxy) >= PM_BUS_BATCH;
     }
     pm_notify_stopping();
     broker_router_stats_t st;
