@@ -219,7 +219,9 @@ int main(int argc, char **argv)
         s_bind(broker_proxy_xpub(proxy), &eps[2], "subscribe", curve) < 0)
         goto out;
     if (curve)
-        pm_info("CURVE on; clients need server key %s", broker_curve_public(curve));
+        pm_info("CURVE on for every endpoint, ipc:// included; clients (local ones too) need "
+                "server key %s and a curve-cert in the allow list",
+                broker_curve_public(curve));
     pm_info("broker %s ready", PICOMDM_VERSION);
     pm_notify_ready();
 

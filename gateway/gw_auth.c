@@ -24,8 +24,9 @@
 //  (notAfter) and when its chain was verified.
 typedef struct {
     uint8_t hash[32];
-    int64_t not_after;
-    int64_t verified_at; //  0 = empty slot
+    int64_t not_after;      //  the earliest notAfter of the chain
+    int64_t leaf_not_after; //  the identity certificate's own (reported to the store)
+    int64_t verified_at;    //  0 = empty slot
 } s_cached_t;
 
 //  A parsed certificate, by the SHA-256 of its DER bytes. OpenSSL 3.0 spends
@@ -428,7 +429,7 @@ static s_cached_t *s_slot(gw_auth_t *self, const uint8_t hash[32])
 //  Was this exact certificate verified recently, and is it still valid now?
 //  An entry past the certificate's notAfter or older than the ttl is dropped,
 //  so expiry (and a changed device-ca after a restart) is always re-checked.
-static bool s_cache_hit(gw_auth_t *self, const uint8_t hash[32], int64_t now)
+static bool s_cache_hit(gw_auth_t *self, const uint8_t hash[32], int64_t now, int64_t *leaf_na)
 {
     if (!self->cache)
         return false;
@@ -439,7 +440,17 @@ static bool s_cache_hit(gw_auth_t *self, const uint8_t hash[32], int64_t now)
         memset(c, 0, sizeof *c);
         return false;
     }
+    *leaf_na = c->leaf_not_after;
     return true;
+}
+
+//  A certificate's notAfter as seconds since the epoch (0 if unreadable).
+static int64_t s_not_after(const X509 *x)
+{
+    struct tm tm;
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) != 1)
+        return 0;
+    return (int64_t)timegm(&tm);
 }
 
 //  Remember a verified chain. Only chains whose every certificate above the
@@ -447,7 +458,8 @@ static bool s_cache_hit(gw_auth_t *self, const uint8_t hash[32], int64_t now)
 //  leaf alone, not on intermediates the request happened to carry (a chain
 //  through an intermediate from the message is verified every time). The
 //  entry expires with the earliest notAfter of the chain.
-static void s_cache_put(gw_auth_t *self, const uint8_t hash[32], X509_STORE_CTX *ctx, int64_t now)
+static void s_cache_put(gw_auth_t *self, const uint8_t hash[32], X509_STORE_CTX *ctx, int64_t now,
+                        int64_t leaf_na)
 {
     STACK_OF(X509) *chain = X509_STORE_CTX_get0_chain(ctx);
     if (!self->cache || !chain || sk_X509_num(chain) < 2)
@@ -468,6 +480,7 @@ static void s_cache_put(gw_auth_t *self, const uint8_t hash[32], X509_STORE_CTX 
     s_cached_t *c = s_slot(self, hash);
     memcpy(c->hash, hash, 32);
     c->not_after = not_after;
+    c->leaf_not_after = leaf_na;
     c->verified_at = now;
 }
 
@@ -492,12 +505,13 @@ static int s_verify_chain(gw_auth_t *self, X509 *cert, STACK_OF(X509) * untruste
     //  trusted only because the chain check below proves our CA signed it
     res->has_prev = pm_x509_get_renews(cert, res->prev_hash) == 1;
     int64_t now = (int64_t)time(NULL);
-    if (s_cache_hit(self, res->cert_hash, now)) {
+    if (s_cache_hit(self, res->cert_hash, now, &res->not_after)) {
         self->hits++;
         rc = 0;
         goto out;
     }
     self->misses++;
+    res->not_after = s_not_after(cert);
     //  A self-signed signer proves only that the sender holds that key: never
     //  an identity (CVE-2026-114611 class). Refuse even if it is one of our CAs.
     if (X509_self_signed(cert, 0) == 1) {
@@ -519,7 +533,7 @@ static int s_verify_chain(gw_auth_t *self, X509 *cert, STACK_OF(X509) * untruste
                res->issuer, X509_verify_cert_error_string(e));
         goto out;
     }
-    s_cache_put(self, res->cert_hash, ctx, now);
+    s_cache_put(self, res->cert_hash, ctx, now, res->not_after);
     rc = 0;
 out:
     X509_STORE_CTX_free(ctx);
@@ -607,6 +621,27 @@ fail:
     EVP_ENCODE_CTX_free(ctx);
     free(out);
     return NULL;
+}
+
+//  The signingTime signed attribute (RFC 5652 §11.3; OpenSSL's CMS_sign adds
+//  one, so do devices) minus our clock, into res->clock_skew_s. Called after
+//  CMS_verify: the attribute is covered by the verified signature. A missing
+//  or odd attribute just leaves has_skew false.
+static void s_signing_time(CMS_SignerInfo *si, gw_auth_result_t *res)
+{
+    int i = CMS_signed_get_attr_by_NID(si, NID_pkcs9_signingTime, -1);
+    if (i < 0)
+        return;
+    X509_ATTRIBUTE *a = CMS_signed_get_attr(si, i);
+    ASN1_TYPE *t = a && X509_ATTRIBUTE_count(a) == 1 ? X509_ATTRIBUTE_get0_type(a, 0) : NULL;
+    struct tm tm;
+    if (!t || (t->type != V_ASN1_UTCTIME && t->type != V_ASN1_GENERALIZEDTIME) ||
+        ASN1_TIME_to_tm((const ASN1_TIME *)t->value.asn1_string, &tm) != 1) {
+        ERR_clear_error();
+        return;
+    }
+    res->clock_skew_s = (int64_t)timegm(&tm) - (int64_t)time(NULL);
+    res->has_skew = true;
 }
 
 int gw_auth_verify_signature(gw_auth_t *auth, const char *sig, size_t siglen, const uint8_t *body,
@@ -708,6 +743,7 @@ int gw_auth_verify_signature(gw_auth_t *auth, const char *sig, size_t siglen, co
         s_fail(res, "bad_signature", "verified signer differs from the checked certificate");
         goto out;
     }
+    s_signing_time(si, res);
     rc = 0;
 out:
     sk_X509_free(signers);

@@ -15,7 +15,9 @@
  *      URL-escaped PEM (nginx $ssl_client_escaped_cert), same chain check.
  *
  *  The result is the certificate's SHA-256 over its DER encoding (the back end
- *  binds it to the enrollment at Authenticate) and its issuer DN. On failure a
+ *  binds it to the enrollment at Authenticate), its issuer DN, its notAfter and,
+ *  for a signature with a signingTime attribute, the device's clock skew (both
+ *  for `picomdm doctor`; free: the notAfter is kept in the chain cache). On failure a
  *  short `code` and a one-line `reason` (for the log and the security.rejected
  *  event; never sent to the device).
  *
@@ -43,8 +45,14 @@ typedef struct {
     bool has_prev;
     char issuer[256];  //  issuer DN, RFC 2253 one line (truncated if longer)
     char subject[256]; //  subject DN (for logs)
-    const char *code;  //  failure: static short code ("bad_signature", "expired"...)
-    char reason[256];  //  failure: one line, what was wrong
+    int64_t not_after; //  the identity certificate's notAfter, seconds since the epoch
+    //  Mdm-Signature only: the CMS signingTime signed attribute minus the
+    //  server's clock (seconds), when the signature carries one (has_skew).
+    //  Only recorded, never a reason to reject (doctor reports it).
+    int64_t clock_skew_s;
+    bool has_skew;
+    const char *code; //  failure: static short code ("bad_signature", "expired"...)
+    char reason[256]; //  failure: one line, what was wrong
 } gw_auth_result_t;
 
 //  Load the device CA certificate(s): `ca_files` is one path or several
@@ -76,7 +84,7 @@ int gw_auth_verify_cert(gw_auth_t *auth, X509 *cert, STACK_OF(X509) * untrusted,
 //  nginx's $ssl_client_escaped_cert (plain PEM is accepted too).
 int gw_auth_verify_escaped_pem(gw_auth_t *auth, const char *escaped, gw_auth_result_t *res);
 
-//  Verified-chain cache (on by default): slots (direct-mapped, 48 bytes
+//  Verified-chain cache (on by default): slots (direct-mapped, 56 bytes
 //  each) and how long a verification is trusted before it is redone. An
 //  entry is never used past the notAfter of any certificate of its chain,
 //  and only chains made of the leaf and configured CAs are cached. Plus up

@@ -15,10 +15,12 @@
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* ---- test PKI ---- */
@@ -131,6 +133,36 @@ static char *s_sign(const void *data, size_t len, const ident_t *signers, int n,
     return b64;
 }
 
+//  Detached CMS by one signer whose signingTime is now + skew seconds
+//  (skew_s = LONG_MIN: no signingTime attribute at all, CMS_NOATTR).
+static char *s_sign_at(const void *data, size_t len, const ident_t *id, long skew_s)
+{
+    BIO *in = BIO_new_mem_buf(data, (int)len);
+    CMS_ContentInfo *cms =
+        CMS_sign(NULL, NULL, NULL, NULL, CMS_PARTIAL | CMS_DETACHED | CMS_BINARY);
+    assert_non_null(cms);
+    bool noattr = skew_s == LONG_MIN;
+    CMS_SignerInfo *si = CMS_add1_signer(cms, id->cert, id->key, EVP_sha256(),
+                                         CMS_BINARY | (noattr ? CMS_NOATTR : 0));
+    assert_non_null(si);
+    if (!noattr) {
+        ASN1_TIME *t = X509_gmtime_adj(NULL, skew_s);
+        assert_non_null(t);
+        assert_int_equal(CMS_signed_add1_attr_by_NID(si, NID_pkcs9_signingTime, t->type, t, -1), 1);
+        ASN1_TIME_free(t);
+    }
+    assert_int_equal(CMS_final(cms, in, NULL, CMS_DETACHED | CMS_BINARY), 1);
+    unsigned char *der = NULL;
+    int dlen = i2d_CMS_ContentInfo(cms, &der);
+    assert_true(dlen > 0);
+    char *b64 = malloc((size_t)dlen / 3 * 4 + 8);
+    EVP_EncodeBlock((unsigned char *)b64, der, dlen);
+    OPENSSL_free(der);
+    CMS_ContentInfo_free(cms);
+    BIO_free(in);
+    return b64;
+}
+
 /* ---- fixture ---- */
 
 typedef struct {
@@ -228,6 +260,39 @@ static void test_good_sha256(void **state)
     gw_auth_hash_hex(r.cert_hash, hex);
     assert_int_equal(strlen(hex), 64);
     free(sig);
+}
+
+//  The identity certificate's notAfter (also from the chain cache) and the
+//  device's clock skew from the signingTime attribute, never a rejection.
+static void test_not_after_and_skew(void **state)
+{
+    fx_t *f = *state;
+    struct tm tm;
+    assert_int_equal(ASN1_TIME_to_tm(X509_get0_notAfter(f->leaf.cert), &tm), 1);
+    int64_t want_na = (int64_t)timegm(&tm);
+    static const long skews[] = {900, -3600, 0};
+    for (int i = 0; i < 3; i++) {
+        char *sig = s_sign_at(s_body, strlen(s_body), &f->leaf, skews[i]);
+        gw_auth_result_t r;
+        if (s_verify(f, sig, s_body, strlen(s_body), &r) != 0)
+            fail_msg("a signature with signingTime %+ld s rejected: %s %s", skews[i], r.code,
+                     r.reason);
+        assert_int_equal(r.not_after, want_na); //  second and third: from the cache
+        assert_true(r.has_skew);
+        if (r.clock_skew_s < skews[i] - 5 || r.clock_skew_s > skews[i] + 1)
+            fail_msg("skew %+ld s measured as %lld", skews[i], (long long)r.clock_skew_s);
+        free(sig);
+    }
+    char *sig = s_sign_at(s_body, strlen(s_body), &f->leaf, LONG_MIN);
+    gw_auth_result_t r;
+    assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
+    assert_false(r.has_skew);
+    assert_int_equal(r.not_after, want_na);
+    free(sig);
+    //  a certificate presented by TLS: notAfter too, no skew
+    assert_int_equal(gw_auth_verify_cert(f->auth, f->leaf.cert, NULL, &r), 0);
+    assert_int_equal(r.not_after, want_na);
+    assert_false(r.has_skew);
 }
 
 static void test_good_sha1_rsa(void **state)
@@ -567,6 +632,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_good_sha256),
         cmocka_unit_test(test_good_sha1_rsa),
+        cmocka_unit_test(test_not_after_and_skew),
         cmocka_unit_test(test_sha512_refused),
         cmocka_unit_test(test_base64_with_newlines),
         cmocka_unit_test(test_intermediate_in_signature),

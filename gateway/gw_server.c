@@ -802,6 +802,10 @@ static void s_on_device(gw_server_t *self, struct evhttp_request *req, const cha
         bad |= pm_msg_set_bin(msg, "cert_hash", auth.cert_hash, sizeof auth.cert_hash);
     if (has_cert && auth.has_prev)
         bad |= pm_msg_set_bin(msg, "cert_prev_hash", auth.prev_hash, sizeof auth.prev_hash);
+    if (has_cert && auth.not_after > 0) //  for picomdm doctor (gw_auth.h)
+        bad |= pm_msg_set_time(msg, "cert_not_after", auth.not_after, 0);
+    if (has_cert && auth.has_skew)
+        bad |= pm_msg_set_int(msg, "clock_skew_s", auth.clock_skew_s);
     bad |= pm_msg_set_packed(msg, "body", mp, mplen);
     if (bad) {
         pm_error("eid=%s: cannot build the bus message (field rejected by the table)", eid);

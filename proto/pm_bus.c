@@ -197,6 +197,13 @@ static void s_complete(pm_bus_t *bus, s_pending_t *p, pm_msg_t **reply, const ch
     s_pending_free(&p);
 }
 
+//  The program that serves a bus service, for error messages: the service is
+//  named after its binary except 'push' (picomdm-pusher).
+static const char *s_server_binary(const char *service)
+{
+    return strcmp(service, "push") == 0 ? "pusher" : service;
+}
+
 static void s_give_up(pm_bus_t *bus, s_pending_t *p)
 {
     char err[512];
@@ -204,8 +211,8 @@ static void s_give_up(pm_bus_t *bus, s_pending_t *p)
     snprintf(err, sizeof err,
              "no reply from service '%s' after %d attempt%s (%lld s): is picomdm-%s running "
              "and registered with the broker at %s?",
-             p->service, p->attempts, p->attempts == 1 ? "" : "s", (long long)secs, p->service,
-             bus->request_endpoint);
+             p->service, p->attempts, p->attempts == 1 ? "" : "s", (long long)secs,
+             s_server_binary(p->service), bus->request_endpoint);
     pm_bus_ratelog(&bus->ratelog, "bus: %s", err);
     s_complete(bus, p, NULL, err);
 }
@@ -604,10 +611,16 @@ static void s_worker_input(s_worker_t *w, zmq_msg_t *f, int n, int total)
 static void s_worker_timers(s_worker_t *w, int64_t now)
 {
     if (now >= w->broker_expiry) {
+        //  A CURVE mismatch looks exactly like a broker that is down (ZAP
+        //  refusals are silent), so the hint names both.
         if (!w->silent)
             pm_warn("bus: broker at %s silent for %d heartbeats; '%s' keeps trying to "
-                    "register (is picomdm-broker running?)",
-                    w->bus->request_endpoint, PM_BUS_LIVENESS, w->service);
+                    "register (is picomdm-broker running? %s)",
+                    w->bus->request_endpoint, PM_BUS_LIVENESS, w->service,
+                    w->bus->server_key ? "is our curve-cert's public key in its curve-allow "
+                                         "directory, and server-key its key?"
+                                       : "if it uses CURVE (curve-secret), set server-key and "
+                                         "curve-cert");
         w->silent = true;
         s_worker_ready(w);
     }

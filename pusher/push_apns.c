@@ -3,9 +3,12 @@
  */
 #include "push_apns.h"
 #include "pm_log.h"
+#include "push_h2.h"
 
 #include <czmq.h>
+#include <errno.h>
 #include <openssl/crypto.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +18,11 @@
 #define S_RESP_MAX 512
 #define S_EASY_POOL_MAX 4096
 
-typedef enum { S_QUEUED = 0, S_INFLIGHT, S_WAITING } s_state_t;
+typedef enum { S_QUEUED = 0, S_INFLIGHT, S_WAITING, S_HELD } s_state_t;
+
+//  Held pushes (topic stopped by a 403) are coalesced per enrollment, so they
+//  are bounded by the enrollments; this cap only guards against a runaway.
+#define S_HELD_MAX 1000000
 
 typedef struct {
     char eid[PUSH_EID_MAX];
@@ -32,7 +39,7 @@ typedef struct {
     int attempts;
     int64_t due_ms;
     s_state_t state;
-    void *handle; //  in ready or waiting (zlistx handle)
+    void *handle; //  in ready, waiting or held (zlistx handle)
     CURL *easy;
     unsigned gen; //  certificate generation the easy handle was configured with
     struct curl_slist *hdrs;
@@ -49,8 +56,10 @@ struct push_apns {
     push_apns_event_fn *fn;
     void *arg;
     CURLM *multi;
+    push_h2_t *h2;               //  our own HTTP/2 client (default); NULL = libcurl
     zlistx_t *ready;             //  s_job_t*, FIFO
     zlistx_t *waiting;           //  s_job_t*, due later (backoff)
+    zlistx_t *held;              //  s_job_t*, topic stopped (403): sent after a new certificate
     zhashx_t *by_eid;            //  eid -> s_job_t* (coalescing)
     zhashx_t *stale;             //  token hex -> "" (410 until a new token)
     zhashx_t *token_until;       //  token hex -> int64_t* (429 backoff)
@@ -265,6 +274,25 @@ static size_t s_header_cb(char *buf, size_t size, size_t nitems, void *userdata)
 
 static int s_start(push_apns_t *a, s_job_t *j)
 {
+    if (a->h2) {
+        char path[16 + sizeof j->token_hex];
+        snprintf(path, sizeof path, "/3/device/%s", j->token_hex);
+        j->resp_len = 0;
+        j->resp[0] = 0;
+        j->apns_id[0] = 0;
+        if (push_h2_submit(a->h2, j, path, j->topic, a->cfg.priority,
+                           a->cfg.expiration_s > 0 ? (long long)(time(NULL) + a->cfg.expiration_s)
+                                                   : 0LL,
+                           j->body, j->body_len) < 0)
+            return -1;
+        j->attempts++;
+        j->state = S_INFLIGHT;
+        a->inflight++;
+        a->st.requests++;
+        if (j->attempts > 1)
+            a->st.retries++;
+        return 0;
+    }
     //  a pooled handle keeps the options that never change; a new one gets them
     bool fresh = a->npool == 0;
     CURL *e = fresh ? curl_easy_init() : a->pool[--a->npool];
@@ -354,10 +382,17 @@ static void s_wait(push_apns_t *a, s_job_t *j, int64_t due)
     j->handle = zlistx_add_end(a->waiting, j);
 }
 
+//  Park a push until a new certificate (the job is in no list).
+static void s_hold(push_apns_t *a, s_job_t *j)
+{
+    j->state = S_HELD;
+    j->handle = zlistx_add_end(a->held, j);
+}
+
 //  Start queued pushes while there is room.
 static void s_pump(push_apns_t *a)
 {
-    size_t limit = (size_t)a->nports * (size_t)a->cfg.streams + 1;
+    size_t limit = a->h2 ? a->max_inflight : (size_t)a->nports * (size_t)a->cfg.streams + 1;
     if (limit > a->max_inflight)
         limit = a->max_inflight;
     while (a->inflight < limit) {
@@ -366,6 +401,10 @@ static void s_pump(push_apns_t *a)
             break;
         zlistx_delete(a->ready, j->handle);
         j->handle = NULL;
+        if (zhashx_lookup(a->stopped, j->topic)) {
+            s_hold(a, j);
+            continue;
+        }
         int64_t until = s_token_until(a, j->token_hex);
         if (until) {
             s_wait(a, j, until);
@@ -410,8 +449,8 @@ static void s_retry(push_apns_t *a, s_job_t *j, unsigned status, const char *rea
     s_wait(a, j, s_now_ms() + d);
 }
 
-//  Fail every queued or waiting push for a stopped topic.
-static void s_drop_topic(push_apns_t *a, const char *topic, const char *why)
+//  Hold every queued or waiting push for a stopped topic.
+static void s_hold_topic(push_apns_t *a, const char *topic)
 {
     zlistx_t *lists[2] = {a->ready, a->waiting};
     for (int l = 0; l < 2; l++) {
@@ -420,15 +459,32 @@ static void s_drop_topic(push_apns_t *a, const char *topic, const char *why)
             s_job_t *next = zlistx_next(lists[l]);
             if (strcmp(j->topic, topic) == 0) {
                 zlistx_delete(lists[l], j->handle);
-                j->handle = NULL;
-                s_finish(a, j, PUSH_FAILED, 0, why, 0);
-                //  s_finish may run a callback that changes the list: restart
-                next = zlistx_first(lists[l]);
+                s_hold(a, j);
             }
             j = next;
         }
     }
 }
+
+//  Report the 403 alert for a job without finishing it (it is held and sent
+//  after the certificate is fixed): the one push.cert_problem of this stop.
+static void s_alert(push_apns_t *a, s_job_t *j, const char *reason)
+{
+    a->st.cert_problems++;
+    push_result_t r = {.eid = j->eid,
+                       .outcome = PUSH_CERT_PROBLEM,
+                       .status = 403,
+                       .reason = reason,
+                       .topic = j->topic,
+                       .apns_id = j->apns_id,
+                       .attempts = j->attempts,
+                       .token = j->token,
+                       .token_len = j->token_len};
+    if (a->fn)
+        a->fn(a->arg, &r);
+}
+
+static void s_outcome(push_apns_t *a, s_job_t *j, const char *terr, long status);
 
 static void s_done(push_apns_t *a, CURL *e, CURLcode res)
 {
@@ -436,8 +492,9 @@ static void s_done(push_apns_t *a, CURL *e, CURLcode res)
     curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&j);
     if (!j)
         return;
-    long status = 0;
+    long status = 0, port = 0;
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(e, CURLINFO_LOCAL_PORT, &port);
     curl_multi_remove_handle(a->multi, e);
     if (a->npool < S_EASY_POOL_MAX && j->gen == a->cert_gen)
         a->pool[a->npool++] = e;
@@ -445,11 +502,7 @@ static void s_done(push_apns_t *a, CURL *e, CURLcode res)
         curl_easy_cleanup(e);
     j->easy = NULL;
     a->inflight--;
-    char reason[64];
-    s_json_field(j->resp, "reason", reason, sizeof reason);
     if (res == CURLE_OK) {
-        long port = 0;
-        curl_easy_getinfo(e, CURLINFO_LOCAL_PORT, &port);
         int i = 0;
         while (i < a->nports && a->ports[i] != port)
             i++;
@@ -458,8 +511,33 @@ static void s_done(push_apns_t *a, CURL *e, CURLcode res)
     } else {
         a->nports = 0; //  connections may be gone: probe again before flooding
     }
-    if (res != CURLE_OK) {
-        s_retry(a, j, 0, res == CURLE_OPERATION_TIMEDOUT ? "timeout" : curl_easy_strerror(res));
+    s_outcome(a, j,
+              res == CURLE_OK                   ? NULL
+              : res == CURLE_OPERATION_TIMEDOUT ? "timeout"
+                                                : curl_easy_strerror(res),
+              status);
+}
+
+//  The push_h2 completion.
+static void s_h2_done(void *arg, const push_h2_result_t *r)
+{
+    push_apns_t *a = arg;
+    s_job_t *j = r->ud;
+    a->inflight--;
+    snprintf(j->resp, sizeof j->resp, "%s", r->body ? r->body : "");
+    j->resp_len = strlen(j->resp);
+    snprintf(j->apns_id, sizeof j->apns_id, "%s", r->apns_id ? r->apns_id : "");
+    a->kick = true;
+    s_outcome(a, j, r->error, (long)r->status);
+}
+
+//  Apply the outcome rules to an answered (terr NULL) or failed request.
+static void s_outcome(push_apns_t *a, s_job_t *j, const char *terr, long status)
+{
+    char reason[64];
+    s_json_field(j->resp, "reason", reason, sizeof reason);
+    if (terr) {
+        s_retry(a, j, 0, terr);
         return;
     }
     if (status == 200) {
@@ -471,23 +549,24 @@ static void s_done(push_apns_t *a, CURL *e, CURLcode res)
         s_finish(a, j, PUSH_STALE, 410, *reason ? reason : "Unregistered",
                  *ts ? strtoll(ts, NULL, 10) : s_wall_ms());
     } else if (status == 403) {
-        char why[200];
-        snprintf(why, sizeof why,
-                 "topic stopped: APNs refused the push certificate (403 %s); install a valid "
-                 "certificate (picomdm pushcert install) and reload the pusher",
-                 *reason ? reason : "Forbidden");
-        if (zhashx_lookup(a->stopped, j->topic)) {
-            s_finish(a, j, PUSH_FAILED, 403, why, 0);
-            return;
+        //  the certificate is refused: hold this push and every later one for
+        //  the topic (coalesced per enrollment), alert once, resume on a new
+        //  certificate (push_apns_set_cert)
+        if (!zhashx_lookup(a->stopped, j->topic)) {
+            char why[200];
+            snprintf(why, sizeof why,
+                     "topic stopped: APNs refused the push certificate (403 %s); install a valid "
+                     "certificate (picomdm pushcert install) and reload the pusher",
+                     *reason ? reason : "Forbidden");
+            zhashx_update(a->stopped, j->topic, why);
+            pm_error("APNs refused the push certificate for %s (403 %s): pushes for this topic "
+                     "are held until a valid certificate is installed and loaded (picomdm "
+                     "pushcert install, then SIGHUP)",
+                     j->topic, *reason ? reason : "Forbidden");
+            s_alert(a, j, *reason ? reason : "Forbidden");
+            s_hold_topic(a, j->topic);
         }
-        zhashx_update(a->stopped, j->topic, why);
-        pm_error("APNs refused the push certificate for %s (403 %s): pushes for this topic "
-                 "stop; install a valid certificate and reload (SIGHUP)",
-                 j->topic, *reason ? reason : "Forbidden");
-        char topic[PUSH_CERT_TOPIC_MAX];
-        snprintf(topic, sizeof topic, "%s", j->topic);
-        s_finish(a, j, PUSH_CERT_PROBLEM, 403, *reason ? reason : "Forbidden", 0);
-        s_drop_topic(a, topic, why);
+        s_hold(a, j);
     } else if (status == 429) {
         int d =
             push_backoff_ms(a->cfg.backoff_ms, a->cfg.backoff_max_ms, j->attempts + 1, s_rand01(a));
@@ -543,6 +622,10 @@ push_apns_t *push_apns_new(const push_apns_cfg_t *cfg, const push_cert_t *cert,
     a->arg = arg;
     a->rnd = ((uint64_t)getpid() << 32) ^ (uint64_t)s_wall_ms() ^ 0x9e3779b97f4a7c15ULL;
     a->max_inflight = (size_t)a->cfg.connections * (size_t)a->cfg.streams;
+    if (a->cfg.max_inflight <= 0)
+        a->cfg.max_inflight = a->cfg.streams;
+    if ((size_t)a->cfg.max_inflight < a->max_inflight)
+        a->max_inflight = (size_t)a->cfg.max_inflight;
     const char *base = cfg->base_url && *cfg->base_url ? cfg->base_url : PUSH_APNS_PRODUCTION;
     size_t bl = strlen(base);
     while (bl && base[bl - 1] == '/')
@@ -563,12 +646,13 @@ push_apns_t *push_apns_new(const push_apns_cfg_t *cfg, const push_cert_t *cert,
     a->multi = curl_multi_init();
     a->ready = zlistx_new();
     a->waiting = zlistx_new();
+    a->held = zlistx_new();
     a->by_eid = zhashx_new();
     a->stale = zhashx_new();
     a->token_until = zhashx_new();
     a->stopped = zhashx_new();
-    if (!a->multi || !a->ready || !a->waiting || !a->by_eid || !a->stale || !a->token_until ||
-        !a->stopped) {
+    if (!a->multi || !a->ready || !a->waiting || !a->held || !a->by_eid || !a->stale ||
+        !a->token_until || !a->stopped) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -582,6 +666,25 @@ push_apns_t *push_apns_new(const push_apns_cfg_t *cfg, const push_cert_t *cert,
     curl_multi_setopt(a->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)a->cfg.connections);
     curl_multi_setopt(a->multi, CURLMOPT_MAXCONNECTS, (long)a->cfg.connections);
     curl_multi_setopt(a->multi, CURLMOPT_MAX_CONCURRENT_STREAMS, (long)a->cfg.streams);
+    if (!cfg->use_curl) {
+        if (a->prior_knowledge) {
+            snprintf(err, errlen, "http:// (h2c) APNs URLs need --transport curl");
+            goto fail;
+        }
+        push_h2_cfg_t hc = {.base_url = a->base_url,
+                            .ca_file = a->ca_file[0] ? a->ca_file : NULL,
+                            .connections = a->cfg.connections,
+                            .streams = a->cfg.streams,
+                            .timeout_ms = a->cfg.timeout_ms};
+        if (!cert || !push_cert_key(cert)) {
+            snprintf(err, errlen, "the push certificate has no usable key");
+            goto fail;
+        }
+        a->h2 =
+            push_h2_new(&hc, push_cert_x509(cert), push_cert_key(cert), s_h2_done, a, err, errlen);
+        if (!a->h2)
+            goto fail;
+    }
     if (push_apns_set_cert(a, cert, err, errlen) < 0)
         goto fail;
     return a;
@@ -604,6 +707,7 @@ void push_apns_destroy(push_apns_t **apns)
     if (!apns || !*apns)
         return;
     push_apns_t *a = *apns;
+    push_h2_destroy(&a->h2); //  no completions from here on
     if (a->by_eid) {
         //  every job is in by_eid
         for (s_job_t *j = zhashx_first(a->by_eid); j; j = zhashx_next(a->by_eid)) {
@@ -619,6 +723,7 @@ void push_apns_destroy(push_apns_t **apns)
         curl_multi_cleanup(a->multi);
     zlistx_destroy(&a->ready);
     zlistx_destroy(&a->waiting);
+    zlistx_destroy(&a->held);
     zhashx_destroy(&a->by_eid);
     zhashx_destroy(&a->stale);
     zhashx_destroy(&a->token_until);
@@ -629,12 +734,44 @@ void push_apns_destroy(push_apns_t **apns)
     *apns = NULL;
 }
 
+//  Stopped topics resume: held pushes are queued again (a fresh set of
+//  attempts); those for a topic the certificate does not serve fail.
+static void s_resume(push_apns_t *a)
+{
+    zhashx_purge(a->stopped);
+    if (a->held) {
+        s_job_t *j;
+        while ((j = zlistx_first(a->held))) {
+            zlistx_delete(a->held, j->handle);
+            j->attempts = 0;
+            if (strcmp(j->topic, a->cert_topic) != 0) {
+                j->handle = NULL;
+                s_finish(a, j, PUSH_FAILED, 0,
+                         "topic differs from the new push certificate's: the device enrolled "
+                         "with another certificate (re-enroll it, or install the certificate "
+                         "it uses)",
+                         0);
+                continue;
+            }
+            j->state = S_QUEUED;
+            j->handle = zlistx_add_end(a->ready, j);
+        }
+    }
+}
+
 int push_apns_set_cert(push_apns_t *a, const push_cert_t *cert, char *err, size_t errlen)
 {
     char *cp = NULL, *kp = NULL;
     size_t cl = 0, kl = 0;
     if (!cert || push_cert_pem(cert, &cp, &cl, &kp, &kl) < 0) {
         snprintf(err, errlen, "the push certificate has no usable key");
+        return -1;
+    }
+    if (a->h2 &&
+        push_h2_set_identity(a->h2, push_cert_x509(cert), push_cert_key(cert), err, errlen) < 0) {
+        OPENSSL_cleanse(kp, kl);
+        free(kp);
+        free(cp);
         return -1;
     }
     //  curl copies the blobs into each handle (CURL_BLOB_COPY): the old ones can go;
@@ -650,10 +787,27 @@ int push_apns_set_cert(push_apns_t *a, const push_cert_t *cert, char *err, size_
     a->key_len = kl;
     snprintf(a->cert_topic, sizeof a->cert_topic, "%s", push_cert_topic(cert));
     if (zhashx_size(a->stopped))
-        pm_notice("new push certificate: pushes resume for %zu stopped topic(s)",
-                  zhashx_size(a->stopped));
-    zhashx_purge(a->stopped);
+        pm_notice("new push certificate: pushes resume for %zu stopped topic(s), %zu held "
+                  "push(es) go out now",
+                  zhashx_size(a->stopped), a->held ? zlistx_size(a->held) : 0);
+    s_resume(a);
     return 0;
+}
+
+void push_apns_stop(push_apns_t *a, const char *why)
+{
+    if (!zhashx_lookup(a->stopped, a->cert_topic))
+        pm_notice("pushes for %s are held until a usable certificate is loaded", a->cert_topic);
+    zhashx_update(a->stopped, a->cert_topic, (void *)why);
+    s_hold_topic(a, a->cert_topic);
+}
+
+void push_apns_resume(push_apns_t *a)
+{
+    if (zhashx_size(a->stopped))
+        pm_notice("pushes resume for %zu stopped topic(s), %zu held push(es) go out now",
+                  zhashx_size(a->stopped), zlistx_size(a->held));
+    s_resume(a);
 }
 
 bool push_apns_topic_stopped(const push_apns_t *a, const char *topic)
@@ -684,9 +838,9 @@ int push_apns_wake(push_apns_t *a, const push_target_t *t)
                  "certificate (re-enroll it, or install the certificate it uses)");
         return -1;
     }
-    const char *why = zhashx_lookup(a->stopped, topic);
-    if (why) {
-        s_refuse(a, t, why);
+    bool stopped = zhashx_lookup(a->stopped, topic) != NULL;
+    if (stopped && !zhashx_lookup(a->by_eid, t->eid) && zlistx_size(a->held) >= S_HELD_MAX) {
+        s_refuse(a, t, zhashx_lookup(a->stopped, topic));
         return -1;
     }
     char hex[2 * PUSH_TOKEN_MAX + 1];
@@ -725,16 +879,21 @@ int push_apns_wake(push_apns_t *a, const push_target_t *t)
     snprintf(j->magic, sizeof j->magic, "%s", t->push_magic);
     snprintf(j->topic, sizeof j->topic, "%s", topic);
     j->body_len = (size_t)snprintf(j->body, sizeof j->body, "{\"mdm\":\"%s\"}", j->magic);
+    zhashx_insert(a->by_eid, j->eid, j);
+    if (stopped) {
+        s_hold(a, j);
+        return 0;
+    }
     j->state = S_QUEUED;
     j->handle = zlistx_add_end(a->ready, j);
-    zhashx_insert(a->by_eid, j->eid, j);
     return 0;
 }
 
 long push_apns_next_ms(push_apns_t *a)
 {
     long next = -1;
-    if (zlistx_size(a->ready) && a->inflight < (size_t)a->nports * (size_t)a->cfg.streams + 1 &&
+    if (zlistx_size(a->ready) &&
+        (a->h2 || a->inflight < (size_t)a->nports * (size_t)a->cfg.streams + 1) &&
         a->inflight < a->max_inflight)
         return 0;
     if (zlistx_size(a->waiting)) {
@@ -745,14 +904,66 @@ long push_apns_next_ms(push_apns_t *a)
         next = min <= now ? 0 : (long)(min - now);
     }
     long ct = -1;
-    curl_multi_timeout(a->multi, &ct);
+    if (a->h2)
+        ct = push_h2_next_ms(a->h2);
+    else
+        curl_multi_timeout(a->multi, &ct);
     if (ct >= 0 && (next < 0 || ct < next))
         next = ct;
     return next;
 }
 
+//  push_apns_poll with our HTTP/2 client: one poll() over its sockets and
+//  the caller's descriptors.
+static int s_poll_h2(push_apns_t *a, struct curl_waitfd *extra, unsigned nextra, int timeout_ms)
+{
+    struct pollfd fds[80];
+    s_promote(a);
+    s_pump(a);
+    unsigned ne = nextra < 16 ? nextra : 16;
+    for (unsigned i = 0; i < ne; i++) {
+        short ev = 0;
+        if (extra[i].events & CURL_WAIT_POLLIN)
+            ev |= POLLIN;
+        if (extra[i].events & CURL_WAIT_POLLPRI)
+            ev |= POLLPRI;
+        if (extra[i].events & CURL_WAIT_POLLOUT)
+            ev |= POLLOUT;
+        fds[i] = (struct pollfd){.fd = extra[i].fd, .events = ev};
+        extra[i].revents = 0;
+    }
+    int nh = push_h2_pollfds(a->h2, fds + ne, (int)(sizeof fds / sizeof *fds) - (int)ne);
+    long next = push_apns_next_ms(a);
+    int wait = timeout_ms;
+    if (next >= 0 && next < wait)
+        wait = (int)next;
+    if (a->kick && wait > 0)
+        wait = 0;
+    a->kick = false;
+    int rv = poll(fds, ne + (unsigned)nh, wait < 0 ? 0 : wait);
+    if (rv < 0 && errno != EINTR)
+        return -1;
+    for (unsigned i = 0; rv > 0 && i < ne; i++) {
+        if (fds[i].revents & (POLLIN | POLLHUP | POLLERR))
+            extra[i].revents |= CURL_WAIT_POLLIN;
+        if (fds[i].revents & POLLPRI)
+            extra[i].revents |= CURL_WAIT_POLLPRI;
+        if (fds[i].revents & POLLOUT)
+            extra[i].revents |= CURL_WAIT_POLLOUT;
+    }
+    if (rv <= 0)
+        for (int i = 0; i < nh; i++)
+            fds[ne + (unsigned)i].revents = 0;
+    push_h2_process(a->h2, fds + ne, nh);
+    s_promote(a);
+    s_pump(a);
+    return 0;
+}
+
 int push_apns_poll(push_apns_t *a, struct curl_waitfd *extra, unsigned nextra, int timeout_ms)
 {
+    if (a->h2)
+        return s_poll_h2(a, extra, nextra, timeout_ms);
     int running = 0, numfds = 0;
     s_promote(a);
     s_pump(a);
@@ -796,4 +1007,20 @@ void push_apns_stats(const push_apns_t *a, push_apns_stats_t *out)
     out->queued = zlistx_size(a->ready);
     out->inflight = a->inflight;
     out->waiting = zlistx_size(a->waiting);
+    out->held = zlistx_size(a->held);
+}
+
+size_t push_apns_held(const push_apns_t *a)
+{
+    return zlistx_size(a->held);
+}
+
+void push_apns_drop_held(push_apns_t *a, const char *why)
+{
+    s_job_t *j;
+    while ((j = zlistx_first(a->held))) {
+        zlistx_delete(a->held, j->handle);
+        j->handle = NULL;
+        s_finish(a, j, PUSH_FAILED, 0, why, 0);
+    }
 }

@@ -17,10 +17,12 @@
  *    5xx, GOAWAY, timeouts,
  *    transport errors            -> exponential backoff with jitter, retried
  *                                   up to max_attempts, then PUSH_FAILED
- *    403 (certificate problem)   -> PUSH_CERT_PROBLEM once for the topic; that
- *                                   topic's pushes stop (queued ones and later
- *                                   wakes are refused as PUSH_FAILED) until
- *                                   push_apns_set_cert gives a new certificate
+ *    403 (certificate problem)   -> PUSH_CERT_PROBLEM once for the topic (an
+ *                                   alert: the push itself is not finished);
+ *                                   that topic's pushes are held (this one,
+ *                                   queued ones and later wakes, coalesced per
+ *                                   enrollment) until push_apns_set_cert gives
+ *                                   a new certificate, then they are sent
  *  A wake for an enrollment that already has a push queued, in flight or in
  *  backoff is coalesced into it (APNs keeps only the latest push anyway).
  *
@@ -48,12 +50,16 @@ typedef struct {
     const char *ca_file;  //  CA bundle to verify APNs (NULL = the system's)
     int connections;      //  pool size (0 = 2)
     int streams;          //  concurrent streams per connection (0 = 500)
+    int max_inflight;     //  concurrent pushes over the whole pool (0 = streams): more in
+                          //  flight than the round trip needs only costs CPU (libcurl's
+                          //  per-transfer bookkeeping grows with the number of transfers)
     int timeout_ms;       //  per request (0 = 10000)
     int max_attempts;     //  per push, first try included (0 = 5)
     int backoff_ms;       //  first retry delay (0 = 1000); doubles per attempt
     int backoff_max_ms;   //  cap (0 = 60000)
     int64_t expiration_s; //  apns-expiration = now + this; 0 = "0" (deliver once, no storage)
     int priority;         //  apns-priority (0 = 10)
+    bool use_curl;        //  libcurl instead of our own HTTP/2 client (push_h2.h)
 } push_apns_cfg_t;
 
 typedef enum {
@@ -90,7 +96,7 @@ typedef struct {
 
 typedef struct {
     uint64_t wakes, coalesced, refused, sent, failed, stale, cert_problems, retries, requests;
-    size_t queued, inflight, waiting; //  now
+    size_t queued, inflight, waiting, held; //  now
 } push_apns_stats_t;
 
 typedef struct push_apns push_apns_t;
@@ -111,13 +117,24 @@ int push_apns_wake(push_apns_t *apns, const push_target_t *t);
 int push_apns_poll(push_apns_t *apns, struct curl_waitfd *extra, unsigned nextra, int timeout_ms);
 //  Milliseconds until push_apns_poll has due work (-1 = nothing pending).
 long push_apns_next_ms(push_apns_t *apns);
-//  Pushes not yet reported (queued, in flight, waiting for a retry).
+//  Pushes not yet reported (queued, in flight, waiting for a retry, held).
 size_t push_apns_pending(const push_apns_t *apns);
 void push_apns_stats(const push_apns_t *apns, push_apns_stats_t *out);
 
-//  A new (fixed) certificate: used for new connections, stopped topics resume.
+//  Pushes held because their topic is stopped (403).
+size_t push_apns_held(const push_apns_t *apns);
+//  Report every held push as PUSH_FAILED with `why` (e.g. at exit).
+void push_apns_drop_held(push_apns_t *apns, const char *why);
+
+//  A new (fixed) certificate: used for new connections, stopped topics resume
+//  and their held pushes are queued again.
 int push_apns_set_cert(push_apns_t *apns, const push_cert_t *cert, char *err, size_t errlen);
-//  Whether pushes for `topic` are stopped by a 403.
+//  Stop pushing for the certificate's topic (e.g. it expired): queued and
+//  later pushes are held as after a 403. `why` is copied.
+void push_apns_stop(push_apns_t *apns, const char *why);
+//  Resume every stopped topic: held pushes are queued again.
+void push_apns_resume(push_apns_t *apns);
+//  Whether pushes for `topic` are stopped (403, push_apns_stop).
 bool push_apns_topic_stopped(const push_apns_t *apns, const char *topic);
 
 const char *push_outcome_name(push_outcome_t o); //  "sent", "failed", "stale", "cert_problem"

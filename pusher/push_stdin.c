@@ -64,12 +64,12 @@ static void s_stats(push_apns_t *a, FILE *out, const char *name)
             "{\"event\":\"%s\",\"wakes\":%llu,\"coalesced\":%llu,\"refused\":%llu,"
             "\"sent\":%llu,\"failed\":%llu,\"stale\":%llu,\"cert_problems\":%llu,"
             "\"requests\":%llu,\"retries\":%llu,\"queued\":%zu,\"inflight\":%zu,"
-            "\"waiting\":%zu,\"elapsed_ms\":%lld}\n",
+            "\"waiting\":%zu,\"held\":%zu,\"elapsed_ms\":%lld}\n",
             name, (unsigned long long)s.wakes, (unsigned long long)s.coalesced,
             (unsigned long long)s.refused, (unsigned long long)s.sent, (unsigned long long)s.failed,
             (unsigned long long)s.stale, (unsigned long long)s.cert_problems,
             (unsigned long long)s.requests, (unsigned long long)s.retries, s.queued, s.inflight,
-            s.waiting, (long long)(s_first_ms ? s_last_ms - s_first_ms : 0));
+            s.waiting, s.held, (long long)(s_first_ms ? s_last_ms - s_first_ms : 0));
     fflush(out);
 }
 
@@ -138,6 +138,11 @@ int push_stdin_run(push_apns_t *a, int fd, FILE *out, push_stdin_tick_fn *tick, 
         struct curl_waitfd wfd = {.fd = fd, .events = CURL_WAIT_POLLIN};
         if (tick)
             tick(arg, a);
+        if (eof && push_apns_pending(a) > 0 && push_apns_pending(a) == push_apns_held(a))
+            //  only pushes held for a stopped topic remain: nothing will send them
+            push_apns_drop_held(a, "held push dropped at end of input: pushes for the topic are "
+                                   "stopped (APNs refused the certificate, or it expired); "
+                                   "install a valid certificate and push again");
         if (eof && push_apns_pending(a) == 0)
             break;
         if (push_apns_poll(a, eof ? NULL : &wfd, eof ? 0 : 1, 1000) < 0) {

@@ -3,10 +3,12 @@
  */
 #include "push_svc.h"
 #include "pm_log.h"
+#include "push_sweep.h"
 
 #include <czmq.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 
 #define S_INFO_BATCH 1000    //  ids per push.info (STORE_PUSH_INFO_MAX)
 #define S_OUTCOME_BATCH 1000 //  outcomes per push.outcome
@@ -20,7 +22,15 @@ struct push_svc {
     msgpack_packer pk;
     uint32_t nout;
     uint64_t lookups_failed, outcomes_lost;
+    uint64_t sweep_backoff; //  sweep wakes not pushed: that enrollment's backoff is not over
 };
+
+static int64_t s_wall_ms(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
 
 static void s_pack_str(msgpack_packer *pk, const char *k, const char *v)
 {
@@ -129,8 +139,19 @@ static void s_refuse(push_svc_t *s, const char *eid, const char *reason)
 
 typedef struct {
     push_svc_t *svc;
-    zhashx_t *eids; //  asked, not yet answered (keys)
+    zhashx_t *eids;           //  asked, not yet answered (keys)
+    int64_t sweep_ms, max_ms; //  a sweep's wake: the backoff applies (0 = push now)
 } s_lookup_t;
+
+static int64_t s_int64(const msgpack_object *map, const char *key)
+{
+    const msgpack_object *v = s_get(map, key);
+    if (v && v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return v->via.u64 > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)v->via.u64;
+    if (v && v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+        return v->via.i64;
+    return 0;
+}
 
 static void s_info_done(void *arg, const pm_msg_t *reply, const char *error)
 {
@@ -144,6 +165,7 @@ static void s_info_done(void *arg, const pm_msg_t *reply, const char *error)
                  reply ? pm_msg_str(reply, "message") : error, zhashx_size(l->eids));
         goto out;
     }
+    int64_t now = s_wall_ms();
     for (uint32_t i = 0; i < items->via.array.size; i++) {
         const msgpack_object *it = &items->via.array.ptr[i];
         char eid[PUSH_EID_MAX], magic[PUSH_MAGIC_MAX], topic[PUSH_CERT_TOPIC_MAX];
@@ -157,6 +179,15 @@ static void s_info_done(void *arg, const pm_msg_t *reply, const char *error)
             continue;
         if (enrolled && enrolled->type == MSGPACK_OBJECT_BOOLEAN && !enrolled->via.boolean) {
             s_refuse(s, eid, "not enrolled (CheckOut or no TokenUpdate yet)");
+            continue;
+        }
+        if (l->sweep_ms > 0 &&
+            !push_sweep_due(now, s_int64(it, "last_push"), s_int64(it, "last_activity"),
+                            l->sweep_ms, l->max_ms)) {
+            //  not an outcome: the store's last_push must stay what it is
+            s->sweep_backoff++;
+            pm_debug("push %s: sweep skipped, backing off (%lld ms since the last push)", eid,
+                     (long long)(now - s_int64(it, "last_push")));
             continue;
         }
         if (stale && stale->type == MSGPACK_OBJECT_BOOLEAN && stale->via.boolean) {
@@ -182,7 +213,8 @@ out:
     free(l);
 }
 
-static void s_lookup(push_svc_t *s, const msgpack_object *eids, uint32_t from, uint32_t to)
+static void s_lookup(push_svc_t *s, const msgpack_object *eids, uint32_t from, uint32_t to,
+                     int64_t sweep_ms, int64_t max_ms)
 {
     s_lookup_t *l = calloc(1, sizeof *l);
     const char **v = calloc(to - from, sizeof *v);
@@ -191,6 +223,8 @@ static void s_lookup(push_svc_t *s, const msgpack_object *eids, uint32_t from, u
     if (!l || !v || !copies || !m || !(l->eids = zhashx_new()))
         goto fail;
     l->svc = s;
+    l->sweep_ms = sweep_ms;
+    l->max_ms = max_ms;
     size_t n = 0;
     for (uint32_t i = from; i < to; i++) {
         const msgpack_object *e = &eids->via.array.ptr[i];
@@ -253,12 +287,20 @@ static void s_on_request(void *arg, pm_bus_job_t *job)
                      "and restart the pusher");
         }
     } else if (eids && eids->type == MSGPACK_OBJECT_ARRAY) {
-        pm_debug("wake %s: %u enrollments", pm_msg_rid(req), eids->via.array.size);
+        //  from the wake sweep: each enrollment's backoff applies (push_sweep.h)
+        uint64_t sweep_s = pm_msg_uint(req, "sweep_s", 0),
+                 max_s = pm_msg_uint(req, "backoff_max_s", 0);
+        if (sweep_s > 86400 * 30)
+            sweep_s = 86400 * 30;
+        if (max_s > 86400 * 365)
+            max_s = 86400 * 365;
+        pm_debug("wake %s: %u enrollments%s", pm_msg_rid(req), eids->via.array.size,
+                 sweep_s ? " (sweep)" : "");
         for (uint32_t from = 0; from < eids->via.array.size; from += S_INFO_BATCH) {
             uint32_t to = from + S_INFO_BATCH;
             if (to > eids->via.array.size)
                 to = eids->via.array.size;
-            s_lookup(s, eids, from, to);
+            s_lookup(s, eids, from, to, (int64_t)sweep_s * 1000, (int64_t)max_s * 1000);
         }
     }
     pm_msg_t *ok = pm_msg_new_reply(req, PM_MSG_OK);

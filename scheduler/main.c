@@ -30,6 +30,9 @@ static const pm_opt_t s_opts[] = {
     {"store-retries", PM_OPT_INT, "3", "extra attempts for a store call (same request id)"},
     {"wake-sweep-s", PM_OPT_INT, "300",
      "re-send wakeups for enrollments still marked wake_pending this often (0 = never)"},
+    {"wake-backoff-max-s", PM_OPT_INT, "21600",
+     "sweep re-pushes of an enrollment that does not connect back off: wake-sweep-s, then 2x, "
+     "4x ... up to this wait (0 = re-push on every sweep)"},
     {"silent-sweep-s", PM_OPT_INT, "86400",
      "wake active enrollments not seen for this long, this often (daily; 0 = never)"},
     {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
@@ -76,7 +79,8 @@ int main(int argc, char **argv)
         s_int(cfg, "store-timeout-ms", 10, 600000, &o.store_timeout_ms) < 0 ||
         s_int(cfg, "store-retries", 0, 100, &o.store_retries) < 0 ||
         s_int(cfg, "wake-sweep-s", 0, 86400, &o.wake_sweep_s) < 0 ||
-        s_int(cfg, "silent-sweep-s", 0, 86400 * 30, &o.silent_sweep_s) < 0)
+        s_int(cfg, "silent-sweep-s", 0, 86400 * 30, &o.silent_sweep_s) < 0 ||
+        s_int(cfg, "wake-backoff-max-s", 0, 86400 * 30, &o.wake_backoff_max_s) < 0)
         goto out;
     if (r == PM_CFG_CHECK) {
         printf("ok\n");

@@ -162,15 +162,16 @@ pm_msg_t *sched_store_request(const sched_opts_t *o, const pm_msg_t *req, const 
     switch (pm_msg_type(req)) {
     case PM_MSG_CHECKIN: {
         static const char *const f[] = {
-            "eid",  "kind", "message_type", "cert_hash", "cert_prev_hash", "cert_issuer",
-            "body", NULL};
+            "eid",         "kind",           "message_type", "cert_hash", "cert_prev_hash",
+            "cert_issuer", "cert_not_after", "clock_skew_s", "body",      NULL};
         if ((m = pm_msg_new(PM_MSG_STORE_CHECKIN)))
             s_copy(m, req, f);
         break;
     }
     case PM_MSG_CONNECT: {
-        static const char *const f[] = {
-            "eid", "status", "command_uuid", "cert_hash", "cert_prev_hash", "body", NULL};
+        static const char *const f[] = {"eid",          "status",         "command_uuid",
+                                        "cert_hash",    "cert_prev_hash", "cert_not_after",
+                                        "clock_skew_s", "body",           NULL};
         if (!(m = pm_msg_new(PM_MSG_STORE_CONNECT)))
             break;
         s_copy(m, req, f);
@@ -259,12 +260,17 @@ static void s_wake_done(void *arg, const pm_msg_t *reply, const char *error)
                  error ? error : pm_msg_str(reply, "message"));
 }
 
-static void s_wake(sched_t *s, const msgpack_object *eids)
+//  `sweep`: from the wake sweep, so the pusher applies the per-enrollment
+//  backoff (derived from the store: last push vs last activity).
+static void s_wake(sched_t *s, const msgpack_object *eids, bool sweep)
 {
     if (!eids || eids->type != MSGPACK_OBJECT_ARRAY || !eids->via.array.size)
         return;
     pm_msg_t *w = pm_msg_new(PM_MSG_WAKE);
-    if (w && pm_msg_set_obj(w, "eids", eids) == 0)
+    if (w && pm_msg_set_obj(w, "eids", eids) == 0 &&
+        (!sweep || s->opts.wake_backoff_max_s <= 0 ||
+         (pm_msg_set_uint(w, "sweep_s", (uint64_t)s->opts.wake_sweep_s) == 0 &&
+          pm_msg_set_uint(w, "backoff_max_s", (uint64_t)s->opts.wake_backoff_max_s) == 0)))
         pm_bus_call_async(s->bus, "push", w, 2000, 0, s_wake_done, s);
     pm_msg_destroy(&w);
 }
@@ -292,7 +298,7 @@ static void s_store_done(void *arg, const pm_msg_t *reply, const char *error)
         }
         if (pm_msg_type(req) == PM_MSG_ENQUEUE && pm_msg_type(reply) == PM_MSG_ENQUEUE_REPLY &&
             !pm_msg_bool(req, "no_push", false))
-            s_wake(c->s, pm_msg_obj(req, "targets"));
+            s_wake(c->s, pm_msg_obj(req, "targets"), false);
     }
     if (out)
         pm_bus_job_reply(&c->job, out);
@@ -352,7 +358,7 @@ static void s_sweep_done(void *arg, const pm_msg_t *reply, const char *error)
                  error ? error : pm_msg_str(reply, "message"));
         return;
     }
-    s_wake(s, pm_msg_obj(reply, "eids"));
+    s_wake(s, pm_msg_obj(reply, "eids"), true);
 }
 
 static void s_silent_done(void *arg, const pm_msg_t *reply, const char *error)
@@ -368,7 +374,7 @@ static void s_silent_done(void *arg, const pm_msg_t *reply, const char *error)
     if (eids && eids->type == MSGPACK_OBJECT_ARRAY && eids->via.array.size)
         pm_info("silent sweep: waking %u enrollment(s) not seen for %d s",
                 (unsigned)eids->via.array.size, s->opts.silent_sweep_s);
-    s_wake(s, eids);
+    s_wake(s, eids, false);
 }
 
 //  A lost push or a device that went quiet must not stay silent for ever: every

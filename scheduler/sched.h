@@ -28,6 +28,8 @@ typedef struct {
     int store_retries;       //  extra attempts (same rid; the store is idempotent for them)
     int wake_sweep_s;        //  re-send wakeups for marked enrollments this often (0 = never)
     int silent_sweep_s;      //  wake enrollments not seen for this long, this often (0 = never)
+    int wake_backoff_max_s;  //  sweep re-pushes of one enrollment back off (period, 2x, 4x ...)
+                             //  up to this wait (0 = no backoff: every sweep re-pushes)
 } sched_opts_t;
 
 typedef struct sched sched_t;

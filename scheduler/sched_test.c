@@ -121,11 +121,19 @@ static void test_connect_translation(void **state)
     assert_int_equal(pm_msg_set_str(m, "status", "NotNow"), 0);
     assert_int_equal(pm_msg_set_str(m, "command_uuid", "C1"), 0);
     assert_int_equal(pm_msg_set_bin(m, "cert_hash", "HASH", 4), 0);
+    assert_int_equal(pm_msg_set_time(m, "cert_not_after", 1800000000, 0), 0);
+    assert_int_equal(pm_msg_set_int(m, "clock_skew_s", -900), 0);
     assert_int_equal(pm_msg_set_packed(m, "body", (const uint8_t *)"\x80", 1), 0);
     assert_null(sched_validate(m));
     pm_msg_t *s = sched_store_request(&s_o, m, "", 0);
     assert_non_null(s);
     assert_int_equal(pm_msg_type(s), PM_MSG_STORE_CONNECT);
+    //  the doctor facts travel on to the store
+    int64_t sec = 0;
+    uint32_t nsec = 1;
+    assert_int_equal(pm_msg_time(s, "cert_not_after", &sec, &nsec), 0);
+    assert_int_equal(sec, 1800000000);
+    assert_int_equal(pm_msg_int(s, "clock_skew_s", 0), -900);
     assert_string_equal(pm_msg_str(s, "device_rid"), pm_msg_rid(m));
     assert_string_equal(pm_msg_str(s, "status"), "NotNow");
     assert_string_equal(pm_msg_str(s, "command_uuid"), "C1");

@@ -5,6 +5,7 @@
  *  caller's transaction (group commit) and a savepoint per request.
  */
 #include "store_db.h"
+#include "store_doctor.h"
 #include "store_inv.h"
 
 #include <sqlite3.h>
@@ -67,6 +68,8 @@ static const char *const s_migrations[] = {
     "CREATE TABLE wake(eid TEXT PRIMARY KEY) WITHOUT ROWID;"
     "INSERT INTO wake SELECT eid FROM enrollments WHERE wake_pending = 1;"
     "UPDATE enrollments SET wake_pending = 0, last_reply = NULL;",
+    /* 5: doctor facts: identity certificate expiry, device clock skew (store_doctor.h) */
+    STORE_DOCTOR_MIGRATION,
 };
 #define S_NMIGRATIONS ((int)(sizeof s_migrations / sizeof s_migrations[0]))
 _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema version");
@@ -176,6 +179,7 @@ _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema 
                " ORDER BY e.eid LIMIT ?2")                                                         \
     X(EVENTS, "SELECT seq, ts, name, eid, source, data FROM events WHERE seq>?1"                   \
               " ORDER BY seq LIMIT ?2")                                                            \
+    X(DOCTOR_NOTE, STORE_DOCTOR_NOTE_SQL)                                                          \
     X(WAKE_LIST, "SELECT eid FROM wake LIMIT ?1")                                                  \
     X(WAKE_CLEAR, "DELETE FROM wake WHERE eid=?1")                                                 \
     X(SILENT_LIST, "SELECT e.eid FROM enrollments e LEFT JOIN sessions s ON s.eid=e.eid"           \
@@ -586,6 +590,27 @@ void store_db_events_flush(store_db_t *db, store_event_fn *fn, void *arg)
             fn(arg, e->seq, e->ts, e->name, e->eid, e->source, e->data, e->len);
     }
     s_events_drop(db, 0);
+}
+
+/* ---- doctor facts (store_doctor.h) ---- */
+
+int store_db_doctor_note(store_db_t *db, const char *eid, int64_t not_after_ms, bool has_skew,
+                         int64_t skew_s, int64_t now_ms)
+{
+    if (!eid || (not_after_ms <= 0 && !has_skew))
+        return 0;
+    sqlite3_stmt *st = s_st(db, S_DOCTOR_NOTE);
+    if (!st)
+        return -1;
+    s_bind_text(st, 1, eid);
+    if (not_after_ms > 0)
+        sqlite3_bind_int64(st, 2, not_after_ms);
+    if (has_skew)
+        sqlite3_bind_int64(st, 3, skew_s);
+    sqlite3_bind_int64(st, 4, now_ms);
+    if (s_exec(db, st, "recording the identity certificate and clock skew") < 0)
+        return -1;
+    return sqlite3_changes(db->sql) > 0 ? 1 : 0;
 }
 
 /* ---- enrollments ---- */

@@ -67,7 +67,7 @@ typedef struct {
                                   //  only this long after it was delivered
 } store_policy_t;
 
-#define STORE_SCHEMA_VERSION 4
+#define STORE_SCHEMA_VERSION 5
 
 //  Open (creating and migrating) the database at `path` (":memory:" works).
 //  Returns NULL with the reason in err.
@@ -125,6 +125,13 @@ typedef struct {
     unsigned status;  //  HTTP status for the device
     char reason[256]; //  when status != 200
 } store_checkin_res_t;
+
+//  Doctor facts from an accepted, authenticated request (store_doctor.h): the
+//  identity certificate's notAfter (ms, 0 = unknown) and the device's clock
+//  skew (when has_skew). Call after the check-in or connect succeeded, inside
+//  its transaction. 1 = written (changed), 0 = unchanged, -1 = database error.
+int store_db_doctor_note(store_db_t *db, const char *eid, int64_t not_after_ms, bool has_skew,
+                         int64_t skew_s, int64_t now_ms);
 
 //  Apply one check-in. `body_out` receives the packed plist dict to send back
 //  (left empty when there is none). Device-visible refusals (400, 410...) are

@@ -8,6 +8,8 @@
 #include <cmocka.h>
 
 #include "store_db.h"
+#include "pm_mpck.h"
+#include "store_doctor.h"
 
 #include <sqlite3.h>
 #include <stdio.h>
@@ -895,6 +897,79 @@ static void test_lists(void **state)
     store_db_destroy(&db);
 }
 
+//  Doctor facts: the identity certificate's notAfter and the clock skew are
+//  written only when they change, and store.doctor reports them (for a user
+//  channel: its device's).
+static int s_note(store_db_t *db, const char *eid, int64_t na, bool has_skew, int64_t skew,
+                  int64_t now)
+{
+    assert_int_equal(store_db_begin(db), 0);
+    int r = store_db_doctor_note(db, eid, na, has_skew, skew, now);
+    s_commit(db);
+    return r;
+}
+
+static int64_t s_fact(store_db_t *db, const char *eid, const char *key)
+{
+    msgpack_sbuffer out;
+    msgpack_sbuffer_init(&out);
+    assert_int_equal(store_doctor_device(store_db_sqlite(db), eid, &out), 0);
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    assert_int_equal(msgpack_unpack_next(&u, out.data, out.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    const msgpack_object *o = pm_mp_get(&u.data, key);
+    assert_non_null(o);
+    int64_t v = o->type == MSGPACK_OBJECT_NIL                ? -1
+                : o->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? (int64_t)o->via.u64
+                                                             : o->via.i64;
+    msgpack_unpacked_destroy(&u);
+    msgpack_sbuffer_destroy(&out);
+    return v;
+}
+
+static void test_doctor_identity_facts(void **state)
+{
+    (void)state;
+    store_db_t *db = s_open();
+    s_enroll(db, "d1");
+    assert_int_equal(s_fact(db, "d1", "cert_not_after"), -1); //  nil: never measured
+    assert_int_equal(s_fact(db, "d1", "clock_skew_s"), -1);
+    int64_t na = s_now + 3LL * 86400 * 1000;
+    assert_int_equal(s_note(db, "d1", 0, false, 0, s_now), 0); //  nothing to record
+    assert_int_equal(s_note(db, "d1", na, true, 900, s_now), 1);
+    assert_int_equal(s_note(db, "d1", na, true, 905, s_now + 1000), 0); //  same facts: no write
+    assert_int_equal(s_note(db, "d1", na, false, 0, s_now + 2000), 0);  //  no skew: kept
+    assert_int_equal(s_fact(db, "d1", "clock_skew_s"), 900);
+    assert_int_equal(s_fact(db, "d1", "skew_at"), s_now);
+    assert_int_equal(s_note(db, "d1", na, true, -4, s_now + 3000), 1); //  clock fixed
+    assert_int_equal(s_fact(db, "d1", "clock_skew_s"), -4);
+    assert_int_equal(s_note(db, "d1", na, true, -4, s_now + 3000 + 3600000), 1); //  hourly
+    assert_int_equal(s_fact(db, "d1", "skew_at"), s_now + 3000 + 3600000);
+    assert_int_equal(s_note(db, "d1", na + 1000, false, 0, s_now + 4000), 1); //  renewed cert
+    assert_int_equal(s_fact(db, "d1", "cert_not_after"), na + 1000);
+    assert_int_equal(s_fact(db, "d1", "clock_skew_s"), -4); //  the skew stays
+    //  a user channel without facts of its own shows its device's
+    assert_int_equal(s_checkin(db, "d1:U1", "user", "TokenUpdate", NULL), 200);
+    assert_int_equal(s_fact(db, "d1:U1", "cert_not_after"), na + 1000);
+    //  the fleet counts: d1 expiring within 30 days; d2 expired and 10 minutes behind
+    s_enroll(db, "d2");
+    assert_int_equal(s_note(db, "d2", s_now - 1000, true, -600, s_now), 1);
+    msgpack_sbuffer out;
+    msgpack_sbuffer_init(&out);
+    assert_int_equal(
+        store_doctor_fleet(store_db_sqlite(db), 86400000, 3, s_now, 30LL * 86400 * 1000, 300, &out),
+        0);
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    assert_int_equal(msgpack_unpack_next(&u, out.data, out.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    assert_int_equal(pm_mp_get(&u.data, "identity_expired")->via.i64, 1);
+    assert_int_equal(pm_mp_get(&u.data, "identity_expiring")->via.i64, 1);
+    assert_int_equal(pm_mp_get(&u.data, "clock_skewed")->via.i64, 1);
+    msgpack_unpacked_destroy(&u);
+    msgpack_sbuffer_destroy(&out);
+    store_db_destroy(&db);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -907,6 +982,7 @@ int main(void)
         cmocka_unit_test(test_connect_retry_same_answer),
         cmocka_unit_test(test_group_commit_isolates_failures),
         cmocka_unit_test(test_lists),
+        cmocka_unit_test(test_doctor_identity_facts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

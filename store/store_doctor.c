@@ -56,13 +56,22 @@ static sqlite3_stmt *s_prep(sqlite3 *sql, const char *q, const char *eid)
 int store_doctor_device(sqlite3 *sql, const char *eid, msgpack_sbuffer *out)
 {
     int rc = -1;
-    sqlite3_stmt *e = NULL, *q = NULL, *h = NULL, *p = NULL, *n = NULL;
+    sqlite3_stmt *e = NULL, *q = NULL, *h = NULL, *p = NULL, *n = NULL, *id = NULL;
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
+    //  last seen: a check-in (enrollments) or a command-loop request (sessions)
     e = s_prep(sql,
-               "SELECT kind, enrolled, token_update IS NOT NULL, push_token IS NOT NULL, topic,"
-               " stale_token, wake_pending, first_seen, last_seen FROM enrollments WHERE eid=?1",
+               "SELECT e.kind, e.enrolled, e.token_update IS NOT NULL, e.push_token IS NOT NULL,"
+               " e.topic, e.stale_token, EXISTS(SELECT 1 FROM wake w WHERE w.eid=e.eid),"
+               " e.first_seen, max(e.last_seen, coalesce(s.last_seen, 0))"
+               " FROM enrollments e LEFT JOIN sessions s ON s.eid=e.eid WHERE e.eid=?1",
                eid);
+    //  the identity facts of this enrollment, else of its device (user channels)
+    id = s_prep(sql,
+                "SELECT cert_not_after, clock_skew_s, skew_at FROM identity WHERE eid=?1"
+                " OR eid=(SELECT parent FROM enrollments WHERE eid=?1) ORDER BY eid=?1 DESC"
+                " LIMIT 1",
+                eid);
     q = s_prep(sql, "SELECT count(*), max(created) FROM queue WHERE eid=?1 AND active=1", eid);
     h = s_prep(sql,
                "SELECT c.uuid, c.request_type, q.status, q.notnow_count, q.deliveries, q.created,"
@@ -74,7 +83,7 @@ int store_doctor_device(sqlite3 *sql, const char *eid, msgpack_sbuffer *out)
                " ORDER BY seq DESC LIMIT 1",
                eid);
     n = s_prep(sql, "SELECT count(*) FROM events WHERE eid=?1 AND name LIKE 'push.%'", eid);
-    if (!e || !q || !h || !p || !n)
+    if (!e || !q || !h || !p || !n || !id)
         goto out;
     int r = sqlite3_step(e);
     if (r == SQLITE_DONE) {
@@ -83,7 +92,10 @@ int store_doctor_device(sqlite3 *sql, const char *eid, msgpack_sbuffer *out)
     }
     if (r != SQLITE_ROW || sqlite3_step(q) != SQLITE_ROW || sqlite3_step(n) != SQLITE_ROW)
         goto out;
-    msgpack_pack_map(&pk, 15);
+    int ir = sqlite3_step(id);
+    if (ir != SQLITE_ROW && ir != SQLITE_DONE)
+        goto out;
+    msgpack_pack_map(&pk, 18);
     s_key(&pk, "eid");
     msgpack_pack_str_with_body(&pk, eid, strlen(eid));
     s_key(&pk, "kind");
@@ -110,6 +122,15 @@ int store_doctor_device(sqlite3 *sql, const char *eid, msgpack_sbuffer *out)
     s_col(&pk, q, 1);
     s_key(&pk, "push_events");
     s_col(&pk, n, 0);
+    //  identity certificate notAfter (ms), clock skew (s) and when it was recorded (ms)
+    static const char *const ik[] = {"cert_not_after", "clock_skew_s", "skew_at"};
+    for (int i = 0; i < 3; i++) {
+        s_key(&pk, ik[i]);
+        if (ir == SQLITE_ROW)
+            s_col(&pk, id, i);
+        else
+            msgpack_pack_nil(&pk);
+    }
     //  the head of the queue, in offer order
     s_key(&pk, "head");
     msgpack_sbuffer rows;
@@ -169,40 +190,51 @@ out:
     sqlite3_finalize(h);
     sqlite3_finalize(p);
     sqlite3_finalize(n);
+    sqlite3_finalize(id);
     return rc;
 }
 
 int store_doctor_fleet(sqlite3 *sql, int64_t silent_ms, unsigned notnow_limit, int64_t now_ms,
-                       msgpack_sbuffer *out)
+                       int64_t identity_warn_ms, int64_t skew_max_s, msgpack_sbuffer *out)
 {
     int rc = -1;
-    sqlite3_stmt *e = NULL, *s = NULL, *p = NULL;
+    sqlite3_stmt *e = NULL, *s = NULL, *p = NULL, *id = NULL;
+    id = s_prep(sql,
+                "SELECT coalesce(sum(i.cert_not_after <= ?1),0),"
+                " coalesce(sum(i.cert_not_after > ?1 AND i.cert_not_after < ?2),0),"
+                " coalesce(sum(abs(i.clock_skew_s) > ?3),0)"
+                " FROM identity i JOIN enrollments e ON e.eid=i.eid WHERE e.enrolled=1",
+                NULL);
     e = s_prep(sql,
-               "SELECT count(*), coalesce(sum(enrolled=1 AND push_token IS NOT NULL),0),"
-               " coalesce(sum(enrolled=0 AND token_update IS NULL),0),"
-               " coalesce(sum(enrolled=0 AND token_update IS NOT NULL),0),"
-               " coalesce(sum(enrolled=1 AND push_token IS NULL),0),"
-               " coalesce(sum(stale_token=1),0), coalesce(sum(wake_pending=1),0),"
-               " coalesce(sum(enrolled=1 AND last_seen < ?1),0) FROM enrollments",
+               "SELECT count(*), coalesce(sum(e.enrolled=1 AND e.push_token IS NOT NULL),0),"
+               " coalesce(sum(e.enrolled=0 AND e.token_update IS NULL),0),"
+               " coalesce(sum(e.enrolled=0 AND e.token_update IS NOT NULL),0),"
+               " coalesce(sum(e.enrolled=1 AND e.push_token IS NULL),0),"
+               " coalesce(sum(e.stale_token=1),0), (SELECT count(*) FROM wake),"
+               " coalesce(sum(e.enrolled=1 AND max(e.last_seen, coalesce(s.last_seen, 0)) < ?1),0)"
+               " FROM enrollments e LEFT JOIN sessions s ON s.eid=e.eid",
                NULL);
     s = s_prep(sql,
                "SELECT count(DISTINCT eid) FROM queue WHERE active=1 AND"
                " (notnow_count >= ?1 OR (status='sent' AND delivered < ?2))",
                NULL);
     p = s_prep(sql, "SELECT EXISTS(SELECT 1 FROM events WHERE name LIKE 'push.%')", NULL);
-    if (!e || !s || !p)
+    if (!e || !s || !p || !id)
         goto out;
+    sqlite3_bind_int64(id, 1, now_ms);
+    sqlite3_bind_int64(id, 2, now_ms + identity_warn_ms);
+    sqlite3_bind_int64(id, 3, skew_max_s);
     sqlite3_bind_int64(e, 1, now_ms - silent_ms);
     sqlite3_bind_int64(s, 1, notnow_limit ? (sqlite3_int64)notnow_limit : INT64_MAX);
     sqlite3_bind_int64(s, 2, now_ms - 60000); //  delivered a minute ago, no answer
     if (sqlite3_step(e) != SQLITE_ROW || sqlite3_step(s) != SQLITE_ROW ||
-        sqlite3_step(p) != SQLITE_ROW)
+        sqlite3_step(p) != SQLITE_ROW || sqlite3_step(id) != SQLITE_ROW)
         goto out;
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
     static const char *const ek[] = {"total",    "active",      "not_activated", "checked_out",
                                      "no_token", "stale_token", "wake_pending",  "silent"};
-    msgpack_pack_map(&pk, 10);
+    msgpack_pack_map(&pk, 13);
     for (int i = 0; i < 8; i++) {
         s_key(&pk, ek[i]);
         s_col(&pk, e, i);
@@ -211,6 +243,11 @@ int store_doctor_fleet(sqlite3 *sql, int64_t silent_ms, unsigned notnow_limit, i
     s_col(&pk, s, 0);
     s_key(&pk, "push_outcomes");
     s_bool_col(&pk, p, 0);
+    static const char *const ik[] = {"identity_expired", "identity_expiring", "clock_skewed"};
+    for (int i = 0; i < 3; i++) {
+        s_key(&pk, ik[i]);
+        s_col(&pk, id, i);
+    }
     rc = 0;
 out:
     if (rc < 0)
@@ -218,6 +255,7 @@ out:
     sqlite3_finalize(e);
     sqlite3_finalize(s);
     sqlite3_finalize(p);
+    sqlite3_finalize(id);
     return rc;
 }
 
@@ -239,9 +277,15 @@ store_rc_t store_doctor_svc(store_db_t *db, const pm_msg_t *req, pm_msg_t **repl
         }
         if (r < 0)
             goto out;
-    } else if (store_doctor_fleet(sql, (int64_t)pm_msg_uint(req, "silent_s", 86400) * 1000,
-                                  (unsigned)pm_msg_uint(req, "notnow_limit", 3), now_ms, &b) < 0)
-        goto out;
+    } else {
+        uint64_t iw = pm_msg_uint(req, "identity_warn_s", 30 * 86400);
+        uint64_t sk = pm_msg_uint(req, "skew_max_s", STORE_DOCTOR_SKEW_MAX_S);
+        if (store_doctor_fleet(sql, (int64_t)pm_msg_uint(req, "silent_s", 86400) * 1000,
+                               (unsigned)pm_msg_uint(req, "notnow_limit", 3), now_ms,
+                               iw > 100 * 365 * 86400ULL ? INT64_MAX / 4 : (int64_t)iw * 1000,
+                               sk > INT32_MAX ? INT32_MAX : (int64_t)sk, &b) < 0)
+            goto out;
+    }
     *reply = pm_msg_new_reply(req, PM_MSG_DOCTOR_REPLY);
     if (!*reply || pm_msg_set_uint(*reply, "now", (uint64_t)now_ms) < 0 ||
         pm_msg_set_packed(*reply, eid && *eid ? "device" : "fleet", (const uint8_t *)b.data,

@@ -26,10 +26,17 @@ store_rc_t store_push_info(store_db_t *db, const char *const *eids, size_t n, ms
     sqlite3 *sql = store_db_sqlite(db);
     sqlite3_stmt *st = NULL;
     store_rc_t rc = STORE_ERR_DB;
-    if (sqlite3_prepare_v2(sql,
-                           "SELECT push_token, push_magic, topic, stale_token, enrolled"
-                           " FROM enrollments WHERE eid=?1",
-                           -1, &st, NULL) != SQLITE_OK) {
+    //  last_push and last_activity let the pusher derive the sweep backoff
+    //  from durable data (a restart does not reset it)
+    if (sqlite3_exec(sql, s_schema, NULL, NULL, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(
+            sql,
+            "SELECT e.push_token, e.push_magic, e.topic, e.stale_token, e.enrolled,"
+            " (SELECT p.last_push FROM push_state p WHERE p.eid=e.eid),"
+            " max(e.last_seen, coalesce((SELECT s.last_seen FROM sessions s WHERE s.eid=e.eid), 0),"
+            "  coalesce((SELECT max(q.created) FROM queue q WHERE q.eid=e.eid AND q.active=1), 0))"
+            " FROM enrollments e WHERE e.eid=?1",
+            -1, &st, NULL) != SQLITE_OK) {
         pm_error("push.info: %s", sqlite3_errmsg(sql));
         return STORE_ERR_DB;
     }
@@ -53,7 +60,9 @@ store_rc_t store_push_info(store_db_t *db, const char *const *eids, size_t n, ms
         int toklen = sqlite3_column_bytes(st, 0);
         const char *magic = (const char *)sqlite3_column_text(st, 1);
         const char *topic = (const char *)sqlite3_column_text(st, 2);
-        msgpack_pack_map(&pk, 3 + (tok ? 1 : 0) + (magic ? 1 : 0) + (topic ? 1 : 0));
+        bool has_last = sqlite3_column_type(st, 5) != SQLITE_NULL;
+        msgpack_pack_map(&pk, 4 + (tok ? 1 : 0) + (magic ? 1 : 0) + (topic ? 1 : 0) +
+                                  (has_last ? 1 : 0));
         s_pack_str(&pk, "eid");
         s_pack_str(&pk, eids[i]);
         if (tok) {
@@ -73,6 +82,12 @@ store_rc_t store_push_info(store_db_t *db, const char *const *eids, size_t n, ms
         sqlite3_column_int(st, 3) ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
         s_pack_str(&pk, "enrolled");
         sqlite3_column_int(st, 4) ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
+        if (has_last) {
+            s_pack_str(&pk, "last_push");
+            msgpack_pack_int64(&pk, sqlite3_column_int64(st, 5));
+        }
+        s_pack_str(&pk, "last_activity");
+        msgpack_pack_int64(&pk, sqlite3_column_int64(st, 6));
         found++;
     }
     msgpack_packer opk;

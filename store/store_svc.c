@@ -162,6 +162,30 @@ static pm_msg_t *s_error(store_svc_t *svc, const pm_msg_t *req, store_rc_t rc)
 
 /* ---- one handler per request type ---- */
 
+//  What the gateway measured on an accepted request, for picomdm doctor
+//  (store_doctor.h): the identity certificate's notAfter, the clock skew.
+//  Never a reason to refuse; a skew beyond STORE_DOCTOR_SKEW_MAX_S is logged
+//  when it is recorded (so once, not on every request).
+static store_rc_t s_doctor_note(store_svc_t *svc, const pm_msg_t *req, const char *eid,
+                                int64_t now_ms)
+{
+    int64_t na = 0, skew = 0;
+    uint32_t ns;
+    bool has_skew = pm_msg_has(req, "clock_skew_s");
+    if (pm_msg_time(req, "cert_not_after", &na, &ns) < 0)
+        na = 0;
+    if (has_skew)
+        skew = pm_msg_int(req, "clock_skew_s", 0);
+    int r = store_db_doctor_note(svc->db, eid, na > 0 ? na * 1000 : 0, has_skew, skew, now_ms);
+    if (r < 0)
+        return STORE_ERR_DB;
+    if (r == 1 && has_skew && (skew > STORE_DOCTOR_SKEW_MAX_S || skew < -STORE_DOCTOR_SKEW_MAX_S))
+        pm_warn("eid=%s: the device's clock is %lld s %s the server's (Mdm-Signature signingTime);"
+                " its TLS and certificate checks may fail: picomdm doctor %s",
+                eid, (long long)(skew < 0 ? -skew : skew), skew < 0 ? "behind" : "ahead of", eid);
+    return STORE_OK;
+}
+
 static store_rc_t s_checkin(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply,
                             msgpack_sbuffer *a, msgpack_sbuffer *b)
 {
@@ -196,6 +220,8 @@ static store_rc_t s_checkin(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **re
         in.awaiting_configuration = ac->via.boolean;
     store_checkin_res_t res;
     store_rc_t rc = store_db_checkin(svc->db, &in, &res, b);
+    if (rc == STORE_OK && res.status == 200)
+        rc = s_doctor_note(svc, req, in.eid, in.now_ms);
     if (rc != STORE_OK)
         return rc;
     *reply = pm_msg_new_reply(req, PM_MSG_CHECKIN_REPLY);
@@ -230,6 +256,8 @@ static store_rc_t s_connect(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **re
     }
     store_connect_res_t res;
     store_rc_t rc = store_db_connect(svc->db, &in, &res, b);
+    if (rc == STORE_OK && res.status == 200)
+        rc = s_doctor_note(svc, req, in.eid, in.now_ms);
     if (rc != STORE_OK)
         return rc;
     *reply = pm_msg_new_reply(req, PM_MSG_CONNECT_REPLY);

@@ -5,7 +5,9 @@
 # with the queuedrv bus driver (lighter than devsim: no TLS, no plist; the
 # store path — result, inventory rows, inventory.changed — is the same).
 # Prints: ingest rate, store size, and the time of `picomdm devices`
-# filtered queries over the fleet (target < 1 s each).
+# filtered queries over the fleet (target < 1 s each) with the rows each
+# matched (the devices report a model and an OS at Authenticate, so --model
+# and --os find N/4 and N/3 of them).
 set -u
 ROOT=${PICOMDM_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 BIN=${BIN:-$ROOT/bin}; TT=${TT:-$ROOT/build/rel/tt}
@@ -29,6 +31,7 @@ for _ in $(seq 100); do "${P[@]}" devices >/dev/null 2>&1 && break; sleep 0.2; d
 EP="ipc://$T/var/run/request.sock"
 Q=("$TT/queuedrv" --request-endpoint "$EP" --n "$N" --window "$W" --timeout-ms 30000 --log-level warn)
 ms() { date +%s%3N; }
+echo "load:    $(cut -d" " -f1-3 /proc/loadavg) (1, 5, 15 min)"
 echo "inventory bench: $N devices x InstalledApplicationList with $A apps (queuedrv over the bus; store synchronous=full)"
 t0=$(ms); "${Q[@]}" enroll >"$T/enroll.out" || { cat "$T/enroll.out"; exit 1; }
 echo "enroll:  $N enrollments in $(( $(ms) - t0 )) ms"
@@ -46,11 +49,22 @@ echo "store:   $(( (sz1 - sz0) / 1024 )) MiB added ($(( (sz1 - sz0) * 1024 / N )
 rows=$(python3 -c "import sqlite3; c=sqlite3.connect('file:$T/var/picomdm.db?mode=ro', uri=True); print(c.execute(\"select count(*) from inventory where key='InstalledApplicationList'\").fetchone()[0])")
 echo "rows:    $rows InstalledApplicationList inventory rows"
 [ "$rows" -eq "$N" ] || { echo "FAIL: expected $N inventory rows"; exit 1; }
-q() { local t0 n; t0=$(ms); n=$("${P[@]}" devices "$@" 2>/dev/null | tail -n +2 | wc -l); echo "query:   devices $* -> $n rows in $(( $(ms) - t0 )) ms"; }
+# q WANT ARGS...: time one filtered query; WANT = rows it must match ("-": not checked)
+q() {
+    local want=$1 t0 n dt; shift
+    t0=$(ms); n=$("${P[@]}" devices "$@" 2>/dev/null | tail -n +2 | wc -l); dt=$(( $(ms) - t0 ))
+    echo "query:   devices $* -> $n rows matched in $dt ms"
+    [ "$want" = - ] || [ "$n" -eq "$want" ] || { echo "FAIL: expected $want rows"; exit 1; }
+}
+# queuedrv's Authenticate: device i reports model i % 4 (iPhone15,2 first) and OS i % 3
+# (17.5.1 first); the list is capped by --limit (default 1000 in the store)
+lim=$((N + 1))
 sleep 1
-q --silent-for 1s --limit 1000
-q --silent-for 1s --limit 1000 --after dev-5000
-q --query OSVersion=17.5.1
-q --model iPhone15,2
-q --query InstalledApplicationList=x
+q - --silent-for 1s --limit 1000
+q - --silent-for 1s --limit 1000 --after dev-5000
+q $(( (N + 3) / 4 )) --model iPhone15,2 --limit $lim
+q $(( (N + 2) / 3 )) --os 17.5.1 --limit $lim
+q $(( (N + 11) / 12 )) --model iPhone15,2 --os 17.5.1 --limit $lim
+q - --query OSVersion=17.5.1
+q - --query InstalledApplicationList=x
 t0=$(ms); "${P[@]}" doctor >/dev/null; echo "doctor:  fleet summary over $N enrollments in $(( $(ms) - t0 )) ms"

@@ -3,8 +3,8 @@
 # case (docs/push.md "Outcome rules"): 200 sent; 410 stale and no more pushes
 # to that token until a new one; 400 no retry; 429 per-token backoff then
 # sent; 5xx and GOAWAY retried with backoff; 500 forever -> gives up after
-# max-attempts; timeout retried; 403 stops the topic until SIGHUP reloads the
-# certificate; duplicate wakes coalesced; topic mismatch refused locally.
+# max-attempts; timeout retried; 403 holds the topic's pushes until SIGHUP
+# reloads the certificate, then sends them; duplicate wakes coalesced; topic mismatch refused locally.
 . "$(dirname "$0")/push_lib.inc"
 [ -x "$PUSHER" ] || skip "bin/picomdm-pusher is not built (run make)"
 make_pki
@@ -81,27 +81,41 @@ send "wake dev2 $(T 12) MAGIC2b"
 wait_for '"event":"push.sent","eid":"dev2"' 1
 echo "ok   new token after the stale one: sent"
 
-# 403: the topic stops (the failing push, then every later wake) until SIGHUP
+# 403: the alert once, then the topic's pushes are held (the failing push and
+# later wakes, coalesced) until SIGHUP loads a certificate; then they go out
 ctl POST /rules "$(T 10) 403 count=1" | grep -q 'added 1' || fail "rule not added"
 send "wake dev10 $(T 10) MAGIC10"
 wait_for '"event":"push.cert_problem","eid":"dev10","status":403,"reason":"BadCertificate"' 1
 sent_before=$(apns_stat accepted)
-send "wake dev11 $(T 11) MAGIC11"
-wait_for '"event":"push.failed","eid":"dev11".*topic stopped' 1
-[ "$(apns_stat accepted)" = "$sent_before" ] || fail "a push went out for a stopped topic"
-echo "ok   403: cert_problem event, topic stopped"
+req_before=$(apns_stat requests)
+send "wake dev11 $(T 11) MAGIC11" "wake dev11 $(T 11) MAGIC11" "wake dev13 $(T 13) MAGIC13" "stats"
+wait_for '"event":"push.stats".*"held":3' 1
+sleep 0.3
+[ "$(apns_stat requests)" = "$req_before" ] || fail "a request went out for a stopped topic"
+grep -qE '"eid":"dev1[013]".*"event":"push.(sent|failed)"|"event":"push.(sent|failed)","eid":"dev1[013]"' "$W/out" \
+    && fail "a held push was reported before the certificate was fixed: $(grep '"eid":"dev1[013]"' "$W/out")"
+[ "$(grep -c '"event":"push.cert_problem"' "$W/out")" = 1 ] || fail "cert_problem raised more than once"
+echo "ok   403: one cert_problem alert, dev10 + dev11 (coalesced) + dev13 held, nothing sent"
 grep -q "APNs refused the push certificate" "$W/pusher.log" || fail "no alert in the log"
 kill -HUP "$PUSHER_PID"
-sleep 0.5
-send "wake dev11 $(T 11) MAGIC11"
-wait_for '"event":"push.sent","eid":"dev11"' 1
-echo "ok   after SIGHUP (certificate reloaded) the topic resumes"
+wait_for '"event":"push.sent","eid":"dev1[013]"' 3
+has dev10 '"event":"push.sent","eid":"dev10","status":200'
+has dev11 '"event":"push.sent","eid":"dev11","status":200'
+[ "$(grep -c '"eid":"dev11"' "$W/out")" = 1 ] || fail "dev11 pushed more than once"
+[ "$(apns_stat accepted)" = "$((sent_before + 3))" ] || fail "stand-in accepted $(apns_stat accepted), want $((sent_before + 3))"
+echo "ok   after SIGHUP (certificate reloaded) the 3 held pushes went out"
+
+# held pushes still pending at end of input are reported as failed
+ctl POST /rules "$(T 14) 403 count=1" | grep -q 'added 1' || fail "rule not added"
+send "wake dev14 $(T 14) MAGIC14"
+wait_for '"event":"push.cert_problem","eid":"dev14"' 1
 
 exec 3>&-
 for _ in $(seq 100); do kill -0 "$PUSHER_PID" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$PUSHER_PID" 2>/dev/null && fail "pusher did not exit at end of input"
 wait "$PUSHER_PID" || fail "pusher exited with an error"
-grep -q '"event":"push.summary".*"coalesced":2' "$W/out" || fail "summary: $(tail -1 "$W/out")"
+has dev14 '"event":"push.failed","eid":"dev14","status":0,"reason":"held push dropped at end of input'
+grep -q '"event":"push.summary".*"coalesced":3' "$W/out" || fail "summary: $(tail -1 "$W/out")"
 echo "ok   summary: $(tail -1 "$W/out")"
 grep -qiE "$(T 1)|$(T 2)" "$W/pusher.log" && fail "a device token was logged"
 echo "PASS"

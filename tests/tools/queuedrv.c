@@ -130,7 +130,13 @@ static void s_checkin_done(void *arg, const pm_msg_t *reply, const char *error)
                pm_msg_str(reply, "reason"));
 }
 
-static int s_checkin(const char *eid, const char *mt)
+//  Authenticate reports a model and an OS version, spread over the fleet
+//  (device i: model i % 4, OS i % 3) so that `picomdm devices --model/--os`
+//  have matching rows to find (tests/bench/inventory.sh).
+static const char *const s_models[] = {"iPhone15,2", "iPhone14,5", "iPad13,1", "Mac14,2"};
+static const char *const s_oses[] = {"17.5.1", "17.4", "16.7.8"};
+
+static int s_checkin(const char *eid, const char *mt, int i)
 {
     pm_msg_t *m = pm_msg_new(PM_MSG_CHECKIN);
     msgpack_sbuffer b;
@@ -138,11 +144,18 @@ static int s_checkin(const char *eid, const char *mt)
     msgpack_packer pk;
     msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
     bool tu = strcmp(mt, "TokenUpdate") == 0;
-    msgpack_pack_map(&pk, tu ? 5 : 2);
+    msgpack_pack_map(&pk, tu ? 5 : 4);
     msgpack_pack_str_with_body(&pk, "MessageType", 11);
     msgpack_pack_str_with_body(&pk, mt, strlen(mt));
     msgpack_pack_str_with_body(&pk, "UDID", 4);
     msgpack_pack_str_with_body(&pk, eid, strlen(eid));
+    if (!tu) {
+        const char *model = s_models[i % 4], *os = s_oses[i % 3];
+        msgpack_pack_str_with_body(&pk, "Model", 5);
+        msgpack_pack_str_with_body(&pk, model, strlen(model));
+        msgpack_pack_str_with_body(&pk, "OSVersion", 9);
+        msgpack_pack_str_with_body(&pk, os, strlen(os));
+    }
     if (tu) {
         msgpack_pack_str_with_body(&pk, "Topic", 5);
         msgpack_pack_str_with_body(&pk, "com.apple.mgmt.test", 19);
@@ -167,14 +180,14 @@ static int s_enroll(int n)
     int64_t t0 = s_ms();
     for (int i = 0; i < n; i++) {
         s_eid(eid, sizeof eid, i);
-        if (s_checkin(eid, "Authenticate") < 0)
+        if (s_checkin(eid, "Authenticate", i) < 0)
             return -1;
     }
     if (s_drain_to(0) < 0)
         return -1;
     for (int i = 0; i < n; i++) {
         s_eid(eid, sizeof eid, i);
-        if (s_checkin(eid, "TokenUpdate") < 0)
+        if (s_checkin(eid, "TokenUpdate", i) < 0)
             return -1;
     }
     if (s_drain_to(0) < 0)

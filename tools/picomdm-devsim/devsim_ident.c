@@ -336,6 +336,25 @@ static int s_cms_b64(CMS_ContentInfo *cms, char **b64)
     return 0;
 }
 
+static long s_clock_skew_s;
+
+void devsim_ident_set_clock_skew(long seconds)
+{
+    s_clock_skew_s = seconds;
+}
+
+//  signingTime = now + the configured skew (CMS_final adds "now" only when
+//  the attribute is absent).
+static int s_signing_time(CMS_SignerInfo *si)
+{
+    if (!s_clock_skew_s)
+        return 0;
+    ASN1_TIME *t = X509_gmtime_adj(NULL, s_clock_skew_s);
+    int ok = t && CMS_signed_add1_attr_by_NID(si, NID_pkcs9_signingTime, t->type, t, -1) == 1;
+    ASN1_TIME_free(t);
+    return ok ? 0 : -1;
+}
+
 int devsim_ident_sign(const devsim_ident_t *id, const devsim_ident_t *extra, const EVP_MD *md,
                       const void *body, size_t len, char **b64)
 {
@@ -345,9 +364,12 @@ int devsim_ident_sign(const devsim_ident_t *id, const devsim_ident_t *extra, con
     CMS_ContentInfo *cms = in ? CMS_sign(NULL, NULL, NULL, NULL, flags) : NULL;
     if (!cms)
         goto out;
-    if (!CMS_add1_signer(cms, id->cert, id->key, md, flags))
+    CMS_SignerInfo *si = CMS_add1_signer(cms, id->cert, id->key, md, flags);
+    if (!si || s_signing_time(si) < 0)
         goto out;
-    if (extra && !CMS_add1_signer(cms, extra->cert, extra->key, md, flags))
+    if (extra && !(si = CMS_add1_signer(cms, extra->cert, extra->key, md, flags)))
+        goto out;
+    if (extra && s_signing_time(si) < 0)
         goto out;
     if (!CMS_final(cms, in, NULL, CMS_DETACHED | CMS_BINARY))
         goto out;

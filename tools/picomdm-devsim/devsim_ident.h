@@ -62,6 +62,10 @@ int devsim_ident_write(const devsim_ident_t *id, const char *cert_path, const ch
 //  SignedData over body, signer certificate included, CMS_BINARY.
 //  md = EVP_sha256() or EVP_sha1(). `extra` (may be NULL) adds a second signer
 //  (negative tests: "two signers"). *b64 is malloc'd, caller frees. 0 / -1.
+//  The signingTime signed attribute is the simulator's clock plus the skew set
+//  here (default 0: OpenSSL's own, now), like a device whose clock is off
+//  (option --clock-skew-s; picomdm doctor reports it). Process-wide.
+void devsim_ident_set_clock_skew(long seconds);
 int devsim_ident_sign(const devsim_ident_t *id, const devsim_ident_t *extra, const EVP_MD *md,
                       const void *body, size_t len, char **b64);
 

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -80,6 +81,48 @@ static void test_sign_and_verify(void **state)
         devsim_ident_destroy(&id);
     }
     devsim_ca_destroy(&ca);
+    devsim_ca_destroy(&ca);
+}
+
+//  --clock-skew-s: the signingTime signed attribute is shifted; the signature
+//  still verifies (the attribute is signed).
+static void test_clock_skew(void **state)
+{
+    (void)state;
+    char err[256];
+    devsim_ca_t *ca = devsim_ca_generate("Device CA", DEVSIM_KEY_EC, err, sizeof err);
+    devsim_ident_t *id = devsim_ident_issue(ca, "SKEW", DEVSIM_KEY_EC, -60, 86400, err, sizeof err);
+    assert_true(ca && id);
+    static const long skews[] = {900, -3600, 0};
+    for (int i = 0; i < 3; i++) {
+        devsim_ident_set_clock_skew(skews[i]);
+        char *sig = NULL;
+        assert_int_equal(devsim_ident_sign(id, NULL, EVP_sha256(), s_body, strlen(s_body), &sig),
+                         0);
+        assert_int_equal(s_verify(sig, s_body, strlen(s_body), devsim_ca_cert(ca)), 1);
+        //  read the attribute back
+        size_t blen = strlen(sig);
+        unsigned char *der = malloc(blen);
+        int n = EVP_DecodeBlock(der, (const unsigned char *)sig, (int)blen);
+        assert_true(n > 0);
+        const unsigned char *p = der;
+        CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, n);
+        assert_non_null(cms);
+        CMS_SignerInfo *si = sk_CMS_SignerInfo_value(CMS_get0_SignerInfos(cms), 0);
+        int ix = CMS_signed_get_attr_by_NID(si, NID_pkcs9_signingTime, -1);
+        assert_true(ix >= 0);
+        ASN1_TYPE *t = X509_ATTRIBUTE_get0_type(CMS_signed_get_attr(si, ix), 0);
+        struct tm tm;
+        assert_int_equal(ASN1_TIME_to_tm((const ASN1_TIME *)t->value.asn1_string, &tm), 1);
+        long d = (long)(timegm(&tm) - time(NULL));
+        if (d < skews[i] - 5 || d > skews[i] + 1)
+            fail_msg("signingTime off by %ld s, wanted %ld", d, skews[i]);
+        CMS_ContentInfo_free(cms);
+        free(der);
+        free(sig);
+    }
+    devsim_ident_set_clock_skew(0);
+    devsim_ident_destroy(&id);
     devsim_ca_destroy(&ca);
 }
 
@@ -159,6 +202,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sign_and_verify),
         cmocka_unit_test(test_negative_signatures),
+        cmocka_unit_test(test_clock_skew),
         cmocka_unit_test(test_pem_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -381,6 +381,12 @@ static int s_finish(devsim_run_t *r, slot_t *s, CURLcode res)
     } else if (st->kind == ST_SESSION) {
         if (j->stop_next || s->resplen == 0 || s_blank(s->resp, s->resplen)) {
             r->ph->units++; //  an empty 200 body ends the session
+        } else if (r->o.drop_after_command) {
+            //  a device that loses its connection (or crashes) after fetching a
+            //  command: the server has it as delivered and never answered
+            pm_info("%s: got a command; --drop-after-command: session ended without answering",
+                    devsim_dev_id(ch, idbuf, sizeof idbuf));
+            r->ph->units++;
         } else if (j->cmds >= r->o.max_commands) {
             pm_warn("%s: more than %d commands in one session; the simulator stops here",
                     devsim_dev_id(ch, idbuf, sizeof idbuf), r->o.max_commands);

@@ -32,6 +32,7 @@ typedef struct {
     int max_commands;         //  per session: a server that never stops is cut off here
     long timeout_ms;          //  per request
     bool verbose;             //  print every exchange (bodies included)
+    bool drop_after_command;  //  end each session on receiving a command, without answering it
     devsim_answer_opts_t answer;
 } devsim_run_opts_t;
 

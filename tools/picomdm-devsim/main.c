@@ -60,6 +60,11 @@ static const pm_opt_t s_opts[] = {
     {"os-version", PM_OPT_STR, NULL,
      "report this OSVersion instead of the model's (e.g. an update between two runs)"},
     {"notnow-rate", PM_OPT_STR, "0", "chance 0..1 of answering a command NotNow"},
+    {"drop-after-command", PM_OPT_BOOL, "false",
+     "end each session on receiving a command, without answering it (a lost connection)"},
+    {"clock-skew-s", PM_OPT_INT, "0",
+     "sign with a signingTime this many seconds off the real clock (a device with a wrong "
+     "clock; picomdm doctor reports it)"},
     {"timeout-ms", PM_OPT_INT, "30000", "per-request timeout"},
     {"max-commands", PM_OPT_INT, "1000", "commands per session before the device gives up"},
     {"verbose", PM_OPT_BOOL, "false", "print every exchange, bodies included (also -v)"},
@@ -395,6 +400,12 @@ int main(int argc, char **argv)
         pm_error("--notnow-rate wants a number from 0 to 1, e.g. 0.2");
         goto out;
     }
+    int64_t skew = pm_cfg_int(cfg, "clock-skew-s");
+    if (skew < -10L * 365 * 86400 || skew > 10L * 365 * 86400) {
+        pm_error("--clock-skew-s wants seconds within ten years, e.g. 900 or -3600");
+        goto out;
+    }
+    devsim_ident_set_clock_skew((long)skew);
     const char *cert = pm_cfg_str(cfg, "cert"), *key = pm_cfg_str(cfg, "key");
     const char *cacert = pm_cfg_str(cfg, "ca-cert"), *cakey = pm_cfg_str(cfg, "ca-key");
     if ((cert != NULL) != (key != NULL) || (cacert != NULL) != (cakey != NULL)) {
@@ -575,6 +586,7 @@ int main(int argc, char **argv)
         .max_commands = (int)pm_cfg_int(cfg, "max-commands"),
         .timeout_ms = (long)pm_cfg_int(cfg, "timeout-ms"),
         .verbose = verbose,
+        .drop_after_command = pm_cfg_bool(cfg, "drop-after-command"),
         .answer = ao,
     };
     if (spoof || malformed) {

@@ -9,6 +9,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static const pm_opt_t s_opts[] = {
     {"listen", PM_OPT_STR, "127.0.0.1:2197", "IP:PORT to serve HTTP/2 on (port 0 = any free one)"},
@@ -91,7 +92,11 @@ int main(int argc, char **argv)
         rc = 0;
         goto out;
     }
-    pm_info("listening on 127.0.0.1:%d (h2 only)%s", fapns_server_port(srv), "");
+    //  The address as given (its port may be 0 = any): the host part of
+    //  IP:PORT, then the port actually bound.
+    const char *colon = strrchr(sc.listen, ':');
+    pm_info("listening on %.*s:%d (h2 only)", colon ? (int)(colon - sc.listen) : 0, sc.listen,
+            fapns_server_port(srv));
     if (fapns_server_control_port(srv) > 0)
         pm_info("control on port %d", fapns_server_control_port(srv));
     rc = fapns_server_run(srv) == 0 ? 0 : 1;

@@ -28,6 +28,10 @@ const pm_opt_t cli_doctor_opts[] = {
     {"delivered-timeout", PM_OPT_STR, "60s",
      "a command delivered and unanswered this long is reported as stuck"},
     {"silent-for", PM_OPT_STR, "1d", "a device not seen this long is reported as silent"},
+    {"identity-warn", PM_OPT_STR, "30d",
+     "a device identity certificate expiring within this is reported"},
+    {"max-skew", PM_OPT_STR, "5m",
+     "a device clock further than this from the server's is reported"},
     {NULL, 0, NULL, NULL}};
 
 /* ---- reading the facts ---- */
@@ -70,18 +74,26 @@ static const char *s_when(int64_t ms, char *buf, size_t size)
     return buf;
 }
 
-//  A duration as "3d 4h", "5h 2m", "42s".
+//  A duration as "3d 4h", "5h 2m", "42s" ("30d", "15m" when the second part is 0).
 static const char *s_ago(int64_t ms, char *buf, size_t size)
 {
     long long s = ms > 0 ? ms / 1000 : 0;
+    long long big, small;
+    char bu, su;
     if (s >= 86400)
-        snprintf(buf, size, "%lldd %lldh", s / 86400, s % 86400 / 3600);
+        big = s / 86400, small = s % 86400 / 3600, bu = 'd', su = 'h';
     else if (s >= 3600)
-        snprintf(buf, size, "%lldh %lldm", s / 3600, s % 3600 / 60);
+        big = s / 3600, small = s % 3600 / 60, bu = 'h', su = 'm';
     else if (s >= 60)
-        snprintf(buf, size, "%lldm %llds", s / 60, s % 60);
-    else
+        big = s / 60, small = s % 60, bu = 'm', su = 's';
+    else {
         snprintf(buf, size, "%llds", s);
+        return buf;
+    }
+    if (small)
+        snprintf(buf, size, "%lld%c %lld%c", big, bu, small, su);
+    else
+        snprintf(buf, size, "%lld%c", big, bu);
     return buf;
 }
 
@@ -131,8 +143,9 @@ static void s_push(s_list_t *l, const msgpack_object *dev, const cli_doc_opts_t 
               topic, o->push_topic, o->push_topic, topic);
     if (s_bool(dev, "stale_token"))
         s_add(l, CLI_DOC_FAIL, "token_stale",
-              "push token stale: APNs answered 410 (the device is no longer registered for "
-              "this topic); it cannot be woken until it sends a new TokenUpdate: re-enroll it");
+              "push token stale: APNs answered 410 for the device's token (no longer "
+              "registered for this topic), so it is not pushed; a TokenUpdate from the device "
+              "clears this (it sends one when it gets a new token; else re-enroll it)");
     else if (!s_bool(dev, "has_token"))
         s_add(l, CLI_DOC_FAIL, "no_token",
               "no push token: the device never sent a TokenUpdate with a Token, so it cannot "
@@ -177,6 +190,58 @@ static void s_push(s_list_t *l, const msgpack_object *dev, const cli_doc_opts_t 
               "the last push failed at %s (status %" PRId64 ", %s): see the pusher's log; the "
               "scheduler retries wakeups every wake-sweep-s",
               s_when(ts, a, sizeof a), status, *reason ? reason : "no reason given");
+}
+
+//  The device identity certificate (its notAfter, as the gateway saw it on the
+//  last signed request) and the device's clock (Mdm-Signature signingTime
+//  minus the server's clock). Adds to *unknown what could not be checked.
+static void s_identity(s_list_t *l, const msgpack_object *dev, const cli_doc_opts_t *o,
+                       char *unknown, size_t usize)
+{
+    char a[40], b[40];
+    int64_t warn = o->identity_warn_ms > 0 ? o->identity_warn_ms : 30 * S_DAY_MS;
+    int64_t smax = o->skew_max_s > 0 ? o->skew_max_s : 300;
+    int64_t na = s_int(dev, "cert_not_after", 0);
+    if (na <= 0)
+        snprintf(unknown, usize, "identity certificate expiry");
+    else if (na <= o->now_ms)
+        s_add(l, CLI_DOC_FAIL, "identity_cert_expired",
+              "identity certificate expired on %s: the gateway refuses every request the device "
+              "signs with it (400), so it can neither check in nor renew it; re-enroll it "
+              "(install the enrollment profile again)",
+              s_when(na, a, sizeof a));
+    else if (na - o->now_ms < warn) {
+        int64_t left = na - o->now_ms;
+        if (left >= S_DAY_MS)
+            snprintf(b, sizeof b, "%lld days", (long long)((left + S_DAY_MS / 2) / S_DAY_MS));
+        else
+            s_ago(left, b, sizeof b);
+        s_add(l, CLI_DOC_WARN, "identity_cert_expiring",
+              "identity certificate expires in %s (%s): renew it (SCEP RenewalReq) or re-enroll "
+              "the device before then; after it the gateway refuses the device's requests",
+              b, s_when(na, a, sizeof a));
+    } else
+        s_add(l, CLI_DOC_INFO, "identity_cert_ok", "identity certificate valid until %s",
+              s_when(na, a, sizeof a));
+    const msgpack_object *sk = cli_map_get(dev, "clock_skew_s");
+    if (!sk || (sk->type != MSGPACK_OBJECT_POSITIVE_INTEGER &&
+                sk->type != MSGPACK_OBJECT_NEGATIVE_INTEGER)) {
+        size_t n = strlen(unknown);
+        snprintf(unknown + n, usize - n, "%sclock skew (no signingTime in its signatures)",
+                 n ? " and " : "");
+        return;
+    }
+    int64_t skew = s_int(dev, "clock_skew_s", 0), mag = skew < 0 ? -skew : skew;
+    s_ago(mag * 1000, b, sizeof b);
+    if (mag > smax)
+        s_add(l, CLI_DOC_WARN, "clock_skew",
+              "clock skew: the device's clock is %s %s the server's (Mdm-Signature signingTime; "
+              "at this value since %s); with a wrong clock TLS and certificate checks fail on the "
+              "device "
+              "(certificates look expired or not yet valid); set its date and time to automatic",
+              b, skew > 0 ? "ahead of" : "behind", s_when(s_int(dev, "skew_at", 0), a, sizeof a));
+    else
+        s_add(l, CLI_DOC_INFO, "clock_ok", "device clock within %s of the server's", b);
 }
 
 static void s_queue(s_list_t *l, const msgpack_object *dev, const cli_doc_opts_t *o,
@@ -242,6 +307,8 @@ int cli_doctor_diagnose(const msgpack_object *dev, const cli_doc_opts_t *o, cli_
               s_when(last_seen, a, sizeof a));
         return l.n;
     }
+    char unknown[160] = "";
+    s_identity(&l, dev, o, unknown, sizeof unknown);
     s_push(&l, dev, o, last_seen);
     s_queue(&l, dev, o, last_seen);
     if (o->silent_ms > 0 && last_seen > 0 && o->now_ms - last_seen >= o->silent_ms)
@@ -256,14 +323,25 @@ int cli_doctor_diagnose(const msgpack_object *dev, const cli_doc_opts_t *o, cli_
               "no problem found: last check-in %s (%s ago), %" PRId64 " command(s) queued",
               s_when(last_seen, a, sizeof a), s_ago(o->now_ms - last_seen, b, sizeof b),
               s_int(dev, "queued", 0));
-    s_add(&l, CLI_DOC_INFO, "not_checked",
-          "not checked: identity certificate expiry and clock skew (the store keeps neither)");
+    if (*unknown)
+        s_add(&l, CLI_DOC_INFO, "not_checked",
+              "not checked: %s (the gateway records them from the device's signed requests)",
+              unknown);
+    //  problems first (the order above within a level), then the information
+    for (int i = 1; i < l.n; i++) {
+        cli_doc_finding_t f = out[i];
+        int j = i;
+        for (; j > 0 && (out[j - 1].level < CLI_DOC_WARN) && f.level >= CLI_DOC_WARN; j--)
+            out[j] = out[j - 1];
+        out[j] = f;
+    }
     return l.n;
 }
 
-long long cli_doctor_fleet(FILE *out, const msgpack_object *fleet, int64_t silent_ms)
+long long cli_doctor_fleet(FILE *out, const msgpack_object *fleet, const cli_doc_opts_t *o)
 {
-    char a[40];
+    char a[40], b[40];
+    int64_t silent_ms = o->silent_ms;
     int64_t total = s_int(fleet, "total", 0), active = s_int(fleet, "active", 0);
     int64_t notact = s_int(fleet, "not_activated", 0), out_ = s_int(fleet, "checked_out", 0);
     int64_t notok = s_int(fleet, "no_token", 0), stale = s_int(fleet, "stale_token", 0);
@@ -283,7 +361,17 @@ long long cli_doctor_fleet(FILE *out, const msgpack_object *fleet, int64_t silen
             "%" PRId64 " active enrollment(s) silent for %s or more; %" PRId64
             " with a stuck command (NotNow or unanswered)\n",
             silent, s_ago(silent_ms, a, sizeof a), stuck);
-    long long attention = (long long)(notact + stale + notok + silent + stuck);
+    int64_t idexp = s_int(fleet, "identity_expired", 0),
+            idsoon = s_int(fleet, "identity_expiring", 0);
+    int64_t skewed = s_int(fleet, "clock_skewed", 0);
+    fprintf(out,
+            "identity: %" PRId64 " certificate(s) expired, %" PRId64 " expiring within %s; %" PRId64
+            " device clock(s) off by more than %s\n",
+            idexp, idsoon,
+            s_ago(o->identity_warn_ms > 0 ? o->identity_warn_ms : 30 * S_DAY_MS, a, sizeof a),
+            skewed, s_ago((o->skew_max_s > 0 ? o->skew_max_s : 300) * 1000, b, sizeof b));
+    long long attention =
+        (long long)(notact + stale + notok + silent + stuck + idexp + idsoon + skewed);
     if (attention > 0)
         fprintf(out, "find them: picomdm devices --silent-for %s; then picomdm doctor <id>\n",
                 s_ago(silent_ms, a, sizeof a));
@@ -396,8 +484,17 @@ int cli_doctor_run(cli_ctx_t *ctx)
                         "like 90s, 12h, 7d; --notnow-limit a count\n");
         return CLI_EXIT_USAGE;
     }
+    long long iwarn = cli_parse_duration(pm_cfg_str(ctx->cfg, "identity-warn"));
+    long long mskew = cli_parse_duration(pm_cfg_str(ctx->cfg, "max-skew"));
+    if (iwarn <= 0 || mskew <= 0) {
+        fprintf(stderr, "picomdm doctor: --identity-warn and --max-skew take a duration like "
+                        "30d or 5m (more than 0)\n");
+        return CLI_EXIT_USAGE;
+    }
     o.silent_ms = silent * 1000;
     o.delivered_timeout_ms = dto * 1000;
+    o.identity_warn_ms = iwarn * 1000;
+    o.skew_max_s = mskew;
     char topic[256] = "";
     const char *pc = pm_cfg_str(ctx->cfg, "push-cert");
     if (pc) {
@@ -408,7 +505,9 @@ int cli_doctor_run(cli_ctx_t *ctx)
     pm_msg_t *req = pm_msg_new(PM_MSG_STORE_DOCTOR), *reply = NULL;
     if (!req || (eid && pm_msg_set_str(req, "eid", eid) < 0) ||
         pm_msg_set_uint(req, "silent_s", (uint64_t)silent) < 0 ||
-        pm_msg_set_uint(req, "notnow_limit", o.notnow_limit) < 0) {
+        pm_msg_set_uint(req, "notnow_limit", o.notnow_limit) < 0 ||
+        pm_msg_set_uint(req, "identity_warn_s", (uint64_t)iwarn) < 0 ||
+        pm_msg_set_uint(req, "skew_max_s", (uint64_t)mskew) < 0) {
         pm_msg_destroy(&req);
         fprintf(stderr, "picomdm: cannot build the request\n");
         return CLI_EXIT_FAIL;
@@ -426,7 +525,7 @@ int cli_doctor_run(cli_ctx_t *ctx)
             printf("%s\n", t ? t : "null");
             free(t);
         } else
-            cli_doctor_fleet(stdout, fleet, o.silent_ms);
+            cli_doctor_fleet(stdout, fleet, &o);
         pm_msg_destroy(&reply);
         return CLI_EXIT_OK;
     }

@@ -4,7 +4,9 @@
  *  certificate expired or topic mismatch (with --push-cert), stale token
  *  (410), no push outcome recorded, not connected since the last push or
  *  since commands were queued, a command stuck at the head of the queue
- *  (NotNow tally, delivered but unanswered), silent for long. Without an id:
+ *  (NotNow tally, delivered but unanswered), silent for long, the device's
+ *  identity certificate expired or near expiry, its clock skewed (both as
+ *  measured by the gateway on its signed requests). Without an id:
  *  the fleet in a few lines. docs/inventory.md "Doctor".
  *
  *  The diagnosis is a pure function of the facts (unit-tested in
@@ -34,6 +36,8 @@ typedef struct {
     int64_t silent_ms;            //  not seen for this long = silent (0 = never)
     const char *push_topic;       //  the push certificate's topic (UID), NULL = unknown
     int64_t push_not_after_ms;    //  its expiry, 0 = unknown
+    int64_t identity_warn_ms;     //  identity certificate expiring this soon = WARN (0 = 30 days)
+    int64_t skew_max_s;           //  |device clock - server clock| beyond this = WARN (0 = 300)
 } cli_doc_opts_t;
 
 #define CLI_DOC_MAX 16
@@ -46,7 +50,7 @@ int cli_doctor_diagnose(const msgpack_object *dev, const cli_doc_opts_t *o, cli_
 
 //  The fleet summary (DOCTOR_REPLY.fleet) as a few lines. Returns the number
 //  of enrollments needing attention.
-long long cli_doctor_fleet(FILE *out, const msgpack_object *fleet, int64_t silent_ms);
+long long cli_doctor_fleet(FILE *out, const msgpack_object *fleet, const cli_doc_opts_t *o);
 
 //  Read a push certificate (PEM): its topic (subject UID) into topic and its
 //  expiry. 0 / -1 (message printed).

@@ -49,6 +49,9 @@ typedef struct {
     int notnow;          //  head entry's NotNow tally (-1 = no head)
     const char *hstatus; //  head status
     int64_t delivered;
+    int64_t cert_na; //  identity certificate notAfter (0 = not recorded)
+    int has_skew;
+    int64_t skew; //  device clock minus server clock, s
 } s_spec_t;
 
 static const msgpack_object *s_make(s_facts_t *f, const s_spec_t *s)
@@ -56,7 +59,13 @@ static const msgpack_object *s_make(s_facts_t *f, const s_spec_t *s)
     msgpack_sbuffer_init(&f->sb);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &f->sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 13);
+    msgpack_pack_map(&pk, 13 + (s->cert_na ? 1 : 0) + (s->has_skew ? 2 : 0));
+    if (s->cert_na)
+        s_i(&pk, "cert_not_after", s->cert_na);
+    if (s->has_skew) {
+        s_i(&pk, "clock_skew_s", s->skew);
+        s_i(&pk, "skew_at", NOW - MIN);
+    }
     s_s(&pk, "eid");
     s_s(&pk, "DEV1");
     s_b(&pk, "activated", s->activated);
@@ -142,6 +151,23 @@ static void test_healthy(void **state)
                  n ? out[0].text : "-");
     for (int i = 0; i < n; i++)
         assert_true(out[i].level == CLI_DOC_INFO);
+    //  nothing recorded about the identity: said, as information
+    const cli_doc_finding_t *nc = s_find(out, n, "not_checked");
+    assert_non_null(nc);
+    assert_non_null(strstr(nc->text, "identity certificate expiry and clock skew"));
+    s_free(&f);
+    //  both recorded and fine: no "not checked"
+    s_spec_t good = s_healthy;
+    good.cert_na = NOW + 200 * 86400000LL;
+    good.has_skew = 1;
+    good.skew = -20;
+    n = cli_doctor_diagnose(s_make(&f, &good), &s_opts, out, CLI_DOC_MAX);
+    assert_non_null(s_find(out, n, "ok"));
+    assert_null(s_find(out, n, "not_checked"));
+    assert_non_null(s_find(out, n, "identity_cert_ok"));
+    assert_non_null(s_find(out, n, "clock_ok"));
+    for (int i = 0; i < n; i++)
+        assert_true(out[i].level == CLI_DOC_INFO);
     s_free(&f);
 }
 
@@ -162,7 +188,13 @@ static void test_conditions(void **state)
     mismatch.push_topic = "com.apple.mgmt.External.other";
     s_spec_t notact = s_healthy, out_ = s_healthy, stale = s_healthy, nopush = s_healthy,
              since = s_healthy, notnow = s_healthy, sent = s_healthy, silent = s_healthy,
-             queued = s_healthy, cert = s_healthy, notok = s_healthy;
+             queued = s_healthy, cert = s_healthy, notok = s_healthy, idexp = s_healthy,
+             idsoon = s_healthy, ahead = s_healthy, behind = s_healthy;
+    idexp.cert_na = NOW - 86400000LL;
+    idsoon.cert_na = NOW + 3 * 86400000LL - 5000;
+    ahead.has_skew = behind.has_skew = 1;
+    ahead.skew = 900;
+    behind.skew = -7200;
     notact.activated = 0;
     notact.enrolled = 0;
     out_.enrolled = 0;
@@ -197,6 +229,14 @@ static void test_conditions(void **state)
         {"delivered unanswered", sent, s_opts, "stuck_unanswered", "never answered"},
         {"silent", silent, s_opts, "silent", "silent for 3d"},
         {"push cert problem", cert, s_opts, "push_cert_problem", "BadCertificateEnvironment"},
+        {"identity cert expired", idexp, s_opts, "identity_cert_expired",
+         "identity certificate expired on 2023-11-13"},
+        {"identity cert expiring", idsoon, s_opts, "identity_cert_expiring",
+         "identity certificate expires in 3 days (2023-11-17 22:13:15 UTC): renew it (SCEP "
+         "RenewalReq) or re-enroll"},
+        {"clock ahead", ahead, s_opts, "clock_skew",
+         "the device's clock is 15m ahead of the server's"},
+        {"clock behind", behind, s_opts, "clock_skew", "the device's clock is 2h behind"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         s_facts_t f;
@@ -207,6 +247,7 @@ static void test_conditions(void **state)
             fail_msg("%s: expected %s with \"%s\"; got %d findings, first: %s", cases[i].name,
                      cases[i].code, cases[i].words, n, n ? out[0].text : "-");
         assert_null(s_find(out, n, "ok"));
+        assert_true(out[0].level >= CLI_DOC_WARN); //  problems first
         s_free(&f);
     }
 }
@@ -228,22 +269,27 @@ static void test_fleet(void **state)
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 4);
+    msgpack_pack_map(&pk, 7);
     s_i(&pk, "total", 7);
     s_i(&pk, "active", 5);
     s_i(&pk, "stuck", 2);
     s_b(&pk, "push_outcomes", 0);
+    s_i(&pk, "identity_expired", 1);
+    s_i(&pk, "identity_expiring", 2);
+    s_i(&pk, "clock_skewed", 1);
     msgpack_unpacked u;
     msgpack_unpacked_init(&u);
     assert_int_equal(msgpack_unpack_next(&u, sb.data, sb.size, NULL), MSGPACK_UNPACK_SUCCESS);
     char buf[2048] = "";
     FILE *f = fmemopen(buf, sizeof buf - 1, "w");
     assert_non_null(f);
-    assert_int_equal(cli_doctor_fleet(f, &u.data, 86400000), 2);
+    assert_int_equal(cli_doctor_fleet(f, &u.data, &s_opts), 6);
     fclose(f);
     assert_non_null(strstr(buf, "7 enrollment(s): 5 active"));
     assert_non_null(strstr(buf, "no push outcome recorded (is picomdm-pusher running?)"));
     assert_non_null(strstr(buf, "2 with a stuck command"));
+    assert_non_null(strstr(buf, "identity: 1 certificate(s) expired, 2 expiring within 30d; 1 "
+                                "device clock(s) off by more than 5m"));
     msgpack_unpacked_destroy(&u);
     msgpack_sbuffer_destroy(&sb);
 }
