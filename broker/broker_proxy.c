@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 struct broker_proxy {
     zsock_t *xsub;
@@ -96,4 +97,14 @@ int broker_proxy_process(broker_proxy_t *self)
 uint64_t broker_proxy_events(const broker_proxy_t *self)
 {
     return self->events;
+}
+
+int broker_proxy_publish(broker_proxy_t *self, const char *topic, const void *body, size_t len)
+{
+    //  Whole messages only pass through this socket (s_forward moves one
+    //  completely before the next), so ours cannot split another's frames.
+    void *xpub = zsock_resolve(self->xpub);
+    if (zmq_send(xpub, topic, strlen(topic), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        return -1;
+    return zmq_send(xpub, body, len, ZMQ_DONTWAIT) < 0 ? -1 : 0;
 }

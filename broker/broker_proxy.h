@@ -21,6 +21,10 @@ zsock_t *broker_proxy_xpub(broker_proxy_t *self); //  subscribers connect here (
 //  Forward what is waiting in both directions (bounded). Returns messages moved.
 int broker_proxy_process(broker_proxy_t *self);
 
+//  Publish one message of our own (topic, body) to every subscriber: the
+//  broker's stats snapshot. 0, or -1 (e.g. no subscriber buffer space).
+int broker_proxy_publish(broker_proxy_t *self, const char *topic, const void *body, size_t len);
+
 //  Events forwarded so far.
 uint64_t broker_proxy_events(const broker_proxy_t *self);
 

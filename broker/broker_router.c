@@ -534,6 +534,19 @@ void broker_router_stats(const broker_router_t *self, broker_router_stats_t *sta
     *stats = self->stats;
 }
 
+void broker_router_services(broker_router_t *self, broker_router_service_fn *fn, void *arg)
+{
+    for (s_service_t *s = zhashx_first(self->services); s; s = zhashx_next(self->services)) {
+        int inflight = 0, capacity = 0;
+        for (s_worker_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers)) {
+            inflight += w->inflight;
+            capacity += w->capacity;
+        }
+        fn(arg, s->name, (int)zlistx_size(s->workers), (int)zlistx_size(s->queue), inflight,
+           capacity);
+    }
+}
+
 broker_router_t *broker_router_new(const broker_router_config_t *cfg)
 {
     broker_router_t *self = calloc(1, sizeof *self);

@@ -46,4 +46,10 @@ int broker_router_next_timeout(const broker_router_t *self);
 
 void broker_router_stats(const broker_router_t *self, broker_router_stats_t *stats);
 
+//  Per service, now: live workers, queued requests, requests in flight and
+//  the workers' total capacity (metrics). `service` is valid during the call.
+typedef void(broker_router_service_fn)(void *arg, const char *service, int workers, int queued,
+                                       int inflight, int capacity);
+void broker_router_services(broker_router_t *self, broker_router_service_fn *fn, void *arg);
+
 #endif

@@ -15,6 +15,7 @@
 #include "pm_cfg.h"
 #include "pm_log.h"
 #include "pm_notify.h"
+#include "pm_stats.h"
 
 #include <czmq.h>
 #include <errno.h>
@@ -42,6 +43,7 @@ static const pm_opt_t s_opts[] = {
     {"curve-secret", PM_OPT_STR, NULL,
      "server certificate (secret file from --keygen); turns CURVE on for every endpoint"},
     {"curve-allow", PM_OPT_STR, NULL, "directory of allowed client public certificates"},
+    PM_STATS_OPTION,
     {"keygen", PM_OPT_STR, NULL,
      "write a CURVE certificate DIR/NAME (public) and DIR/NAME_secret, print the public key, "
      "exit"},
@@ -94,6 +96,73 @@ static int s_endpoints_parse(s_endpoints_t *e, const char *text, const char *opt
     return 0;
 }
 
+typedef struct {
+    broker_router_t *router;
+    broker_proxy_t *proxy;
+} s_stats_ctx_t;
+
+static void s_service_stats(void *arg, const char *service, int workers, int queued, int inflight,
+                            int capacity)
+{
+    pm_stats_t *st = arg;
+    const struct {
+        const char *name, *help;
+        int v;
+    } g[] = {
+        {"broker_workers", "live workers registered for the service", workers},
+        {"broker_queue_depth", "requests queued for the service (no free worker)", queued},
+        {"broker_in_flight", "requests handed to the service's workers, not yet answered",
+         inflight},
+        {"broker_capacity", "requests the service's workers take at once", capacity},
+    };
+    for (size_t i = 0; i < sizeof g / sizeof *g; i++)
+        pm_stats_set(
+            pm_stats_get(st, PM_STATS_GAUGE, g[i].name, g[i].help, "service", service, NULL, NULL),
+            g[i].v);
+}
+
+//  The router's and proxy's counts, just before each snapshot.
+static void s_collect(void *arg, pm_stats_t *st)
+{
+    s_stats_ctx_t *c = arg;
+    broker_router_stats_t r;
+    broker_router_stats(c->router, &r);
+    const struct {
+        const char *name, *help;
+        uint64_t v;
+    } k[] = {
+        {"broker_requests_total", "requests received from clients", r.requests},
+        {"broker_replies_total", "replies routed back to clients", r.replies},
+        {"broker_dispatched_total", "requests handed to a worker", r.dispatched},
+        {"broker_queued_total", "requests that had to wait for a worker", r.queued},
+        {"broker_duplicates_total", "copies of a request already held, dropped", r.duplicates},
+        {"broker_errors_total", "error replies made by the broker (no_service, busy...)", r.errors},
+        {"broker_workers_lost_total", "workers declared dead (silent or gone)", r.workers_lost},
+        {"broker_bad_frames_total", "malformed frames dropped", r.bad_frames},
+        {"broker_unroutable_total", "replies for a client that is gone", r.unroutable},
+        {"broker_events_total", "events forwarded to subscribers", broker_proxy_events(c->proxy)},
+    };
+    for (size_t i = 0; i < sizeof k / sizeof *k; i++)
+        pm_stats_set_count(pm_stats_counter(st, k[i].name, k[i].help), k[i].v);
+    //  a service whose workers all left keeps its last values until it comes back
+    broker_router_services(c->router, s_service_stats, st);
+}
+
+//  The broker has no bus client: its snapshot goes straight out of the XPUB.
+static void s_stats_tick(pm_stats_t *st, broker_proxy_t *proxy)
+{
+    if (!pm_stats_due(st))
+        return;
+    pm_msg_t *snap = pm_stats_snapshot(st);
+    uint8_t *body = NULL;
+    size_t len = 0;
+    char err[200];
+    if (snap && pm_msg_encode(snap, &body, &len, err, sizeof err) == 0)
+        broker_proxy_publish(proxy, pm_msg_str(snap, "name"), body, len);
+    free(body);
+    pm_msg_destroy(&snap);
+}
+
 static int s_bind(zsock_t *sock, const s_endpoints_t *e, const char *what, broker_curve_t *curve)
 {
     if (curve)
@@ -118,6 +187,7 @@ int main(int argc, char **argv)
     broker_curve_t *curve = NULL;
     broker_router_t *router = NULL;
     broker_proxy_t *proxy = NULL;
+    pm_stats_t *stats = NULL;
     static const char *names[3] = {"request", "publish", "subscribe"};
     static const int ports[3] = {7401, 7402, 7403};
 
@@ -192,6 +262,8 @@ int main(int argc, char **argv)
         goto out;
     }
     rc = 1;
+    if (pm_stats_from_cfg(cfg, "broker", &stats) < 0)
+        goto out;
     if (secret && !(curve = broker_curve_new(secret, allow, pm_log_level() >= PM_LOG_DEBUG)))
         goto out;
     if (r == PM_CFG_CHECK) {
@@ -225,18 +297,23 @@ int main(int argc, char **argv)
     pm_info("broker %s ready", PICOMDM_VERSION);
     pm_notify_ready();
 
+    s_stats_ctx_t sctx = {router, proxy};
+    pm_stats_set_collect(stats, s_collect, &sctx);
     zmq_pollitem_t items[3] = {{zsock_resolve(broker_router_socket(router)), 0, ZMQ_POLLIN, 0},
                                {zsock_resolve(broker_proxy_xsub(proxy)), 0, ZMQ_POLLIN, 0},
                                {zsock_resolve(broker_proxy_xpub(proxy)), 0, ZMQ_POLLIN, 0}};
     int busy = 0;
     while (!zsys_interrupted) {
-        if (zmq_poll(items, 3, busy ? 0 : broker_router_next_timeout(router)) < 0 &&
-            errno != EINTR) {
+        int timeout = broker_router_next_timeout(router), sms = pm_stats_next_ms(stats);
+        if (sms >= 0 && (timeout < 0 || sms < timeout))
+            timeout = sms;
+        if (zmq_poll(items, 3, busy ? 0 : timeout) < 0 && errno != EINTR) {
             pm_error("poll failed: %s", zmq_strerror(errno));
             break;
         }
         busy = broker_router_process(router) >= PM_BUS_BATCH;
         busy |= broker_proxy_process(proxy) >= PM_BUS_BATCH;
+        s_stats_tick(stats, proxy);
     }
     pm_notify_stopping();
     broker_router_stats_t st;
@@ -250,6 +327,7 @@ int main(int argc, char **argv)
     rc = 0;
 out:
     broker_router_destroy(&router);
+    pm_stats_destroy(&stats);
     broker_proxy_destroy(&proxy);
     broker_curve_destroy(&curve);
     for (int i = 0; i < 3; i++)

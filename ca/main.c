@@ -12,6 +12,7 @@
 #include "pm_cfg.h"
 #include "pm_log.h"
 #include "pm_notify.h"
+#include "pm_stats.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -70,6 +71,7 @@ static const pm_opt_t s_opts[] = {
     {"heartbeat-ms", PM_OPT_INT, "1000", "bus heartbeat interval"},
     {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
     {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate (zcert secret file)"},
+    PM_STATS_OPTION,
     {NULL, 0, NULL, NULL}};
 
 //  An option's path, or `file` in the directory of `ca-cert` when that is set
@@ -93,7 +95,50 @@ typedef struct {
     ca_svc_t *svc;
     pm_bus_t *bus;
     bool publish;
+    pm_stats_t *stats; //  may be NULL
+    pm_stats_series_t *issued, *rejected, *profiles, *errors, *latency;
 } s_ctx_t;
+
+static void s_stats_init(s_ctx_t *c)
+{
+    c->issued = pm_stats_counter(c->stats, "ca_issued_total", "certificates issued (SCEP)");
+    c->rejected = pm_stats_counter(c->stats, "ca_scep_failures_total",
+                                   "SCEP PKIOperations refused (CertRep FAILURE)");
+    c->profiles =
+        pm_stats_counter(c->stats, "ca_profiles_signed_total", "enrollment profiles signed");
+    c->errors = pm_stats_counter(c->stats, "ca_errors_total",
+                                 "requests answered with an error or an HTTP status >= 400");
+    c->latency = pm_stats_histogram(c->stats, "ca_request_duration_seconds",
+                                    "time to handle one ca request");
+}
+
+//  Counts of one handled request: SCEP by operation, what its event says.
+static void s_count(s_ctx_t *c, const pm_msg_t *req, const pm_msg_t *rep, const pm_msg_t *ev,
+                    double ms)
+{
+    if (!c->stats)
+        return;
+    pm_stats_observe_ms(c->latency, ms);
+    if (pm_msg_type(req) == PM_MSG_SCEP) {
+        static const char *const known[] = {"GetCACaps", "GetCACert", "PKIOperation"};
+        const char *op = pm_msg_str(req, "operation"), *label = "other";
+        for (size_t i = 0; op && i < sizeof known / sizeof *known; i++)
+            if (strcmp(op, known[i]) == 0)
+                label = known[i]; //  a bounded label set: the client chooses `op`
+        pm_stats_inc(pm_stats_get(c->stats, PM_STATS_COUNTER, "ca_scep_requests_total",
+                                  "SCEP requests, by operation", "operation", label, NULL, NULL));
+    }
+    const char *name = ev ? pm_msg_str(ev, "name") : NULL;
+    if (name && strcmp(name, "ca.issued") == 0)
+        pm_stats_inc(c->issued);
+    else if (name && strcmp(name, "ca.rejected") == 0)
+        pm_stats_inc(c->rejected);
+    if (rep && pm_msg_type(rep) == PM_MSG_PROFILE_REPLY)
+        pm_stats_inc(c->profiles);
+    if (!rep || pm_msg_type(rep) == PM_MSG_ERROR ||
+        (pm_msg_type(rep) == PM_MSG_SCEP_REPLY && pm_msg_uint(rep, "status", 500) >= 400))
+        pm_stats_inc(c->errors);
+}
 
 //  An audit event on its way to the store's sequenced event log.
 typedef struct {
@@ -157,7 +202,12 @@ static void s_on_job(void *arg, pm_bus_job_t *job)
 {
     s_ctx_t *c = arg;
     pm_msg_t *ev = NULL;
-    pm_msg_t *rep = ca_svc_handle(c->svc, pm_bus_job_msg(job), c->publish ? &ev : NULL);
+    double t0 = pm_stats_now_ms();
+    //  the event is made even when not published: the counters read it
+    pm_msg_t *rep = ca_svc_handle(c->svc, pm_bus_job_msg(job), &ev);
+    s_count(c, pm_bus_job_msg(job), rep, ev, pm_stats_now_ms() - t0);
+    if (!c->publish)
+        pm_msg_destroy(&ev);
     if (rep)
         pm_bus_job_reply(&job, rep);
     else
@@ -215,7 +265,8 @@ int main(int argc, char **argv)
         return 2;
     int rc = 1;
     ca_svc_t *svc = NULL;
-    if (pm_cfg_start_logging(cfg) < 0)
+    pm_stats_t *stats = NULL;
+    if (pm_cfg_start_logging(cfg) < 0 || pm_stats_from_cfg(cfg, "ca", &stats) < 0)
         goto out;
     const char *cmd = pm_cfg_argc(cfg) > 0 ? pm_cfg_arg(cfg, 0) : NULL;
     if (cmd && strcmp(cmd, "profile") != 0) {
@@ -317,7 +368,8 @@ int main(int argc, char **argv)
             .server_public_key = pm_cfg_str(cfg, "server-key"),
             .cert_file = pm_cfg_str(cfg, "curve-cert"),
             .heartbeat_ms = (int)pm_cfg_int(cfg, "heartbeat-ms")};
-        s_ctx_t ctx = {.svc = svc, .publish = bc.publish_endpoint != NULL};
+        s_ctx_t ctx = {.svc = svc, .publish = bc.publish_endpoint != NULL, .stats = stats};
+        s_stats_init(&ctx);
         ctx.bus = pm_bus_new(&bc);
         if (!ctx.bus || pm_bus_serve(ctx.bus, "ca", s_on_job, &ctx) < 0) {
             pm_error("cannot connect to the broker at %s: check request-endpoint",
@@ -330,9 +382,11 @@ int main(int argc, char **argv)
         pm_notify_status("serving \"ca\" via %s", bc.request_endpoint);
         int64_t wd = pm_notify_watchdog_ms();
         int poll_ms = wd > 0 && wd < 1000 ? (int)wd : 1000;
-        while (pm_bus_run_once(ctx.bus, poll_ms) >= 0)
+        while (pm_bus_run_once(ctx.bus, poll_ms) >= 0) {
             if (wd > 0)
                 pm_notify_watchdog();
+            pm_stats_tick(stats, ctx.bus);
+        }
         pm_notify_stopping();
         pm_info("stopping");
         pm_bus_destroy(&ctx.bus);
@@ -340,6 +394,7 @@ int main(int argc, char **argv)
     }
 out:
     ca_svc_destroy(&svc);
+    pm_stats_destroy(&stats);
     pm_cfg_destroy(&cfg);
     return rc;
 }

@@ -6,9 +6,24 @@
 #include <stdio.h>
 #include <string.h>
 
+static gw_http_observer_t s_obs;
+
+void gw_http_set_observer(const gw_http_observer_t *obs)
+{
+    s_obs = obs ? *obs : (gw_http_observer_t){0};
+}
+
+void gw_http_device_latency(double ms)
+{
+    if (s_obs.latency)
+        s_obs.latency(s_obs.arg, ms);
+}
+
 void gw_http_send(struct evhttp_request *req, int code, const char *ctype, const void *body,
                   size_t len)
 {
+    if (s_obs.answered)
+        s_obs.answered(s_obs.arg, req, code);
     struct evbuffer *buf = evbuffer_new();
     if (buf && len)
         evbuffer_add(buf, body, len);

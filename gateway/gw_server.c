@@ -388,6 +388,7 @@ static void s_on_reply(void *arg, const pm_msg_t *reply, const char *error)
     r->bus_pending = false;
     if (r->req) {
         s_answer(r, reply, error);
+        gw_http_device_latency(s_ms_since(&r->t0));
         r->req = NULL;
         if (r->srv->st.in_flight)
             r->srv->st.in_flight--;
@@ -405,6 +406,7 @@ static void s_on_guard(evutil_socket_t fd, short what, void *arg)
         pm_warn("eid=%s %s: no answer from the back end within %d ms; 503", r->eid, r->what,
                 r->srv->cfg.backend_timeout_ms);
         s_send_503(r->srv, r->req);
+        gw_http_device_latency(s_ms_since(&r->t0));
         r->req = NULL;
         if (r->srv->st.in_flight)
             r->srv->st.in_flight--;
@@ -1141,4 +1143,7 @@ int gw_server_port(const gw_server_t *srv)
 void gw_server_stats(const gw_server_t *srv, gw_server_stats_t *st)
 {
     *st = srv->st;
+    //  OpenSSL counts completed server handshakes per SSL_CTX (SSL_CTX_sess_accept_good)
+    st->tls_handshakes = srv->ssl ? (uint64_t)SSL_CTX_sess_accept_good(srv->ssl) : 0;
+    st->tls_accepts = srv->ssl ? (uint64_t)SSL_CTX_sess_accept(srv->ssl) : 0;
 }

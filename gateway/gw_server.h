@@ -73,10 +73,12 @@ void gw_server_set_enroll(gw_server_t *srv, gw_enroll_t *enroll);
 int gw_server_port(const gw_server_t *srv);
 
 typedef struct {
-    uint64_t requests;    //  device requests received
-    uint64_t rejected;    //  400 answers made by the gateway
-    uint64_t unavailable; //  503 answers
-    uint64_t in_flight;   //  waiting for the back end now
+    uint64_t requests;       //  device requests received
+    uint64_t rejected;       //  400 answers made by the gateway
+    uint64_t unavailable;    //  503 answers
+    uint64_t in_flight;      //  waiting for the back end now
+    uint64_t tls_handshakes; //  TLS handshakes completed (0 in plain-http mode)
+    uint64_t tls_accepts;    //  TLS handshakes started
 } gw_server_stats_t;
 
 void gw_server_stats(const gw_server_t *srv, gw_server_stats_t *st);

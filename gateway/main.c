@@ -4,12 +4,14 @@
  *  msgpack bus messages for the scheduler and its answers back into plists.
  *  Holds only its TLS key. See docs/gateway.md.
  */
+#include "gw_admin.h"
 #include "gw_auth.h"
 #include "gw_server.h"
 #include "pm_bus.h"
 #include "pm_cfg.h"
 #include "pm_log.h"
 #include "pm_notify.h"
+#include "pm_stats.h"
 
 #include <czmq.h>
 #include <event2/event.h>
@@ -61,6 +63,12 @@ static const pm_opt_t s_opts[] = {
     {"request-endpoint", PM_OPT_STR, "ipc:///tmp/picomdm/request", "broker request endpoint"},
     {"publish-endpoint", PM_OPT_STR, "ipc:///tmp/picomdm/publish",
      "broker event endpoint (XSUB) for security.rejected"},
+    {"subscribe-endpoint", PM_OPT_STR, "ipc:///tmp/picomdm/subscribe",
+     "broker event endpoint (XPUB): the other processes' stats.* snapshots for /metrics (empty: "
+     "none)"},
+    {"admin-listen", PM_OPT_STR, "127.0.0.1:9640",
+     "admin listener (plain HTTP: GET /metrics, Prometheus text); keep it on loopback; off = none"},
+    PM_STATS_OPTION,
     {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
     {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     {NULL, 0, NULL, NULL}};
@@ -80,6 +88,8 @@ int main(int argc, char **argv)
     pm_bus_t *bus = NULL;
     gw_server_t *srv = NULL;
     gw_enroll_t *enroll = NULL;
+    gw_admin_t *admin = NULL;
+    pm_stats_t *stats = NULL;
     struct event_base *base = NULL;
     struct event *sigint = NULL, *sigterm = NULL;
     int rc = 1;
@@ -89,7 +99,7 @@ int main(int argc, char **argv)
         return 0;
     if (r == PM_CFG_ERROR)
         return 2;
-    if (pm_cfg_start_logging(cfg) < 0)
+    if (pm_cfg_start_logging(cfg) < 0 || pm_stats_from_cfg(cfg, "gateway", &stats) < 0)
         goto out;
 
     bool lab = pm_cfg_bool(cfg, "insecure-lab-mode");
@@ -195,9 +205,12 @@ int main(int argc, char **argv)
         .name = "gateway",
         .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
         .publish_endpoint = pm_cfg_str(cfg, "publish-endpoint"),
+        .subscribe_endpoint = pm_cfg_str(cfg, "subscribe-endpoint"),
         .server_public_key = pm_cfg_str(cfg, "server-key"),
         .cert_file = pm_cfg_str(cfg, "curve-cert"),
     };
+    if (bc.subscribe_endpoint && !*bc.subscribe_endpoint)
+        bc.subscribe_endpoint = NULL;
     bus = pm_bus_new(&bc);
     if (!bus)
         goto out;
@@ -206,6 +219,14 @@ int main(int argc, char **argv)
     if (!srv || !enroll)
         goto out;
     gw_server_set_enroll(srv, enroll);
+    gw_admin_config_t ac = {.listen = pm_cfg_str(cfg, "admin-listen"),
+                            .checkin_path = sc.checkin_path,
+                            .server_path = sc.server_path,
+                            .scep_path = ec.scep_path,
+                            .enroll_path = ec.enroll_path};
+    admin = gw_admin_new(&ac, base, bus, stats, srv, enroll);
+    if (!admin)
+        goto out;
     //  libevent's handlers replace czmq's (installed by the bus) so that a
     //  signal ends the loop at once.
     sigint = evsignal_new(base, SIGINT, s_on_signal, base);
@@ -219,6 +240,7 @@ int main(int argc, char **argv)
 out:
     gw_server_shutdown(srv);
     pm_bus_destroy(&bus);
+    gw_admin_destroy(&admin); //  after the bus: no stats.* callback can come any more
     gw_server_destroy(&srv);
     gw_enroll_destroy(&enroll);
     if (sigint)
@@ -228,6 +250,7 @@ out:
     if (base)
         event_base_free(base);
     gw_auth_destroy(&auth);
+    pm_stats_destroy(&stats);
     pm_cfg_destroy(&cfg);
     return rc;
 }

@@ -751,6 +751,14 @@ void pm_bus_job_drop(pm_bus_job_t **jobp)
 
 /* ---- events ---- */
 
+//  Messages of the event plane: those the table gives the service "event"
+//  (`event`, and `stats`, which the store does not log). Subscribers check the type.
+static bool s_is_event_type(pm_msg_type_t t)
+{
+    const pm_msgdef_t *d = pm_msgdef(t);
+    return d && d->service && strcmp(d->service, "event") == 0;
+}
+
 int pm_bus_publish(pm_bus_t *bus, const pm_msg_t *event)
 {
     if (!bus->pub) {
@@ -759,8 +767,8 @@ int pm_bus_publish(pm_bus_t *bus, const pm_msg_t *event)
         return -1;
     }
     const char *topic = pm_msg_str(event, "name");
-    if (pm_msg_type(event) != PM_MSG_EVENT || !topic || !*topic) {
-        pm_error("bus: only `event` messages with a name can be published");
+    if (!s_is_event_type(pm_msg_type(event)) || !topic || !*topic) {
+        pm_error("bus: only event-plane messages (`event`, `stats`) with a name can be published");
         return -1;
     }
     uint8_t *body = NULL;
@@ -808,7 +816,7 @@ static void s_event_input(pm_bus_t *bus, zmq_msg_t *f, int n, int total)
     pm_msg_t *event = NULL;
     char err[256];
     if (pm_msg_decode(zmq_msg_data(&f[1]), zmq_msg_size(&f[1]), &event, err, sizeof err) < 0 ||
-        pm_msg_type(event) != PM_MSG_EVENT) {
+        !s_is_event_type(pm_msg_type(event))) {
         bus->stats.bad_frames++;
         pm_bus_ratelog(&bus->ratelog, "bus: undecodable event '%s': %s; dropped", topic,
                        event ? "not an `event` message" : err);

@@ -35,7 +35,9 @@
  *  every service is idempotent for retries without doing anything itself.
  *
  *  Event plane: we PUB into the broker's XSUB "publish endpoint" and SUB from
- *  its XPUB "subscribe endpoint". Frames: topic (= event name), body (pm_msg EVENT).
+ *  its XPUB "subscribe endpoint". Frames: topic (= event name), body (pm_msg EVENT,
+ *  or STATS: the `stats.<process>` metrics snapshots, common/pm_stats.h, which
+ *  the store does not log; subscribers check the type).
  *
  *  Threading: one pm_bus_t per thread; the process's loop drives it, either
  *  with pm_bus_run_once (blocking poll) or, from a foreign event loop such as
@@ -111,7 +113,7 @@ void pm_bus_job_drop(pm_bus_job_t **job);
 
 /* ---- events ---- */
 
-//  Publish an EVENT message; the topic frame is its `name` field.
+//  Publish an event-plane message (EVENT or STATS); the topic frame is its `name` field.
 int pm_bus_publish(pm_bus_t *bus, const pm_msg_t *event);
 
 typedef void(pm_bus_event_fn)(void *arg, const char *topic, const pm_msg_t *event);

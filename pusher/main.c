@@ -13,6 +13,7 @@
 #include "pm_cfg.h"
 #include "pm_log.h"
 #include "pm_notify.h"
+#include "pm_stats.h"
 #include "push_apns.h"
 #include "push_cert.h"
 #include "push_expiry.h"
@@ -55,6 +56,9 @@ static const pm_opt_t s_opts[] = {
      "broker request endpoint (ROUTER): we serve 'push' and call 'store'"},
     {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
     {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
+    {"publish-endpoint", PM_OPT_STR, "tcp://127.0.0.1:7402",
+     "broker publish endpoint (XSUB) for our stats snapshots (empty: none)"},
+    PM_STATS_OPTION,
     {"stdin", PM_OPT_BOOL, "false",
      "read \"wake <eid> <token hex> <PushMagic> [topic]\" lines, print outcomes as JSON"},
     {NULL, 0, NULL, NULL}};
@@ -224,9 +228,13 @@ int main(int argc, char **argv)
     push_apns_t *apns = NULL;
     pm_bus_t *bus = NULL;
     push_svc_t *svc = NULL;
+    pm_stats_t *stats = NULL;
     char err[512];
-    if (pm_cfg_start_logging(cfg) < 0)
+    if (pm_cfg_start_logging(cfg) < 0 || pm_stats_from_cfg(cfg, "pusher", &stats) < 0)
         goto out;
+    const char *pub = pm_cfg_str(cfg, "publish-endpoint");
+    if (pub && !*pub)
+        pub = NULL;
     if (!pm_cfg_str(cfg, "push-cert") && !pm_cfg_bool(cfg, "stdin") && r != PM_CFG_CHECK) {
         //  `picomdm up` without a certificate: serve "push" and answer every wake
         //  with push.failed saying what to do, instead of failing in a restart loop
@@ -234,10 +242,12 @@ int main(int argc, char **argv)
                   "every wake is reported as push.failed until one is installed");
         pm_bus_config_t bc = {.name = "pusher",
                               .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
+                              .publish_endpoint = pub,
                               .server_public_key = pm_cfg_str(cfg, "server-key"),
                               .cert_file = pm_cfg_str(cfg, "curve-cert")};
         if (!(bus = pm_bus_new(&bc)) || !(svc = push_svc_new(bus)))
             goto out;
+        push_svc_set_stats(svc, stats);
         pm_notify_ready();
         rc = push_svc_run(svc, NULL, NULL) == 0 ? 0 : 1;
         pm_notify_stopping();
@@ -269,6 +279,7 @@ int main(int argc, char **argv)
     if (!use_stdin && r != PM_CFG_CHECK) {
         pm_bus_config_t bc = {.name = "pusher",
                               .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
+                              .publish_endpoint = pub,
                               .server_public_key = pm_cfg_str(cfg, "server-key"),
                               .cert_file = pm_cfg_str(cfg, "curve-cert")};
         if (!(bus = pm_bus_new(&bc))) {
@@ -305,6 +316,7 @@ int main(int argc, char **argv)
         goto out;
     }
     push_svc_attach(svc, apns);
+    push_svc_set_stats(svc, stats);
     pm_info("serving 'push' via %s; pushing to %s with %d connection(s)",
             pm_cfg_str(cfg, "request-endpoint"), base, ac.connections);
     pm_notify_ready();
@@ -317,6 +329,7 @@ out:
     push_svc_destroy(&svc);
     pm_bus_destroy(&bus);
     push_cert_destroy(&cert);
+    pm_stats_destroy(&stats);
     pm_cfg_destroy(&cfg);
     return rc;
 }

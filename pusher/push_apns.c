@@ -2,6 +2,7 @@
  *  docs/push.md for the outcome rules.
  */
 #include "push_apns.h"
+#include "pm_stats.h"
 #include "pm_log.h"
 #include "push_h2.h"
 
@@ -43,6 +44,7 @@ typedef struct {
     CURL *easy;
     unsigned gen; //  certificate generation the easy handle was configured with
     struct curl_slist *hdrs;
+    double t0_ms; //  when the wake was queued (pm_stats_now_ms), for the latency histogram
 } s_job_t;
 
 struct push_apns {
@@ -78,6 +80,7 @@ struct push_apns {
     long ports[64];
     int nports;
     push_apns_stats_t st;
+    pm_stats_series_t *latency; //  borrowed, may be NULL
 };
 
 static int64_t s_now_ms(void)
@@ -161,6 +164,7 @@ static void s_finish(push_apns_t *a, s_job_t *j, push_outcome_t o, unsigned stat
                      const char *reason, int64_t stale_since)
 {
     zhashx_delete(a->by_eid, j->eid); //  first: the callback may wake the eid again
+    pm_stats_observe_ms(a->latency, pm_stats_now_ms() - j->t0_ms);
     switch (o) {
     case PUSH_SENT:
         a->st.sent++;
@@ -872,6 +876,7 @@ int push_apns_wake(push_apns_t *a, const push_target_t *t)
         s_refuse(a, t, "out of memory");
         return -1;
     }
+    j->t0_ms = pm_stats_now_ms();
     snprintf(j->eid, sizeof j->eid, "%s", t->eid);
     memcpy(j->token_hex, hex, sizeof hex);
     memcpy(j->token, t->token, t->token_len);
@@ -1023,4 +1028,9 @@ void push_apns_drop_held(push_apns_t *a, const char *why)
         j->handle = NULL;
         s_finish(a, j, PUSH_FAILED, 0, why, 0);
     }
+}
+
+void push_apns_set_latency(push_apns_t *apns, pm_stats_series_t *h)
+{
+    apns->latency = h;
 }

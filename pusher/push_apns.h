@@ -33,6 +33,7 @@
 #define PUSH_APNS_H
 
 #include "push_cert.h"
+#include "pm_stats.h"
 
 #include <curl/curl.h>
 #include <stdbool.h>
@@ -120,6 +121,8 @@ long push_apns_next_ms(push_apns_t *apns);
 //  Pushes not yet reported (queued, in flight, waiting for a retry, held).
 size_t push_apns_pending(const push_apns_t *apns);
 void push_apns_stats(const push_apns_t *apns, push_apns_stats_t *out);
+//  Observe every push's time from wake to outcome (ms) into `h` (borrowed; NULL = off).
+void push_apns_set_latency(push_apns_t *apns, pm_stats_series_t *h);
 
 //  Pushes held because their topic is stopped (403).
 size_t push_apns_held(const push_apns_t *apns);

@@ -22,6 +22,7 @@ struct push_svc {
     msgpack_packer pk;
     uint32_t nout;
     uint64_t lookups_failed, outcomes_lost;
+    pm_stats_t *stats;      //  borrowed, may be NULL
     uint64_t sweep_backoff; //  sweep wakes not pushed: that enrollment's backoff is not over
 };
 
@@ -361,9 +362,71 @@ void push_svc_event(push_svc_t *svc, const char *name, const char *text)
     msgpack_sbuffer_destroy(&b);
 }
 
+//  push_apns's own counts into the registry, just before each snapshot.
+static void s_collect(void *arg, pm_stats_t *st)
+{
+    push_svc_t *s = arg;
+    pm_stats_set_count(pm_stats_counter(st, "pusher_lookups_failed_total",
+                                        "push.info lookups the store did not answer"),
+                       s->lookups_failed);
+    pm_stats_set_count(
+        pm_stats_counter(st, "pusher_outcomes_lost_total", "outcomes the store did not record"),
+        s->outcomes_lost);
+    pm_stats_set_count(pm_stats_counter(st, "pusher_sweep_backoff_total",
+                                        "sweep wakes not pushed: the enrollment's backoff is not "
+                                        "over"),
+                       s->sweep_backoff);
+    if (!s->apns)
+        return;
+    push_apns_stats_t a;
+    push_apns_stats(s->apns, &a);
+    static const char help[] = "pushes by outcome (sent, failed, stale = 410, cert_problem = 403)";
+    const struct {
+        const char *outcome;
+        uint64_t n;
+    } o[] = {{"sent", a.sent},
+             {"failed", a.failed},
+             {"stale", a.stale},
+             {"cert_problem", a.cert_problems}};
+    for (size_t i = 0; i < sizeof o / sizeof *o; i++)
+        pm_stats_set_count(pm_stats_get(st, PM_STATS_COUNTER, "pusher_pushes_total", help,
+                                        "outcome", o[i].outcome, NULL, NULL),
+                           o[i].n);
+    pm_stats_set_count(pm_stats_counter(st, "pusher_retries_total",
+                                        "push attempts after the first (429, 5xx, timeouts)"),
+                       a.retries);
+    pm_stats_set_count(pm_stats_counter(st, "pusher_wakes_total", "wakes received"), a.wakes);
+    pm_stats_set_count(
+        pm_stats_counter(st, "pusher_coalesced_total", "wakes merged into a push already pending"),
+        a.coalesced);
+    pm_stats_set_count(
+        pm_stats_counter(st, "pusher_refused_total",
+                         "wakes refused locally (bad or stale token, stopped topic)"),
+        a.refused);
+    pm_stats_set_count(
+        pm_stats_counter(st, "pusher_apns_requests_total", "HTTP/2 requests sent to APNs"),
+        a.requests);
+    pm_stats_set(pm_stats_gauge(st, "pusher_queued", "pushes queued now"), (double)a.queued);
+    pm_stats_set(pm_stats_gauge(st, "pusher_in_flight", "pushes in flight to APNs now"),
+                 (double)a.inflight);
+    pm_stats_set(pm_stats_gauge(st, "pusher_waiting", "pushes waiting for a retry now"),
+                 (double)a.waiting);
+}
+
+void push_svc_set_stats(push_svc_t *svc, pm_stats_t *st)
+{
+    svc->stats = st;
+    pm_stats_set_collect(st, s_collect, svc);
+    if (svc->apns)
+        push_apns_set_latency(svc->apns,
+                              pm_stats_histogram(st, "pusher_push_duration_seconds",
+                                                 "time from wake to outcome, retries included"));
+}
+
 int push_svc_run(push_svc_t *s, push_stdin_tick_fn *tick, void *arg)
 {
     while (!zsys_interrupted) {
+        pm_stats_tick(s->stats, s->bus);
         int fds[8];
         struct curl_waitfd w[8];
         int n = pm_bus_fds(s->bus, fds, 8);

@@ -15,6 +15,7 @@
 #define PUSH_SVC_H
 
 #include "pm_bus.h"
+#include "pm_stats.h"
 #include "push_apns.h"
 #include "push_stdin.h"
 
@@ -24,6 +25,11 @@ typedef struct push_svc push_svc_t;
 push_svc_t *push_svc_new(pm_bus_t *bus);
 void push_svc_destroy(push_svc_t **svc);
 void push_svc_attach(push_svc_t *svc, push_apns_t *apns);
+
+//  Count into `st` (borrowed, outlives svc; NULL = none): pushes by outcome,
+//  retries, queue gauges, latency; published each turn of push_svc_run.
+//  Call after push_svc_attach.
+void push_svc_set_stats(push_svc_t *svc, pm_stats_t *st);
 
 //  The push_apns event callback (arg = the push_svc_t).
 void push_svc_outcome(void *arg, const push_result_t *r);

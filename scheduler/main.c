@@ -8,6 +8,7 @@
 #include "pm_cfg.h"
 #include "pm_log.h"
 #include "pm_notify.h"
+#include "pm_stats.h"
 #include "sched.h"
 
 #include <czmq.h>
@@ -37,6 +38,9 @@ static const pm_opt_t s_opts[] = {
      "wake active enrollments not seen for this long, this often (daily; 0 = never)"},
     {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
     {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
+    {"publish-endpoint", PM_OPT_STR, "tcp://127.0.0.1:7402",
+     "broker publish endpoint (XSUB) for our stats snapshots (empty: none)"},
+    PM_STATS_OPTION,
     {NULL, 0, NULL, NULL}};
 
 static int64_t s_now_ms(void)
@@ -69,6 +73,7 @@ int main(int argc, char **argv)
     int rc = 1;
     pm_bus_t *bus = NULL;
     sched_t *s = NULL;
+    pm_stats_t *stats = NULL;
     sched_opts_t o = {0};
     if (pm_cfg_start_logging(cfg) < 0)
         goto out;
@@ -80,7 +85,8 @@ int main(int argc, char **argv)
         s_int(cfg, "store-retries", 0, 100, &o.store_retries) < 0 ||
         s_int(cfg, "wake-sweep-s", 0, 86400, &o.wake_sweep_s) < 0 ||
         s_int(cfg, "silent-sweep-s", 0, 86400 * 30, &o.silent_sweep_s) < 0 ||
-        s_int(cfg, "wake-backoff-max-s", 0, 86400 * 30, &o.wake_backoff_max_s) < 0)
+        s_int(cfg, "wake-backoff-max-s", 0, 86400 * 30, &o.wake_backoff_max_s) < 0 ||
+        pm_stats_from_cfg(cfg, "scheduler", &stats) < 0)
         goto out;
     if (r == PM_CFG_CHECK) {
         printf("ok\n");
@@ -90,7 +96,10 @@ int main(int argc, char **argv)
     pm_bus_config_t bc = {.name = "scheduler",
                           .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
                           .server_public_key = pm_cfg_str(cfg, "server-key"),
-                          .cert_file = pm_cfg_str(cfg, "curve-cert")};
+                          .cert_file = pm_cfg_str(cfg, "curve-cert"),
+                          .publish_endpoint = pm_cfg_str(cfg, "publish-endpoint")};
+    if (bc.publish_endpoint && !*bc.publish_endpoint)
+        bc.publish_endpoint = NULL;
     bus = pm_bus_new(&bc);
     if (!bus) {
         pm_error("cannot connect to the broker at %s (check request-endpoint)",
@@ -98,6 +107,8 @@ int main(int argc, char **argv)
         goto out;
     }
     s = sched_new(bus, &o);
+    if (s)
+        sched_set_stats(s, stats);
     if (!s || pm_bus_serve(bus, "scheduler", sched_on_job, s) < 0) {
         pm_error("cannot serve the scheduler service (see above)");
         goto out;
@@ -112,6 +123,7 @@ int main(int argc, char **argv)
         if (pm_bus_run_once(bus, 500) < 0)
             break;
         sched_tick(s, s_now_ms());
+        pm_stats_tick(stats, bus);
     }
     pm_notify_stopping();
     pm_bus_stats_t st;
@@ -120,6 +132,7 @@ int main(int argc, char **argv)
     rc = 0;
 out:
     sched_destroy(&s);
+    pm_stats_destroy(&stats);
     pm_bus_destroy(&bus);
     pm_cfg_destroy(&cfg);
     return rc;

@@ -3,6 +3,7 @@
 
 #include "pm_log.h"
 #include "pm_mpck.h"
+#include "pm_stats.h"
 
 #include <czmq.h>
 #include <stdlib.h>
@@ -14,6 +15,9 @@
 
 struct sched {
     pm_bus_t *bus;
+    pm_stats_t *stats;                        //  borrowed, may be NULL
+    pm_stats_series_t *by_type[PM_MSG_COUNT]; //  scheduler_requests_total{type}, on first use
+    pm_stats_series_t *refused, *store_failed, *delivered, *wakes, *in_flight, *latency;
     sched_opts_t opts;
     int64_t next_sweep;
     bool sweeping;
@@ -24,6 +28,7 @@ struct sched {
 typedef struct {
     sched_t *s;
     pm_bus_job_t *job;
+    double t0_ms; //  arrival (pm_stats_now_ms), for the latency histogram
 } s_call_t;
 
 static int64_t s_now_ms(void)
@@ -251,6 +256,51 @@ pm_msg_t *sched_store_request(const sched_opts_t *o, const pm_msg_t *req, const 
 
 /* ---- the bus side ---- */
 
+void sched_set_stats(sched_t *s, pm_stats_t *st)
+{
+    s->stats = st;
+    s->refused = pm_stats_counter(st, "scheduler_refused_total",
+                                  "requests refused before reaching the store (invalid)");
+    s->store_failed = pm_stats_counter(st, "scheduler_store_failures_total",
+                                       "store calls that got no answer after every retry");
+    s->delivered = pm_stats_counter(st, "scheduler_commands_delivered_total",
+                                    "commands handed to devices in a command-loop answer");
+    s->wakes = pm_stats_counter(st, "scheduler_wakes_requested_total",
+                                "enrollments the scheduler asked the pusher to wake");
+    s->in_flight = pm_stats_gauge(st, "scheduler_in_flight", "requests waiting for the store");
+    s->latency = pm_stats_histogram(st, "scheduler_request_duration_seconds",
+                                    "time from a request's arrival to its answer (store "
+                                    "transaction included)");
+}
+
+//  A store call ended: results by the Status the device reported, deliveries.
+static void s_count_done(sched_t *s, const pm_msg_t *req, const pm_msg_t *reply)
+{
+    if (!s->stats)
+        return;
+    double inflight = pm_stats_value(s->in_flight);
+    pm_stats_set(s->in_flight, inflight > 0 ? inflight - 1 : 0);
+    if (!reply) {
+        pm_stats_inc(s->store_failed);
+        return;
+    }
+    if (pm_msg_type(req) != PM_MSG_CONNECT || pm_msg_type(reply) != PM_MSG_CONNECT_REPLY)
+        return;
+    //  Apple's Status values only (the device chooses the text: bounded label
+    //  set); Idle is not a result
+    static const char *const known[] = {"Acknowledged", "Error", "CommandFormatError", "NotNow"};
+    const char *status = pm_msg_str(req, "status"), *label = "other";
+    for (size_t i = 0; status && i < sizeof known / sizeof *known; i++)
+        if (strcmp(status, known[i]) == 0)
+            label = known[i];
+    if (status && strcmp(status, "Idle") != 0)
+        pm_stats_inc(pm_stats_get(s->stats, PM_STATS_COUNTER, "scheduler_results_total",
+                                  "command results reported by devices, by Status", "status", label,
+                                  NULL, NULL));
+    if (pm_msg_has(reply, "command"))
+        pm_stats_inc(s->delivered);
+}
+
 static void s_wake_done(void *arg, const pm_msg_t *reply, const char *error)
 {
     (void)arg;
@@ -270,8 +320,9 @@ static void s_wake(sched_t *s, const msgpack_object *eids, bool sweep)
     if (w && pm_msg_set_obj(w, "eids", eids) == 0 &&
         (!sweep || s->opts.wake_backoff_max_s <= 0 ||
          (pm_msg_set_uint(w, "sweep_s", (uint64_t)s->opts.wake_sweep_s) == 0 &&
-          pm_msg_set_uint(w, "backoff_max_s", (uint64_t)s->opts.wake_backoff_max_s) == 0)))
-        pm_bus_call_async(s->bus, "push", w, 2000, 0, s_wake_done, s);
+          pm_msg_set_uint(w, "backoff_max_s", (uint64_t)s->opts.wake_backoff_max_s) == 0)) &&
+        pm_bus_call_async(s->bus, "push", w, 2000, 0, s_wake_done, s) == 0)
+        pm_stats_add(s->wakes, eids->via.array.size);
     pm_msg_destroy(&w);
 }
 
@@ -281,6 +332,8 @@ static void s_store_done(void *arg, const pm_msg_t *reply, const char *error)
     s_call_t *c = arg;
     const pm_msg_t *req = pm_bus_job_msg(c->job);
     pm_msg_t *out = NULL;
+    s_count_done(c->s, req, reply);
+    pm_stats_observe_ms(c->s->latency, pm_stats_now_ms() - c->t0_ms);
     if (!reply) {
         pm_warn("store call for %s %s failed: %s", pm_msg_type_name(pm_msg_type(req)),
                 pm_msg_rid(req), error ? error : "?");
@@ -312,8 +365,17 @@ void sched_on_job(void *arg, pm_bus_job_t *job)
 {
     sched_t *s = arg;
     const pm_msg_t *req = pm_bus_job_msg(job);
+    pm_msg_type_t t = pm_msg_type(req);
+    if (s->stats && t > PM_MSG_INVALID && t < PM_MSG_COUNT) {
+        if (!s->by_type[t])
+            s->by_type[t] = pm_stats_get(s->stats, PM_STATS_COUNTER, "scheduler_requests_total",
+                                         "requests handled, by message type", "type",
+                                         pm_msg_type_name(t), NULL, NULL);
+        pm_stats_inc(s->by_type[t]);
+    }
     pm_msg_t *err = sched_validate(req);
     if (err) {
+        pm_stats_inc(s->refused);
         pm_info("refused %s %s: %s", pm_msg_type_name(pm_msg_type(req)), pm_msg_rid(req),
                 pm_msg_str(err, "message"));
         pm_bus_job_reply(&job, err);
@@ -343,6 +405,8 @@ void sched_on_job(void *arg, pm_bus_job_t *job)
     }
     c->s = s;
     c->job = job;
+    c->t0_ms = s->stats ? pm_stats_now_ms() : 0;
+    pm_stats_set(s->in_flight, pm_stats_value(s->in_flight) + 1);
     if (pm_bus_call_async(s->bus, "store", sreq, s->opts.store_timeout_ms, s->opts.store_retries,
                           s_store_done, c) < 0)
         s_store_done(c, NULL, "could not queue the request to the store");

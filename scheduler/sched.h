@@ -15,6 +15,7 @@
 
 #include "pm_bus.h"
 #include "pm_msg.h"
+#include "pm_stats.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -37,6 +38,10 @@ typedef struct sched sched_t;
 //  The scheduler over `bus` (not owned). Returns NULL on allocation failure.
 sched_t *sched_new(pm_bus_t *bus, const sched_opts_t *opts);
 void sched_destroy(sched_t **s);
+
+//  Count into `st` (borrowed, outlives s; NULL = no counting): requests by
+//  type, refusals, store failures, deliveries, results by Status, wakeups.
+void sched_set_stats(sched_t *s, pm_stats_t *st);
 
 //  pm_bus_job_fn for pm_bus_serve(bus, "scheduler", sched_on_job, s).
 void sched_on_job(void *arg, pm_bus_job_t *job);

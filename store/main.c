@@ -10,6 +10,7 @@
 #include "pm_cfg.h"
 #include "pm_log.h"
 #include "pm_notify.h"
+#include "pm_stats.h"
 #include "store_db.h"
 #include "store_svc.h"
 
@@ -36,6 +37,7 @@ static const pm_opt_t s_opts[] = {
     {"batch-max", PM_OPT_INT, "1024", "at most this many requests per transaction"},
     {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
     {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
+    PM_STATS_OPTION,
     {NULL, 0, NULL, NULL}};
 
 int main(int argc, char **argv)
@@ -51,7 +53,8 @@ int main(int argc, char **argv)
     store_db_t *db = NULL;
     store_svc_t *svc = NULL;
     pm_bus_t *bus = NULL;
-    if (pm_cfg_start_logging(cfg) < 0)
+    pm_stats_t *stats = NULL;
+    if (pm_cfg_start_logging(cfg) < 0 || pm_stats_from_cfg(cfg, "store", &stats) < 0)
         goto out;
     const char *sync = pm_cfg_str(cfg, "synchronous");
     if (strcmp(sync, "full") != 0 && strcmp(sync, "normal") != 0) {
@@ -103,6 +106,8 @@ int main(int argc, char **argv)
     store_svc_opts_t so = {.group_commit = pm_cfg_bool(cfg, "group-commit"),
                            .batch_max = (int)batch};
     svc = store_svc_new(db, bus, &so);
+    if (svc)
+        store_svc_set_stats(svc, stats);
     if (!svc || pm_bus_serve(bus, "store", store_svc_on_job, svc) < 0) {
         pm_error("cannot serve the store service (see above)");
         goto out;
@@ -116,6 +121,7 @@ int main(int argc, char **argv)
             break;
         if (store_svc_pending(svc))
             store_svc_flush(svc);
+        pm_stats_tick(stats, bus);
     }
     pm_notify_stopping();
     pm_bus_stats_t st;
@@ -124,6 +130,7 @@ int main(int argc, char **argv)
     rc = 0;
 out:
     store_svc_destroy(&svc);
+    pm_stats_destroy(&stats);
     pm_bus_destroy(&bus);
     store_db_destroy(&db);
     pm_cfg_destroy(&cfg);

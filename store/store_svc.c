@@ -2,6 +2,7 @@
  *  (see store_svc.h). Runs in picomdm-store's single thread.
  */
 #include "store_svc.h"
+#include "pm_stats.h"
 #include "store_doctor.h"
 #include "store_inv.h"
 #include "store_push.h"
@@ -26,6 +27,9 @@ struct store_svc {
     s_job_t *jobs;
     size_t njobs, cap;
     msgpack_sbuffer a, b; //  scratch for one request, reused (they keep their capacity)
+    pm_stats_t *stats;    //  borrowed, may be NULL
+    pm_stats_series_t *ops[PM_MSG_COUNT]; //  store_ops_total{type}, on first use
+    pm_stats_series_t *errors, *commit_ms, *commit_failed, *batches, *seq;
 };
 
 static int64_t s_now_ms(void)
@@ -81,6 +85,20 @@ void store_svc_on_job(void *arg, pm_bus_job_t *job)
         svc->cap = cap;
     }
     svc->jobs[svc->njobs++] = (s_job_t){job, NULL};
+}
+
+void store_svc_set_stats(store_svc_t *svc, pm_stats_t *st)
+{
+    svc->stats = st;
+    svc->errors =
+        pm_stats_counter(st, "store_errors_total", "requests answered with an error (undone)");
+    svc->commit_ms = pm_stats_histogram(st, "store_commit_duration_seconds",
+                                        "time to commit one group-commit transaction");
+    svc->commit_failed =
+        pm_stats_counter(st, "store_commit_failures_total", "transactions that failed to commit");
+    svc->batches = pm_stats_counter(st, "store_transactions_total",
+                                    "transactions (one per batch of requests)");
+    svc->seq = pm_stats_gauge(st, "store_event_seq", "sequence number of the last event logged");
 }
 
 size_t store_svc_pending(const store_svc_t *svc)
@@ -440,6 +458,16 @@ bool store_svc_apply(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply)
         rc = STORE_ERR_BAD;
         break;
     }
+    pm_msg_type_t t = pm_msg_type(req);
+    if (svc->stats && t > PM_MSG_INVALID && t < PM_MSG_COUNT) {
+        if (!svc->ops[t])
+            svc->ops[t] = pm_stats_get(svc->stats, PM_STATS_COUNTER, "store_ops_total",
+                                       "requests applied, by message type", "type",
+                                       pm_msg_type_name(t), NULL, NULL);
+        pm_stats_inc(svc->ops[t]);
+    }
+    if (rc != STORE_OK)
+        pm_stats_inc(svc->errors);
     if (rc != STORE_OK && !*reply)
         *reply = s_error(svc, req, rc);
     else if (!*reply)
@@ -459,6 +487,8 @@ static void s_publish(void *arg, uint64_t seq, int64_t ts, const char *name, con
 {
     store_svc_t *svc = arg;
     (void)ts;
+    if ((double)seq > pm_stats_value(svc->seq))
+        pm_stats_set(svc->seq, (double)seq);
     if (!svc->bus)
         return;
     pm_msg_t *ev = pm_msg_new(PM_MSG_EVENT);
@@ -498,7 +528,14 @@ static void s_batch(store_svc_t *svc, size_t from, size_t to)
         store_db_op_end(svc->db, keep);
     }
     int64_t t1 = s_now_ms();
-    if (tx && store_db_commit(svc->db) < 0) {
+    double c0 = pm_stats_now_ms();
+    int crc = tx ? store_db_commit(svc->db) : 0;
+    if (tx) {
+        pm_stats_observe_ms(svc->commit_ms, pm_stats_now_ms() - c0);
+        pm_stats_inc(svc->batches);
+    }
+    if (tx && crc < 0) {
+        pm_stats_inc(svc->commit_failed);
         pm_error("commit failed: %s; answering %zu requests with an error",
                  store_db_errmsg(svc->db), to - from);
         for (size_t i = from; i < to; i++) {

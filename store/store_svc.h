@@ -16,6 +16,7 @@
 
 #include "pm_bus.h"
 #include "pm_msg.h"
+#include "pm_stats.h"
 #include "store_db.h"
 
 #include <stdbool.h>
@@ -34,6 +35,10 @@ void store_svc_destroy(store_svc_t **svc);
 
 //  pm_bus_job_fn for pm_bus_serve(bus, "store", store_svc_on_job, svc): parks the job.
 void store_svc_on_job(void *arg, pm_bus_job_t *job);
+
+//  Count into `st` (borrowed, outlives svc; NULL = none): ops by type,
+//  errors, transactions, commit latency, the last event seq.
+void store_svc_set_stats(store_svc_t *svc, pm_stats_t *st);
 
 //  Requests parked and not yet answered.
 size_t store_svc_pending(const store_svc_t *svc);

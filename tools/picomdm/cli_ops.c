@@ -435,12 +435,15 @@ int cli_op_cancel(cli_ctx_t *ctx)
 typedef struct {
     long long seen;
     uint64_t last_seq; //  gap report: seq of the previous event (0 = none yet)
+    bool stats;        //  the prefix asks for stats.* snapshots (docs/metrics.md)
 } s_watch_t;
 
 static void s_on_event(void *arg, const char *topic, const pm_msg_t *event)
 {
     (void)topic;
     s_watch_t *w = arg;
+    if (pm_msg_type(event) == PM_MSG_STATS && !w->stats)
+        return; //  every process's counters every few seconds: only when asked for
     uint64_t seq = pm_msg_uint(event, "seq", 0);
     if (seq && w->last_seq && seq > w->last_seq + 1)
         fprintf(stderr,
@@ -469,7 +472,7 @@ int cli_op_watch(cli_ctx_t *ctx)
     pm_bus_t *bus = s_connect(ctx, true);
     if (!bus)
         return CLI_EXIT_BUS;
-    s_watch_t w = {0};
+    s_watch_t w = {.stats = strncmp(prefix, "stats", 5) == 0};
     if (pm_bus_subscribe(bus, prefix, s_on_event, &w) < 0) {
         fprintf(stderr, "picomdm: cannot subscribe to '%s'\n", prefix);
         pm_bus_destroy(&bus);

@@ -516,6 +516,7 @@ static int s_setup(s_up_t *up, const pm_cfg_t *cfg)
                devsim, up->host, port ? port : "", up->tls_crt, up->ca_crt, up->ca_key);
     printf("  %s/picomdm enqueue DeviceInformation --set Queries=UDID,OSVersion --to <id>\n"
            "  %s/picomdm watch   # every event, as JSON lines\n"
+           "  curl -s http://127.0.0.1:9640/metrics   # every process's counters (Prometheus)\n"
            "Ctrl-C stops everything.\n\n",
            up->bin, up->bin);
     fflush(stdout);

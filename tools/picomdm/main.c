@@ -12,6 +12,7 @@
 #include "cli_command.h"
 #include "cli_doctor.h"
 #include "cli_ops.h"
+#include "cli_stats.h"
 #include "cli_up.h"
 #include "cmdtab.h"
 #include "pm_cfg.h"
@@ -107,6 +108,8 @@ static const s_cmd_t s_cmds[] = {
     {"watch", "[topic-prefix] [--count N]",
      "print events (checkin., command., push., security.) as JSON lines", s_watch_opts, false,
      false, cli_op_watch},
+    {"stats", "[process] [--seconds N]", "every process's counters from the bus, Prometheus text",
+     cli_stats_opts, false, false, cli_stats_run},
     {"audit", "[--file PATH] [--after SEQ] [--poll-ms N]",
      "append every event to a JSON-lines file, gaps filled from the store (SIGHUP reopens)",
      cli_audit_opts, false, false, cli_audit_run},
