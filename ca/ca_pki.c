@@ -72,8 +72,46 @@ static int s_random_serial(X509 *x)
 
 //  A certificate for `pub` named `name`, signed by issuer/ikey (issuer NULL = self-signed).
 //  exts: NULL-terminated nid/value pairs (value NULL or "" skips it).
-static X509 *s_make_cert(EVP_PKEY *pub, X509_NAME *name, X509 *issuer, EVP_PKEY *ikey, int days,
-                         const int *nids, const char *const *values)
+//  x's SubjectPublicKeyInfo = a copy of `from` (algorithm and key bits as
+//  they arrived). X509_set_pubkey would re-encode the decoded key through
+//  OpenSSL 3.0's encoder machinery, a sixth of an enrollment's CPU (perf).
+//  false: an algorithm parameter we do not copy (the caller falls back).
+static bool s_copy_spki(X509 *x, const X509_PUBKEY *from)
+{
+    const unsigned char *pk = NULL;
+    int pklen = 0;
+    X509_ALGOR *alg = NULL;
+    if (!from || !X509_PUBKEY_get0_param(NULL, &pk, &pklen, &alg, from) || !pk || pklen <= 0)
+        return false;
+    const ASN1_OBJECT *aobj = NULL;
+    int ptype = V_ASN1_UNDEF;
+    const void *pval = NULL;
+    X509_ALGOR_get0(&aobj, &ptype, &pval, alg);
+    void *pv = NULL;
+    if (ptype == V_ASN1_OBJECT)
+        pv = OBJ_dup(pval);
+    else if (ptype == V_ASN1_SEQUENCE)
+        pv = ASN1_STRING_dup(pval);
+    else if (ptype != V_ASN1_NULL && ptype != V_ASN1_UNDEF)
+        return false;
+    ASN1_OBJECT *o = OBJ_dup(aobj);
+    unsigned char *enc = OPENSSL_memdup(pk, (size_t)pklen);
+    if (!o || !enc || ((ptype == V_ASN1_OBJECT || ptype == V_ASN1_SEQUENCE) && !pv) ||
+        !X509_PUBKEY_set0_param(X509_get_X509_PUBKEY(x), o, ptype, pv, enc, pklen)) {
+        ASN1_OBJECT_free(o);
+        OPENSSL_free(enc);
+        if (ptype == V_ASN1_OBJECT)
+            ASN1_OBJECT_free(pv);
+        else if (ptype == V_ASN1_SEQUENCE)
+            ASN1_STRING_free(pv);
+        return false;
+    }
+    return true;
+}
+
+//  `spki`: the key as it arrived (a CSR's), copied as is; NULL: from `pub`.
+static X509 *s_make_cert(EVP_PKEY *pub, const X509_PUBKEY *spki, X509_NAME *name, X509 *issuer,
+                         EVP_PKEY *ikey, int days, const int *nids, const char *const *values)
 {
     X509 *x = X509_new();
     bool ok = x && X509_set_version(x, 2) && s_random_serial(x) == 0;
@@ -81,7 +119,7 @@ static X509 *s_make_cert(EVP_PKEY *pub, X509_NAME *name, X509 *issuer, EVP_PKEY 
          X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : name);
     ok = ok && X509_gmtime_adj(X509_getm_notBefore(x), -3600) &&
          X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400);
-    ok = ok && X509_set_pubkey(x, pub);
+    ok = ok && ((spki && s_copy_spki(x, spki)) || X509_set_pubkey(x, pub));
     for (int i = 0; ok && nids[i]; i++)
         if (values[i] && values[i][0])
             ok = s_add_ext(x, issuer ? issuer : x, nids[i], values[i]) == 0;
@@ -177,7 +215,7 @@ static int s_make_ca(ca_pki_t *pki, const char *cert_path, const char *key_path,
     int rc = -1;
     EVP_PKEY *k = EVP_RSA_gen(2048);
     X509_NAME *n = s_name_cn("PicoMDM device CA");
-    X509 *x = k && n ? s_make_cert(k, n, NULL, k, S_CA_DAYS, nids, values) : NULL;
+    X509 *x = k && n ? s_make_cert(k, NULL, n, NULL, k, S_CA_DAYS, nids, values) : NULL;
     if (!x) {
         s_fail(err, errlen, "cannot make the device CA (OpenSSL failed)");
         goto out;
@@ -206,7 +244,8 @@ static int s_make_leaf(ca_pki_t *pki, const char *cert_path, const char *key_pat
     int rc = -1;
     EVP_PKEY *k = EVP_RSA_gen(2048);
     X509_NAME *n = s_name_cn(cn);
-    X509 *x = k && n ? s_make_cert(k, n, pki->ca, pki->ca_key, S_LEAF_DAYS, nids, values) : NULL;
+    X509 *x =
+        k && n ? s_make_cert(k, NULL, n, pki->ca, pki->ca_key, S_LEAF_DAYS, nids, values) : NULL;
     if (!x) {
         s_fail(err, errlen, "cannot make the %s certificate (OpenSSL failed)", cn);
         goto out;
@@ -306,7 +345,8 @@ ca_pki_t *ca_pki_new(const ca_pki_opts_t *o, bool *created, char *err, size_t er
         X509_NAME *n = s_name_cn("probe");
         const int nids[] = {NID_key_usage, NID_ext_key_usage, 0};
         const char *const values[] = {pki->key_usage, pki->ext_key_usage, NULL};
-        X509 *probe = n ? s_make_cert(probe_key, n, pki->ca, pki->ca_key, 1, nids, values) : NULL;
+        X509 *probe =
+            n ? s_make_cert(probe_key, NULL, n, pki->ca, pki->ca_key, 1, nids, values) : NULL;
         X509_NAME_free(n);
         if (!probe) {
             s_fail(err, errlen,
@@ -426,8 +466,8 @@ X509 *ca_pki_issue(ca_pki_t *pki, X509_REQ *req, const uint8_t *renews, char *er
                         0};
     const char *const values[] = {
         "critical,CA:FALSE", pki->key_usage, pki->ext_key_usage, "hash", "keyid,issuer", NULL};
-    X509 *x = s_make_cert(X509_REQ_get0_pubkey(req), name, pki->ca, pki->ca_key, pki->cert_days,
-                          nids, values);
+    X509 *x = s_make_cert(X509_REQ_get0_pubkey(req), X509_REQ_get_X509_PUBKEY(req), name, pki->ca,
+                          pki->ca_key, pki->cert_days, nids, values);
     X509_NAME_free(name);
     //  a renewal names the certificate it replaces; signed again to cover it
     if (x && renews &&

@@ -9,10 +9,22 @@
  *
  *  Both are forwarded asynchronously over the bus to the ca service, which
  *  holds every key; the gateway only relays the reply's status, content type
- *  and body. The enrollment route may be protected with HTTP basic auth
- *  (`enroll-basic-auth user:password`); it is open by default (lab). A wrong
- *  or missing password gets 401 with a WWW-Authenticate challenge: this is a
- *  browser/download route, not an MDM route, so 401 is the right answer here.
+ *  and body. GetCACaps and GetCACert answers are the same for every device:
+ *  the gateway keeps a 200 answer for GW_ENROLL_CA_CACHE_S seconds and serves
+ *  it itself (two of the four ca round trips of an enrollment). The enrollment route is protected
+ * as `enroll-auth` says: none   open (lab; the default unless enroll-basic-auth is set) basic  HTTP
+ * basic auth (`enroll-basic-auth user:password`). A wrong or missing password gets 401 with a
+ * WWW-Authenticate challenge: a browser asks for the password only after that challenge, and this
+ *           route comes before enrollment, so no MDM client can drop anything.
+ *    token  a one-time token made by `picomdm enroll-token new`, in the URL
+ *           (<enroll-path>?token=T or <enroll-path>/T). The gateway hashes it
+ *           and consumes it in the store (enroll_token.use) before it asks the
+ *           ca; if the ca then fails it gives the token back
+ *           (enroll_token.release). A missing, unknown, used, expired or
+ *           revoked token gets 403 with a plain message (no challenge: there
+ *           is no password to ask for).
+ *  Every refusal is logged with its reason and raises an `enroll.refused`
+ *  event {reason, remote, path} (appended to the store's event log).
  *
  *  Ownership: the routes borrow the event base and the bus from the gateway
  *  (gw_server), which calls gw_enroll_handle for every request it does not
@@ -28,14 +40,19 @@
 #include <stdint.h>
 
 #define GW_ENROLL_SCEP_MAX (64 * 1024) //  SCEP request body limit (413 above)
+#define GW_ENROLL_TOKEN_MIN 16         //  token length bounds (base64url characters)
+#define GW_ENROLL_TOKEN_MAX 128
+#define GW_ENROLL_CA_CACHE_S 60 //  GetCACaps/GetCACert replies are reused this long
 
 typedef struct {
     const char *scep_path;   //  "/scep"; NULL or "" = route off
     const char *enroll_path; //  "/mdm/enroll"; NULL or "" = route off
+    const char *auth;        //  "none", "basic", "token"; NULL/"" = basic if basic_auth, else none
     const char *basic_auth;  //  "user:password" protecting enroll_path, or NULL
-    const char *service;     //  bus service, "ca"
-    int timeout_ms;          //  total wait for the ca service (then 503)
-    int retry_after_s;       //  Retry-After on 503
+    const char *token_service; //  bus service of enroll_token.use ("store"), NULL = the table's
+    const char *service;       //  bus service, "ca"
+    int timeout_ms;            //  total wait for the ca service (then 503)
+    int retry_after_s;         //  Retry-After on 503
 } gw_enroll_config_t;
 
 typedef struct gw_enroll gw_enroll_t;
@@ -61,7 +78,7 @@ void gw_enroll_shutdown(gw_enroll_t *self);
 void gw_enroll_destroy(gw_enroll_t **self);
 
 typedef struct {
-    uint64_t scep, profiles, denied, unavailable;
+    uint64_t scep, profiles, denied, unavailable, tokens_used;
 } gw_enroll_stats_t;
 void gw_enroll_stats(const gw_enroll_t *self, gw_enroll_stats_t *st);
 

@@ -57,6 +57,10 @@ static const pm_opt_t s_opts[] = {
     {"scep-path", PM_OPT_STR, "/scep", "SCEP route relayed to the ca service (empty: off)"},
     {"enroll-path", PM_OPT_STR, "/mdm/enroll",
      "enrollment-profile download route, relayed to the ca service (empty: off)"},
+    {"enroll-auth", PM_OPT_STR, NULL,
+     "protection of the enrollment route: none, basic (enroll-basic-auth) or token (one-time "
+     "tokens from `picomdm enroll-token new`); unset: basic when enroll-basic-auth is set, else "
+     "none"},
     {"enroll-basic-auth", PM_OPT_STR, NULL,
      "user:password required to download the profile (prefer PICOMDM_ENROLL_BASIC_AUTH); "
      "unset: open (lab)"},
@@ -179,6 +183,7 @@ int main(int argc, char **argv)
         .scep_path = pm_cfg_str(cfg, "scep-path"),
         .enroll_path = pm_cfg_str(cfg, "enroll-path"),
         .basic_auth = pm_cfg_str(cfg, "enroll-basic-auth"),
+        .auth = pm_cfg_str(cfg, "enroll-auth"),
         .service = pm_cfg_str(cfg, "ca-service"),
         .timeout_ms = sc.backend_timeout_ms,
         .retry_after_s = sc.retry_after_s,

@@ -123,4 +123,16 @@ n400=$(awk '$2 == "400:" { s += $3 } END { print s + 0 }' "$T/flood.out")
 [ "$n400" -ge 800 ] || fail "only $n400 requests were answered 400"
 wait_events "$n400"
 echo "security.rejected events: $(events) for $n400 answers 400"
+# lab mode with no device CA at all: /health and /metrics answer, the gateway
+# stays up (it once dereferenced the missing verifier's cache counters)
+C_PORT=$(free_port)
+"$BIN/picomdm-gateway" --listen "127.0.0.1:$C_PORT" --plain-http --insecure-lab-mode \
+    --admin-listen off --request-endpoint "ipc://$T/req" --publish-endpoint "ipc://$T/pub" \
+    >>"$T/gateway-noca.log" 2>&1 &
+C_PID=$!
+PIDS+=($C_PID)
+for i in $(seq 1 100); do ss -ltn | awk '{print $4}' | grep -q ":$C_PORT\$" && break; sleep 0.05; done
+code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$C_PORT/health")
+[ "$code" = 200 ] || [ "$code" = 503 ] || fail "lab gateway without a device CA: /health answered $code"
+kill -0 $C_PID || fail "lab gateway without a device CA died on /health"
 echo "gateway_robust: all checks passed"

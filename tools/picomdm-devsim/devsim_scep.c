@@ -49,9 +49,13 @@ static int s_http(const devsim_scep_opts_t *o, const char *url, const void *post
                   const char *ctype, s_buf_t *out, long *status, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
-    CURL *c = curl_easy_init();
+    CURL *c = o->conn && *o->conn ? *o->conn : curl_easy_init();
     struct curl_slist *hdr = NULL;
     int rc = -1;
+    if (c && o->conn && *o->conn)
+        curl_easy_reset(c); //  options only: the live connection stays
+    else if (c && o->conn)
+        *o->conn = c;
     if (!c) {
         snprintf(err, errlen, "curl_easy_init failed");
         return -1;
@@ -88,8 +92,17 @@ static int s_http(const devsim_scep_opts_t *o, const char *url, const void *post
     rc = 0;
 out:
     curl_slist_free_all(hdr);
-    curl_easy_cleanup(c);
+    if (!o->conn)
+        curl_easy_cleanup(c);
     return rc;
+}
+
+void devsim_scep_conn_close(void **conn)
+{
+    if (conn && *conn) {
+        curl_easy_cleanup(*conn);
+        *conn = NULL;
+    }
 }
 
 static int s_scep_get(const devsim_scep_opts_t *o, const char *scep_url, const char *op,
@@ -447,7 +460,11 @@ int devsim_scep_enroll(const devsim_profile_t *p, const devsim_scep_opts_t *o, d
         snprintf(err, errlen, "GetCACaps lacks POSTPKIOperation");
         goto out;
     }
-    key = EVP_RSA_gen((unsigned)p->keysize);
+    if (o->key && EVP_PKEY_is_a(o->key, "RSA") && EVP_PKEY_get_bits(o->key) == p->keysize &&
+        EVP_PKEY_up_ref(o->key) == 1)
+        key = o->key;
+    else
+        key = EVP_RSA_gen((unsigned)p->keysize);
     csr = key ? pm_scepc_csr_name(key, p->subject, p->challenge[0] ? p->challenge : NULL) : NULL;
     self = key ? pm_scepc_self_signed(key, "devsim SCEP transient") : NULL;
     if (!csr || !self) {

@@ -22,7 +22,18 @@ typedef struct {
     bool insecure;         //  do not verify TLS
     long timeout_ms;
     bool verbose;
+    //  Where the device keeps its connection (a CURL *) between its enrollment
+    //  requests, as a real device does (one TLS connection, keep-alive);
+    //  NULL: a new connection per request. Close with devsim_scep_conn_close.
+    void **conn;
+    //  PKCSReq: use this RSA key (borrowed) when it has the profile's Keysize,
+    //  instead of making one after the profile download (devsim makes the
+    //  keys of all devices first, so that the exchanges run back to back).
+    EVP_PKEY *key;
 } devsim_scep_opts_t;
+
+//  Close the connection kept in *conn (safe on NULL and twice).
+void devsim_scep_conn_close(void **conn);
 
 //  What a device takes from its enrollment profile.
 typedef struct devsim_profile devsim_profile_t;

@@ -28,6 +28,10 @@ int cli_call_to(cli_ctx_t *ctx, const char *service, const pm_msg_t *req, pm_msg
 extern const pm_opt_t cli_profile_opts[];
 int cli_profile_run(cli_ctx_t *ctx);
 
+/* ---- one-time enrollment tokens (cli_token.c) ---- */
+extern const pm_opt_t cli_token_opts[];
+int cli_token_run(cli_ctx_t *ctx);
+
 /* ---- inventory (cli_device.c) ---- */
 int cli_op_device(cli_ctx_t *ctx);
 int cli_op_timeline(cli_ctx_t *ctx);

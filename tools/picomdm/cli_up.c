@@ -319,6 +319,8 @@ static int s_write_config(s_up_t *up, const pm_cfg_t *cfg)
         else //  no push certificate: a lab topic (devices are not woken anyway)
             fprintf(f, "    topic = \"com.apple.mgmt.External.picomdm-lab\"\n");
     }
+    //  for the CLI (section `picomdm`): the URL `picomdm enroll-token new` prints
+    fprintf(f, "picomdm\n    enroll-url = \"https://%s%s/mdm/enroll\"\n", up->host, port);
     if (fclose(f) != 0 || rename(tmp, up->cfgfile) != 0) {
         fprintf(stderr, "picomdm up: cannot write %s: %s\n", up->cfgfile, strerror(errno));
         return -1;

@@ -1,0 +1,353 @@
+/*  store_token — one-time enrollment tokens on the store's database. See
+ *  store_token.h.
+ */
+#include "store_token.h"
+#include "pm_log.h"
+
+#include <msgpack.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+_Static_assert(STORE_TOKEN_ID_LEN == 12, "the INSERT below takes substr(hash, 1, 12)");
+
+static const char s_schema[] =
+    "CREATE TABLE IF NOT EXISTS enroll_tokens("
+    " hash TEXT PRIMARY KEY, id TEXT NOT NULL, created INTEGER NOT NULL,"
+    " expires INTEGER NOT NULL, note TEXT, used INTEGER, used_by TEXT, used_rid TEXT,"
+    " revoked INTEGER) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS enroll_tokens_id ON enroll_tokens(id);";
+
+static int s_ensure(sqlite3 *sql)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(sql, s_schema, NULL, NULL, &msg) != SQLITE_OK) {
+        pm_error("enrollment tokens: cannot create the table: %s", msg ? msg : "?");
+        sqlite3_free(msg);
+        return -1;
+    }
+    return 0;
+}
+
+//  64 lowercase hex digits.
+static bool s_hash_ok(const char *h)
+{
+    if (!h || strlen(h) != 64)
+        return false;
+    for (const char *p = h; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+            return false;
+    return true;
+}
+
+static void s_pack_str(msgpack_packer *pk, const char *s)
+{
+    size_t n = strlen(s);
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+static store_rc_t s_db_error(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, const char *what)
+{
+    pm_error("%s (request %s): %s", what, pm_msg_rid(req), sqlite3_errmsg(sql));
+    *reply = pm_msg_new_error(req, "internal",
+                              "%s failed in the database: %s; retry, and check "
+                              "picomdm-store's log",
+                              what, sqlite3_errmsg(sql));
+    return STORE_ERR_DB;
+}
+
+static store_rc_t s_add(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int64_t now)
+{
+    const msgpack_object *o = pm_msg_obj(req, "hashes");
+    if (!o || o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size == 0 ||
+        o->via.array.size > STORE_TOKEN_ADD_MAX) {
+        *reply = pm_msg_new_error(req, "bad_request",
+                                  "enroll_token.add takes 1 to %d hashes: split the request",
+                                  STORE_TOKEN_ADD_MAX);
+        return STORE_ERR_BAD;
+    }
+    int64_t expires = (int64_t)pm_msg_uint(req, "expires_ms", 0);
+    if (expires <= now) {
+        *reply = pm_msg_new_error(req, "bad_request",
+                                  "expires_ms is in the past: give a lifetime (e.g. --ttl 24h)");
+        return STORE_ERR_BAD;
+    }
+    const char *note = pm_msg_str(req, "note");
+    sqlite3_stmt *st = NULL;
+    store_rc_t rc = STORE_ERR_DB;
+    if (sqlite3_prepare_v2(sql,
+                           "INSERT OR IGNORE INTO enroll_tokens(hash, id, created, expires, note)"
+                           " VALUES(?1, substr(?1, 1, 12), ?2, ?3, ?4)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return s_db_error(sql, req, reply, "enroll_token.add");
+    for (uint32_t i = 0; i < o->via.array.size; i++) {
+        const msgpack_object *s = &o->via.array.ptr[i];
+        char h[65];
+        if (s->type != MSGPACK_OBJECT_STR || s->via.str.size != 64) {
+            rc = STORE_ERR_BAD;
+            goto out;
+        }
+        memcpy(h, s->via.str.ptr, 64);
+        h[64] = '\0';
+        if (!s_hash_ok(h)) {
+            rc = STORE_ERR_BAD;
+            goto out;
+        }
+        sqlite3_reset(st);
+        sqlite3_bind_text(st, 1, h, 64, SQLITE_TRANSIENT);
+        sqlite3_bind_int64(st, 2, now);
+        sqlite3_bind_int64(st, 3, expires);
+        if (note)
+            sqlite3_bind_text(st, 4, note, -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, 4);
+        if (sqlite3_step(st) != SQLITE_DONE) {
+            sqlite3_finalize(st);
+            return s_db_error(sql, req, reply, "enroll_token.add");
+        }
+    }
+    rc = STORE_OK;
+    *reply = pm_msg_new_reply(req, PM_MSG_OK);
+out:
+    if (rc == STORE_ERR_BAD)
+        *reply = pm_msg_new_error(req, "bad_request",
+                                  "hashes must be SHA-256 values in lowercase hex (64 digits)");
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static const char *s_state(int64_t now, int64_t expires, bool used, bool revoked)
+{
+    return revoked ? "revoked" : used ? "used" : expires <= now ? "expired" : "usable";
+}
+
+static store_rc_t s_list(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int64_t now)
+{
+    bool all = pm_msg_bool(req, "all", false);
+    uint64_t limit = pm_msg_uint(req, "limit", 1000);
+    if (limit == 0 || limit > 10000)
+        limit = 1000;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(sql,
+                           "SELECT id, created, expires, note, used, used_by, revoked"
+                           " FROM enroll_tokens WHERE ?1 OR (used IS NULL AND revoked IS NULL"
+                           " AND expires > ?2) ORDER BY created DESC, id LIMIT ?3",
+                           -1, &st, NULL) != SQLITE_OK)
+        return s_db_error(sql, req, reply, "enroll_token.list");
+    sqlite3_bind_int(st, 1, all);
+    sqlite3_bind_int64(st, 2, now);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)limit);
+    msgpack_sbuffer items, out;
+    msgpack_sbuffer_init(&items);
+    msgpack_sbuffer_init(&out);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &items, msgpack_sbuffer_write);
+    uint32_t n = 0;
+    int r;
+    store_rc_t rc = STORE_ERR_DB;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *id = (const char *)sqlite3_column_text(st, 0);
+        const char *note = (const char *)sqlite3_column_text(st, 3);
+        const char *used_by = (const char *)sqlite3_column_text(st, 5);
+        bool used = sqlite3_column_type(st, 4) != SQLITE_NULL;
+        bool revoked = sqlite3_column_type(st, 6) != SQLITE_NULL;
+        int64_t expires = sqlite3_column_int64(st, 2);
+        msgpack_pack_map(&pk, 4 + (note ? 1 : 0) + (used ? 1 : 0) + (used_by ? 1 : 0));
+        s_pack_str(&pk, "id");
+        s_pack_str(&pk, id ? id : "");
+        s_pack_str(&pk, "state");
+        s_pack_str(&pk, s_state(now, expires, used, revoked));
+        s_pack_str(&pk, "created");
+        msgpack_pack_int64(&pk, sqlite3_column_int64(st, 1));
+        s_pack_str(&pk, "expires");
+        msgpack_pack_int64(&pk, expires);
+        if (note) {
+            s_pack_str(&pk, "note");
+            s_pack_str(&pk, note);
+        }
+        if (used) {
+            s_pack_str(&pk, "used");
+            msgpack_pack_int64(&pk, sqlite3_column_int64(st, 4));
+        }
+        if (used_by) {
+            s_pack_str(&pk, "used_by");
+            s_pack_str(&pk, used_by);
+        }
+        n++;
+    }
+    if (r != SQLITE_DONE) {
+        rc = s_db_error(sql, req, reply, "enroll_token.list");
+        goto out;
+    }
+    msgpack_packer opk;
+    msgpack_packer_init(&opk, &out, msgpack_sbuffer_write);
+    msgpack_pack_array(&opk, n);
+    if (items.size)
+        msgpack_sbuffer_write(&out, items.data, items.size);
+    rc = STORE_OK;
+    *reply = pm_msg_new_reply(req, PM_MSG_ENROLL_TOKEN_LIST_REPLY);
+    if (*reply && pm_msg_set_packed(*reply, "tokens", (const uint8_t *)out.data, out.size) < 0) {
+        pm_msg_destroy(reply);
+        *reply = pm_msg_new_error(req, "internal",
+                                  "the token list is too large: ask for fewer "
+                                  "(limit)");
+    }
+out:
+    sqlite3_finalize(st);
+    msgpack_sbuffer_destroy(&items);
+    msgpack_sbuffer_destroy(&out);
+    return rc;
+}
+
+static store_rc_t s_revoke(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int64_t now)
+{
+    const char *id = pm_msg_str(req, "id");
+    size_t len = id ? strlen(id) : 0;
+    if (len != STORE_TOKEN_ID_LEN && len != 64) {
+        *reply = pm_msg_new_error(req, "bad_request",
+                                  "give the token's id (%d hex digits, as `picomdm enroll-token "
+                                  "list` prints it)",
+                                  STORE_TOKEN_ID_LEN);
+        return STORE_ERR_BAD;
+    }
+    sqlite3_stmt *st = NULL;
+    const char *q = len == 64 ? "UPDATE enroll_tokens SET revoked=?2 WHERE hash=?1"
+                                " AND used IS NULL AND revoked IS NULL"
+                              : "UPDATE enroll_tokens SET revoked=?2 WHERE id=?1"
+                                " AND used IS NULL AND revoked IS NULL";
+    if (sqlite3_prepare_v2(sql, q, -1, &st, NULL) != SQLITE_OK)
+        return s_db_error(sql, req, reply, "enroll_token.revoke");
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
+    int r = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (r != SQLITE_DONE)
+        return s_db_error(sql, req, reply, "enroll_token.revoke");
+    int n = sqlite3_changes(sql);
+    if (n == 0) {
+        *reply = pm_msg_new_error(req, "not_found",
+                                  "no unused, unrevoked token %s: `picomdm enroll-token list "
+                                  "--all` shows every token and its state",
+                                  id);
+        return STORE_ERR_NOTFOUND;
+    }
+    pm_info("enrollment token %.*s revoked%s", STORE_TOKEN_ID_LEN, id,
+            n > 1 ? " (and others sharing its id)" : "");
+    *reply = pm_msg_new_reply(req, PM_MSG_OK);
+    return STORE_OK;
+}
+
+static store_rc_t s_use(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int64_t now)
+{
+    const char *hash = pm_msg_str(req, "hash");
+    const char *remote = pm_msg_str(req, "remote");
+    const char *rid = pm_msg_rid(req);
+    if (!s_hash_ok(hash)) {
+        *reply = pm_msg_new_error(req, "bad_request", "hash must be a SHA-256 in lowercase hex");
+        return STORE_ERR_BAD;
+    }
+    sqlite3_stmt *st = NULL;
+    //  the one statement that decides: only an unused, live token matches
+    if (sqlite3_prepare_v2(sql,
+                           "UPDATE enroll_tokens SET used=?2, used_by=?3, used_rid=?4"
+                           " WHERE hash=?1 AND used IS NULL AND revoked IS NULL AND expires > ?2",
+                           -1, &st, NULL) != SQLITE_OK)
+        return s_db_error(sql, req, reply, "enroll_token.use");
+    sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
+    sqlite3_bind_text(st, 3, remote ? remote : "?", -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, rid ? rid : "", -1, SQLITE_STATIC);
+    int r = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (r != SQLITE_DONE)
+        return s_db_error(sql, req, reply, "enroll_token.use");
+    bool accepted = sqlite3_changes(sql) == 1;
+    const char *reason = NULL;
+    if (sqlite3_prepare_v2(sql,
+                           "SELECT id, note, used, used_rid, revoked, expires FROM enroll_tokens"
+                           " WHERE hash=?1",
+                           -1, &st, NULL) != SQLITE_OK)
+        return s_db_error(sql, req, reply, "enroll_token.use");
+    sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
+    r = sqlite3_step(st);
+    if (r != SQLITE_ROW && r != SQLITE_DONE) {
+        sqlite3_finalize(st);
+        return s_db_error(sql, req, reply, "enroll_token.use");
+    }
+    *reply = pm_msg_new_reply(req, PM_MSG_ENROLL_TOKEN_USE_REPLY);
+    if (r == SQLITE_DONE) {
+        reason = "unknown";
+    } else {
+        const char *id = (const char *)sqlite3_column_text(st, 0);
+        const char *note = (const char *)sqlite3_column_text(st, 1);
+        const char *urid = (const char *)sqlite3_column_text(st, 3);
+        if (!accepted) {
+            //  the same bus request again (a retry after a lost reply): same answer
+            if (sqlite3_column_type(st, 4) == SQLITE_NULL && urid && rid && *rid &&
+                strcmp(urid, rid) == 0)
+                accepted = true;
+            else
+                reason = sqlite3_column_type(st, 4) != SQLITE_NULL   ? "revoked"
+                         : sqlite3_column_type(st, 2) != SQLITE_NULL ? "used"
+                                                                     : "expired";
+        }
+        if (*reply && id)
+            pm_msg_set_str(*reply, "id", id);
+        if (*reply && note)
+            pm_msg_set_str(*reply, "note", note);
+    }
+    sqlite3_finalize(st);
+    if (*reply) {
+        pm_msg_set_bool(*reply, "accepted", accepted);
+        if (reason)
+            pm_msg_set_str(*reply, "reason", reason);
+    }
+    return STORE_OK;
+}
+
+static store_rc_t s_release(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply)
+{
+    const char *hash = pm_msg_str(req, "hash");
+    if (!s_hash_ok(hash)) {
+        *reply = pm_msg_new_error(req, "bad_request", "hash must be a SHA-256 in lowercase hex");
+        return STORE_ERR_BAD;
+    }
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(sql,
+                           "UPDATE enroll_tokens SET used=NULL, used_by=NULL, used_rid=NULL"
+                           " WHERE hash=?1 AND used IS NOT NULL AND revoked IS NULL",
+                           -1, &st, NULL) != SQLITE_OK)
+        return s_db_error(sql, req, reply, "enroll_token.release");
+    sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
+    int r = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (r != SQLITE_DONE)
+        return s_db_error(sql, req, reply, "enroll_token.release");
+    *reply = pm_msg_new_reply(req, PM_MSG_OK);
+    return STORE_OK;
+}
+
+store_rc_t store_token_apply(store_db_t *db, const pm_msg_t *req, pm_msg_t **reply, int64_t now_ms)
+{
+    sqlite3 *sql = store_db_sqlite(db);
+    *reply = NULL;
+    if (s_ensure(sql) < 0)
+        return s_db_error(sql, req, reply, "enrollment tokens");
+    switch (pm_msg_type(req)) {
+    case PM_MSG_ENROLL_TOKEN_ADD:
+        return s_add(sql, req, reply, now_ms);
+    case PM_MSG_ENROLL_TOKEN_LIST:
+        return s_list(sql, req, reply, now_ms);
+    case PM_MSG_ENROLL_TOKEN_REVOKE:
+        return s_revoke(sql, req, reply, now_ms);
+    case PM_MSG_ENROLL_TOKEN_USE:
+        return s_use(sql, req, reply, now_ms);
+    case PM_MSG_ENROLL_TOKEN_RELEASE:
+        return s_release(sql, req, reply);
+    default:
+        *reply = pm_msg_new_error(req, "unknown_type", "not an enrollment-token request");
+        return STORE_ERR_BAD;
+    }
+}
