@@ -126,6 +126,12 @@ echo "ok   pusher kill -9 mid-burst ($lost of $N pushes undelivered): restarted,
 
 # --- 4. 410 -> stale; no pushes until the next TokenUpdate
 e4=$(sed -n 7p "$W/eids")
+# the rule below takes the next push to any token: first let stragglers of
+# step 3 (the sweep's re-pushes still answered by the stand-in) drain, so it
+# is e4's push that gets the 410
+for _ in $(seq 20); do
+    r1=$(apns_stat requests); sleep 0.5; [ "$(apns_stat requests)" = "$r1" ] && break
+done
 ctl POST /rules "* 410 count=1" >/dev/null || die "cannot set the 410 rule"
 "${P[@]}" enqueue DeviceInformation --to "$e4" --set Queries=OSVersion --uuid "$WAKE_410" >/dev/null ||
     die "enqueue to $e4"
