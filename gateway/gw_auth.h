@@ -95,7 +95,7 @@ int gw_auth_verify_escaped_pem(gw_auth_t *auth, const char *escaped, gw_auth_res
 #define GW_AUTH_CACHE_SLOTS 65536
 #define GW_AUTH_CACHE_TTL_S 600
 //  Decoded certificates kept (cert_slots; option cert-cache).
-#define GW_AUTH_CERT_SLOTS 4096
+#define GW_AUTH_CERT_SLOTS 16384
 int gw_auth_set_cache(gw_auth_t *auth, size_t slots, int ttl_s, size_t cert_slots);
 //  Cache hits and misses (chain verifications done) so far.
 void gw_auth_cache_stats(const gw_auth_t *auth, uint64_t *hits, uint64_t *misses);

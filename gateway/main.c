@@ -51,9 +51,9 @@ static const pm_opt_t s_opts[] = {
      "policy fetched from backend-service (docs/queue.md); scheduler: every request through "
      "backend-service"},
     {"store-service", PM_OPT_STR, "store", "bus service that owns the queue (device-path direct)"},
-    {"cert-cache", PM_OPT_INT, "4096",
-     "device certificates kept decoded (~5 KiB each; 0 = none: every request decodes and "
-     "verifies the chain)"},
+    {"cert-cache", PM_OPT_INT, "16384",
+     "device certificates kept decoded (~4 KiB each, only for certificates seen; 0 = none: "
+     "every request decodes and verifies the chain)"},
     {"scep-path", PM_OPT_STR, "/scep", "SCEP route relayed to the ca service (empty: off)"},
     {"enroll-path", PM_OPT_STR, "/mdm/enroll",
      "enrollment-profile download route, relayed to the ca service (empty: off)"},
