@@ -84,15 +84,15 @@ int gw_auth_verify_cert(gw_auth_t *auth, X509 *cert, STACK_OF(X509) * untrusted,
 //  nginx's $ssl_client_escaped_cert (plain PEM is accepted too).
 int gw_auth_verify_escaped_pem(gw_auth_t *auth, const char *escaped, gw_auth_result_t *res);
 
-//  Verified-chain cache (on by default): slots (direct-mapped, 56 bytes
-//  each) and how long a verification is trusted before it is redone. An
+//  Verified-chain cache (on by default): slots (eight-way set associative,
+//  56 bytes each) and how long a verification is trusted before it is redone. An
 //  entry is never used past the notAfter of any certificate of its chain,
 //  and only chains made of the leaf and configured CAs are cached. Plus up
 //  to cert_slots decoded certificates (by SHA-256 of their DER; 0 is taken
 //  as 1). slots 0 or ttl_s 0 turns both off (every request decodes the
 //  certificate and verifies the chain). Returns -1 on allocation failure
 //  (caches then off).
-#define GW_AUTH_CACHE_SLOTS 65536
+#define GW_AUTH_CACHE_SLOTS 16384
 #define GW_AUTH_CACHE_TTL_S 600
 //  Decoded certificates kept (cert_slots; option cert-cache).
 #define GW_AUTH_CERT_SLOTS 16384

@@ -403,6 +403,41 @@ static void test_chain_cache(void **state)
 //  with the caches (certificates split off with ASN1_get_object, decoded
 //  once) and without them (plain d2i_CMS_ContentInfo): the verdict and the
 //  failure code must be the same. Run under ASan by `make check`.
+//  Both caches are set associative: devices whose hashes pick the same set
+//  do not evict each other while the set has a free way (8 chain ways, 16
+//  certificate ways; with these sizes every device lands in the one set).
+static void test_cache_ways(void **state)
+{
+    fx_t *f = *state;
+    enum { N = 8 };
+    uint64_t h0, m0, h1, m1;
+    gw_auth_result_t r;
+    assert_int_equal(gw_auth_set_cache(f->auth, 8, 600, 16), 0);
+    ident_t dev[N];
+    char *sig[N];
+    for (int i = 0; i < N; i++) {
+        char cn[32];
+        snprintf(cn, sizeof cn, "device-way-%d", i);
+        dev[i] = s_make(cn, &f->ca, 0, -3600, 86400, 0);
+        sig[i] = s_sign(s_body, strlen(s_body), &dev[i], 1, EVP_sha256(), NULL);
+    }
+    gw_auth_cache_stats(f->auth, &h0, &m0);
+    uint64_t x0 = gw_auth_cert_cache_hits(f->auth);
+    for (int round = 0; round < 2; round++)
+        for (int i = 0; i < N; i++)
+            assert_int_equal(s_verify(f, sig[i], s_body, strlen(s_body), &r), 0);
+    gw_auth_cache_stats(f->auth, &h1, &m1);
+    assert_int_equal(m1 - m0, N); //  one chain verification per device
+    assert_int_equal(h1 - h0, N);
+    assert_int_equal(gw_auth_cert_cache_hits(f->auth) - x0, N); //  one decode per device
+    //  a cached entry still gives the same verdicts: tampered body refused
+    s_expect_fail(f, sig[3], "<plist/>", 8, "bad_signature");
+    for (int i = 0; i < N; i++) {
+        free(sig[i]);
+        s_free(&dev[i]);
+    }
+}
+
 static void test_fast_path_same_verdicts(void **state)
 {
     fx_t *f = *state;
@@ -637,6 +672,7 @@ int main(void)
         cmocka_unit_test(test_base64_with_newlines),
         cmocka_unit_test(test_intermediate_in_signature),
         cmocka_unit_test(test_chain_cache),
+        cmocka_unit_test(test_cache_ways),
         cmocka_unit_test(test_fast_path_same_verdicts),
         cmocka_unit_test(test_unsigned),
         cmocka_unit_test(test_wrong_ca),
