@@ -7,7 +7,7 @@
 # Printed per phase: device requests/s, latency p50/p99 (devsim), CPU seconds
 # per process and per device request; at the end peak RSS (VmHWM) per process.
 #   tests/bench/e2e.sh [N...]          (default: 1000 10000)
-#   CONCURRENCY=32 KEY_TYPE=ec|rsa GW_ARGS="--cert-cache 0" PERF=gateway
+#   CONCURRENCY=32 KEY_TYPE=ec|rsa GW_ARGS="--cert-cache 0" PERF=gateway LIST_ALL=1
 cd "$(dirname "$0")/../.."
 export BIN=${BIN:-$PWD/bin}
 SIZES=("$@")
@@ -58,7 +58,19 @@ run_size() {
     phase enroll 2 --rounds 0
     # one DeviceInformation for every device, in chunks of 1000 targets per enqueue
     "$BIN/picomdm-devsim" --seed "$seed" --devices "$n" --print authenticate >/dev/null 2>&1
-    cli devices --limit $((n + 10)) | awk 'NR > 1 { print $1 }' >"$T/eids"
+    # the enrollment ids, 1,000 per listing (as an operator script pages them:
+    # one listing of all 10,000 costs the scheduler ~16 MB of msgpack for a moment)
+    # (LIST_ALL=1: one listing of all, as before)
+    local after= page
+    : >"$T/eids"
+    [ -z "${LIST_ALL:-}" ] || cli devices --limit $((n + 10)) | awk 'NR > 1 { print $1 }' >"$T/eids"
+    while [ -z "${LIST_ALL:-}" ]; do
+        page=$(cli devices --limit 1000 ${after:+--after "$after"} | awk 'NR > 1 { print $1 }')
+        [ -n "$page" ] || break
+        echo "$page" >>"$T/eids"
+        after=$(tail -n 1 <<<"$page")
+        [ "$(wc -l <<<"$page")" -eq 1000 ] || break
+    done
     local t0=$(date +%s%N)
     split -l 1000 "$T/eids" "$T/chunk."
     for f in "$T"/chunk.*; do
