@@ -84,7 +84,7 @@ int gw_auth_verify_cert(gw_auth_t *auth, X509 *cert, STACK_OF(X509) * untrusted,
 //  nginx's $ssl_client_escaped_cert (plain PEM is accepted too).
 int gw_auth_verify_escaped_pem(gw_auth_t *auth, const char *escaped, gw_auth_result_t *res);
 
-//  Verified-chain cache (on by default): slots (eight-way set associative,
+//  Verified-chain cache (on by default): slots (sixteen-way set associative,
 //  56 bytes each) and how long a verification is trusted before it is redone. An
 //  entry is never used past the notAfter of any certificate of its chain,
 //  and only chains made of the leaf and configured CAs are cached. Plus up

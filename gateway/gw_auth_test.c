@@ -404,8 +404,8 @@ static void test_chain_cache(void **state)
 //  once) and without them (plain d2i_CMS_ContentInfo): the verdict and the
 //  failure code must be the same. Run under ASan by `make check`.
 //  Both caches are set associative: devices whose hashes pick the same set
-//  do not evict each other while the set has a free way (8 chain ways, 16
-//  certificate ways; with these sizes every device lands in the one set).
+//  do not evict each other while the set has a free way (16 ways each; with
+//  8 chain slots and 16 certificate slots every device lands in the one set).
 static void test_cache_ways(void **state)
 {
     fx_t *f = *state;
