@@ -355,8 +355,8 @@ static void s_store_done(void *arg, const pm_msg_t *reply, const char *error)
                                "the store did not answer (%s): check that picomdm-store is "
                                "running, then retry",
                                error ? error : "no reply");
-    } else if (pm_msg_type(req) == PM_MSG_ENQUEUE &&
-               pm_msg_type(reply) == PM_MSG_ENQUEUE_REPLY && !pm_msg_bool(req, "no_push", false))
+    } else if (pm_msg_type(req) == PM_MSG_ENQUEUE && pm_msg_type(reply) == PM_MSG_ENQUEUE_REPLY &&
+               !pm_msg_bool(req, "no_push", false))
         s_wake(c->s, pm_msg_obj(req, "targets"), false);
     if (reply) {
         //  The store's reply is passed on as it is, under our client's rid and
@@ -367,7 +367,8 @@ static void s_store_done(void *arg, const pm_msg_t *reply, const char *error)
         //  until this callback returns and frees it after; nothing else
         //  reads it, so re-labelling it here is safe.
         pm_msg_t *fwd = (pm_msg_t *)reply;
-        if (pm_msg_set_rid(fwd, pm_msg_rid(req)) == 0 && pm_msg_set_ts(fwd, (uint64_t)s_now_ms()) == 0)
+        if (pm_msg_set_rid(fwd, pm_msg_rid(req)) == 0 &&
+            pm_msg_set_ts(fwd, (uint64_t)s_now_ms()) == 0)
             pm_bus_job_reply(&c->job, fwd);
         else
             pm_bus_job_drop(&c->job);
