@@ -776,6 +776,12 @@ static void test_connect_retry_same_answer(void **state)
     assert_string_equal(next, "B");
     s_queue(db, "d1", q, sizeof q);
     assert_string_equal(q, "B:sent A:acknowledged");
+    //  the metrics' queue depths: B is active and delivered, A is finished
+    int64_t active = -1, sent = -1, wake = -1;
+    assert_int_equal(store_db_depths(db, &active, &sent, &wake), 0);
+    assert_int_equal(active, 1);
+    assert_int_equal(sent, 1);
+    assert_true(wake == 0 || wake == 1);
     //  bad statuses are refused without touching anything
     assert_int_equal(s_connect(db, "d1", "Sleeping", NULL, next), 400);
     assert_int_equal(s_connect(db, "d1", "Acknowledged", NULL, next), 400);
