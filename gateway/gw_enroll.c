@@ -25,11 +25,8 @@ typedef enum { A_NONE = 0, A_BASIC, A_TOKEN } s_auth_t;
 
 typedef struct s_req s_req_t;
 struct s_req {
+    gw_pending_t p; //  first: the list of live requests is walked as s_req_t
     gw_enroll_t *owner;
-    s_req_t *prev, *next;
-    struct evhttp_request *req; //  NULL once answered
-    bool bus_pending;           //  the bus still owes us its callback
-    struct event *guard;
     s_route_t route;
     char what[48];
     char remote[64];
@@ -37,7 +34,6 @@ struct s_req {
     char path[64];  //  for the refusal event
     bool released;  //  the token consumed for this request was given back
     int cache_slot; //  R_SCEP GetCACaps/GetCACert: where to keep the reply, else -1
-    struct timespec t0;
 };
 
 //  A SCEP reply that is the same for every device (GetCACaps, GetCACert):
@@ -60,7 +56,7 @@ struct gw_enroll {
     pm_bus_t *bus;
     gw_enroll_kick_fn *kick;
     void *kick_arg;
-    s_req_t *reqs;
+    gw_pending_t *reqs;  //  every live request context (their first member)
     s_cached_t cache[2]; //  GetCACaps, GetCACert: the same for every device
     bool shutting_down;
     gw_enroll_stats_t st;
@@ -145,44 +141,24 @@ static s_req_t *s_req_new(gw_enroll_t *self, struct evhttp_request *req, s_route
     if (!r)
         return NULL;
     r->owner = self;
-    r->req = req;
     r->route = route;
     r->cache_slot = -1;
     snprintf(r->what, sizeof r->what, "%s", what);
     snprintf(r->remote, sizeof r->remote, "%s", remote ? remote : "?");
-    clock_gettime(CLOCK_MONOTONIC, &r->t0);
-    r->next = self->reqs;
-    if (self->reqs)
-        self->reqs->prev = r;
-    self->reqs = r;
+    gw_pending_link(&r->p, &self->reqs, req);
     return r;
 }
 
 static void s_req_free(s_req_t *r)
 {
-    gw_enroll_t *self = r->owner;
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        self->reqs = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    if (r->guard)
-        event_free(r->guard);
+    gw_pending_unlink(&r->p);
     free(r);
 }
 
 static void s_req_maybe_free(s_req_t *r)
 {
-    if (!r->req && !r->bus_pending)
+    if (gw_pending_done(&r->p))
         s_req_free(r);
-}
-
-static double s_ms_since(const struct timespec *t0)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
 }
 
 static void s_cache_put(gw_enroll_t *self, int slot, const char *ct, const uint8_t *body,
@@ -217,7 +193,7 @@ static const s_cached_t *s_cache_get(const gw_enroll_t *self, int slot)
 static void s_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
 {
     gw_enroll_t *self = r->owner;
-    struct evhttp_request *req = r->req;
+    struct evhttp_request *req = r->p.req;
     if (!reply) {
         pm_warn("%s from %s: the ca service did not answer (%s); 503 (is picomdm-ca running?)",
                 r->what, r->remote, error ? error : "no reason");
@@ -267,7 +243,7 @@ static void s_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
         gw_http_send(req, 200, ct && *ct ? ct : "application/x-apple-aspen-config", body, len);
         pm_info("enrollment profile served to %s (identity %s, %.1f ms)", r->remote,
                 pm_msg_str(reply, "identity_uuid") ? pm_msg_str(reply, "identity_uuid") : "?",
-                s_ms_since(&r->t0));
+                gw_pending_ms(&r->p));
     } else {
         pm_error("%s: the ca answered with '%s'; 500 (gateway and ca versions differ?)", r->what,
                  pm_msg_type_name(t));
@@ -388,39 +364,39 @@ static void s_on_guard(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     s_req_t *r = arg;
-    if (r->req) {
+    if (r->p.req) {
         pm_warn("%s from %s: no answer from the %s within %d ms; 503", r->what, r->remote,
                 r->route == R_TOKEN ? "store (enrollment tokens)" : "ca", r->owner->timeout_ms);
-        s_send_503(r->owner, r->req);
-        r->req = NULL;
+        s_send_503(r->owner, r->p.req);
+        r->p.req = NULL;
         s_release_token(r->owner, r);
     }
     s_req_maybe_free(r);
 }
 
 //  Send `*msg` to `service` for r (takes ownership of *msg). -1: answered 503
-//  and r->req is NULL (the caller frees r when nothing else refers to it).
+//  and r->p.req is NULL (the caller frees r when nothing else refers to it).
 static int s_call(s_req_t *r, const char *service, pm_msg_t **msg)
 {
     gw_enroll_t *self = r->owner;
     int per_try = self->timeout_ms / 2; //  one retry, same rid (answered from the rid cache)
-    r->bus_pending = true;
+    r->p.bus_pending = true;
     if (!self->bus || pm_bus_call_async(self->bus, service, *msg, per_try, 1, s_on_reply, r) < 0) {
-        r->bus_pending = false;
+        r->p.bus_pending = false;
         pm_warn("%s from %s: cannot queue the request for '%s'; 503", r->what, r->remote, service);
-        s_send_503(self, r->req);
-        r->req = NULL;
+        s_send_503(self, r->p.req);
+        r->p.req = NULL;
         pm_msg_destroy(msg);
         s_release_token(self, r);
         return -1;
     }
     pm_msg_destroy(msg);
-    if (!r->guard) //  one deadline for the whole request (token check + profile)
-        r->guard = evtimer_new(self->base, s_on_guard, r);
-    if (r->guard && !evtimer_pending(r->guard, NULL)) {
+    if (!r->p.guard) //  one deadline for the whole request (token check + profile)
+        r->p.guard = evtimer_new(self->base, s_on_guard, r);
+    if (r->p.guard && !evtimer_pending(r->p.guard, NULL)) {
         int ms = self->timeout_ms + 500;
         struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-        evtimer_add(r->guard, &tv);
+        evtimer_add(r->p.guard, &tv);
     }
     if (self->kick)
         self->kick(self->kick_arg);
@@ -434,8 +410,8 @@ static void s_ask_profile(s_req_t *r, const char *who)
     pm_msg_t *msg = pm_msg_new(PM_MSG_PROFILE);
     if (!msg || pm_msg_set_str(msg, "for", who) < 0) {
         pm_msg_destroy(&msg);
-        gw_http_send_text(r->req, 500, "internal error\n");
-        r->req = NULL;
+        gw_http_send_text(r->p.req, 500, "internal error\n");
+        r->p.req = NULL;
         s_release_token(self, r);
         return;
     }
@@ -457,8 +433,8 @@ static void s_token_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
         pm_warn("enrollment token from %s: the store did not decide (%s); 503 (is picomdm-store "
                 "running?)",
                 r->remote, why ? why : "?");
-        s_send_503(self, r->req);
-        r->req = NULL;
+        s_send_503(self, r->p.req);
+        r->p.req = NULL;
         return;
     }
     const char *id = pm_msg_str(reply, "id");
@@ -478,8 +454,8 @@ static void s_token_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
                 : "this enrollment link is not valid: check it, or ask your administrator for a "
                   "new one\n";
         r->hash[0] = '\0'; //  not ours to give back
-        s_refuse(self, r->req, 403, r->remote, r->path, why, answer);
-        r->req = NULL;
+        s_refuse(self, r->p.req, 403, r->remote, r->path, why, answer);
+        r->p.req = NULL;
         return;
     }
     self->st.tokens_used++;
@@ -494,8 +470,8 @@ static void s_token_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
 static void s_on_reply(void *arg, const pm_msg_t *reply, const char *error)
 {
     s_req_t *r = arg;
-    r->bus_pending = false;
-    if (r->req && r->route == R_TOKEN) {
+    r->p.bus_pending = false;
+    if (r->p.req && r->route == R_TOKEN) {
         s_token_answer(r, reply, error); //  may ask the ca next (bus_pending again)
     } else if (r->route == R_TOKEN) {
         //  answered 503 already (deadline): a token the store consumed since goes back
@@ -504,11 +480,11 @@ static void s_on_reply(void *arg, const pm_msg_t *reply, const char *error)
             r->released = false;
             s_release_token(r->owner, r);
         }
-    } else if (r->req) {
+    } else if (r->p.req) {
         bool served = r->route == R_PROFILE && reply &&
                       pm_msg_type(reply) == PM_MSG_PROFILE_REPLY && pm_msg_has(reply, "profile");
         s_answer(r, reply, error);
-        r->req = NULL;
+        r->p.req = NULL;
         if (!served)
             s_release_token(r->owner, r);
     }
@@ -760,10 +736,10 @@ void gw_enroll_shutdown(gw_enroll_t *self)
     if (!self || self->shutting_down)
         return;
     self->shutting_down = true;
-    for (s_req_t *r = self->reqs; r; r = r->next)
-        if (r->req) {
-            s_send_503(self, r->req);
-            r->req = NULL;
+    for (gw_pending_t *q = self->reqs; q; q = q->next)
+        if (q->req) {
+            s_send_503(self, q->req);
+            q->req = NULL;
         }
 }
 
@@ -773,7 +749,7 @@ void gw_enroll_destroy(gw_enroll_t **p)
         return;
     gw_enroll_t *self = *p;
     while (self->reqs)
-        s_req_free(self->reqs);
+        s_req_free((s_req_t *)self->reqs);
     free(self->scep_path);
     free(self->enroll_path);
     if (self->basic_auth)
