@@ -593,8 +593,13 @@ static bool s_basic_ok(const gw_enroll_t *self, struct evhttp_request *req, char
         dl--;
     if (n >= 2 && h[n - 2] == '=')
         dl--;
-    size_t want = strlen(self->basic_auth);
-    bool ok = (size_t)dl == want && CRYPTO_memcmp(dec, self->basic_auth, want) == 0;
+    //  compare digests, so that neither the length nor the content of the
+    //  configured credentials shows in the time taken
+    uint8_t got_d[32], want_d[32];
+    bool ok = EVP_Digest(dec, (size_t)dl, got_d, NULL, EVP_sha256(), NULL) == 1 &&
+              EVP_Digest(self->basic_auth, strlen(self->basic_auth), want_d, NULL, EVP_sha256(),
+                         NULL) == 1 &&
+              CRYPTO_memcmp(got_d, want_d, sizeof got_d) == 0;
     if (ok) {
         const char *colon = memchr(dec, ':', (size_t)dl);
         size_t ul = colon ? (size_t)(colon - (const char *)dec) : 0;

@@ -542,7 +542,7 @@ int store_db_depths(store_db_t *db, int64_t *active, int64_t *sent, int64_t *wak
     static const char *const q[3] = {
         "SELECT count(*) FROM queue WHERE active = 1",
         "SELECT count(*) FROM queue WHERE active = 1 AND status = 'sent'",
-        "SELECT count(*) FROM enrollments WHERE wake_pending = 1",
+        "SELECT count(*) FROM wake", //  the wake marks (schema 4)
     };
     int64_t *out[3] = {active, sent, wake};
     for (int i = 0; i < 3; i++) {

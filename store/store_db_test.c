@@ -785,8 +785,8 @@ static void test_connect_retry_same_answer(void **state)
     assert_int_equal(store_db_depths(db, &active, &sent, &wake), 0);
     assert_int_equal(active, 1);
     assert_int_equal(sent, 1);
-    assert_int_equal(wake, 0);
-    assert_int_equal(wake0, 0); //  this enrollment has no push token: nothing to wake
+    assert_int_equal(wake, 0);  //  and the mark went when it connected
+    assert_int_equal(wake0, 1); //  d1 was marked for a wakeup when A and B were queued
 
     //  bad statuses are refused without touching anything
     assert_int_equal(s_connect(db, "d1", "Sleeping", NULL, next), 400);
@@ -881,6 +881,9 @@ static void test_lists(void **state)
     assert_int_equal(u.data.via.array.size, 5);
     //  wakeups: d1 and d2 got a command, then connected (cleared); d3 did not connect
     s_enqueue(db, "W", 0, 0, "d3");
+    int64_t qa = -1, qs = -1, qw = -1;
+    assert_int_equal(store_db_depths(db, &qa, &qs, &qw), 0);
+    assert_int_equal(qw, 1); //  the metrics' store_wake_pending: d3
     msgpack_sbuffer_clear(&out);
     assert_int_equal(store_db_begin(db), 0);
     assert_int_equal(store_db_wake_pending(db, 10, true, &out), STORE_OK);
