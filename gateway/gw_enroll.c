@@ -30,10 +30,11 @@ struct s_req {
     s_route_t route;
     char what[48];
     char remote[64];
-    char hash[65];  //  R_TOKEN / R_PROFILE after a token: SHA-256 of the token, hex
-    char path[64];  //  for the refusal event
-    bool released;  //  the token consumed for this request was given back
-    int cache_slot; //  R_SCEP GetCACaps/GetCACert: where to keep the reply, else -1
+    char hash[65];                //  R_TOKEN / R_PROFILE after a token: SHA-256 of the token, hex
+    char use_rid[PM_RID_MAX + 1]; //  the rid of our enroll_token.use (what a release undoes)
+    char path[64];                //  for the refusal event
+    bool released;                //  the token consumed for this request was given back
+    int cache_slot;               //  R_SCEP GetCACaps/GetCACert: where to keep the reply, else -1
 };
 
 //  A SCEP reply that is the same for every device (GetCACaps, GetCACert):
@@ -48,8 +49,16 @@ typedef struct {
 
 static const char *const s_cacheable[2] = {"GetCACaps", "GetCACert"};
 
+//  Refused downloads are anyone's to make: at most this many per second
+//  become a log line and an enroll.refused event in the store's log; the rest
+//  are counted and reported in one line (and in the next event).
+#define S_REFUSED_PER_S 50
+
 struct gw_enroll {
     char *scep_path, *enroll_path, *basic_auth, *service, *token_service;
+    time_t refused_sec;     //  the second refused_n counts in
+    unsigned refused_n;     //  refusals logged in that second
+    uint64_t refused_quiet; //  refusals not logged since the last one that was
     s_auth_t auth;
     int timeout_ms, retry_after_s;
     struct event_base *base;
@@ -190,7 +199,9 @@ static const s_cached_t *s_cache_get(const gw_enroll_t *self, int slot)
 }
 
 //  The ca's reply, relayed as is (status, content type, body).
-static void s_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
+//  Answers the device from the ca's reply. Returns true only when an
+//  enrollment profile was sent (200).
+static bool s_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
 {
     gw_enroll_t *self = r->owner;
     struct evhttp_request *req = r->p.req;
@@ -198,7 +209,7 @@ static void s_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
         pm_warn("%s from %s: the ca service did not answer (%s); 503 (is picomdm-ca running?)",
                 r->what, r->remote, error ? error : "no reason");
         s_send_503(self, req);
-        return;
+        return false;
     }
     pm_msg_type_t t = pm_msg_type(reply);
     if (t == PM_MSG_ERROR) {
@@ -213,7 +224,7 @@ static void s_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
             gw_http_send_text(req, 400, "bad request\n");
         else
             gw_http_send_text(req, 500, "internal error\n");
-        return;
+        return false;
     }
     size_t len = 0;
     if (r->route == R_SCEP && t == PM_MSG_SCEP_REPLY) {
@@ -235,7 +246,7 @@ static void s_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
         if (!body || !len) {
             pm_error("enrollment profile for %s: the ca sent an empty profile; 500", r->remote);
             gw_http_send_text(req, 500, "internal error\n");
-            return;
+            return false;
         }
         evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Disposition",
                           "attachment; filename=\"enroll.mobileconfig\"");
@@ -244,11 +255,13 @@ static void s_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
         pm_info("enrollment profile served to %s (identity %s, %.1f ms)", r->remote,
                 pm_msg_str(reply, "identity_uuid") ? pm_msg_str(reply, "identity_uuid") : "?",
                 gw_pending_ms(&r->p));
+        return true;
     } else {
         pm_error("%s: the ca answered with '%s'; 500 (gateway and ca versions differ?)", r->what,
                  pm_msg_type_name(t));
         gw_http_send_text(req, 500, "internal error\n");
     }
+    return false;
 }
 
 /* ---- events and token bookkeeping (fire and forget) ---- */
@@ -272,6 +285,7 @@ static void s_release_token(gw_enroll_t *self, s_req_t *r)
     r->released = true;
     pm_msg_t *m = pm_msg_new(PM_MSG_ENROLL_TOKEN_RELEASE);
     if (!m || pm_msg_set_str(m, "hash", r->hash) < 0 ||
+        pm_msg_set_str(m, "use_rid", r->use_rid) < 0 ||
         pm_bus_call_async(self->bus, self->token_service, m, 2000, 1, s_on_release_reply, NULL) < 0)
         pm_warn("enrollment profile for %s not served and its token not given back (bus "
                 "unavailable): make a new token with `picomdm enroll-token new`",
@@ -303,18 +317,22 @@ static void s_on_append_reply(void *arg, const pm_msg_t *reply, const char *erro
 //  enroll.refused {reason, remote, path}: appended to the store's sequenced
 //  event log (which publishes it), or published live when the store is away.
 static void s_event_refused(gw_enroll_t *self, const char *reason, const char *remote,
-                            const char *path)
+                            const char *path, uint64_t quiet)
 {
     if (!self->bus)
         return;
+    char quiet_s[24];
+    snprintf(quiet_s, sizeof quiet_s, "%llu", (unsigned long long)quiet);
     pm_msg_t *ev = pm_msg_new(PM_MSG_EVENT), *app = pm_msg_new(PM_MSG_EVENT_APPEND);
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    const char *kv[] = {"reason", reason, "remote", remote, "path", path};
-    msgpack_pack_map(&pk, 3);
-    for (int i = 0; i < 6; i++) {
+    const char *kv[] = {"reason", reason, "remote",          remote,
+                        "path",   path,   "unlogged_before", quiet_s};
+    int nkv = quiet ? 8 : 6; //  unlogged_before: refusals rate-limited since the last event
+    msgpack_pack_map(&pk, (size_t)nkv / 2);
+    for (int i = 0; i < nkv; i++) {
         size_t n = strlen(kv[i]);
         msgpack_pack_str(&pk, n);
         msgpack_pack_str_body(&pk, kv[i], n);
@@ -346,9 +364,24 @@ out:
 static void s_refuse(gw_enroll_t *self, struct evhttp_request *req, int code, const char *remote,
                      const char *path, const char *reason, const char *answer)
 {
-    pm_warn("enrollment profile refused to %s (%s): %s; %d", remote, path, reason, code);
     self->st.denied++;
-    s_event_refused(self, reason, remote, path);
+    time_t now = time(NULL);
+    if (now != self->refused_sec) {
+        self->refused_sec = now;
+        self->refused_n = 0;
+    }
+    if (self->refused_n < S_REFUSED_PER_S) {
+        self->refused_n++;
+        if (self->refused_quiet)
+            pm_warn("%llu more enrollment downloads were refused without a log line or event "
+                    "(over %d a second): someone may be guessing links; check the gateway's "
+                    "clients",
+                    (unsigned long long)self->refused_quiet, S_REFUSED_PER_S);
+        pm_warn("enrollment profile refused to %s (%s): %s; %d", remote, path, reason, code);
+        s_event_refused(self, reason, remote, path, self->refused_quiet);
+        self->refused_quiet = 0;
+    } else
+        self->refused_quiet++;
     if (code == 401)
         evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
                           "Basic realm=\"PicoMDM enrollment\", charset=\"UTF-8\"");
@@ -435,6 +468,7 @@ static void s_token_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
                 r->remote, why ? why : "?");
         s_send_503(self, r->p.req);
         r->p.req = NULL;
+        s_release_token(self, r); //  in case the store applied it after all (bound to our rid)
         return;
     }
     const char *id = pm_msg_str(reply, "id");
@@ -481,9 +515,7 @@ static void s_on_reply(void *arg, const pm_msg_t *reply, const char *error)
             s_release_token(r->owner, r);
         }
     } else if (r->p.req) {
-        bool served = r->route == R_PROFILE && reply &&
-                      pm_msg_type(reply) == PM_MSG_PROFILE_REPLY && pm_msg_has(reply, "profile");
-        s_answer(r, reply, error);
+        bool served = s_answer(r, reply, error);
         r->p.req = NULL;
         if (!served)
             s_release_token(r->owner, r);
@@ -700,6 +732,7 @@ static void s_profile(gw_enroll_t *self, struct evhttp_request *req, const char 
     for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
         snprintf(r->hash + 2 * i, 3, "%02x", md[i]);
     snprintf(r->path, sizeof r->path, "%s", self->enroll_path);
+    snprintf(r->use_rid, sizeof r->use_rid, "%s", pm_msg_rid(msg) ? pm_msg_rid(msg) : "");
     if (pm_msg_set_str(msg, "hash", r->hash) < 0 || pm_msg_set_str(msg, "remote", remote) < 0) {
         pm_msg_destroy(&msg);
         s_req_free(r);
@@ -745,6 +778,7 @@ void gw_enroll_shutdown(gw_enroll_t *self)
         if (q->req) {
             s_send_503(self, q->req);
             q->req = NULL;
+            s_release_token(self, (s_req_t *)q); //  no profile went out for it
         }
 }
 
