@@ -514,6 +514,12 @@ static bool s_put_labels(FILE *f, const char *process, const char *instance,
         if (!s_wire_name(&kv->key, key, sizeof key) || kv->val.type != MSGPACK_OBJECT_STR ||
             strcmp(key, "process") == 0 || strcmp(key, "instance") == 0 || strcmp(key, "le") == 0)
             return false;
+        for (uint32_t j = 0; j < i; j++) { //  a repeated label key breaks the whole scrape
+            char prev[PM_STATS_NAME_MAX];
+            if (s_wire_name(&labels->via.map.ptr[j].key, prev, sizeof prev) &&
+                strcmp(prev, key) == 0)
+                return false;
+        }
         fprintf(f, ",%s=\"", key);
         s_put_escaped(f, kv->val.via.str.ptr, kv->val.via.str.size, true);
         fputc('"', f);
@@ -823,7 +829,10 @@ void pm_stats_board_expire(pm_stats_board_t *b, double min_keep_s)
         return;
     double now = pm_stats_now_ms();
     for (int i = b->n - 1; i >= 0; i--) {
-        double keep = 10.0 * (double)pm_msg_uint(b->slots[i].snap, "interval_s", 0);
+        uint64_t iv = pm_msg_uint(b->slots[i].snap, "interval_s", 0);
+        if (iv > 86400) //  as pm_stats_from_cfg allows: a peer cannot pin its snapshot
+            iv = 86400;
+        double keep = 10.0 * (double)iv;
         if (keep < min_keep_s)
             keep = min_keep_s;
         if (now - b->slots[i].at_ms > keep * 1000) {

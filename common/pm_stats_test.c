@@ -241,7 +241,7 @@ static void test_render_hostile(void **state)
     msgpack_pack_double(&pk, 2);
     pm_msg_set_packed(m, "buckets_ms", (const uint8_t *)sb.data, sb.size);
     msgpack_sbuffer_clear(&sb);
-    msgpack_pack_array(&pk, 4);
+    msgpack_pack_array(&pk, 5);
     //  1: bad name
     msgpack_pack_map(&pk, 3);
     msgpack_pack_str_with_body(&pk, "n", 1);
@@ -288,6 +288,20 @@ static void test_render_hostile(void **state)
     msgpack_pack_str_with_body(&pk, "\"}", 2);
     msgpack_pack_str_with_body(&pk, "v", 1);
     msgpack_pack_uint64(&pk, 9);
+    //  5: a label key twice (Prometheus would reject the whole scrape)
+    msgpack_pack_map(&pk, 4);
+    msgpack_pack_str_with_body(&pk, "n", 1);
+    msgpack_pack_str_with_body(&pk, "twice", 5);
+    msgpack_pack_str_with_body(&pk, "k", 1);
+    msgpack_pack_str_with_body(&pk, "gauge", 5);
+    msgpack_pack_str_with_body(&pk, "l", 1);
+    msgpack_pack_map(&pk, 2);
+    msgpack_pack_str_with_body(&pk, "route", 5);
+    msgpack_pack_str_with_body(&pk, "a", 1);
+    msgpack_pack_str_with_body(&pk, "route", 5);
+    msgpack_pack_str_with_body(&pk, "b", 1);
+    msgpack_pack_str_with_body(&pk, "v", 1);
+    msgpack_pack_uint64(&pk, 1);
     pm_msg_set_packed(m, "metrics", (const uint8_t *)sb.data, sb.size);
     msgpack_sbuffer_destroy(&sb);
     const pm_msg_t *snaps[1] = {m};
@@ -296,6 +310,7 @@ static void test_render_hostile(void **state)
     assert_null(strstr(text, "foo"));
     assert_null(strstr(text, "picomdm_ok"));
     assert_null(strstr(text, "picomdm_h_"));
+    assert_null(strstr(text, "route=\"b\""));
     assert_non_null(strstr(text, "picomdm_good{process=\"evil\",instance=\"i\",a=\"\\\"}\"} 9\n"));
     assert_non_null(strstr(text, "picomdm_uptime_seconds{process=\"evil\",instance=\"i\"} 2\n"));
     free(text);

@@ -25,19 +25,16 @@ typedef enum { A_NONE = 0, A_BASIC, A_TOKEN } s_auth_t;
 
 typedef struct s_req s_req_t;
 struct s_req {
+    gw_pending_t p; //  first: the list of live requests is walked as s_req_t
     gw_enroll_t *owner;
-    s_req_t *prev, *next;
-    struct evhttp_request *req; //  NULL once answered
-    bool bus_pending;           //  the bus still owes us its callback
-    struct event *guard;
     s_route_t route;
     char what[48];
     char remote[64];
-    char hash[65];  //  R_TOKEN / R_PROFILE after a token: SHA-256 of the token, hex
-    char path[64];  //  for the refusal event
-    bool released;  //  the token consumed for this request was given back
-    int cache_slot; //  R_SCEP GetCACaps/GetCACert: where to keep the reply, else -1
-    struct timespec t0;
+    char hash[65];                //  R_TOKEN / R_PROFILE after a token: SHA-256 of the token, hex
+    char use_rid[PM_RID_MAX + 1]; //  the rid of our enroll_token.use (what a release undoes)
+    char path[64];                //  for the refusal event
+    bool released;                //  the token consumed for this request was given back
+    int cache_slot;               //  R_SCEP GetCACaps/GetCACert: where to keep the reply, else -1
 };
 
 //  A SCEP reply that is the same for every device (GetCACaps, GetCACert):
@@ -52,15 +49,23 @@ typedef struct {
 
 static const char *const s_cacheable[2] = {"GetCACaps", "GetCACert"};
 
+//  Refused downloads are anyone's to make: at most this many per second
+//  become a log line and an enroll.refused event in the store's log; the rest
+//  are counted and reported in one line (and in the next event).
+#define S_REFUSED_PER_S 50
+
 struct gw_enroll {
     char *scep_path, *enroll_path, *basic_auth, *service, *token_service;
+    time_t refused_sec;     //  the second refused_n counts in
+    unsigned refused_n;     //  refusals logged in that second
+    uint64_t refused_quiet; //  refusals not logged since the last one that was
     s_auth_t auth;
     int timeout_ms, retry_after_s;
     struct event_base *base;
     pm_bus_t *bus;
     gw_enroll_kick_fn *kick;
     void *kick_arg;
-    s_req_t *reqs;
+    gw_pending_t *reqs;  //  every live request context (their first member)
     s_cached_t cache[2]; //  GetCACaps, GetCACert: the same for every device
     bool shutting_down;
     gw_enroll_stats_t st;
@@ -145,44 +150,24 @@ static s_req_t *s_req_new(gw_enroll_t *self, struct evhttp_request *req, s_route
     if (!r)
         return NULL;
     r->owner = self;
-    r->req = req;
     r->route = route;
     r->cache_slot = -1;
     snprintf(r->what, sizeof r->what, "%s", what);
     snprintf(r->remote, sizeof r->remote, "%s", remote ? remote : "?");
-    clock_gettime(CLOCK_MONOTONIC, &r->t0);
-    r->next = self->reqs;
-    if (self->reqs)
-        self->reqs->prev = r;
-    self->reqs = r;
+    gw_pending_link(&r->p, &self->reqs, req);
     return r;
 }
 
 static void s_req_free(s_req_t *r)
 {
-    gw_enroll_t *self = r->owner;
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        self->reqs = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    if (r->guard)
-        event_free(r->guard);
+    gw_pending_unlink(&r->p);
     free(r);
 }
 
 static void s_req_maybe_free(s_req_t *r)
 {
-    if (!r->req && !r->bus_pending)
+    if (gw_pending_done(&r->p))
         s_req_free(r);
-}
-
-static double s_ms_since(const struct timespec *t0)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
 }
 
 static void s_cache_put(gw_enroll_t *self, int slot, const char *ct, const uint8_t *body,
@@ -214,15 +199,17 @@ static const s_cached_t *s_cache_get(const gw_enroll_t *self, int slot)
 }
 
 //  The ca's reply, relayed as is (status, content type, body).
-static void s_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
+//  Answers the device from the ca's reply. Returns true only when an
+//  enrollment profile was sent (200).
+static bool s_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
 {
     gw_enroll_t *self = r->owner;
-    struct evhttp_request *req = r->req;
+    struct evhttp_request *req = r->p.req;
     if (!reply) {
         pm_warn("%s from %s: the ca service did not answer (%s); 503 (is picomdm-ca running?)",
                 r->what, r->remote, error ? error : "no reason");
         s_send_503(self, req);
-        return;
+        return false;
     }
     pm_msg_type_t t = pm_msg_type(reply);
     if (t == PM_MSG_ERROR) {
@@ -237,7 +224,7 @@ static void s_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
             gw_http_send_text(req, 400, "bad request\n");
         else
             gw_http_send_text(req, 500, "internal error\n");
-        return;
+        return false;
     }
     size_t len = 0;
     if (r->route == R_SCEP && t == PM_MSG_SCEP_REPLY) {
@@ -259,7 +246,7 @@ static void s_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
         if (!body || !len) {
             pm_error("enrollment profile for %s: the ca sent an empty profile; 500", r->remote);
             gw_http_send_text(req, 500, "internal error\n");
-            return;
+            return false;
         }
         evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Disposition",
                           "attachment; filename=\"enroll.mobileconfig\"");
@@ -267,12 +254,14 @@ static void s_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
         gw_http_send(req, 200, ct && *ct ? ct : "application/x-apple-aspen-config", body, len);
         pm_info("enrollment profile served to %s (identity %s, %.1f ms)", r->remote,
                 pm_msg_str(reply, "identity_uuid") ? pm_msg_str(reply, "identity_uuid") : "?",
-                s_ms_since(&r->t0));
+                gw_pending_ms(&r->p));
+        return true;
     } else {
         pm_error("%s: the ca answered with '%s'; 500 (gateway and ca versions differ?)", r->what,
                  pm_msg_type_name(t));
         gw_http_send_text(req, 500, "internal error\n");
     }
+    return false;
 }
 
 /* ---- events and token bookkeeping (fire and forget) ---- */
@@ -296,6 +285,7 @@ static void s_release_token(gw_enroll_t *self, s_req_t *r)
     r->released = true;
     pm_msg_t *m = pm_msg_new(PM_MSG_ENROLL_TOKEN_RELEASE);
     if (!m || pm_msg_set_str(m, "hash", r->hash) < 0 ||
+        pm_msg_set_str(m, "use_rid", r->use_rid) < 0 ||
         pm_bus_call_async(self->bus, self->token_service, m, 2000, 1, s_on_release_reply, NULL) < 0)
         pm_warn("enrollment profile for %s not served and its token not given back (bus "
                 "unavailable): make a new token with `picomdm enroll-token new`",
@@ -327,18 +317,22 @@ static void s_on_append_reply(void *arg, const pm_msg_t *reply, const char *erro
 //  enroll.refused {reason, remote, path}: appended to the store's sequenced
 //  event log (which publishes it), or published live when the store is away.
 static void s_event_refused(gw_enroll_t *self, const char *reason, const char *remote,
-                            const char *path)
+                            const char *path, uint64_t quiet)
 {
     if (!self->bus)
         return;
+    char quiet_s[24];
+    snprintf(quiet_s, sizeof quiet_s, "%llu", (unsigned long long)quiet);
     pm_msg_t *ev = pm_msg_new(PM_MSG_EVENT), *app = pm_msg_new(PM_MSG_EVENT_APPEND);
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-    const char *kv[] = {"reason", reason, "remote", remote, "path", path};
-    msgpack_pack_map(&pk, 3);
-    for (int i = 0; i < 6; i++) {
+    const char *kv[] = {"reason", reason, "remote",          remote,
+                        "path",   path,   "unlogged_before", quiet_s};
+    int nkv = quiet ? 8 : 6; //  unlogged_before: refusals rate-limited since the last event
+    msgpack_pack_map(&pk, (size_t)nkv / 2);
+    for (int i = 0; i < nkv; i++) {
         size_t n = strlen(kv[i]);
         msgpack_pack_str(&pk, n);
         msgpack_pack_str_body(&pk, kv[i], n);
@@ -370,9 +364,24 @@ out:
 static void s_refuse(gw_enroll_t *self, struct evhttp_request *req, int code, const char *remote,
                      const char *path, const char *reason, const char *answer)
 {
-    pm_warn("enrollment profile refused to %s (%s): %s; %d", remote, path, reason, code);
     self->st.denied++;
-    s_event_refused(self, reason, remote, path);
+    time_t now = time(NULL);
+    if (now != self->refused_sec) {
+        self->refused_sec = now;
+        self->refused_n = 0;
+    }
+    if (self->refused_n < S_REFUSED_PER_S) {
+        self->refused_n++;
+        if (self->refused_quiet)
+            pm_warn("%llu more enrollment downloads were refused without a log line or event "
+                    "(over %d a second): someone may be guessing links; check the gateway's "
+                    "clients",
+                    (unsigned long long)self->refused_quiet, S_REFUSED_PER_S);
+        pm_warn("enrollment profile refused to %s (%s): %s; %d", remote, path, reason, code);
+        s_event_refused(self, reason, remote, path, self->refused_quiet);
+        self->refused_quiet = 0;
+    } else
+        self->refused_quiet++;
     if (code == 401)
         evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
                           "Basic realm=\"PicoMDM enrollment\", charset=\"UTF-8\"");
@@ -388,39 +397,39 @@ static void s_on_guard(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     s_req_t *r = arg;
-    if (r->req) {
+    if (r->p.req) {
         pm_warn("%s from %s: no answer from the %s within %d ms; 503", r->what, r->remote,
                 r->route == R_TOKEN ? "store (enrollment tokens)" : "ca", r->owner->timeout_ms);
-        s_send_503(r->owner, r->req);
-        r->req = NULL;
+        s_send_503(r->owner, r->p.req);
+        r->p.req = NULL;
         s_release_token(r->owner, r);
     }
     s_req_maybe_free(r);
 }
 
 //  Send `*msg` to `service` for r (takes ownership of *msg). -1: answered 503
-//  and r->req is NULL (the caller frees r when nothing else refers to it).
+//  and r->p.req is NULL (the caller frees r when nothing else refers to it).
 static int s_call(s_req_t *r, const char *service, pm_msg_t **msg)
 {
     gw_enroll_t *self = r->owner;
     int per_try = self->timeout_ms / 2; //  one retry, same rid (answered from the rid cache)
-    r->bus_pending = true;
+    r->p.bus_pending = true;
     if (!self->bus || pm_bus_call_async(self->bus, service, *msg, per_try, 1, s_on_reply, r) < 0) {
-        r->bus_pending = false;
+        r->p.bus_pending = false;
         pm_warn("%s from %s: cannot queue the request for '%s'; 503", r->what, r->remote, service);
-        s_send_503(self, r->req);
-        r->req = NULL;
+        s_send_503(self, r->p.req);
+        r->p.req = NULL;
         pm_msg_destroy(msg);
         s_release_token(self, r);
         return -1;
     }
     pm_msg_destroy(msg);
-    if (!r->guard) //  one deadline for the whole request (token check + profile)
-        r->guard = evtimer_new(self->base, s_on_guard, r);
-    if (r->guard && !evtimer_pending(r->guard, NULL)) {
+    if (!r->p.guard) //  one deadline for the whole request (token check + profile)
+        r->p.guard = evtimer_new(self->base, s_on_guard, r);
+    if (r->p.guard && !evtimer_pending(r->p.guard, NULL)) {
         int ms = self->timeout_ms + 500;
         struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-        evtimer_add(r->guard, &tv);
+        evtimer_add(r->p.guard, &tv);
     }
     if (self->kick)
         self->kick(self->kick_arg);
@@ -434,8 +443,8 @@ static void s_ask_profile(s_req_t *r, const char *who)
     pm_msg_t *msg = pm_msg_new(PM_MSG_PROFILE);
     if (!msg || pm_msg_set_str(msg, "for", who) < 0) {
         pm_msg_destroy(&msg);
-        gw_http_send_text(r->req, 500, "internal error\n");
-        r->req = NULL;
+        gw_http_send_text(r->p.req, 500, "internal error\n");
+        r->p.req = NULL;
         s_release_token(self, r);
         return;
     }
@@ -457,8 +466,9 @@ static void s_token_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
         pm_warn("enrollment token from %s: the store did not decide (%s); 503 (is picomdm-store "
                 "running?)",
                 r->remote, why ? why : "?");
-        s_send_503(self, r->req);
-        r->req = NULL;
+        s_send_503(self, r->p.req);
+        r->p.req = NULL;
+        s_release_token(self, r); //  in case the store applied it after all (bound to our rid)
         return;
     }
     const char *id = pm_msg_str(reply, "id");
@@ -478,8 +488,8 @@ static void s_token_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
                 : "this enrollment link is not valid: check it, or ask your administrator for a "
                   "new one\n";
         r->hash[0] = '\0'; //  not ours to give back
-        s_refuse(self, r->req, 403, r->remote, r->path, why, answer);
-        r->req = NULL;
+        s_refuse(self, r->p.req, 403, r->remote, r->path, why, answer);
+        r->p.req = NULL;
         return;
     }
     self->st.tokens_used++;
@@ -494,8 +504,8 @@ static void s_token_answer(s_req_t *r, const pm_msg_t *reply, const char *error)
 static void s_on_reply(void *arg, const pm_msg_t *reply, const char *error)
 {
     s_req_t *r = arg;
-    r->bus_pending = false;
-    if (r->req && r->route == R_TOKEN) {
+    r->p.bus_pending = false;
+    if (r->p.req && r->route == R_TOKEN) {
         s_token_answer(r, reply, error); //  may ask the ca next (bus_pending again)
     } else if (r->route == R_TOKEN) {
         //  answered 503 already (deadline): a token the store consumed since goes back
@@ -504,11 +514,9 @@ static void s_on_reply(void *arg, const pm_msg_t *reply, const char *error)
             r->released = false;
             s_release_token(r->owner, r);
         }
-    } else if (r->req) {
-        bool served = r->route == R_PROFILE && reply &&
-                      pm_msg_type(reply) == PM_MSG_PROFILE_REPLY && pm_msg_has(reply, "profile");
-        s_answer(r, reply, error);
-        r->req = NULL;
+    } else if (r->p.req) {
+        bool served = s_answer(r, reply, error);
+        r->p.req = NULL;
         if (!served)
             s_release_token(r->owner, r);
     }
@@ -617,8 +625,13 @@ static bool s_basic_ok(const gw_enroll_t *self, struct evhttp_request *req, char
         dl--;
     if (n >= 2 && h[n - 2] == '=')
         dl--;
-    size_t want = strlen(self->basic_auth);
-    bool ok = (size_t)dl == want && CRYPTO_memcmp(dec, self->basic_auth, want) == 0;
+    //  compare digests, so that neither the length nor the content of the
+    //  configured credentials shows in the time taken
+    uint8_t got_d[32], want_d[32];
+    bool ok = EVP_Digest(dec, (size_t)dl, got_d, NULL, EVP_sha256(), NULL) == 1 &&
+              EVP_Digest(self->basic_auth, strlen(self->basic_auth), want_d, NULL, EVP_sha256(),
+                         NULL) == 1 &&
+              CRYPTO_memcmp(got_d, want_d, sizeof got_d) == 0;
     if (ok) {
         const char *colon = memchr(dec, ':', (size_t)dl);
         size_t ul = colon ? (size_t)(colon - (const char *)dec) : 0;
@@ -719,6 +732,7 @@ static void s_profile(gw_enroll_t *self, struct evhttp_request *req, const char 
     for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
         snprintf(r->hash + 2 * i, 3, "%02x", md[i]);
     snprintf(r->path, sizeof r->path, "%s", self->enroll_path);
+    snprintf(r->use_rid, sizeof r->use_rid, "%s", pm_msg_rid(msg) ? pm_msg_rid(msg) : "");
     if (pm_msg_set_str(msg, "hash", r->hash) < 0 || pm_msg_set_str(msg, "remote", remote) < 0) {
         pm_msg_destroy(&msg);
         s_req_free(r);
@@ -760,10 +774,11 @@ void gw_enroll_shutdown(gw_enroll_t *self)
     if (!self || self->shutting_down)
         return;
     self->shutting_down = true;
-    for (s_req_t *r = self->reqs; r; r = r->next)
-        if (r->req) {
-            s_send_503(self, r->req);
-            r->req = NULL;
+    for (gw_pending_t *q = self->reqs; q; q = q->next)
+        if (q->req) {
+            s_send_503(self, q->req);
+            q->req = NULL;
+            s_release_token(self, (s_req_t *)q); //  no profile went out for it
         }
 }
 
@@ -773,7 +788,7 @@ void gw_enroll_destroy(gw_enroll_t **p)
         return;
     gw_enroll_t *self = *p;
     while (self->reqs)
-        s_req_free(self->reqs);
+        s_req_free((s_req_t *)self->reqs);
     free(self->scep_path);
     free(self->enroll_path);
     if (self->basic_auth)

@@ -46,3 +46,43 @@ void gw_http_send_503(struct evhttp_request *req, int retry_after_s, const char 
     evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", ra);
     gw_http_send_text(req, 503, text);
 }
+
+/* ---- pending request contexts ---- */
+
+void gw_pending_link(gw_pending_t *p, gw_pending_t **head, struct evhttp_request *req)
+{
+    p->head = head;
+    p->req = req;
+    clock_gettime(CLOCK_MONOTONIC, &p->t0);
+    p->prev = NULL;
+    p->next = *head;
+    if (*head)
+        (*head)->prev = p;
+    *head = p;
+}
+
+void gw_pending_unlink(gw_pending_t *p)
+{
+    if (p->prev)
+        p->prev->next = p->next;
+    else if (p->head)
+        *p->head = p->next;
+    if (p->next)
+        p->next->prev = p->prev;
+    p->prev = p->next = NULL;
+    if (p->guard)
+        event_free(p->guard);
+    p->guard = NULL;
+}
+
+bool gw_pending_done(const gw_pending_t *p)
+{
+    return !p->req && !p->bus_pending;
+}
+
+double gw_pending_ms(const gw_pending_t *p)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - p->t0.tv_sec) * 1e3 + (double)(t.tv_nsec - p->t0.tv_nsec) / 1e6;
+}

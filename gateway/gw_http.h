@@ -4,8 +4,11 @@
 #ifndef GW_HTTP_H
 #define GW_HTTP_H
 
+#include <event2/event.h>
 #include <event2/http.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <time.h>
 
 //  Reply with `code`, an optional Content-Type and body (copied).
 void gw_http_send(struct evhttp_request *req, int code, const char *ctype, const void *body,
@@ -26,5 +29,29 @@ typedef struct {
 } gw_http_observer_t;
 void gw_http_set_observer(const gw_http_observer_t *obs); //  copied; NULL removes
 void gw_http_device_latency(double ms);
+
+//  What every request context of the gateway (device routes, enrollment
+//  routes) keeps while a request waits for the bus: its place in the owner's
+//  list of live requests, the evhttp request until it is answered, whether
+//  the bus still owes its callback, the guard timer and the start time.
+//  Embed it as the FIRST member of the route's own context, so that the list
+//  can be walked as that type.
+typedef struct gw_pending gw_pending_t;
+struct gw_pending {
+    gw_pending_t *prev, *next;
+    gw_pending_t **head;        //  the owner's list
+    struct evhttp_request *req; //  NULL once answered
+    bool bus_pending;           //  the bus still owes us its callback
+    struct event *guard;        //  answers 503 if the back end takes too long; may be NULL
+    struct timespec t0;         //  CLOCK_MONOTONIC, when the request arrived
+};
+//  Put p (zeroed by the caller) at the front of *head, for req; stamps t0.
+void gw_pending_link(gw_pending_t *p, gw_pending_t **head, struct evhttp_request *req);
+//  Take p out of its list and free its guard timer (the caller frees p).
+void gw_pending_unlink(gw_pending_t *p);
+//  True once nothing refers to p any more: answered, and no bus callback owed.
+bool gw_pending_done(const gw_pending_t *p);
+//  Milliseconds since p arrived.
+double gw_pending_ms(const gw_pending_t *p);
 
 #endif

@@ -62,7 +62,8 @@ struct gw_server {
     struct event *bus_timer;
     struct event *bus_defer; //  one pm_bus_process per loop iteration (s_bus_kick)
     bool kick_pending;
-    gw_req_t *reqs; //  every live request context (doubly linked)
+    gw_pending_t *reqs; //  every live request context (their first member) //  every live request
+                        //  context (doubly linked)
     //  the direct device path: the scheduler's policy, once it answered
     char *store_service;
     gw_devreq_policy_t policy;
@@ -74,28 +75,17 @@ struct gw_server {
 };
 
 struct gw_req {
+    gw_pending_t p; //  first: the list of live requests is walked as gw_req_t
     gw_server_t *srv;
-    gw_req_t *prev, *next;
-    struct evhttp_request *req; //  NULL once answered
-    bool bus_pending;           //  the bus still owes us its callback
-    struct event *guard;
     gw_route_t route;
     gw_eid_kind_t kind;
     char eid[GW_EID_MAX];
     char what[48]; //  MessageType or Status, for logs
     char remote[GW_REMOTE_MAX];
     char path[128];
-    struct timespec t0;
 };
 
 /* ---- small helpers ---- */
-
-static double s_ms_since(const struct timespec *t0)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)(t.tv_sec - t0->tv_sec) * 1e3 + (double)(t.tv_nsec - t0->tv_nsec) / 1e6;
-}
 
 static void s_bus_kick(gw_server_t *self);
 
@@ -188,33 +178,20 @@ static gw_req_t *s_req_new(gw_server_t *self, struct evhttp_request *req)
     if (!r)
         return NULL;
     r->srv = self;
-    r->req = req;
-    clock_gettime(CLOCK_MONOTONIC, &r->t0);
-    r->next = self->reqs;
-    if (self->reqs)
-        self->reqs->prev = r;
-    self->reqs = r;
+    gw_pending_link(&r->p, &self->reqs, req);
     return r;
 }
 
 static void s_req_free(gw_req_t *r)
 {
-    gw_server_t *self = r->srv;
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        self->reqs = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    if (r->guard)
-        event_free(r->guard);
+    gw_pending_unlink(&r->p);
     free(r);
 }
 
 //  Free the context once nothing refers to it any more.
 static void s_req_maybe_free(gw_req_t *r)
 {
-    if (!r->req && !r->bus_pending)
+    if (gw_pending_done(&r->p))
         s_req_free(r);
 }
 
@@ -296,10 +273,10 @@ static int s_send_plist(gw_req_t *r, int code, const msgpack_object *obj)
     if (pm_plist_from_msgpack(obj, &xml, &len, err, sizeof err) < 0) {
         pm_error("eid=%s %s: back end reply cannot be a plist (%s); answering 500", r->eid, r->what,
                  err);
-        gw_http_send_text(r->req, 500, "internal error\n");
+        gw_http_send_text(r->p.req, 500, "internal error\n");
         return -1;
     }
-    gw_http_send(r->req, code, "application/xml", xml, len);
+    gw_http_send(r->p.req, code, "application/xml", xml, len);
     free(xml);
     return 0;
 }
@@ -332,7 +309,7 @@ static bool s_transient(const char *code)
 static void s_answer(gw_req_t *r, const pm_msg_t *reply, const char *error)
 {
     gw_server_t *self = r->srv;
-    struct evhttp_request *req = r->req;
+    struct evhttp_request *req = r->p.req;
     if (!reply) {
         pm_warn("eid=%s %s: back end did not answer (%s); 503", r->eid, r->what,
                 error ? error : "no reason");
@@ -385,17 +362,17 @@ static void s_answer(gw_req_t *r, const pm_msg_t *reply, const char *error)
     } else {
         gw_http_send(req, code, NULL, NULL, 0); //  empty 200: nothing queued
     }
-    pm_debug("eid=%s %s -> %d (%.1f ms)", r->eid, r->what, code, s_ms_since(&r->t0));
+    pm_debug("eid=%s %s -> %d (%.1f ms)", r->eid, r->what, code, gw_pending_ms(&r->p));
 }
 
 static void s_on_reply(void *arg, const pm_msg_t *reply, const char *error)
 {
     gw_req_t *r = arg;
-    r->bus_pending = false;
-    if (r->req) {
+    r->p.bus_pending = false;
+    if (r->p.req) {
         s_answer(r, reply, error);
-        gw_http_device_latency(s_ms_since(&r->t0));
-        r->req = NULL;
+        gw_http_device_latency(gw_pending_ms(&r->p));
+        r->p.req = NULL;
         if (r->srv->st.in_flight)
             r->srv->st.in_flight--;
     }
@@ -408,12 +385,12 @@ static void s_on_guard(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     gw_req_t *r = arg;
-    if (r->req) {
+    if (r->p.req) {
         pm_warn("eid=%s %s: no answer from the back end within %d ms; 503", r->eid, r->what,
                 r->srv->cfg.backend_timeout_ms);
-        s_send_503(r->srv, r->req);
-        gw_http_device_latency(s_ms_since(&r->t0));
-        r->req = NULL;
+        s_send_503(r->srv, r->p.req);
+        gw_http_device_latency(gw_pending_ms(&r->p));
+        r->p.req = NULL;
         if (r->srv->st.in_flight)
             r->srv->st.in_flight--;
     }
@@ -427,24 +404,24 @@ static void s_call(gw_req_t *r, const char *service, pm_msg_t **msg)
     int total = self->cfg.backend_timeout_ms;
     //  one retry with the same rid (the worker side answers it from its cache)
     int per_try = total / 2 > 100 ? total / 2 : 100;
-    r->bus_pending = true;
+    r->p.bus_pending = true;
     self->st.in_flight++;
     if (pm_bus_call_async(self->bus, service, *msg, per_try, 1, s_on_reply, r) < 0) {
-        r->bus_pending = false;
+        r->p.bus_pending = false;
         self->st.in_flight--;
         pm_warn("eid=%s %s: cannot queue the request for '%s'; 503", r->eid, r->what, service);
-        s_send_503(self, r->req);
-        r->req = NULL;
+        s_send_503(self, r->p.req);
+        r->p.req = NULL;
         pm_msg_destroy(msg);
         s_req_maybe_free(r);
         return;
     }
     pm_msg_destroy(msg);
-    r->guard = evtimer_new(self->base, s_on_guard, r);
-    if (r->guard) {
+    r->p.guard = evtimer_new(self->base, s_on_guard, r);
+    if (r->p.guard) {
         int ms = total + 500;
         struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-        evtimer_add(r->guard, &tv);
+        evtimer_add(r->p.guard, &tv);
     }
     s_bus_kick(self);
 }
@@ -510,8 +487,8 @@ static void s_policy_fetch(evutil_socket_t fd, short what, void *arg)
 static void s_on_health_reply(void *arg, const pm_msg_t *reply, const char *error)
 {
     gw_req_t *r = arg;
-    r->bus_pending = false;
-    if (r->req) {
+    r->p.bus_pending = false;
+    if (r->p.req) {
         gw_server_t *self = r->srv;
         const char *code =
             reply && pm_msg_type(reply) == PM_MSG_ERROR ? pm_msg_str(reply, "code") : NULL;
@@ -535,8 +512,8 @@ static void s_on_health_reply(void *arg, const pm_msg_t *reply, const char *erro
                  (unsigned long long)gw_auth_cert_cache_hits(self->auth),
                  self->cfg.direct_store && self->have_policy ? "direct to the store"
                                                              : "through the scheduler");
-        gw_http_send_text(r->req, 200, text);
-        r->req = NULL;
+        gw_http_send_text(r->p.req, 200, text);
+        r->p.req = NULL;
     }
     s_req_maybe_free(r);
 }
@@ -553,12 +530,12 @@ static void s_health(gw_server_t *self, struct evhttp_request *req)
     //  Any answer from the back end service (even an `error` reply to this
     //  echo) proves it is there; no_service / timeout prove it is not.
     pm_msg_t *m = pm_msg_new(PM_MSG_ECHO);
-    r->bus_pending = true;
+    r->p.bus_pending = true;
     //  the service devices depend on now: the store on the direct path
     const char *svc =
         self->cfg.direct_store && self->have_policy ? self->store_service : self->service;
     if (!m || pm_bus_call_async(self->bus, svc, m, 1000, 0, s_on_health_reply, r) < 0) {
-        r->bus_pending = false;
+        r->p.bus_pending = false;
         s_on_health_reply(r, NULL, "bus unavailable");
     }
     pm_msg_destroy(&m);
@@ -960,10 +937,10 @@ void gw_server_shutdown(gw_server_t *self)
     self->shutting_down = true;
     gw_enroll_shutdown(self->enroll);
     //  Everyone still waiting gets an answer now (the bus is going away).
-    for (gw_req_t *r = self->reqs; r; r = r->next)
-        if (r->req) {
-            s_send_503(self, r->req);
-            r->req = NULL;
+    for (gw_pending_t *q = self->reqs; q; q = q->next)
+        if (q->req) {
+            s_send_503(self, q->req);
+            q->req = NULL;
         }
     if (self->http)
         evhttp_free(self->http);
@@ -980,7 +957,7 @@ void gw_server_destroy(gw_server_t **srv)
     gw_server_t *self = *srv;
     gw_server_shutdown(self);
     while (self->reqs)
-        s_req_free(self->reqs);
+        s_req_free((gw_req_t *)self->reqs);
     for (int i = 0; i < self->nbus_ev; i++)
         event_free(self->bus_ev[i]);
     if (self->bus_timer)

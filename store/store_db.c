@@ -537,6 +537,29 @@ int store_db_schema_version(store_db_t *db)
     return v;
 }
 
+int store_db_depths(store_db_t *db, int64_t *active, int64_t *sent, int64_t *wake)
+{
+    static const char *const q[3] = {
+        "SELECT count(*) FROM queue WHERE active = 1",
+        "SELECT count(*) FROM queue WHERE active = 1 AND status = 'sent'",
+        "SELECT count(*) FROM wake", //  the wake marks (schema 4)
+    };
+    int64_t *out[3] = {active, sent, wake};
+    for (int i = 0; i < 3; i++) {
+        sqlite3_stmt *st = NULL;
+        int ok = sqlite3_prepare_v2(db->sql, q[i], -1, &st, NULL) == SQLITE_OK &&
+                 sqlite3_step(st) == SQLITE_ROW;
+        if (ok)
+            *out[i] = sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+        if (!ok) {
+            s_dberr(db, "counting queue depths");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 const char *store_db_errmsg(const store_db_t *db)
 {
     return db->errmsg;

@@ -76,6 +76,10 @@ void store_db_destroy(store_db_t **db);
 
 //  The schema version the database is at (PRAGMA user_version).
 int store_db_schema_version(store_db_t *db);
+//  Queue depths for metrics: active queue entries, of which delivered and not
+//  answered yet, and enrollments waiting for a wakeup (counted on the partial
+//  indexes queue_active, queue_sent and the wake table). 0 / -1.
+int store_db_depths(store_db_t *db, int64_t *active, int64_t *sent, int64_t *wake);
 //  The last failure's text, for the operator (owned by db).
 const char *store_db_errmsg(const store_db_t *db);
 

@@ -764,6 +764,10 @@ static void test_connect_retry_same_answer(void **state)
     s_enroll(db, "d1");
     s_enqueue(db, "A", 0, 0, "d1");
     s_enqueue(db, "B", 0, 0, "d1");
+    int64_t active0 = -1, sent0 = -1, wake0 = -1;
+    assert_int_equal(store_db_depths(db, &active0, &sent0, &wake0), 0);
+    assert_int_equal(active0, 2); //  A and B queued, neither delivered
+    assert_int_equal(sent0, 0);
     assert_int_equal(s_connect_full(db, "d1", "Idle", NULL, "r1", NULL, next), 200);
     assert_string_equal(next, "A");
     //  the same request again (reply lost, retried through a restarted scheduler)
@@ -776,6 +780,14 @@ static void test_connect_retry_same_answer(void **state)
     assert_string_equal(next, "B");
     s_queue(db, "d1", q, sizeof q);
     assert_string_equal(q, "B:sent A:acknowledged");
+    //  the metrics' queue depths: B is active and delivered, A is finished
+    int64_t active = -1, sent = -1, wake = -1;
+    assert_int_equal(store_db_depths(db, &active, &sent, &wake), 0);
+    assert_int_equal(active, 1);
+    assert_int_equal(sent, 1);
+    assert_int_equal(wake, 0);  //  and the mark went when it connected
+    assert_int_equal(wake0, 1); //  d1 was marked for a wakeup when A and B were queued
+
     //  bad statuses are refused without touching anything
     assert_int_equal(s_connect(db, "d1", "Sleeping", NULL, next), 400);
     assert_int_equal(s_connect(db, "d1", "Acknowledged", NULL, next), 400);
@@ -869,6 +881,9 @@ static void test_lists(void **state)
     assert_int_equal(u.data.via.array.size, 5);
     //  wakeups: d1 and d2 got a command, then connected (cleared); d3 did not connect
     s_enqueue(db, "W", 0, 0, "d3");
+    int64_t qa = -1, qs = -1, qw = -1;
+    assert_int_equal(store_db_depths(db, &qa, &qs, &qw), 0);
+    assert_int_equal(qw, 1); //  the metrics' store_wake_pending: d3
     msgpack_sbuffer_clear(&out);
     assert_int_equal(store_db_begin(db), 0);
     assert_int_equal(store_db_wake_pending(db, 10, true, &out), STORE_OK);

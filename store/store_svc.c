@@ -30,6 +30,7 @@ struct store_svc {
     pm_stats_t *stats;    //  borrowed, may be NULL
     pm_stats_series_t *ops[PM_MSG_COUNT]; //  store_ops_total{type}, on first use
     pm_stats_series_t *errors, *commit_ms, *commit_failed, *batches, *seq;
+    pm_stats_series_t *q_active, *q_sent, *q_wake; //  queue depths, read at each snapshot
     uint64_t commits, applied;
 };
 
@@ -88,6 +89,20 @@ void store_svc_on_job(void *arg, pm_bus_job_t *job)
     svc->jobs[svc->njobs++] = (s_job_t){job, NULL};
 }
 
+//  pm_stats collect hook: the queue depths, counted when a snapshot is taken
+//  (every stats-interval-s), never on the request path.
+static void s_collect_depths(void *arg, pm_stats_t *st)
+{
+    (void)st;
+    store_svc_t *svc = arg;
+    int64_t active = 0, sent = 0, wake = 0;
+    if (store_db_depths(svc->db, &active, &sent, &wake) < 0)
+        return; //  logged by store_db; the gauges keep their last value
+    pm_stats_set(svc->q_active, (double)active);
+    pm_stats_set(svc->q_sent, (double)sent);
+    pm_stats_set(svc->q_wake, (double)wake);
+}
+
 void store_svc_set_stats(store_svc_t *svc, pm_stats_t *st)
 {
     svc->stats = st;
@@ -100,6 +115,12 @@ void store_svc_set_stats(store_svc_t *svc, pm_stats_t *st)
     svc->batches = pm_stats_counter(st, "store_transactions_total",
                                     "transactions (one per batch of requests)");
     svc->seq = pm_stats_gauge(st, "store_event_seq", "sequence number of the last event logged");
+    svc->q_active = pm_stats_gauge(
+        st, "store_queue_active", "commands queued for enrollments and not finished (all devices)");
+    svc->q_sent = pm_stats_gauge(st, "store_queue_delivered_unanswered",
+                                 "of those, delivered to the device and not answered yet");
+    svc->q_wake = pm_stats_gauge(st, "store_wake_pending", "enrollments waiting for a push");
+    pm_stats_set_collect(st, s_collect_depths, svc);
 }
 
 size_t store_svc_pending(const store_svc_t *svc)

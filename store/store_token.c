@@ -310,17 +310,27 @@ static store_rc_t s_use(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int
 static store_rc_t s_release(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply)
 {
     const char *hash = pm_msg_str(req, "hash");
+    const char *use_rid = pm_msg_str(req, "use_rid");
     if (!s_hash_ok(hash)) {
         *reply = pm_msg_new_error(req, "bad_request", "hash must be a SHA-256 in lowercase hex");
         return STORE_ERR_BAD;
     }
+    if (!use_rid || !*use_rid) {
+        *reply = pm_msg_new_error(req, "bad_request",
+                                  "use_rid must name the enroll_token.use being undone");
+        return STORE_ERR_BAD;
+    }
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(sql,
-                           "UPDATE enroll_tokens SET used=NULL, used_by=NULL, used_rid=NULL"
-                           " WHERE hash=?1 AND used IS NOT NULL AND revoked IS NULL",
-                           -1, &st, NULL) != SQLITE_OK)
+    //  only the consumption by that request: a release that arrives after
+    //  another download used the token (or for a use that was refused) is a no-op
+    if (sqlite3_prepare_v2(
+            sql,
+            "UPDATE enroll_tokens SET used=NULL, used_by=NULL, used_rid=NULL"
+            " WHERE hash=?1 AND used_rid=?2 AND used IS NOT NULL AND revoked IS NULL",
+            -1, &st, NULL) != SQLITE_OK)
         return s_db_error(sql, req, reply, "enroll_token.release");
     sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, use_rid, -1, SQLITE_STATIC);
     int r = sqlite3_step(st);
     sqlite3_finalize(st);
     if (r != SQLITE_DONE)

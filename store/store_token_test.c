@@ -117,6 +117,18 @@ static void s_simple(pm_msg_type_t type, const char *field, const char *value, p
     pm_msg_destroy(&r);
 }
 
+//  enroll_token.release of `hash`, undoing the use with request id `use_rid`.
+static void s_release(const char *hash, const char *use_rid, pm_msg_type_t want)
+{
+    pm_msg_t *m = pm_msg_new(PM_MSG_ENROLL_TOKEN_RELEASE);
+    assert_int_equal(pm_msg_set_str(m, "hash", hash), 0);
+    if (use_rid)
+        assert_int_equal(pm_msg_set_str(m, "use_rid", use_rid), 0);
+    pm_msg_t *r = s_apply(m);
+    assert_int_equal(pm_msg_type(r), want);
+    pm_msg_destroy(&r);
+}
+
 static void test_once(void **state)
 {
     (void)state;
@@ -132,8 +144,13 @@ static void test_once(void **state)
     assert_string_equal(why, "");
     s_use(H4, "rid-c", why, sizeof why);
     assert_string_equal(why, "unknown");
-    //  release: usable again, once
-    s_simple(PM_MSG_ENROLL_TOKEN_RELEASE, "hash", H1, PM_MSG_OK, NULL);
+    //  a release for another request's use (rid-b was refused) changes nothing:
+    //  a late or stray release can never revive a token someone else used
+    s_release(H1, "rid-b", PM_MSG_OK);
+    s_use(H1, "rid-x", why, sizeof why);
+    assert_string_equal(why, "used");
+    //  release of the use that consumed it (rid-a): usable again, once
+    s_release(H1, "rid-a", PM_MSG_OK);
     s_use(H1, "rid-d", why, sizeof why);
     assert_string_equal(why, "");
     s_use(H1, "rid-e", why, sizeof why);
@@ -145,7 +162,7 @@ static void test_once(void **state)
     s_simple(PM_MSG_ENROLL_TOKEN_REVOKE, "id", "111111111111", PM_MSG_ERROR, "not_found");
     s_simple(PM_MSG_ENROLL_TOKEN_REVOKE, "id", "12", PM_MSG_ERROR, "bad_request");
     //  a revoked token is not given back by release
-    s_simple(PM_MSG_ENROLL_TOKEN_RELEASE, "hash", H2, PM_MSG_OK, NULL);
+    s_release(H2, "rid-f", PM_MSG_OK);
     s_use(H2, "rid-g", why, sizeof why);
     assert_string_equal(why, "revoked");
 }
@@ -207,6 +224,7 @@ static void test_bad_requests(void **state)
              "ABCDEF1111111111111111111111111111111111111111111111111111111111", PM_MSG_ERROR,
              "bad_request");
     s_simple(PM_MSG_ENROLL_TOKEN_RELEASE, "hash", "x", PM_MSG_ERROR, "bad_request");
+    s_release(H1, NULL, PM_MSG_ERROR); //  no use_rid: refused, nothing undone
     //  add: past expiry, bad hash, nothing to add
     pm_msg_t *m = pm_msg_new(PM_MSG_ENROLL_TOKEN_ADD);
     msgpack_sbuffer sb;

@@ -189,4 +189,21 @@ for u in "${U[@]}"; do
     t=$(tok "$u")
     grep -rq -- "$t" "$T/up.log" "$T/watch.out" "$T"/var/log 2>/dev/null && fail "a token appears in the logs or events"
 done
+# a flood of guessed links: answered 403 each, but at most 50 a second become a
+# log line and an event (the store's log is not anyone's to fill); one line
+# says how many were not logged
+before=$(grep -c '"enroll.refused"' "$T/watch.out")
+urls=()
+for i in $(seq 1 500); do urls+=("$URL/mdm/enroll?token=guess$i"); done
+curl -s -Z --parallel-max 32 --cacert "$TLS" -o /dev/null -w '%{http_code}\n' "${urls[@]}" >"$T/flood.codes"
+[ "$(grep -c '^403$' "$T/flood.codes")" = 500 ] || fail "flood: want 500 x 403, got $(sort "$T/flood.codes" | uniq -c | tr '\n' ' ')"
+sleep 1.2
+code "$URL/mdm/enroll?token=guess-after" >/dev/null # the next second: reports what was not logged
+wait_for 10 eval 'grep -q "were refused without a log line or event" "$T/up.log"' ||
+    fail "flood: no line counting the refusals that were not logged"
+flood_ev=$(($(grep -c '"enroll.refused"' "$T/watch.out") - before))
+[ "$flood_ev" -lt 500 ] || fail "flood: $flood_ev enroll.refused events for 500 refusals (not rate-limited)"
+[ "$flood_ev" -ge 50 ] || fail "flood: only $flood_ev enroll.refused events"
+echo "ok  500 guessed links: 500 x 403, $flood_ev events, the rest counted in one line"
+
 echo "PASS: enrollment route: basic auth (401 x3, 200), one-time tokens (once, revoked, expired, 8 concurrent -> 1 profile), device enrolled from a token URL, $(grep -c '"enroll.refused"' "$T/watch.out") enroll.refused events"

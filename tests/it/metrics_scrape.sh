@@ -173,6 +173,19 @@ grep -q '^picomdm_store_ops_total{process="store",instance="[^"]*",type="store.c
 grep -q 'process="scheduler"' "$T/cli_stats.txt" && fail "picomdm stats store printed another process"
 echo "ok  picomdm stats store"
 
+# queue depths: one command queued for both devices, not fetched yet
+U1=$(devsim_id 301) U2=$(devsim_id 302)
+cli enqueue ProfileList --to "$U1,$U2" --no-push >/dev/null 2>"$T/enq.err" || fail "enqueue: $(cat "$T/enq.err")"
+ok=0
+for i in $(seq 1 20); do
+    cli stats store --seconds 2 >"$T/cli_stats2.txt" 2>/dev/null
+    grep -q '^picomdm_store_queue_active{process="store",instance="[^"]*"} 2$' "$T/cli_stats2.txt" && { ok=1; break; }
+done
+[ $ok = 1 ] || fail "store_queue_active is not 2 after queueing one command for 2 devices: $(grep queue "$T/cli_stats2.txt")"
+grep -q '^picomdm_store_queue_delivered_unanswered{process="store",instance="[^"]*"} 0$' "$T/cli_stats2.txt" ||
+    fail "store_queue_delivered_unanswered: $(grep delivered "$T/cli_stats2.txt")"
+echo "ok  queue depths: store_queue_active 2, delivered_unanswered 0"
+
 # a second gateway on the same admin port keeps serving devices (metrics are not worth an outage)
 P2=$(free_port)
 "$BIN/picomdm-gateway" --listen "127.0.0.1:$P2" --request-endpoint "ipc://$T/req" --publish-endpoint "ipc://$T/pub" \

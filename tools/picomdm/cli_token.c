@@ -104,6 +104,12 @@ static int s_new(cli_ctx_t *ctx)
         pm_msg_set_uint(req, "expires_ms", (uint64_t)expires) < 0 ||
         (note && *note && pm_msg_set_str(req, "note", note) < 0))
         goto out;
+    if (url && strlen(url) > 1000) { //  before the store keeps anything
+        fprintf(stderr, "picomdm enroll-token: --enroll-url is too long for a link (at most "
+                        "1,000 characters): give the gateway's public enrollment URL\n");
+        rc = CLI_EXIT_USAGE;
+        goto out;
+    }
     rc = cli_call_to(ctx, pm_msgdef(PM_MSG_ENROLL_TOKEN_ADD)->service, req, &rep);
     if (rc != CLI_EXIT_OK)
         goto out;
@@ -112,12 +118,25 @@ static int s_new(cli_ctx_t *ctx)
     const char *sep = url && strchr(url, '?') ? "&" : "?";
     for (long i = 0; i < count; i++) {
         char full[1200] = "";
-        if (url)
+        if (url) //  fits: the URL was checked above, a token is 43 characters
             snprintf(full, sizeof full, "%s%stoken=%s", url, sep, tokens[i]);
-        if (json) //  base64url, hex and the URL need no JSON escaping but for '"' and '\\'
-            printf("{\"id\":\"%.12s\",\"token\":\"%s\",\"expires\":%lld%s%s%s}\n", hashes[i],
-                   tokens[i], (long long)expires, url ? ",\"url\":\"" : "", full, url ? "\"" : "");
-        else
+        if (json) { //  base64url and hex need no escaping; the URL may
+            printf("{\"id\":\"%.12s\",\"token\":\"%s\",\"expires\":%lld", hashes[i], tokens[i],
+                   (long long)expires);
+            if (url) {
+                fputs(",\"url\":\"", stdout);
+                for (const char *c = full; *c; c++) {
+                    if (*c == '"' || *c == '\\')
+                        putchar('\\');
+                    if ((unsigned char)*c < 0x20)
+                        printf("\\u%04x", (unsigned char)*c);
+                    else
+                        putchar(*c);
+                }
+                putchar('"');
+            }
+            puts("}");
+        } else
             printf("%s\n", url ? full : tokens[i]);
         OPENSSL_cleanse(full, sizeof full);
     }
