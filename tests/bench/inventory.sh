@@ -65,6 +65,14 @@ q - --silent-for 1s --limit 1000 --after dev-5000
 q $(( (N + 3) / 4 )) --model iPhone15,2 --limit $lim
 q $(( (N + 2) / 3 )) --os 17.5.1 --limit $lim
 q $(( (N + 11) / 12 )) --model iPhone15,2 --os 17.5.1 --limit $lim
-q - --query OSVersion=17.5.1
-q - --query InstalledApplicationList=x
+# then every device answers a DeviceInformation (OSVersion in QueryResponses),
+# so --query matches inventory rows
+"${Q[@]}" enqueue >"$T/enq2.out" || { cat "$T/enq2.out"; exit 1; }
+uuid2=$(sed -n 's/^uuid=//p' "$T/enq2.out")
+t0=$(ms); "${Q[@]}" sessions --uuid "$uuid2" --query-responses >"$T/sess2.out" || { cat "$T/sess2.out"; exit 1; }
+grep -q "^failures=0" "$T/sess2.out" || { cat "$T/sess2.out"; exit 1; }
+echo "ingest:  $N DeviceInformation answers in $(( $(ms) - t0 )) ms"
+sleep 1
+q $(( (N + 2) / 3 )) --query OSVersion=17.5.1 --limit $lim
+q 0 --query OSVersion=99.0 --limit $lim
 t0=$(ms); "${P[@]}" doctor >/dev/null; echo "doctor:  fleet summary over $N enrollments in $(( $(ms) - t0 )) ms"

@@ -52,6 +52,8 @@ static const pm_opt_t s_opts[] = {
     {"no-push", PM_OPT_BOOL, "true", "enqueue: no wakeups"},
     {"apps", PM_OPT_INT, "0",
      "enqueue/sessions: InstalledApplicationList, each answer with this many apps"},
+    {"query-responses", PM_OPT_BOOL, "false",
+     "sessions (DeviceInformation): acknowledge with QueryResponses (UDID, OSVersion)"},
     {NULL, 0, NULL, NULL}};
 
 static pm_bus_t *s_bus;
@@ -59,6 +61,7 @@ static int s_timeout, s_retries, s_window;
 static int s_inflight, s_failures;
 static char s_prefix[64];
 static int s_apps; //  > 0: InstalledApplicationList answers with this many apps
+static bool s_qr;  //  DeviceInformation answers carry QueryResponses
 
 static int64_t s_ms(void)
 {
@@ -436,7 +439,17 @@ static int s_connect(s_sess_t *s, const char *status, const char *uuid)
     msgpack_packer pk;
     msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
     bool apps = s_apps > 0 && uuid && strcmp(status, "Acknowledged") == 0;
-    msgpack_pack_map(&pk, (uuid ? 3 : 2) + (apps ? 1 : 0));
+    bool qr = !apps && s_qr && uuid && strcmp(status, "Acknowledged") == 0;
+    msgpack_pack_map(&pk, (uuid ? 3 : 2) + (apps || qr ? 1 : 0));
+    if (qr) { //  the same OS as its Authenticate (s_checkin)
+        const char *os = s_oses[s->i % 3];
+        msgpack_pack_str_with_body(&pk, "QueryResponses", 14);
+        msgpack_pack_map(&pk, 2);
+        msgpack_pack_str_with_body(&pk, "UDID", 4);
+        msgpack_pack_str_with_body(&pk, eid, strlen(eid));
+        msgpack_pack_str_with_body(&pk, "OSVersion", 9);
+        msgpack_pack_str_with_body(&pk, os, strlen(os));
+    }
     if (apps) {
         msgpack_pack_str_with_body(&pk, "InstalledApplicationList", 24);
         msgpack_pack_array(&pk, (uint32_t)s_apps);
@@ -628,6 +641,7 @@ int main(int argc, char **argv)
     snprintf(s_prefix, sizeof s_prefix, "%s", pm_cfg_str(cfg, "prefix"));
     int n = (int)pm_cfg_int(cfg, "n");
     s_apps = (int)pm_cfg_int(cfg, "apps");
+    s_qr = pm_cfg_bool(cfg, "query-responses");
     pm_bus_config_t bc = {.name = "queuedrv",
                           .request_endpoint = pm_cfg_str(cfg, "request-endpoint"),
                           .server_public_key = pm_cfg_str(cfg, "server-key"),
