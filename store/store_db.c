@@ -5,6 +5,7 @@
  *  caller's transaction (group commit) and a savepoint per request.
  */
 #include "store_db.h"
+#include "store_pack.h"
 #include "store_doctor.h"
 #include "store_inv.h"
 
@@ -296,53 +297,6 @@ static const char *s_col_text(sqlite3_stmt *st, int i)
 }
 
 /* ---- msgpack packing helpers (event data, lists) ---- */
-
-static void s_pk_str(msgpack_packer *pk, const char *s)
-{
-    size_t n = s ? strlen(s) : 0;
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s ? s : "", n);
-}
-
-static void s_pk_kstr(msgpack_packer *pk, const char *k, const char *v)
-{
-    s_pk_str(pk, k);
-    if (v)
-        s_pk_str(pk, v);
-    else
-        msgpack_pack_nil(pk);
-}
-
-static void s_pk_kint(msgpack_packer *pk, const char *k, int64_t v)
-{
-    s_pk_str(pk, k);
-    msgpack_pack_int64(pk, v);
-}
-
-static void s_pk_kbool(msgpack_packer *pk, const char *k, bool v)
-{
-    s_pk_str(pk, k);
-    if (v)
-        msgpack_pack_true(pk);
-    else
-        msgpack_pack_false(pk);
-}
-
-//  key + column value (int, text, or nil)
-static void s_pk_kcol(msgpack_packer *pk, const char *k, sqlite3_stmt *st, int i)
-{
-    s_pk_str(pk, k);
-    switch (sqlite3_column_type(st, i)) {
-    case SQLITE_INTEGER:
-        msgpack_pack_int64(pk, sqlite3_column_int64(st, i));
-        break;
-    case SQLITE_TEXT:
-        s_pk_str(pk, s_col_text(st, i));
-        break;
-    default:
-        msgpack_pack_nil(pk);
-    }
-}
 
 //  Start building an event's data map with n pairs (in db->scratch).
 static msgpack_packer *s_ev_data(store_db_t *db, size_t n)
@@ -725,7 +679,7 @@ static int s_cert_check(store_db_t *db, s_enr_t *e, const char *eid, const uint8
     if (rc != SQLITE_DONE)
         return -1;
     msgpack_packer *pk = s_ev_data(db, 1);
-    s_pk_kstr(pk, "reason", "renewed identity certificate (SCEP RenewalReq) now bound");
+    store_pk_kstr(pk, "reason", "renewed identity certificate (SCEP RenewalReq) now bound");
     if (s_event_scratch(db, "enroll.cert_rebound", eid, now) < 0)
         return -1;
     memcpy(e->cert_hash, hash, len);
@@ -737,8 +691,8 @@ static int s_rejected(store_db_t *db, const char *eid, const char *what, const c
                       int64_t now)
 {
     msgpack_packer *pk = s_ev_data(db, 2);
-    s_pk_kstr(pk, "request", what);
-    s_pk_kstr(pk, "reason", reason);
+    store_pk_kstr(pk, "request", what);
+    store_pk_kstr(pk, "reason", reason);
     return s_event_scratch(db, "security.rejected", eid, now);
 }
 
@@ -802,8 +756,8 @@ static int s_queue_clear(store_db_t *db, const char *eid, int64_t now)
                     uuid = s_col_text(c, 0);
             }
             msgpack_packer *pk = s_ev_data(db, 2);
-            s_pk_kstr(pk, "command_uuid", uuid);
-            s_pk_kstr(pk, "reason", "re-enrollment (new Authenticate)");
+            store_pk_kstr(pk, "command_uuid", uuid);
+            store_pk_kstr(pk, "reason", "re-enrollment (new Authenticate)");
             if (c)
                 sqlite3_reset(c);
             if (s_event_scratch(db, "command.cancelled", rows[i].eid, now) < 0)
@@ -886,11 +840,11 @@ static store_rc_t s_authenticate(store_db_t *db, const store_checkin_t *in, cons
             return STORE_ERR_DB;
     }
     msgpack_packer *pk = s_ev_data(db, 5);
-    s_pk_kstr(pk, "kind", in->kind);
-    s_pk_kstr(pk, "udid", in->udid);
-    s_pk_kstr(pk, "serial", in->serial);
-    s_pk_kstr(pk, "model", in->model);
-    s_pk_kbool(pk, "reenrolled", e->found);
+    store_pk_kstr(pk, "kind", in->kind);
+    store_pk_kstr(pk, "udid", in->udid);
+    store_pk_kstr(pk, "serial", in->serial);
+    store_pk_kstr(pk, "model", in->model);
+    store_pk_kbool(pk, "reenrolled", e->found);
     return s_event_scratch(db, "checkin.Authenticate", in->eid, in->now_ms) < 0 ? STORE_ERR_DB
                                                                                 : STORE_OK;
 }
@@ -911,9 +865,9 @@ static store_rc_t s_token_update(store_db_t *db, const store_checkin_t *in, s_en
     if (s_exec(db, st, "storing a push token") < 0)
         return STORE_ERR_DB;
     msgpack_packer *pk = s_ev_data(db, 3);
-    s_pk_kstr(pk, "kind", e->kind);
-    s_pk_kbool(pk, "awaiting_configuration", in->awaiting_configuration > 0);
-    s_pk_kbool(pk, "unlock_token", in->unlock_token_len > 0); //  whether, never the value
+    store_pk_kstr(pk, "kind", e->kind);
+    store_pk_kbool(pk, "awaiting_configuration", in->awaiting_configuration > 0);
+    store_pk_kbool(pk, "unlock_token", in->unlock_token_len > 0); //  whether, never the value
     return s_event_scratch(db, "checkin.TokenUpdate", in->eid, in->now_ms) < 0 ? STORE_ERR_DB
                                                                                : STORE_OK;
 }
@@ -1070,7 +1024,7 @@ store_rc_t store_db_checkin(store_db_t *db, const store_checkin_t *in, store_che
             msgpack_packer_init(&pk, body_out, msgpack_sbuffer_write);
             if (boot) {
                 msgpack_pack_map(&pk, 1);
-                s_pk_str(&pk, "BootstrapToken");
+                store_pk_str(&pk, "BootstrapToken");
                 msgpack_pack_bin(&pk, (size_t)bootlen);
                 msgpack_pack_bin_body(&pk, boot, (size_t)bootlen);
             } else {
@@ -1089,8 +1043,8 @@ event:;
     char name[96];
     snprintf(name, sizeof name, "checkin.%s", mt);
     msgpack_packer *pk = s_ev_data(db, 2);
-    s_pk_kstr(pk, "kind", in->kind);
-    s_pk_kint(pk, "status", res->status);
+    store_pk_kstr(pk, "kind", in->kind);
+    store_pk_kint(pk, "status", res->status);
     if (s_event_scratch(db, name, in->eid, in->now_ms) < 0)
         rc = STORE_ERR_DB;
 out:
@@ -1170,9 +1124,9 @@ static int s_sweep(store_db_t *db, sqlite3_stmt *st, const char *eid, const char
         char uuid[128];
         s_uuid_of(db, rows[i].cmd, uuid, sizeof uuid);
         msgpack_packer *pk = s_ev_data(db, rows[i].n ? 2 : 1);
-        s_pk_kstr(pk, "command_uuid", uuid);
+        store_pk_kstr(pk, "command_uuid", uuid);
         if (rows[i].n)
-            s_pk_kint(pk, "deliveries", rows[i].n);
+            store_pk_kint(pk, "deliveries", rows[i].n);
         if (s_event_scratch(db, name, eid, now) < 0)
             ret = -1;
     }
@@ -1277,10 +1231,11 @@ static int s_record_answer(store_db_t *db, const store_connect_t *in, int64_t se
     if (!known) {
         //  unknown, or another enrollment's command: note it, change nothing
         msgpack_packer *pk = s_ev_data(db, 3);
-        s_pk_kstr(pk, "command_uuid", in->command_uuid);
-        s_pk_kstr(pk, "status", in->status);
-        s_pk_kstr(pk, "reason",
-                  cmd >= 0 ? "command is not queued for this enrollment" : "unknown CommandUUID");
+        store_pk_kstr(pk, "command_uuid", in->command_uuid);
+        store_pk_kstr(pk, "status", in->status);
+        store_pk_kstr(pk, "reason",
+                      cmd >= 0 ? "command is not queued for this enrollment"
+                               : "unknown CommandUUID");
         return s_event_scratch(db, "command.unknown", in->eid, in->now_ms);
     }
     bool replay = false;
@@ -1342,11 +1297,11 @@ static int s_record_answer(store_db_t *db, const store_connect_t *in, int64_t se
         }
     }
     msgpack_packer *pk = s_ev_data(db, replay ? 4 : 3);
-    s_pk_kstr(pk, "command_uuid", in->command_uuid);
-    s_pk_kstr(pk, "request_type", rtype);
-    s_pk_kstr(pk, "status", in->status);
+    store_pk_kstr(pk, "command_uuid", in->command_uuid);
+    store_pk_kstr(pk, "request_type", rtype);
+    store_pk_kstr(pk, "status", in->status);
     if (replay)
-        s_pk_kbool(pk, "replay", true);
+        store_pk_kbool(pk, "replay", true);
     return s_event_scratch(db, "command.result", in->eid, in->now_ms);
 }
 
@@ -1371,8 +1326,8 @@ static int s_pack_command(store_db_t *db, int64_t cmd, msgpack_sbuffer *out, cha
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
     msgpack_pack_map(&pk, 2);
-    s_pk_kstr(&pk, "CommandUUID", s_col_text(st, 0));
-    s_pk_str(&pk, "Command");
+    store_pk_kstr(&pk, "CommandUUID", s_col_text(st, 0));
+    store_pk_str(&pk, "Command");
     msgpack_sbuffer_write(out, sqlite3_column_blob(st, 2), (size_t)sqlite3_column_bytes(st, 2));
     sqlite3_reset(st);
     return 0;
@@ -1428,9 +1383,9 @@ static int s_next(store_db_t *db, const store_connect_t *in, int64_t session, ms
     *delivered = cmd;
 
     msgpack_packer *ep = s_ev_data(db, 3);
-    s_pk_kstr(ep, "command_uuid", uuid);
-    s_pk_kstr(ep, "request_type", rtype);
-    s_pk_kint(ep, "delivery", deliveries);
+    store_pk_kstr(ep, "command_uuid", uuid);
+    store_pk_kstr(ep, "request_type", rtype);
+    store_pk_kint(ep, "delivery", deliveries);
     return s_event_scratch(db, "command.delivered", in->eid, in->now_ms);
 }
 
@@ -1666,15 +1621,15 @@ store_rc_t store_db_enqueue(store_db_t *db, const store_enqueue_t *in, char *uui
 
     //  one event per enqueue (it lists the targets)
     msgpack_packer *pk = s_ev_data(db, 6);
-    s_pk_kstr(pk, "command_uuid", in->command_uuid);
-    s_pk_kstr(pk, "request_type", in->request_type);
-    s_pk_kint(pk, "priority", in->priority);
-    s_pk_kint(pk, "expires", in->expires_ms);
-    s_pk_kint(pk, "targets", (int64_t)*queued);
-    s_pk_str(pk, "eids");
+    store_pk_kstr(pk, "command_uuid", in->command_uuid);
+    store_pk_kstr(pk, "request_type", in->request_type);
+    store_pk_kint(pk, "priority", in->priority);
+    store_pk_kint(pk, "expires", in->expires_ms);
+    store_pk_kint(pk, "targets", (int64_t)*queued);
+    store_pk_str(pk, "eids");
     msgpack_pack_array(pk, in->ntargets);
     for (size_t i = 0; i < in->ntargets; i++)
-        s_pk_str(pk, in->targets[i]);
+        store_pk_str(pk, in->targets[i]);
     if (s_event_scratch(db, "command.queued", in->ntargets == 1 ? in->targets[0] : NULL,
                         in->now_ms) < 0)
         return STORE_ERR_DB;
@@ -1724,7 +1679,7 @@ store_rc_t store_db_cancel(store_db_t *db, const char *command_uuid, const char 
             }
             if (sqlite3_changes(db->sql) > 0) {
                 (*cancelled)++;
-                s_pk_str(&epk, targets[i]);
+                store_pk_str(&epk, targets[i]);
             }
         }
         sqlite3_reset(st);
@@ -1737,7 +1692,7 @@ store_rc_t store_db_cancel(store_db_t *db, const char *command_uuid, const char 
         int rc;
         while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
             (*cancelled)++;
-            s_pk_str(&epk, s_col_text(st, 0));
+            store_pk_str(&epk, s_col_text(st, 0));
         }
         sqlite3_reset(st);
         if (rc != SQLITE_DONE) {
@@ -1746,9 +1701,9 @@ store_rc_t store_db_cancel(store_db_t *db, const char *command_uuid, const char 
         }
     }
     msgpack_packer *pk = s_ev_data(db, 3);
-    s_pk_kstr(pk, "command_uuid", command_uuid);
-    s_pk_kint(pk, "cancelled", (int64_t)*cancelled);
-    s_pk_str(pk, "eids");
+    store_pk_kstr(pk, "command_uuid", command_uuid);
+    store_pk_kint(pk, "cancelled", (int64_t)*cancelled);
+    store_pk_str(pk, "eids");
     msgpack_pack_array(pk, (size_t)*cancelled);
     msgpack_sbuffer_write(&db->scratch, eids.data, eids.size);
     msgpack_sbuffer_destroy(&eids);
@@ -1789,15 +1744,15 @@ static store_rc_t s_list(store_db_t *db, sqlite3_stmt *st, s_row_fn *fn, msgpack
 static void s_row_queue(msgpack_packer *pk, sqlite3_stmt *st)
 {
     msgpack_pack_map(pk, 9);
-    s_pk_kcol(pk, "command_uuid", st, 0);
-    s_pk_kcol(pk, "request_type", st, 1);
-    s_pk_kcol(pk, "status", st, 2);
-    s_pk_kcol(pk, "priority", st, 3);
-    s_pk_kcol(pk, "created", st, 4);
-    s_pk_kcol(pk, "delivered", st, 5);
-    s_pk_kcol(pk, "notnow_count", st, 6);
-    s_pk_kcol(pk, "deliveries", st, 7);
-    s_pk_kcol(pk, "expires", st, 8);
+    store_pk_kcol(pk, "command_uuid", st, 0);
+    store_pk_kcol(pk, "request_type", st, 1);
+    store_pk_kcol(pk, "status", st, 2);
+    store_pk_kcol(pk, "priority", st, 3);
+    store_pk_kcol(pk, "created", st, 4);
+    store_pk_kcol(pk, "delivered", st, 5);
+    store_pk_kcol(pk, "notnow_count", st, 6);
+    store_pk_kcol(pk, "deliveries", st, 7);
+    store_pk_kcol(pk, "expires", st, 8);
 }
 
 store_rc_t store_db_queue(store_db_t *db, const char *eid, bool all, const store_policy_t *policy,
@@ -1835,12 +1790,12 @@ store_rc_t store_db_queue(store_db_t *db, const char *eid, bool all, const store
 static void s_row_result(msgpack_packer *pk, sqlite3_stmt *st)
 {
     msgpack_pack_map(pk, 6);
-    s_pk_kcol(pk, "eid", st, 0);
-    s_pk_kcol(pk, "command_uuid", st, 1);
-    s_pk_kcol(pk, "request_type", st, 2);
-    s_pk_kcol(pk, "status", st, 3);
-    s_pk_kcol(pk, "received", st, 4);
-    s_pk_str(pk, "body");
+    store_pk_kcol(pk, "eid", st, 0);
+    store_pk_kcol(pk, "command_uuid", st, 1);
+    store_pk_kcol(pk, "request_type", st, 2);
+    store_pk_kcol(pk, "status", st, 3);
+    store_pk_kcol(pk, "received", st, 4);
+    store_pk_str(pk, "body");
     int n = sqlite3_column_bytes(st, 5);
     if (n > 0)
         msgpack_sbuffer_write((msgpack_sbuffer *)pk->data, sqlite3_column_blob(st, 5), (size_t)n);
@@ -1870,19 +1825,19 @@ store_rc_t store_db_results(store_db_t *db, const char *eid, const char *command
 static void s_row_device(msgpack_packer *pk, sqlite3_stmt *st)
 {
     msgpack_pack_map(pk, 13);
-    s_pk_kcol(pk, "eid", st, 0);
-    s_pk_kcol(pk, "kind", st, 1);
-    s_pk_kcol(pk, "udid", st, 2);
-    s_pk_kcol(pk, "serial", st, 3);
-    s_pk_kcol(pk, "model", st, 4);
-    s_pk_kcol(pk, "os_version", st, 5);
-    s_pk_kcol(pk, "topic", st, 6);
-    s_pk_kbool(pk, "enrolled", sqlite3_column_int(st, 7) != 0);
-    s_pk_kbool(pk, "pushable", sqlite3_column_int(st, 8) != 0);
-    s_pk_kcol(pk, "first_seen", st, 9);
-    s_pk_kcol(pk, "last_seen", st, 10);
-    s_pk_kcol(pk, "queued", st, 11);
-    s_pk_kbool(pk, "wake_pending", sqlite3_column_int(st, 12) != 0);
+    store_pk_kcol(pk, "eid", st, 0);
+    store_pk_kcol(pk, "kind", st, 1);
+    store_pk_kcol(pk, "udid", st, 2);
+    store_pk_kcol(pk, "serial", st, 3);
+    store_pk_kcol(pk, "model", st, 4);
+    store_pk_kcol(pk, "os_version", st, 5);
+    store_pk_kcol(pk, "topic", st, 6);
+    store_pk_kbool(pk, "enrolled", sqlite3_column_int(st, 7) != 0);
+    store_pk_kbool(pk, "pushable", sqlite3_column_int(st, 8) != 0);
+    store_pk_kcol(pk, "first_seen", st, 9);
+    store_pk_kcol(pk, "last_seen", st, 10);
+    store_pk_kcol(pk, "queued", st, 11);
+    store_pk_kbool(pk, "wake_pending", sqlite3_column_int(st, 12) != 0);
 }
 
 store_rc_t store_db_devices(store_db_t *db, const char *after, unsigned limit, msgpack_sbuffer *out)
@@ -1911,12 +1866,12 @@ store_rc_t store_db_event_append(store_db_t *db, const char *name, const char *e
 static void s_row_event(msgpack_packer *pk, sqlite3_stmt *st)
 {
     msgpack_pack_map(pk, 6);
-    s_pk_kcol(pk, "seq", st, 0);
-    s_pk_kcol(pk, "ts", st, 1);
-    s_pk_kcol(pk, "name", st, 2);
-    s_pk_kcol(pk, "eid", st, 3);
-    s_pk_kcol(pk, "source", st, 4);
-    s_pk_str(pk, "data");
+    store_pk_kcol(pk, "seq", st, 0);
+    store_pk_kcol(pk, "ts", st, 1);
+    store_pk_kcol(pk, "name", st, 2);
+    store_pk_kcol(pk, "eid", st, 3);
+    store_pk_kcol(pk, "source", st, 4);
+    store_pk_str(pk, "data");
     int n = sqlite3_column_bytes(st, 5);
     if (n > 0)
         msgpack_sbuffer_write((msgpack_sbuffer *)pk->data, sqlite3_column_blob(st, 5), (size_t)n);
@@ -1937,7 +1892,7 @@ store_rc_t store_db_events(store_db_t *db, uint64_t after, unsigned limit, msgpa
 
 static void s_row_eid(msgpack_packer *pk, sqlite3_stmt *st)
 {
-    s_pk_str(pk, s_col_text(st, 0));
+    store_pk_str(pk, s_col_text(st, 0));
 }
 
 store_rc_t store_db_silent(store_db_t *db, unsigned limit, int64_t before_ms, msgpack_sbuffer *out)

@@ -2,34 +2,12 @@
  *  queries over enrollments, queue, commands and events; nothing here writes.
  */
 #include "store_doctor.h"
+#include "store_pack.h"
 
 #include "pm_log.h"
 
 #include <stdbool.h>
 #include <string.h>
-
-static void s_key(msgpack_packer *pk, const char *k)
-{
-    msgpack_pack_str_with_body(pk, k, strlen(k));
-}
-
-//  Column i as msgpack: integer, text, nil (blobs: nil; doctor never needs them).
-static void s_col(msgpack_packer *pk, sqlite3_stmt *st, int i)
-{
-    switch (sqlite3_column_type(st, i)) {
-    case SQLITE_INTEGER:
-        msgpack_pack_int64(pk, sqlite3_column_int64(st, i));
-        break;
-    case SQLITE_TEXT: {
-        const char *t = (const char *)sqlite3_column_text(st, i);
-        msgpack_pack_str_with_body(pk, t, (size_t)sqlite3_column_bytes(st, i));
-        break;
-    }
-    default:
-        msgpack_pack_nil(pk);
-        break;
-    }
-}
 
 static void s_bool_col(msgpack_packer *pk, sqlite3_stmt *st, int i)
 {
@@ -96,43 +74,43 @@ int store_doctor_device(sqlite3 *sql, const char *eid, msgpack_sbuffer *out)
     if (ir != SQLITE_ROW && ir != SQLITE_DONE)
         goto out;
     msgpack_pack_map(&pk, 18);
-    s_key(&pk, "eid");
+    store_pk_str(&pk, "eid");
     msgpack_pack_str_with_body(&pk, eid, strlen(eid));
-    s_key(&pk, "kind");
-    s_col(&pk, e, 0);
-    s_key(&pk, "enrolled");
+    store_pk_str(&pk, "kind");
+    store_pk_col(&pk, e, 0);
+    store_pk_str(&pk, "enrolled");
     s_bool_col(&pk, e, 1);
-    s_key(&pk, "activated");
+    store_pk_str(&pk, "activated");
     s_bool_col(&pk, e, 2);
-    s_key(&pk, "has_token");
+    store_pk_str(&pk, "has_token");
     s_bool_col(&pk, e, 3);
-    s_key(&pk, "topic");
-    s_col(&pk, e, 4);
-    s_key(&pk, "stale_token");
+    store_pk_str(&pk, "topic");
+    store_pk_col(&pk, e, 4);
+    store_pk_str(&pk, "stale_token");
     s_bool_col(&pk, e, 5);
-    s_key(&pk, "wake_pending");
+    store_pk_str(&pk, "wake_pending");
     s_bool_col(&pk, e, 6);
-    s_key(&pk, "first_seen");
-    s_col(&pk, e, 7);
-    s_key(&pk, "last_seen");
-    s_col(&pk, e, 8);
-    s_key(&pk, "queued");
-    s_col(&pk, q, 0);
-    s_key(&pk, "newest_queued");
-    s_col(&pk, q, 1);
-    s_key(&pk, "push_events");
-    s_col(&pk, n, 0);
+    store_pk_str(&pk, "first_seen");
+    store_pk_col(&pk, e, 7);
+    store_pk_str(&pk, "last_seen");
+    store_pk_col(&pk, e, 8);
+    store_pk_str(&pk, "queued");
+    store_pk_col(&pk, q, 0);
+    store_pk_str(&pk, "newest_queued");
+    store_pk_col(&pk, q, 1);
+    store_pk_str(&pk, "push_events");
+    store_pk_col(&pk, n, 0);
     //  identity certificate notAfter (ms), clock skew (s) and when it was recorded (ms)
     static const char *const ik[] = {"cert_not_after", "clock_skew_s", "skew_at"};
     for (int i = 0; i < 3; i++) {
-        s_key(&pk, ik[i]);
+        store_pk_str(&pk, ik[i]);
         if (ir == SQLITE_ROW)
-            s_col(&pk, id, i);
+            store_pk_col(&pk, id, i);
         else
             msgpack_pack_nil(&pk);
     }
     //  the head of the queue, in offer order
-    s_key(&pk, "head");
+    store_pk_str(&pk, "head");
     msgpack_sbuffer rows;
     msgpack_sbuffer_init(&rows);
     msgpack_packer rp;
@@ -143,8 +121,8 @@ int store_doctor_device(sqlite3 *sql, const char *eid, msgpack_sbuffer *out)
     while ((r = sqlite3_step(h)) == SQLITE_ROW) {
         msgpack_pack_map(&rp, 7);
         for (int i = 0; i < 7; i++) {
-            s_key(&rp, hk[i]);
-            s_col(&rp, h, i);
+            store_pk_str(&rp, hk[i]);
+            store_pk_col(&rp, h, i);
         }
         nrows++;
     }
@@ -156,15 +134,15 @@ int store_doctor_device(sqlite3 *sql, const char *eid, msgpack_sbuffer *out)
     msgpack_sbuffer_write(out, rows.data, rows.size);
     msgpack_sbuffer_destroy(&rows);
     //  the last push outcome the pusher logged
-    s_key(&pk, "last_push");
+    store_pk_str(&pk, "last_push");
     r = sqlite3_step(p);
     if (r == SQLITE_ROW) {
         msgpack_pack_map(&pk, 3);
-        s_key(&pk, "name");
-        s_col(&pk, p, 0);
-        s_key(&pk, "ts");
-        s_col(&pk, p, 1);
-        s_key(&pk, "data");
+        store_pk_str(&pk, "name");
+        store_pk_col(&pk, p, 0);
+        store_pk_str(&pk, "ts");
+        store_pk_col(&pk, p, 1);
+        store_pk_str(&pk, "data");
         int len = sqlite3_column_bytes(p, 2);
         const void *blob = sqlite3_column_blob(p, 2);
         msgpack_unpacked u;
@@ -236,17 +214,17 @@ int store_doctor_fleet(sqlite3 *sql, int64_t silent_ms, unsigned notnow_limit, i
                                      "no_token", "stale_token", "wake_pending",  "silent"};
     msgpack_pack_map(&pk, 13);
     for (int i = 0; i < 8; i++) {
-        s_key(&pk, ek[i]);
-        s_col(&pk, e, i);
+        store_pk_str(&pk, ek[i]);
+        store_pk_col(&pk, e, i);
     }
-    s_key(&pk, "stuck");
-    s_col(&pk, s, 0);
-    s_key(&pk, "push_outcomes");
+    store_pk_str(&pk, "stuck");
+    store_pk_col(&pk, s, 0);
+    store_pk_str(&pk, "push_outcomes");
     s_bool_col(&pk, p, 0);
     static const char *const ik[] = {"identity_expired", "identity_expiring", "clock_skewed"};
     for (int i = 0; i < 3; i++) {
-        s_key(&pk, ik[i]);
-        s_col(&pk, id, i);
+        store_pk_str(&pk, ik[i]);
+        store_pk_col(&pk, id, i);
     }
     rc = 0;
 out:

@@ -3,6 +3,7 @@
  *  cached statements.
  */
 #include "store_inv.h"
+#include "store_pack.h"
 
 #include "pm_cmdtab.h"
 #include "pm_log.h"
@@ -104,22 +105,6 @@ static void s_bind_text(sqlite3_stmt *st, int i, const char *s)
         sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
     else
         sqlite3_bind_null(st, i);
-}
-
-static void s_pk_str(msgpack_packer *pk, const char *s)
-{
-    size_t n = s ? strlen(s) : 0;
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s ? s : "", n);
-}
-
-static void s_pk_kstr(msgpack_packer *pk, const char *k, const char *v)
-{
-    s_pk_str(pk, k);
-    if (v)
-        s_pk_str(pk, v);
-    else
-        msgpack_pack_nil(pk);
 }
 
 static bool s_key_is(const msgpack_object *k, const char *name)
@@ -396,13 +381,13 @@ static int s_emit_invalid(store_inv_t *self, const char *eid, const char *rt, co
     msgpack_packer pk;
     msgpack_packer_init(&pk, &self->ev, msgpack_sbuffer_write);
     msgpack_pack_map(&pk, 4);
-    s_pk_kstr(&pk, "request_type", rt);
-    s_pk_kstr(&pk, "command_uuid", uuid);
-    s_pk_str(&pk, "issues");
+    store_pk_kstr(&pk, "request_type", rt);
+    store_pk_kstr(&pk, "command_uuid", uuid);
+    store_pk_str(&pk, "issues");
     msgpack_pack_array(&pk, self->nissues);
     for (size_t i = 0; i < self->nissues; i++)
-        s_pk_str(&pk, self->issues[i]);
-    s_pk_str(&pk, "total");
+        store_pk_str(&pk, self->issues[i]);
+    store_pk_str(&pk, "total");
     msgpack_pack_uint64(&pk, self->nissues_total);
     return emit(arg, "inventory.invalid", eid, (const uint8_t *)self->ev.data, self->ev.size, now);
 }
@@ -414,21 +399,21 @@ static int s_emit_changed(store_inv_t *self, const char *eid, const char *rt, co
     msgpack_packer pk;
     msgpack_packer_init(&pk, &self->ev, msgpack_sbuffer_write);
     msgpack_pack_map(&pk, 4);
-    s_pk_kstr(&pk, "request_type", rt);
-    s_pk_kstr(&pk, "command_uuid", uuid);
-    s_pk_str(&pk, "changes");
+    store_pk_kstr(&pk, "request_type", rt);
+    store_pk_kstr(&pk, "command_uuid", uuid);
+    store_pk_str(&pk, "changes");
     msgpack_pack_array(&pk, self->nch);
     for (size_t i = 0; i < self->nch; i++) {
         msgpack_pack_map(&pk, 3);
-        s_pk_kstr(&pk, "key", self->ch[i].key);
-        s_pk_kstr(&pk, "old", self->ch[i].had_old ? self->ch[i].old : NULL);
-        s_pk_kstr(&pk, "new",
-                  self->ch[i].new_[0] || !self->ch[i].had_old ? self->ch[i].new_ : NULL);
+        store_pk_kstr(&pk, "key", self->ch[i].key);
+        store_pk_kstr(&pk, "old", self->ch[i].had_old ? self->ch[i].old : NULL);
+        store_pk_kstr(&pk, "new",
+                      self->ch[i].new_[0] || !self->ch[i].had_old ? self->ch[i].new_ : NULL);
         if (strcmp(self->ch[i].key, "OSVersion") == 0)
             pm_info("inventory: %s OSVersion %s -> %s", eid,
                     self->ch[i].had_old ? self->ch[i].old : "-", self->ch[i].new_);
     }
-    s_pk_str(&pk, "total");
+    store_pk_str(&pk, "total");
     msgpack_pack_uint64(&pk, self->nch_total);
     return emit(arg, "inventory.changed", eid, (const uint8_t *)self->ev.data, self->ev.size, now);
 }
@@ -552,26 +537,11 @@ out:
 
 /* ---- operator queries ---- */
 
-static void s_pk_col(msgpack_packer *pk, const char *k, sqlite3_stmt *st, int i)
-{
-    s_pk_str(pk, k);
-    switch (sqlite3_column_type(st, i)) {
-    case SQLITE_INTEGER:
-        msgpack_pack_int64(pk, sqlite3_column_int64(st, i));
-        break;
-    case SQLITE_TEXT:
-        s_pk_str(pk, (const char *)sqlite3_column_text(st, i));
-        break;
-    default:
-        msgpack_pack_nil(pk);
-    }
-}
-
 //  A stored msgpack value, inline (nil when absent).
 static void s_pk_raw(msgpack_packer *pk, msgpack_sbuffer *out, const char *k, sqlite3_stmt *st,
                      int i)
 {
-    s_pk_str(pk, k);
+    store_pk_str(pk, k);
     int n = sqlite3_column_bytes(st, i);
     if (n > 0)
         msgpack_sbuffer_write(out, sqlite3_column_blob(st, i), (size_t)n);
@@ -611,11 +581,11 @@ static int s_rows(store_inv_t *self, sqlite3_stmt *st, s_row_fn *fn, msgpack_sbu
 static void s_row_inv(msgpack_packer *pk, msgpack_sbuffer *out, sqlite3_stmt *st)
 {
     msgpack_pack_map(pk, 5);
-    s_pk_col(pk, "key", st, 0);
+    store_pk_kcol(pk, "key", st, 0);
     s_pk_raw(pk, out, "value", st, 1);
-    s_pk_col(pk, "source", st, 2);
-    s_pk_col(pk, "updated", st, 3);
-    s_pk_col(pk, "command_uuid", st, 4);
+    store_pk_kcol(pk, "source", st, 2);
+    store_pk_kcol(pk, "updated", st, 3);
+    store_pk_kcol(pk, "command_uuid", st, 4);
 }
 
 int store_inv_list(store_inv_t *self, const char *eid, msgpack_sbuffer *out)
@@ -630,11 +600,11 @@ int store_inv_list(store_inv_t *self, const char *eid, msgpack_sbuffer *out)
 static void s_row_event(msgpack_packer *pk, msgpack_sbuffer *out, sqlite3_stmt *st)
 {
     msgpack_pack_map(pk, 6);
-    s_pk_col(pk, "seq", st, 0);
-    s_pk_col(pk, "ts", st, 1);
-    s_pk_col(pk, "name", st, 2);
-    s_pk_col(pk, "eid", st, 3);
-    s_pk_col(pk, "source", st, 4);
+    store_pk_kcol(pk, "seq", st, 0);
+    store_pk_kcol(pk, "ts", st, 1);
+    store_pk_kcol(pk, "name", st, 2);
+    store_pk_kcol(pk, "eid", st, 3);
+    store_pk_kcol(pk, "source", st, 4);
     s_pk_raw(pk, out, "data", st, 5);
 }
 
@@ -659,13 +629,13 @@ static void s_row_device(msgpack_packer *pk, msgpack_sbuffer *out, sqlite3_stmt 
     msgpack_pack_map(pk, 13);
     for (int i = 0; i < 13; i++) {
         if (i == 7 || i == 8 || i == 12) {
-            s_pk_str(pk, names[i]);
+            store_pk_str(pk, names[i]);
             if (sqlite3_column_int(st, i))
                 msgpack_pack_true(pk);
             else
                 msgpack_pack_false(pk);
         } else {
-            s_pk_col(pk, names[i], st, i);
+            store_pk_kcol(pk, names[i], st, i);
         }
     }
 }

@@ -2,6 +2,7 @@
  *  store_push.h.
  */
 #include "store_push.h"
+#include "store_pack.h"
 #include "pm_log.h"
 
 #include <sqlite3.h>
@@ -13,13 +14,6 @@ static const char s_schema[] =
     "CREATE TABLE IF NOT EXISTS push_state("
     " eid TEXT PRIMARY KEY, last_push INTEGER NOT NULL, outcome TEXT NOT NULL,"
     " status INTEGER NOT NULL, reason TEXT, attempts INTEGER NOT NULL DEFAULT 0)";
-
-static void s_pack_str(msgpack_packer *pk, const char *s)
-{
-    size_t n = strlen(s);
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s, n);
-}
 
 store_rc_t store_push_info(store_db_t *db, const char *const *eids, size_t n, msgpack_sbuffer *out)
 {
@@ -63,30 +57,30 @@ store_rc_t store_push_info(store_db_t *db, const char *const *eids, size_t n, ms
         bool has_last = sqlite3_column_type(st, 5) != SQLITE_NULL;
         msgpack_pack_map(&pk, 4 + (tok ? 1 : 0) + (magic ? 1 : 0) + (topic ? 1 : 0) +
                                   (has_last ? 1 : 0));
-        s_pack_str(&pk, "eid");
-        s_pack_str(&pk, eids[i]);
+        store_pk_str(&pk, "eid");
+        store_pk_str(&pk, eids[i]);
         if (tok) {
-            s_pack_str(&pk, "token");
+            store_pk_str(&pk, "token");
             msgpack_pack_bin(&pk, (size_t)toklen);
             msgpack_pack_bin_body(&pk, tok, (size_t)toklen);
         }
         if (magic) {
-            s_pack_str(&pk, "push_magic");
-            s_pack_str(&pk, magic);
+            store_pk_str(&pk, "push_magic");
+            store_pk_str(&pk, magic);
         }
         if (topic) {
-            s_pack_str(&pk, "topic");
-            s_pack_str(&pk, topic);
+            store_pk_str(&pk, "topic");
+            store_pk_str(&pk, topic);
         }
-        s_pack_str(&pk, "stale");
+        store_pk_str(&pk, "stale");
         sqlite3_column_int(st, 3) ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
-        s_pack_str(&pk, "enrolled");
+        store_pk_str(&pk, "enrolled");
         sqlite3_column_int(st, 4) ? msgpack_pack_true(&pk) : msgpack_pack_false(&pk);
         if (has_last) {
-            s_pack_str(&pk, "last_push");
+            store_pk_str(&pk, "last_push");
             msgpack_pack_int64(&pk, sqlite3_column_int64(st, 5));
         }
-        s_pack_str(&pk, "last_activity");
+        store_pk_str(&pk, "last_activity");
         msgpack_pack_int64(&pk, sqlite3_column_int64(st, 6));
         found++;
     }
@@ -205,16 +199,16 @@ store_rc_t store_push_outcome(store_db_t *db, const msgpack_object *outcomes, in
         msgpack_packer pk;
         msgpack_packer_init(&pk, &data, msgpack_sbuffer_write);
         msgpack_pack_map(&pk, 5);
-        s_pack_str(&pk, "status");
+        store_pk_str(&pk, "status");
         msgpack_pack_uint64(&pk, status);
-        s_pack_str(&pk, "reason");
-        s_pack_str(&pk, reason);
-        s_pack_str(&pk, "topic");
-        s_pack_str(&pk, topic);
-        s_pack_str(&pk, "attempts");
+        store_pk_str(&pk, "reason");
+        store_pk_str(&pk, reason);
+        store_pk_str(&pk, "topic");
+        store_pk_str(&pk, topic);
+        store_pk_str(&pk, "attempts");
         msgpack_pack_uint64(&pk, attempts);
-        s_pack_str(&pk, "apns_id");
-        s_pack_str(&pk, apns_id);
+        store_pk_str(&pk, "apns_id");
+        store_pk_str(&pk, apns_id);
         snprintf(name, sizeof name, "push.%s", outcome);
         uint64_t seq = 0;
         store_rc_t er = store_db_event_append(db, name, eid, "pusher", (const uint8_t *)data.data,

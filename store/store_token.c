@@ -2,6 +2,7 @@
  *  store_token.h.
  */
 #include "store_token.h"
+#include "store_pack.h"
 #include "pm_log.h"
 
 #include <msgpack.h>
@@ -39,13 +40,6 @@ static bool s_hash_ok(const char *h)
         if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
             return false;
     return true;
-}
-
-static void s_pack_str(msgpack_packer *pk, const char *s)
-{
-    size_t n = strlen(s);
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s, n);
 }
 
 static store_rc_t s_db_error(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, const char *what)
@@ -155,25 +149,25 @@ static store_rc_t s_list(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, in
         bool revoked = sqlite3_column_type(st, 6) != SQLITE_NULL;
         int64_t expires = sqlite3_column_int64(st, 2);
         msgpack_pack_map(&pk, 4 + (note ? 1 : 0) + (used ? 1 : 0) + (used_by ? 1 : 0));
-        s_pack_str(&pk, "id");
-        s_pack_str(&pk, id ? id : "");
-        s_pack_str(&pk, "state");
-        s_pack_str(&pk, s_state(now, expires, used, revoked));
-        s_pack_str(&pk, "created");
+        store_pk_str(&pk, "id");
+        store_pk_str(&pk, id ? id : "");
+        store_pk_str(&pk, "state");
+        store_pk_str(&pk, s_state(now, expires, used, revoked));
+        store_pk_str(&pk, "created");
         msgpack_pack_int64(&pk, sqlite3_column_int64(st, 1));
-        s_pack_str(&pk, "expires");
+        store_pk_str(&pk, "expires");
         msgpack_pack_int64(&pk, expires);
         if (note) {
-            s_pack_str(&pk, "note");
-            s_pack_str(&pk, note);
+            store_pk_str(&pk, "note");
+            store_pk_str(&pk, note);
         }
         if (used) {
-            s_pack_str(&pk, "used");
+            store_pk_str(&pk, "used");
             msgpack_pack_int64(&pk, sqlite3_column_int64(st, 4));
         }
         if (used_by) {
-            s_pack_str(&pk, "used_by");
-            s_pack_str(&pk, used_by);
+            store_pk_str(&pk, "used_by");
+            store_pk_str(&pk, used_by);
         }
         n++;
     }

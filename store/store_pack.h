@@ -1,0 +1,25 @@
+/*  store_pack — msgpack packing of SQLite rows and values, shared by the
+ *  store's modules (queue, inventory, doctor, push, enrollment tokens), so
+ *  that a column becomes msgpack the same way everywhere.
+ */
+#ifndef STORE_PACK_H
+#define STORE_PACK_H
+
+#include <msgpack.h>
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+//  A string (NULL packs the empty string).
+void store_pk_str(msgpack_packer *pk, const char *s);
+//  Key + string value (NULL packs nil).
+void store_pk_kstr(msgpack_packer *pk, const char *k, const char *v);
+//  Key + integer / boolean value.
+void store_pk_kint(msgpack_packer *pk, const char *k, int64_t v);
+void store_pk_kbool(msgpack_packer *pk, const char *k, bool v);
+//  Column i as it is stored: integer, text (its full length), anything else nil.
+void store_pk_col(msgpack_packer *pk, sqlite3_stmt *st, int i);
+//  Key + column i, as store_pk_col.
+void store_pk_kcol(msgpack_packer *pk, const char *k, sqlite3_stmt *st, int i);
+
+#endif
