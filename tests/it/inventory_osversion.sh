@@ -4,40 +4,13 @@
 # stream (`picomdm watch inventory.changed`) and the timeline carry an
 # inventory.changed with OSVersion old -> new; the enrollment's OS follows
 # (`picomdm devices --os`), and `picomdm device` shows the new value.
-set -u
-BIN=${BIN:-$PWD/bin}
-T=$(mktemp -d /tmp/inventory_osversion.XXXXXX)
-UP_PID= W_PID=
-cleanup() {
-    [ -n "$W_PID" ] && kill -TERM "$W_PID" 2>/dev/null
-    [ -n "$UP_PID" ] && kill -TERM "$UP_PID" 2>/dev/null && sleep 1 && kill -KILL "$UP_PID" 2>/dev/null
-    for f in "$T"/var/run/*.pid; do [ -f "$f" ] && kill -KILL "$(cat "$f")" 2>/dev/null; done
-    rm -rf "$T"
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*"; tail -n 30 "$T/up.log" 2>/dev/null; exit 1; }
-for n in picomdm picomdm-broker picomdm-store picomdm-scheduler picomdm-gateway picomdm-devsim; do
-    [ -x "$BIN/$n" ] || { echo "skipped: $BIN/$n is not built"; exit 77; }
-done
+UP_NAME=inventory_osversion
+source "$(dirname "$0")/up_lib.inc"
 "$BIN/picomdm-devsim" --help 2>&1 | grep -q -- "--os-version" || { echo "skipped: picomdm-devsim has no --os-version"; exit 77; }
-wait_for() { local n=$(($1 * 10)); shift; while [ $n -gt 0 ]; do "$@" && return 0; sleep 0.1; n=$((n - 1)); done; return 1; }
-port=
-for _ in $(seq 50); do
-    p=$((20000 + RANDOM % 40000))
-    ss -ltn | grep -q ":$p\b" || { port=$p; break; }
-done
-[ -n "$port" ] || fail "no free port"
-"$BIN/picomdm" up --data-dir "$T/var" --listen "127.0.0.1:$port" --stop-timeout 5000 >"$T/up.log" 2>&1 &
-UP_PID=$!
-export PICOMDM_CONFIG=$T/var/run/picomdm.cfg
-P=("$BIN/picomdm" --timeout 3000 --retries 1)
-wait_for 20 "${P[@]}" devices >/dev/null 2>&1 || fail "the scheduler does not answer"
-openssl ecparam -name prime256v1 -genkey -noout -out "$T/dev.key" 2>/dev/null &&
-    openssl req -new -key "$T/dev.key" -subj "/CN=osversion-test-device" -out "$T/dev.csr" 2>/dev/null &&
-    openssl x509 -req -in "$T/dev.csr" -CA "$T/var/pki/ca.crt" -CAkey "$T/var/pki/ca.key" \
-        -CAcreateserial -days 2 -out "$T/dev.crt" 2>/dev/null || fail "cannot issue a device certificate"
-DS=("$BIN/picomdm-devsim" --url "https://127.0.0.1:$port" --ca-bundle "$T/var/pki/tls.crt"
-    --cert "$T/dev.crt" --key "$T/dev.key" --timeout-ms 10000 --seed 5)
+up_start
+up_device osversion-test-device
+DS+=(--seed 5)
+
 OLD=17.5.1 NEW=18.0.1
 timeout 30 "${DS[@]}" --os-version $OLD --rounds 1 >"$T/ds1.out" 2>&1 || { cat "$T/ds1.out"; fail "enrollment failed"; }
 eid=$("${P[@]}" devices --json | sed -n 's/.*"eid":"\([^"]*\)".*/\1/p' | head -1)
@@ -49,6 +22,7 @@ timeout 30 "${DS[@]}" --os-version $OLD --no-enroll --rounds 1 >"$T/ds2.out" 2>&
 # watch the event stream during the update
 "$BIN/picomdm" watch inventory.changed --count 1 >"$T/watch.out" 2>"$T/watch.err" &
 W_PID=$!
+BG_PIDS+=("$W_PID")
 sleep 0.5 # the subscription is up before the event
 di
 timeout 30 "${DS[@]}" --os-version $NEW --no-enroll --rounds 1 >"$T/ds3.out" 2>&1 || { cat "$T/ds3.out"; fail "second answer failed"; }
