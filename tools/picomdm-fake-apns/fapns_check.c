@@ -197,11 +197,15 @@ int fapns_tokens_add_line(fapns_tokens_t *t, const char *line, char *err, size_t
     return 0;
 }
 
-int fapns_tokens_load(fapns_tokens_t *t, const char *path, char *err, size_t errlen)
+//  Feed every line of `path` to add(arg, line): the count of lines it took
+//  (add returned 0), or -1 with err = "<path>:<line>: <why>".
+typedef int(s_add_line_fn)(void *arg, const char *line, char *err, size_t errlen);
+static int s_load_lines(const char *path, const char *what, s_add_line_fn *add, void *arg,
+                        char *err, size_t errlen)
 {
     FILE *f = fopen(path, "r");
     if (!f) {
-        snprintf(err, errlen, "cannot open token list %s: %m", path);
+        snprintf(err, errlen, "cannot open %s %s: %m", what, path);
         return -1;
     }
     char line[S_LINE_MAX];
@@ -209,7 +213,7 @@ int fapns_tokens_load(fapns_tokens_t *t, const char *path, char *err, size_t err
     while (fgets(line, sizeof line, f)) {
         lineno++;
         char e[200];
-        int rc = fapns_tokens_add_line(t, line, e, sizeof e);
+        int rc = add(arg, line, e, sizeof e);
         if (rc < 0) {
             snprintf(err, errlen, "%s:%d: %s", path, lineno, e);
             fclose(f);
@@ -219,6 +223,16 @@ int fapns_tokens_load(fapns_tokens_t *t, const char *path, char *err, size_t err
     }
     fclose(f);
     return count;
+}
+
+static int s_token_line(void *arg, const char *line, char *err, size_t errlen)
+{
+    return fapns_tokens_add_line(arg, line, err, errlen);
+}
+
+int fapns_tokens_load(fapns_tokens_t *t, const char *path, char *err, size_t errlen)
+{
+    return s_load_lines(path, "token list", s_token_line, t, err, errlen);
 }
 
 size_t fapns_tokens_size(const fapns_tokens_t *t)
@@ -361,28 +375,14 @@ int fapns_rules_add_line(fapns_rules_t *r, const char *line, char *err, size_t e
     return 0;
 }
 
+static int s_rule_line(void *arg, const char *line, char *err, size_t errlen)
+{
+    return fapns_rules_add_line(arg, line, err, errlen);
+}
+
 int fapns_rules_load(fapns_rules_t *r, const char *path, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        snprintf(err, errlen, "cannot open rules file %s: %m", path);
-        return -1;
-    }
-    char line[S_LINE_MAX];
-    int count = 0, lineno = 0;
-    while (fgets(line, sizeof line, f)) {
-        lineno++;
-        char e[200];
-        int rc = fapns_rules_add_line(r, line, e, sizeof e);
-        if (rc < 0) {
-            snprintf(err, errlen, "%s:%d: %s", path, lineno, e);
-            fclose(f);
-            return -1;
-        }
-        count += rc == 0;
-    }
-    fclose(f);
-    return count;
+    return s_load_lines(path, "rules file", s_rule_line, r, err, errlen);
 }
 
 void fapns_rules_clear(fapns_rules_t *r)
