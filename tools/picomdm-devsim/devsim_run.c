@@ -33,7 +33,14 @@ typedef struct {
     job_t *job;
     char *body;
     size_t bodylen;
-    struct curl_slist *hdrs;
+    //  The request headers, built without an allocation per request: three
+    //  list nodes owned by the slot (curl only reads them), the first two
+    //  constant, the third pointing into sig (the Mdm-Signature line).
+    struct curl_slist hdr[3];
+    char *sig;
+    size_t sigcap;
+    const char *url_set; //  the URL and User-Agent curl has (set only on change)
+    const char *ua_set;
     char *resp;
     size_t resplen, respcap;
     bool overflow;
@@ -51,10 +58,12 @@ typedef struct {
     long units;  //  enrollments or sessions completed
     long cmds;   //  command round trips (a report with a CommandUUID)
     long failed; //  jobs that failed
+    double cpu0_user, cpu0_sys, cpu_user, cpu_sys; //  s: the simulator's own CPU in this phase
 } phase_t;
 
 struct devsim_run {
     devsim_run_opts_t o;
+    char checkin_url[1024], server_url[1024];
     devsim_dev_t **devs;
     int n;
     CURLM *multi;
@@ -73,6 +82,15 @@ struct devsim_run {
 };
 
 enum { S_WAKE_IDLE = 0, S_WAKE_BUSY, S_WAKE_AGAIN };
+
+//  The simulator's CPU time so far (user, system), seconds.
+static void s_cpu(double *user, double *sys)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    *user = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6;
+    *sys = (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
 
 static double s_now_ms(void)
 {
@@ -105,6 +123,32 @@ static size_t s_write(char *data, size_t size, size_t nmemb, void *arg)
     return n;
 }
 
+//  The options every request of a slot shares, set once per handle (not
+//  reset and set again per request): what changes per request is the body,
+//  the Mdm-Signature header and, rarely, the URL and User-Agent.
+static void s_easy_setup(devsim_run_t *r, slot_t *s)
+{
+    CURL *e = s->easy;
+    s->hdr[0].data = (char *)"Content-Type: application/x-apple-aspen-mdm";
+    s->hdr[1].data = (char *)"Expect:"; //  devices do not send 100-continue
+    s->hdr[0].next = &s->hdr[1];
+    s->hdr[2].data = NULL;
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "PUT");
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, &s->hdr[0]);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, s_write);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, s);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, s);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, r->o.timeout_ms > 0 ? r->o.timeout_ms : 30000L);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    if (r->o.ca_bundle)
+        curl_easy_setopt(e, CURLOPT_CAINFO, r->o.ca_bundle);
+    if (r->o.insecure) {
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+}
+
 devsim_run_t *devsim_run_new(const devsim_run_opts_t *o, devsim_dev_t **devs, int n)
 {
     devsim_run_t *r = calloc(1, sizeof *r);
@@ -124,10 +168,14 @@ devsim_run_t *devsim_run_new(const devsim_run_opts_t *o, devsim_dev_t **devs, in
         goto fail;
     curl_multi_setopt(r->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)r->nslots);
     curl_multi_setopt(r->multi, CURLMOPT_MAXCONNECTS, (long)r->nslots);
+    snprintf(r->checkin_url, sizeof r->checkin_url, "%s%s", r->o.url, r->o.checkin_path);
+    snprintf(r->server_url, sizeof r->server_url, "%s%s", r->o.url, r->o.server_path);
     for (int i = 0; i < r->nslots; i++) {
-        r->slots[i].easy = curl_easy_init();
-        if (!r->slots[i].easy)
+        slot_t *sl = &r->slots[i];
+        sl->easy = curl_easy_init();
+        if (!sl->easy)
             goto fail;
+        s_easy_setup(r, sl);
     }
     return r;
 fail:
@@ -150,7 +198,7 @@ void devsim_run_destroy(devsim_run_t **rp)
         free(s->job);
         free(s->body);
         free(s->resp);
-        curl_slist_free_all(s->hdrs);
+        free(s->sig);
     }
     free(r->slots);
     free(r->wake_state);
@@ -216,12 +264,9 @@ static int s_submit(devsim_run_t *r, slot_t *s, plist_t msg, bool checkin)
     free(s->body);
     s->body = xml;
     s->bodylen = len;
-    curl_slist_free_all(s->hdrs);
-    s->hdrs = NULL;
-    s->hdrs =
-        curl_slist_append(s->hdrs, checkin ? "Content-Type: application/x-apple-aspen-mdm-checkin"
-                                           : "Content-Type: application/x-apple-aspen-mdm");
-    s->hdrs = curl_slist_append(s->hdrs, "Expect:"); //  devices do not send 100-continue
+    s->hdr[0].data = checkin ? (char *)"Content-Type: application/x-apple-aspen-mdm-checkin"
+                             : (char *)"Content-Type: application/x-apple-aspen-mdm";
+    s->hdr[1].next = NULL;
     const devsim_ident_t *id = devsim_dev_ident(s->job->dev);
     if (r->o.sign && id) {
         char *b64 = NULL;
@@ -230,39 +275,35 @@ static int s_submit(devsim_run_t *r, slot_t *s, plist_t msg, bool checkin)
                      devsim_dev_cn(s->job->dev));
             return -1;
         }
-        size_t hl = strlen(b64) + 32;
-        char *h = malloc(hl);
-        if (!h) {
-            free(b64);
-            return -1;
+        static const char name[] = "Mdm-Signature: ";
+        size_t bl = strlen(b64), need = sizeof name + bl;
+        if (need > s->sigcap) {
+            char *p = realloc(s->sig, need);
+            if (!p) {
+                free(b64);
+                return -1;
+            }
+            s->sig = p;
+            s->sigcap = need;
         }
-        snprintf(h, hl, "Mdm-Signature: %s", b64);
-        s->hdrs = curl_slist_append(s->hdrs, h);
-        free(h);
+        memcpy(s->sig, name, sizeof name - 1);
+        memcpy(s->sig + sizeof name - 1, b64, bl + 1);
         free(b64);
+        s->hdr[2].data = s->sig;
+        s->hdr[2].next = NULL;
+        s->hdr[1].next = &s->hdr[2];
     }
-    char url[1024];
-    snprintf(url, sizeof url, "%s%s", r->o.url, checkin ? r->o.checkin_path : r->o.server_path);
+    const char *url = checkin ? r->checkin_url : r->server_url;
+    const char *ua = s->job->dev->is_mac ? "MDM-OSX/1.0" : "MDM/1.0";
     CURL *e = s->easy;
-    curl_easy_reset(e);
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "PUT");
+    if (s->url_set != url) //  curl parses a URL when it is set: only on change
+        curl_easy_setopt(e, CURLOPT_URL, url);
+    s->url_set = url;
+    if (s->ua_set != ua)
+        curl_easy_setopt(e, CURLOPT_USERAGENT, ua);
+    s->ua_set = ua;
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, s->body);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)s->bodylen);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, s->hdrs);
-    curl_easy_setopt(e, CURLOPT_USERAGENT, s->job->dev->is_mac ? "MDM-OSX/1.0" : "MDM/1.0");
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, s_write);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, s);
-    curl_easy_setopt(e, CURLOPT_PRIVATE, s);
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, r->o.timeout_ms > 0 ? r->o.timeout_ms : 30000L);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-    if (r->o.ca_bundle)
-        curl_easy_setopt(e, CURLOPT_CAINFO, r->o.ca_bundle);
-    if (r->o.insecure) {
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
-        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
-    }
     s->resplen = 0;
     s->overflow = false;
     if (s->resp)
@@ -539,14 +580,26 @@ static phase_t *s_phase(devsim_run_t *r, const char *name)
     memset(p, 0, sizeof *p);
     snprintf(p->name, sizeof p->name, "%s", name);
     p->t0 = s_now_ms();
+    s_cpu(&p->cpu0_user, &p->cpu0_sys);
     r->ph = p;
     return p;
+}
+
+//  Close the current phase: its end time and the CPU it took.
+static void s_phase_end(devsim_run_t *r)
+{
+    phase_t *p = r->ph;
+    double u, s;
+    p->t1 = s_now_ms();
+    s_cpu(&u, &s);
+    p->cpu_user = u - p->cpu0_user;
+    p->cpu_sys = s - p->cpu0_sys;
 }
 
 static int s_run_phase(devsim_run_t *r)
 {
     int failed = s_drain(r);
-    r->ph->t1 = s_now_ms();
+    s_phase_end(r);
     return failed;
 }
 
@@ -618,7 +671,7 @@ int devsim_run_serve(devsim_run_t *r, int fd, void (*on_ready)(void *arg), void 
     }
     s_phase(r, "wake");
     int failed = s_loop(r, true, fd, on_ready, arg, idle_ms);
-    r->ph->t1 = s_now_ms();
+    s_phase_end(r);
     return failed;
 }
 
@@ -686,6 +739,15 @@ int devsim_run_report(devsim_run_t *r, FILE *out)
         fprintf(out, "; %zu requests, latency p50 %.2f ms p99 %.2f ms max %.2f ms; %ld failed\n",
                 p->nlat, s_pct(p->lat, p->nlat, 0.50), s_pct(p->lat, p->nlat, 0.99),
                 p->nlat ? p->lat[p->nlat - 1] : 0.0, p->failed);
+    }
+    //  The simulator's own CPU per request of each phase (start-up, key
+    //  loading and issuing excluded): how much of the machine it takes.
+    for (int i = 0; i < r->nphases; i++) {
+        phase_t *p = &r->phases[i];
+        double c = p->cpu_user + p->cpu_sys;
+        fprintf(
+            out, "devsim     %s: cpu user %.2f s sys %.2f s = %.0f us per request (%zu requests)\n",
+            p->name, p->cpu_user, p->cpu_sys, p->nlat ? c / (double)p->nlat * 1e6 : 0.0, p->nlat);
     }
     long reoffered = 0, waiting = 0;
     for (int i = 0; i < r->n; i++) {
