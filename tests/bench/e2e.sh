@@ -8,6 +8,7 @@
 # per process and per device request; at the end peak RSS (VmHWM) per process.
 #   tests/bench/e2e.sh [N...]          (default: 1000 10000)
 #   CONCURRENCY=32 KEY_TYPE=ec|rsa GW_ARGS="--cert-cache 0" PERF=gateway|devsim LIST_ALL=1
+#   DEVSIM_WRAP="strace -c -o FILE" (a command the simulator runs under)
 cd "$(dirname "$0")/../.."
 export BIN=${BIN:-$PWD/bin}
 SIZES=("$@")
@@ -40,7 +41,7 @@ run_size() {
             perf record -q --call-graph ${PERF_CG:-fp} -p "${P[$PERF]}" -o "${PERF_DIR:-/tmp}/perf-$name.data" >/dev/null 2>&1 &
             perf_pid=$!
         fi
-        local pre=() # PERF=devsim: the simulator itself runs under perf record
+        local pre=(${DEVSIM_WRAP:-}) # e.g. DEVSIM_WRAP="strace -c -o /tmp/ds.strace": a command the simulator runs under
         [ "${PERF:-}" != devsim ] || pre=(perf record -q --call-graph "${PERF_CG:-dwarf}" -o "${PERF_DIR:-/tmp}/perf-devsim-$name.data" --)
         "${pre[@]}" "${DS[@]}" "$@" >"$T/$name.out" 2>&1 || { cat "$T/$name.out"; fail "devsim $name failed"; }
         [ -z "$perf_pid" ] || { kill -INT $perf_pid; wait $perf_pid; }

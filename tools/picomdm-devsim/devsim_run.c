@@ -749,6 +749,13 @@ int devsim_run_report(devsim_run_t *r, FILE *out)
             out, "devsim     %s: cpu user %.2f s sys %.2f s = %.0f us per request (%zu requests)\n",
             p->name, p->cpu_user, p->cpu_sys, p->nlat ? c / (double)p->nlat * 1e6 : 0.0, p->nlat);
     }
+    long fast = 0, slow = 0;
+    devsim_ident_sign_counts(&fast, &slow);
+    if (fast + slow > 0)
+        fprintf(out,
+                "devsim     signatures: %ld assembled from a checked template, %ld by OpenSSL "
+                "CMS_sign\n",
+                fast, slow);
     long reoffered = 0, waiting = 0;
     for (int i = 0; i < r->n; i++) {
         devsim_dev_t *d = r->devs[i];
