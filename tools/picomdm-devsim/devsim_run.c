@@ -8,8 +8,12 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <stdint.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef enum { ST_AUTH, ST_TOKEN, ST_SESSION, ST_CHECKOUT } step_kind_t;
 
@@ -67,6 +71,13 @@ struct devsim_run {
     devsim_dev_t **devs;
     int n;
     CURLM *multi;
+    //  One event loop: curl tells which sockets to wait on (socket callback)
+    //  and when its next timeout is due (timer callback); the loop waits in
+    //  epoll_wait and hands curl exactly the socket that is ready. No poll of
+    //  every connection per iteration, no zero-timeout checks per transfer.
+    int epfd;
+    double timer_at; //  ms (s_now_ms) curl wants CURL_SOCKET_TIMEOUT, < 0: none
+    int push_fd;     //  the push socket once it is in epfd, else -1
     slot_t *slots;
     int nslots;
     job_t *head, *tail;
@@ -149,11 +160,50 @@ static void s_easy_setup(devsim_run_t *r, slot_t *s)
     }
 }
 
+//  curl: wait on socket fd for `what` (CURL_POLL_IN/OUT/INOUT/REMOVE).
+//  sockp is curl_multi_assign's value for fd: the events registered + 1.
+static int s_sockcb(CURL *e, curl_socket_t fd, int what, void *arg, void *sockp)
+{
+    (void)e;
+    devsim_run_t *r = arg;
+    intptr_t had = (intptr_t)sockp;
+    if (what == CURL_POLL_REMOVE) {
+        if (had)
+            epoll_ctl(r->epfd, EPOLL_CTL_DEL, fd, NULL); //  (fails harmlessly if closed)
+        curl_multi_assign(r->multi, fd, NULL);
+        return 0;
+    }
+    uint32_t ev = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
+    if (had && (uint32_t)(had - 1) == ev)
+        return 0;
+    struct epoll_event ee = {.events = ev, .data.fd = fd};
+    if (epoll_ctl(r->epfd, had ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ee) < 0) {
+        //  a descriptor number reused by curl for a new socket, or a stale entry
+        if (epoll_ctl(r->epfd, had ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ee) < 0) {
+            pm_warn("epoll_ctl on a transfer socket failed: %s (the transfer will time out)",
+                    strerror(errno));
+            return -1;
+        }
+    }
+    curl_multi_assign(r->multi, fd, (void *)(intptr_t)(ev + 1));
+    return 0;
+}
+
+//  curl: call CURL_SOCKET_TIMEOUT in ms milliseconds (-1: no timer).
+static int s_timercb(CURLM *m, long ms, void *arg)
+{
+    (void)m;
+    devsim_run_t *r = arg;
+    r->timer_at = ms < 0 ? -1 : s_now_ms() + (double)ms;
+    return 0;
+}
+
 devsim_run_t *devsim_run_new(const devsim_run_opts_t *o, devsim_dev_t **devs, int n)
 {
     devsim_run_t *r = calloc(1, sizeof *r);
     if (!r)
         return NULL;
+    r->epfd = -1;
     r->o = *o;
     if (r->o.concurrency < 1)
         r->o.concurrency = 1;
@@ -161,11 +211,18 @@ devsim_run_t *devsim_run_new(const devsim_run_opts_t *o, devsim_dev_t **devs, in
         r->o.max_commands = 1000;
     r->devs = devs;
     r->n = n;
+    r->timer_at = -1;
+    r->push_fd = -1;
+    r->epfd = epoll_create1(EPOLL_CLOEXEC);
     r->multi = curl_multi_init();
     r->nslots = r->o.concurrency;
     r->slots = calloc((size_t)r->nslots, sizeof *r->slots);
-    if (!r->multi || !r->slots)
+    if (!r->multi || !r->slots || r->epfd < 0)
         goto fail;
+    curl_multi_setopt(r->multi, CURLMOPT_SOCKETFUNCTION, s_sockcb);
+    curl_multi_setopt(r->multi, CURLMOPT_SOCKETDATA, r);
+    curl_multi_setopt(r->multi, CURLMOPT_TIMERFUNCTION, s_timercb);
+    curl_multi_setopt(r->multi, CURLMOPT_TIMERDATA, r);
     curl_multi_setopt(r->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, (long)r->nslots);
     curl_multi_setopt(r->multi, CURLMOPT_MAXCONNECTS, (long)r->nslots);
     snprintf(r->checkin_url, sizeof r->checkin_url, "%s%s", r->o.url, r->o.checkin_path);
@@ -211,6 +268,8 @@ void devsim_run_destroy(devsim_run_t **rp)
         free(r->phases[i].lat);
     if (r->multi)
         curl_multi_cleanup(r->multi);
+    if (r->epfd >= 0)
+        close(r->epfd);
     free(r);
     *rp = NULL;
 }
@@ -490,6 +549,50 @@ static void s_job_done(devsim_run_t *r, job_t *j)
     free(j);
 }
 
+//  Wait for the next event (a transfer socket, curl's timer, the push
+//  socket fd) and let curl act on it. The wait is bounded (100 ms with
+//  transfers, 1 s without) only so that SIGTERM and the idle limit are seen.
+static void s_wait(devsim_run_t *r, bool serve, int fd, int active, long idle_ms, double idle_since)
+{
+    int running = 0;
+    double now = s_now_ms();
+    if (r->timer_at >= 0 && r->timer_at <= now) { //  due: no wait
+        r->timer_at = -1;
+        curl_multi_socket_action(r->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        return;
+    }
+    if (!serve && active == 0)
+        return;
+    int tmo = active > 0 ? 100 : 1000;
+    if (serve && active == 0 && !r->head && idle_ms > 0) {
+        double rem = (double)idle_ms - (now - idle_since);
+        tmo = rem < 1 ? 1 : rem < tmo ? (int)rem : tmo;
+    }
+    if (r->timer_at >= 0 && r->timer_at - now < tmo)
+        tmo = (int)(r->timer_at - now) + 1;
+    if (serve && fd >= 0 && r->push_fd != fd) {
+        //  the push socket waits in the same epoll as the transfers: a
+        //  datagram wakes the loop at once
+        struct epoll_event ee = {.events = EPOLLIN, .data.fd = fd};
+        if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ee) == 0 || errno == EEXIST)
+            r->push_fd = fd;
+    }
+    struct epoll_event ev[64];
+    int n = epoll_wait(r->epfd, ev, 64, tmo);
+    for (int i = 0; i < n; i++) {
+        if (ev[i].data.fd == r->push_fd)
+            continue; //  on_ready reads it
+        int what = (ev[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
+                   (ev[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+                   (ev[i].events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
+        curl_multi_socket_action(r->multi, ev[i].data.fd, what, &running);
+    }
+    if (r->timer_at >= 0 && r->timer_at <= s_now_ms()) {
+        r->timer_at = -1;
+        curl_multi_socket_action(r->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    }
+}
+
 //  Run the job queue: until it is empty, or (serve) until interrupted or
 //  idle_ms without a job (0: no limit), calling on_ready after each wait on
 //  fd (the push socket, or -1). Returns the number of failed jobs.
@@ -528,8 +631,7 @@ static int s_loop(devsim_run_t *r, bool serve, int fd, void (*on_ready)(void *),
             pm_notice("interrupted: stopping with %d transfers in flight", active);
             break;
         }
-        int running = 0;
-        curl_multi_perform(r->multi, &running);
+        s_wait(r, serve, fd, active, idle_ms, idle_since);
         CURLMsg *m;
         int left;
         while ((m = curl_multi_info_read(r->multi, &left))) {
@@ -548,21 +650,8 @@ static int s_loop(devsim_run_t *r, bool serve, int fd, void (*on_ready)(void *),
                 active--;
             }
         }
-        if (serve) {
-            //  The push socket waits in the same poll as the transfers: a
-            //  datagram wakes the loop at once. The timeout only bounds how
-            //  late SIGTERM and the idle limit are noticed.
-            struct curl_waitfd wfd = {.fd = fd, .events = CURL_WAIT_POLLIN};
-            int tmo = active > 0 ? 100 : 1000;
-            if (active == 0 && !r->head && idle_ms > 0) {
-                double rem = (double)idle_ms - (s_now_ms() - idle_since);
-                tmo = rem < 1 ? 1 : rem < tmo ? (int)rem : tmo;
-            }
-            curl_multi_poll(r->multi, fd >= 0 ? &wfd : NULL, fd >= 0 ? 1 : 0, tmo, NULL);
-            if (on_ready)
-                on_ready(arg); //  reads without blocking: nothing waiting costs one recv
-        } else if (active > 0)
-            curl_multi_poll(r->multi, NULL, 0, 100, NULL);
+        if (serve && on_ready)
+            on_ready(arg); //  reads without blocking: nothing waiting costs one recv
     }
     return (int)(r->ph->failed - failed0);
 }
