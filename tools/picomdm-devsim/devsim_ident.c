@@ -121,6 +121,8 @@ out:
     return cert;
 }
 
+static int s_ident_prepare(devsim_ident_t *id, const EVP_MD *md);
+
 static devsim_ident_t *s_ident_wrap(X509 *cert, EVP_PKEY *key)
 {
     devsim_ident_t *id = calloc(1, sizeof *id);
@@ -137,6 +139,12 @@ static devsim_ident_t *s_ident_wrap(X509 *cert, EVP_PKEY *key)
         return NULL;
     }
     id->derlen = (size_t)n;
+    //  The signing context and IssuerAndSerialNumber for SHA-256 now, with
+    //  the key, rather than on the first request (a device has its key
+    //  ready); another digest makes its own when used. Failure is not fatal:
+    //  the first signature tries again.
+    if (s_ident_prepare(id, EVP_sha256()) < 0)
+        ERR_clear_error();
     return id;
 }
 
@@ -642,8 +650,9 @@ static int s_shape_parse(s_shape_t *sh, const unsigned char *der, size_t len)
 }
 
 //  The identity's IssuerAndSerialNumber and signing context (made once).
-static int s_ident_prepare(devsim_ident_t *id, const s_shape_t *sh)
+static int s_ident_prepare(devsim_ident_t *id, const EVP_MD *md)
 {
+    int md_nid = EVP_MD_get_type(md);
     if (!id->sid) {
         unsigned char *name = NULL, *serial = NULL;
         int nl = i2d_X509_NAME(X509_get_issuer_name(id->cert), &name);
@@ -663,16 +672,16 @@ static int s_ident_prepare(devsim_ident_t *id, const s_shape_t *sh)
         if (!id->sid)
             return -1;
     }
-    if (!id->pctx || id->pctx_md != sh->md_nid) {
+    if (!id->pctx || id->pctx_md != md_nid) {
         EVP_PKEY_CTX_free(id->pctx);
         id->pctx = EVP_PKEY_CTX_new_from_pkey(NULL, id->key, NULL);
         if (!id->pctx || EVP_PKEY_sign_init(id->pctx) != 1 ||
-            EVP_PKEY_CTX_set_signature_md(id->pctx, sh->md) != 1) {
+            EVP_PKEY_CTX_set_signature_md(id->pctx, md) != 1) {
             EVP_PKEY_CTX_free(id->pctx);
             id->pctx = NULL;
             return -1;
         }
-        id->pctx_md = sh->md_nid;
+        id->pctx_md = md_nid;
     }
     return 0;
 }
@@ -681,7 +690,7 @@ static int s_ident_prepare(devsim_ident_t *id, const s_shape_t *sh)
 static int s_sign_fast(devsim_ident_t *id, const s_shape_t *sh, const void *body, size_t len,
                        unsigned char **der, size_t *derlen)
 {
-    if (s_ident_prepare(id, sh) < 0)
+    if (s_ident_prepare(id, sh->md) < 0)
         return -1;
     unsigned char attrs[4096], hash[EVP_MAX_MD_SIZE], sig[1024];
     unsigned int hl = 0;
