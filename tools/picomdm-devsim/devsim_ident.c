@@ -18,20 +18,37 @@ struct devsim_ca {
     EVP_PKEY *key;
 };
 
+//  An identity's kept SignedData for one digest (see "the fast path" below):
+//  made on its first signature with that digest, a cache, not state
+//  (devsim_ident_sign takes a const identity). Everything is OpenSSL's;
+//  the pointers but cms, attrs, pctx and md are borrowed from cms / attrs.
+typedef struct {
+    int md_nid;                   //  the digest (EVP_MD_get_type); 0 = unused
+    bool bad;                     //  not usable: sign the OpenSSL way
+    EVP_MD *md;                   //  fetched once
+    CMS_ContentInfo *cms;         //  OpenSSL's SignedData, values renewed per request
+    CMS_SignerInfo *si;           //  its only SignerInfo
+    ASN1_OCTET_STRING *digest;    //  the messageDigest attribute's value
+    ASN1_UTCTIME *time;           //  the signingTime attribute's value
+    X509_ATTRIBUTE *md_attr;      //  those two attributes
+    X509_ATTRIBUTE *time_attr;    //
+    STACK_OF(ASN1_TYPE) * attrs;  //  each signed attribute's DER (as a SEQUENCE value)
+    ASN1_TYPE *md_der, *time_der; //  the two in attrs re-encoded per request
+    EVP_PKEY_CTX *pctx;           //  EVP_PKEY_sign with the key and md
+} s_kept_t;
+
+#define S_KEPT 2 //  digests kept per identity (SHA-256, SHA-1)
+
 struct devsim_ident {
     X509 *cert;
     EVP_PKEY *key;
     char cn[128];
     unsigned char *der;
     size_t derlen;
-    //  Made on the first signature (a cache, not state: devsim_ident_sign
-    //  takes a const identity): the signer's IssuerAndSerialNumber DER and
-    //  a signing context for the key, initialised once for md_nid.
-    unsigned char *sid;
-    size_t sidlen;
-    EVP_PKEY_CTX *pctx;
-    int pctx_md;
+    s_kept_t kept[S_KEPT];
 };
+
+static void s_kept_clear(s_kept_t *k);
 
 //  The last OpenSSL error, as text for err.
 static void s_sslerr(char *err, size_t errlen, const char *what)
@@ -121,8 +138,6 @@ out:
     return cert;
 }
 
-static int s_ident_prepare(devsim_ident_t *id, const EVP_MD *md);
-
 static devsim_ident_t *s_ident_wrap(X509 *cert, EVP_PKEY *key)
 {
     devsim_ident_t *id = calloc(1, sizeof *id);
@@ -139,12 +154,6 @@ static devsim_ident_t *s_ident_wrap(X509 *cert, EVP_PKEY *key)
         return NULL;
     }
     id->derlen = (size_t)n;
-    //  The signing context and IssuerAndSerialNumber for SHA-256 now, with
-    //  the key, rather than on the first request (a device has its key
-    //  ready); another digest makes its own when used. Failure is not fatal:
-    //  the first signature tries again.
-    if (s_ident_prepare(id, EVP_sha256()) < 0)
-        ERR_clear_error();
     return id;
 }
 
@@ -338,8 +347,8 @@ void devsim_ident_destroy(devsim_ident_t **idp)
     X509_free((*idp)->cert);
     EVP_PKEY_free((*idp)->key);
     OPENSSL_free((*idp)->der);
-    free((*idp)->sid);
-    EVP_PKEY_CTX_free((*idp)->pctx);
+    for (int i = 0; i < S_KEPT; i++)
+        s_kept_clear(&(*idp)->kept[i]);
     free(*idp);
     *idp = NULL;
 }
@@ -409,9 +418,10 @@ static int s_signing_time(CMS_SignerInfo *si)
 }
 
 //  One Mdm-Signature the OpenSSL way (CMS_sign, CMS_add1_signer, CMS_final):
-//  the reference the fast path below is built from and checked against.
-static int s_sign_openssl(const devsim_ident_t *id, const devsim_ident_t *extra, const EVP_MD *md,
-                          const void *body, size_t len, unsigned char **der, int *derlen)
+//  every signature when the kept one is not usable, and the kept one itself.
+//  *out is the caller's. 0 / -1.
+static int s_sign_openssl_cms(const devsim_ident_t *id, const devsim_ident_t *extra,
+                              const EVP_MD *md, const void *body, size_t len, CMS_ContentInfo **out)
 {
     int rc = -1;
     const unsigned int flags = CMS_DETACHED | CMS_BINARY | CMS_PARTIAL;
@@ -428,9 +438,9 @@ static int s_sign_openssl(const devsim_ident_t *id, const devsim_ident_t *extra,
         goto out;
     if (!CMS_final(cms, in, NULL, CMS_DETACHED | CMS_BINARY))
         goto out;
-    *der = NULL;
-    *derlen = i2d_CMS_ContentInfo(cms, der);
-    rc = *derlen > 0 ? 0 : -1;
+    *out = cms;
+    cms = NULL;
+    rc = 0;
 out:
     if (rc)
         ERR_clear_error();
@@ -450,47 +460,29 @@ static int s_b64(const unsigned char *der, size_t n, char **b64)
     return 0;
 }
 
-// ---- the fast path: the same SignedData, assembled from a template -------------
+// ---- the fast path: OpenSSL's SignedData kept, its values renewed ----------------
 //
 //  OpenSSL's CMS signing costs ~120 us per request here (building the
-//  SignedData object tree, S/MIME capabilities, re-encoding the certificate,
-//  fetching algorithms, a fresh signing context) around a ~25 us ECDSA
-//  signature, and the simulator shares the machine with the server it
-//  measures. Everything in the SignedData but the messageDigest and
-//  signingTime attributes and the signature itself is the same for every
-//  request of a given key type and digest, or of a given identity. So the
-//  first signature of a (key type, digest) is made by OpenSSL and cut into
-//  its parts (a "shape"), and the following ones are assembled from them:
-//  digest of the body, the signed attributes with that digest and the
-//  current time patched in, one EVP_PKEY_sign over their DER, the encoding
-//  around it. The result is byte for byte what OpenSSL would encode for the
-//  same attribute values (the attributes keep OpenSSL's DER order: their
-//  lengths never change). Each shape is checked once with CMS_verify before
-//  it is used; if that fails, or the template has something unexpected,
+//  SignedData object tree, S/MIME capabilities, algorithm fetches, a fresh
+//  signing context) around a ~25 us ECDSA signature, and the simulator
+//  shares the machine with the server it measures. Everything in the
+//  SignedData but the messageDigest and signingTime attribute values and the
+//  signature is the same for every request of an identity and digest. So
+//  the first signature of an (identity, digest) builds OpenSSL's SignedData
+//  (CMS_sign + CMS_add1_signer + CMS_final) and keeps the object; each
+//  request then, through OpenSSL's API only: digests the body into the kept
+//  messageDigest value (ASN1_OCTET_STRING_set), sets the kept signingTime
+//  (ASN1_UTCTIME_adj, now + the clock skew), encodes the signed attributes
+//  as the DER SET OF they are signed as (each i2d_X509_ATTRIBUTE, the set
+//  i2d_ASN1_SET_ANY, which sorts like DER; RFC 5652 5.4), signs its digest
+//  with the kept EVP_PKEY_sign context, puts the signature in the
+//  SignerInfo (ASN1_STRING_set) and encodes the whole (i2d_CMS_ContentInfo).
+//  CMS_SignerInfo_sign cannot be called twice on one SignerInfo in OpenSSL
+//  3.0 (its signing context dangles after the first), hence the signature
+//  by hand. The first such signature per (identity, digest) must pass
+//  CMS_verify before it is used; otherwise, and for two-signer forgeries,
 //  every signature goes the OpenSSL way.
 
-typedef struct {
-    int key_id, md_nid;    //  what it is for (EVP_PKEY_get_base_id, EVP_MD_get_type)
-    bool bad;              //  not usable: sign the OpenSSL way
-    EVP_MD *md;            //  fetched once
-    unsigned char *ci_oid; //  ContentInfo's contentType (signedData), DER
-    size_t ci_oidlen;
-    unsigned char *sd_pre; //  SignedData: version, digestAlgorithms, encapContentInfo
-    size_t sd_prelen;
-    unsigned char *si_ver; //  SignerInfo version
-    size_t si_verlen;
-    unsigned char *si_dalg; //  SignerInfo digestAlgorithm
-    size_t si_dalglen;
-    unsigned char *attrs; //  signed attributes, contents of the [0] (SET OF)
-    size_t attrslen;
-    size_t md_off, time_off; //  in attrs: the messageDigest octets, the UTCTime's 13 chars
-    unsigned char *sigalg;   //  signatureAlgorithm
-    size_t sigalglen;
-} s_shape_t;
-
-#define S_SHAPES 8
-static s_shape_t s_shapes[S_SHAPES];
-static int s_nshapes;
 static long s_fast_count, s_openssl_count;
 
 void devsim_ident_sign_counts(long *fast, long *openssl)
@@ -499,266 +491,8 @@ void devsim_ident_sign_counts(long *fast, long *openssl)
     *openssl = s_openssl_count;
 }
 
-//  One DER element at p (before e): single-byte tag, definite length.
-//  *hl = header length, *cl = content length. 0 / -1.
-static int s_tlv(const unsigned char *p, const unsigned char *e, int *tag, size_t *hl, size_t *cl)
-{
-    if (e - p < 2 || (p[0] & 0x1f) == 0x1f)
-        return -1;
-    *tag = p[0];
-    size_t n = p[1], h = 2;
-    if (n & 0x80) {
-        size_t k = n & 0x7f;
-        if (k == 0 || k > 4 || (size_t)(e - p) < 2 + k)
-            return -1;
-        n = 0;
-        for (size_t i = 0; i < k; i++)
-            n = (n << 8) | p[2 + i];
-        h += k;
-    }
-    if ((size_t)(e - p) - h < n)
-        return -1;
-    *hl = h;
-    *cl = n;
-    return 0;
-}
-
-static size_t s_hdr_len(size_t n)
-{
-    return n < 0x80 ? 2 : n < 0x100 ? 3 : n < 0x10000 ? 4 : 5;
-}
-
-//  Tag and DER length of n at p; returns the bytes written.
-static size_t s_put_hdr(unsigned char *p, int tag, size_t n)
-{
-    size_t h = s_hdr_len(n);
-    p[0] = (unsigned char)tag;
-    if (h == 2)
-        p[1] = (unsigned char)n;
-    else {
-        p[1] = (unsigned char)(0x80 | (h - 2));
-        for (size_t i = h - 1; i >= 2; i--, n >>= 8)
-            p[i] = (unsigned char)(n & 0xff);
-    }
-    return h;
-}
-
-static unsigned char *s_dup(const unsigned char *p, size_t n)
-{
-    unsigned char *d = malloc(n ? n : 1);
-    if (d)
-        memcpy(d, p, n);
-    return d;
-}
-
-//  Position of the value of the attribute with this OID in attrs (after the
-//  OID, its SET, and the value's tag and length), requiring value tag `tag`
-//  and length `vlen`. 0 if absent or different.
-static size_t s_attr_value(const unsigned char *attrs, size_t len, const unsigned char *oid,
-                           size_t oidlen, int tag, size_t vlen)
-{
-    for (size_t i = 0; i + oidlen + 4 + vlen <= len; i++) {
-        if (memcmp(attrs + i, oid, oidlen) != 0)
-            continue;
-        const unsigned char *v = attrs + i + oidlen;
-        if (v[0] == 0x31 && (size_t)v[1] == vlen + 2 && v[2] == tag && (size_t)v[3] == vlen)
-            return i + oidlen + 4;
-        return 0;
-    }
-    return 0;
-}
-
-//  Cut OpenSSL's SignedData (der) into the shape's parts. 0 / -1.
-static int s_shape_parse(s_shape_t *sh, const unsigned char *der, size_t len)
-{
-    static const unsigned char oid_md[] = {0x06, 0x09, 0x2a, 0x86, 0x48, 0x86,
-                                           0xf7, 0x0d, 0x01, 0x09, 0x04};
-    static const unsigned char oid_time[] = {0x06, 0x09, 0x2a, 0x86, 0x48, 0x86,
-                                             0xf7, 0x0d, 0x01, 0x09, 0x05};
-    const unsigned char *p = der, *e = der + len, *x;
-    int tag;
-    size_t hl, cl;
-    //  ContentInfo SEQUENCE { contentType OID, [0] { SignedData SEQUENCE { ... } } }
-    if (s_tlv(p, e, &tag, &hl, &cl) || tag != 0x30 || hl + cl != len)
-        return -1;
-    p += hl;
-    if (s_tlv(p, e, &tag, &hl, &cl) || tag != 0x06)
-        return -1;
-    sh->ci_oid = s_dup(p, hl + cl);
-    sh->ci_oidlen = hl + cl;
-    p += hl + cl;
-    if (s_tlv(p, e, &tag, &hl, &cl) || tag != 0xa0)
-        return -1;
-    p += hl;
-    if (s_tlv(p, e, &tag, &hl, &cl) || tag != 0x30)
-        return -1;
-    p += hl;
-    e = p + cl;
-    //  version INTEGER, digestAlgorithms SET, encapContentInfo SEQUENCE
-    x = p;
-    for (int i = 0; i < 3; i++) {
-        static const int want[3] = {0x02, 0x31, 0x30};
-        if (s_tlv(p, e, &tag, &hl, &cl) || tag != want[i])
-            return -1;
-        p += hl + cl;
-    }
-    sh->sd_pre = s_dup(x, (size_t)(p - x));
-    sh->sd_prelen = (size_t)(p - x);
-    //  certificates [0] (the signer's only), no crls, then signerInfos SET of one
-    if (s_tlv(p, e, &tag, &hl, &cl) || tag != 0xa0)
-        return -1;
-    p += hl + cl;
-    if (s_tlv(p, e, &tag, &hl, &cl) || tag != 0x31 || p + hl + cl != e)
-        return -1;
-    p += hl;
-    if (s_tlv(p, e, &tag, &hl, &cl) || tag != 0x30 || p + hl + cl != e)
-        return -1;
-    p += hl;
-    //  SignerInfo: version, sid (IssuerAndSerialNumber), digestAlgorithm,
-    //  signedAttrs [0], signatureAlgorithm, signature OCTET STRING, nothing else
-    if (s_tlv(p, e, &tag, &hl, &cl) || tag != 0x02)
-        return -1;
-    sh->si_ver = s_dup(p, hl + cl);
-    sh->si_verlen = hl + cl;
-    p += hl + cl;
-    if (s_tlv(p, e, &tag, &hl, &cl) || tag != 0x30)
-        return -1;
-    p += hl + cl;
-    if (s_tlv(p, e, &tag, &hl, &cl) || tag != 0x30)
-        return -1;
-    sh->si_dalg = s_dup(p, hl + cl);
-    sh->si_dalglen = hl + cl;
-    p += hl + cl;
-    if (s_tlv(p, e, &tag, &hl, &cl) || tag != 0xa0)
-        return -1;
-    sh->attrs = s_dup(p + hl, cl);
-    sh->attrslen = cl;
-    p += hl + cl;
-    if (s_tlv(p, e, &tag, &hl, &cl) || tag != 0x30)
-        return -1;
-    sh->sigalg = s_dup(p, hl + cl);
-    sh->sigalglen = hl + cl;
-    p += hl + cl;
-    if (s_tlv(p, e, &tag, &hl, &cl) || tag != 0x04 || p + hl + cl != e)
-        return -1;
-    if (!sh->ci_oid || !sh->sd_pre || !sh->si_ver || !sh->si_dalg || !sh->attrs || !sh->sigalg)
-        return -1;
-    sh->md_off = s_attr_value(sh->attrs, sh->attrslen, oid_md, sizeof oid_md, 0x04,
-                              (size_t)EVP_MD_get_size(sh->md));
-    sh->time_off = s_attr_value(sh->attrs, sh->attrslen, oid_time, sizeof oid_time, 0x17, 13);
-    return sh->md_off && sh->time_off ? 0 : -1; //  (a GeneralizedTime, from 2050: not here)
-}
-
-//  The identity's IssuerAndSerialNumber and signing context (made once).
-static int s_ident_prepare(devsim_ident_t *id, const EVP_MD *md)
-{
-    int md_nid = EVP_MD_get_type(md);
-    if (!id->sid) {
-        unsigned char *name = NULL, *serial = NULL;
-        int nl = i2d_X509_NAME(X509_get_issuer_name(id->cert), &name);
-        int sl = i2d_ASN1_INTEGER(X509_get0_serialNumber(id->cert), &serial);
-        if (nl > 0 && sl > 0) {
-            size_t c = (size_t)nl + (size_t)sl;
-            id->sid = malloc(s_hdr_len(c) + c);
-            if (id->sid) {
-                size_t h = s_put_hdr(id->sid, 0x30, c);
-                memcpy(id->sid + h, name, (size_t)nl);
-                memcpy(id->sid + h + nl, serial, (size_t)sl);
-                id->sidlen = h + c;
-            }
-        }
-        OPENSSL_free(name);
-        OPENSSL_free(serial);
-        if (!id->sid)
-            return -1;
-    }
-    if (!id->pctx || id->pctx_md != md_nid) {
-        EVP_PKEY_CTX_free(id->pctx);
-        id->pctx = EVP_PKEY_CTX_new_from_pkey(NULL, id->key, NULL);
-        if (!id->pctx || EVP_PKEY_sign_init(id->pctx) != 1 ||
-            EVP_PKEY_CTX_set_signature_md(id->pctx, md) != 1) {
-            EVP_PKEY_CTX_free(id->pctx);
-            id->pctx = NULL;
-            return -1;
-        }
-        id->pctx_md = md_nid;
-    }
-    return 0;
-}
-
-//  The SignedData for body, assembled from the shape. *der malloc'd. 0 / -1.
-static int s_sign_fast(devsim_ident_t *id, const s_shape_t *sh, const void *body, size_t len,
-                       unsigned char **der, size_t *derlen)
-{
-    if (s_ident_prepare(id, sh->md) < 0)
-        return -1;
-    unsigned char attrs[4096], hash[EVP_MAX_MD_SIZE], sig[1024];
-    unsigned int hl = 0;
-    size_t siglen = sizeof sig;
-    if (sh->attrslen + 8 > sizeof attrs)
-        return -1;
-    //  the attributes as signed: tagged SET OF (RFC 5652 5.4), digest and time in place
-    size_t ah = s_put_hdr(attrs, 0x31, sh->attrslen);
-    unsigned char *a = attrs + ah;
-    memcpy(a, sh->attrs, sh->attrslen);
-    if (EVP_Digest(body, len, a + sh->md_off, &hl, sh->md, NULL) != 1)
-        return -1;
-    time_t now = time(NULL) + s_clock_skew_s;
-    struct tm tm;
-    char t[64];
-    if (!gmtime_r(&now, &tm) || tm.tm_year < 50 || tm.tm_year >= 150)
-        return -1; //  UTCTime covers 1950-2049
-    snprintf(t, sizeof t, "%02d%02d%02d%02d%02d%02dZ", tm.tm_year % 100, tm.tm_mon + 1, tm.tm_mday,
-             tm.tm_hour, tm.tm_min, tm.tm_sec);
-    memcpy(a + sh->time_off, t, 13);
-    if (EVP_Digest(attrs, ah + sh->attrslen, hash, &hl, sh->md, NULL) != 1 ||
-        EVP_PKEY_sign(id->pctx, sig, &siglen, hash, hl) != 1)
-        return -1;
-    //  lengths, inside out
-    size_t attrs_el = s_hdr_len(sh->attrslen) + sh->attrslen;
-    size_t sig_el = s_hdr_len(siglen) + siglen;
-    size_t si_c = sh->si_verlen + id->sidlen + sh->si_dalglen + attrs_el + sh->sigalglen + sig_el;
-    size_t si_el = s_hdr_len(si_c) + si_c;
-    size_t sis_el = s_hdr_len(si_el) + si_el;
-    size_t certs_el = s_hdr_len(id->derlen) + id->derlen;
-    size_t sd_c = sh->sd_prelen + certs_el + sis_el;
-    size_t sd_el = s_hdr_len(sd_c) + sd_c;
-    size_t x_el = s_hdr_len(sd_el) + sd_el;
-    size_t ci_c = sh->ci_oidlen + x_el;
-    size_t total = s_hdr_len(ci_c) + ci_c;
-    unsigned char *out = malloc(total), *p = out;
-    if (!out)
-        return -1;
-#define PUT(src, n) (memcpy(p, (src), (n)), p += (n))
-    p += s_put_hdr(p, 0x30, ci_c);
-    PUT(sh->ci_oid, sh->ci_oidlen);
-    p += s_put_hdr(p, 0xa0, sd_el);
-    p += s_put_hdr(p, 0x30, sd_c);
-    PUT(sh->sd_pre, sh->sd_prelen);
-    p += s_put_hdr(p, 0xa0, id->derlen);
-    PUT(id->der, id->derlen);
-    p += s_put_hdr(p, 0x31, si_el);
-    p += s_put_hdr(p, 0x30, si_c);
-    PUT(sh->si_ver, sh->si_verlen);
-    PUT(id->sid, id->sidlen);
-    PUT(sh->si_dalg, sh->si_dalglen);
-    p += s_put_hdr(p, 0xa0, sh->attrslen);
-    PUT(a, sh->attrslen);
-    PUT(sh->sigalg, sh->sigalglen);
-    p += s_put_hdr(p, 0x04, siglen);
-    PUT(sig, siglen);
-#undef PUT
-    if ((size_t)(p - out) != total) {
-        free(out);
-        return -1;
-    }
-    *der = out;
-    *derlen = total;
-    return 0;
-}
-
 //  Does this SignedData verify over body with id's certificate (chain not
-//  checked: the shape's own check)?
+//  checked: the kept SignedData's own check)?
 static bool s_selfcheck(const devsim_ident_t *id, const unsigned char *der, size_t derlen,
                         const void *body, size_t len)
 {
@@ -780,76 +514,172 @@ static bool s_selfcheck(const devsim_ident_t *id, const unsigned char *der, size
     return ok;
 }
 
-static void s_shape_clear(s_shape_t *sh)
+static void s_kept_clear(s_kept_t *k)
 {
-    EVP_MD_free(sh->md);
-    free(sh->ci_oid);
-    free(sh->sd_pre);
-    free(sh->si_ver);
-    free(sh->si_dalg);
-    free(sh->attrs);
-    free(sh->sigalg);
-    int k = sh->key_id, m = sh->md_nid;
-    memset(sh, 0, sizeof *sh);
-    sh->key_id = k;
-    sh->md_nid = m;
+    CMS_ContentInfo_free(k->cms);
+    sk_ASN1_TYPE_pop_free(k->attrs, ASN1_TYPE_free);
+    EVP_PKEY_CTX_free(k->pctx);
+    EVP_MD_free(k->md);
+    int nid = k->md_nid;
+    memset(k, 0, sizeof *k);
+    k->md_nid = nid;
+}
+
+//  The value of the signed attribute nid, if it has exactly one, of ASN.1
+//  type `type`; *attr = the attribute. NULL otherwise.
+static ASN1_STRING *s_attr_value(CMS_SignerInfo *si, int nid, int type, X509_ATTRIBUTE **attr)
+{
+    int ix = CMS_signed_get_attr_by_NID(si, nid, -1);
+    X509_ATTRIBUTE *a = ix >= 0 ? CMS_signed_get_attr(si, ix) : NULL;
+    if (!a || X509_ATTRIBUTE_count(a) != 1 || CMS_signed_get_attr_by_NID(si, nid, ix) >= 0)
+        return NULL;
+    ASN1_TYPE *t = X509_ATTRIBUTE_get0_type(a, 0);
+    if (!t || t->type != type)
+        return NULL;
+    *attr = a;
+    return t->value.asn1_string;
+}
+
+//  The attribute's DER as the value of t (a SEQUENCE: ASN1_TYPE keeps it
+//  whole). 0 / -1.
+static int s_attr_der(X509_ATTRIBUTE *a, ASN1_TYPE *t)
+{
+    unsigned char *der = NULL;
+    int n = i2d_X509_ATTRIBUTE(a, &der);
+    ASN1_STRING *s = n > 0 ? ASN1_STRING_type_new(V_ASN1_SEQUENCE) : NULL;
+    if (!s) {
+        OPENSSL_free(der);
+        return -1;
+    }
+    ASN1_STRING_set0(s, der, n);
+    ASN1_TYPE_set(t, V_ASN1_SEQUENCE, s);
+    return 0;
+}
+
+static int s_sign_openssl_cms(const devsim_ident_t *id, const devsim_ident_t *extra,
+                              const EVP_MD *md, const void *body, size_t len,
+                              CMS_ContentInfo **out);
+
+//  Make k's SignedData (OpenSSL's, over body) and what each request needs
+//  from it. 0 / -1 (k then partly filled: s_kept_clear).
+static int s_kept_make(const devsim_ident_t *id, s_kept_t *k, const EVP_MD *md, const void *body,
+                       size_t len)
+{
+    k->md = EVP_MD_fetch(NULL, EVP_MD_get0_name(md), NULL);
+    if (!k->md || s_sign_openssl_cms(id, NULL, md, body, len, &k->cms) < 0)
+        return -1;
+    STACK_OF(CMS_SignerInfo) *sis = CMS_get0_SignerInfos(k->cms);
+    k->si = sk_CMS_SignerInfo_num(sis) == 1 ? sk_CMS_SignerInfo_value(sis, 0) : NULL;
+    if (!k->si)
+        return -1;
+    X509_ATTRIBUTE *ma = NULL, *ta = NULL;
+    k->digest = s_attr_value(k->si, NID_pkcs9_messageDigest, V_ASN1_OCTET_STRING, &ma);
+    k->time = s_attr_value(k->si, NID_pkcs9_signingTime, V_ASN1_UTCTIME, &ta); //  to 2049
+    int n = CMS_signed_get_attr_count(k->si);
+    k->attrs = sk_ASN1_TYPE_new_null();
+    if (!k->digest || !k->time || n < 2 || !k->attrs)
+        return -1;
+    k->md_attr = ma;
+    k->time_attr = ta;
+    for (int i = 0; i < n; i++) {
+        X509_ATTRIBUTE *a = CMS_signed_get_attr(k->si, i);
+        ASN1_TYPE *t = ASN1_TYPE_new();
+        if (!t || !sk_ASN1_TYPE_push(k->attrs, t)) {
+            ASN1_TYPE_free(t);
+            return -1;
+        }
+        if (!a || s_attr_der(a, t) < 0)
+            return -1;
+        if (a == ma)
+            k->md_der = t;
+        else if (a == ta)
+            k->time_der = t;
+    }
+    k->pctx = EVP_PKEY_CTX_new_from_pkey(NULL, id->key, NULL);
+    if (!k->md_der || !k->time_der || !k->pctx || EVP_PKEY_sign_init(k->pctx) != 1 ||
+        EVP_PKEY_CTX_set_signature_md(k->pctx, k->md) != 1)
+        return -1;
+    return 0;
+}
+
+//  The SignedData for body from k's kept one. *der OPENSSL_malloc'd. 0 / -1.
+static int s_sign_kept(const devsim_ident_t *id, s_kept_t *k, const void *body, size_t len,
+                       unsigned char **der, int *derlen)
+{
+    unsigned char hash[EVP_MAX_MD_SIZE], sig[1024], *set = NULL;
+    unsigned int hl = 0;
+    size_t siglen = sizeof sig;
+    int rc = -1;
+    if ((size_t)EVP_PKEY_get_size(id->key) > sizeof sig)
+        return -1;
+    //  the new values, then the signed attributes' DER (a SET OF, sorted) with them
+    if (EVP_Digest(body, len, hash, &hl, k->md, NULL) != 1 ||
+        ASN1_OCTET_STRING_set(k->digest, hash, (int)hl) != 1 ||
+        !ASN1_UTCTIME_adj(k->time, time(NULL), 0, s_clock_skew_s) ||
+        s_attr_der(k->md_attr, k->md_der) < 0 || s_attr_der(k->time_attr, k->time_der) < 0)
+        goto out;
+    int sl = i2d_ASN1_SET_ANY(k->attrs, &set);
+    if (sl <= 0 || EVP_Digest(set, (size_t)sl, hash, &hl, k->md, NULL) != 1 ||
+        EVP_PKEY_sign(k->pctx, sig, &siglen, hash, hl) != 1 ||
+        ASN1_STRING_set(CMS_SignerInfo_get0_signature(k->si), sig, (int)siglen) != 1)
+        goto out;
+    *der = NULL;
+    *derlen = i2d_CMS_ContentInfo(k->cms, der);
+    rc = *derlen > 0 ? 0 : -1;
+out:
+    OPENSSL_free(set);
+    return rc;
 }
 
 int devsim_ident_sign(const devsim_ident_t *cid, const devsim_ident_t *extra, const EVP_MD *md,
                       const void *body, size_t len, char **b64)
 {
-    devsim_ident_t *id = (devsim_ident_t *)cid; //  its sid/pctx are a cache
+    devsim_ident_t *id = (devsim_ident_t *)cid; //  its kept SignedData is a cache
     unsigned char *der = NULL;
-    size_t derlen = 0;
-    int rc = -1;
-    s_shape_t *sh = NULL;
-    int key_id = EVP_PKEY_get_base_id(id->key), md_nid = EVP_MD_get_type(md);
+    int dl = 0, rc = -1, md_nid = EVP_MD_get_type(md);
+    s_kept_t *k = NULL;
     if (!extra) { //  two signers (a negative test) always go the OpenSSL way
-        for (int i = 0; i < s_nshapes && !sh; i++)
-            if (s_shapes[i].key_id == key_id && s_shapes[i].md_nid == md_nid)
-                sh = &s_shapes[i];
-        if (!sh && s_nshapes < S_SHAPES) {
-            sh = &s_shapes[s_nshapes++];
-            memset(sh, 0, sizeof *sh);
-            sh->key_id = key_id;
-            sh->md_nid = md_nid;
-            sh->bad = true; //  until made and checked below
-            int dl = 0;
-            sh->md = EVP_MD_fetch(NULL, EVP_MD_get0_name(md), NULL);
-            if (sh->md && s_sign_openssl(id, NULL, md, body, len, &der, &dl) == 0) {
-                //  the OpenSSL signature answers this request; a fast one over
-                //  the same body must verify before the shape is used
-                unsigned char *fd = NULL;
-                size_t fl = 0;
-                if (s_shape_parse(sh, der, (size_t)dl) == 0 &&
-                    s_sign_fast(id, sh, body, len, &fd, &fl) == 0)
-                    sh->bad = !s_selfcheck(id, fd, fl, body, len);
-                free(fd);
-                rc = s_b64(der, (size_t)dl, b64);
-                s_openssl_count++;
+        for (int i = 0; i < S_KEPT && !k; i++)
+            if (id->kept[i].md_nid == md_nid)
+                k = &id->kept[i];
+        for (int i = 0; i < S_KEPT && !k; i++)
+            if (id->kept[i].md_nid == 0) {
+                k = &id->kept[i];
+                k->md_nid = md_nid;
+                //  made now; its first signature must verify before it is used
+                if (s_kept_make(id, k, md, body, len) < 0 ||
+                    s_sign_kept(id, k, body, len, &der, &dl) < 0 ||
+                    !s_selfcheck(id, der, (size_t)dl, body, len)) {
+                    s_kept_clear(k);
+                    k->bad = true;
+                    OPENSSL_free(der);
+                    der = NULL;
+                    ERR_clear_error();
+                } else
+                    goto fast;
             }
-            if (sh->bad) {
-                s_shape_clear(sh);
-                sh->bad = true;
-            }
-            ERR_clear_error();
-            OPENSSL_free(der);
-            return rc;
+    }
+    if (k && k->cms && !k->bad && s_sign_kept(id, k, body, len, &der, &dl) == 0)
+        goto fast;
+    OPENSSL_free(der);
+    der = NULL;
+    ERR_clear_error();
+    CMS_ContentInfo *cms = NULL;
+    if (s_sign_openssl_cms(id, extra, md, body, len, &cms) == 0) {
+        dl = i2d_CMS_ContentInfo(cms, &der);
+        if (dl > 0) {
+            s_openssl_count++;
+            rc = s_b64(der, (size_t)dl, b64);
         }
     }
-    if (sh && !sh->bad && s_sign_fast(id, sh, body, len, &der, &derlen) == 0) {
-        s_fast_count++;
-        rc = s_b64(der, derlen, b64);
-        free(der);
-        return rc;
-    }
-    int dl = 0;
-    ERR_clear_error();
-    if (s_sign_openssl(id, extra, md, body, len, &der, &dl) < 0)
-        goto out;
-    s_openssl_count++;
+    CMS_ContentInfo_free(cms);
+    goto out;
+fast:
+    s_fast_count++;
     rc = s_b64(der, (size_t)dl, b64);
 out:
+    if (rc)
+        ERR_clear_error();
     OPENSSL_free(der);
     return rc;
 }
