@@ -154,6 +154,18 @@ static devsim_ident_t *s_ident_wrap(X509 *cert, EVP_PKEY *key)
         return NULL;
     }
     id->derlen = (size_t)n;
+    //  The certificate as decoded from that DER: OpenSSL keeps a decoded
+    //  certificate's tbsCertificate encoding and reuses it when it encodes
+    //  the certificate again (every Mdm-Signature carries it); one built
+    //  here (X509_sign) would be re-encoded field by field each time.
+    const unsigned char *p = id->der;
+    X509 *dec = d2i_X509(NULL, &p, n);
+    if (dec && p == id->der + n) {
+        X509_free(id->cert);
+        id->cert = dec;
+    } else
+        X509_free(dec);
+    ERR_clear_error();
     return id;
 }
 
