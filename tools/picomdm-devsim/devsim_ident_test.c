@@ -126,8 +126,8 @@ static void test_clock_skew(void **state)
     devsim_ca_destroy(&ca);
 }
 
-//  The fast path (signatures assembled from a template after the first per
-//  key type and digest): every one verifies against the CA, is canonical DER
+//  The fast path (signatures renewed in an identity's kept SignedData,
+//  through OpenSSL's API): every one verifies against the CA, is canonical DER
 //  (OpenSSL decodes and re-encodes it to the same bytes), carries this
 //  identity's certificate, a signingTime of now, the body's messageDigest
 //  (a tampered body fails), and each is a fresh signature. Many signatures,
