@@ -412,9 +412,9 @@ static void s_send(gw_req_t *r)
     int total = self->cfg.backend_timeout_ms;
     //  one retry with the same rid (the worker side answers it from its cache)
     int per_try = total / 2 > 100 ? total / 2 : 100;
-    int rc = self->bus ? pm_bus_call_async(self->bus, r->out_service, r->out, per_try, 1,
-                                           s_on_reply, r)
-                       : -1;
+    int rc = self->bus
+                 ? pm_bus_call_async(self->bus, r->out_service, r->out, per_try, 1, s_on_reply, r)
+                 : -1;
     pm_msg_destroy(&r->out);
     if (rc < 0) {
         r->p.bus_pending = false;
