@@ -263,11 +263,18 @@ static void s_on_bus_defer(evutil_socket_t fd, short what, void *arg)
     s_bus_process(self);
 }
 
+//  A bus fd readable (or the bus timer): processed with everything else of
+//  this loop iteration by the one deferred pm_bus_process (s_on_bus_defer),
+//  not here as well: each pm_bus_process costs a receive attempt and a
+//  ZMQ_EVENTS query per socket, a getpid and a poll inside libzmq each, and
+//  replies arriving in an iteration that also sends requests needed two.
+//  (The fd stays readable until libzmq has read its mailbox: nothing is lost
+//  by waiting for the end of the iteration.)
 static void s_on_bus_fd(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    s_bus_process(arg);
+    s_bus_kick(arg);
 }
 
 /* ---- back end replies ---- */
