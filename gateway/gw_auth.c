@@ -66,7 +66,7 @@ struct gw_auth {
 };
 
 //  What a request needs to know about an identity certificate besides the
-//  X509 itself (its SHA-256, names, the certificate it renews, notAfter):
+//  X509 itself (its SHA-256, names, the certificate it renews):
 //  worked out once, when the certificate is decoded into the cache, and
 //  attached to that X509 (ex_data), so it lives exactly as long as the object
 //  (an entry evicted while a request still holds the X509 stays valid).
@@ -416,10 +416,11 @@ static X509 *s_cert_get(gw_auth_t *self, const uint8_t *der, size_t len)
 
 #define S_OID_MAX 32
 
-//  The OID content of digestAlgorithms (SET[content..end)) when it holds
-//  exactly one AlgorithmIdentifier; else *len = 0.
 static bool s_tlv(const unsigned char **p, const unsigned char *end, long *len, int *tag, int *cls,
                   bool *constructed);
+
+//  The OID content of digestAlgorithms (SET[content..end)) when it holds
+//  exactly one AlgorithmIdentifier; else *len = 0.
 static void s_one_dalg(const unsigned char *p, const unsigned char *end, uint8_t oid[S_OID_MAX],
                        size_t *len)
 {
@@ -777,7 +778,6 @@ out:
     return rc;
 }
 
-//  Base64 (with or without line breaks) -> bytes. NULL if not base64.
 //  Is in[0..len) base64 in one piece: only the 64 letters, a multiple of 4,
 //  '=' only as the last one or two characters? (What devices send.)
 static bool s_b64_plain(const char *in, size_t len, size_t *pad)
@@ -796,6 +796,7 @@ static bool s_b64_plain(const char *in, size_t len, size_t *pad)
     return true;
 }
 
+//  Base64 (with or without line breaks) -> bytes. NULL if not base64.
 static uint8_t *s_unbase64(const char *in, size_t inlen, size_t *outlen)
 {
     uint8_t *out = malloc(inlen / 4 * 3 + 4);
