@@ -272,7 +272,7 @@ static void s_on_use(void *arg, const pm_msg_t *reply, const char *error)
         pm_warn("scep: transaction %s: the store did not check the challenge (%s); answering 503 "
                 "so the device retries (is picomdm-store running?)",
                 w->r.txid,
-                error ? error
+                error                                         ? error
                 : reply && pm_msg_type(reply) == PM_MSG_ERROR ? pm_msg_str(reply, "message")
                                                               : "unexpected reply");
     }
@@ -385,15 +385,15 @@ static void s_on_add(void *arg, const pm_msg_t *reply, const char *error)
     if (reply && pm_msg_type(reply) == PM_MSG_OK) {
         rep = s_profile_answer(w->svc, w->stub, w->der, w->len, w->uuid, w->who, &ev);
     } else {
-        const char *code = reply && pm_msg_type(reply) == PM_MSG_ERROR ? pm_msg_str(reply, "code")
-                                                                       : NULL;
+        const char *code =
+            reply && pm_msg_type(reply) == PM_MSG_ERROR ? pm_msg_str(reply, "code") : NULL;
         const char *why = error ? error
                           : reply && pm_msg_type(reply) == PM_MSG_ERROR
                               ? pm_msg_str(reply, "message")
                               : "unexpected reply";
         //  the gateway answers 503 for these: the download can simply be retried
-        bool transient = !code || strcmp(code, "timeout") == 0 ||
-                         strcmp(code, "no_service") == 0 || strcmp(code, "worker_lost") == 0;
+        bool transient = !code || strcmp(code, "timeout") == 0 || strcmp(code, "no_service") == 0 ||
+                         strcmp(code, "worker_lost") == 0;
         pm_warn("profile: the store did not record its one-time challenge (%s); not handed out",
                 why ? why : "?");
         rep = pm_msg_new_error(w->stub, transient ? (code ? code : "timeout") : "internal",

@@ -249,8 +249,8 @@ static int s_store_call(void *arg, const pm_msg_t *req, pm_bus_reply_fn *fn, voi
     s_ctx_t *c = arg;
     if (!c->bus)
         return -1;
-    return pm_bus_call_async(c->bus, pm_msgdef(pm_msg_type(req))->service, req,
-                             c->store_timeout_ms, 1, fn, fn_arg);
+    return pm_bus_call_async(c->bus, pm_msgdef(pm_msg_type(req))->service, req, c->store_timeout_ms,
+                             1, fn, fn_arg);
 }
 
 static const char *s_endpoint(const pm_cfg_t *cfg, const char *opt, const char *name, char *buf,
