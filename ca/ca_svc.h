@@ -54,6 +54,9 @@ typedef struct ca_svc ca_svc_t;
 
 //  Load/make the keys, set up SCEP and the challenge policy. NULL + err.
 ca_svc_t *ca_svc_new(const ca_svc_opts_t *opts, char *err, size_t errlen);
+//  Requests still waiting are answered first (ca_svc_abandon): call it while
+//  their `done` callbacks can still run, and after the bus (no store reply
+//  may arrive later).
 void ca_svc_destroy(ca_svc_t **svc);
 
 ca_pki_t *ca_svc_pki(ca_svc_t *svc); //  borrowed
