@@ -384,6 +384,8 @@ static void s_on_add(void *arg, const pm_msg_t *reply, const char *error)
     pm_msg_t *rep = NULL, *ev = NULL;
     if (reply && pm_msg_type(reply) == PM_MSG_OK) {
         rep = s_profile_answer(w->svc, w->stub, w->der, w->len, w->uuid, w->who, &ev);
+        //  the store has logged (and publishes) ca.profile with the challenge
+        pm_msg_destroy(&ev);
     } else {
         const char *code =
             reply && pm_msg_type(reply) == PM_MSG_ERROR ? pm_msg_str(reply, "code") : NULL;
@@ -436,8 +438,13 @@ static void s_profile(ca_svc_t *s, const pm_msg_t *req, ca_svc_done_fn *done, vo
     s_wait_t *w = s_wait_new(s, req, done, arg);
     pm_msg_t *add = pm_msg_new(PM_MSG_SCEP_CHALLENGE_ADD);
     bool queued = false;
-    if (w && add && pm_msg_set_str(add, "hash", hash) == 0 &&
-        pm_msg_set_uint(add, "expires_ms", (uint64_t)expires_ms) == 0) {
+    //  the ca.profile event travels with it (one store round trip, not two)
+    const char *kv[] = {"identity_uuid", uuid, "for", who};
+    pm_msg_t *ev = s_event("ca.profile", kv, 4);
+    if (w && add && ev && pm_msg_set_str(add, "hash", hash) == 0 &&
+        pm_msg_set_uint(add, "expires_ms", (uint64_t)expires_ms) == 0 &&
+        pm_msg_set_str(add, "event", "ca.profile") == 0 &&
+        pm_msg_set_obj(add, "event_data", pm_msg_obj(ev, "data")) == 0) {
         w->der = der;
         w->len = len;
         der = NULL;
@@ -447,6 +454,7 @@ static void s_profile(ca_svc_t *s, const pm_msg_t *req, ca_svc_done_fn *done, vo
             s_on_add(w, NULL, "cannot send scep_challenge.add to the store");
     }
     pm_msg_destroy(&add);
+    pm_msg_destroy(&ev);
     if (der) {
         OPENSSL_cleanse(der, len);
         OPENSSL_free(der);

@@ -4,6 +4,7 @@
 #include "store_chal.h"
 #include "pm_log.h"
 
+#include <msgpack.h>
 #include <sqlite3.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -136,7 +137,26 @@ static store_rc_t s_add(sqlite3 *sql, store_db_t *db, const pm_msg_t *req, pm_ms
     sqlite3_finalize(st);
     if (r != SQLITE_DONE)
         return s_db_error(sql, req, reply, "scep_challenge.add");
-    s_state.live += sqlite3_changes(sql);
+    bool added = sqlite3_changes(sql) == 1;
+    s_state.live += added;
+    //  the ca's ca.profile event, logged with the challenge (a retried add: once)
+    const char *ev = pm_msg_str(req, "event");
+    if (ev && *ev && added) {
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        const msgpack_object *o = pm_msg_obj(req, "event_data");
+        if (o) {
+            msgpack_packer pk;
+            msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+            msgpack_pack_object(&pk, *o);
+        }
+        uint64_t seq = 0;
+        store_rc_t erc =
+            store_db_event_append(db, ev, NULL, "ca", (const uint8_t *)sb.data, sb.size, now, &seq);
+        msgpack_sbuffer_destroy(&sb);
+        if (erc != STORE_OK)
+            return s_db_error(sql, req, reply, "scep_challenge.add (its event)");
+    }
     *reply = pm_msg_new_reply(req, PM_MSG_OK);
     return STORE_OK;
 }

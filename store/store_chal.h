@@ -15,6 +15,10 @@
  *  Only hashes are kept, never a challenge: a row is looked up by the hash
  *  (the primary key), so no secret is ever compared byte by byte.
  *
+ *  scep_challenge.add may carry the ca's `ca.profile` event: it is appended to
+ *  the event log in the same transaction (and published after the commit, as
+ *  every event), saving the ca a separate event.append round trip.
+ *
  *  Expired rows are pruned while challenges are added (at most once a minute,
  *  a bounded batch at a time), and at most STORE_CHAL_MAX live rows are kept
  *  (a flood of profile downloads cannot fill the disk: add is refused with

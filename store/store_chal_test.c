@@ -13,6 +13,7 @@
 #include "store_chal.h"
 #include "store_svc.h"
 
+#include <msgpack.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -232,6 +233,42 @@ static void test_durable_across_reopen(void **state)
     s_open(":memory:");
 }
 
+//  An add may carry the ca's ca.profile event: logged once, with the row.
+static void test_add_logs_event(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 2; i++) { //  a retried add logs nothing more
+        pm_msg_t *m = pm_msg_new(PM_MSG_SCEP_CHALLENGE_ADD);
+        pm_msg_set_str(m, "hash", H1);
+        pm_msg_set_uint(m, "expires_ms", (uint64_t)(s_now_ms() + 60000));
+        pm_msg_set_str(m, "event", "ca.profile");
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        msgpack_pack_map(&pk, 1);
+        msgpack_pack_str_with_body(&pk, "identity_uuid", 13);
+        msgpack_pack_str_with_body(&pk, "UUID-1", 6);
+        assert_int_equal(pm_msg_set_packed(m, "event_data", (const uint8_t *)sb.data, sb.size), 0);
+        msgpack_sbuffer_destroy(&sb);
+        pm_msg_t *r = s_apply(m);
+        assert_int_equal(pm_msg_type(r), PM_MSG_OK);
+        pm_msg_destroy(&r);
+    }
+    msgpack_sbuffer out;
+    msgpack_sbuffer_init(&out);
+    assert_int_equal(store_db_events(s_db, 0, 100, &out), STORE_OK);
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    assert_int_equal(msgpack_unpack_next(&u, out.data, out.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    assert_int_equal(u.data.type, MSGPACK_OBJECT_ARRAY);
+    assert_int_equal(u.data.via.array.size, 1);
+    msgpack_unpacked_destroy(&u);
+    assert_non_null(memmem(out.data, out.size, "ca.profile", 10));
+    assert_non_null(memmem(out.data, out.size, "UUID-1", 6));
+    msgpack_sbuffer_destroy(&out);
+}
+
 static void test_bad_requests(void **state)
 {
     (void)state;
@@ -256,6 +293,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_expiry_and_prune, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_add_prunes, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_durable_across_reopen, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_add_logs_event, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_bad_requests, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
