@@ -21,7 +21,8 @@ struct devsim_ca {
 //  An identity's kept SignedData for one digest (see "the fast path" below):
 //  made on its first signature with that digest, a cache, not state
 //  (devsim_ident_sign takes a const identity). Everything is OpenSSL's;
-//  the pointers but cms, attrs, pctx and md are borrowed from cms / attrs.
+//  cms, attrs, pctx and md are owned here, the other pointers borrowed
+//  from cms (md_der, time_der from attrs).
 typedef struct {
     int md_nid;                   //  the digest (EVP_MD_get_type); 0 = unused
     bool bad;                     //  not usable: sign the OpenSSL way
@@ -496,15 +497,16 @@ static int s_b64(const unsigned char *der, size_t n, char **b64)
 //  request then, through OpenSSL's API only: digests the body into the kept
 //  messageDigest value (ASN1_OCTET_STRING_set), sets the kept signingTime
 //  (ASN1_UTCTIME_adj, now + the clock skew), encodes the signed attributes
-//  as the DER SET OF they are signed as (each i2d_X509_ATTRIBUTE, the set
-//  i2d_ASN1_SET_ANY, which sorts like DER; RFC 5652 5.4), signs its digest
+//  as the DER SET OF they are signed as (each attribute's i2d_X509_ATTRIBUTE
+//  as a SEQUENCE value, made once and again for the two that change, the
+//  set by i2d_ASN1_SET_ANY, which sorts like DER; RFC 5652 5.4), signs its digest
 //  with the kept EVP_PKEY_sign context, puts the signature in the
 //  SignerInfo (ASN1_STRING_set) and encodes the whole (i2d_CMS_ContentInfo).
 //  CMS_SignerInfo_sign cannot be called twice on one SignerInfo in OpenSSL
 //  3.0 (its signing context dangles after the first), hence the signature
 //  by hand. The first such signature per (identity, digest) must pass
-//  CMS_verify before it is used; otherwise, and for two-signer forgeries,
-//  every signature goes the OpenSSL way.
+//  CMS_verify before it is used (see s_selfcheck); otherwise, and for
+//  two-signer forgeries, every signature goes the OpenSSL way.
 
 static long s_fast_count, s_openssl_count;
 
