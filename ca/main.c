@@ -96,7 +96,7 @@ static const char *s_path(const pm_cfg_t *cfg, const char *opt, const char *file
 //  two (ca.profile, ca.issued), and one store request each was a tenth of the
 //  server's CPU per enrollment (docs/enrollment.md, "Server CPU per enrollment").
 #define S_EV_MAX 64
-#define S_EV_WAIT_MS 20
+#define S_EV_WAIT_MS 100
 
 typedef struct {
     ca_svc_t *svc;
