@@ -9,6 +9,7 @@
 # (the simulator's behaviour before it kept one per device).
 # ENROLL_BENCH_PROFILE=DIR: over the exchanges, also run `perf record -g`,
 # `perf stat -e context-switches` and `strace -c -f` on every server process
+# and on the simulator
 # (one at a time is not needed: all attach after the keys are made) and keep
 # their output in DIR (perf.<name>.data, stat.<name>.txt, strace.<name>.txt).
 # The tools' own overhead inflates the CPU figures of that run: use it to see
@@ -82,7 +83,7 @@ PROF_PIDS=
 if [ -n "${ENROLL_BENCH_PROFILE:-}" ]; then
     mkdir -p "$ENROLL_BENCH_PROFILE"
     tools=${ENROLL_BENCH_PROFILE_TOOLS:-perf stat strace}
-    for pid in $(pgrep -P "$UP_PID"); do
+    for pid in $(pgrep -P "$UP_PID") $DS; do
         name=$(awk '{gsub(/[()]/, "", $2); print $2}' "/proc/$pid/stat")
         case " $tools " in *" perf "*)
             perf record -q --call-graph "${ENROLL_BENCH_PERF_CG:-fp}" -p "$pid" -o "$ENROLL_BENCH_PROFILE/perf.$name.data" >/dev/null 2>&1 &
