@@ -393,6 +393,86 @@ static store_rc_t s_list_reply(const pm_msg_t *req, pm_msg_t **reply, pm_msg_typ
     return STORE_OK;
 }
 
+//  event.append_batch: every event of the batch in this request's savepoint
+//  (all or none), each checked as event.append checks one. The ca sends its
+//  audit events this way: one request instead of one per event.
+#define S_BATCH_MAX 256
+#define S_BATCH_STR 256
+
+static int s_batch_str(const msgpack_object *v, char *buf, bool required)
+{
+    buf[0] = '\0';
+    if (!v)
+        return required ? -1 : 0;
+    if (v->type != MSGPACK_OBJECT_STR || v->via.str.size >= S_BATCH_STR ||
+        memchr(v->via.str.ptr, 0, v->via.str.size))
+        return -1;
+    memcpy(buf, v->via.str.ptr, v->via.str.size);
+    buf[v->via.str.size] = '\0';
+    return required && !buf[0] ? -1 : 0;
+}
+
+static store_rc_t s_event_batch(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply,
+                                msgpack_sbuffer *a)
+{
+    const msgpack_object *o = pm_msg_obj(req, "events");
+    if (!o || o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size == 0 ||
+        o->via.array.size > S_BATCH_MAX) {
+        *reply = pm_msg_new_error(req, "bad_request",
+                                  "event.append_batch: events must be an array of 1..%d maps",
+                                  S_BATCH_MAX);
+        return STORE_ERR_BAD;
+    }
+    uint64_t seq = 0;
+    for (uint32_t i = 0; i < o->via.array.size; i++) {
+        const msgpack_object *e = &o->via.array.ptr[i];
+        const msgpack_object *name = NULL, *eid = NULL, *source = NULL, *data = NULL;
+        bool ok = e->type == MSGPACK_OBJECT_MAP;
+        for (uint32_t k = 0; ok && k < e->via.map.size; k++) {
+            const msgpack_object_kv *kv = &e->via.map.ptr[k];
+            const msgpack_object **slot = NULL;
+            if (kv->key.type == MSGPACK_OBJECT_STR) {
+                const char *kp = kv->key.via.str.ptr;
+                uint32_t kl = kv->key.via.str.size;
+                slot = kl == 4 && !memcmp(kp, "name", 4)     ? &name
+                       : kl == 3 && !memcmp(kp, "eid", 3)    ? &eid
+                       : kl == 6 && !memcmp(kp, "source", 6) ? &source
+                       : kl == 4 && !memcmp(kp, "data", 4)   ? &data
+                                                             : NULL;
+            }
+            ok = slot && !*slot;
+            if (ok)
+                *slot = &kv->val;
+        }
+        char n[S_BATCH_STR], d[S_BATCH_STR], src[S_BATCH_STR];
+        ok = ok && s_batch_str(name, n, true) == 0 && s_batch_str(eid, d, false) == 0 &&
+             s_batch_str(source, src, false) == 0 && (!data || data->type == MSGPACK_OBJECT_MAP);
+        if (!ok) {
+            *reply = pm_msg_new_error(req, "bad_request",
+                                      "event.append_batch: event %u is not a map of name "
+                                      "(string), eid, source (strings), data (map)",
+                                      (unsigned)i);
+            return STORE_ERR_BAD;
+        }
+        msgpack_sbuffer_clear(a);
+        if (data) {
+            msgpack_packer pk;
+            msgpack_packer_init(&pk, a, msgpack_sbuffer_write);
+            if (msgpack_pack_object(&pk, *data) != 0)
+                return STORE_ERR_DB;
+        }
+        store_rc_t rc = store_db_event_append(svc->db, n, d[0] ? d : NULL, src[0] ? src : NULL,
+                                              (const uint8_t *)a->data, a->size, s_now_ms(), &seq);
+        if (rc != STORE_OK)
+            return rc;
+    }
+    *reply = pm_msg_new_reply(req, PM_MSG_EVENT_APPEND_BATCH_REPLY);
+    if (*reply && (pm_msg_set_uint(*reply, "seq", seq) < 0 ||
+                   pm_msg_set_uint(*reply, "count", o->via.array.size) < 0))
+        pm_msg_destroy(reply);
+    return STORE_OK;
+}
+
 bool store_svc_apply(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply)
 {
     msgpack_sbuffer_clear(&svc->a);
@@ -449,6 +529,9 @@ bool store_svc_apply(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply)
                                    s_now_ms(), &seq);
         if (rc == STORE_OK && (*reply = pm_msg_new_reply(req, PM_MSG_EVENT_APPEND_REPLY)))
             pm_msg_set_uint(*reply, "seq", seq);
+        break;
+    case PM_MSG_EVENT_APPEND_BATCH:
+        rc = s_event_batch(svc, req, reply, a);
         break;
     case PM_MSG_EVENTS:
         rc = store_db_events(svc->db, pm_msg_uint(req, "after", 0),

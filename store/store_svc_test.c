@@ -231,12 +231,101 @@ static void test_locked_database(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+//  event.append_batch (picomdm-ca's audit events): all logged in order with
+//  consecutive seqs, or none when one of them is malformed.
+static pm_msg_t *s_batch(const char *const *names, int n, bool bad_data)
+{
+    pm_msg_t *m = pm_msg_new(PM_MSG_EVENT_APPEND_BATCH);
+    msgpack_sbuffer b;
+    msgpack_sbuffer_init(&b);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, (size_t)n);
+    for (int i = 0; i < n; i++) {
+        msgpack_pack_map(&pk, names[i] ? 3 : 2);
+        if (names[i]) {
+            msgpack_pack_str_with_body(&pk, "name", 4);
+            msgpack_pack_str_with_body(&pk, names[i], strlen(names[i]));
+        }
+        msgpack_pack_str_with_body(&pk, "source", 6);
+        msgpack_pack_str_with_body(&pk, "ca", 2);
+        msgpack_pack_str_with_body(&pk, "data", 4);
+        if (bad_data && i == n - 1) {
+            msgpack_pack_str_with_body(&pk, "x", 1);
+        } else {
+            msgpack_pack_map(&pk, 1);
+            msgpack_pack_str_with_body(&pk, "i", 1);
+            msgpack_pack_int(&pk, i);
+        }
+    }
+    assert_int_equal(pm_msg_set_packed(m, "events", (const uint8_t *)b.data, b.size), 0);
+    msgpack_sbuffer_destroy(&b);
+    return m;
+}
+
+static uint64_t s_event_count(void)
+{
+    msgpack_sbuffer b;
+    msgpack_sbuffer_init(&b);
+    assert_int_equal(store_db_begin(s_db), 0);
+    assert_int_equal(store_db_events(s_db, 0, 1000, &b), STORE_OK);
+    assert_int_equal(store_db_commit(s_db), 0);
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    assert_int_equal(msgpack_unpack_next(&u, b.data, b.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    assert_int_equal(u.data.type, MSGPACK_OBJECT_ARRAY);
+    uint64_t n = u.data.via.array.size;
+    msgpack_unpacked_destroy(&u);
+    msgpack_sbuffer_destroy(&b);
+    return n;
+}
+
+static void test_event_batch(void **state)
+{
+    (void)state;
+    const char *names[] = {"ca.profile", "ca.issued", "ca.rejected"};
+    pm_msg_t *r = s_apply(s_batch(names, 3, false));
+    assert_int_equal(pm_msg_type(r), PM_MSG_EVENT_APPEND_BATCH_REPLY);
+    assert_int_equal(pm_msg_uint(r, "count", 0), 3);
+    uint64_t seq = pm_msg_uint(r, "seq", 0);
+    assert_true(seq >= 3);
+    pm_msg_destroy(&r);
+    assert_int_equal(s_event_count(), 3);
+    //  a single event after it follows on
+    pm_msg_t *m = pm_msg_new(PM_MSG_EVENT_APPEND);
+    pm_msg_set_str(m, "name", "security.rejected");
+    r = s_apply(m);
+    assert_int_equal(pm_msg_uint(r, "seq", 0), seq + 1);
+    pm_msg_destroy(&r);
+    //  one bad event (no name; data not a map): the whole batch is refused, none logged
+    const char *unnamed[] = {"ca.profile", NULL};
+    r = s_apply(s_batch(unnamed, 2, false));
+    assert_string_equal(pm_msg_str(r, "code"), "bad_request");
+    pm_msg_destroy(&r);
+    r = s_apply(s_batch(names, 3, true));
+    assert_string_equal(pm_msg_str(r, "code"), "bad_request");
+    assert_non_null(strstr(pm_msg_str(r, "message"), "event 2"));
+    pm_msg_destroy(&r);
+    assert_int_equal(s_event_count(), 4);
+    //  empty batch, not an array
+    r = s_apply(s_batch(names, 0, false));
+    assert_string_equal(pm_msg_str(r, "code"), "bad_request");
+    pm_msg_destroy(&r);
+    m = pm_msg_new(PM_MSG_EVENT_APPEND_BATCH);
+    pm_msg_set_packed(m, "events", (const uint8_t *)"\x90", 1);
+    r = s_apply(m);
+    assert_string_equal(pm_msg_str(r, "code"), "bad_request");
+    pm_msg_destroy(&r);
+    assert_int_equal(s_event_count(), 4);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_checkin_enqueue_connect, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_bad_requests, s_setup, s_teardown),
         cmocka_unit_test(test_locked_database),
+        cmocka_unit_test_setup_teardown(test_event_batch, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
