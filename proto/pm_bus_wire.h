@@ -56,7 +56,7 @@ int pm_bus_sendv(void *sock, const void *const *data, const size_t *len, int n);
  *  its ZMQ_FD when input arrives. A send on the socket may consume that
  *  signal (libzmq processes its commands inside send), so every send disarms
  *  it, and a disarmed socket is asked ZMQ_EVENTS before anyone sleeps on it.
- *  (docs/bus.md, "Waiting".) */
+ *  (pm_bus.h, "Waiting", for the measured effect.) */
 typedef struct {
     void *handle; //  the libzmq socket
     int fd;       //  its ZMQ_FD
