@@ -29,7 +29,8 @@ static const char *const s_sql[S_NST] = {
               " updated=excluded.updated, command_uuid=excluded.command_uuid",
     [S_DROP_OLD] = "DELETE FROM inventory WHERE eid=?1 AND source=?2 AND"
                    " (updated<>?3 OR command_uuid IS NOT ?4) RETURNING key, vtext, value",
-    [S_OS] = "UPDATE enrollments SET os_version=?2 WHERE eid=?1",
+    //  unchanged: no write (the enrollments row is wide, its page is not dirtied)
+    [S_OS] = "UPDATE enrollments SET os_version=?2 WHERE eid=?1 AND os_version IS NOT ?2",
     [S_LIST] = "SELECT key, value, source, updated, command_uuid FROM inventory WHERE eid=?1"
                " ORDER BY key",
     [S_TIMELINE] = "SELECT seq, ts, name, eid, source, data FROM events WHERE seq>?2 AND"
