@@ -93,6 +93,7 @@ static int s_forward(pm_bus_sock_t *zfrom, pm_bus_sock_t *zto)
             zmq_msg_close(&part);
             break;
         }
+        zfrom->armed = false; //  until EAGAIN: stopped at the batch limit, ask before sleeping
         zto->armed = false;
         for (;;) {
             int more = zmq_msg_more(&part);

@@ -49,7 +49,7 @@ struct broker_router {
     broker_router_config_t cfg;
     zsock_t *sock;
     void *handle;
-    pm_bus_sock_t zs; //  the same socket's wait state (pm_bus_wire.h)
+    pm_bus_sock_t zs;   //  the same socket's wait state (pm_bus_wire.h)
     zhashx_t *services; //  name -> s_service_t
     zhashx_t *workers;  //  hex id -> s_worker_t
     zhashx_t *requests; //  key -> s_request_t (queued or in flight)

@@ -98,7 +98,7 @@ struct pm_bus {
 
     zsock_t *client;
     pm_bus_sock_t zclient, zsub; //  wait states of client and sub (pm_bus_wire.h)
-    zhashx_t *pending; //  rid -> s_pending_t
+    zhashx_t *pending;           //  rid -> s_pending_t
     int64_t next_deadline;
 
     s_worker_t *workers[S_MAX_SERVICES];

@@ -111,7 +111,9 @@ int pm_bus_poll(pm_bus_sock_t *const *socks, int n, int timeout_ms)
 int pm_bus_sock_recv(pm_bus_sock_t *s, zmq_msg_t *frames, int max, int *n, int *total)
 {
     int rc = pm_bus_recv(s->handle, frames, max, n, total);
-    if (rc < 0 && errno == EAGAIN) {
+    if (rc == 0)
+        s->armed = false; //  more may wait (a caller's batch limit): ask before sleeping
+    else if (errno == EAGAIN) {
         s->armed = true;
         s->ready = false;
     }

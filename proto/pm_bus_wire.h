@@ -71,7 +71,9 @@ void pm_bus_sock_init(pm_bus_sock_t *s, void *handle);
 //  others). Never sleeps when a disarmed socket has input. Returns the number
 //  ready (0 on timeout), -1 on error (errno; EINTR when interrupted).
 int pm_bus_poll(pm_bus_sock_t *const *socks, int n, int timeout_ms);
-//  pm_bus_recv on s, keeping its state: EAGAIN arms it and clears `ready`.
+//  pm_bus_recv on s, keeping its state: EAGAIN arms it and clears `ready`;
+//  a message disarms it (whoever stops before EAGAIN, at a batch limit, must
+//  not sleep on the descriptor: the rest of the input may not signal it).
 int pm_bus_sock_recv(pm_bus_sock_t *s, zmq_msg_t *frames, int max, int *n, int *total);
 //  pm_bus_sendv on s; disarms it.
 int pm_bus_sock_sendv(pm_bus_sock_t *s, const void *const *data, const size_t *len, int n);
