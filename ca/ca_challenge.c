@@ -23,6 +23,7 @@ typedef struct {
 
 struct ca_challenge {
     ca_challenge_mode_t mode;
+    bool durable; //  one-time challenges live in the store
     char *secret;
     int64_t ttl_s;
     int64_t skew; //  test clock
@@ -35,7 +36,7 @@ static int64_t s_now(const ca_challenge_t *c)
     return (int64_t)time(NULL) + c->skew;
 }
 
-static void s_key(const char *password, char hex[65])
+void ca_challenge_hash_hex(const char *password, char hex[65])
 {
     uint8_t md[32];
     unsigned int len = 0;
@@ -112,18 +113,9 @@ static void s_sweep(ca_challenge_t *c)
     zlistx_destroy(&keys);
 }
 
-int ca_challenge_issue(ca_challenge_t *c, char *buf, size_t size)
+//  24 random bytes -> 32 characters of URL-safe base64 (no padding). size >= 33.
+static int s_random(char *buf)
 {
-    if (c->mode == CA_CHALLENGE_STATIC) {
-        if (strlen(c->secret) + 1 > size)
-            return -1;
-        memcpy(buf, c->secret, strlen(c->secret) + 1);
-        return 0;
-    }
-    s_sweep(c);
-    if (size < 33 || zhashx_size(c->table) >= CA_CHALLENGE_MAX_OUTSTANDING)
-        return -1;
-    //  24 random bytes -> 32 characters of URL-safe base64 (no padding)
     uint8_t rnd[24];
     unsigned char b64[40];
     if (RAND_bytes(rnd, sizeof rnd) != 1)
@@ -132,12 +124,52 @@ int ca_challenge_issue(ca_challenge_t *c, char *buf, size_t size)
     for (int i = 0; i < 32; i++)
         buf[i] = b64[i] == '+' ? '-' : b64[i] == '/' ? '_' : (char)b64[i];
     buf[32] = 0;
+    OPENSSL_cleanse(rnd, sizeof rnd);
+    OPENSSL_cleanse(b64, sizeof b64);
+    return 0;
+}
+
+void ca_challenge_set_durable(ca_challenge_t *c, bool on)
+{
+    c->durable = on;
+}
+
+bool ca_challenge_durable(const ca_challenge_t *c)
+{
+    return c->mode == CA_CHALLENGE_ONE_TIME && c->durable;
+}
+
+int ca_challenge_make(ca_challenge_t *c, char *buf, size_t size, char hash_hex[65],
+                      int64_t *expires_ms)
+{
+    if (!ca_challenge_durable(c) || size < 33 || s_random(buf) < 0)
+        return -1;
+    ca_challenge_hash_hex(buf, hash_hex);
+    *expires_ms = (s_now(c) + c->ttl_s) * 1000;
+    return 0;
+}
+
+int ca_challenge_issue(ca_challenge_t *c, char *buf, size_t size)
+{
+    if (c->mode == CA_CHALLENGE_STATIC) {
+        if (strlen(c->secret) + 1 > size)
+            return -1;
+        memcpy(buf, c->secret, strlen(c->secret) + 1);
+        return 0;
+    }
+    if (c->durable)
+        return -1; //  ca_challenge_make: the store keeps it
+    s_sweep(c);
+    if (size < 33 || zhashx_size(c->table) >= CA_CHALLENGE_MAX_OUTSTANDING)
+        return -1;
+    if (s_random(buf) < 0)
+        return -1;
     s_entry_t *e = calloc(1, sizeof *e);
     if (!e)
         return -1;
     e->expires = s_now(c) + c->ttl_s;
     char key[65];
-    s_key(buf, key);
+    ca_challenge_hash_hex(buf, key);
     if (zhashx_insert(c->table, key, e) != 0) {
         free(e);
         return -1;
@@ -155,9 +187,11 @@ bool ca_challenge_check(ca_challenge_t *c, const char *password, const char *txi
         //  constant-time over the secret's length
         return a == b && CRYPTO_memcmp(password, c->secret, b) == 0;
     }
+    if (c->durable)
+        return false; //  the store decides (ca_scep defers the check)
     s_sweep(c);
     char key[65];
-    s_key(password, key);
+    ca_challenge_hash_hex(password, key);
     s_entry_t *e = zhashx_lookup(c->table, key);
     if (!e || e->expires <= s_now(c))
         return false;

@@ -288,18 +288,20 @@ static int s_challenge_of(X509_REQ *req, char *buf, size_t size)
     return strlen(buf) == (size_t)n ? 0 : -1;
 }
 
-static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_reply_t *r)
+static int s_issue(ca_scep_t *s, const s_req_t *q, X509_REQ *req, const EVP_CIPHER *cipher,
+                   ca_scep_reply_t *r);
+static int s_defer(const s_req_t *q, X509_REQ **req, const EVP_CIPHER *cipher, const char *pw,
+                   const uint8_t kh[32], ca_scep_pending_t **pending);
+
+static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_reply_t *r,
+                          ca_scep_pending_t **pending)
 {
     const ca_scep_nids_t *n = ca_scep_nids();
     int rc = 0;
     PKCS7 *p7 = NULL, *env = NULL;
     STACK_OF(X509) *signers = NULL;
-    BIO *content = NULL, *csr_bio = NULL, *certs_bio = NULL;
+    BIO *content = NULL, *csr_bio = NULL;
     X509_REQ *req = NULL;
-    X509 *issued = NULL;
-    uint8_t *certs_der = NULL, *env_der = NULL, *issued_der = NULL;
-    STACK_OF(X509) *recips = NULL;
-    PKCS7 *reply_env = NULL;
     s_req_t q = {.md = EVP_sha256()};
     char err[200];
 
@@ -420,6 +422,14 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
         bool hashed = klen > 0 && EVP_Digest(kder, (size_t)klen, kh, NULL, EVP_sha256(), NULL);
         OPENSSL_free(kder);
         bool have_pw = s_challenge_of(req, pw, sizeof pw) == 0;
+        if (pending && have_pw && hashed && ca_challenge_durable(s->challenge)) {
+            //  the store decides (durable one-time challenges): ca_scep_resume
+            rc = s_defer(&q, &req, cipher, pw, kh, pending);
+            OPENSSL_cleanse(pw, sizeof pw);
+            if (rc < 0)
+                rc = s_http_error(r, 500, "out of memory deferring the challenge check");
+            goto out;
+        }
         bool good = have_pw && hashed && ca_challenge_check(s->challenge, pw, q.txid, kh);
         OPENSSL_cleanse(pw, sizeof pw);
         if (!good) {
@@ -441,10 +451,34 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
             goto out;
         }
     }
+    rc = s_issue(s, &q, req, cipher, r);
+out:
+    X509_REQ_free(req);
+    BIO_free(csr_bio);
+    PKCS7_free(env);
+    BIO_free(content);
+    sk_X509_free(signers);
+    PKCS7_free(p7);
+    ERR_clear_error();
+    return rc;
+}
+
+//  Issue the certificate for a request that passed every check, and the
+//  CertRep SUCCESS carrying it (q, req borrowed).
+static int s_issue(ca_scep_t *s, const s_req_t *q, X509_REQ *req, const EVP_CIPHER *cipher,
+                   ca_scep_reply_t *r)
+{
+    int rc = 0;
+    X509 *issued = NULL;
+    uint8_t *certs_der = NULL, *env_der = NULL, *issued_der = NULL;
+    STACK_OF(X509) *recips = NULL;
+    PKCS7 *reply_env = NULL;
+    BIO *certs_bio = NULL;
+    char err[200];
     uint8_t renews[32];
     unsigned renews_len = 0;
-    if (q.message_type == CA_SCEP_RENEWALREQ &&
-        X509_digest(q.signer, EVP_sha256(), renews, &renews_len) != 1) {
+    if (q->message_type == CA_SCEP_RENEWALREQ &&
+        X509_digest(q->signer, EVP_sha256(), renews, &renews_len) != 1) {
         rc = s_http_error(r, 500, "cannot hash the certificate being renewed");
         goto out;
     }
@@ -461,9 +495,9 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
     int certs_len = 0;
     recips = sk_X509_new_null();
     if (ilen <= 0 || s_certs_only(&issued, 1, &certs_der, &certs_len) < 0 || !recips ||
-        !sk_X509_push(recips, q.signer) || !(certs_bio = BIO_new_mem_buf(certs_der, certs_len)) ||
+        !sk_X509_push(recips, q->signer) || !(certs_bio = BIO_new_mem_buf(certs_der, certs_len)) ||
         !(reply_env = PKCS7_encrypt(recips, certs_bio, cipher, PKCS7_BINARY))) {
-        rc = s_failure(s, &q, CA_SCEP_BAD_ALG, r,
+        rc = s_failure(s, q, CA_SCEP_BAD_ALG, r,
                        "cannot encrypt the reply to the requester's certificate (RSA key needed)");
         goto out;
     }
@@ -473,7 +507,7 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
         goto out;
     }
     snprintf(r->reason, sizeof r->reason, "issued");
-    rc = s_certrep(s, &q, CA_SCEP_SUCCESS, 0, env_der, env_len, r);
+    rc = s_certrep(s, q, CA_SCEP_SUCCESS, 0, env_der, env_len, r);
 out:
     OPENSSL_free(env_der);
     OPENSSL_free(certs_der);
@@ -482,12 +516,82 @@ out:
     sk_X509_free(recips);
     BIO_free(certs_bio);
     X509_free(issued);
-    X509_REQ_free(req);
-    BIO_free(csr_bio);
-    PKCS7_free(env);
-    BIO_free(content);
-    sk_X509_free(signers);
-    PKCS7_free(p7);
+    ERR_clear_error();
+    return rc;
+}
+
+/* ---- a PKCSReq waiting for the store's verdict on its challenge ---- */
+
+struct ca_scep_pending {
+    s_req_t q; //  q.signer: our reference
+    X509_REQ *req;
+    const EVP_CIPHER *cipher;
+    char challenge_hash[65];
+    char key_hash[65];
+};
+
+static int s_defer(const s_req_t *q, X509_REQ **req, const EVP_CIPHER *cipher, const char *pw,
+                   const uint8_t kh[32], ca_scep_pending_t **pending)
+{
+    ca_scep_pending_t *p = calloc(1, sizeof *p);
+    if (!p || X509_up_ref(q->signer) != 1) {
+        free(p);
+        return -1;
+    }
+    p->q = *q;
+    p->req = *req;
+    *req = NULL;
+    p->cipher = cipher;
+    ca_challenge_hash_hex(pw, p->challenge_hash);
+    for (int i = 0; i < 32; i++)
+        snprintf(p->key_hash + 2 * i, 3, "%02x", kh[i]);
+    *pending = p;
+    return 1;
+}
+
+const char *ca_scep_pending_challenge_hash(const ca_scep_pending_t *p)
+{
+    return p->challenge_hash;
+}
+
+const char *ca_scep_pending_key_hash(const ca_scep_pending_t *p)
+{
+    return p->key_hash;
+}
+
+const char *ca_scep_pending_txid(const ca_scep_pending_t *p)
+{
+    return p->q.txid;
+}
+
+void ca_scep_pending_destroy(ca_scep_pending_t **pp)
+{
+    if (!pp || !*pp)
+        return;
+    ca_scep_pending_t *p = *pp;
+    X509_free(p->q.signer);
+    X509_REQ_free(p->req);
+    free(p);
+    *pp = NULL;
+}
+
+int ca_scep_resume(ca_scep_t *s, ca_scep_pending_t **pp, ca_scep_verdict_t verdict,
+                   ca_scep_reply_t *r)
+{
+    ca_scep_pending_t *p = pp ? *pp : NULL;
+    int rc;
+    if (!p)
+        return s_http_error(r, 500, "no pending request to resume");
+    if (verdict == CA_SCEP_CHALLENGE_ACCEPTED)
+        rc = s_issue(s, &p->q, p->req, p->cipher, r);
+    else if (verdict == CA_SCEP_CHALLENGE_REFUSED)
+        rc = s_failure(s, &p->q, CA_SCEP_BAD_REQUEST, r,
+                       "challenge password rejected (wrong, expired or used)");
+    else //  never a certificate without a checked challenge; the device retries
+        rc = s_http_error(r, 503,
+                          "the challenge cannot be checked now (picomdm-store did not answer); "
+                          "retry later");
+    ca_scep_pending_destroy(pp);
     ERR_clear_error();
     return rc;
 }
@@ -521,6 +625,15 @@ static uint8_t *s_unbase64(const uint8_t *in, size_t len, size_t *outlen)
 int ca_scep_handle(ca_scep_t *s, const char *method, const char *operation, const uint8_t *msg,
                    size_t len, ca_scep_reply_t *r)
 {
+    return ca_scep_handle_deferred(s, method, operation, msg, len, r, NULL);
+}
+
+int ca_scep_handle_deferred(ca_scep_t *s, const char *method, const char *operation,
+                            const uint8_t *msg, size_t len, ca_scep_reply_t *r,
+                            ca_scep_pending_t **pending)
+{
+    if (pending)
+        *pending = NULL;
     ca_scep_reply_clear(r);
     bool get = method && strcasecmp(method, "GET") == 0;
     bool post = method && strcasecmp(method, "POST") == 0;
@@ -544,12 +657,12 @@ int ca_scep_handle(ca_scep_t *s, const char *method, const char *operation, cons
     if (!msg || len == 0)
         return s_http_error(r, 400, "PKIOperation: empty message");
     if (post)
-        return s_pkioperation(s, msg, len, r);
+        return s_pkioperation(s, msg, len, r, pending);
     size_t dlen = 0;
     uint8_t *der = s_unbase64(msg, len, &dlen);
     if (!der)
         return s_http_error(r, 400, "PKIOperation: the GET message is not base64");
-    int rc = s_pkioperation(s, der, dlen, r);
+    int rc = s_pkioperation(s, der, dlen, r, pending);
     free(der);
     return rc;
 }

@@ -8,6 +8,18 @@
  *  anything else -> error bad_request.
  *  Events: ca.issued (a certificate was issued), ca.rejected (a PKIOperation
  *  was refused), ca.profile (a profile was handed out). Never a secret in them.
+ *
+ *  Durable one-time challenges (opts.call set; what picomdm-ca does): the
+ *  store keeps them (store/store_chal.h). A profile is answered only after
+ *  the store has recorded its challenge's hash (scep_challenge.add: durable
+ *  first); a PKCSReq is answered only after the store has consumed its
+ *  challenge (scep_challenge.use). Those requests wait without blocking the
+ *  caller's loop: ca_svc_request calls `done` later, from the store reply's
+ *  callback. No answer from the store: the profile is an error `timeout`
+ *  (the gateway answers 503) and the PKCSReq an HTTP 503 scep.reply (the
+ *  device retries) — never a certificate without a checked challenge.
+ *  Without opts.call, one-time challenges are kept in this process's memory
+ *  (unit tests; lost on restart).
  */
 #ifndef CA_SVC_H
 #define CA_SVC_H
@@ -15,6 +27,7 @@
 #include "ca_challenge.h"
 #include "ca_pki.h"
 #include "ca_profile.h"
+#include "pm_bus.h"
 #include "pm_msg.h"
 
 typedef struct {
@@ -25,23 +38,54 @@ typedef struct {
     ca_profile_opts_t profile; //  defaults; `challenge` and `tls_anchor` are filled in here
     const char *tls_anchor;    //  PEM file to embed as trust anchor (NULL = none)
     const char *push_cert;     //  PEM push certificate to read the topic from (if no topic)
+    //  Durable one-time challenges: how to reach the store. Send `req` to the
+    //  service that handles its type, call fn(fn_arg, reply, error) exactly
+    //  once, later (or now); 0, or -1 when it could not be sent (fn is then
+    //  not called). NULL = one-time challenges in memory.
+    int (*call)(void *arg, const pm_msg_t *req, pm_bus_reply_fn *fn, void *fn_arg);
+    void *call_arg;
 } ca_svc_opts_t;
+
+//  The answer to one request: the reply (never NULL unless out of memory) and
+//  the audit event to publish (or NULL). The callee takes both.
+typedef void(ca_svc_done_fn)(void *arg, pm_msg_t *reply, pm_msg_t *event);
 
 typedef struct ca_svc ca_svc_t;
 
 //  Load/make the keys, set up SCEP and the challenge policy. NULL + err.
 ca_svc_t *ca_svc_new(const ca_svc_opts_t *opts, char *err, size_t errlen);
+//  Requests still waiting are answered first (ca_svc_abandon): call it while
+//  their `done` callbacks can still run, and after the bus (no store reply
+//  may arrive later).
 void ca_svc_destroy(ca_svc_t **svc);
 
 ca_pki_t *ca_svc_pki(ca_svc_t *svc); //  borrowed
 
-//  Handle one request. Returns the reply (caller owns; never NULL unless out
-//  of memory). *event, if not NULL, receives an EVENT to publish (caller owns) or NULL.
+//  Handle one request: done(arg, ...) is called exactly once, before this
+//  returns or — when the store must answer first — later, from the store
+//  reply's callback (req need not outlive this call).
+void ca_svc_request(ca_svc_t *svc, const pm_msg_t *req, ca_svc_done_fn *done, void *arg);
+
+//  Requests waiting for the store (tests, metrics).
+size_t ca_svc_waiting(const ca_svc_t *svc);
+
+//  Stopping: answer every waiting request now (profile: error timeout; SCEP:
+//  HTTP 503, the device retries), so no client waits for a process that is
+//  going away. Store replies that still arrive for them are ignored.
+void ca_svc_abandon(ca_svc_t *svc);
+
+//  Handle one request synchronously. Returns the reply (caller owns; never
+//  NULL unless out of memory). *event, if not NULL, receives an EVENT to
+//  publish (caller owns) or NULL. For a service whose store answers at once
+//  (or that has none); a request still waiting is answered error internal.
 pm_msg_t *ca_svc_handle(ca_svc_t *svc, const pm_msg_t *req, pm_msg_t **event);
 
 //  A signed profile with the configured defaults (the `profile` command).
-//  *der is OPENSSL_malloc'd. 0 / -1 + err.
+//  *der is OPENSSL_malloc'd. 0 / -1 + err. With durable challenges, hash_hex
+//  and *expires_ms (both may be NULL otherwise) say what the store must
+//  record before the profile is handed out.
 int ca_svc_profile(ca_svc_t *svc, const ca_profile_opts_t *overrides, uint8_t **der, size_t *len,
-                   char identity_uuid[37], char *err, size_t errlen);
+                   char identity_uuid[37], char *hash_hex, int64_t *expires_ms, char *err,
+                   size_t errlen);
 
 #endif

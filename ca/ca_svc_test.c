@@ -1,7 +1,12 @@
 /*  ca_svc_test — the "ca" service end to end without a bus: every request and
  *  reply goes through pm_msg encode/decode as on the wire. A `profile`
  *  request yields a signed profile whose one-time challenge then enrolls a
- *  device over `scep` exactly once; events carry no secret.
+ *  device over `scep` exactly once; events carry no secret. Both with the
+ *  challenges in memory and kept by a (fake, in-test) store: there the
+ *  profile is answered only after the store took the challenge's hash, the
+ *  PKCSReq only after the store's verdict; a store that does not answer gives
+ *  an error for the profile and an HTTP 503 for the PKCSReq (never a
+ *  certificate); stopping answers every waiting request.
  */
 #include "ca_scep.h"
 #include "pm_scepc.h"
@@ -13,21 +18,151 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <msgpack.h>
 #include <openssl/cms.h>
 #include <openssl/rand.h>
 #include <plist/plist.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+
+//  A fake store for durable challenges (the real one: store/store_chal_test.c).
+typedef enum { S_STORE_SYNC, S_STORE_ASYNC, S_STORE_DOWN, S_STORE_ERROR } s_store_mode_t;
+
+typedef struct {
+    char hash[65], txid[130], kh[65];
+    uint64_t expires_ms;
+    bool used;
+} s_row_t;
+
+typedef struct {
+    pm_msg_type_t type;
+    char hash[65], txid[130], kh[65];
+    uint64_t expires_ms;
+    pm_bus_reply_fn *fn;
+    void *fn_arg;
+} s_callrec_t;
+
+typedef struct {
+    s_store_mode_t mode;
+    s_row_t rows[16];
+    int nrows;
+    s_callrec_t queue[8]; //  ASYNC: calls not answered yet
+    int nqueue;
+    int adds, uses;
+    char last_event[32], last_event_uuid[40]; //  the event an add carried
+} s_store_t;
 
 typedef struct {
     char dir[64];
     char paths[6][128];
     ca_svc_t *svc;
+    s_store_t store;
 } s_fix_t;
 
-static int s_setup(void **state)
+static void s_copy(char *dst, size_t size, const char *src)
+{
+    snprintf(dst, size, "%s", src ? src : "");
+}
+
+//  Answer one recorded call as the store would (scep_challenge.add / .use).
+static void s_store_answer(s_store_t *st, const s_callrec_t *c)
+{
+    pm_msg_t *rep = NULL;
+    if (st->mode == S_STORE_ERROR) {
+        pm_msg_t *stub = pm_msg_new(c->type);
+        rep = pm_msg_new_error(stub, "internal", "the database is on fire");
+        pm_msg_destroy(&stub);
+    } else if (c->type == PM_MSG_SCEP_CHALLENGE_ADD) {
+        assert_true(st->nrows < 16);
+        s_row_t *r = &st->rows[st->nrows++];
+        memset(r, 0, sizeof *r);
+        s_copy(r->hash, sizeof r->hash, c->hash);
+        r->expires_ms = c->expires_ms;
+        rep = pm_msg_new(PM_MSG_OK);
+    } else {
+        bool ok = false;
+        for (int i = 0; i < st->nrows; i++) {
+            s_row_t *r = &st->rows[i];
+            if (strcmp(r->hash, c->hash) != 0)
+                continue;
+            if (!r->used) {
+                r->used = ok = true;
+                s_copy(r->txid, sizeof r->txid, c->txid);
+                s_copy(r->kh, sizeof r->kh, c->kh);
+            } else {
+                ok = strcmp(r->txid, c->txid) == 0 && strcmp(r->kh, c->kh) == 0;
+            }
+        }
+        rep = pm_msg_new(PM_MSG_SCEP_CHALLENGE_USE_REPLY);
+        pm_msg_set_bool(rep, "accepted", ok);
+    }
+    c->fn(c->fn_arg, rep, NULL);
+    pm_msg_destroy(&rep);
+}
+
+static int s_fake_call(void *arg, const pm_msg_t *req, pm_bus_reply_fn *fn, void *fn_arg)
+{
+    s_store_t *st = arg;
+    s_callrec_t c = {.type = pm_msg_type(req), .fn = fn, .fn_arg = fn_arg};
+    assert_true(c.type == PM_MSG_SCEP_CHALLENGE_ADD || c.type == PM_MSG_SCEP_CHALLENGE_USE);
+    assert_string_equal(pm_msgdef(c.type)->service, "store");
+    s_copy(c.hash, sizeof c.hash, pm_msg_str(req, "hash"));
+    assert_int_equal(strlen(c.hash), 64);
+    if (c.type == PM_MSG_SCEP_CHALLENGE_ADD) {
+        st->adds++;
+        c.expires_ms = pm_msg_uint(req, "expires_ms", 0);
+        assert_true(c.expires_ms > (uint64_t)time(NULL) * 1000);
+        //  the ca.profile event rides along (the store logs it with the row)
+        s_copy(st->last_event, sizeof st->last_event, pm_msg_str(req, "event"));
+        const msgpack_object *d = pm_msg_obj(req, "event_data");
+        assert_non_null(d);
+        assert_int_equal(d->type, MSGPACK_OBJECT_MAP);
+        st->last_event_uuid[0] = 0;
+        for (uint32_t i = 0; i < d->via.map.size; i++) {
+            const msgpack_object_kv *kv = &d->via.map.ptr[i];
+            if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == 13 &&
+                memcmp(kv->key.via.str.ptr, "identity_uuid", 13) == 0 &&
+                kv->val.type == MSGPACK_OBJECT_STR && kv->val.via.str.size < 40)
+                snprintf(st->last_event_uuid, sizeof st->last_event_uuid, "%.*s",
+                         (int)kv->val.via.str.size, kv->val.via.str.ptr);
+        }
+    } else {
+        st->uses++;
+        s_copy(c.txid, sizeof c.txid, pm_msg_str(req, "transaction_id"));
+        s_copy(c.kh, sizeof c.kh, pm_msg_str(req, "key_hash"));
+        assert_int_equal(strlen(c.kh), 64);
+    }
+    switch (st->mode) {
+    case S_STORE_SYNC:
+    case S_STORE_ERROR:
+        s_store_answer(st, &c);
+        return 0;
+    case S_STORE_ASYNC:
+        assert_true(st->nqueue < 8);
+        st->queue[st->nqueue++] = c;
+        return 0;
+    case S_STORE_DOWN:
+    default:
+        //  as pm_bus does after its retries: no reply, an error text
+        fn(fn_arg, NULL, "no reply from service 'store'");
+        return 0;
+    }
+}
+
+//  ASYNC: answer every queued call now.
+static void s_store_flush(s_store_t *st)
+{
+    while (st->nqueue > 0) {
+        s_callrec_t c = st->queue[0];
+        memmove(st->queue, st->queue + 1, (size_t)(--st->nqueue) * sizeof c);
+        s_store_answer(st, &c);
+    }
+}
+
+static int s_setup_mode(void **state, bool durable)
 {
     s_fix_t *f = calloc(1, sizeof *f);
     snprintf(f->dir, sizeof f->dir, "/tmp/ca_svc_test.XXXXXX");
@@ -54,12 +189,26 @@ static int s_setup(void **state)
                                    .scep_url = "https://127.0.0.1:8443/scep",
                                    .topic = "com.apple.mgmt.test"},
                        .tls_anchor = f->paths[0]};
+    if (durable) {
+        o.call = s_fake_call;
+        o.call_arg = &f->store;
+    }
     char err[256];
     f->svc = ca_svc_new(&o, err, sizeof err);
     if (!f->svc)
         fprintf(stderr, "ca_svc_new: %s\n", err);
     *state = f;
     return f->svc ? 0 : -1;
+}
+
+static int s_setup(void **state)
+{
+    return s_setup_mode(state, false);
+}
+
+static int s_setup_durable(void **state)
+{
+    return s_setup_mode(state, true);
 }
 
 static int s_teardown(void **state)
@@ -88,10 +237,40 @@ static pm_msg_t *s_wire(pm_msg_t *m)
     return out;
 }
 
+typedef struct {
+    int calls;
+    pm_msg_t *rep, *ev;
+} s_done_t;
+
+static void s_on_done(void *arg, pm_msg_t *reply, pm_msg_t *event)
+{
+    s_done_t *d = arg;
+    d->calls++;
+    pm_msg_destroy(&d->rep);
+    pm_msg_destroy(&d->ev);
+    d->rep = reply;
+    d->ev = event;
+}
+
+//  One request through ca_svc_request; an ASYNC store answers once the
+//  request is seen waiting (the reply is not there before).
 static pm_msg_t *s_call(s_fix_t *f, pm_msg_t *req, pm_msg_t **event)
 {
     req = s_wire(req);
-    pm_msg_t *rep = ca_svc_handle(f->svc, req, event);
+    s_done_t d = {0};
+    ca_svc_request(f->svc, req, s_on_done, &d);
+    if (f->store.mode == S_STORE_ASYNC && f->store.nqueue > 0) {
+        assert_int_equal(d.calls, 0); //  durable first: no answer before the store's
+        assert_int_equal(ca_svc_waiting(f->svc), 1);
+        s_store_flush(&f->store);
+    }
+    assert_int_equal(d.calls, 1);
+    assert_int_equal(ca_svc_waiting(f->svc), 0);
+    pm_msg_t *rep = d.rep;
+    if (event)
+        *event = d.ev;
+    else
+        pm_msg_destroy(&d.ev);
     assert_non_null(rep);
     assert_string_equal(pm_msg_rid(rep), pm_msg_rid(req));
     pm_msg_destroy(&req);
@@ -180,8 +359,15 @@ static void test_profile_then_scep(void **state)
     const uint8_t *prof = pm_msg_bin(rep, "profile", &plen);
     char *challenge = s_challenge_of(f, prof, plen);
     assert_int_equal(strlen(challenge), 32);
-    assert_non_null(ev);
-    assert_string_equal(pm_msg_str(ev, "name"), "ca.profile");
+    if (f->store.adds > 0) {
+        //  durable: the store logged ca.profile with the challenge's row
+        assert_null(ev);
+        assert_string_equal(f->store.last_event, "ca.profile");
+        assert_string_equal(f->store.last_event_uuid, pm_msg_str(rep, "identity_uuid"));
+    } else {
+        assert_non_null(ev);
+        assert_string_equal(pm_msg_str(ev, "name"), "ca.profile");
+    }
     pm_msg_destroy(&ev);
     pm_msg_destroy(&rep);
 
@@ -266,11 +452,170 @@ static void test_scep_http_and_errors(void **state)
     pm_msg_destroy(&rep);
 }
 
+static pm_msg_t *s_profile_req(s_fix_t *f, pm_msg_t **ev)
+{
+    pm_msg_t *req = pm_msg_new(PM_MSG_PROFILE);
+    pm_msg_set_str(req, "for", "bob");
+    return s_call(f, req, ev);
+}
+
+//  The store keeps the hash of the profile's challenge (never the challenge),
+//  the PKCSReq is decided by the store, a retry of the same transaction is
+//  accepted, another transaction refused.
+static void test_durable_store_decides(void **state)
+{
+    s_fix_t *f = *state;
+    f->store.mode = S_STORE_ASYNC;
+    pm_msg_t *ev = NULL;
+    pm_msg_t *rep = s_profile_req(f, &ev);
+    assert_int_equal(pm_msg_type(rep), PM_MSG_PROFILE_REPLY);
+    assert_null(ev); //  logged by the store
+    assert_string_equal(f->store.last_event, "ca.profile");
+    size_t plen = 0;
+    const uint8_t *prof = pm_msg_bin(rep, "profile", &plen);
+    char *challenge = s_challenge_of(f, prof, plen);
+    char hex[65];
+    ca_challenge_hash_hex(challenge, hex);
+    assert_int_equal(f->store.nrows, 1);
+    assert_string_equal(f->store.rows[0].hash, hex);
+    pm_msg_destroy(&rep);
+
+    EVP_PKEY *key = EVP_RSA_gen(2048);
+    pm_scepc_result_t res;
+    X509 *self = NULL;
+    rep = s_pkiop(f, key, challenge, "DUR-TX-1", &ev, &res, &self);
+    assert_int_equal(res.pki_status, CA_SCEP_SUCCESS);
+    assert_non_null(res.cert);
+    assert_string_equal(pm_msg_str(ev, "name"), "ca.issued");
+    assert_true(f->store.rows[0].used);
+    assert_string_equal(f->store.rows[0].txid, "DUR-TX-1");
+    pm_msg_destroy(&ev);
+    pm_msg_destroy(&rep);
+    X509_free(res.cert);
+    X509_free(self);
+    //  the same transaction and key again (a lost reply): accepted
+    rep = s_pkiop(f, key, challenge, "DUR-TX-1", &ev, &res, &self);
+    assert_int_equal(res.pki_status, CA_SCEP_SUCCESS);
+    pm_msg_destroy(&ev);
+    pm_msg_destroy(&rep);
+    X509_free(res.cert);
+    X509_free(self);
+    //  another transaction: FAILURE badRequest, no certificate
+    rep = s_pkiop(f, key, challenge, "DUR-TX-2", &ev, &res, &self);
+    assert_int_equal(res.pki_status, CA_SCEP_FAILURE);
+    assert_int_equal(res.fail_info, CA_SCEP_BAD_REQUEST);
+    assert_null(res.cert);
+    assert_string_equal(pm_msg_str(ev, "name"), "ca.rejected");
+    pm_msg_destroy(&ev);
+    pm_msg_destroy(&rep);
+    X509_free(self);
+    //  an unknown challenge (the fake store has no row): refused
+    rep = s_pkiop(f, key, "nOtAChallengeTheStoreKnows000000", "DUR-TX-3", &ev, &res, &self);
+    assert_int_equal(res.pki_status, CA_SCEP_FAILURE);
+    pm_msg_destroy(&ev);
+    pm_msg_destroy(&rep);
+    X509_free(self);
+    assert_int_equal(f->store.adds, 1);
+    assert_int_equal(f->store.uses, 4);
+    EVP_PKEY_free(key);
+    free(challenge);
+}
+
+//  A PKCSReq (the SCEP request itself; the device's challenge does not matter)
+//  whose store does not answer: HTTP 503, no CertRep, no certificate.
+static void s_expect_503(s_fix_t *f)
+{
+    EVP_PKEY *key = EVP_RSA_gen(2048);
+    X509_REQ *csr = pm_scepc_csr(key, "svc-device", "AnyChallengeTheStoreMustCheck000");
+    X509 *self = pm_scepc_self_signed(key, "transient");
+    uint8_t nonce[16], *der = NULL;
+    size_t len = 0;
+    RAND_bytes(nonce, sizeof nonce);
+    assert_int_equal(pm_scepc_request(CA_SCEP_PKCSREQ, csr, self, key,
+                                      ca_pki_ra_cert(ca_svc_pki(f->svc)), "DOWN-TX", nonce, &der,
+                                      &len),
+                     0);
+    pm_msg_t *req = pm_msg_new(PM_MSG_SCEP);
+    pm_msg_set_str(req, "method", "POST");
+    pm_msg_set_str(req, "operation", "PKIOperation");
+    pm_msg_set_bin(req, "message", der, len);
+    OPENSSL_free(der);
+    pm_msg_t *ev = NULL;
+    pm_msg_t *rep = s_call(f, req, &ev);
+    assert_int_equal(pm_msg_type(rep), PM_MSG_SCEP_REPLY);
+    assert_int_equal(pm_msg_uint(rep, "status", 0), 503);
+    assert_string_equal(pm_msg_str(rep, "content_type"), "text/plain");
+    assert_null(ev); //  not a refusal: the device retries
+    pm_msg_destroy(&rep);
+    X509_REQ_free(csr);
+    X509_free(self);
+    EVP_PKEY_free(key);
+}
+
+static void test_durable_store_down(void **state)
+{
+    s_fix_t *f = *state;
+    f->store.mode = S_STORE_DOWN;
+    pm_msg_t *ev = NULL;
+    pm_msg_t *rep = s_profile_req(f, &ev);
+    //  no profile without its challenge in the store; the gateway answers 503
+    assert_int_equal(pm_msg_type(rep), PM_MSG_ERROR);
+    assert_string_equal(pm_msg_str(rep, "code"), "timeout");
+    assert_null(ev);
+    pm_msg_destroy(&rep);
+    s_expect_503(f);
+    //  the store answers with an error: the same for the PKCSReq, "internal" for the profile
+    f->store.mode = S_STORE_ERROR;
+    rep = s_profile_req(f, &ev);
+    assert_int_equal(pm_msg_type(rep), PM_MSG_ERROR);
+    assert_string_equal(pm_msg_str(rep, "code"), "internal");
+    pm_msg_destroy(&rep);
+    s_expect_503(f);
+    assert_int_equal(f->store.nrows, 0);
+}
+
+//  Stopping with requests waiting: each is answered once, late store replies
+//  are ignored, nothing leaks (ASan).
+static void test_durable_abandon(void **state)
+{
+    s_fix_t *f = *state;
+    f->store.mode = S_STORE_ASYNC;
+    s_done_t d1 = {0}, d2 = {0};
+    pm_msg_t *req = s_wire(pm_msg_new(PM_MSG_PROFILE));
+    ca_svc_request(f->svc, req, s_on_done, &d1);
+    pm_msg_destroy(&req);
+    req = s_wire(pm_msg_new(PM_MSG_PROFILE));
+    ca_svc_request(f->svc, req, s_on_done, &d2);
+    pm_msg_destroy(&req);
+    assert_int_equal(ca_svc_waiting(f->svc), 2);
+    assert_int_equal(d1.calls + d2.calls, 0);
+    ca_svc_abandon(f->svc);
+    assert_int_equal(ca_svc_waiting(f->svc), 0);
+    assert_int_equal(d1.calls, 1);
+    assert_int_equal(d2.calls, 1);
+    assert_int_equal(pm_msg_type(d1.rep), PM_MSG_ERROR);
+    assert_string_equal(pm_msg_str(d1.rep, "code"), "timeout");
+    //  one late reply arrives; the other never does (freed with the service)
+    s_callrec_t c = f->store.queue[0];
+    f->store.nqueue = 0;
+    s_store_answer(&f->store, &c);
+    assert_int_equal(d1.calls + d2.calls, 2);
+    pm_msg_destroy(&d1.rep);
+    pm_msg_destroy(&d2.rep);
+    pm_msg_destroy(&d1.ev);
+    pm_msg_destroy(&d2.ev);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_profile_then_scep, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_scep_http_and_errors, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_profile_then_scep, s_setup_durable, s_teardown),
+        cmocka_unit_test_setup_teardown(test_scep_http_and_errors, s_setup_durable, s_teardown),
+        cmocka_unit_test_setup_teardown(test_durable_store_decides, s_setup_durable, s_teardown),
+        cmocka_unit_test_setup_teardown(test_durable_store_down, s_setup_durable, s_teardown),
+        cmocka_unit_test_setup_teardown(test_durable_abandon, s_setup_durable, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -69,6 +69,10 @@ static const pm_opt_t s_opts[] = {
     {"run-dir", PM_OPT_STR, NULL,
      "default ipc directory: $XDG_RUNTIME_DIR/picomdm or /tmp/picomdm"},
     {"heartbeat-ms", PM_OPT_INT, "1000", "bus heartbeat interval"},
+    {"store-timeout-ms", PM_OPT_INT, "1500",
+     "one-time challenges: wait this long for picomdm-store per attempt (one retry) before the "
+     "profile or PKCSReq is answered with an error the client retries (keep it under half the "
+     "gateway's timeout)"},
     {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
     {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate (zcert secret file)"},
     PM_STATS_OPTION,
@@ -95,6 +99,7 @@ typedef struct {
     ca_svc_t *svc;
     pm_bus_t *bus;
     bool publish;
+    int store_timeout_ms;
     pm_stats_t *stats; //  may be NULL
     pm_stats_series_t *issued, *rejected, *profiles, *errors, *latency;
 } s_ctx_t;
@@ -196,25 +201,56 @@ out:
     pm_msg_destroy(&app);
 }
 
-//  One request: answer it now (every operation is a few ms of CPU), then
-//  log and publish the audit event, if any.
-static void s_on_job(void *arg, pm_bus_job_t *job)
+//  A request being handled: profiles and PKCSReqs with one-time challenges
+//  wait for the store (ca_svc.h), the others are answered at once.
+typedef struct {
+    s_ctx_t *c;
+    pm_bus_job_t *job;
+    double t0;
+} s_job_t;
+
+//  The answer: reply to the job, count it, then log and publish the audit
+//  event, if any.
+static void s_on_done(void *arg, pm_msg_t *rep, pm_msg_t *ev)
 {
-    s_ctx_t *c = arg;
-    pm_msg_t *ev = NULL;
-    double t0 = pm_stats_now_ms();
+    s_job_t *j = arg;
+    s_ctx_t *c = j->c;
     //  the event is made even when not published: the counters read it
-    pm_msg_t *rep = ca_svc_handle(c->svc, pm_bus_job_msg(job), &ev);
-    s_count(c, pm_bus_job_msg(job), rep, ev, pm_stats_now_ms() - t0);
+    s_count(c, pm_bus_job_msg(j->job), rep, ev, pm_stats_now_ms() - j->t0);
     if (!c->publish)
         pm_msg_destroy(&ev);
     if (rep)
-        pm_bus_job_reply(&job, rep);
+        pm_bus_job_reply(&j->job, rep);
     else
-        pm_bus_job_drop(&job);
+        pm_bus_job_drop(&j->job);
     pm_msg_destroy(&rep);
+    free(j);
     if (ev)
         s_emit(c, &ev);
+}
+
+static void s_on_job(void *arg, pm_bus_job_t *job)
+{
+    s_ctx_t *c = arg;
+    s_job_t *j = malloc(sizeof *j);
+    if (!j) {
+        pm_error("out of memory: request dropped (the client retries)");
+        pm_bus_job_drop(&job);
+        return;
+    }
+    *j = (s_job_t){c, job, pm_stats_now_ms()};
+    ca_svc_request(c->svc, pm_bus_job_msg(job), s_on_done, j);
+}
+
+//  How ca_svc reaches the store (durable one-time challenges): never blocking
+//  the loop; the service that handles the message, as the table says.
+static int s_store_call(void *arg, const pm_msg_t *req, pm_bus_reply_fn *fn, void *fn_arg)
+{
+    s_ctx_t *c = arg;
+    if (!c->bus)
+        return -1;
+    return pm_bus_call_async(c->bus, pm_msgdef(pm_msg_type(req))->service, req, c->store_timeout_ms,
+                             1, fn, fn_arg);
 }
 
 static const char *s_endpoint(const pm_cfg_t *cfg, const char *opt, const char *name, char *buf,
@@ -298,6 +334,9 @@ int main(int argc, char **argv)
         goto out;
     }
     char p[6][4096];
+    s_ctx_t ctx = {.stats = stats};
+    int64_t sto = pm_cfg_int(cfg, "store-timeout-ms");
+    ctx.store_timeout_ms = sto >= 100 && sto <= 60000 ? (int)sto : 1500;
     ca_svc_opts_t o = {
         .pki = {.ca_cert = s_path(cfg, "ca-cert", "ca.crt", p[0], sizeof p[0]),
                 .ca_key = s_path(cfg, "ca-key", "ca.key", p[1], sizeof p[1]),
@@ -321,7 +360,11 @@ int main(int argc, char **argv)
                     .display_name = pm_cfg_str(cfg, "display-name"),
                     .identifier = pm_cfg_str(cfg, "profile-identifier")},
         .tls_anchor = pm_cfg_str(cfg, "tls-anchor"),
-        .push_cert = pm_cfg_str(cfg, "push-cert")};
+        .push_cert = pm_cfg_str(cfg, "push-cert"),
+        //  the service keeps one-time challenges in the store (durable, shared
+        //  by every ca process); the offline `profile` command is static only
+        .call = cmd ? NULL : s_store_call,
+        .call_arg = &ctx};
     char err[512];
     //  the CA's directory (e.g. /var/lib/picomdm/ca) is made on first start too
     if (pm_cfg_str(cfg, "ca-cert") && strrchr(pm_cfg_str(cfg, "ca-cert"), '/')) {
@@ -351,7 +394,7 @@ int main(int argc, char **argv)
         uint8_t *der = NULL;
         size_t len = 0;
         char uuid[37];
-        if (ca_svc_profile(svc, NULL, &der, &len, uuid, err, sizeof err) < 0) {
+        if (ca_svc_profile(svc, NULL, &der, &len, uuid, NULL, NULL, err, sizeof err) < 0) {
             pm_error("profile: %s", err);
             goto out;
         }
@@ -368,7 +411,8 @@ int main(int argc, char **argv)
             .server_public_key = pm_cfg_str(cfg, "server-key"),
             .cert_file = pm_cfg_str(cfg, "curve-cert"),
             .heartbeat_ms = (int)pm_cfg_int(cfg, "heartbeat-ms")};
-        s_ctx_t ctx = {.svc = svc, .publish = bc.publish_endpoint != NULL, .stats = stats};
+        ctx.svc = svc;
+        ctx.publish = bc.publish_endpoint != NULL;
         s_stats_init(&ctx);
         ctx.bus = pm_bus_new(&bc);
         if (!ctx.bus || pm_bus_serve(ctx.bus, "ca", s_on_job, &ctx) < 0) {
@@ -389,6 +433,12 @@ int main(int argc, char **argv)
         }
         pm_notify_stopping();
         pm_info("stopping");
+        //  requests still waiting for the store get an answer the client retries
+        if (ca_svc_waiting(svc) > 0)
+            pm_info("answering %zu requests still waiting for the store with a retryable error",
+                    ca_svc_waiting(svc));
+        ca_svc_abandon(svc);
+        pm_bus_run_once(ctx.bus, 0); //  let those replies go out
         pm_bus_destroy(&ctx.bus);
         rc = 0;
     }

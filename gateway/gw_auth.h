@@ -103,6 +103,9 @@ void gw_auth_cache_stats(const gw_auth_t *auth, uint64_t *hits, uint64_t *misses
 //  (same slots; decoding an X509 is most of a signature check in OpenSSL 3.0).
 uint64_t gw_auth_cert_cache_hits(const gw_auth_t *auth);
 
+//  Signatures checked without CMS_verify's set-up (signed attributes and one
+//  digest algorithm; the same checks, see gw_auth.c s_verify_lean), so far.
+uint64_t gw_auth_lean_checks(const gw_auth_t *auth);
 //  Lower-case hex of a 32-byte hash into out (at least 65 bytes).
 void gw_auth_hash_hex(const uint8_t hash[32], char *out);
 

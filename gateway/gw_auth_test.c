@@ -447,19 +447,28 @@ static void test_fast_path_same_verdicts(void **state)
     assert_non_null(plain);
     assert_non_null(fast);
     assert_int_equal(gw_auth_set_cache(plain, 0, 0, 16), 0);
-    char *sigs[2] = {
+    //  EC + SHA-256 (the lean signature path), via an intermediate (chain
+    //  never cached), RSA + SHA-1, and no signed attributes (CMS_verify path)
+    enum { NSIG = 4 };
+    char *sigs[NSIG] = {
         s_sign(s_body, strlen(s_body), &f->leaf, 1, EVP_sha256(), NULL),
-        s_sign(s_body, strlen(s_body), &f->inter_leaf, 1, EVP_sha256(), f->inter.cert)};
+        s_sign(s_body, strlen(s_body), &f->inter_leaf, 1, EVP_sha256(), f->inter.cert),
+        s_sign(s_body, strlen(s_body), &f->leaf_rsa, 1, EVP_sha1(), NULL),
+        s_sign_at(s_body, strlen(s_body), &f->leaf, LONG_MIN)};
     srand(12345);
     int accepted = 0;
-    for (int i = 0; i < 3000; i++) {
-        const char *b64 = sigs[i % 2];
+    for (int i = 0; i < 4000; i++) {
+        const char *b64 = sigs[i % NSIG];
         unsigned char der[8192];
         int n = EVP_DecodeBlock(der, (const unsigned char *)b64, (int)strlen(b64));
         assert_true(n > 0 && n < (int)sizeof der - 16);
         while (n > 0 && der[n - 1] == 0 && b64[strlen(b64) - 1] == '=')
             n--; //  EVP_DecodeBlock keeps the padding bytes
-        int what = rand() % 5, at = rand() % (i % 7 == 0 ? 12 : n);
+        //  every 7th near the start (the wrappers), every 3rd in the last 200
+        //  bytes (the SignerInfo: signed attributes, signature), else anywhere
+        int what = rand() % 5, at = i % 7 == 0   ? rand() % 12
+                                    : i % 3 == 0 ? n - 1 - rand() % (n < 200 ? n : 200)
+                                                 : rand() % n;
         if (what == 0)
             der[at] ^= (unsigned char)(1u << (rand() % 8));
         else if (what == 1)
@@ -482,15 +491,26 @@ static void test_fast_path_same_verdicts(void **state)
         if (a != b || (a < 0 && strcmp(r1.code, r2.code) != 0))
             fail_msg("mutation %d (kind %d at %d): plain %d %s, fast %d %s", i, what, at, a,
                      a < 0 ? r1.code : "ok", b, b < 0 ? r2.code : "ok");
+        if (a == 0) { //  and the same description of the sender
+            assert_memory_equal(r1.cert_hash, r2.cert_hash, 32);
+            assert_string_equal(r1.subject, r2.subject);
+            assert_string_equal(r1.issuer, r2.issuer);
+            assert_int_equal(r1.has_prev, r2.has_prev);
+            assert_int_equal(r1.not_after, r2.not_after);
+            assert_int_equal(r1.has_skew, r2.has_skew);
+        }
         accepted += a == 0;
     }
     //  some mutations hit bytes nobody checks (e.g. inside an unused field);
     //  most must be refused
-    assert_true(accepted < 1500);
+    assert_true(accepted < 2000);
     uint64_t x = gw_auth_cert_cache_hits(fast);
     assert_true(x > 0);
-    free(sigs[0]);
-    free(sigs[1]);
+    //  the lean signature check ran (and only with the caches)
+    assert_true(gw_auth_lean_checks(fast) > 500);
+    assert_int_equal(gw_auth_lean_checks(plain), 0);
+    for (int i = 0; i < NSIG; i++)
+        free(sigs[i]);
     gw_auth_destroy(&plain);
     gw_auth_destroy(&fast);
 }

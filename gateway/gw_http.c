@@ -2,6 +2,7 @@
 #include "gw_http.h"
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/keyvalq_struct.h>
 #include <stdio.h>
 #include <string.h>
@@ -19,19 +20,33 @@ void gw_http_device_latency(double ms)
         s_obs.latency(s_obs.arg, ms);
 }
 
+//  Answers up to this size leave as one TLS record (the TLS maximum).
+#define GW_HTTP_ONE_RECORD (16 * 1024)
+
 void gw_http_send(struct evhttp_request *req, int code, const char *ctype, const void *body,
                   size_t len)
 {
     if (s_obs.answered)
         s_obs.answered(s_obs.arg, req, code);
-    struct evbuffer *buf = evbuffer_new();
-    if (buf && len)
-        evbuffer_add(buf, body, len);
+    //  the request's own output buffer: no evbuffer of ours per answer
+    if (len)
+        evbuffer_add(evhttp_request_get_output_buffer(req), body, len);
     if (ctype)
         evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
-    evhttp_send_reply(req, code, NULL, buf);
-    if (buf)
-        evbuffer_free(buf);
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    evhttp_send_reply(req, code, NULL, NULL);
+    //  evhttp leaves the header lines and the body in separate chains of the
+    //  connection's output buffer, and bufferevent_openssl makes one
+    //  SSL_write per chain when the socket is writable (the next loop
+    //  iteration): two TLS records, two write() calls and two TCP segments
+    //  per answer. One contiguous chain: one of each. (Nothing is written
+    //  yet at this point; evcon outlives the call, it is freed only from its
+    //  own callbacks.)
+    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+    struct evbuffer *out = bev ? bufferevent_get_output(bev) : NULL;
+    size_t n = out ? evbuffer_get_length(out) : 0;
+    if (n > 0 && n <= GW_HTTP_ONE_RECORD)
+        evbuffer_pullup(out, -1);
 }
 
 void gw_http_send_text(struct evhttp_request *req, int code, const char *text)

@@ -62,6 +62,7 @@ struct gw_server {
     struct event *bus_timer;
     struct event *bus_defer; //  one pm_bus_process per loop iteration (s_bus_kick)
     bool kick_pending;
+    gw_req_t *sendq, **sendq_tail; //  device requests to put on the bus (s_call, s_flush)
     gw_pending_t *reqs; //  every live request context (their first member) //  every live request
                         //  context (doubly linked)
     //  the direct device path: the scheduler's policy, once it answered
@@ -83,11 +84,15 @@ struct gw_req {
     char what[48]; //  MessageType or Status, for logs
     char remote[GW_REMOTE_MAX];
     char path[128];
+    pm_msg_t *out; //  queued for the bus (s_flush), with its service
+    const char *out_service;
+    gw_req_t *qnext;
 };
 
 /* ---- small helpers ---- */
 
 static void s_bus_kick(gw_server_t *self);
+static void s_flush(gw_server_t *self);
 
 //  A security.rejected on its way to the store's event log.
 typedef struct {
@@ -185,6 +190,7 @@ static gw_req_t *s_req_new(gw_server_t *self, struct evhttp_request *req)
 static void s_req_free(gw_req_t *r)
 {
     gw_pending_unlink(&r->p);
+    pm_msg_destroy(&r->out);
     free(r);
 }
 
@@ -237,6 +243,7 @@ static void s_bus_kick(gw_server_t *self)
     if (!self->bus)
         return;
     if (!self->bus_defer) {
+        s_flush(self);
         s_bus_process(self);
         return;
     }
@@ -252,14 +259,22 @@ static void s_on_bus_defer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     gw_server_t *self = arg;
     self->kick_pending = false;
+    s_flush(self);
     s_bus_process(self);
 }
 
+//  A bus fd readable (or the bus timer): processed with everything else of
+//  this loop iteration by the one deferred pm_bus_process (s_on_bus_defer),
+//  not here as well: each pm_bus_process costs a receive attempt and a
+//  ZMQ_EVENTS query per socket, a getpid and a poll inside libzmq each, and
+//  replies arriving in an iteration that also sends requests needed two.
+//  (The fd stays readable until libzmq has read its mailbox: nothing is lost
+//  by waiting for the end of the iteration.)
 static void s_on_bus_fd(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    s_bus_process(arg);
+    s_bus_kick(arg);
 }
 
 /* ---- back end replies ---- */
@@ -397,29 +412,66 @@ static void s_on_guard(evutil_socket_t fd, short what, void *arg)
     s_req_maybe_free(r);
 }
 
-//  Send `msg` to the back end for request context r (takes ownership of msg).
-static void s_call(gw_req_t *r, const char *service, pm_msg_t **msg)
+//  Put one queued request on the bus (its message is consumed).
+static void s_send(gw_req_t *r)
 {
     gw_server_t *self = r->srv;
     int total = self->cfg.backend_timeout_ms;
     //  one retry with the same rid (the worker side answers it from its cache)
     int per_try = total / 2 > 100 ? total / 2 : 100;
+    int rc = self->bus
+                 ? pm_bus_call_async(self->bus, r->out_service, r->out, per_try, 1, s_on_reply, r)
+                 : -1;
+    pm_msg_destroy(&r->out);
+    if (rc < 0) {
+        r->p.bus_pending = false;
+        if (r->p.req) {
+            pm_warn("eid=%s %s: cannot queue the request for '%s'; 503", r->eid, r->what,
+                    r->out_service);
+            s_send_503(self, r->p.req);
+            r->p.req = NULL;
+            if (self->st.in_flight)
+                self->st.in_flight--;
+        }
+        s_req_maybe_free(r);
+    }
+}
+
+//  Everything queued by s_call this loop iteration goes on the bus now, one
+//  after the other: libzmq's I/O thread is woken (eventfd, a thread wake-up,
+//  a sendto to the broker) when a message finds its pipe empty, so requests
+//  handled in one iteration but sent one by one, each after its signature
+//  check (~0.1 ms), woke it once each; sent together, once for all.
+static void s_flush(gw_server_t *self)
+{
+    gw_req_t *q = self->sendq;
+    self->sendq = NULL;
+    self->sendq_tail = &self->sendq;
+    while (q) {
+        gw_req_t *next = q->qnext;
+        q->qnext = NULL;
+        s_send(q);
+        q = next;
+    }
+}
+
+//  Send `msg` to the back end for request context r (takes ownership of
+//  msg): queued, and put on the bus at the end of this loop iteration
+//  (s_flush, from the same deferred event as pm_bus_process).
+static void s_call(gw_req_t *r, const char *service, pm_msg_t **msg)
+{
+    gw_server_t *self = r->srv;
     r->p.bus_pending = true;
     self->st.in_flight++;
-    if (pm_bus_call_async(self->bus, service, *msg, per_try, 1, s_on_reply, r) < 0) {
-        r->p.bus_pending = false;
-        self->st.in_flight--;
-        pm_warn("eid=%s %s: cannot queue the request for '%s'; 503", r->eid, r->what, service);
-        s_send_503(self, r->p.req);
-        r->p.req = NULL;
-        pm_msg_destroy(msg);
-        s_req_maybe_free(r);
-        return;
-    }
-    pm_msg_destroy(msg);
+    r->out = *msg;
+    *msg = NULL;
+    r->out_service = service;
+    r->qnext = NULL;
+    *self->sendq_tail = r;
+    self->sendq_tail = &r->qnext;
     r->p.guard = evtimer_new(self->base, s_on_guard, r);
     if (r->p.guard) {
-        int ms = total + 500;
+        int ms = self->cfg.backend_timeout_ms + 500;
         struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
         evtimer_add(r->p.guard, &tv);
     }
@@ -825,6 +877,7 @@ gw_server_t *gw_server_new(const gw_server_config_t *cfg, struct event_base *bas
     gw_server_t *self = calloc(1, sizeof *self);
     if (!self)
         return NULL;
+    self->sendq_tail = &self->sendq;
     self->cfg = *cfg;
     self->base = base;
     self->bus = bus;
@@ -958,6 +1011,8 @@ void gw_server_destroy(gw_server_t **srv)
     gw_server_shutdown(self);
     while (self->reqs)
         s_req_free((gw_req_t *)self->reqs);
+    self->sendq = NULL;
+    self->sendq_tail = &self->sendq;
     for (int i = 0; i < self->nbus_ev; i++)
         event_free(self->bus_ev[i]);
     if (self->bus_timer)

@@ -18,10 +18,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PM_PROTO_VERSION 11
+#define PM_PROTO_VERSION 12
 //  FNV-1a 64 of the table (names, services, fields, types, required flags).
 //  The pm_msg test fails when the table changes and this does not.
-#define PM_PROTO_FINGERPRINT 0x13293e007c00e45eULL
+#define PM_PROTO_FINGERPRINT 0x3a445a9435303b42ULL
 
 #define PM_MSG_MAX_BYTES (16u * 1024 * 1024) //  also ZMQ_MAXMSGSIZE on every bus socket
 #define PM_MSG_MAX_DEPTH 32

@@ -485,6 +485,44 @@ static void test_dates(void **state)
         const char *x = s_wrap(body);
         s_expect_fail(x, strlen(x), "date");
     }
+    //  binary dates read through either path of s_date_get (libplist's own
+    //  seconds + microseconds when exact, else the double itself): the same
+    //  rounding to the microsecond as an independent computation
+    static const double edge[] = {100.5,       100,          -100.25,         -100,
+                                  -0.5,        0.000001,     1234.0000005,    1234.0000004,
+                                  2147483647., 2147483648.,  -2147483648.,    -2147483649.5,
+                                  3e9,         -3e10 + 0.25, 123456789.123456};
+    for (size_t i = 0; i < sizeof edge / sizeof *edge; i++) {
+        double mac = edge[i];
+        uint8_t o[9] = {0x33};
+        uint64_t u;
+        memcpy(&u, &mac, 8);
+        s_put_be(o + 1, u, 8);
+        const uint8_t *objs[] = {o};
+        size_t lens[] = {9};
+        s_bp_t bp = s_bp_build(objs, lens, 1, 0, 1);
+        uint8_t *mp;
+        size_t n;
+        if (s_conv((char *)bp.buf, bp.len, &mp, &n) != 0)
+            fail_msg("binary date %f: %s", mac, s_errbuf);
+        msgpack_zone zone;
+        msgpack_zone_init(&zone, 64);
+        msgpack_object obj = s_unpack(mp, n, &zone);
+        msgpack_timestamp ts = {0, 0};
+        assert_true(msgpack_object_to_timestamp(&obj, &ts));
+        double whole = floor(mac), us = nearbyint((mac - whole) * 1e6);
+        int64_t want_s = (int64_t)whole + 978307200;
+        if (us >= 1e6) {
+            want_s++;
+            us = 0;
+        }
+        if (ts.tv_sec != want_s || ts.tv_nsec != (uint32_t)us * 1000u)
+            fail_msg("date %.7f -> %lld.%09u, want %lld.%09u", mac, (long long)ts.tv_sec,
+                     ts.tv_nsec, (long long)want_s, (uint32_t)us * 1000u);
+        msgpack_zone_destroy(&zone);
+        free(mp);
+        free(bp.buf);
+    }
     //  binary dates keep microseconds; exact both ways for a sweep of values
     for (int i = 0; i < 2000; i++) {
         double mac = -1e9 + i * 1234567.891234 + (i % 7) * 0.000001;

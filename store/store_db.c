@@ -6,6 +6,7 @@
  */
 #include "store_db.h"
 #include "store_pack.h"
+#include "store_chal.h"
 #include "store_doctor.h"
 #include "store_inv.h"
 
@@ -71,6 +72,8 @@ static const char *const s_migrations[] = {
     "UPDATE enrollments SET wake_pending = 0, last_reply = NULL;",
     /* 5: doctor facts: identity certificate expiry, device clock skew (store_doctor.h) */
     STORE_DOCTOR_MIGRATION,
+    /* 6: durable one-time SCEP challenges (store_chal.h) */
+    STORE_CHAL_MIGRATION,
 };
 #define S_NMIGRATIONS ((int)(sizeof s_migrations / sizeof s_migrations[0]))
 _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema version");

@@ -7,6 +7,7 @@
 #include "store_inv.h"
 #include "store_push.h"
 #include "store_token.h"
+#include "store_chal.h"
 
 #include "pm_log.h"
 #include "pm_mpck.h"
@@ -476,6 +477,10 @@ bool store_svc_apply(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply)
     case PM_MSG_ENROLL_TOKEN_USE:
     case PM_MSG_ENROLL_TOKEN_RELEASE:
         rc = store_token_apply(svc->db, req, reply, s_now_ms());
+        break;
+    case PM_MSG_SCEP_CHALLENGE_ADD:
+    case PM_MSG_SCEP_CHALLENGE_USE:
+        rc = store_chal_apply(svc->db, req, reply, s_now_ms());
         break;
     default:
         pm_warn("request %s: type %s is not a store request; answered bad_request", pm_msg_rid(req),

@@ -26,9 +26,10 @@ for t in build/asan/test/*; do [ -x "$t" ] && add "asan:$(basename "$t")" "$t"; 
 for t in build/fuzz/fuzz_*; do
     [ -x "$t" ] || continue
     n=${t##*/fuzz_}
-    # new inputs go to a scratch corpus; the committed seeds are only read
+    # new inputs go to a scratch corpus; the committed seeds are only read.
+    # libFuzzer exits 77 on a crash by default, which would count as a skip here.
     mkdir -p "build/fuzz/corpus/$n"
-    add "fuzz:$n" "$t -max_total_time=$FUZZ_SMOKE_SECONDS -rss_limit_mb=2048 build/fuzz/corpus/$n tests/fuzz/corpus/$n"
+    add "fuzz:$n" "$t -max_total_time=$FUZZ_SMOKE_SECONDS -rss_limit_mb=2048 -error_exitcode=1 -timeout_exitcode=1 build/fuzz/corpus/$n tests/fuzz/corpus/$n"
 done
 
 if [ "${1:-}" = "--list" ]; then printf '%s\n' "${names[@]}"; exit 0; fi

@@ -7,7 +7,8 @@
 # Printed per phase: device requests/s, latency p50/p99 (devsim), CPU seconds
 # per process and per device request; at the end peak RSS (VmHWM) per process.
 #   tests/bench/e2e.sh [N...]          (default: 1000 10000)
-#   CONCURRENCY=32 KEY_TYPE=ec|rsa GW_ARGS="--cert-cache 0" PERF=gateway LIST_ALL=1
+#   CONCURRENCY=32 KEY_TYPE=ec|rsa GW_ARGS="--cert-cache 0" PERF=gateway|devsim LIST_ALL=1
+#   DEVSIM_WRAP="strace -c -o FILE" (a command the simulator runs under)
 cd "$(dirname "$0")/../.."
 export BIN=${BIN:-$PWD/bin}
 SIZES=("$@")
@@ -36,11 +37,13 @@ run_size() {
         declare -A c0
         for k in "${!P[@]}"; do c0[$k]=$(cpu "${P[$k]}"); done
         local perf_pid=
-        if [ -n "${PERF:-}" ]; then # PERF=gateway: perf record that process (perf report -i perf-<name>.data)
+        if [ -n "${PERF:-}" ] && [ "$PERF" != devsim ]; then # PERF=gateway: perf record that process (perf report -i perf-<name>.data)
             perf record -q --call-graph ${PERF_CG:-fp} -p "${P[$PERF]}" -o "${PERF_DIR:-/tmp}/perf-$name.data" >/dev/null 2>&1 &
             perf_pid=$!
         fi
-        "${DS[@]}" "$@" >"$T/$name.out" 2>&1 || { cat "$T/$name.out"; fail "devsim $name failed"; }
+        local pre=(${DEVSIM_WRAP:-}) # e.g. DEVSIM_WRAP="strace -c -o /tmp/ds.strace": a command the simulator runs under
+        [ "${PERF:-}" != devsim ] || pre=(perf record -q --call-graph "${PERF_CG:-dwarf}" -o "${PERF_DIR:-/tmp}/perf-devsim-$name.data" --)
+        "${pre[@]}" "${DS[@]}" "$@" >"$T/$name.out" 2>&1 || { cat "$T/$name.out"; fail "devsim $name failed"; }
         [ -z "$perf_pid" ] || { kill -INT $perf_pid; wait $perf_pid; }
         grep -E '^(enroll|session|devsim)' "$T/$name.out" | sed 's/^/  /'
         grep -q 'http errors 0, transport errors 0, bad replies 0' "$T/$name.out" ||
@@ -54,6 +57,10 @@ run_size() {
         done
         echo "$line"
         awk -v t=$total -v tck=$tck -v r=$reqs 'BEGIN { printf "  %s: %d device requests, server CPU %.2f s = %.0f us per device request\n", "'"$name"'", r, t / tck, r ? t / tck / r * 1e6 : 0 }'
+        # the simulator's own CPU in this phase (its "devsim <phase>: cpu" line:
+        # start-up and identity loading excluded), next to the server's
+        awk -v t=$total -v tck=$tck -v r=$reqs -v n="$name" '/^devsim +[a-z]+( [0-9]+)?: cpu user/ { for (i = 1; i <= NF; i++) { if ($i == "user") u += $(i + 1); if ($i == "sys") s += $(i + 1) } }
+            END { printf "  %s: simulator CPU %.2f s (user %.2f sys %.2f) = %.0f us per device request; server %.0f us; simulator share of the CPU used %.0f %%\n", n, u + s, u, s, (r ? (u + s) / r * 1e6 : 0), (r ? t / tck / r * 1e6 : 0), (u + s + t / tck ? 100 * (u + s) / (u + s + t / tck) : 0) }' "$T/$name.out"
     }
     phase enroll 2 --rounds 0
     # one DeviceInformation for every device, in chunks of 1000 targets per enqueue
@@ -65,7 +72,9 @@ run_size() {
     : >"$T/eids"
     [ -z "${LIST_ALL:-}" ] || cli devices --limit $((n + 10)) | awk 'NR > 1 { print $1 }' >"$T/eids"
     while [ -z "${LIST_ALL:-}" ]; do
-        page=$(cli devices --limit 1000 ${after:+--after "$after"} | awk 'NR > 1 { print $1 }')
+        # (the page after the last one says "no enrollments yet" on stderr: not an error)
+        page=$(cli devices --limit 1000 ${after:+--after "$after"} 2>"$T/devices.err" | awk 'NR > 1 { print $1 }')
+        grep -v '^no enrollments yet' "$T/devices.err" >&2
         [ -n "$page" ] || break
         echo "$page" >>"$T/eids"
         after=$(tail -n 1 <<<"$page")
@@ -89,6 +98,13 @@ run_size() {
         line+=" $k $((kb / 1024))"
     done
     echo "$line; all $((sum / 1024)) MB"
+    # issue #4's targets, from the session phase (one command round trip per
+    # device: Idle -> command, Acknowledged -> empty reply; 2 requests each)
+    awk -v n="$n" -v c="$CONC" -v rss=$((sum / 1024)) '/^session [0-9]+ .* requests, latency/ {
+            for (i = 1; i <= NF; i++) { if ($i == "in") t = $(i + 1); if ($i == "requests,") r = $(i - 1); if ($i == "p50") p50 = $(i + 1); if ($i == "p99") p99 = $(i + 1) } }
+        END { rate = t > 0 ? r / t : 0
+            printf "  targets (%d devices, concurrency %d): %.0f device requests/s sustained (>= 3000: %s), p50 %.1f ms, p99 %.1f ms (< 20 ms: %s), mean %.1f ms (= concurrency / rate, Little); peak RSS %d MB (< 150 MB: %s)\n",
+                n, c, rate, (rate >= 3000 ? "met" : "NOT met"), p50, p99, (p99 < 20 ? "met" : "NOT met"), (rate > 0 ? 1000 * c / rate : 0), rss, (rss < 150 ? "met" : "NOT met") }' "$T/session.out"
     echo "  database: $(du -sh "$T/data" | cut -f1)"
     # stop this set before the next size
     for k in gateway scheduler store broker; do kill "${P[$k]}" 2>/dev/null; done

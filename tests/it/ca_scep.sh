@@ -13,6 +13,12 @@
 [ -x "$TT/ca_client" ] || { echo "skip: $TT/ca_client not built (run make)"; exit 77; }
 
 start_broker broker
+# one-time challenges are kept by the store (docs/enrollment.md, store_chal.h)
+[ -x "$BIN/picomdm-store" ] || { echo "skip: $BIN/picomdm-store not built (run make)"; exit 77; }
+"$BIN/picomdm-store" --request-endpoint "$REQ" --publish-endpoint "$PUB" --data-dir "$D/store" \
+    >"$D/store.log" 2>&1 &
+PIDS+=("$!")
+wait_log broker "registered for 'store'" 1 20
 "$TT/bustest" sub --subscribe-endpoint "$SUB" --prefix ca. --count 6 --max-seconds 50 \
     >"$D/events.out" 2>"$D/sub.log" &
 SUBPID=$!

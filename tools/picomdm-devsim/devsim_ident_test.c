@@ -126,6 +126,96 @@ static void test_clock_skew(void **state)
     devsim_ca_destroy(&ca);
 }
 
+//  The fast path (signatures assembled from a template after the first per
+//  key type and digest): every one verifies against the CA, is canonical DER
+//  (OpenSSL decodes and re-encodes it to the same bytes), carries this
+//  identity's certificate, a signingTime of now, the body's messageDigest
+//  (a tampered body fails), and each is a fresh signature. Many signatures,
+//  so ECDSA's 70-72-byte encodings (length bytes) all occur.
+static void test_fast_path(void **state)
+{
+    (void)state;
+    char err[256];
+    devsim_ca_t *ca = devsim_ca_generate("Device CA", DEVSIM_KEY_EC, err, sizeof err);
+    assert_non_null(ca);
+    static const char *bodies[] = {"", "x", s_body, NULL};
+    char big[3000];
+    memset(big, 'a', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    bodies[3] = big;
+    for (int kt = 0; kt < 2; kt++) {
+        devsim_ident_t *a =
+            devsim_ident_issue(ca, "FAST-A", (devsim_key_t)kt, -60, 86400, err, sizeof err);
+        devsim_ident_t *b = devsim_ident_issue(ca, "FAST-BBBBBBBBBBBBBBBBBBBBBBBBBBBBB",
+                                               (devsim_key_t)kt, -60, 86400, err, sizeof err);
+        assert_true(a && b);
+        for (int mdi = 0; mdi < 2; mdi++) {
+            const EVP_MD *md = mdi ? EVP_sha1() : EVP_sha256();
+            char *prev = NULL;
+            int rounds = kt == DEVSIM_KEY_EC ? 60 : 6;
+            for (int i = 0; i < rounds; i++) {
+                devsim_ident_t *id = i % 3 == 2 ? b : a;
+                const char *body = bodies[i % 4];
+                long f0, o0, f1, o1;
+                devsim_ident_sign_counts(&f0, &o0);
+                char *sig = NULL;
+                assert_int_equal(devsim_ident_sign(id, NULL, md, body, strlen(body), &sig), 0);
+                devsim_ident_sign_counts(&f1, &o1);
+                if (i > 0) //  the first of a (key type, digest) may be OpenSSL's
+                    assert_int_equal(f1, f0 + 1);
+                assert_int_equal(s_verify(sig, body, strlen(body), devsim_ca_cert(ca)), 1);
+                char bad[3100];
+                snprintf(bad, sizeof bad, "%s!", body);
+                assert_int_equal(s_verify(sig, bad, strlen(bad), devsim_ca_cert(ca)), -1);
+                //  canonical DER, this identity's certificate, signingTime now
+                size_t blen = strlen(sig);
+                unsigned char *der = malloc(blen), *re = NULL;
+                int n = EVP_DecodeBlock(der, (const unsigned char *)sig, (int)blen);
+                while (blen > 0 && sig[blen - 1] == '=') {
+                    n--;
+                    blen--;
+                }
+                const unsigned char *p = der;
+                CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, n);
+                assert_non_null(cms);
+                assert_ptr_equal(p, der + n);
+                int rl = i2d_CMS_ContentInfo(cms, &re);
+                assert_int_equal(rl, n);
+                assert_memory_equal(re, der, (size_t)n);
+                STACK_OF(X509) *certs = CMS_get1_certs(cms);
+                assert_int_equal(sk_X509_num(certs), 1);
+                assert_int_equal(X509_cmp(sk_X509_value(certs, 0), devsim_ident_cert(id)), 0);
+                sk_X509_pop_free(certs, X509_free);
+                CMS_SignerInfo *si = sk_CMS_SignerInfo_value(CMS_get0_SignerInfos(cms), 0);
+                assert_int_equal(CMS_SignerInfo_cert_cmp(si, devsim_ident_cert(id)), 0);
+                int ix = CMS_signed_get_attr_by_NID(si, NID_pkcs9_signingTime, -1);
+                assert_true(ix >= 0);
+                ASN1_TYPE *t = X509_ATTRIBUTE_get0_type(CMS_signed_get_attr(si, ix), 0);
+                struct tm tm;
+                assert_int_equal(ASN1_TIME_to_tm((const ASN1_TIME *)t->value.asn1_string, &tm), 1);
+                long d = (long)(timegm(&tm) - time(NULL));
+                assert_true(d >= -5 && d <= 1);
+                assert_true(CMS_signed_get_attr_count(si) >= 3);
+                //  a fresh signature every time (ECDSA k, a new messageDigest)
+                if (prev)
+                    assert_string_not_equal(prev, sig);
+                free(prev);
+                prev = sig;
+                OPENSSL_free(re);
+                CMS_ContentInfo_free(cms);
+                free(der);
+            }
+            free(prev);
+        }
+        devsim_ident_destroy(&a);
+        devsim_ident_destroy(&b);
+    }
+    long fast, openssl;
+    devsim_ident_sign_counts(&fast, &openssl);
+    assert_true(fast > 100);
+    devsim_ca_destroy(&ca);
+}
+
 static void test_negative_signatures(void **state)
 {
     (void)state;
@@ -200,9 +290,8 @@ static void test_pem_round_trip(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_sign_and_verify),
-        cmocka_unit_test(test_negative_signatures),
-        cmocka_unit_test(test_clock_skew),
+        cmocka_unit_test(test_sign_and_verify),     cmocka_unit_test(test_fast_path),
+        cmocka_unit_test(test_negative_signatures), cmocka_unit_test(test_clock_skew),
         cmocka_unit_test(test_pem_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,244 @@
+/*  store_chal — durable one-time SCEP challenges on the store's database. See
+ *  store_chal.h.
+ */
+#include "store_chal.h"
+#include "pm_log.h"
+
+#include <msgpack.h>
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#define S_TXID_MAX 256 //  SCEP transactionIDs are short (a hash in hex or base64)
+
+//  When the next prune is due and how many live rows there are, for the one
+//  database this process serves (reset when another one is seen: tests).
+static struct {
+    const sqlite3 *sql;
+    int64_t next_prune;
+    int64_t live;
+} s_state;
+
+//  64 lowercase hex digits.
+static bool s_hex64(const char *h)
+{
+    if (!h || strlen(h) != 64)
+        return false;
+    for (const char *p = h; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+            return false;
+    return true;
+}
+
+static store_rc_t s_db_error(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, const char *what)
+{
+    pm_error("%s (request %s): %s", what, pm_msg_rid(req), sqlite3_errmsg(sql));
+    *reply = pm_msg_new_error(req, "internal",
+                              "%s failed in the database: %s; retry, and check "
+                              "picomdm-store's log",
+                              what, sqlite3_errmsg(sql));
+    return STORE_ERR_DB;
+}
+
+int store_chal_prune(store_db_t *db, int64_t now_ms, int max)
+{
+    sqlite3 *sql = store_db_sqlite(db);
+    sqlite3_stmt *st = NULL;
+    //  bounded: one prune never holds the group commit for long
+    if (sqlite3_prepare_v2(sql,
+                           "DELETE FROM scep_challenges WHERE hash IN (SELECT hash FROM"
+                           " scep_challenges WHERE expires <= ?1 LIMIT ?2)",
+                           -1, &st, NULL) != SQLITE_OK) {
+        pm_error("pruning expired SCEP challenges: %s", sqlite3_errmsg(sql));
+        return -1;
+    }
+    sqlite3_bind_int64(st, 1, now_ms);
+    sqlite3_bind_int(st, 2, max);
+    int r = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (r != SQLITE_DONE) {
+        pm_error("pruning expired SCEP challenges: %s", sqlite3_errmsg(sql));
+        return -1;
+    }
+    return sqlite3_changes(sql);
+}
+
+void store_chal_prune_due(void)
+{
+    s_state.next_prune = 0;
+}
+
+//  Prune when due, and count the live rows then (one index scan a minute).
+static int s_maintain(sqlite3 *sql, store_db_t *db, int64_t now)
+{
+    if (s_state.sql == sql && now < s_state.next_prune)
+        return 0;
+    int n = store_chal_prune(db, now, STORE_CHAL_PRUNE_BATCH);
+    if (n < 0)
+        return -1;
+    if (n > 0)
+        pm_info("pruned %d expired SCEP challenges", n);
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(sql, "SELECT count(*) FROM scep_challenges WHERE expires > ?1", -1, &st,
+                           NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_int64(st, 1, now);
+    int r = sqlite3_step(st);
+    int64_t live = r == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+    sqlite3_finalize(st);
+    if (live < 0)
+        return -1;
+    s_state.sql = sql;
+    s_state.live = live;
+    //  a full batch: more are waiting, prune again at the next add
+    s_state.next_prune = n >= STORE_CHAL_PRUNE_BATCH ? now : now + STORE_CHAL_PRUNE_MS;
+    return 0;
+}
+
+static store_rc_t s_add(sqlite3 *sql, store_db_t *db, const pm_msg_t *req, pm_msg_t **reply,
+                        int64_t now)
+{
+    const char *hash = pm_msg_str(req, "hash");
+    int64_t expires = (int64_t)pm_msg_uint(req, "expires_ms", 0);
+    if (!s_hex64(hash)) {
+        *reply = pm_msg_new_error(req, "bad_request", "hash must be a SHA-256 in lowercase hex");
+        return STORE_ERR_BAD;
+    }
+    if (expires <= now) {
+        *reply = pm_msg_new_error(req, "bad_request",
+                                  "expires_ms is in the past: check picomdm-ca's challenge-ttl "
+                                  "and both hosts' clocks");
+        return STORE_ERR_BAD;
+    }
+    if (s_maintain(sql, db, now) < 0)
+        return s_db_error(sql, req, reply, "scep_challenge.add");
+    if (s_state.live >= STORE_CHAL_MAX) {
+        pm_warn("scep_challenge.add refused: %lld one-time SCEP challenges outstanding "
+                "(limit %d)",
+                (long long)s_state.live, STORE_CHAL_MAX);
+        *reply = pm_msg_new_error(req, "conflict",
+                                  "%d one-time SCEP challenges are outstanding: protect the "
+                                  "enrollment route (enroll-auth) or shorten challenge-ttl",
+                                  STORE_CHAL_MAX);
+        return STORE_ERR_CONFLICT;
+    }
+    sqlite3_stmt *st = NULL;
+    //  OR IGNORE: a retried add (same challenge) changes nothing
+    if (sqlite3_prepare_v2(sql,
+                           "INSERT OR IGNORE INTO scep_challenges(hash, expires, created)"
+                           " VALUES(?1, ?2, ?3)",
+                           -1, &st, NULL) != SQLITE_OK)
+        return s_db_error(sql, req, reply, "scep_challenge.add");
+    sqlite3_bind_text(st, 1, hash, 64, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, expires);
+    sqlite3_bind_int64(st, 3, now);
+    int r = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (r != SQLITE_DONE)
+        return s_db_error(sql, req, reply, "scep_challenge.add");
+    bool added = sqlite3_changes(sql) == 1;
+    s_state.live += added;
+    //  the ca's ca.profile event, logged with the challenge (a retried add: once)
+    const char *ev = pm_msg_str(req, "event");
+    if (ev && *ev && added) {
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        const msgpack_object *o = pm_msg_obj(req, "event_data");
+        if (o) {
+            msgpack_packer pk;
+            msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+            msgpack_pack_object(&pk, *o);
+        }
+        uint64_t seq = 0;
+        store_rc_t erc =
+            store_db_event_append(db, ev, NULL, "ca", (const uint8_t *)sb.data, sb.size, now, &seq);
+        msgpack_sbuffer_destroy(&sb);
+        if (erc != STORE_OK)
+            return s_db_error(sql, req, reply, "scep_challenge.add (its event)");
+    }
+    *reply = pm_msg_new_reply(req, PM_MSG_OK);
+    return STORE_OK;
+}
+
+static store_rc_t s_use(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int64_t now)
+{
+    const char *hash = pm_msg_str(req, "hash");
+    const char *txid = pm_msg_str(req, "transaction_id");
+    const char *kh = pm_msg_str(req, "key_hash");
+    if (!s_hex64(hash) || !s_hex64(kh)) {
+        *reply = pm_msg_new_error(req, "bad_request",
+                                  "hash and key_hash must be SHA-256 values in lowercase hex");
+        return STORE_ERR_BAD;
+    }
+    if (!txid || !*txid || strlen(txid) > S_TXID_MAX) {
+        *reply = pm_msg_new_error(req, "bad_request",
+                                  "transaction_id must be the SCEP transactionID (1 to %d "
+                                  "characters)",
+                                  S_TXID_MAX);
+        return STORE_ERR_BAD;
+    }
+    sqlite3_stmt *st = NULL;
+    //  the one statement that decides: only an unused, live challenge matches
+    if (sqlite3_prepare_v2(sql,
+                           "UPDATE scep_challenges SET used=?2, txid=?3, key_hash=?4"
+                           " WHERE hash=?1 AND used IS NULL AND expires > ?2",
+                           -1, &st, NULL) != SQLITE_OK)
+        return s_db_error(sql, req, reply, "scep_challenge.use");
+    sqlite3_bind_text(st, 1, hash, 64, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, now);
+    sqlite3_bind_text(st, 3, txid, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, kh, 64, SQLITE_STATIC);
+    int r = sqlite3_step(st);
+    sqlite3_finalize(st);
+    if (r != SQLITE_DONE)
+        return s_db_error(sql, req, reply, "scep_challenge.use");
+    bool accepted = sqlite3_changes(sql) == 1;
+    const char *reason = NULL;
+    if (!accepted) {
+        if (sqlite3_prepare_v2(sql,
+                               "SELECT expires, used, txid, key_hash FROM scep_challenges"
+                               " WHERE hash=?1",
+                               -1, &st, NULL) != SQLITE_OK)
+            return s_db_error(sql, req, reply, "scep_challenge.use");
+        sqlite3_bind_text(st, 1, hash, 64, SQLITE_STATIC);
+        r = sqlite3_step(st);
+        if (r == SQLITE_DONE) {
+            reason = "unknown";
+        } else if (r != SQLITE_ROW) {
+            sqlite3_finalize(st);
+            return s_db_error(sql, req, reply, "scep_challenge.use");
+        } else if (sqlite3_column_int64(st, 0) <= now) {
+            reason = "expired"; //  even for the transaction that used it, as before
+        } else {
+            const char *utx = (const char *)sqlite3_column_text(st, 2);
+            const char *ukh = (const char *)sqlite3_column_text(st, 3);
+            //  the same SCEP transaction with the same key again: a retry
+            if (utx && ukh && strcmp(utx, txid) == 0 && strcmp(ukh, kh) == 0)
+                accepted = true;
+            else
+                reason = "used";
+        }
+        sqlite3_finalize(st);
+    }
+    *reply = pm_msg_new_reply(req, PM_MSG_SCEP_CHALLENGE_USE_REPLY);
+    if (*reply && (pm_msg_set_bool(*reply, "accepted", accepted) < 0 ||
+                   (reason && pm_msg_set_str(*reply, "reason", reason) < 0)))
+        pm_msg_destroy(reply);
+    return STORE_OK;
+}
+
+store_rc_t store_chal_apply(store_db_t *db, const pm_msg_t *req, pm_msg_t **reply, int64_t now_ms)
+{
+    sqlite3 *sql = store_db_sqlite(db);
+    *reply = NULL;
+    switch (pm_msg_type(req)) {
+    case PM_MSG_SCEP_CHALLENGE_ADD:
+        return s_add(sql, db, req, reply, now_ms);
+    case PM_MSG_SCEP_CHALLENGE_USE:
+        return s_use(sql, req, reply, now_ms);
+    default:
+        *reply = pm_msg_new_error(req, "unknown_type", "not a SCEP challenge request");
+        return STORE_ERR_BAD;
+    }
+}

@@ -1,0 +1,134 @@
+#!/bin/bash
+# ca_challenge_durable — one-time SCEP challenges survive picomdm-ca (issue #6,
+# docs/enrollment.md "Challenge passwords"): the store keeps them.
+#  * `picomdm up`; two enrollment profiles downloaded from the gateway;
+#  * picomdm-ca is killed with SIGKILL (`picomdm up` restarts it);
+#  * a simulated device (devsim --enroll-url) enrolls with the first profile,
+#    downloaded before the kill: its challenge is still known and accepted;
+#  * a second device with the same profile is refused (SCEP FAILURE);
+#  * two ca processes: a second picomdm-ca joins the bus, the first is
+#    stopped (SIGSTOP: the broker drops it), and a device enrolls with the
+#    second profile, which the first ca made: served by the other process;
+#  * the store holds only hashes (no challenge in the database file or logs).
+set -u
+ROOT=${PICOMDM_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
+BIN=${BIN:-$ROOT/bin}
+for b in picomdm picomdm-devsim picomdm-ca picomdm-gateway picomdm-broker picomdm-store picomdm-scheduler; do
+    [ -x "$BIN/$b" ] || { echo "$BIN/$b not built (make)"; exit 77; }
+done
+command -v openssl >/dev/null && command -v curl >/dev/null || { echo "openssl and curl CLIs needed (make deps)"; exit 77; }
+T=$(mktemp -d /tmp/ca_challenge_durable.XXXXXX)
+UP_PID=
+WWW_PID=
+CA2_PID=
+STOPPED=
+cleanup() {
+    [ -n "$STOPPED" ] && kill -CONT "$STOPPED" 2>/dev/null
+    for p in $WWW_PID $CA2_PID; do kill -TERM "$p" 2>/dev/null; done
+    if [ -n "$UP_PID" ]; then
+        kill -TERM "$UP_PID" 2>/dev/null
+        for _ in $(seq 50); do kill -0 "$UP_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$UP_PID" 2>/dev/null
+    fi
+    for f in "$T"/var/run/*.pid; do [ -f "$f" ] && kill -KILL "$(cat "$f")" 2>/dev/null; done
+    for p in $WWW_PID $CA2_PID; do kill -KILL "$p" 2>/dev/null; done
+    rm -rf "$T"
+}
+trap cleanup EXIT
+fail() {
+    echo "FAIL: $*"
+    echo "--- server log (errors, warnings, ca):"; grep -E "^[EW]:|\(ca\)" "$T/up.log" | tail -n 25
+    [ -f "$T/ca2.log" ] && { echo "--- second ca:"; tail -n 10 "$T/ca2.log"; }
+    exit 1
+}
+wait_for() { local n=$(($1 * 10)); shift; while [ $n -gt 0 ]; do "$@" && return 0; sleep 0.1; n=$((n - 1)); done; return 1; }
+free_port() {
+    local p
+    for _ in $(seq 40); do
+        p=$((20000 + RANDOM % 40000))
+        ss -ltn | grep -q ":$p " || { echo "$p"; return 0; }
+    done
+    return 1
+}
+PORT=$(free_port) && WPORT=$(free_port) && [ "$PORT" != "$WPORT" ] || { echo "no free ports found"; exit 77; }
+
+PICOMDM_ENROLL_AUTH= PICOMDM_ENROLL_BASIC_AUTH= timeout 150 "$BIN/picomdm" up \
+    --data-dir "$T/var" --bin-dir "$BIN" --listen "127.0.0.1:$PORT" --stop-timeout 3000 >"$T/up.log" 2>&1 &
+UP_PID=$!
+export PICOMDM_CONFIG=$T/var/run/picomdm.cfg
+TLS=$T/var/pki/tls.crt
+URL=https://localhost:$PORT
+health() { curl -sf --cacert "$TLS" "$URL/scep?operation=GetCACaps" 2>/dev/null | grep -q POSTPKIOperation; }
+wait_for 40 health || fail "gateway + ca do not answer GetCACaps on $URL/scep"
+grep -q "challenge one-time" "$T/up.log" || fail "picomdm up's ca is not in one-time challenge mode"
+
+mkdir -p "$T/www"
+for i in 1 2; do
+    code=$(curl -s --cacert "$TLS" -o "$T/www/p$i.mobileconfig" -w '%{http_code}' "$URL/mdm/enroll")
+    [ "$code" = 200 ] && [ -s "$T/www/p$i.mobileconfig" ] || fail "profile $i download: HTTP $code"
+done
+# the challenges, read from the signed profiles
+chal() {
+    openssl cms -verify -noverify -inform DER -in "$1" 2>/dev/null |
+        tr -d '\n\t ' | sed -n 's/.*<key>Challenge<\/key><string>\([^<]*\)<\/string>.*/\1/p'
+}
+C1=$(chal "$T/www/p1.mobileconfig")
+C2=$(chal "$T/www/p2.mobileconfig")
+[ ${#C1} -eq 32 ] && [ ${#C2} -eq 32 ] && [ "$C1" != "$C2" ] || fail "profiles do not carry two distinct one-time challenges ('$C1' '$C2')"
+grep -q "one-time challenge kept by the store" "$T/up.log" || fail "the ca did not record the challenge in the store"
+
+# kill -9 picomdm-ca; `picomdm up` restarts it
+CA_PID=$(cat "$T/var/run/ca.pid")
+kill -0 "$CA_PID" 2>/dev/null || fail "no picomdm-ca process ($CA_PID)"
+kill -KILL "$CA_PID"
+new_ca() { local p; p=$(cat "$T/var/run/ca.pid" 2>/dev/null) && [ -n "$p" ] && [ "$p" != "$CA_PID" ] && kill -0 "$p" 2>/dev/null; }
+wait_for 30 new_ca || fail "picomdm-ca was not restarted after kill -9"
+wait_for 20 health || fail "the restarted ca does not answer"
+echo "picomdm-ca killed (pid $CA_PID) and restarted (pid $(cat "$T/var/run/ca.pid"))"
+
+# the saved profiles are served by a plain HTTPS file server (a device that
+# downloaded its profile before the crash installs it afterwards)
+(cd "$T/www" && exec openssl s_server -quiet -accept "$WPORT" -cert "$T/var/pki/tls.crt" \
+    -key "$T/var/pki/tls.key" -WWW) >"$T/www.log" 2>&1 &
+WWW_PID=$!
+www() { curl -sf --cacert "$TLS" -o /dev/null "https://localhost:$WPORT/p1.mobileconfig"; }
+wait_for 15 www || fail "the test's HTTPS file server (openssl s_server) does not start: $(tail -3 "$T/www.log")"
+
+enroll() { # profile out -> devsim exit status
+    "$BIN/picomdm-devsim" --enroll-url "https://localhost:$WPORT/$1" --ca-bundle "$TLS" --devices 1 \
+        --rounds 0 --timeout-ms 20000 >"$T/$2" 2>&1
+}
+enroll p1.mobileconfig ds1.out || fail "devsim with a profile made before the ca's kill -9: $(tail -5 "$T/ds1.out")"
+grep -q "^scep: 1 device(s) got their identity" "$T/ds1.out" || fail "devsim: no SCEP identity: $(cat "$T/ds1.out")"
+grep -q "^enroll     1 enrollments.*; 0 failed" "$T/ds1.out" || fail "devsim: check-in failed: $(cat "$T/ds1.out")"
+echo "a device enrolled with a challenge issued before picomdm-ca's kill -9"
+
+# a second device with the same profile: the challenge is spent
+enroll p1.mobileconfig ds1b.out && fail "a second device enrolled with a used one-time challenge"
+grep -qi "failure\|fail" "$T/ds1b.out" || fail "the second use did not end in a SCEP failure: $(tail -3 "$T/ds1b.out")"
+grep -q "challenge password rejected" "$T/up.log" || fail "the ca did not log the refused challenge"
+echo "a second use of that challenge was refused"
+
+# two ca processes on the bus share the challenges: a second ca joins, the
+# first (which made p2) is stopped, and p2 is served by the second
+"$BIN/picomdm-ca" --config "$PICOMDM_CONFIG" --heartbeat-ms 500 >"$T/ca2.log" 2>&1 &
+CA2_PID=$!
+wait_for 20 grep -q 'serving "ca"' "$T/ca2.log" || fail "the second picomdm-ca does not start"
+CA1=$(cat "$T/var/run/ca.pid")
+kill -STOP "$CA1"
+STOPPED=$CA1
+sleep 4 # the broker drops a worker silent for 3 heartbeats
+enroll p2.mobileconfig ds2.out || fail "devsim through the second ca: $(tail -5 "$T/ds2.out")"
+grep -q "^scep: 1 device(s) got their identity" "$T/ds2.out" || fail "devsim (second ca): no SCEP identity: $(cat "$T/ds2.out")"
+grep -q "scep: issued" "$T/ca2.log" || fail "the certificate was not issued by the second ca process"
+kill -CONT "$CA1"
+STOPPED=
+echo "a challenge made by one ca process was accepted by another"
+
+# only hashes in the store; no challenge in any log
+H1=$(printf %s "$C1" | openssl dgst -sha256 -r | cut -d' ' -f1)
+grep -q "$C1\|$C2" "$T/var/picomdm.db" "$T/var/picomdm.db-wal" 2>/dev/null && fail "a challenge is in the store's database"
+grep -q "$H1" "$T/var/picomdm.db" "$T/var/picomdm.db-wal" 2>/dev/null || fail "the challenge's SHA-256 is not in the store's database"
+grep -q "$C1\|$C2" "$T/up.log" "$T/ca2.log" && fail "a challenge appears in a log"
+echo "PASS: one-time challenges are durable (kill -9 of picomdm-ca), used once, shared by two ca processes, stored as hashes"
+exit 0
