@@ -32,7 +32,8 @@ struct store_svc {
     pm_stats_series_t *ops[PM_MSG_COUNT]; //  store_ops_total{type}, on first use
     pm_stats_series_t *errors, *commit_ms, *commit_failed, *batches, *seq;
     pm_stats_series_t *q_active, *q_sent, *q_wake; //  queue depths, read at each snapshot
-    uint64_t commits, applied;
+    uint64_t commits, applied, redone;
+    bool quiet; //  re-applying requests already counted: no stats (s_batch)
 };
 
 static int64_t s_now_ms(void)
@@ -575,14 +576,14 @@ bool store_svc_apply(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply)
         break;
     }
     pm_msg_type_t t = pm_msg_type(req);
-    if (svc->stats && t > PM_MSG_INVALID && t < PM_MSG_COUNT) {
+    if (svc->stats && !svc->quiet && t > PM_MSG_INVALID && t < PM_MSG_COUNT) {
         if (!svc->ops[t])
             svc->ops[t] = pm_stats_get(svc->stats, PM_STATS_COUNTER, "store_ops_total",
                                        "requests applied, by message type", "type",
                                        pm_msg_type_name(t), NULL, NULL);
         pm_stats_inc(svc->ops[t]);
     }
-    if (rc != STORE_OK)
+    if (rc != STORE_OK && !svc->quiet)
         pm_stats_inc(svc->errors);
     if (rc != STORE_OK && !*reply)
         *reply = s_error(svc, req, rc);
@@ -624,11 +625,22 @@ static void s_publish(void *arg, uint64_t seq, int64_t ts, const char *name, con
     pm_msg_destroy(&ev);
 }
 
-//  One transaction over jobs[from, to).
+//  One transaction over jobs[from, to). Optimistic: the requests are applied
+//  without a savepoint each, because SQLite copies every page a request
+//  changes under a savepoint into its sub-journal first (memory copies and
+//  allocations for ~5-10 pages per device request), and requests almost
+//  never fail. When one does, the whole transaction is rolled back and the
+//  batch applied again with a savepoint per request, so a failing request is
+//  still undone alone and the others are answered as if it had not been
+//  there. Handlers change nothing outside the transaction except log lines
+//  and their reply, which is made again.
 static void s_batch(store_svc_t *svc, size_t from, size_t to)
 {
     int64_t t0 = s_now_ms();
     bool tx = store_db_begin(svc->db) == 0;
+    bool savepoints = false;
+    size_t counted = from; //  requests before this one are in the stats already
+again:
     for (size_t i = from; i < to; i++) {
         s_job_t *j = &svc->jobs[i];
         const pm_msg_t *req = pm_bus_job_msg(j->job);
@@ -636,12 +648,28 @@ static void s_batch(store_svc_t *svc, size_t from, size_t to)
             j->reply = pm_msg_new_error(req, "internal", "%s", store_db_errmsg(svc->db));
             continue;
         }
-        if (store_db_op_begin(svc->db) < 0) {
+        if (savepoints && store_db_op_begin(svc->db) < 0) {
             j->reply = pm_msg_new_error(req, "internal", "%s", store_db_errmsg(svc->db));
             continue;
         }
+        svc->quiet = i < counted;
         bool keep = store_svc_apply(svc, req, &j->reply);
-        store_db_op_end(svc->db, keep);
+        svc->quiet = false;
+        if (savepoints) {
+            store_db_op_end(svc->db, keep);
+            continue;
+        }
+        if (keep)
+            continue;
+        //  undo the batch, then again with a savepoint per request
+        store_db_rollback(svc->db);
+        for (size_t k = from; k <= i; k++)
+            pm_msg_destroy(&svc->jobs[k].reply);
+        counted = i + 1;
+        savepoints = true;
+        svc->redone++;
+        tx = store_db_begin(svc->db) == 0;
+        goto again;
     }
     int64_t t1 = s_now_ms();
     svc->commits++;
