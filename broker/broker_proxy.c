@@ -10,6 +10,7 @@
 struct broker_proxy {
     zsock_t *xsub;
     zsock_t *xpub;
+    pm_bus_sock_t zsub, zpub; //  their wait states (pm_bus_wire.h)
     uint64_t events;
 };
 
@@ -34,6 +35,10 @@ broker_proxy_t *broker_proxy_new(void)
     self->xpub = s_socket(ZMQ_XPUB);
     if (!self->xsub || !self->xpub)
         broker_proxy_destroy(&self);
+    else {
+        pm_bus_sock_init(&self->zsub, zsock_resolve(self->xsub));
+        pm_bus_sock_init(&self->zpub, zsock_resolve(self->xpub));
+    }
     return self;
 }
 
@@ -57,19 +62,39 @@ zsock_t *broker_proxy_xpub(broker_proxy_t *self)
     return self->xpub;
 }
 
+pm_bus_sock_t *broker_proxy_wait_xsub(broker_proxy_t *self)
+{
+    return &self->zsub;
+}
+
+pm_bus_sock_t *broker_proxy_wait_xpub(broker_proxy_t *self)
+{
+    return &self->zpub;
+}
+
 //  Move whole messages from one socket to the other. PUB/XPUB sends never
 //  block: a slow subscriber loses events at its high-water mark and detects
 //  the gap by sequence number (DESIGN.md §3).
-static int s_forward(void *from, void *to)
+//  Only when pm_bus_poll said input may wait there (or nobody asked it).
+static int s_forward(pm_bus_sock_t *zfrom, pm_bus_sock_t *zto)
 {
     int moved = 0;
     zmq_msg_t part;
+    void *from = zfrom->handle, *to = zto->handle;
+    if (!zfrom->ready && zfrom->armed)
+        return 0;
     while (moved < PM_BUS_BATCH) {
         zmq_msg_init(&part);
         if (zmq_msg_recv(&part, from, ZMQ_DONTWAIT) < 0) {
+            if (errno == EAGAIN) {
+                zfrom->armed = true;
+                zfrom->ready = false;
+            }
             zmq_msg_close(&part);
             break;
         }
+        zfrom->armed = false; //  until EAGAIN: stopped at the batch limit, ask before sleeping
+        zto->armed = false;
         for (;;) {
             int more = zmq_msg_more(&part);
             zmq_msg_send(&part, to, (more ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT);
@@ -89,9 +114,9 @@ static int s_forward(void *from, void *to)
 
 int broker_proxy_process(broker_proxy_t *self)
 {
-    int n = s_forward(zsock_resolve(self->xsub), zsock_resolve(self->xpub));
+    int n = s_forward(&self->zsub, &self->zpub);
     self->events += (uint64_t)n;
-    return n + s_forward(zsock_resolve(self->xpub), zsock_resolve(self->xsub));
+    return n + s_forward(&self->zpub, &self->zsub);
 }
 
 uint64_t broker_proxy_events(const broker_proxy_t *self)
@@ -104,6 +129,7 @@ int broker_proxy_publish(broker_proxy_t *self, const char *topic, const void *bo
     //  Whole messages only pass through this socket (s_forward moves one
     //  completely before the next), so ours cannot split another's frames.
     void *xpub = zsock_resolve(self->xpub);
+    self->zpub.armed = false;
     if (zmq_send(xpub, topic, strlen(topic), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         return -1;
     return zmq_send(xpub, body, len, ZMQ_DONTWAIT) < 0 ? -1 : 0;

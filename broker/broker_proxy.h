@@ -6,6 +6,7 @@
 #ifndef BROKER_PROXY_H
 #define BROKER_PROXY_H
 
+#include "pm_bus_wire.h"
 #include <czmq.h>
 #include <stdint.h>
 
@@ -18,7 +19,11 @@ void broker_proxy_destroy(broker_proxy_t **self);
 zsock_t *broker_proxy_xsub(broker_proxy_t *self); //  publishers connect here (owned by proxy)
 zsock_t *broker_proxy_xpub(broker_proxy_t *self); //  subscribers connect here (owned by proxy)
 
-//  Forward what is waiting in both directions (bounded). Returns messages moved.
+//  The two sockets' wait states, for pm_bus_poll (owned by the proxy).
+pm_bus_sock_t *broker_proxy_wait_xsub(broker_proxy_t *self);
+pm_bus_sock_t *broker_proxy_wait_xpub(broker_proxy_t *self);
+//  Forward what is waiting in both directions (bounded; from a socket only
+//  when pm_bus_poll set `ready` or it is disarmed). Returns messages moved.
 int broker_proxy_process(broker_proxy_t *self);
 
 //  Publish one message of our own (topic, body) to every subscriber: the

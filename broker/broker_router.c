@@ -49,6 +49,7 @@ struct broker_router {
     broker_router_config_t cfg;
     zsock_t *sock;
     void *handle;
+    pm_bus_sock_t zs;   //  the same socket's wait state (pm_bus_wire.h)
     zhashx_t *services; //  name -> s_service_t
     zhashx_t *workers;  //  hex id -> s_worker_t
     zhashx_t *requests; //  key -> s_request_t (queued or in flight)
@@ -64,6 +65,7 @@ static void s_send_to_client(broker_router_t *self, const uint8_t *client, size_
 {
     const void *data[4] = {client, PM_BUS_CLIENT_HDR, service, rid};
     size_t lens[4] = {clientlen, PM_BUS_HDR_LEN, strlen(service), strlen(rid)};
+    self->zs.armed = false;
     for (int i = 0; i < 4; i++)
         if (zmq_send(self->handle, data[i], lens[i], ZMQ_DONTWAIT | ZMQ_SNDMORE) < 0) {
             //  Only the first frame can fail: the client is gone or too slow.
@@ -111,7 +113,7 @@ static void s_send_command(broker_router_t *self, const uint8_t *id, size_t idle
 {
     const void *data[3] = {id, PM_BUS_WORKER_HDR, &cmd};
     size_t lens[3] = {idlen, PM_BUS_HDR_LEN, 1};
-    pm_bus_sendv(self->handle, data, lens, 3);
+    pm_bus_sock_sendv(&self->zs, data, lens, 3);
 }
 
 /* ---- requests ---- */
@@ -129,6 +131,7 @@ static int s_send_request(broker_router_t *self, s_worker_t *w, s_request_t *r)
     uint8_t cmd = PM_BUS_REQUEST;
     const void *data[5] = {w->id, PM_BUS_WORKER_HDR, &cmd, r->client, r->rid};
     size_t lens[5] = {w->idlen, PM_BUS_HDR_LEN, 1, r->clientlen, strlen(r->rid)};
+    self->zs.armed = false;
     for (int i = 0; i < 5; i++)
         if (zmq_send(self->handle, data[i], lens[i], ZMQ_DONTWAIT | ZMQ_SNDMORE) < 0)
             return -1; //  first frame only: worker gone or at its high-water mark
@@ -486,8 +489,11 @@ int broker_router_process(broker_router_t *self)
 {
     zmq_msg_t f[PM_BUS_MAX_FRAMES];
     int handled = 0, n, total;
-    while (handled < PM_BUS_BATCH &&
-           pm_bus_recv(self->handle, f, PM_BUS_MAX_FRAMES, &n, &total) == 0) {
+    //  Receive only when pm_bus_poll said input may wait (or nobody asked it):
+    //  an empty receive costs libzmq two syscalls.
+    bool input = self->zs.ready || !self->zs.armed;
+    while (input && handled < PM_BUS_BATCH &&
+           pm_bus_sock_recv(&self->zs, f, PM_BUS_MAX_FRAMES, &n, &total) == 0) {
         handled++;
         if (n >= 2 && pm_bus_frame_is(&f[1], PM_BUS_CLIENT_HDR))
             s_client_input(self, f, total);
@@ -527,6 +533,11 @@ int broker_router_next_timeout(const broker_router_t *self)
 zsock_t *broker_router_socket(broker_router_t *self)
 {
     return self->sock;
+}
+
+pm_bus_sock_t *broker_router_wait(broker_router_t *self)
+{
+    return &self->zs;
 }
 
 void broker_router_stats(const broker_router_t *self, broker_router_stats_t *stats)
@@ -570,6 +581,7 @@ broker_router_t *broker_router_new(const broker_router_config_t *cfg)
         return NULL;
     }
     self->handle = zsock_resolve(self->sock);
+    pm_bus_sock_init(&self->zs, self->handle);
     zsock_set_router_mandatory(self->sock, 1);
     zsock_set_maxmsgsize(self->sock, (int64_t)PM_MSG_MAX_BYTES);
     zsock_set_sndhwm(self->sock, PM_BUS_HWM);

@@ -12,6 +12,7 @@
 #ifndef BROKER_ROUTER_H
 #define BROKER_ROUTER_H
 
+#include "pm_bus_wire.h"
 #include <czmq.h>
 #include <stdint.h>
 
@@ -37,7 +38,10 @@ void broker_router_destroy(broker_router_t **self);
 //  The ROUTER socket (owned by the router).
 zsock_t *broker_router_socket(broker_router_t *self);
 
-//  Handle everything waiting on the socket (bounded batch) and the timers
+//  The socket's wait state, for pm_bus_poll (owned by the router).
+pm_bus_sock_t *broker_router_wait(broker_router_t *self);
+//  Handle everything waiting on the socket (bounded batch; only when
+//  pm_bus_poll set `ready` or the socket is disarmed) and the timers
 //  (heartbeats, dead workers, expired queued requests). Returns messages handled.
 int broker_router_process(broker_router_t *self);
 

@@ -299,20 +299,21 @@ int main(int argc, char **argv)
 
     s_stats_ctx_t sctx = {router, proxy};
     pm_stats_set_collect(stats, s_collect, &sctx);
-    zmq_pollitem_t items[3] = {{zsock_resolve(broker_router_socket(router)), 0, ZMQ_POLLIN, 0},
-                               {zsock_resolve(broker_proxy_xsub(proxy)), 0, ZMQ_POLLIN, 0},
-                               {zsock_resolve(broker_proxy_xpub(proxy)), 0, ZMQ_POLLIN, 0}};
-    int busy = 0;
+    //  One poll() on the three sockets' descriptors (pm_bus_poll), not
+    //  zmq_poll: see pm_bus_wire.h. A socket left with input (batch limit) is
+    //  disarmed, so the next wait does not sleep.
+    pm_bus_sock_t *socks[3] = {broker_router_wait(router), broker_proxy_wait_xsub(proxy),
+                               broker_proxy_wait_xpub(proxy)};
     while (!zsys_interrupted) {
         int timeout = broker_router_next_timeout(router), sms = pm_stats_next_ms(stats);
         if (sms >= 0 && (timeout < 0 || sms < timeout))
             timeout = sms;
-        if (zmq_poll(items, 3, busy ? 0 : timeout) < 0 && errno != EINTR) {
+        if (pm_bus_poll(socks, 3, timeout) < 0 && errno != EINTR) {
             pm_error("poll failed: %s", zmq_strerror(errno));
             break;
         }
-        busy = broker_router_process(router) >= PM_BUS_BATCH;
-        busy |= broker_proxy_process(proxy) >= PM_BUS_BATCH;
+        broker_router_process(router);
+        broker_proxy_process(proxy);
         s_stats_tick(stats, proxy);
     }
     pm_notify_stopping();

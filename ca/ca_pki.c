@@ -231,8 +231,9 @@ out:
     return rc;
 }
 
+//  ec: a P-256 key (else RSA 2048).
 static int s_make_leaf(ca_pki_t *pki, const char *cert_path, const char *key_path, const char *cn,
-                       const char *ku, const char *eku, char *err, size_t errlen)
+                       const char *ku, const char *eku, bool ec, char *err, size_t errlen)
 {
     const int nids[] = {NID_basic_constraints,
                         NID_key_usage,
@@ -242,7 +243,7 @@ static int s_make_leaf(ca_pki_t *pki, const char *cert_path, const char *key_pat
                         0};
     const char *const values[] = {"critical,CA:FALSE", ku, eku, "hash", "keyid,issuer", NULL};
     int rc = -1;
-    EVP_PKEY *k = EVP_RSA_gen(2048);
+    EVP_PKEY *k = ec ? EVP_EC_gen("P-256") : EVP_RSA_gen(2048);
     X509_NAME *n = s_name_cn(cn);
     X509 *x =
         k && n ? s_make_cert(k, NULL, n, pki->ca, pki->ca_key, S_LEAF_DAYS, nids, values) : NULL;
@@ -263,14 +264,19 @@ out:
 
 static int s_make_ra(ca_pki_t *pki, const char *c, const char *k, char *err, size_t errlen)
 {
+    //  RSA: SCEP devices encrypt their request to it (key transport)
     return s_make_leaf(pki, c, k, "PicoMDM SCEP RA", "critical,digitalSignature,keyEncipherment",
-                       NULL, err, errlen);
+                       NULL, false, err, errlen);
 }
 
 static int s_make_signer(ca_pki_t *pki, const char *c, const char *k, char *err, size_t errlen)
 {
+    //  The key type of the CA: with a P-256 CA (`picomdm up`) the device
+    //  already checks an ECDSA signature to trust the signer certificate,
+    //  and a P-256 signature costs a tenth of an RSA-2048 one per profile
+    //  (docs/enrollment.md, "Server CPU per enrollment").
     return s_make_leaf(pki, c, k, "PicoMDM profile signer", "critical,digitalSignature",
-                       "emailProtection,codeSigning", err, errlen);
+                       "emailProtection,codeSigning", !s_is_rsa(pki->ca_key), err, errlen);
 }
 
 //  The issuer must really be our CA (a swapped file would silently break chains).

@@ -2,10 +2,10 @@
 #include "ca_profile.h"
 
 #include <ctype.h>
-#include <czmq.h>
 #include <openssl/cms.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <plist/plist.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -29,16 +29,24 @@ bool ca_profile_url_ok(const char *url)
     return url && strncasecmp(url, "https://", 8) == 0 && url[8] && !strpbrk(url, " \t\r\n<>\"");
 }
 
+//  A random (version 4) UUID, upper case. OpenSSL's DRBG: no system call per
+//  UUID (zuuid reads the kernel's random source each time).
 static int s_uuid(char out[37])
 {
-    zuuid_t *u = zuuid_new();
-    if (!u)
+    unsigned char b[16];
+    if (RAND_bytes(b, sizeof b) != 1)
         return -1;
-    const char *s = zuuid_str_canonical(u);
-    for (int i = 0; i < 36; i++)
-        out[i] = (char)toupper((unsigned char)s[i]);
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    static const char hex[] = "0123456789ABCDEF";
+    int o = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[o++] = '-';
+        out[o++] = hex[b[i] >> 4];
+        out[o++] = hex[b[i] & 15];
+    }
     out[36] = 0;
-    zuuid_destroy(&u);
     return 0;
 }
 
@@ -81,8 +89,13 @@ static plist_t s_subject(const char *org, const char *cn)
     return subject;
 }
 
-int ca_profile_build(const ca_profile_opts_t *o, char **xml, size_t *len, char identity_uuid[37],
-                     char *err, size_t errlen)
+//  The UUIDs of one profile: top level, SCEP (== IdentityCertificateUUID), MDM, root.
+typedef struct {
+    char top[37], identity[37], mdm[37], root[37];
+} s_uuids_t;
+
+static int s_build(const ca_profile_opts_t *o, const s_uuids_t *u, char **xml, size_t *len,
+                   char *err, size_t errlen)
 {
     *xml = NULL;
     if (!ca_profile_url_ok(o->server_url))
@@ -103,11 +116,9 @@ int ca_profile_build(const ca_profile_opts_t *o, char **xml, size_t *len, char i
                       key_size);
     const char *org = o->organization && o->organization[0] ? o->organization : "PicoMDM";
     const char *ident = o->identifier && o->identifier[0] ? o->identifier : "org.picomdm.enroll";
-    char top_uuid[37], mdm_uuid[37], root_uuid[37], id[512];
+    char id[512];
     //  one variable: the SCEP PayloadUUID and the MDM IdentityCertificateUUID
-    if (s_uuid(top_uuid) < 0 || s_uuid(identity_uuid) < 0 || s_uuid(mdm_uuid) < 0 ||
-        s_uuid(root_uuid) < 0)
-        return s_fail(err, errlen, "cannot make UUIDs");
+    const char *identity_uuid = u->identity;
     plist_t top = plist_new_dict(), content = plist_new_array();
     if (o->tls_anchor) {
         unsigned char *der = NULL;
@@ -118,8 +129,7 @@ int ca_profile_build(const ca_profile_opts_t *o, char **xml, size_t *len, char i
             return s_fail(err, errlen, "cannot encode the TLS trust anchor");
         }
         snprintf(id, sizeof id, "%s.tls-anchor", ident);
-        plist_t root =
-            s_payload("com.apple.security.root", id, root_uuid, "MDM server certificate");
+        plist_t root = s_payload("com.apple.security.root", id, u->root, "MDM server certificate");
         s_str(root, "PayloadCertificateFileName", "mdm-server.cer");
         plist_dict_set_item(root, "PayloadContent",
                             plist_new_data((const char *)der, (uint64_t)dlen));
@@ -144,7 +154,7 @@ int ca_profile_build(const ca_profile_opts_t *o, char **xml, size_t *len, char i
     plist_array_append_item(content, scep);
 
     snprintf(id, sizeof id, "%s.mdm", ident);
-    plist_t mdm = s_payload("com.apple.mdm", id, mdm_uuid, "Device management");
+    plist_t mdm = s_payload("com.apple.mdm", id, u->mdm, "Device management");
     s_str(mdm, "IdentityCertificateUUID", identity_uuid);
     s_str(mdm, "ServerURL", o->server_url);
     s_str(mdm, "CheckInURL", o->checkin_url && o->checkin_url[0] ? o->checkin_url : o->server_url);
@@ -161,7 +171,7 @@ int ca_profile_build(const ca_profile_opts_t *o, char **xml, size_t *len, char i
     plist_dict_set_item(top, "PayloadContent", content);
     s_str(top, "PayloadType", "Configuration");
     s_str(top, "PayloadIdentifier", ident);
-    s_str(top, "PayloadUUID", top_uuid);
+    s_str(top, "PayloadUUID", u->top);
     s_int(top, "PayloadVersion", 1);
     s_str(top, "PayloadDisplayName",
           o->display_name && o->display_name[0] ? o->display_name : "MDM enrollment");
@@ -183,6 +193,172 @@ int ca_profile_build(const ca_profile_opts_t *o, char **xml, size_t *len, char i
     (*xml)[olen] = 0;
     *len = olen;
     plist_to_xml_free(out);
+    return 0;
+}
+
+/* ---- the template: the XML of the last options, values per download patched in ---- */
+
+//  A profile differs between downloads only in its UUIDs and its challenge,
+//  all of fixed length and needing no XML escaping: the XML is built once per
+//  set of options with placeholders, and each download copies it and writes
+//  its own values over them (a tenth of the cost of building the plist).
+#define S_NSLOTS                                                                                   \
+    5 //  top, identity (SCEP PayloadUUID), identity (IdentityCertificateUUID), mdm, root
+
+typedef struct {
+    ca_profile_opts_t o; //  the options it was built from (strings owned below)
+    char *strs[8];
+    X509 *anchor; //  a reference
+    size_t challenge_len;
+    char *xml;
+    size_t len;
+    size_t at[S_NSLOTS]; //  offsets of the UUID placeholders (0 = absent)
+    size_t challenge_at; //  offset of the challenge placeholder (0 = none)
+} s_tmpl_t;
+
+//  One template for the process (picomdm-ca serves its requests on one thread).
+static s_tmpl_t s_tmpl;
+
+static bool s_same_str(const char *a, const char *b)
+{
+    return (!a || !*a) ? (!b || !*b) : (b && strcmp(a, b) == 0);
+}
+
+static bool s_tmpl_matches(const ca_profile_opts_t *o, size_t challenge_len)
+{
+    const s_tmpl_t *t = &s_tmpl;
+    return t->xml && t->challenge_len == challenge_len &&
+           s_same_str(t->o.server_url, o->server_url) &&
+           s_same_str(t->o.checkin_url, o->checkin_url) && s_same_str(t->o.scep_url, o->scep_url) &&
+           s_same_str(t->o.topic, o->topic) && s_same_str(t->o.organization, o->organization) &&
+           s_same_str(t->o.display_name, o->display_name) &&
+           s_same_str(t->o.identifier, o->identifier) && s_same_str(t->o.device_cn, o->device_cn) &&
+           t->o.key_size == o->key_size && t->o.key_usage == o->key_usage &&
+           t->o.access_rights == o->access_rights &&
+           (t->anchor ? o->tls_anchor && X509_cmp(t->anchor, o->tls_anchor) == 0 : !o->tls_anchor);
+}
+
+static void s_tmpl_clear(void)
+{
+    for (int i = 0; i < 8; i++)
+        free(s_tmpl.strs[i]);
+    X509_free(s_tmpl.anchor);
+    free(s_tmpl.xml);
+    memset(&s_tmpl, 0, sizeof s_tmpl);
+}
+
+//  The one offset of `needle` in the template (which must hold it `want` times: else 0).
+static size_t s_find(const char *xml, size_t len, const char *needle, int want, size_t *second)
+{
+    size_t n = strlen(needle), first = 0;
+    int count = 0;
+    for (const char *p = xml; (p = memmem(p, len - (size_t)(p - xml), needle, n)) != NULL; p += n) {
+        count++;
+        if (count == 1)
+            first = (size_t)(p - xml);
+        else if (count == 2 && second)
+            *second = (size_t)(p - xml);
+    }
+    return count == want ? first : 0;
+}
+
+//  Build the template for `o` (challenge of challenge_len characters). 0 / -1.
+static int s_tmpl_make(const ca_profile_opts_t *o, size_t challenge_len, char *err, size_t errlen)
+{
+    s_tmpl_clear();
+    //  placeholders: values no option can hold, as long as the real ones
+    s_uuids_t u = {.top = "00000000-0000-0000-0000-00000000C0DE",
+                   .identity = "00000000-0000-0000-0000-00000001C0DE",
+                   .mdm = "00000000-0000-0000-0000-00000002C0DE",
+                   .root = "00000000-0000-0000-0000-00000003C0DE"};
+    char ch[129];
+    if (challenge_len >= sizeof ch)
+        return -1;
+    memset(ch, '~', challenge_len);
+    ch[challenge_len] = 0;
+    ca_profile_opts_t b = *o;
+    b.challenge = challenge_len ? ch : NULL;
+    char *xml = NULL;
+    size_t len = 0;
+    if (s_build(&b, &u, &xml, &len, err, errlen) < 0)
+        return -1;
+    s_tmpl_t *t = &s_tmpl;
+    t->xml = xml;
+    t->len = len;
+    size_t second = 0;
+    t->at[0] = s_find(xml, len, u.top, 1, NULL);
+    t->at[1] = s_find(xml, len, u.identity, 2, &second);
+    t->at[2] = second;
+    t->at[3] = s_find(xml, len, u.mdm, 1, NULL);
+    t->at[4] = o->tls_anchor ? s_find(xml, len, u.root, 1, NULL) : 0;
+    t->challenge_at = challenge_len ? s_find(xml, len, ch, 1, NULL) : 0;
+    bool ok = t->at[0] && t->at[1] && t->at[2] && t->at[3] && (!o->tls_anchor || t->at[4]) &&
+              (!challenge_len || t->challenge_at);
+    const char *in[8] = {o->server_url,   o->checkin_url,  o->scep_url,   o->topic,
+                         o->organization, o->display_name, o->identifier, o->device_cn};
+    for (int i = 0; ok && i < 8; i++)
+        ok = !in[i] || (t->strs[i] = strdup(in[i])) != NULL;
+    if (!ok) {
+        s_tmpl_clear(); //  a placeholder did not come out as expected: build each time
+        return -1;
+    }
+    t->o = *o;
+    t->o.server_url = t->strs[0];
+    t->o.checkin_url = t->strs[1];
+    t->o.scep_url = t->strs[2];
+    t->o.topic = t->strs[3];
+    t->o.organization = t->strs[4];
+    t->o.display_name = t->strs[5];
+    t->o.identifier = t->strs[6];
+    t->o.device_cn = t->strs[7];
+    t->o.challenge = NULL;
+    t->o.tls_anchor = NULL;
+    if (o->tls_anchor && X509_up_ref(o->tls_anchor))
+        t->anchor = o->tls_anchor;
+    else if (o->tls_anchor) {
+        s_tmpl_clear();
+        return -1;
+    }
+    t->challenge_len = challenge_len;
+    return 0;
+}
+
+//  A challenge goes into the template only when it needs no XML escaping
+//  (ca_challenge's are URL-safe base64); any other is built the long way.
+static bool s_plain(const char *s)
+{
+    for (; s && *s; s++)
+        if (!isalnum((unsigned char)*s) && *s != '-' && *s != '_' && *s != '.')
+            return false;
+    return true;
+}
+
+int ca_profile_build(const ca_profile_opts_t *o, char **xml, size_t *len, char identity_uuid[37],
+                     char *err, size_t errlen)
+{
+    *xml = NULL;
+    s_uuids_t u;
+    if (s_uuid(u.top) < 0 || s_uuid(u.identity) < 0 || s_uuid(u.mdm) < 0 || s_uuid(u.root) < 0)
+        return s_fail(err, errlen, "cannot make UUIDs");
+    memcpy(identity_uuid, u.identity, 37);
+    size_t clen = o->challenge ? strlen(o->challenge) : 0;
+    if (!s_plain(o->challenge) || clen > 128 ||
+        (!s_tmpl_matches(o, clen) && s_tmpl_make(o, clen, err, errlen) < 0))
+        return s_build(o, &u, xml, len, err,
+                       errlen); //  (re-checks the options, says what is wrong)
+    const s_tmpl_t *t = &s_tmpl;
+    char *out = malloc(t->len + 1);
+    if (!out)
+        return s_fail(err, errlen, "out of memory");
+    memcpy(out, t->xml, t->len + 1);
+    const char *vals[S_NSLOTS] = {u.top, u.identity, u.identity, u.mdm, u.root};
+    for (int i = 0; i < S_NSLOTS; i++)
+        if (t->at[i])
+            memcpy(out + t->at[i], vals[i], 36);
+    if (t->challenge_at)
+        memcpy(out + t->challenge_at, o->challenge, clen);
+    *xml = out;
+    *len = t->len;
     return 0;
 }
 

@@ -43,6 +43,8 @@ bool ca_profile_url_ok(const char *url);
 
 //  Build the profile XML. *xml is malloc'd (caller frees). identity_uuid
 //  receives the SCEP payload's UUID (== IdentityCertificateUUID). 0 / -1 + err.
+//  Fresh UUIDs and the challenge are written into a template kept from the
+//  previous call with the same options (one per process: not thread-safe).
 int ca_profile_build(const ca_profile_opts_t *o, char **xml, size_t *len, char identity_uuid[37],
                      char *err, size_t errlen);
 

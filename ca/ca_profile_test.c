@@ -295,6 +295,96 @@ static void test_bad_options(void **state)
     free(xml);
 }
 
+//  The values of one download (UUIDs, challenge) written over the template
+//  kept from the previous build: the profile is the one a full build makes
+//  (a challenge that needs XML escaping is built the long way: the reference).
+static char *s_normalized(const char *xml, size_t len, const char *challenge, const char *uuids[4])
+{
+    char *n = strndup(xml, len);
+    assert_non_null(n);
+    for (int i = 0; i < 4; i++)
+        for (char *p = n; uuids[i] && (p = strstr(p, uuids[i])) != NULL; p += 36)
+            memset(p, 'U', 36);
+    char *c = strstr(n, challenge);
+    assert_non_null(c);
+    memset(c, 'C', strlen(challenge));
+    return n;
+}
+
+static void s_uuids_of(const char *xml, size_t len, const char *out[4], char store[4][37])
+{
+    plist_t root = NULL;
+    plist_from_xml(xml, (uint32_t)len, &root);
+    assert_non_null(root);
+    char *u = s_get_str(root, "PayloadUUID");
+    snprintf(store[0], 37, "%s", u);
+    free(u);
+    plist_t content = plist_dict_get_item(root, "PayloadContent");
+    for (uint32_t i = 0; i < plist_array_get_size(content) && i < 3; i++) {
+        u = s_get_str(plist_array_get_item(content, i), "PayloadUUID");
+        snprintf(store[i + 1], 37, "%s", u);
+        free(u);
+    }
+    for (int i = 0; i < 4; i++)
+        out[i] = store[i];
+    plist_free(root);
+}
+
+static void test_template(void **state)
+{
+    s_fix_t *f = *state;
+    ca_profile_opts_t o = {.server_url = "https://t.test/mdm",
+                           .scep_url = "https://t.test/scep",
+                           .topic = "com.apple.mgmt.T",
+                           .tls_anchor = ca_pki_ca_cert(f->pki),
+                           .challenge = "Abcdefghijklmnopqrstuvwxyz012345"};
+    char *a = NULL, *b = NULL, *ref = NULL, ua[37], ub[37], ur[37], err[256];
+    size_t la, lb, lr;
+    assert_int_equal(ca_profile_build(&o, &a, &la, ua, err, sizeof err), 0);
+    o.challenge = "Zbcdefghijklmnopqrstuvwxyz01234_";
+    assert_int_equal(ca_profile_build(&o, &b, &lb, ub, err, sizeof err), 0);
+    assert_string_not_equal(ua, ub);
+    assert_int_equal(la, lb);
+    assert_non_null(strstr(a, "Abcdefghijklmnopqrstuvwxyz012345"));
+    assert_null(strstr(a, "Zbcdefghijklmnopqrstuvwxyz01234_"));
+    assert_non_null(strstr(b, "Zbcdefghijklmnopqrstuvwxyz01234_"));
+    assert_null(strstr(b, "~~~~"));
+    assert_null(strstr(b, "C0DE"));
+    //  the reference: '+' is not written into the template
+    o.challenge = "+bcdefghijklmnopqrstuvwxyz012345";
+    assert_int_equal(ca_profile_build(&o, &ref, &lr, ur, err, sizeof err), 0);
+    assert_int_equal(lr, lb);
+    const char *uu[4];
+    char st[3][4][37];
+    s_uuids_of(b, lb, uu, st[0]);
+    char *nb = s_normalized(b, lb, "Zbcdefghijklmnopqrstuvwxyz01234_", uu);
+    s_uuids_of(ref, lr, uu, st[1]);
+    char *nr = s_normalized(ref, lr, "+bcdefghijklmnopqrstuvwxyz012345", uu);
+    assert_string_equal(nb, nr);
+    //  every UUID differs between downloads
+    s_uuids_of(a, la, uu, st[2]);
+    for (int i = 0; i < 4; i++)
+        assert_string_not_equal(st[0][i], st[2][i]);
+    //  other options: a new template (no anchor, another topic)
+    o.tls_anchor = NULL;
+    o.topic = "com.apple.mgmt.Other";
+    o.challenge = "Abcdefghijklmnopqrstuvwxyz012345";
+    free(a);
+    assert_int_equal(ca_profile_build(&o, &a, &la, ua, err, sizeof err), 0);
+    assert_non_null(strstr(a, "com.apple.mgmt.Other"));
+    assert_null(strstr(a, "com.apple.security.root"));
+    //  no challenge at all
+    o.challenge = NULL;
+    free(b);
+    assert_int_equal(ca_profile_build(&o, &b, &lb, ub, err, sizeof err), 0);
+    assert_null(strstr(b, "Challenge"));
+    free(a);
+    free(b);
+    free(ref);
+    free(nb);
+    free(nr);
+}
+
 static void test_topic_from_cert(void **state)
 {
     s_fix_t *f = *state;
@@ -330,6 +420,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_profile, s_setup, s_teardown),
         cmocka_unit_test(test_bad_options),
+        cmocka_unit_test_setup_teardown(test_template, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_topic_from_cert, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -95,9 +95,19 @@ static const char *s_path(const pm_cfg_t *cfg, const char *opt, const char *file
     return buf;
 }
 
+//  Audit events wait at most S_EV_WAIT_MS (or until S_EV_MAX are pending) and
+//  go to the store together, in one event.append_batch: an enrollment raises
+//  two (ca.profile, ca.issued), and one store request each was a tenth of the
+//  server's CPU per enrollment (docs/enrollment.md, "Server CPU per enrollment").
+#define S_EV_MAX 64
+#define S_EV_WAIT_MS 20
+
 typedef struct {
     ca_svc_t *svc;
     pm_bus_t *bus;
+    pm_msg_t *pending[S_EV_MAX]; //  events not yet sent to the store, oldest first
+    int npending;
+    double pending_since; //  pm_stats_now_ms() of the oldest
     bool publish;
     int store_timeout_ms;
     pm_stats_t *stats; //  may be NULL
@@ -145,60 +155,126 @@ static void s_count(s_ctx_t *c, const pm_msg_t *req, const pm_msg_t *rep, const 
         pm_stats_inc(c->errors);
 }
 
-//  An audit event on its way to the store's sequenced event log.
+//  Audit events on their way to the store's sequenced event log.
 typedef struct {
     pm_bus_t *bus;
-    pm_msg_t *ev; //  the plain EVENT, published instead if the store does not take it
+    pm_msg_t *ev[S_EV_MAX]; //  the plain EVENTs, published instead if the store does not take them
+    int n;
 } s_append_t;
+
+static void s_publish_all(s_append_t *a)
+{
+    for (int i = 0; i < a->n; i++) {
+        if (pm_bus_publish(a->bus, a->ev[i]) < 0)
+            pm_warn("cannot publish %s: check publish-endpoint", pm_msg_str(a->ev[i], "name"));
+        pm_msg_destroy(&a->ev[i]);
+    }
+    free(a);
+}
 
 static void s_on_append_reply(void *arg, const pm_msg_t *reply, const char *error)
 {
     s_append_t *a = arg;
-    if (!reply || pm_msg_type(reply) != PM_MSG_EVENT_APPEND_REPLY) {
-        //  No store: live subscribers still see it; only the sequenced log
-        //  (auditors, replay after a gap) misses it.
-        pm_warn("%s not in the event log (%s); published without a seq (is picomdm-store "
-                "running?)",
-                pm_msg_str(a->ev, "name"),
+    if (!reply || pm_msg_type(reply) != PM_MSG_EVENT_APPEND_BATCH_REPLY) {
+        //  No store: live subscribers still see them; only the sequenced log
+        //  (auditors, replay after a gap) misses them.
+        pm_warn("%d event(s) (%s...) not in the event log (%s); published without a seq (is "
+                "picomdm-store running?)",
+                a->n, pm_msg_str(a->ev[0], "name"),
                 error                                         ? error
                 : reply && pm_msg_type(reply) == PM_MSG_ERROR ? pm_msg_str(reply, "message")
                                                               : "unexpected reply");
-        if (pm_bus_publish(a->bus, a->ev) < 0)
-            pm_warn("cannot publish %s: check publish-endpoint", pm_msg_str(a->ev, "name"));
+        s_publish_all(a);
+        return;
     }
-    pm_msg_destroy(&a->ev);
+    for (int i = 0; i < a->n; i++)
+        pm_msg_destroy(&a->ev[i]);
     free(a);
 }
 
-//  ca.issued / ca.rejected / ca.profile go to the store (event.append), which
-//  logs them with a sequence number and publishes them, as every event is
-//  (DESIGN.md §3): an auditor that missed one replays it. Takes *evp.
+//  Send the pending events to the store (event.append_batch), which logs
+//  them with sequence numbers and publishes them, as every event is
+//  (DESIGN.md §3): an auditor that missed one replays it.
+static void s_flush(s_ctx_t *c)
+{
+    if (c->npending == 0)
+        return;
+    s_append_t *a = calloc(1, sizeof *a);
+    if (!a) {
+        pm_warn("out of memory: %d audit event(s) dropped", c->npending);
+        for (int i = 0; i < c->npending; i++)
+            pm_msg_destroy(&c->pending[i]);
+        c->npending = 0;
+        return;
+    }
+    a->bus = c->bus;
+    a->n = c->npending;
+    memcpy(a->ev, c->pending, sizeof(pm_msg_t *) * (size_t)c->npending);
+    c->npending = 0;
+    pm_msg_t *app = pm_msg_new(PM_MSG_EVENT_APPEND_BATCH);
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, (size_t)a->n);
+    for (int i = 0; i < a->n; i++) {
+        const msgpack_object *data = pm_msg_obj(a->ev[i], "data");
+        const char *eid = pm_msg_has(a->ev[i], "eid") ? pm_msg_str(a->ev[i], "eid") : NULL;
+        const char *name = pm_msg_str(a->ev[i], "name");
+        msgpack_pack_map(&pk, 2 + (data != NULL) + (eid != NULL));
+        msgpack_pack_str_with_body(&pk, "name", 4);
+        msgpack_pack_str_with_body(&pk, name ? name : "", name ? strlen(name) : 0);
+        msgpack_pack_str_with_body(&pk, "source", 6);
+        msgpack_pack_str_with_body(&pk, "ca", 2);
+        if (eid) {
+            msgpack_pack_str_with_body(&pk, "eid", 3);
+            msgpack_pack_str_with_body(&pk, eid, strlen(eid));
+        }
+        if (data) {
+            msgpack_pack_str_with_body(&pk, "data", 4);
+            msgpack_pack_object(&pk, *data);
+        }
+    }
+    //  the service that owns the event log, as the message table says
+    if (app && pm_msg_set_packed(app, "events", (const uint8_t *)sb.data, sb.size) == 0 &&
+        pm_bus_call_async(c->bus, pm_msgdef(PM_MSG_EVENT_APPEND_BATCH)->service, app, 2000, 0,
+                          s_on_append_reply, a) == 0)
+        a = NULL; //  the callback owns it now
+    msgpack_sbuffer_destroy(&sb);
+    pm_msg_destroy(&app);
+    if (a)
+        s_publish_all(a);
+}
+
+//  ca.issued / ca.rejected / ca.profile: queued for the store (s_flush). Takes *evp.
 static void s_emit(s_ctx_t *c, pm_msg_t **evp)
 {
-    pm_msg_t *ev = *evp, *app = pm_msg_new(PM_MSG_EVENT_APPEND);
-    s_append_t *a = NULL;
+    if (c->npending == 0)
+        c->pending_since = pm_stats_now_ms();
+    c->pending[c->npending++] = *evp;
     *evp = NULL;
-    if (!app || pm_msg_set_str(app, "name", pm_msg_str(ev, "name")) < 0 ||
-        pm_msg_set_str(app, "source", "ca") < 0 ||
-        (pm_msg_obj(ev, "data") && pm_msg_set_obj(app, "data", pm_msg_obj(ev, "data")) < 0) ||
-        (pm_msg_has(ev, "eid") && pm_msg_set_str(app, "eid", pm_msg_str(ev, "eid")) < 0))
-        goto out;
-    a = malloc(sizeof *a);
-    if (!a)
-        goto out;
-    *a = (s_append_t){c->bus, ev};
-    //  the service that owns the event log, as the message table says
-    if (pm_bus_call_async(c->bus, pm_msgdef(PM_MSG_EVENT_APPEND)->service, app, 2000, 0,
-                          s_on_append_reply, a) == 0) {
-        ev = NULL; //  the callback owns it now
-        a = NULL;
+    if (c->npending == S_EV_MAX)
+        s_flush(c);
+}
+
+static uint64_t s_in_flight(const pm_bus_t *bus)
+{
+    pm_bus_stats_t st;
+    pm_bus_stats(bus, &st);
+    return st.requests - st.replies - st.failures;
+}
+
+//  Milliseconds the bus loop may sleep before the pending events are due.
+static int s_flush_due_ms(s_ctx_t *c, int poll_ms)
+{
+    if (c->npending == 0)
+        return poll_ms;
+    double left = c->pending_since + S_EV_WAIT_MS - pm_stats_now_ms();
+    if (left <= 0) {
+        s_flush(c);
+        return poll_ms;
     }
-out:
-    if (ev && pm_bus_publish(c->bus, ev) < 0)
-        pm_warn("cannot publish %s: check publish-endpoint", pm_msg_str(ev, "name"));
-    free(a);
-    pm_msg_destroy(&ev);
-    pm_msg_destroy(&app);
+    return left < poll_ms ? (int)left + 1 : poll_ms;
 }
 
 //  A request being handled: profiles and PKCSReqs with one-time challenges
@@ -426,7 +502,8 @@ int main(int argc, char **argv)
         pm_notify_status("serving \"ca\" via %s", bc.request_endpoint);
         int64_t wd = pm_notify_watchdog_ms();
         int poll_ms = wd > 0 && wd < 1000 ? (int)wd : 1000;
-        while (pm_bus_run_once(ctx.bus, poll_ms) >= 0) {
+        while (pm_bus_run_once(ctx.bus, s_flush_due_ms(&ctx, poll_ms)) >= 0) {
+            s_flush_due_ms(&ctx, poll_ms);
             if (wd > 0)
                 pm_notify_watchdog();
             pm_stats_tick(stats, ctx.bus);
@@ -439,6 +516,12 @@ int main(int argc, char **argv)
                     ca_svc_waiting(svc));
         ca_svc_abandon(svc);
         pm_bus_run_once(ctx.bus, 0); //  let those replies go out
+        //  the last events: give the store 200 ms to take them
+        s_flush(&ctx);
+        for (int i = 0; i < 20 && s_in_flight(ctx.bus) > 0; i++) {
+            usleep(10000);
+            pm_bus_process(ctx.bus);
+        }
         pm_bus_destroy(&ctx.bus);
         rc = 0;
     }

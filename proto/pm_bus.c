@@ -58,6 +58,7 @@ typedef struct {
     pm_bus_t *bus;
     char service[PM_BUS_SERVICE_MAX + 1];
     zsock_t *sock;
+    pm_bus_sock_t zs; //  its wait state (pm_bus_wire.h)
     pm_bus_job_fn *fn;
     void *arg;
     int64_t broker_expiry; //  broker is dead if silent past this
@@ -96,7 +97,8 @@ struct pm_bus {
     int capacity;
 
     zsock_t *client;
-    zhashx_t *pending; //  rid -> s_pending_t
+    pm_bus_sock_t zclient, zsub; //  wait states of client and sub (pm_bus_wire.h)
+    zhashx_t *pending;           //  rid -> s_pending_t
     int64_t next_deadline;
 
     s_worker_t *workers[S_MAX_SERVICES];
@@ -168,7 +170,7 @@ static int s_client_send(pm_bus_t *bus, s_pending_t *p)
         bus->next_deadline = p->deadline;
     if (p->attempts > 1)
         bus->stats.resends++;
-    if (pm_bus_sendv(zsock_resolve(bus->client), data, len, 4) < 0) {
+    if (pm_bus_sock_sendv(&bus->zclient, data, len, 4) < 0) {
         //  At the high-water mark: the attempt counts, the timer resends.
         pm_debug("bus: request %s to '%s' not sent (%s); will retry", p->rid, p->service,
                  zmq_strerror(errno));
@@ -414,7 +416,7 @@ static int s_worker_send(s_worker_t *w, const void *const *data, const size_t *l
 {
     if (!w->sock)
         return -1;
-    int rc = pm_bus_sendv(zsock_resolve(w->sock), data, len, n);
+    int rc = pm_bus_sock_sendv(&w->zs, data, len, n);
     if (rc < 0)
         pm_bus_ratelog(&w->bus->ratelog,
                        "bus: cannot send to the broker for '%s' (%s); the "
@@ -660,6 +662,7 @@ int pm_bus_serve(pm_bus_t *bus, const char *service, pm_bus_job_fn *fn, void *ar
         free(w);
         return -1;
     }
+    pm_bus_sock_init(&w->zs, zsock_resolve(w->sock));
     s_worker_ready(w);
     bus->workers[bus->nworkers++] = w;
     pm_info("bus: serving '%s' via %s (capacity %d)", service, bus->request_endpoint,
@@ -802,6 +805,7 @@ int pm_bus_subscribe(pm_bus_t *bus, const char *prefix, pm_bus_event_fn *fn, voi
         return -1;
     bus->subs[bus->nsubs++] = (s_sub_t){copy, fn, arg};
     zsock_set_subscribe(bus->sub, prefix);
+    bus->zsub.armed = false; //  to be safe: ask ZMQ_EVENTS before sleeping on it
     return 0;
 }
 
@@ -834,14 +838,17 @@ static void s_event_input(pm_bus_t *bus, zmq_msg_t *f, int n, int total)
 
 typedef enum { S_CLIENT, S_WORKER, S_SUB } s_kind_t;
 
-//  Drain one socket (bounded). Returns messages handled.
-static int s_drain(pm_bus_t *bus, zsock_t *sock, s_kind_t kind, s_worker_t *w)
+//  Drain one socket (bounded), only when pm_bus_poll said input may wait
+//  there or it is disarmed: an empty receive costs libzmq two syscalls.
+//  Returns messages handled.
+static int s_drain(pm_bus_t *bus, pm_bus_sock_t *zs, s_kind_t kind, s_worker_t *w)
 {
     zmq_msg_t f[PM_BUS_MAX_FRAMES];
     int handled = 0, n, total;
-    void *handle = zsock_resolve(sock);
+    if (!zs->handle || (!zs->ready && zs->armed))
+        return 0;
     while (handled < PM_BUS_BATCH) {
-        if (pm_bus_recv(handle, f, PM_BUS_MAX_FRAMES, &n, &total) < 0)
+        if (pm_bus_sock_recv(zs, f, PM_BUS_MAX_FRAMES, &n, &total) < 0)
             return handled;
         handled++;
         if (kind == S_CLIENT)
@@ -856,53 +863,74 @@ static int s_drain(pm_bus_t *bus, zsock_t *sock, s_kind_t kind, s_worker_t *w)
     return handled;
 }
 
-int pm_bus_process(pm_bus_t *bus)
+//  The sockets that take input, for pm_bus_poll. Returns the count.
+static int s_socks(pm_bus_t *bus, pm_bus_sock_t **socks)
+{
+    int n = 0;
+    if (bus->client)
+        socks[n++] = &bus->zclient;
+    for (int i = 0; i < bus->nworkers; i++)
+        if (bus->workers[i]->sock)
+            socks[n++] = &bus->workers[i]->zs;
+    if (bus->sub)
+        socks[n++] = &bus->zsub;
+    return n;
+}
+
+//  After pm_bus_poll: drain what is ready, run the timers.
+static int s_process(pm_bus_t *bus, pm_bus_sock_t **socks, int nsocks)
 {
     int handled = 0;
     bus->more = false;
     if (bus->client)
-        handled += s_drain(bus, bus->client, S_CLIENT, NULL);
+        handled += s_drain(bus, &bus->zclient, S_CLIENT, NULL);
     for (int i = 0; i < bus->nworkers; i++)
-        if (bus->workers[i]->sock)
-            handled += s_drain(bus, bus->workers[i]->sock, S_WORKER, bus->workers[i]);
+        handled += s_drain(bus, &bus->workers[i]->zs, S_WORKER, bus->workers[i]);
     if (bus->sub)
-        handled += s_drain(bus, bus->sub, S_SUB, NULL);
+        handled += s_drain(bus, &bus->zsub, S_SUB, NULL);
     int64_t now = zclock_mono();
     s_client_timers(bus, now);
     for (int i = 0; i < bus->nworkers; i++)
         s_worker_timers(bus->workers[i], now);
     //  ZMQ_FD is edge-triggered and a send (a resend, a heartbeat, a reply
-    //  from a callback) can consume the edge while input waits: if anything is
-    //  readable now, ask to be called again at once (next_timeout 0).
-    if (bus->client && (zsock_events(bus->client) & ZMQ_POLLIN))
-        bus->more = true;
-    for (int i = 0; i < bus->nworkers; i++)
-        if (zsock_events(bus->workers[i]->sock) & ZMQ_POLLIN)
+    //  from a callback) can consume the edge while input waits: ask the
+    //  sockets that sent since their last empty receive (only those) whether
+    //  anything is readable now, and if so be called again at once
+    //  (next_timeout 0).
+    for (int i = 0; i < nsocks; i++) {
+        pm_bus_sock_t *zs = socks[i];
+        if (zs->armed)
+            continue;
+        uint32_t ev = 0;
+        size_t size = sizeof ev;
+        if (zmq_getsockopt(zs->handle, ZMQ_EVENTS, &ev, &size) < 0 || (ev & ZMQ_POLLIN))
             bus->more = true;
-    if (bus->sub && (zsock_events(bus->sub) & ZMQ_POLLIN))
-        bus->more = true;
+        else
+            zs->armed = true;
+    }
     return handled;
+}
+
+int pm_bus_process(pm_bus_t *bus)
+{
+    pm_bus_sock_t *socks[S_MAX_SERVICES + 2];
+    int n = s_socks(bus, socks);
+    pm_bus_poll(socks, n, 0); //  which sockets have input (one poll() for all)
+    return s_process(bus, socks, n);
 }
 
 int pm_bus_run_once(pm_bus_t *bus, int timeout_ms)
 {
-    zmq_pollitem_t items[S_MAX_SERVICES + 2];
-    int n = 0;
-    if (bus->client)
-        items[n++] = (zmq_pollitem_t){zsock_resolve(bus->client), 0, ZMQ_POLLIN, 0};
-    for (int i = 0; i < bus->nworkers; i++)
-        if (bus->workers[i]->sock)
-            items[n++] = (zmq_pollitem_t){zsock_resolve(bus->workers[i]->sock), 0, ZMQ_POLLIN, 0};
-    if (bus->sub)
-        items[n++] = (zmq_pollitem_t){zsock_resolve(bus->sub), 0, ZMQ_POLLIN, 0};
+    pm_bus_sock_t *socks[S_MAX_SERVICES + 2];
+    int n = s_socks(bus, socks);
     int next = pm_bus_next_timeout(bus);
     if (timeout_ms < 0 || next < timeout_ms)
         timeout_ms = next;
-    if (zmq_poll(items, n, timeout_ms) < 0 && errno != EINTR)
+    if (pm_bus_poll(socks, n, timeout_ms) < 0 && errno != EINTR)
         pm_bus_ratelog(&bus->ratelog, "bus: poll failed: %s", zmq_strerror(errno));
     if (zsys_interrupted)
         return -1;
-    return pm_bus_process(bus);
+    return s_process(bus, socks, n);
 }
 
 int pm_bus_fds(const pm_bus_t *bus, int *fds, int max)
@@ -982,10 +1010,14 @@ pm_bus_t *pm_bus_new(const pm_bus_config_t *cfg)
     }
     if (bus->request_endpoint && !(bus->client = s_socket(bus, ZMQ_DEALER, bus->request_endpoint)))
         goto fail;
+    if (bus->client)
+        pm_bus_sock_init(&bus->zclient, zsock_resolve(bus->client));
     if (bus->publish_endpoint && !(bus->pub = s_socket(bus, ZMQ_PUB, bus->publish_endpoint)))
         goto fail;
     if (bus->subscribe_endpoint && !(bus->sub = s_socket(bus, ZMQ_SUB, bus->subscribe_endpoint)))
         goto fail;
+    if (bus->sub)
+        pm_bus_sock_init(&bus->zsub, zsock_resolve(bus->sub));
     return bus;
 fail:
     pm_bus_destroy(&bus);

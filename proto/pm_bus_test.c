@@ -583,6 +583,79 @@ static void test_bad_config(void **state)
     assert_false(pm_bus_endpoint_is_local("tcp://10.0.0.1:7401"));
 }
 
+//  pm_bus_poll's armed/disarmed states (pm_bus_wire.h): an idle socket is
+//  not reported, input is, a receiver that stops at a batch limit is asked
+//  again (not left asleep on a descriptor that will not fire), and a send
+//  disarms.
+static void test_wait_states(void **state)
+{
+    (void)state;
+    zsock_t *a = zsock_new_pair("@inproc://pm-bus-wait-test");
+    zsock_t *b = zsock_new_pair(">inproc://pm-bus-wait-test");
+    assert_non_null(a);
+    assert_non_null(b);
+    pm_bus_sock_t zb;
+    pm_bus_sock_init(&zb, zsock_resolve(b));
+    pm_bus_sock_t *socks[1] = {&zb};
+    assert_false(zb.armed);
+    assert_int_equal(pm_bus_poll(socks, 1, 0), 0); //  asked ZMQ_EVENTS: nothing, now armed
+    assert_true(zb.armed);
+    assert_false(zb.ready);
+
+    zmq_msg_t f[PM_BUS_MAX_FRAMES];
+    int n, total, got;
+    zstr_send(a, "one");
+    assert_int_equal(pm_bus_poll(socks, 1, 2000), 1);
+    assert_true(zb.ready);
+    for (got = 0; pm_bus_sock_recv(&zb, f, PM_BUS_MAX_FRAMES, &n, &total) == 0; got++)
+        pm_bus_frames_close(f, n);
+    assert_int_equal(got, 1);
+    assert_true(zb.armed);
+    assert_false(zb.ready);
+    assert_int_equal(pm_bus_poll(socks, 1, 20), 0);
+
+    //  a burst larger than one batch: stop at the limit, then ask again
+    for (int i = 0; i < PM_BUS_BATCH + 5; i++)
+        zstr_send(a, "burst");
+    int64_t until = zclock_mono() + 2000;
+    got = 0;
+    while (got < PM_BUS_BATCH && zclock_mono() < until) {
+        if (pm_bus_poll(socks, 1, 100) <= 0)
+            continue;
+        while (got < PM_BUS_BATCH && pm_bus_sock_recv(&zb, f, PM_BUS_MAX_FRAMES, &n, &total) == 0) {
+            pm_bus_frames_close(f, n);
+            got++;
+        }
+    }
+    assert_int_equal(got, PM_BUS_BATCH);
+    assert_false(zb.armed);
+    assert_int_equal(pm_bus_poll(socks, 1, 0), 1); //  the rest is reported without sleeping
+    while (pm_bus_sock_recv(&zb, f, PM_BUS_MAX_FRAMES, &n, &total) == 0) {
+        pm_bus_frames_close(f, n);
+        got++;
+    }
+    assert_int_equal(got, PM_BUS_BATCH + 5);
+    assert_true(zb.armed);
+
+    //  a send disarms; input that arrived meanwhile is still reported
+    zstr_send(a, "while sending");
+    const void *data[1] = {"reply"};
+    size_t len[1] = {5};
+    assert_int_equal(pm_bus_sock_sendv(&zb, data, len, 1), 0);
+    assert_false(zb.armed);
+    until = zclock_mono() + 2000;
+    while (pm_bus_poll(socks, 1, 100) == 0 && zclock_mono() < until)
+        ;
+    assert_true(zb.ready);
+    assert_int_equal(pm_bus_sock_recv(&zb, f, PM_BUS_MAX_FRAMES, &n, &total), 0);
+    pm_bus_frames_close(f, n);
+    char *r = zstr_recv(a);
+    assert_string_equal(r, "reply");
+    zstr_free(&r);
+    zsock_destroy(&b);
+    zsock_destroy(&a);
+}
+
 int main(void)
 {
     pm_log_init("pm_bus_test", getenv("PM_TEST_VERBOSE") ? "debug" : "error", false);
@@ -602,6 +675,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_worker_disconnect_reregisters, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_foreign_loop, s_setup, s_teardown),
         cmocka_unit_test(test_blocking_call),
+        cmocka_unit_test(test_wait_states),
         cmocka_unit_test(test_bad_config),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);

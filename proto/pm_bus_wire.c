@@ -5,6 +5,7 @@
 
 #include <czmq.h>
 #include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <string.h>
 
@@ -50,6 +51,79 @@ int pm_bus_sendv(void *sock, const void *const *data, const size_t *len, int n)
             return -1; //  only the first part can fail: multipart is atomic
     }
     return 0;
+}
+
+void pm_bus_sock_init(pm_bus_sock_t *s, void *handle)
+{
+    size_t size = sizeof s->fd;
+    s->handle = handle;
+    s->fd = -1;
+    if (handle && zmq_getsockopt(handle, ZMQ_FD, &s->fd, &size) < 0)
+        s->fd = -1;
+    s->armed = false;
+    s->ready = false;
+}
+
+#define S_POLL_MAX 16
+
+int pm_bus_poll(pm_bus_sock_t *const *socks, int n, int timeout_ms)
+{
+    struct pollfd pfd[S_POLL_MAX];
+    int map[S_POLL_MAX], np = 0, ready = 0;
+    if (n > S_POLL_MAX)
+        n = S_POLL_MAX;
+    for (int i = 0; i < n; i++) {
+        pm_bus_sock_t *s = socks[i];
+        s->ready = false;
+        if (!s->handle)
+            continue;
+        if (!s->armed) {
+            //  A send may have taken the signal: ask libzmq (this processes
+            //  its commands, so a socket without input is armed afterwards).
+            uint32_t ev = 0;
+            size_t size = sizeof ev;
+            if (zmq_getsockopt(s->handle, ZMQ_EVENTS, &ev, &size) < 0 || (ev & ZMQ_POLLIN)) {
+                s->ready = true; //  an error is reported by the receive
+                ready++;
+                continue;
+            }
+            s->armed = true;
+        }
+        if (s->fd >= 0) {
+            pfd[np] = (struct pollfd){.fd = s->fd, .events = POLLIN};
+            map[np++] = i;
+        }
+    }
+    if (np == 0)
+        return ready;
+    int rc = poll(pfd, (nfds_t)np, ready ? 0 : timeout_ms);
+    if (rc < 0)
+        return ready ? ready : -1;
+    for (int k = 0; k < np && rc > 0; k++)
+        if (pfd[k].revents) {
+            socks[map[k]]->ready = true;
+            ready++;
+            rc--;
+        }
+    return ready;
+}
+
+int pm_bus_sock_recv(pm_bus_sock_t *s, zmq_msg_t *frames, int max, int *n, int *total)
+{
+    int rc = pm_bus_recv(s->handle, frames, max, n, total);
+    if (rc == 0)
+        s->armed = false; //  more may wait (a caller's batch limit): ask before sleeping
+    else if (errno == EAGAIN) {
+        s->armed = true;
+        s->ready = false;
+    }
+    return rc;
+}
+
+int pm_bus_sock_sendv(pm_bus_sock_t *s, const void *const *data, const size_t *len, int n)
+{
+    s->armed = false;
+    return pm_bus_sendv(s->handle, data, len, n);
 }
 
 bool pm_bus_frame_is(zmq_msg_t *frame, const char *s)

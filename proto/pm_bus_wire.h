@@ -44,6 +44,40 @@ void pm_bus_frames_close(zmq_msg_t *frames, int n);
 //  EAGAIN at the high-water mark, EHOSTUNREACH for an unknown ROUTER peer).
 int pm_bus_sendv(void *sock, const void *const *data, const size_t *len, int n);
 
+/* ---- waiting without zmq_poll ----
+ *  zmq_poll asks every socket for ZMQ_EVENTS before and after it sleeps, and
+ *  each ask costs libzmq two syscalls (getpid for its fork check, and a poll
+ *  of the socket's mailbox) even when nothing is there: ~14 syscalls per
+ *  wakeup for the broker's three sockets, more than the message itself.
+ *  These helpers sleep in one poll() on the sockets' ZMQ_FDs and ask
+ *  ZMQ_EVENTS only of sockets that need it:
+ *  a socket is *armed* when the last thing done to it was a receive that
+ *  found nothing (EAGAIN) or a ZMQ_EVENTS without input; libzmq then signals
+ *  its ZMQ_FD when input arrives. A send on the socket may consume that
+ *  signal (libzmq processes its commands inside send), so every send disarms
+ *  it, and a disarmed socket is asked ZMQ_EVENTS before anyone sleeps on it.
+ *  (pm_bus.h, "Waiting", for the measured effect.) */
+typedef struct {
+    void *handle; //  the libzmq socket
+    int fd;       //  its ZMQ_FD
+    bool armed;   //  its fd will signal new input (see above)
+    bool ready;   //  set by pm_bus_poll: input may be waiting, receive until EAGAIN
+} pm_bus_sock_t;
+
+//  Set up for a libzmq socket (disarmed: the first wait asks ZMQ_EVENTS).
+void pm_bus_sock_init(pm_bus_sock_t *s, void *handle);
+//  Wait up to timeout_ms (-1: no limit, 0: do not sleep) until one of the n
+//  sockets may have input; sets `ready` on each of those (clears it on the
+//  others). Never sleeps when a disarmed socket has input. Returns the number
+//  ready (0 on timeout), -1 on error (errno; EINTR when interrupted).
+int pm_bus_poll(pm_bus_sock_t *const *socks, int n, int timeout_ms);
+//  pm_bus_recv on s, keeping its state: EAGAIN arms it and clears `ready`;
+//  a message disarms it (whoever stops before EAGAIN, at a batch limit, must
+//  not sleep on the descriptor: the rest of the input may not signal it).
+int pm_bus_sock_recv(pm_bus_sock_t *s, zmq_msg_t *frames, int max, int *n, int *total);
+//  pm_bus_sendv on s; disarms it.
+int pm_bus_sock_sendv(pm_bus_sock_t *s, const void *const *data, const size_t *len, int n);
+
 //  True if the frame holds exactly the string s.
 bool pm_bus_frame_is(zmq_msg_t *frame, const char *s);
 //  Copy a frame into a NUL-terminated string of at most max-1 bytes; -1 if it

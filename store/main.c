@@ -38,6 +38,9 @@ static const pm_opt_t s_opts[] = {
     {"commit-wait-ms", PM_OPT_INT, "0",
      "after the first request of a transaction, gather more for this long before committing "
      "(fewer commits per request under load, at most this much latency; 0: commit at once)"},
+    {"wal-autocheckpoint", PM_OPT_INT, "4096",
+     "WAL pages (4 KiB) written between checkpoints; more: fewer database writes and syncs per "
+     "request, a larger -wal file (SQLite's default is 1000)"},
     {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
     {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     PM_STATS_OPTION,
@@ -80,7 +83,13 @@ int main(int argc, char **argv)
         snprintf(path, sizeof path, "%s", pm_cfg_str(cfg, "database"));
     else
         snprintf(path, sizeof path, "%s/picomdm.db", dir);
-    store_db_opts_t o = {.sync_full = strcmp(sync, "full") == 0};
+    int64_t ckpt = pm_cfg_int(cfg, "wal-autocheckpoint");
+    if (ckpt < 100 || ckpt > 1000000) {
+        pm_error("wal-autocheckpoint must be between 100 and 1000000 pages, not %lld",
+                 (long long)ckpt);
+        goto out;
+    }
+    store_db_opts_t o = {.sync_full = strcmp(sync, "full") == 0, .wal_autocheckpoint = (int)ckpt};
     db = store_db_new(path, &o, err, sizeof err);
     if (!db) {
         pm_error("%s", err);

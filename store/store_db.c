@@ -449,11 +449,12 @@ store_db_t *store_db_new(const char *path, const store_db_opts_t *opts, char *er
         goto fail;
     }
     sqlite3_busy_timeout(db->sql, opts->busy_ms > 0 ? opts->busy_ms : 5000);
-    char pragmas[256];
+    char pragmas[320];
     snprintf(pragmas, sizeof pragmas,
              "PRAGMA journal_mode=WAL; PRAGMA synchronous=%s; PRAGMA foreign_keys=OFF;"
-             " PRAGMA cache_size=-16384; PRAGMA temp_store=MEMORY;",
-             opts->sync_full ? "FULL" : "NORMAL");
+             " PRAGMA cache_size=-16384; PRAGMA temp_store=MEMORY; PRAGMA wal_autocheckpoint=%d;",
+             opts->sync_full ? "FULL" : "NORMAL",
+             opts->wal_autocheckpoint > 0 ? opts->wal_autocheckpoint : STORE_WAL_AUTOCHECKPOINT);
     if (s_run(db, pragmas, "setting up the database") < 0 || s_migrate(db) < 0) {
         snprintf(err, errlen, "%s: %s", path, db->errmsg);
         goto fail;

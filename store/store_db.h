@@ -57,7 +57,14 @@ typedef enum {
 typedef struct {
     bool sync_full; //  PRAGMA synchronous=FULL (true, default) or NORMAL (see docs/queue.md)
     int busy_ms;    //  busy timeout when another process holds the database (0 = 5000)
+    int wal_autocheckpoint; //  WAL pages between checkpoints (0 = STORE_WAL_AUTOCHECKPOINT)
 } store_db_opts_t;
+
+//  Default checkpoint interval in WAL pages (4 KiB each): a checkpoint copies
+//  every page changed since the last one into the database and syncs it
+//  twice, so a longer interval copies a page changed by many requests once
+//  (SQLite's default is 1,000; docs/queue.md, "Durability and cost").
+#define STORE_WAL_AUTOCHECKPOINT 4096
 
 //  Queue policy, chosen by the scheduler (its options) and sent with each request.
 typedef struct {

@@ -29,7 +29,8 @@ static const char *const s_sql[S_NST] = {
               " updated=excluded.updated, command_uuid=excluded.command_uuid",
     [S_DROP_OLD] = "DELETE FROM inventory WHERE eid=?1 AND source=?2 AND"
                    " (updated<>?3 OR command_uuid IS NOT ?4) RETURNING key, vtext, value",
-    [S_OS] = "UPDATE enrollments SET os_version=?2 WHERE eid=?1",
+    //  unchanged: no write (the enrollments row is wide, its page is not dirtied)
+    [S_OS] = "UPDATE enrollments SET os_version=?2 WHERE eid=?1 AND os_version IS NOT ?2",
     [S_LIST] = "SELECT key, value, source, updated, command_uuid FROM inventory WHERE eid=?1"
                " ORDER BY key",
     [S_TIMELINE] = "SELECT seq, ts, name, eid, source, data FROM events WHERE seq>?2 AND"
@@ -409,9 +410,13 @@ static int s_emit_changed(store_inv_t *self, const char *eid, const char *rt, co
         store_pk_kstr(&pk, "old", self->ch[i].had_old ? self->ch[i].old : NULL);
         store_pk_kstr(&pk, "new",
                       self->ch[i].new_[0] || !self->ch[i].had_old ? self->ch[i].new_ : NULL);
-        if (strcmp(self->ch[i].key, "OSVersion") == 0)
-            pm_info("inventory: %s OSVersion %s -> %s", eid,
-                    self->ch[i].had_old ? self->ch[i].old : "-", self->ch[i].new_);
+        //  An upgrade is worth a line; the first report (every device's first
+        //  DeviceInformation) is not, and a log line costs more than the rest
+        //  of the ingest (tzset's stat of /etc/localtime, a write).
+        if (strcmp(self->ch[i].key, "OSVersion") == 0 && self->ch[i].had_old)
+            pm_info("inventory: %s OSVersion %s -> %s", eid, self->ch[i].old, self->ch[i].new_);
+        else if (strcmp(self->ch[i].key, "OSVersion") == 0)
+            pm_debug("inventory: %s OSVersion first reported: %s", eid, self->ch[i].new_);
     }
     store_pk_str(&pk, "total");
     msgpack_pack_uint64(&pk, self->nch_total);

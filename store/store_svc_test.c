@@ -8,8 +8,11 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include "pm_bus_wire.h"
 #include "pm_mpck.h"
 #include "store_svc.h"
+
+#include <czmq.h>
 
 #include <sqlite3.h>
 #include <stdlib.h>
@@ -231,12 +234,209 @@ static void test_locked_database(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+//  event.append_batch (picomdm-ca's audit events): all logged in order with
+//  consecutive seqs, or none when one of them is malformed.
+static pm_msg_t *s_batch(const char *const *names, int n, bool bad_data)
+{
+    pm_msg_t *m = pm_msg_new(PM_MSG_EVENT_APPEND_BATCH);
+    msgpack_sbuffer b;
+    msgpack_sbuffer_init(&b);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, (size_t)n);
+    for (int i = 0; i < n; i++) {
+        msgpack_pack_map(&pk, names[i] ? 3 : 2);
+        if (names[i]) {
+            msgpack_pack_str_with_body(&pk, "name", 4);
+            msgpack_pack_str_with_body(&pk, names[i], strlen(names[i]));
+        }
+        msgpack_pack_str_with_body(&pk, "source", 6);
+        msgpack_pack_str_with_body(&pk, "ca", 2);
+        msgpack_pack_str_with_body(&pk, "data", 4);
+        if (bad_data && i == n - 1) {
+            msgpack_pack_str_with_body(&pk, "x", 1);
+        } else {
+            msgpack_pack_map(&pk, 1);
+            msgpack_pack_str_with_body(&pk, "i", 1);
+            msgpack_pack_int(&pk, i);
+        }
+    }
+    assert_int_equal(pm_msg_set_packed(m, "events", (const uint8_t *)b.data, b.size), 0);
+    msgpack_sbuffer_destroy(&b);
+    return m;
+}
+
+static uint64_t s_event_count(void)
+{
+    msgpack_sbuffer b;
+    msgpack_sbuffer_init(&b);
+    assert_int_equal(store_db_begin(s_db), 0);
+    assert_int_equal(store_db_events(s_db, 0, 1000, &b), STORE_OK);
+    assert_int_equal(store_db_commit(s_db), 0);
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    assert_int_equal(msgpack_unpack_next(&u, b.data, b.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    assert_int_equal(u.data.type, MSGPACK_OBJECT_ARRAY);
+    uint64_t n = u.data.via.array.size;
+    msgpack_unpacked_destroy(&u);
+    msgpack_sbuffer_destroy(&b);
+    return n;
+}
+
+static void test_event_batch(void **state)
+{
+    (void)state;
+    const char *names[] = {"ca.profile", "ca.issued", "ca.rejected"};
+    pm_msg_t *r = s_apply(s_batch(names, 3, false));
+    assert_int_equal(pm_msg_type(r), PM_MSG_EVENT_APPEND_BATCH_REPLY);
+    assert_int_equal(pm_msg_uint(r, "count", 0), 3);
+    uint64_t seq = pm_msg_uint(r, "seq", 0);
+    assert_true(seq >= 3);
+    pm_msg_destroy(&r);
+    assert_int_equal(s_event_count(), 3);
+    //  a single event after it follows on
+    pm_msg_t *m = pm_msg_new(PM_MSG_EVENT_APPEND);
+    pm_msg_set_str(m, "name", "security.rejected");
+    r = s_apply(m);
+    assert_int_equal(pm_msg_uint(r, "seq", 0), seq + 1);
+    pm_msg_destroy(&r);
+    //  one bad event (no name; data not a map): the whole batch is refused, none logged
+    const char *unnamed[] = {"ca.profile", NULL};
+    r = s_apply(s_batch(unnamed, 2, false));
+    assert_string_equal(pm_msg_str(r, "code"), "bad_request");
+    pm_msg_destroy(&r);
+    r = s_apply(s_batch(names, 3, true));
+    assert_string_equal(pm_msg_str(r, "code"), "bad_request");
+    assert_non_null(strstr(pm_msg_str(r, "message"), "event 2"));
+    pm_msg_destroy(&r);
+    assert_int_equal(s_event_count(), 4);
+    //  empty batch, not an array
+    r = s_apply(s_batch(names, 0, false));
+    assert_string_equal(pm_msg_str(r, "code"), "bad_request");
+    pm_msg_destroy(&r);
+    m = pm_msg_new(PM_MSG_EVENT_APPEND_BATCH);
+    pm_msg_set_packed(m, "events", (const uint8_t *)"\x90", 1);
+    r = s_apply(m);
+    assert_string_equal(pm_msg_str(r, "code"), "bad_request");
+    pm_msg_destroy(&r);
+    assert_int_equal(s_event_count(), 4);
+}
+
+//  Group commit with a failing request in the middle (store_svc_flush, over
+//  a real pm_bus worker and a fake broker): the batch is applied without
+//  savepoints, rolled back when the enqueue fails, and applied again with
+//  one savepoint per request, so both check-ins are committed and answered,
+//  the enqueue is answered not_found and leaves nothing.
+static void test_batch_undoes_only_the_failure(void **state)
+{
+    (void)state;
+    char err[256];
+    store_db_t *db = store_db_new(":memory:", NULL, err, sizeof err);
+    assert_non_null(db);
+    zsock_t *router = zsock_new_router("@inproc://store-svc-batch-test");
+    assert_non_null(router);
+    pm_bus_config_t bc = {
+        .name = "store", .request_endpoint = "inproc://store-svc-batch-test", .capacity = 16};
+    pm_bus_t *bus = pm_bus_new(&bc);
+    assert_non_null(bus);
+    store_svc_t *svc = store_svc_new(db, bus, NULL);
+    assert_non_null(svc);
+    assert_int_equal(pm_bus_serve(bus, "store", store_svc_on_job, svc), 0);
+    zmsg_t *ready = zmsg_recv(router); //  READY: its first frame is the worker's id
+    assert_non_null(ready);
+    zframe_t *id = zframe_dup(zmsg_first(ready));
+    zmsg_destroy(&ready);
+
+    pm_msg_t *reqs[3] = {s_checkin("batch-a", "Authenticate"), pm_msg_new(PM_MSG_STORE_ENQUEUE),
+                         s_checkin("batch-b", "Authenticate")};
+    pm_msg_set_packed(reqs[1], "command", (const uint8_t *)"\x81\xabRequestType\xa4Ping", 18);
+    const char *t[] = {"batch-a", "ghost"};
+    pm_msg_set_strs(reqs[1], "targets", t, 2);
+    pm_msg_set_str(reqs[1], "command_uuid", "C-BATCH");
+    const char *rids[3] = {"r-1", "r-2", "r-3"};
+    for (int i = 0; i < 3; i++) {
+        pm_msg_set_rid(reqs[i], rids[i]);
+        uint8_t *data;
+        size_t len;
+        assert_int_equal(pm_msg_encode(reqs[i], &data, &len, err, sizeof err), 0);
+        zmsg_t *m = zmsg_new();
+        zmsg_append(m, &(zframe_t *){zframe_dup(id)});
+        zmsg_addstr(m, PM_BUS_WORKER_HDR);
+        zmsg_addmem(m, &(uint8_t){PM_BUS_REQUEST}, 1);
+        zmsg_addstr(m, "client");
+        zmsg_addstr(m, rids[i]);
+        zmsg_addmem(m, data, len);
+        zmsg_send(&m, router);
+        free(data);
+        pm_msg_destroy(&reqs[i]);
+    }
+    int64_t until = zclock_mono() + 3000;
+    while (store_svc_pending(svc) < 3 && zclock_mono() < until)
+        pm_bus_run_once(bus, 10);
+    assert_int_equal(store_svc_pending(svc), 3);
+    assert_int_equal(store_svc_flush(svc), 3); //  one batch
+
+    int seen = 0;
+    until = zclock_mono() + 3000;
+    while (seen < 3 && zclock_mono() < until) {
+        if (!(zsock_events(router) & ZMQ_POLLIN)) {
+            pm_bus_run_once(bus, 10);
+            continue;
+        }
+        zmsg_t *m = zmsg_recv(router);
+        zframe_t *f = zmsg_first(m);
+        f = zmsg_next(m); //  header
+        f = zmsg_next(m); //  command
+        if (zframe_size(f) != 1 || *zframe_data(f) != PM_BUS_REPLY) {
+            zmsg_destroy(&m); //  a heartbeat
+            continue;
+        }
+        zmsg_next(m); //  client
+        char *rid = zframe_strdup(zmsg_next(m));
+        zframe_t *body = zmsg_next(m);
+        pm_msg_t *r = NULL;
+        assert_int_equal(pm_msg_decode(zframe_data(body), zframe_size(body), &r, err, sizeof err),
+                         0);
+        if (strcmp(rid, "r-2") == 0) {
+            assert_int_equal(pm_msg_type(r), PM_MSG_ERROR);
+            assert_string_equal(pm_msg_str(r, "code"), "not_found");
+        } else {
+            assert_int_equal(pm_msg_type(r), PM_MSG_CHECKIN_REPLY);
+            assert_int_equal(pm_msg_uint(r, "status", 0), 200);
+        }
+        pm_msg_destroy(&r);
+        free(rid);
+        zmsg_destroy(&m);
+        seen++;
+    }
+    assert_int_equal(seen, 3);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(store_db_sqlite(db),
+                                        "SELECT (SELECT count(*) FROM enrollments),"
+                                        " (SELECT count(*) FROM commands),"
+                                        " (SELECT count(*) FROM queue)",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 2);
+    assert_int_equal(sqlite3_column_int(st, 1), 0);
+    assert_int_equal(sqlite3_column_int(st, 2), 0);
+    sqlite3_finalize(st);
+    zframe_destroy(&id);
+    store_svc_destroy(&svc);
+    pm_bus_destroy(&bus);
+    zsock_destroy(&router);
+    store_db_destroy(&db);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_checkin_enqueue_connect, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_bad_requests, s_setup, s_teardown),
         cmocka_unit_test(test_locked_database),
+        cmocka_unit_test_setup_teardown(test_event_batch, s_setup, s_teardown),
+        cmocka_unit_test(test_batch_undoes_only_the_failure),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -7,6 +7,16 @@
 #   ENROLL_BENCH_N=200 tests/bench/enroll_e2e.sh
 # ENROLL_BENCH_KEEPALIVE=false: a new TLS connection per enrollment request
 # (the simulator's behaviour before it kept one per device).
+# ENROLL_BENCH_PROFILE=DIR: over the exchanges, also run `perf record -g`,
+# `perf stat -e context-switches` and `strace -c -f` on every server process
+# and on the simulator
+# (one at a time is not needed: all attach after the keys are made) and keep
+# their output in DIR (perf.<name>.data, stat.<name>.txt, strace.<name>.txt).
+# The tools' own overhead inflates the CPU figures of that run: use it to see
+# where the time goes and to count system calls and wakeups, not for the
+# headline figure. ENROLL_BENCH_PROFILE_TOOLS="perf stat strace" picks some;
+# ENROLL_BENCH_PERF_CG=dwarf for call graphs through libraries built without
+# frame pointers (OpenSSL, libzmq).
 set -u
 cd "$(dirname "$0")/../.." || exit 1
 BIN=${BIN:-$PWD/bin}
@@ -69,13 +79,35 @@ DS=$!
 keys_made() { grep -q "device keys made" "$T/ds.out"; }
 n=0; while ! keys_made && kill -0 $DS 2>/dev/null && [ $n -lt 12000 ]; do sleep 0.05; n=$((n + 1)); done
 keys_made || { echo "the simulator did not make its keys (exited, or > 600 s):"; tail -5 "$T/ds.err"; exit 1; }
+PROF_PIDS=
+if [ -n "${ENROLL_BENCH_PROFILE:-}" ]; then
+    mkdir -p "$ENROLL_BENCH_PROFILE"
+    tools=${ENROLL_BENCH_PROFILE_TOOLS:-perf stat strace}
+    for pid in $(pgrep -P "$UP_PID") $DS; do
+        name=$(awk '{gsub(/[()]/, "", $2); print $2}' "/proc/$pid/stat")
+        case " $tools " in *" perf "*)
+            perf record -q --call-graph "${ENROLL_BENCH_PERF_CG:-fp}" -p "$pid" -o "$ENROLL_BENCH_PROFILE/perf.$name.data" >/dev/null 2>&1 &
+            PROF_PIDS="$PROF_PIDS $!";; esac
+        case " $tools " in *" stat "*)
+            perf stat -e context-switches,cpu-migrations,task-clock -p "$pid" \
+                -o "$ENROLL_BENCH_PROFILE/stat.$name.txt" >/dev/null 2>&1 &
+            PROF_PIDS="$PROF_PIDS $!";; esac
+        case " $tools " in *" strace "*)
+            strace -c -f -p "$pid" -o "$ENROLL_BENCH_PROFILE/strace.$name.txt" >/dev/null 2>&1 &
+            PROF_PIDS="$PROF_PIDS $!";; esac
+    done
+    sleep 1 # let them attach
+fi
 before=$(server_ticks)
 per_process >"$T/before"
+sim_before=$(awk '{print $14 + $15}' "/proc/$DS/stat")
 touch "$T/go"
 start=$(date +%s%N)
 wait $DS
 rc=$?
 DS=
+for p in $PROF_PIDS; do kill -INT "$p" 2>/dev/null; done
+for p in $PROF_PIDS; do wait "$p" 2>/dev/null; done
 ms=$((($(date +%s%N) - start) / 1000000))
 after=$(server_ticks)
 per_process >"$T/after"
@@ -92,4 +124,9 @@ echo "                net of the idle server ($idle_ms ms over the same time): $
 join "$T/idle0" "$T/idle1" | join - "$T/before" | join - "$T/after" | awk -v hz="$HZ" -v n="$N" -v ms="$ms" \
     '{run = ($5 - $4) * 1000 / hz; idle = ($3 - $2) * 1000 / hz * ms / 5000;
       printf "  %-18s %6d ms CPU = %6d µs per enrollment (net of idle: %6d µs)\n", $1, run, run * 1000 / n, (run - idle) * 1000 / n}'
+# the simulator's own CPU over the exchanges: its total at exit (it prints it)
+# minus what it had used when the keys were made
+awk -v b="$sim_before" -v hz="$HZ" -v n="$N" '/^devsim +cpu user/ {
+    printf "  %-18s %6d ms CPU = %6d µs per enrollment (the simulator, keys excluded)\n",
+        "picomdm-devsim", ($4 + $7) * 1000 - b * 1000 / hz, (($4 + $7) * 1000 - b * 1000 / hz) * 1000 / n }' "$T/ds.out"
 grep -E "^(scep|enroll|devsim) " "$T/ds.out" | sed 's/^/  /'
