@@ -842,7 +842,7 @@ int devsim_run_report(devsim_run_t *r, FILE *out)
     devsim_ident_sign_counts(&fast, &slow);
     if (fast + slow > 0)
         fprintf(out,
-                "devsim     signatures: %ld assembled from a checked template, %ld by OpenSSL "
+                "devsim     signatures: %ld made from the kept OpenSSL structure, %ld by OpenSSL "
                 "CMS_sign\n",
                 fast, slow);
     long reoffered = 0, waiting = 0;

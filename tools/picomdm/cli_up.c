@@ -213,25 +213,40 @@ static void s_reap(s_up_t *up, bool stopping, int max_backoff)
     }
 }
 
-static void s_stop_all(s_up_t *up, int timeout_ms)
+static bool s_is_core(const char *name)
+{
+    return strcmp(name, "store") == 0 || strcmp(name, "broker") == 0;
+}
+
+//  SIGTERM to one wave (the store and the broker, or everything else) and
+//  wait until it has exited. false: the deadline passed or a second Ctrl-C.
+static bool s_stop_wave(s_up_t *up, bool core, int64_t deadline)
 {
     for (int i = up->nprocs - 1; i >= 0; i--)
-        if (up->procs[i].pid > 0)
+        if (up->procs[i].pid > 0 && s_is_core(up->procs[i].name) == core)
             kill(up->procs[i].pid, SIGTERM);
-    int64_t deadline = s_now_ms() + timeout_ms;
     int signals_at_start = s_stop;
     for (;;) {
         s_reap(up, true, 0);
         int alive = 0;
         for (int i = 0; i < up->nprocs; i++)
-            alive += up->procs[i].pid > 0;
+            alive += up->procs[i].pid > 0 && s_is_core(up->procs[i].name) == core;
         if (!alive)
-            return;
+            return true;
         //  timeout, or a second Ctrl-C: no more waiting
         if (s_now_ms() >= deadline || s_stop > signals_at_start)
-            break;
+            return false;
         s_sleep_ms(20);
     }
+}
+
+//  The clients stop first (the ca and the scheduler hand their last events
+//  and writes to the store as they stop), then the store and the broker.
+static void s_stop_all(s_up_t *up, int timeout_ms)
+{
+    int64_t deadline = s_now_ms() + timeout_ms;
+    if (s_stop_wave(up, false, deadline) && s_stop_wave(up, true, deadline))
+        return;
     for (int i = 0; i < up->nprocs; i++)
         if (up->procs[i].pid > 0) {
             pm_warn("up: %s (pid %ld) did not stop after SIGTERM; sending SIGKILL",
@@ -586,7 +601,8 @@ int cli_up_run(cli_ctx_t *ctx)
         }
         s_sleep_ms(100);
     }
-    pm_info("up: stopping (SIGTERM to every process, SIGKILL after %lld ms)",
+    pm_info("up: stopping (SIGTERM to the clients, then to the store and the broker; SIGKILL after "
+            "%lld ms)",
             (long long)stop_timeout);
     s_stop_all(up, (int)stop_timeout);
     pm_info("up: stopped");
