@@ -76,6 +76,12 @@ int devsim_ident_sign(const devsim_ident_t *id, const devsim_ident_t *extra, con
 //  Signatures made so far: from a kept SignedData, and by CMS_sign each time.
 void devsim_ident_sign_counts(long *fast, long *openssl);
 
+//  Make (and check) the identity's kept SignedData for md now, as the first
+//  devsim_ident_sign would: a load generator does it while loading its
+//  identities, so the measured requests are steady-state ones. Not counted
+//  in devsim_ident_sign_counts. 0 / -1 (signing then goes the OpenSSL way).
+int devsim_ident_prepare(const devsim_ident_t *id, const EVP_MD *md);
+
 //  A CMS SignedData with the certificate but zero SignerInfos (negative tests).
 int devsim_ident_sign_nosigner(const devsim_ident_t *id, char **b64);
 

@@ -557,6 +557,9 @@ int main(int argc, char **argv)
                 goto out;
             }
             devsim_dev_set_ident(devs[i], &id);
+            //  the signing state is made with the identity, not on its first request
+            if (pm_cfg_bool(cfg, "sign"))
+                devsim_ident_prepare(devsim_dev_ident(devs[i]), md);
             if (zsys_interrupted)
                 goto out;
         }
