@@ -199,6 +199,13 @@ static void s_flush(s_ctx_t *c)
 {
     if (c->npending == 0)
         return;
+    if (!c->bus) { //  stopped: nothing can take them any more
+        pm_warn("%d audit event(s) raised after the bus was closed are not logged", c->npending);
+        for (int i = 0; i < c->npending; i++)
+            pm_msg_destroy(&c->pending[i]);
+        c->npending = 0;
+        return;
+    }
     s_append_t *a = calloc(1, sizeof *a);
     if (!a) {
         pm_warn("out of memory: %d audit event(s) dropped", c->npending);
@@ -515,7 +522,9 @@ int main(int argc, char **argv)
             pm_info("answering %zu requests still waiting for the store with a retryable error",
                     ca_svc_waiting(svc));
         ca_svc_abandon(svc);
-        pm_bus_run_once(ctx.bus, 0); //  let those replies go out
+        //  those replies go out, then no new job is taken (a job arriving now
+        //  would issue a certificate whose event could miss the flush below)
+        pm_bus_unserve(ctx.bus);
         //  the last events: give the store 200 ms to take them
         s_flush(&ctx);
         for (int i = 0; i < 20 && s_in_flight(ctx.bus) > 0; i++) {
@@ -523,6 +532,8 @@ int main(int argc, char **argv)
             pm_bus_process(ctx.bus);
         }
         pm_bus_destroy(&ctx.bus);
+        ca_svc_abandon(svc); //  none expected: no job was taken since
+        s_flush(&ctx);       //  frees (and counts in a warning) any late event
         rc = 0;
     }
 out:

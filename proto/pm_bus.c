@@ -612,6 +612,8 @@ static void s_worker_input(s_worker_t *w, zmq_msg_t *f, int n, int total)
 
 static void s_worker_timers(s_worker_t *w, int64_t now)
 {
+    if (!w->sock) //  pm_bus_unserve
+        return;
     if (now >= w->broker_expiry) {
         //  A CURVE mismatch looks exactly like a broker that is down (ZAP
         //  refusals are silent), so the hint names both.
@@ -668,6 +670,22 @@ int pm_bus_serve(pm_bus_t *bus, const char *service, pm_bus_job_fn *fn, void *ar
     pm_info("bus: serving '%s' via %s (capacity %d)", service, bus->request_endpoint,
             bus->capacity);
     return 0;
+}
+
+void pm_bus_unserve(pm_bus_t *bus)
+{
+    if (!bus)
+        return;
+    for (int i = 0; i < bus->nworkers; i++) {
+        s_worker_t *w = bus->workers[i];
+        if (!w->sock)
+            continue;
+        //  what is queued (replies) goes first, then DISCONNECT, within the linger
+        zsock_set_linger(w->sock, 100);
+        s_worker_command(w, PM_BUS_DISCONNECT);
+        zsock_destroy(&w->sock);
+        pm_bus_sock_init(&w->zs, NULL);
+    }
 }
 
 const pm_msg_t *pm_bus_job_msg(const pm_bus_job_t *job)

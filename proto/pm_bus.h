@@ -117,6 +117,12 @@ typedef void(pm_bus_job_fn)(void *arg, pm_bus_job_t *job);
 //  restart). Undecodable requests are answered with `error` bad_request by the
 //  library and logged; the handler never sees them.
 int pm_bus_serve(pm_bus_t *bus, const char *service, pm_bus_job_fn *fn, void *arg);
+//  Stop serving (a process that is stopping but still has calls of its own to
+//  finish): every worker sends what it has queued (replies included) and
+//  DISCONNECT, and takes no new job; the client and subscriptions go on.
+//  Replies to jobs still held are then dropped (the caller's retry covers
+//  them): answer what you can first.
+void pm_bus_unserve(pm_bus_t *bus);
 
 const pm_msg_t *pm_bus_job_msg(const pm_bus_job_t *job);
 //  Send the reply and free the job. Returns -1 if the reply could not be encoded

@@ -406,6 +406,36 @@ static void test_worker_drop_frees_slot_and_forgets(void **state)
     zframe_destroy(&id);
 }
 
+//  pm_bus_unserve: a reply queued before it goes out, then DISCONNECT; no
+//  job is taken and no heartbeat sent afterwards.
+static void test_worker_unserve(void **state)
+{
+    s_fix_t *f = *state;
+    s_handler_t h = {.hold = true};
+    assert_int_equal(pm_bus_serve(f->bus, "echo", s_on_job, &h), 0);
+    zframe_t *id = s_expect_ready(f);
+    s_request(f, id, "C1", "rid-u", s_body(PM_MSG_ECHO, "rid-u", NULL));
+    s_drive(f, 50);
+    assert_non_null(h.held);
+    pm_msg_t *rep = pm_msg_new_reply(pm_bus_job_msg(h.held), PM_MSG_ECHO_REPLY);
+    assert_int_equal(pm_bus_job_reply(&h.held, rep), 0);
+    pm_msg_destroy(&rep);
+    pm_bus_unserve(f->bus);
+    zmsg_t *r = s_expect(f, PM_BUS_REPLY, "C1", "rid-u");
+    zmsg_destroy(&r);
+    zmsg_t *d = s_broker_recv(f, 1000);
+    assert_non_null(d);
+    assert_int_equal(zmsg_size(d), 3);
+    assert_int_equal(*zframe_data(s_frame(d, 2)), PM_BUS_DISCONNECT);
+    zmsg_destroy(&d);
+    s_request(f, id, "C1", "rid-v", s_body(PM_MSG_ECHO, "rid-v", NULL));
+    s_drive(f, 350); //  3.5 heartbeat intervals
+    assert_int_equal(h.calls, 1);
+    assert_false(zsock_events(f->router) & ZMQ_POLLIN);
+    pm_bus_unserve(f->bus); //  safe twice
+    zframe_destroy(&id);
+}
+
 static void test_worker_disconnect_reregisters(void **state)
 {
     s_fix_t *f = *state;
@@ -673,6 +703,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_worker_drop_frees_slot_and_forgets, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_worker_disconnect_reregisters, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_unserve, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_foreign_loop, s_setup, s_teardown),
         cmocka_unit_test(test_blocking_call),
         cmocka_unit_test(test_wait_states),
