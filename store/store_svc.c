@@ -633,7 +633,8 @@ static void s_publish(void *arg, uint64_t seq, int64_t ts, const char *name, con
 //  batch applied again with a savepoint per request, so a failing request is
 //  still undone alone and the others are answered as if it had not been
 //  there. Handlers change nothing outside the transaction except log lines
-//  and their reply, which is made again.
+//  and their reply, which is made again (and store_chal's cached count of
+//  live challenges, recounted after a rollback).
 static void s_batch(store_svc_t *svc, size_t from, size_t to)
 {
     int64_t t0 = s_now_ms();
@@ -663,6 +664,7 @@ again:
             continue;
         //  undo the batch, then again with a savepoint per request
         store_db_rollback(svc->db);
+        store_chal_prune_due(); //  recount: its live count has the undone rows
         for (size_t k = from; k <= i; k++)
             pm_msg_destroy(&svc->jobs[k].reply);
         counted = i + 1;
@@ -682,6 +684,7 @@ again:
     }
     if (tx && crc < 0) {
         pm_stats_inc(svc->commit_failed);
+        store_chal_prune_due();
         pm_error("commit failed: %s; answering %zu requests with an error",
                  store_db_errmsg(svc->db), to - from);
         for (size_t i = from; i < to; i++) {
