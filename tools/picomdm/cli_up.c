@@ -245,7 +245,14 @@ static bool s_stop_wave(s_up_t *up, bool core, int64_t deadline)
 static void s_stop_all(s_up_t *up, int timeout_ms)
 {
     int64_t deadline = s_now_ms() + timeout_ms;
-    if (s_stop_wave(up, false, deadline) && s_stop_wave(up, true, deadline))
+    int signals_at_start = s_stop;
+    bool clients = s_stop_wave(up, false, deadline);
+    //  the store and the broker get their SIGTERM and at least 2 s even when a
+    //  client was slow (it is killed below); a second Ctrl-C skips the wait
+    int64_t core_deadline = s_now_ms() + 2000 > deadline ? s_now_ms() + 2000 : deadline;
+    if (s_stop > signals_at_start)
+        core_deadline = 0;
+    if (s_stop_wave(up, true, core_deadline) && clients)
         return;
     for (int i = 0; i < up->nprocs; i++)
         if (up->procs[i].pid > 0) {
