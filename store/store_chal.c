@@ -3,6 +3,7 @@
  */
 #include "store_chal.h"
 #include "pm_log.h"
+#include "store_pack.h"
 
 #include <msgpack.h>
 #include <sqlite3.h>
@@ -19,27 +20,6 @@ static struct {
     int64_t next_prune;
     int64_t live;
 } s_state;
-
-//  64 lowercase hex digits.
-static bool s_hex64(const char *h)
-{
-    if (!h || strlen(h) != 64)
-        return false;
-    for (const char *p = h; *p; p++)
-        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
-            return false;
-    return true;
-}
-
-static store_rc_t s_db_error(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, const char *what)
-{
-    pm_error("%s (request %s): %s", what, pm_msg_rid(req), sqlite3_errmsg(sql));
-    *reply = pm_msg_new_error(req, "internal",
-                              "%s failed in the database: %s; retry, and check "
-                              "picomdm-store's log",
-                              what, sqlite3_errmsg(sql));
-    return STORE_ERR_DB;
-}
 
 int store_chal_prune(store_db_t *db, int64_t now_ms, int max)
 {
@@ -101,7 +81,7 @@ static store_rc_t s_add(sqlite3 *sql, store_db_t *db, const pm_msg_t *req, pm_ms
 {
     const char *hash = pm_msg_str(req, "hash");
     int64_t expires = (int64_t)pm_msg_uint(req, "expires_ms", 0);
-    if (!s_hex64(hash)) {
+    if (!store_hex64_ok(hash)) {
         *reply = pm_msg_new_error(req, "bad_request", "hash must be a SHA-256 in lowercase hex");
         return STORE_ERR_BAD;
     }
@@ -112,7 +92,7 @@ static store_rc_t s_add(sqlite3 *sql, store_db_t *db, const pm_msg_t *req, pm_ms
         return STORE_ERR_BAD;
     }
     if (s_maintain(sql, db, now) < 0)
-        return s_db_error(sql, req, reply, "scep_challenge.add");
+        return store_db_fail(sql, req, reply, "scep_challenge.add");
     if (s_state.live >= STORE_CHAL_MAX) {
         pm_warn("scep_challenge.add refused: %lld one-time SCEP challenges outstanding "
                 "(limit %d)",
@@ -129,14 +109,14 @@ static store_rc_t s_add(sqlite3 *sql, store_db_t *db, const pm_msg_t *req, pm_ms
                            "INSERT OR IGNORE INTO scep_challenges(hash, expires, created)"
                            " VALUES(?1, ?2, ?3)",
                            -1, &st, NULL) != SQLITE_OK)
-        return s_db_error(sql, req, reply, "scep_challenge.add");
+        return store_db_fail(sql, req, reply, "scep_challenge.add");
     sqlite3_bind_text(st, 1, hash, 64, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, expires);
     sqlite3_bind_int64(st, 3, now);
     int r = sqlite3_step(st);
     sqlite3_finalize(st);
     if (r != SQLITE_DONE)
-        return s_db_error(sql, req, reply, "scep_challenge.add");
+        return store_db_fail(sql, req, reply, "scep_challenge.add");
     bool added = sqlite3_changes(sql) == 1;
     s_state.live += added;
     //  the ca's ca.profile event, logged with the challenge (a retried add: once)
@@ -155,7 +135,7 @@ static store_rc_t s_add(sqlite3 *sql, store_db_t *db, const pm_msg_t *req, pm_ms
             store_db_event_append(db, ev, NULL, "ca", (const uint8_t *)sb.data, sb.size, now, &seq);
         msgpack_sbuffer_destroy(&sb);
         if (erc != STORE_OK)
-            return s_db_error(sql, req, reply, "scep_challenge.add (its event)");
+            return store_db_fail(sql, req, reply, "scep_challenge.add (its event)");
     }
     *reply = pm_msg_new_reply(req, PM_MSG_OK);
     return STORE_OK;
@@ -166,7 +146,7 @@ static store_rc_t s_use(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int
     const char *hash = pm_msg_str(req, "hash");
     const char *txid = pm_msg_str(req, "transaction_id");
     const char *kh = pm_msg_str(req, "key_hash");
-    if (!s_hex64(hash) || !s_hex64(kh)) {
+    if (!store_hex64_ok(hash) || !store_hex64_ok(kh)) {
         *reply = pm_msg_new_error(req, "bad_request",
                                   "hash and key_hash must be SHA-256 values in lowercase hex");
         return STORE_ERR_BAD;
@@ -184,7 +164,7 @@ static store_rc_t s_use(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int
                            "UPDATE scep_challenges SET used=?2, txid=?3, key_hash=?4"
                            " WHERE hash=?1 AND used IS NULL AND expires > ?2",
                            -1, &st, NULL) != SQLITE_OK)
-        return s_db_error(sql, req, reply, "scep_challenge.use");
+        return store_db_fail(sql, req, reply, "scep_challenge.use");
     sqlite3_bind_text(st, 1, hash, 64, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now);
     sqlite3_bind_text(st, 3, txid, -1, SQLITE_STATIC);
@@ -192,7 +172,7 @@ static store_rc_t s_use(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int
     int r = sqlite3_step(st);
     sqlite3_finalize(st);
     if (r != SQLITE_DONE)
-        return s_db_error(sql, req, reply, "scep_challenge.use");
+        return store_db_fail(sql, req, reply, "scep_challenge.use");
     bool accepted = sqlite3_changes(sql) == 1;
     const char *reason = NULL;
     if (!accepted) {
@@ -200,14 +180,14 @@ static store_rc_t s_use(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int
                                "SELECT expires, used, txid, key_hash FROM scep_challenges"
                                " WHERE hash=?1",
                                -1, &st, NULL) != SQLITE_OK)
-            return s_db_error(sql, req, reply, "scep_challenge.use");
+            return store_db_fail(sql, req, reply, "scep_challenge.use");
         sqlite3_bind_text(st, 1, hash, 64, SQLITE_STATIC);
         r = sqlite3_step(st);
         if (r == SQLITE_DONE) {
             reason = "unknown";
         } else if (r != SQLITE_ROW) {
             sqlite3_finalize(st);
-            return s_db_error(sql, req, reply, "scep_challenge.use");
+            return store_db_fail(sql, req, reply, "scep_challenge.use");
         } else if (sqlite3_column_int64(st, 0) <= now) {
             reason = "expired"; //  even for the transaction that used it, as before
         } else {

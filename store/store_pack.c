@@ -1,5 +1,6 @@
 /*  store_pack — see store_pack.h. */
 #include "store_pack.h"
+#include "pm_log.h"
 
 #include <string.h>
 
@@ -57,4 +58,24 @@ void store_pk_kcol(msgpack_packer *pk, const char *k, sqlite3_stmt *st, int i)
 {
     store_pk_str(pk, k);
     store_pk_col(pk, st, i);
+}
+
+bool store_hex64_ok(const char *h)
+{
+    if (!h || strlen(h) != 64)
+        return false;
+    for (const char *p = h; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
+            return false;
+    return true;
+}
+
+store_rc_t store_db_fail(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, const char *what)
+{
+    pm_error("%s (request %s): %s", what, pm_msg_rid(req), sqlite3_errmsg(sql));
+    *reply = pm_msg_new_error(req, "internal",
+                              "%s failed in the database: %s; retry, and check "
+                              "picomdm-store's log",
+                              what, sqlite3_errmsg(sql));
+    return STORE_ERR_DB;
 }

@@ -31,27 +31,6 @@ static int s_ensure(sqlite3 *sql)
     return 0;
 }
 
-//  64 lowercase hex digits.
-static bool s_hash_ok(const char *h)
-{
-    if (!h || strlen(h) != 64)
-        return false;
-    for (const char *p = h; *p; p++)
-        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f')))
-            return false;
-    return true;
-}
-
-static store_rc_t s_db_error(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, const char *what)
-{
-    pm_error("%s (request %s): %s", what, pm_msg_rid(req), sqlite3_errmsg(sql));
-    *reply = pm_msg_new_error(req, "internal",
-                              "%s failed in the database: %s; retry, and check "
-                              "picomdm-store's log",
-                              what, sqlite3_errmsg(sql));
-    return STORE_ERR_DB;
-}
-
 static store_rc_t s_add(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int64_t now)
 {
     const msgpack_object *o = pm_msg_obj(req, "hashes");
@@ -75,7 +54,7 @@ static store_rc_t s_add(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int
                            "INSERT OR IGNORE INTO enroll_tokens(hash, id, created, expires, note)"
                            " VALUES(?1, substr(?1, 1, 12), ?2, ?3, ?4)",
                            -1, &st, NULL) != SQLITE_OK)
-        return s_db_error(sql, req, reply, "enroll_token.add");
+        return store_db_fail(sql, req, reply, "enroll_token.add");
     for (uint32_t i = 0; i < o->via.array.size; i++) {
         const msgpack_object *s = &o->via.array.ptr[i];
         char h[65];
@@ -85,7 +64,7 @@ static store_rc_t s_add(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int
         }
         memcpy(h, s->via.str.ptr, 64);
         h[64] = '\0';
-        if (!s_hash_ok(h)) {
+        if (!store_hex64_ok(h)) {
             rc = STORE_ERR_BAD;
             goto out;
         }
@@ -99,7 +78,7 @@ static store_rc_t s_add(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int
             sqlite3_bind_null(st, 4);
         if (sqlite3_step(st) != SQLITE_DONE) {
             sqlite3_finalize(st);
-            return s_db_error(sql, req, reply, "enroll_token.add");
+            return store_db_fail(sql, req, reply, "enroll_token.add");
         }
     }
     rc = STORE_OK;
@@ -129,7 +108,7 @@ static store_rc_t s_list(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, in
                            " FROM enroll_tokens WHERE ?1 OR (used IS NULL AND revoked IS NULL"
                            " AND expires > ?2) ORDER BY created DESC, id LIMIT ?3",
                            -1, &st, NULL) != SQLITE_OK)
-        return s_db_error(sql, req, reply, "enroll_token.list");
+        return store_db_fail(sql, req, reply, "enroll_token.list");
     sqlite3_bind_int(st, 1, all);
     sqlite3_bind_int64(st, 2, now);
     sqlite3_bind_int64(st, 3, (sqlite3_int64)limit);
@@ -172,7 +151,7 @@ static store_rc_t s_list(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, in
         n++;
     }
     if (r != SQLITE_DONE) {
-        rc = s_db_error(sql, req, reply, "enroll_token.list");
+        rc = store_db_fail(sql, req, reply, "enroll_token.list");
         goto out;
     }
     msgpack_packer opk;
@@ -212,13 +191,13 @@ static store_rc_t s_revoke(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, 
                               : "UPDATE enroll_tokens SET revoked=?2 WHERE id=?1"
                                 " AND used IS NULL AND revoked IS NULL";
     if (sqlite3_prepare_v2(sql, q, -1, &st, NULL) != SQLITE_OK)
-        return s_db_error(sql, req, reply, "enroll_token.revoke");
+        return store_db_fail(sql, req, reply, "enroll_token.revoke");
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now);
     int r = sqlite3_step(st);
     sqlite3_finalize(st);
     if (r != SQLITE_DONE)
-        return s_db_error(sql, req, reply, "enroll_token.revoke");
+        return store_db_fail(sql, req, reply, "enroll_token.revoke");
     int n = sqlite3_changes(sql);
     if (n == 0) {
         *reply = pm_msg_new_error(req, "not_found",
@@ -238,7 +217,7 @@ static store_rc_t s_use(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int
     const char *hash = pm_msg_str(req, "hash");
     const char *remote = pm_msg_str(req, "remote");
     const char *rid = pm_msg_rid(req);
-    if (!s_hash_ok(hash)) {
+    if (!store_hex64_ok(hash)) {
         *reply = pm_msg_new_error(req, "bad_request", "hash must be a SHA-256 in lowercase hex");
         return STORE_ERR_BAD;
     }
@@ -248,7 +227,7 @@ static store_rc_t s_use(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int
                            "UPDATE enroll_tokens SET used=?2, used_by=?3, used_rid=?4"
                            " WHERE hash=?1 AND used IS NULL AND revoked IS NULL AND expires > ?2",
                            -1, &st, NULL) != SQLITE_OK)
-        return s_db_error(sql, req, reply, "enroll_token.use");
+        return store_db_fail(sql, req, reply, "enroll_token.use");
     sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now);
     sqlite3_bind_text(st, 3, remote ? remote : "?", -1, SQLITE_STATIC);
@@ -256,19 +235,19 @@ static store_rc_t s_use(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int
     int r = sqlite3_step(st);
     sqlite3_finalize(st);
     if (r != SQLITE_DONE)
-        return s_db_error(sql, req, reply, "enroll_token.use");
+        return store_db_fail(sql, req, reply, "enroll_token.use");
     bool accepted = sqlite3_changes(sql) == 1;
     const char *reason = NULL;
     if (sqlite3_prepare_v2(sql,
                            "SELECT id, note, used, used_rid, revoked, expires FROM enroll_tokens"
                            " WHERE hash=?1",
                            -1, &st, NULL) != SQLITE_OK)
-        return s_db_error(sql, req, reply, "enroll_token.use");
+        return store_db_fail(sql, req, reply, "enroll_token.use");
     sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
     r = sqlite3_step(st);
     if (r != SQLITE_ROW && r != SQLITE_DONE) {
         sqlite3_finalize(st);
-        return s_db_error(sql, req, reply, "enroll_token.use");
+        return store_db_fail(sql, req, reply, "enroll_token.use");
     }
     *reply = pm_msg_new_reply(req, PM_MSG_ENROLL_TOKEN_USE_REPLY);
     if (r == SQLITE_DONE) {
@@ -305,7 +284,7 @@ static store_rc_t s_release(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply)
 {
     const char *hash = pm_msg_str(req, "hash");
     const char *use_rid = pm_msg_str(req, "use_rid");
-    if (!s_hash_ok(hash)) {
+    if (!store_hex64_ok(hash)) {
         *reply = pm_msg_new_error(req, "bad_request", "hash must be a SHA-256 in lowercase hex");
         return STORE_ERR_BAD;
     }
@@ -322,13 +301,13 @@ static store_rc_t s_release(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply)
             "UPDATE enroll_tokens SET used=NULL, used_by=NULL, used_rid=NULL"
             " WHERE hash=?1 AND used_rid=?2 AND used IS NOT NULL AND revoked IS NULL",
             -1, &st, NULL) != SQLITE_OK)
-        return s_db_error(sql, req, reply, "enroll_token.release");
+        return store_db_fail(sql, req, reply, "enroll_token.release");
     sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, use_rid, -1, SQLITE_STATIC);
     int r = sqlite3_step(st);
     sqlite3_finalize(st);
     if (r != SQLITE_DONE)
-        return s_db_error(sql, req, reply, "enroll_token.release");
+        return store_db_fail(sql, req, reply, "enroll_token.release");
     *reply = pm_msg_new_reply(req, PM_MSG_OK);
     return STORE_OK;
 }
@@ -338,7 +317,7 @@ store_rc_t store_token_apply(store_db_t *db, const pm_msg_t *req, pm_msg_t **rep
     sqlite3 *sql = store_db_sqlite(db);
     *reply = NULL;
     if (s_ensure(sql) < 0)
-        return s_db_error(sql, req, reply, "enrollment tokens");
+        return store_db_fail(sql, req, reply, "enrollment tokens");
     switch (pm_msg_type(req)) {
     case PM_MSG_ENROLL_TOKEN_ADD:
         return s_add(sql, req, reply, now_ms);
