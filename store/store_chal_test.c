@@ -12,6 +12,7 @@
 
 #include "store_chal.h"
 #include "store_svc.h"
+#include "store_test_fixture.h"
 
 #include <msgpack.h>
 #include <sqlite3.h>
@@ -21,65 +22,11 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-static store_db_t *s_db;
-static store_svc_t *s_svc;
-
 static const char *const H1 = "1111111111111111111111111111111111111111111111111111111111111111";
 static const char *const H2 = "2222222222222222222222222222222222222222222222222222222222222222";
 static const char *const H3 = "3333333333333333333333333333333333333333333333333333333333333333";
 static const char *const K1 = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 static const char *const K2 = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
-
-static void s_open(const char *path)
-{
-    char err[256];
-    s_db = store_db_new(path, NULL, err, sizeof err);
-    assert_non_null(s_db);
-    s_svc = store_svc_new(s_db, NULL, NULL);
-    assert_non_null(s_svc);
-}
-
-static void s_close(void)
-{
-    store_svc_destroy(&s_svc);
-    store_db_destroy(&s_db);
-}
-
-static int s_setup(void **state)
-{
-    (void)state;
-    s_open(":memory:");
-    return 0;
-}
-
-static int s_teardown(void **state)
-{
-    (void)state;
-    s_close();
-    return 0;
-}
-
-static int64_t s_now_ms(void)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
-}
-
-//  One request in its own transaction; the reply (caller owns). Takes req.
-static pm_msg_t *s_apply(pm_msg_t *req)
-{
-    pm_msg_t *reply = NULL;
-    assert_int_equal(store_db_begin(s_db), 0);
-    assert_int_equal(store_db_op_begin(s_db), 0);
-    bool keep = store_svc_apply(s_svc, req, &reply);
-    store_db_op_end(s_db, keep);
-    assert_int_equal(store_db_commit(s_db), 0);
-    store_db_events_flush(s_db, NULL, NULL);
-    assert_non_null(reply);
-    pm_msg_destroy(&req);
-    return reply;
-}
 
 //  scep_challenge.add; the reply's type.
 static pm_msg_type_t s_add(const char *hash, int64_t expires_ms)

@@ -11,6 +11,7 @@
 #include "pm_bus_wire.h"
 #include "pm_mpck.h"
 #include "store_svc.h"
+#include "store_test_fixture.h"
 
 #include <czmq.h>
 
@@ -18,45 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static store_db_t *s_db;
-static store_svc_t *s_svc;
-
-static int s_setup(void **state)
-{
-    (void)state;
-    char err[256];
-    s_db = store_db_new(":memory:", NULL, err, sizeof err);
-    assert_non_null(s_db);
-    s_svc = store_svc_new(s_db, NULL, NULL);
-    assert_non_null(s_svc);
-    return 0;
-}
-
-static int s_teardown(void **state)
-{
-    (void)state;
-    store_svc_destroy(&s_svc);
-    store_svc_destroy(&s_svc); //  safe twice
-    store_db_destroy(&s_db);
-    return 0;
-}
-
-//  Apply one request in its own transaction; returns the reply (caller owns).
-static pm_msg_t *s_apply(pm_msg_t *req)
-{
-    pm_msg_t *reply = NULL;
-    assert_int_equal(store_db_begin(s_db), 0);
-    assert_int_equal(store_db_op_begin(s_db), 0);
-    bool keep = store_svc_apply(s_svc, req, &reply);
-    store_db_op_end(s_db, keep);
-    assert_int_equal(store_db_commit(s_db), 0);
-    store_db_events_flush(s_db, NULL, NULL);
-    assert_non_null(reply);
-    assert_string_equal(pm_msg_rid(reply), pm_msg_rid(req));
-    pm_msg_destroy(&req);
-    return reply;
-}
 
 static pm_msg_t *s_checkin(const char *eid, const char *mt)
 {
