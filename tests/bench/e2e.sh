@@ -19,6 +19,9 @@ source tests/it/e2e_lib.bash
 
 tck=$(getconf CLK_TCK)
 cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; } # clock ticks, user + system
+# context switches (voluntary + involuntary) of every thread of a process: on
+# this paravirtualised VM each sleep/wake costs tens of µs, the main cost of a bus hop
+csw() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }'; }
 declare -A P
 run_size() {
     local n=$1 ids=$T/ids-$n seed=$((7000 + $1))
@@ -35,7 +38,8 @@ run_size() {
         local name=$1 per=$2 k before total=0 line
         shift 2
         declare -A c0
-        for k in "${!P[@]}"; do c0[$k]=$(cpu "${P[$k]}"); done
+        declare -A s0
+        for k in "${!P[@]}"; do c0[$k]=$(cpu "${P[$k]}"); s0[$k]=$(csw "${P[$k]}"); done
         local perf_pid=
         if [ -n "${PERF:-}" ] && [ "$PERF" != devsim ]; then # PERF=gateway: perf record that process (perf report -i perf-<name>.data)
             perf record -q --call-graph ${PERF_CG:-fp} -p "${P[$PERF]}" -o "${PERF_DIR:-/tmp}/perf-$name.data" >/dev/null 2>&1 &
@@ -54,6 +58,11 @@ run_size() {
             local d=$(($(cpu "${P[$k]}") - c0[$k]))
             total=$((total + d))
             line+=" $k $(awk -v d=$d -v t=$tck 'BEGIN { printf "%.2f", d / t }')"
+        done
+        echo "$line"
+        line="  $name context switches per device request:"
+        for k in broker store scheduler gateway; do
+            line+=" $k $(awk -v d=$(($(csw "${P[$k]}") - s0[$k])) -v r=$reqs 'BEGIN { printf "%.1f", r ? d / r : 0 }')"
         done
         echo "$line"
         awk -v t=$total -v tck=$tck -v r=$reqs 'BEGIN { printf "  %s: %d device requests, server CPU %.2f s = %.0f us per device request\n", "'"$name"'", r, t / tck, r ? t / tck / r * 1e6 : 0 }'

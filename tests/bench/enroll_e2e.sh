@@ -64,6 +64,15 @@ per_process() {
         [ -r "/proc/$pid/stat" ] && awk '{gsub(/[()]/, "", $2); print $2, $14 + $15}' "/proc/$pid/stat"
     done | sort
 }
+# per process: "name context-switches" lines (voluntary + involuntary, every
+# thread): on this paravirtualised VM each sleep/wake costs ~10 µs or more
+per_process_csw() {
+    local pid
+    for pid in $(pgrep -P "$UP_PID"); do
+        [ -r "/proc/$pid/stat" ] || continue
+        echo "$(awk '{gsub(/[()]/, "", $2); print $2}' "/proc/$pid/stat") $(cat /proc/"$pid"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }')"
+    done | sort
+}
 # what the idle server costs (heartbeats, sweeps), to report the enrollment cost net of it
 idle0=$(server_ticks)
 per_process >"$T/idle0"
@@ -100,6 +109,7 @@ if [ -n "${ENROLL_BENCH_PROFILE:-}" ]; then
 fi
 before=$(server_ticks)
 per_process >"$T/before"
+per_process_csw >"$T/csw0"
 sim_before=$(awk '{print $14 + $15}' "/proc/$DS/stat")
 touch "$T/go"
 start=$(date +%s%N)
@@ -111,6 +121,7 @@ for p in $PROF_PIDS; do wait "$p" 2>/dev/null; done
 ms=$((($(date +%s%N) - start) / 1000000))
 after=$(server_ticks)
 per_process >"$T/after"
+per_process_csw >"$T/csw1"
 [ $rc = 0 ] || { echo "devsim exited $rc:"; tail -5 "$T/ds.err"; exit 1; }
 grep -q "^scep: $N device(s) got their identity" "$T/ds.out" || { cat "$T/ds.out"; exit 1; }
 cpu_ms=$(((after - before) * 1000 / HZ))
@@ -124,6 +135,8 @@ echo "                net of the idle server ($idle_ms ms over the same time): $
 join "$T/idle0" "$T/idle1" | join - "$T/before" | join - "$T/after" | awk -v hz="$HZ" -v n="$N" -v ms="$ms" \
     '{run = ($5 - $4) * 1000 / hz; idle = ($3 - $2) * 1000 / hz * ms / 5000;
       printf "  %-18s %6d ms CPU = %6d µs per enrollment (net of idle: %6d µs)\n", $1, run, run * 1000 / n, (run - idle) * 1000 / n}'
+join "$T/csw0" "$T/csw1" | awk -v n="$N" '{ d = $3 - $2; t += d; l = l sprintf(" %s %.0f", substr($1, 9), d / n) }
+    END { printf "  context switches per enrollment: %.0f (%s)\n", t / n, substr(l, 2) }'
 # the simulator's own CPU over the exchanges: its total at exit (it prints it)
 # minus what it had used when the keys were made
 awk -v b="$sim_before" -v hz="$HZ" -v n="$N" '/^devsim +cpu user/ {
