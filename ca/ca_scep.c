@@ -20,7 +20,21 @@ struct ca_scep {
     uint8_t *cacert; //  GetCACert reply, built once
     int cacert_len;
     const char *cacert_type;
+    ca_scep_trace_fn *trace; //  step timing (ca_cost_test); NULL in service
+    void *trace_arg;
 };
+
+#define S_STEP(s, name)                                                                            \
+    do {                                                                                           \
+        if ((s)->trace)                                                                            \
+            (s)->trace((s)->trace_arg, name);                                                      \
+    } while (0)
+
+void ca_scep_set_trace(ca_scep_t *s, ca_scep_trace_fn *fn, void *arg)
+{
+    s->trace = fn;
+    s->trace_arg = arg;
+}
 
 //  What we learnt from a request's signed attributes.
 typedef struct {
@@ -220,6 +234,7 @@ static int s_certrep(ca_scep_t *s, const s_req_t *q, int status, int fail_info,
         s_http_error(r, 500, "cannot build the CertRep (OpenSSL failed)");
         goto out;
     }
+    S_STEP(s, "CertRep (RA key)");
     r->pki_status = status;
     r->fail_info = status == CA_SCEP_FAILURE ? fail_info : -1;
     rc = s_set_body(r, 200, "application/x-pki-message", der, (size_t)len);
@@ -316,6 +331,7 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
         rc = s_http_error(r, 400, "PKIOperation: the message is not a PKCS#7 SignedData of data");
         goto out;
     }
+    S_STEP(s, "d2i request");
     STACK_OF(PKCS7_SIGNER_INFO) *sis = PKCS7_get_signer_info(p7);
     if (!sis || sk_PKCS7_SIGNER_INFO_num(sis) != 1) {
         rc = s_http_error(r, 400, "PKIOperation: the message must have exactly one signer");
@@ -354,6 +370,7 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
         rc = s_failure(s, &q, CA_SCEP_BAD_REQUEST, r, "senderNonce missing");
         goto out;
     }
+    S_STEP(s, "attributes, signer");
     content = BIO_new(BIO_s_mem());
     if (!content ||
         PKCS7_verify(p7, NULL, NULL, NULL, content, PKCS7_NOVERIFY | PKCS7_BINARY) != 1) {
@@ -367,6 +384,7 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
             r, "messageType %s is not served (only PKCSReq and RenewalReq)", mt);
         goto out;
     }
+    S_STEP(s, "verify request");
     //  the pkcsPKIEnvelope: EnvelopedData to our RA holding the PKCS#10 request
     const uint8_t *cdata = NULL;
     long clen = BIO_get_mem_data(content, (char **)&cdata);
@@ -382,6 +400,7 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
                        "content encryption algorithm not supported (use AES-CBC or 3DES)");
         goto out;
     }
+    S_STEP(s, "d2i envelope");
     csr_bio = BIO_new(BIO_s_mem());
     if (!csr_bio ||
         PKCS7_decrypt(env, ca_pki_ra_key(s->pki), ca_pki_ra_cert(s->pki), csr_bio, 0) != 1) {
@@ -389,6 +408,7 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
                        "cannot decrypt the request (not encrypted to our CA/RA certificate?)");
         goto out;
     }
+    S_STEP(s, "decrypt (RA key)");
     const uint8_t *csr_der = NULL;
     long csr_len = BIO_get_mem_data(csr_bio, (char **)&csr_der);
     p = csr_der;
@@ -397,6 +417,7 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
         rc = s_failure(s, &q, CA_SCEP_BAD_REQUEST, r, "the decrypted content is not a PKCS#10 CSR");
         goto out;
     }
+    S_STEP(s, "d2i CSR");
     ca_pki_subject_line(X509_REQ_get_subject_name(req), r->subject, sizeof r->subject);
     if (ca_pki_check_csr(s->pki, req, err, sizeof err) < 0) {
         rc = s_failure(s, &q,
@@ -405,6 +426,7 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
                        r, "%s", err);
         goto out;
     }
+    S_STEP(s, "check CSR");
     EVP_PKEY *csr_key = X509_REQ_get0_pubkey(req);
     if (q.message_type == CA_SCEP_PKCSREQ) {
         //  the transient self-signed certificate must carry the requested key
@@ -422,6 +444,7 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
         bool hashed = klen > 0 && EVP_Digest(kder, (size_t)klen, kh, NULL, EVP_sha256(), NULL);
         OPENSSL_free(kder);
         bool have_pw = s_challenge_of(req, pw, sizeof pw) == 0;
+        S_STEP(s, "key match, hashes");
         if (pending && have_pw && hashed && ca_challenge_durable(s->challenge)) {
             //  the store decides (durable one-time challenges): ca_scep_resume
             rc = s_defer(&q, &req, cipher, pw, kh, pending);
@@ -487,12 +510,14 @@ static int s_issue(ca_scep_t *s, const s_req_t *q, X509_REQ *req, const EVP_CIPH
         rc = s_http_error(r, 500, "%s", err);
         goto out;
     }
+    S_STEP(s, "issue (CA key)");
     ca_pki_subject_line(X509_get_subject_name(issued), r->subject, sizeof r->subject);
     int ilen = i2d_X509(issued, &issued_der);
     if (ilen > 0)
         EVP_Digest(issued_der, (size_t)ilen, r->cert_sha256, NULL, EVP_sha256(), NULL);
     //  the certificate in a degenerate PKCS#7, enveloped to the requester's signing cert
     int certs_len = 0;
+    S_STEP(s, "i2d, hash certificate");
     recips = sk_X509_new_null();
     if (ilen <= 0 || s_certs_only(&issued, 1, &certs_der, &certs_len) < 0 || !recips ||
         !sk_X509_push(recips, q->signer) || !(certs_bio = BIO_new_mem_buf(certs_der, certs_len)) ||
@@ -506,6 +531,7 @@ static int s_issue(ca_scep_t *s, const s_req_t *q, X509_REQ *req, const EVP_CIPH
         rc = s_http_error(r, 500, "cannot encode the reply envelope");
         goto out;
     }
+    S_STEP(s, "envelope reply");
     snprintf(r->reason, sizeof r->reason, "issued");
     rc = s_certrep(s, q, CA_SCEP_SUCCESS, 0, env_der, env_len, r);
 out:

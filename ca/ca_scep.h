@@ -109,4 +109,10 @@ const char *ca_scep_pending_key_hash(const ca_scep_pending_t *p);
 const char *ca_scep_pending_txid(const ca_scep_pending_t *p);
 void ca_scep_pending_destroy(ca_scep_pending_t **p);
 
+//  Step timing for the cost harness (ca/ca_cost_test.c): when set, fn is called
+//  at the end of each step of a PKIOperation with the step's name (a static
+//  string), so the caller can read its clock. NULL (the default): no calls.
+typedef void ca_scep_trace_fn(void *arg, const char *step);
+void ca_scep_set_trace(ca_scep_t *s, ca_scep_trace_fn *fn, void *arg);
+
 #endif
