@@ -694,8 +694,8 @@ static void test_subject_policy(void **state)
     ca_pki_t *pki = ca_pki_new(&o, NULL, err, sizeof err);
     assert_non_null(pki);
     X509_REQ *csr = pm_scepc_csr(s_dev_key, "device-s", NULL);
-    assert_int_equal(ca_pki_check_csr(pki, csr, err, sizeof err), 0);
-    X509 *x = ca_pki_issue(pki, csr, NULL, err, sizeof err);
+    assert_int_equal(ca_pki_check_csr(pki, csr, NULL, err, sizeof err), 0);
+    X509 *x = ca_pki_issue(pki, csr, NULL, NULL, err, sizeof err);
     assert_non_null(x);
     char line[256];
     ca_pki_subject_line(X509_get_subject_name(x), line, sizeof line);
