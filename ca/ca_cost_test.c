@@ -291,10 +291,10 @@ static int s_reqs_make(s_fix_t *f, s_reqs_t *q, int n)
         snprintf(cn, sizeof cn, "device-%d", i);
         snprintf(tx, sizeof tx, "TX-COST-%d", i);
         X509_REQ *csr = pm_scepc_csr(q->key[i % S_KEYS], cn, ch);
-        int rc = csr ? pm_scepc_request(CA_SCEP_PKCSREQ, csr, q->self[i % S_KEYS],
-                                        q->key[i % S_KEYS], ca_pki_ra_cert(f->pki), tx, nonce,
-                                        &q->msg[i], &q->len[i])
-                     : -1;
+        int rc =
+            csr ? pm_scepc_request(CA_SCEP_PKCSREQ, csr, q->self[i % S_KEYS], q->key[i % S_KEYS],
+                                   ca_pki_ra_cert(f->pki), tx, nonce, &q->msg[i], &q->len[i])
+                : -1;
         X509_REQ_free(csr);
         if (rc < 0)
             return -1;
@@ -570,8 +570,8 @@ static int s_report(bool ec, int n)
             bad += refs[r].fn(f, &q, i) != 0;
             t[i] = s_now_us() - t0;
         }
-        printf("reference: %-28s %8.1f us median, %5.0f allocs%s\n", refs[r].name,
-               s_median(t, n), (double)(s_allocs - ra0) / n, bad ? " (FAILED)" : "");
+        printf("reference: %-28s %8.1f us median, %5.0f allocs%s\n", refs[r].name, s_median(t, n),
+               (double)(s_allocs - ra0) / n, bad ? " (FAILED)" : "");
     }
     free(t);
     rc = ok == n && pok == np ? 0 : 1;

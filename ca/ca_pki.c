@@ -387,9 +387,9 @@ ca_pki_t *ca_pki_new(const ca_pki_opts_t *o, bool *created, char *err, size_t er
         pki->ext_ku = pki->key_usage[0]
                           ? X509V3_EXT_conf_nid(NULL, &ctx, NID_key_usage, pki->key_usage)
                           : NULL;
-        pki->ext_eku = pki->ext_key_usage[0] ? X509V3_EXT_conf_nid(NULL, &ctx, NID_ext_key_usage,
-                                                                   pki->ext_key_usage)
-                                             : NULL;
+        pki->ext_eku = pki->ext_key_usage[0]
+                           ? X509V3_EXT_conf_nid(NULL, &ctx, NID_ext_key_usage, pki->ext_key_usage)
+                           : NULL;
         pki->ext_aki =
             X509V3_EXT_conf_nid(NULL, &ctx, NID_authority_key_identifier, "keyid,issuer");
         X509_free(probe);

@@ -21,13 +21,14 @@ struct ca_scep {
     uint8_t *cacert; //  GetCACert reply, built once
     int cacert_len;
     const char *cacert_type;
-    //  A library context without algorithms, to parse the CSR in: OpenSSL 3.0
-    //  decodes every SubjectPublicKeyInfo it parses through a freshly set-up
-    //  provider decoder (~100 us and ~1,400 allocations here), and a PKCSReq
-    //  carries the same key twice, in its signing certificate and in its CSR.
-    //  Parsed here the CSR's key is left undecoded (the decode finds no
-    //  decoder at once); s_csr_key then uses the signing certificate's key
-    //  when the two are the same bytes and decodes it otherwise.
+    //  A library context without algorithms, to parse requests in: OpenSSL
+    //  3.0 decodes every SubjectPublicKeyInfo it parses through a freshly
+    //  set-up provider decoder (~100 us and ~1,400 allocations each here),
+    //  and a PKCSReq carries the same key twice, in its signing certificate
+    //  and in its CSR. Parsed here, keys are left undecoded (the decode finds
+    //  no decoder at once): s_signer_key decodes a PKCSReq's RSA key once
+    //  from its bytes, s_csr_key reuses it for the CSR when the two are the
+    //  same bytes; anything else is decoded the usual way.
     OSSL_LIB_CTX *nokeys;
     OSSL_PROVIDER *nokeys_null;
     ca_scep_trace_fn *trace; //  step timing (ca_cost_test); NULL in service
@@ -360,6 +361,38 @@ static EVP_PKEY *s_csr_key(X509_REQ *req, X509 *signer)
     return k;
 }
 
+//  A PKCSReq is signed with a transient self-signed certificate that only
+//  carries the device's key (RFC 8894 §2.3): it is used for that key alone
+//  (the request's signature, the CSR's key, the reply's recipient), never
+//  verified nor re-encoded. Its RSA key (rsaEncryption) is decoded from the
+//  certificate's bytes by d2i_PublicKey, which needs no provider decoder
+//  set-up (s->nokeys), and set into the certificate. false: not that case
+//  (a RenewalReq, whose certificate is verified and hashed as it arrived;
+//  another key type; a key that does not decode): the caller parses the
+//  message again the usual way.
+static bool s_signer_key(const s_req_t *q)
+{
+    if (q->message_type != CA_SCEP_PKCSREQ)
+        return false;
+    X509_PUBKEY *xpk = X509_get_X509_PUBKEY(q->signer);
+    ASN1_OBJECT *alg = NULL;
+    const unsigned char *pk = NULL;
+    int pklen = 0, ptype = V_ASN1_UNDEF;
+    X509_ALGOR *a = NULL;
+    if (!xpk || !X509_PUBKEY_get0_param(&alg, &pk, &pklen, &a, xpk) || !a || !pk || pklen <= 0 ||
+        OBJ_obj2nid(alg) != NID_rsaEncryption)
+        return false;
+    X509_ALGOR_get0(NULL, &ptype, NULL, a);
+    if (ptype != V_ASN1_NULL && ptype != V_ASN1_UNDEF)
+        return false;
+    const unsigned char *p = pk;
+    EVP_PKEY *k = d2i_PublicKey(EVP_PKEY_RSA, NULL, &p, pklen);
+    bool ok = k && p == pk + pklen && X509_set_pubkey(q->signer, k) == 1;
+    EVP_PKEY_free(k);
+    ERR_clear_error();
+    return ok;
+}
+
 static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_reply_t *r,
                           ca_scep_pending_t **pending)
 {
@@ -373,8 +406,9 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
     s_req_t q = {.md = EVP_sha256()};
     char err[200];
 
+    //  parsed first without decoding the certificate's key (s_signer_key)
     const unsigned char *p = der;
-    p7 = d2i_PKCS7(NULL, &p, (long)len);
+    p7 = (PKCS7 *)ASN1_item_d2i_ex(NULL, &p, (long)len, ASN1_ITEM_rptr(PKCS7), s->nokeys, NULL);
     if (!p7 || p != der + len) {
         rc = s_http_error(r, 400, "PKIOperation: the message is not one DER PKCS#7 structure");
         goto out;
@@ -414,6 +448,15 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
     //  whether that certificate is acceptable depends on the message type (below)
     signers = PKCS7_get0_signers(p7, NULL, 0);
     q.signer = signers && sk_X509_num(signers) == 1 ? sk_X509_value(signers, 0) : NULL;
+    if (q.signer && !s_signer_key(&q)) {
+        //  the usual way: parsed again, the certificate's key decoded by OpenSSL
+        sk_X509_free(signers);
+        PKCS7_free(p7);
+        p = der;
+        p7 = d2i_PKCS7(NULL, &p, (long)len);
+        signers = p7 && p == der + len ? PKCS7_get0_signers(p7, NULL, 0) : NULL;
+        q.signer = signers && sk_X509_num(signers) == 1 ? sk_X509_value(signers, 0) : NULL;
+    }
     if (!q.signer) {
         rc = s_failure(s, &q, CA_SCEP_BAD_MESSAGE_CHECK, r, "no signer certificate in the message");
         goto out;
