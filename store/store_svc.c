@@ -561,7 +561,6 @@ bool store_svc_apply(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply)
     case PM_MSG_ENROLL_TOKEN_RELEASE:
         rc = store_token_apply(svc->db, req, reply, s_now_ms());
         break;
-    case PM_MSG_SCEP_CHALLENGE_ADD:
     case PM_MSG_SCEP_CHALLENGE_USE:
         rc = store_chal_apply(svc->db, req, reply, s_now_ms());
         break;
