@@ -154,12 +154,6 @@ static int s_random(char *buf)
     return 0;
 }
 
-bool ca_challenge_durable(const ca_challenge_t *c)
-{
-    (void)c;
-    return false;
-}
-
 int ca_challenge_set_key(ca_challenge_t *c, const uint8_t *key, size_t len)
 {
     if (c->mode != CA_CHALLENGE_ONE_TIME)

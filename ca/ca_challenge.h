@@ -68,10 +68,6 @@ int ca_challenge_set_key_file(ca_challenge_t *c, const char *path, char *err, si
 int ca_challenge_set_key(ca_challenge_t *c, const uint8_t *key, size_t len);
 bool ca_challenge_signed(const ca_challenge_t *c);
 
-//  Kept for ca_scep's deferred check, which signed challenges do not use
-//  (ca_challenge_check verifies them itself): always false.
-bool ca_challenge_durable(const ca_challenge_t *c);
-
 //  Signed mode: a fresh one-time challenge (64 characters) in buf (>= 65),
 //  its SHA-256 in hash_hex (may be NULL) and its expiry (ms since the epoch)
 //  in *expires_ms (may be NULL); nothing is kept. -1 outside signed mode.

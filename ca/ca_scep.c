@@ -325,8 +325,6 @@ static int s_challenge_of(X509_REQ *req, char *buf, size_t size)
 
 static int s_issue(ca_scep_t *s, const s_req_t *q, X509_REQ *req, EVP_PKEY *key,
                    const EVP_CIPHER *cipher, ca_scep_reply_t *r);
-static int s_defer(const s_req_t *q, X509_REQ **req, EVP_PKEY *key, const EVP_CIPHER *cipher,
-                   const char *pw, const uint8_t kh[32], ca_scep_pending_t **pending);
 
 //  The CSR's public key (a new reference; NULL when it cannot be decoded).
 //  The CSR was parsed without decoding it (s->nokeys): when its
@@ -393,8 +391,7 @@ static bool s_signer_key(const s_req_t *q)
     return ok;
 }
 
-static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_reply_t *r,
-                          ca_scep_pending_t **pending)
+static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_reply_t *r)
 {
     const ca_scep_nids_t *n = ca_scep_nids();
     int rc = 0;
@@ -543,14 +540,6 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
         OPENSSL_free(kder);
         bool have_pw = s_challenge_of(req, pw, sizeof pw) == 0;
         S_STEP(s, "key match, hashes");
-        if (pending && have_pw && hashed && ca_challenge_durable(s->challenge)) {
-            //  the store decides (durable one-time challenges): ca_scep_resume
-            rc = s_defer(&q, &req, csr_key, cipher, pw, kh, pending);
-            OPENSSL_cleanse(pw, sizeof pw);
-            if (rc < 0)
-                rc = s_http_error(r, 500, "out of memory deferring the challenge check");
-            goto out;
-        }
         bool good = have_pw && hashed && ca_challenge_check(s->challenge, pw, q.txid, kh);
         OPENSSL_cleanse(pw, sizeof pw);
         if (!good) {
@@ -645,90 +634,6 @@ out:
     return rc;
 }
 
-/* ---- a PKCSReq waiting for the store's verdict on its challenge ---- */
-
-struct ca_scep_pending {
-    s_req_t q; //  q.signer: our reference
-    X509_REQ *req;
-    EVP_PKEY *key; //  the CSR's key: our reference
-    const EVP_CIPHER *cipher;
-    char challenge_hash[65];
-    char key_hash[65];
-};
-
-static int s_defer(const s_req_t *q, X509_REQ **req, EVP_PKEY *key, const EVP_CIPHER *cipher,
-                   const char *pw, const uint8_t kh[32], ca_scep_pending_t **pending)
-{
-    ca_scep_pending_t *p = calloc(1, sizeof *p);
-    if (!p || X509_up_ref(q->signer) != 1) {
-        free(p);
-        return -1;
-    }
-    if (EVP_PKEY_up_ref(key) != 1) {
-        X509_free(q->signer);
-        free(p);
-        return -1;
-    }
-    p->key = key;
-    p->q = *q;
-    p->req = *req;
-    *req = NULL;
-    p->cipher = cipher;
-    ca_challenge_hash_hex(pw, p->challenge_hash);
-    for (int i = 0; i < 32; i++)
-        snprintf(p->key_hash + 2 * i, 3, "%02x", kh[i]);
-    *pending = p;
-    return 1;
-}
-
-const char *ca_scep_pending_challenge_hash(const ca_scep_pending_t *p)
-{
-    return p->challenge_hash;
-}
-
-const char *ca_scep_pending_key_hash(const ca_scep_pending_t *p)
-{
-    return p->key_hash;
-}
-
-const char *ca_scep_pending_txid(const ca_scep_pending_t *p)
-{
-    return p->q.txid;
-}
-
-void ca_scep_pending_destroy(ca_scep_pending_t **pp)
-{
-    if (!pp || !*pp)
-        return;
-    ca_scep_pending_t *p = *pp;
-    X509_free(p->q.signer);
-    EVP_PKEY_free(p->key);
-    X509_REQ_free(p->req);
-    free(p);
-    *pp = NULL;
-}
-
-int ca_scep_resume(ca_scep_t *s, ca_scep_pending_t **pp, ca_scep_verdict_t verdict,
-                   ca_scep_reply_t *r)
-{
-    ca_scep_pending_t *p = pp ? *pp : NULL;
-    int rc;
-    if (!p)
-        return s_http_error(r, 500, "no pending request to resume");
-    if (verdict == CA_SCEP_CHALLENGE_ACCEPTED)
-        rc = s_issue(s, &p->q, p->req, p->key, p->cipher, r);
-    else if (verdict == CA_SCEP_CHALLENGE_REFUSED)
-        rc = s_failure(s, &p->q, CA_SCEP_BAD_REQUEST, r,
-                       "challenge password rejected (wrong, expired or used)");
-    else //  never a certificate without a checked challenge; the device retries
-        rc = s_http_error(r, 503,
-                          "the challenge cannot be checked now (picomdm-store did not answer); "
-                          "retry later");
-    ca_scep_pending_destroy(pp);
-    ERR_clear_error();
-    return rc;
-}
-
 //  base64 (the GET form of PKIOperation; newlines and padding tolerated). A
 //  space is read as '+': a query string decoded as a form turns '+' into ' '.
 static uint8_t *s_unbase64(const uint8_t *in, size_t len, size_t *outlen)
@@ -758,15 +663,6 @@ static uint8_t *s_unbase64(const uint8_t *in, size_t len, size_t *outlen)
 int ca_scep_handle(ca_scep_t *s, const char *method, const char *operation, const uint8_t *msg,
                    size_t len, ca_scep_reply_t *r)
 {
-    return ca_scep_handle_deferred(s, method, operation, msg, len, r, NULL);
-}
-
-int ca_scep_handle_deferred(ca_scep_t *s, const char *method, const char *operation,
-                            const uint8_t *msg, size_t len, ca_scep_reply_t *r,
-                            ca_scep_pending_t **pending)
-{
-    if (pending)
-        *pending = NULL;
     ca_scep_reply_clear(r);
     bool get = method && strcasecmp(method, "GET") == 0;
     bool post = method && strcasecmp(method, "POST") == 0;
@@ -790,12 +686,12 @@ int ca_scep_handle_deferred(ca_scep_t *s, const char *method, const char *operat
     if (!msg || len == 0)
         return s_http_error(r, 400, "PKIOperation: empty message");
     if (post)
-        return s_pkioperation(s, msg, len, r, pending);
+        return s_pkioperation(s, msg, len, r);
     size_t dlen = 0;
     uint8_t *der = s_unbase64(msg, len, &dlen);
     if (!der)
         return s_http_error(r, 400, "PKIOperation: the GET message is not base64");
-    int rc = s_pkioperation(s, der, dlen, r, pending);
+    int rc = s_pkioperation(s, der, dlen, r);
     free(der);
     return rc;
 }
