@@ -1,0 +1,90 @@
+/*  store_ckpt — WAL checkpoints off picomdm-store's request path.
+ *
+ *  With SQLite's own auto-checkpoint, the commit that takes the WAL past the
+ *  threshold also copies every page changed since the last checkpoint into
+ *  the database and syncs both files (up to 16 MB with the default 4,096
+ *  pages), and every device waiting for that batch waits for it too: the
+ *  latency tail (docs/queue.md, "Session 4"). Here a thread of its own, with
+ *  its own SQLite connection, does that work instead:
+ *
+ *  - the store's connection runs with auto-checkpoint off; after each commit
+ *    its WAL hook (main thread) calls store_ckpt_note with the WAL's size;
+ *  - once `threshold` frames were written since the last checkpoint, the
+ *    thread runs a PASSIVE checkpoint (it never blocks the writer), and again
+ *    after `idle_ms` without a commit if anything is left;
+ *  - SQLite starts the WAL from its beginning again (overwriting the file in
+ *    place) at the first transaction after a checkpoint that copied every
+ *    frame. Under steady load the thread rarely wins that race (the store
+ *    commits every few ms), and a WAL that only grows costs more per commit:
+ *    an fdatasync that extends a file also commits its size (measured here,
+ *    ext4 on virtio: 4.7-7.3 ms against 2.7-2.9 ms overwriting). So once the
+ *    thread has copied all but a few frames, the store's thread finishes the
+ *    job itself right after it answered a batch (store_ckpt_tidy_due: a
+ *    PASSIVE checkpoint of those few frames, two syncs), and the WAL starts
+ *    over; at 4 x threshold frames it does so whatever is left, which bounds
+ *    the WAL. The -wal file is kept (journal_size_limit trims it when it
+ *    starts over), not truncated to 0, for the same reason.
+ *
+ *  Durability is SQLite's: a commit is durable when it is synced in the WAL
+ *  (before anyone is answered); a checkpoint only copies committed pages,
+ *  syncing the WAL before and the database after (the thread's connection
+ *  uses the same `synchronous` setting), so kill -9 or a power loss at any
+ *  moment of a checkpoint loses nothing.
+ *
+ *  Ownership: the thread and its connection belong to the store_ckpt_t; only
+ *  the fields under its mutex are shared. store_ckpt_note and
+ *  store_ckpt_stats may be called from the store's thread at any time.
+ */
+#ifndef STORE_CKPT_H
+#define STORE_CKPT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct store_ckpt store_ckpt_t;
+
+typedef struct {
+    uint64_t passive;   //  checkpoints run (by the thread, or inline without one)
+    uint64_t frames;    //  WAL frames copied into the database by them
+    double ms_total;    //  time spent in them
+    double ms_max;      //  the longest
+    uint64_t tidy;      //  small checkpoints the store's thread finished (store_ckpt_done)
+    double tidy_ms_max; //  the longest of those
+    uint64_t restarts;  //  times the WAL started over from its beginning
+    int64_t wal_frames; //  frames in the WAL after the last commit
+    int64_t wal_max;    //  the most frames the WAL ever held
+} store_ckpt_stats_t;
+
+//  The store's thread finishes a checkpoint itself when at most this many
+//  frames are left to copy (about 1 MB; a few ms of copying and two syncs).
+#define STORE_CKPT_TIDY_FRAMES 256
+//  ... or in any case once the WAL holds this many times the threshold.
+#define STORE_CKPT_CAP_FACTOR 4
+
+//  Start the checkpoint thread on the database at `path` (opened by the
+//  store already, in WAL mode). sync_full: PRAGMA synchronous FULL (else
+//  NORMAL) for the thread's connection. NULL (reason in err) on failure.
+store_ckpt_t *store_ckpt_new(const char *path, bool sync_full, int threshold, int idle_ms,
+                             char *err, size_t errlen);
+//  Stop the thread (it finishes the checkpoint under way), close its
+//  connection. Safe twice and with NULL.
+void store_ckpt_destroy(store_ckpt_t **ck);
+
+//  From the store's WAL hook after each commit: the WAL now holds `frames`.
+//  Never blocks on a checkpoint (takes the mutex only).
+void store_ckpt_note(store_ckpt_t *ck, int64_t frames);
+
+//  Whether the store's thread should now finish a checkpoint itself (see
+//  above): the thread is not checkpointing, the WAL holds at least
+//  `threshold` frames, and at most STORE_CKPT_TIDY_FRAMES are left to copy
+//  (or the WAL reached the cap).
+bool store_ckpt_tidy_due(store_ckpt_t *ck);
+//  The store's thread ran that checkpoint: it took ms; rc, nlog, nckpt as
+//  sqlite3_wal_checkpoint_v2 returned them.
+void store_ckpt_done(store_ckpt_t *ck, int rc, int nlog, int nckpt, double ms);
+
+//  A copy of the counters.
+void store_ckpt_stats(store_ckpt_t *ck, store_ckpt_stats_t *out);
+
+#endif
