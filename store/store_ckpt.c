@@ -86,6 +86,9 @@ static void *s_run(void *arg)
             pm_error("WAL checkpoint failed: %s (the store keeps serving and retries; check the "
                      "data directory's disk)",
                      sqlite3_errmsg(ck->sql));
+        else
+            pm_debug("checkpoint: %d of %d WAL frames in the database, %.1f ms%s", nckpt, nlog, ms,
+                     rc == SQLITE_BUSY ? " (busy)" : "");
         pthread_mutex_lock(&ck->mu);
         ck->running = false;
         ck->st.passive += rc == SQLITE_OK;
@@ -194,9 +197,8 @@ bool store_ckpt_tidy_due(store_ckpt_t *ck)
         return false;
     pthread_mutex_lock(&ck->mu);
     int64_t backlog = ck->frames - ck->backfilled;
-    bool due = !ck->running && ck->frames >= ck->threshold && backlog > 0 &&
-               (backlog <= STORE_CKPT_TIDY_FRAMES ||
-                ck->frames >= (int64_t)STORE_CKPT_CAP_FACTOR * ck->threshold);
+    bool due =
+        !ck->running && backlog > 0 && ck->frames >= (int64_t)STORE_CKPT_CAP_FACTOR * ck->threshold;
     pthread_mutex_unlock(&ck->mu);
     return due;
 }

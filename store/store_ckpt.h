@@ -10,20 +10,21 @@
  *  - the store's connection runs with auto-checkpoint off; after each commit
  *    its WAL hook (main thread) calls store_ckpt_note with the WAL's size;
  *  - once `threshold` frames were written since the last checkpoint, the
- *    thread runs a PASSIVE checkpoint (it never blocks the writer), and again
- *    after `idle_ms` without a commit if anything is left;
+ *    thread runs a PASSIVE checkpoint (it never blocks the writer);
  *  - SQLite starts the WAL from its beginning again (overwriting the file in
  *    place) at the first transaction after a checkpoint that copied every
  *    frame. Under steady load the thread rarely wins that race (the store
- *    commits every few ms), and a WAL that only grows costs more per commit:
- *    an fdatasync that extends a file also commits its size (measured here,
- *    ext4 on virtio: 4.7-7.3 ms against 2.7-2.9 ms overwriting). So once the
- *    thread has copied all but a few frames, the store's thread finishes the
- *    job itself right after it answered a batch (store_ckpt_tidy_due: a
- *    PASSIVE checkpoint of those few frames, two syncs), and the WAL starts
- *    over; at 4 x threshold frames it does so whatever is left, which bounds
- *    the WAL. The -wal file is kept (journal_size_limit trims it when it
- *    starts over), not truncated to 0, for the same reason.
+ *    commits every few ms, a checkpoint syncs twice), so the WAL keeps
+ *    growing; once it holds STORE_CKPT_CAP_FACTOR x threshold frames, the
+ *    store's thread copies what the thread has not yet (little: it keeps up)
+ *    right after it answered a batch, and the WAL starts over. That bounds
+ *    the WAL, and costs the store's thread one small checkpoint (two syncs)
+ *    per cap instead of a full one per threshold. The -wal file is kept at
+ *    that size (journal_size_limit), never truncated to 0: a write that
+ *    extends a file makes its fdatasync commit the size too (measured here,
+ *    ext4 on virtio: 4.7-7.3 ms against 2.7-2.9 ms overwriting in place).
+ *  - after `idle_ms` without a commit the thread copies what is left, so the
+ *    next transaction starts the WAL over.
  *
  *  Durability is SQLite's: a commit is durable when it is synced in the WAL
  *  (before anyone is answered); a checkpoint only copies committed pages,
@@ -56,10 +57,8 @@ typedef struct {
     int64_t wal_max;    //  the most frames the WAL ever held
 } store_ckpt_stats_t;
 
-//  The store's thread finishes a checkpoint itself when at most this many
-//  frames are left to copy (about 1 MB; a few ms of copying and two syncs).
-#define STORE_CKPT_TIDY_FRAMES 256
-//  ... or in any case once the WAL holds this many times the threshold.
+//  The WAL holds at most about this many times the threshold: then the
+//  store's thread finishes the checkpoint itself (store_ckpt_tidy_due).
 #define STORE_CKPT_CAP_FACTOR 4
 
 //  Start the checkpoint thread on the database at `path` (opened by the
@@ -76,9 +75,8 @@ void store_ckpt_destroy(store_ckpt_t **ck);
 void store_ckpt_note(store_ckpt_t *ck, int64_t frames);
 
 //  Whether the store's thread should now finish a checkpoint itself (see
-//  above): the thread is not checkpointing, the WAL holds at least
-//  `threshold` frames, and at most STORE_CKPT_TIDY_FRAMES are left to copy
-//  (or the WAL reached the cap).
+//  above): the WAL reached the cap, frames are left to copy, and the thread
+//  is not checkpointing.
 bool store_ckpt_tidy_due(store_ckpt_t *ck);
 //  The store's thread ran that checkpoint: it took ms; rc, nlog, nckpt as
 //  sqlite3_wal_checkpoint_v2 returned them.

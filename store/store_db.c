@@ -521,12 +521,13 @@ store_db_t *store_db_new(const char *path, const store_db_opts_t *opts, char *er
     char pragmas[400];
     int wal = opts->wal_autocheckpoint > 0 ? opts->wal_autocheckpoint : STORE_WAL_AUTOCHECKPOINT;
     //  journal_size_limit: when the WAL starts over, a -wal file larger than
-    //  twice the checkpoint interval (4 KiB pages) is trimmed to that
+    //  the cap (store_ckpt.h; 4 KiB pages) is trimmed to it
     snprintf(pragmas, sizeof pragmas,
              "PRAGMA journal_mode=WAL; PRAGMA synchronous=%s; PRAGMA foreign_keys=OFF;"
              " PRAGMA cache_size=-16384; PRAGMA temp_store=MEMORY; PRAGMA wal_autocheckpoint=%d;"
              " PRAGMA journal_size_limit=%lld;",
-             opts->sync_full ? "FULL" : "NORMAL", wal, 2LL * wal * 4096);
+             opts->sync_full ? "FULL" : "NORMAL", wal,
+             (long long)STORE_CKPT_CAP_FACTOR * wal * 4096);
     if (s_run(db, pragmas, "setting up the database") < 0 || s_migrate(db) < 0) {
         snprintf(err, errlen, "%s: %s", path, db->errmsg);
         goto fail;
