@@ -40,11 +40,13 @@ static const pm_opt_t s_opts[] = {
      "(fewer commits per request under load, at most this much latency; 0: commit at once)"},
     {"wal-autocheckpoint", PM_OPT_INT, "4096",
      "WAL pages (4 KiB) written between checkpoints; more: fewer database writes and syncs per "
-     "request, a larger -wal file (SQLite's default is 1000)"},
+     "request, a larger -wal file (SQLite's default is 1000). With checkpoint=thread the -wal "
+     "file grows to 4 times this before it starts over"},
     {"checkpoint", PM_OPT_STR, "thread",
-     "thread: WAL checkpoints in a thread of their own (PASSIVE, not in a request's way; the "
-     "store's thread copies only the last few frames, after answering a batch); inline: inside "
-     "the commit that crosses wal-autocheckpoint, so its requests wait for it (SQLite's way)"},
+     "thread: WAL checkpoints (PASSIVE) in a thread of their own, not in a request's way; when "
+     "the WAL reaches 4 x wal-autocheckpoint the store's thread copies the few frames left, after "
+     "answering a batch, and the WAL starts over. inline: inside the commit that crosses "
+     "wal-autocheckpoint, so that batch's requests wait for it (SQLite's way)"},
     {"checkpoint-idle-ms", PM_OPT_INT, "1000",
      "with checkpoint=thread: after this long without a commit, checkpoint what is left"},
     {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
