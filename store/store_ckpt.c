@@ -59,7 +59,10 @@ static void *s_run(void *arg)
         double now = s_now_ms();
         int64_t backlog = ck->frames - ck->backfilled;
         bool idle = backlog > 0 && now - ck->last_commit >= ck->idle_ms;
-        if ((backlog < ck->threshold && !idle) || now < ck->retry_at) {
+        //  at the cap the store's thread finishes the checkpoint (store_ckpt_tidy_due):
+        //  a new one here would only keep it from doing so
+        bool capped = ck->frames >= (int64_t)STORE_CKPT_CAP_FACTOR * ck->threshold;
+        if (((backlog < ck->threshold || capped) && !idle) || now < ck->retry_at) {
             //  sleep until signalled, or until the WAL has been idle long enough
             double until = now + 1000;
             if (backlog > 0 && ck->last_commit + ck->idle_ms < until)
