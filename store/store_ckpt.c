@@ -6,6 +6,7 @@
 #include "pm_log.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -143,7 +144,14 @@ store_ckpt_t *store_ckpt_new(const char *path, bool sync_full, int threshold, in
                  sqlite3_errmsg(ck->sql));
         goto fail;
     }
-    if (pthread_create(&ck->thread, NULL, s_run, ck) != 0) {
+    //  signals (SIGTERM, SIGINT) stay with the store's thread, whose poll
+    //  they interrupt: the new thread starts with them all blocked
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&ck->thread, NULL, s_run, ck);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
         snprintf(err, errlen, "cannot start the checkpoint thread (or run --checkpoint inline)");
         goto fail;
     }
