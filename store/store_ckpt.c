@@ -60,10 +60,12 @@ static void *s_run(void *arg)
         double now = s_now_ms();
         int64_t backlog = ck->frames - ck->backfilled;
         bool idle = backlog > 0 && now - ck->last_commit >= ck->idle_ms;
-        //  at the cap the store's thread finishes the checkpoint (store_ckpt_tidy_due):
-        //  a new one here would only keep it from doing so
+        //  at the cap: copy until only a few frames are left, then leave the
+        //  rest to the store's thread (store_ckpt_tidy_due), which a checkpoint
+        //  running here would keep from finishing
         bool capped = ck->frames >= (int64_t)STORE_CKPT_CAP_FACTOR * ck->threshold;
-        if (((backlog < ck->threshold || capped) && !idle) || now < ck->retry_at) {
+        bool due = capped ? backlog > STORE_CKPT_TIDY_FRAMES : backlog >= ck->threshold;
+        if ((!due && !idle) || now < ck->retry_at) {
             //  sleep until signalled, or until the WAL has been idle long enough
             double until = now + 1000;
             if (backlog > 0 && ck->last_commit + ck->idle_ms < until)
@@ -197,7 +199,9 @@ void store_ckpt_note(store_ckpt_t *ck, int64_t frames)
     if (frames > ck->st.wal_max)
         ck->st.wal_max = frames;
     ck->last_commit = s_now_ms();
-    if (frames - ck->backfilled >= ck->threshold)
+    int64_t backlog = frames - ck->backfilled;
+    if (backlog >= ck->threshold || (frames >= (int64_t)STORE_CKPT_CAP_FACTOR * ck->threshold &&
+                                     backlog > STORE_CKPT_TIDY_FRAMES))
         pthread_cond_signal(&ck->cv);
     pthread_mutex_unlock(&ck->mu);
 }
@@ -208,8 +212,9 @@ bool store_ckpt_tidy_due(store_ckpt_t *ck)
         return false;
     pthread_mutex_lock(&ck->mu);
     int64_t backlog = ck->frames - ck->backfilled;
-    bool due =
-        !ck->running && backlog > 0 && ck->frames >= (int64_t)STORE_CKPT_CAP_FACTOR * ck->threshold;
+    int64_t cap = (int64_t)STORE_CKPT_CAP_FACTOR * ck->threshold;
+    bool due = !ck->running && backlog > 0 &&
+               ((ck->frames >= cap && backlog <= STORE_CKPT_TIDY_FRAMES) || ck->frames >= 2 * cap);
     pthread_mutex_unlock(&ck->mu);
     return due;
 }

@@ -16,13 +16,14 @@
  *    frame. Under steady load the thread rarely wins that race (the store
  *    commits every few ms, a checkpoint syncs twice), so the WAL keeps
  *    growing; once it holds STORE_CKPT_CAP_FACTOR x threshold frames, the
- *    store's thread copies what the thread has not yet (little: it keeps up)
- *    right after it answered a batch, and the WAL starts over. That bounds
- *    the WAL, and costs the store's thread one small checkpoint (two syncs)
- *    per cap instead of a full one per threshold. The -wal file is kept at
- *    that size (journal_size_limit), never truncated to 0: a write that
- *    extends a file makes its fdatasync commit the size too (measured here,
- *    ext4 on virtio: 4.7-7.3 ms against 2.7-2.9 ms overwriting in place).
+ *    thread copies until only a few frames are left, the store's thread
+ *    copies those right after it answered a batch, and the WAL starts over.
+ *    That bounds the WAL, and costs the store's thread one small checkpoint
+ *    (two syncs) per cap instead of a full one per threshold. The -wal file
+ *    is kept at that size (journal_size_limit), never truncated to 0: a
+ *    write that extends a file makes its fdatasync write the size too
+ *    (measured here, ext4 on virtio: 4.7-7.3 ms against 2.7-2.9 ms
+ *    overwriting in place).
  *  - after `idle_ms` without a commit the thread copies what is left, so the
  *    next transaction starts the WAL over.
  *
@@ -57,9 +58,13 @@ typedef struct {
     int64_t wal_max;    //  the most frames the WAL ever held
 } store_ckpt_stats_t;
 
-//  The WAL holds at most about this many times the threshold: then the
-//  store's thread finishes the checkpoint itself (store_ckpt_tidy_due).
+//  The WAL holds about this many times the threshold at most: from there
+//  the thread copies until at most STORE_CKPT_TIDY_FRAMES are left, and the
+//  store's thread copies those (store_ckpt_tidy_due): about 1 MB and two
+//  syncs. At twice the cap it does so whatever is left (a writer faster than
+//  the thread's checkpoints).
 #define STORE_CKPT_CAP_FACTOR 4
+#define STORE_CKPT_TIDY_FRAMES 256
 
 //  Start the checkpoint thread on the database at `path` (opened by the
 //  store already, in WAL mode). sync_full: PRAGMA synchronous FULL (else
@@ -75,8 +80,9 @@ void store_ckpt_destroy(store_ckpt_t **ck);
 void store_ckpt_note(store_ckpt_t *ck, int64_t frames);
 
 //  Whether the store's thread should now finish a checkpoint itself (see
-//  above): the WAL reached the cap, frames are left to copy, and the thread
-//  is not checkpointing.
+//  above): the thread is not checkpointing, frames are left to copy, and
+//  the WAL reached the cap with at most STORE_CKPT_TIDY_FRAMES of them (or
+//  twice the cap).
 bool store_ckpt_tidy_due(store_ckpt_t *ck);
 //  The store's thread ran that checkpoint: it took ms; rc, nlog, nckpt as
 //  sqlite3_wal_checkpoint_v2 returned them.
