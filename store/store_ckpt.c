@@ -38,11 +38,15 @@ static double s_now_ms(void)
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
 }
 
-//  Count a checkpoint that began in WAL generation `gen`. Under mu.
-static void s_account(store_ckpt_t *ck, int rc, int nckpt, uint64_t gen)
+//  Count a checkpoint that began in WAL generation `gen`, run by the thread
+//  (own) or by the store's thread (store_ckpt_done). Under mu.
+static void s_account(store_ckpt_t *ck, int rc, int nckpt, uint64_t gen, bool own)
 {
     if (rc != SQLITE_OK) {
-        ck->retry_at = s_now_ms() + ck->idle_ms; //  not in a tight loop on a failing disk
+        //  the thread's own failure: not in a tight loop. BUSY: the other
+        //  thread is checkpointing, try again soon; a failing disk: later.
+        if (own)
+            ck->retry_at = s_now_ms() + (rc == SQLITE_BUSY ? 10 : ck->idle_ms);
         return;
     }
     if (ck->gen == gen) {
@@ -101,7 +105,7 @@ static void *s_run(void *arg)
         ck->st.ms_total += ms;
         if (ms > ck->st.ms_max)
             ck->st.ms_max = ms;
-        s_account(ck, rc, nckpt, gen);
+        s_account(ck, rc, nckpt, gen, true);
     }
     pthread_mutex_unlock(&ck->mu);
     return NULL;
@@ -228,7 +232,7 @@ void store_ckpt_done(store_ckpt_t *ck, int rc, int nlog, int nckpt, double ms)
     ck->st.tidy += rc == SQLITE_OK;
     if (ms > ck->st.tidy_ms_max)
         ck->st.tidy_ms_max = ms;
-    s_account(ck, rc, nckpt, ck->gen);
+    s_account(ck, rc, nckpt, ck->gen, false);
     pthread_mutex_unlock(&ck->mu);
 }
 
