@@ -625,7 +625,9 @@ static void test_kept_ctx(void **state)
         {s_sign_attrs(f, NID_pkcs9_emailAddress, false), 0, 0}, //  an unsigned attribute
         {s_sign_attrs(f, NID_pkcs9_signingTime, false), -1, 0}, //  OpenSSL: must be signed
         {s_sign_attrs(f, 0, true), -1, 0}, //  signingTime twice: OpenSSL refuses
-        {s_sign(s_body, strlen(s_body), &f->leaf_rsa, 1, EVP_sha256(), NULL), 0, 0}, //  RSA
+        {s_sign(s_body, strlen(s_body), &f->leaf_rsa, 1, EVP_sha256(), NULL), 0, 1}, //  RSA
+        {s_sign(s_body, strlen(s_body), &f->leaf_rsa, 1, EVP_sha1(), NULL), 0, 1},
+        {s_sign(s_body, strlen(s_body), &f->leaf_rsa, 1, EVP_sha1(), NULL), 0, 1}, //  kept SHA-1
     };
     for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
         gw_auth_result_t r0, r1, r2;

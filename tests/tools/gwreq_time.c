@@ -13,7 +13,8 @@
  *  the code measured is exactly the code that runs; nothing here is linked
  *  into a PicoMDM binary.
  *
- *    build/rel/tt/gwreq_time [N]        (default 20000 iterations per step)
+ *    build/rel/tt/gwreq_time [N [rsa]]  (default 20000 iterations per step;
+ *                                        rsa: RSA-2048 device keys, else P-256)
  *
  *  Prints one line per step: microseconds per call and malloc calls per call.
  *  TLS: one record each way over a TLS 1.3 connection held in memory BIOs
@@ -97,10 +98,12 @@ static void s_ext(X509 *cert, X509 *issuer, int nid, const char *value)
     X509_EXTENSION_free(ext);
 }
 
+static bool s_rsa; //  device key RSA-2048 instead of EC P-256
+
 static s_ident_t s_make(const char *cn, const s_ident_t *issuer)
 {
     s_ident_t id;
-    id.key = EVP_EC_gen("P-256");
+    id.key = s_rsa && issuer ? EVP_RSA_gen(2048) : EVP_EC_gen("P-256");
     id.cert = X509_new();
     X509_set_version(id.cert, 2);
     ASN1_INTEGER_set(X509_get_serialNumber(id.cert), issuer ? 2 : 1);
@@ -265,7 +268,7 @@ static void s_request(const char *name, gw_auth_t *auth, const char *body, size_
         uint8_t dg[32];
         EVP_Digest(body, len, dg, NULL, s_md(auth, NID_sha256), NULL);
         EVP_PKEY *pk = X509_get0_pubkey(signer);
-        TIME("  ECDSA: EVP_DigestVerify, fresh contexts", n, {
+        TIME("  verify: EVP_DigestVerify, fresh contexts", n, {
             EVP_MD_CTX *m = EVP_MD_CTX_new();
             EVP_DigestVerifyInit_ex(m, NULL, "SHA256", NULL, NULL, pk, NULL);
             EVP_DigestVerify(m, sigos->data, (size_t)sigos->length, dg, 32);
@@ -273,7 +276,9 @@ static void s_request(const char *name, gw_auth_t *auth, const char *body, size_
         });
         EVP_PKEY_CTX *kc = EVP_PKEY_CTX_new_from_pkey(NULL, pk, NULL);
         EVP_PKEY_verify_init(kc);
-        TIME("  ECDSA: EVP_PKEY_verify, one kept context", n,
+        if (s_rsa)
+            EVP_PKEY_CTX_set_signature_md(kc, EVP_sha256());
+        TIME("  verify: EVP_PKEY_verify, one kept context", n,
              EVP_PKEY_verify(kc, sigos->data, (size_t)sigos->length, dg, 32));
         ERR_clear_error();
         EVP_PKEY_CTX_free(kc);
@@ -325,6 +330,7 @@ int main(int argc, char **argv)
     int n = argc > 1 ? (int)strtol(argv[1], NULL, 10) : 20000;
     if (n <= 0)
         n = 20000;
+    s_rsa = argc > 2 && strcmp(argv[2], "rsa") == 0;
     s_ident_t ca = s_make("PicoMDM Bench CA", NULL), dev = s_make("device-bench", &ca),
               tlsid = s_make("localhost", &ca);
     char dir[] = "/tmp/gwreq_timeXXXXXX", path[64];
