@@ -725,7 +725,7 @@ static void s_on_device(gw_server_t *self, struct evhttp_request *req, const cha
     snprintf(r->what, sizeof r->what, "%s", d.route == GW_DEVREQ_CHECKIN ? d.mtype : d.status);
     snprintf(r->remote, sizeof r->remote, "%s", remote);
     snprintf(r->path, sizeof r->path, "%s", path);
-    if (has_cert) {
+    if (has_cert && pm_log_level() >= PM_LOG_DEBUG) { //  no hex per request unless logged
         char hex[65];
         gw_auth_hash_hex(auth.cert_hash, hex);
         pm_debug("eid=%s %s from %s cert=%.16s", d.eid, r->what, remote, hex);
