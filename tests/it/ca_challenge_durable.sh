@@ -46,15 +46,7 @@ fail() {
     [ -f "$T/ca2.log" ] && { echo "--- second ca:"; tail -n 10 "$T/ca2.log"; }
     exit 1
 }
-wait_for() { local n=$(($1 * 10)); shift; while [ $n -gt 0 ]; do "$@" && return 0; sleep 0.1; n=$((n - 1)); done; return 1; }
-free_port() {
-    local p
-    for _ in $(seq 40); do
-        p=$((20000 + RANDOM % 40000))
-        ss -ltn | grep -q ":$p " || { echo "$p"; return 0; }
-    done
-    return 1
-}
+. "$(dirname "$0")/common.inc"
 PORT=$(free_port) && WPORT=$(free_port) && [ "$PORT" != "$WPORT" ] || { echo "no free ports found"; exit 77; }
 
 PICOMDM_ENROLL_AUTH= PICOMDM_ENROLL_BASIC_AUTH= timeout 150 "$BIN/picomdm" up \
