@@ -20,6 +20,7 @@ struct store_ckpt {
     int threshold, idle_ms;
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    pthread_cond_t idle_cv; //  signalled when a checkpoint of the thread ends
     //  under mu:
     bool stop;
     bool running;       //  the thread is in a checkpoint
@@ -67,8 +68,15 @@ static void *s_run(void *arg)
         //  at the cap: copy until only a few frames are left, then leave the
         //  rest to the store's thread (store_ckpt_tidy_due), which a checkpoint
         //  running here would keep from finishing
-        bool capped = ck->frames >= (int64_t)STORE_CKPT_CAP_FACTOR * ck->threshold;
+        int64_t cap = (int64_t)STORE_CKPT_CAP_FACTOR * ck->threshold;
+        bool capped = ck->frames >= cap;
         bool due = capped ? backlog > STORE_CKPT_TIDY_FRAMES : backlog >= ck->threshold;
+        //  at twice the cap the store's thread must get its turn: a writer
+        //  faster than the copying (synchronous=normal) would otherwise find
+        //  a checkpoint running here every time it looks (store_ckpt_tidy_due)
+        //  and the WAL would grow without bound
+        if (ck->frames >= 2 * cap)
+            due = idle = false;
         if ((!due && !idle) || now < ck->retry_at) {
             //  sleep until signalled, or until the WAL has been idle long enough
             double until = now + 1000;
@@ -101,6 +109,7 @@ static void *s_run(void *arg)
                      rc == SQLITE_BUSY ? " (busy)" : "");
         pthread_mutex_lock(&ck->mu);
         ck->running = false;
+        pthread_cond_broadcast(&ck->idle_cv);
         ck->st.passive += rc == SQLITE_OK;
         ck->st.ms_total += ms;
         if (ms > ck->st.ms_max)
@@ -126,6 +135,7 @@ store_ckpt_t *store_ckpt_new(const char *path, bool sync_full, int threshold, in
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_mutex_init(&ck->mu, NULL);
     pthread_cond_init(&ck->cv, &ca);
+    pthread_cond_init(&ck->idle_cv, &ca);
     pthread_condattr_destroy(&ca);
     ck->last_commit = s_now_ms();
     if (!sqlite3_threadsafe()) {
@@ -183,6 +193,7 @@ void store_ckpt_destroy(store_ckpt_t **pck)
     if (ck->sql)
         sqlite3_close(ck->sql);
     pthread_cond_destroy(&ck->cv);
+    pthread_cond_destroy(&ck->idle_cv);
     pthread_mutex_destroy(&ck->mu);
     free(ck);
     *pck = NULL;
@@ -215,8 +226,13 @@ bool store_ckpt_tidy_due(store_ckpt_t *ck)
     if (!ck)
         return false;
     pthread_mutex_lock(&ck->mu);
-    int64_t backlog = ck->frames - ck->backfilled;
     int64_t cap = (int64_t)STORE_CKPT_CAP_FACTOR * ck->threshold;
+    //  at twice the cap (a writer faster than the copying): the thread
+    //  starts no new checkpoint, and the store's thread waits for the one
+    //  running to end, so the WAL holds at most 2 x cap + one batch
+    while (ck->frames >= 2 * cap && ck->running && !ck->stop)
+        pthread_cond_wait(&ck->idle_cv, &ck->mu);
+    int64_t backlog = ck->frames - ck->backfilled;
     bool due = !ck->running && backlog > 0 &&
                ((ck->frames >= cap && backlog <= STORE_CKPT_TIDY_FRAMES) || ck->frames >= 2 * cap);
     pthread_mutex_unlock(&ck->mu);

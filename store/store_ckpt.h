@@ -61,8 +61,10 @@ typedef struct {
 //  The WAL holds about this many times the threshold at most: from there
 //  the thread copies until at most STORE_CKPT_TIDY_FRAMES are left, and the
 //  store's thread copies those (store_ckpt_tidy_due): about 1 MB and two
-//  syncs. At twice the cap it does so whatever is left (a writer faster than
-//  the thread's checkpoints).
+//  syncs. At twice the cap (a writer faster than the thread's checkpoints)
+//  the thread starts no new checkpoint and the store's thread, once the one
+//  running has ended, copies whatever is left: the WAL holds at most twice
+//  the cap and one batch.
 #define STORE_CKPT_CAP_FACTOR 4
 #define STORE_CKPT_TIDY_FRAMES 256
 
@@ -82,7 +84,8 @@ void store_ckpt_note(store_ckpt_t *ck, int64_t frames);
 //  Whether the store's thread should now finish a checkpoint itself (see
 //  above): the thread is not checkpointing, frames are left to copy, and
 //  the WAL reached the cap with at most STORE_CKPT_TIDY_FRAMES of them (or
-//  twice the cap).
+//  twice the cap). At twice the cap it first waits for the thread's running
+//  checkpoint to end: the only case in which the store's thread waits.
 bool store_ckpt_tidy_due(store_ckpt_t *ck);
 //  The store's thread ran that checkpoint: it took ms; rc, nlog, nckpt as
 //  sqlite3_wal_checkpoint_v2 returned them.
