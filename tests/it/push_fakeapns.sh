@@ -10,14 +10,32 @@ make_pki
 KNOWN=$(tok 1); OTHER=$(tok 2); UNKNOWN=$(tok 3)
 printf '%s\n%s com.apple.mgmt.External.elsewhere\n' "$KNOWN" "$OTHER" > "$W/tokens"
 # the delivery hook: a UNIX datagram receiver that writes what it gets
+# (the datagram is a msgpack map of str values; Python's standard library has
+# no msgpack, so this reads exactly that shape and writes it as a JSON line)
 python3 - "$W/deliver.sock" "$W/datagrams" <<'PY' &
-import socket, sys
+import json, socket, sys
+def strs(d, i):
+    t = d[i]
+    if 0xa0 <= t <= 0xbf: n, i = t & 0x1f, i + 1
+    elif t == 0xd9: n, i = d[i + 1], i + 2
+    elif t == 0xda: n, i = int.from_bytes(d[i + 1:i + 3], "big"), i + 3
+    else: raise ValueError("not a str")
+    return d[i:i + n].decode(), i + n
+def unpack(d):
+    if not 0x80 <= d[0] <= 0x8f: raise ValueError("not a small map")
+    m, i = {}, 1
+    for _ in range(d[0] & 0x0f):
+        k, i = strs(d, i); v, i = strs(d, i); m[k] = v
+    if i != len(d): raise ValueError("trailing bytes")
+    return m
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(sys.argv[1]); s.settimeout(30)
 with open(sys.argv[2], "a") as f:
     while True:
         try: d = s.recv(65536)
         except socket.timeout: break
-        f.write(d.decode() + "\n"); f.flush()
+        try: f.write(json.dumps(unpack(d), separators=(",", ":")) + "\n")
+        except (ValueError, IndexError, UnicodeDecodeError) as e: f.write("bad datagram: %s\n" % e)
+        f.flush()
 PY
 PIDS+=($!)
 for _ in $(seq 50); do [ -S "$W/deliver.sock" ] && break; sleep 0.1; done

@@ -1,13 +1,13 @@
 /*  devsim_push — APNs delivery listener of the device simulator (see
  *  devsim_push.h).
  *
- *  The datagram is JSON, and none of the libraries this project links reads
- *  JSON (pm_json only writes it). The stand-in's shape is fixed and its
- *  values are hex, a topic and a UUID (no escapes), so this reads exactly
- *  that shape: string members, no nesting, anything else refused.
+ *  The datagram is a msgpack map (picomdm-fake-apns --deliver-unix), read
+ *  with msgpack-c behind pm_mpck's bounds: string members, no nesting,
+ *  anything else refused.
  */
 #include "devsim_push.h"
 #include "pm_log.h"
+#include "pm_mpck.h"
 
 #include <czmq.h>
 #include <errno.h>
@@ -121,93 +121,41 @@ void devsim_push_counts(const devsim_push_t *p, long *received, long *woken, lon
     *ignored = p->ignored;
 }
 
-static const char *s_ws(const char *s, const char *end)
+//  The stand-in's datagram: one msgpack map whose token (64 hex), topic and
+//  mdm (PushMagic) members are str; other members (apns_id) are ignored.
+//  Bounded (pm_mpck) before msgpack-c sees it.
+int devsim_push_parse(const uint8_t *buf, size_t len, char token[65], char *topic,
+                      size_t topic_size, char *magic, size_t magic_size)
 {
-    while (s < end && (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n'))
-        s++;
-    return s;
-}
-
-//  A JSON string without escapes: s points at '"'. Returns the char after the
-//  closing quote, or NULL.
-static const char *s_str(const char *s, const char *end, const char **v, size_t *vl)
-{
-    if (s >= end || *s != '"')
-        return NULL;
-    const char *b = ++s;
-    while (s < end && *s != '"') {
-        if (*s == '\\' || (unsigned char)*s < 0x20)
-            return NULL;
-        s++;
-    }
-    if (s >= end)
-        return NULL;
-    *v = b;
-    *vl = (size_t)(s - b);
-    return s + 1;
-}
-
-int devsim_push_parse(const char *buf, size_t len, char token[65], char *topic, size_t topic_size,
-                      char *magic, size_t magic_size)
-{
-    const char *s = buf, *end = buf + len;
-    bool got_token = false, got_topic = false, got_magic = false;
-    s = s_ws(s, end);
-    if (s >= end || *s++ != '{')
+    static const pm_mpck_limits_t lim = {.max_depth = 1, .max_elements = 16};
+    msgpack_zone zone;
+    msgpack_object obj;
+    char err[128], hex[65];
+    int rc = -1;
+    if (!msgpack_zone_init(&zone, 512))
         return -1;
-    for (;;) {
-        const char *k, *v;
-        size_t kl, vl;
-        s = s_ws(s, end);
-        if (!(s = s_str(s, end, &k, &kl)))
-            return -1;
-        s = s_ws(s, end);
-        if (s >= end || *s++ != ':')
-            return -1;
-        s = s_ws(s, end);
-        if (!(s = s_str(s, end, &v, &vl)))
-            return -1;
-        if (kl == 5 && memcmp(k, "token", 5) == 0) {
-            if (vl != 64)
-                return -1;
-            for (size_t i = 0; i < 64; i++) {
-                char c = v[i];
-                if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
-                    return -1;
-                token[i] = (char)(c >= 'A' && c <= 'F' ? c - 'A' + 'a' : c);
-            }
-            token[64] = 0;
-            got_token = true;
-        } else if (kl == 5 && memcmp(k, "topic", 5) == 0) {
-            if (vl >= topic_size)
-                return -1;
-            memcpy(topic, v, vl);
-            topic[vl] = 0;
-            got_topic = true;
-        } else if (kl == 3 && memcmp(k, "mdm", 3) == 0) {
-            if (vl >= magic_size)
-                return -1;
-            memcpy(magic, v, vl);
-            magic[vl] = 0;
-            got_magic = true;
-        } //  other members (apns_id) are not needed
-        s = s_ws(s, end);
-        if (s < end && *s == ',') {
-            s++;
-            continue;
-        }
-        if (s < end && *s == '}')
-            break;
-        return -1;
+    if (pm_mpck_unpack(buf, len, &lim, &zone, &obj, err, sizeof err) < 0 ||
+        obj.type != MSGPACK_OBJECT_MAP || pm_mp_get_str(&obj, "token", hex, sizeof hex) < 0 ||
+        strlen(hex) != 64 || pm_mp_get_str(&obj, "topic", topic, topic_size) < 0 ||
+        pm_mp_get_str(&obj, "mdm", magic, magic_size) < 0)
+        goto out;
+    for (size_t i = 0; i < 64; i++) {
+        char c = hex[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
+            goto out;
+        token[i] = (char)(c >= 'A' && c <= 'F' ? c - 'A' + 'a' : c);
     }
-    s = s_ws(s + 1, end);
-    return s == end && got_token && got_topic && got_magic ? 0 : -1;
+    token[64] = 0;
+    rc = 0;
+out:
+    msgpack_zone_destroy(&zone);
+    return rc;
 }
 
 void devsim_push_on_ready(void *arg)
 {
     devsim_push_t *p = arg;
-    char buf[S_DGRAM_MAX + 1];
+    uint8_t buf[S_DGRAM_MAX + 1];
     for (int i = 0; i < 1024; i++) { //  bounded per call: the transfers get their turn
         ssize_t n = recv(p->fd, buf, sizeof buf, MSG_TRUNC);
         if (n < 0) {
@@ -220,8 +168,8 @@ void devsim_push_on_ready(void *arg)
         if ((size_t)n > S_DGRAM_MAX || devsim_push_parse(buf, (size_t)n, token, topic, sizeof topic,
                                                          magic, sizeof magic) < 0) {
             p->ignored++;
-            pm_warn("push socket %s: ignored a datagram that is not the APNs stand-in's JSON "
-                    "({\"token\",\"topic\",\"mdm\"}); check what sends to this socket",
+            pm_warn("push socket %s: ignored a datagram that is not the APNs stand-in's msgpack "
+                    "map (token, topic, mdm); check what sends to this socket",
                     p->path);
             continue;
         }

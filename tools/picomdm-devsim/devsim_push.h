@@ -1,8 +1,8 @@
 /*  devsim_push — the simulator's side of APNs (bin/picomdm-devsim
  *  --push-listen PATH): a UNIX datagram socket bound at PATH on which the APNs
  *  stand-in (bin/picomdm-fake-apns --deliver-unix PATH) hands over every push
- *  it accepted, one JSON object per datagram:
- *      {"token":"<64 hex>","topic":"<apns-topic>","mdm":"<PushMagic>","apns_id":"<id>"}
+ *  it accepted, one msgpack map per datagram, all values str:
+ *      {"token": <64 hex>, "topic": <apns-topic>, "mdm": <PushMagic>, "apns_id": <id>}
  *  Each push is matched to the channel whose TokenUpdate carried that Token;
  *  like a real device, a push whose topic or PushMagic is not the channel's
  *  is logged and ignored. A matching push queues one session for the channel
@@ -15,6 +15,7 @@
 #include "devsim_run.h"
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct devsim_push devsim_push_t;
 
@@ -31,10 +32,11 @@ int devsim_push_fd(const devsim_push_t *p);
 //  Signature fits devsim_run_serve's on_ready(arg).
 void devsim_push_on_ready(void *p);
 
-//  Parse one datagram. Fills token (64 hex + NUL), topic and magic. Returns 0,
-//  or -1 if it is not the stand-in's JSON shape (exported for the unit test).
-int devsim_push_parse(const char *buf, size_t len, char token[65], char *topic, size_t topic_size,
-                      char *magic, size_t magic_size);
+//  Parse one datagram (a msgpack map of str: token, topic, mdm). Fills token
+//  (64 lowercase hex + NUL), topic and magic. Returns 0, or -1 if it is not
+//  the stand-in's shape (exported for the unit test).
+int devsim_push_parse(const uint8_t *buf, size_t len, char token[65], char *topic,
+                      size_t topic_size, char *magic, size_t magic_size);
 
 //  Counters: received, woken, ignored (unknown token, wrong topic/PushMagic,
 //  malformed).

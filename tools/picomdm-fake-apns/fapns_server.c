@@ -18,6 +18,7 @@
 #include <event2/http.h>
 #include <event2/listener.h>
 #include <fcntl.h>
+#include <msgpack.h>
 #include <netdb.h>
 #include <nghttp2/nghttp2.h>
 #include <openssl/err.h>
@@ -108,7 +109,7 @@ struct fapns_server {
     fapns_rules_t *rules;
     s_conn_t *conns; //  open connections (freed on destroy)
     int deliver_fd;
-    zlist_t *deliver_backlog; //  datagrams the receiver had no room for yet (oldest first)
+    zlist_t *deliver_backlog; //  zframe_t datagrams the receiver had no room for yet (oldest first)
     struct event *deliver_retry;
     FILE *deliver_file;
     struct sockaddr_un deliver_addr;
@@ -197,17 +198,18 @@ static void s_deliver_flush(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     fapns_server_t *s = arg;
-    char *line;
-    while ((line = zlist_first(s->deliver_backlog))) {
-        if (sendto(s->deliver_fd, line, strlen(line), 0, (struct sockaddr *)&s->deliver_addr,
-                   sizeof s->deliver_addr) < 0) {
+    zframe_t *dg;
+    while ((dg = zlist_first(s->deliver_backlog))) {
+        if (sendto(s->deliver_fd, zframe_data(dg), zframe_size(dg), 0,
+                   (struct sockaddr *)&s->deliver_addr, sizeof s->deliver_addr) < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
                 break;
             pm_debug("delivery datagram to %s failed: %m", s->cfg.deliver_unix);
             s->st.deliver_errors++;
         } else
             s->st.delivered++;
-        free(zlist_pop(s->deliver_backlog));
+        dg = zlist_pop(s->deliver_backlog);
+        zframe_destroy(&dg);
     }
     if (zlist_size(s->deliver_backlog)) {
         struct timeval tv = {0, 5000};
@@ -215,38 +217,72 @@ static void s_deliver_flush(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+static void s_pack_str(msgpack_packer *pk, const char *key, const char *val)
+{
+    size_t kl = strlen(key), vl = strlen(val);
+    msgpack_pack_str(pk, kl);
+    msgpack_pack_str_body(pk, key, kl);
+    msgpack_pack_str(pk, vl);
+    msgpack_pack_str_body(pk, val, vl);
+}
+
+//  The delivery datagram: a msgpack map of four str values (token, topic, mdm
+//  = PushMagic, apns_id), the receiver reads it with msgpack (docs/push.md).
+static zframe_t *s_deliver_datagram(const s_stream_t *st)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 4);
+    s_pack_str(&pk, "token", st->v.token);
+    s_pack_str(&pk, "topic", st->topic);
+    s_pack_str(&pk, "mdm", st->v.magic);
+    s_pack_str(&pk, "apns_id", st->apns_id);
+    zframe_t *dg = sb.data ? zframe_new(sb.data, sb.size) : NULL;
+    msgpack_sbuffer_destroy(&sb);
+    return dg;
+}
+
 static void s_deliver(fapns_server_t *s, const s_stream_t *st)
 {
     if (s->deliver_fd < 0 && !s->deliver_file)
         return;
-    char line[FAPNS_MAGIC_MAX + FAPNS_TOPIC_MAX + 256];
-    int n = snprintf(line, sizeof line,
-                     "{\"token\":\"%s\",\"topic\":\"%s\",\"mdm\":\"%s\",\"apns_id\":\"%s\"}\n",
-                     st->v.token, st->topic, st->v.magic, st->apns_id);
-    if (n < 0 || (size_t)n >= sizeof line)
-        return;
-    if (s->deliver_file && (fputs(line, s->deliver_file) < 0 || fflush(s->deliver_file) != 0))
-        s->st.deliver_errors++;
+    if (s->deliver_file) { //  the log for people and tests: one JSON line per push
+        char line[FAPNS_MAGIC_MAX + FAPNS_TOPIC_MAX + 256];
+        int n = snprintf(line, sizeof line,
+                         "{\"token\":\"%s\",\"topic\":\"%s\",\"mdm\":\"%s\",\"apns_id\":\"%s\"}\n",
+                         st->v.token, st->topic, st->v.magic, st->apns_id);
+        if (n < 0 || (size_t)n >= sizeof line || fputs(line, s->deliver_file) < 0 ||
+            fflush(s->deliver_file) != 0)
+            s->st.deliver_errors++;
+    }
     if (s->deliver_fd < 0) {
         s->st.delivered++;
         return;
     }
-    line[n - 1] = 0; //  the datagram carries no newline
+    zframe_t *dg = s_deliver_datagram(st);
+    if (!dg) {
+        s->st.deliver_errors++;
+        return;
+    }
     if (!zlist_size(s->deliver_backlog)) {
-        if (sendto(s->deliver_fd, line, (size_t)n - 1, 0, (struct sockaddr *)&s->deliver_addr,
-                   sizeof s->deliver_addr) >= 0) {
+        if (sendto(s->deliver_fd, zframe_data(dg), zframe_size(dg), 0,
+                   (struct sockaddr *)&s->deliver_addr, sizeof s->deliver_addr) >= 0) {
             s->st.delivered++;
+            zframe_destroy(&dg);
             return;
         }
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != ENOBUFS) {
             pm_debug("delivery datagram to %s failed: %m", s->cfg.deliver_unix);
             s->st.deliver_errors++;
+            zframe_destroy(&dg);
             return;
         }
     }
-    char *copy = zlist_size(s->deliver_backlog) < S_DELIVER_BACKLOG_MAX ? strdup(line) : NULL;
-    if (!copy || zlist_append(s->deliver_backlog, copy) < 0) {
-        free(copy);
+    if (zlist_size(s->deliver_backlog) >= S_DELIVER_BACKLOG_MAX ||
+        zlist_append(s->deliver_backlog, dg) < 0) {
+        zframe_destroy(&dg);
         s->st.deliver_errors++;
         return;
     }
@@ -1015,9 +1051,9 @@ void fapns_server_destroy(fapns_server_t **srv)
     if (s->base)
         event_base_free(s->base);
     if (s->deliver_backlog) {
-        char *line;
-        while ((line = zlist_pop(s->deliver_backlog)))
-            free(line);
+        zframe_t *dg;
+        while ((dg = zlist_pop(s->deliver_backlog)))
+            zframe_destroy(&dg);
         zlist_destroy(&s->deliver_backlog);
     }
     if (s->deliver_fd >= 0)
