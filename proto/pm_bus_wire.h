@@ -106,8 +106,8 @@ bool pm_bus_endpoint_is_local(const char *endpoint);
  *  for every program linked with it (the definition in the executable
  *  interposes glibc's for libzmq and every other shared library): the pid is
  *  read once with the raw syscall and forgotten in the child of a fork()
- *  (pthread_atfork), so it is always this process's pid. Measured and
- *  documented in docs/e2e.md ("Fifth round: bus wake-ups").
+ *  (pthread_atfork), so it is always this process's pid. Measured in
+ *  pm_bus.h ("Session 4", also in docs/bus.md).
  *  pm_bus_getpid_syscalls() counts the real syscalls it made (tests). */
 unsigned pm_bus_getpid_syscalls(void);
 
