@@ -81,7 +81,8 @@
     switches do not change (broker 39-43 per enrollment, 2.5-2.7 per e2e
     device request); the CPU gain is within this shared VM's run-to-run
     noise (load 3-11, every run: bus.sh broker at 1 in flight 152-295 µs
-    per round trip before (6 runs), 117-170 after (8); e2e broker 75-110 µs
+    per round trip before (7 runs, median 203), 110-200 after (12, median
+    161); e2e broker 75-110 µs
     per device request before (6), 65-115 after (6); enroll_e2e broker
     1,550-2,150 µs per enrollment before (2), 1,200-1,550 after (2)).
     Tried, not kept: an outbox in pm_bus sending everything a pass produced
