@@ -61,8 +61,8 @@
     per thread (main, libzmq's I/O thread). With one request in flight a
     round trip costs the broker 2 wake-ups of its thread and 4 of its I/O
     thread (each message in and out), each end 1 + 2: 12 in all (measured
-    7.2-7.7 in the broker, 3.4-3.6 in each end, preemptions included, load
-    8-11). That is libzmq's floor -- every hop wakes the sender's I/O thread,
+    6.8-7.7 in the broker, 3.3-3.6 in each end, preemptions included, load
+    3-11). That is libzmq's floor -- every hop wakes the sender's I/O thread,
     the receiver's I/O thread and the receiver's thread -- and none of it is
     a PicoMDM call; bursts share them (broker 0.45 per round trip at 32 in
     flight, 0.1 at 256). The broker already drains each socket until EAGAIN,
@@ -82,9 +82,9 @@
     device request); the CPU gain is within this shared VM's run-to-run
     noise (load 3-11, every run: bus.sh broker at 1 in flight 152-295 µs
     per round trip before (7 runs, median 203), 110-200 after (12, median
-    161); e2e broker 75-110 µs
-    per device request before (6), 65-115 after (6); enroll_e2e broker
-    1,550-2,150 µs per enrollment before (2), 1,200-1,550 after (2)).
+    161); e2e broker 75-110 µs per device request before (6), 65-115
+    after (6); enroll_e2e broker 1,550-2,150 µs per enrollment before (2),
+    1,200-1,550 after (2)).
     Tried, not kept: an outbox in pm_bus sending everything a pass produced
     together (no change in e2e: the gateway already sends a loop iteration's
     requests together, the store a commit's replies); two libzmq I/O threads
