@@ -1,18 +1,36 @@
 /*  ca_challenge — static or one-time SCEP challenges (see ca_challenge.h).
- *  One-time challenges are kept by their SHA-256 only, so the table holds no
- *  usable secret and the lookup does not compare secrets byte by byte.
+ *  In-memory one-time challenges are kept by their SHA-256 only, so the table
+ *  holds no usable secret and the lookup does not compare secrets byte by
+ *  byte. Signed ones are checked with CRYPTO_memcmp on their HMAC tag.
  */
 #include "ca_challenge.h"
+#include "pm_log.h"
 
 #include <czmq.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #define S_TXID_MAX 128
+
+//  A signed challenge: version | nonce | expiry (s, big-endian) | tag, 48
+//  bytes, 64 characters of URL-safe base64 (no padding). The tag is the
+//  first S_TAG bytes of HMAC-SHA256(key, S_LABEL | version | nonce | expiry).
+#define S_VERSION 1
+#define S_NONCE 16
+#define S_TAG 23
+#define S_RAW (1 + S_NONCE + 8 + S_TAG)
+#define S_CHARS 64
+#define S_LABEL "picomdm scep challenge v1"
+#define S_KEY 32
 
 typedef struct {
     int64_t expires;
@@ -23,12 +41,17 @@ typedef struct {
 
 struct ca_challenge {
     ca_challenge_mode_t mode;
-    bool durable; //  one-time challenges live in the store
     char *secret;
     int64_t ttl_s;
     int64_t skew; //  test clock
     int64_t next_sweep;
     zhashx_t *table; //  hex SHA-256 of the challenge -> s_entry_t
+    bool is_signed;  //  signed one-time challenges (key below)
+    uint8_t key[S_KEY];
+    size_t keylen;
+    bool refuse;
+    bool have_seen;
+    ca_challenge_seen_t seen;
 };
 
 static int64_t s_now(const ca_challenge_t *c)
@@ -88,6 +111,8 @@ void ca_challenge_destroy(ca_challenge_t **p)
         OPENSSL_cleanse(c->secret, strlen(c->secret));
         free(c->secret);
     }
+    OPENSSL_cleanse(c->key, sizeof c->key);
+    OPENSSL_cleanse(&c->seen, sizeof c->seen);
     zhashx_destroy(&c->table);
     free(c);
     *p = NULL;
@@ -129,24 +154,227 @@ static int s_random(char *buf)
     return 0;
 }
 
-void ca_challenge_set_durable(ca_challenge_t *c, bool on)
+int ca_challenge_set_key(ca_challenge_t *c, const uint8_t *key, size_t len)
 {
-    c->durable = on;
+    if (c->mode != CA_CHALLENGE_ONE_TIME)
+        return 0;
+    if (len < 16 || len > S_KEY)
+        return -1;
+    memcpy(c->key, key, len);
+    c->keylen = len;
+    c->is_signed = true;
+    return 0;
 }
 
-bool ca_challenge_durable(const ca_challenge_t *c)
+bool ca_challenge_signed(const ca_challenge_t *c)
 {
-    return c->mode == CA_CHALLENGE_ONE_TIME && c->durable;
+    return c->mode == CA_CHALLENGE_ONE_TIME && c->is_signed;
+}
+
+static int s_hexval(char ch)
+{
+    return ch >= '0' && ch <= '9'   ? ch - '0'
+           : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+           : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+                                    : -1;
+}
+
+//  Read an existing key file: 64 hex digits (a newline may follow). 0 / -1.
+static int s_key_read(int fd, const char *path, uint8_t key[S_KEY], char *err, size_t errlen)
+{
+    char buf[130];
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    int rc = -1;
+    if (n < 2 * S_KEY) {
+        snprintf(err, errlen,
+                 "challenge key %s: %s (expected 64 hex digits): restore it from a backup or "
+                 "move it away to make a new one (every outstanding one-time profile then stops "
+                 "working)",
+                 path, n < 0 ? strerror(errno) : "too short");
+        goto out;
+    }
+    buf[n] = 0;
+    for (int i = 0; i < S_KEY; i++) {
+        int hi = s_hexval(buf[2 * i]), lo = s_hexval(buf[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            break;
+        key[i] = (uint8_t)(hi << 4 | lo);
+        if (i == S_KEY - 1)
+            rc = 0;
+    }
+    if (rc == 0 && n > 2 * S_KEY && buf[2 * S_KEY] != '\n' && buf[2 * S_KEY] != '\r')
+        rc = -1;
+    if (rc < 0)
+        snprintf(err, errlen,
+                 "challenge key %s is not 64 hex digits: restore it from a backup or move it "
+                 "away to make a new one (every outstanding one-time profile then stops working)",
+                 path);
+out:
+    OPENSSL_cleanse(buf, sizeof buf);
+    return rc;
+}
+
+//  A new key file, made under a temporary name and linked into place: link()
+//  fails if another ca process made one meanwhile (then that one is read).
+//  0 made, 1 someone else's exists now, -1 error.
+static int s_key_make(const char *path, char *err, size_t errlen)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    uint8_t key[S_KEY];
+    char hex[2 * S_KEY + 2];
+    int rc = -1;
+    if (RAND_bytes(key, sizeof key) != 1) {
+        snprintf(err, errlen, "cannot make a challenge key: no randomness from OpenSSL");
+        return -1;
+    }
+    for (int i = 0; i < S_KEY; i++)
+        snprintf(hex + 2 * i, 3, "%02x", key[i]);
+    hex[2 * S_KEY] = '\n';
+    hex[2 * S_KEY + 1] = 0;
+    (void)unlink(tmp);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 || write(fd, hex, 2 * S_KEY + 1) != 2 * S_KEY + 1 || fsync(fd) < 0) {
+        snprintf(err, errlen, "cannot write the challenge key %s: %s (check the directory)", tmp,
+                 strerror(errno));
+        goto out;
+    }
+    if (link(tmp, path) == 0)
+        rc = 0;
+    else if (errno == EEXIST)
+        rc = 1;
+    else
+        snprintf(err, errlen, "cannot create the challenge key %s: %s", path, strerror(errno));
+out:
+    if (fd >= 0)
+        close(fd);
+    (void)unlink(tmp);
+    OPENSSL_cleanse(key, sizeof key);
+    OPENSSL_cleanse(hex, sizeof hex);
+    return rc;
+}
+
+int ca_challenge_set_key_file(ca_challenge_t *c, const char *path, char *err, size_t errlen)
+{
+    if (c->mode != CA_CHALLENGE_ONE_TIME)
+        return 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0 && errno == ENOENT) {
+        int made = s_key_make(path, err, errlen);
+        if (made < 0)
+            return -1;
+        if (made == 0)
+            pm_info("made the one-time SCEP challenge key %s (0600; share it with every "
+                    "picomdm-ca like the CA key)",
+                    path);
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    }
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot open the challenge key %s: %s (fix its permissions)", path,
+                 strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) == 0 && (st.st_mode & 077)) {
+        pm_warn("challenge key %s was readable by others: tightened to 0600", path);
+        if (fchmod(fd, 0600) < 0)
+            pm_warn("cannot chmod %s: %s", path, strerror(errno));
+    }
+    uint8_t key[S_KEY];
+    int rc = s_key_read(fd, path, key, err, errlen);
+    close(fd);
+    if (rc == 0)
+        rc = ca_challenge_set_key(c, key, sizeof key);
+    OPENSSL_cleanse(key, sizeof key);
+    return rc;
+}
+
+//  The tag of raw[0 .. S_RAW - S_TAG). 0 / -1.
+static int s_tag(const ca_challenge_t *c, const uint8_t *raw, uint8_t tag[S_TAG])
+{
+    uint8_t msg[sizeof S_LABEL + S_RAW], md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    memcpy(msg, S_LABEL, sizeof S_LABEL); //  with its NUL: a separator
+    memcpy(msg + sizeof S_LABEL, raw, S_RAW - S_TAG);
+    if (!HMAC(EVP_sha256(), c->key, (int)c->keylen, msg, sizeof S_LABEL + S_RAW - S_TAG, md,
+              &mdlen) ||
+        mdlen < S_TAG)
+        return -1;
+    memcpy(tag, md, S_TAG);
+    OPENSSL_cleanse(md, sizeof md);
+    return 0;
 }
 
 int ca_challenge_make(ca_challenge_t *c, char *buf, size_t size, char hash_hex[65],
                       int64_t *expires_ms)
 {
-    if (!ca_challenge_durable(c) || size < 33 || s_random(buf) < 0)
+    if (!ca_challenge_signed(c) || size < S_CHARS + 1)
         return -1;
-    ca_challenge_hash_hex(buf, hash_hex);
-    *expires_ms = (s_now(c) + c->ttl_s) * 1000;
+    uint8_t raw[S_RAW];
+    unsigned char b64[S_CHARS + 4];
+    int64_t exp = s_now(c) + c->ttl_s;
+    raw[0] = S_VERSION;
+    if (RAND_bytes(raw + 1, S_NONCE) != 1)
+        return -1;
+    for (int i = 0; i < 8; i++)
+        raw[1 + S_NONCE + i] = (uint8_t)((uint64_t)exp >> (56 - 8 * i));
+    if (s_tag(c, raw, raw + S_RAW - S_TAG) < 0)
+        return -1;
+    EVP_EncodeBlock(b64, raw, S_RAW);
+    for (int i = 0; i < S_CHARS; i++)
+        buf[i] = b64[i] == '+' ? '-' : b64[i] == '/' ? '_' : (char)b64[i];
+    buf[S_CHARS] = 0;
+    OPENSSL_cleanse(raw, sizeof raw);
+    OPENSSL_cleanse(b64, sizeof b64);
+    if (hash_hex)
+        ca_challenge_hash_hex(buf, hash_hex);
+    if (expires_ms)
+        *expires_ms = exp * 1000;
     return 0;
+}
+
+//  A signed challenge's tag and expiry. true = genuine and unexpired; then
+//  *expires (s) is set.
+static bool s_verify(const ca_challenge_t *c, const char *pw, int64_t *expires)
+{
+    if (strlen(pw) != S_CHARS)
+        return false;
+    unsigned char b64[S_CHARS + 1];
+    uint8_t raw[S_RAW + 3], tag[S_TAG];
+    for (int i = 0; i < S_CHARS; i++) {
+        char ch = pw[i];
+        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_'))
+            return false;
+        b64[i] = ch == '-' ? '+' : ch == '_' ? '/' : (unsigned char)ch;
+    }
+    b64[S_CHARS] = 0;
+    bool ok = EVP_DecodeBlock(raw, b64, S_CHARS) == S_RAW && raw[0] == S_VERSION &&
+              s_tag(c, raw, tag) == 0 && CRYPTO_memcmp(tag, raw + S_RAW - S_TAG, S_TAG) == 0;
+    int64_t exp = 0;
+    for (int i = 0; ok && i < 8; i++)
+        exp = (int64_t)((uint64_t)exp << 8 | raw[1 + S_NONCE + i]);
+    ok = ok && exp > s_now(c);
+    OPENSSL_cleanse(b64, sizeof b64);
+    OPENSSL_cleanse(raw, sizeof raw);
+    if (ok)
+        *expires = exp;
+    return ok;
+}
+
+bool ca_challenge_take_seen(ca_challenge_t *c, ca_challenge_seen_t *out)
+{
+    bool had = c->have_seen;
+    if (out && had)
+        *out = c->seen;
+    c->have_seen = false;
+    OPENSSL_cleanse(&c->seen, sizeof c->seen);
+    return had;
+}
+
+void ca_challenge_refuse(ca_challenge_t *c, bool on)
+{
+    c->refuse = on;
 }
 
 int ca_challenge_issue(ca_challenge_t *c, char *buf, size_t size)
@@ -157,8 +385,8 @@ int ca_challenge_issue(ca_challenge_t *c, char *buf, size_t size)
         memcpy(buf, c->secret, strlen(c->secret) + 1);
         return 0;
     }
-    if (c->durable)
-        return -1; //  ca_challenge_make: the store keeps it
+    if (c->is_signed)
+        return -1; //  ca_challenge_make
     s_sweep(c);
     if (size < 33 || zhashx_size(c->table) >= CA_CHALLENGE_MAX_OUTSTANDING)
         return -1;
@@ -187,8 +415,19 @@ bool ca_challenge_check(ca_challenge_t *c, const char *password, const char *txi
         //  constant-time over the secret's length
         return a == b && CRYPTO_memcmp(password, c->secret, b) == 0;
     }
-    if (c->durable)
-        return false; //  the store decides (ca_scep defers the check)
+    if (c->is_signed) {
+        //  genuine and unexpired here; the store decides the one-time use
+        int64_t exp = 0;
+        if (c->refuse || !s_verify(c, password, &exp) || !txid || strlen(txid) >= S_TXID_MAX)
+            return false;
+        ca_challenge_hash_hex(password, c->seen.hash_hex);
+        for (int i = 0; i < 32; i++)
+            snprintf(c->seen.key_hash_hex + 2 * i, 3, "%02x", key_hash[i]);
+        snprintf(c->seen.txid, sizeof c->seen.txid, "%s", txid);
+        c->seen.expires_ms = exp * 1000;
+        c->have_seen = true;
+        return true;
+    }
     s_sweep(c);
     char key[65];
     ca_challenge_hash_hex(password, key);

@@ -9,14 +9,21 @@
  *              transactionID, same public key) is accepted again, so a lost
  *              reply does not strand the device. Unused challenges expire
  *              after `ttl_s`.
- *  Where one-time challenges live:
- *    durable   (ca_challenge_set_durable; what picomdm-ca's bus service uses)
- *              nothing is kept here: ca_challenge_make gives the challenge and
- *              its SHA-256, ca_svc records the hash in the store
- *              (scep_challenge.add, store/store_chal.h) before the profile is
- *              returned, and ca_scep defers the PKCSReq's check to the store
- *              (scep_challenge.use). A restart or kill -9 of picomdm-ca loses
- *              nothing, and several ca processes share the challenges.
+ *  How one-time challenges are made and checked:
+ *    signed    (ca_challenge_set_key_file; what picomdm-ca's bus service
+ *              uses) a challenge is self-authenticating: version, 16 random
+ *              bytes, its expiry and an HMAC-SHA256 tag under the challenge
+ *              key (challenge.key, 0600, beside the CA key, shared by every
+ *              ca process like the CA key), URL-safe base64, 64 characters.
+ *              Nothing is kept when a profile is made (no store write);
+ *              ca_challenge_check verifies the tag and the expiry and
+ *              remembers what the store must consume (ca_challenge_take_seen):
+ *              the store records the used challenge's SHA-256 at the PKCSReq
+ *              (scep_challenge.use, store/store_chal.h) and refuses a second
+ *              use by another transaction or key. A restart or kill -9 of
+ *              picomdm-ca loses nothing, and several ca processes accept each
+ *              other's challenges. A new key invalidates every outstanding
+ *              one-time profile.
  *    in memory (the default of this class: unit tests of the SCEP core) kept
  *              here by SHA-256; lost when the process ends.
  *  Comparisons are constant-time (the static secret) or of SHA-256 values
@@ -44,23 +51,42 @@ void ca_challenge_destroy(ca_challenge_t **c);
 ca_challenge_mode_t ca_challenge_mode(const ca_challenge_t *c);
 
 //  The challenge to put into a new profile: the static secret, or a fresh
-//  one-time challenge (32 characters) that is now outstanding. buf >= 64.
+//  in-memory one-time challenge (32 characters) that is now outstanding.
+//  buf >= 64. Signed mode: ca_challenge_make instead (-1 here).
 //  -1 when CA_CHALLENGE_MAX_OUTSTANDING are outstanding (a flood of profile
 //  requests cannot exhaust memory).
 int ca_challenge_issue(ca_challenge_t *c, char *buf, size_t size);
 
-//  Durable one-time mode (see above): on = the store keeps and checks the
-//  challenges; ca_challenge_issue then fails, ca_challenge_check refuses
-//  one-time challenges (ca_scep defers them instead). No effect in static mode.
-void ca_challenge_set_durable(ca_challenge_t *c, bool on);
-bool ca_challenge_durable(const ca_challenge_t *c);
+//  Signed one-time challenges (see above): load the 32-byte key from `path`
+//  (64 hex digits), or make it (0600, atomically: of two processes starting
+//  at once both end up with the same key) when the file does not exist. A
+//  key file readable by others is tightened to 0600. -1 + err when the file
+//  exists but is unreadable or malformed (it is never replaced: outstanding
+//  profiles depend on it). No effect in static mode.
+int ca_challenge_set_key_file(ca_challenge_t *c, const char *path, char *err, size_t errlen);
+//  The same with a key in memory (tests). len >= 16.
+int ca_challenge_set_key(ca_challenge_t *c, const uint8_t *key, size_t len);
+bool ca_challenge_signed(const ca_challenge_t *c);
 
-//  Durable mode: a fresh one-time challenge (32 characters) in buf (>= 64),
-//  its SHA-256 in hash_hex and its expiry (ms since the epoch) in
-//  *expires_ms; nothing is kept. The caller records the hash in the store
-//  before it hands the challenge out. -1 outside durable mode or on failure.
+//  Signed mode: a fresh one-time challenge (64 characters) in buf (>= 65),
+//  its SHA-256 in hash_hex (may be NULL) and its expiry (ms since the epoch)
+//  in *expires_ms (may be NULL); nothing is kept. -1 outside signed mode.
 int ca_challenge_make(ca_challenge_t *c, char *buf, size_t size, char hash_hex[65],
                       int64_t *expires_ms);
+
+//  Signed mode: what the last accepting ca_challenge_check saw, for the
+//  store's one-time check. Taking it clears it (out may be NULL: just clear).
+typedef struct {
+    char hash_hex[65];     //  SHA-256 of the challenge
+    char key_hash_hex[65]; //  SHA-256 of the CSR's SubjectPublicKeyInfo
+    char txid[128];        //  the SCEP transactionID as sent
+    int64_t expires_ms;    //  the challenge's expiry
+} ca_challenge_seen_t;
+bool ca_challenge_take_seen(ca_challenge_t *c, ca_challenge_seen_t *out);
+
+//  Signed mode: while on, ca_challenge_check refuses every challenge (the
+//  store refused it: ca_svc runs the request again for its FAILURE CertRep).
+void ca_challenge_refuse(ca_challenge_t *c, bool on);
 
 //  SHA-256 of a challenge, 64 lowercase hex digits (what the store keeps).
 void ca_challenge_hash_hex(const char *password, char hex[65]);

@@ -33,6 +33,10 @@ struct ca_pki {
     char *ext_key_usage;
     X509_NAME *subject; //  NULL = the CSR's subject
     int min_rsa_bits;
+    //  the extensions every device certificate carries that depend on the CA
+    //  and the options only, made once (ca_pki_issue copies them in):
+    //  basicConstraints, keyUsage, extendedKeyUsage (NULL = none), AKI
+    X509_EXTENSION *ext_bc, *ext_ku, *ext_eku, *ext_aki;
 };
 
 static int s_fail(char *err, size_t errlen, const char *fmt, ...)
@@ -109,9 +113,10 @@ static bool s_copy_spki(X509 *x, const X509_PUBKEY *from)
     return true;
 }
 
+//  An unsigned certificate for `pub` named `name`, from issuer (NULL = self).
 //  `spki`: the key as it arrived (a CSR's), copied as is; NULL: from `pub`.
-static X509 *s_make_cert(EVP_PKEY *pub, const X509_PUBKEY *spki, X509_NAME *name, X509 *issuer,
-                         EVP_PKEY *ikey, int days, const int *nids, const char *const *values)
+static X509 *s_new_cert(EVP_PKEY *pub, const X509_PUBKEY *spki, X509_NAME *name, X509 *issuer,
+                        int days)
 {
     X509 *x = X509_new();
     bool ok = x && X509_set_version(x, 2) && s_random_serial(x) == 0;
@@ -119,7 +124,20 @@ static X509 *s_make_cert(EVP_PKEY *pub, const X509_PUBKEY *spki, X509_NAME *name
          X509_set_issuer_name(x, issuer ? X509_get_subject_name(issuer) : name);
     ok = ok && X509_gmtime_adj(X509_getm_notBefore(x), -3600) &&
          X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400);
-    ok = ok && ((spki && s_copy_spki(x, spki)) || X509_set_pubkey(x, pub));
+    ok = ok && ((spki && s_copy_spki(x, spki)) || (pub && X509_set_pubkey(x, pub)));
+    if (!ok) {
+        X509_free(x);
+        return NULL;
+    }
+    return x;
+}
+
+//  exts: NULL-terminated nid/value pairs (value NULL or "" skips it).
+static X509 *s_make_cert(EVP_PKEY *pub, const X509_PUBKEY *spki, X509_NAME *name, X509 *issuer,
+                         EVP_PKEY *ikey, int days, const int *nids, const char *const *values)
+{
+    X509 *x = s_new_cert(pub, spki, name, issuer, days);
+    bool ok = x != NULL;
     for (int i = 0; ok && nids[i]; i++)
         if (values[i] && values[i][0])
             ok = s_add_ext(x, issuer ? issuer : x, nids[i], values[i]) == 0;
@@ -361,7 +379,25 @@ ca_pki_t *ca_pki_new(const ca_pki_opts_t *o, bool *created, char *err, size_t er
                    pki->key_usage, pki->ext_key_usage);
             goto fail;
         }
+        //  the device certificates' fixed extensions, as ca_pki_issue made
+        //  them each time before (X509V3_EXT_conf_nid with the CA as issuer)
+        X509V3_CTX ctx;
+        X509V3_set_ctx(&ctx, pki->ca, probe, NULL, NULL, 0);
+        pki->ext_bc = X509V3_EXT_conf_nid(NULL, &ctx, NID_basic_constraints, "critical,CA:FALSE");
+        pki->ext_ku = pki->key_usage[0]
+                          ? X509V3_EXT_conf_nid(NULL, &ctx, NID_key_usage, pki->key_usage)
+                          : NULL;
+        pki->ext_eku = pki->ext_key_usage[0]
+                           ? X509V3_EXT_conf_nid(NULL, &ctx, NID_ext_key_usage, pki->ext_key_usage)
+                           : NULL;
+        pki->ext_aki =
+            X509V3_EXT_conf_nid(NULL, &ctx, NID_authority_key_identifier, "keyid,issuer");
         X509_free(probe);
+        if (!pki->ext_bc || (pki->key_usage[0] && !pki->ext_ku) ||
+            (pki->ext_key_usage[0] && !pki->ext_eku) || !pki->ext_aki) {
+            s_fail(err, errlen, "cannot make the device certificate extensions (OpenSSL failed)");
+            goto fail;
+        }
     }
     pki->store = X509_STORE_new();
     if (!pki->store || X509_STORE_add_cert(pki->store, pki->ca) != 1) {
@@ -389,6 +425,10 @@ void ca_pki_destroy(ca_pki_t **p)
     EVP_PKEY_free(pki->signer_key);
     X509_STORE_free(pki->store);
     X509_NAME_free(pki->subject);
+    X509_EXTENSION_free(pki->ext_bc);
+    X509_EXTENSION_free(pki->ext_ku);
+    X509_EXTENSION_free(pki->ext_eku);
+    X509_EXTENSION_free(pki->ext_aki);
     free(pki->key_usage);
     free(pki->ext_key_usage);
     free(pki);
@@ -420,12 +460,14 @@ bool ca_pki_has_ra(const ca_pki_t *pki)
     return pki->ra != pki->ca;
 }
 
-int ca_pki_check_csr(const ca_pki_t *pki, X509_REQ *req, char *err, size_t errlen)
+int ca_pki_check_csr(const ca_pki_t *pki, X509_REQ *req, EVP_PKEY *pub, char *err, size_t errlen)
 {
-    EVP_PKEY *pub = X509_REQ_get0_pubkey(req);
+    if (!pub)
+        pub = X509_REQ_get0_pubkey(req);
     if (!pub)
         return s_fail(err, errlen, "CSR has no usable public key");
-    if (X509_REQ_verify(req, pub) != 1)
+    //  the default library context, whatever the CSR was parsed with (ca_scep)
+    if (X509_REQ_verify_ex(req, pub, NULL, NULL) != 1)
         return s_fail(err, errlen, "CSR self-signature does not verify");
     int id = EVP_PKEY_get_base_id(pub);
     if (id == EVP_PKEY_RSA) {
@@ -456,7 +498,8 @@ static X509_NAME *s_subject_for(const ca_pki_t *pki, X509_REQ *req)
     return n;
 }
 
-X509 *ca_pki_issue(ca_pki_t *pki, X509_REQ *req, const uint8_t *renews, char *err, size_t errlen)
+X509 *ca_pki_issue(ca_pki_t *pki, X509_REQ *req, EVP_PKEY *pub, const uint8_t *renews, char *err,
+                   size_t errlen)
 {
     X509_NAME *name = s_subject_for(pki, req);
     if (!name || X509_NAME_entry_count(name) == 0) {
@@ -464,23 +507,24 @@ X509 *ca_pki_issue(ca_pki_t *pki, X509_REQ *req, const uint8_t *renews, char *er
         s_fail(err, errlen, "CSR has an empty subject and no subject is configured");
         return NULL;
     }
-    const int nids[] = {NID_basic_constraints,
-                        NID_key_usage,
-                        NID_ext_key_usage,
-                        NID_subject_key_identifier,
-                        NID_authority_key_identifier,
-                        0};
-    const char *const values[] = {
-        "critical,CA:FALSE", pki->key_usage, pki->ext_key_usage, "hash", "keyid,issuer", NULL};
-    X509 *x = s_make_cert(X509_REQ_get0_pubkey(req), X509_REQ_get_X509_PUBKEY(req), name, pki->ca,
-                          pki->ca_key, pki->cert_days, nids, values);
+    //  extensions in the order they always had: basicConstraints, keyUsage,
+    //  extendedKeyUsage, SKI (the hash of this key), AKI, and for a renewal
+    //  the certificate it replaces; one signature over all of them
+    X509 *x = s_new_cert(pub ? pub : X509_REQ_get0_pubkey(req), X509_REQ_get_X509_PUBKEY(req), name,
+                         pki->ca, pki->cert_days);
     X509_NAME_free(name);
-    //  a renewal names the certificate it replaces; signed again to cover it
-    if (x && renews &&
-        (pm_x509_set_renews(x, renews) < 0 || X509_sign(x, pki->ca_key, EVP_sha256()) <= 0))
-        X509_free(x), x = NULL;
-    if (!x)
+    bool ok = x && X509_add_ext(x, pki->ext_bc, -1) == 1 &&
+              (!pki->ext_ku || X509_add_ext(x, pki->ext_ku, -1) == 1) &&
+              (!pki->ext_eku || X509_add_ext(x, pki->ext_eku, -1) == 1) &&
+              s_add_ext(x, pki->ca, NID_subject_key_identifier, "hash") == 0 &&
+              X509_add_ext(x, pki->ext_aki, -1) == 1 &&
+              (!renews || pm_x509_set_renews(x, renews) == 0) &&
+              X509_sign(x, pki->ca_key, EVP_sha256()) > 0;
+    if (!ok) {
+        X509_free(x);
         s_fail(err, errlen, "cannot issue the certificate (OpenSSL failed)");
+        return NULL;
+    }
     return x;
 }
 

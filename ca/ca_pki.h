@@ -57,14 +57,19 @@ X509 *ca_pki_signer_cert(const ca_pki_t *pki);
 EVP_PKEY *ca_pki_signer_key(const ca_pki_t *pki);
 bool ca_pki_has_ra(const ca_pki_t *pki); //  a separate RA certificate is in use
 
-//  Check a CSR (self-signature, key type and size). 0, or -1 with a reason.
-int ca_pki_check_csr(const ca_pki_t *pki, X509_REQ *req, char *err, size_t errlen);
+//  Check a CSR (self-signature, key type and size). `pub`: the CSR's public
+//  key, decoded by the caller (NULL = the one decoded with the CSR). 0, or -1
+//  with a reason.
+int ca_pki_check_csr(const ca_pki_t *pki, X509_REQ *req, EVP_PKEY *pub, char *err, size_t errlen);
 
-//  Issue a device certificate for a checked CSR. Caller owns the result.
-//  `renews` (NULL for a first enrollment) is the SHA-256 of the certificate a
-//  verified RenewalReq was signed with: it is recorded in the new certificate
-//  (pm_x509.h) so that the store can re-bind the enrollment to it.
-X509 *ca_pki_issue(ca_pki_t *pki, X509_REQ *req, const uint8_t *renews, char *err, size_t errlen);
+//  Issue a device certificate for a checked CSR (`pub` as above; the
+//  certificate carries the CSR's SubjectPublicKeyInfo as it arrived). Caller
+//  owns the result. `renews` (NULL for a first enrollment) is the SHA-256 of
+//  the certificate a verified RenewalReq was signed with: it is recorded in
+//  the new certificate (pm_x509.h) so that the store can re-bind the
+//  enrollment to it.
+X509 *ca_pki_issue(ca_pki_t *pki, X509_REQ *req, EVP_PKEY *pub, const uint8_t *renews, char *err,
+                   size_t errlen);
 
 //  Was `cert` issued by our CA, and is it valid now? (renewal requests)
 bool ca_pki_issued_by_us(const ca_pki_t *pki, X509 *cert);

@@ -3,6 +3,7 @@
 
 #include <openssl/err.h>
 #include <openssl/pkcs7.h>
+#include <openssl/provider.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 #include <stdarg.h>
@@ -20,7 +21,31 @@ struct ca_scep {
     uint8_t *cacert; //  GetCACert reply, built once
     int cacert_len;
     const char *cacert_type;
+    //  A library context without algorithms, to parse requests in: OpenSSL
+    //  3.0 decodes every SubjectPublicKeyInfo it parses through a freshly
+    //  set-up provider decoder (~100 us and ~1,400 allocations each here),
+    //  and a PKCSReq carries the same key twice, in its signing certificate
+    //  and in its CSR. Parsed here, keys are left undecoded (the decode finds
+    //  no decoder at once): s_signer_key decodes a PKCSReq's RSA key once
+    //  from its bytes, s_csr_key reuses it for the CSR when the two are the
+    //  same bytes; anything else is decoded the usual way.
+    OSSL_LIB_CTX *nokeys;
+    OSSL_PROVIDER *nokeys_null;
+    ca_scep_trace_fn *trace; //  step timing (ca_cost_test); NULL in service
+    void *trace_arg;
 };
+
+#define S_STEP(s, name)                                                                            \
+    do {                                                                                           \
+        if ((s)->trace)                                                                            \
+            (s)->trace((s)->trace_arg, name);                                                      \
+    } while (0)
+
+void ca_scep_set_trace(ca_scep_t *s, ca_scep_trace_fn *fn, void *arg)
+{
+    s->trace = fn;
+    s->trace_arg = arg;
+}
 
 //  What we learnt from a request's signed attributes.
 typedef struct {
@@ -89,6 +114,12 @@ ca_scep_t *ca_scep_new(ca_pki_t *pki, ca_challenge_t *challenge)
         return NULL;
     s->pki = pki;
     s->challenge = challenge;
+    //  the "null" provider: nothing at all, and it stops the default
+    //  provider from being loaded into this context as a fallback
+    s->nokeys = OSSL_LIB_CTX_new();
+    s->nokeys_null = s->nokeys ? OSSL_PROVIDER_load(s->nokeys, "null") : NULL;
+    if (!s->nokeys_null)
+        goto fail;
     if (ca_pki_has_ra(pki)) {
         X509 *certs[2] = {ca_pki_ra_cert(pki), ca_pki_ca_cert(pki)};
         if (s_certs_only(certs, 2, &s->cacert, &s->cacert_len) < 0)
@@ -112,6 +143,9 @@ void ca_scep_destroy(ca_scep_t **p)
     if (!p || !*p)
         return;
     OPENSSL_free((*p)->cacert);
+    if ((*p)->nokeys_null)
+        OSSL_PROVIDER_unload((*p)->nokeys_null);
+    OSSL_LIB_CTX_free((*p)->nokeys);
     free(*p);
     *p = NULL;
 }
@@ -220,6 +254,7 @@ static int s_certrep(ca_scep_t *s, const s_req_t *q, int status, int fail_info,
         s_http_error(r, 500, "cannot build the CertRep (OpenSSL failed)");
         goto out;
     }
+    S_STEP(s, "CertRep (RA key)");
     r->pki_status = status;
     r->fail_info = status == CA_SCEP_FAILURE ? fail_info : -1;
     rc = s_set_body(r, 200, "application/x-pki-message", der, (size_t)len);
@@ -288,13 +323,75 @@ static int s_challenge_of(X509_REQ *req, char *buf, size_t size)
     return strlen(buf) == (size_t)n ? 0 : -1;
 }
 
-static int s_issue(ca_scep_t *s, const s_req_t *q, X509_REQ *req, const EVP_CIPHER *cipher,
-                   ca_scep_reply_t *r);
-static int s_defer(const s_req_t *q, X509_REQ **req, const EVP_CIPHER *cipher, const char *pw,
-                   const uint8_t kh[32], ca_scep_pending_t **pending);
+static int s_issue(ca_scep_t *s, const s_req_t *q, X509_REQ *req, EVP_PKEY *key,
+                   const EVP_CIPHER *cipher, ca_scep_reply_t *r);
 
-static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_reply_t *r,
-                          ca_scep_pending_t **pending)
+//  The CSR's public key (a new reference; NULL when it cannot be decoded).
+//  The CSR was parsed without decoding it (s->nokeys): when its
+//  SubjectPublicKeyInfo is byte for byte the signing certificate's (a
+//  PKCSReq), that certificate's key, decoded with the message, is the CSR's
+//  key; otherwise (a RenewalReq's new key, a mismatch) it is decoded here.
+static EVP_PKEY *s_csr_key(X509_REQ *req, X509 *signer)
+{
+    X509_PUBKEY *a = X509_REQ_get_X509_PUBKEY(req), *b = X509_get_X509_PUBKEY(signer);
+    const unsigned char *ka = NULL, *kb = NULL;
+    int la = 0, lb = 0;
+    X509_ALGOR *aa = NULL, *ab = NULL;
+    EVP_PKEY *k = NULL;
+    if (!a || !X509_PUBKEY_get0_param(NULL, &ka, &la, &aa, a))
+        return NULL;
+    if (b && X509_PUBKEY_get0_param(NULL, &kb, &lb, &ab, b) && la == lb && la > 0 && aa && ab &&
+        X509_ALGOR_cmp(aa, ab) == 0 && memcmp(ka, kb, (size_t)la) == 0) {
+        k = X509_get0_pubkey(signer);
+        if (k && EVP_PKEY_up_ref(k) == 1)
+            return k;
+        return NULL;
+    }
+    unsigned char *der = NULL;
+    int len = i2d_X509_PUBKEY(a, &der);
+    const unsigned char *p = der;
+    k = len > 0 ? d2i_PUBKEY(NULL, &p, len) : NULL;
+    if (k && p != der + len) {
+        EVP_PKEY_free(k);
+        k = NULL;
+    }
+    OPENSSL_free(der);
+    return k;
+}
+
+//  A PKCSReq is signed with a transient self-signed certificate that only
+//  carries the device's key (RFC 8894 §2.3): it is used for that key alone
+//  (the request's signature, the CSR's key, the reply's recipient), never
+//  verified nor re-encoded. Its RSA key (rsaEncryption) is decoded from the
+//  certificate's bytes by d2i_PublicKey, which needs no provider decoder
+//  set-up (s->nokeys), and set into the certificate. false: not that case
+//  (a RenewalReq, whose certificate is verified and hashed as it arrived;
+//  another key type; a key that does not decode): the caller parses the
+//  message again the usual way.
+static bool s_signer_key(const s_req_t *q)
+{
+    if (q->message_type != CA_SCEP_PKCSREQ)
+        return false;
+    X509_PUBKEY *xpk = X509_get_X509_PUBKEY(q->signer);
+    ASN1_OBJECT *alg = NULL;
+    const unsigned char *pk = NULL;
+    int pklen = 0, ptype = V_ASN1_UNDEF;
+    X509_ALGOR *a = NULL;
+    if (!xpk || !X509_PUBKEY_get0_param(&alg, &pk, &pklen, &a, xpk) || !a || !pk || pklen <= 0 ||
+        OBJ_obj2nid(alg) != NID_rsaEncryption)
+        return false;
+    X509_ALGOR_get0(NULL, &ptype, NULL, a);
+    if (ptype != V_ASN1_NULL && ptype != V_ASN1_UNDEF)
+        return false;
+    const unsigned char *p = pk;
+    EVP_PKEY *k = d2i_PublicKey(EVP_PKEY_RSA, NULL, &p, pklen);
+    bool ok = k && p == pk + pklen && X509_set_pubkey(q->signer, k) == 1;
+    EVP_PKEY_free(k);
+    ERR_clear_error();
+    return ok;
+}
+
+static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_reply_t *r)
 {
     const ca_scep_nids_t *n = ca_scep_nids();
     int rc = 0;
@@ -302,11 +399,13 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
     STACK_OF(X509) *signers = NULL;
     BIO *content = NULL, *csr_bio = NULL;
     X509_REQ *req = NULL;
+    EVP_PKEY *csr_key = NULL;
     s_req_t q = {.md = EVP_sha256()};
     char err[200];
 
+    //  parsed first without decoding the certificate's key (s_signer_key)
     const unsigned char *p = der;
-    p7 = d2i_PKCS7(NULL, &p, (long)len);
+    p7 = (PKCS7 *)ASN1_item_d2i_ex(NULL, &p, (long)len, ASN1_ITEM_rptr(PKCS7), s->nokeys, NULL);
     if (!p7 || p != der + len) {
         rc = s_http_error(r, 400, "PKIOperation: the message is not one DER PKCS#7 structure");
         goto out;
@@ -316,6 +415,7 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
         rc = s_http_error(r, 400, "PKIOperation: the message is not a PKCS#7 SignedData of data");
         goto out;
     }
+    S_STEP(s, "d2i request");
     STACK_OF(PKCS7_SIGNER_INFO) *sis = PKCS7_get_signer_info(p7);
     if (!sis || sk_PKCS7_SIGNER_INFO_num(sis) != 1) {
         rc = s_http_error(r, 400, "PKIOperation: the message must have exactly one signer");
@@ -345,6 +445,15 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
     //  whether that certificate is acceptable depends on the message type (below)
     signers = PKCS7_get0_signers(p7, NULL, 0);
     q.signer = signers && sk_X509_num(signers) == 1 ? sk_X509_value(signers, 0) : NULL;
+    if (q.signer && !s_signer_key(&q)) {
+        //  the usual way: parsed again, the certificate's key decoded by OpenSSL
+        sk_X509_free(signers);
+        PKCS7_free(p7);
+        p = der;
+        p7 = d2i_PKCS7(NULL, &p, (long)len);
+        signers = p7 && p == der + len ? PKCS7_get0_signers(p7, NULL, 0) : NULL;
+        q.signer = signers && sk_X509_num(signers) == 1 ? sk_X509_value(signers, 0) : NULL;
+    }
     if (!q.signer) {
         rc = s_failure(s, &q, CA_SCEP_BAD_MESSAGE_CHECK, r, "no signer certificate in the message");
         goto out;
@@ -354,6 +463,7 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
         rc = s_failure(s, &q, CA_SCEP_BAD_REQUEST, r, "senderNonce missing");
         goto out;
     }
+    S_STEP(s, "attributes, signer");
     content = BIO_new(BIO_s_mem());
     if (!content ||
         PKCS7_verify(p7, NULL, NULL, NULL, content, PKCS7_NOVERIFY | PKCS7_BINARY) != 1) {
@@ -367,6 +477,7 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
             r, "messageType %s is not served (only PKCSReq and RenewalReq)", mt);
         goto out;
     }
+    S_STEP(s, "verify request");
     //  the pkcsPKIEnvelope: EnvelopedData to our RA holding the PKCS#10 request
     const uint8_t *cdata = NULL;
     long clen = BIO_get_mem_data(content, (char **)&cdata);
@@ -382,6 +493,7 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
                        "content encryption algorithm not supported (use AES-CBC or 3DES)");
         goto out;
     }
+    S_STEP(s, "d2i envelope");
     csr_bio = BIO_new(BIO_s_mem());
     if (!csr_bio ||
         PKCS7_decrypt(env, ca_pki_ra_key(s->pki), ca_pki_ra_cert(s->pki), csr_bio, 0) != 1) {
@@ -389,23 +501,28 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
                        "cannot decrypt the request (not encrypted to our CA/RA certificate?)");
         goto out;
     }
+    S_STEP(s, "decrypt (RA key)");
     const uint8_t *csr_der = NULL;
     long csr_len = BIO_get_mem_data(csr_bio, (char **)&csr_der);
     p = csr_der;
-    req = csr_len > 0 ? d2i_X509_REQ(NULL, &p, csr_len) : NULL;
+    req = csr_len > 0 ? (X509_REQ *)ASN1_item_d2i_ex(NULL, &p, csr_len, ASN1_ITEM_rptr(X509_REQ),
+                                                     s->nokeys, NULL)
+                      : NULL;
     if (!req || p != csr_der + csr_len) {
         rc = s_failure(s, &q, CA_SCEP_BAD_REQUEST, r, "the decrypted content is not a PKCS#10 CSR");
         goto out;
     }
+    csr_key = s_csr_key(req, q.signer);
+    S_STEP(s, "d2i CSR");
     ca_pki_subject_line(X509_REQ_get_subject_name(req), r->subject, sizeof r->subject);
-    if (ca_pki_check_csr(s->pki, req, err, sizeof err) < 0) {
+    if (ca_pki_check_csr(s->pki, req, csr_key, err, sizeof err) < 0) {
         rc = s_failure(s, &q,
                        strstr(err, "bits") || strstr(err, "type") ? CA_SCEP_BAD_ALG
                                                                   : CA_SCEP_BAD_REQUEST,
                        r, "%s", err);
         goto out;
     }
-    EVP_PKEY *csr_key = X509_REQ_get0_pubkey(req);
+    S_STEP(s, "check CSR");
     if (q.message_type == CA_SCEP_PKCSREQ) {
         //  the transient self-signed certificate must carry the requested key
         if (EVP_PKEY_eq(X509_get0_pubkey(q.signer), csr_key) != 1) {
@@ -422,14 +539,7 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
         bool hashed = klen > 0 && EVP_Digest(kder, (size_t)klen, kh, NULL, EVP_sha256(), NULL);
         OPENSSL_free(kder);
         bool have_pw = s_challenge_of(req, pw, sizeof pw) == 0;
-        if (pending && have_pw && hashed && ca_challenge_durable(s->challenge)) {
-            //  the store decides (durable one-time challenges): ca_scep_resume
-            rc = s_defer(&q, &req, cipher, pw, kh, pending);
-            OPENSSL_cleanse(pw, sizeof pw);
-            if (rc < 0)
-                rc = s_http_error(r, 500, "out of memory deferring the challenge check");
-            goto out;
-        }
+        S_STEP(s, "key match, hashes");
         bool good = have_pw && hashed && ca_challenge_check(s->challenge, pw, q.txid, kh);
         OPENSSL_cleanse(pw, sizeof pw);
         if (!good) {
@@ -451,8 +561,9 @@ static int s_pkioperation(ca_scep_t *s, const uint8_t *der, size_t len, ca_scep_
             goto out;
         }
     }
-    rc = s_issue(s, &q, req, cipher, r);
+    rc = s_issue(s, &q, req, csr_key, cipher, r);
 out:
+    EVP_PKEY_free(csr_key);
     X509_REQ_free(req);
     BIO_free(csr_bio);
     PKCS7_free(env);
@@ -465,8 +576,8 @@ out:
 
 //  Issue the certificate for a request that passed every check, and the
 //  CertRep SUCCESS carrying it (q, req borrowed).
-static int s_issue(ca_scep_t *s, const s_req_t *q, X509_REQ *req, const EVP_CIPHER *cipher,
-                   ca_scep_reply_t *r)
+static int s_issue(ca_scep_t *s, const s_req_t *q, X509_REQ *req, EVP_PKEY *key,
+                   const EVP_CIPHER *cipher, ca_scep_reply_t *r)
 {
     int rc = 0;
     X509 *issued = NULL;
@@ -482,17 +593,19 @@ static int s_issue(ca_scep_t *s, const s_req_t *q, X509_REQ *req, const EVP_CIPH
         rc = s_http_error(r, 500, "cannot hash the certificate being renewed");
         goto out;
     }
-    issued = ca_pki_issue(s->pki, req, renews_len == 32 ? renews : NULL, err, sizeof err);
+    issued = ca_pki_issue(s->pki, req, key, renews_len == 32 ? renews : NULL, err, sizeof err);
     if (!issued) {
         rc = s_http_error(r, 500, "%s", err);
         goto out;
     }
+    S_STEP(s, "issue (CA key)");
     ca_pki_subject_line(X509_get_subject_name(issued), r->subject, sizeof r->subject);
     int ilen = i2d_X509(issued, &issued_der);
     if (ilen > 0)
         EVP_Digest(issued_der, (size_t)ilen, r->cert_sha256, NULL, EVP_sha256(), NULL);
     //  the certificate in a degenerate PKCS#7, enveloped to the requester's signing cert
     int certs_len = 0;
+    S_STEP(s, "i2d, hash certificate");
     recips = sk_X509_new_null();
     if (ilen <= 0 || s_certs_only(&issued, 1, &certs_der, &certs_len) < 0 || !recips ||
         !sk_X509_push(recips, q->signer) || !(certs_bio = BIO_new_mem_buf(certs_der, certs_len)) ||
@@ -506,6 +619,7 @@ static int s_issue(ca_scep_t *s, const s_req_t *q, X509_REQ *req, const EVP_CIPH
         rc = s_http_error(r, 500, "cannot encode the reply envelope");
         goto out;
     }
+    S_STEP(s, "envelope reply");
     snprintf(r->reason, sizeof r->reason, "issued");
     rc = s_certrep(s, q, CA_SCEP_SUCCESS, 0, env_der, env_len, r);
 out:
@@ -516,82 +630,6 @@ out:
     sk_X509_free(recips);
     BIO_free(certs_bio);
     X509_free(issued);
-    ERR_clear_error();
-    return rc;
-}
-
-/* ---- a PKCSReq waiting for the store's verdict on its challenge ---- */
-
-struct ca_scep_pending {
-    s_req_t q; //  q.signer: our reference
-    X509_REQ *req;
-    const EVP_CIPHER *cipher;
-    char challenge_hash[65];
-    char key_hash[65];
-};
-
-static int s_defer(const s_req_t *q, X509_REQ **req, const EVP_CIPHER *cipher, const char *pw,
-                   const uint8_t kh[32], ca_scep_pending_t **pending)
-{
-    ca_scep_pending_t *p = calloc(1, sizeof *p);
-    if (!p || X509_up_ref(q->signer) != 1) {
-        free(p);
-        return -1;
-    }
-    p->q = *q;
-    p->req = *req;
-    *req = NULL;
-    p->cipher = cipher;
-    ca_challenge_hash_hex(pw, p->challenge_hash);
-    for (int i = 0; i < 32; i++)
-        snprintf(p->key_hash + 2 * i, 3, "%02x", kh[i]);
-    *pending = p;
-    return 1;
-}
-
-const char *ca_scep_pending_challenge_hash(const ca_scep_pending_t *p)
-{
-    return p->challenge_hash;
-}
-
-const char *ca_scep_pending_key_hash(const ca_scep_pending_t *p)
-{
-    return p->key_hash;
-}
-
-const char *ca_scep_pending_txid(const ca_scep_pending_t *p)
-{
-    return p->q.txid;
-}
-
-void ca_scep_pending_destroy(ca_scep_pending_t **pp)
-{
-    if (!pp || !*pp)
-        return;
-    ca_scep_pending_t *p = *pp;
-    X509_free(p->q.signer);
-    X509_REQ_free(p->req);
-    free(p);
-    *pp = NULL;
-}
-
-int ca_scep_resume(ca_scep_t *s, ca_scep_pending_t **pp, ca_scep_verdict_t verdict,
-                   ca_scep_reply_t *r)
-{
-    ca_scep_pending_t *p = pp ? *pp : NULL;
-    int rc;
-    if (!p)
-        return s_http_error(r, 500, "no pending request to resume");
-    if (verdict == CA_SCEP_CHALLENGE_ACCEPTED)
-        rc = s_issue(s, &p->q, p->req, p->cipher, r);
-    else if (verdict == CA_SCEP_CHALLENGE_REFUSED)
-        rc = s_failure(s, &p->q, CA_SCEP_BAD_REQUEST, r,
-                       "challenge password rejected (wrong, expired or used)");
-    else //  never a certificate without a checked challenge; the device retries
-        rc = s_http_error(r, 503,
-                          "the challenge cannot be checked now (picomdm-store did not answer); "
-                          "retry later");
-    ca_scep_pending_destroy(pp);
     ERR_clear_error();
     return rc;
 }
@@ -625,15 +663,6 @@ static uint8_t *s_unbase64(const uint8_t *in, size_t len, size_t *outlen)
 int ca_scep_handle(ca_scep_t *s, const char *method, const char *operation, const uint8_t *msg,
                    size_t len, ca_scep_reply_t *r)
 {
-    return ca_scep_handle_deferred(s, method, operation, msg, len, r, NULL);
-}
-
-int ca_scep_handle_deferred(ca_scep_t *s, const char *method, const char *operation,
-                            const uint8_t *msg, size_t len, ca_scep_reply_t *r,
-                            ca_scep_pending_t **pending)
-{
-    if (pending)
-        *pending = NULL;
     ca_scep_reply_clear(r);
     bool get = method && strcasecmp(method, "GET") == 0;
     bool post = method && strcasecmp(method, "POST") == 0;
@@ -657,12 +686,12 @@ int ca_scep_handle_deferred(ca_scep_t *s, const char *method, const char *operat
     if (!msg || len == 0)
         return s_http_error(r, 400, "PKIOperation: empty message");
     if (post)
-        return s_pkioperation(s, msg, len, r, pending);
+        return s_pkioperation(s, msg, len, r);
     size_t dlen = 0;
     uint8_t *der = s_unbase64(msg, len, &dlen);
     if (!der)
         return s_http_error(r, 400, "PKIOperation: the GET message is not base64");
-    int rc = s_pkioperation(s, der, dlen, r, pending);
+    int rc = s_pkioperation(s, der, dlen, r);
     free(der);
     return rc;
 }

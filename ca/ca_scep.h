@@ -83,30 +83,10 @@ int ca_scep_handle(ca_scep_t *s, const char *method, const char *operation, cons
                    size_t len, ca_scep_reply_t *r);
 void ca_scep_reply_clear(ca_scep_reply_t *r);
 
-//  Durable one-time challenges (ca_challenge.h): the store checks them, so a
-//  PKCSReq waits for its verdict. ca_scep_handle_deferred is ca_scep_handle,
-//  except that a PKCSReq that passed every check but its challenge returns 1
-//  with *pending set (r holds its txid and subject, no body yet): ask the
-//  store (scep_challenge.use) with the hashes and transactionID below, then
-//  ca_scep_resume with the verdict, which fills r (and frees *pending).
-//  Nothing is issued before an ACCEPTED verdict. The caller owns *pending.
-typedef struct ca_scep_pending ca_scep_pending_t;
-typedef enum {
-    CA_SCEP_CHALLENGE_ACCEPTED, //  issue the certificate (CertRep SUCCESS)
-    CA_SCEP_CHALLENGE_REFUSED,  //  CertRep FAILURE badRequest
-    CA_SCEP_CHALLENGE_UNCHECKED //  no verdict (store unavailable): HTTP 503, the device retries
-} ca_scep_verdict_t;
-
-int ca_scep_handle_deferred(ca_scep_t *s, const char *method, const char *operation,
-                            const uint8_t *msg, size_t len, ca_scep_reply_t *r,
-                            ca_scep_pending_t **pending);
-int ca_scep_resume(ca_scep_t *s, ca_scep_pending_t **pending, ca_scep_verdict_t verdict,
-                   ca_scep_reply_t *r);
-//  SHA-256 (hex) of the challengePassword and of the CSR's SubjectPublicKeyInfo;
-//  the request's transactionID as sent. Borrowed from p.
-const char *ca_scep_pending_challenge_hash(const ca_scep_pending_t *p);
-const char *ca_scep_pending_key_hash(const ca_scep_pending_t *p);
-const char *ca_scep_pending_txid(const ca_scep_pending_t *p);
-void ca_scep_pending_destroy(ca_scep_pending_t **p);
+//  Step timing for the cost harness (ca/ca_cost_test.c): when set, fn is called
+//  at the end of each step of a PKIOperation with the step's name (a static
+//  string), so the caller can read its clock. NULL (the default): no calls.
+typedef void ca_scep_trace_fn(void *arg, const char *step);
+void ca_scep_set_trace(ca_scep_t *s, ca_scep_trace_fn *fn, void *arg);
 
 #endif

@@ -248,6 +248,44 @@ static bool s_chains_to(X509 *cert, X509 *ca)
     return ok;
 }
 
+//  The extensions of an issued device certificate, in the order they always
+//  had (ca_pki makes the CA-dependent ones once at start): basicConstraints,
+//  keyUsage, extendedKeyUsage, SKI = SHA-1 of this certificate's key, AKI =
+//  the CA's SKI (or its issuer and serial when it has none), and for a
+//  renewal the certificate it replaces (pm_x509.h), all under one signature.
+static void s_check_exts(X509 *cert, X509 *ca, bool renewal)
+{
+    const int want[] = {NID_basic_constraints, NID_key_usage, NID_ext_key_usage,
+                        NID_subject_key_identifier, NID_authority_key_identifier};
+    int n = X509_get_ext_count(cert);
+    assert_int_equal(n, renewal ? 6 : 5);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(OBJ_obj2nid(X509_EXTENSION_get_object(X509_get_ext(cert, i))), want[i]);
+    if (renewal) {
+        char oid[80];
+        OBJ_obj2txt(oid, sizeof oid, X509_EXTENSION_get_object(X509_get_ext(cert, 5)), 1);
+        assert_string_equal(oid, PM_X509_OID_RENEWS);
+    }
+    uint8_t md[20];
+    unsigned mdlen = 0;
+    assert_int_equal(X509_pubkey_digest(cert, EVP_sha1(), md, &mdlen), 1);
+    const ASN1_OCTET_STRING *ski = X509_get0_subject_key_id(cert);
+    assert_non_null(ski);
+    assert_int_equal(ASN1_STRING_length(ski), 20);
+    assert_memory_equal(ASN1_STRING_get0_data(ski), md, 20);
+    const ASN1_OCTET_STRING *ca_ski = X509_get0_subject_key_id(ca);
+    if (ca_ski) {
+        assert_non_null(X509_get0_authority_key_id(cert));
+        assert_int_equal(ASN1_STRING_cmp(X509_get0_authority_key_id(cert), ca_ski), 0);
+    } else {
+        assert_non_null(X509_get0_authority_serial(cert));
+        assert_int_equal(
+            ASN1_INTEGER_cmp(X509_get0_authority_serial(cert), X509_get0_serialNumber(ca)), 0);
+    }
+    EVP_PKEY *ca_key = X509_get0_pubkey(ca);
+    assert_int_equal(X509_verify(cert, ca_key), 1);
+}
+
 static void test_getcacaps(void **state)
 {
     s_fix_t *f = *state;
@@ -309,6 +347,7 @@ static void test_pkcsreq_success(void **state)
         OPENSSL_free(der);
         assert_memory_equal(md, run.rep.cert_sha256, 32);
         assert_int_equal(run.rep.pki_status, CA_SCEP_SUCCESS);
+        s_check_exts(run.res.cert, ca_pki_ca_cert(f->pki), false);
         s_run_free(&run);
         X509_REQ_free(csr);
         X509_free(self);
@@ -378,6 +417,8 @@ static void test_renewal(void **state)
     assert_int_equal(pm_x509_get_renews(run.res.cert, got), 1);
     assert_memory_equal(got, want, 32);
     assert_int_equal(pm_x509_get_renews(old, got), 0);
+    s_check_exts(run.res.cert, ca_pki_ca_cert(f->pki), true);
+    s_check_exts(old, ca_pki_ca_cert(f->pki), false);
     s_run_free(&run);
     X509_REQ_free(csr);
 
@@ -415,6 +456,29 @@ static void test_policy_failures(void **state)
     s_run_free(&run);
     X509_REQ_free(csr);
     X509_free(self2);
+
+    //  a P-256 device key (the CSR and signing certificate are fine, but SCEP
+    //  answers by RSA key transport to that certificate): badAlg, nothing issued
+    EVP_PKEY *ec = EVP_EC_gen("P-256");
+    csr = pm_scepc_csr(ec, "device-ec", CHALLENGE);
+    X509 *self_ec = pm_scepc_self_signed(ec, "transient");
+    s_run(f, CA_SCEP_PKCSREQ, csr, self_ec, ec, "TX-EC", false, &run);
+    assert_int_equal(run.res.pki_status, CA_SCEP_FAILURE);
+    assert_int_equal(run.res.fail_info, CA_SCEP_BAD_ALG);
+    assert_null(run.res.cert);
+    s_run_free(&run);
+    X509_REQ_free(csr);
+    //  ... and a P-256 CSR in a request signed with an RSA certificate: not the CSR's key
+    csr = pm_scepc_csr(ec, "device-ec", CHALLENGE);
+    X509 *self_rsa = pm_scepc_self_signed(s_dev_key, "transient");
+    s_run(f, CA_SCEP_PKCSREQ, csr, self_rsa, s_dev_key, "TX-EC-2", false, &run);
+    assert_int_equal(run.res.pki_status, CA_SCEP_FAILURE);
+    assert_int_equal(run.res.fail_info, CA_SCEP_BAD_REQUEST);
+    s_run_free(&run);
+    X509_REQ_free(csr);
+    X509_free(self_rsa);
+    X509_free(self_ec);
+    EVP_PKEY_free(ec);
 
     //  a 1024-bit RSA key: badAlg
     EVP_PKEY *small = EVP_RSA_gen(1024);
@@ -694,8 +758,8 @@ static void test_subject_policy(void **state)
     ca_pki_t *pki = ca_pki_new(&o, NULL, err, sizeof err);
     assert_non_null(pki);
     X509_REQ *csr = pm_scepc_csr(s_dev_key, "device-s", NULL);
-    assert_int_equal(ca_pki_check_csr(pki, csr, err, sizeof err), 0);
-    X509 *x = ca_pki_issue(pki, csr, NULL, err, sizeof err);
+    assert_int_equal(ca_pki_check_csr(pki, csr, NULL, err, sizeof err), 0);
+    X509 *x = ca_pki_issue(pki, csr, NULL, NULL, err, sizeof err);
     assert_non_null(x);
     char line[256];
     ca_pki_subject_line(X509_get_subject_name(x), line, sizeof line);

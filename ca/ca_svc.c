@@ -34,11 +34,10 @@ struct s_wait {
     char *remote, *who, *operation;
     ca_svc_done_fn *done;
     void *done_arg;
-    ca_scep_pending_t *pending; //  scep: the PKCSReq
-    ca_scep_reply_t r;
-    uint8_t *der; //  profile: signed, held until the store has the challenge
+    ca_scep_reply_t r; //  the CertRep SUCCESS, held until the store's verdict
+    char *method;
+    uint8_t *msg; //  the PKIOperation, to answer FAILURE if the store refuses
     size_t len;
-    char uuid[37];
 };
 
 static void s_wait_free(s_wait_t *w)
@@ -51,12 +50,9 @@ static void s_wait_free(s_wait_t *w)
         w->next->prev = w->prev;
     if (!w->finished)
         w->svc->nwaiting--;
-    ca_scep_pending_destroy(&w->pending);
     ca_scep_reply_clear(&w->r);
-    if (w->der) {
-        OPENSSL_cleanse(w->der, w->len); //  it holds the challenge
-        OPENSSL_free(w->der);
-    }
+    free(w->method);
+    free(w->msg);
     pm_msg_destroy(&w->stub);
     free(w->remote);
     free(w->who);
@@ -67,6 +63,7 @@ static void s_wait_free(s_wait_t *w)
 ca_svc_t *ca_svc_new(const ca_svc_opts_t *o, char *err, size_t errlen)
 {
     ca_svc_t *s = calloc(1, sizeof *s);
+    char keypath[4200];
     if (!s) {
         snprintf(err, errlen, "out of memory");
         return NULL;
@@ -97,7 +94,17 @@ ca_svc_t *ca_svc_new(const ca_svc_opts_t *o, char *err, size_t errlen)
     s->ch = ca_challenge_new(o->challenge_mode, o->challenge, o->challenge_ttl_s, err, errlen);
     if (!s->ch)
         goto fail;
-    ca_challenge_set_durable(s->ch, s->call != NULL);
+    if (s->call && o->challenge_mode == CA_CHALLENGE_ONE_TIME) {
+        //  signed one-time challenges: the key lives beside the CA key
+        const char *ck = o->pki.ca_key ? o->pki.ca_key : "";
+        const char *slash = strrchr(ck, '/');
+        if (slash)
+            snprintf(keypath, sizeof keypath, "%.*s/challenge.key", (int)(slash - ck), ck);
+        else
+            snprintf(keypath, sizeof keypath, "challenge.key");
+        if (ca_challenge_set_key_file(s->ch, keypath, err, errlen) < 0)
+            goto fail;
+    }
     s->scep = ca_scep_new(s->pki, s->ch);
     if (!s->scep) {
         snprintf(err, errlen, "cannot set up SCEP (encoding the CA certificate failed)");
@@ -149,11 +156,9 @@ int ca_svc_profile(ca_svc_t *s, const ca_profile_opts_t *ov, uint8_t **der, size
         o.organization = s_or(ov->organization, o.organization);
         o.device_cn = s_or(ov->device_cn, o.device_cn);
     }
-    char challenge[64];
-    int crc = ca_challenge_durable(s->ch)
-                  ? (hash_hex && expires_ms ? ca_challenge_make(s->ch, challenge, sizeof challenge,
-                                                                hash_hex, expires_ms)
-                                            : -1)
+    char challenge[80];
+    int crc = ca_challenge_signed(s->ch)
+                  ? ca_challenge_make(s->ch, challenge, sizeof challenge, hash_hex, expires_ms)
                   : ca_challenge_issue(s->ch, challenge, sizeof challenge);
     if (crc < 0) {
         snprintf(err, errlen, "cannot make a challenge (too many outstanding?)");
@@ -252,7 +257,24 @@ static void s_finish(s_wait_t *w, pm_msg_t *rep, pm_msg_t *ev)
     w->done(w->done_arg, rep, ev);
 }
 
-//  The store's verdict on a PKCSReq's challenge.
+//  HTTP 503 for a PKCSReq whose challenge the store did not check: no
+//  CertRep, no event (not a refusal); the device retries.
+static pm_msg_t *s_scep_503(const pm_msg_t *stub)
+{
+    static const char body[] = "the challenge cannot be checked now (picomdm-store did not "
+                               "answer); retry later\n";
+    pm_msg_t *rep = pm_msg_new_reply(stub, PM_MSG_SCEP_REPLY);
+    if (rep && (pm_msg_set_uint(rep, "status", 503) < 0 ||
+                pm_msg_set_str(rep, "content_type", "text/plain") < 0 ||
+                pm_msg_set_bin(rep, "body", (const uint8_t *)body, sizeof body - 1) < 0 ||
+                pm_msg_set_str(rep, "reason", "the store did not check the challenge") < 0))
+        pm_msg_destroy(&rep);
+    return rep ? rep : pm_msg_new_error(stub, "internal", "cannot build the SCEP reply");
+}
+
+//  The store's verdict on a PKCSReq's challenge. The CertRep SUCCESS in w->r
+//  goes out only when accepted; refused: the request runs again with the
+//  challenge refused, for its FAILURE CertRep; no verdict: HTTP 503.
 static void s_on_use(void *arg, const pm_msg_t *reply, const char *error)
 {
     s_wait_t *w = arg;
@@ -261,13 +283,23 @@ static void s_on_use(void *arg, const pm_msg_t *reply, const char *error)
         return;
     }
     ca_svc_t *s = w->svc;
-    ca_scep_verdict_t v = CA_SCEP_CHALLENGE_UNCHECKED;
-    if (reply && pm_msg_type(reply) == PM_MSG_SCEP_CHALLENGE_USE_REPLY) {
-        v = pm_msg_bool(reply, "accepted", false) ? CA_SCEP_CHALLENGE_ACCEPTED
-                                                  : CA_SCEP_CHALLENGE_REFUSED;
-        if (v == CA_SCEP_CHALLENGE_REFUSED)
-            pm_info("scep: the store refused the challenge of transaction %s (%s)", w->r.txid,
-                    pm_msg_str(reply, "reason") ? pm_msg_str(reply, "reason") : "?");
+    pm_msg_t *ev = NULL, *rep = NULL;
+    if (reply && pm_msg_type(reply) == PM_MSG_SCEP_CHALLENGE_USE_REPLY &&
+        pm_msg_bool(reply, "accepted", false)) {
+        rep = s_scep_answer(w->stub, w->operation, w->remote, &w->r, &ev);
+        //  the store logged ca.issued with the challenge: mark it with its seq
+        uint64_t seq = pm_msg_uint(reply, "seq", 0);
+        if (ev && seq > 0 && pm_msg_set_uint(ev, "seq", seq) < 0)
+            pm_msg_destroy(&ev);
+    } else if (reply && pm_msg_type(reply) == PM_MSG_SCEP_CHALLENGE_USE_REPLY) {
+        pm_info("scep: the store refused the challenge of transaction %s (%s)", w->r.txid,
+                pm_msg_str(reply, "reason") ? pm_msg_str(reply, "reason") : "?");
+        ca_scep_reply_clear(&w->r); //  the certificate is never handed out
+        ca_challenge_refuse(s->ch, true);
+        ca_scep_handle(s->scep, w->method, w->operation, w->msg, w->len, &w->r);
+        ca_challenge_refuse(s->ch, false);
+        ca_challenge_take_seen(s->ch, NULL);
+        rep = s_scep_answer(w->stub, w->operation, w->remote, &w->r, &ev);
     } else {
         pm_warn("scep: transaction %s: the store did not check the challenge (%s); answering 503 "
                 "so the device retries (is picomdm-store running?)",
@@ -275,10 +307,9 @@ static void s_on_use(void *arg, const pm_msg_t *reply, const char *error)
                 error                                         ? error
                 : reply && pm_msg_type(reply) == PM_MSG_ERROR ? pm_msg_str(reply, "message")
                                                               : "unexpected reply");
+        ca_scep_reply_clear(&w->r);
+        rep = s_scep_503(w->stub);
     }
-    ca_scep_resume(s->scep, &w->pending, v, &w->r);
-    pm_msg_t *ev = NULL;
-    pm_msg_t *rep = s_scep_answer(w->stub, w->operation, w->remote, &w->r, &ev);
     s_finish(w, rep, ev);
     s_wait_free(w);
 }
@@ -314,37 +345,67 @@ static s_wait_t *s_wait_new(ca_svc_t *s, const pm_msg_t *req, ca_svc_done_fn *do
     return w;
 }
 
+//  The scep_challenge.use for a PKCSReq whose signed challenge checked out
+//  here; the ca.issued event rides along (logged by the store if accepted).
+static pm_msg_t *s_use_req(const ca_challenge_seen_t *seen, const ca_scep_reply_t *r)
+{
+    char hex[65];
+    for (int i = 0; i < 32; i++)
+        snprintf(hex + 2 * i, 3, "%02x", r->cert_sha256[i]);
+    const char *kv[] = {"subject",     r->subject, "transaction_id", r->txid,
+                        "cert_sha256", hex,        "kind",           "enrollment"};
+    pm_msg_t *ev = s_event("ca.issued", kv, 8);
+    pm_msg_t *use = pm_msg_new(PM_MSG_SCEP_CHALLENGE_USE);
+    if (!ev || !use || pm_msg_set_str(use, "hash", seen->hash_hex) < 0 ||
+        pm_msg_set_str(use, "transaction_id", seen->txid) < 0 ||
+        pm_msg_set_str(use, "key_hash", seen->key_hash_hex) < 0 ||
+        pm_msg_set_uint(use, "expires_ms", (uint64_t)seen->expires_ms) < 0 ||
+        pm_msg_set_str(use, "event", "ca.issued") < 0 ||
+        pm_msg_set_obj(use, "event_data", pm_msg_obj(ev, "data")) < 0)
+        pm_msg_destroy(&use);
+    pm_msg_destroy(&ev);
+    return use;
+}
+
 static void s_scep(ca_svc_t *s, const pm_msg_t *req, ca_svc_done_fn *done, void *arg)
 {
     size_t len = 0;
     const uint8_t *msg = pm_msg_bin(req, "message", &len);
-    const char *remote = pm_msg_str(req, "remote"), *op = pm_msg_str(req, "operation");
+    const char *remote = pm_msg_str(req, "remote"), *op = pm_msg_str(req, "operation"),
+               *method = pm_msg_str(req, "method");
     ca_scep_reply_t r = {0};
-    ca_scep_pending_t *pending = NULL;
     pm_msg_t *ev = NULL;
-    ca_scep_handle_deferred(s->scep, pm_msg_str(req, "method"), op, msg, len, &r,
-                            s->call ? &pending : NULL);
-    if (pending) {
-        //  durable one-time challenge: the store consumes it (or not) first
+    ca_challenge_seen_t seen;
+    ca_challenge_take_seen(s->ch, NULL);
+    ca_scep_handle(s->scep, method, op, msg, len, &r);
+    bool check = ca_challenge_take_seen(s->ch, &seen) && s->call &&
+                 r.pki_status == CA_SCEP_SUCCESS && r.message_type == CA_SCEP_PKCSREQ;
+    if (check) {
+        //  a signed one-time challenge: the store consumes it before the
+        //  certificate goes out (durable, shared by every ca process)
         s_wait_t *w = s_wait_new(s, req, done, arg);
-        if (!w) {
-            ca_scep_resume(s->scep, &pending, CA_SCEP_CHALLENGE_UNCHECKED, &r);
-        } else {
-            w->pending = pending;
-            w->r = r; //  the reply so far (txid, subject) moves to w
-            pending = NULL;
-            pm_msg_t *use = pm_msg_new(PM_MSG_SCEP_CHALLENGE_USE);
-            bool sent =
-                use &&
-                pm_msg_set_str(use, "hash", ca_scep_pending_challenge_hash(w->pending)) == 0 &&
-                pm_msg_set_str(use, "transaction_id", ca_scep_pending_txid(w->pending)) == 0 &&
-                pm_msg_set_str(use, "key_hash", ca_scep_pending_key_hash(w->pending)) == 0 &&
-                s->call(s->call_arg, use, s_on_use, w) == 0;
-            pm_msg_destroy(&use);
-            if (!sent) //  no verdict: the device retries
-                s_on_use(w, NULL, "cannot send scep_challenge.use to the store");
-            return;
+        pm_msg_t *use = w ? s_use_req(&seen, &r) : NULL;
+        if (w) {
+            w->r = r; //  the CertRep moves to w
+            memset(&r, 0, sizeof r);
+            w->method = method ? strdup(method) : NULL;
+            w->msg = len ? malloc(len) : NULL;
+            if (w->msg)
+                memcpy(w->msg, msg, len);
+            w->len = len;
         }
+        OPENSSL_cleanse(&seen, sizeof seen);
+        if (!w) {
+            ca_scep_reply_clear(&r);
+            done(arg, pm_msg_new_error(req, "internal", "out of memory in picomdm-ca: retry"),
+                 NULL);
+        } else if (!use || (method && !w->method) || (len && !w->msg)) {
+            s_on_use(w, NULL, "out of memory");
+        } else if (s->call(s->call_arg, use, s_on_use, w) < 0) {
+            s_on_use(w, NULL, "cannot send scep_challenge.use to the store");
+        }
+        pm_msg_destroy(&use);
+        return;
     }
     pm_msg_t *rep = s_scep_answer(req, op, remote, &r, &ev);
     done(arg, rep, ev);
@@ -356,9 +417,9 @@ static pm_msg_t *s_profile_answer(ca_svc_t *s, const pm_msg_t *req, const uint8_
 {
     bool one_time = ca_challenge_mode(s->ch) == CA_CHALLENGE_ONE_TIME;
     pm_info("profile: issued (identity %s%s%s%s)", uuid,
-            !one_time                     ? ""
-            : ca_challenge_durable(s->ch) ? ", one-time challenge kept by the store"
-                                          : ", one-time challenge",
+            !one_time                    ? ""
+            : ca_challenge_signed(s->ch) ? ", signed one-time challenge"
+                                         : ", one-time challenge",
             who ? ", for " : "", who ? who : "");
     pm_msg_t *rep = pm_msg_new_reply(req, PM_MSG_PROFILE_REPLY);
     if (rep &&
@@ -373,40 +434,8 @@ static pm_msg_t *s_profile_answer(ca_svc_t *s, const pm_msg_t *req, const uint8_
     return rep ? rep : pm_msg_new_error(req, "internal", "cannot build the profile reply");
 }
 
-//  The store's answer to scep_challenge.add: only now is the profile handed out.
-static void s_on_add(void *arg, const pm_msg_t *reply, const char *error)
-{
-    s_wait_t *w = arg;
-    if (w->finished) {
-        s_wait_free(w);
-        return;
-    }
-    pm_msg_t *rep = NULL, *ev = NULL;
-    if (reply && pm_msg_type(reply) == PM_MSG_OK) {
-        rep = s_profile_answer(w->svc, w->stub, w->der, w->len, w->uuid, w->who, &ev);
-        //  the store has logged (and publishes) ca.profile with the challenge
-        pm_msg_destroy(&ev);
-    } else {
-        const char *code =
-            reply && pm_msg_type(reply) == PM_MSG_ERROR ? pm_msg_str(reply, "code") : NULL;
-        const char *why = error ? error
-                          : reply && pm_msg_type(reply) == PM_MSG_ERROR
-                              ? pm_msg_str(reply, "message")
-                              : "unexpected reply";
-        //  the gateway answers 503 for these: the download can simply be retried
-        bool transient = !code || strcmp(code, "timeout") == 0 || strcmp(code, "no_service") == 0 ||
-                         strcmp(code, "worker_lost") == 0;
-        pm_warn("profile: the store did not record its one-time challenge (%s); not handed out",
-                why ? why : "?");
-        rep = pm_msg_new_error(w->stub, transient ? (code ? code : "timeout") : "internal",
-                               "the one-time SCEP challenge could not be recorded by the store "
-                               "(%s): retry; check that picomdm-store is running",
-                               why ? why : "?");
-    }
-    s_finish(w, rep, ev);
-    s_wait_free(w);
-}
-
+//  A profile needs no store: a signed challenge is checked by its tag at the
+//  PKCSReq, and consumed in the store then.
 static void s_profile(ca_svc_t *s, const pm_msg_t *req, ca_svc_done_fn *done, void *arg)
 {
     ca_profile_opts_t ov = {.server_url = pm_msg_str(req, "server_url"),
@@ -418,54 +447,17 @@ static void s_profile(ca_svc_t *s, const pm_msg_t *req, ca_svc_done_fn *done, vo
                             .device_cn = pm_msg_str(req, "device_name")};
     uint8_t *der = NULL;
     size_t len = 0;
-    char uuid[37] = "", err[300], hash[65] = "";
-    int64_t expires_ms = 0;
-    if (ca_svc_profile(s, &ov, &der, &len, uuid, hash, &expires_ms, err, sizeof err) < 0) {
+    char uuid[37] = "", err[300];
+    if (ca_svc_profile(s, &ov, &der, &len, uuid, NULL, NULL, err, sizeof err) < 0) {
         pm_warn("profile: %s", err);
         done(arg, pm_msg_new_error(req, "bad_request", "%s", err), NULL);
         return;
     }
-    const char *who = pm_msg_str(req, "for");
-    if (!ca_challenge_durable(s->ch)) {
-        pm_msg_t *ev = NULL;
-        pm_msg_t *rep = s_profile_answer(s, req, der, len, uuid, who, &ev);
-        OPENSSL_cleanse(der, len);
-        OPENSSL_free(der);
-        done(arg, rep, ev);
-        return;
-    }
-    //  durable first: the store records the challenge's hash, then the profile goes out
-    s_wait_t *w = s_wait_new(s, req, done, arg);
-    pm_msg_t *add = pm_msg_new(PM_MSG_SCEP_CHALLENGE_ADD);
-    bool queued = false;
-    //  the ca.profile event travels with it (one store round trip, not two)
-    const char *kv[] = {"identity_uuid", uuid, "for", who};
-    pm_msg_t *ev = s_event("ca.profile", kv, 4);
-    if (w && add && ev && pm_msg_set_str(add, "hash", hash) == 0 &&
-        pm_msg_set_uint(add, "expires_ms", (uint64_t)expires_ms) == 0 &&
-        pm_msg_set_str(add, "event", "ca.profile") == 0 &&
-        pm_msg_set_obj(add, "event_data", pm_msg_obj(ev, "data")) == 0) {
-        w->der = der;
-        w->len = len;
-        der = NULL;
-        snprintf(w->uuid, sizeof w->uuid, "%s", uuid);
-        queued = true;
-        if (s->call(s->call_arg, add, s_on_add, w) < 0)
-            s_on_add(w, NULL, "cannot send scep_challenge.add to the store");
-    }
-    pm_msg_destroy(&add);
-    pm_msg_destroy(&ev);
-    if (der) {
-        OPENSSL_cleanse(der, len);
-        OPENSSL_free(der);
-    }
-    if (!queued) {
-        if (w)
-            s_on_add(w, NULL, "out of memory");
-        else
-            done(arg, pm_msg_new_error(req, "internal", "out of memory in picomdm-ca: retry"),
-                 NULL);
-    }
+    pm_msg_t *ev = NULL;
+    pm_msg_t *rep = s_profile_answer(s, req, der, len, uuid, pm_msg_str(req, "for"), &ev);
+    OPENSSL_cleanse(der, len); //  it holds the challenge
+    OPENSSL_free(der);
+    done(arg, rep, ev);
 }
 
 void ca_svc_request(ca_svc_t *s, const pm_msg_t *req, ca_svc_done_fn *done, void *arg)
@@ -498,16 +490,9 @@ void ca_svc_abandon(ca_svc_t *s)
     for (s_wait_t *w = s->waits; w; w = w->next) {
         if (w->finished)
             continue;
-        pm_msg_t *rep = NULL, *ev = NULL;
-        if (w->pending) {
-            ca_scep_resume(s->scep, &w->pending, CA_SCEP_CHALLENGE_UNCHECKED, &w->r);
-            rep = s_scep_answer(w->stub, w->operation, w->remote, &w->r, &ev);
-        } else {
-            rep = pm_msg_new_error(w->stub, "timeout",
-                                   "picomdm-ca is stopping before the store recorded the "
-                                   "challenge: retry");
-        }
-        s_finish(w, rep, ev);
+        //  only PKCSReqs wait (for the store's verdict): the device retries
+        ca_scep_reply_clear(&w->r);
+        s_finish(w, s_scep_503(w->stub), NULL);
     }
 }
 

@@ -9,15 +9,19 @@
  *  Events: ca.issued (a certificate was issued), ca.rejected (a PKIOperation
  *  was refused), ca.profile (a profile was handed out). Never a secret in them.
  *
- *  Durable one-time challenges (opts.call set; what picomdm-ca does): the
- *  store keeps them (store/store_chal.h). A profile is answered only after
- *  the store has recorded its challenge's hash (scep_challenge.add: durable
- *  first); a PKCSReq is answered only after the store has consumed its
- *  challenge (scep_challenge.use). Those requests wait without blocking the
- *  caller's loop: ca_svc_request calls `done` later, from the store reply's
- *  callback. No answer from the store: the profile is an error `timeout`
- *  (the gateway answers 503) and the PKCSReq an HTTP 503 scep.reply (the
- *  device retries) — never a certificate without a checked challenge.
+ *  One-time challenges with a store (opts.call set; what picomdm-ca does):
+ *  challenges are signed (ca_challenge.h; key file challenge.key beside the
+ *  CA key, made on first start), so a profile is answered at once, without
+ *  the store. A PKCSReq whose challenge checks out (tag, expiry) gets its
+ *  CertRep built, then the store consumes the challenge (scep_challenge.use,
+ *  carrying the ca.issued event); only an accepted verdict sends the CertRep
+ *  SUCCESS, a refusal answers FAILURE badRequest (the request runs again with
+ *  the challenge refused). That wait does not block the caller's loop:
+ *  ca_svc_request calls `done` later, from the store reply's callback. No
+ *  answer from the store: an HTTP 503 scep.reply (the device retries) —
+ *  never a certificate without a consumed challenge. The ca.issued event of
+ *  an accepted PKCSReq comes with `seq` set: the store logged (and
+ *  publishes) it already.
  *  Without opts.call, one-time challenges are kept in this process's memory
  *  (unit tests; lost on restart).
  */
@@ -38,7 +42,7 @@ typedef struct {
     ca_profile_opts_t profile; //  defaults; `challenge` and `tls_anchor` are filled in here
     const char *tls_anchor;    //  PEM file to embed as trust anchor (NULL = none)
     const char *push_cert;     //  PEM push certificate to read the topic from (if no topic)
-    //  Durable one-time challenges: how to reach the store. Send `req` to the
+    //  One-time challenges consumed in the store: how to reach it. Send `req` to the
     //  service that handles its type, call fn(fn_arg, reply, error) exactly
     //  once, later (or now); 0, or -1 when it could not be sent (fn is then
     //  not called). NULL = one-time challenges in memory.
@@ -81,9 +85,9 @@ void ca_svc_abandon(ca_svc_t *svc);
 pm_msg_t *ca_svc_handle(ca_svc_t *svc, const pm_msg_t *req, pm_msg_t **event);
 
 //  A signed profile with the configured defaults (the `profile` command).
-//  *der is OPENSSL_malloc'd. 0 / -1 + err. With durable challenges, hash_hex
-//  and *expires_ms (both may be NULL otherwise) say what the store must
-//  record before the profile is handed out.
+//  *der is OPENSSL_malloc'd. 0 / -1 + err. With signed challenges, hash_hex
+//  and *expires_ms (both may be NULL) receive the challenge's SHA-256 and
+//  expiry (nothing needs recording: the store sees it at the PKCSReq).
 int ca_svc_profile(ca_svc_t *svc, const ca_profile_opts_t *overrides, uint8_t **der, size_t *len,
                    char identity_uuid[37], char *hash_hex, int64_t *expires_ms, char *err,
                    size_t errlen);

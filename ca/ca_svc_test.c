@@ -2,11 +2,13 @@
  *  reply goes through pm_msg encode/decode as on the wire. A `profile`
  *  request yields a signed profile whose one-time challenge then enrolls a
  *  device over `scep` exactly once; events carry no secret. Both with the
- *  challenges in memory and kept by a (fake, in-test) store: there the
- *  profile is answered only after the store took the challenge's hash, the
- *  PKCSReq only after the store's verdict; a store that does not answer gives
- *  an error for the profile and an HTTP 503 for the PKCSReq (never a
- *  certificate); stopping answers every waiting request.
+ *  challenges in memory and signed (HMAC key file beside the CA key) with a
+ *  (fake, in-test) store consuming them: there the profile needs no store,
+ *  the PKCSReq is answered only after the store's verdict (ca.issued rides
+ *  with it); forged, altered and expired challenges are refused without the
+ *  store; a second service on the same key files accepts the first one's
+ *  challenge; a store that does not answer gives an HTTP 503 for the PKCSReq
+ *  (never a certificate); stopping answers every waiting request.
  */
 #include "ca_scep.h"
 #include "pm_scepc.h"
@@ -26,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 //  A fake store for durable challenges (the real one: store/store_chal_test.c).
@@ -51,15 +54,17 @@ typedef struct {
     int nrows;
     s_callrec_t queue[8]; //  ASYNC: calls not answered yet
     int nqueue;
-    int adds, uses;
-    char last_event[32], last_event_uuid[40]; //  the event an add carried
+    int uses;
+    int seq;
+    char last_event[32]; //  the event a use carried
 } s_store_t;
 
 typedef struct {
     char dir[64];
-    char paths[6][128];
+    char paths[7][128];
     ca_svc_t *svc;
     s_store_t store;
+    ca_svc_opts_t o;
 } s_fix_t;
 
 static void s_copy(char *dst, size_t size, const char *src)
@@ -67,7 +72,9 @@ static void s_copy(char *dst, size_t size, const char *src)
     snprintf(dst, size, "%s", src ? src : "");
 }
 
-//  Answer one recorded call as the store would (scep_challenge.add / .use).
+//  Answer one recorded call as the store would (scep_challenge.use): the
+//  first use records the challenge, the same transaction and key again is
+//  accepted, any other refused.
 static void s_store_answer(s_store_t *st, const s_callrec_t *c)
 {
     pm_msg_t *rep = NULL;
@@ -75,29 +82,29 @@ static void s_store_answer(s_store_t *st, const s_callrec_t *c)
         pm_msg_t *stub = pm_msg_new(c->type);
         rep = pm_msg_new_error(stub, "internal", "the database is on fire");
         pm_msg_destroy(&stub);
-    } else if (c->type == PM_MSG_SCEP_CHALLENGE_ADD) {
-        assert_true(st->nrows < 16);
-        s_row_t *r = &st->rows[st->nrows++];
-        memset(r, 0, sizeof *r);
-        s_copy(r->hash, sizeof r->hash, c->hash);
-        r->expires_ms = c->expires_ms;
-        rep = pm_msg_new(PM_MSG_OK);
     } else {
-        bool ok = false;
+        bool ok = false, found = false;
         for (int i = 0; i < st->nrows; i++) {
             s_row_t *r = &st->rows[i];
             if (strcmp(r->hash, c->hash) != 0)
                 continue;
-            if (!r->used) {
-                r->used = ok = true;
-                s_copy(r->txid, sizeof r->txid, c->txid);
-                s_copy(r->kh, sizeof r->kh, c->kh);
-            } else {
-                ok = strcmp(r->txid, c->txid) == 0 && strcmp(r->kh, c->kh) == 0;
-            }
+            found = true;
+            ok = strcmp(r->txid, c->txid) == 0 && strcmp(r->kh, c->kh) == 0;
+        }
+        if (!found) {
+            assert_true(st->nrows < 16);
+            s_row_t *r = &st->rows[st->nrows++];
+            memset(r, 0, sizeof *r);
+            s_copy(r->hash, sizeof r->hash, c->hash);
+            s_copy(r->txid, sizeof r->txid, c->txid);
+            s_copy(r->kh, sizeof r->kh, c->kh);
+            r->expires_ms = c->expires_ms;
+            r->used = ok = true;
         }
         rep = pm_msg_new(PM_MSG_SCEP_CHALLENGE_USE_REPLY);
         pm_msg_set_bool(rep, "accepted", ok);
+        if (ok)
+            pm_msg_set_uint(rep, "seq", (uint64_t)++st->seq);
     }
     c->fn(c->fn_arg, rep, NULL);
     pm_msg_destroy(&rep);
@@ -107,34 +114,21 @@ static int s_fake_call(void *arg, const pm_msg_t *req, pm_bus_reply_fn *fn, void
 {
     s_store_t *st = arg;
     s_callrec_t c = {.type = pm_msg_type(req), .fn = fn, .fn_arg = fn_arg};
-    assert_true(c.type == PM_MSG_SCEP_CHALLENGE_ADD || c.type == PM_MSG_SCEP_CHALLENGE_USE);
+    assert_int_equal(c.type, PM_MSG_SCEP_CHALLENGE_USE);
     assert_string_equal(pm_msgdef(c.type)->service, "store");
     s_copy(c.hash, sizeof c.hash, pm_msg_str(req, "hash"));
     assert_int_equal(strlen(c.hash), 64);
-    if (c.type == PM_MSG_SCEP_CHALLENGE_ADD) {
-        st->adds++;
-        c.expires_ms = pm_msg_uint(req, "expires_ms", 0);
-        assert_true(c.expires_ms > (uint64_t)time(NULL) * 1000);
-        //  the ca.profile event rides along (the store logs it with the row)
-        s_copy(st->last_event, sizeof st->last_event, pm_msg_str(req, "event"));
-        const msgpack_object *d = pm_msg_obj(req, "event_data");
-        assert_non_null(d);
-        assert_int_equal(d->type, MSGPACK_OBJECT_MAP);
-        st->last_event_uuid[0] = 0;
-        for (uint32_t i = 0; i < d->via.map.size; i++) {
-            const msgpack_object_kv *kv = &d->via.map.ptr[i];
-            if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == 13 &&
-                memcmp(kv->key.via.str.ptr, "identity_uuid", 13) == 0 &&
-                kv->val.type == MSGPACK_OBJECT_STR && kv->val.via.str.size < 40)
-                snprintf(st->last_event_uuid, sizeof st->last_event_uuid, "%.*s",
-                         (int)kv->val.via.str.size, kv->val.via.str.ptr);
-        }
-    } else {
-        st->uses++;
-        s_copy(c.txid, sizeof c.txid, pm_msg_str(req, "transaction_id"));
-        s_copy(c.kh, sizeof c.kh, pm_msg_str(req, "key_hash"));
-        assert_int_equal(strlen(c.kh), 64);
-    }
+    st->uses++;
+    s_copy(c.txid, sizeof c.txid, pm_msg_str(req, "transaction_id"));
+    s_copy(c.kh, sizeof c.kh, pm_msg_str(req, "key_hash"));
+    assert_int_equal(strlen(c.kh), 64);
+    c.expires_ms = pm_msg_uint(req, "expires_ms", 0);
+    assert_true(c.expires_ms > (uint64_t)time(NULL) * 1000);
+    //  the ca.issued event rides along (the store logs it when accepted)
+    s_copy(st->last_event, sizeof st->last_event, pm_msg_str(req, "event"));
+    const msgpack_object *d = pm_msg_obj(req, "event_data");
+    assert_non_null(d);
+    assert_int_equal(d->type, MSGPACK_OBJECT_MAP);
     switch (st->mode) {
     case S_STORE_SYNC:
     case S_STORE_ERROR:
@@ -168,9 +162,9 @@ static int s_setup_mode(void **state, bool durable)
     snprintf(f->dir, sizeof f->dir, "/tmp/ca_svc_test.XXXXXX");
     if (!mkdtemp(f->dir))
         return -1;
-    static const char *names[6] = {"ca.crt", "ca.key",     "ra.crt",
-                                   "ra.key", "signer.crt", "signer.key"};
-    for (int i = 0; i < 6; i++) {
+    static const char *names[7] = {"ca.crt",     "ca.key",     "ra.crt",       "ra.key",
+                                   "signer.crt", "signer.key", "challenge.key"};
+    for (int i = 0; i < 7; i++) {
         char dir[64];
         memcpy(dir, f->dir, sizeof dir);
         snprintf(f->paths[i], sizeof f->paths[i], "%s/%s", dir, names[i]);
@@ -194,6 +188,7 @@ static int s_setup_mode(void **state, bool durable)
         o.call_arg = &f->store;
     }
     char err[256];
+    f->o = o;
     f->svc = ca_svc_new(&o, err, sizeof err);
     if (!f->svc)
         fprintf(stderr, "ca_svc_new: %s\n", err);
@@ -216,7 +211,7 @@ static int s_teardown(void **state)
     s_fix_t *f = *state;
     ca_svc_destroy(&f->svc);
     ca_svc_destroy(&f->svc);
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 7; i++)
         unlink(f->paths[i]);
     rmdir(f->dir);
     free(f);
@@ -358,16 +353,11 @@ static void test_profile_then_scep(void **state)
     size_t plen = 0;
     const uint8_t *prof = pm_msg_bin(rep, "profile", &plen);
     char *challenge = s_challenge_of(f, prof, plen);
-    assert_int_equal(strlen(challenge), 32);
-    if (f->store.adds > 0) {
-        //  durable: the store logged ca.profile with the challenge's row
-        assert_null(ev);
-        assert_string_equal(f->store.last_event, "ca.profile");
-        assert_string_equal(f->store.last_event_uuid, pm_msg_str(rep, "identity_uuid"));
-    } else {
-        assert_non_null(ev);
-        assert_string_equal(pm_msg_str(ev, "name"), "ca.profile");
-    }
+    //  signed (with a store): 64 characters; in memory: 32
+    assert_int_equal(strlen(challenge), f->o.call ? 64 : 32);
+    assert_int_equal(f->store.uses, 0); //  a profile needs no store
+    assert_non_null(ev);
+    assert_string_equal(pm_msg_str(ev, "name"), "ca.profile");
     pm_msg_destroy(&ev);
     pm_msg_destroy(&rep);
 
@@ -379,6 +369,9 @@ static void test_profile_then_scep(void **state)
     assert_non_null(res.cert);
     assert_non_null(ev);
     assert_string_equal(pm_msg_str(ev, "name"), "ca.issued");
+    //  signed: the store consumed the challenge and logged ca.issued (seq)
+    assert_int_equal(f->store.uses, f->o.call ? 1 : 0);
+    assert_true(f->o.call ? pm_msg_uint(ev, "seq", 0) > 0 : pm_msg_uint(ev, "seq", 0) == 0);
     //  the event data is a map holding the certificate hash, and no challenge
     uint8_t *buf = NULL;
     size_t blen = 0;
@@ -459,36 +452,68 @@ static pm_msg_t *s_profile_req(s_fix_t *f, pm_msg_t **ev)
     return s_call(f, req, ev);
 }
 
-//  The store keeps the hash of the profile's challenge (never the challenge),
-//  the PKCSReq is decided by the store, a retry of the same transaction is
-//  accepted, another transaction refused.
+static char *s_profile_challenge(s_fix_t *f)
+{
+    pm_msg_t *ev = NULL;
+    pm_msg_t *rep = s_profile_req(f, &ev);
+    assert_int_equal(pm_msg_type(rep), PM_MSG_PROFILE_REPLY);
+    assert_non_null(ev);
+    assert_string_equal(pm_msg_str(ev, "name"), "ca.profile");
+    size_t plen = 0;
+    const uint8_t *prof = pm_msg_bin(rep, "profile", &plen);
+    char *challenge = s_challenge_of(f, prof, plen);
+    pm_msg_destroy(&ev);
+    pm_msg_destroy(&rep);
+    return challenge;
+}
+
+//  A PKCSReq with `challenge` refused (FAILURE badRequest, ca.rejected).
+static void s_expect_refused(s_fix_t *f, EVP_PKEY *key, const char *challenge, const char *txid)
+{
+    pm_msg_t *ev = NULL;
+    pm_scepc_result_t res;
+    X509 *self = NULL;
+    pm_msg_t *rep = s_pkiop(f, key, challenge, txid, &ev, &res, &self);
+    assert_int_equal(res.pki_status, CA_SCEP_FAILURE);
+    assert_int_equal(res.fail_info, CA_SCEP_BAD_REQUEST);
+    assert_null(res.cert);
+    assert_non_null(ev);
+    assert_string_equal(pm_msg_str(ev, "name"), "ca.rejected");
+    pm_msg_destroy(&ev);
+    pm_msg_destroy(&rep);
+    X509_free(self);
+}
+
+//  Signed challenges: the profile writes nothing to the store; the PKCSReq is
+//  decided by the store (the challenge's hash and expiry), a retry of the same
+//  transaction is accepted, another transaction refused; forged, altered and
+//  expired challenges are refused by the ca without asking the store.
 static void test_durable_store_decides(void **state)
 {
     s_fix_t *f = *state;
     f->store.mode = S_STORE_ASYNC;
-    pm_msg_t *ev = NULL;
-    pm_msg_t *rep = s_profile_req(f, &ev);
-    assert_int_equal(pm_msg_type(rep), PM_MSG_PROFILE_REPLY);
-    assert_null(ev); //  logged by the store
-    assert_string_equal(f->store.last_event, "ca.profile");
-    size_t plen = 0;
-    const uint8_t *prof = pm_msg_bin(rep, "profile", &plen);
-    char *challenge = s_challenge_of(f, prof, plen);
+    char *challenge = s_profile_challenge(f);
+    assert_int_equal(strlen(challenge), 64);
+    assert_int_equal(f->store.uses + f->store.nqueue + f->store.nrows, 0);
     char hex[65];
     ca_challenge_hash_hex(challenge, hex);
-    assert_int_equal(f->store.nrows, 1);
-    assert_string_equal(f->store.rows[0].hash, hex);
-    pm_msg_destroy(&rep);
 
     EVP_PKEY *key = EVP_RSA_gen(2048);
     pm_scepc_result_t res;
     X509 *self = NULL;
-    rep = s_pkiop(f, key, challenge, "DUR-TX-1", &ev, &res, &self);
+    pm_msg_t *ev = NULL;
+    pm_msg_t *rep = s_pkiop(f, key, challenge, "DUR-TX-1", &ev, &res, &self);
     assert_int_equal(res.pki_status, CA_SCEP_SUCCESS);
     assert_non_null(res.cert);
     assert_string_equal(pm_msg_str(ev, "name"), "ca.issued");
-    assert_true(f->store.rows[0].used);
+    assert_true(pm_msg_uint(ev, "seq", 0) > 0); //  logged by the store
+    assert_string_equal(f->store.last_event, "ca.issued");
+    assert_int_equal(f->store.nrows, 1);
+    assert_string_equal(f->store.rows[0].hash, hex);
     assert_string_equal(f->store.rows[0].txid, "DUR-TX-1");
+    //  the expiry travels: the challenge-ttl (7 days) from now
+    int64_t left = (int64_t)f->store.rows[0].expires_ms - (int64_t)time(NULL) * 1000;
+    assert_true(left > 7 * 86400000LL - 60000 && left <= 7 * 86400000LL + 1000);
     pm_msg_destroy(&ev);
     pm_msg_destroy(&rep);
     X509_free(res.cert);
@@ -501,32 +526,131 @@ static void test_durable_store_decides(void **state)
     X509_free(res.cert);
     X509_free(self);
     //  another transaction: FAILURE badRequest, no certificate
-    rep = s_pkiop(f, key, challenge, "DUR-TX-2", &ev, &res, &self);
-    assert_int_equal(res.pki_status, CA_SCEP_FAILURE);
-    assert_int_equal(res.fail_info, CA_SCEP_BAD_REQUEST);
-    assert_null(res.cert);
-    assert_string_equal(pm_msg_str(ev, "name"), "ca.rejected");
-    pm_msg_destroy(&ev);
-    pm_msg_destroy(&rep);
-    X509_free(self);
-    //  an unknown challenge (the fake store has no row): refused
-    rep = s_pkiop(f, key, "nOtAChallengeTheStoreKnows000000", "DUR-TX-3", &ev, &res, &self);
-    assert_int_equal(res.pki_status, CA_SCEP_FAILURE);
-    pm_msg_destroy(&ev);
-    pm_msg_destroy(&rep);
-    X509_free(self);
-    assert_int_equal(f->store.adds, 1);
-    assert_int_equal(f->store.uses, 4);
+    s_expect_refused(f, key, challenge, "DUR-TX-2");
+    assert_int_equal(f->store.uses, 3);
+    //  forged or altered challenges never reach the store
+    char forged[65];
+    memcpy(forged, challenge, 65);
+    forged[40] = forged[40] == 'A' ? 'B' : 'A'; //  inside the tag
+    s_expect_refused(f, key, forged, "DUR-TX-3");
+    memcpy(forged, challenge, 65);
+    forged[5] = forged[5] == 'A' ? 'B' : 'A'; //  inside the nonce
+    s_expect_refused(f, key, forged, "DUR-TX-4");
+    s_expect_refused(f, key, "nOtAChallengeTheCaMade0000000000", "DUR-TX-5");
+    s_expect_refused(f, key, "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_",
+                     "DUR-TX-6");
+    assert_int_equal(f->store.uses, 3);
     EVP_PKEY_free(key);
     free(challenge);
 }
 
-//  A PKCSReq (the SCEP request itself; the device's challenge does not matter)
-//  whose store does not answer: HTTP 503, no CertRep, no certificate.
-static void s_expect_503(s_fix_t *f)
+//  A second ca process (its own service, the same key files) accepts a
+//  challenge the first one made; the key file is 0600 and reused.
+static void test_second_ca_accepts(void **state)
+{
+    s_fix_t *f = *state;
+    char *challenge = s_profile_challenge(f);
+    struct stat st;
+    assert_int_equal(stat(f->paths[6], &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    ca_svc_destroy(&f->svc); //  the first ca goes away (kill -9: nothing of it is needed)
+    char err[256];
+    f->svc = ca_svc_new(&f->o, err, sizeof err);
+    assert_non_null(f->svc);
+    EVP_PKEY *key = EVP_RSA_gen(2048);
+    pm_scepc_result_t res;
+    X509 *self = NULL;
+    pm_msg_t *ev = NULL;
+    pm_msg_t *rep = s_pkiop(f, key, challenge, "SECOND-TX", &ev, &res, &self);
+    assert_int_equal(res.pki_status, CA_SCEP_SUCCESS);
+    assert_non_null(res.cert);
+    pm_msg_destroy(&ev);
+    pm_msg_destroy(&rep);
+    X509_free(res.cert);
+    X509_free(self);
+    s_expect_refused(f, key, challenge, "SECOND-TX-2");
+    free(challenge);
+    //  a new key (rotation) invalidates outstanding challenges
+    challenge = s_profile_challenge(f);
+    ca_svc_destroy(&f->svc);
+    assert_int_equal(unlink(f->paths[6]), 0);
+    f->svc = ca_svc_new(&f->o, err, sizeof err);
+    assert_non_null(f->svc);
+    s_expect_refused(f, key, challenge, "ROTATED-TX");
+    free(challenge);
+    //  a malformed key file is an error, never replaced
+    ca_svc_destroy(&f->svc);
+    FILE *kf = fopen(f->paths[6], "w");
+    assert_non_null(kf);
+    fputs("not a key\n", kf);
+    fclose(kf);
+    assert_null(ca_svc_new(&f->o, err, sizeof err));
+    assert_non_null(strstr(err, "challenge key"));
+    //  a key file readable by others is tightened to 0600
+    kf = fopen(f->paths[6], "w");
+    fputs("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n", kf);
+    fclose(kf);
+    chmod(f->paths[6], 0644);
+    f->svc = ca_svc_new(&f->o, err, sizeof err);
+    assert_non_null(f->svc);
+    assert_int_equal(stat(f->paths[6], &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    EVP_PKEY_free(key);
+}
+
+//  ca_challenge's signed mode by itself: expiry, the key, what the store gets.
+static void test_signed_challenge(void **state)
+{
+    (void)state;
+    char err[200], buf[80], hex[65], hex2[65];
+    uint8_t key[32] = {1, 2, 3}, kh[32] = {9};
+    ca_challenge_t *c = ca_challenge_new(CA_CHALLENGE_ONE_TIME, NULL, 60, err, sizeof err);
+    ca_challenge_t *other = ca_challenge_new(CA_CHALLENGE_ONE_TIME, NULL, 60, err, sizeof err);
+    assert_non_null(c);
+    assert_int_equal(ca_challenge_make(c, buf, sizeof buf, hex, NULL), -1); //  no key yet
+    assert_int_equal(ca_challenge_set_key(c, key, sizeof key), 0);
+    key[0] = 2;
+    assert_int_equal(ca_challenge_set_key(other, key, sizeof key), 0);
+    assert_true(ca_challenge_signed(c));
+    int64_t exp = 0;
+    assert_int_equal(ca_challenge_make(c, buf, 64, hex, &exp), -1); //  too small
+    assert_int_equal(ca_challenge_make(c, buf, sizeof buf, hex, &exp), 0);
+    assert_int_equal(strlen(buf), 64);
+    assert_int_equal(ca_challenge_issue(c, buf + 70, 10), -1);
+    ca_challenge_hash_hex(buf, hex2);
+    assert_string_equal(hex, hex2);
+    assert_true(exp > ((int64_t)time(NULL) + 55) * 1000);
+    //  another key does not accept it
+    assert_false(ca_challenge_check(other, buf, "tx", kh));
+    assert_false(ca_challenge_take_seen(other, NULL));
+    //  accepted: what the store must consume
+    ca_challenge_seen_t seen;
+    assert_true(ca_challenge_check(c, buf, "tx-1", kh));
+    assert_true(ca_challenge_take_seen(c, &seen));
+    assert_string_equal(seen.hash_hex, hex);
+    assert_string_equal(seen.txid, "tx-1");
+    assert_int_equal(seen.expires_ms, exp);
+    assert_int_equal(strncmp(seen.key_hash_hex, "0900", 4), 0);
+    assert_false(ca_challenge_take_seen(c, &seen)); //  taken
+    //  refused on request (the store said no)
+    ca_challenge_refuse(c, true);
+    assert_false(ca_challenge_check(c, buf, "tx-1", kh));
+    ca_challenge_refuse(c, false);
+    //  expired
+    ca_challenge_advance_clock(c, 61);
+    assert_false(ca_challenge_check(c, buf, "tx-1", kh));
+    assert_false(ca_challenge_take_seen(c, NULL));
+    ca_challenge_destroy(&c);
+    ca_challenge_destroy(&c);
+    ca_challenge_destroy(&other);
+}
+
+//  A PKCSReq with a genuine challenge whose store does not answer: HTTP 503,
+//  no CertRep, no certificate, no event.
+static void s_expect_503(s_fix_t *f, const char *challenge)
 {
     EVP_PKEY *key = EVP_RSA_gen(2048);
-    X509_REQ *csr = pm_scepc_csr(key, "svc-device", "AnyChallengeTheStoreMustCheck000");
+    X509_REQ *csr = pm_scepc_csr(key, "svc-device", challenge);
     X509 *self = pm_scepc_self_signed(key, "transient");
     uint8_t nonce[16], *der = NULL;
     size_t len = 0;
@@ -556,45 +680,73 @@ static void test_durable_store_down(void **state)
 {
     s_fix_t *f = *state;
     f->store.mode = S_STORE_DOWN;
-    pm_msg_t *ev = NULL;
-    pm_msg_t *rep = s_profile_req(f, &ev);
-    //  no profile without its challenge in the store; the gateway answers 503
-    assert_int_equal(pm_msg_type(rep), PM_MSG_ERROR);
-    assert_string_equal(pm_msg_str(rep, "code"), "timeout");
-    assert_null(ev);
-    pm_msg_destroy(&rep);
-    s_expect_503(f);
-    //  the store answers with an error: the same for the PKCSReq, "internal" for the profile
+    //  the profile needs no store
+    char *challenge = s_profile_challenge(f);
+    s_expect_503(f, challenge);
+    //  the store answers with an error: the same
     f->store.mode = S_STORE_ERROR;
-    rep = s_profile_req(f, &ev);
-    assert_int_equal(pm_msg_type(rep), PM_MSG_ERROR);
-    assert_string_equal(pm_msg_str(rep, "code"), "internal");
-    pm_msg_destroy(&rep);
-    s_expect_503(f);
+    s_expect_503(f, challenge);
     assert_int_equal(f->store.nrows, 0);
+    //  the store is back: the challenge was not spent
+    f->store.mode = S_STORE_SYNC;
+    EVP_PKEY *key = EVP_RSA_gen(2048);
+    pm_scepc_result_t res;
+    X509 *self = NULL;
+    pm_msg_t *ev = NULL;
+    pm_msg_t *rep = s_pkiop(f, key, challenge, "BACK-TX", &ev, &res, &self);
+    assert_int_equal(res.pki_status, CA_SCEP_SUCCESS);
+    pm_msg_destroy(&ev);
+    pm_msg_destroy(&rep);
+    X509_free(res.cert);
+    X509_free(self);
+    EVP_PKEY_free(key);
+    free(challenge);
 }
 
-//  Stopping with requests waiting: each is answered once, late store replies
-//  are ignored, nothing leaks (ASan).
+//  A PKCSReq request for `challenge`, sent without waiting for the answer.
+static void s_pkcsreq_async(s_fix_t *f, const char *challenge, const char *txid, s_done_t *d)
+{
+    EVP_PKEY *key = EVP_RSA_gen(2048);
+    X509_REQ *csr = pm_scepc_csr(key, "svc-device", challenge);
+    X509 *self = pm_scepc_self_signed(key, "transient");
+    uint8_t nonce[16], *der = NULL;
+    size_t len = 0;
+    RAND_bytes(nonce, sizeof nonce);
+    assert_int_equal(pm_scepc_request(CA_SCEP_PKCSREQ, csr, self, key,
+                                      ca_pki_ra_cert(ca_svc_pki(f->svc)), txid, nonce, &der, &len),
+                     0);
+    pm_msg_t *req = pm_msg_new(PM_MSG_SCEP);
+    pm_msg_set_str(req, "method", "POST");
+    pm_msg_set_str(req, "operation", "PKIOperation");
+    pm_msg_set_bin(req, "message", der, len);
+    OPENSSL_free(der);
+    req = s_wire(req);
+    ca_svc_request(f->svc, req, s_on_done, d);
+    pm_msg_destroy(&req);
+    X509_REQ_free(csr);
+    X509_free(self);
+    EVP_PKEY_free(key);
+}
+
+//  Stopping with requests waiting: each is answered once (503), late store
+//  replies are ignored, nothing leaks (ASan).
 static void test_durable_abandon(void **state)
 {
     s_fix_t *f = *state;
     f->store.mode = S_STORE_ASYNC;
+    char *c1 = s_profile_challenge(f), *c2 = s_profile_challenge(f);
     s_done_t d1 = {0}, d2 = {0};
-    pm_msg_t *req = s_wire(pm_msg_new(PM_MSG_PROFILE));
-    ca_svc_request(f->svc, req, s_on_done, &d1);
-    pm_msg_destroy(&req);
-    req = s_wire(pm_msg_new(PM_MSG_PROFILE));
-    ca_svc_request(f->svc, req, s_on_done, &d2);
-    pm_msg_destroy(&req);
+    s_pkcsreq_async(f, c1, "AB-1", &d1);
+    s_pkcsreq_async(f, c2, "AB-2", &d2);
     assert_int_equal(ca_svc_waiting(f->svc), 2);
     assert_int_equal(d1.calls + d2.calls, 0);
     ca_svc_abandon(f->svc);
     assert_int_equal(ca_svc_waiting(f->svc), 0);
     assert_int_equal(d1.calls, 1);
     assert_int_equal(d2.calls, 1);
-    assert_int_equal(pm_msg_type(d1.rep), PM_MSG_ERROR);
-    assert_string_equal(pm_msg_str(d1.rep, "code"), "timeout");
+    assert_int_equal(pm_msg_type(d1.rep), PM_MSG_SCEP_REPLY);
+    assert_int_equal(pm_msg_uint(d1.rep, "status", 0), 503);
+    assert_null(d1.ev);
     //  one late reply arrives; the other never does (freed with the service)
     s_callrec_t c = f->store.queue[0];
     f->store.nqueue = 0;
@@ -604,6 +756,8 @@ static void test_durable_abandon(void **state)
     pm_msg_destroy(&d2.rep);
     pm_msg_destroy(&d1.ev);
     pm_msg_destroy(&d2.ev);
+    free(c1);
+    free(c2);
 }
 
 int main(void)
@@ -616,6 +770,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_durable_store_decides, s_setup_durable, s_teardown),
         cmocka_unit_test_setup_teardown(test_durable_store_down, s_setup_durable, s_teardown),
         cmocka_unit_test_setup_teardown(test_durable_abandon, s_setup_durable, s_teardown),
+        cmocka_unit_test_setup_teardown(test_second_ca_accepts, s_setup_durable, s_teardown),
+        cmocka_unit_test(test_signed_challenge),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

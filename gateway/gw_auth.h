@@ -106,6 +106,11 @@ uint64_t gw_auth_cert_cache_hits(const gw_auth_t *auth);
 //  Signatures checked without CMS_verify's set-up (signed attributes and one
 //  digest algorithm; the same checks, see gw_auth.c s_verify_lean), so far.
 uint64_t gw_auth_lean_checks(const gw_auth_t *auth);
+//  Of those, signatures of EC and RSA signers verified with the verify context kept
+//  with their cached certificate (gw_auth.c s_sig_kept), so far.
+uint64_t gw_auth_kept_checks(const gw_auth_t *auth);
+//  Use kept verify contexts (default true; the unit tests compare both ways).
+void gw_auth_set_kept_ctx(gw_auth_t *auth, bool on);
 //  Lower-case hex of a 32-byte hash into out (at least 65 bytes).
 void gw_auth_hash_hex(const uint8_t hash[32], char *out);
 

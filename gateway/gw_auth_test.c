@@ -509,10 +509,167 @@ static void test_fast_path_same_verdicts(void **state)
     //  the lean signature check ran (and only with the caches)
     assert_true(gw_auth_lean_checks(fast) > 500);
     assert_int_equal(gw_auth_lean_checks(plain), 0);
+    //  most EC ones with the kept verify context (s_sig_kept)
+    assert_true(gw_auth_kept_checks(fast) > 350); //  measured 500-545 of 800-860 lean
+    assert_int_equal(gw_auth_kept_checks(plain), 0);
     for (int i = 0; i < NSIG; i++)
         free(sigs[i]);
     gw_auth_destroy(&plain);
     gw_auth_destroy(&fast);
+}
+
+static int s_der_cmp(const void *a, const void *b)
+{
+    const unsigned char *const *x = a, *const *y = b;
+    //  DER SET OF order (X.690 11.6): the encodings as octet strings
+    long lx = 0, ly = 0;
+    int tag, cls;
+    const unsigned char *px = *x, *py = *y;
+    ASN1_get_object(&px, &lx, &tag, &cls, 4096);
+    ASN1_get_object(&py, &ly, &tag, &cls, 4096);
+    size_t nx = (size_t)(px - *x) + (size_t)lx, ny = (size_t)(py - *y) + (size_t)ly;
+    int c = memcmp(*x, *y, nx < ny ? nx : ny);
+    return c ? c : (nx > ny) - (nx < ny);
+}
+
+//  Detached CMS by f->leaf (EC, SHA-256) over s_body with one unsigned
+//  attribute (unsigned_nid: signingTime, else an IA5String of that nid),
+//  and/or (dup) signingTime twice among the signed attributes: shapes
+//  OpenSSL's signing refuses, so the signed attributes are encoded (DER
+//  order) and signed here. Returns base64 (malloc'd).
+static char *s_sign_attrs(fx_t *f, int unsigned_nid, bool dup)
+{
+    CMS_ContentInfo *cms =
+        CMS_sign(NULL, NULL, NULL, NULL, CMS_PARTIAL | CMS_DETACHED | CMS_BINARY);
+    CMS_SignerInfo *si =
+        CMS_add1_signer(cms, f->leaf.cert, f->leaf.key, EVP_sha256(), CMS_BINARY | CMS_PARTIAL);
+    assert_non_null(si);
+    ASN1_TIME *t = X509_gmtime_adj(NULL, 0);
+    unsigned char md[32];
+    assert_int_equal(EVP_Digest(s_body, strlen(s_body), md, NULL, EVP_sha256(), NULL), 1);
+    assert_int_equal(CMS_signed_add1_attr_by_NID(si, NID_pkcs9_contentType, V_ASN1_OBJECT,
+                                                 OBJ_nid2obj(NID_pkcs7_data), -1),
+                     1);
+    assert_int_equal(
+        CMS_signed_add1_attr_by_NID(si, NID_pkcs9_messageDigest, V_ASN1_OCTET_STRING, md, 32), 1);
+    //  (CMS_add1_signer with CMS_PARTIAL adds no signingTime: CMS_final would)
+    for (int i = 0; i < (dup ? 2 : 1); i++)
+        assert_int_equal(CMS_signed_add1_attr_by_NID(si, NID_pkcs9_signingTime, t->type, t, -1), 1);
+    //  the signed attributes in DER order, signed
+    int n = CMS_signed_get_attr_count(si), total = 0;
+    assert_true(n > 0 && n < 16);
+    unsigned char *enc[16];
+    for (int i = 0; i < n; i++) {
+        enc[i] = NULL;
+        total += i2d_X509_ATTRIBUTE(CMS_signed_get_attr(si, i), &enc[i]);
+    }
+    qsort(enc, (size_t)n, sizeof enc[0], s_der_cmp);
+    unsigned char buf[2048], *w = buf;
+    ASN1_put_object(&w, 1, total, V_ASN1_SET, V_ASN1_UNIVERSAL);
+    for (int i = 0; i < n; i++) {
+        const unsigned char *p = enc[i];
+        long l = 0;
+        int tag, cls;
+        ASN1_get_object(&p, &l, &tag, &cls, 4096);
+        size_t k = (size_t)(p - enc[i]) + (size_t)l;
+        memcpy(w, enc[i], k);
+        w += k;
+        OPENSSL_free(enc[i]);
+    }
+    unsigned char sig[128];
+    size_t siglen = sizeof sig;
+    EVP_MD_CTX *mctx = EVP_MD_CTX_new();
+    assert_int_equal(EVP_DigestSignInit(mctx, NULL, EVP_sha256(), NULL, f->leaf.key), 1);
+    assert_int_equal(EVP_DigestSign(mctx, sig, &siglen, buf, (size_t)(w - buf)), 1);
+    EVP_MD_CTX_free(mctx);
+    assert_int_equal(ASN1_STRING_set(CMS_SignerInfo_get0_signature(si), sig, (int)siglen), 1);
+    if (unsigned_nid == NID_pkcs9_signingTime)
+        assert_int_equal(CMS_unsigned_add1_attr_by_NID(si, unsigned_nid, t->type, t, -1), 1);
+    else if (unsigned_nid)
+        assert_int_equal(CMS_unsigned_add1_attr_by_NID(si, unsigned_nid, V_ASN1_IA5STRING, "x", 1),
+                         1);
+    ASN1_TIME_free(t);
+    unsigned char *der = NULL;
+    int dlen = i2d_CMS_ContentInfo(cms, &der);
+    assert_true(dlen > 0);
+    char *b64 = malloc((size_t)dlen / 3 * 4 + 8);
+    EVP_EncodeBlock((unsigned char *)b64, der, dlen);
+    OPENSSL_free(der);
+    CMS_ContentInfo_free(cms);
+    return b64;
+}
+
+//  The kept EC verify context (gw_auth.c s_sig_kept) is used only for the
+//  plain attribute shape; anything else goes through CMS_SignerInfo_verify,
+//  and the verdict is the same as CMS_verify's (the uncached gw_auth) in
+//  every case, with and without kept contexts.
+static void test_kept_ctx(void **state)
+{
+    fx_t *f = *state;
+    if (f->nocache)
+        return;
+    char err[256];
+    gw_auth_t *plain = gw_auth_new(f->ca_path, err, sizeof err);
+    gw_auth_t *nokept = gw_auth_new(f->ca_path, err, sizeof err);
+    assert_non_null(plain);
+    assert_non_null(nokept);
+    assert_int_equal(gw_auth_set_cache(plain, 0, 0, 16), 0);
+    gw_auth_set_kept_ctx(nokept, false);
+    struct {
+        char *sig;
+        int ok, kept; //  expected verdict (0 / -1), kept context used
+    } c[] = {
+        {s_sign(s_body, strlen(s_body), &f->leaf, 1, EVP_sha256(), NULL), 0, 1},
+        {s_sign(s_body, strlen(s_body), &f->leaf, 1, EVP_sha1(), NULL), 0, 1},
+        {s_sign_attrs(f, 0, false), 0, 1}, //  (this test's own signing, plain shape)
+        {s_sign_attrs(f, NID_pkcs9_emailAddress, false), 0, 0}, //  an unsigned attribute
+        {s_sign_attrs(f, NID_pkcs9_signingTime, false), -1, 0}, //  OpenSSL: must be signed
+        {s_sign_attrs(f, 0, true), -1, 0}, //  signingTime twice: OpenSSL refuses
+        {s_sign(s_body, strlen(s_body), &f->leaf_rsa, 1, EVP_sha256(), NULL), 0, 1}, //  RSA
+        {s_sign(s_body, strlen(s_body), &f->leaf_rsa, 1, EVP_sha1(), NULL), 0, 1},
+        {s_sign(s_body, strlen(s_body), &f->leaf_rsa, 1, EVP_sha1(), NULL), 0, 1}, //  kept SHA-1
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        gw_auth_result_t r0, r1, r2;
+        uint64_t k0 = gw_auth_kept_checks(f->auth);
+        int a = s_verify(f, c[i].sig, s_body, strlen(s_body), &r0);
+        int b = gw_auth_verify_signature(plain, c[i].sig, strlen(c[i].sig), (const uint8_t *)s_body,
+                                         strlen(s_body), &r1);
+        int d = gw_auth_verify_signature(nokept, c[i].sig, strlen(c[i].sig),
+                                         (const uint8_t *)s_body, strlen(s_body), &r2);
+        if (a != c[i].ok || b != c[i].ok || d != c[i].ok)
+            fail_msg("case %zu: expected %d, got %d (%s) / CMS_verify %d (%s) / not kept %d (%s)",
+                     i, c[i].ok, a, a ? r0.reason : "ok", b, b ? r1.reason : "ok", d,
+                     d ? r2.reason : "ok");
+        if (gw_auth_kept_checks(f->auth) - k0 != (uint64_t)c[i].kept)
+            fail_msg("case %zu: kept context used %d times, expected %d", i,
+                     (int)(gw_auth_kept_checks(f->auth) - k0), c[i].kept);
+        //  the body changed by one byte: refused on the kept path too
+        char body2[sizeof s_body];
+        memcpy(body2, s_body, sizeof s_body);
+        body2[60] ^= 1;
+        assert_int_equal(s_verify(f, c[i].sig, body2, strlen(body2), &r0), -1);
+        assert_string_equal(r0.code, "bad_signature");
+        free(c[i].sig);
+    }
+    assert_int_equal(gw_auth_kept_checks(nokept), 0);
+    //  a signature value changed by one bit, on the kept path: bad_signature
+    char *sig = s_sign(s_body, strlen(s_body), &f->leaf, 1, EVP_sha256(), NULL);
+    unsigned char der[8192];
+    int n = EVP_DecodeBlock(der, (const unsigned char *)sig, (int)strlen(sig));
+    while (n > 0 && der[n - 1] == 0 && sig[strlen(sig) - 1] == '=')
+        n--;
+    der[n - 5] ^= 0x10; //  inside the ECDSA signature (the SignerInfo's last field)
+    char mut[12000];
+    EVP_EncodeBlock((unsigned char *)mut, der, n);
+    gw_auth_result_t r;
+    uint64_t k0 = gw_auth_kept_checks(f->auth);
+    assert_int_equal(s_verify(f, mut, s_body, strlen(s_body), &r), -1);
+    assert_string_equal(r.code, "bad_signature");
+    assert_int_equal(gw_auth_kept_checks(f->auth) - k0, 1);
+    free(sig);
+    gw_auth_destroy(&plain);
+    gw_auth_destroy(&nokept);
 }
 
 static void test_unsigned(void **state)
@@ -694,6 +851,7 @@ int main(void)
         cmocka_unit_test(test_chain_cache),
         cmocka_unit_test(test_cache_ways),
         cmocka_unit_test(test_fast_path_same_verdicts),
+        cmocka_unit_test(test_kept_ctx),
         cmocka_unit_test(test_unsigned),
         cmocka_unit_test(test_wrong_ca),
         cmocka_unit_test(test_expired),

@@ -117,7 +117,10 @@ int gw_devreq_parse(const uint8_t *body, size_t len, size_t body_max, bool is_se
                                   : err);
         goto out;
     }
-    msgpack_zone_init(&zone, 4096);
+    //  a device request's map takes a few hundred bytes of zone; a chunk
+    //  above ~1 KiB would come from glibc's large bins, which first merge
+    //  every freed small chunk (malloc_consolidate), on every request
+    msgpack_zone_init(&zone, 512);
     zone_ok = true;
     msgpack_object obj;
     pm_mpck_limits_t mlim = {PM_MSG_MAX_DEPTH, PM_MSG_MAX_ELEMENTS};

@@ -725,7 +725,7 @@ static void s_on_device(gw_server_t *self, struct evhttp_request *req, const cha
     snprintf(r->what, sizeof r->what, "%s", d.route == GW_DEVREQ_CHECKIN ? d.mtype : d.status);
     snprintf(r->remote, sizeof r->remote, "%s", remote);
     snprintf(r->path, sizeof r->path, "%s", path);
-    if (has_cert) {
+    if (has_cert && pm_log_level() >= PM_LOG_DEBUG) { //  no hex per request unless logged
         char hex[65];
         gw_auth_hash_hex(auth.cert_hash, hex);
         pm_debug("eid=%s %s from %s cert=%.16s", d.eid, r->what, remote, hex);
@@ -821,6 +821,11 @@ static int s_tls_setup(gw_server_t *self)
         return -1;
     SSL_CTX_set_min_proto_version(self->ssl, TLS1_2_VERSION);
     SSL_CTX_set_options(self->ssl, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    //  TLS 1.3: one session ticket per full handshake instead of OpenSSL's
+    //  two. Devices resume one connection at a time (each resumption brings a
+    //  fresh ticket); each ticket costs ~25-35 us of server CPU here
+    //  (in-process, docs/enrollment.md "Session 4"). Resumption stays on.
+    SSL_CTX_set_num_tickets(self->ssl, 1);
     if (SSL_CTX_use_certificate_chain_file(self->ssl, c->tls_cert) != 1) {
         ERR_error_string_n(ERR_get_error(), ebuf, sizeof ebuf);
         pm_error("cannot load tls-cert '%s' (%s): give a PEM certificate chain", c->tls_cert, ebuf);

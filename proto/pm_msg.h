@@ -18,10 +18,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PM_PROTO_VERSION 13
+#define PM_PROTO_VERSION 14
 //  FNV-1a 64 of the table (names, services, fields, types, required flags).
 //  The pm_msg test fails when the table changes and this does not.
-#define PM_PROTO_FINGERPRINT 0xcd8f16ac4ba954dfULL
+#define PM_PROTO_FINGERPRINT 0xb32f0d3e7e3eaec9ULL
 
 #define PM_MSG_MAX_BYTES (16u * 1024 * 1024) //  also ZMQ_MAXMSGSIZE on every bus socket
 #define PM_MSG_MAX_DEPTH 32

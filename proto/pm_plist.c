@@ -1328,6 +1328,14 @@ int pm_plist_to_msgpack(const char *data, size_t len, const pm_plist_limits_t *l
     *outlen = 0;
     if (pm_plist_parse(data, len, lim, &root, err, errlen) < 0)
         goto out;
+    //  A first buffer the size of a device request's msgpack (a third to a
+    //  half of its XML) instead of msgpack_sbuffer_write's 8 KiB: glibc
+    //  serves an allocation above ~1 KiB from its large bins and first
+    //  merges every freed small chunk (malloc_consolidate), on every request.
+    if (len <= 4096) {
+        sb.data = malloc(512);
+        sb.alloc = sb.data ? 512 : 0;
+    }
     s_pack_t c = {
         .max_depth = s_depth_limit(lim), .max_nodes = lim->max_nodes, .err = err, .errlen = errlen};
     msgpack_packer_init(&c.pk, &sb, msgpack_sbuffer_write);

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 static const pm_opt_t s_opts[] = {
@@ -40,11 +41,55 @@ static const pm_opt_t s_opts[] = {
      "(fewer commits per request under load, at most this much latency; 0: commit at once)"},
     {"wal-autocheckpoint", PM_OPT_INT, "4096",
      "WAL pages (4 KiB) written between checkpoints; more: fewer database writes and syncs per "
-     "request, a larger -wal file (SQLite's default is 1000)"},
+     "request, a larger -wal file (SQLite's default is 1000). With checkpoint=thread the -wal "
+     "file grows to 4 times this before it starts over"},
+    {"checkpoint", PM_OPT_STR, "thread",
+     "thread: WAL checkpoints (PASSIVE) in a thread of their own, not in a request's way; when "
+     "the WAL reaches 4 x wal-autocheckpoint the store's thread copies the few frames left, after "
+     "answering a batch, and the WAL starts over. inline: inside the commit that crosses "
+     "wal-autocheckpoint, so that batch's requests wait for it (SQLite's way)"},
+    {"checkpoint-idle-ms", PM_OPT_INT, "1000",
+     "with checkpoint=thread: after this long without a commit, checkpoint what is left"},
     {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
     {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     PM_STATS_OPTION,
     {NULL, 0, NULL, NULL}};
+
+//  One log line per batch phase (how many batches took <=1, 2, 5, ... ms)
+//  and one for the WAL: where the latency of the batches went.
+static void s_log_timing(const store_svc_t *svc, store_db_t *db)
+{
+    store_svc_timing_t t;
+    store_svc_timing(svc, &t);
+    const struct {
+        const char *name;
+        const store_svc_phase_t *p;
+    } ph[] = {{"apply", &t.apply},
+              {"sync", &t.sync},
+              {"checkpoint on the store's thread", &t.checkpoint},
+              {"reply", &t.reply},
+              {"request in store (per request)", &t.request}};
+    for (size_t i = 0; i < sizeof ph / sizeof ph[0]; i++) {
+        const uint64_t *b = ph[i].p->bucket;
+        uint64_t n = 0;
+        for (int k = 0; k < STORE_SVC_NBUCKETS; k++)
+            n += b[k];
+        pm_info("batch %s: %llu, total %.0f ms, max %.1f ms; <=1 ms %llu, <=2 %llu, <=5 %llu, "
+                "<=10 %llu, <=20 %llu, <=50 %llu, <=100 %llu, more %llu",
+                ph[i].name, (unsigned long long)n, ph[i].p->total_ms, ph[i].p->max_ms,
+                (unsigned long long)b[0], (unsigned long long)b[1], (unsigned long long)b[2],
+                (unsigned long long)b[3], (unsigned long long)b[4], (unsigned long long)b[5],
+                (unsigned long long)b[6], (unsigned long long)b[7]);
+    }
+    store_ckpt_stats_t w;
+    store_db_wal_stats(db, &w);
+    pm_info("largest batch %zu requests; WAL: %llu checkpoints, %llu frames copied, %.0f ms, "
+            "longest %.1f ms; %llu finished on the store's thread, longest %.1f ms; started over "
+            "%llu times; at most %lld frames, now %lld",
+            t.batch_max, (unsigned long long)w.passive, (unsigned long long)w.frames, w.ms_total,
+            w.ms_max, (unsigned long long)w.tidy, w.tidy_ms_max, (unsigned long long)w.restarts,
+            (long long)w.wal_max, (long long)w.wal_frames);
+}
 
 int main(int argc, char **argv)
 {
@@ -89,15 +134,30 @@ int main(int argc, char **argv)
                  (long long)ckpt);
         goto out;
     }
-    store_db_opts_t o = {.sync_full = strcmp(sync, "full") == 0, .wal_autocheckpoint = (int)ckpt};
+    const char *mode = pm_cfg_str(cfg, "checkpoint");
+    if (strcmp(mode, "thread") != 0 && strcmp(mode, "inline") != 0) {
+        pm_error("checkpoint must be thread or inline, not '%s'", mode);
+        goto out;
+    }
+    int64_t idle = pm_cfg_int(cfg, "checkpoint-idle-ms");
+    if (idle < 10 || idle > 3600000) {
+        pm_error("checkpoint-idle-ms must be between 10 and 3600000, not %lld", (long long)idle);
+        goto out;
+    }
+    store_db_opts_t o = {.sync_full = strcmp(sync, "full") == 0,
+                         .wal_autocheckpoint = (int)ckpt,
+                         .checkpoint_thread = strcmp(mode, "thread") == 0,
+                         .checkpoint_idle_ms = (int)idle};
     db = store_db_new(path, &o, err, sizeof err);
     if (!db) {
         pm_error("%s", err);
         goto out;
     }
-    pm_info("database %s at schema version %d (synchronous=%s, group commit %s, batch-max %lld)",
+    pm_info("database %s at schema version %d (synchronous=%s, group commit %s, batch-max %lld, "
+            "checkpoints %s every %lld pages)",
             path, store_db_schema_version(db), sync,
-            pm_cfg_bool(cfg, "group-commit") ? "on" : "off", (long long)batch);
+            pm_cfg_bool(cfg, "group-commit") ? "on" : "off", (long long)batch, mode,
+            (long long)ckpt);
     if (r == PM_CFG_CHECK) {
         printf("ok\n");
         rc = 0;
@@ -160,6 +220,17 @@ int main(int argc, char **argv)
     pm_info("stopping after %llu requests (%llu applied in %llu transactions, %.1f per commit)",
             (unsigned long long)st.jobs, (unsigned long long)applied, (unsigned long long)commits,
             commits ? (double)applied / (double)commits : 0.0);
+    s_log_timing(svc, db);
+    struct rusage ru; //  all threads: the checkpoint thread's work included
+    if (getrusage(RUSAGE_SELF, &ru) == 0) {
+        double cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                     (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+        pm_info("CPU %.2f s (user %.2f, system %.2f) = %.0f us per request; context switches "
+                "%ld voluntary, %ld involuntary",
+                cpu, (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6,
+                (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6,
+                st.jobs ? cpu / (double)st.jobs * 1e6 : 0.0, ru.ru_nvcsw, ru.ru_nivcsw);
+    }
     rc = 0;
 out:
     store_svc_destroy(&svc);

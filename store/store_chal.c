@@ -76,76 +76,34 @@ static int s_maintain(sqlite3 *sql, store_db_t *db, int64_t now)
     return 0;
 }
 
-static store_rc_t s_add(sqlite3 *sql, store_db_t *db, const pm_msg_t *req, pm_msg_t **reply,
-                        int64_t now)
+//  The event that rides with an accepted use (ca.issued), appended in the
+//  same transaction. 0 and *seq, or -1.
+static int s_event(store_db_t *db, const pm_msg_t *req, int64_t now, uint64_t *seq)
 {
-    const char *hash = pm_msg_str(req, "hash");
-    int64_t expires = (int64_t)pm_msg_uint(req, "expires_ms", 0);
-    if (!store_hex64_ok(hash)) {
-        *reply = pm_msg_new_error(req, "bad_request", "hash must be a SHA-256 in lowercase hex");
-        return STORE_ERR_BAD;
-    }
-    if (expires <= now) {
-        *reply = pm_msg_new_error(req, "bad_request",
-                                  "expires_ms is in the past: check picomdm-ca's challenge-ttl "
-                                  "and both hosts' clocks");
-        return STORE_ERR_BAD;
-    }
-    if (s_maintain(sql, db, now) < 0)
-        return store_db_fail(sql, req, reply, "scep_challenge.add");
-    if (s_state.live >= STORE_CHAL_MAX) {
-        pm_warn("scep_challenge.add refused: %lld one-time SCEP challenges outstanding "
-                "(limit %d)",
-                (long long)s_state.live, STORE_CHAL_MAX);
-        *reply = pm_msg_new_error(req, "conflict",
-                                  "%d one-time SCEP challenges are outstanding: protect the "
-                                  "enrollment route (enroll-auth) or shorten challenge-ttl",
-                                  STORE_CHAL_MAX);
-        return STORE_ERR_CONFLICT;
-    }
-    sqlite3_stmt *st = NULL;
-    //  OR IGNORE: a retried add (same challenge) changes nothing
-    if (sqlite3_prepare_v2(sql,
-                           "INSERT OR IGNORE INTO scep_challenges(hash, expires, created)"
-                           " VALUES(?1, ?2, ?3)",
-                           -1, &st, NULL) != SQLITE_OK)
-        return store_db_fail(sql, req, reply, "scep_challenge.add");
-    sqlite3_bind_text(st, 1, hash, 64, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, expires);
-    sqlite3_bind_int64(st, 3, now);
-    int r = sqlite3_step(st);
-    sqlite3_finalize(st);
-    if (r != SQLITE_DONE)
-        return store_db_fail(sql, req, reply, "scep_challenge.add");
-    bool added = sqlite3_changes(sql) == 1;
-    s_state.live += added;
-    //  the ca's ca.profile event, logged with the challenge (a retried add: once)
     const char *ev = pm_msg_str(req, "event");
-    if (ev && *ev && added) {
-        msgpack_sbuffer sb;
-        msgpack_sbuffer_init(&sb);
-        const msgpack_object *o = pm_msg_obj(req, "event_data");
-        if (o) {
-            msgpack_packer pk;
-            msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-            msgpack_pack_object(&pk, *o);
-        }
-        uint64_t seq = 0;
-        store_rc_t erc =
-            store_db_event_append(db, ev, NULL, "ca", (const uint8_t *)sb.data, sb.size, now, &seq);
-        msgpack_sbuffer_destroy(&sb);
-        if (erc != STORE_OK)
-            return store_db_fail(sql, req, reply, "scep_challenge.add (its event)");
+    if (!ev || !*ev)
+        return 0;
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    const msgpack_object *o = pm_msg_obj(req, "event_data");
+    if (o) {
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        msgpack_pack_object(&pk, *o);
     }
-    *reply = pm_msg_new_reply(req, PM_MSG_OK);
-    return STORE_OK;
+    store_rc_t erc =
+        store_db_event_append(db, ev, NULL, "ca", (const uint8_t *)sb.data, sb.size, now, seq);
+    msgpack_sbuffer_destroy(&sb);
+    return erc == STORE_OK ? 0 : -1;
 }
 
-static store_rc_t s_use(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int64_t now)
+static store_rc_t s_use(sqlite3 *sql, store_db_t *db, const pm_msg_t *req, pm_msg_t **reply,
+                        int64_t now)
 {
     const char *hash = pm_msg_str(req, "hash");
     const char *txid = pm_msg_str(req, "transaction_id");
     const char *kh = pm_msg_str(req, "key_hash");
+    int64_t expires = (int64_t)pm_msg_uint(req, "expires_ms", 0);
     if (!store_hex64_ok(hash) || !store_hex64_ok(kh)) {
         *reply = pm_msg_new_error(req, "bad_request",
                                   "hash and key_hash must be SHA-256 values in lowercase hex");
@@ -158,23 +116,42 @@ static store_rc_t s_use(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int
                                   S_TXID_MAX);
         return STORE_ERR_BAD;
     }
+    if (expires <= 0 || expires > now + STORE_CHAL_MAX_TTL_MS) {
+        *reply = pm_msg_new_error(req, "bad_request",
+                                  "expires_ms must be the challenge's expiry, at most %d days "
+                                  "ahead: check picomdm-ca's challenge-ttl and both hosts' clocks",
+                                  (int)(STORE_CHAL_MAX_TTL_MS / 86400000));
+        return STORE_ERR_BAD;
+    }
+    bool accepted = false;
+    const char *reason = NULL;
+    uint64_t seq = 0;
     sqlite3_stmt *st = NULL;
-    //  the one statement that decides: only an unused, live challenge matches
+    //  Expired by the store's clock: refused, and never recorded (rows are
+    //  pruned once expired, so acceptance must end then too).
+    if (expires <= now) {
+        reason = "expired";
+        goto answer;
+    }
+    if (s_maintain(sql, db, now) < 0)
+        return store_db_fail(sql, req, reply, "scep_challenge.use");
+    //  the one statement that decides: only the first use inserts the row
     if (sqlite3_prepare_v2(sql,
-                           "UPDATE scep_challenges SET used=?2, txid=?3, key_hash=?4"
-                           " WHERE hash=?1 AND used IS NULL AND expires > ?2",
+                           "INSERT INTO scep_challenges(hash, expires, created, used, txid, "
+                           "key_hash) VALUES(?1, ?2, ?3, ?3, ?4, ?5) ON CONFLICT(hash) DO NOTHING",
                            -1, &st, NULL) != SQLITE_OK)
         return store_db_fail(sql, req, reply, "scep_challenge.use");
     sqlite3_bind_text(st, 1, hash, 64, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, now);
-    sqlite3_bind_text(st, 3, txid, -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, 4, kh, 64, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 2, expires);
+    sqlite3_bind_int64(st, 3, now);
+    sqlite3_bind_text(st, 4, txid, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 5, kh, 64, SQLITE_STATIC);
     int r = sqlite3_step(st);
     sqlite3_finalize(st);
     if (r != SQLITE_DONE)
         return store_db_fail(sql, req, reply, "scep_challenge.use");
-    bool accepted = sqlite3_changes(sql) == 1;
-    const char *reason = NULL;
+    accepted = sqlite3_changes(sql) == 1;
+    s_state.live += accepted;
     if (!accepted) {
         if (sqlite3_prepare_v2(sql,
                                "SELECT expires, used, txid, key_hash FROM scep_challenges"
@@ -183,9 +160,7 @@ static store_rc_t s_use(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int
             return store_db_fail(sql, req, reply, "scep_challenge.use");
         sqlite3_bind_text(st, 1, hash, 64, SQLITE_STATIC);
         r = sqlite3_step(st);
-        if (r == SQLITE_DONE) {
-            reason = "unknown";
-        } else if (r != SQLITE_ROW) {
+        if (r != SQLITE_ROW) {
             sqlite3_finalize(st);
             return store_db_fail(sql, req, reply, "scep_challenge.use");
         } else if (sqlite3_column_int64(st, 0) <= now) {
@@ -201,9 +176,13 @@ static store_rc_t s_use(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int
         }
         sqlite3_finalize(st);
     }
+    if (accepted && s_event(db, req, now, &seq) < 0)
+        return store_db_fail(sql, req, reply, "scep_challenge.use (its event)");
+answer:
     *reply = pm_msg_new_reply(req, PM_MSG_SCEP_CHALLENGE_USE_REPLY);
     if (*reply && (pm_msg_set_bool(*reply, "accepted", accepted) < 0 ||
-                   (reason && pm_msg_set_str(*reply, "reason", reason) < 0)))
+                   (reason && pm_msg_set_str(*reply, "reason", reason) < 0) ||
+                   (seq > 0 && pm_msg_set_uint(*reply, "seq", seq) < 0)))
         pm_msg_destroy(reply);
     return STORE_OK;
 }
@@ -213,10 +192,8 @@ store_rc_t store_chal_apply(store_db_t *db, const pm_msg_t *req, pm_msg_t **repl
     sqlite3 *sql = store_db_sqlite(db);
     *reply = NULL;
     switch (pm_msg_type(req)) {
-    case PM_MSG_SCEP_CHALLENGE_ADD:
-        return s_add(sql, db, req, reply, now_ms);
     case PM_MSG_SCEP_CHALLENGE_USE:
-        return s_use(sql, req, reply, now_ms);
+        return s_use(sql, db, req, reply, now_ms);
     default:
         *reply = pm_msg_new_error(req, "unknown_type", "not a SCEP challenge request");
         return STORE_ERR_BAD;

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- schema: one entry per version; never edit a released entry, add one ---- */
 static const char *const s_migrations[] = {
@@ -219,6 +220,10 @@ struct store_db {
     msgpack_sbuffer scratch; //  event data being built
     msgpack_packer pk;       //  packs into scratch
     store_inv_t *inv;        //  inventory (store_inv.h), made on first use
+    store_ckpt_t *ckpt;      //  the checkpoint thread (NULL: checkpoints inside commits)
+    int wal_threshold;       //  WAL frames between checkpoints
+    double ckpt_ms;          //  inline checkpoint time since store_db_begin
+    store_ckpt_stats_t inl;  //  inline checkpoint counters (no thread)
 };
 
 struct sqlite3 *store_db_sqlite(store_db_t *db)
@@ -418,14 +423,78 @@ static int s_migrate(store_db_t *db)
     return 0;
 }
 
+//  After every commit: the WAL holds `frames`. Hand it to the checkpoint
+//  thread, or checkpoint here (inside the commit, as SQLite's auto-checkpoint
+//  does) once it holds wal_threshold frames; timed either way.
+static int s_wal_hook(void *arg, sqlite3 *sql, const char *name, int frames)
+{
+    store_db_t *db = arg;
+    if (db->ckpt) {
+        store_ckpt_note(db->ckpt, frames);
+        return SQLITE_OK;
+    }
+    if (frames < db->inl.wal_frames)
+        db->inl.restarts++;
+    db->inl.wal_frames = frames;
+    if (frames > db->inl.wal_max)
+        db->inl.wal_max = frames;
+    if (frames < db->wal_threshold)
+        return SQLITE_OK;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int nlog = 0, nckpt = 0;
+    int rc = sqlite3_wal_checkpoint_v2(sql, name, SQLITE_CHECKPOINT_PASSIVE, &nlog, &nckpt);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+    db->ckpt_ms += ms;
+    db->inl.ms_total += ms;
+    if (ms > db->inl.ms_max)
+        db->inl.ms_max = ms;
+    if (rc == SQLITE_OK) {
+        db->inl.passive++;
+        db->inl.frames += (uint64_t)nckpt;
+    }
+    return SQLITE_OK; //  a failed checkpoint is retried after the next commit
+}
+
+void store_db_wal_stats(store_db_t *db, store_ckpt_stats_t *out)
+{
+    if (db->ckpt)
+        store_ckpt_stats(db->ckpt, out);
+    else
+        *out = db->inl;
+}
+
+double store_db_commit_checkpoint_ms(const store_db_t *db)
+{
+    return db->ckpt_ms;
+}
+
+double store_db_wal_tidy(store_db_t *db)
+{
+    if (!db->ckpt || !store_ckpt_tidy_due(db->ckpt))
+        return 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int nlog = 0, nckpt = 0;
+    int rc = sqlite3_wal_checkpoint_v2(db->sql, NULL, SQLITE_CHECKPOINT_PASSIVE, &nlog, &nckpt);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+    store_ckpt_done(db->ckpt, rc, nlog, nckpt, ms);
+    return ms > 0 ? ms : 1e-6;
+}
+
 store_db_t *store_db_new(const char *path, const store_db_opts_t *opts, char *err, size_t errlen)
 {
-    //  The store uses SQLite from one thread only: no mutexes, no memory
-    //  statistics (both showed up at ~10% of the store's CPU in perf). Only
-    //  possible before SQLite initialises; later calls fail harmlessly.
+    //  Each connection is used by one thread only (the store's, and the
+    //  checkpoint thread's own): no per-connection mutexes (MULTITHREAD keeps
+    //  only SQLite's few global ones, which the checkpoint thread needs), no
+    //  memory statistics (mutexes and statistics showed up at ~10% of the
+    //  store's CPU in perf in SERIALIZED mode). Only possible before SQLite
+    //  initialises; later calls fail harmlessly.
     static bool configured;
     if (!configured) {
-        sqlite3_config(SQLITE_CONFIG_SINGLETHREAD);
+        sqlite3_config(SQLITE_CONFIG_MULTITHREAD);
         sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
         configured = true;
     }
@@ -449,16 +518,32 @@ store_db_t *store_db_new(const char *path, const store_db_opts_t *opts, char *er
         goto fail;
     }
     sqlite3_busy_timeout(db->sql, opts->busy_ms > 0 ? opts->busy_ms : 5000);
-    char pragmas[320];
+    char pragmas[400];
+    int wal = opts->wal_autocheckpoint > 0 ? opts->wal_autocheckpoint : STORE_WAL_AUTOCHECKPOINT;
+    //  journal_size_limit: when the WAL starts over, a -wal file larger than
+    //  the cap (store_ckpt.h; 4 KiB pages) is trimmed to it
     snprintf(pragmas, sizeof pragmas,
              "PRAGMA journal_mode=WAL; PRAGMA synchronous=%s; PRAGMA foreign_keys=OFF;"
-             " PRAGMA cache_size=-16384; PRAGMA temp_store=MEMORY; PRAGMA wal_autocheckpoint=%d;",
-             opts->sync_full ? "FULL" : "NORMAL",
-             opts->wal_autocheckpoint > 0 ? opts->wal_autocheckpoint : STORE_WAL_AUTOCHECKPOINT);
+             " PRAGMA cache_size=-16384; PRAGMA temp_store=MEMORY; PRAGMA wal_autocheckpoint=%d;"
+             " PRAGMA journal_size_limit=%lld;",
+             opts->sync_full ? "FULL" : "NORMAL", wal,
+             (long long)STORE_CKPT_CAP_FACTOR * wal * 4096);
     if (s_run(db, pragmas, "setting up the database") < 0 || s_migrate(db) < 0) {
         snprintf(err, errlen, "%s: %s", path, db->errmsg);
         goto fail;
     }
+    //  after the PRAGMA, which installs SQLite's own checkpointing hook
+    db->wal_threshold =
+        opts->wal_autocheckpoint > 0 ? opts->wal_autocheckpoint : STORE_WAL_AUTOCHECKPOINT;
+    if (opts->checkpoint_thread && strcmp(path, ":memory:") != 0) {
+        db->ckpt = store_ckpt_new(path, opts->sync_full, db->wal_threshold,
+                                  opts->checkpoint_idle_ms > 0 ? opts->checkpoint_idle_ms
+                                                               : STORE_CHECKPOINT_IDLE_MS,
+                                  err, errlen);
+        if (!db->ckpt)
+            goto fail;
+    }
+    sqlite3_wal_hook(db->sql, s_wal_hook, db);
     return db;
 fail:
     store_db_destroy(&db);
@@ -470,6 +555,7 @@ void store_db_destroy(store_db_t **pdb)
     if (!pdb || !*pdb)
         return;
     store_db_t *db = *pdb;
+    store_ckpt_destroy(&db->ckpt); //  before the last connection closes (it checkpoints)
     store_inv_destroy(&db->inv);
     for (int i = 0; i < S_NSTMTS; i++)
         sqlite3_finalize(db->stmt[i]);
@@ -527,6 +613,7 @@ const char *store_db_errmsg(const store_db_t *db)
 
 int store_db_begin(store_db_t *db)
 {
+    db->ckpt_ms = 0;
     s_events_drop(db, 0);
     db->nev_mark = 0;
     return s_exec(db, s_st(db, S_BEGIN), "starting a transaction");

@@ -37,6 +37,8 @@
 #ifndef STORE_DB_H
 #define STORE_DB_H
 
+#include "store_ckpt.h"
+
 #include <msgpack.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -58,7 +60,15 @@ typedef struct {
     bool sync_full; //  PRAGMA synchronous=FULL (true, default) or NORMAL (see docs/queue.md)
     int busy_ms;    //  busy timeout when another process holds the database (0 = 5000)
     int wal_autocheckpoint; //  WAL pages between checkpoints (0 = STORE_WAL_AUTOCHECKPOINT)
+    //  Checkpoints in a thread of their own (store_ckpt.h), off the commit
+    //  path; false: in the commit that crosses wal_autocheckpoint (SQLite's
+    //  way). Ignored for ":memory:".
+    bool checkpoint_thread;
+    int checkpoint_idle_ms; //  thread: TRUNCATE the WAL after this long without a commit
+                            //  (0 = STORE_CHECKPOINT_IDLE_MS)
 } store_db_opts_t;
+
+#define STORE_CHECKPOINT_IDLE_MS 1000
 
 //  Default checkpoint interval in WAL pages (4 KiB each): a checkpoint copies
 //  every page changed since the last one into the database and syncs it
@@ -94,6 +104,16 @@ const char *store_db_errmsg(const store_db_t *db);
 //  (store_push.c, store_doctor.c); they run inside the transaction the caller
 //  opened, like the operations here.
 struct sqlite3 *store_db_sqlite(store_db_t *db);
+
+//  WAL and checkpoint counters (either kind of checkpoint; store_ckpt.h).
+void store_db_wal_stats(store_db_t *db, store_ckpt_stats_t *out);
+//  Milliseconds spent in checkpoints inside commits since store_db_begin
+//  (only with checkpoint_thread off: then a commit may include one).
+double store_db_commit_checkpoint_ms(const store_db_t *db);
+//  With the checkpoint thread: finish its checkpoint here when only a few
+//  frames are left (store_ckpt_tidy_due), so the WAL starts over. Call after
+//  a batch was answered. Returns the milliseconds it took (0: nothing done).
+double store_db_wal_tidy(store_db_t *db);
 
 /* ---- transactions ---- */
 int store_db_begin(store_db_t *db);  //  0 / -1

@@ -19,6 +19,7 @@
 typedef struct {
     pm_bus_job_t *job;
     pm_msg_t *reply;
+    double at; //  when it arrived (monotonic ms): its time in the store is measured
 } s_job_t;
 
 struct store_svc {
@@ -31,6 +32,10 @@ struct store_svc {
     pm_stats_t *stats;    //  borrowed, may be NULL
     pm_stats_series_t *ops[PM_MSG_COUNT]; //  store_ops_total{type}, on first use
     pm_stats_series_t *errors, *commit_ms, *commit_failed, *batches, *seq;
+    pm_stats_series_t *apply_ms, *sync_ms, *ckpt_ms, *reply_ms, *requests; //  per batch
+    pm_stats_series_t *inside_ms; //  per request: arrival to reply
+    pm_stats_series_t *wal_frames, *ckpts, *ckpt_frames, *ckpt_max_ms; //  collected
+    store_svc_timing_t timing;
     pm_stats_series_t *q_active, *q_sent, *q_wake; //  queue depths, read at each snapshot
     uint64_t commits, applied, redone;
     bool quiet; //  re-applying requests already counted: no stats (s_batch)
@@ -88,7 +93,7 @@ void store_svc_on_job(void *arg, pm_bus_job_t *job)
         svc->jobs = j;
         svc->cap = cap;
     }
-    svc->jobs[svc->njobs++] = (s_job_t){job, NULL};
+    svc->jobs[svc->njobs++] = (s_job_t){job, NULL, pm_stats_now_ms()};
 }
 
 //  pm_stats collect hook: the queue depths, counted when a snapshot is taken
@@ -103,6 +108,12 @@ static void s_collect_depths(void *arg, pm_stats_t *st)
     pm_stats_set(svc->q_active, (double)active);
     pm_stats_set(svc->q_sent, (double)sent);
     pm_stats_set(svc->q_wake, (double)wake);
+    store_ckpt_stats_t w;
+    store_db_wal_stats(svc->db, &w);
+    pm_stats_set(svc->wal_frames, (double)w.wal_frames);
+    pm_stats_set_count(svc->ckpts, w.passive + w.tidy);
+    pm_stats_set_count(svc->ckpt_frames, w.frames);
+    pm_stats_set(svc->ckpt_max_ms, w.ms_max / 1e3);
 }
 
 void store_svc_set_stats(store_svc_t *svc, pm_stats_t *st)
@@ -116,6 +127,29 @@ void store_svc_set_stats(store_svc_t *svc, pm_stats_t *st)
         pm_stats_counter(st, "store_commit_failures_total", "transactions that failed to commit");
     svc->batches = pm_stats_counter(st, "store_transactions_total",
                                     "transactions (one per batch of requests)");
+    svc->requests = pm_stats_counter(st, "store_batched_requests_total",
+                                     "requests applied in those transactions (their ratio is the "
+                                     "group commit's batch size)");
+    svc->apply_ms = pm_stats_histogram(st, "store_batch_apply_seconds",
+                                       "time to apply one batch's requests (before its commit)");
+    svc->sync_ms = pm_stats_histogram(
+        st, "store_batch_sync_seconds",
+        "time to commit one batch, without a checkpoint done inside the commit (the WAL sync)");
+    svc->ckpt_ms = pm_stats_histogram(
+        st, "store_batch_checkpoint_seconds",
+        "time of a checkpoint on the store's thread: inside a batch's commit (--checkpoint "
+        "inline), or the last few frames after a batch was answered (thread)");
+    svc->inside_ms = pm_stats_histogram(
+        st, "store_request_seconds",
+        "time from a request's arrival to its reply (waiting for its batch, applying, committing)");
+    svc->reply_ms = pm_stats_histogram(st, "store_batch_reply_seconds",
+                                       "time to send one batch's replies and events");
+    svc->wal_frames = pm_stats_gauge(st, "store_wal_frames", "frames (pages) in the WAL now");
+    svc->ckpts = pm_stats_counter(st, "store_checkpoints_total", "WAL checkpoints run");
+    svc->ckpt_frames =
+        pm_stats_counter(st, "store_checkpoint_frames_total", "WAL frames copied by checkpoints");
+    svc->ckpt_max_ms =
+        pm_stats_gauge(st, "store_checkpoint_max_seconds", "the longest WAL checkpoint so far");
     svc->seq = pm_stats_gauge(st, "store_event_seq", "sequence number of the last event logged");
     svc->q_active = pm_stats_gauge(
         st, "store_queue_active", "commands queued for enrollments and not finished (all devices)");
@@ -134,6 +168,24 @@ void store_svc_counts(const store_svc_t *svc, uint64_t *commits, uint64_t *reque
 {
     *commits = svc->commits;
     *requests = svc->applied;
+}
+
+void store_svc_timing(const store_svc_t *svc, store_svc_timing_t *out)
+{
+    *out = svc->timing;
+}
+
+//  Count one batch phase of `ms` into its slot of the timing summary.
+static void s_time(store_svc_phase_t *p, double ms)
+{
+    static const double bounds[STORE_SVC_NBUCKETS - 1] = {1, 2, 5, 10, 20, 50, 100};
+    int i = 0;
+    while (i < STORE_SVC_NBUCKETS - 1 && ms > bounds[i])
+        i++;
+    p->bucket[i]++;
+    p->total_ms += ms;
+    if (ms > p->max_ms)
+        p->max_ms = ms;
 }
 
 /* ---- helpers ---- */
@@ -561,7 +613,6 @@ bool store_svc_apply(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply)
     case PM_MSG_ENROLL_TOKEN_RELEASE:
         rc = store_token_apply(svc->db, req, reply, s_now_ms());
         break;
-    case PM_MSG_SCEP_CHALLENGE_ADD:
     case PM_MSG_SCEP_CHALLENGE_USE:
         rc = store_chal_apply(svc->db, req, reply, s_now_ms());
         break;
@@ -637,7 +688,7 @@ static void s_publish(void *arg, uint64_t seq, int64_t ts, const char *name, con
 //  live challenges, recounted after a rollback).
 static void s_batch(store_svc_t *svc, size_t from, size_t to)
 {
-    int64_t t0 = s_now_ms();
+    double t0 = pm_stats_now_ms();
     bool tx = store_db_begin(svc->db) == 0;
     bool savepoints = false;
     size_t counted = from; //  requests before this one are in the stats already
@@ -673,14 +724,27 @@ again:
         tx = store_db_begin(svc->db) == 0;
         goto again;
     }
-    int64_t t1 = s_now_ms();
+    double t1 = pm_stats_now_ms();
     svc->commits++;
     svc->applied += to - from;
-    double c0 = pm_stats_now_ms();
     int crc = tx ? store_db_commit(svc->db) : 0;
+    double tc = pm_stats_now_ms();
+    double ckpt = store_db_commit_checkpoint_ms(svc->db);
     if (tx) {
-        pm_stats_observe_ms(svc->commit_ms, pm_stats_now_ms() - c0);
+        pm_stats_observe_ms(svc->commit_ms, tc - t1);
+        pm_stats_observe_ms(svc->apply_ms, t1 - t0);
+        pm_stats_observe_ms(svc->sync_ms, tc - t1 - ckpt);
+        if (ckpt > 0)
+            pm_stats_observe_ms(svc->ckpt_ms, ckpt);
         pm_stats_inc(svc->batches);
+        pm_stats_add(svc->requests, to - from);
+        s_time(&svc->timing.apply, t1 - t0);
+        s_time(&svc->timing.sync, tc - t1 - ckpt);
+        if (ckpt > 0)
+            s_time(&svc->timing.checkpoint, ckpt);
+        size_t n = to - from;
+        if (n > svc->timing.batch_max)
+            svc->timing.batch_max = n;
     }
     if (tx && crc < 0) {
         pm_stats_inc(svc->commit_failed);
@@ -695,7 +759,6 @@ again:
                                         store_db_errmsg(svc->db));
         }
     }
-    int64_t tc = s_now_ms();
     //  durable now: answer, then tell the world
     for (size_t i = from; i < to; i++) {
         s_job_t *j = &svc->jobs[i];
@@ -704,13 +767,26 @@ again:
         else
             pm_bus_job_drop(&j->job);
         pm_msg_destroy(&j->reply);
+        double in = pm_stats_now_ms() - j->at;
+        pm_stats_observe_ms(svc->inside_ms, in);
+        s_time(&svc->timing.request, in);
     }
     store_db_events_flush(svc->db, s_publish, svc);
-    int64_t t2 = s_now_ms();
+    double t2 = pm_stats_now_ms();
+    if (tx) {
+        pm_stats_observe_ms(svc->reply_ms, t2 - tc);
+        s_time(&svc->timing.reply, t2 - tc);
+    }
+    //  answered: now is the time to let the WAL start over (store_ckpt.h)
+    double tidy = store_db_wal_tidy(svc->db);
+    if (tidy > 0) {
+        pm_stats_observe_ms(svc->ckpt_ms, tidy);
+        s_time(&svc->timing.checkpoint, tidy);
+    }
     if (t2 - t0 >= 250)
-        pm_info("slow batch: %zu requests, %lld ms applying, %lld ms committing, %lld ms "
-                "replying and publishing",
-                to - from, (long long)(t1 - t0), (long long)(tc - t1), (long long)(t2 - tc));
+        pm_info("slow batch: %zu requests, %.0f ms applying, %.0f ms committing (%.0f of them "
+                "checkpointing), %.0f ms replying and publishing",
+                to - from, t1 - t0, tc - t1, ckpt, t2 - tc);
 }
 
 int store_svc_flush(store_svc_t *svc)

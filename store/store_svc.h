@@ -48,6 +48,20 @@ size_t store_svc_pending(const store_svc_t *svc);
 //  the group commit's batch size).
 void store_svc_counts(const store_svc_t *svc, uint64_t *commits, uint64_t *requests);
 
+//  Where the time of the batches went (a summary for the log at exit; the
+//  same observations go into the store_batch_*_seconds histograms).
+#define STORE_SVC_NBUCKETS 8 //  <=1 <=2 <=5 <=10 <=20 <=50 <=100 >100 ms
+typedef struct {
+    uint64_t bucket[STORE_SVC_NBUCKETS];
+    double total_ms, max_ms;
+} store_svc_phase_t;
+typedef struct {
+    store_svc_phase_t apply, sync, checkpoint, reply; //  checkpoint: inside a commit only
+    store_svc_phase_t request; //  per request: arrival to reply (the store's share of latency)
+    size_t batch_max;          //  most requests in one transaction
+} store_svc_timing_t;
+void store_svc_timing(const store_svc_t *svc, store_svc_timing_t *out);
+
 //  Apply every parked request (in batches of batch_max), commit, reply, publish.
 //  Returns the number of requests answered.
 int store_svc_flush(store_svc_t *svc);

@@ -30,14 +30,9 @@ cleanup() {
     rm -rf "$T"
 }
 trap cleanup EXIT
-wait_for() { local n=$(($1 * 10)); shift; while [ $n -gt 0 ]; do "$@" && return 0; sleep 0.1; n=$((n - 1)); done; return 1; }
+. tests/it/common.inc
 
-PORT=
-for _ in $(seq 20); do
-    p=$((20000 + RANDOM % 40000))
-    ss -ltn | grep -q ":$p " || { PORT=$p; break; }
-done
-[ -n "$PORT" ] || { echo "no free port found"; exit 1; }
+PORT=$(free_port) || { echo "no free port found"; exit 1; }
 PICOMDM_ENROLL_BASIC_AUTH= "$BIN/picomdm" up --data-dir "$T/var" --bin-dir "$BIN" \
     --listen "127.0.0.1:$PORT" --stop-timeout 3000 --log-level warn >"$T/up.log" 2>&1 &
 UP_PID=$!

@@ -1,7 +1,9 @@
 #!/bin/bash
 # ca_challenge_durable — one-time SCEP challenges survive picomdm-ca (issue #6,
-# docs/enrollment.md "Challenge passwords"): the store keeps them.
-#  * `picomdm up`; two enrollment profiles downloaded from the gateway;
+# docs/enrollment.md "Challenge passwords"): they are signed (HMAC under
+# challenge.key beside the CA key), and the store records each one's use.
+#  * `picomdm up`; two enrollment profiles downloaded from the gateway (no
+#    store row is made for them);
 #  * picomdm-ca is killed with SIGKILL (`picomdm up` restarts it);
 #  * a simulated device (devsim --enroll-url) enrolls with the first profile,
 #    downloaded before the kill: its challenge is still known and accepted;
@@ -9,6 +11,8 @@
 #  * two ca processes: a second picomdm-ca joins the bus, the first is
 #    stopped (SIGSTOP: the broker drops it), and a device enrolls with the
 #    second profile, which the first ca made: served by the other process;
+#  * an expired challenge (a profile made by a ca with challenge-ttl 1) and a
+#    forged one (altered tag) are refused;
 #  * the store holds only hashes (no challenge in the database file or logs).
 set -u
 ROOT=${PICOMDM_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
@@ -21,17 +25,18 @@ T=$(mktemp -d /tmp/ca_challenge_durable.XXXXXX)
 UP_PID=
 WWW_PID=
 CA2_PID=
+CA3_PID=
 STOPPED=
 cleanup() {
     [ -n "$STOPPED" ] && kill -CONT "$STOPPED" 2>/dev/null
-    for p in $WWW_PID $CA2_PID; do kill -TERM "$p" 2>/dev/null; done
+    for p in $WWW_PID $CA2_PID $CA3_PID; do kill -TERM "$p" 2>/dev/null; done
     if [ -n "$UP_PID" ]; then
         kill -TERM "$UP_PID" 2>/dev/null
         for _ in $(seq 50); do kill -0 "$UP_PID" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$UP_PID" 2>/dev/null
     fi
     for f in "$T"/var/run/*.pid; do [ -f "$f" ] && kill -KILL "$(cat "$f")" 2>/dev/null; done
-    for p in $WWW_PID $CA2_PID; do kill -KILL "$p" 2>/dev/null; done
+    for p in $WWW_PID $CA2_PID $CA3_PID; do kill -KILL "$p" 2>/dev/null; done
     rm -rf "$T"
 }
 trap cleanup EXIT
@@ -41,15 +46,7 @@ fail() {
     [ -f "$T/ca2.log" ] && { echo "--- second ca:"; tail -n 10 "$T/ca2.log"; }
     exit 1
 }
-wait_for() { local n=$(($1 * 10)); shift; while [ $n -gt 0 ]; do "$@" && return 0; sleep 0.1; n=$((n - 1)); done; return 1; }
-free_port() {
-    local p
-    for _ in $(seq 40); do
-        p=$((20000 + RANDOM % 40000))
-        ss -ltn | grep -q ":$p " || { echo "$p"; return 0; }
-    done
-    return 1
-}
+. "$(dirname "$0")/common.inc"
 PORT=$(free_port) && WPORT=$(free_port) && [ "$PORT" != "$WPORT" ] || { echo "no free ports found"; exit 77; }
 
 PICOMDM_ENROLL_AUTH= PICOMDM_ENROLL_BASIC_AUTH= timeout 150 "$BIN/picomdm" up \
@@ -74,8 +71,17 @@ chal() {
 }
 C1=$(chal "$T/www/p1.mobileconfig")
 C2=$(chal "$T/www/p2.mobileconfig")
-[ ${#C1} -eq 32 ] && [ ${#C2} -eq 32 ] && [ "$C1" != "$C2" ] || fail "profiles do not carry two distinct one-time challenges ('$C1' '$C2')"
-grep -q "one-time challenge kept by the store" "$T/up.log" || fail "the ca did not record the challenge in the store"
+[ ${#C1} -eq 64 ] && [ ${#C2} -eq 64 ] && [ "$C1" != "$C2" ] || fail "profiles do not carry two distinct signed one-time challenges (64 characters)"
+grep -q "signed one-time challenge" "$T/up.log" || fail "the ca did not make a signed challenge"
+KEYF=$T/var/pki/challenge.key
+[ -f "$KEYF" ] || KEYF=$(find "$T/var" -name challenge.key | head -1)
+[ -n "$KEYF" ] && [ -f "$KEYF" ] || fail "no challenge.key beside the CA key"
+[ "$(stat -c %a "$KEYF")" = 600 ] || fail "challenge.key is not 0600"
+# a profile download writes no challenge row
+rows() { sqlite3 "$T/var/picomdm.db" "SELECT count(*) FROM scep_challenges" 2>/dev/null; }
+HAVE_SQLITE=
+command -v sqlite3 >/dev/null && HAVE_SQLITE=1
+[ -z "$HAVE_SQLITE" ] || [ "$(rows)" = 0 ] || fail "profile downloads made rows in scep_challenges ($(rows))"
 
 # kill -9 picomdm-ca; `picomdm up` restarts it
 CA_PID=$(cat "$T/var/run/ca.pid")
@@ -125,10 +131,46 @@ kill -CONT "$CA1"
 STOPPED=
 echo "a challenge made by one ca process was accepted by another"
 
+# an expired challenge: a third ca with challenge-ttl 1 (same key files)
+# makes a profile offline-equivalent through the bus, and it is used late
+"$BIN/picomdm-ca" --config "$PICOMDM_CONFIG" --heartbeat-ms 500 --challenge-ttl 1 >"$T/ca3.log" 2>&1 &
+CA3_PID=$!
+wait_for 20 grep -qs 'serving "ca"' "$T/ca3.log" || fail "the third picomdm-ca does not start"
+kill -TERM "$CA2_PID" 2>/dev/null
+kill -STOP "$CA1"
+STOPPED=$CA1
+sleep 4 # the broker drops the stopped worker; the third ca serves
+code=$(curl -s --cacert "$TLS" -o "$T/www/p3.mobileconfig" -w '%{http_code}' "$URL/mdm/enroll")
+[ "$code" = 200 ] || fail "profile from the third ca: HTTP $code"
+C3=$(chal "$T/www/p3.mobileconfig")
+[ ${#C3} -eq 64 ] || fail "the third ca's profile carries no signed challenge"
+sleep 2 # expired now (ttl 1 s)
+enroll p3.mobileconfig ds3.out && fail "a device enrolled with an expired challenge"
+grep -qi "fail" "$T/ds3.out" || fail "the expired challenge did not end in a SCEP failure: $(tail -3 "$T/ds3.out")"
+[ "$(grep -c "challenge password rejected" "$T/ca3.log")" -ge 1 ] || fail "the ca did not refuse the expired challenge itself: $(tail -3 "$T/ca3.log")"
+echo "an expired challenge was refused"
+# a forged challenge: p2's challenge with one character of its tag changed
+# (the simulator's --scep-challenge replaces the profile's)
+F=${C2:0:50}X${C2:51}
+[ "${C2:50:1}" = X ] && F=${C2:0:50}Y${C2:51}
+enroll() { # profile out [challenge] -> devsim exit status
+    "$BIN/picomdm-devsim" --enroll-url "https://localhost:$WPORT/$1" --ca-bundle "$TLS" --devices 1 \
+        --rounds 0 --timeout-ms 20000 ${3:+--scep-challenge "$3"} >"$T/$2" 2>&1
+}
+enroll p3.mobileconfig ds4.out "$F" && fail "a device enrolled with a forged challenge"
+grep -qi "fail" "$T/ds4.out" || fail "the forged challenge did not end in a SCEP failure: $(tail -3 "$T/ds4.out")"
+[ "$(grep -c "challenge password rejected" "$T/ca3.log")" -ge 2 ] || fail "the ca did not refuse the forged challenge itself: $(tail -3 "$T/ca3.log")"
+echo "a forged challenge was refused"
+kill -TERM "$CA3_PID" 2>/dev/null
+kill -CONT "$CA1"
+STOPPED=
+
 # only hashes in the store; no challenge in any log
 H1=$(printf %s "$C1" | openssl dgst -sha256 -r | cut -d' ' -f1)
 grep -q "$C1\|$C2" "$T/var/picomdm.db" "$T/var/picomdm.db-wal" 2>/dev/null && fail "a challenge is in the store's database"
 grep -q "$H1" "$T/var/picomdm.db" "$T/var/picomdm.db-wal" 2>/dev/null || fail "the challenge's SHA-256 is not in the store's database"
-grep -q "$C1\|$C2" "$T/up.log" "$T/ca2.log" && fail "a challenge appears in a log"
-echo "PASS: one-time challenges are durable (kill -9 of picomdm-ca), used once, shared by two ca processes, stored as hashes"
+[ -z "$HAVE_SQLITE" ] || [ "$(rows)" = 2 ] || fail "the store should hold the two used challenges' hashes, not $(rows) rows"
+grep -q "$C1\|$C2\|$C3\|$F" "$T/up.log" "$T/ca2.log" "$T/ca3.log" && fail "a challenge appears in a log"
+grep -q "$(head -c 64 "$KEYF")" "$T/up.log" "$T/ca2.log" "$T/ca3.log" && fail "the challenge key appears in a log"
+echo "PASS: signed one-time challenges survive kill -9 of picomdm-ca, are used once, shared by two ca processes, refused when expired or forged, stored as hashes"
 exit 0

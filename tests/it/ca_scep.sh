@@ -13,7 +13,7 @@
 [ -x "$TT/ca_client" ] || { echo "skip: $TT/ca_client not built (run make)"; exit 77; }
 
 start_broker broker
-# one-time challenges are kept by the store (docs/enrollment.md, store_chal.h)
+# one-time challenges are signed by the ca and consumed in the store (docs/enrollment.md, store_chal.h)
 [ -x "$BIN/picomdm-store" ] || { echo "skip: $BIN/picomdm-store not built (run make)"; exit 77; }
 "$BIN/picomdm-store" --request-endpoint "$REQ" --publish-endpoint "$PUB" --data-dir "$D/store" \
     >"$D/store.log" 2>&1 &
@@ -93,7 +93,7 @@ for t in ca.profile ca.issued ca.rejected; do
     grep -q "name=$t" "$D/events.out" || { cat "$D/events.out"; fail "no $t event"; }
 done
 ch1=$(grep -A1 '<key>Challenge</key>' "$D/p1.plist" | sed -n 's/.*<string>\(.*\)<\/string>.*/\1/p')
-[ ${#ch1} = 32 ] || fail "no one-time challenge in the profile"
+[ ${#ch1} = 64 ] || fail "no signed one-time challenge (64 characters) in the profile"
 grep -qF -e "$ch1" -e not-a-real-challenge "$D/ca1.log" && fail "a challenge was logged"
 
 # SIGTERM: clean exit

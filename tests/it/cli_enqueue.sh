@@ -25,7 +25,7 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*"; echo "--- up log:"; tail -n 30 "$T/up.log"; exit 1; }
-wait_for() { local n=$(($1 * 10)); shift; while [ $n -gt 0 ]; do "$@" && return 0; sleep 0.1; n=$((n - 1)); done; return 1; }
+. "$(dirname "$0")/common.inc"
 # run EXPECTED_RC CMD...: run picomdm, keep stdout/stderr in $out/$err, check the exit code
 run() {
     local want=$1; shift

@@ -20,7 +20,7 @@ fail() { echo "FAIL: $*"; echo "--- up log:"; tail -n 40 "$T/up.log" 2>/dev/null
 [ -x "$BIN/picomdm" ] || { echo "bin/picomdm is not built (run make)"; exit 77; }
 
 # wait_for SECONDS COMMAND...: poll until the command succeeds
-wait_for() { local n=$(($1 * 10)); shift; while [ $n -gt 0 ]; do "$@" && return 0; sleep 0.1; n=$((n - 1)); done; return 1; }
+. "$(dirname "$0")/common.inc"
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 # ---- part 1: stand-in processes ----
@@ -93,12 +93,7 @@ echo "part 1 (stand-ins): ok"
 for n in broker store scheduler; do
     if [ ! -x "$BIN/picomdm-$n" ]; then echo "part 2 skipped: $BIN/picomdm-$n not built yet"; exit 0; fi
 done
-port=
-for _ in $(seq 50); do
-    p=$((20000 + RANDOM % 40000))
-    ss -ltn | grep -q ":$p\b" || { port=$p; break; }
-done
-[ -n "$port" ] || fail "no free port"
+port=$(free_port) || fail "no free port"
 "$BIN/picomdm" up --data-dir "$T/var2" --listen "127.0.0.1:$port" --stop-timeout 5000 >"$T/up.log" 2>&1 &
 UP_PID=$!
 export PICOMDM_CONFIG=$T/var2/run/picomdm.cfg

@@ -39,15 +39,7 @@ fail() {
     [ -f "$T/gw2.log" ] && { echo "--- second gateway:"; tail -n 10 "$T/gw2.log"; }
     exit 1
 }
-wait_for() { local n=$(($1 * 10)); shift; while [ $n -gt 0 ]; do "$@" && return 0; sleep 0.1; n=$((n - 1)); done; return 1; }
-free_port() {
-    local p
-    for _ in $(seq 40); do
-        p=$((20000 + RANDOM % 40000))
-        ss -ltn | grep -q ":$p " || { echo "$p"; return 0; }
-    done
-    return 1
-}
+. "$(dirname "$0")/common.inc"
 PORT=$(free_port) && PORT2=$(free_port) && [ "$PORT" != "$PORT2" ] || { echo "no free ports found"; exit 77; }
 
 PICOMDM_ENROLL_AUTH=token PICOMDM_ENROLL_BASIC_AUTH= timeout 150 "$BIN/picomdm" up \

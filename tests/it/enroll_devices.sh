@@ -33,14 +33,9 @@ cleanup() {
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*"; echo "--- server log (errors, warnings):"; grep -E "^[EW]:" "$T/up.log" | tail -n 20; exit 1; }
-wait_for() { local n=$(($1 * 10)); shift; while [ $n -gt 0 ]; do "$@" && return 0; sleep 0.1; n=$((n - 1)); done; return 1; }
+. "$(dirname "$0")/common.inc"
 
-PORT=
-for _ in $(seq 20); do
-    p=$((20000 + RANDOM % 40000))
-    ss -ltn | grep -q ":$p " || { PORT=$p; break; }
-done
-[ -n "$PORT" ] || { echo "no free port found"; exit 77; }
+PORT=$(free_port) || { echo "no free port found"; exit 77; }
 
 PICOMDM_ENROLL_BASIC_AUTH= timeout 120 "$BIN/picomdm" up --data-dir "$T/var" --bin-dir "$BIN" \
     --listen "127.0.0.1:$PORT" --stop-timeout 3000 >"$T/up.log" 2>&1 &
