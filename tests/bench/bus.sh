@@ -29,14 +29,7 @@ PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done; wait 2>/dev/null; [ -n "${KEEP_LOGS:-}" ] && echo "logs kept in $D" || rm -rf "$D"' EXIT
 TCK=$(getconf CLK_TCK)
 
-free_port() {
-    local p
-    for _ in $(seq 1 50); do
-        p=$((20000 + RANDOM % 40000))
-        ss -ltnH "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
-    done
-    echo "no free port" >&2; exit 1
-}
+. tests/it/common.inc # free_port
 
 # One line per thread of a live process: "thread NAME ticks=U+S vol=V invol=I"
 # (the format bustest client --thread-stats prints for itself).
@@ -75,7 +68,7 @@ per_rt() {
 run() {
     local transport=$1 inflight=$2 count=$3 req
     if [ "$transport" = ipc ]; then req=ipc://$D/request-$inflight
-    else req=tcp://127.0.0.1:$(free_port); fi
+    else req=tcp://127.0.0.1:$(free_port) || { echo "no free TCP port" >&2; exit 1; }; fi
     # shellcheck disable=SC2086
     "$BIN/picomdm-broker" --request-endpoint "$req" --publish-endpoint "ipc://$D/pub-$transport-$inflight" \
         --subscribe-endpoint "ipc://$D/sub-$transport-$inflight" --log-level warn $BROKER_ARGS >"$D/broker.log" 2>&1 &
