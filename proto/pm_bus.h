@@ -55,6 +55,44 @@
     and 8.7 -> 5.4. Per message libzmq itself still wakes its I/O thread and
     ours (about 3 thread wakeups per message in the broker, the larger cost
     on a paravirtualised VM; docs/e2e.md, fourth round).
+
+    Session 4 (wake-ups per hop, issues #4 and #6). tests/bench/bus.sh prints
+    CPU and context switches per round trip for broker, worker and client,
+    per thread (main, libzmq's I/O thread). With one request in flight a
+    round trip costs the broker 2 wake-ups of its thread and 4 of its I/O
+    thread (each message in and out), each end 1 + 2: 12 in all (measured
+    6.8-7.7 in the broker, 3.3-3.6 in each end, preemptions included, load
+    3-11). That is libzmq's floor -- every hop wakes the sender's I/O thread,
+    the receiver's I/O thread and the receiver's thread -- and none of it is
+    a PicoMDM call; bursts share them (broker 0.45 per round trip at 32 in
+    flight, 0.1 at 256). The broker already drains each socket until EAGAIN,
+    moves zmq_msg_t frames, formats nothing per message; its own code and
+    czmq are ~4 % of its perf samples.
+    getpid: libzmq checks for fork() with getpid() in signaler_t::send and
+    ::wait, i.e. on every mailbox signal and every empty mailbox check: 19
+    getpid syscalls per round trip in the broker, ~10 in each end, 10 % of
+    the broker's perf samples at 32 in flight (glibc no longer caches it).
+    pm_bus_wire.c defines getpid() (pid cached, forgotten in a fork child;
+    the executable's definition is the one libzmq binds to): 0 getpid
+    syscalls per round trip (strace), ~1.2 µs CPU saved each, i.e. ~23 µs
+    per round trip in the broker and ~12 µs in each end at low load. Per
+    enrollment (enroll_e2e, strace -c): broker 301 -> 206 syscalls (getpid
+    106 -> 0), ca 161 -> 97, gateway 167 -> 129, store 150 -> 129. Context
+    switches do not change (broker 39-43 per enrollment, 2.5-2.7 per e2e
+    device request); the CPU gain is within this shared VM's run-to-run
+    noise (load 3-11, every run: bus.sh broker at 1 in flight 152-295 µs
+    per round trip before (7 runs, median 203), 110-200 after (12, median
+    161); e2e broker 75-110 µs per device request before (6), 65-115
+    after (6); enroll_e2e broker 1,550-2,150 µs per enrollment before (2),
+    1,200-1,550 after (2)).
+    Tried, not kept: an outbox in pm_bus sending everything a pass produced
+    together (no change in e2e: the gateway already sends a loop iteration's
+    requests together, the store a commit's replies); two libzmq I/O threads
+    (more switches: 9.4-9.9 per round trip in the broker vs 7.1-7.5). Not
+    tried: spinning before sleeping (takes the cores the I/O threads need on
+    this 2-core VM). What would remove most of the rest: a broker speaking
+    ZMTP itself on one epoll thread (no I/O-thread hand-off: 2 instead of 6
+    switches per round trip), wire-compatible with the libzmq peers.
  */
 #ifndef PM_BUS_H
 #define PM_BUS_H

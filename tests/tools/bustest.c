@@ -10,6 +10,8 @@
  *        keeps K requests in flight until N are answered or failed; prints
  *        counts, per-worker shares, duplicates suppressed, rate and latency
  *        percentiles; exits 0 only if all N were answered exactly once.
+ *        With --thread-stats, one line per thread of its own (name, CPU
+ *        ticks, voluntary and involuntary context switches: bench/bus.sh).
  *    bustest garbage --endpoint E --count N      malformed frames of every kind
  *    bustest pub     --publish-endpoint E --topic T --count N [--delay-ms D]
  *    bustest sub     --subscribe-endpoint E [--prefix P] --count N [--max-seconds S]
@@ -20,6 +22,7 @@
 #include "pm_log.h"
 
 #include <czmq.h>
+#include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +44,7 @@ static const pm_opt_t s_opts[] = {
     {"retries", PM_OPT_INT, "3", "client: extra attempts"},
     {"payload-bytes", PM_OPT_INT, "16", "client: payload size"},
     {"max-seconds", PM_OPT_INT, "60", "give up after this long"},
+    {"thread-stats", PM_OPT_BOOL, "false", "client: print each thread's CPU and context switches"},
     {"topic", PM_OPT_STR, "test.event", "pub: event name"},
     {"prefix", PM_OPT_STR, "", "sub: topic prefix"},
     {"curve-server-key", PM_OPT_STR, NULL, "broker public key (Z85)"},
@@ -147,6 +151,46 @@ static int s_worker(void)
 }
 
 /* ---- client ---- */
+
+//  One line per thread of this process: "thread NAME ticks=U+S vol=V invol=I"
+//  from /proc/self/task (tests/bench/bus.sh: which thread is woken how often).
+static void s_thread_stats(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        char path[300], line[256], comm[64] = "?";
+        unsigned long long ut = 0, st = 0, vol = 0, invol = 0;
+        snprintf(path, sizeof path, "/proc/self/task/%s/stat", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (f && fgets(line, sizeof line, f)) {
+            char *l = strchr(line, '('), *r = strrchr(line, ')');
+            if (l && r && r > l) {
+                snprintf(comm, sizeof comm, "%.*s", (int)(r - l - 1), l + 1);
+                //  after ") ": state(3) ... utime is field 14, stime 15
+                sscanf(r + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st);
+            }
+        }
+        if (f)
+            fclose(f);
+        snprintf(path, sizeof path, "/proc/self/task/%s/status", e->d_name);
+        f = fopen(path, "r");
+        while (f && fgets(line, sizeof line, f)) {
+            sscanf(line, "voluntary_ctxt_switches: %llu", &vol);
+            sscanf(line, "nonvoluntary_ctxt_switches: %llu", &invol);
+        }
+        if (f)
+            fclose(f);
+        for (char *c = comm; *c; c++)
+            if (*c == ' ')
+                *c = '_';
+        printf("thread %s ticks=%llu vol=%llu invol=%llu\n", comm, ut + st, vol, invol);
+    }
+    if (d)
+        closedir(d);
+}
 
 typedef struct {
     pm_bus_t *bus;
@@ -288,6 +332,8 @@ static int s_client(void)
                (unsigned long)(uintptr_t)v);
     if (c.failed)
         printf("last_error=%s\n", c.last_error);
+    if (pm_cfg_bool(s_cfg, "thread-stats"))
+        s_thread_stats();
     int rc = c.answered == c.count && c.failed == 0 && c.doubles == 0 ? 0 : 1;
     free(lat);
     pm_bus_destroy(&c.bus);
