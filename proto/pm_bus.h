@@ -72,12 +72,15 @@
     ::wait, i.e. on every mailbox signal and every empty mailbox check: 19
     getpid syscalls per round trip in the broker, ~10 in each end, 10 % of
     the broker's perf samples at 32 in flight (glibc no longer caches it).
-    pm_bus_wire.c defines getpid() (pid cached, forgotten in a fork child;
-    the executable's definition is the one libzmq binds to): 0 getpid
-    syscalls per round trip (strace), ~1.2 µs CPU saved each, i.e. ~23 µs
-    per round trip in the broker and ~12 µs in each end at low load. Per
-    enrollment (enroll_e2e, strace -c): broker 301 -> 206 syscalls (getpid
-    106 -> 0), ca 161 -> 97, gateway 167 -> 129, store 150 -> 129. Context
+    picomdm-broker alone defines getpid() (broker/broker_getpid.c: pid
+    cached, forgotten in a fork child; the executable's definition is the
+    one libzmq binds to): 0 getpid syscalls per round trip in the broker
+    (strace), ~1.2 µs CPU saved each, i.e. ~23 µs per round trip at low
+    load; enroll_e2e, strace -c: broker 301 -> 206 syscalls per enrollment
+    (getpid 106 -> 0). The helper's first version put it in every binary
+    (ca 161 -> 97, gateway 167 -> 129, store 150 -> 129); the review kept
+    it out of the processes that use OpenSSL's random generator, whose
+    fork detection asks getpid, and out of everything that may fork. Context
     switches do not change (broker 39-43 per enrollment, 2.5-2.7 per e2e
     device request); the CPU gain is within this shared VM's run-to-run
     noise (load 3-11, every run: bus.sh broker at 1 in flight 152-295 µs

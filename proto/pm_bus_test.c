@@ -9,16 +9,12 @@
 #include "pm_log.h"
 
 #include <czmq.h>
-#include <dlfcn.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 #include <poll.h>
 #include <string.h>
-#include <sys/syscall.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 typedef struct {
     zsock_t *router;
@@ -595,34 +591,6 @@ static void test_blocking_call(void **state)
     zactor_destroy(&broker);
 }
 
-//  getpid() comes from pm_bus_wire.c (libzmq's fork checks): one syscall,
-//  then the cached pid; the child of a fork() gets its own pid.
-static void test_getpid_cached(void **state)
-{
-    (void)state;
-    pid_t real = (pid_t)syscall(SYS_getpid);
-    assert_int_equal(getpid(), real);
-    //  ours, and the one shared libraries (libzmq) bind to
-    assert_true(pm_bus_getpid_syscalls() >= 1);
-    void *bound = dlsym(RTLD_DEFAULT, "getpid");
-    assert_true(bound == (void *)getpid);
-    unsigned before = pm_bus_getpid_syscalls();
-    for (int i = 0; i < 1000; i++)
-        assert_int_equal(getpid(), real);
-    assert_int_equal(pm_bus_getpid_syscalls(), before);
-    pid_t child = fork();
-    assert_true(child >= 0);
-    if (child == 0) {
-        pid_t mine = (pid_t)syscall(SYS_getpid);
-        _exit(getpid() == mine && mine != real && getpid() == mine ? 0 : 1);
-    }
-    int status = 0;
-    assert_int_equal(waitpid(child, &status, 0), child);
-    assert_true(WIFEXITED(status));
-    assert_int_equal(WEXITSTATUS(status), 0);
-    assert_int_equal(getpid(), real); //  the parent keeps its own
-}
-
 static void test_bad_config(void **state)
 {
     (void)state;
@@ -740,7 +708,6 @@ int main(void)
         cmocka_unit_test(test_blocking_call),
         cmocka_unit_test(test_wait_states),
         cmocka_unit_test(test_bad_config),
-        cmocka_unit_test(test_getpid_cached),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     zsys_shutdown();

@@ -6,11 +6,8 @@
 #include <czmq.h>
 #include <errno.h>
 #include <poll.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <string.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 int pm_bus_recv(void *sock, zmq_msg_t *frames, int max, int *n, int *total)
 {
@@ -208,37 +205,4 @@ void pm_bus_hex(const uint8_t *data, size_t len, char *out)
         out[2 * i + 1] = digits[data[i] & 15];
     }
     out[2 * len] = 0;
-}
-
-/* ---- getpid (see pm_bus_wire.h) ---- */
-
-static _Atomic pid_t s_pid;
-static _Atomic unsigned s_pid_syscalls;
-static pthread_once_t s_pid_once = PTHREAD_ONCE_INIT;
-
-static void s_pid_forget(void)
-{
-    s_pid = 0; //  the child of a fork: ask the kernel again
-}
-
-static void s_pid_register(void)
-{
-    pthread_atfork(NULL, NULL, s_pid_forget);
-}
-
-pid_t getpid(void)
-{
-    pid_t pid = s_pid;
-    if (pid == 0) {
-        pthread_once(&s_pid_once, s_pid_register);
-        pid = (pid_t)syscall(SYS_getpid);
-        s_pid_syscalls++;
-        s_pid = pid;
-    }
-    return pid;
-}
-
-unsigned pm_bus_getpid_syscalls(void)
-{
-    return s_pid_syscalls;
 }

@@ -98,19 +98,6 @@ void pm_bus_ratelog(pm_bus_ratelog_t *rl, const char *fmt, ...)
 //  localhost are local; anything else needs CURVE.
 bool pm_bus_endpoint_is_local(const char *endpoint);
 
-/* ---- getpid without a syscall ----
- *  libzmq checks for fork() with getpid() every time it signals or polls a
- *  mailbox (signaler_t::send and ::wait): 19 getpid syscalls per request
- *  round trip in the broker with one request in flight, ~10 in each end, and
- *  glibc no longer caches the pid. pm_bus_wire.c therefore defines getpid()
- *  for every program linked with it (the definition in the executable
- *  interposes glibc's for libzmq and every other shared library): the pid is
- *  read once with the raw syscall and forgotten in the child of a fork()
- *  (pthread_atfork), so it is always this process's pid. Measured in
- *  pm_bus.h ("Session 4", also in docs/bus.md).
- *  pm_bus_getpid_syscalls() counts the real syscalls it made (tests). */
-unsigned pm_bus_getpid_syscalls(void);
-
 //  Hex of `len` bytes into out (2*len+1 bytes); used for ROUTER identities in logs/keys.
 void pm_bus_hex(const uint8_t *data, size_t len, char *out);
 
