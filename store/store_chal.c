@@ -103,6 +103,7 @@ static store_rc_t s_use(sqlite3 *sql, store_db_t *db, const pm_msg_t *req, pm_ms
     const char *hash = pm_msg_str(req, "hash");
     const char *txid = pm_msg_str(req, "transaction_id");
     const char *kh = pm_msg_str(req, "key_hash");
+    const char *rid = pm_msg_rid(req);
     int64_t expires = (int64_t)pm_msg_uint(req, "expires_ms", 0);
     if (!store_hex64_ok(hash) || !store_hex64_ok(kh)) {
         *reply = pm_msg_new_error(req, "bad_request",
@@ -154,8 +155,8 @@ static store_rc_t s_use(sqlite3 *sql, store_db_t *db, const pm_msg_t *req, pm_ms
     s_state.live += accepted;
     if (!accepted) {
         if (sqlite3_prepare_v2(sql,
-                               "SELECT expires, used, txid, key_hash FROM scep_challenges"
-                               " WHERE hash=?1",
+                               "SELECT expires, used, txid, key_hash, event_rid, event_seq"
+                               " FROM scep_challenges WHERE hash=?1",
                                -1, &st, NULL) != SQLITE_OK)
             return store_db_fail(sql, req, reply, "scep_challenge.use");
         sqlite3_bind_text(st, 1, hash, 64, SQLITE_STATIC);
@@ -168,16 +169,37 @@ static store_rc_t s_use(sqlite3 *sql, store_db_t *db, const pm_msg_t *req, pm_ms
         } else {
             const char *utx = (const char *)sqlite3_column_text(st, 2);
             const char *ukh = (const char *)sqlite3_column_text(st, 3);
+            const char *erid = (const char *)sqlite3_column_text(st, 4);
             //  the same SCEP transaction with the same key again: a retry
-            if (utx && ukh && strcmp(utx, txid) == 0 && strcmp(ukh, kh) == 0)
+            if (utx && ukh && strcmp(utx, txid) == 0 && strcmp(ukh, kh) == 0) {
                 accepted = true;
-            else
+                //  the same bus request again (picomdm-ca's retry after a
+                //  lost reply): its event is logged already
+                if (erid && rid && strcmp(erid, rid) == 0)
+                    seq = (uint64_t)sqlite3_column_int64(st, 5);
+            } else
                 reason = "used";
         }
         sqlite3_finalize(st);
     }
-    if (accepted && s_event(db, req, now, &seq) < 0)
-        return store_db_fail(sql, req, reply, "scep_challenge.use (its event)");
+    if (accepted && seq == 0) {
+        if (s_event(db, req, now, &seq) < 0)
+            return store_db_fail(sql, req, reply, "scep_challenge.use (its event)");
+        if (seq > 0 && rid) { //  which request logged it (a retry of it logs nothing)
+            if (sqlite3_prepare_v2(sql,
+                                   "UPDATE scep_challenges SET event_rid=?2, event_seq=?3"
+                                   " WHERE hash=?1",
+                                   -1, &st, NULL) != SQLITE_OK)
+                return store_db_fail(sql, req, reply, "scep_challenge.use");
+            sqlite3_bind_text(st, 1, hash, 64, SQLITE_STATIC);
+            sqlite3_bind_text(st, 2, rid, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 3, (sqlite3_int64)seq);
+            r = sqlite3_step(st);
+            sqlite3_finalize(st);
+            if (r != SQLITE_DONE)
+                return store_db_fail(sql, req, reply, "scep_challenge.use");
+        }
+    }
 answer:
     *reply = pm_msg_new_reply(req, PM_MSG_SCEP_CHALLENGE_USE_REPLY);
     if (*reply && (pm_msg_set_bool(*reply, "accepted", accepted) < 0 ||

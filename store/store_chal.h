@@ -49,6 +49,14 @@
     " created INTEGER NOT NULL, used INTEGER, txid TEXT, key_hash TEXT) WITHOUT ROWID;"            \
     "CREATE INDEX scep_challenges_expires ON scep_challenges(expires);"
 
+//  Schema 7: the bus request (rid) whose use logged the event riding with it
+//  (ca.issued), and that event's seq: picomdm-ca's retry of the same request
+//  (same rid, after a reply it did not get) is answered with that seq and
+//  logs nothing again.
+#define STORE_CHAL_MIGRATION_7                                                                     \
+    "ALTER TABLE scep_challenges ADD COLUMN event_rid TEXT;"                                       \
+    "ALTER TABLE scep_challenges ADD COLUMN event_seq INTEGER;"
+
 //  The store service's entry for every SCEP_CHALLENGE_* request: the reply in *reply.
 store_rc_t store_chal_apply(store_db_t *db, const pm_msg_t *req, pm_msg_t **reply, int64_t now_ms);
 

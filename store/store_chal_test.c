@@ -31,11 +31,15 @@ static const char *const K2 = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb
 
 //  scep_challenge.use (with a ca.issued event when `ev`): 1 accepted, 0
 //  refused (reason copied), -1 error reply. *seq: the event's seq, if any.
+static const char *s_rid; //  when set: the next request's rid (a bus retry repeats it)
+
 static int s_use_ev(const char *hash, const char *txid, const char *kh, int64_t expires_ms,
                     const char *ev, char *reason, uint64_t *seq)
 {
     pm_msg_t *m = pm_msg_new(PM_MSG_SCEP_CHALLENGE_USE);
     assert_non_null(m);
+    if (s_rid)
+        assert_int_equal(pm_msg_set_rid(m, s_rid), 0);
     assert_int_equal(pm_msg_set_str(m, "hash", hash), 0);
     assert_int_equal(pm_msg_set_str(m, "transaction_id", txid), 0);
     assert_int_equal(pm_msg_set_str(m, "key_hash", kh), 0);
@@ -226,6 +230,16 @@ static void test_use_logs_event(void **state)
     assert_int_equal(s_use_ev(H1, "tx-1", K1, exp, "CERT-THREE", why, &seq2), 1);
     assert_true(seq2 > seq);
     assert_int_equal(s_events_with("ca.issued"), 2);
+    //  picomdm-ca's bus retry of one request (same rid: its reply was lost):
+    //  accepted with the first seq, and the event is not logged twice
+    uint64_t first = 0, again = 0;
+    s_rid = "rid-retried-use";
+    assert_int_equal(s_use_ev(H2, "tx-9", K2, exp, "CERT-NINE", why, &first), 1);
+    assert_int_equal(s_use_ev(H2, "tx-9", K2, exp, "CERT-NINE", why, &again), 1);
+    s_rid = NULL;
+    assert_true(first > 0);
+    assert_int_equal(again, first);
+    assert_int_equal(s_events_with("CERT-NINE"), 1);
 }
 
 static void test_bad_requests(void **state)

@@ -75,6 +75,8 @@ static const char *const s_migrations[] = {
     STORE_DOCTOR_MIGRATION,
     /* 6: durable one-time SCEP challenges (store_chal.h) */
     STORE_CHAL_MIGRATION,
+    /* 7: a retried scep_challenge.use logs its event once (store_chal.h) */
+    STORE_CHAL_MIGRATION_7,
 };
 #define S_NMIGRATIONS ((int)(sizeof s_migrations / sizeof s_migrations[0]))
 _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema version");

@@ -84,7 +84,7 @@ typedef struct {
                                   //  only this long after it was delivered
 } store_policy_t;
 
-#define STORE_SCHEMA_VERSION 6
+#define STORE_SCHEMA_VERSION 7
 
 //  Open (creating and migrating) the database at `path` (":memory:" works).
 //  Returns NULL with the reason in err.
