@@ -4,6 +4,7 @@
  *  byte. Signed ones are checked with CRYPTO_memcmp on their HMAC tag.
  */
 #include "ca_challenge.h"
+#include "pm_bus_wire.h"
 #include "pm_log.h"
 
 #include <czmq.h>
@@ -64,8 +65,7 @@ void ca_challenge_hash_hex(const char *password, char hex[65])
     uint8_t md[32];
     unsigned int len = 0;
     EVP_Digest(password, strlen(password), md, &len, EVP_sha256(), NULL);
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    pm_bus_hex(md, sizeof md, hex);
 }
 
 static void s_entry_free(void **item)
@@ -83,6 +83,13 @@ ca_challenge_t *ca_challenge_new(ca_challenge_mode_t mode, const char *secret, i
         snprintf(err, errlen,
                  "challenge-mode static needs a challenge of at least 8 characters: set "
                  "`challenge` (or use challenge-mode one-time)");
+        return NULL;
+    }
+    if (ttl_s > CA_CHALLENGE_MAX_TTL_S) {
+        snprintf(err, errlen,
+                 "challenge-ttl %lld is more than 366 days (%lld s), which picomdm-store refuses: "
+                 "set a shorter challenge-ttl",
+                 (long long)ttl_s, (long long)CA_CHALLENGE_MAX_TTL_S);
         return NULL;
     }
     ca_challenge_t *c = calloc(1, sizeof *c);
@@ -228,8 +235,7 @@ static int s_key_make(const char *path, char *err, size_t errlen)
         snprintf(err, errlen, "cannot make a challenge key: no randomness from OpenSSL");
         return -1;
     }
-    for (int i = 0; i < S_KEY; i++)
-        snprintf(hex + 2 * i, 3, "%02x", key[i]);
+    pm_bus_hex(key, sizeof key, hex);
     hex[2 * S_KEY] = '\n';
     hex[2 * S_KEY + 1] = 0;
     (void)unlink(tmp);
@@ -239,9 +245,28 @@ static int s_key_make(const char *path, char *err, size_t errlen)
                  strerror(errno));
         goto out;
     }
-    if (link(tmp, path) == 0)
+    if (link(tmp, path) == 0) {
         rc = 0;
-    else if (errno == EEXIST)
+        //  the new name survives a crash only once its directory is synced:
+        //  a lost key would silently void every profile handed out
+        (void)unlink(tmp);
+        char dir[4200];
+        snprintf(dir, sizeof dir, "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash == dir)
+            dir[1] = 0;
+        else if (slash)
+            *slash = 0;
+        else
+            snprintf(dir, sizeof dir, ".");
+        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0 || fsync(dfd) < 0)
+            pm_warn("cannot sync the directory of the challenge key %s: %s (it may be lost if "
+                    "the machine crashes now; check the directory)",
+                    path, strerror(errno));
+        if (dfd >= 0)
+            close(dfd);
+    } else if (errno == EEXIST)
         rc = 1;
     else
         snprintf(err, errlen, "cannot create the challenge key %s: %s", path, strerror(errno));
@@ -421,8 +446,7 @@ bool ca_challenge_check(ca_challenge_t *c, const char *password, const char *txi
         if (c->refuse || !s_verify(c, password, &exp) || !txid || strlen(txid) >= S_TXID_MAX)
             return false;
         ca_challenge_hash_hex(password, c->seen.hash_hex);
-        for (int i = 0; i < 32; i++)
-            snprintf(c->seen.key_hash_hex + 2 * i, 3, "%02x", key_hash[i]);
+        pm_bus_hex(key_hash, 32, c->seen.key_hash_hex);
         snprintf(c->seen.txid, sizeof c->seen.txid, "%s", txid);
         c->seen.expires_ms = exp * 1000;
         c->have_seen = true;

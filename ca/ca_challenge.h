@@ -40,6 +40,10 @@
 
 typedef enum { CA_CHALLENGE_STATIC = 0, CA_CHALLENGE_ONE_TIME } ca_challenge_mode_t;
 
+//  The longest a one-time challenge may live: the store refuses expiries
+//  further ahead (STORE_CHAL_MAX_TTL_MS, store/store_chal.h).
+#define CA_CHALLENGE_MAX_TTL_S (366LL * 86400)
+
 typedef struct ca_challenge ca_challenge_t;
 
 //  `secret`: the static challenge (required in static mode, at least 8 characters).

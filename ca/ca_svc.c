@@ -1,6 +1,7 @@
 /*  ca_svc — the "ca" bus service (see ca_svc.h). */
 #include "ca_svc.h"
 #include "ca_scep.h"
+#include "pm_bus_wire.h"
 #include "pm_log.h"
 
 #include <msgpack.h>
@@ -206,26 +207,34 @@ static pm_msg_t *s_event(const char *name, const char *const *kv, int n)
     return ev;
 }
 
+//  The ca.issued event of a CertRep SUCCESS: the one the ca publishes and
+//  the one that rides scep_challenge.use for the store to log.
+static pm_msg_t *s_issued_event(const ca_scep_reply_t *r)
+{
+    char hex[65];
+    pm_bus_hex(r->cert_sha256, sizeof r->cert_sha256, hex);
+    const char *kv[] = {
+        "subject",        r->subject,
+        "transaction_id", r->txid,
+        "cert_sha256",    hex,
+        "kind",           r->message_type == CA_SCEP_RENEWALREQ ? "renewal" : "enrollment"};
+    return s_event("ca.issued", kv, 8);
+}
+
 //  The scep.reply (and event) for a finished SCEP operation r (cleared here).
 //  req: the request, or its stub (type and rid).
 static pm_msg_t *s_scep_answer(const pm_msg_t *req, const char *operation, const char *remote,
                                ca_scep_reply_t *rp, pm_msg_t **event)
 {
     ca_scep_reply_t r = *rp;
-    char hex[65] = "";
     if (r.pki_status == CA_SCEP_SUCCESS) {
-        for (int i = 0; i < 32; i++)
-            snprintf(hex + 2 * i, 3, "%02x", r.cert_sha256[i]);
+        char hex[65];
+        pm_bus_hex(r.cert_sha256, sizeof r.cert_sha256, hex);
         pm_info("scep: issued %s (%s, transaction %s, sha256 %s)%s%s", r.subject,
                 r.message_type == CA_SCEP_RENEWALREQ ? "renewal" : "enrollment", r.txid, hex,
                 remote ? " for " : "", remote ? remote : "");
-        const char *kv[] = {
-            "subject",        r.subject,
-            "transaction_id", r.txid,
-            "cert_sha256",    hex,
-            "kind",           r.message_type == CA_SCEP_RENEWALREQ ? "renewal" : "enrollment"};
         if (event)
-            *event = s_event("ca.issued", kv, 8);
+            *event = s_issued_event(&r);
     } else if (r.pki_status == CA_SCEP_FAILURE || r.status >= 400) {
         pm_warn("scep: %s refused: %s (transaction %s%s%s)", operation ? operation : "?", r.reason,
                 r.txid[0] ? r.txid : "-", remote ? ", from " : "", remote ? remote : "");
@@ -292,21 +301,30 @@ static void s_on_use(void *arg, const pm_msg_t *reply, const char *error)
         if (ev && seq > 0 && pm_msg_set_uint(ev, "seq", seq) < 0)
             pm_msg_destroy(&ev);
     } else if (reply && pm_msg_type(reply) == PM_MSG_SCEP_CHALLENGE_USE_REPLY) {
-        pm_info("scep: the store refused the challenge of transaction %s (%s)", w->r.txid,
-                pm_msg_str(reply, "reason") ? pm_msg_str(reply, "reason") : "?");
+        char hex[65];
+        pm_bus_hex(w->r.cert_sha256, sizeof w->r.cert_sha256, hex);
+        pm_warn("scep: the store refused the challenge of transaction %s (%s): the certificate "
+                "signed for it (sha256 %s) is discarded, never handed out; the device gets a "
+                "FAILURE",
+                w->r.txid, pm_msg_str(reply, "reason") ? pm_msg_str(reply, "reason") : "?", hex);
         ca_scep_reply_clear(&w->r); //  the certificate is never handed out
         ca_challenge_refuse(s->ch, true);
         ca_scep_handle(s->scep, w->method, w->operation, w->msg, w->len, &w->r);
         ca_challenge_refuse(s->ch, false);
         ca_challenge_take_seen(s->ch, NULL);
         rep = s_scep_answer(w->stub, w->operation, w->remote, &w->r, &ev);
+    } else if (reply && pm_msg_type(reply) == PM_MSG_ERROR) {
+        //  the store answered, with an error: say its words, not "down"
+        pm_error("scep: transaction %s: picomdm-store refused to check the challenge: %s (%s); "
+                 "answering 503 so the device retries once that is fixed",
+                 w->r.txid, pm_msg_str(reply, "message") ? pm_msg_str(reply, "message") : "?",
+                 pm_msg_str(reply, "code") ? pm_msg_str(reply, "code") : "error");
+        ca_scep_reply_clear(&w->r);
+        rep = s_scep_503(w->stub);
     } else {
         pm_warn("scep: transaction %s: the store did not check the challenge (%s); answering 503 "
                 "so the device retries (is picomdm-store running?)",
-                w->r.txid,
-                error                                         ? error
-                : reply && pm_msg_type(reply) == PM_MSG_ERROR ? pm_msg_str(reply, "message")
-                                                              : "unexpected reply");
+                w->r.txid, error ? error : "unexpected reply");
         ca_scep_reply_clear(&w->r);
         rep = s_scep_503(w->stub);
     }
@@ -349,12 +367,7 @@ static s_wait_t *s_wait_new(ca_svc_t *s, const pm_msg_t *req, ca_svc_done_fn *do
 //  here; the ca.issued event rides along (logged by the store if accepted).
 static pm_msg_t *s_use_req(const ca_challenge_seen_t *seen, const ca_scep_reply_t *r)
 {
-    char hex[65];
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", r->cert_sha256[i]);
-    const char *kv[] = {"subject",     r->subject, "transaction_id", r->txid,
-                        "cert_sha256", hex,        "kind",           "enrollment"};
-    pm_msg_t *ev = s_event("ca.issued", kv, 8);
+    pm_msg_t *ev = s_issued_event(r);
     pm_msg_t *use = pm_msg_new(PM_MSG_SCEP_CHALLENGE_USE);
     if (!ev || !use || pm_msg_set_str(use, "hash", seen->hash_hex) < 0 ||
         pm_msg_set_str(use, "transaction_id", seen->txid) < 0 ||

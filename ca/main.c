@@ -70,9 +70,9 @@ static const pm_opt_t s_opts[] = {
      "default ipc directory: $XDG_RUNTIME_DIR/picomdm or /tmp/picomdm"},
     {"heartbeat-ms", PM_OPT_INT, "1000", "bus heartbeat interval"},
     {"store-timeout-ms", PM_OPT_INT, "1500",
-     "one-time challenges: wait this long for picomdm-store per attempt (one retry) before the "
-     "profile or PKCSReq is answered with an error the client retries (keep it under half the "
-     "gateway's timeout)"},
+     "one-time challenges: wait this long for picomdm-store per attempt (one retry) before a "
+     "PKCSReq is answered with 503, which the device retries (keep it under half the gateway's "
+     "timeout)"},
     {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
     {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate (zcert secret file)"},
     PM_STATS_OPTION,

@@ -64,7 +64,7 @@ typedef struct {
     //  path; false: in the commit that crosses wal_autocheckpoint (SQLite's
     //  way). Ignored for ":memory:".
     bool checkpoint_thread;
-    int checkpoint_idle_ms; //  thread: TRUNCATE the WAL after this long without a commit
+    int checkpoint_idle_ms; //  thread: copy what is left after this long without a commit
                             //  (0 = STORE_CHECKPOINT_IDLE_MS)
 } store_db_opts_t;
 
