@@ -842,7 +842,7 @@ int devsim_run_report(devsim_run_t *r, FILE *out)
         //  The requests that opened a connection wait for the TLS handshake
         //  (and, at a phase's start, for every other connection's): this
         //  line is the latency of the rest, once the connections are open.
-        if (p->nlatk < p->nlat)
+        if (p->nlatk > 0 && p->nlatk < p->nlat)
             fprintf(out,
                     "%-10s on an open connection (%zu of the requests): p50 %.2f ms p99 %.2f ms "
                     "max %.2f ms (the other %zu opened a TLS connection first)\n",
