@@ -22,6 +22,7 @@
 #include "ca_pki.h"
 #include "ca_profile.h"
 #include "ca_scep.h"
+#include "ca_test_fixture.h"
 #include "pm_scepc.h"
 
 #include <setjmp.h>
@@ -153,8 +154,7 @@ static void s_rec_step(void *arg, const char *step)
 /* ---- fixture: the ca's keys as `picomdm up` makes them ---- */
 
 typedef struct {
-    char dir[64];
-    char paths[6][128];
+    ca_test_keys_t k; //  temp dir and PKI files (ca_test_fixture.h)
     ca_pki_t *pki;
     ca_challenge_t *ch;
     ca_scep_t *scep;
@@ -208,29 +208,13 @@ static s_fix_t *s_fix_new(bool ec)
     s_fix_t *f = calloc(1, sizeof *f);
     if (!f)
         return NULL;
-    snprintf(f->dir, sizeof f->dir, "/tmp/ca_cost_test.XXXXXX");
-    if (!mkdtemp(f->dir)) {
+    if (ca_test_keys_init(&f->k, "ca_cost_test") < 0) {
         free(f);
         return NULL;
     }
-    static const char *names[6] = {"ca.crt", "ca.key",     "ra.crt",
-                                   "ra.key", "signer.crt", "signer.key"};
-    for (int i = 0; i < 6; i++) {
-        char dir[64];
-        memcpy(dir, f->dir, sizeof dir);
-        snprintf(f->paths[i], sizeof f->paths[i], "%s/%s", dir, names[i]);
-    }
-    if (ec && s_write_ec_ca(f->paths[0], f->paths[1]) < 0)
+    if (ec && s_write_ec_ca(f->k.paths[0], f->k.paths[1]) < 0)
         return f;
-    ca_pki_opts_t o = {.ca_cert = f->paths[0],
-                       .ca_key = f->paths[1],
-                       .ra_cert = f->paths[2],
-                       .ra_key = f->paths[3],
-                       .signer_cert = f->paths[4],
-                       .signer_key = f->paths[5],
-                       .cert_days = 365,
-                       .key_usage = "critical,digitalSignature,keyEncipherment",
-                       .ext_key_usage = "clientAuth"};
+    ca_pki_opts_t o = ca_test_pki_opts(&f->k);
     char err[256] = "";
     f->pki = ca_pki_new(&o, NULL, err, sizeof err);
     if (!f->pki)
@@ -251,9 +235,7 @@ static void s_fix_destroy(s_fix_t **pf)
     ca_scep_destroy(&f->scep);
     ca_challenge_destroy(&f->ch);
     ca_pki_destroy(&f->pki);
-    for (int i = 0; i < 6; i++)
-        unlink(f->paths[i]);
-    rmdir(f->dir);
+    ca_test_keys_remove(&f->k);
     free(f);
     *pf = NULL;
 }

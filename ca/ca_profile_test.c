@@ -5,6 +5,7 @@
  */
 #include "ca_pki.h"
 #include "ca_profile.h"
+#include "ca_test_fixture.h"
 #include "ca_profile_keys.h"
 
 #include <setjmp.h>
@@ -23,32 +24,16 @@
 #include <unistd.h>
 
 typedef struct {
-    char dir[64];
-    char paths[6][128];
+    ca_test_keys_t k; //  temp dir and PKI files (ca_test_fixture.h)
     ca_pki_t *pki;
 } s_fix_t;
 
 static int s_setup(void **state)
 {
     s_fix_t *f = calloc(1, sizeof *f);
-    snprintf(f->dir, sizeof f->dir, "/tmp/ca_profile_test.XXXXXX");
-    if (!mkdtemp(f->dir))
+    if (ca_test_keys_init(&f->k, "ca_profile_test") < 0)
         return -1;
-    static const char *names[6] = {"ca.crt", "ca.key",     "ra.crt",
-                                   "ra.key", "signer.crt", "signer.key"};
-    for (int i = 0; i < 6; i++) {
-        char dir[64];
-        memcpy(dir, f->dir, sizeof dir);
-        snprintf(f->paths[i], sizeof f->paths[i], "%s/%s", dir, names[i]);
-    }
-    ca_pki_opts_t o = {.ca_cert = f->paths[0],
-                       .ca_key = f->paths[1],
-                       .ra_cert = f->paths[2],
-                       .ra_key = f->paths[3],
-                       .signer_cert = f->paths[4],
-                       .signer_key = f->paths[5],
-                       .cert_days = 365,
-                       .key_usage = "critical,digitalSignature,keyEncipherment"};
+    ca_pki_opts_t o = ca_test_pki_opts(&f->k);
     char err[256];
     f->pki = ca_pki_new(&o, NULL, err, sizeof err);
     *state = f;
@@ -59,9 +44,7 @@ static int s_teardown(void **state)
 {
     s_fix_t *f = *state;
     ca_pki_destroy(&f->pki);
-    for (int i = 0; i < 6; i++)
-        unlink(f->paths[i]);
-    rmdir(f->dir);
+    ca_test_keys_remove(&f->k);
     free(f);
     return 0;
 }
@@ -389,7 +372,7 @@ static void test_topic_from_cert(void **state)
 {
     s_fix_t *f = *state;
     char path[160], buf[128], err[256];
-    snprintf(path, sizeof path, "%s/push.pem", f->dir);
+    snprintf(path, sizeof path, "%s/push.pem", f->k.dir);
     EVP_PKEY *k = EVP_EC_gen("P-256");
     X509 *x = X509_new();
     X509_NAME *n = X509_get_subject_name(x);
@@ -407,7 +390,8 @@ static void test_topic_from_cert(void **state)
     fclose(fp);
     assert_int_equal(ca_profile_topic_from_cert(path, buf, sizeof buf, err, sizeof err), 0);
     assert_string_equal(buf, "com.apple.mgmt.External.abc-123");
-    assert_int_equal(ca_profile_topic_from_cert(f->paths[0], buf, sizeof buf, err, sizeof err), -1);
+    assert_int_equal(ca_profile_topic_from_cert(f->k.paths[0], buf, sizeof buf, err, sizeof err),
+                     -1);
     assert_int_equal(ca_profile_topic_from_cert("/nonexistent", buf, sizeof buf, err, sizeof err),
                      -1);
     unlink(path);

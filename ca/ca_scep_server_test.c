@@ -9,6 +9,7 @@
 #include "ca_challenge.h"
 #include "ca_pki.h"
 #include "ca_scep.h"
+#include "ca_test_fixture.h"
 #include "pm_x509.h"
 #include "pm_scepc.h"
 
@@ -34,8 +35,7 @@
 #define CHALLENGE "static-challenge-42"
 
 typedef struct {
-    char dir[64];
-    char paths[6][128];
+    ca_test_keys_t k; //  temp dir and PKI files (ca_test_fixture.h)
     ca_pki_t *pki;
     ca_challenge_t *ch;
     ca_scep_t *scep;
@@ -65,45 +65,23 @@ static int s_copy(const char *from, const char *to, mode_t mode)
     return rc;
 }
 
-static void s_paths(s_fix_t *f)
-{
-    static const char *names[6] = {"ca.crt", "ca.key",     "ra.crt",
-                                   "ra.key", "signer.crt", "signer.key"};
-    for (int i = 0; i < 6; i++) {
-        char dir[64];
-        memcpy(dir, f->dir, sizeof dir);
-        snprintf(f->paths[i], sizeof f->paths[i], "%s/%s", dir, names[i]);
-    }
-}
-
 static ca_pki_opts_t s_opts(s_fix_t *f)
 {
-    ca_pki_opts_t o = {.ca_cert = f->paths[0],
-                       .ca_key = f->paths[1],
-                       .ra_cert = f->paths[2],
-                       .ra_key = f->paths[3],
-                       .signer_cert = f->paths[4],
-                       .signer_key = f->paths[5],
-                       .cert_days = 365,
-                       .key_usage = "critical,digitalSignature,keyEncipherment",
-                       .ext_key_usage = "clientAuth"};
-    return o;
+    return ca_test_pki_opts(&f->k);
 }
 
 static int s_setup_mode(void **state, ca_challenge_mode_t mode, bool ec_ca)
 {
     s_fix_t *f = calloc(1, sizeof *f);
-    snprintf(f->dir, sizeof f->dir, "/tmp/ca_scep_test.XXXXXX");
-    if (!mkdtemp(f->dir))
+    if (ca_test_keys_init(&f->k, "ca_scep_test") < 0)
         return -1;
-    s_paths(f);
     if (!ec_ca && s_tmpl[0]) {
         static const int files[4] = {0, 1, 4, 5};
         static const char *names[6] = {"ca.crt", "ca.key", "", "", "signer.crt", "signer.key"};
         for (int i = 0; i < 4; i++) {
             char from[128];
             snprintf(from, sizeof from, "%s/%s", s_tmpl, names[files[i]]);
-            if (s_copy(from, f->paths[files[i]], (files[i] & 1) ? 0600 : 0644) < 0)
+            if (s_copy(from, f->k.paths[files[i]], (files[i] & 1) ? 0600 : 0644) < 0)
                 return -1;
         }
     }
@@ -127,10 +105,10 @@ static int s_setup_mode(void **state, ca_challenge_mode_t mode, bool ec_ca)
         X509_add_ext(x, e, -1);
         X509_EXTENSION_free(e);
         X509_sign(x, k, EVP_sha256());
-        FILE *fp = fopen(f->paths[0], "w");
+        FILE *fp = fopen(f->k.paths[0], "w");
         PEM_write_X509(fp, x);
         fclose(fp);
-        fp = fopen(f->paths[1], "w");
+        fp = fopen(f->k.paths[1], "w");
         PEM_write_PrivateKey(fp, k, NULL, NULL, 0, NULL, NULL);
         fclose(fp);
         X509_free(x);
@@ -173,9 +151,7 @@ static int s_teardown(void **state)
     ca_challenge_destroy(&f->ch);
     ca_pki_destroy(&f->pki);
     ca_pki_destroy(&f->pki);
-    for (int i = 0; i < 6; i++)
-        unlink(f->paths[i]);
-    rmdir(f->dir);
+    ca_test_keys_remove(&f->k);
     free(f);
     return 0;
 }
@@ -701,7 +677,7 @@ static void test_ec_ca_with_ra(void **state)
 
     //  the RA and signer files were made 0600 and are reused on the next start
     struct stat st;
-    assert_int_equal(stat(f->paths[3], &st), 0);
+    assert_int_equal(stat(f->k.paths[3], &st), 0);
     assert_int_equal(st.st_mode & 0777, 0600);
     char err[256];
     ca_pki_opts_t o = s_opts(f);
@@ -715,9 +691,9 @@ static void test_pki_files(void **state)
 {
     s_fix_t *f = *state;
     struct stat st;
-    assert_int_equal(stat(f->paths[1], &st), 0);
+    assert_int_equal(stat(f->k.paths[1], &st), 0);
     assert_int_equal(st.st_mode & 0777, 0600);
-    assert_int_equal(stat(f->paths[5], &st), 0);
+    assert_int_equal(stat(f->k.paths[5], &st), 0);
     assert_int_equal(st.st_mode & 0777, 0600);
     char err[256];
     ca_pki_opts_t o = s_opts(f);
@@ -739,7 +715,7 @@ static void test_pki_files(void **state)
     assert_null(ca_pki_new(&o, NULL, err, sizeof err));
     //  a CA key that does not match the certificate: error, never replaced
     o = s_opts(f);
-    o.ca_key = f->paths[5];
+    o.ca_key = f->k.paths[5];
     assert_null(ca_pki_new(&o, NULL, err, sizeof err));
     assert_non_null(strstr(err, "not replaced"));
     //  only one of the pair present: error
@@ -853,7 +829,7 @@ int main(void)
     s_dev_key2 = EVP_RSA_gen(2048);
     void *tmpl = NULL;
     if (s_setup(&tmpl) == 0) {
-        memcpy(s_tmpl, ((s_fix_t *)tmpl)->dir, sizeof s_tmpl);
+        memcpy(s_tmpl, ((s_fix_t *)tmpl)->k.dir, sizeof s_tmpl);
         ca_scep_destroy(&((s_fix_t *)tmpl)->scep);
         ca_challenge_destroy(&((s_fix_t *)tmpl)->ch);
         ca_pki_destroy(&((s_fix_t *)tmpl)->pki);

@@ -13,6 +13,7 @@
 #include "ca_scep.h"
 #include "pm_scepc.h"
 #include "ca_svc.h"
+#include "ca_test_fixture.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -60,8 +61,8 @@ typedef struct {
 } s_store_t;
 
 typedef struct {
-    char dir[64];
-    char paths[7][128];
+    ca_test_keys_t k;   //  temp dir and PKI files (ca_test_fixture.h)
+    char chal_key[128]; //  challenge.key beside ca.key
     ca_svc_t *svc;
     s_store_t store;
     ca_svc_opts_t o;
@@ -159,30 +160,17 @@ static void s_store_flush(s_store_t *st)
 static int s_setup_mode(void **state, bool durable)
 {
     s_fix_t *f = calloc(1, sizeof *f);
-    snprintf(f->dir, sizeof f->dir, "/tmp/ca_svc_test.XXXXXX");
-    if (!mkdtemp(f->dir))
+    if (ca_test_keys_init(&f->k, "ca_svc_test") < 0)
         return -1;
-    static const char *names[7] = {"ca.crt",     "ca.key",     "ra.crt",       "ra.key",
-                                   "signer.crt", "signer.key", "challenge.key"};
-    for (int i = 0; i < 7; i++) {
-        char dir[64];
-        memcpy(dir, f->dir, sizeof dir);
-        snprintf(f->paths[i], sizeof f->paths[i], "%s/%s", dir, names[i]);
-    }
-    ca_svc_opts_t o = {.pki = {.ca_cert = f->paths[0],
-                               .ca_key = f->paths[1],
-                               .ra_cert = f->paths[2],
-                               .ra_key = f->paths[3],
-                               .signer_cert = f->paths[4],
-                               .signer_key = f->paths[5],
-                               .cert_days = 365,
-                               .key_usage = "critical,digitalSignature,keyEncipherment",
-                               .ext_key_usage = "clientAuth"},
+    char dir[64];
+    memcpy(dir, f->k.dir, sizeof dir);
+    snprintf(f->chal_key, sizeof f->chal_key, "%s/challenge.key", dir);
+    ca_svc_opts_t o = {.pki = ca_test_pki_opts(&f->k),
                        .challenge_mode = CA_CHALLENGE_ONE_TIME,
                        .profile = {.server_url = "https://127.0.0.1:8443/mdm/server",
                                    .scep_url = "https://127.0.0.1:8443/scep",
                                    .topic = "com.apple.mgmt.test"},
-                       .tls_anchor = f->paths[0]};
+                       .tls_anchor = f->k.paths[0]};
     if (durable) {
         o.call = s_fake_call;
         o.call_arg = &f->store;
@@ -211,9 +199,8 @@ static int s_teardown(void **state)
     s_fix_t *f = *state;
     ca_svc_destroy(&f->svc);
     ca_svc_destroy(&f->svc);
-    for (int i = 0; i < 7; i++)
-        unlink(f->paths[i]);
-    rmdir(f->dir);
+    unlink(f->chal_key);
+    ca_test_keys_remove(&f->k);
     free(f);
     return 0;
 }
@@ -551,7 +538,7 @@ static void test_second_ca_accepts(void **state)
     s_fix_t *f = *state;
     char *challenge = s_profile_challenge(f);
     struct stat st;
-    assert_int_equal(stat(f->paths[6], &st), 0);
+    assert_int_equal(stat(f->chal_key, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0600);
     ca_svc_destroy(&f->svc); //  the first ca goes away (kill -9: nothing of it is needed)
     char err[256];
@@ -573,27 +560,27 @@ static void test_second_ca_accepts(void **state)
     //  a new key (rotation) invalidates outstanding challenges
     challenge = s_profile_challenge(f);
     ca_svc_destroy(&f->svc);
-    assert_int_equal(unlink(f->paths[6]), 0);
+    assert_int_equal(unlink(f->chal_key), 0);
     f->svc = ca_svc_new(&f->o, err, sizeof err);
     assert_non_null(f->svc);
     s_expect_refused(f, key, challenge, "ROTATED-TX");
     free(challenge);
     //  a malformed key file is an error, never replaced
     ca_svc_destroy(&f->svc);
-    FILE *kf = fopen(f->paths[6], "w");
+    FILE *kf = fopen(f->chal_key, "w");
     assert_non_null(kf);
     fputs("not a key\n", kf);
     fclose(kf);
     assert_null(ca_svc_new(&f->o, err, sizeof err));
     assert_non_null(strstr(err, "challenge key"));
     //  a key file readable by others is tightened to 0600
-    kf = fopen(f->paths[6], "w");
+    kf = fopen(f->chal_key, "w");
     fputs("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n", kf);
     fclose(kf);
-    chmod(f->paths[6], 0644);
+    chmod(f->chal_key, 0644);
     f->svc = ca_svc_new(&f->o, err, sizeof err);
     assert_non_null(f->svc);
-    assert_int_equal(stat(f->paths[6], &st), 0);
+    assert_int_equal(stat(f->chal_key, &st), 0);
     assert_int_equal(st.st_mode & 0777, 0600);
     EVP_PKEY_free(key);
 }
