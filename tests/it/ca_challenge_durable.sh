@@ -17,9 +17,8 @@
 set -u
 ROOT=${PICOMDM_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 BIN=${BIN:-$ROOT/bin}
-for b in picomdm picomdm-devsim picomdm-ca picomdm-gateway picomdm-broker picomdm-store picomdm-scheduler; do
-    [ -x "$BIN/$b" ] || { echo "$BIN/$b not built (make)"; exit 77; }
-done
+. "$(dirname "$0")/common.inc"
+need_bins picomdm picomdm-devsim picomdm-ca picomdm-gateway picomdm-broker picomdm-store picomdm-scheduler
 command -v openssl >/dev/null && command -v curl >/dev/null || { echo "openssl and curl CLIs needed (make deps)"; exit 77; }
 T=$(mktemp -d /tmp/ca_challenge_durable.XXXXXX)
 UP_PID=
@@ -30,12 +29,7 @@ STOPPED=
 cleanup() {
     [ -n "$STOPPED" ] && kill -CONT "$STOPPED" 2>/dev/null
     for p in $WWW_PID $CA2_PID $CA3_PID; do kill -TERM "$p" 2>/dev/null; done
-    if [ -n "$UP_PID" ]; then
-        kill -TERM "$UP_PID" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$UP_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$UP_PID" 2>/dev/null
-    fi
-    for f in "$T"/var/run/*.pid; do [ -f "$f" ] && kill -KILL "$(cat "$f")" 2>/dev/null; done
+    up_stop "$UP_PID" "$T"
     for p in $WWW_PID $CA2_PID $CA3_PID; do kill -KILL "$p" 2>/dev/null; done
     rm -rf "$T"
 }
@@ -46,7 +40,6 @@ fail() {
     [ -f "$T/ca2.log" ] && { echo "--- second ca:"; tail -n 10 "$T/ca2.log"; }
     exit 1
 }
-. "$(dirname "$0")/common.inc"
 PORT=$(free_port) && WPORT=$(free_port) && [ "$PORT" != "$WPORT" ] || { echo "no free ports found"; exit 77; }
 
 PICOMDM_ENROLL_AUTH= PICOMDM_ENROLL_BASIC_AUTH= timeout 150 "$BIN/picomdm" up \

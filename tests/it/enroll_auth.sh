@@ -13,9 +13,8 @@
 set -u
 ROOT=${PICOMDM_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 BIN=${BIN:-$ROOT/bin}
-for b in picomdm picomdm-devsim picomdm-ca picomdm-gateway picomdm-broker picomdm-store picomdm-scheduler; do
-    [ -x "$BIN/$b" ] || { echo "$BIN/$b not built (make)"; exit 77; }
-done
+. "$(dirname "$0")/common.inc"
+need_bins picomdm picomdm-devsim picomdm-ca picomdm-gateway picomdm-broker picomdm-store picomdm-scheduler
 command -v openssl >/dev/null && command -v curl >/dev/null || { echo "openssl and curl CLIs needed (make deps)"; exit 77; }
 T=$(mktemp -d /tmp/enroll_auth.XXXXXX)
 UP_PID=
@@ -23,12 +22,7 @@ GW2_PID=
 W_PID=
 cleanup() {
     for p in $W_PID $GW2_PID; do kill -TERM "$p" 2>/dev/null; done
-    if [ -n "$UP_PID" ]; then
-        kill -TERM "$UP_PID" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$UP_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$UP_PID" 2>/dev/null
-    fi
-    for f in "$T"/var/run/*.pid; do [ -f "$f" ] && kill -KILL "$(cat "$f")" 2>/dev/null; done
+    up_stop "$UP_PID" "$T"
     [ -n "$GW2_PID" ] && kill -KILL "$GW2_PID" 2>/dev/null
     rm -rf "$T"
 }
@@ -39,7 +33,6 @@ fail() {
     [ -f "$T/gw2.log" ] && { echo "--- second gateway:"; tail -n 10 "$T/gw2.log"; }
     exit 1
 }
-. "$(dirname "$0")/common.inc"
 PORT=$(free_port) && PORT2=$(free_port) && [ "$PORT" != "$PORT2" ] || { echo "no free ports found"; exit 77; }
 
 PICOMDM_ENROLL_AUTH=token PICOMDM_ENROLL_BASIC_AUTH= timeout 150 "$BIN/picomdm" up \

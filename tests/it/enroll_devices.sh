@@ -14,26 +14,19 @@ ROOT=${PICOMDM_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 BIN=${BIN:-$ROOT/bin}
 TT=${TT:-$ROOT/build/rel/tt}
 N=${ENROLL_DEVICES:-20}
-for b in picomdm picomdm-devsim picomdm-ca picomdm-gateway picomdm-broker picomdm-store picomdm-scheduler; do
-    [ -x "$BIN/$b" ] || { echo "$BIN/$b not built (make)"; exit 77; }
-done
+. "$(dirname "$0")/common.inc"
+need_bins picomdm picomdm-devsim picomdm-ca picomdm-gateway picomdm-broker picomdm-store picomdm-scheduler
 command -v openssl >/dev/null && command -v curl >/dev/null || { echo "openssl and curl CLIs needed (make deps)"; exit 77; }
 T=$(mktemp -d /tmp/enroll_devices.XXXXXX)
 UP_PID=
 DS_PID=
 cleanup() {
     [ -n "$DS_PID" ] && kill -TERM "$DS_PID" 2>/dev/null
-    if [ -n "$UP_PID" ]; then
-        kill -TERM "$UP_PID" 2>/dev/null
-        for _ in $(seq 50); do kill -0 "$UP_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$UP_PID" 2>/dev/null
-    fi
-    for f in "$T"/var/run/*.pid; do [ -f "$f" ] && kill -KILL "$(cat "$f")" 2>/dev/null; done
+    up_stop "$UP_PID" "$T"
     rm -rf "$T"
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*"; echo "--- server log (errors, warnings):"; grep -E "^[EW]:" "$T/up.log" | tail -n 20; exit 1; }
-. "$(dirname "$0")/common.inc"
 
 PORT=$(free_port) || { echo "no free port found"; exit 77; }
 

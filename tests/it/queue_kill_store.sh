@@ -23,12 +23,6 @@ wait "$STORE_PID" 2>/dev/null
 echo "killed the store after $before replies"
 sleep 0.3
 start_store
-wait "$DRV" || fail "driver failed: $(grep FAIL "$D/many.log" | head -3)"
-[ "$(field replied "$D/many.out")" = $COUNT ] || fail "replied $(field replied "$D/many.out") != $COUNT"
-drv verify-enqueues --eid dev-0 --log "$D/enq.txt" >"$D/verify.out" 2>"$D/verify.log" \
-    || fail "verify: $(grep FAIL "$D/verify.log" | head -5)"
-[ "$(field missing "$D/verify.out")" = 0 ] || fail "replied enqueues missing after the crash"
-[ "$(field queue_entries "$D/verify.out")" = $COUNT ] \
-    || fail "queue has $(field queue_entries "$D/verify.out") entries, expected exactly $COUNT"
+burst_all_present
 grep -q "at schema version" "$D/store.log" || fail "store did not log its schema version"
 echo "ok: $COUNT enqueues, store killed after $before, all present exactly once"

@@ -46,6 +46,18 @@ wait_log() {
 # field NAME FILE: the value of a name=value line
 field() { sed -n "s/^$1=//p" "$2" | tail -n 1; }
 drv() { timeout 120 "$TT/queuedrv" --request-endpoint "$REQ" "$@"; }
+# burst_all_present: after a crash during a burst of $COUNT enqueues for
+# dev-0 (driver $DRV, its log $D/enq.txt): the driver got $COUNT replies and
+# every replied enqueue is in the queue exactly once
+burst_all_present() {
+    wait "$DRV" || fail "driver failed: $(grep FAIL "$D/many.log" | head -3)"
+    [ "$(field replied "$D/many.out")" = $COUNT ] || fail "replied $(field replied "$D/many.out") != $COUNT"
+    drv verify-enqueues --eid dev-0 --log "$D/enq.txt" >"$D/verify.out" 2>"$D/verify.log" \
+        || fail "verify: $(grep FAIL "$D/verify.log" | head -5)"
+    [ "$(field missing "$D/verify.out")" = 0 ] || fail "replied enqueues missing after the crash"
+    [ "$(field queue_entries "$D/verify.out")" = $COUNT ] \
+        || fail "queue has $(field queue_entries "$D/verify.out") entries, expected exactly $COUNT"
+}
 start_all() {
     start_broker
     start_store "${STORE_ARGS[@]}"

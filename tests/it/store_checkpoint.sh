@@ -28,13 +28,7 @@ kill -9 "$STORE_PID"
 wait "$STORE_PID" 2>/dev/null
 echo "killed the store during the burst after $before replies and $(grep -c 'checkpoint: ' "$D/store.log") checkpoints"
 start_store "${STORE_ARGS[@]}"
-wait "$DRV" || fail "driver failed: $(grep FAIL "$D/many.log" | head -3)"
-[ "$(field replied "$D/many.out")" = $COUNT ] || fail "replied $(field replied "$D/many.out") != $COUNT"
-drv verify-enqueues --eid dev-0 --log "$D/enq.txt" >"$D/verify.out" 2>"$D/verify.log" \
-    || fail "verify: $(grep FAIL "$D/verify.log" | head -5)"
-[ "$(field missing "$D/verify.out")" = 0 ] || fail "replied enqueues missing after the crash"
-[ "$(field queue_entries "$D/verify.out")" = $COUNT ] \
-    || fail "queue has $(field queue_entries "$D/verify.out") entries, expected exactly $COUNT"
+burst_all_present
 
 # idle: the thread copies the rest; the -wal file stays within the limit
 sleep 1
