@@ -5,6 +5,7 @@
 #include <czmq.h>
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -271,6 +272,18 @@ int64_t pm_cfg_int(const pm_cfg_t *cfg, const char *name)
 {
     const char *v = cfg->values[s_index(cfg, name)];
     return v ? strtoll(v, NULL, 0) : 0;
+}
+
+int pm_cfg_int_in(const pm_cfg_t *cfg, const char *name, int64_t lo, int64_t hi, int *out)
+{
+    int64_t v = pm_cfg_int(cfg, name);
+    if (v < lo || v > hi || v < INT_MIN || v > INT_MAX) {
+        pm_error("%s must be between %lld and %lld, not %lld (fix the option and start again)",
+                 name, (long long)lo, (long long)hi, (long long)v);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
 }
 
 bool pm_cfg_bool(const pm_cfg_t *cfg, const char *name)

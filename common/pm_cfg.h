@@ -47,6 +47,9 @@ void pm_cfg_destroy(pm_cfg_t **cfg);
 const char *pm_cfg_str(const pm_cfg_t *cfg, const char *name);
 int64_t pm_cfg_int(const pm_cfg_t *cfg, const char *name);
 bool pm_cfg_bool(const pm_cfg_t *cfg, const char *name);
+//  An integer option that must lie in [lo, hi]: 0 and *out, or -1 after
+//  logging "<name> must be between lo and hi, not v" (a startup error).
+int pm_cfg_int_in(const pm_cfg_t *cfg, const char *name, int64_t lo, int64_t hi, int *out);
 
 //  Positional (non-option) arguments, in order.
 int pm_cfg_argc(const pm_cfg_t *cfg);

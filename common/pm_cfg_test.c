@@ -35,6 +35,23 @@ static void test_defaults(void **state)
     pm_cfg_destroy(&cfg); //  safe twice
 }
 
+//  pm_cfg_int_in: inside the range gives the value, outside (either side) -1
+static void test_int_in(void **state)
+{
+    (void)state;
+    pm_cfg_t *cfg;
+    const char *argv[] = {"p", "--workers", "7"};
+    assert_int_equal(s_parse(&cfg, 3, argv), PM_CFG_RUN);
+    int v = -1;
+    assert_int_equal(pm_cfg_int_in(cfg, "workers", 1, 7, &v), 0);
+    assert_int_equal(v, 7);
+    v = -1;
+    assert_int_equal(pm_cfg_int_in(cfg, "workers", 8, 100, &v), -1);
+    assert_int_equal(pm_cfg_int_in(cfg, "workers", 0, 6, &v), -1);
+    assert_int_equal(v, -1); //  untouched on error
+    pm_cfg_destroy(&cfg);
+}
+
 static void test_precedence(void **state)
 {
     (void)state;
@@ -90,6 +107,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_int_in),
         cmocka_unit_test(test_precedence),
         cmocka_unit_test(test_errors),
     };

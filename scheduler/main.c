@@ -50,17 +50,6 @@ static int64_t s_now_ms(void)
     return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
 
-static int s_int(const pm_cfg_t *cfg, const char *name, int lo, int hi, int *out)
-{
-    int64_t v = pm_cfg_int(cfg, name);
-    if (v < lo || v > hi) {
-        pm_error("%s must be between %d and %d, not %lld", name, lo, hi, (long long)v);
-        return -1;
-    }
-    *out = (int)v;
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     pm_cfg_t *cfg = NULL;
@@ -77,15 +66,15 @@ int main(int argc, char **argv)
     sched_opts_t o = {0};
     if (pm_cfg_start_logging(cfg) < 0)
         goto out;
-    if (s_int(cfg, "notnow-limit", 0, 1000000, &o.notnow_limit) < 0 ||
-        s_int(cfg, "redeliver-limit", 0, 1000000, &o.redeliver_limit) < 0 ||
-        s_int(cfg, "delivered-timeout-s", 0, 86400 * 365, &o.delivered_timeout_s) < 0 ||
-        s_int(cfg, "default-ttl-s", 0, 86400 * 3650, &o.default_ttl_s) < 0 ||
-        s_int(cfg, "store-timeout-ms", 10, 600000, &o.store_timeout_ms) < 0 ||
-        s_int(cfg, "store-retries", 0, 100, &o.store_retries) < 0 ||
-        s_int(cfg, "wake-sweep-s", 0, 86400, &o.wake_sweep_s) < 0 ||
-        s_int(cfg, "silent-sweep-s", 0, 86400 * 30, &o.silent_sweep_s) < 0 ||
-        s_int(cfg, "wake-backoff-max-s", 0, 86400 * 30, &o.wake_backoff_max_s) < 0 ||
+    if (pm_cfg_int_in(cfg, "notnow-limit", 0, 1000000, &o.notnow_limit) < 0 ||
+        pm_cfg_int_in(cfg, "redeliver-limit", 0, 1000000, &o.redeliver_limit) < 0 ||
+        pm_cfg_int_in(cfg, "delivered-timeout-s", 0, 86400 * 365, &o.delivered_timeout_s) < 0 ||
+        pm_cfg_int_in(cfg, "default-ttl-s", 0, 86400 * 3650, &o.default_ttl_s) < 0 ||
+        pm_cfg_int_in(cfg, "store-timeout-ms", 10, 600000, &o.store_timeout_ms) < 0 ||
+        pm_cfg_int_in(cfg, "store-retries", 0, 100, &o.store_retries) < 0 ||
+        pm_cfg_int_in(cfg, "wake-sweep-s", 0, 86400, &o.wake_sweep_s) < 0 ||
+        pm_cfg_int_in(cfg, "silent-sweep-s", 0, 86400 * 30, &o.silent_sweep_s) < 0 ||
+        pm_cfg_int_in(cfg, "wake-backoff-max-s", 0, 86400 * 30, &o.wake_backoff_max_s) < 0 ||
         pm_stats_from_cfg(cfg, "scheduler", &stats) < 0)
         goto out;
     if (r == PM_CFG_CHECK) {

@@ -112,11 +112,11 @@ int main(int argc, char **argv)
         pm_error("synchronous must be full or normal, not '%s'", sync);
         goto out;
     }
-    int64_t batch = pm_cfg_int(cfg, "batch-max");
-    if (batch < 1 || batch > 100000) {
-        pm_error("batch-max must be between 1 and 100000, not %lld", (long long)batch);
+    int batch, ckpt, idle;
+    if (pm_cfg_int_in(cfg, "batch-max", 1, 100000, &batch) < 0 ||
+        pm_cfg_int_in(cfg, "wal-autocheckpoint", 100, 1000000, &ckpt) < 0 ||
+        pm_cfg_int_in(cfg, "checkpoint-idle-ms", 10, 3600000, &idle) < 0)
         goto out;
-    }
     const char *dir = pm_cfg_str(cfg, "data-dir");
     if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
         pm_error("cannot create data directory %s: %s (create it or pass --data-dir)", dir,
@@ -128,26 +128,15 @@ int main(int argc, char **argv)
         snprintf(path, sizeof path, "%s", pm_cfg_str(cfg, "database"));
     else
         snprintf(path, sizeof path, "%s/picomdm.db", dir);
-    int64_t ckpt = pm_cfg_int(cfg, "wal-autocheckpoint");
-    if (ckpt < 100 || ckpt > 1000000) {
-        pm_error("wal-autocheckpoint must be between 100 and 1000000 pages, not %lld",
-                 (long long)ckpt);
-        goto out;
-    }
     const char *mode = pm_cfg_str(cfg, "checkpoint");
     if (strcmp(mode, "thread") != 0 && strcmp(mode, "inline") != 0) {
         pm_error("checkpoint must be thread or inline, not '%s'", mode);
         goto out;
     }
-    int64_t idle = pm_cfg_int(cfg, "checkpoint-idle-ms");
-    if (idle < 10 || idle > 3600000) {
-        pm_error("checkpoint-idle-ms must be between 10 and 3600000, not %lld", (long long)idle);
-        goto out;
-    }
     store_db_opts_t o = {.sync_full = strcmp(sync, "full") == 0,
-                         .wal_autocheckpoint = (int)ckpt,
+                         .wal_autocheckpoint = ckpt,
                          .checkpoint_thread = strcmp(mode, "thread") == 0,
-                         .checkpoint_idle_ms = (int)idle};
+                         .checkpoint_idle_ms = idle};
     db = store_db_new(path, &o, err, sizeof err);
     if (!db) {
         pm_error("%s", err);
