@@ -83,6 +83,13 @@ static void s_log_timing(const store_svc_t *svc, store_db_t *db)
     }
     store_ckpt_stats_t w;
     store_db_wal_stats(db, &w);
+    uint64_t commits = 0, applied = 0;
+    store_svc_counts(svc, &commits, &applied);
+    pm_info("WAL frames (pages) written by commits: %llu in %llu commits = %.1f per commit, "
+            "%.2f per request",
+            (unsigned long long)w.written, (unsigned long long)w.commits,
+            w.commits ? (double)w.written / (double)w.commits : 0.0,
+            applied ? (double)w.written / (double)applied : 0.0);
     pm_info("largest batch %zu requests; WAL: %llu checkpoints, %llu frames copied, %.0f ms, "
             "longest %.1f ms; %llu finished on the store's thread, longest %.1f ms; started over "
             "%llu times; at most %lld frames, now %lld",

@@ -56,6 +56,8 @@ typedef struct {
     uint64_t restarts;  //  times the WAL started over from its beginning
     int64_t wal_frames; //  frames in the WAL after the last commit
     int64_t wal_max;    //  the most frames the WAL ever held
+    uint64_t written;   //  frames (pages) the store's commits wrote into the WAL (store_db)
+    uint64_t commits;   //  commits that wrote any (store_db)
 } store_ckpt_stats_t;
 
 //  The WAL holds about this many times the threshold at most: from there

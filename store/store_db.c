@@ -77,6 +77,8 @@ static const char *const s_migrations[] = {
     STORE_CHAL_MIGRATION,
     /* 7: a retried scep_challenge.use logs its event once (store_chal.h) */
     STORE_CHAL_MIGRATION_7,
+    /* 8: one index fewer to write per new inventory attribute (store_inv.h) */
+    STORE_INV_MIGRATION_8,
 };
 #define S_NMIGRATIONS ((int)(sizeof s_migrations / sizeof s_migrations[0]))
 _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema version");
@@ -226,6 +228,9 @@ struct store_db {
     int wal_threshold;       //  WAL frames between checkpoints
     double ckpt_ms;          //  inline checkpoint time since store_db_begin
     store_ckpt_stats_t inl;  //  inline checkpoint counters (no thread)
+    int64_t wal_prev;        //  frames in the WAL after the previous commit
+    uint64_t wal_written;    //  frames written by commits (store_ckpt_stats_t.written)
+    uint64_t wal_commits;    //  commits that wrote frames
 };
 
 struct sqlite3 *store_db_sqlite(store_db_t *db)
@@ -431,6 +436,10 @@ static int s_migrate(store_db_t *db)
 static int s_wal_hook(void *arg, sqlite3 *sql, const char *name, int frames)
 {
     store_db_t *db = arg;
+    //  what this commit wrote: the growth, or all of it when the WAL started over
+    db->wal_written += (uint64_t)(frames >= db->wal_prev ? frames - db->wal_prev : frames);
+    db->wal_commits++;
+    db->wal_prev = frames;
     if (db->ckpt) {
         store_ckpt_note(db->ckpt, frames);
         return SQLITE_OK;
@@ -465,6 +474,8 @@ void store_db_wal_stats(store_db_t *db, store_ckpt_stats_t *out)
         store_ckpt_stats(db->ckpt, out);
     else
         *out = db->inl;
+    out->written = db->wal_written;
+    out->commits = db->wal_commits;
 }
 
 double store_db_commit_checkpoint_ms(const store_db_t *db)
@@ -522,6 +533,14 @@ store_db_t *store_db_new(const char *path, const store_db_opts_t *opts, char *er
     sqlite3_busy_timeout(db->sql, opts->busy_ms > 0 ? opts->busy_ms : 5000);
     char pragmas[400];
     int wal = opts->wal_autocheckpoint > 0 ? opts->wal_autocheckpoint : STORE_WAL_AUTOCHECKPOINT;
+    //  only takes effect while the file is still empty (before journal_mode=WAL writes it)
+    if (opts->page_size > 0) {
+        snprintf(pragmas, sizeof pragmas, "PRAGMA page_size=%d;", opts->page_size);
+        if (s_run(db, pragmas, "setting the page size") < 0) {
+            snprintf(err, errlen, "%s: %s", path, db->errmsg);
+            goto fail;
+        }
+    }
     //  journal_size_limit: when the WAL starts over, a -wal file larger than
     //  the cap (store_ckpt.h; 4 KiB pages) is trimmed to it
     snprintf(pragmas, sizeof pragmas,

@@ -66,6 +66,8 @@ typedef struct {
     bool checkpoint_thread;
     int checkpoint_idle_ms; //  thread: copy what is left after this long without a commit
                             //  (0 = STORE_CHECKPOINT_IDLE_MS)
+    int page_size;          //  bytes per page of a database created now (0: SQLite's 4,096); an
+                            //  existing database keeps its own
 } store_db_opts_t;
 
 #define STORE_CHECKPOINT_IDLE_MS 1000
@@ -84,7 +86,7 @@ typedef struct {
                                   //  only this long after it was delivered
 } store_policy_t;
 
-#define STORE_SCHEMA_VERSION 7
+#define STORE_SCHEMA_VERSION 8
 
 //  Open (creating and migrating) the database at `path` (":memory:" works).
 //  Returns NULL with the reason in err.

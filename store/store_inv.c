@@ -20,15 +20,21 @@
 #define S_TEXT_MAX 256 //  vtext and change texts
 #define S_DEPTH_MAX 8  //  schema check depth
 
-enum { S_GET, S_PUT, S_DROP_OLD, S_OS, S_LIST, S_TIMELINE, S_DEVICES, S_NST };
+enum { S_GET, S_PUT, S_TOUCH, S_DROP_OLD, S_OS, S_LIST, S_TIMELINE, S_DEVICES, S_NST };
 static const char *const s_sql[S_NST] = {
-    [S_GET] = "SELECT value, vtext FROM inventory WHERE eid=?1 AND key=?2",
+    [S_GET] = "SELECT value, source FROM inventory WHERE eid=?1 AND key=?2",
     [S_PUT] = "INSERT INTO inventory(eid,key,value,vtext,source,updated,command_uuid)"
               " VALUES(?1,?2,?3,?4,?5,?6,?7) ON CONFLICT(eid,key) DO UPDATE SET"
               " value=excluded.value, vtext=excluded.vtext, source=excluded.source,"
               " updated=excluded.updated, command_uuid=excluded.command_uuid",
-    [S_DROP_OLD] = "DELETE FROM inventory WHERE eid=?1 AND source=?2 AND"
-                   " (updated<>?3 OR command_uuid IS NOT ?4) RETURNING key, vtext, value",
+    //  reported again, unchanged: when and by which command, nothing else; no
+    //  indexed column is set, so no index page is written (S_PUT rewrites
+    //  inventory_kv's entry even when the value is the same)
+    [S_TOUCH] = "UPDATE inventory SET updated=?3, command_uuid=?4 WHERE eid=?1 AND key=?2",
+    //  a REPLACE source's keys are ?2 and "?2.<key>" (store_inv_ingest): the
+    //  range [?2, ?2 || '/') of the primary key holds them all ('/' follows '.')
+    [S_DROP_OLD] = "DELETE FROM inventory WHERE eid=?1 AND key>=?2 AND key<?2||'/' AND source=?2"
+                   " AND (updated<>?3 OR command_uuid IS NOT ?4) RETURNING key, vtext, value",
     //  unchanged: no write (the enrollments row is wide, its page is not dirtied)
     [S_OS] = "UPDATE enrollments SET os_version=?2 WHERE eid=?1 AND os_version IS NOT ?2",
     [S_LIST] = "SELECT key, value, source, updated, command_uuid FROM inventory WHERE eid=?1"
@@ -296,12 +302,14 @@ static int s_put(store_inv_t *self, const char *eid, const char *key, const msgp
     s_bind_text(st, 1, eid);
     s_bind_text(st, 2, key);
     int rc = sqlite3_step(st);
-    bool had = rc == SQLITE_ROW, same = false;
+    bool had = rc == SQLITE_ROW, same = false, same_source = false;
     char old[S_TEXT_MAX] = "";
     if (had) {
         const void *ob = sqlite3_column_blob(st, 0);
         size_t on = (size_t)sqlite3_column_bytes(st, 0);
         same = on == self->buf.size && (on == 0 || memcmp(ob, self->buf.data, on) == 0);
+        const char *os = (const char *)sqlite3_column_text(st, 1);
+        same_source = os && source && strcmp(os, source) == 0;
         if (!same) {
             msgpack_unpacked u;
             msgpack_unpacked_init(&u);
@@ -314,6 +322,18 @@ static int s_put(store_inv_t *self, const char *eid, const char *key, const msgp
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
         return s_dberr(self, "reading the inventory");
 
+    if (same && same_source) { //  the same value (and so the same text) from the same source
+        st = s_st(self, S_TOUCH);
+        if (!st)
+            return -1;
+        s_bind_text(st, 1, eid);
+        s_bind_text(st, 2, key);
+        sqlite3_bind_int64(st, 3, now);
+        s_bind_text(st, 4, uuid);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        return rc == SQLITE_DONE ? 0 : s_dberr(self, "writing the inventory");
+    }
     st = s_st(self, S_PUT);
     if (!st)
         return -1;

@@ -51,11 +51,19 @@ typedef int(store_inv_emit_fn)(void *arg, const char *name, const char *eid, con
     " eid TEXT NOT NULL, key TEXT NOT NULL, value BLOB, vtext TEXT, source TEXT NOT NULL,"         \
     " updated INTEGER NOT NULL, command_uuid TEXT, PRIMARY KEY(eid, key)) WITHOUT ROWID;"          \
     "CREATE INDEX inventory_kv ON inventory(key, vtext);"                                          \
-    "CREATE INDEX inventory_source ON inventory(eid, source);"                                     \
+    "CREATE INDEX inventory_source ON inventory(eid, source);" /* dropped by schema 8 */           \
     "CREATE INDEX events_eid ON events(eid, seq) WHERE eid IS NOT NULL;"                           \
     "CREATE INDEX enrollments_model ON enrollments(model);"                                        \
     "CREATE INDEX enrollments_os ON enrollments(os_version);"                                      \
     "CREATE INDEX enrollments_seen ON enrollments(last_seen);"
+
+//  Schema 8 (docs/queue.md, "Session 5"): inventory_source (eid, source) was
+//  written for every attribute a device reports first (1.7 pages per
+//  DeviceInformation answer at 10,000 devices) and read only when a
+//  REPLACE answer drops the attributes its RequestType no longer reports.
+//  Those attributes' keys are the RequestType or start with "<RequestType>.",
+//  so that delete now reads a range of the primary key (eid, key) instead.
+#define STORE_INV_MIGRATION_8 "DROP INDEX IF EXISTS inventory_source;"
 
 //  NULL on out of memory. `sql` must outlive the object.
 store_inv_t *store_inv_new(sqlite3 *sql);

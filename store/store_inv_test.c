@@ -14,6 +14,7 @@
 #include "store_db.h"
 #include "store_inv.h"
 
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,6 +208,14 @@ static void test_device_information_merge_and_change(void **state)
                  "<key>QueryResponses</key><dict><key>OSVersion</key><string>18.1</string>"
                  "</dict>");
     assert_null(strstr(s_events, "inventory.changed"));
+    //  ... but when and by which command it was last reported is kept (only
+    //  those columns are written: no index entry, schema 8)
+    j = s_inv_json(db, "dev1");
+    assert_non_null(strstr(j, "\"key\":\"OSVersion\",\"value\":\"18.1\",\"source\":"
+                              "\"DeviceInformation\",\"updated\":1700000006000,"
+                              "\"command_uuid\":\"U3\""));
+    assert_non_null(strstr(j, "\"command_uuid\":\"U1\"")); //  Model: not in U2 or U3
+    free(j);
 
     //  filters in the store: --os, --query, --model, --silent-for
     store_inv_filter_t f = {.os_version = "18.1", .now_ms = s_now};
@@ -295,6 +304,104 @@ static void test_lists_replaced(void **state)
     store_db_destroy(&db);
 }
 
+//  The query plan of the cached statement whose text starts with `prefix`
+//  (prepared by the calls before), one line per step.
+static void s_plan(store_db_t *db, const char *prefix, char *out, size_t size)
+{
+    sqlite3 *sql = store_db_sqlite(db);
+    sqlite3_stmt *st = NULL, *q = NULL;
+    while ((st = sqlite3_next_stmt(sql, st)) != NULL)
+        if (strncmp(sqlite3_sql(st), prefix, strlen(prefix)) == 0)
+            break;
+    assert_non_null(st);
+    char eqp[4096];
+    snprintf(eqp, sizeof eqp, "EXPLAIN QUERY PLAN %s", sqlite3_sql(st));
+    assert_int_equal(sqlite3_prepare_v2(sql, eqp, -1, &q, NULL), SQLITE_OK);
+    out[0] = '\0';
+    while (sqlite3_step(q) == SQLITE_ROW) {
+        size_t l = strlen(out);
+        snprintf(out + l, size - l, "%s\n", (const char *)sqlite3_column_text(q, 3));
+    }
+    sqlite3_finalize(q);
+}
+
+//  Schema 8 drops inventory_source: a database of schema 7 upgrades keeping
+//  its inventory, and the statements that used the index still search by an
+//  index (never a scan of the whole inventory).
+static void test_schema_8_upgrade(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/store_inv_testXXXXXX", path[64], err[256];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/db", dir);
+    store_db_t *db = store_db_new(path, &(store_db_opts_t){.sync_full = false}, err, sizeof err);
+    assert_non_null(db);
+    s_checkin(db, "dev1", "Authenticate");
+    s_checkin(db, "dev1", "TokenUpdate");
+    s_round_trip(db, "dev1", "SecurityInfo", "S1",
+                 "<key>SecurityInfo</key><dict><key>PasscodePresent</key><true/>"
+                 "<key>HardwareEncryptionCaps</key><integer>3</integer></dict>");
+    char *before = s_inv_json(db, "dev1");
+    store_db_destroy(&db);
+    //  as schema 7 left it
+    sqlite3 *raw;
+    assert_int_equal(sqlite3_open(path, &raw), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(raw,
+                                  "CREATE INDEX inventory_source ON inventory(eid, source);"
+                                  "PRAGMA user_version=7",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(raw);
+    db = store_db_new(path, &(store_db_opts_t){.sync_full = false}, err, sizeof err);
+    assert_non_null(db);
+    assert_int_equal(store_db_schema_version(db), 8);
+    sqlite3_stmt *q = NULL;
+    assert_int_equal(sqlite3_prepare_v2(store_db_sqlite(db),
+                                        "SELECT count(*) FROM sqlite_schema WHERE"
+                                        " name='inventory_source'",
+                                        -1, &q, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(q, 0), 0);
+    sqlite3_finalize(q);
+    char *after = s_inv_json(db, "dev1");
+    assert_string_equal(before, after);
+    free(before);
+    free(after);
+    //  a REPLACE answer still drops what its RequestType no longer reports,
+    //  and leaves the other sources alone
+    s_round_trip(db, "dev1", "DeviceInformation", "U1",
+                 "<key>QueryResponses</key><dict><key>Model</key><string>iPhone16,1</string>"
+                 "</dict>");
+    s_round_trip(db, "dev1", "SecurityInfo", "S2",
+                 "<key>SecurityInfo</key><dict><key>PasscodePresent</key><false/></dict>");
+    assert_non_null(strstr(s_events, "\"key\":\"SecurityInfo.HardwareEncryptionCaps\",\"old\":"
+                                     "\"3\",\"new\":null"));
+    char *j = s_inv_json(db, "dev1");
+    assert_null(strstr(j, "HardwareEncryptionCaps"));
+    assert_non_null(strstr(j, "\"key\":\"Model\""));
+    assert_non_null(strstr(j, "\"key\":\"SecurityInfo.PasscodePresent\",\"value\":false"));
+    free(j);
+    //  the plans: the delete reads a range of the primary key; --query and
+    //  --model search inventory_kv
+    msgpack_sbuffer out;
+    msgpack_sbuffer_init(&out);
+    store_inv_filter_t f = {.query_key = "Model", .query_value = "iPhone16,1", .now_ms = s_now};
+    assert_int_equal(store_inv_devices(store_db_inv(db), &f, NULL, 100, &out), 0);
+    assert_int_equal((uint8_t)out.data[0], 0x91);
+    msgpack_sbuffer_destroy(&out);
+    char plan[4096];
+    s_plan(db, "DELETE FROM inventory", plan, sizeof plan);
+    assert_non_null(strstr(plan, "SEARCH inventory USING PRIMARY KEY (eid=? AND key>? AND key<?)"));
+    s_plan(db, "SELECT e.eid, e.kind", plan, sizeof plan);
+    assert_non_null(strstr(plan, "USING COVERING INDEX inventory_kv (key=? AND vtext=?)"));
+    assert_null(strstr(plan, "SCAN inventory"));
+    store_db_destroy(&db);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 static void test_schema_issues_kept(void **state)
 {
     (void)state;
@@ -357,6 +464,7 @@ int main(void)
         cmocka_unit_test(test_device_information_merge_and_change),
         cmocka_unit_test(test_lists_replaced),
         cmocka_unit_test(test_schema_issues_kept),
+        cmocka_unit_test(test_schema_8_upgrade),
         cmocka_unit_test(test_format_error_terminal),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

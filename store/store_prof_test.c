@@ -193,7 +193,17 @@ static pm_msg_t *s_checkin(const char *eid, const char *mt)
 }
 
 //  store.connect as the gateway sends it (policy numbers, doctor facts).
+static pm_msg_t *s_connect_keys(const char *eid, const char *status, const char *uuid, int n,
+                                bool bench);
 static pm_msg_t *s_connect(const char *eid, const char *status, const char *uuid, int n)
+{
+    return s_connect_keys(eid, status, uuid, n, false);
+}
+
+//  bench: the answer devsim gives in tests/bench/e2e.sh (Queries OSVersion,
+//  LastCloudBackupDate: an iPhone's two keys); else five keys.
+static pm_msg_t *s_connect_keys(const char *eid, const char *status, const char *uuid, int n,
+                                bool bench)
 {
     pm_msg_t *m = pm_msg_new(PM_MSG_STORE_CONNECT);
     char rid[64];
@@ -212,7 +222,25 @@ static pm_msg_t *s_connect(const char *eid, const char *status, const char *uuid
     msgpack_sbuffer_init(&b);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
-    if (uuid) {
+    if (uuid && bench) {
+        pm_msg_set_str(m, "command_uuid", uuid);
+        msgpack_pack_map(&pk, 4);
+        s_str(&pk, "UDID");
+        s_str(&pk, eid);
+        s_str(&pk, "Status");
+        s_str(&pk, status);
+        s_str(&pk, "CommandUUID");
+        s_str(&pk, uuid);
+        s_str(&pk, "QueryResponses");
+        msgpack_pack_map(&pk, 2);
+        s_str(&pk, "OSVersion");
+        s_str(&pk, "14.4"); //  as at Authenticate: os_version unchanged
+        s_str(&pk, "LastCloudBackupDate");
+        msgpack_timestamp ts = {
+            .tv_sec = 1760000000 - 3600 * (int64_t)(strlen(eid) + (unsigned char)eid[3] % 48),
+            .tv_nsec = 0};
+        msgpack_pack_timestamp(&pk, &ts);
+    } else if (uuid) {
         pm_msg_set_str(m, "command_uuid", uuid);
         msgpack_pack_map(&pk, 4);
         s_str(&pk, "UDID");
@@ -337,10 +365,305 @@ static void test_device_path(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* ---- pages written per request (WAL frames), and whose they are ---- */
+
+//  SQLite's allocations, counted (installed before SQLite initialises)
+static sqlite3_mem_methods s_mem0;
+static uint64_t s_mallocs;
+static void *s_malloc(int n)
+{
+    s_mallocs++;
+    return s_mem0.xMalloc(n);
+}
+static void *s_realloc(void *p, int n)
+{
+    s_mallocs++;
+    return s_mem0.xRealloc(p, n);
+}
+
+#define S_OWNERS 48
+typedef struct {
+    uint32_t *pg; //  page numbers written by the last commit
+    size_t npg, cap;
+    uint64_t frames, commits, reqs, mallocs;
+    uint64_t owned[S_OWNERS + 1]; //  sampled commits: frames per b-tree (last: none)
+    uint64_t sampled_reqs;
+} s_pages_t;
+
+static char s_owner[S_OWNERS][40]; //  b-tree names (dbstat), in order of appearance
+static int s_nowner;
+
+//  Attribute the last commit's pages to the b-trees that own them now
+//  (one dbstat scan: only for the sampled commits).
+static void s_attribute(sqlite3 *sql, s_pages_t *p, int nreqs)
+{
+    sqlite3_stmt *q = NULL;
+    assert_int_equal(sqlite3_prepare_v2(sql, "SELECT name, pageno FROM dbstat", -1, &q, NULL),
+                     SQLITE_OK);
+    int *who = malloc(p->npg * sizeof *who);
+    assert_non_null(who);
+    for (size_t i = 0; i < p->npg; i++)
+        who[i] = S_OWNERS;
+    while (sqlite3_step(q) == SQLITE_ROW) {
+        uint32_t pg = (uint32_t)sqlite3_column_int64(q, 1);
+        for (size_t i = 0; i < p->npg; i++) {
+            if (p->pg[i] != pg)
+                continue;
+            const char *name = (const char *)sqlite3_column_text(q, 0);
+            int k;
+            for (k = 0; k < s_nowner; k++)
+                if (strcmp(s_owner[k], name) == 0)
+                    break;
+            if (k == s_nowner && s_nowner < S_OWNERS)
+                snprintf(s_owner[s_nowner++], sizeof s_owner[0], "%s", name);
+            who[i] = k < S_OWNERS ? k : S_OWNERS;
+        }
+    }
+    sqlite3_finalize(q);
+    for (size_t i = 0; i < p->npg; i++)
+        p->owned[who[i]]++;
+    p->sampled_reqs += (uint64_t)nreqs;
+    free(who);
+}
+
+//  Note the WAL frames [from, to) of `wal` (page size psz): the page numbers
+//  of this commit (p->pg, distinct: SQLite writes a page once per commit).
+static void s_note_frames(FILE *wal, int psz, int64_t from, int64_t to, s_pages_t *p)
+{
+    p->npg = 0;
+    for (int64_t i = from; i < to; i++) {
+        uint8_t h[4];
+        assert_int_equal(fseeko(wal, 32 + i * (24 + psz), SEEK_SET), 0);
+        assert_int_equal(fread(h, 1, 4, wal), 4);
+        if (p->npg == p->cap) {
+            p->cap = p->cap ? p->cap * 2 : 256;
+            p->pg = realloc(p->pg, p->cap * sizeof *p->pg);
+            assert_non_null(p->pg);
+        }
+        p->pg[p->npg++] = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+        p->frames++;
+    }
+}
+
+//  Apply reqs[0..n) in one transaction (a group commit of n requests) and
+//  note the WAL frames that commit wrote.
+static void s_batch(store_db_t *db, store_svc_t *svc, pm_msg_t **reqs, int n, FILE *wal, int psz,
+                    int64_t *wal_prev, s_pages_t *p, bool sample)
+{
+    uint64_t m0 = s_mallocs;
+    assert_int_equal(store_db_begin(db), 0);
+    for (int i = 0; i < n; i++) {
+        pm_msg_t *reply = NULL;
+        assert_true(store_svc_apply(svc, reqs[i], &reply));
+        assert_int_equal(pm_msg_uint(reply, "status", 0), 200);
+        pm_msg_destroy(&reply);
+        pm_msg_destroy(&reqs[i]);
+    }
+    assert_int_equal(store_db_commit(db), 0);
+    store_db_events_flush(db, NULL, NULL);
+    p->mallocs += s_mallocs - m0;
+    store_ckpt_stats_t w;
+    store_db_wal_stats(db, &w);
+    fflush(wal);
+    s_note_frames(wal, psz, w.wal_frames >= *wal_prev ? *wal_prev : 0, w.wal_frames, p);
+    *wal_prev = w.wal_frames;
+    if (sample)
+        s_attribute(store_db_sqlite(db), p, n);
+    p->commits++;
+    p->reqs += (uint64_t)n;
+}
+
+//  Keep the WAL short between batches (outside the measurement): copy it
+//  all and truncate it, so the next commit writes from its start.
+static void s_wal_reset(store_db_t *db, int64_t *wal_prev)
+{
+    assert_int_equal(sqlite3_wal_checkpoint_v2(store_db_sqlite(db), NULL,
+                                               SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL),
+                     SQLITE_OK);
+    *wal_prev = 0;
+}
+
+static int s_env_int(const char *name, int def)
+{
+    const char *v = getenv(name);
+    return v && *v ? (int)strtol(v, NULL, 10) : def;
+}
+
+//  The store's device path as the e2e bench drives it: N devices each with
+//  one DeviceInformation queued, requests applied B at a time in one
+//  transaction (group commit), Idle batches then Acknowledged batches. Counts
+//  the WAL frames (pages) each phase's commits write and, at the end, whose
+//  b-tree (table or index, dbstat) each written page belongs to.
+//  STORE_PROF_DEVICES (default 300), STORE_PROF_BATCH (8),
+//  STORE_PROF_PAGE_SIZE (0: the store's default); STORE_PROF=1 prints.
+static void test_pages(void **state)
+{
+    (void)state;
+    int ndev = s_env_int("STORE_PROF_DEVICES", 300), batch = s_env_int("STORE_PROF_BATCH", 8);
+    if (ndev < 10)
+        ndev = 10;
+    if (batch < 1 || batch > 256)
+        batch = 8;
+    char dir[] = "/tmp/store_prof.XXXXXX", path[128], walpath[160];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/picomdm.db", dir);
+    snprintf(walpath, sizeof walpath, "%s-wal", path);
+    char err[256];
+    store_db_opts_t o = {.sync_full = false,
+                         .wal_autocheckpoint = 1000000, //  never inside a measured commit
+                         .page_size = s_env_int("STORE_PROF_PAGE_SIZE", 0)};
+    store_db_t *db = store_db_new(path, &o, err, sizeof err);
+    assert_non_null(db);
+    store_svc_t *svc = store_svc_new(db, NULL, NULL);
+    assert_non_null(svc);
+    sqlite3 *sql = store_db_sqlite(db);
+    sqlite3_stmt *q = NULL;
+    assert_int_equal(sqlite3_prepare_v2(sql, "PRAGMA page_size", -1, &q, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    int psz = sqlite3_column_int(q, 0);
+    sqlite3_finalize(q);
+
+    char(*eid)[48] = calloc((size_t)ndev, sizeof *eid);
+    const char **targets = calloc((size_t)ndev, sizeof *targets);
+    pm_msg_t **reqs = calloc((size_t)batch, sizeof *reqs);
+    assert_true(eid && targets && reqs);
+    //  enrolled devices (a transaction per 100: set-up, not measured)
+    for (int i = 0; i < ndev; i += 100) {
+        assert_int_equal(store_db_begin(db), 0);
+        for (int k = i; k < ndev && k < i + 100; k++) {
+            snprintf(eid[k], sizeof eid[k], "%08X-0000-4000-8000-%012d",
+                     (unsigned)(k * 2654435761u), k);
+            targets[k] = eid[k];
+            s_device(k);
+            const char *mt[2] = {"Authenticate", "TokenUpdate"};
+            for (int j = 0; j < 2; j++) {
+                pm_msg_t *reply = NULL;
+                pm_msg_t *m = s_checkin(eid[k], mt[j]);
+                assert_true(store_svc_apply(svc, m, &reply));
+                assert_int_equal(pm_msg_uint(reply, "status", 0), 200);
+                pm_msg_destroy(&reply);
+                pm_msg_destroy(&m);
+            }
+        }
+        assert_int_equal(store_db_commit(db), 0);
+        store_db_events_flush(db, NULL, NULL);
+    }
+    //  one DeviceInformation for all, 1,000 targets per enqueue (as e2e.sh)
+    for (int i = 0; i < ndev; i += 1000) {
+        pm_msg_t *m = pm_msg_new(PM_MSG_STORE_ENQUEUE);
+        assert_int_equal(pm_msg_set_packed(m, "command",
+                                           (const uint8_t *)"\x82\xabRequestType\xb1"
+                                                            "DeviceInformation\xa7Queries\x91\xaa"
+                                                            "DeviceName",
+                                           51),
+                         0);
+        pm_msg_set_strs(m, "targets", targets + i, (size_t)(ndev - i < 1000 ? ndev - i : 1000));
+        char uuid[32], rid[32];
+        snprintf(uuid, sizeof uuid, "CMD-DI-%d", i / 1000);
+        snprintf(rid, sizeof rid, "op-%d", i / 1000);
+        pm_msg_set_str(m, "command_uuid", uuid);
+        pm_msg_set_str(m, "op_rid", rid);
+        pm_msg_set_bool(m, "no_push", true); //  as e2e.sh: no wake marks
+        pm_msg_t *reply = NULL;
+        assert_int_equal(store_db_begin(db), 0);
+        assert_true(store_svc_apply(svc, m, &reply));
+        assert_int_equal(store_db_commit(db), 0);
+        store_db_events_flush(db, NULL, NULL);
+        pm_msg_destroy(&reply);
+        pm_msg_destroy(&m);
+    }
+    int64_t wal_prev = 0;
+    s_wal_reset(db, &wal_prev);
+    FILE *wal = fopen(walpath, "rb");
+    assert_non_null(wal);
+    //  the session phase in a shuffled device order (the bench's devices
+    //  arrive in no particular order)
+    int *order = calloc((size_t)ndev, sizeof *order);
+    assert_non_null(order);
+    for (int i = 0; i < ndev; i++)
+        order[i] = i;
+    unsigned r = 12345;
+    for (int i = ndev - 1; i > 0; i--) {
+        r = r * 1103515245u + 12345u;
+        int j = (int)((r >> 8) % (unsigned)(i + 1));
+        int t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+    s_pages_t ph[2] = {{0}};
+    for (int i = 0; i < ndev; i += batch) {
+        int n = ndev - i < batch ? ndev - i : batch;
+        for (int k = 0; k < n; k++) {
+            s_device(order[i + k]);
+            reqs[k] = s_connect(eid[order[i + k]], "Idle", NULL, 1);
+        }
+        s_batch(db, svc, reqs, n, wal, psz, &wal_prev, &ph[0], (i / batch) % 10 == 0);
+        for (int k = 0; k < n; k++) {
+            s_device(order[i + k]);
+            char uuid[32];
+            snprintf(uuid, sizeof uuid, "CMD-DI-%d", order[i + k] / 1000);
+            reqs[k] = s_connect_keys(eid[order[i + k]], "Acknowledged", uuid, 2, true);
+        }
+        s_batch(db, svc, reqs, n, wal, psz, &wal_prev, &ph[1], (i / batch) % 10 == 0);
+        if (wal_prev > 20000) {
+            fclose(wal);
+            s_wal_reset(db, &wal_prev);
+            wal = fopen(walpath, "rb");
+            assert_non_null(wal);
+        }
+    }
+    fclose(wal);
+    //  a session writes pages, not the database: a few per request at most
+    //  (docs/queue.md, Session 5); a new index on the device path must be a choice
+    double per_idle = (double)ph[0].frames / (double)ph[0].reqs;
+    double per_ack = (double)ph[1].frames / (double)ph[1].reqs;
+    if (getenv("STORE_PROF")) {
+        printf("%d devices, page size %d, %d requests per commit, synchronous=NORMAL\n", ndev, psz,
+               batch);
+        const char *pn[2] = {"store.connect Idle", "store.connect Acknowledged"};
+        for (int p = 0; p < 2; p++) {
+            printf("\n%s: %llu requests in %llu commits: WAL frames %.2f per request, %.1f per "
+                   "commit; SQLite mallocs %.1f per request\n",
+                   pn[p], (unsigned long long)ph[p].reqs, (unsigned long long)ph[p].commits,
+                   (double)ph[p].frames / (double)ph[p].reqs,
+                   (double)ph[p].frames / (double)ph[p].commits,
+                   (double)ph[p].mallocs / (double)ph[p].reqs);
+            printf("  b-trees whose pages a commit wrote (every 10th commit, %llu requests), "
+                   "pages per request:\n",
+                   (unsigned long long)ph[p].sampled_reqs);
+            for (int k = 0; k <= S_OWNERS; k++)
+                if (ph[p].owned[k])
+                    printf("  %6.2f  %s\n", (double)ph[p].owned[k] / (double)ph[p].sampled_reqs,
+                           k < S_OWNERS ? s_owner[k] : "(no b-tree: freelist)");
+        }
+    }
+    assert_true(per_idle > 0.5 && per_idle < 12);
+    assert_true(per_ack > 1 && per_ack < 20);
+    for (int p = 0; p < 2; p++)
+        free(ph[p].pg);
+    free(order);
+    free(reqs);
+    free(targets);
+    free(eid);
+    store_svc_destroy(&svc);
+    store_db_destroy(&db);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
+    //  count SQLite's allocations (test_pages); only possible before it initialises
+    if (sqlite3_config(SQLITE_CONFIG_GETMALLOC, &s_mem0) == SQLITE_OK) {
+        sqlite3_mem_methods m = s_mem0;
+        m.xMalloc = s_malloc;
+        m.xRealloc = s_realloc;
+        sqlite3_config(SQLITE_CONFIG_MALLOC, &m);
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_device_path),
+        cmocka_unit_test(test_pages),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -34,7 +34,7 @@ struct store_svc {
     pm_stats_series_t *errors, *commit_ms, *commit_failed, *batches, *seq;
     pm_stats_series_t *apply_ms, *sync_ms, *ckpt_ms, *reply_ms, *requests; //  per batch
     pm_stats_series_t *inside_ms; //  per request: arrival to reply
-    pm_stats_series_t *wal_frames, *ckpts, *ckpt_frames, *ckpt_max_ms; //  collected
+    pm_stats_series_t *wal_frames, *wal_written, *ckpts, *ckpt_frames, *ckpt_max_ms; //  collected
     store_svc_timing_t timing;
     pm_stats_series_t *q_active, *q_sent, *q_wake; //  queue depths, read at each snapshot
     uint64_t commits, applied, redone;
@@ -111,6 +111,7 @@ static void s_collect_depths(void *arg, pm_stats_t *st)
     store_ckpt_stats_t w;
     store_db_wal_stats(svc->db, &w);
     pm_stats_set(svc->wal_frames, (double)w.wal_frames);
+    pm_stats_set_count(svc->wal_written, w.written);
     pm_stats_set_count(svc->ckpts, w.passive + w.tidy);
     pm_stats_set_count(svc->ckpt_frames, w.frames);
     pm_stats_set(svc->ckpt_max_ms, w.ms_max / 1e3);
@@ -145,6 +146,8 @@ void store_svc_set_stats(store_svc_t *svc, pm_stats_t *st)
     svc->reply_ms = pm_stats_histogram(st, "store_batch_reply_seconds",
                                        "time to send one batch's replies and events");
     svc->wal_frames = pm_stats_gauge(st, "store_wal_frames", "frames (pages) in the WAL now");
+    svc->wal_written = pm_stats_counter(st, "store_wal_frames_written_total",
+                                        "WAL frames (pages) written by the store's commits");
     svc->ckpts = pm_stats_counter(st, "store_checkpoints_total", "WAL checkpoints run");
     svc->ckpt_frames =
         pm_stats_counter(st, "store_checkpoint_frames_total", "WAL frames copied by checkpoints");
