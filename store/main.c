@@ -48,6 +48,9 @@ static const pm_opt_t s_opts[] = {
      "the WAL reaches 4 x wal-autocheckpoint the store's thread copies the few frames left, after "
      "answering a batch, and the WAL starts over. inline: inside the commit that crosses "
      "wal-autocheckpoint, so that batch's requests wait for it (SQLite's way)"},
+    {"wal-buffer", PM_OPT_BOOL, "true",
+     "gather each commit's WAL pages into one write (false: SQLite's two writes per page; "
+     "durability is the same either way)"},
     {"checkpoint-idle-ms", PM_OPT_INT, "1000",
      "with checkpoint=thread: after this long without a commit, checkpoint what is left"},
     {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
@@ -143,17 +146,18 @@ int main(int argc, char **argv)
     store_db_opts_t o = {.sync_full = strcmp(sync, "full") == 0,
                          .wal_autocheckpoint = ckpt,
                          .checkpoint_thread = strcmp(mode, "thread") == 0,
-                         .checkpoint_idle_ms = idle};
+                         .checkpoint_idle_ms = idle,
+                         .wal_unbuffered = !pm_cfg_bool(cfg, "wal-buffer")};
     db = store_db_new(path, &o, err, sizeof err);
     if (!db) {
         pm_error("%s", err);
         goto out;
     }
     pm_info("database %s at schema version %d (synchronous=%s, group commit %s, batch-max %lld, "
-            "checkpoints %s every %lld pages)",
+            "checkpoints %s every %lld pages, WAL writes %s)",
             path, store_db_schema_version(db), sync,
             pm_cfg_bool(cfg, "group-commit") ? "on" : "off", (long long)batch, mode,
-            (long long)ckpt);
+            (long long)ckpt, o.wal_unbuffered ? "per page" : "per commit");
     if (r == PM_CFG_CHECK) {
         printf("ok\n");
         rc = 0;

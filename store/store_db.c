@@ -9,6 +9,7 @@
 #include "store_chal.h"
 #include "store_doctor.h"
 #include "store_inv.h"
+#include "store_walbuf.h"
 
 #include <sqlite3.h>
 #include <stdarg.h>
@@ -521,8 +522,13 @@ store_db_t *store_db_new(const char *path, const store_db_opts_t *opts, char *er
     }
     msgpack_sbuffer_init(&db->scratch);
     msgpack_packer_init(&db->pk, &db->scratch, msgpack_sbuffer_write);
-    int rc = sqlite3_open_v2(
-        path, &db->sql, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    //  one write per commit into the WAL (store_walbuf.h); without it (an
+    //  SQLite without WAL shared memory), SQLite's own writes
+    const char *vfs = NULL;
+    if (!opts->wal_unbuffered && store_walbuf_register() == 0)
+        vfs = STORE_WALBUF_VFS;
+    int rc = sqlite3_open_v2(path, &db->sql,
+                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, vfs);
     if (rc != SQLITE_OK) {
         snprintf(err, errlen,
                  "cannot open database %s: %s (check that the data directory exists "

@@ -66,8 +66,13 @@ typedef struct {
     bool checkpoint_thread;
     int checkpoint_idle_ms; //  thread: copy what is left after this long without a commit
                             //  (0 = STORE_CHECKPOINT_IDLE_MS)
-    int page_size;          //  bytes per page of a database created now (0: SQLite's 4,096); an
-                            //  existing database keeps its own
+    //  bytes per page of a database created now (0: SQLite's 4,096); an existing
+    //  database keeps its own (for measurements: 2,048 made no difference,
+    //  docs/queue.md "Session 5")
+    int page_size;
+    //  SQLite's two writes per WAL page, not one per commit (store_walbuf.h);
+    //  for comparison
+    bool wal_unbuffered;
 } store_db_opts_t;
 
 #define STORE_CHECKPOINT_IDLE_MS 1000

@@ -30,6 +30,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -386,6 +389,7 @@ typedef struct {
     uint32_t *pg; //  page numbers written by the last commit
     size_t npg, cap;
     uint64_t frames, commits, reqs, mallocs;
+    double user_us, sys_us;       //  CPU of s_apply_commit (getrusage)
     uint64_t owned[S_OWNERS + 1]; //  sampled commits: frames per b-tree (last: none)
     uint64_t sampled_reqs;
 } s_pages_t;
@@ -428,13 +432,18 @@ static void s_attribute(sqlite3 *sql, s_pages_t *p, int nreqs)
 
 //  Note the WAL frames [from, to) of `wal` (page size psz): the page numbers
 //  of this commit (p->pg, distinct: SQLite writes a page once per commit).
-static void s_note_frames(FILE *wal, int psz, int64_t from, int64_t to, s_pages_t *p)
+static void s_note_frames(int wal, int psz, int64_t from, int64_t to, s_pages_t *p)
 {
     p->npg = 0;
     for (int64_t i = from; i < to; i++) {
         uint8_t h[4];
-        assert_int_equal(fseeko(wal, 32 + i * (24 + psz), SEEK_SET), 0);
-        assert_int_equal(fread(h, 1, 4, wal), 4);
+        if (pread(wal, h, 4, 32 + i * (24 + psz)) != 4) {
+            struct stat stt;
+            fstat(wal, &stt);
+            fprintf(stderr, "DBG frame %lld of [%lld,%lld) size %lld psz %d\n", (long long)i,
+                    (long long)from, (long long)to, (long long)stt.st_size, psz);
+            fail();
+        }
         if (p->npg == p->cap) {
             p->cap = p->cap ? p->cap * 2 : 256;
             p->pg = realloc(p->pg, p->cap * sizeof *p->pg);
@@ -445,12 +454,11 @@ static void s_note_frames(FILE *wal, int psz, int64_t from, int64_t to, s_pages_
     }
 }
 
-//  Apply reqs[0..n) in one transaction (a group commit of n requests) and
-//  note the WAL frames that commit wrote.
-static void s_batch(store_db_t *db, store_svc_t *svc, pm_msg_t **reqs, int n, FILE *wal, int psz,
-                    int64_t *wal_prev, s_pages_t *p, bool sample)
+//  The store's work for a batch: apply reqs[0..n) in one transaction,
+//  commit (callgrind: --toggle-collect=s_apply_commit counts only this).
+__attribute__((noinline)) static void s_apply_commit(store_db_t *db, store_svc_t *svc,
+                                                     pm_msg_t **reqs, int n)
 {
-    uint64_t m0 = s_mallocs;
     assert_int_equal(store_db_begin(db), 0);
     for (int i = 0; i < n; i++) {
         pm_msg_t *reply = NULL;
@@ -461,10 +469,25 @@ static void s_batch(store_db_t *db, store_svc_t *svc, pm_msg_t **reqs, int n, FI
     }
     assert_int_equal(store_db_commit(db), 0);
     store_db_events_flush(db, NULL, NULL);
+}
+
+//  Apply reqs[0..n) in one transaction (a group commit of n requests) and
+//  note the WAL frames that commit wrote.
+static void s_batch(store_db_t *db, store_svc_t *svc, pm_msg_t **reqs, int n, int wal, int psz,
+                    int64_t *wal_prev, s_pages_t *p, bool sample)
+{
+    uint64_t m0 = s_mallocs;
+    struct rusage r0, r1;
+    getrusage(RUSAGE_SELF, &r0);
+    s_apply_commit(db, svc, reqs, n);
+    getrusage(RUSAGE_SELF, &r1);
+    p->user_us += (r1.ru_utime.tv_sec - r0.ru_utime.tv_sec) * 1000000.0 +
+                  (double)(r1.ru_utime.tv_usec - r0.ru_utime.tv_usec);
+    p->sys_us += (r1.ru_stime.tv_sec - r0.ru_stime.tv_sec) * 1000000.0 +
+                 (double)(r1.ru_stime.tv_usec - r0.ru_stime.tv_usec);
     p->mallocs += s_mallocs - m0;
     store_ckpt_stats_t w;
     store_db_wal_stats(db, &w);
-    fflush(wal);
     s_note_frames(wal, psz, w.wal_frames >= *wal_prev ? *wal_prev : 0, w.wal_frames, p);
     *wal_prev = w.wal_frames;
     if (sample)
@@ -495,7 +518,8 @@ static int s_env_int(const char *name, int def)
 //  the WAL frames (pages) each phase's commits write and, at the end, whose
 //  b-tree (table or index, dbstat) each written page belongs to.
 //  STORE_PROF_DEVICES (default 300), STORE_PROF_BATCH (8),
-//  STORE_PROF_PAGE_SIZE (0: the store's default); STORE_PROF=1 prints.
+//  STORE_PROF_PAGE_SIZE (0: the store's default), STORE_PROF_WAL_UNBUFFERED=1
+//  (SQLite's own WAL writes, store_walbuf.h); STORE_PROF=1 prints.
 static void test_pages(void **state)
 {
     (void)state;
@@ -511,7 +535,8 @@ static void test_pages(void **state)
     char err[256];
     store_db_opts_t o = {.sync_full = false,
                          .wal_autocheckpoint = 1000000, //  never inside a measured commit
-                         .page_size = s_env_int("STORE_PROF_PAGE_SIZE", 0)};
+                         .page_size = s_env_int("STORE_PROF_PAGE_SIZE", 0),
+                         .wal_unbuffered = s_env_int("STORE_PROF_WAL_UNBUFFERED", 0) != 0};
     store_db_t *db = store_db_new(path, &o, err, sizeof err);
     assert_non_null(db);
     store_svc_t *svc = store_svc_new(db, NULL, NULL);
@@ -574,8 +599,8 @@ static void test_pages(void **state)
     }
     int64_t wal_prev = 0;
     s_wal_reset(db, &wal_prev);
-    FILE *wal = fopen(walpath, "rb");
-    assert_non_null(wal);
+    int wal = open(walpath, O_RDONLY);
+    assert_true(wal >= 0);
     //  the session phase in a shuffled device order (the bench's devices
     //  arrive in no particular order)
     int *order = calloc((size_t)ndev, sizeof *order);
@@ -591,43 +616,44 @@ static void test_pages(void **state)
         order[j] = t;
     }
     s_pages_t ph[2] = {{0}};
+    bool print = getenv("STORE_PROF") != NULL;
     for (int i = 0; i < ndev; i += batch) {
         int n = ndev - i < batch ? ndev - i : batch;
+        bool sample = print && (i / batch) % 10 == 0; //  dbstat scans: only to print
         for (int k = 0; k < n; k++) {
             s_device(order[i + k]);
             reqs[k] = s_connect(eid[order[i + k]], "Idle", NULL, 1);
         }
-        s_batch(db, svc, reqs, n, wal, psz, &wal_prev, &ph[0], (i / batch) % 10 == 0);
+        s_batch(db, svc, reqs, n, wal, psz, &wal_prev, &ph[0], sample);
         for (int k = 0; k < n; k++) {
             s_device(order[i + k]);
             char uuid[32];
             snprintf(uuid, sizeof uuid, "CMD-DI-%d", order[i + k] / 1000);
             reqs[k] = s_connect_keys(eid[order[i + k]], "Acknowledged", uuid, 2, true);
         }
-        s_batch(db, svc, reqs, n, wal, psz, &wal_prev, &ph[1], (i / batch) % 10 == 0);
+        s_batch(db, svc, reqs, n, wal, psz, &wal_prev, &ph[1], sample);
         if (wal_prev > 20000) {
-            fclose(wal);
             s_wal_reset(db, &wal_prev);
-            wal = fopen(walpath, "rb");
-            assert_non_null(wal);
         }
     }
-    fclose(wal);
+    close(wal);
     //  a session writes pages, not the database: a few per request at most
     //  (docs/queue.md, Session 5); a new index on the device path must be a choice
     double per_idle = (double)ph[0].frames / (double)ph[0].reqs;
     double per_ack = (double)ph[1].frames / (double)ph[1].reqs;
-    if (getenv("STORE_PROF")) {
+    if (print) {
         printf("%d devices, page size %d, %d requests per commit, synchronous=NORMAL\n", ndev, psz,
                batch);
         const char *pn[2] = {"store.connect Idle", "store.connect Acknowledged"};
         for (int p = 0; p < 2; p++) {
             printf("\n%s: %llu requests in %llu commits: WAL frames %.2f per request, %.1f per "
-                   "commit; SQLite mallocs %.1f per request\n",
+                   "commit; SQLite mallocs %.1f per request; CPU user %.1f + sys %.1f us per "
+                   "request\n",
                    pn[p], (unsigned long long)ph[p].reqs, (unsigned long long)ph[p].commits,
                    (double)ph[p].frames / (double)ph[p].reqs,
                    (double)ph[p].frames / (double)ph[p].commits,
-                   (double)ph[p].mallocs / (double)ph[p].reqs);
+                   (double)ph[p].mallocs / (double)ph[p].reqs, ph[p].user_us / (double)ph[p].reqs,
+                   ph[p].sys_us / (double)ph[p].reqs);
             printf("  b-trees whose pages a commit wrote (every 10th commit, %llu requests), "
                    "pages per request:\n",
                    (unsigned long long)ph[p].sampled_reqs);
