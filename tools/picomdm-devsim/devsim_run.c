@@ -75,6 +75,8 @@ typedef struct {
     long nstarted;                  //  of them started
     long late;                      //  started more than 1 ms behind schedule
     double behind_last, behind_max; //  ms: the last job's start, the worst one
+    long ndone;                     //  jobs completed
+    double done_first, done_last;   //  ms: when the first and the last one completed
     double *raw; //  ms, per request: the plain round trip (from when it was sent)
     size_t nraw, capraw;
     double *first; //  ms, per job: its first request from the job's scheduled start
@@ -685,6 +687,15 @@ static void s_started(phase_t *p, job_t *j, double now)
         p->late++;
 }
 
+//  Open loop: a job on the timetable completed.
+static void s_ended(phase_t *p)
+{
+    double now = s_now_ms();
+    if (p->ndone++ == 0)
+        p->done_first = now;
+    p->done_last = now;
+}
+
 //  Open loop: put the queued jobs on the timetable, the first one now.
 static void s_schedule(devsim_run_t *r)
 {
@@ -765,6 +776,8 @@ static int s_loop(devsim_run_t *r, bool serve, int fd, void (*on_ready)(void *),
             if (rc != 0) {
                 if (rc < 0)
                     r->ph->failed++;
+                else if (s->job->sched >= 0)
+                    s_ended(r->ph);
                 s_job_done(r, s->job);
                 s->job = NULL;
                 active--;
@@ -971,19 +984,27 @@ int devsim_run_report(devsim_run_t *r, FILE *out)
                 qsort(p->raw, p->nraw, sizeof *p->raw, s_cmp);
             if (p->nfirst > 1)
                 qsort(p->first, p->nfirst, sizeof *p->first, s_cmp);
-            double per = p->units > 0 ? (double)p->nlat / (double)p->units : 0;
+            //  requests per job; the rate the jobs were completed at, from the
+            //  first one's end to the last one's: a server that keeps up
+            //  completes them at the offered rate (the whole phase's time
+            //  would also count the last job's own latency as a gap)
+            double per = p->ndone > 0 ? (double)p->nlat / (double)p->ndone : 0;
+            double span = (p->done_last - p->done_first) / 1e3;
+            double jobs_s = p->ndone > 1 && span > 0 ? (double)(p->ndone - 1) / span
+                            : secs > 0               ? (double)p->ndone / secs
+                                                     : 0.0;
             const char *what = enroll ? "enrollments" : "sessions";
             fprintf(out,
                     "%-10s open loop: offered %.1f %s/s (= %.1f device requests/s at the %.2f "
-                    "requests per %s seen), achieved %.1f device requests/s = %.1f %s/s; "
+                    "requests per %s seen), achieved %.1f device requests/s = %.1f %s/s "
+                    "(first to last end); "
                     "latency (corrected: a first request from its scheduled start) p50 %.2f ms "
                     "p99 %.2f ms max %.2f ms; first requests alone p50 %.2f ms p99 %.2f ms; "
                     "uncorrected round trips p50 %.2f ms p99 %.2f ms; last started %.2f ms "
                     "behind schedule (worst %.2f ms; %ld of %ld started > 1 ms late, %ld never "
                     "started)\n",
                     p->name, p->rate, what, p->rate * per, per, enroll ? "enrollment" : "session",
-                    secs > 0 ? (double)p->nlat / secs : 0.0,
-                    secs > 0 ? (double)p->units / secs : 0.0, what, s_pct(p->lat, p->nlat, 0.50),
+                    jobs_s * per, jobs_s, what, s_pct(p->lat, p->nlat, 0.50),
                     s_pct(p->lat, p->nlat, 0.99), p->nlat ? p->lat[p->nlat - 1] : 0.0,
                     s_pct(p->first, p->nfirst, 0.50), s_pct(p->first, p->nfirst, 0.99),
                     s_pct(p->raw, p->nraw, 0.50), s_pct(p->raw, p->nraw, 0.99), p->behind_last,
