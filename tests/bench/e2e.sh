@@ -14,7 +14,8 @@
 # Printed per phase: device requests/s, latency p50/p99 (devsim), CPU seconds
 # per process and per device request; at the end peak RSS (VmHWM) per process.
 #   tests/bench/e2e.sh [N...]          (default: 1000 10000)
-#   CONCURRENCY=32 RATE=1500 (0: no open-loop phase) RATE_CONCURRENCY=128
+#   CONCURRENCY=32 RATE=1500 (0: no open-loop phase; "1500 1250 1000": one
+#   open-loop phase per rate, in that order, a sweep) RATE_CONCURRENCY=128
 #   KEY_TYPE=ec|rsa GW_ARGS="--cert-cache 0" PERF=gateway|devsim LIST_ALL=1
 #   DEVSIM_WRAP="strace -c -o FILE" (a command the simulator runs under)
 cd "$(dirname "$0")/../.."
@@ -22,7 +23,7 @@ export BIN=${BIN:-$PWD/bin}
 SIZES=("$@")
 [ ${#SIZES[@]} -gt 0 ] || SIZES=(1000 10000)
 CONC=${CONCURRENCY:-32}
-RATE=${RATE:-1500}                  # open loop: sessions started per second
+RATE=${RATE:-1500}                  # open loop: sessions started per second (a list: a sweep)
 RCONC=${RATE_CONCURRENCY:-128}      # open loop: the cap on transfers in flight
 source tests/it/e2e_lib.bash
 [ -x "$BIN/picomdm-devsim" ] || skip "skipped: $BIN/picomdm-devsim is not built"
@@ -112,11 +113,13 @@ run_size() {
     echo "  closed loop: concurrency $CONC"
     phase session 2 --no-enroll --rounds 1
     grep '^answers' "$T/session.out" | sed 's/^/  /'
-    if [ "$RATE" != 0 ]; then
+    local rate rates=()
+    [ "$RATE" = 0 ] || read -r -a rates <<<"$RATE"
+    for rate in "${rates[@]}"; do
         queue_all
-        echo "  open loop: $RATE sessions/s, at most $RCONC transfers in flight"
-        phase open 2 --no-enroll --rounds 1 --rate "$RATE" --concurrency "$RCONC"
-    fi
+        echo "  open loop: $rate sessions/s, at most $RCONC transfers in flight"
+        phase "open-$rate" 2 --no-enroll --rounds 1 --rate "$rate" --concurrency "$RCONC"
+    done
     echo "  gateway /health: $(curl -sS -m 5 --cacert "$PKI/ca.pem" "$URL/health" | grep cache | tr '\n' ';')"
     local line="  peak RSS (MB):" sum=0 k
     for k in broker store scheduler gateway; do
@@ -141,7 +144,7 @@ run_size() {
     # one's, times the requests per session; 1 % tolerance: a server that
     # keeps up exactly measures 3,000 +- the last sessions' latency spread)
     # and p99 < 20 ms, every first request timed from its scheduled start
-    [ "$RATE" = 0 ] || awk -v n="$n" -v rc="$RCONC" -v cmax="$(cat "$T/closed.rate")" '
+    for rate in "${rates[@]}"; do awk -v n="$n" -v rc="$RCONC" -v cmax="$(cat "$T/closed.rate")" '
         /^session [0-9]+ .* requests, latency/ { for (i = 1; i <= NF; i++) if ($i == "failed") f = $(i - 1) }
         / open loop: / { for (i = 1; i < NF; i++) {
                 if ($i == "offered") { os = $(i + 1); gsub(/[(=]/, "", $(i + 4)); o = $(i + 4) }
@@ -150,7 +153,7 @@ run_size() {
                 if ($i == "last" && $(i + 1) == "started") b = $(i + 2) } }
         END { rok = a >= 2970 && o >= 3000; lok = p99 < 20
             printf "  targets (%d devices, open loop %s sessions/s, at most %d in flight): offered %.0f device requests/s, achieved %.0f (>= 3000: %s), p99 %.1f ms from the scheduled start (< 20 ms: %s), last session started %s ms behind schedule; rate target (3,000/s with p99 < 20 ms) %s; closed-loop maximum %.0f device requests/s\n",
-                n, os, rc, o, a, (rok ? "met" : "NOT met"), p99, (lok ? "met" : "NOT met"), b, (rok && lok && f == 0 ? "met" : "NOT met"), cmax }' "$T/open.out"
+                n, os, rc, o, a, (rok ? "met" : "NOT met"), p99, (lok ? "met" : "NOT met"), b, (rok && lok && f == 0 ? "met" : "NOT met"), cmax }' "$T/open-$rate.out"; done
     echo "  database: $(du -sh "$T/data" | cut -f1)"
     # stop this set before the next size
     for k in gateway scheduler store broker; do kill "${P[$k]}" 2>/dev/null; done

@@ -62,13 +62,14 @@ off=$(rate_of "$T/modest.out" offered)
 ach=$(rate_of "$T/modest.out" achieved)
 echo "modest: offered $off, achieved $ach device requests/s"
 ge "$off" 199 && ge 201 "$off" || fail "offered ${off:-?} device requests/s, expected 200 (100 sessions/s x 2)"
-ge "$ach" "$(awk -v o="$off" 'BEGIN { print o * 0.85 }')" && ge "$(awk -v o="$off" 'BEGIN { print o * 1.05 }')" "$ach" ||
-    fail "achieved ${ach:-?} device requests/s, not within 85-105 % of the offered $off"
+ge "$ach" "$(awk -v o="$off" 'BEGIN { print o * 0.85 }')" && ge "$(awk -v o="$off" 'BEGIN { print o * 1.10 }')" "$ach" ||
+    fail "achieved ${ach:-?} device requests/s, not within 85-110 % of the offered $off"
 for w in p50 p99 max; do
     [ -n "$(field "$T/modest.out" 'open loop:' "$w" 'latency (corrected')" ] || fail "no corrected $w in the open-loop line"
 done
 [ -n "$(field "$T/modest.out" 'open loop:' p99 'first requests alone')" ] || fail "no first-request p99"
-grep -q ' of 200 started > 1 ms late, 0 never started)' "$T/modest.out" || fail "not every session started"
+grep -q ' of 200 started > 1 ms late, .*; 0 never started); at most [0-9]* of 128 transfers' "$T/modest.out" ||
+    fail "not every session started, or the default cap with --rate is not 128"
 
 run flood --rate 1e6 --concurrency 32
 behind=$(field "$T/flood.out" 'open loop:' started)

@@ -74,9 +74,11 @@ typedef struct {
     long nsched;                    //  jobs on the timetable
     long nstarted;                  //  of them started
     long late;                      //  started more than 1 ms behind schedule
+    long late_slot;                 //  of them, waited for a free transfer slot (server behind)
     double behind_last, behind_max; //  ms: the last job's start, the worst one
-    long ndone;                     //  jobs completed
-    double done_first, done_last;   //  ms: when the first and the last one completed
+    int max_active;                 //  the most transfers in flight at once
+    double *done;                   //  ms: when each job completed, in order
+    size_t ndone, capdone;
     double *raw; //  ms, per request: the plain round trip (from when it was sent)
     size_t nraw, capraw;
     double *first; //  ms, per job: its first request from the job's scheduled start
@@ -305,6 +307,7 @@ void devsim_run_destroy(devsim_run_t **rp)
         free(r->phases[i].latk);
         free(r->phases[i].raw);
         free(r->phases[i].first);
+        free(r->phases[i].done);
     }
     if (r->multi)
         curl_multi_cleanup(r->multi);
@@ -675,9 +678,11 @@ static void s_wait(devsim_run_t *r, bool serve, int fd, int active, long idle_ms
 }
 
 //  Open loop: a job on the timetable starts now.
-static void s_started(phase_t *p, job_t *j, double now)
+static void s_started(phase_t *p, job_t *j, double now, bool slot_wait)
 {
     double b = devsim_sched_behind(now, j->sched);
+    if (b > 1.0 && slot_wait)
+        p->late_slot++;
     j->first = true;
     p->nstarted++;
     p->behind_last = b;
@@ -685,15 +690,6 @@ static void s_started(phase_t *p, job_t *j, double now)
         p->behind_max = b;
     if (b > 1.0)
         p->late++;
-}
-
-//  Open loop: a job on the timetable completed.
-static void s_ended(phase_t *p)
-{
-    double now = s_now_ms();
-    if (p->ndone++ == 0)
-        p->done_first = now;
-    p->done_last = now;
 }
 
 //  Open loop: put the queued jobs on the timetable, the first one now.
@@ -727,6 +723,9 @@ static int s_loop(devsim_run_t *r, bool serve, int fd, void (*on_ready)(void *),
     int active = 0;
     long failed0 = r->ph->failed;
     double idle_since = s_now_ms();
+    //  open loop: a job was due while every slot was busy (a late start then
+    //  waited for the server, not for the simulator)
+    bool full = false;
     for (;;) {
         for (int i = 0; i < r->nslots && r->head; i++) {
             slot_t *s = &r->slots[i];
@@ -736,7 +735,7 @@ static int s_loop(devsim_run_t *r, bool serve, int fd, void (*on_ready)(void *),
                 double now = s_now_ms();
                 if (r->head->sched > now)
                     break;
-                s_started(r->ph, r->head, now);
+                s_started(r->ph, r->head, now, full);
             }
             s->job = s_pop(r);
             int rc = s_start_step(r, s);
@@ -748,7 +747,11 @@ static int s_loop(devsim_run_t *r, bool serve, int fd, void (*on_ready)(void *),
                 continue;
             }
             active++;
+            if (active > r->ph->max_active)
+                r->ph->max_active = active;
         }
+        full =
+            active >= r->nslots && r->head && r->head->sched >= 0 && r->head->sched <= s_now_ms();
         if (active == 0 && !r->head) {
             if (!serve)
                 break;
@@ -777,7 +780,7 @@ static int s_loop(devsim_run_t *r, bool serve, int fd, void (*on_ready)(void *),
                 if (rc < 0)
                     r->ph->failed++;
                 else if (s->job->sched >= 0)
-                    s_ended(r->ph);
+                    s_lat(&r->ph->done, &r->ph->ndone, &r->ph->capdone, s_now_ms());
                 s_job_done(r, s->job);
                 s->job = NULL;
                 active--;
@@ -984,31 +987,30 @@ int devsim_run_report(devsim_run_t *r, FILE *out)
                 qsort(p->raw, p->nraw, sizeof *p->raw, s_cmp);
             if (p->nfirst > 1)
                 qsort(p->first, p->nfirst, sizeof *p->first, s_cmp);
-            //  requests per job; the rate the jobs were completed at, from the
-            //  first one's end to the last one's: a server that keeps up
-            //  completes them at the offered rate (the whole phase's time
-            //  would also count the last job's own latency as a gap)
+            //  requests per job, and the rate the jobs were completed at
+            //  (devsim_sched_rate: first to last end, 1 % trimmed each side)
             double per = p->ndone > 0 ? (double)p->nlat / (double)p->ndone : 0;
-            double span = (p->done_last - p->done_first) / 1e3;
-            double jobs_s = p->ndone > 1 && span > 0 ? (double)(p->ndone - 1) / span
-                            : secs > 0               ? (double)p->ndone / secs
-                                                     : 0.0;
+            double jobs_s = devsim_sched_rate(p->done, p->ndone);
+            if (jobs_s <= 0 && secs > 0)
+                jobs_s = (double)p->ndone / secs;
             const char *what = enroll ? "enrollments" : "sessions";
             fprintf(out,
                     "%-10s open loop: offered %.1f %s/s (= %.1f device requests/s at the %.2f "
                     "requests per %s seen), achieved %.1f device requests/s = %.1f %s/s "
-                    "(first to last end); "
+                    "(first to last end, 1 %% trimmed); "
                     "latency (corrected: a first request from its scheduled start) p50 %.2f ms "
                     "p99 %.2f ms max %.2f ms; first requests alone p50 %.2f ms p99 %.2f ms; "
                     "uncorrected round trips p50 %.2f ms p99 %.2f ms; last started %.2f ms "
-                    "behind schedule (worst %.2f ms; %ld of %ld started > 1 ms late, %ld never "
-                    "started)\n",
+                    "behind schedule (worst %.2f ms; %ld of %ld started > 1 ms late, %ld of them "
+                    "for want of a free transfer slot; %ld never started); at most %d of %d "
+                    "transfers in flight\n",
                     p->name, p->rate, what, p->rate * per, per, enroll ? "enrollment" : "session",
                     jobs_s * per, jobs_s, what, s_pct(p->lat, p->nlat, 0.50),
                     s_pct(p->lat, p->nlat, 0.99), p->nlat ? p->lat[p->nlat - 1] : 0.0,
                     s_pct(p->first, p->nfirst, 0.50), s_pct(p->first, p->nfirst, 0.99),
                     s_pct(p->raw, p->nraw, 0.50), s_pct(p->raw, p->nraw, 0.99), p->behind_last,
-                    p->behind_max, p->late, p->nsched, p->nsched - p->nstarted);
+                    p->behind_max, p->late, p->nsched, p->late_slot, p->nsched - p->nstarted,
+                    p->max_active, r->nslots);
         }
     }
     //  The simulator's own CPU per request of each phase (start-up, key

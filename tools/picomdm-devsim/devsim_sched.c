@@ -37,6 +37,15 @@ double devsim_sched_behind(double start_ms, double sched_ms)
     return d > 0 ? d : 0;
 }
 
+double devsim_sched_rate(const double *done_ms, size_t n)
+{
+    if (!done_ms || n < 2)
+        return 0;
+    size_t k = n >= 200 ? n / 100 : 0;
+    double span = done_ms[n - 1 - k] - done_ms[k];
+    return span > 0 ? (double)(n - 1 - 2 * k) / span * 1e3 : 0;
+}
+
 double devsim_sched_uniform(uint64_t *state)
 {
     uint64_t x = *state ? *state : 0x9E3779B97F4A7C15ULL;

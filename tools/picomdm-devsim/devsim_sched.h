@@ -17,6 +17,7 @@
 #define DEVSIM_SCHED_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 //  Gap before the next session, ms: 1000 / rate, or with jitter an
@@ -35,6 +36,14 @@ double devsim_sched_latency(double reply_ms, double sent_ms, double sched_ms, bo
 
 //  How far behind schedule a session started (0 if on time or early).
 double devsim_sched_behind(double start_ms, double sched_ms);
+
+//  The rate (per second) at which jobs completed, from their completion
+//  times (ms, ascending, n of them): jobs per second between the first and
+//  the last completion, with the first and last 1 % left out when n >= 200
+//  (one slow job at either end would stretch or shrink the span). A server
+//  that keeps up completes them at the offered rate; the phase's whole time
+//  would also count the last job's own latency. 0 if n < 2 or no span.
+double devsim_sched_rate(const double *done_ms, size_t n);
 
 //  Uniform double in [0, 1) from a 64-bit state (xorshift64*; state != 0).
 double devsim_sched_uniform(uint64_t *state);

@@ -2,7 +2,7 @@
  *  the timetable (fixed spacing, exponential gaps of the right mean), the
  *  latency of a first request from its scheduled start (a late start is
  *  charged, an early one is not credited), later requests as round trips,
- *  and the behind-schedule figure.
+ *  the behind-schedule figure, and the achieved rate from completion times.
  */
 #include "devsim_sched.h"
 
@@ -99,13 +99,37 @@ static void test_behind(void **state)
     assert_true(fabs(lag - 99.0) < 1e-6);
 }
 
+static void test_rate(void **state)
+{
+    (void)state;
+    double t[1000];
+    //  1,000 jobs due every 2 ms, each done 5 ms after: 500/s exactly
+    for (int i = 0; i < 1000; i++)
+        t[i] = 100.0 + 2.0 * i + 5.0;
+    assert_true(fabs(devsim_sched_rate(t, 1000) - 500.0) < 1e-6);
+    //  one very slow first and last job do not move it (trimmed)
+    t[0] = 104.0 - 300.0;
+    t[999] = t[998] + 900.0;
+    assert_true(fabs(devsim_sched_rate(t, 1000) - 500.0) < 1e-6);
+    //  a server that falls behind: done every 3 ms whatever the schedule
+    for (int i = 0; i < 1000; i++)
+        t[i] = 3.0 * i;
+    assert_true(fabs(devsim_sched_rate(t, 1000) - 1000.0 / 3) < 1e-6);
+    //  small n: first to last, untrimmed; degenerate inputs: 0
+    double s3[3] = {0, 10, 20};
+    assert_true(fabs(devsim_sched_rate(s3, 3) - 100.0) < 1e-9);
+    assert_true(devsim_sched_rate(s3, 1) == 0);
+    assert_true(devsim_sched_rate(NULL, 5) == 0);
+    double same[2] = {7, 7};
+    assert_true(devsim_sched_rate(same, 2) == 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_timetable),
-        cmocka_unit_test(test_jitter),
-        cmocka_unit_test(test_latency),
-        cmocka_unit_test(test_behind),
+        cmocka_unit_test(test_timetable), cmocka_unit_test(test_jitter),
+        cmocka_unit_test(test_latency),   cmocka_unit_test(test_behind),
+        cmocka_unit_test(test_rate),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
