@@ -17,6 +17,7 @@
 #   CONCURRENCY=32 RATE=1500 (0: no open-loop phase; "1500 1250 1000": one
 #   open-loop phase per rate, in that order, a sweep) RATE_CONCURRENCY=128
 #   KEY_TYPE=ec|rsa GW_ARGS="--cert-cache 0" PERF=gateway|devsim LIST_ALL=1
+#   LATENCY_LOG=DIR (each phase's requests, one line each: DIR/latency-<N>-<phase>.txt)
 #   DEVSIM_WRAP="strace -c -o FILE" (a command the simulator runs under)
 cd "$(dirname "$0")/../.."
 export BIN=${BIN:-$PWD/bin}
@@ -58,7 +59,7 @@ run_size() {
         fi
         local pre=(${DEVSIM_WRAP:-}) # e.g. DEVSIM_WRAP="strace -c -o /tmp/ds.strace": a command the simulator runs under
         [ "${PERF:-}" != devsim ] || pre=(perf record -q --call-graph "${PERF_CG:-dwarf}" -o "${PERF_DIR:-/tmp}/perf-devsim-$name.data" --)
-        "${pre[@]}" "${DS[@]}" "$@" >"$T/$name.out" 2>&1 || { cat "$T/$name.out"; fail "devsim $name failed"; }
+        "${pre[@]}" "${DS[@]}" "$@" ${LATENCY_LOG:+--latency-log "$LATENCY_LOG/latency-$n-$name.txt"} >"$T/$name.out" 2>&1 || { cat "$T/$name.out"; fail "devsim $name failed"; }
         [ -z "$perf_pid" ] || { kill -INT $perf_pid; wait $perf_pid; }
         grep -E '^(enroll|session|devsim)' "$T/$name.out" | sed 's/^/  /'
         grep -q 'http errors 0, transport errors 0, bad replies 0' "$T/$name.out" ||

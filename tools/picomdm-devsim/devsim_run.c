@@ -113,6 +113,7 @@ struct devsim_run {
     //  queued/running, and whether another wake arrived meanwhile. A device
     //  runs one session at a time; a push during a session means one more.
     unsigned char *wake_state;
+    double t_begin; //  ms: devsim_run_new (the latency log's time origin)
 };
 
 enum { S_WAKE_IDLE = 0, S_WAKE_BUSY, S_WAKE_AGAIN };
@@ -238,6 +239,7 @@ devsim_run_t *devsim_run_new(const devsim_run_opts_t *o, devsim_dev_t **devs, in
     r->n = n;
     r->timer_at = -1;
     r->push_fd = -1;
+    r->t_begin = s_now_ms();
     r->epfd = epoll_create1(EPOLL_CLOEXEC);
     r->multi = curl_multi_init();
     r->nslots = r->o.concurrency;
@@ -490,6 +492,9 @@ static int s_finish(devsim_run_t *r, slot_t *s, CURLcode res)
     double ms = devsim_sched_latency(now, s->t0, j->sched, j->first);
     phase_t *ph = r->ph;
     s_lat(&ph->lat, &ph->nlat, &ph->caplat, ms);
+    if (r->o.latency_log)
+        fprintf(r->o.latency_log, "%s %.6f %.6f %.3f %d\n", ph->name, (s->t0 - r->t_begin) / 1e3,
+                (now - r->t_begin) / 1e3, ms, j->sched >= 0 && j->first ? 1 : 0);
     if (j->sched >= 0) {
         s_lat(&ph->raw, &ph->nraw, &ph->capraw, now - s->t0);
         if (j->first)

@@ -40,6 +40,11 @@ typedef struct {
     double rate;
     bool rate_jitter;   //  exponential gaps of mean 1 / rate instead of fixed ones
     uint64_t rate_seed; //  the jitter's random state (any value)
+    //  One line per request: phase, seconds since the run began when it was
+    //  sent and when its reply came, latency ms (as reported: corrected for
+    //  a first request of an open loop), 1 if it was such a first request.
+    //  Borrowed; NULL = none.
+    FILE *latency_log;
     devsim_answer_opts_t answer;
 } devsim_run_opts_t;
 

@@ -53,6 +53,9 @@ static const pm_opt_t s_opts[] = {
      "at i / N s, and time each session's first request from its scheduled start (a server "
      "that falls behind is charged for the wait); 0 = closed loop (the next session starts "
      "when one ends)"},
+    {"latency-log", PM_OPT_STR, NULL,
+     "write one line per request to this file: phase, sent and reply time (s since start), "
+     "latency ms, 1 for an open loop's first request (timed from its schedule)"},
     {"rate-jitter", PM_OPT_BOOL, "false",
      "with --rate: exponential gaps of mean 1 / N between starts (Poisson arrivals) instead of "
      "fixed ones"},
@@ -355,6 +358,7 @@ int main(int argc, char **argv)
     devsim_run_t *run = NULL;
     devsim_push_t *push = NULL;
     devsim_profile_t *profile = NULL; //  --enroll-url: the first device's profile
+    FILE *latlog = NULL;              //  --latency-log
     int n = 0;
     char err[256];
     bool verbose = pm_cfg_bool(cfg, "verbose");
@@ -628,6 +632,17 @@ int main(int argc, char **argv)
         goto out;
     }
 
+    const char *llog = pm_cfg_str(cfg, "latency-log");
+    if (llog) {
+        latlog = fopen(llog, "w");
+        if (!latlog) {
+            pm_error("cannot write --latency-log '%s': %s (check the directory)", llog,
+                     strerror(errno));
+            OPENSSL_free(ca_der);
+            goto out;
+        }
+        ro.latency_log = latlog;
+    }
     run = devsim_run_new(&ro, devs, n);
     if (!run) {
         OPENSSL_free(ca_der);
@@ -699,6 +714,10 @@ int main(int argc, char **argv)
 out:
     devsim_push_destroy(&push);
     devsim_run_destroy(&run);
+    if (latlog && fclose(latlog) != 0) {
+        pm_error("writing --latency-log failed (disk full?)");
+        rc = rc ? rc : 1;
+    }
     for (int i = 0; devs && i < n; i++)
         devsim_dev_destroy(&devs[i]);
     free(devs);
