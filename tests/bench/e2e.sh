@@ -18,6 +18,7 @@
 #   open-loop phase per rate, in that order, a sweep) RATE_CONCURRENCY=128
 #   KEY_TYPE=ec|rsa GW_ARGS="--cert-cache 0" PERF=gateway|devsim LIST_ALL=1
 #   LATENCY_LOG=DIR (each phase's requests, one line each: DIR/latency-<N>-<phase>.txt)
+#   SETTLE_S=0 (seconds to wait after each enqueue, before the phase it is for)
 #   DEVSIM_WRAP="strace -c -o FILE" (a command the simulator runs under)
 cd "$(dirname "$0")/../.."
 export BIN=${BIN:-$PWD/bin}
@@ -109,6 +110,7 @@ run_size() {
         done
         rm -f "$T"/chunk.*
         echo "  enqueue: $(wc -l <"$T/eids") targets in $((($(date +%s%N) - t0) / 1000000)) ms"
+        [ "${SETTLE_S:-0}" = 0 ] || sleep "$SETTLE_S"
     }
     queue_all
     echo "  closed loop: concurrency $CONC"
