@@ -1,6 +1,7 @@
 #!/bin/bash
 # devsim_rate — the simulator's open loop (--rate) against the real server
-# (TLS gateway, broker, store, scheduler): 200 devices enroll, then run one
+# (TLS gateway, broker, store, scheduler): 200 devices enroll (at 200
+# enrollments/s, on a timetable too), then run one
 # session each (Idle -> DeviceInformation -> Acknowledged -> empty) three
 # times: closed loop (concurrency 32), open loop at a modest 100 sessions/s,
 # and open loop at a rate no server reaches (1e6/s, concurrency 32 as the
@@ -18,8 +19,13 @@ DS=(timeout 50 "$BIN/picomdm-devsim" --url "$URL" --ca-bundle "$PKI/ca.pem" --ca
     --ca-key "$PKI/ca.key" --identity-dir "$T/ids" --devices $N --seed 4242 --timeout-ms 10000
     --log-level warn)
 
-"${DS[@]}" --rounds 0 --concurrency 16 >"$T/enroll.out" 2>&1 ||
+# enrollment on a timetable too (200 enrollments/s)
+"${DS[@]}" --rounds 0 --rate 200 >"$T/enroll.out" 2>&1 ||
     { cat "$T/enroll.out"; fail "enrollment of $N devices failed"; }
+grep -E '^enroll' "$T/enroll.out"
+grep -q "^enroll *$N enrollments in .*; 0 failed$" "$T/enroll.out" || fail "not all $N devices enrolled"
+grep -q '^enroll *open loop: offered 200.0 enrollments/s (= 400.0 device requests/s' "$T/enroll.out" ||
+    fail "no open-loop line for the enrollment phase"
 cli devices --limit 1000 | awk 'NR > 1 { print $1 }' >"$T/eids"
 [ "$(wc -l <"$T/eids")" -eq $N ] || fail "expected $N enrollments, got $(wc -l <"$T/eids")"
 queue() { # one DeviceInformation for every device
