@@ -3,7 +3,7 @@
 # (TLS gateway, broker, store, scheduler): 200 devices enroll (at 200
 # enrollments/s, on a timetable too), then run one
 # session each (Idle -> DeviceInformation -> Acknowledged -> empty) three
-# times: closed loop (concurrency 32), open loop at a modest 100 sessions/s,
+# times: closed loop (concurrency 32), open loop at a modest 50 sessions/s,
 # and open loop at a rate no server reaches (1e6/s, concurrency 32 as the
 # closed loop). Asserts: every session completed without errors, the
 # achieved request rate of the modest run is close to the offered one, the
@@ -62,14 +62,20 @@ ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 >= b + 0) }'; }
 
 run closed --concurrency 32
 grep -q 'open loop:' "$T/closed.out" && fail "closed loop printed an open-loop line"
-run modest --rate 100
-grep -q '^session 1 *open loop: offered 100.0 sessions/s' "$T/modest.out" || fail "no open-loop line"
+run modest --rate 50
+grep -q '^session 1 *open loop: offered 50.0 sessions/s' "$T/modest.out" || fail "no open-loop line"
 off=$(rate_of "$T/modest.out" offered)
 ach=$(rate_of "$T/modest.out" achieved)
-echo "modest: offered $off, achieved $ach device requests/s"
-ge "$off" 199 && ge 201 "$off" || fail "offered ${off:-?} device requests/s, expected 200 (100 sessions/s x 2)"
-ge "$ach" "$(awk -v o="$off" 'BEGIN { print o * 0.85 }')" && ge "$(awk -v o="$off" 'BEGIN { print o * 1.10 }')" "$ach" ||
-    fail "achieved ${ach:-?} device requests/s, not within 85-110 % of the offered $off"
+# the whole phase: 200 sessions in at least the schedule's 199 / 50 s
+secs=$(field "$T/modest.out" '^session 1 .*requests, latency' in)
+echo "modest: offered $off, achieved $ach device requests/s; phase $secs s"
+ge "$off" 99.5 && ge 100.5 "$off" || fail "offered ${off:-?} device requests/s, expected 100 (50 sessions/s x 2)"
+ge "$secs" 3.98 || fail "200 sessions at 50/s took ${secs:-?} s, less than the schedule's 3.98 s: not paced"
+ge 6 "$secs" || fail "200 sessions at 50/s took ${secs:-?} s: the schedule was not kept"
+# (a stall of the loaded test machine near either end moves the estimate;
+# the band is wide enough for ~0.5 s of it, narrow enough to catch a rate off by 1.5x)
+ge "$ach" "$(awk -v o="$off" 'BEGIN { print o * 0.75 }')" && ge "$(awk -v o="$off" 'BEGIN { print o * 1.25 }')" "$ach" ||
+    fail "achieved ${ach:-?} device requests/s, not within 75-125 % of the offered $off"
 for w in p50 p99 max; do
     [ -n "$(field "$T/modest.out" 'open loop:' "$w" 'latency (corrected')" ] || fail "no corrected $w in the open-loop line"
 done
