@@ -176,8 +176,9 @@ int ca_challenge_set_key(ca_challenge_t *c, const uint8_t *key, size_t len)
     EVP_MAC *m = EVP_MAC_fetch(NULL, "HMAC", NULL);
     EVP_MAC_CTX *mac = m ? EVP_MAC_CTX_new(m) : NULL;
     EVP_MAC_free(m);
-    OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", (char *)"SHA256", 0),
-                           OSSL_PARAM_construct_end()};
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+        OSSL_PARAM_construct_end()};
     if (!mac || EVP_MAC_init(mac, key, len, params) != 1) {
         EVP_MAC_CTX_free(mac);
         return -1;
