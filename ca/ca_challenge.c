@@ -12,7 +12,8 @@
 #include <fcntl.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include <openssl/core_names.h>
+#include <openssl/params.h>
 #include <openssl/rand.h>
 #include <stdio.h>
 #include <string.h>
@@ -50,6 +51,7 @@ struct ca_challenge {
     bool is_signed;  //  signed one-time challenges (key below)
     uint8_t key[S_KEY];
     size_t keylen;
+    EVP_MAC_CTX *mac; //  HMAC-SHA256 keyed with `key` once; each tag uses a copy
     bool refuse;
     bool have_seen;
     ca_challenge_seen_t seen;
@@ -119,6 +121,7 @@ void ca_challenge_destroy(ca_challenge_t **p)
         free(c->secret);
     }
     OPENSSL_cleanse(c->key, sizeof c->key);
+    EVP_MAC_CTX_free(c->mac);
     OPENSSL_cleanse(&c->seen, sizeof c->seen);
     zhashx_destroy(&c->table);
     free(c);
@@ -167,6 +170,21 @@ int ca_challenge_set_key(ca_challenge_t *c, const uint8_t *key, size_t len)
         return 0;
     if (len < 16 || len > S_KEY)
         return -1;
+    //  The HMAC is keyed here, once (the key's inner and outer blocks
+    //  hashed): a tag then copies this context instead of fetching HMAC and
+    //  SHA-256 and keying a new one, as the one-shot HMAC() does each time.
+    EVP_MAC *m = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    EVP_MAC_CTX *mac = m ? EVP_MAC_CTX_new(m) : NULL;
+    EVP_MAC_free(m);
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+        OSSL_PARAM_construct_end()};
+    if (!mac || EVP_MAC_init(mac, key, len, params) != 1) {
+        EVP_MAC_CTX_free(mac);
+        return -1;
+    }
+    EVP_MAC_CTX_free(c->mac);
+    c->mac = mac;
     memcpy(c->key, key, len);
     c->keylen = len;
     c->is_signed = true;
@@ -318,16 +336,19 @@ int ca_challenge_set_key_file(ca_challenge_t *c, const char *path, char *err, si
 static int s_tag(const ca_challenge_t *c, const uint8_t *raw, uint8_t tag[S_TAG])
 {
     uint8_t msg[sizeof S_LABEL + S_RAW], md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
+    size_t mdlen = 0;
     memcpy(msg, S_LABEL, sizeof S_LABEL); //  with its NUL: a separator
     memcpy(msg + sizeof S_LABEL, raw, S_RAW - S_TAG);
-    if (!HMAC(EVP_sha256(), c->key, (int)c->keylen, msg, sizeof S_LABEL + S_RAW - S_TAG, md,
-              &mdlen) ||
-        mdlen < S_TAG)
-        return -1;
-    memcpy(tag, md, S_TAG);
+    EVP_MAC_CTX *m = c->mac ? EVP_MAC_CTX_dup(c->mac) : NULL;
+    int rc = m && EVP_MAC_update(m, msg, sizeof S_LABEL + S_RAW - S_TAG) == 1 &&
+                     EVP_MAC_final(m, md, &mdlen, sizeof md) == 1 && mdlen >= S_TAG
+                 ? 0
+                 : -1;
+    EVP_MAC_CTX_free(m);
+    if (rc == 0)
+        memcpy(tag, md, S_TAG);
     OPENSSL_cleanse(md, sizeof md);
-    return 0;
+    return rc;
 }
 
 int ca_challenge_make(ca_challenge_t *c, char *buf, size_t size, char hash_hex[65],

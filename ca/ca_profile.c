@@ -9,6 +9,7 @@
 #include <plist/plist.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -362,22 +363,94 @@ int ca_profile_build(const ca_profile_opts_t *o, char **xml, size_t *len, char i
     return 0;
 }
 
-int ca_profile_sign(X509 *signer, EVP_PKEY *key, X509 *chain, const void *data, size_t len,
-                    uint8_t **der, size_t *derlen, char *err, size_t errlen)
+/* ---- signing ---- */
+
+//  What CMS_sign works out again for every profile, worked out once per
+//  signer (issue #6, session 5): the signer's default digest
+//  (EVP_PKEY_get_default_digest_nid asks the key manager each time) fetched
+//  once, and the SMIMECapabilities list (CMS_add_standard_smimecap looks up
+//  ten ciphers by name each time) built once. The SignedData is the same:
+//  same signed attributes (contentType, signingTime, messageDigest,
+//  SMIMECapabilities), same certificates in the same order, same digest.
+struct ca_profile_signer {
+    X509 *cert;
+    EVP_PKEY *key;
+    X509 *chain;
+    EVP_MD *md;
+    STACK_OF(X509_ALGOR) * smcap;
+};
+
+ca_profile_signer_t *ca_profile_signer_new(X509 *signer, EVP_PKEY *key, X509 *chain, char *err,
+                                           size_t errlen)
 {
+    ca_profile_signer_t *ps = calloc(1, sizeof *ps);
+    int nid = NID_undef;
+    if (!ps || !signer || !key) {
+        s_fail(err, errlen, ps ? "no profile signer certificate or key" : "out of memory");
+        goto fail;
+    }
+    if (X509_check_private_key(signer, key) != 1) {
+        s_fail(err, errlen, "the profile signer key does not match its certificate");
+        goto fail;
+    }
+    if (EVP_PKEY_get_default_digest_nid(key, &nid) <= 0 || nid == NID_undef ||
+        !(ps->md = EVP_MD_fetch(NULL, OBJ_nid2sn(nid), NULL))) {
+        s_fail(err, errlen, "no default digest for the profile signer key");
+        goto fail;
+    }
+    if (CMS_add_standard_smimecap(&ps->smcap) != 1) {
+        s_fail(err, errlen, "out of memory");
+        goto fail;
+    }
+    X509_up_ref(signer);
+    ps->cert = signer;
+    EVP_PKEY_up_ref(key);
+    ps->key = key;
+    if (chain) {
+        X509_up_ref(chain);
+        ps->chain = chain;
+    }
+    return ps;
+fail:
+    ca_profile_signer_destroy(&ps);
+    return NULL;
+}
+
+void ca_profile_signer_destroy(ca_profile_signer_t **p)
+{
+    if (!p || !*p)
+        return;
+    ca_profile_signer_t *ps = *p;
+    X509_free(ps->cert);
+    EVP_PKEY_free(ps->key);
+    X509_free(ps->chain);
+    EVP_MD_free(ps->md);
+    sk_X509_ALGOR_pop_free(ps->smcap, X509_ALGOR_free);
+    free(ps);
+    *p = NULL;
+}
+
+int ca_profile_signer_sign(ca_profile_signer_t *ps, const void *data, size_t len, uint8_t **der,
+                           size_t *derlen, char *err, size_t errlen)
+{
+    //  As CMS_sign(cert, key, {chain}, data, CMS_BINARY) does it: an empty
+    //  SignedData, the signer (its certificate first), the chain, then the
+    //  content digested and the signed attributes signed in CMS_final.
+    const unsigned int flags = CMS_BINARY;
     int rc = -1;
     *der = NULL;
-    STACK_OF(X509) *certs = sk_X509_new_null();
     BIO *in = BIO_new_mem_buf(data, (int)len);
-    CMS_ContentInfo *cms = NULL;
-    if (!certs || !in || (chain && !sk_X509_push(certs, chain))) {
-        s_fail(err, errlen, "out of memory");
+    CMS_ContentInfo *cms = in ? CMS_sign(NULL, NULL, NULL, NULL, flags | CMS_PARTIAL) : NULL;
+    CMS_SignerInfo *si =
+        cms ? CMS_add1_signer(cms, ps->cert, ps->key, ps->md, flags | CMS_NOSMIMECAP) : NULL;
+    if (!si || CMS_add_smimecap(si, ps->smcap) != 1 ||
+        (ps->chain && CMS_add1_cert(cms, ps->chain) != 1) || CMS_final(cms, in, NULL, flags) != 1) {
+        s_fail(err, errlen, "cannot sign the profile (OpenSSL CMS failed)");
         goto out;
     }
-    cms = CMS_sign(signer, key, certs, in, CMS_BINARY);
-    int l = cms ? i2d_CMS_ContentInfo(cms, der) : -1;
+    int l = i2d_CMS_ContentInfo(cms, der);
     if (l <= 0) {
-        s_fail(err, errlen, "cannot sign the profile (OpenSSL CMS failed)");
+        s_fail(err, errlen, "cannot encode the signed profile (OpenSSL CMS failed)");
         goto out;
     }
     *derlen = (size_t)l;
@@ -385,7 +458,16 @@ int ca_profile_sign(X509 *signer, EVP_PKEY *key, X509 *chain, const void *data, 
 out:
     CMS_ContentInfo_free(cms);
     BIO_free(in);
-    sk_X509_free(certs);
+    return rc;
+}
+
+int ca_profile_sign(X509 *signer, EVP_PKEY *key, X509 *chain, const void *data, size_t len,
+                    uint8_t **der, size_t *derlen, char *err, size_t errlen)
+{
+    *der = NULL;
+    ca_profile_signer_t *ps = ca_profile_signer_new(signer, key, chain, err, errlen);
+    int rc = ps ? ca_profile_signer_sign(ps, data, len, der, derlen, err, errlen) : -1;
+    ca_profile_signer_destroy(&ps);
     return rc;
 }
 

@@ -49,9 +49,25 @@ int ca_profile_build(const ca_profile_opts_t *o, char **xml, size_t *len, char i
                      char *err, size_t errlen);
 
 //  CMS SignedData over `data`, content embedded, signer cert + `chain` included.
-//  *der is OPENSSL_malloc'd (free with OPENSSL_free).
+//  *der is OPENSSL_malloc'd (free with OPENSSL_free). One-off: a service
+//  signing every download keeps a ca_profile_signer_t instead.
 int ca_profile_sign(X509 *signer, EVP_PKEY *key, X509 *chain, const void *data, size_t len,
                     uint8_t **der, size_t *derlen, char *err, size_t errlen);
+
+//  A profile signer: the certificate, key and chain (each up-ref'd: the caller
+//  keeps its own references), the key's default digest and the
+//  SMIMECapabilities attribute, worked out once. NULL + err when the key does
+//  not match the certificate or has no default digest.
+typedef struct ca_profile_signer ca_profile_signer_t;
+ca_profile_signer_t *ca_profile_signer_new(X509 *signer, EVP_PKEY *key, X509 *chain, char *err,
+                                           size_t errlen);
+void ca_profile_signer_destroy(ca_profile_signer_t **p);
+
+//  As ca_profile_sign, with the signer's prepared parts: the same SignedData
+//  (signed attributes contentType, signingTime, messageDigest,
+//  SMIMECapabilities; signer certificate, then `chain`). *der as above.
+int ca_profile_signer_sign(ca_profile_signer_t *ps, const void *data, size_t len, uint8_t **der,
+                           size_t *derlen, char *err, size_t errlen);
 
 //  The APNs topic of a push certificate: its subject's UID (com.apple.mgmt.*).
 int ca_profile_topic_from_cert(const char *pem_path, char *buf, size_t size, char *err,

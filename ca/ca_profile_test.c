@@ -399,6 +399,111 @@ static void test_topic_from_cert(void **state)
     EVP_PKEY_free(k);
 }
 
+//  The profile signer (its digest and SMIMECapabilities worked out once) makes
+//  the SignedData OpenSSL's CMS_sign makes: same digest, same signed
+//  attributes (signingTime aside: its second), same certificates in the same
+//  order, same content; it verifies to the CA; a key that is not the
+//  certificate's is refused when the signer is made.
+static CMS_ContentInfo *s_d2i_cms(const uint8_t *der, size_t len)
+{
+    const unsigned char *p = der;
+    CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, (long)len);
+    assert_non_null(cms);
+    return cms;
+}
+
+static void test_signer_as_cms_sign(void **state)
+{
+    s_fix_t *f = *state;
+    X509 *cert = ca_pki_signer_cert(f->pki), *ca = ca_pki_ca_cert(f->pki);
+    EVP_PKEY *key = ca_pki_signer_key(f->pki);
+    static const char xml[] = "<?xml version=\"1.0\"?>\n<plist><dict/></plist>\n";
+    char err[256] = "";
+    //  reference: OpenSSL's one call, as ca_profile_sign was
+    BIO *in = BIO_new_mem_buf(xml, sizeof xml - 1);
+    STACK_OF(X509) *chain = sk_X509_new_null();
+    sk_X509_push(chain, ca);
+    CMS_ContentInfo *ref0 = CMS_sign(cert, key, chain, in, CMS_BINARY);
+    assert_non_null(ref0);
+    //  compared as it goes out: encoded (DER sorts the SET OF certificates)
+    uint8_t *rder = NULL;
+    int rlen = i2d_CMS_ContentInfo(ref0, &rder);
+    assert_true(rlen > 0);
+    CMS_ContentInfo *ref = s_d2i_cms(rder, (size_t)rlen);
+    OPENSSL_free(rder);
+    CMS_ContentInfo_free(ref0);
+    sk_X509_free(chain);
+    BIO_free(in);
+    ca_profile_signer_t *ps = ca_profile_signer_new(cert, key, ca, err, sizeof err);
+    assert_non_null(ps);
+    for (int round = 0; round < 2; round++) { //  the prepared parts serve again
+        uint8_t *der = NULL;
+        size_t dlen = 0;
+        assert_int_equal(
+            ca_profile_signer_sign(ps, xml, sizeof xml - 1, &der, &dlen, err, sizeof err), 0);
+        CMS_ContentInfo *cms = s_d2i_cms(der, dlen);
+        X509_STORE *st = X509_STORE_new();
+        X509_STORE_add_cert(st, ca);
+        BIO *out = BIO_new(BIO_s_mem());
+        assert_int_equal(CMS_verify(cms, NULL, st, NULL, out, CMS_BINARY), 1);
+        char *content = NULL;
+        assert_int_equal(BIO_get_mem_data(out, &content), (long)(sizeof xml - 1));
+        assert_memory_equal(content, xml, sizeof xml - 1);
+        //  certificates: signer and CA, as CMS_sign puts them
+        STACK_OF(X509) *c1 = CMS_get1_certs(ref), *c2 = CMS_get1_certs(cms);
+        assert_int_equal(sk_X509_num(c2), 2);
+        assert_int_equal(sk_X509_num(c1), sk_X509_num(c2));
+        for (int i = 0; i < sk_X509_num(c1); i++)
+            assert_int_equal(X509_cmp(sk_X509_value(c1, i), sk_X509_value(c2, i)), 0);
+        sk_X509_pop_free(c1, X509_free);
+        sk_X509_pop_free(c2, X509_free);
+        //  one signer, same digest and signature algorithms, same signed attributes
+        CMS_SignerInfo *s1 = sk_CMS_SignerInfo_value(CMS_get0_SignerInfos(ref), 0);
+        CMS_SignerInfo *s2 = sk_CMS_SignerInfo_value(CMS_get0_SignerInfos(cms), 0);
+        assert_int_equal(sk_CMS_SignerInfo_num(CMS_get0_SignerInfos(cms)), 1);
+        X509_ALGOR *d1, *d2, *a1, *a2;
+        CMS_SignerInfo_get0_algs(s1, NULL, NULL, &d1, &a1);
+        CMS_SignerInfo_get0_algs(s2, NULL, NULL, &d2, &a2);
+        assert_int_equal(X509_ALGOR_cmp(d1, d2), 0);
+        assert_int_equal(X509_ALGOR_cmp(a1, a2), 0);
+        assert_int_equal(CMS_signed_get_attr_count(s2), 4);
+        assert_int_equal(CMS_signed_get_attr_count(s1), CMS_signed_get_attr_count(s2));
+        int seen = 0;
+        for (int i = 0; i < CMS_signed_get_attr_count(s1); i++) {
+            X509_ATTRIBUTE *x1 = CMS_signed_get_attr(s1, i);
+            const ASN1_OBJECT *o = X509_ATTRIBUTE_get0_object(x1);
+            int j = CMS_signed_get_attr_by_OBJ(s2, o, -1);
+            assert_true(j >= 0);
+            seen += OBJ_obj2nid(o) == NID_SMIMECapabilities;
+            if (OBJ_obj2nid(o) == NID_pkcs9_signingTime)
+                continue;
+            unsigned char *e1 = NULL, *e2 = NULL;
+            int l1 = i2d_X509_ATTRIBUTE(x1, &e1),
+                l2 = i2d_X509_ATTRIBUTE(CMS_signed_get_attr(s2, j), &e2);
+            assert_true(l1 > 0);
+            assert_int_equal(l1, l2);
+            assert_memory_equal(e1, e2, (size_t)l1);
+            OPENSSL_free(e1);
+            OPENSSL_free(e2);
+        }
+        assert_int_equal(seen, 1);
+        BIO_free(out);
+        X509_STORE_free(st);
+        CMS_ContentInfo_free(cms);
+        OPENSSL_free(der);
+    }
+    ca_profile_signer_destroy(&ps);
+    ca_profile_signer_destroy(&ps); //  safe twice
+    CMS_ContentInfo_free(ref);
+    //  a key that is not the certificate's
+    EVP_PKEY *other = EVP_EC_gen("P-256");
+    assert_non_null(other);
+    err[0] = 0;
+    assert_null(ca_profile_signer_new(cert, other, ca, err, sizeof err));
+    assert_non_null(strstr(err, "does not match"));
+    EVP_PKEY_free(other);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -406,6 +511,7 @@ int main(void)
         cmocka_unit_test(test_bad_options),
         cmocka_unit_test_setup_teardown(test_template, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_topic_from_cert, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_signer_as_cms_sign, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

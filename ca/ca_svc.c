@@ -17,6 +17,7 @@ struct ca_svc {
     ca_pki_t *pki;
     ca_challenge_t *ch;
     ca_scep_t *scep;
+    ca_profile_signer_t *signer; //  signs every profile download
     ca_profile_opts_t profile;
     X509 *anchor;
     char topic[256];
@@ -81,6 +82,10 @@ ca_svc_t *ca_svc_new(const ca_svc_opts_t *o, char *err, size_t errlen)
     s->pki = ca_pki_new(&o->pki, NULL, err, errlen);
     if (!s->pki)
         goto fail;
+    s->signer = ca_profile_signer_new(ca_pki_signer_cert(s->pki), ca_pki_signer_key(s->pki),
+                                      ca_pki_ca_cert(s->pki), err, errlen);
+    if (!s->signer)
+        goto fail;
     if (o->tls_anchor && o->tls_anchor[0]) {
         FILE *f = fopen(o->tls_anchor, "r");
         s->anchor = f ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
@@ -126,6 +131,7 @@ void ca_svc_destroy(ca_svc_t **p)
     while (s->waits)
         s_wait_free(s->waits);
     ca_scep_destroy(&s->scep);
+    ca_profile_signer_destroy(&s->signer);
     ca_challenge_destroy(&s->ch);
     ca_pki_destroy(&s->pki);
     X509_free(s->anchor);
@@ -171,8 +177,7 @@ int ca_svc_profile(ca_svc_t *s, const ca_profile_opts_t *ov, uint8_t **der, size
     int rc = ca_profile_build(&o, &xml, &xlen, identity_uuid, err, errlen);
     OPENSSL_cleanse(challenge, sizeof challenge);
     if (rc == 0)
-        rc = ca_profile_sign(ca_pki_signer_cert(s->pki), ca_pki_signer_key(s->pki),
-                             ca_pki_ca_cert(s->pki), xml, xlen, der, len, err, errlen);
+        rc = ca_profile_signer_sign(s->signer, xml, xlen, der, len, err, errlen);
     if (xml) {
         OPENSSL_cleanse(xml, xlen); //  it held the challenge
         free(xml);

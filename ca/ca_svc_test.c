@@ -23,6 +23,7 @@
 
 #include <msgpack.h>
 #include <openssl/cms.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <plist/plist.h>
 #include <stdio.h>
@@ -585,6 +586,30 @@ static void test_second_ca_accepts(void **state)
     EVP_PKEY_free(key);
 }
 
+//  The tag format, pinned independently of ca_challenge (session 5 keys the
+//  HMAC once and copies it per tag): version | nonce | expiry | first 23
+//  bytes of HMAC-SHA256(key, "picomdm scep challenge v1\0" | the 25 bytes
+//  before the tag), URL-safe base64. raw: 48 bytes; out: 65.
+static void s_tag_hmac(const uint8_t *key, size_t klen, uint8_t raw[48])
+{
+    static const char label[] = "picomdm scep challenge v1";
+    uint8_t msg[sizeof label + 25], md[32];
+    unsigned int mdlen = 0;
+    memcpy(msg, label, sizeof label);
+    memcpy(msg + sizeof label, raw, 25);
+    assert_non_null(HMAC(EVP_sha256(), key, (int)klen, msg, sizeof msg, md, &mdlen));
+    memcpy(raw + 25, md, 23);
+}
+
+static void s_b64url(const uint8_t raw[48], char out[65])
+{
+    unsigned char b64[68];
+    assert_int_equal(EVP_EncodeBlock(b64, raw, 48), 64);
+    for (int i = 0; i < 64; i++)
+        out[i] = b64[i] == '+' ? '-' : b64[i] == '/' ? '_' : (char)b64[i];
+    out[64] = 0;
+}
+
 //  ca_challenge's signed mode by itself: expiry, the key, what the store gets.
 static void test_signed_challenge(void **state)
 {
@@ -607,6 +632,31 @@ static void test_signed_challenge(void **state)
     ca_challenge_hash_hex(buf, hex2);
     assert_string_equal(hex, hex2);
     assert_true(exp > ((int64_t)time(NULL) + 55) * 1000);
+    //  the tag is HMAC-SHA256 as specified: computed here with the one-shot
+    //  HMAC() over the challenge's own first 25 bytes, it is the same; and a
+    //  challenge made that way (as earlier versions made them) is accepted
+    uint8_t raw[48], raw2[48];
+    unsigned char b64[68];
+    for (int i = 0; i < 64; i++)
+        b64[i] = buf[i] == '-' ? '+' : buf[i] == '_' ? '/' : (unsigned char)buf[i];
+    b64[64] = 0;
+    uint8_t dec[51];
+    assert_int_equal(EVP_DecodeBlock(dec, b64, 64), 48);
+    memcpy(raw, dec, 48);
+    memcpy(raw2, raw, 48);
+    key[0] = 1; //  c's key
+    s_tag_hmac(key, sizeof key, raw2);
+    assert_memory_equal(raw, raw2, 48);
+    raw2[5] ^= 1; //  another nonce, tagged the old way
+    s_tag_hmac(key, sizeof key, raw2);
+    char old_way[65];
+    s_b64url(raw2, old_way);
+    assert_true(ca_challenge_check(c, old_way, "tx-old", kh));
+    assert_true(ca_challenge_take_seen(c, NULL));
+    raw2[47] ^= 1; //  its tag altered
+    s_b64url(raw2, old_way);
+    assert_false(ca_challenge_check(c, old_way, "tx-old", kh));
+    key[0] = 2;
     //  another key does not accept it
     assert_false(ca_challenge_check(other, buf, "tx", kh));
     assert_false(ca_challenge_take_seen(other, NULL));

@@ -21,6 +21,65 @@ static struct {
     int64_t live;
 } s_state;
 
+//  The statements of scep_challenge.use, prepared once per connection (issue
+//  #6, session 5: preparing the INSERT and the UPDATE for every PKCSReq was
+//  about as much of the store's CPU as both check-ins of an enrollment). They
+//  are finalized when that connection closes: SQLITE_TRACE_CLOSE is called by
+//  sqlite3_close before it checks for unfinalized statements, so the store's
+//  close (store_db_destroy) still succeeds. This module owns the
+//  connection's trace callback (nothing else in the store sets one).
+enum { S_INSERT, S_SELECT, S_EVENT, S_NSTMT };
+static const char *const s_sql[S_NSTMT] = {
+    [S_INSERT] = "INSERT INTO scep_challenges(hash, expires, created, used, txid, key_hash)"
+                 " VALUES(?1, ?2, ?3, ?3, ?4, ?5) ON CONFLICT(hash) DO NOTHING",
+    [S_SELECT] = "SELECT expires, used, txid, key_hash, event_rid, event_seq"
+                 " FROM scep_challenges WHERE hash=?1",
+    [S_EVENT] = "UPDATE scep_challenges SET event_rid=?2, event_seq=?3 WHERE hash=?1",
+};
+static struct {
+    sqlite3 *sql; //  the connection the statements belong to
+    sqlite3_stmt *st[S_NSTMT];
+} s_cache;
+
+static void s_cache_clear(void)
+{
+    for (int i = 0; i < S_NSTMT; i++) {
+        sqlite3_finalize(s_cache.st[i]);
+        s_cache.st[i] = NULL;
+    }
+    s_cache.sql = NULL;
+}
+
+static int s_on_trace(unsigned type, void *ctx, void *p, void *x)
+{
+    (void)ctx, (void)x;
+    if (type == SQLITE_TRACE_CLOSE && p == s_cache.sql)
+        s_cache_clear();
+    return 0;
+}
+
+//  Statement `id` on `sql`, reset and unbound; NULL if it cannot be prepared.
+static sqlite3_stmt *s_stmt(sqlite3 *sql, int id)
+{
+    if (s_cache.sql != sql) { //  another connection (tests open several)
+        s_cache_clear();
+        if (sqlite3_trace_v2(sql, SQLITE_TRACE_CLOSE, s_on_trace, NULL) != SQLITE_OK)
+            return NULL;
+        s_cache.sql = sql;
+    }
+    sqlite3_stmt *st = s_cache.st[id];
+    if (!st) {
+        if (sqlite3_prepare_v3(sql, s_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) !=
+            SQLITE_OK)
+            return NULL;
+        s_cache.st[id] = st;
+    } else {
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+    }
+    return st;
+}
+
 int store_chal_prune(store_db_t *db, int64_t now_ms, int max)
 {
     sqlite3 *sql = store_db_sqlite(db);
@@ -137,10 +196,7 @@ static store_rc_t s_use(sqlite3 *sql, store_db_t *db, const pm_msg_t *req, pm_ms
     if (s_maintain(sql, db, now) < 0)
         return store_db_fail(sql, req, reply, "scep_challenge.use");
     //  the one statement that decides: only the first use inserts the row
-    if (sqlite3_prepare_v2(sql,
-                           "INSERT INTO scep_challenges(hash, expires, created, used, txid, "
-                           "key_hash) VALUES(?1, ?2, ?3, ?3, ?4, ?5) ON CONFLICT(hash) DO NOTHING",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (!(st = s_stmt(sql, S_INSERT)))
         return store_db_fail(sql, req, reply, "scep_challenge.use");
     sqlite3_bind_text(st, 1, hash, 64, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, expires);
@@ -148,21 +204,18 @@ static store_rc_t s_use(sqlite3 *sql, store_db_t *db, const pm_msg_t *req, pm_ms
     sqlite3_bind_text(st, 4, txid, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 5, kh, 64, SQLITE_STATIC);
     int r = sqlite3_step(st);
-    sqlite3_finalize(st);
+    sqlite3_reset(st);
     if (r != SQLITE_DONE)
         return store_db_fail(sql, req, reply, "scep_challenge.use");
     accepted = sqlite3_changes(sql) == 1;
     s_state.live += accepted;
     if (!accepted) {
-        if (sqlite3_prepare_v2(sql,
-                               "SELECT expires, used, txid, key_hash, event_rid, event_seq"
-                               " FROM scep_challenges WHERE hash=?1",
-                               -1, &st, NULL) != SQLITE_OK)
+        if (!(st = s_stmt(sql, S_SELECT)))
             return store_db_fail(sql, req, reply, "scep_challenge.use");
         sqlite3_bind_text(st, 1, hash, 64, SQLITE_STATIC);
         r = sqlite3_step(st);
         if (r != SQLITE_ROW) {
-            sqlite3_finalize(st);
+            sqlite3_reset(st);
             return store_db_fail(sql, req, reply, "scep_challenge.use");
         } else if (sqlite3_column_int64(st, 0) <= now) {
             reason = "expired"; //  even for the transaction that used it, as before
@@ -180,22 +233,19 @@ static store_rc_t s_use(sqlite3 *sql, store_db_t *db, const pm_msg_t *req, pm_ms
             } else
                 reason = "used";
         }
-        sqlite3_finalize(st);
+        sqlite3_reset(st);
     }
     if (accepted && seq == 0) {
         if (s_event(db, req, now, &seq) < 0)
             return store_db_fail(sql, req, reply, "scep_challenge.use (its event)");
         if (seq > 0 && rid) { //  which request logged it (a retry of it logs nothing)
-            if (sqlite3_prepare_v2(sql,
-                                   "UPDATE scep_challenges SET event_rid=?2, event_seq=?3"
-                                   " WHERE hash=?1",
-                                   -1, &st, NULL) != SQLITE_OK)
+            if (!(st = s_stmt(sql, S_EVENT)))
                 return store_db_fail(sql, req, reply, "scep_challenge.use");
             sqlite3_bind_text(st, 1, hash, 64, SQLITE_STATIC);
             sqlite3_bind_text(st, 2, rid, -1, SQLITE_STATIC);
             sqlite3_bind_int64(st, 3, (sqlite3_int64)seq);
             r = sqlite3_step(st);
-            sqlite3_finalize(st);
+            sqlite3_reset(st);
             if (r != SQLITE_DONE)
                 return store_db_fail(sql, req, reply, "scep_challenge.use");
         }

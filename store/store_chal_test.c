@@ -4,7 +4,8 @@
  *  ("used"); a challenge expired by the store's clock is refused and not
  *  recorded; expired rows are pruned; uses survive closing and reopening the
  *  database (a restarted store); the ca.issued event that rides along is
- *  logged only when accepted; malformed requests get errors.
+ *  logged only when accepted; malformed requests get errors; the use's
+ *  cached statements do not keep the database from closing.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -262,6 +263,44 @@ static void test_bad_requests(void **state)
     assert_int_equal(s_rows(), 0);
 }
 
+//  The use's statements are prepared once per connection and finalized when
+//  it closes: the store's close still succeeds (the last connection of a WAL
+//  database checkpoints and removes its -wal file only when sqlite3_close
+//  succeeds), and a reopened database (a new connection) gets its own.
+static void test_cached_statements_close(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/store_chal_test_XXXXXX", wal[sizeof path + 8], shm[sizeof path + 8];
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    unlink(path);
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    snprintf(shm, sizeof shm, "%s-shm", path);
+    int64_t exp = s_now_ms() + 60000;
+    char why[32];
+    for (int round = 0; round < 2; round++) {
+        s_close();
+        s_open(path);
+        const char *h = round == 0 ? H1 : H2;
+        assert_int_equal(s_use(h, "tx-1", K1, exp, why), 1);
+        assert_int_equal(s_use(h, "tx-1", K1, exp, why), 1); //  the cached INSERT and SELECT again
+        assert_int_equal(s_use(h, "tx-2", K1, exp, why), 0);
+        assert_string_equal(why, "used");
+        assert_non_null(sqlite3_next_stmt(store_db_sqlite(s_db), NULL)); //  kept, not finalized
+        assert_int_equal(access(wal, F_OK), 0);
+        s_close();
+        assert_int_not_equal(access(wal, F_OK), 0); //  closed for real
+    }
+    s_open(path);
+    assert_int_equal(s_rows(), 2);
+    s_close();
+    unlink(path);
+    unlink(wal);
+    unlink(shm);
+    s_open(":memory:");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -271,6 +310,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_durable_across_reopen, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_use_logs_event, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_bad_requests, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_cached_statements_close, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,7 +3,8 @@
 # them: profile download (/mdm/enroll) + SCEP (GetCACaps, GetCACert, PKCSReq)
 # + Authenticate + TokenUpdate, signed. Prints enrollments/s and the server's
 # CPU per enrollment (every PicoMDM process that `picomdm up` started, from
-# /proc/<pid>/stat), next to the simulator's own CPU.
+# /proc/<pid>/stat), context switches and minor page faults per enrollment
+# per process, next to the simulator's own CPU.
 #   ENROLL_BENCH_N=200 tests/bench/enroll_e2e.sh
 # ENROLL_BENCH_KEEPALIVE=false: a new TLS connection per enrollment request
 # (the simulator's behaviour before it kept one per device).
@@ -68,6 +69,14 @@ per_process_csw() {
         echo "$(awk '{gsub(/[()]/, "", $2); print $2}' "/proc/$pid/stat") $(cat /proc/"$pid"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }')"
     done | sort
 }
+# per process: "name minor-page-faults" lines (first touches of memory the
+# allocator got from, or gave back to, the kernel)
+per_process_minflt() {
+    local pid
+    for pid in $(pgrep -P "$UP_PID"); do
+        [ -r "/proc/$pid/stat" ] && awk '{gsub(/[()]/, "", $2); print $2, $10}' "/proc/$pid/stat"
+    done | sort
+}
 # what the idle server costs (heartbeats, sweeps), to report the enrollment cost net of it
 idle0=$(server_ticks)
 per_process >"$T/idle0"
@@ -105,6 +114,7 @@ fi
 before=$(server_ticks)
 per_process >"$T/before"
 per_process_csw >"$T/csw0"
+per_process_minflt >"$T/flt0"
 sim_before=$(awk '{print $14 + $15}' "/proc/$DS/stat")
 touch "$T/go"
 start=$(date +%s%N)
@@ -117,6 +127,7 @@ ms=$((($(date +%s%N) - start) / 1000000))
 after=$(server_ticks)
 per_process >"$T/after"
 per_process_csw >"$T/csw1"
+per_process_minflt >"$T/flt1"
 [ $rc = 0 ] || { echo "devsim exited $rc:"; tail -5 "$T/ds.err"; exit 1; }
 grep -q "^scep: $N device(s) got their identity" "$T/ds.out" || { cat "$T/ds.out"; exit 1; }
 cpu_ms=$(((after - before) * 1000 / HZ))
@@ -132,6 +143,8 @@ join "$T/idle0" "$T/idle1" | join - "$T/before" | join - "$T/after" | awk -v hz=
       printf "  %-18s %6d ms CPU = %6d µs per enrollment (net of idle: %6d µs)\n", $1, run, run * 1000 / n, (run - idle) * 1000 / n}'
 join "$T/csw0" "$T/csw1" | awk -v n="$N" '{ d = $3 - $2; t += d; l = l sprintf(" %s %.0f", substr($1, 9), d / n) }
     END { printf "  context switches per enrollment: %.0f (%s)\n", t / n, substr(l, 2) }'
+join "$T/flt0" "$T/flt1" | awk -v n="$N" '{ d = $3 - $2; t += d; l = l sprintf(" %s %.1f", substr($1, 9), d / n) }
+    END { printf "  minor page faults per enrollment: %.1f (%s)\n", t / n, substr(l, 2) }'
 # the simulator's own CPU over the exchanges: its total at exit (it prints it)
 # minus what it had used when the keys were made
 awk -v b="$sim_before" -v hz="$HZ" -v n="$N" '/^devsim +cpu user/ {

@@ -1,6 +1,7 @@
 /*  devsim_run — libcurl multi engine of the device simulator (see devsim_run.h). */
 #include "devsim_run.h"
 #include "devsim_plist.h"
+#include "devsim_sched.h"
 #include "pm_log.h"
 
 #include <curl/curl.h>
@@ -12,6 +13,7 @@
 #include <stdint.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,6 +31,8 @@ typedef struct job {
     int cmds;       //  commands answered in the current session
     bool stop_next; //  the device ends the session after this PUT (EraseDevice...)
     int wake_ix;    //  index in wake_state for a wake job, else -1
+    double sched;   //  open loop: scheduled start (ms, s_now_ms), else -1
+    bool first;     //  open loop: the request in flight is the job's first
     struct job *next;
 } job_t;
 
@@ -64,6 +68,21 @@ typedef struct {
     long units;  //  enrollments or sessions completed
     long cmds;   //  command round trips (a report with a CommandUUID)
     long failed; //  jobs that failed
+    //  Open loop (--rate): the schedule and how well it was kept.
+    bool open;
+    double rate;                    //  offered: jobs started per second
+    long nsched;                    //  jobs on the timetable
+    long nstarted;                  //  of them started
+    long late;                      //  started more than 1 ms behind schedule
+    long late_slot;                 //  of them, waited for a free transfer slot (server behind)
+    double behind_last, behind_max; //  ms: the last job's start, the worst one
+    int max_active;                 //  the most transfers in flight at once
+    double *done;                   //  ms: when each job completed, in order
+    size_t ndone, capdone;
+    double *raw; //  ms, per request: the plain round trip (from when it was sent)
+    size_t nraw, capraw;
+    double *first; //  ms, per job: its first request from the job's scheduled start
+    size_t nfirst, capfirst;
     double cpu0_user, cpu0_sys, cpu_user, cpu_sys; //  s: the simulator's own CPU in this phase
 } phase_t;
 
@@ -80,6 +99,8 @@ struct devsim_run {
     int epfd;
     double timer_at; //  ms (s_now_ms) curl wants CURL_SOCKET_TIMEOUT, < 0: none
     int push_fd;     //  the push socket once it is in epfd, else -1
+    int tfd;         //  open loop: timerfd in epfd for the next scheduled start, else -1
+    double tfd_at;   //  when it is armed for (ms), < 0: not armed
     slot_t *slots;
     int nslots;
     job_t *head, *tail;
@@ -92,6 +113,7 @@ struct devsim_run {
     //  queued/running, and whether another wake arrived meanwhile. A device
     //  runs one session at a time; a push during a session means one more.
     unsigned char *wake_state;
+    double t_begin; //  ms: devsim_run_new (the latency log's time origin)
 };
 
 enum { S_WAKE_IDLE = 0, S_WAKE_BUSY, S_WAKE_AGAIN };
@@ -206,6 +228,8 @@ devsim_run_t *devsim_run_new(const devsim_run_opts_t *o, devsim_dev_t **devs, in
     if (!r)
         return NULL;
     r->epfd = -1;
+    r->tfd = -1;
+    r->tfd_at = -1;
     r->o = *o;
     if (r->o.concurrency < 1)
         r->o.concurrency = 1;
@@ -215,12 +239,26 @@ devsim_run_t *devsim_run_new(const devsim_run_opts_t *o, devsim_dev_t **devs, in
     r->n = n;
     r->timer_at = -1;
     r->push_fd = -1;
+    r->t_begin = s_now_ms();
     r->epfd = epoll_create1(EPOLL_CLOEXEC);
     r->multi = curl_multi_init();
     r->nslots = r->o.concurrency;
     r->slots = calloc((size_t)r->nslots, sizeof *r->slots);
     if (!r->multi || !r->slots || r->epfd < 0)
         goto fail;
+    if (r->o.rate > 0) {
+        //  the next scheduled start wakes epoll_wait with sub-millisecond
+        //  precision (its own timeout counts in whole milliseconds)
+        r->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+        struct epoll_event ee = {.events = EPOLLIN, .data.fd = r->tfd};
+        if (r->tfd < 0 || epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->tfd, &ee) < 0) {
+            pm_warn("no timerfd (%s): scheduled starts fall on whole milliseconds",
+                    strerror(errno));
+            if (r->tfd >= 0)
+                close(r->tfd);
+            r->tfd = -1;
+        }
+    }
     curl_multi_setopt(r->multi, CURLMOPT_SOCKETFUNCTION, s_sockcb);
     curl_multi_setopt(r->multi, CURLMOPT_SOCKETDATA, r);
     curl_multi_setopt(r->multi, CURLMOPT_TIMERFUNCTION, s_timercb);
@@ -269,11 +307,16 @@ void devsim_run_destroy(devsim_run_t **rp)
     for (int i = 0; i < r->nphases; i++) {
         free(r->phases[i].lat);
         free(r->phases[i].latk);
+        free(r->phases[i].raw);
+        free(r->phases[i].first);
+        free(r->phases[i].done);
     }
     if (r->multi)
         curl_multi_cleanup(r->multi);
     if (r->epfd >= 0)
         close(r->epfd);
+    if (r->tfd >= 0)
+        close(r->tfd);
     free(r);
     *rp = NULL;
 }
@@ -305,6 +348,7 @@ static job_t *s_job(devsim_dev_t *dev)
     if (j) {
         j->dev = dev;
         j->wake_ix = -1;
+        j->sched = -1;
     }
     return j;
 }
@@ -444,9 +488,19 @@ static int s_finish(devsim_run_t *r, slot_t *s, CURLcode res)
     step_t *st = &j->steps[j->at];
     devsim_dev_t *ch = st->ch;
     char idbuf[128];
-    double ms = s_now_ms() - s->t0;
+    double now = s_now_ms();
+    double ms = devsim_sched_latency(now, s->t0, j->sched, j->first);
     phase_t *ph = r->ph;
     s_lat(&ph->lat, &ph->nlat, &ph->caplat, ms);
+    if (r->o.latency_log)
+        fprintf(r->o.latency_log, "%s %.6f %.6f %.3f %d\n", ph->name, (s->t0 - r->t_begin) / 1e3,
+                (now - r->t_begin) / 1e3, ms, j->sched >= 0 && j->first ? 1 : 0);
+    if (j->sched >= 0) {
+        s_lat(&ph->raw, &ph->nraw, &ph->capraw, now - s->t0);
+        if (j->first)
+            s_lat(&ph->first, &ph->nfirst, &ph->capfirst, ms);
+    }
+    j->first = false;
     long conns = 1; //  new connections this transfer made (0: it reused one)
     if (curl_easy_getinfo(s->easy, CURLINFO_NUM_CONNECTS, &conns) == CURLE_OK && conns == 0)
         s_lat(&ph->latk, &ph->nlatk, &ph->caplatk, ms);
@@ -570,7 +624,9 @@ static void s_wait(devsim_run_t *r, bool serve, int fd, int active, long idle_ms
         curl_multi_socket_action(r->multi, CURL_SOCKET_TIMEOUT, 0, &running);
         return;
     }
-    if (!serve && active == 0)
+    //  open loop: the next job is due later and a slot is free for it
+    double due = r->head && r->head->sched >= 0 && active < r->nslots ? r->head->sched : -1;
+    if (!serve && active == 0 && due < 0)
         return;
     int tmo = active > 0 ? 100 : 1000;
     if (serve && active == 0 && !r->head && idle_ms > 0) {
@@ -579,6 +635,23 @@ static void s_wait(devsim_run_t *r, bool serve, int fd, int active, long idle_ms
     }
     if (r->timer_at >= 0 && r->timer_at - now < tmo)
         tmo = (int)(r->timer_at - now) + 1;
+    if (due >= 0) {
+        if (due <= now)
+            return;
+        if (r->tfd >= 0 && due != r->tfd_at) {
+            struct itimerspec its = {0};
+            its.it_value.tv_sec = (time_t)(due / 1e3);
+            its.it_value.tv_nsec = (long)((due - (double)its.it_value.tv_sec * 1e3) * 1e6);
+            if (its.it_value.tv_nsec >= 1000000000L)
+                its.it_value.tv_nsec = 999999999L;
+            if (timerfd_settime(r->tfd, TFD_TIMER_ABSTIME, &its, NULL) == 0)
+                r->tfd_at = due;
+        }
+        //  without the timerfd: whole milliseconds, rounded up
+        int dt = r->tfd >= 0 && r->tfd_at == due ? (int)(due - now) + 1 : (int)ceil(due - now);
+        if (dt < tmo)
+            tmo = dt;
+    }
     if (serve && fd >= 0 && r->push_fd != fd) {
         //  the push socket waits in the same epoll as the transfers: a
         //  datagram wakes the loop at once
@@ -591,6 +664,13 @@ static void s_wait(devsim_run_t *r, bool serve, int fd, int active, long idle_ms
     for (int i = 0; i < n; i++) {
         if (ev[i].data.fd == r->push_fd)
             continue; //  on_ready reads it
+        if (ev[i].data.fd == r->tfd) {
+            uint64_t ticks;
+            ssize_t rd = read(r->tfd, &ticks, sizeof ticks); //  clears it (EAGAIN: harmless)
+            (void)rd;
+            r->tfd_at = -1;
+            continue;
+        }
         int what = (ev[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
                    (ev[i].events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
                    (ev[i].events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
@@ -602,6 +682,43 @@ static void s_wait(devsim_run_t *r, bool serve, int fd, int active, long idle_ms
     }
 }
 
+//  Open loop: a job on the timetable starts now.
+static void s_started(phase_t *p, job_t *j, double now, bool slot_wait)
+{
+    double b = devsim_sched_behind(now, j->sched);
+    if (b > 1.0 && slot_wait)
+        p->late_slot++;
+    j->first = true;
+    p->nstarted++;
+    p->behind_last = b;
+    if (b > p->behind_max)
+        p->behind_max = b;
+    if (b > 1.0)
+        p->late++;
+}
+
+//  Open loop: put the queued jobs on the timetable, the first one now.
+static void s_schedule(devsim_run_t *r)
+{
+    if (!(r->o.rate > 0))
+        return;
+    phase_t *p = r->ph;
+    double t0 = s_now_ms(), t = t0;
+    uint64_t rs = r->o.rate_seed ^ (uint64_t)(r->nphases * 0x9E3779B9L);
+    long i = 0;
+    p->open = true;
+    p->rate = r->o.rate;
+    p->t0 = t0; //  the phase runs from the first scheduled start
+    for (job_t *j = r->head; j; j = j->next, i++) {
+        if (r->o.rate_jitter) {
+            j->sched = t;
+            t += devsim_sched_gap_ms(r->o.rate, true, devsim_sched_uniform(&rs));
+        } else
+            j->sched = devsim_sched_at(t0, i, r->o.rate);
+    }
+    p->nsched = i;
+}
+
 //  Run the job queue: until it is empty, or (serve) until interrupted or
 //  idle_ms without a job (0: no limit), calling on_ready after each wait on
 //  fd (the push socket, or -1). Returns the number of failed jobs.
@@ -611,11 +728,20 @@ static int s_loop(devsim_run_t *r, bool serve, int fd, void (*on_ready)(void *),
     int active = 0;
     long failed0 = r->ph->failed;
     double idle_since = s_now_ms();
+    //  open loop: a job was due while every slot was busy (a late start then
+    //  waited for the server, not for the simulator)
+    bool full = false;
     for (;;) {
         for (int i = 0; i < r->nslots && r->head; i++) {
             slot_t *s = &r->slots[i];
             if (s->job)
                 continue;
+            if (r->head->sched >= 0) { //  open loop: not before its time
+                double now = s_now_ms();
+                if (r->head->sched > now)
+                    break;
+                s_started(r->ph, r->head, now, full);
+            }
             s->job = s_pop(r);
             int rc = s_start_step(r, s);
             if (rc != 0) {
@@ -626,7 +752,11 @@ static int s_loop(devsim_run_t *r, bool serve, int fd, void (*on_ready)(void *),
                 continue;
             }
             active++;
+            if (active > r->ph->max_active)
+                r->ph->max_active = active;
         }
+        full =
+            active >= r->nslots && r->head && r->head->sched >= 0 && r->head->sched <= s_now_ms();
         if (active == 0 && !r->head) {
             if (!serve)
                 break;
@@ -654,6 +784,8 @@ static int s_loop(devsim_run_t *r, bool serve, int fd, void (*on_ready)(void *),
             if (rc != 0) {
                 if (rc < 0)
                     r->ph->failed++;
+                else if (s->job->sched >= 0)
+                    s_lat(&r->ph->done, &r->ph->ndone, &r->ph->capdone, s_now_ms());
                 s_job_done(r, s->job);
                 s->job = NULL;
                 active--;
@@ -715,6 +847,7 @@ int devsim_run_enroll(devsim_run_t *r)
             s_add_step(j, ST_TOKEN, d->user);
         s_push(r, j);
     }
+    s_schedule(r);
     return s_run_phase(r);
 }
 
@@ -784,6 +917,7 @@ int devsim_run_sessions(devsim_run_t *r)
     for (int i = 0; i < r->n; i++)
         if (r->devs[i]->enrolled && !r->devs[i]->erased)
             devsim_run_wake(r, r->devs[i]);
+    s_schedule(r);
     return s_run_phase(r);
 }
 
@@ -849,6 +983,40 @@ int devsim_run_report(devsim_run_t *r, FILE *out)
                     p->name, p->nlatk, s_pct(p->latk, p->nlatk, 0.50),
                     s_pct(p->latk, p->nlatk, 0.99), p->nlatk ? p->latk[p->nlatk - 1] : 0.0,
                     p->nlat - p->nlatk);
+        //  Open loop: the first request of each job timed from its scheduled
+        //  start (the line above already is); the same requests timed from
+        //  when they were sent, for comparison; and how well the timetable
+        //  was kept (a simulator or server that falls behind starts late).
+        if (p->open) {
+            if (p->nraw > 1)
+                qsort(p->raw, p->nraw, sizeof *p->raw, s_cmp);
+            if (p->nfirst > 1)
+                qsort(p->first, p->nfirst, sizeof *p->first, s_cmp);
+            //  requests per job, and the rate the jobs were completed at
+            //  (devsim_sched_rate: first to last end, 1 % trimmed each side)
+            double per = p->ndone > 0 ? (double)p->nlat / (double)p->ndone : 0;
+            double jobs_s = devsim_sched_rate(p->done, p->ndone);
+            if (jobs_s <= 0 && secs > 0)
+                jobs_s = (double)p->ndone / secs;
+            const char *what = enroll ? "enrollments" : "sessions";
+            fprintf(out,
+                    "%-10s open loop: offered %.1f %s/s (= %.1f device requests/s at the %.2f "
+                    "requests per %s seen), achieved %.1f device requests/s = %.1f %s/s "
+                    "(first to last end, 1 %% trimmed); "
+                    "latency (corrected: a first request from its scheduled start) p50 %.2f ms "
+                    "p99 %.2f ms max %.2f ms; first requests alone p50 %.2f ms p99 %.2f ms; "
+                    "uncorrected round trips p50 %.2f ms p99 %.2f ms; last started %.2f ms "
+                    "behind schedule (worst %.2f ms; %ld of %ld started > 1 ms late, %ld of them "
+                    "for want of a free transfer slot; %ld never started); at most %d of %d "
+                    "transfers in flight\n",
+                    p->name, p->rate, what, p->rate * per, per, enroll ? "enrollment" : "session",
+                    jobs_s * per, jobs_s, what, s_pct(p->lat, p->nlat, 0.50),
+                    s_pct(p->lat, p->nlat, 0.99), p->nlat ? p->lat[p->nlat - 1] : 0.0,
+                    s_pct(p->first, p->nfirst, 0.50), s_pct(p->first, p->nfirst, 0.99),
+                    s_pct(p->raw, p->nraw, 0.50), s_pct(p->raw, p->nraw, 0.99), p->behind_last,
+                    p->behind_max, p->late, p->nsched, p->late_slot, p->nsched - p->nstarted,
+                    p->max_active, r->nslots);
+        }
     }
     //  The simulator's own CPU per request of each phase (start-up, key
     //  loading and issuing excluded): how much of the machine it takes.

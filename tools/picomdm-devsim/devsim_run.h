@@ -18,6 +18,7 @@
 
 #include <openssl/evp.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 
 typedef struct {
@@ -33,6 +34,17 @@ typedef struct {
     long timeout_ms;          //  per request
     bool verbose;             //  print every exchange (bodies included)
     bool drop_after_command;  //  end each session on receiving a command, without answering it
+    //  Open loop (--rate): > 0 = enrollments / sessions started per second on
+    //  a fixed timetable (devsim_sched.h), each first request timed from its
+    //  scheduled start; 0 = closed loop (the next starts when one ends).
+    double rate;
+    bool rate_jitter;   //  exponential gaps of mean 1 / rate instead of fixed ones
+    uint64_t rate_seed; //  the jitter's random state (any value)
+    //  One line per request: phase, seconds since the run began when it was
+    //  sent and when its reply came, latency ms (as reported: corrected for
+    //  a first request of an open loop), 1 if it was such a first request.
+    //  Borrowed; NULL = none.
+    FILE *latency_log;
     devsim_answer_opts_t answer;
 } devsim_run_opts_t;
 
@@ -43,7 +55,9 @@ devsim_run_t *devsim_run_new(const devsim_run_opts_t *o, devsim_dev_t **devs, in
 void devsim_run_destroy(devsim_run_t **r);
 
 //  Enroll every device (Authenticate + TokenUpdate on each channel). Returns
-//  the number of devices that failed.
+//  the number of devices that failed. With opts.rate, enroll and sessions
+//  start device i at (phase start) + i / rate (open loop; see devsim_sched.h)
+//  and the report adds an "open loop:" line per such phase.
 int devsim_run_enroll(devsim_run_t *r);
 //  One session for every enrolled device (both channels). Returns failures.
 int devsim_run_sessions(devsim_run_t *r);

@@ -46,7 +46,19 @@ static const pm_opt_t s_opts[] = {
     {"kind", PM_OPT_STR, "iphone",
      "iphone, ipad, mac, mac-user, ue, ue-mac-user, shared-ipad, or mix (all in turn)"},
     {"devices", PM_OPT_INT, "1", "number of simulated devices"},
-    {"concurrency", PM_OPT_INT, "16", "HTTP transfers in flight (connections kept alive)"},
+    {"concurrency", PM_OPT_INT, "0",
+     "HTTP transfers in flight at most (connections kept alive); 0 = 16, or 128 with --rate"},
+    {"rate", PM_OPT_STR, "0",
+     "open loop: start N sessions (and enrollments) per second on a fixed timetable, device i "
+     "at i / N s, and time each session's first request from its scheduled start (a server "
+     "that falls behind is charged for the wait); 0 = closed loop (the next session starts "
+     "when one ends)"},
+    {"latency-log", PM_OPT_STR, NULL,
+     "write one line per request to this file: phase, sent and reply time (s since start), "
+     "latency ms, 1 for an open loop's first request (timed from its schedule)"},
+    {"rate-jitter", PM_OPT_BOOL, "false",
+     "with --rate: exponential gaps of mean 1 / N between starts (Poisson arrivals) instead of "
+     "fixed ones"},
     {"rounds", PM_OPT_INT, "1", "command-loop sessions per device after enrollment"},
     {"enroll", PM_OPT_BOOL, "true",
      "run Authenticate + TokenUpdate first (--no-enroll: already enrolled)"},
@@ -346,6 +358,7 @@ int main(int argc, char **argv)
     devsim_run_t *run = NULL;
     devsim_push_t *push = NULL;
     devsim_profile_t *profile = NULL; //  --enroll-url: the first device's profile
+    FILE *latlog = NULL;              //  --latency-log
     int n = 0;
     char err[256];
     bool verbose = pm_cfg_bool(cfg, "verbose");
@@ -389,12 +402,21 @@ int main(int argc, char **argv)
     int conc = (int)pm_cfg_int(cfg, "concurrency");
     int rounds = (int)pm_cfg_int(cfg, "rounds");
     int apps = (int)pm_cfg_int(cfg, "apps");
-    if (n < 1 || n > 1000000 || conc < 1 || conc > 10000 || rounds < 0 || apps < 0 ||
+    if (n < 1 || n > 1000000 || conc < 0 || conc > 10000 || rounds < 0 || apps < 0 ||
         apps > 100000) {
-        pm_error("--devices 1..1000000, --concurrency 1..10000, --rounds >= 0, --apps 0..100000");
+        pm_error("--devices 1..1000000, --concurrency 0..10000, --rounds >= 0, --apps 0..100000");
         goto out;
     }
     char *end = NULL;
+    errno = 0;
+    double rate = strtod(pm_cfg_str(cfg, "rate"), &end);
+    if (errno || !end || *end || !(rate >= 0) || rate > 1e9) {
+        pm_error("--rate wants sessions per second from 0 (closed loop) to 1e9, e.g. 1500");
+        goto out;
+    }
+    if (conc == 0)
+        conc = rate > 0 ? 128 : 16;
+    end = NULL;
     errno = 0;
     double notnow = strtod(pm_cfg_str(cfg, "notnow-rate"), &end);
     if (errno || !end || *end || notnow < 0 || notnow > 1) {
@@ -597,6 +619,9 @@ int main(int argc, char **argv)
         .timeout_ms = (long)pm_cfg_int(cfg, "timeout-ms"),
         .verbose = verbose,
         .drop_after_command = pm_cfg_bool(cfg, "drop-after-command"),
+        .rate = rate,
+        .rate_jitter = pm_cfg_bool(cfg, "rate-jitter"),
+        .rate_seed = seed,
         .answer = ao,
     };
     if (spoof || malformed) {
@@ -607,13 +632,24 @@ int main(int argc, char **argv)
         goto out;
     }
 
+    const char *llog = pm_cfg_str(cfg, "latency-log");
+    if (llog) {
+        latlog = fopen(llog, "w");
+        if (!latlog) {
+            pm_error("cannot write --latency-log '%s': %s (check the directory)", llog,
+                     strerror(errno));
+            OPENSSL_free(ca_der);
+            goto out;
+        }
+        ro.latency_log = latlog;
+    }
     run = devsim_run_new(&ro, devs, n);
     if (!run) {
         OPENSSL_free(ca_der);
         goto out;
     }
-    pm_info("%d %s device(s) -> %s, concurrency %d, %d round(s), NotNow rate %.2f", n, kind_s,
-            ro.url, conc, rounds, notnow);
+    pm_info("%d %s device(s) -> %s, concurrency %d, %d round(s), NotNow rate %.2f, %s", n, kind_s,
+            ro.url, conc, rounds, notnow, rate > 0 ? "open loop" : "closed loop");
     //  Bound before enrolling: a push that comes right after a TokenUpdate
     //  waits in the socket until the serve loop reads it.
     const char *listen = pm_cfg_str(cfg, "push-listen");
@@ -678,6 +714,10 @@ int main(int argc, char **argv)
 out:
     devsim_push_destroy(&push);
     devsim_run_destroy(&run);
+    if (latlog && fclose(latlog) != 0) {
+        pm_error("writing --latency-log failed (disk full?)");
+        rc = rc ? rc : 1;
+    }
     for (int i = 0; devs && i < n; i++)
         devsim_dev_destroy(&devs[i]);
     free(devs);
