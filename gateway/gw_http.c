@@ -57,8 +57,14 @@ static void s_write_now(struct bufferevent *bev, struct evbuffer *out, const uns
         if (fd < 0 || evbuffer_write(out, fd) <= 0)
             return;
     }
-    if (evbuffer_get_length(out) == 0)
+    if (evbuffer_get_length(out) == 0) {
+        //  Nothing left to write: stop the write event now, in this
+        //  callback, so that the EPOLLOUT evhttp asked for cancels out in
+        //  libevent's change list (the write callback may run only in the
+        //  next loop iteration, after the change list went to the kernel).
+        bufferevent_disable(bev, EV_WRITE);
         bufferevent_trigger(bev, EV_WRITE, BEV_TRIG_DEFER_CALLBACKS);
+    }
 }
 
 void gw_http_send(struct evhttp_request *req, int code, const char *ctype, const void *body,
