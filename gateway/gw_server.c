@@ -464,44 +464,12 @@ static void s_flush(gw_server_t *self)
     }
 }
 
-//  While a device request waits for the back end, keep the connection's
-//  read event as it is instead of letting evhttp switch it off: evhttp
-//  disables reading once a request is read and enables it again with its
-//  answer, i.e. an epoll_ctl removing the socket and one adding it back per
-//  request. Here reading stays on with no read callback, exactly as evhttp
-//  itself leaves a connection while it writes an answer (evhttp_write_buffer:
-//  bytes that arrive wait in the input buffer for evhttp's next request,
-//  end of stream or an error goes to evhttp's event callback, which detaches
-//  the pending request as when the client leaves during the write); evhttp
-//  sets its callbacks back with the answer. (evhttp's own read callback must
-//  not stay: it aborts the process on bytes that arrive in this state.)
-//  Only while the idle timeout (the read timeout, now running during the
-//  wait) is longer than the longest wait for the back end
-//  (backend-timeout-ms + the guard's 0.5 s).
-static void s_read_while_waiting(gw_server_t *self, struct evhttp_request *req)
-{
-    if ((long long)self->cfg.idle_timeout_s * 1000 <=
-        (long long)self->cfg.backend_timeout_ms + 1000)
-        return;
-    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
-    if (!bev)
-        return;
-    bufferevent_data_cb readcb = NULL, writecb = NULL;
-    bufferevent_event_cb eventcb = NULL;
-    void *cbarg = NULL;
-    bufferevent_getcb(bev, &readcb, &writecb, &eventcb, &cbarg);
-    bufferevent_setcb(bev, NULL, writecb, eventcb, cbarg);
-    bufferevent_enable(bev, EV_READ);
-}
-
 //  Send `msg` to the back end for request context r (takes ownership of
 //  msg): queued, and put on the bus at the end of this loop iteration
 //  (s_flush, from the same deferred event as pm_bus_process).
 static void s_call(gw_req_t *r, const char *service, pm_msg_t **msg)
 {
     gw_server_t *self = r->srv;
-    s_read_while_waiting(self, r->p.req);
     r->p.bus_pending = true;
     self->st.in_flight++;
     r->out = *msg;

@@ -1,9 +1,8 @@
 #!/bin/bash
 # gateway_wait — what a client does while its request waits for the back end.
-# The gateway keeps the connection's read event on during that wait (no
-# epoll_ctl per request, docs/gateway.md "Session 5"), with no read callback:
-# bytes that arrive then must wait for evhttp's next request, a close must
-# only drop the answer. The store is stopped (SIGSTOP) so that the wait is
+# Bytes that arrive during that wait (a pipelined request, garbage) must
+# wait for evhttp's next request, a client that leaves must only drop the
+# answer. The store is stopped (SIGSTOP) so that the wait is
 # long and certain; each case then checks the answers and that the gateway
 # is still up and serving. Real back end (broker, store, scheduler), TLS.
 source "$(dirname "$0")/e2e_lib.bash"
@@ -12,7 +11,7 @@ command -v python3 >/dev/null || skip "skipped: python3 not installed"
 gw_pki
 gw_broker
 gw_backend
-gw_tls # default idle-timeout (30 s) > backend-timeout-ms (10 s): reading stays on while waiting
+gw_tls
 
 plist MessageType Authenticate UDID WAIT-1 Topic t >"$T/auth"
 plist MessageType TokenUpdate UDID WAIT-1 Topic t Token data:AAEC PushMagic PM >"$T/tok"
