@@ -728,8 +728,13 @@ static int s_verify_chain(gw_auth_t *self, X509 *cert, STACK_OF(X509) * untruste
     X509_STORE_CTX *ctx = NULL;
     const s_certinfo_t *ci = s_exidx >= 0 ? X509_get_ex_data(cert, s_exidx) : NULL;
     if (ci) { //  a certificate from the decoded-certificate cache: described once
-        snprintf(res->subject, sizeof res->subject, "%s", ci->subject);
-        snprintf(res->issuer, sizeof res->issuer, "%s", ci->issuer);
+        //  (copied as snprintf "%s" would, without its format machinery)
+        size_t sn = strnlen(ci->subject, sizeof res->subject - 1);
+        size_t in = strnlen(ci->issuer, sizeof res->issuer - 1);
+        memcpy(res->subject, ci->subject, sn);
+        res->subject[sn] = '\0';
+        memcpy(res->issuer, ci->issuer, in);
+        res->issuer[in] = '\0';
         memcpy(res->cert_hash, ci->hash, 32);
         memcpy(res->prev_hash, ci->prev_hash, 32);
         res->has_prev = ci->has_prev;

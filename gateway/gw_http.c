@@ -3,7 +3,10 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/keyvalq_struct.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -23,6 +26,47 @@ void gw_http_device_latency(double ms)
 //  Answers up to this size leave as one TLS record (the TLS maximum).
 #define GW_HTTP_ONE_RECORD (16 * 1024)
 
+//  Write the answer now, from the request's own loop iteration, instead of
+//  when the socket reports EPOLLOUT: bufferevents (socket and OpenSSL alike)
+//  only ever write from their write event, so every answer cost an
+//  epoll_ctl adding EPOLLOUT, a loop iteration with its epoll_wait for it,
+//  and an epoll_ctl removing it again. The socket is writable in practice
+//  (an HTTP/1.1 server writes one small answer per request it read), so
+//  the write is tried at once: on success the buffer is drained and the
+//  bufferevent's write callback (evhttp: "answer sent", the connection goes
+//  back to reading) is run deferred, exactly as after its own write;
+//  whatever is not written (EAGAIN, an error) stays in the buffer for the
+//  bufferevent, which goes on as before (with the OpenSSL bufferevent the
+//  same bytes are retried, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER is set by
+//  gw_server; an error is reported by the bufferevent's own next write).
+static void s_write_now(struct bufferevent *bev, struct evbuffer *out, const unsigned char *data,
+                        size_t n)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    if (ssl) {
+        ERR_clear_error();
+        int w = SSL_write(ssl, data, (int)n);
+        if (w <= 0) {
+            //  the bufferevent retries (and reports a real error) itself
+            ERR_clear_error();
+            return;
+        }
+        evbuffer_drain(out, (size_t)w);
+    } else {
+        evutil_socket_t fd = bufferevent_getfd(bev);
+        if (fd < 0 || evbuffer_write(out, fd) <= 0)
+            return;
+    }
+    if (evbuffer_get_length(out) == 0) {
+        //  Nothing left to write: stop the write event now, in this
+        //  callback, so that the EPOLLOUT evhttp asked for cancels out in
+        //  libevent's change list (the write callback may run only in the
+        //  next loop iteration, after the change list went to the kernel).
+        bufferevent_disable(bev, EV_WRITE);
+        bufferevent_trigger(bev, EV_WRITE, BEV_TRIG_DEFER_CALLBACKS);
+    }
+}
+
 void gw_http_send(struct evhttp_request *req, int code, const char *ctype, const void *body,
                   size_t len)
 {
@@ -34,19 +78,24 @@ void gw_http_send(struct evhttp_request *req, int code, const char *ctype, const
     if (ctype)
         evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
     struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-    evhttp_send_reply(req, code, NULL, NULL);
     //  evhttp leaves the header lines and the body in separate chains of the
     //  connection's output buffer, and bufferevent_openssl makes one
-    //  SSL_write per chain when the socket is writable (the next loop
-    //  iteration): two TLS records, two write() calls and two TCP segments
-    //  per answer. One contiguous chain: one of each. (Nothing is written
-    //  yet at this point; evcon outlives the call, it is freed only from its
-    //  own callbacks.)
+    //  SSL_write per chain: two TLS records, two write() calls and two TCP
+    //  segments per answer. One contiguous chain: one of each, written at
+    //  once (s_write_now). (Nothing is written by evhttp_send_reply itself;
+    //  evcon outlives the call, it is freed only from its own callbacks.)
     struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
     struct evbuffer *out = bev ? bufferevent_get_output(bev) : NULL;
+    size_t before = out ? evbuffer_get_length(out) : 0;
+    evhttp_send_reply(req, code, NULL, NULL);
     size_t n = out ? evbuffer_get_length(out) : 0;
-    if (n > 0 && n <= GW_HTTP_ONE_RECORD)
-        evbuffer_pullup(out, -1);
+    if (n > 0 && n <= GW_HTTP_ONE_RECORD) {
+        const unsigned char *data = evbuffer_pullup(out, -1);
+        //  Only when the buffer held nothing else: no earlier write of the
+        //  bufferevent's is pending (an SSL_write it must retry as it was).
+        if (data && before == 0)
+            s_write_now(bev, out, data, n);
+    }
 }
 
 void gw_http_send_text(struct evhttp_request *req, int code, const char *text)

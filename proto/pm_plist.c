@@ -755,9 +755,10 @@ static int s_xml_scan(const char *data, size_t len, const pm_plist_limits_t *lim
             if (!q)
                 return s_xfail(&x, "unterminated element");
             x.p = q;
-            char close[24];
-            int cn = snprintf(close, sizeof close, "</%s", name);
-            if (!s_starts(&x, close))
+            //  "</" + name next (x.p is at a '<'); compared in place, not
+            //  through a snprintf of the closing tag per value
+            size_t cn = nl + 2;
+            if ((size_t)(x.end - x.p) < cn || x.p[1] != '/' || memcmp(x.p + 2, name, nl) != 0)
                 return s_xfail(&x, "markup inside a value (comments and CDATA are not accepted)");
             if (s_xml_leaf(&x, name, t, (size_t)(q - t)) < 0)
                 return -1;

@@ -10,11 +10,11 @@
 # the server does, and each session's first request is timed from its
 # scheduled start, so p99 is the latency at that offered load (a server that
 # falls behind is charged for the wait). Issue #4's rate target is judged on
-# the open loop (RATE 1,500 sessions/s = 3,000 device requests/s).
+# the open loop (RATE 1,520 sessions/s = 3,040 device requests/s offered).
 # Printed per phase: device requests/s, latency p50/p99 (devsim), CPU seconds
 # per process and per device request; at the end peak RSS (VmHWM) per process.
 #   tests/bench/e2e.sh [N...]          (default: 1000 10000)
-#   CONCURRENCY=32 RATE=1500 (0: no open-loop phase; "1500 1250 1000": one
+#   CONCURRENCY=32 RATE=1520 (0: no open-loop phase; "1500 1250 1000": one
 #   open-loop phase per rate, in that order, a sweep) RATE_CONCURRENCY=128
 #   KEY_TYPE=ec|rsa GW_ARGS="--cert-cache 0" PERF=gateway|devsim LIST_ALL=1
 #   LATENCY_LOG=DIR (each phase's requests, one line each: DIR/latency-<N>-<phase>.txt)
@@ -25,7 +25,7 @@ export BIN=${BIN:-$PWD/bin}
 SIZES=("$@")
 [ ${#SIZES[@]} -gt 0 ] || SIZES=(1000 10000)
 CONC=${CONCURRENCY:-32}
-RATE=${RATE:-1500}                  # open loop: sessions started per second (a list: a sweep)
+RATE=${RATE:-1520}                  # open loop: sessions started per second (a list: a sweep)
 RCONC=${RATE_CONCURRENCY:-128}      # open loop: the cap on transfers in flight
 source tests/it/e2e_lib.bash
 [ -x "$BIN/picomdm-devsim" ] || skip "skipped: $BIN/picomdm-devsim is not built"
@@ -148,8 +148,9 @@ run_size() {
             print rate > "'"$T/closed.rate"'" }' "$T/session.out"
     # the rate target, on the open loop: achieved >= 3,000 device requests/s
     # (jobs completed per second from the first session's end to the last
-    # one's, times the requests per session; 1 % tolerance: a server that
-    # keeps up exactly measures 3,000 +- the last sessions' latency spread)
+    # one's, times the requests per session; strictly: the default offers
+    # 1,520 sessions/s, 1.3 % above the target, because a server that keeps
+    # up with exactly 3,000/s measures 3,000 +- the last sessions' spread)
     # and p99 < 20 ms, every first request timed from its scheduled start
     for rate in "${rates[@]}"; do awk -v n="$n" -v rc="$RCONC" -v cmax="$(cat "$T/closed.rate")" '
         /^session [0-9]+ .* requests, latency/ { for (i = 1; i <= NF; i++) if ($i == "failed") f = $(i - 1) }
@@ -158,7 +159,7 @@ run_size() {
                 if ($i == "achieved") a = $(i + 1)
                 if ($i == "(corrected:") { for (k = i; k < NF; k++) if ($k == "p99") { p99 = $(k + 1); break } }
                 if ($i == "last" && $(i + 1) == "started") b = $(i + 2) } }
-        END { rok = a >= 2970 && o >= 3000; lok = p99 < 20
+        END { rok = a >= 3000 && o >= 3000; lok = p99 < 20
             printf "  targets (%d devices, open loop %s sessions/s, at most %d in flight): offered %.0f device requests/s, achieved %.0f (>= 3000: %s), p99 %.1f ms from the scheduled start (< 20 ms: %s), last session started %s ms behind schedule; rate target (3,000/s with p99 < 20 ms) %s; closed-loop maximum %.0f device requests/s\n",
                 n, os, rc, o, a, (rok ? "met" : "NOT met"), p99, (lok ? "met" : "NOT met"), b, (rok && lok && f == 0 ? "met" : "NOT met"), cmax }' "$T/open-$rate.out"; done
     echo "  database: $(du -sh "$T/data" | cut -f1)"

@@ -23,12 +23,20 @@
 #include "../../gateway/gw_auth.c"
 #include "../../gateway/gw_devreq.c"
 #include "../../gateway/gw_eid.c"
+#include "../../gateway/gw_http.c"
 
 #include "pm_plist.h"
 
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/http.h>
+#include <fcntl.h>
 #include <malloc.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/ssl.h>
 #include <plist/plist.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 /* ---- counting allocator ---- */
@@ -201,6 +209,112 @@ static int s_tls_pair(s_tls_t *t, const s_ident_t *srv)
     return 0;
 }
 
+/* ---- HTTP through evhttp, in process ---- */
+
+//  The gateway's HTTP layer for one request: evhttp reads and parses it from
+//  a loopback TCP connection (plain: the TLS records are timed above), the
+//  callback looks the signature header up and answers with gw_http_send,
+//  evhttp writes the answer and goes back to reading. The client is this
+//  process too (a blocking write of the request, non-blocking reads of the
+//  answer), so its write() and read() are in the figure.
+typedef struct {
+    struct event_base *base;
+    struct evhttp *http;
+    int cfd;
+    const char *reply;
+    size_t rlen, anslen; //  anslen: bytes of one whole answer (found on the first)
+    int answered;
+} s_http_t;
+
+static void s_http_cb(struct evhttp_request *req, void *arg)
+{
+    s_http_t *h = arg;
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    evbuffer_pullup(in, -1);
+    if (!evhttp_find_header(evhttp_request_get_input_headers(req), "Mdm-Signature"))
+        printf("  HTTP: no Mdm-Signature header?\n");
+    gw_http_send(req, 200, h->rlen ? "application/xml" : NULL, h->reply, h->rlen);
+    h->answered++;
+}
+
+static int s_http_open(s_http_t *h, const char *reply, size_t rlen)
+{
+    memset(h, 0, sizeof *h);
+    h->reply = reply;
+    h->rlen = rlen;
+    //  as picomdm-gateway makes its base (main.c): epoll with the change list
+    struct event_config *ecfg = event_config_new();
+    if (ecfg)
+        event_config_set_flag(ecfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    h->base = ecfg ? event_base_new_with_config(ecfg) : NULL;
+    event_config_free(ecfg);
+    h->http = h->base ? evhttp_new(h->base) : NULL;
+    if (!h->http)
+        return -1;
+    evhttp_set_gencb(h->http, s_http_cb, h);
+    evhttp_set_allowed_methods(h->http, EVHTTP_REQ_PUT | EVHTTP_REQ_GET);
+    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(h->http, "127.0.0.1", 0);
+    if (!bs)
+        return -1;
+    struct sockaddr_in a;
+    socklen_t alen = sizeof a;
+    if (getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&a, &alen) < 0)
+        return -1;
+    h->cfd = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(h->cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(h->cfd, (struct sockaddr *)&a, alen) < 0)
+        return -1;
+    fcntl(h->cfd, F_SETFL, fcntl(h->cfd, F_GETFL) | O_NONBLOCK);
+    return 0;
+}
+
+//  One request in, its whole answer out. Returns the answer's size, 0 on error.
+static size_t s_http_once(s_http_t *h, const char *req, size_t len)
+{
+    for (size_t off = 0; off < len;) {
+        ssize_t w = write(h->cfd, req + off, len - off);
+        if (w <= 0 && errno != EAGAIN)
+            return 0;
+        if (w > 0)
+            off += (size_t)w;
+        else
+            event_base_loop(h->base, EVLOOP_NONBLOCK);
+    }
+    char buf[65536];
+    size_t got = 0;
+    for (int spin = 0; spin < 100000; spin++) {
+        event_base_loop(h->base, EVLOOP_NONBLOCK);
+        ssize_t r = read(h->cfd, buf + got, sizeof buf - got);
+        if (r > 0)
+            got += (size_t)r;
+        if (h->anslen ? got >= h->anslen : got > 0 && strstr(buf, "\r\n\r\n") != NULL) {
+            if (!h->anslen) {
+                //  the first answer: headers + Content-Length bytes
+                buf[got < sizeof buf ? got : sizeof buf - 1] = '\0';
+                const char *cl = strstr(buf, "Content-Length: ");
+                const char *eoh = strstr(buf, "\r\n\r\n");
+                size_t want = (size_t)(eoh - buf) + 4 + (cl ? strtoul(cl + 16, NULL, 10) : 0);
+                if (got < want)
+                    continue;
+                h->anslen = want;
+            }
+            return got;
+        }
+    }
+    return 0;
+}
+
+static void s_http_close(s_http_t *h)
+{
+    if (h->cfd > 0)
+        close(h->cfd);
+    if (h->http)
+        evhttp_free(h->http);
+    if (h->base)
+        event_base_free(h->base);
+}
+
 /* ---- one request ---- */
 
 static void s_request(const char *name, gw_auth_t *auth, const char *body, size_t len,
@@ -236,6 +350,25 @@ static void s_request(const char *name, gw_auth_t *auth, const char *body, size_
     s_raw_free(ans);
     s_raw_free(reqbuf);
     s_raw_free(rd);
+
+    //  HTTP: the request as curl (the simulator) sends it, through evhttp
+    s_http_t ht;
+    size_t hlen = siglen + len + 512;
+    char *hreq = s_raw_malloc(hlen);
+    int hn = snprintf(hreq, hlen,
+                      "PUT /mdm/connect HTTP/1.1\r\nHost: 127.0.0.1:8443\r\nAccept: */*\r\n"
+                      "Mdm-Signature: %s\r\nContent-Type: application/x-apple-aspen-mdm\r\n"
+                      "Content-Length: %zu\r\n\r\n",
+                      sig, len);
+    memcpy(hreq + hn, body, len);
+    if (s_http_open(&ht, reply, rlen) == 0 && s_http_once(&ht, hreq, (size_t)hn + len) > 0) {
+        TIME("HTTP: evhttp in + gw_http_send out (TCP)", n,
+             s_http_once(&ht, hreq, (size_t)hn + len));
+        printf("  (HTTP answer %zu bytes, %d answered)\n", ht.anslen, ht.answered);
+    } else
+        printf("  HTTP step failed (loopback socket?)\n");
+    s_http_close(&ht);
+    s_raw_free(hreq);
 
     uint8_t *der = NULL;
     size_t derlen = 0;
