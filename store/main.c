@@ -49,8 +49,8 @@ static const pm_opt_t s_opts[] = {
      "answering a batch, and the WAL starts over. inline: inside the commit that crosses "
      "wal-autocheckpoint, so that batch's requests wait for it (SQLite's way)"},
     {"wal-buffer", PM_OPT_BOOL, "true",
-     "gather each commit's WAL pages into one write (false: SQLite's two writes per page; "
-     "durability is the same either way)"},
+     "gather each commit's WAL pages into one write (used with synchronous=full only; false: "
+     "SQLite's two writes per page; durability is the same either way)"},
     {"checkpoint-idle-ms", PM_OPT_INT, "1000",
      "with checkpoint=thread: after this long without a commit, checkpoint what is left"},
     {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
@@ -157,7 +157,7 @@ int main(int argc, char **argv)
             "checkpoints %s every %lld pages, WAL writes %s)",
             path, store_db_schema_version(db), sync,
             pm_cfg_bool(cfg, "group-commit") ? "on" : "off", (long long)batch, mode,
-            (long long)ckpt, o.wal_unbuffered ? "per page" : "per commit");
+            (long long)ckpt, store_db_wal_buffered(db) ? "per commit" : "per page");
     if (r == PM_CFG_CHECK) {
         printf("ok\n");
         rc = 0;

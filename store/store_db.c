@@ -232,7 +232,13 @@ struct store_db {
     int64_t wal_prev;        //  frames in the WAL after the previous commit
     uint64_t wal_written;    //  frames written by commits (store_ckpt_stats_t.written)
     uint64_t wal_commits;    //  commits that wrote frames
+    bool wal_buffered;       //  opened through store_walbuf (one write per commit)
 };
+
+bool store_db_wal_buffered(const store_db_t *db)
+{
+    return db->wal_buffered;
+}
 
 struct sqlite3 *store_db_sqlite(store_db_t *db)
 {
@@ -522,11 +528,14 @@ store_db_t *store_db_new(const char *path, const store_db_opts_t *opts, char *er
     }
     msgpack_sbuffer_init(&db->scratch);
     msgpack_packer_init(&db->pk, &db->scratch, msgpack_sbuffer_write);
-    //  one write per commit into the WAL (store_walbuf.h); without it (an
-    //  SQLite without WAL shared memory), SQLite's own writes
+    //  one write per commit into the WAL (store_walbuf.h): only with
+    //  synchronous=FULL, whose sync per commit writes the commit out and
+    //  reports a failure; otherwise (or if it cannot be registered) SQLite's
+    //  own writes
     const char *vfs = NULL;
-    if (!opts->wal_unbuffered && store_walbuf_register() == 0)
+    if (!opts->wal_unbuffered && opts->sync_full && store_walbuf_register() == 0)
         vfs = STORE_WALBUF_VFS;
+    db->wal_buffered = vfs != NULL;
     int rc = sqlite3_open_v2(path, &db->sql,
                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, vfs);
     if (rc != SQLITE_OK) {

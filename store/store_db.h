@@ -71,7 +71,7 @@ typedef struct {
     //  docs/queue.md "Session 5")
     int page_size;
     //  SQLite's two writes per WAL page, not one per commit (store_walbuf.h);
-    //  for comparison
+    //  for comparison. The gathering is used with sync_full only.
     bool wal_unbuffered;
 } store_db_opts_t;
 
@@ -97,6 +97,10 @@ typedef struct {
 //  Returns NULL with the reason in err.
 store_db_t *store_db_new(const char *path, const store_db_opts_t *opts, char *err, size_t errlen);
 void store_db_destroy(store_db_t **db);
+
+//  Whether the WAL is written one write per commit (store_walbuf.h: asked
+//  for, synchronous=FULL, and the VFS registered).
+bool store_db_wal_buffered(const store_db_t *db);
 
 //  The schema version the database is at (PRAGMA user_version).
 int store_db_schema_version(store_db_t *db);

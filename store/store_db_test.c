@@ -569,6 +569,8 @@ static void test_schema_migrations(void **state)
     (void)err;
     store_db_t *db = store_db_new(s_path, NULL, err, sizeof err);
     assert_non_null(db);
+    //  synchronous=FULL (the default): one write per commit (store_walbuf.h)
+    assert_true(store_db_wal_buffered(db));
     s_last_seq = 0;
     assert_int_equal(store_db_schema_version(db), STORE_SCHEMA_VERSION);
     s_enroll(db, "d1");
@@ -576,6 +578,9 @@ static void test_schema_migrations(void **state)
     //  reopening keeps the data and does not migrate again
     db = store_db_new(s_path, &(store_db_opts_t){.sync_full = false}, err, sizeof err);
     assert_non_null(db);
+    //  synchronous=NORMAL has no sync per commit to report a failed
+    //  write-out: SQLite's own writes then
+    assert_false(store_db_wal_buffered(db));
     char next[128];
     assert_int_equal(s_connect(db, "d1", "Idle", NULL, next), 200);
     store_db_destroy(&db);

@@ -519,7 +519,9 @@ static int s_env_int(const char *name, int def)
 //  b-tree (table or index, dbstat) each written page belongs to.
 //  STORE_PROF_DEVICES (default 300), STORE_PROF_BATCH (8),
 //  STORE_PROF_PAGE_SIZE (0: the store's default), STORE_PROF_WAL_UNBUFFERED=1
-//  (SQLite's own WAL writes, store_walbuf.h); STORE_PROF=1 prints.
+//  (SQLite's own WAL writes, store_walbuf.h), STORE_PROF_SYNC_FULL=1
+//  (synchronous=FULL, as the store runs: the WAL gathering is used with FULL
+//  only; default NORMAL, no fsync in the figures); STORE_PROF=1 prints.
 static void test_pages(void **state)
 {
     (void)state;
@@ -533,7 +535,7 @@ static void test_pages(void **state)
     snprintf(path, sizeof path, "%s/picomdm.db", dir);
     snprintf(walpath, sizeof walpath, "%s-wal", path);
     char err[256];
-    store_db_opts_t o = {.sync_full = false,
+    store_db_opts_t o = {.sync_full = s_env_int("STORE_PROF_SYNC_FULL", 0) != 0,
                          .wal_autocheckpoint = 1000000, //  never inside a measured commit
                          .page_size = s_env_int("STORE_PROF_PAGE_SIZE", 0),
                          .wal_unbuffered = s_env_int("STORE_PROF_WAL_UNBUFFERED", 0) != 0};

@@ -23,13 +23,11 @@
 
 #define S_BUF_MAX (4 << 20) //  write out at this size even before a commit ends
 #define S_CHUNK 0x1f000     //  bytes per write (the unix VFS takes < 128 KiB at once)
-#define S_FRAME_HDR 24      //  a WAL frame header (then the page)
 
 typedef struct s_file {
     sqlite3_file base;  //  our methods
     sqlite3_file *real; //  the default VFS's file, right after this struct
     bool wal;           //  a WAL: writes are gathered
-    bool commit_next;   //  the last write was a commit frame's header: its page ends the commit
     int err;            //  a failed write-out (SQLITE_OK: none), reported by the next call
     unsigned char *buf; //  gathered bytes, for offset off .. off + len
     size_t len, cap;
@@ -166,17 +164,6 @@ static int s_write(sqlite3_file *p, const void *data, int n, sqlite3_int64 off)
         f->off = off;
     memcpy(f->buf + f->len, data, (size_t)n);
     f->len += (size_t)n;
-    //  A frame header whose "database size after commit" (bytes 4-7) is not
-    //  0 starts a commit's last frame: once its page is here, the commit is
-    //  written out, so a failure fails the commit (before SQLite syncs and
-    //  publishes it)
-    if (f->commit_next) {
-        f->commit_next = false;
-        rc = s_flush(f);
-    } else if (n == S_FRAME_HDR) {
-        const unsigned char *h = data;
-        f->commit_next = (h[4] | h[5] | h[6] | h[7]) != 0;
-    }
 out:
     pthread_mutex_unlock(&s_mu);
     return rc;
@@ -249,8 +236,8 @@ static int s_shm_lock(sqlite3_file *p, int offset, int n, int flags)
 
 //  Called between the two copies of the wal-index header when a commit is
 //  published (walIndexWriteHdr): a safety net, the commit's frames are out
-//  already (s_write). No return code here: a failure is kept in the file
-//  and reported by its next operation.
+//  already (xSync, store_walbuf.h). No return code here: a failure is kept
+//  in the file and reported by its next operation.
 static void s_shm_barrier(sqlite3_file *p)
 {
     (void)s_flush_all();

@@ -6,20 +6,26 @@
  *  pages at 10,000 devices) makes 70-200 system calls, each a trip through
  *  this VM's kernel (measured: ~40 % of the store's system time). This is
  *  a VFS shim over the default one: writes to a `-wal` file are gathered
- *  while they are contiguous and handed to the kernel in one pwrite when
- *  the commit's last frame (its header carries the database size) has been
- *  written — inside SQLite's commit, before it syncs the WAL and before it
- *  publishes the new frames in the wal-index, so no reader (the checkpoint
- *  thread's connection included) can look for a frame that is not in the
- *  file. The gathered bytes are also written out before anything else
- *  touches the file (read, sync, truncate, size, lock, file control,
- *  close) and when a write is not contiguous (a frame rewritten in place),
- *  so SQLite sees the file exactly as it would without the shim.
+ *  while they are contiguous and handed to the kernel in one pwrite (in
+ *  pieces under 128 KiB, the unix VFS's limit) before anything else
+ *  touches the file: read, truncate, size, lock, file control, close, a
+ *  write that is not contiguous (a frame rewritten in place) and — the one
+ *  that ends every commit — xSync. The shim does not read what SQLite
+ *  writes.
  *
- *  Durability is unchanged: a commit's bytes are in the kernel before
- *  SQLite's commit returns (kill -9 loses nothing) and synced as before
- *  (synchronous=FULL: before anyone is answered). A failed write fails
- *  the commit, as a failed pwrite would.
+ *  Use it with synchronous=FULL only (picomdm-store does): then SQLite
+ *  syncs the WAL inside every commit, before it publishes the new frames
+ *  in the wal-index and before the commit returns, so the sync writes the
+ *  commit out and a failed write fails the commit, exactly as a failed
+ *  pwrite would. With synchronous=NORMAL there is no sync per commit:
+ *  the bytes would still reach the file before the frames are published
+ *  (xShmBarrier and xShmLock write out too, a safety net), but a failure
+ *  there has no return code and the commit would report success.
+ *
+ *  Durability is unchanged: a commit's bytes are in the kernel and synced
+ *  before SQLite's commit returns (kill -9 loses nothing, a power loss
+ *  neither), and no reader (the checkpoint thread's connection included)
+ *  can look for a frame that is not in the file.
  *
  *  Every other file (database, -shm, journals) goes straight to the
  *  default VFS.

@@ -13,7 +13,9 @@
 
 #include "store_walbuf.h"
 
+#include <errno.h>
 #include <sqlite3.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,7 +93,7 @@ static void s_insert(sqlite3 *db, int k0, int n, int size)
 static void test_commit_visible(void **state)
 {
     (void)state;
-    sqlite3 *w = s_open(STORE_WALBUF_VFS, "NORMAL"), *r = s_open(NULL, "NORMAL");
+    sqlite3 *w = s_open(STORE_WALBUF_VFS, "FULL"), *r = s_open(NULL, "NORMAL");
     int64_t rows = 0;
     for (int i = 0; i < 20; i++) {
         s_insert(w, (int)rows, 1 + i * 7, 300);
@@ -149,7 +151,7 @@ static void test_crash_after_commit(void **state)
         sqlite3 *w = NULL;
         if (sqlite3_open_v2(s_path, &w, SQLITE_OPEN_READWRITE, STORE_WALBUF_VFS) != SQLITE_OK ||
             sqlite3_exec(w,
-                         "PRAGMA synchronous=NORMAL; BEGIN IMMEDIATE; INSERT INTO t"
+                         "PRAGMA synchronous=FULL; BEGIN IMMEDIATE; INSERT INTO t"
                          " VALUES(3000000, 'x'); INSERT INTO t VALUES(3000001, 'y'); COMMIT",
                          NULL, NULL, NULL) != SQLITE_OK)
             _exit(1);
@@ -223,11 +225,87 @@ static void test_writes_per_commit(void **state)
     assert_true(gathered >= 1 && gathered <= 2);
 }
 
+//  A write that fails fails the commit, as it would without the shim, and
+//  the database stays as it was: also for a one-page commit right after a
+//  transaction that spilled pages and had SQLite rewrite frame headers in
+//  place (the case the review of session 5 found mishandled by an earlier
+//  version that looked into the frame headers). pwrite of a page or more
+//  fails with ENOSPC through the unix VFS's system-call hook.
+static bool s_fail;
+static sqlite3_syscall_ptr s_pw, s_pw64;
+static ssize_t s_fail_pwrite(int fd, const void *b, size_t n, off_t o)
+{
+    if (s_fail && n >= 1000) {
+        errno = ENOSPC;
+        return -1;
+    }
+    return ((ssize_t(*)(int, const void *, size_t, off_t))s_pw)(fd, b, n, o);
+}
+static ssize_t s_fail_pwrite64(int fd, const void *b, size_t n, off_t o)
+{
+    if (s_fail && n >= 1000) {
+        errno = ENOSPC;
+        return -1;
+    }
+    return ((ssize_t(*)(int, const void *, size_t, off_t))s_pw64)(fd, b, n, o);
+}
+
+static void test_write_failure_fails_commit(void **state)
+{
+    (void)state;
+    sqlite3_vfs *unix_vfs = sqlite3_vfs_find("unix");
+    assert_non_null(unix_vfs);
+    s_pw = unix_vfs->xGetSystemCall(unix_vfs, "pwrite");
+    s_pw64 = unix_vfs->xGetSystemCall(unix_vfs, "pwrite64");
+    if (s_pw)
+        unix_vfs->xSetSystemCall(unix_vfs, "pwrite", (sqlite3_syscall_ptr)s_fail_pwrite);
+    if (s_pw64)
+        unix_vfs->xSetSystemCall(unix_vfs, "pwrite64", (sqlite3_syscall_ptr)s_fail_pwrite64);
+    sqlite3 *w = s_open(STORE_WALBUF_VFS, "FULL");
+    assert_int_equal(sqlite3_exec(w, "INSERT OR REPLACE INTO t VALUES(-1, x'00')", NULL, NULL, NULL),
+                     SQLITE_OK);
+    for (int spill = 0; spill < 2; spill++) {
+        if (spill) { //  spill into the WAL, then re-dirty spilled pages
+            assert_int_equal(sqlite3_exec(w,
+                                          "PRAGMA cache_size=10; BEGIN IMMEDIATE;"
+                                          " WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i+1"
+                                          " FROM c WHERE i<2999) INSERT INTO t SELECT 4000000+i,"
+                                          " randomblob(200) FROM c; UPDATE t SET v=randomblob(200)"
+                                          " WHERE k>=4000000 AND k%7=0; COMMIT;"
+                                          " PRAGMA cache_size=2000",
+                                          NULL, NULL, NULL),
+                             SQLITE_OK);
+        }
+        s_fail = true;
+        int rc = sqlite3_exec(w, "UPDATE t SET v=x'01020304' WHERE k=-1", NULL, NULL, NULL);
+        s_fail = false;
+        print_message("one-page commit with failing writes (%s): %d\n",
+                      spill ? "after a spill" : "plain", rc);
+        assert_int_not_equal(rc, SQLITE_OK);
+        sqlite3 *r = s_open(NULL, "NORMAL");
+        assert_int_equal(s_int(r, "SELECT hex(v) = '00' FROM t WHERE k=-1"), 1);
+        s_ok(r);
+        sqlite3_close(r);
+        //  and the writer goes on once the disk takes writes again
+        assert_int_equal(sqlite3_exec(w, "UPDATE t SET v=x'05' WHERE k=-1", NULL, NULL, NULL),
+                         SQLITE_OK);
+        r = s_open(NULL, "NORMAL");
+        assert_int_equal(s_int(r, "SELECT hex(v) = '05' FROM t WHERE k=-1"), 1);
+        assert_int_equal(sqlite3_exec(r, "UPDATE t SET v=x'00' WHERE k=-1", NULL, NULL, NULL),
+                         SQLITE_OK);
+        s_ok(r);
+        sqlite3_close(r);
+    }
+    unix_vfs->xSetSystemCall(unix_vfs, NULL, NULL);
+    sqlite3_close(w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_commit_visible),
         cmocka_unit_test(test_spill_rollback),
+        cmocka_unit_test(test_write_failure_fails_commit),
         cmocka_unit_test(test_crash_after_commit),
         cmocka_unit_test(test_writes_per_commit),
     };
