@@ -221,8 +221,22 @@ pm_cfg_result_t pm_cfg_parse(pm_cfg_t **cfgp, const char *process, const char *s
         const char *value;
         if (eq)
             value = eq + 1;
-        else if (cfg->opts[k]->type == PM_OPT_BOOL)
+        else if (cfg->opts[k]->type == PM_OPT_BOOL) {
             value = negated ? "false" : "true";
+            //  "--flag false" would set the flag and leave "false" behind as
+            //  an argument nobody reads: refuse it
+            const char *nx = i + 1 < argc ? argv[i + 1] : NULL;
+            if (nx && (!strcmp(nx, "true") || !strcmp(nx, "false") || !strcmp(nx, "yes") ||
+                       !strcmp(nx, "no") || !strcmp(nx, "1") || !strcmp(nx, "0"))) {
+                fprintf(stderr,
+                        "%s: --%s takes no separate value: write --%s, --no-%s or --%s=%s "
+                        "(see %s --help)\n",
+                        process, cfg->opts[k]->name, cfg->opts[k]->name, cfg->opts[k]->name,
+                        cfg->opts[k]->name, nx, process);
+                rc = PM_CFG_ERROR;
+                goto out;
+            }
+        }
         else if (i + 1 < argc)
             value = argv[++i];
         else {

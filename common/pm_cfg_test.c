@@ -98,6 +98,15 @@ static void test_errors(void **state)
     assert_int_equal(s_parse(&cfg, 3, a5), PM_CFG_ERROR);
     const char *a6[] = {"p", "--version"};
     assert_int_equal(s_parse(&cfg, 2, a6), PM_CFG_EXIT);
+    //  a boolean option followed by a separate value: refused, not ignored
+    const char *a8[] = {"p", "--lab-mode", "false"};
+    assert_int_equal(s_parse(&cfg, 3, a8), PM_CFG_ERROR);
+    const char *a9[] = {"p", "--no-lab-mode", "1"};
+    assert_int_equal(s_parse(&cfg, 3, a9), PM_CFG_ERROR);
+    const char *a10[] = {"p", "--lab-mode=false"};
+    assert_int_equal(s_parse(&cfg, 2, a10), PM_CFG_RUN);
+    assert_false(pm_cfg_bool(cfg, "lab-mode"));
+    pm_cfg_destroy(&cfg);
     const char *a7[] = {"p", "--check"};
     assert_int_equal(s_parse(&cfg, 2, a7), PM_CFG_CHECK);
     pm_cfg_destroy(&cfg);
