@@ -262,8 +262,8 @@ static void test_write_failure_fails_commit(void **state)
     if (s_pw64)
         unix_vfs->xSetSystemCall(unix_vfs, "pwrite64", (sqlite3_syscall_ptr)s_fail_pwrite64);
     sqlite3 *w = s_open(STORE_WALBUF_VFS, "FULL");
-    assert_int_equal(sqlite3_exec(w, "INSERT OR REPLACE INTO t VALUES(-1, x'00')", NULL, NULL, NULL),
-                     SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(w, "INSERT OR REPLACE INTO t VALUES(-1, x'00')", NULL, NULL, NULL), SQLITE_OK);
     for (int spill = 0; spill < 2; spill++) {
         if (spill) { //  spill into the WAL, then re-dirty spilled pages
             assert_int_equal(sqlite3_exec(w,
