@@ -236,8 +236,7 @@ pm_cfg_result_t pm_cfg_parse(pm_cfg_t **cfgp, const char *process, const char *s
                 rc = PM_CFG_ERROR;
                 goto out;
             }
-        }
-        else if (i + 1 < argc)
+        } else if (i + 1 < argc)
             value = argv[++i];
         else {
             fprintf(stderr, "%s: option --%s needs a value (see %s --help)\n", process,
