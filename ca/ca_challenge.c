@@ -47,11 +47,9 @@ struct ca_challenge {
     int64_t ttl_s;
     int64_t skew; //  test clock
     int64_t next_sweep;
-    zhashx_t *table; //  hex SHA-256 of the challenge -> s_entry_t
-    bool is_signed;  //  signed one-time challenges (key below)
-    uint8_t key[S_KEY];
-    size_t keylen;
-    EVP_MAC_CTX *mac; //  HMAC-SHA256 keyed with `key` once; each tag uses a copy
+    zhashx_t *table;  //  hex SHA-256 of the challenge -> s_entry_t
+    bool is_signed;   //  signed one-time challenges (mac below)
+    EVP_MAC_CTX *mac; //  HMAC-SHA256 keyed with the challenge key once; each tag uses a copy
     bool refuse;
     bool have_seen;
     ca_challenge_seen_t seen;
@@ -120,7 +118,6 @@ void ca_challenge_destroy(ca_challenge_t **p)
         OPENSSL_cleanse(c->secret, strlen(c->secret));
         free(c->secret);
     }
-    OPENSSL_cleanse(c->key, sizeof c->key);
     EVP_MAC_CTX_free(c->mac);
     OPENSSL_cleanse(&c->seen, sizeof c->seen);
     zhashx_destroy(&c->table);
@@ -185,8 +182,6 @@ int ca_challenge_set_key(ca_challenge_t *c, const uint8_t *key, size_t len)
     }
     EVP_MAC_CTX_free(c->mac);
     c->mac = mac;
-    memcpy(c->key, key, len);
-    c->keylen = len;
     c->is_signed = true;
     return 0;
 }

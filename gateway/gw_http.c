@@ -37,8 +37,8 @@ void gw_http_device_latency(double ms)
 //  back to reading) is run deferred, exactly as after its own write;
 //  whatever is not written (EAGAIN, an error) stays in the buffer for the
 //  bufferevent, which goes on as before (with the OpenSSL bufferevent the
-//  same bytes are retried, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER is set by
-//  gw_server; an error is reported by the bufferevent's own next write).
+//  same bytes are retried: libevent sets SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
+//  on every SSL it is given; an error is reported by the bufferevent's own next write).
 static void s_write_now(struct bufferevent *bev, struct evbuffer *out, const unsigned char *data,
                         size_t n)
 {

@@ -812,9 +812,6 @@ static struct bufferevent *s_on_bev(struct event_base *base, void *arg)
     SSL *ssl = SSL_new(self->ssl);
     if (!ssl)
         return NULL;
-    //  gw_http writes answers itself before the bufferevent would; if that
-    //  SSL_write is cut short, the bufferevent retries it from its buffer
-    SSL_set_mode(ssl, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     return bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                           BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
 }

@@ -113,7 +113,10 @@ const char *store_db_errmsg(const store_db_t *db);
 
 //  The SQLite handle (owned by db), for the store's modules in other files
 //  (store_push.c, store_doctor.c); they run inside the transaction the caller
-//  opened, like the operations here.
+//  opened, like the operations here. Its trace callback (sqlite3_trace_v2)
+//  belongs to store_chal.c, which finalizes its cached statements on
+//  SQLITE_TRACE_CLOSE: no other code may set one (a test that does must not
+//  use scep_challenge.use on that connection).
 struct sqlite3 *store_db_sqlite(store_db_t *db);
 
 //  WAL and checkpoint counters (either kind of checkpoint; store_ckpt.h).
