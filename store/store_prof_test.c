@@ -225,7 +225,7 @@ static pm_msg_t *s_connect_keys(const char *eid, const char *status, const char 
     msgpack_sbuffer_init(&b);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
-    if (uuid && bench) {
+    if (uuid) { //  an answer: {UDID, Status, CommandUUID, QueryResponses}
         pm_msg_set_str(m, "command_uuid", uuid);
         msgpack_pack_map(&pk, 4);
         s_str(&pk, "UDID");
@@ -235,6 +235,8 @@ static pm_msg_t *s_connect_keys(const char *eid, const char *status, const char 
         s_str(&pk, "CommandUUID");
         s_str(&pk, uuid);
         s_str(&pk, "QueryResponses");
+    }
+    if (uuid && bench) {
         msgpack_pack_map(&pk, 2);
         s_str(&pk, "OSVersion");
         s_str(&pk, "14.4"); //  as at Authenticate: os_version unchanged
@@ -244,15 +246,6 @@ static pm_msg_t *s_connect_keys(const char *eid, const char *status, const char 
             .tv_nsec = 0};
         msgpack_pack_timestamp(&pk, &ts);
     } else if (uuid) {
-        pm_msg_set_str(m, "command_uuid", uuid);
-        msgpack_pack_map(&pk, 4);
-        s_str(&pk, "UDID");
-        s_str(&pk, eid);
-        s_str(&pk, "Status");
-        s_str(&pk, status);
-        s_str(&pk, "CommandUUID");
-        s_str(&pk, uuid);
-        s_str(&pk, "QueryResponses");
         msgpack_pack_map(&pk, 5);
         s_str(&pk, "DeviceName");
         s_str(&pk, "Lab Mac");
