@@ -160,7 +160,8 @@ run_size() {
                 if ($i == "achieved") a = $(i + 1)
                 if ($i == "(corrected:") { for (k = i; k < NF; k++) if ($k == "p99") { p99 = $(k + 1); break } }
                 if ($i == "last" && $(i + 1) == "started") b = $(i + 2) } }
-        END { rok = a >= 3000 && o >= 3000; lok = p99 != "" && p99 < 20
+        END { if (a > o) a = o # a completion-time estimate can read a little above what was offered
+            rok = a >= 3000 && o >= 3000; lok = p99 != "" && p99 < 20
             printf "  targets (%d devices, open loop %s sessions/s, at most %d in flight): offered %.0f device requests/s, achieved %.0f (>= 3000: %s), p99 %.1f ms from the scheduled start (< 20 ms: %s), last session started %s ms behind schedule; rate target (3,000/s with p99 < 20 ms) %s; closed-loop maximum %.0f device requests/s\n",
                 n, os, rc, o, a, (rok ? "met" : "NOT met"), p99, (lok ? "met" : "NOT met"), b, (rok && lok && f == 0 ? "met" : "NOT met"), cmax }' "$T/open-$rate.out"; done
     echo "  database: $(du -sh "$T/data" | cut -f1)"
