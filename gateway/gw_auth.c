@@ -277,6 +277,13 @@ STACK_OF(X509_NAME) * gw_auth_ca_names(const gw_auth_t *auth)
     return names;
 }
 
+void gw_str_copy(char *dst, size_t size, const char *src)
+{
+    size_t n = strnlen(src, size - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
 void gw_auth_hash_hex(const uint8_t hash[32], char *out)
 {
     static const char hex[] = "0123456789abcdef";
@@ -728,13 +735,8 @@ static int s_verify_chain(gw_auth_t *self, X509 *cert, STACK_OF(X509) * untruste
     X509_STORE_CTX *ctx = NULL;
     const s_certinfo_t *ci = s_exidx >= 0 ? X509_get_ex_data(cert, s_exidx) : NULL;
     if (ci) { //  a certificate from the decoded-certificate cache: described once
-        //  (copied as snprintf "%s" would, without its format machinery)
-        size_t sn = strnlen(ci->subject, sizeof res->subject - 1);
-        size_t in = strnlen(ci->issuer, sizeof res->issuer - 1);
-        memcpy(res->subject, ci->subject, sn);
-        res->subject[sn] = '\0';
-        memcpy(res->issuer, ci->issuer, in);
-        res->issuer[in] = '\0';
+        gw_str_copy(res->subject, sizeof res->subject, ci->subject);
+        gw_str_copy(res->issuer, sizeof res->issuer, ci->issuer);
         memcpy(res->cert_hash, ci->hash, 32);
         memcpy(res->prev_hash, ci->prev_hash, 32);
         res->has_prev = ci->has_prev;

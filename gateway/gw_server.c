@@ -91,15 +91,6 @@ struct gw_req {
 
 /* ---- small helpers ---- */
 
-//  Copy src into dst[size], cut at size - 1 bytes (what snprintf "%s" does,
-//  without its format machinery: ~600 instructions a call, five per request).
-static void s_set(char *dst, size_t size, const char *src)
-{
-    size_t n = strnlen(src, size - 1);
-    memcpy(dst, src, n);
-    dst[n] = '\0';
-}
-
 static void s_bus_kick(gw_server_t *self);
 static void s_flush(gw_server_t *self);
 
@@ -730,10 +721,10 @@ static void s_on_device(gw_server_t *self, struct evhttp_request *req, const cha
     }
     r->route = d.route == GW_DEVREQ_CHECKIN ? GW_ROUTE_CHECKIN : GW_ROUTE_CONNECT;
     r->kind = d.kind;
-    s_set(r->eid, sizeof r->eid, d.eid);
-    s_set(r->what, sizeof r->what, d.route == GW_DEVREQ_CHECKIN ? d.mtype : d.status);
-    s_set(r->remote, sizeof r->remote, remote);
-    s_set(r->path, sizeof r->path, path);
+    gw_str_copy(r->eid, sizeof r->eid, d.eid);
+    gw_str_copy(r->what, sizeof r->what, d.route == GW_DEVREQ_CHECKIN ? d.mtype : d.status);
+    gw_str_copy(r->remote, sizeof r->remote, remote);
+    gw_str_copy(r->path, sizeof r->path, path);
     if (has_cert && pm_log_level() >= PM_LOG_DEBUG) { //  no hex per request unless logged
         char hex[65];
         gw_auth_hash_hex(auth.cert_hash, hex);
@@ -757,7 +748,7 @@ static void s_on_request(struct evhttp_request *req, void *arg)
         ev_uint16_t port = 0;
         evhttp_connection_get_peer(evcon, &host, &port);
         if (host)
-            s_set(remote, sizeof remote, host);
+            gw_str_copy(remote, sizeof remote, host);
     }
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
