@@ -295,23 +295,35 @@ static char *s_challenge_of(s_fix_t *f, const uint8_t *der, size_t len)
     return ch;
 }
 
-static pm_msg_t *s_pkiop(s_fix_t *f, EVP_PKEY *key, const char *challenge, const char *txid,
-                         pm_msg_t **event, pm_scepc_result_t *res, X509 **self_out)
+//  A PKIOperation bus request carrying a PKCSReq for `challenge`, signed by
+//  a transient self-signed certificate of `key` (returned in *self, the
+//  caller frees it: the reply is encrypted to it).
+static pm_msg_t *s_pkcsreq_msg(s_fix_t *f, EVP_PKEY *key, const char *challenge, const char *txid,
+                               X509 **self)
 {
     X509_REQ *csr = pm_scepc_csr(key, "svc-device", challenge);
-    X509 *self = pm_scepc_self_signed(key, "transient");
+    *self = pm_scepc_self_signed(key, "transient");
     uint8_t nonce[16], *der = NULL;
     size_t len = 0;
     RAND_bytes(nonce, sizeof nonce);
-    assert_int_equal(pm_scepc_request(CA_SCEP_PKCSREQ, csr, self, key,
+    assert_int_equal(pm_scepc_request(CA_SCEP_PKCSREQ, csr, *self, key,
                                       ca_pki_ra_cert(ca_svc_pki(f->svc)), txid, nonce, &der, &len),
                      0);
+    X509_REQ_free(csr);
     pm_msg_t *req = pm_msg_new(PM_MSG_SCEP);
     pm_msg_set_str(req, "method", "POST");
     pm_msg_set_str(req, "operation", "PKIOperation");
     pm_msg_set_bin(req, "message", der, len);
     pm_msg_set_str(req, "remote", "127.0.0.1");
     OPENSSL_free(der);
+    return req;
+}
+
+static pm_msg_t *s_pkiop(s_fix_t *f, EVP_PKEY *key, const char *challenge, const char *txid,
+                         pm_msg_t **event, pm_scepc_result_t *res, X509 **self_out)
+{
+    X509 *self = NULL;
+    pm_msg_t *req = s_pkcsreq_msg(f, key, challenge, txid, &self);
     pm_msg_t *rep = s_call(f, req, event);
     assert_int_equal(pm_msg_type(rep), PM_MSG_SCEP_REPLY);
     assert_int_equal(pm_msg_uint(rep, "status", 0), 200);
@@ -321,7 +333,6 @@ static pm_msg_t *s_pkiop(s_fix_t *f, EVP_PKEY *key, const char *challenge, const
     assert_int_equal(pm_scepc_parse_reply(body, blen, ca_pki_ra_cert(ca_svc_pki(f->svc)), self, key,
                                           res, err, sizeof err),
                      0);
-    X509_REQ_free(csr);
     *self_out = self;
     return rep;
 }
@@ -687,20 +698,8 @@ static void test_signed_challenge(void **state)
 static void s_expect_503(s_fix_t *f, const char *challenge)
 {
     EVP_PKEY *key = EVP_RSA_gen(2048);
-    X509_REQ *csr = pm_scepc_csr(key, "svc-device", challenge);
-    X509 *self = pm_scepc_self_signed(key, "transient");
-    uint8_t nonce[16], *der = NULL;
-    size_t len = 0;
-    RAND_bytes(nonce, sizeof nonce);
-    assert_int_equal(pm_scepc_request(CA_SCEP_PKCSREQ, csr, self, key,
-                                      ca_pki_ra_cert(ca_svc_pki(f->svc)), "DOWN-TX", nonce, &der,
-                                      &len),
-                     0);
-    pm_msg_t *req = pm_msg_new(PM_MSG_SCEP);
-    pm_msg_set_str(req, "method", "POST");
-    pm_msg_set_str(req, "operation", "PKIOperation");
-    pm_msg_set_bin(req, "message", der, len);
-    OPENSSL_free(der);
+    X509 *self = NULL;
+    pm_msg_t *req = s_pkcsreq_msg(f, key, challenge, "DOWN-TX", &self);
     pm_msg_t *ev = NULL;
     pm_msg_t *rep = s_call(f, req, &ev);
     assert_int_equal(pm_msg_type(rep), PM_MSG_SCEP_REPLY);
@@ -708,7 +707,6 @@ static void s_expect_503(s_fix_t *f, const char *challenge)
     assert_string_equal(pm_msg_str(rep, "content_type"), "text/plain");
     assert_null(ev); //  not a refusal: the device retries
     pm_msg_destroy(&rep);
-    X509_REQ_free(csr);
     X509_free(self);
     EVP_PKEY_free(key);
 }
@@ -744,23 +742,10 @@ static void test_durable_store_down(void **state)
 static void s_pkcsreq_async(s_fix_t *f, const char *challenge, const char *txid, s_done_t *d)
 {
     EVP_PKEY *key = EVP_RSA_gen(2048);
-    X509_REQ *csr = pm_scepc_csr(key, "svc-device", challenge);
-    X509 *self = pm_scepc_self_signed(key, "transient");
-    uint8_t nonce[16], *der = NULL;
-    size_t len = 0;
-    RAND_bytes(nonce, sizeof nonce);
-    assert_int_equal(pm_scepc_request(CA_SCEP_PKCSREQ, csr, self, key,
-                                      ca_pki_ra_cert(ca_svc_pki(f->svc)), txid, nonce, &der, &len),
-                     0);
-    pm_msg_t *req = pm_msg_new(PM_MSG_SCEP);
-    pm_msg_set_str(req, "method", "POST");
-    pm_msg_set_str(req, "operation", "PKIOperation");
-    pm_msg_set_bin(req, "message", der, len);
-    OPENSSL_free(der);
-    req = s_wire(req);
+    X509 *self = NULL;
+    pm_msg_t *req = s_wire(s_pkcsreq_msg(f, key, challenge, txid, &self));
     ca_svc_request(f->svc, req, s_on_done, d);
     pm_msg_destroy(&req);
-    X509_REQ_free(csr);
     X509_free(self);
     EVP_PKEY_free(key);
 }
