@@ -161,49 +161,6 @@ typedef struct {
     ca_profile_signer_t *signer; //  as ca_svc keeps it
 } s_fix_t;
 
-//  A P-256 CA (as `picomdm up` makes it); ca_pki then makes the RSA RA and a P-256 signer.
-static int s_write_ec_ca(const char *cert_path, const char *key_path)
-{
-    EVP_PKEY *k = EVP_EC_gen("P-256");
-    X509 *x = X509_new();
-    int rc = -1;
-    if (!k || !x)
-        goto out;
-    X509_NAME *n = X509_get_subject_name(x);
-    X509_set_version(x, 2);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 7);
-    X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)"EC CA", -1, -1, 0);
-    X509_set_issuer_name(x, n);
-    X509_gmtime_adj(X509_getm_notBefore(x), -60);
-    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-    X509_set_pubkey(x, k);
-    X509V3_CTX ctx;
-    X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
-    const char *exts[][2] = {{"basicConstraints", "critical,CA:TRUE"},
-                             {"subjectKeyIdentifier", "hash"}};
-    for (int i = 0; i < 2; i++) {
-        X509_EXTENSION *e = X509V3_EXT_conf(NULL, &ctx, exts[i][0], exts[i][1]);
-        X509_add_ext(x, e, -1);
-        X509_EXTENSION_free(e);
-    }
-    X509_sign(x, k, EVP_sha256());
-    FILE *fp = fopen(cert_path, "w");
-    if (fp) {
-        PEM_write_X509(fp, x);
-        fclose(fp);
-    }
-    fp = fopen(key_path, "w");
-    if (fp) {
-        PEM_write_PrivateKey(fp, k, NULL, NULL, 0, NULL, NULL);
-        fclose(fp);
-        rc = 0;
-    }
-out:
-    X509_free(x);
-    EVP_PKEY_free(k);
-    return rc;
-}
-
 static s_fix_t *s_fix_new(bool ec)
 {
     s_fix_t *f = calloc(1, sizeof *f);
@@ -213,7 +170,7 @@ static s_fix_t *s_fix_new(bool ec)
         free(f);
         return NULL;
     }
-    if (ec && s_write_ec_ca(f->k.paths[0], f->k.paths[1]) < 0)
+    if (ec && ca_test_write_ec_ca(f->k.paths[0], f->k.paths[1]) < 0)
         return f;
     ca_pki_opts_t o = ca_test_pki_opts(&f->k);
     char err[256] = "";

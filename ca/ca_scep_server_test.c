@@ -87,32 +87,8 @@ static int s_setup_mode(void **state, ca_challenge_mode_t mode, bool ec_ca)
     }
     if (ec_ca) {
         //  a P-256 CA as `picomdm up` makes it: SCEP must then use an RSA RA
-        EVP_PKEY *k = EVP_EC_gen("P-256");
-        X509 *x = X509_new();
-        X509_NAME *n = X509_get_subject_name(x);
-        X509_set_version(x, 2);
-        ASN1_INTEGER_set(X509_get_serialNumber(x), 7);
-        X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)"EC CA", -1, -1,
-                                   0);
-        X509_set_issuer_name(x, n);
-        X509_gmtime_adj(X509_getm_notBefore(x), -60);
-        X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-        X509_set_pubkey(x, k);
-        X509V3_CTX ctx;
-        X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
-        X509_EXTENSION *e =
-            X509V3_EXT_conf_nid(NULL, &ctx, NID_basic_constraints, "critical,CA:TRUE");
-        X509_add_ext(x, e, -1);
-        X509_EXTENSION_free(e);
-        X509_sign(x, k, EVP_sha256());
-        FILE *fp = fopen(f->k.paths[0], "w");
-        PEM_write_X509(fp, x);
-        fclose(fp);
-        fp = fopen(f->k.paths[1], "w");
-        PEM_write_PrivateKey(fp, k, NULL, NULL, 0, NULL, NULL);
-        fclose(fp);
-        X509_free(x);
-        EVP_PKEY_free(k);
+        if (ca_test_write_ec_ca(f->k.paths[0], f->k.paths[1]) < 0)
+            return -1;
     }
     char err[256] = "";
     ca_pki_opts_t o = s_opts(f);
