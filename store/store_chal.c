@@ -21,81 +21,36 @@ static struct {
     int64_t live;
 } s_state;
 
-//  The statements of scep_challenge.use, prepared once per connection (issue
-//  #6, session 5: preparing the INSERT and the UPDATE for every PKCSReq was
-//  about as much of the store's CPU as both check-ins of an enrollment). They
-//  are finalized when that connection closes: SQLITE_TRACE_CLOSE is called by
-//  sqlite3_close before it checks for unfinalized statements, so the store's
-//  close (store_db_destroy) still succeeds. This module owns the
-//  connection's trace callback (nothing else in the store sets one).
-enum { S_INSERT, S_SELECT, S_EVENT, S_NSTMT };
+//  The statements of scep_challenge.use and its upkeep, prepared once per
+//  connection in store_db's statement cache (store_db_stmt; issue #6,
+//  session 5: preparing the INSERT and the UPDATE for every PKCSReq was
+//  about as much of the store's CPU as both check-ins of an enrollment).
+//  store_db_destroy finalizes them before the connection closes.
+enum { S_INSERT, S_SELECT, S_EVENT, S_PRUNE, S_LIVE, S_NSTMT };
 static const char *const s_sql[S_NSTMT] = {
     [S_INSERT] = "INSERT INTO scep_challenges(hash, expires, created, used, txid, key_hash)"
                  " VALUES(?1, ?2, ?3, ?3, ?4, ?5) ON CONFLICT(hash) DO NOTHING",
     [S_SELECT] = "SELECT expires, used, txid, key_hash, event_rid, event_seq"
                  " FROM scep_challenges WHERE hash=?1",
     [S_EVENT] = "UPDATE scep_challenges SET event_rid=?2, event_seq=?3 WHERE hash=?1",
+    //  bounded: one prune never holds the group commit for long
+    [S_PRUNE] = "DELETE FROM scep_challenges WHERE hash IN (SELECT hash FROM"
+                " scep_challenges WHERE expires <= ?1 LIMIT ?2)",
+    [S_LIVE] = "SELECT count(*) FROM scep_challenges WHERE expires > ?1",
 };
-static struct {
-    sqlite3 *sql; //  the connection the statements belong to
-    sqlite3_stmt *st[S_NSTMT];
-} s_cache;
-
-static void s_cache_clear(void)
-{
-    for (int i = 0; i < S_NSTMT; i++) {
-        sqlite3_finalize(s_cache.st[i]);
-        s_cache.st[i] = NULL;
-    }
-    s_cache.sql = NULL;
-}
-
-static int s_on_trace(unsigned type, void *ctx, void *p, void *x)
-{
-    (void)ctx, (void)x;
-    if (type == SQLITE_TRACE_CLOSE && p == s_cache.sql)
-        s_cache_clear();
-    return 0;
-}
-
-//  Statement `id` on `sql`, reset and unbound; NULL if it cannot be prepared.
-static sqlite3_stmt *s_stmt(sqlite3 *sql, int id)
-{
-    if (s_cache.sql != sql) { //  another connection (tests open several)
-        s_cache_clear();
-        if (sqlite3_trace_v2(sql, SQLITE_TRACE_CLOSE, s_on_trace, NULL) != SQLITE_OK)
-            return NULL;
-        s_cache.sql = sql;
-    }
-    sqlite3_stmt *st = s_cache.st[id];
-    if (!st) {
-        if (sqlite3_prepare_v3(sql, s_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) !=
-            SQLITE_OK)
-            return NULL;
-        s_cache.st[id] = st;
-    } else {
-        sqlite3_reset(st);
-        sqlite3_clear_bindings(st);
-    }
-    return st;
-}
 
 int store_chal_prune(store_db_t *db, int64_t now_ms, int max)
 {
     sqlite3 *sql = store_db_sqlite(db);
-    sqlite3_stmt *st = NULL;
-    //  bounded: one prune never holds the group commit for long
-    if (sqlite3_prepare_v2(sql,
-                           "DELETE FROM scep_challenges WHERE hash IN (SELECT hash FROM"
-                           " scep_challenges WHERE expires <= ?1 LIMIT ?2)",
-                           -1, &st, NULL) != SQLITE_OK) {
-        pm_error("pruning expired SCEP challenges: %s", sqlite3_errmsg(sql));
+    sqlite3_stmt *st = store_db_stmt(db, s_sql[S_PRUNE]);
+    if (!st) {
+        pm_error("pruning expired SCEP challenges: %s", store_db_errmsg(db));
         return -1;
     }
     sqlite3_bind_int64(st, 1, now_ms);
     sqlite3_bind_int(st, 2, max);
     int r = sqlite3_step(st);
-    sqlite3_finalize(st);
+    sqlite3_reset(st);
     if (r != SQLITE_DONE) {
         pm_error("pruning expired SCEP challenges: %s", sqlite3_errmsg(sql));
         return -1;
@@ -118,14 +73,13 @@ static int s_maintain(sqlite3 *sql, store_db_t *db, int64_t now)
         return -1;
     if (n > 0)
         pm_info("pruned %d expired SCEP challenges", n);
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(sql, "SELECT count(*) FROM scep_challenges WHERE expires > ?1", -1, &st,
-                           NULL) != SQLITE_OK)
+    sqlite3_stmt *st = store_db_stmt(db, s_sql[S_LIVE]);
+    if (!st)
         return -1;
     sqlite3_bind_int64(st, 1, now);
     int r = sqlite3_step(st);
     int64_t live = r == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
-    sqlite3_finalize(st);
+    sqlite3_reset(st);
     if (live < 0)
         return -1;
     s_state.sql = sql;
@@ -196,7 +150,7 @@ static store_rc_t s_use(sqlite3 *sql, store_db_t *db, const pm_msg_t *req, pm_ms
     if (s_maintain(sql, db, now) < 0)
         return store_db_fail(sql, req, reply, "scep_challenge.use");
     //  the one statement that decides: only the first use inserts the row
-    if (!(st = s_stmt(sql, S_INSERT)))
+    if (!(st = store_db_stmt(db, s_sql[S_INSERT])))
         return store_db_fail(sql, req, reply, "scep_challenge.use");
     sqlite3_bind_text(st, 1, hash, 64, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, expires);
@@ -210,7 +164,7 @@ static store_rc_t s_use(sqlite3 *sql, store_db_t *db, const pm_msg_t *req, pm_ms
     accepted = sqlite3_changes(sql) == 1;
     s_state.live += accepted;
     if (!accepted) {
-        if (!(st = s_stmt(sql, S_SELECT)))
+        if (!(st = store_db_stmt(db, s_sql[S_SELECT])))
             return store_db_fail(sql, req, reply, "scep_challenge.use");
         sqlite3_bind_text(st, 1, hash, 64, SQLITE_STATIC);
         r = sqlite3_step(st);
@@ -239,7 +193,7 @@ static store_rc_t s_use(sqlite3 *sql, store_db_t *db, const pm_msg_t *req, pm_ms
         if (s_event(db, req, now, &seq) < 0)
             return store_db_fail(sql, req, reply, "scep_challenge.use (its event)");
         if (seq > 0 && rid) { //  which request logged it (a retry of it logs nothing)
-            if (!(st = s_stmt(sql, S_EVENT)))
+            if (!(st = store_db_stmt(db, s_sql[S_EVENT])))
                 return store_db_fail(sql, req, reply, "scep_challenge.use");
             sqlite3_bind_text(st, 1, hash, 64, SQLITE_STATIC);
             sqlite3_bind_text(st, 2, rid, -1, SQLITE_STATIC);

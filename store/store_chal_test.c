@@ -267,6 +267,44 @@ static void test_bad_requests(void **state)
 //  it closes: the store's close still succeeds (the last connection of a WAL
 //  database checkpoints and removes its -wal file only when sqlite3_close
 //  succeeds), and a reopened database (a new connection) gets its own.
+//  One request each of the other modules that keep statements in
+//  store_db's cache: enrollment tokens (add, use), push.info, push.outcome.
+static void s_modules(void)
+{
+    static const char *const h[1] = {
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"};
+    pm_msg_t *m = pm_msg_new(PM_MSG_ENROLL_TOKEN_ADD);
+    assert_int_equal(pm_msg_set_strs(m, "hashes", h, 1), 0);
+    assert_int_equal(pm_msg_set_uint(m, "expires_ms", (uint64_t)s_now_ms() + 60000), 0);
+    pm_msg_t *r = s_apply(m);
+    assert_int_equal(pm_msg_type(r), PM_MSG_OK);
+    pm_msg_destroy(&r);
+    m = pm_msg_new(PM_MSG_ENROLL_TOKEN_USE);
+    assert_int_equal(pm_msg_set_str(m, "hash", h[0]), 0);
+    r = s_apply(m);
+    assert_int_equal(pm_msg_type(r), PM_MSG_ENROLL_TOKEN_USE_REPLY);
+    pm_msg_destroy(&r);
+    static const char *const eids[1] = {"no-such-device"};
+    m = pm_msg_new(PM_MSG_PUSH_INFO);
+    assert_int_equal(pm_msg_set_strs(m, "eids", eids, 1), 0);
+    r = s_apply(m);
+    assert_int_equal(pm_msg_type(r), PM_MSG_PUSH_INFO_REPLY);
+    pm_msg_destroy(&r);
+    m = pm_msg_new(PM_MSG_PUSH_OUTCOME);
+    //  [{eid: "no-such-device", outcome: "failed"}]
+    assert_int_equal(pm_msg_set_packed(m, "outcomes",
+                                       (const uint8_t *)"\x91\x82\xa3"
+                                                        "eid\xae"
+                                                        "no-such-device\xa7"
+                                                        "outcome\xa6"
+                                                        "failed",
+                                       36),
+                     0);
+    r = s_apply(m);
+    assert_int_equal(pm_msg_type(r), PM_MSG_OK);
+    pm_msg_destroy(&r);
+}
+
 static void test_cached_statements_close(void **state)
 {
     (void)state;
@@ -287,7 +325,13 @@ static void test_cached_statements_close(void **state)
         assert_int_equal(s_use(h, "tx-1", K1, exp, why), 1); //  the cached INSERT and SELECT again
         assert_int_equal(s_use(h, "tx-2", K1, exp, why), 0);
         assert_string_equal(why, "used");
+        //  every other module's cached statements too (store_db_stmt):
+        //  enrollment tokens, push.info, push.outcome
+        s_modules();
         assert_non_null(sqlite3_next_stmt(store_db_sqlite(s_db), NULL)); //  kept, not finalized
+        int cached = store_db_stmt_count(s_db);
+        s_modules(); //  again: nothing new prepared
+        assert_int_equal(store_db_stmt_count(s_db), cached);
         assert_int_equal(access(wal, F_OK), 0);
         s_close();
         assert_int_not_equal(access(wal, F_OK), 0); //  closed for real

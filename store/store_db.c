@@ -13,6 +13,7 @@
 
 #include <sqlite3.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -216,9 +217,19 @@ typedef struct {
     size_t len;
 } s_event_t;
 
+//  The statement cache (store_db_stmt): open addressing on the SQL text's
+//  address, at most half full (store_db's own ~60 statements and the other
+//  modules' ~25).
+#define S_CACHE_SLOTS 256
+typedef struct {
+    const char *sql; //  the key: a string constant's address
+    sqlite3_stmt *st;
+} s_cached_t;
+
 struct store_db {
     sqlite3 *sql;
-    sqlite3_stmt *stmt[S_NSTMTS];
+    s_cached_t cache[S_CACHE_SLOTS];
+    int ncached;
     char errmsg[512];
     s_event_t *ev; //  events raised since begin (published after commit)
     size_t nev, evcap, nev_mark;
@@ -265,22 +276,48 @@ static store_rc_t s_dberr(store_db_t *db, const char *what)
     return STORE_ERR_DB;
 }
 
+sqlite3_stmt *store_db_stmt(store_db_t *db, const char *sql)
+{
+    size_t h = (size_t)((uintptr_t)sql >> 3) * 2654435761u % S_CACHE_SLOTS;
+    for (;;) {
+        s_cached_t *c = &db->cache[h];
+        if (c->sql == sql) {
+            sqlite3_reset(c->st);
+            sqlite3_clear_bindings(c->st);
+            return c->st;
+        }
+        if (!c->sql)
+            break;
+        h = (h + 1) % S_CACHE_SLOTS;
+    }
+    if (db->ncached >= S_CACHE_SLOTS / 2) {
+        s_err(db,
+              "the statement cache is full (%d statements): a statement built at run time? "
+              "(store_db_stmt takes string constants; this is a bug, report it)",
+              db->ncached);
+        return NULL;
+    }
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v3(db->sql, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) != SQLITE_OK) {
+        s_dberr(db, "preparing a statement");
+        sqlite3_finalize(st);
+        return NULL;
+    }
+    db->cache[h].sql = sql;
+    db->cache[h].st = st;
+    db->ncached++;
+    return st;
+}
+
+int store_db_stmt_count(const store_db_t *db)
+{
+    return db->ncached;
+}
+
 //  The cached statement `id`, reset and unbound. NULL (errmsg set) if it fails to prepare.
 static sqlite3_stmt *s_st(store_db_t *db, int id)
 {
-    sqlite3_stmt *st = db->stmt[id];
-    if (!st) {
-        if (sqlite3_prepare_v3(db->sql, s_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) !=
-            SQLITE_OK) {
-            s_dberr(db, "preparing a statement");
-            return NULL;
-        }
-        db->stmt[id] = st;
-    } else {
-        sqlite3_reset(st);
-        sqlite3_clear_bindings(st);
-    }
-    return st;
+    return store_db_stmt(db, s_sql[id]);
 }
 
 static void s_bind_text(sqlite3_stmt *st, int i, const char *s)
@@ -593,8 +630,9 @@ void store_db_destroy(store_db_t **pdb)
     store_db_t *db = *pdb;
     store_ckpt_destroy(&db->ckpt); //  before the last connection closes (it checkpoints)
     store_inv_destroy(&db->inv);
-    for (int i = 0; i < S_NSTMTS; i++)
-        sqlite3_finalize(db->stmt[i]);
+    //  every module's cached statements, so that the connection really closes
+    for (int i = 0; i < S_CACHE_SLOTS; i++)
+        sqlite3_finalize(db->cache[i].st);
     if (db->sql)
         sqlite3_close(db->sql);
     s_events_drop(db, 0);
@@ -1184,7 +1222,7 @@ out:
 store_inv_t *store_db_inv(store_db_t *db)
 {
     if (!db->inv)
-        db->inv = store_inv_new(db->sql);
+        db->inv = store_inv_new(db);
     return db->inv;
 }
 

@@ -990,6 +990,88 @@ static void test_doctor_identity_facts(void **state)
     store_db_destroy(&db);
 }
 
+/* ---- the statement cache (store_db_stmt) ---- */
+
+static const char s_q_count[] = "SELECT count(*) FROM cache_t";
+static const char s_q_all[] = "SELECT * FROM cache_t";
+
+//  Kept and reused; a schema change (ALTER TABLE, from another connection
+//  too) prepares the kept statement again; a statement built at run time is
+//  refused once the cache is half full instead of growing without bound.
+static void test_stmt_cache(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/store_db_test_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    unlink(path);
+    char err[256];
+    store_db_opts_t o = {.sync_full = false};
+    store_db_t *db = store_db_new(path, &o, err, sizeof err);
+    assert_non_null(db);
+    sqlite3 *sql = store_db_sqlite(db);
+    assert_int_equal(sqlite3_exec(sql, "CREATE TABLE cache_t(a); INSERT INTO cache_t VALUES(1)",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    int n0 = store_db_stmt_count(db);
+    sqlite3_stmt *st = store_db_stmt(db, s_q_all);
+    assert_non_null(st);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_count(st), 1);
+    //  the same statement again, reset (it was left on a row)
+    assert_ptr_equal(store_db_stmt(db, s_q_all), st);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(store_db_stmt_count(db), n0 + 1);
+    sqlite3_stmt *c = store_db_stmt(db, s_q_count);
+    assert_non_null(c);
+    assert_ptr_not_equal(c, st);
+    assert_int_equal(store_db_stmt_count(db), n0 + 2);
+    //  a schema change on this connection: the kept statement sees it
+    assert_int_equal(
+        sqlite3_exec(sql, "ALTER TABLE cache_t ADD COLUMN b DEFAULT 7", NULL, NULL, NULL),
+        SQLITE_OK);
+    st = store_db_stmt(db, s_q_all);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_count(st), 2);
+    assert_int_equal(sqlite3_column_int(st, 1), 7);
+    //  ... and on another connection (another process, a migration)
+    sqlite3 *other = NULL;
+    assert_int_equal(sqlite3_open(path, &other), SQLITE_OK);
+    assert_int_equal(
+        sqlite3_exec(other, "ALTER TABLE cache_t ADD COLUMN c DEFAULT 8", NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(other);
+    st = store_db_stmt(db, s_q_all);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_count(st), 3);
+    assert_int_equal(sqlite3_column_int(st, 2), 8);
+    assert_int_equal(store_db_stmt_count(db), n0 + 2); //  still the same two
+    //  SQL that does not prepare: NULL and a message, nothing kept
+    static const char bad[] = "SELECT * FROM no_such_table";
+    assert_null(store_db_stmt(db, bad));
+    assert_non_null(strstr(store_db_errmsg(db), "no_such_table"));
+    assert_int_equal(store_db_stmt_count(db), n0 + 2);
+    //  strings made at run time are new keys each time: refused when half full
+    static char made[200][48];
+    int i;
+    for (i = 0; i < 200; i++) {
+        snprintf(made[i], sizeof made[i], "SELECT %d", i);
+        if (!store_db_stmt(db, made[i]))
+            break;
+    }
+    assert_true(i < 200);
+    assert_int_equal(store_db_stmt_count(db), 128);
+    assert_non_null(strstr(store_db_errmsg(db), "statement cache is full"));
+    assert_ptr_equal(store_db_stmt(db, s_q_count), c); //  the kept ones still work
+    store_db_destroy(&db);
+    store_db_destroy(&db); //  safe twice
+    char wal[64];
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    assert_int_not_equal(access(wal, F_OK), 0); //  every statement finalized: closed for real
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1003,6 +1085,7 @@ int main(void)
         cmocka_unit_test(test_group_commit_isolates_failures),
         cmocka_unit_test(test_lists),
         cmocka_unit_test(test_doctor_identity_facts),
+        cmocka_unit_test(test_stmt_cache),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

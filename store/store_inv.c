@@ -61,8 +61,8 @@ static const char *const s_sql[S_NST] = {
 };
 
 struct store_inv {
+    store_db_t *db;
     sqlite3 *sql;
-    sqlite3_stmt *st[S_NST];
     char errmsg[512];
     msgpack_sbuffer buf; //  one value being written
     msgpack_sbuffer ev;  //  event data
@@ -78,23 +78,15 @@ struct store_inv {
 
 /* ---- helpers ---- */
 
+//  Statement `id` from the database's statement cache (store_db_stmt).
 static sqlite3_stmt *s_st(store_inv_t *self, int id)
 {
-    sqlite3_stmt *st = self->st[id];
-    if (!st) {
-        if (sqlite3_prepare_v3(self->sql, s_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &st, NULL) !=
-            SQLITE_OK) {
-            snprintf(self->errmsg, sizeof self->errmsg,
-                     "inventory: preparing a statement failed: %s (is the schema migrated? "
-                     "restart picomdm-store)",
-                     sqlite3_errmsg(self->sql));
-            return NULL;
-        }
-        self->st[id] = st;
-    } else {
-        sqlite3_reset(st);
-        sqlite3_clear_bindings(st);
-    }
+    sqlite3_stmt *st = store_db_stmt(self->db, s_sql[id]);
+    if (!st)
+        snprintf(self->errmsg, sizeof self->errmsg,
+                 "inventory: preparing a statement failed: %s (is the schema migrated? "
+                 "restart picomdm-store)",
+                 store_db_errmsg(self->db));
     return st;
 }
 
@@ -686,12 +678,13 @@ int store_inv_devices(store_inv_t *self, const store_inv_filter_t *f, const char
 
 /* ---- life cycle ---- */
 
-store_inv_t *store_inv_new(sqlite3 *sql)
+store_inv_t *store_inv_new(store_db_t *db)
 {
     store_inv_t *self = calloc(1, sizeof *self);
     if (!self)
         return NULL;
-    self->sql = sql;
+    self->db = db;
+    self->sql = store_db_sqlite(db);
     msgpack_sbuffer_init(&self->buf);
     msgpack_sbuffer_init(&self->ev);
     return self;
@@ -702,8 +695,6 @@ void store_inv_destroy(store_inv_t **pself)
     if (!pself || !*pself)
         return;
     store_inv_t *self = *pself;
-    for (int i = 0; i < S_NST; i++)
-        sqlite3_finalize(self->st[i]);
     msgpack_sbuffer_destroy(&self->buf);
     msgpack_sbuffer_destroy(&self->ev);
     free(self);

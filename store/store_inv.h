@@ -65,8 +65,10 @@ typedef int(store_inv_emit_fn)(void *arg, const char *name, const char *eid, con
 //  so that delete now reads a range of the primary key (eid, key) instead.
 #define STORE_INV_MIGRATION_8 "DROP INDEX IF EXISTS inventory_source;"
 
-//  NULL on out of memory. `sql` must outlive the object.
-store_inv_t *store_inv_new(sqlite3 *sql);
+//  NULL on out of memory. `db` must outlive the object; its statements live
+//  in db's statement cache (store_db_stmt).
+struct store_db;
+store_inv_t *store_inv_new(struct store_db *db);
 void store_inv_destroy(store_inv_t **self);
 //  The last failure's text (owned by self).
 const char *store_inv_errmsg(const store_inv_t *self);

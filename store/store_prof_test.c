@@ -696,6 +696,196 @@ static void test_pages(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+/* ---- instructions per request, by kind (callgrind) ---- */
+
+//  Each kind's work for a batch of n requests as the store does it: decode
+//  every request from its wire bytes, apply them in one transaction, commit,
+//  encode every reply. One noinline function per kind, so `valgrind
+//  --tool=callgrind` + `callgrind_annotate --inclusive=yes` gives the
+//  instructions per request (the function's inclusive count / requests):
+//  STORE_PROF_CG=1 valgrind --tool=callgrind build/rel/test/store_prof
+//  (test_cg prints how many requests of each kind it ran).
+static void s_cg_batch(store_db_t *db, store_svc_t *svc, uint8_t **wire, size_t *len, int n)
+{
+    pm_msg_t *in[64] = {NULL}, *reply[64] = {NULL};
+    char err[256];
+    assert_true(n <= 64);
+    for (int i = 0; i < n; i++)
+        assert_int_equal(pm_msg_decode(wire[i], len[i], &in[i], err, sizeof err), 0);
+    assert_int_equal(store_db_begin(db), 0);
+    for (int i = 0; i < n; i++)
+        assert_true(store_svc_apply(svc, in[i], &reply[i]));
+    assert_int_equal(store_db_commit(db), 0);
+    store_db_events_flush(db, NULL, NULL);
+    for (int i = 0; i < n; i++) {
+        uint8_t *out = NULL;
+        size_t olen = 0;
+        assert_int_equal(pm_msg_encode(reply[i], &out, &olen, err, sizeof err), 0);
+        free(out);
+        pm_msg_destroy(&in[i]);
+        pm_msg_destroy(&reply[i]);
+    }
+}
+#define S_CG_KIND(name)                                                                            \
+    __attribute__((noinline)) static void name(store_db_t *db, store_svc_t *svc, uint8_t **wire,   \
+                                               size_t *len, int n)                                 \
+    {                                                                                              \
+        s_cg_batch(db, svc, wire, len, n);                                                         \
+    }
+S_CG_KIND(s_cg_authenticate)
+S_CG_KIND(s_cg_token_update)
+S_CG_KIND(s_cg_chal_use)
+S_CG_KIND(s_cg_idle)
+S_CG_KIND(s_cg_ack)
+
+static pm_msg_t *s_chal_use(int i)
+{
+    pm_msg_t *m = pm_msg_new(PM_MSG_SCEP_CHALLENGE_USE);
+    char h[80], kh[80], rid[40];
+    snprintf(h, sizeof h, "%064x", (unsigned)i * 2654435761u);
+    snprintf(kh, sizeof kh, "%064x", (unsigned)i + 1);
+    snprintf(rid, sizeof rid, "ca-%d", i);
+    pm_msg_set_rid(m, rid);
+    pm_msg_set_str(m, "hash", h);
+    pm_msg_set_str(m, "transaction_id", h + 24);
+    pm_msg_set_str(m, "key_hash", kh);
+    pm_msg_set_uint(m, "expires_ms", (uint64_t)time(NULL) * 1000 + 86400000);
+    pm_msg_set_str(m, "event", "ca.issued");
+    pm_msg_set_packed(m, "event_data",
+                      (const uint8_t *)"\x81\xab"
+                                       "cert_sha256\xa4"
+                                       "abcd",
+                      18);
+    return m;
+}
+
+typedef void s_cg_fn(store_db_t *, store_svc_t *, uint8_t **, size_t *, int);
+
+//  Run `make(i)` for i in [0, ndev), `batch` per transaction, through fn.
+static void s_cg_phase(store_db_t *db, store_svc_t *svc, int ndev, int batch, s_cg_fn *fn,
+                       pm_msg_t *(*make)(int, void *), void *arg)
+{
+    uint8_t *wire[64];
+    size_t len[64];
+    char err[256];
+    for (int i = 0; i < ndev; i += batch) {
+        int n = ndev - i < batch ? ndev - i : batch;
+        for (int k = 0; k < n; k++) {
+            pm_msg_t *m = make(i + k, arg);
+            assert_int_equal(pm_msg_encode(m, &wire[k], &len[k], err, sizeof err), 0);
+            pm_msg_destroy(&m);
+        }
+        fn(db, svc, wire, len, n);
+        for (int k = 0; k < n; k++)
+            free(wire[k]);
+    }
+}
+
+static char (*s_cg_eid)[48];
+static pm_msg_t *s_cg_make_auth(int i, void *arg)
+{
+    (void)arg;
+    s_device(i);
+    return s_checkin(s_cg_eid[i], "Authenticate");
+}
+static pm_msg_t *s_cg_make_token(int i, void *arg)
+{
+    (void)arg;
+    s_device(i);
+    return s_checkin(s_cg_eid[i], "TokenUpdate");
+}
+static pm_msg_t *s_cg_make_chal(int i, void *arg)
+{
+    (void)arg;
+    return s_chal_use(i);
+}
+static pm_msg_t *s_cg_make_idle(int i, void *arg)
+{
+    (void)arg;
+    s_device(i);
+    return s_connect(s_cg_eid[i], "Idle", NULL, 1);
+}
+static pm_msg_t *s_cg_make_ack(int i, void *arg)
+{
+    (void)arg;
+    s_device(i);
+    return s_connect_keys(s_cg_eid[i], "Acknowledged", "CMD-DI-CG", 2, true);
+}
+
+//  STORE_PROF_CG_DEVICES (default 200), STORE_PROF_BATCH (8). Checks the
+//  replies' status only; the figures come from callgrind.
+static void test_cg(void **state)
+{
+    (void)state;
+    int ndev = s_env_int("STORE_PROF_CG_DEVICES", 200), batch = s_env_int("STORE_PROF_BATCH", 8);
+    if (ndev < 10)
+        ndev = 10;
+    if (batch < 1 || batch > 64)
+        batch = 8;
+    char dir[] = "/tmp/store_prof.XXXXXX", path[128];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/picomdm.db", dir);
+    char err[256];
+    store_db_opts_t o = {.sync_full = s_env_int("STORE_PROF_SYNC_FULL", 0) != 0};
+    store_db_t *db = store_db_new(path, &o, err, sizeof err);
+    assert_non_null(db);
+    store_svc_t *svc = store_svc_new(db, NULL, NULL);
+    assert_non_null(svc);
+    s_cg_eid = calloc((size_t)ndev, sizeof *s_cg_eid);
+    const char **targets = calloc((size_t)ndev, sizeof *targets);
+    assert_true(s_cg_eid && targets);
+    for (int i = 0; i < ndev; i++) {
+        snprintf(s_cg_eid[i], sizeof s_cg_eid[i], "%08X-0000-4000-8000-%012d",
+                 (unsigned)(i * 2654435761u), i);
+        targets[i] = s_cg_eid[i];
+    }
+    s_cg_phase(db, svc, ndev, batch, s_cg_chal_use, s_cg_make_chal, NULL);
+    s_cg_phase(db, svc, ndev, batch, s_cg_authenticate, s_cg_make_auth, NULL);
+    s_cg_phase(db, svc, ndev, batch, s_cg_token_update, s_cg_make_token, NULL);
+    pm_msg_t *m = pm_msg_new(PM_MSG_STORE_ENQUEUE);
+    assert_int_equal(pm_msg_set_packed(m, "command",
+                                       (const uint8_t *)"\x82\xabRequestType\xb1"
+                                                        "DeviceInformation\xa7Queries\x91\xaa"
+                                                        "DeviceName",
+                                       51),
+                     0);
+    pm_msg_set_strs(m, "targets", targets, (size_t)ndev);
+    pm_msg_set_str(m, "command_uuid", "CMD-DI-CG");
+    pm_msg_set_str(m, "op_rid", "op-cg");
+    pm_msg_set_bool(m, "no_push", true);
+    pm_msg_t *reply = NULL;
+    assert_int_equal(store_db_begin(db), 0);
+    assert_true(store_svc_apply(svc, m, &reply));
+    assert_int_equal(store_db_commit(db), 0);
+    store_db_events_flush(db, NULL, NULL);
+    assert_int_equal(pm_msg_uint(reply, "queued", 0), (uint64_t)ndev);
+    pm_msg_destroy(&reply);
+    pm_msg_destroy(&m);
+    s_cg_phase(db, svc, ndev, batch, s_cg_idle, s_cg_make_idle, NULL);
+    s_cg_phase(db, svc, ndev, batch, s_cg_ack, s_cg_make_ack, NULL);
+    //  every request did what the device path does: the command delivered and answered
+    sqlite3_stmt *q = NULL;
+    assert_int_equal(sqlite3_prepare_v2(store_db_sqlite(db),
+                                        "SELECT count(*) FROM queue WHERE status='acknowledged'",
+                                        -1, &q, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(q, 0), ndev);
+    sqlite3_finalize(q);
+    if (getenv("STORE_PROF_CG"))
+        printf("test_cg: %d requests of each kind (s_cg_chal_use, s_cg_authenticate, "
+               "s_cg_token_update, s_cg_idle, s_cg_ack), %d per transaction\n",
+               ndev, batch);
+    free(targets);
+    free(s_cg_eid);
+    s_cg_eid = NULL;
+    store_svc_destroy(&svc);
+    store_db_destroy(&db);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     //  count SQLite's allocations (test_pages); only possible before it initialises
@@ -708,6 +898,10 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_device_path),
         cmocka_unit_test(test_pages),
+        cmocka_unit_test(test_cg),
     };
+    //  STORE_PROF_CG: only test_cg (under callgrind)
+    if (getenv("STORE_PROF_CG"))
+        return _cmocka_run_group_tests("store_prof_cg", tests + 2, 1, NULL, NULL);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -14,23 +14,39 @@ static const char s_schema[] =
     "CREATE TABLE IF NOT EXISTS push_state("
     " eid TEXT PRIMARY KEY, last_push INTEGER NOT NULL, outcome TEXT NOT NULL,"
     " status INTEGER NOT NULL, reason TEXT, attempts INTEGER NOT NULL DEFAULT 0)";
+//  last_push and last_activity let the pusher derive the sweep backoff
+//  from durable data (a restart does not reset it)
+static const char s_sql_info[] =
+    "SELECT e.push_token, e.push_magic, e.topic, e.stale_token, e.enrolled,"
+    " (SELECT p.last_push FROM push_state p WHERE p.eid=e.eid),"
+    " max(e.last_seen, coalesce((SELECT s.last_seen FROM sessions s WHERE s.eid=e.eid), 0),"
+    "  coalesce((SELECT max(q.created) FROM queue q WHERE q.eid=e.eid AND q.active=1), 0))"
+    " FROM enrollments e WHERE e.eid=?1";
+static const char s_sql_state[] =
+    "INSERT INTO push_state(eid, last_push, outcome, status, reason,"
+    " attempts) VALUES(?1,?2,?3,?4,?5,?6) ON CONFLICT(eid) DO UPDATE SET"
+    " last_push=?2, outcome=?3, status=?4, reason=?5, attempts=?6";
+static const char s_sql_stale[] = "UPDATE enrollments SET stale_token=1 WHERE eid=?1"
+                                  " AND (?2 IS NULL OR push_token=?2)";
+
+//  The table, made on first use: a cached statement (store_db_stmt), so after
+//  the first call a no-op SQLite does not parse again. 0 / -1.
+static int s_ensure(store_db_t *db)
+{
+    sqlite3_stmt *st = store_db_stmt(db, s_schema);
+    if (!st)
+        return -1;
+    int r = sqlite3_step(st);
+    sqlite3_reset(st);
+    return r == SQLITE_DONE ? 0 : -1;
+}
 
 store_rc_t store_push_info(store_db_t *db, const char *const *eids, size_t n, msgpack_sbuffer *out)
 {
     sqlite3 *sql = store_db_sqlite(db);
     sqlite3_stmt *st = NULL;
     store_rc_t rc = STORE_ERR_DB;
-    //  last_push and last_activity let the pusher derive the sweep backoff
-    //  from durable data (a restart does not reset it)
-    if (sqlite3_exec(sql, s_schema, NULL, NULL, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(
-            sql,
-            "SELECT e.push_token, e.push_magic, e.topic, e.stale_token, e.enrolled,"
-            " (SELECT p.last_push FROM push_state p WHERE p.eid=e.eid),"
-            " max(e.last_seen, coalesce((SELECT s.last_seen FROM sessions s WHERE s.eid=e.eid), 0),"
-            "  coalesce((SELECT max(q.created) FROM queue q WHERE q.eid=e.eid AND q.active=1), 0))"
-            " FROM enrollments e WHERE e.eid=?1",
-            -1, &st, NULL) != SQLITE_OK) {
+    if (s_ensure(db) < 0 || !(st = store_db_stmt(db, s_sql_info))) {
         pm_error("push.info: %s", sqlite3_errmsg(sql));
         return STORE_ERR_DB;
     }
@@ -91,7 +107,7 @@ store_rc_t store_push_info(store_db_t *db, const char *const *eids, size_t n, ms
     rc = STORE_OK;
 out:
     msgpack_sbuffer_destroy(&items);
-    sqlite3_finalize(st);
+    sqlite3_reset(st);
     return rc;
 }
 
@@ -138,16 +154,8 @@ store_rc_t store_push_outcome(store_db_t *db, const msgpack_object *outcomes, in
     *applied = *skipped = 0;
     if (!outcomes || outcomes->type != MSGPACK_OBJECT_ARRAY)
         return STORE_ERR_BAD;
-    if (sqlite3_exec(sql, s_schema, NULL, NULL, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(sql,
-                           "INSERT INTO push_state(eid, last_push, outcome, status, reason,"
-                           " attempts) VALUES(?1,?2,?3,?4,?5,?6) ON CONFLICT(eid) DO UPDATE SET"
-                           " last_push=?2, outcome=?3, status=?4, reason=?5, attempts=?6",
-                           -1, &up, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(sql,
-                           "UPDATE enrollments SET stale_token=1 WHERE eid=?1"
-                           " AND (?2 IS NULL OR push_token=?2)",
-                           -1, &stale, NULL) != SQLITE_OK) {
+    if (s_ensure(db) < 0 || !(up = store_db_stmt(db, s_sql_state)) ||
+        !(stale = store_db_stmt(db, s_sql_stale))) {
         pm_error("push.outcome: %s", sqlite3_errmsg(sql));
         goto out;
     }
@@ -223,8 +231,10 @@ store_rc_t store_push_outcome(store_db_t *db, const msgpack_object *outcomes, in
     msgpack_sbuffer_destroy(&data);
     rc = STORE_OK;
 out:
-    sqlite3_finalize(up);
-    sqlite3_finalize(stale);
+    if (up)
+        sqlite3_reset(up);
+    if (stale)
+        sqlite3_reset(stale);
     return rc;
 }
 

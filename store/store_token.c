@@ -13,26 +13,56 @@
 
 _Static_assert(STORE_TOKEN_ID_LEN == 12, "the INSERT below takes substr(hash, 1, 12)");
 
+//  The table, made on first use (each a cached statement: after the first
+//  call they are no-ops that SQLite does not parse again).
 static const char s_schema[] =
     "CREATE TABLE IF NOT EXISTS enroll_tokens("
     " hash TEXT PRIMARY KEY, id TEXT NOT NULL, created INTEGER NOT NULL,"
     " expires INTEGER NOT NULL, note TEXT, used INTEGER, used_by TEXT, used_rid TEXT,"
-    " revoked INTEGER) WITHOUT ROWID;"
-    "CREATE INDEX IF NOT EXISTS enroll_tokens_id ON enroll_tokens(id);";
+    " revoked INTEGER) WITHOUT ROWID";
+static const char s_schema_index[] =
+    "CREATE INDEX IF NOT EXISTS enroll_tokens_id ON enroll_tokens(id)";
+static const char s_sql_add[] = "INSERT OR IGNORE INTO enroll_tokens(hash, id, created, expires,"
+                                " note) VALUES(?1, substr(?1, 1, 12), ?2, ?3, ?4)";
+static const char s_sql_list[] = "SELECT id, created, expires, note, used, used_by, revoked"
+                                 " FROM enroll_tokens WHERE ?1 OR (used IS NULL AND revoked IS NULL"
+                                 " AND expires > ?2) ORDER BY created DESC, id LIMIT ?3";
+static const char s_sql_revoke_hash[] = "UPDATE enroll_tokens SET revoked=?2 WHERE hash=?1"
+                                        " AND used IS NULL AND revoked IS NULL";
+static const char s_sql_revoke_id[] = "UPDATE enroll_tokens SET revoked=?2 WHERE id=?1"
+                                      " AND used IS NULL AND revoked IS NULL";
+//  the one statement that decides: only an unused, live token matches
+static const char s_sql_use[] =
+    "UPDATE enroll_tokens SET used=?2, used_by=?3, used_rid=?4"
+    " WHERE hash=?1 AND used IS NULL AND revoked IS NULL AND expires > ?2";
+static const char s_sql_get[] =
+    "SELECT id, note, used, used_rid, revoked, expires FROM enroll_tokens WHERE hash=?1";
+//  only the consumption by that request: a release that arrives after
+//  another download used the token (or for a use that was refused) is a no-op
+static const char s_sql_release[] =
+    "UPDATE enroll_tokens SET used=NULL, used_by=NULL, used_rid=NULL"
+    " WHERE hash=?1 AND used_rid=?2 AND used IS NOT NULL AND revoked IS NULL";
 
-static int s_ensure(sqlite3 *sql)
+static int s_ensure(store_db_t *db)
 {
-    char *msg = NULL;
-    if (sqlite3_exec(sql, s_schema, NULL, NULL, &msg) != SQLITE_OK) {
-        pm_error("enrollment tokens: cannot create the table: %s", msg ? msg : "?");
-        sqlite3_free(msg);
-        return -1;
+    const char *const q[2] = {s_schema, s_schema_index};
+    for (int i = 0; i < 2; i++) {
+        sqlite3_stmt *st = store_db_stmt(db, q[i]);
+        int r = st ? sqlite3_step(st) : SQLITE_ERROR;
+        if (st)
+            sqlite3_reset(st);
+        if (r != SQLITE_DONE) {
+            pm_error("enrollment tokens: cannot create the table: %s",
+                     st ? sqlite3_errmsg(store_db_sqlite(db)) : store_db_errmsg(db));
+            return -1;
+        }
     }
     return 0;
 }
 
-static store_rc_t s_add(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int64_t now)
+static store_rc_t s_add(store_db_t *db, const pm_msg_t *req, pm_msg_t **reply, int64_t now)
 {
+    sqlite3 *sql = store_db_sqlite(db);
     const msgpack_object *o = pm_msg_obj(req, "hashes");
     if (!o || o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size == 0 ||
         o->via.array.size > STORE_TOKEN_ADD_MAX) {
@@ -50,10 +80,7 @@ static store_rc_t s_add(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int
     const char *note = pm_msg_str(req, "note");
     sqlite3_stmt *st = NULL;
     store_rc_t rc = STORE_ERR_DB;
-    if (sqlite3_prepare_v2(sql,
-                           "INSERT OR IGNORE INTO enroll_tokens(hash, id, created, expires, note)"
-                           " VALUES(?1, substr(?1, 1, 12), ?2, ?3, ?4)",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (!(st = store_db_stmt(db, s_sql_add)))
         return store_db_fail(sql, req, reply, "enroll_token.add");
     for (uint32_t i = 0; i < o->via.array.size; i++) {
         const msgpack_object *s = &o->via.array.ptr[i];
@@ -77,7 +104,7 @@ static store_rc_t s_add(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int
         else
             sqlite3_bind_null(st, 4);
         if (sqlite3_step(st) != SQLITE_DONE) {
-            sqlite3_finalize(st);
+            sqlite3_reset(st);
             return store_db_fail(sql, req, reply, "enroll_token.add");
         }
     }
@@ -87,7 +114,7 @@ out:
     if (rc == STORE_ERR_BAD)
         *reply = pm_msg_new_error(req, "bad_request",
                                   "hashes must be SHA-256 values in lowercase hex (64 digits)");
-    sqlite3_finalize(st);
+    sqlite3_reset(st);
     return rc;
 }
 
@@ -96,18 +123,15 @@ static const char *s_state(int64_t now, int64_t expires, bool used, bool revoked
     return revoked ? "revoked" : used ? "used" : expires <= now ? "expired" : "usable";
 }
 
-static store_rc_t s_list(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int64_t now)
+static store_rc_t s_list(store_db_t *db, const pm_msg_t *req, pm_msg_t **reply, int64_t now)
 {
+    sqlite3 *sql = store_db_sqlite(db);
     bool all = pm_msg_bool(req, "all", false);
     uint64_t limit = pm_msg_uint(req, "limit", 1000);
     if (limit == 0 || limit > 10000)
         limit = 1000;
     sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(sql,
-                           "SELECT id, created, expires, note, used, used_by, revoked"
-                           " FROM enroll_tokens WHERE ?1 OR (used IS NULL AND revoked IS NULL"
-                           " AND expires > ?2) ORDER BY created DESC, id LIMIT ?3",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (!(st = store_db_stmt(db, s_sql_list)))
         return store_db_fail(sql, req, reply, "enroll_token.list");
     sqlite3_bind_int(st, 1, all);
     sqlite3_bind_int64(st, 2, now);
@@ -168,14 +192,15 @@ static store_rc_t s_list(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, in
                                   "(limit)");
     }
 out:
-    sqlite3_finalize(st);
+    sqlite3_reset(st);
     msgpack_sbuffer_destroy(&items);
     msgpack_sbuffer_destroy(&out);
     return rc;
 }
 
-static store_rc_t s_revoke(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int64_t now)
+static store_rc_t s_revoke(store_db_t *db, const pm_msg_t *req, pm_msg_t **reply, int64_t now)
 {
+    sqlite3 *sql = store_db_sqlite(db);
     const char *id = pm_msg_str(req, "id");
     size_t len = id ? strlen(id) : 0;
     if (len != STORE_TOKEN_ID_LEN && len != 64) {
@@ -185,17 +210,13 @@ static store_rc_t s_revoke(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, 
                                   STORE_TOKEN_ID_LEN);
         return STORE_ERR_BAD;
     }
-    sqlite3_stmt *st = NULL;
-    const char *q = len == 64 ? "UPDATE enroll_tokens SET revoked=?2 WHERE hash=?1"
-                                " AND used IS NULL AND revoked IS NULL"
-                              : "UPDATE enroll_tokens SET revoked=?2 WHERE id=?1"
-                                " AND used IS NULL AND revoked IS NULL";
-    if (sqlite3_prepare_v2(sql, q, -1, &st, NULL) != SQLITE_OK)
+    sqlite3_stmt *st = store_db_stmt(db, len == 64 ? s_sql_revoke_hash : s_sql_revoke_id);
+    if (!st)
         return store_db_fail(sql, req, reply, "enroll_token.revoke");
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now);
     int r = sqlite3_step(st);
-    sqlite3_finalize(st);
+    sqlite3_reset(st);
     if (r != SQLITE_DONE)
         return store_db_fail(sql, req, reply, "enroll_token.revoke");
     int n = sqlite3_changes(sql);
@@ -212,8 +233,9 @@ static store_rc_t s_revoke(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, 
     return STORE_OK;
 }
 
-static store_rc_t s_use(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int64_t now)
+static store_rc_t s_use(store_db_t *db, const pm_msg_t *req, pm_msg_t **reply, int64_t now)
 {
+    sqlite3 *sql = store_db_sqlite(db);
     const char *hash = pm_msg_str(req, "hash");
     const char *remote = pm_msg_str(req, "remote");
     const char *rid = pm_msg_rid(req);
@@ -221,32 +243,25 @@ static store_rc_t s_use(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int
         *reply = pm_msg_new_error(req, "bad_request", "hash must be a SHA-256 in lowercase hex");
         return STORE_ERR_BAD;
     }
-    sqlite3_stmt *st = NULL;
-    //  the one statement that decides: only an unused, live token matches
-    if (sqlite3_prepare_v2(sql,
-                           "UPDATE enroll_tokens SET used=?2, used_by=?3, used_rid=?4"
-                           " WHERE hash=?1 AND used IS NULL AND revoked IS NULL AND expires > ?2",
-                           -1, &st, NULL) != SQLITE_OK)
+    sqlite3_stmt *st = store_db_stmt(db, s_sql_use);
+    if (!st)
         return store_db_fail(sql, req, reply, "enroll_token.use");
     sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 2, now);
     sqlite3_bind_text(st, 3, remote ? remote : "?", -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 4, rid ? rid : "", -1, SQLITE_STATIC);
     int r = sqlite3_step(st);
-    sqlite3_finalize(st);
+    sqlite3_reset(st);
     if (r != SQLITE_DONE)
         return store_db_fail(sql, req, reply, "enroll_token.use");
     bool accepted = sqlite3_changes(sql) == 1;
     const char *reason = NULL;
-    if (sqlite3_prepare_v2(sql,
-                           "SELECT id, note, used, used_rid, revoked, expires FROM enroll_tokens"
-                           " WHERE hash=?1",
-                           -1, &st, NULL) != SQLITE_OK)
+    if (!(st = store_db_stmt(db, s_sql_get)))
         return store_db_fail(sql, req, reply, "enroll_token.use");
     sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
     r = sqlite3_step(st);
     if (r != SQLITE_ROW && r != SQLITE_DONE) {
-        sqlite3_finalize(st);
+        sqlite3_reset(st);
         return store_db_fail(sql, req, reply, "enroll_token.use");
     }
     *reply = pm_msg_new_reply(req, PM_MSG_ENROLL_TOKEN_USE_REPLY);
@@ -271,7 +286,7 @@ static store_rc_t s_use(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int
         if (*reply && note)
             pm_msg_set_str(*reply, "note", note);
     }
-    sqlite3_finalize(st);
+    sqlite3_reset(st);
     if (*reply) {
         pm_msg_set_bool(*reply, "accepted", accepted);
         if (reason)
@@ -280,8 +295,9 @@ static store_rc_t s_use(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply, int
     return STORE_OK;
 }
 
-static store_rc_t s_release(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply)
+static store_rc_t s_release(store_db_t *db, const pm_msg_t *req, pm_msg_t **reply)
 {
+    sqlite3 *sql = store_db_sqlite(db);
     const char *hash = pm_msg_str(req, "hash");
     const char *use_rid = pm_msg_str(req, "use_rid");
     if (!store_hex64_ok(hash)) {
@@ -293,19 +309,13 @@ static store_rc_t s_release(sqlite3 *sql, const pm_msg_t *req, pm_msg_t **reply)
                                   "use_rid must name the enroll_token.use being undone");
         return STORE_ERR_BAD;
     }
-    sqlite3_stmt *st = NULL;
-    //  only the consumption by that request: a release that arrives after
-    //  another download used the token (or for a use that was refused) is a no-op
-    if (sqlite3_prepare_v2(
-            sql,
-            "UPDATE enroll_tokens SET used=NULL, used_by=NULL, used_rid=NULL"
-            " WHERE hash=?1 AND used_rid=?2 AND used IS NOT NULL AND revoked IS NULL",
-            -1, &st, NULL) != SQLITE_OK)
+    sqlite3_stmt *st = store_db_stmt(db, s_sql_release);
+    if (!st)
         return store_db_fail(sql, req, reply, "enroll_token.release");
     sqlite3_bind_text(st, 1, hash, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 2, use_rid, -1, SQLITE_STATIC);
     int r = sqlite3_step(st);
-    sqlite3_finalize(st);
+    sqlite3_reset(st);
     if (r != SQLITE_DONE)
         return store_db_fail(sql, req, reply, "enroll_token.release");
     *reply = pm_msg_new_reply(req, PM_MSG_OK);
@@ -316,19 +326,19 @@ store_rc_t store_token_apply(store_db_t *db, const pm_msg_t *req, pm_msg_t **rep
 {
     sqlite3 *sql = store_db_sqlite(db);
     *reply = NULL;
-    if (s_ensure(sql) < 0)
+    if (s_ensure(db) < 0)
         return store_db_fail(sql, req, reply, "enrollment tokens");
     switch (pm_msg_type(req)) {
     case PM_MSG_ENROLL_TOKEN_ADD:
-        return s_add(sql, req, reply, now_ms);
+        return s_add(db, req, reply, now_ms);
     case PM_MSG_ENROLL_TOKEN_LIST:
-        return s_list(sql, req, reply, now_ms);
+        return s_list(db, req, reply, now_ms);
     case PM_MSG_ENROLL_TOKEN_REVOKE:
-        return s_revoke(sql, req, reply, now_ms);
+        return s_revoke(db, req, reply, now_ms);
     case PM_MSG_ENROLL_TOKEN_USE:
-        return s_use(sql, req, reply, now_ms);
+        return s_use(db, req, reply, now_ms);
     case PM_MSG_ENROLL_TOKEN_RELEASE:
-        return s_release(sql, req, reply);
+        return s_release(db, req, reply);
     default:
         *reply = pm_msg_new_error(req, "unknown_type", "not an enrollment-token request");
         return STORE_ERR_BAD;
