@@ -737,6 +737,8 @@ S_CG_KIND(s_cg_token_update)
 S_CG_KIND(s_cg_chal_use)
 S_CG_KIND(s_cg_idle)
 S_CG_KIND(s_cg_ack)
+S_CG_KIND(s_cg_push_info)
+S_CG_KIND(s_cg_push_outcome)
 
 static pm_msg_t *s_chal_use(int i)
 {
@@ -812,6 +814,39 @@ static pm_msg_t *s_cg_make_ack(int i, void *arg)
     return s_connect_keys(s_cg_eid[i], "Acknowledged", "CMD-DI-CG", 2, true);
 }
 
+static pm_msg_t *s_cg_make_push_info(int i, void *arg)
+{
+    (void)arg;
+    pm_msg_t *m = pm_msg_new(PM_MSG_PUSH_INFO);
+    const char *e[1] = {s_cg_eid[i]};
+    pm_msg_set_strs(m, "eids", e, 1);
+    return m;
+}
+static pm_msg_t *s_cg_make_push_outcome(int i, void *arg)
+{
+    (void)arg;
+    pm_msg_t *m = pm_msg_new(PM_MSG_PUSH_OUTCOME);
+    msgpack_sbuffer b;
+    msgpack_sbuffer_init(&b);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 1);
+    msgpack_pack_map(&pk, 5);
+    s_str(&pk, "eid");
+    s_str(&pk, s_cg_eid[i]);
+    s_str(&pk, "outcome");
+    s_str(&pk, "sent");
+    s_str(&pk, "status");
+    msgpack_pack_uint32(&pk, 200);
+    s_str(&pk, "attempts");
+    msgpack_pack_uint32(&pk, 1);
+    s_str(&pk, "topic");
+    s_str(&pk, "com.apple.mgmt.External.0123");
+    assert_int_equal(pm_msg_set_packed(m, "outcomes", (const uint8_t *)b.data, b.size), 0);
+    msgpack_sbuffer_destroy(&b);
+    return m;
+}
+
 //  STORE_PROF_CG_DEVICES (default 200), STORE_PROF_BATCH (8). Checks the
 //  replies' status only; the figures come from callgrind.
 static void test_cg(void **state)
@@ -842,6 +877,8 @@ static void test_cg(void **state)
     s_cg_phase(db, svc, ndev, batch, s_cg_chal_use, s_cg_make_chal, NULL);
     s_cg_phase(db, svc, ndev, batch, s_cg_authenticate, s_cg_make_auth, NULL);
     s_cg_phase(db, svc, ndev, batch, s_cg_token_update, s_cg_make_token, NULL);
+    s_cg_phase(db, svc, ndev, batch, s_cg_push_info, s_cg_make_push_info, NULL);
+    s_cg_phase(db, svc, ndev, batch, s_cg_push_outcome, s_cg_make_push_outcome, NULL);
     pm_msg_t *m = pm_msg_new(PM_MSG_STORE_ENQUEUE);
     assert_int_equal(pm_msg_set_packed(m, "command",
                                        (const uint8_t *)"\x82\xabRequestType\xb1"
@@ -874,7 +911,8 @@ static void test_cg(void **state)
     sqlite3_finalize(q);
     if (getenv("STORE_PROF_CG"))
         printf("test_cg: %d requests of each kind (s_cg_chal_use, s_cg_authenticate, "
-               "s_cg_token_update, s_cg_idle, s_cg_ack), %d per transaction\n",
+               "s_cg_token_update, s_cg_push_info, s_cg_push_outcome, s_cg_idle, s_cg_ack), %d per "
+               "transaction\n",
                ndev, batch);
     free(targets);
     free(s_cg_eid);
