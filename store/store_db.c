@@ -11,6 +11,7 @@
 #include "store_inv.h"
 #include "store_walbuf.h"
 
+#include <czmq.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -191,6 +192,7 @@ _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema 
     X(EVENTS, "SELECT seq, ts, name, eid, source, data FROM events WHERE seq>?1"                   \
               " ORDER BY seq LIMIT ?2")                                                            \
     X(DOCTOR_NOTE, STORE_DOCTOR_NOTE_SQL)                                                          \
+    X(DOCTOR_GET, "SELECT cert_not_after, clock_skew_s, skew_at FROM identity WHERE eid=?1")       \
     X(WAKE_LIST, "SELECT eid FROM wake LIMIT ?1")                                                  \
     X(WAKE_CLEAR, "DELETE FROM wake WHERE eid=?1")                                                 \
     X(SILENT_LIST, "SELECT e.eid FROM enrollments e LEFT JOIN sessions s ON s.eid=e.eid"           \
@@ -227,8 +229,22 @@ typedef struct {
     sqlite3_stmt *st;
 } s_cached_t;
 
+//  The doctor facts last written for an enrollment (the identity row), so
+//  that a request whose facts change nothing skips the upsert (~7 k
+//  instructions, on every check-in and connect). Cleared whenever a
+//  transaction or savepoint is rolled back; at most S_IDENT_MAX entries.
+#define S_IDENT_MAX 100000
+typedef struct {
+    bool has_na, has_skew;
+    int64_t na, skew, skew_at;
+} s_ident_t;
+
+static void s_ident_free(void **item);
+static void s_ident_forget(store_db_t *db);
+
 struct store_db {
     sqlite3 *sql;
+    zhashx_t *ident; //  eid -> s_ident_t (store_db_doctor_note)
     s_cached_t cache[S_CACHE_SLOTS];
     int ncached;
     char errmsg[512];
@@ -581,6 +597,9 @@ store_db_t *store_db_new(const char *path, const store_db_opts_t *opts, char *er
     }
     msgpack_sbuffer_init(&db->scratch);
     msgpack_packer_init(&db->pk, &db->scratch, msgpack_sbuffer_write);
+    //  without it (out of memory) every doctor note runs its upsert
+    if ((db->ident = zhashx_new()))
+        zhashx_set_destructor(db->ident, s_ident_free);
     //  one write per commit into the WAL (store_walbuf.h): only with
     //  synchronous=FULL, whose sync per commit writes the commit out and
     //  reports a failure; otherwise (or if it cannot be registered) SQLite's
@@ -653,6 +672,7 @@ void store_db_destroy(store_db_t **pdb)
         sqlite3_close(db->sql);
     s_events_drop(db, 0);
     free(db->ev);
+    zhashx_destroy(&db->ident);
     msgpack_sbuffer_destroy(&db->scratch);
     free(db);
     *pdb = NULL;
@@ -723,6 +743,7 @@ void store_db_rollback(store_db_t *db)
     if (!sqlite3_get_autocommit(db->sql))
         s_exec(db, s_st(db, S_ROLLBACK), "rolling back");
     s_events_drop(db, 0);
+    s_ident_forget(db);
 }
 
 int store_db_op_begin(store_db_t *db)
@@ -736,6 +757,7 @@ void store_db_op_end(store_db_t *db, bool ok)
     if (!ok) {
         s_exec(db, s_st(db, S_ROLLBACK_TO), "undoing a request");
         s_events_drop(db, db->nev_mark);
+        s_ident_forget(db);
     }
     s_exec(db, s_st(db, S_RELEASE), "ending a savepoint");
 }
@@ -752,11 +774,75 @@ void store_db_events_flush(store_db_t *db, store_event_fn *fn, void *arg)
 
 /* ---- doctor facts (store_doctor.h) ---- */
 
+static void s_ident_free(void **item)
+{
+    free(*item);
+    *item = NULL;
+}
+
+//  The upsert's WHERE (STORE_DOCTOR_NOTE_SQL) on the remembered row: would
+//  these facts change it?
+static bool s_ident_changes(const s_ident_t *m, int64_t na, bool has_skew, int64_t skew,
+                            int64_t now)
+{
+    if (na > 0 && (!m->has_na || m->na != na))
+        return true;
+    return has_skew && (!m->has_skew || llabs(skew - m->skew) >= 30 || now - m->skew_at >= 3600000);
+}
+
+//  Remember `row` as eid's identity row. Nothing on failure.
+static void s_ident_put(store_db_t *db, const char *eid, const s_ident_t *row)
+{
+    if (!db->ident)
+        return;
+    s_ident_t *m = zhashx_lookup(db->ident, eid);
+    if (m) {
+        *m = *row;
+        return;
+    }
+    if (zhashx_size(db->ident) >= S_IDENT_MAX)
+        zhashx_purge(db->ident);
+    if ((m = malloc(sizeof *m))) {
+        *m = *row;
+        if (zhashx_insert(db->ident, eid, m) != 0)
+            free(m);
+    }
+}
+
+//  Remember eid's identity row as it is now in the transaction, read back
+//  (the upsert kept the columns it was not given).
+static void s_ident_remember(store_db_t *db, const char *eid)
+{
+    sqlite3_stmt *st = db->ident ? s_st(db, S_DOCTOR_GET) : NULL;
+    if (!st)
+        return;
+    s_bind_text(st, 1, eid);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        s_ident_t m = {.has_na = sqlite3_column_type(st, 0) != SQLITE_NULL,
+                       .na = sqlite3_column_int64(st, 0),
+                       .has_skew = sqlite3_column_type(st, 1) != SQLITE_NULL,
+                       .skew = sqlite3_column_int64(st, 1),
+                       .skew_at = sqlite3_column_int64(st, 2)};
+        s_ident_put(db, eid, &m);
+    }
+    sqlite3_reset(st);
+}
+
+//  A rollback undoes rows the memo may hold: forget them all (rare).
+static void s_ident_forget(store_db_t *db)
+{
+    if (db->ident)
+        zhashx_purge(db->ident);
+}
+
 int store_db_doctor_note(store_db_t *db, const char *eid, int64_t not_after_ms, bool has_skew,
                          int64_t skew_s, int64_t now_ms)
 {
     if (!eid || (not_after_ms <= 0 && !has_skew))
         return 0;
+    const s_ident_t *m = db->ident ? zhashx_lookup(db->ident, eid) : NULL;
+    if (m && !s_ident_changes(m, not_after_ms, has_skew, skew_s, now_ms))
+        return 0; //  what the upsert would do: nothing
     sqlite3_stmt *st = s_st(db, S_DOCTOR_NOTE);
     if (!st)
         return -1;
@@ -768,7 +854,18 @@ int store_db_doctor_note(store_db_t *db, const char *eid, int64_t not_after_ms, 
     sqlite3_bind_int64(st, 4, now_ms);
     if (s_exec(db, st, "recording the identity certificate and clock skew") < 0)
         return -1;
-    return sqlite3_changes(db->sql) > 0 ? 1 : 0;
+    int changed = sqlite3_changes(db->sql) > 0 ? 1 : 0;
+    if (m || (changed && not_after_ms > 0 && has_skew)) {
+        //  the row is known without reading it: the upsert set coalesce(new, old)
+        s_ident_t n = m ? *m : (s_ident_t){0};
+        if (changed && not_after_ms > 0)
+            n.has_na = true, n.na = not_after_ms;
+        if (changed && has_skew)
+            n.has_skew = true, n.skew = skew_s, n.skew_at = now_ms;
+        s_ident_put(db, eid, &n);
+    } else
+        s_ident_remember(db, eid);
+    return changed;
 }
 
 /* ---- enrollments ---- */

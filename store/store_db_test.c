@@ -1094,6 +1094,72 @@ static void test_copy_join(void **state)
         }
 }
 
+//  The doctor note skips its upsert when the remembered identity row says it
+//  would change nothing, and forgets what a rollback undid.
+static int s_identity_upserts;
+static int s_count_identity(unsigned type, void *ctx, void *p, void *x)
+{
+    (void)ctx, (void)x;
+    if (type == SQLITE_TRACE_STMT &&
+        strncmp(sqlite3_sql((sqlite3_stmt *)p), "INSERT INTO identity", 20) == 0)
+        s_identity_upserts++;
+    return 0;
+}
+
+static void test_doctor_note_memo(void **state)
+{
+    (void)state;
+    store_db_t *db = s_open();
+    s_enroll(db, "d1");
+    sqlite3_trace_v2(store_db_sqlite(db), SQLITE_TRACE_STMT, s_count_identity, NULL);
+    int64_t na = s_now + 3LL * 86400 * 1000;
+    s_identity_upserts = 0;
+    assert_int_equal(s_note(db, "d1", na, true, 10, s_now), 1);
+    assert_int_equal(s_identity_upserts, 1);
+    //  the same facts (a skew within 30 s, within the hour): no statement at all
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(s_note(db, "d1", na, true, 10 + i, s_now + 1000 * i), 0);
+    assert_int_equal(s_note(db, "d1", na, false, 0, s_now + 9000), 0);
+    assert_int_equal(s_identity_upserts, 1);
+    //  a change is written (and remembered)
+    assert_int_equal(s_note(db, "d1", na, true, 100, s_now + 10000), 1);
+    assert_int_equal(s_identity_upserts, 2);
+    assert_int_equal(s_note(db, "d1", na, true, 100, s_now + 11000), 0);
+    assert_int_equal(s_identity_upserts, 2);
+    //  rolled back: the row keeps 100, and the next note of 500 writes again
+    assert_int_equal(store_db_begin(db), 0);
+    assert_int_equal(store_db_doctor_note(db, "d1", na, true, 500, s_now + 12000), 1);
+    store_db_rollback(db);
+    assert_int_equal(s_fact(db, "d1", "clock_skew_s"), 100);
+    assert_int_equal(s_note(db, "d1", na, true, 500, s_now + 13000), 1);
+    assert_int_equal(s_fact(db, "d1", "clock_skew_s"), 500);
+    //  a savepoint undone (group commit: one failing request) likewise
+    assert_int_equal(store_db_begin(db), 0);
+    assert_int_equal(store_db_op_begin(db), 0);
+    assert_int_equal(store_db_doctor_note(db, "d1", na + 5000, true, 500, s_now + 14000), 1);
+    store_db_op_end(db, false);
+    s_commit(db);
+    assert_int_equal(s_fact(db, "d1", "cert_not_after"), na);
+    assert_int_equal(s_note(db, "d1", na + 5000, true, 500, s_now + 15000), 1);
+    assert_int_equal(s_fact(db, "d1", "cert_not_after"), na + 5000);
+    //  forgotten (a rollback), then facts that change nothing: the upsert runs
+    //  once and the row is read back; after that nothing runs again
+    assert_int_equal(store_db_begin(db), 0);
+    store_db_rollback(db);
+    int n = s_identity_upserts;
+    assert_int_equal(s_note(db, "d1", na + 5000, false, 0, s_now + 16000), 0);
+    assert_int_equal(s_identity_upserts, n + 1);
+    assert_int_equal(s_note(db, "d1", 0, true, 505, s_now + 17000), 0);
+    assert_int_equal(s_note(db, "d1", na + 5000, true, 495, s_now + 18000), 0);
+    assert_int_equal(s_identity_upserts, n + 1);
+    //  and an hour after the skew was measured it is measured again
+    assert_int_equal(s_note(db, "d1", 0, true, 500, s_now + 15000 + 3600000), 1);
+    assert_int_equal(s_identity_upserts, n + 2);
+    assert_int_equal(s_fact(db, "d1", "skew_at"), s_now + 15000 + 3600000);
+    sqlite3_trace_v2(store_db_sqlite(db), 0, NULL, NULL);
+    store_db_destroy(&db);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1109,6 +1175,7 @@ int main(void)
         cmocka_unit_test(test_doctor_identity_facts),
         cmocka_unit_test(test_stmt_cache),
         cmocka_unit_test(test_copy_join),
+        cmocka_unit_test(test_doctor_note_memo),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
