@@ -20,6 +20,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <malloc.h>
+#include <openssl/pem.h>
 #include <openssl/rsa.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -103,6 +104,10 @@ static const pm_opt_t s_opts[] = {
      "the check-ins each on its own new TLS connection (3 full handshakes per enrollment); "
      "shared = the --concurrency keep-alive connections shared by all devices; request = a new "
      "connection per request (6)"},
+    {"key-dir", PM_OPT_STR, NULL,
+     "with --enroll-url: take device i's RSA key from DIR/rsa<i>.pem, making and writing it "
+     "there when missing (benchmarks: keys made once for several runs; each device of a run "
+     "still has its own key)"},
     {"renew", PM_OPT_BOOL, "false",
      "with --enroll-url: after the sessions, renew every certificate over SCEP (RenewalReq) "
      "and run the sessions again with the new one"},
@@ -171,14 +176,45 @@ static int s_scep_enroll(const pm_cfg_t *cfg, devsim_run_t *run, int n, devsim_c
     //  the offered rate at one core's keys per second and take the CPU from
     //  the server it measures.
     EVP_PKEY **keys = calloc((size_t)n, sizeof *keys);
+    const char *kdir = pm_cfg_str(cfg, "key-dir");
+    int made = 0, loaded = 0;
+    if (kdir && mkdir(kdir, 0700) < 0 && errno != EEXIST) {
+        snprintf(err, errlen, "cannot create --key-dir '%s': %s", kdir, strerror(errno));
+        free(keys);
+        return -1;
+    }
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (int i = 0; keys && i < n && !zsys_interrupted; i++)
-        keys[i] = EVP_RSA_gen(2048);
+    for (int i = 0; keys && i < n && !zsys_interrupted; i++) {
+        char kp[1024] = "";
+        if (kdir) {
+            snprintf(kp, sizeof kp, "%s/rsa%d.pem", kdir, i);
+            FILE *f = fopen(kp, "r");
+            if (f) {
+                keys[i] = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+                fclose(f);
+                loaded += keys[i] != NULL;
+            }
+        }
+        if (!keys[i]) {
+            keys[i] = EVP_RSA_gen(2048);
+            made += keys[i] != NULL;
+            FILE *f = kp[0] && keys[i] ? fopen(kp, "w") : NULL;
+            if (f) {
+                PEM_write_PrivateKey(f, keys[i], NULL, NULL, 0, NULL, NULL);
+                fclose(f);
+            }
+        }
+    }
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double ks = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-    printf("scep: %d RSA-2048 device keys made in %.2f s (%.1f ms each: one core makes %.0f/s), "
-           "before the first request\n",
-           n, ks, n > 0 ? ks * 1e3 / n : 0.0, ks > 0 ? n / ks : 0.0);
+    if (loaded)
+        printf("scep: %d RSA-2048 device keys read from %s, %d made, in %.2f s, before the first "
+               "request\n",
+               loaded, kdir, made, ks);
+    else
+        printf("scep: %d RSA-2048 device keys made in %.2f s (%.1f ms each: one core makes "
+               "%.1f/s), before the first request\n",
+               n, ks, n > 0 ? ks * 1e3 / n : 0.0, ks > 0 ? n / ks : 0.0);
     fflush(stdout);
     int rc = -1;
     const char *go = pm_cfg_str(cfg, "go-file");
