@@ -81,11 +81,11 @@ typedef struct {
     size_t nlat, caplat;
     double *latk; //  ms, the requests sent on an already open connection (no TLS handshake)
     size_t nlatk, caplatk;
-    long units;  //  enrollments or sessions completed
-    long conns;  //  connections (TLS handshakes) the requests opened
+    long units;   //  enrollments or sessions completed
+    long conns;   //  connections (TLS handshakes) the requests opened
     long scep_ok; //  devices that got an identity over SCEP (devsim_run_enroll_url)
-    long cmds;   //  command round trips (a report with a CommandUUID)
-    long failed; //  jobs that failed
+    long cmds;    //  command round trips (a report with a CommandUUID)
+    long failed;  //  jobs that failed
     //  Open loop (--rate): the schedule and how well it was kept.
     bool open;
     double rate;                    //  offered: jobs started per second
@@ -131,7 +131,7 @@ struct devsim_run {
     //  queued/running, and whether another wake arrived meanwhile. A device
     //  runs one session at a time; a push during a session means one more.
     unsigned char *wake_state;
-    double t_begin; //  ms: devsim_run_new (the latency log's time origin)
+    double t_begin;            //  ms: devsim_run_new (the latency log's time origin)
     devsim_profile_t *profile; //  the first profile devsim_run_enroll_url got (owned)
 };
 
@@ -493,8 +493,8 @@ static int s_submit(devsim_run_t *r, slot_t *s, plist_t msg, bool checkin)
     const char *ua = s->job->dev->is_mac ? "MDM-OSX/1.0" : "MDM/1.0";
     //  an enrollment's check-ins (mdmd): their own connection in DEVICE mode
     step_kind_t k = s->job->steps[s->job->at].kind;
-    bool first = k == ST_AUTH, last = (k == ST_AUTH || k == ST_TOKEN) &&
-                                      s->job->at + 1 == s->job->nsteps;
+    bool first = k == ST_AUTH,
+         last = (k == ST_AUTH || k == ST_TOKEN) && s->job->at + 1 == s->job->nsteps;
     s_send(r, s, url, ua, 0, &s->hdr[0], s->body, s->bodylen, first, last);
     if (r->o.verbose) {
         char idbuf[128];

@@ -289,8 +289,8 @@ static int s_read_payloads(devsim_profile_t *p, plist_t root, char *err, size_t 
 
 //  The profile's CMS and its payloads (not verified yet: the SCEP URL it names
 //  says where the CA to verify it with is). *cms is the caller's.
-static devsim_profile_t *s_profile_read(const unsigned char *der, size_t len,
-                                        CMS_ContentInfo **cms, char *err, size_t errlen)
+static devsim_profile_t *s_profile_read(const unsigned char *der, size_t len, CMS_ContentInfo **cms,
+                                        char *err, size_t errlen)
 {
     devsim_profile_t *p = calloc(1, sizeof *p);
     BIO *in = BIO_new_mem_buf(der, (int)len);
@@ -390,9 +390,8 @@ static int s_pkiop_build(const devsim_profile_t *p, int type, X509_REQ *csr, X50
 //  The CertRep for `op`: signed by the RA, for our transaction and nonce,
 //  SUCCESS, a certificate from the device CA for `newkey`. *id on success.
 static int s_pkiop_check(const devsim_profile_t *p, const s_pkiop_t *op, long status,
-                         const unsigned char *body, size_t blen, X509 *signer,
-                         EVP_PKEY *signer_key, EVP_PKEY *newkey, devsim_ident_t **id, char *err,
-                         size_t errlen)
+                         const unsigned char *body, size_t blen, X509 *signer, EVP_PKEY *signer_key,
+                         EVP_PKEY *newkey, devsim_ident_t **id, char *err, size_t errlen)
 {
     pm_scepc_result_t res = {0};
     int rc = -1;
@@ -441,7 +440,7 @@ typedef enum { S_PROFILE, S_CACERT, S_CACAPS, S_PKIOP, S_DONE } s_step_t;
 struct devsim_scep_dev {
     s_step_t step;
     char enroll_url[512];
-    char url[700]; //  the request being made
+    char url[700];       //  the request being made
     char challenge[256]; //  replaces the profile's when set (negative tests); secret
     EVP_PKEY *key;       //  the device key (a reference)
     CMS_ContentInfo *cms;
@@ -452,8 +451,7 @@ struct devsim_scep_dev {
     devsim_ident_t *ident;
 };
 
-devsim_scep_dev_t *devsim_scep_dev_new(const char *enroll_url, EVP_PKEY *key,
-                                       const char *challenge)
+devsim_scep_dev_t *devsim_scep_dev_new(const char *enroll_url, EVP_PKEY *key, const char *challenge)
 {
     devsim_scep_dev_t *d = calloc(1, sizeof *d);
     if (!d)
@@ -526,8 +524,8 @@ int devsim_scep_dev_next(devsim_scep_dev_t *d, devsim_scep_req_t *req)
     return 0;
 }
 
-int devsim_scep_dev_reply(devsim_scep_dev_t *d, long status, const unsigned char *body,
-                          size_t len, char *err, size_t errlen)
+int devsim_scep_dev_reply(devsim_scep_dev_t *d, long status, const unsigned char *body, size_t len,
+                          char *err, size_t errlen)
 {
     static const unsigned char none[1] = {0};
     if (!body)
@@ -567,14 +565,13 @@ int devsim_scep_dev_reply(devsim_scep_dev_t *d, long status, const unsigned char
         }
         //  the key made before the run when it has the profile's Keysize
         devsim_profile_t *p = d->profile;
-        if (!d->key || !EVP_PKEY_is_a(d->key, "RSA") ||
-            EVP_PKEY_get_bits(d->key) != p->keysize) {
+        if (!d->key || !EVP_PKEY_is_a(d->key, "RSA") || EVP_PKEY_get_bits(d->key) != p->keysize) {
             EVP_PKEY_free(d->key);
             d->key = EVP_RSA_gen((unsigned)p->keysize);
         }
-        d->csr = d->key ? pm_scepc_csr_name(d->key, p->subject,
-                                            p->challenge[0] ? p->challenge : NULL)
-                        : NULL;
+        d->csr = d->key
+                     ? pm_scepc_csr_name(d->key, p->subject, p->challenge[0] ? p->challenge : NULL)
+                     : NULL;
         d->self = d->key ? pm_scepc_self_signed(d->key, "devsim SCEP transient") : NULL;
         if (!d->csr || !d->self) {
             snprintf(err, errlen, "cannot make the key and request");
@@ -586,8 +583,8 @@ int devsim_scep_dev_reply(devsim_scep_dev_t *d, long status, const unsigned char
         return 0;
     }
     case S_PKIOP:
-        if (s_pkiop_check(d->profile, &d->op, status, body, len, d->self, d->key, d->key,
-                          &d->ident, err, errlen) < 0)
+        if (s_pkiop_check(d->profile, &d->op, status, body, len, d->self, d->key, d->key, &d->ident,
+                          err, errlen) < 0)
             return -1;
         d->step = S_DONE;
         return 0;
@@ -635,10 +632,10 @@ int devsim_scep_renew(const devsim_profile_t *p, const devsim_scep_opts_t *o,
         snprintf(err, errlen, "cannot make the renewal key and request");
     else if (s_pkiop_build(p, PM_SCEP_RENEWALREQ, csr, devsim_ident_cert(old),
                            devsim_ident_key(old), &op, err, errlen) == 0 &&
-             s_http(o, url, op.der, op.len, "Content-Type: application/x-pki-message", &b, &st,
-                    err, errlen) == 0)
-        rc = s_pkiop_check(p, &op, st, b.data, b.len, devsim_ident_cert(old),
-                           devsim_ident_key(old), key, id, err, errlen);
+             s_http(o, url, op.der, op.len, "Content-Type: application/x-pki-message", &b, &st, err,
+                    errlen) == 0)
+        rc = s_pkiop_check(p, &op, st, b.data, b.len, devsim_ident_cert(old), devsim_ident_key(old),
+                           key, id, err, errlen);
     free(b.data);
     OPENSSL_free(op.der);
     EVP_PKEY_free(key);

@@ -87,8 +87,8 @@ void devsim_scep_dev_destroy(devsim_scep_dev_t **d);
 int devsim_scep_dev_next(devsim_scep_dev_t *d, devsim_scep_req_t *req);
 //  The reply to the request from devsim_scep_dev_next (status, body). 0 to go
 //  on; -1 with the reason in err (a CertRep FAILURE says "FAILURE failInfo N").
-int devsim_scep_dev_reply(devsim_scep_dev_t *d, long status, const unsigned char *body,
-                          size_t len, char *err, size_t errlen);
+int devsim_scep_dev_reply(devsim_scep_dev_t *d, long status, const unsigned char *body, size_t len,
+                          char *err, size_t errlen);
 //  When done: the verified profile (borrowed, or taken: the caller owns it)
 //  and the identity (taken: the caller owns it). NULL before.
 const devsim_profile_t *devsim_scep_dev_profile(const devsim_scep_dev_t *d);

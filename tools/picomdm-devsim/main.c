@@ -385,7 +385,7 @@ int main(int argc, char **argv)
     devsim_run_t *run = NULL;
     devsim_push_t *push = NULL;
     const devsim_profile_t *profile = NULL; //  --enroll-url: the first device's profile
-    FILE *latlog = NULL;              //  --latency-log
+    FILE *latlog = NULL;                    //  --latency-log
     int n = 0;
     char err[256];
     bool verbose = pm_cfg_bool(cfg, "verbose");
