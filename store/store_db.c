@@ -700,12 +700,12 @@ int store_db_depths(store_db_t *db, int64_t *active, int64_t *sent, int64_t *wak
     };
     int64_t *out[3] = {active, sent, wake};
     for (int i = 0; i < 3; i++) {
-        sqlite3_stmt *st = NULL;
-        int ok = sqlite3_prepare_v2(db->sql, q[i], -1, &st, NULL) == SQLITE_OK &&
-                 sqlite3_step(st) == SQLITE_ROW;
+        sqlite3_stmt *st = store_db_stmt(db, q[i]);
+        int ok = st && sqlite3_step(st) == SQLITE_ROW;
         if (ok)
             *out[i] = sqlite3_column_int64(st, 0);
-        sqlite3_finalize(st);
+        if (st)
+            sqlite3_reset(st);
         if (!ok) {
             s_dberr(db, "counting queue depths");
             return -1;

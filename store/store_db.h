@@ -112,22 +112,24 @@ int store_db_depths(store_db_t *db, int64_t *active, int64_t *sent, int64_t *wak
 const char *store_db_errmsg(const store_db_t *db);
 
 //  The SQLite handle (owned by db), for the store's modules in other files
-//  (store_push.c, store_doctor.c); they run inside the transaction the caller
-//  opened, like the operations here. Statements they run often come from
+//  (store_push.c, store_doctor.c, ...); they run inside the transaction the
+//  caller opened, like the operations here, and take their statements from
 //  store_db_stmt (never finalize those).
 struct sqlite3 *store_db_sqlite(store_db_t *db);
 
 //  The statement cache every module of the store uses (store_db's own
-//  operations, store_chal, store_inv, store_push, store_token): `sql`,
-//  prepared once on db's connection (SQLITE_PREPARE_PERSISTENT) and kept,
-//  handed out reset and with its bindings cleared. The key is the address of
-//  `sql`, which must be a string constant (a static array or literal):
-//  identical constants may share one statement, so a caller must not run
-//  the same SQL again while it still steps through its rows. A schema
-//  change is handled by SQLite (the statement is prepared again on its next
-//  step). Owned by db: finalized by store_db_destroy before the connection
-//  closes (so it really closes). NULL if it cannot be prepared or the cache
-//  is full (store_db_errmsg says which; both are programming errors).
+//  operations, store_chal, store_doctor, store_inv, store_push, store_token):
+//  `sql`, prepared once on db's connection (SQLITE_PREPARE_PERSISTENT) and
+//  kept, handed out reset and with its bindings cleared. The key is the
+//  address of `sql`, which must be a string constant (a static array or a
+//  literal): identical constants may share one statement, so a caller must
+//  not run the same SQL again while it still steps through its rows. A
+//  schema change is handled by SQLite (the statement is prepared again on
+//  its next step). Owned by db: finalized by store_db_destroy before the
+//  connection closes (so it really closes); a caller resets what it stepped
+//  (a statement left on a row keeps a read transaction open). NULL if it
+//  cannot be prepared or the cache is full (store_db_errmsg says which;
+//  both are programming errors).
 struct sqlite3_stmt;
 struct sqlite3_stmt *store_db_stmt(store_db_t *db, const char *sql);
 //  How many statements the cache holds (tests: no statement prepared per request).

@@ -934,7 +934,7 @@ static int64_t s_fact(store_db_t *db, const char *eid, const char *key)
 {
     msgpack_sbuffer out;
     msgpack_sbuffer_init(&out);
-    assert_int_equal(store_doctor_device(store_db_sqlite(db), eid, &out), 0);
+    assert_int_equal(store_doctor_device(db, eid, &out), 0);
     msgpack_unpacked u;
     msgpack_unpacked_init(&u);
     assert_int_equal(msgpack_unpack_next(&u, out.data, out.size, NULL), MSGPACK_UNPACK_SUCCESS);
@@ -977,9 +977,7 @@ static void test_doctor_identity_facts(void **state)
     assert_int_equal(s_note(db, "d2", s_now - 1000, true, -600, s_now), 1);
     msgpack_sbuffer out;
     msgpack_sbuffer_init(&out);
-    assert_int_equal(
-        store_doctor_fleet(store_db_sqlite(db), 86400000, 3, s_now, 30LL * 86400 * 1000, 300, &out),
-        0);
+    assert_int_equal(store_doctor_fleet(db, 86400000, 3, s_now, 30LL * 86400 * 1000, 300, &out), 0);
     msgpack_unpacked u;
     msgpack_unpacked_init(&u);
     assert_int_equal(msgpack_unpack_next(&u, out.data, out.size, NULL), MSGPACK_UNPACK_SUCCESS);

@@ -17,13 +17,13 @@ static void s_bool_col(msgpack_packer *pk, sqlite3_stmt *st, int i)
         msgpack_pack_false(pk);
 }
 
-//  Prepare `q` with eid bound as ?1. NULL on failure (logged).
-static sqlite3_stmt *s_prep(sqlite3 *sql, const char *q, const char *eid)
+//  The cached statement `q` (store_db_stmt; q a string constant) with eid
+//  bound as ?1. NULL on failure (logged).
+static sqlite3_stmt *s_prep(store_db_t *db, const char *q, const char *eid)
 {
-    sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(sql, q, -1, &st, NULL) != SQLITE_OK) {
-        pm_error("doctor query failed: %s", sqlite3_errmsg(sql));
-        sqlite3_finalize(st);
+    sqlite3_stmt *st = store_db_stmt(db, q);
+    if (!st) {
+        pm_error("doctor query failed: %s", store_db_errmsg(db));
         return NULL;
     }
     if (eid)
@@ -31,36 +31,37 @@ static sqlite3_stmt *s_prep(sqlite3 *sql, const char *q, const char *eid)
     return st;
 }
 
-int store_doctor_device(sqlite3 *sql, const char *eid, msgpack_sbuffer *out)
+int store_doctor_device(store_db_t *db, const char *eid, msgpack_sbuffer *out)
 {
+    sqlite3 *sql = store_db_sqlite(db);
     int rc = -1;
     sqlite3_stmt *e = NULL, *q = NULL, *h = NULL, *p = NULL, *n = NULL, *id = NULL;
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
     //  last seen: a check-in (enrollments) or a command-loop request (sessions)
-    e = s_prep(sql,
+    e = s_prep(db,
                "SELECT e.kind, e.enrolled, e.token_update IS NOT NULL, e.push_token IS NOT NULL,"
                " e.topic, e.stale_token, EXISTS(SELECT 1 FROM wake w WHERE w.eid=e.eid),"
                " e.first_seen, max(e.last_seen, coalesce(s.last_seen, 0))"
                " FROM enrollments e LEFT JOIN sessions s ON s.eid=e.eid WHERE e.eid=?1",
                eid);
     //  the identity facts of this enrollment, else of its device (user channels)
-    id = s_prep(sql,
+    id = s_prep(db,
                 "SELECT cert_not_after, clock_skew_s, skew_at FROM identity WHERE eid=?1"
                 " OR eid=(SELECT parent FROM enrollments WHERE eid=?1) ORDER BY eid=?1 DESC"
                 " LIMIT 1",
                 eid);
-    q = s_prep(sql, "SELECT count(*), max(created) FROM queue WHERE eid=?1 AND active=1", eid);
-    h = s_prep(sql,
+    q = s_prep(db, "SELECT count(*), max(created) FROM queue WHERE eid=?1 AND active=1", eid);
+    h = s_prep(db,
                "SELECT c.uuid, c.request_type, q.status, q.notnow_count, q.deliveries, q.created,"
                " q.delivered FROM queue q JOIN commands c ON c.id=q.cmd"
                " WHERE q.eid=?1 AND q.active=1 ORDER BY q.priority DESC, q.cmd LIMIT 5",
                eid);
-    p = s_prep(sql,
+    p = s_prep(db,
                "SELECT name, ts, data FROM events WHERE eid=?1 AND name LIKE 'push.%'"
                " ORDER BY seq DESC LIMIT 1",
                eid);
-    n = s_prep(sql, "SELECT count(*) FROM events WHERE eid=?1 AND name LIKE 'push.%'", eid);
+    n = s_prep(db, "SELECT count(*) FROM events WHERE eid=?1 AND name LIKE 'push.%'", eid);
     if (!e || !q || !h || !p || !n || !id)
         goto out;
     int r = sqlite3_step(e);
@@ -163,27 +164,28 @@ int store_doctor_device(sqlite3 *sql, const char *eid, msgpack_sbuffer *out)
 out:
     if (rc < 0)
         pm_error("doctor facts for %s failed: %s", eid, sqlite3_errmsg(sql));
-    sqlite3_finalize(e);
-    sqlite3_finalize(q);
-    sqlite3_finalize(h);
-    sqlite3_finalize(p);
-    sqlite3_finalize(n);
-    sqlite3_finalize(id);
+    sqlite3_reset(e);
+    sqlite3_reset(q);
+    sqlite3_reset(h);
+    sqlite3_reset(p);
+    sqlite3_reset(n);
+    sqlite3_reset(id);
     return rc;
 }
 
-int store_doctor_fleet(sqlite3 *sql, int64_t silent_ms, unsigned notnow_limit, int64_t now_ms,
+int store_doctor_fleet(store_db_t *db, int64_t silent_ms, unsigned notnow_limit, int64_t now_ms,
                        int64_t identity_warn_ms, int64_t skew_max_s, msgpack_sbuffer *out)
 {
+    sqlite3 *sql = store_db_sqlite(db);
     int rc = -1;
     sqlite3_stmt *e = NULL, *s = NULL, *p = NULL, *id = NULL;
-    id = s_prep(sql,
+    id = s_prep(db,
                 "SELECT coalesce(sum(i.cert_not_after <= ?1),0),"
                 " coalesce(sum(i.cert_not_after > ?1 AND i.cert_not_after < ?2),0),"
                 " coalesce(sum(abs(i.clock_skew_s) > ?3),0)"
                 " FROM identity i JOIN enrollments e ON e.eid=i.eid WHERE e.enrolled=1",
                 NULL);
-    e = s_prep(sql,
+    e = s_prep(db,
                "SELECT count(*), coalesce(sum(e.enrolled=1 AND e.push_token IS NOT NULL),0),"
                " coalesce(sum(e.enrolled=0 AND e.token_update IS NULL),0),"
                " coalesce(sum(e.enrolled=0 AND e.token_update IS NOT NULL),0),"
@@ -192,11 +194,11 @@ int store_doctor_fleet(sqlite3 *sql, int64_t silent_ms, unsigned notnow_limit, i
                " coalesce(sum(e.enrolled=1 AND max(e.last_seen, coalesce(s.last_seen, 0)) < ?1),0)"
                " FROM enrollments e LEFT JOIN sessions s ON s.eid=e.eid",
                NULL);
-    s = s_prep(sql,
+    s = s_prep(db,
                "SELECT count(DISTINCT eid) FROM queue WHERE active=1 AND"
                " (notnow_count >= ?1 OR (status='sent' AND delivered < ?2))",
                NULL);
-    p = s_prep(sql, "SELECT EXISTS(SELECT 1 FROM events WHERE name LIKE 'push.%')", NULL);
+    p = s_prep(db, "SELECT EXISTS(SELECT 1 FROM events WHERE name LIKE 'push.%')", NULL);
     if (!e || !s || !p || !id)
         goto out;
     sqlite3_bind_int64(id, 1, now_ms);
@@ -230,10 +232,10 @@ int store_doctor_fleet(sqlite3 *sql, int64_t silent_ms, unsigned notnow_limit, i
 out:
     if (rc < 0)
         pm_error("doctor fleet facts failed: %s", sqlite3_errmsg(sql));
-    sqlite3_finalize(e);
-    sqlite3_finalize(s);
-    sqlite3_finalize(p);
-    sqlite3_finalize(id);
+    sqlite3_reset(e);
+    sqlite3_reset(s);
+    sqlite3_reset(p);
+    sqlite3_reset(id);
     return rc;
 }
 
@@ -246,7 +248,7 @@ store_rc_t store_doctor_svc(store_db_t *db, const pm_msg_t *req, pm_msg_t **repl
     const char *eid = pm_msg_str(req, "eid");
     *reply = NULL;
     if (eid && *eid) {
-        int r = store_doctor_device(sql, eid, &b);
+        int r = store_doctor_device(db, eid, &b);
         if (r == 1) {
             *reply = pm_msg_new_error(
                 req, "not_found", "no enrollment %.128s: list them with `picomdm devices`", eid);
@@ -258,7 +260,7 @@ store_rc_t store_doctor_svc(store_db_t *db, const pm_msg_t *req, pm_msg_t **repl
     } else {
         uint64_t iw = pm_msg_uint(req, "identity_warn_s", 30 * 86400);
         uint64_t sk = pm_msg_uint(req, "skew_max_s", STORE_DOCTOR_SKEW_MAX_S);
-        if (store_doctor_fleet(sql, (int64_t)pm_msg_uint(req, "silent_s", 86400) * 1000,
+        if (store_doctor_fleet(db, (int64_t)pm_msg_uint(req, "silent_s", 86400) * 1000,
                                (unsigned)pm_msg_uint(req, "notnow_limit", 3), now_ms,
                                iw > 100 * 365 * 86400ULL ? INT64_MAX / 4 : (int64_t)iw * 1000,
                                sk > INT32_MAX ? INT32_MAX : (int64_t)sk, &b) < 0)

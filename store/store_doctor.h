@@ -52,12 +52,12 @@
 //  One enrollment's facts as a packed map (see DOCTOR_REPLY.device in
 //  proto/pm_msgtab.def). 0, 1 when the enrollment is unknown, -1 on a
 //  database failure.
-int store_doctor_device(sqlite3 *sql, const char *eid, msgpack_sbuffer *out);
+int store_doctor_device(store_db_t *db, const char *eid, msgpack_sbuffer *out);
 
 //  The fleet's counts as a packed map (DOCTOR_REPLY.fleet). 0 / -1.
 //  identity_warn_ms / skew_max_s: what counts as an identity certificate
 //  expiring soon and a device clock off (enrolled devices only).
-int store_doctor_fleet(sqlite3 *sql, int64_t silent_ms, unsigned notnow_limit, int64_t now_ms,
+int store_doctor_fleet(store_db_t *db, int64_t silent_ms, unsigned notnow_limit, int64_t now_ms,
                        int64_t identity_warn_ms, int64_t skew_max_s, msgpack_sbuffer *out);
 
 //  Answer store.doctor. *reply is always set (an error reply on failure).
