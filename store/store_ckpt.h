@@ -92,7 +92,9 @@ typedef struct {
 //  generation, or once the WAL holds 1.25 x the cap, the store's thread
 //  tidies as before (so the WAL stays well under twice the cap).
 #define STORE_CKPT_HOLD_MS 4.0
+#ifndef STORE_CKPT_ATTEMPTS //  -DSTORE_CKPT_ATTEMPTS=0: no hand-overs (the session-5 behaviour)
 #define STORE_CKPT_ATTEMPTS 8
+#endif
 #define STORE_CKPT_HANDOVER_END(cap) ((cap) + (cap) / 4)
 
 //  Start the checkpoint thread on the database at `path` (opened by the
