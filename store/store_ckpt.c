@@ -345,5 +345,6 @@ void store_ckpt_stats(store_ckpt_t *ck, store_ckpt_stats_t *out)
         return;
     pthread_mutex_lock(&ck->mu);
     *out = ck->st;
+    out->backlog = ck->frames - ck->backfilled;
     pthread_mutex_unlock(&ck->mu);
 }

@@ -66,6 +66,7 @@ typedef struct {
     uint64_t hold_waits;     //  times the store's thread waited for one (store_ckpt_hold)
     double hold_ms_total;    //  time it waited
     double hold_ms_max;      //  the longest wait
+    int64_t backlog;         //  frames of the WAL not yet copied into the database
 } store_ckpt_stats_t;
 
 //  The WAL holds about this many times the threshold at most: from there
