@@ -440,9 +440,6 @@ static int s_migrate(store_db_t *db)
     return 0;
 }
 
-//  After every commit: the WAL holds `frames`. Hand it to the checkpoint
-//  thread, or checkpoint here (inside the commit, as SQLite's auto-checkpoint
-//  does) once it holds wal_threshold frames; timed either way.
 static double s_mono_ms(void)
 {
     struct timespec t;
@@ -478,6 +475,9 @@ static void s_commit_timing(store_db_t *db, int frames)
     db->io = io;
 }
 
+//  After every commit: the WAL holds `frames`. Hand it to the checkpoint
+//  thread, or checkpoint here (inside the commit, as SQLite's auto-checkpoint
+//  does) once it holds wal_threshold frames; timed either way.
 static int s_wal_hook(void *arg, sqlite3 *sql, const char *name, int frames)
 {
     store_db_t *db = arg;
