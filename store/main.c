@@ -45,8 +45,10 @@ static const pm_opt_t s_opts[] = {
      "file grows to 4 times this before it starts over"},
     {"checkpoint", PM_OPT_STR, "thread",
      "thread: WAL checkpoints (PASSIVE) in a thread of their own, not in a request's way; when "
-     "the WAL reaches 4 x wal-autocheckpoint the store's thread copies the few frames left, after "
-     "answering a batch, and the WAL starts over. inline: inside the commit that crosses "
+     "the WAL reaches 4 x wal-autocheckpoint the thread copies the last frames right after a "
+     "commit while the store's thread waits at most 4 ms before its next transaction, and the WAL "
+     "starts over (after 8 misses the store's thread copies them itself). inline: inside the "
+     "commit that crosses "
      "wal-autocheckpoint, so that batch's requests wait for it (SQLite's way)"},
     {"wal-buffer", PM_OPT_BOOL, "true",
      "gather each commit's WAL pages into one write (used with synchronous=full only; false: "
@@ -99,6 +101,14 @@ static void s_log_timing(const store_svc_t *svc, store_db_t *db)
             t.batch_max, (unsigned long long)w.passive, (unsigned long long)w.frames, w.ms_total,
             w.ms_max, (unsigned long long)w.tidy, w.tidy_ms_max, (unsigned long long)w.restarts,
             (long long)w.wal_max, (long long)w.wal_frames);
+    if (w.handovers || w.tidy)
+        pm_info(
+            "WAL hand-overs at the cap: %llu, %llu of them let the WAL start over; the store's "
+            "thread waited for them %llu times, %.0f ms in all, longest %.1f ms; its own tidies "
+            "copied %llu frames, at most %lld in one",
+            (unsigned long long)w.handovers, (unsigned long long)w.handover_wins,
+            (unsigned long long)w.hold_waits, w.hold_ms_total, w.hold_ms_max,
+            (unsigned long long)w.tidy_frames, (long long)w.tidy_frames_max);
 }
 
 int main(int argc, char **argv)

@@ -29,6 +29,10 @@ struct store_ckpt {
     uint64_t gen;       //  bumped when the WAL starts over (frames went down)
     double last_commit; //  when the store last committed (monotonic ms)
     double retry_at;    //  a checkpoint failed or found another one running: not before this
+    bool hold;          //  a hand-over checkpoint is asked for or running (store_ckpt_hold)
+    int attempts;       //  hand-overs tried in this WAL generation
+    bool won;           //  one copied every frame: the next transaction starts the WAL over
+    bool waited;        //  the store's thread waited for the current hand-over already
     store_ckpt_stats_t st;
 };
 
@@ -37,6 +41,13 @@ static double s_now_ms(void)
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+static double s_wall_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
 //  Count a checkpoint that began in WAL generation `gen`, run by the thread
@@ -53,6 +64,12 @@ static void s_account(store_ckpt_t *ck, int rc, int nckpt, uint64_t gen, bool ow
     if (ck->gen == gen) {
         if (nckpt > ck->backfilled)
             ck->st.frames += (uint64_t)(nckpt - ck->backfilled);
+        if (!own && nckpt > ck->backfilled) {
+            int64_t n = nckpt - ck->backfilled;
+            ck->st.tidy_frames += (uint64_t)n;
+            if (n > ck->st.tidy_frames_max)
+                ck->st.tidy_frames_max = n;
+        }
         ck->backfilled = nckpt;
     }
 }
@@ -77,7 +94,12 @@ static void *s_run(void *arg)
         //  and the WAL would grow without bound
         if (ck->frames >= 2 * cap)
             due = idle = false;
-        if ((!due && !idle) || now < ck->retry_at) {
+        //  a hand-over (store_ckpt_note asked for it): at once, the store's
+        //  thread is waiting or about to wait for it
+        bool handover = ck->hold;
+        if (handover)
+            due = true;
+        if ((!due && !idle) || (now < ck->retry_at && !handover)) {
             //  sleep until signalled, or until the WAL has been idle long enough
             double until = now + 1000;
             if (backlog > 0 && ck->last_commit + ck->idle_ms < until)
@@ -94,6 +116,7 @@ static void *s_run(void *arg)
             continue;
         }
         uint64_t gen = ck->gen;
+        int64_t target = ck->frames; //  a hand-over wins if it copies this many
         ck->running = true;
         pthread_mutex_unlock(&ck->mu);
         int nlog = 0, nckpt = 0;
@@ -105,10 +128,22 @@ static void *s_run(void *arg)
                      "data directory's disk)",
                      sqlite3_errmsg(ck->sql));
         else
-            pm_debug("checkpoint: %d of %d WAL frames in the database, %.1f ms%s", nckpt, nlog, ms,
-                     rc == SQLITE_BUSY ? " (busy)" : "");
+            pm_debug("checkpoint: %d of %d WAL frames in the database, %.1f ms%s%s (at %.3f)",
+                     nckpt, nlog, ms, rc == SQLITE_BUSY ? " (busy)" : "",
+                     handover ? (rc == SQLITE_OK && nckpt == nlog ? " (hand-over, all copied)"
+                                                                  : " (hand-over, too late)")
+                              : "",
+                     s_wall_s());
         pthread_mutex_lock(&ck->mu);
         ck->running = false;
+        if (handover) {
+            ck->hold = false;
+            ck->st.handovers++;
+            //  every frame copied, and no commit since it began: the store's
+            //  next transaction starts the WAL over (counted in store_ckpt_note)
+            if (rc == SQLITE_OK && ck->gen == gen && nckpt == nlog && ck->frames == target)
+                ck->won = true;
+        }
         pthread_cond_broadcast(&ck->idle_cv);
         ck->st.passive += rc == SQLITE_OK;
         ck->st.ms_total += ms;
@@ -204,10 +239,18 @@ void store_ckpt_note(store_ckpt_t *ck, int64_t frames)
     if (!ck)
         return;
     pthread_mutex_lock(&ck->mu);
+    //  nothing was left to copy: the thread sleeps without an idle deadline;
+    //  wake it to set one (else the idle checkpoint comes up to 1 s late)
+    bool was_clean = ck->frames - ck->backfilled <= 0 || frames < ck->frames;
     if (frames < ck->frames) { //  the WAL started over
         ck->gen++;
         ck->backfilled = 0;
         ck->st.restarts++;
+        ck->st.handover_wins += ck->won;
+        ck->won = false;
+        ck->attempts = 0;
+    } else if (frames > ck->frames) {
+        ck->won = false; //  a commit landed after it: that one did not start the WAL over
     }
     ck->frames = frames;
     ck->st.wal_frames = frames;
@@ -215,28 +258,71 @@ void store_ckpt_note(store_ckpt_t *ck, int64_t frames)
         ck->st.wal_max = frames;
     ck->last_commit = s_now_ms();
     int64_t backlog = frames - ck->backfilled;
-    if (backlog >= ck->threshold || (frames >= (int64_t)STORE_CKPT_CAP_FACTOR * ck->threshold &&
-                                     backlog > STORE_CKPT_TIDY_FRAMES))
+    int64_t cap = (int64_t)STORE_CKPT_CAP_FACTOR * ck->threshold;
+    //  at the cap with only a few frames left: ask the thread for a final
+    //  checkpoint now, before the store's next transaction (store_ckpt_hold)
+    if (frames >= cap && frames < STORE_CKPT_HANDOVER_END(cap) && backlog > 0 &&
+        backlog <= STORE_CKPT_TIDY_FRAMES && !ck->running && !ck->hold &&
+        ck->attempts < STORE_CKPT_ATTEMPTS) {
+        ck->hold = true;
+        ck->waited = false;
+        ck->attempts++;
+        pthread_cond_signal(&ck->cv);
+    } else if (backlog >= ck->threshold || (frames >= cap && backlog > STORE_CKPT_TIDY_FRAMES) ||
+               (was_clean && backlog > 0))
         pthread_cond_signal(&ck->cv);
     pthread_mutex_unlock(&ck->mu);
 }
 
-bool store_ckpt_tidy_due(store_ckpt_t *ck)
+int64_t store_ckpt_tidy_due(store_ckpt_t *ck)
 {
     if (!ck)
-        return false;
+        return 0;
     pthread_mutex_lock(&ck->mu);
     int64_t cap = (int64_t)STORE_CKPT_CAP_FACTOR * ck->threshold;
     //  at twice the cap (a writer faster than the copying): the thread
     //  starts no new checkpoint, and the store's thread waits for the one
     //  running to end, so the WAL holds at most 2 x cap + one batch
-    while (ck->frames >= 2 * cap && ck->running && !ck->stop)
+    while (ck->frames >= 2 * cap && (ck->running || ck->hold) && !ck->stop)
         pthread_cond_wait(&ck->idle_cv, &ck->mu);
     int64_t backlog = ck->frames - ck->backfilled;
-    bool due = !ck->running && backlog > 0 &&
-               ((ck->frames >= cap && backlog <= STORE_CKPT_TIDY_FRAMES) || ck->frames >= 2 * cap);
+    //  below twice the cap, the thread's hand-overs first (store_ckpt_hold)
+    bool due =
+        !ck->running && !ck->hold && backlog > 0 &&
+        ((ck->frames >= cap && backlog <= STORE_CKPT_TIDY_FRAMES &&
+          (ck->attempts >= STORE_CKPT_ATTEMPTS || ck->frames >= STORE_CKPT_HANDOVER_END(cap))) ||
+         ck->frames >= 2 * cap);
     pthread_mutex_unlock(&ck->mu);
-    return due;
+    return due ? backlog : 0;
+}
+
+double store_ckpt_hold(store_ckpt_t *ck)
+{
+    if (!ck)
+        return 0;
+    pthread_mutex_lock(&ck->mu);
+    //  once per hand-over: one that took too long has lost its race already
+    if (!ck->hold || ck->waited) {
+        pthread_mutex_unlock(&ck->mu);
+        return 0;
+    }
+    ck->waited = true;
+    double t0 = s_now_ms();
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t ns = (int64_t)ts.tv_nsec + (int64_t)(STORE_CKPT_HOLD_MS * 1e6);
+    ts.tv_sec += (time_t)(ns / 1000000000L);
+    ts.tv_nsec = (long)(ns % 1000000000L);
+    while (ck->hold && !ck->stop)
+        if (pthread_cond_timedwait(&ck->idle_cv, &ck->mu, &ts) != 0)
+            break; //  too long: go on, the thread tries again at a later commit
+    double ms = s_now_ms() - t0;
+    ck->st.hold_waits++;
+    ck->st.hold_ms_total += ms;
+    if (ms > ck->st.hold_ms_max)
+        ck->st.hold_ms_max = ms;
+    pthread_mutex_unlock(&ck->mu);
+    return ms > 0 ? ms : 1e-6;
 }
 
 void store_ckpt_done(store_ckpt_t *ck, int rc, int nlog, int nckpt, double ms)
@@ -259,5 +345,6 @@ void store_ckpt_stats(store_ckpt_t *ck, store_ckpt_stats_t *out)
         return;
     pthread_mutex_lock(&ck->mu);
     *out = ck->st;
+    out->backlog = ck->frames - ck->backfilled;
     pthread_mutex_unlock(&ck->mu);
 }

@@ -16,10 +16,12 @@
  *    frame. Under steady load the thread rarely wins that race (the store
  *    commits every few ms, a checkpoint syncs twice), so the WAL keeps
  *    growing; once it holds STORE_CKPT_CAP_FACTOR x threshold frames, the
- *    thread copies until only a few frames are left, the store's thread
- *    copies those right after it answered a batch, and the WAL starts over.
- *    That bounds the WAL, and costs the store's thread one small checkpoint
- *    (two syncs) per cap instead of a full one per threshold. The -wal file
+ *    thread copies until only a few frames are left, then copies those
+ *    right after a commit while the store's thread holds its next
+ *    transaction back a few ms (the hand-over, below), and the WAL starts
+ *    over. That bounds the WAL; the store's thread copies the last frames
+ *    itself (one small checkpoint, two syncs) only when hand-overs keep
+ *    missing. The -wal file
  *    is kept at that size (journal_size_limit), never truncated to 0: a
  *    write that extends a file makes its fdatasync write the size too
  *    (measured here, ext4 on virtio: 4.7-7.3 ms against 2.7-2.9 ms
@@ -58,6 +60,15 @@ typedef struct {
     int64_t wal_max;    //  the most frames the WAL ever held
     uint64_t written;   //  frames (pages) the store's commits wrote into the WAL (store_db)
     uint64_t commits;   //  commits that wrote any (store_db)
+    //  session 6: the hand-over at the cap (see below)
+    uint64_t tidy_frames;    //  frames the store's thread copied in its tidies
+    int64_t tidy_frames_max; //  the most in one
+    uint64_t handovers;      //  final checkpoints the thread ran while the store held back
+    uint64_t handover_wins;  //  of those, the ones that let the WAL start over
+    uint64_t hold_waits;     //  times the store's thread waited for one (store_ckpt_hold)
+    double hold_ms_total;    //  time it waited
+    double hold_ms_max;      //  the longest wait
+    int64_t backlog;         //  frames of the WAL not yet copied into the database
 } store_ckpt_stats_t;
 
 //  The WAL holds about this many times the threshold at most: from there
@@ -69,6 +80,25 @@ typedef struct {
 //  the cap and one batch.
 #define STORE_CKPT_CAP_FACTOR 4
 #define STORE_CKPT_TIDY_FRAMES 256
+
+//  Session 6: the hand-over. A tidy on the store's thread costs one
+//  database fdatasync and one WAL fdatasync in a request's way, 1-45 ms on
+//  this disk whatever the number of frames (docs/queue.md, "Session 6").
+//  So at the cap, once at most STORE_CKPT_TIDY_FRAMES are left, the commit
+//  that notes it (store_ckpt_note) asks the thread for a final checkpoint
+//  right away, and the store's thread, before its next transaction
+//  (store_ckpt_hold), waits at most STORE_CKPT_HOLD_MS for it: a
+//  checkpoint that ends before the next transaction begins has copied
+//  every frame, and that transaction starts the WAL over. If it takes
+//  longer the store goes on (the WAL grows by a batch; the thread tries
+//  again at the next commit); after STORE_CKPT_ATTEMPTS tries in one WAL
+//  generation, or once the WAL holds 1.25 x the cap, the store's thread
+//  tidies as before (so the WAL stays well under twice the cap).
+#define STORE_CKPT_HOLD_MS 4.0
+#ifndef STORE_CKPT_ATTEMPTS //  -DSTORE_CKPT_ATTEMPTS=0: no hand-overs (the session-5 behaviour)
+#define STORE_CKPT_ATTEMPTS 8
+#endif
+#define STORE_CKPT_HANDOVER_END(cap) ((cap) + (cap) / 4)
 
 //  Start the checkpoint thread on the database at `path` (opened by the
 //  store already, in WAL mode). sync_full: PRAGMA synchronous FULL (else
@@ -88,7 +118,12 @@ void store_ckpt_note(store_ckpt_t *ck, int64_t frames);
 //  the WAL reached the cap with at most STORE_CKPT_TIDY_FRAMES of them (or
 //  twice the cap). At twice the cap it first waits for the thread's running
 //  checkpoint to end: the only case in which the store's thread waits.
-bool store_ckpt_tidy_due(store_ckpt_t *ck);
+//  Returns the frames left to copy (0: not due).
+int64_t store_ckpt_tidy_due(store_ckpt_t *ck);
+//  Before the store's thread begins a transaction: if the thread runs (or
+//  was just asked for) a hand-over checkpoint, wait until it ends, at most
+//  STORE_CKPT_HOLD_MS. Returns the milliseconds waited (0: no hand-over).
+double store_ckpt_hold(store_ckpt_t *ck);
 //  The store's thread ran that checkpoint: it took ms; rc, nlog, nckpt as
 //  sqlite3_wal_checkpoint_v2 returned them.
 void store_ckpt_done(store_ckpt_t *ck, int rc, int nlog, int nckpt, double ms);

@@ -20,6 +20,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define S_BUF_MAX (4 << 20) //  write out at this size even before a commit ends
 #define S_CHUNK 0x1f000     //  bytes per write (the unix VFS takes < 128 KiB at once)
@@ -40,6 +41,29 @@ static s_file_t *s_wals; //  open WAL files (under s_mu)
 static sqlite3_vfs *s_real;
 static sqlite3_vfs s_vfs;
 static sqlite3_io_methods s_methods;
+static _Thread_local store_walbuf_io_t s_io; //  store_walbuf_io
+
+static double s_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+//  A write handed to the default VFS, timed for store_walbuf_io.
+static int s_real_write(sqlite3_file *real, int k, const void *data, int n, sqlite3_int64 off)
+{
+    double t0 = s_ms();
+    int rc = real->pMethods->xWrite(real, data, n, off);
+    s_io.writes[k]++;
+    s_io.write_ms[k] += s_ms() - t0;
+    return rc;
+}
+
+void store_walbuf_io(store_walbuf_io_t *out)
+{
+    *out = s_io;
+}
 
 //  Write out what f gathered (s_mu held). SQLite's result code. In pieces:
 //  the unix VFS writes at most 128 KiB - 1 per call (seekAndWriteFd masks
@@ -49,8 +73,7 @@ static int s_flush(s_file_t *f)
     int rc = SQLITE_OK;
     for (size_t done = 0; rc == SQLITE_OK && done < f->len; done += S_CHUNK) {
         size_t n = f->len - done < S_CHUNK ? f->len - done : S_CHUNK;
-        rc =
-            f->real->pMethods->xWrite(f->real, f->buf + done, (int)n, f->off + (sqlite3_int64)done);
+        rc = s_real_write(f->real, 0, f->buf + done, (int)n, f->off + (sqlite3_int64)done);
     }
     f->len = 0; //  written or failed: the caller reports a failure
     return rc;
@@ -127,7 +150,7 @@ static int s_write(sqlite3_file *p, const void *data, int n, sqlite3_int64 off)
 {
     s_file_t *f = (s_file_t *)p;
     if (!f->wal || n <= 0)
-        return f->real->pMethods->xWrite(f->real, data, n, off);
+        return s_real_write(f->real, f->wal ? 0 : 1, data, n, off);
     int rc = SQLITE_OK;
     pthread_mutex_lock(&s_mu);
     if (f->err != SQLITE_OK) { //  an earlier write-out failed (s_shm_barrier): say so now
@@ -141,7 +164,7 @@ static int s_write(sqlite3_file *p, const void *data, int n, sqlite3_int64 off)
     if (rc == SQLITE_OK && f->len + (size_t)n > S_BUF_MAX)
         rc = s_flush(f);
     if (rc == SQLITE_OK && (size_t)n > S_BUF_MAX) {
-        rc = f->real->pMethods->xWrite(f->real, data, n, off);
+        rc = s_real_write(f->real, 0, data, n, off);
         goto out;
     }
     if (rc != SQLITE_OK)
@@ -154,7 +177,7 @@ static int s_write(sqlite3_file *p, const void *data, int n, sqlite3_int64 off)
         if (!b) { //  no memory to gather: write it as SQLite would
             rc = s_flush(f);
             if (rc == SQLITE_OK)
-                rc = f->real->pMethods->xWrite(f->real, data, n, off);
+                rc = s_real_write(f->real, 0, data, n, off);
             goto out;
         }
         f->buf = b;
@@ -178,7 +201,15 @@ static int s_truncate(sqlite3_file *p, sqlite3_int64 size)
 static int s_sync(sqlite3_file *p, int flags)
 {
     S_FLUSH_OR_RETURN(p);
-    return S_REAL(p)->pMethods->xSync(S_REAL(p), flags);
+    int k = ((s_file_t *)p)->wal ? 0 : 1;
+    double t0 = s_ms();
+    int rc = S_REAL(p)->pMethods->xSync(S_REAL(p), flags);
+    double ms = s_ms() - t0;
+    s_io.syncs[k]++;
+    s_io.sync_ms[k] += ms;
+    if (ms > s_io.sync_max_ms[k])
+        s_io.sync_max_ms[k] = ms;
+    return rc;
 }
 
 static int s_file_size(sqlite3_file *p, sqlite3_int64 *size)

@@ -40,4 +40,17 @@
 //  default VFS. 0 / -1 (then open with the default VFS: correct, only slower).
 int store_walbuf_register(void);
 
+//  I/O timing of the calling thread through this VFS since it started
+//  (thread-local counters; session 6, to attribute the store's stalls):
+//  [0] the WAL, [1] every other file (the database). Only files opened
+//  through this VFS count.
+typedef struct {
+    unsigned long syncs[2];  //  xSync calls
+    double sync_ms[2];       //  time in them
+    double sync_max_ms[2];   //  the longest
+    unsigned long writes[2]; //  write calls handed to the default VFS
+    double write_ms[2];      //  time in them
+} store_walbuf_io_t;
+void store_walbuf_io(store_walbuf_io_t *out);
+
 #endif

@@ -20,6 +20,9 @@
 #   LATENCY_LOG=DIR (each phase's requests, one line each: DIR/latency-<N>-<phase>.txt)
 #   SETTLE_S=0 (seconds to wait after each enqueue, before the phase it is for)
 #   DEVSIM_WRAP="strace -c -o FILE" (a command the simulator runs under)
+#   STORE_ARGS="--log-level debug" (extra picomdm-store options)
+#   KEEP_LOGS=DIR (copy each size's server logs to DIR/<N>-*.log, and the wall
+#   clock at each phase's start to DIR/<N>-phases.txt, before they are removed)
 cd "$(dirname "$0")/../.."
 export BIN=${BIN:-$PWD/bin}
 SIZES=("$@")
@@ -40,7 +43,9 @@ run_size() {
     local n=$1 ids=$T/ids-$n seed=$((7000 + $1))
     gw_pki
     gw_broker
-    gw_backend --log-level warn
+    gw_watch
+    gw_store ${STORE_ARGS:-}
+    gw_scheduler --log-level warn
     gw_tls --log-level warn ${GW_ARGS:-} # GW_ARGS: extra gateway options (e.g. --cert-cache 0)
     P=([broker]=$BROKER_PID [store]=$STORE_PID [scheduler]=$SCHED_PID [gateway]=$GW_PID)
     local DS=("$BIN/picomdm-devsim" --url "$URL" --ca-bundle "$PKI/ca.pem" --ca-cert "$PKI/ca.pem"
@@ -54,6 +59,7 @@ run_size() {
         declare -A s0
         for k in "${!P[@]}"; do c0[$k]=$(cpu "${P[$k]}"); s0[$k]=$(csw "${P[$k]}"); done
         local perf_pid=
+        [ -z "${KEEP_LOGS:-}" ] || echo "$name $(date +%s.%N)" >>"$KEEP_LOGS/$n-phases.txt"
         if [ -n "${PERF:-}" ] && [ "$PERF" != devsim ]; then # PERF=gateway: perf record that process (perf report -i perf-<name>.data)
             perf record -q --call-graph ${PERF_CG:-fp} -p "${P[$PERF]}" -o "${PERF_DIR:-/tmp}/perf-$name.data" >/dev/null 2>&1 &
             perf_pid=$!
@@ -169,6 +175,7 @@ run_size() {
     for k in gateway scheduler store broker; do kill "${P[$k]}" 2>/dev/null; done
     kill "$WATCH_PID" 2>/dev/null
     wait 2>/dev/null
+    if [ -n "${KEEP_LOGS:-}" ]; then for k in "$T"/*.log; do cp "$k" "$KEEP_LOGS/$n-$(basename "$k")"; done; fi
     rm -rf "$T/data" "$T/pki" "$ids" "$T"/*.log "$T/events.jsonl"
 }
 for n in "${SIZES[@]}"; do run_size "$n"; done
