@@ -88,10 +88,10 @@ int gw_auth_verify_escaped_pem(gw_auth_t *auth, const char *escaped, gw_auth_res
 //  56 bytes each) and how long a verification is trusted before it is redone. An
 //  entry is never used past the notAfter of any certificate of its chain,
 //  and only chains made of the leaf and configured CAs are cached. Plus up
-//  to cert_slots decoded certificates (by SHA-256 of their DER; 0 is taken
-//  as 1). slots 0 or ttl_s 0 turns both off (every request decodes the
-//  certificate and verifies the chain). Returns -1 on allocation failure
-//  (caches then off).
+//  to cert_slots decoded certificates (looked up by a keyed hash of their
+//  DER, taken only when the whole DER is the same; 0 is taken as 1). slots 0 or ttl_s 0 turns both
+//  off (every request decodes the certificate and verifies the chain). Returns -1 on allocation
+//  failure (caches then off).
 #define GW_AUTH_CACHE_SLOTS 16384
 #define GW_AUTH_CACHE_TTL_S 600
 //  Decoded certificates kept (cert_slots; option cert-cache).
@@ -102,6 +102,12 @@ void gw_auth_cache_stats(const gw_auth_t *auth, uint64_t *hits, uint64_t *misses
 //  Certificates in Mdm-Signatures taken from the parsed-certificate cache
 //  (same slots; decoding an X509 is most of a signature check in OpenSSL 3.0).
 uint64_t gw_auth_cert_cache_hits(const gw_auth_t *auth);
+//  Certificates decoded (d2i_X509) for Mdm-Signatures so far: the misses of
+//  that cache, or every certificate with the caches off.
+uint64_t gw_auth_cert_decodes(const gw_auth_t *auth);
+//  Tests only: every DER gets the same cache key (one set, every look-up
+//  compares whole DERs), to show that a key match alone is never a hit.
+void gw_auth_test_const_der_key(gw_auth_t *auth, bool on);
 
 //  Signatures checked without CMS_verify's set-up (signed attributes and one
 //  digest algorithm; the same checks, see gw_auth.c s_verify_lean), so far.

@@ -398,6 +398,104 @@ static void test_chain_cache(void **state)
     assert_int_equal(gw_auth_set_cache(f->auth, f->nocache ? 0 : 16, 600, 16), 0);
 }
 
+//  The decoded-certificate cache takes an entry only when the whole DER is
+//  the same: with every DER given the same key (one set, test hook), the
+//  same certificate hits, a different one is decoded on its own and
+//  reported with its own SHA-256, and a copy of a cached certificate with
+//  one byte of the CA's signature changed (same length, same key) is
+//  decoded and refused, not served as the cached one. A certificate that
+//  is refused (expired, other CA) stays refused when it comes from the
+//  cache.
+static void s_der_sha256(X509 *x, uint8_t out[32])
+{
+    unsigned char *der = NULL;
+    int n = i2d_X509(x, &der);
+    assert_true(n > 0);
+    assert_int_equal(EVP_Digest(der, (size_t)n, out, NULL, EVP_sha256(), NULL), 1);
+    OPENSSL_free(der);
+}
+
+static void test_der_key(void **state)
+{
+    fx_t *f = *state;
+    gw_auth_result_t r;
+    assert_int_equal(gw_auth_set_cache(f->auth, 1024, 600, 16), 0);
+    gw_auth_test_const_der_key(f->auth, true);
+    ident_t a = s_make("device-der-a", &f->ca, 0, -3600, 86400, 0);
+    ident_t b = s_make("device-der-b", &f->ca, 0, -3600, 86400, 0);
+    uint8_t ha[32], hb[32];
+    s_der_sha256(a.cert, ha);
+    s_der_sha256(b.cert, hb);
+    char *siga = s_sign(s_body, strlen(s_body), &a, 1, EVP_sha256(), NULL);
+    char *sigb = s_sign(s_body, strlen(s_body), &b, 1, EVP_sha256(), NULL);
+    uint64_t d0 = gw_auth_cert_decodes(f->auth), x0 = gw_auth_cert_cache_hits(f->auth);
+    assert_int_equal(s_verify(f, siga, s_body, strlen(s_body), &r), 0);
+    assert_memory_equal(r.cert_hash, ha, 32);
+    assert_int_equal(s_verify(f, siga, s_body, strlen(s_body), &r), 0); //  same DER: a hit
+    assert_memory_equal(r.cert_hash, ha, 32);
+    assert_int_equal(gw_auth_cert_decodes(f->auth) - d0, 1);
+    assert_int_equal(gw_auth_cert_cache_hits(f->auth) - x0, 1);
+    //  another DER with the same key: decoded, its own hash, its own subject
+    assert_int_equal(s_verify(f, sigb, s_body, strlen(s_body), &r), 0);
+    assert_memory_equal(r.cert_hash, hb, 32);
+    assert_non_null(strstr(r.subject, "device-der-b"));
+    assert_int_equal(gw_auth_cert_decodes(f->auth) - d0, 2);
+    assert_int_equal(s_verify(f, sigb, s_body, strlen(s_body), &r), 0);
+    assert_int_equal(gw_auth_cert_decodes(f->auth) - d0, 2);
+    assert_int_equal(s_verify(f, siga, s_body, strlen(s_body), &r), 0);
+    assert_memory_equal(r.cert_hash, ha, 32);
+    assert_int_equal(gw_auth_cert_decodes(f->auth) - d0, 2);
+    //  a's DER with the last byte of the CA's signature changed: same length,
+    //  same key, same public key (a's key still signs for it)
+    unsigned char *der = NULL;
+    int n = i2d_X509(a.cert, &der);
+    assert_true(n > 0);
+    der[n - 1] ^= 0x01;
+    const unsigned char *p = der;
+    ident_t forged = {d2i_X509(NULL, &p, n), a.key};
+    assert_non_null(forged.cert);
+    OPENSSL_free(der);
+    char *sigf = s_sign(s_body, strlen(s_body), &forged, 1, EVP_sha256(), NULL);
+    s_expect_fail(f, sigf, s_body, strlen(s_body), "untrusted_chain");
+    s_expect_fail(f, sigf, s_body, strlen(s_body), "untrusted_chain"); //  now cached: still refused
+    assert_int_equal(gw_auth_cert_decodes(f->auth) - d0, 3);
+    assert_int_equal(s_verify(f, siga, s_body, strlen(s_body), &r), 0); //  a is unharmed
+    assert_memory_equal(r.cert_hash, ha, 32);
+    //  refused certificates stay refused from the cache: expired, other CA
+    char *sige = s_sign(s_body, strlen(s_body), &f->expired, 1, EVP_sha256(), NULL);
+    char *sigo = s_sign(s_body, strlen(s_body), &f->other_leaf, 1, EVP_sha256(), NULL);
+    for (int i = 0; i < 2; i++) {
+        s_expect_fail(f, sige, s_body, strlen(s_body), "expired");
+        s_expect_fail(f, sigo, s_body, strlen(s_body), "untrusted_chain");
+    }
+    assert_int_equal(gw_auth_cert_decodes(f->auth) - d0, 5);
+    //  more certificates than ways: the least recently used goes, and
+    //  every verdict is still right
+    for (int i = 0; i < 20; i++) {
+        char cn[32];
+        snprintf(cn, sizeof cn, "device-der-%d", i);
+        ident_t d = s_make(cn, &f->ca, 0, -3600, 86400, 0);
+        char *sig = s_sign(s_body, strlen(s_body), &d, 1, EVP_sha256(), NULL);
+        assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
+        assert_non_null(strstr(r.subject, cn));
+        free(sig);
+        s_free(&d);
+    }
+    s_expect_fail(f, sigf, s_body, strlen(s_body), "untrusted_chain");
+    assert_int_equal(s_verify(f, siga, s_body, strlen(s_body), &r), 0);
+    assert_memory_equal(r.cert_hash, ha, 32);
+    gw_auth_test_const_der_key(f->auth, false);
+    X509_free(forged.cert);
+    free(siga);
+    free(sigb);
+    free(sigf);
+    free(sige);
+    free(sigo);
+    s_free(&a);
+    s_free(&b);
+    assert_int_equal(gw_auth_set_cache(f->auth, f->nocache ? 0 : 16, 600, 16), 0);
+}
+
 //  Differential check of the fast path: 3,000 mutated signatures (bit flips,
 //  byte changes around the DER headers, truncation, insertion), each verified
 //  with the caches (certificates split off with ASN1_get_object, decoded
@@ -850,6 +948,7 @@ int main(void)
         cmocka_unit_test(test_intermediate_in_signature),
         cmocka_unit_test(test_chain_cache),
         cmocka_unit_test(test_cache_ways),
+        cmocka_unit_test(test_der_key),
         cmocka_unit_test(test_fast_path_same_verdicts),
         cmocka_unit_test(test_kept_ctx),
         cmocka_unit_test(test_unsigned),
