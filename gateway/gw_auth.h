@@ -105,6 +105,14 @@ uint64_t gw_auth_cert_cache_hits(const gw_auth_t *auth);
 //  Certificates decoded (d2i_X509) for Mdm-Signatures so far: the misses of
 //  that cache, or every certificate with the caches off.
 uint64_t gw_auth_cert_decodes(const gw_auth_t *auth);
+//  Whether certificates for the decoded-certificate cache are decoded in
+//  the gateway's own library context (default provider, only its
+//  SubjectPublicKeyInfo decoders: OpenSSL 3.0's decoder set-up at a
+//  fraction of its cost; gw_auth.c s_spki_init).
+bool gw_auth_spki_ctx_on(const gw_auth_t *auth);
+//  Tests only: decode der[0..len) as the cache does (a new X509, NULL if
+//  not exactly one certificate); *own_ctx: decoded in that context.
+X509 *gw_auth_test_decode(gw_auth_t *auth, const uint8_t *der, size_t len, bool *own_ctx);
 //  Tests only: every DER gets the same cache key (one set, every look-up
 //  compares whole DERs), to show that a key match alone is never a hit.
 void gw_auth_test_const_der_key(gw_auth_t *auth, bool on);

@@ -11,6 +11,7 @@
 
 #include <openssl/bio.h>
 #include <openssl/cms.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
@@ -395,6 +396,72 @@ static void test_chain_cache(void **state)
     sig = s_sign(s_body, strlen(s_body), &f->leaf, 1, EVP_sha256(), NULL);
     assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
     free(sig);
+    assert_int_equal(gw_auth_set_cache(f->auth, f->nocache ? 0 : 16, 600, 16), 0);
+}
+
+//  Certificates decoded in the gateway's own library context (the default
+//  provider's algorithms, only its SubjectPublicKeyInfo decoders) are the
+//  same certificates with the same keys as d2i_X509's: same DER out, equal
+//  keys, the CA's signature verifies over them (and not over a changed
+//  copy), and signatures by EC and RSA devices (SHA-256 and SHA-1) verify
+//  through the kept contexts made from such keys. Non-certificates and
+//  trailing bytes are refused as before.
+static void test_spki_libctx(void **state)
+{
+    fx_t *f = *state;
+    assert_true(gw_auth_spki_ctx_on(f->auth));
+    ident_t *ids[] = {&f->leaf, &f->leaf_rsa, &f->ca, &f->inter_leaf, &f->expired};
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        unsigned char *der = NULL;
+        int n = i2d_X509(ids[i]->cert, &der);
+        assert_true(n > 0);
+        bool own = false;
+        X509 *x = gw_auth_test_decode(f->auth, der, (size_t)n, &own);
+        assert_non_null(x);
+        assert_true(own);
+        assert_int_equal(X509_cmp(x, ids[i]->cert), 0);
+        unsigned char *der2 = NULL;
+        assert_int_equal(i2d_X509(x, &der2), n);
+        assert_memory_equal(der, der2, (size_t)n);
+        OPENSSL_free(der2);
+        assert_non_null(X509_get0_pubkey(x));
+        assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(x), X509_get0_pubkey(ids[i]->cert)), 1);
+        X509 *issuer = ids[i] == &f->inter_leaf ? f->inter.cert : f->ca.cert;
+        assert_int_equal(X509_verify(x, X509_get0_pubkey(issuer)), 1);
+        X509_free(x);
+        //  the CA's signature changed: decoded, and it no longer verifies
+        der[n - 1] ^= 0x01;
+        x = gw_auth_test_decode(f->auth, der, (size_t)n, &own);
+        assert_non_null(x);
+        assert_int_not_equal(X509_verify(x, X509_get0_pubkey(issuer)), 1);
+        X509_free(x);
+        ERR_clear_error();
+        //  trailing byte, truncated: not a certificate
+        unsigned char *longer = malloc((size_t)n + 1);
+        memcpy(longer, der, (size_t)n);
+        longer[n] = 0;
+        assert_null(gw_auth_test_decode(f->auth, longer, (size_t)n + 1, &own));
+        assert_null(gw_auth_test_decode(f->auth, der, (size_t)n - 1, &own));
+        free(longer);
+        OPENSSL_free(der);
+    }
+    //  end to end through the cache: EC SHA-256, RSA SHA-256 and SHA-1, all on
+    //  the kept contexts of keys from that context
+    assert_int_equal(gw_auth_set_cache(f->auth, 1024, 600, 16), 0);
+    struct {
+        ident_t *id;
+        const EVP_MD *md;
+    } c[] = {{&f->leaf, EVP_sha256()}, {&f->leaf_rsa, EVP_sha256()}, {&f->leaf_rsa, EVP_sha1()}};
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        char *sig = s_sign(s_body, strlen(s_body), c[i].id, 1, c[i].md, NULL);
+        uint64_t k0 = gw_auth_kept_checks(f->auth);
+        gw_auth_result_t r;
+        for (int j = 0; j < 2; j++)
+            assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
+        assert_int_equal(gw_auth_kept_checks(f->auth) - k0, 2);
+        s_expect_fail(f, sig, "<plist/>", 8, "bad_signature");
+        free(sig);
+    }
     assert_int_equal(gw_auth_set_cache(f->auth, f->nocache ? 0 : 16, 600, 16), 0);
 }
 
@@ -1018,6 +1085,7 @@ int main(void)
         cmocka_unit_test(test_cache_ways),
         cmocka_unit_test(test_der_key),
         cmocka_unit_test(test_b64_plain),
+        cmocka_unit_test(test_spki_libctx),
         cmocka_unit_test(test_fast_path_same_verdicts),
         cmocka_unit_test(test_kept_ctx),
         cmocka_unit_test(test_unsigned),
