@@ -1,6 +1,7 @@
 /*  devsim_run — libcurl multi engine of the device simulator (see devsim_run.h). */
 #include "devsim_run.h"
 #include "devsim_plist.h"
+#include "devsim_scep.h"
 #include "devsim_sched.h"
 #include "pm_log.h"
 
@@ -17,7 +18,9 @@
 #include <time.h>
 #include <unistd.h>
 
-typedef enum { ST_AUTH, ST_TOKEN, ST_SESSION, ST_CHECKOUT } step_kind_t;
+//  ST_SCEP: the device's profile download and SCEP requests (devsim_scep_dev_t
+//  says which request comes next), before its check-ins.
+typedef enum { ST_SCEP, ST_AUTH, ST_TOKEN, ST_SESSION, ST_CHECKOUT } step_kind_t;
 
 typedef struct {
     step_kind_t kind;
@@ -26,13 +29,20 @@ typedef struct {
 
 typedef struct job {
     devsim_dev_t *dev;
-    step_t steps[4];
+    step_t steps[5];
     int nsteps, at;
     int cmds;       //  commands answered in the current session
     bool stop_next; //  the device ends the session after this PUT (EraseDevice...)
     int wake_ix;    //  index in wake_state for a wake job, else -1
     double sched;   //  open loop: scheduled start (ms, s_now_ms), else -1
     bool first;     //  open loop: the request in flight is the job's first
+    //  Enrollment from the enrollment URL (devsim_run_enroll_url): the SCEP
+    //  machine (owned), the check-in URL and SignMessage of the device's own
+    //  profile, and how its programs use connections.
+    devsim_scep_dev_t *scep;
+    char *checkin_url; //  owned; NULL: the run's
+    bool sign;
+    devsim_conn_mode_t conn;
     struct job *next;
 } job_t;
 
@@ -49,6 +59,12 @@ typedef struct {
     size_t sigcap;
     const char *url_set; //  the URL and User-Agent curl has (set only on change)
     const char *ua_set;
+    //  What else the handle has, set only on change: method (0 PUT, 1 GET,
+    //  2 POST), header list, and the connection options of an enrollment's
+    //  requests (a new connection, closed after, no TLS session reuse).
+    int method_set;
+    const struct curl_slist *hdr_set;
+    long fresh_set, forbid_set, sessid_set;
     char *resp;
     size_t resplen, respcap;
     bool overflow;
@@ -65,9 +81,11 @@ typedef struct {
     size_t nlat, caplat;
     double *latk; //  ms, the requests sent on an already open connection (no TLS handshake)
     size_t nlatk, caplatk;
-    long units;  //  enrollments or sessions completed
-    long cmds;   //  command round trips (a report with a CommandUUID)
-    long failed; //  jobs that failed
+    long units;   //  enrollments or sessions completed
+    long conns;   //  connections (TLS handshakes) the requests opened
+    long scep_ok; //  devices that got an identity over SCEP (devsim_run_enroll_url)
+    long cmds;    //  command round trips (a report with a CommandUUID)
+    long failed;  //  jobs that failed
     //  Open loop (--rate): the schedule and how well it was kept.
     bool open;
     double rate;                    //  offered: jobs started per second
@@ -113,7 +131,8 @@ struct devsim_run {
     //  queued/running, and whether another wake arrived meanwhile. A device
     //  runs one session at a time; a push during a session means one more.
     unsigned char *wake_state;
-    double t_begin; //  ms: devsim_run_new (the latency log's time origin)
+    double t_begin;            //  ms: devsim_run_new (the latency log's time origin)
+    devsim_profile_t *profile; //  the first profile devsim_run_enroll_url got (owned)
 };
 
 enum { S_WAKE_IDLE = 0, S_WAKE_BUSY, S_WAKE_AGAIN };
@@ -170,6 +189,10 @@ static void s_easy_setup(devsim_run_t *r, slot_t *s)
     s->hdr[2].data = NULL;
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "PUT");
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, &s->hdr[0]);
+    s->method_set = 0;
+    s->hdr_set = &s->hdr[0];
+    s->sessid_set = 1; //  curl's defaults: TLS session reuse on, no fresh connect
+    s->fresh_set = s->forbid_set = 0;
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, s_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, s);
     curl_easy_setopt(e, CURLOPT_PRIVATE, s);
@@ -280,6 +303,15 @@ fail:
     return NULL;
 }
 
+static void s_job_free(job_t *j)
+{
+    if (!j)
+        return;
+    devsim_scep_dev_destroy(&j->scep);
+    free(j->checkin_url);
+    free(j);
+}
+
 void devsim_run_destroy(devsim_run_t **rp)
 {
     if (!rp || !*rp)
@@ -292,7 +324,7 @@ void devsim_run_destroy(devsim_run_t **rp)
                 curl_multi_remove_handle(r->multi, s->easy);
             curl_easy_cleanup(s->easy);
         }
-        free(s->job);
+        s_job_free(s->job);
         free(s->body);
         free(s->resp);
         free(s->sig);
@@ -302,8 +334,9 @@ void devsim_run_destroy(devsim_run_t **rp)
     while (r->head) {
         job_t *j = r->head;
         r->head = j->next;
-        free(j);
+        s_job_free(j);
     }
+    devsim_profile_destroy(&r->profile);
     for (int i = 0; i < r->nphases; i++) {
         free(r->phases[i].lat);
         free(r->phases[i].latk);
@@ -359,6 +392,59 @@ static void s_add_step(job_t *j, step_kind_t k, devsim_dev_t *ch)
         j->steps[j->nsteps++] = (step_t){k, ch};
 }
 
+static void s_opt_long(CURL *e, CURLoption opt, long *set, long v)
+{
+    if (*set != v)
+        curl_easy_setopt(e, opt, v);
+    *set = v;
+}
+
+//  Point slot s's handle at the next request (options set only when they
+//  change). method 0 PUT, 1 GET, 2 POST. part_first / part_last: the request
+//  opens / ends one program's use of a connection (an enrollment's profile
+//  download, SCEP, check-ins); what that means depends on the job's mode.
+static void s_send(devsim_run_t *r, slot_t *s, const char *url, const char *ua, int method,
+                   const struct curl_slist *hdr, const char *body, size_t len, bool part_first,
+                   bool part_last)
+{
+    (void)r;
+    CURL *e = s->easy;
+    if (s->url_set != url) //  curl parses a URL when it is set: only on change
+        curl_easy_setopt(e, CURLOPT_URL, url);
+    s->url_set = url;
+    if (s->ua_set != ua)
+        curl_easy_setopt(e, CURLOPT_USERAGENT, ua);
+    s->ua_set = ua;
+    if (s->method_set != method) {
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method == 0 ? "PUT" : NULL);
+        if (method == 1)
+            curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    }
+    s->method_set = method;
+    if (s->hdr_set != hdr)
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdr);
+    s->hdr_set = hdr;
+    if (method != 1) {
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+    }
+    //  DEVSIM_CONN_DEVICE: each program of the device (Safari, the profile
+    //  installer, mdmd) opens its own connection with a full handshake (they
+    //  share no TLS session) and is done with it after its last request;
+    //  REQUEST: a new connection per request; SHARED: the pool's.
+    devsim_conn_mode_t m = s->job->conn;
+    bool fresh = m == DEVSIM_CONN_REQUEST || (m == DEVSIM_CONN_DEVICE && part_first);
+    bool forbid = m == DEVSIM_CONN_REQUEST || (m == DEVSIM_CONN_DEVICE && part_last);
+    s_opt_long(e, CURLOPT_FRESH_CONNECT, &s->fresh_set, fresh);
+    s_opt_long(e, CURLOPT_FORBID_REUSE, &s->forbid_set, forbid);
+    s_opt_long(e, CURLOPT_SSL_SESSIONID_CACHE, &s->sessid_set,
+               fresh && m != DEVSIM_CONN_SHARED ? 0L : 1L);
+    s->resplen = 0;
+    s->overflow = false;
+    if (s->resp)
+        s->resp[0] = 0;
+}
+
 //  Serialise, sign and hand one PUT to curl on slot s.
 static int s_submit(devsim_run_t *r, slot_t *s, plist_t msg, bool checkin)
 {
@@ -375,7 +461,8 @@ static int s_submit(devsim_run_t *r, slot_t *s, plist_t msg, bool checkin)
                              : (char *)"Content-Type: application/x-apple-aspen-mdm";
     s->hdr[1].next = NULL;
     const devsim_ident_t *id = devsim_dev_ident(s->job->dev);
-    if (r->o.sign && id) {
+    bool sign = s->job->checkin_url ? s->job->sign : r->o.sign; //  the profile's SignMessage
+    if (sign && id) {
         char *b64 = NULL;
         if (devsim_ident_sign(id, NULL, r->o.md, xml, len, &b64) < 0) {
             pm_error("cannot sign a request for %s (OpenSSL CMS_sign failed)",
@@ -401,29 +488,44 @@ static int s_submit(devsim_run_t *r, slot_t *s, plist_t msg, bool checkin)
         s->hdr[1].next = &s->hdr[2];
     }
     const char *url = checkin ? r->checkin_url : r->server_url;
+    if (checkin && s->job->checkin_url)
+        url = s->job->checkin_url; //  the device's own profile's CheckInURL
     const char *ua = s->job->dev->is_mac ? "MDM-OSX/1.0" : "MDM/1.0";
-    CURL *e = s->easy;
-    if (s->url_set != url) //  curl parses a URL when it is set: only on change
-        curl_easy_setopt(e, CURLOPT_URL, url);
-    s->url_set = url;
-    if (s->ua_set != ua)
-        curl_easy_setopt(e, CURLOPT_USERAGENT, ua);
-    s->ua_set = ua;
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, s->body);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)s->bodylen);
-    s->resplen = 0;
-    s->overflow = false;
-    if (s->resp)
-        s->resp[0] = 0;
+    //  an enrollment's check-ins (mdmd): their own connection in DEVICE mode
+    step_kind_t k = s->job->steps[s->job->at].kind;
+    bool first = k == ST_AUTH,
+         last = (k == ST_AUTH || k == ST_TOKEN) && s->job->at + 1 == s->job->nsteps;
+    s_send(r, s, url, ua, 0, &s->hdr[0], s->body, s->bodylen, first, last);
     if (r->o.verbose) {
         char idbuf[128];
         printf("--> PUT %s  [%s, %s]%s\n%.*s\n", url,
                devsim_dev_id(s->job->dev, idbuf, sizeof idbuf), s->what,
-               r->o.sign && id ? " Mdm-Signature: yes" : " unsigned", (int)len, xml);
+               sign && id ? " Mdm-Signature: yes" : " unsigned", (int)len, xml);
         fflush(stdout);
     }
     s->t0 = s_now_ms();
-    return curl_multi_add_handle(r->multi, e) == CURLM_OK ? 0 : -1;
+    return curl_multi_add_handle(r->multi, s->easy) == CURLM_OK ? 0 : -1;
+}
+
+//  One SCEP step of the job on slot s: the request its machine asks for.
+static int s_submit_scep(devsim_run_t *r, slot_t *s, const devsim_scep_req_t *q)
+{
+    snprintf(s->what, sizeof s->what, "%s", q->what);
+    //  GET: no Content-Type (only "Expect:"); POST: the machine's
+    s->hdr[2].data = (char *)q->ctype;
+    s->hdr[2].next = NULL;
+    s->hdr[1].next = q->body ? &s->hdr[2] : NULL;
+    s->url_set = NULL; //  the machine's URL buffer holds a new URL each time
+    s_send(r, s, q->url, NULL, q->body ? 2 : 1, &s->hdr[1], (const char *)q->body, q->len,
+           q->part_first, q->part_last);
+    if (r->o.verbose) {
+        char idbuf[128];
+        printf("--> %s %s  [%s, %s]\n", q->body ? "POST" : "GET", q->url,
+               devsim_dev_id(s->job->dev, idbuf, sizeof idbuf), q->what);
+        fflush(stdout);
+    }
+    s->t0 = s_now_ms();
+    return curl_multi_add_handle(r->multi, s->easy) == CURLM_OK ? 0 : -1;
 }
 
 //  Start the job's current step (skipping steps that no longer apply).
@@ -439,6 +541,13 @@ static int s_start_step(devsim_run_t *r, slot_t *s)
             continue;
         }
         switch (st->kind) {
+        case ST_SCEP: {
+            devsim_scep_req_t q;
+            if (devsim_scep_dev_next(j->scep, &q) == 1)
+                return s_submit_scep(r, s, &q);
+            j->at++; //  done (s_finish took the identity)
+            continue;
+        }
         case ST_AUTH:
             snprintf(s->what, sizeof s->what, "Authenticate");
             return s_submit(r, s, devsim_dev_authenticate(ch), true);
@@ -480,6 +589,48 @@ static bool s_blank(const char *p, size_t n)
     return true;
 }
 
+//  A reply to one of a device's enrollment requests (profile, SCEP): the next
+//  request, or (identity obtained) the device's identity, topic and check-in
+//  URL from its own profile, then its check-ins. 0 / 1 / -1 as s_finish.
+static int s_finish_scep(devsim_run_t *r, slot_t *s, long code)
+{
+    job_t *j = s->job;
+    char err[256], idbuf[128];
+    if (devsim_scep_dev_reply(j->scep, code, (const unsigned char *)s->resp, s->resplen, err,
+                              sizeof err) < 0) {
+        if (code != 200)
+            r->http_errors++;
+        else
+            r->bad_replies++;
+        pm_warn("%s: enrollment failed at %s: %s", devsim_dev_id(j->dev, idbuf, sizeof idbuf),
+                s->what, err);
+        return -1;
+    }
+    devsim_scep_req_t q;
+    if (devsim_scep_dev_next(j->scep, &q) == 1)
+        return s_submit_scep(r, s, &q) < 0 ? -1 : 0;
+    const devsim_profile_t *p = devsim_scep_dev_profile(j->scep);
+    devsim_ident_t *id = devsim_scep_dev_take_ident(j->scep);
+    j->checkin_url = p ? strdup(p->checkin_url) : NULL;
+    if (!p || !id || !j->checkin_url) {
+        devsim_ident_destroy(&id);
+        return -1;
+    }
+    devsim_dev_set_ident(j->dev, &id);
+    j->sign = p->sign_message;
+    snprintf(j->dev->topic, sizeof j->dev->topic, "%s", p->topic);
+    if (j->dev->user)
+        snprintf(j->dev->user->topic, sizeof j->dev->user->topic, "%s", p->topic);
+    r->ph->scep_ok++;
+    if (!r->profile)
+        r->profile = devsim_scep_dev_take_profile(j->scep);
+    if (j->at + 1 == j->nsteps)
+        r->ph->units++; //  identity only (no check-ins)
+    j->at++;
+    int rc = s_start_step(r, s);
+    return rc < 0 ? -1 : rc;
+}
+
 //  A transfer finished. Returns 0 to continue the job (next request already
 //  submitted), 1 when the job is done, -1 when it failed.
 static int s_finish(devsim_run_t *r, slot_t *s, CURLcode res)
@@ -504,6 +655,8 @@ static int s_finish(devsim_run_t *r, slot_t *s, CURLcode res)
     long conns = 1; //  new connections this transfer made (0: it reused one)
     if (curl_easy_getinfo(s->easy, CURLINFO_NUM_CONNECTS, &conns) == CURLE_OK && conns == 0)
         s_lat(&ph->latk, &ph->nlatk, &ph->caplatk, ms);
+    else if (conns > 0)
+        ph->conns += conns;
     long code = 0;
     curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &code);
     if (r->o.verbose) {
@@ -523,6 +676,8 @@ static int s_finish(devsim_run_t *r, slot_t *s, CURLcode res)
                     : " (is the server running and the --url right?)");
         return -1;
     }
+    if (st->kind == ST_SCEP) //  the machine judges the reply, status included
+        return s_finish_scep(r, s, code);
     if (code != 200) {
         r->http_errors++;
         pm_warn("%s: %s answered HTTP %ld (expected 200; see the server's log)",
@@ -609,7 +764,7 @@ static void s_job_done(devsim_run_t *r, job_t *j)
         if (again)
             devsim_run_wake(r, j->dev);
     }
-    free(j);
+    s_job_free(j);
 }
 
 //  Wait for the next event (a transfer socket, curl's timer, the push
@@ -851,6 +1006,57 @@ int devsim_run_enroll(devsim_run_t *r)
     return s_run_phase(r);
 }
 
+int devsim_run_enroll_url(devsim_run_t *r, const char *enroll_url, EVP_PKEY **keys,
+                          const char *challenge, bool checkin, devsim_conn_mode_t conn)
+{
+    s_phase(r, "enroll");
+    for (int i = 0; i < r->n; i++) {
+        devsim_dev_t *d = r->devs[i];
+        job_t *j = s_job(d);
+        if (j)
+            j->scep = devsim_scep_dev_new(enroll_url, keys ? keys[i] : NULL, challenge);
+        if (!j || !j->scep) {
+            s_job_free(j);
+            return -1;
+        }
+        j->conn = conn;
+        s_add_step(j, ST_SCEP, d);
+        if (checkin) {
+            s_add_step(j, ST_AUTH, d);
+            s_add_step(j, ST_TOKEN, d);
+            if (d->user)
+                s_add_step(j, ST_TOKEN, d->user);
+        }
+        s_push(r, j);
+    }
+    s_schedule(r);
+    return s_run_phase(r);
+}
+
+const devsim_profile_t *devsim_run_profile(const devsim_run_t *r)
+{
+    return r->profile;
+}
+
+long devsim_run_identities(const devsim_run_t *r)
+{
+    long n = 0;
+    for (int i = 0; i < r->nphases; i++)
+        n += r->phases[i].scep_ok;
+    return n;
+}
+
+void devsim_run_set_target(devsim_run_t *r, const char *url, const char *checkin_path,
+                           const char *server_path, bool sign)
+{
+    r->o.url = url;
+    r->o.checkin_path = checkin_path;
+    r->o.server_path = server_path;
+    r->o.sign = sign;
+    snprintf(r->checkin_url, sizeof r->checkin_url, "%s%s", url, checkin_path);
+    snprintf(r->server_url, sizeof r->server_url, "%s%s", url, server_path);
+}
+
 void devsim_run_wake(devsim_run_t *r, devsim_dev_t *d)
 {
     int ix = -1;
@@ -973,6 +1179,12 @@ int devsim_run_report(devsim_run_t *r, FILE *out)
         fprintf(out, "; %zu requests, latency p50 %.2f ms p99 %.2f ms max %.2f ms; %ld failed\n",
                 p->nlat, s_pct(p->lat, p->nlat, 0.50), s_pct(p->lat, p->nlat, 0.99),
                 p->nlat ? p->lat[p->nlat - 1] : 0.0, p->failed);
+        //  TLS handshakes: what the server paid for connections in this phase
+        fprintf(out, "%-10s connections opened (TLS handshakes): %ld = %.2f per %s\n", p->name,
+                p->conns, p->units > 0 ? (double)p->conns / (double)p->units : 0.0,
+                enroll     ? "enrollment"
+                : checkout ? "check-out"
+                           : "session");
         //  The requests that opened a connection wait for the TLS handshake
         //  (and, at a phase's start, for every other connection's): this
         //  line is the latency of the rest, once the connections are open.

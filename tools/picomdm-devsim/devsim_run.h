@@ -15,11 +15,21 @@
 
 #include "devsim_answer.h"
 #include "devsim_dev.h"
+#include "devsim_scep.h"
 
 #include <openssl/evp.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
+
+//  How an enrollment's requests use connections (devsim_run_enroll_url).
+typedef enum {
+    DEVSIM_CONN_SHARED = 0, //  the engine's keep-alive pool (--concurrency connections in all)
+    DEVSIM_CONN_DEVICE,     //  as a device: the profile download (Safari), SCEP (the profile
+                            //  installer) and the check-ins (mdmd) each on a new connection
+                            //  with a full TLS handshake: 3 per enrollment
+    DEVSIM_CONN_REQUEST,    //  a new connection per request (6 per enrollment)
+} devsim_conn_mode_t;
 
 typedef struct {
     const char *url;          //  https://host:port (no path)
@@ -59,6 +69,22 @@ void devsim_run_destroy(devsim_run_t **r);
 //  start device i at (phase start) + i / rate (open loop; see devsim_sched.h)
 //  and the report adds an "open loop:" line per such phase.
 int devsim_run_enroll(devsim_run_t *r);
+//  Enroll every device from the enrollment URL, `concurrency` (or, open
+//  loop, `rate` per second) at a time, each in order: profile, GetCACert,
+//  GetCACaps, PKCSReq (devsim_scep_dev_t: every check a device makes), then,
+//  with `checkin`, Authenticate + TokenUpdate to its own profile's CheckInURL
+//  with its SignMessage. keys[i] (borrowed, may be NULL): device i's RSA key.
+//  challenge: replaces the profiles' (negative tests), or NULL. The phase is
+//  "enroll" in the report. Returns the number of devices that failed.
+int devsim_run_enroll_url(devsim_run_t *r, const char *enroll_url, EVP_PKEY **keys,
+                          const char *challenge, bool checkin, devsim_conn_mode_t conn);
+//  The first profile devsim_run_enroll_url got (owned by the run), or NULL.
+const devsim_profile_t *devsim_run_profile(const devsim_run_t *r);
+//  Devices that got their identity over SCEP so far.
+long devsim_run_identities(const devsim_run_t *r);
+//  Where later check-ins and sessions go (strings borrowed: keep them alive).
+void devsim_run_set_target(devsim_run_t *r, const char *url, const char *checkin_path,
+                           const char *server_path, bool sign);
 //  One session for every enrolled device (both channels). Returns failures.
 int devsim_run_sessions(devsim_run_t *r);
 //  Send CheckOut for every enrolled device. Returns failures.

@@ -105,45 +105,25 @@ void devsim_scep_conn_close(void **conn)
     }
 }
 
-static int s_scep_get(const devsim_scep_opts_t *o, const char *scep_url, const char *op,
-                      s_buf_t *out, char *err, size_t errlen)
+//  GetCACert's reply: one DER certificate (CA = RA), or a degenerate PKCS#7
+//  with the RA (not self-signed) and the CA (self-signed).
+static int s_parse_ca(const unsigned char *der, size_t len, X509 **ca, X509 **ra, char *err,
+                      size_t errlen)
 {
-    char url[700];
-    snprintf(url, sizeof url, "%s%coperation=%s", scep_url, strchr(scep_url, '?') ? '&' : '?', op);
-    long st = 0;
-    if (s_http(o, url, NULL, 0, NULL, out, &st, err, errlen) < 0)
-        return -1;
-    if (st != 200) {
-        snprintf(err, errlen, "SCEP %s: HTTP %ld", op, st);
-        free(out->data);
-        out->data = NULL;
-        return -1;
-    }
-    return 0;
-}
-
-//  GetCACert: one DER certificate (CA = RA), or a degenerate PKCS#7 with the
-//  RA (not self-signed) and the CA (self-signed).
-static int s_get_ca(const devsim_scep_opts_t *o, const char *scep_url, X509 **ca, X509 **ra,
-                    char *err, size_t errlen)
-{
-    s_buf_t b;
-    if (s_scep_get(o, scep_url, "GetCACert", &b, err, errlen) < 0)
-        return -1;
     int rc = -1;
-    const unsigned char *p = b.data;
-    X509 *one = d2i_X509(NULL, &p, (long)b.len);
+    const unsigned char *p = der;
+    X509 *one = d2i_X509(NULL, &p, (long)len);
     //  references, not copies: X509_dup re-encodes and decodes the key again
     //  (an OpenSSL 3.0 decoder set-up per copy, a tenth of a device's CPU)
-    if (one && p == b.data + b.len) {
+    if (one && p == der + len) {
         *ca = one;
         *ra = X509_up_ref(one) ? one : NULL;
         rc = *ra ? 0 : -1;
         goto out;
     }
     X509_free(one);
-    p = b.data;
-    PKCS7 *p7 = d2i_PKCS7(NULL, &p, (long)b.len);
+    p = der;
+    PKCS7 *p7 = d2i_PKCS7(NULL, &p, (long)len);
     STACK_OF(X509) *certs = p7 && PKCS7_type_is_signed(p7) ? p7->d.sign->cert : NULL;
     for (int i = 0; certs && i < sk_X509_num(certs); i++) {
         X509 *x = sk_X509_value(certs, i);
@@ -163,7 +143,6 @@ static int s_get_ca(const devsim_scep_opts_t *o, const char *scep_url, X509 **ca
     }
     rc = 0;
 out:
-    free(b.data);
     ERR_clear_error();
     return rc;
 }
@@ -308,23 +287,23 @@ static int s_read_payloads(devsim_profile_t *p, plist_t root, char *err, size_t 
     return 0;
 }
 
-devsim_profile_t *devsim_profile_parse(const unsigned char *der, size_t len, X509 *ca,
-                                       const devsim_scep_opts_t *o, char *err, size_t errlen)
+//  The profile's CMS and its payloads (not verified yet: the SCEP URL it names
+//  says where the CA to verify it with is). *cms is the caller's.
+static devsim_profile_t *s_profile_read(const unsigned char *der, size_t len, CMS_ContentInfo **cms,
+                                        char *err, size_t errlen)
 {
     devsim_profile_t *p = calloc(1, sizeof *p);
-    BIO *in = BIO_new_mem_buf(der, (int)len), *out = BIO_new(BIO_s_mem());
-    CMS_ContentInfo *cms = in ? d2i_CMS_bio(in, NULL) : NULL;
-    X509_STORE *store = X509_STORE_new();
+    BIO *in = BIO_new_mem_buf(der, (int)len);
     plist_t root = NULL;
     bool ok = false;
-    if (!p || !out || !store)
+    *cms = in ? d2i_CMS_bio(in, NULL) : NULL;
+    if (!p)
         goto out;
-    if (!cms || OBJ_obj2nid(CMS_get0_type(cms)) != NID_pkcs7_signed) {
+    if (!*cms || OBJ_obj2nid(CMS_get0_type(*cms)) != NID_pkcs7_signed) {
         snprintf(err, errlen, "the profile is not a CMS SignedData (not a signed .mobileconfig)");
         goto out;
     }
-    //  Read the content first (the SCEP URL says where the CA is), verify next.
-    ASN1_OCTET_STRING **pc = CMS_get0_content(cms);
+    ASN1_OCTET_STRING **pc = CMS_get0_content(*cms);
     if (!pc || !*pc || ASN1_STRING_length(*pc) <= 0) {
         snprintf(err, errlen, "the profile's CMS has no embedded content");
         goto out;
@@ -337,13 +316,31 @@ devsim_profile_t *devsim_profile_parse(const unsigned char *der, size_t len, X50
     }
     if (s_read_payloads(p, root, err, errlen) < 0)
         goto out;
-    if (s_get_ca(o, p->scep_url, &p->ca, &p->ra, err, errlen) < 0)
-        goto out;
-    if (ca && X509_cmp(ca, p->ca) != 0) {
-        snprintf(err, errlen, "the SCEP server's CA is not the expected device CA");
-        goto out;
+    ok = true;
+out:
+    plist_free(root);
+    BIO_free(in);
+    ERR_clear_error();
+    if (!ok) {
+        devsim_profile_destroy(&p);
+        CMS_ContentInfo_free(*cms);
+        *cms = NULL;
     }
-    //  Trust: the signer must chain to the device CA from GetCACert.
+    return p;
+}
+
+//  GetCACert's reply into p->ca / p->ra, then the profile's signature: its
+//  signer must chain to that device CA.
+static int s_profile_verify(devsim_profile_t *p, CMS_ContentInfo *cms, const unsigned char *der,
+                            size_t len, char *err, size_t errlen)
+{
+    if (s_parse_ca(der, len, &p->ca, &p->ra, err, errlen) < 0)
+        return -1;
+    X509_STORE *store = X509_STORE_new();
+    BIO *out = BIO_new(BIO_s_mem());
+    int rc = -1;
+    if (!store || !out)
+        goto out;
     X509_STORE_add_cert(store, p->ca);
     X509_STORE_set_purpose(store, X509_PURPOSE_ANY);
     if (CMS_verify(cms, NULL, store, NULL, out, CMS_BINARY) != 1) {
@@ -352,70 +349,60 @@ devsim_profile_t *devsim_profile_parse(const unsigned char *der, size_t len, X50
                  e ? ERR_reason_error_string(e) : "?");
         goto out;
     }
-    ok = true;
+    rc = 0;
 out:
-    plist_free(root);
-    CMS_ContentInfo_free(cms);
-    BIO_free(in);
     BIO_free(out);
     X509_STORE_free(store);
     ERR_clear_error();
-    if (!ok)
-        devsim_profile_destroy(&p);
-    return p;
-}
-
-devsim_profile_t *devsim_profile_fetch(const char *url, const devsim_scep_opts_t *o, char *err,
-                                       size_t errlen)
-{
-    s_buf_t b;
-    long st = 0;
-    if (s_http(o, url, NULL, 0, NULL, &b, &st, err, errlen) < 0)
-        return NULL;
-    devsim_profile_t *p = NULL;
-    if (st != 200)
-        snprintf(err, errlen, "enrollment profile %s: HTTP %ld", url, st);
-    else
-        p = devsim_profile_parse(b.data, b.len, NULL, o, err, errlen);
-    free(b.data);
-    return p;
+    return rc;
 }
 
 /* ---- SCEP ---- */
 
-static int s_pkiop(const devsim_profile_t *p, const devsim_scep_opts_t *o, int type, X509_REQ *csr,
-                   X509 *signer, EVP_PKEY *signer_key, EVP_PKEY *newkey, devsim_ident_t **id,
-                   char *err, size_t errlen)
-{
-    uint8_t nonce[16], rnd[16], *der = NULL;
-    size_t len = 0;
+//  A PKIOperation in flight: what the reply is checked against.
+typedef struct {
+    uint8_t nonce[16];
     char txid[40];
-    s_buf_t b = {0};
-    int rc = -1;
-    pm_scepc_result_t res = {0};
-    if (RAND_bytes(nonce, sizeof nonce) != 1 || RAND_bytes(rnd, sizeof rnd) != 1)
-        goto out;
+    uint8_t *der; //  the request (OPENSSL_malloc'd)
+    size_t len;
+} s_pkiop_t;
+
+static int s_pkiop_build(const devsim_profile_t *p, int type, X509_REQ *csr, X509 *signer,
+                         EVP_PKEY *signer_key, s_pkiop_t *op, char *err, size_t errlen)
+{
+    uint8_t rnd[16];
+    memset(op, 0, sizeof *op);
+    if (RAND_bytes(op->nonce, sizeof op->nonce) != 1 || RAND_bytes(rnd, sizeof rnd) != 1) {
+        snprintf(err, errlen, "no random bytes for the SCEP nonce (OpenSSL RAND_bytes failed)");
+        return -1;
+    }
     for (int i = 0; i < 16; i++)
-        snprintf(txid + 2 * i, 3, "%02X", rnd[i]);
-    if (pm_scepc_request(type, csr, signer, signer_key, p->ra, txid, nonce, &der, &len) < 0) {
+        snprintf(op->txid + 2 * i, 3, "%02X", rnd[i]);
+    if (pm_scepc_request(type, csr, signer, signer_key, p->ra, op->txid, op->nonce, &op->der,
+                         &op->len) < 0) {
         snprintf(err, errlen, "cannot build the SCEP request");
+        ERR_clear_error();
+        return -1;
+    }
+    return 0;
+}
+
+//  The CertRep for `op`: signed by the RA, for our transaction and nonce,
+//  SUCCESS, a certificate from the device CA for `newkey`. *id on success.
+static int s_pkiop_check(const devsim_profile_t *p, const s_pkiop_t *op, long status,
+                         const unsigned char *body, size_t blen, X509 *signer, EVP_PKEY *signer_key,
+                         EVP_PKEY *newkey, devsim_ident_t **id, char *err, size_t errlen)
+{
+    pm_scepc_result_t res = {0};
+    int rc = -1;
+    if (status != 200) {
+        snprintf(err, errlen, "SCEP PKIOperation: HTTP %ld", status);
         goto out;
     }
-    char url[700];
-    snprintf(url, sizeof url, "%s%coperation=PKIOperation", p->scep_url,
-             strchr(p->scep_url, '?') ? '&' : '?');
-    long st = 0;
-    if (s_http(o, url, der, len, "Content-Type: application/x-pki-message", &b, &st, err, errlen) <
-        0)
+    if (pm_scepc_parse_reply(body, blen, p->ra, signer, signer_key, &res, err, errlen) < 0)
         goto out;
-    if (st != 200) {
-        snprintf(err, errlen, "SCEP PKIOperation: HTTP %ld", st);
-        goto out;
-    }
-    if (pm_scepc_parse_reply(b.data, b.len, p->ra, signer, signer_key, &res, err, errlen) < 0)
-        goto out;
-    if (strcmp(res.txid, txid) != 0 || res.recipient_nonce_len != 16 ||
-        memcmp(res.recipient_nonce, nonce, 16) != 0) {
+    if (strcmp(res.txid, op->txid) != 0 || res.recipient_nonce_len != 16 ||
+        memcmp(res.recipient_nonce, op->nonce, 16) != 0) {
         snprintf(err, errlen, "CertRep transactionID or recipientNonce does not match the request");
         goto out;
     }
@@ -442,44 +429,190 @@ static int s_pkiop(const devsim_profile_t *p, const devsim_scep_opts_t *o, int t
     rc = 0;
 out:
     X509_free(res.cert);
-    OPENSSL_free(der);
-    free(b.data);
     ERR_clear_error();
     return rc;
 }
 
-int devsim_scep_enroll(const devsim_profile_t *p, const devsim_scep_opts_t *o, devsim_ident_t **id,
-                       char *err, size_t errlen)
+/* ---- one device's enrollment as HTTP exchanges ---- */
+
+typedef enum { S_PROFILE, S_CACERT, S_CACAPS, S_PKIOP, S_DONE } s_step_t;
+
+struct devsim_scep_dev {
+    s_step_t step;
+    char enroll_url[512];
+    char url[700];       //  the request being made
+    char challenge[256]; //  replaces the profile's when set (negative tests); secret
+    EVP_PKEY *key;       //  the device key (a reference)
+    CMS_ContentInfo *cms;
+    devsim_profile_t *profile;
+    X509_REQ *csr;
+    X509 *self;
+    s_pkiop_t op;
+    devsim_ident_t *ident;
+};
+
+devsim_scep_dev_t *devsim_scep_dev_new(const char *enroll_url, EVP_PKEY *key, const char *challenge)
 {
-    s_buf_t caps = {0};
-    EVP_PKEY *key = NULL;
-    X509_REQ *csr = NULL;
-    X509 *self = NULL;
-    int rc = -1;
-    if (s_scep_get(o, p->scep_url, "GetCACaps", &caps, err, errlen) < 0)
-        goto out;
-    if (!caps.data || !strstr((char *)caps.data, "POSTPKIOperation")) {
-        snprintf(err, errlen, "GetCACaps lacks POSTPKIOperation");
-        goto out;
+    devsim_scep_dev_t *d = calloc(1, sizeof *d);
+    if (!d)
+        return NULL;
+    snprintf(d->enroll_url, sizeof d->enroll_url, "%s", enroll_url);
+    if (challenge)
+        snprintf(d->challenge, sizeof d->challenge, "%s", challenge);
+    if (key && EVP_PKEY_up_ref(key) == 1)
+        d->key = key;
+    return d;
+}
+
+void devsim_scep_dev_destroy(devsim_scep_dev_t **dp)
+{
+    if (!dp || !*dp)
+        return;
+    devsim_scep_dev_t *d = *dp;
+    EVP_PKEY_free(d->key);
+    CMS_ContentInfo_free(d->cms);
+    devsim_profile_destroy(&d->profile);
+    X509_REQ_free(d->csr);
+    X509_free(d->self);
+    OPENSSL_free(d->op.der);
+    devsim_ident_destroy(&d->ident);
+    OPENSSL_cleanse(d->challenge, sizeof d->challenge);
+    free(d);
+    *dp = NULL;
+}
+
+static void s_op_url(devsim_scep_dev_t *d, const char *op)
+{
+    const char *u = d->profile->scep_url;
+    snprintf(d->url, sizeof d->url, "%s%coperation=%s", u, strchr(u, '?') ? '&' : '?', op);
+}
+
+int devsim_scep_dev_next(devsim_scep_dev_t *d, devsim_scep_req_t *req)
+{
+    memset(req, 0, sizeof *req);
+    req->url = d->url;
+    switch (d->step) {
+    case S_PROFILE:
+        snprintf(d->url, sizeof d->url, "%s", d->enroll_url);
+        req->what = "profile";
+        req->part = DEVSIM_SCEP_PART_PROFILE;
+        req->part_first = req->part_last = true;
+        return 1;
+    case S_CACERT:
+        s_op_url(d, "GetCACert");
+        req->what = "GetCACert";
+        req->part = DEVSIM_SCEP_PART_SCEP;
+        req->part_first = true;
+        return 1;
+    case S_CACAPS:
+        s_op_url(d, "GetCACaps");
+        req->what = "GetCACaps";
+        req->part = DEVSIM_SCEP_PART_SCEP;
+        return 1;
+    case S_PKIOP:
+        s_op_url(d, "PKIOperation");
+        req->what = "PKCSReq";
+        req->part = DEVSIM_SCEP_PART_SCEP;
+        req->part_last = true;
+        req->body = d->op.der;
+        req->len = d->op.len;
+        req->ctype = "Content-Type: application/x-pki-message";
+        return 1;
+    case S_DONE:
+        break;
     }
-    if (o->key && EVP_PKEY_is_a(o->key, "RSA") && EVP_PKEY_get_bits(o->key) == p->keysize &&
-        EVP_PKEY_up_ref(o->key) == 1)
-        key = o->key;
-    else
-        key = EVP_RSA_gen((unsigned)p->keysize);
-    csr = key ? pm_scepc_csr_name(key, p->subject, p->challenge[0] ? p->challenge : NULL) : NULL;
-    self = key ? pm_scepc_self_signed(key, "devsim SCEP transient") : NULL;
-    if (!csr || !self) {
-        snprintf(err, errlen, "cannot make the key and request");
-        goto out;
+    return 0;
+}
+
+int devsim_scep_dev_reply(devsim_scep_dev_t *d, long status, const unsigned char *body, size_t len,
+                          char *err, size_t errlen)
+{
+    static const unsigned char none[1] = {0};
+    if (!body)
+        body = none;
+    switch (d->step) {
+    case S_PROFILE:
+        if (status != 200) {
+            snprintf(err, errlen, "enrollment profile %s: HTTP %ld", d->enroll_url, status);
+            return -1;
+        }
+        d->profile = s_profile_read(body, len, &d->cms, err, errlen);
+        if (!d->profile)
+            return -1;
+        if (d->challenge[0]) //  --scep-challenge: a negative test's challenge
+            snprintf(d->profile->challenge, sizeof d->profile->challenge, "%s", d->challenge);
+        d->step = S_CACERT;
+        return 0;
+    case S_CACERT:
+        if (status != 200) {
+            snprintf(err, errlen, "SCEP GetCACert: HTTP %ld", status);
+            return -1;
+        }
+        if (s_profile_verify(d->profile, d->cms, body, len, err, errlen) < 0)
+            return -1;
+        CMS_ContentInfo_free(d->cms);
+        d->cms = NULL;
+        d->step = S_CACAPS;
+        return 0;
+    case S_CACAPS: {
+        if (status != 200) {
+            snprintf(err, errlen, "SCEP GetCACaps: HTTP %ld", status);
+            return -1;
+        }
+        if (!memmem(body, len, "POSTPKIOperation", 16)) {
+            snprintf(err, errlen, "GetCACaps lacks POSTPKIOperation");
+            return -1;
+        }
+        //  the key made before the run when it has the profile's Keysize
+        devsim_profile_t *p = d->profile;
+        if (!d->key || !EVP_PKEY_is_a(d->key, "RSA") || EVP_PKEY_get_bits(d->key) != p->keysize) {
+            EVP_PKEY_free(d->key);
+            d->key = EVP_RSA_gen((unsigned)p->keysize);
+        }
+        d->csr = d->key
+                     ? pm_scepc_csr_name(d->key, p->subject, p->challenge[0] ? p->challenge : NULL)
+                     : NULL;
+        d->self = d->key ? pm_scepc_self_signed(d->key, "devsim SCEP transient") : NULL;
+        if (!d->csr || !d->self) {
+            snprintf(err, errlen, "cannot make the key and request");
+            return -1;
+        }
+        if (s_pkiop_build(p, PM_SCEP_PKCSREQ, d->csr, d->self, d->key, &d->op, err, errlen) < 0)
+            return -1;
+        d->step = S_PKIOP;
+        return 0;
     }
-    rc = s_pkiop(p, o, PM_SCEP_PKCSREQ, csr, self, key, key, id, err, errlen);
-out:
-    free(caps.data);
-    EVP_PKEY_free(key);
-    X509_REQ_free(csr);
-    X509_free(self);
-    return rc;
+    case S_PKIOP:
+        if (s_pkiop_check(d->profile, &d->op, status, body, len, d->self, d->key, d->key, &d->ident,
+                          err, errlen) < 0)
+            return -1;
+        d->step = S_DONE;
+        return 0;
+    case S_DONE:
+        break;
+    }
+    snprintf(err, errlen, "no request in flight");
+    return -1;
+}
+
+devsim_profile_t *devsim_scep_dev_take_profile(devsim_scep_dev_t *d)
+{
+    devsim_profile_t *p = d->step == S_DONE ? d->profile : NULL;
+    if (p)
+        d->profile = NULL;
+    return p;
+}
+
+const devsim_profile_t *devsim_scep_dev_profile(const devsim_scep_dev_t *d)
+{
+    return d->step == S_DONE ? d->profile : NULL;
+}
+
+devsim_ident_t *devsim_scep_dev_take_ident(devsim_scep_dev_t *d)
+{
+    devsim_ident_t *id = d->ident;
+    d->ident = NULL;
+    return id;
 }
 
 int devsim_scep_renew(const devsim_profile_t *p, const devsim_scep_opts_t *o,
@@ -488,12 +621,23 @@ int devsim_scep_renew(const devsim_profile_t *p, const devsim_scep_opts_t *o,
     EVP_PKEY *key = EVP_RSA_gen((unsigned)p->keysize);
     X509_REQ *csr =
         key ? pm_scepc_csr_name(key, X509_get_subject_name(devsim_ident_cert(old)), NULL) : NULL;
+    s_pkiop_t op = {0};
+    s_buf_t b = {0};
     int rc = -1;
+    char url[700];
+    snprintf(url, sizeof url, "%s%coperation=PKIOperation", p->scep_url,
+             strchr(p->scep_url, '?') ? '&' : '?');
+    long st = 0;
     if (!csr)
         snprintf(err, errlen, "cannot make the renewal key and request");
-    else
-        rc = s_pkiop(p, o, PM_SCEP_RENEWALREQ, csr, devsim_ident_cert(old), devsim_ident_key(old),
-                     key, id, err, errlen);
+    else if (s_pkiop_build(p, PM_SCEP_RENEWALREQ, csr, devsim_ident_cert(old),
+                           devsim_ident_key(old), &op, err, errlen) == 0 &&
+             s_http(o, url, op.der, op.len, "Content-Type: application/x-pki-message", &b, &st, err,
+                    errlen) == 0)
+        rc = s_pkiop_check(p, &op, st, b.data, b.len, devsim_ident_cert(old), devsim_ident_key(old),
+                           key, id, err, errlen);
+    free(b.data);
+    OPENSSL_free(op.der);
     EVP_PKEY_free(key);
     X509_REQ_free(csr);
     return rc;

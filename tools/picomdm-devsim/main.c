@@ -20,6 +20,7 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <malloc.h>
+#include <openssl/pem.h>
 #include <openssl/rsa.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -98,9 +99,15 @@ static const pm_opt_t s_opts[] = {
     {"go-file", PM_OPT_STR, NULL,
      "with --enroll-url: once the device keys are made, wait until this file exists before the "
      "first request (benchmarks start counting the server's CPU in between)"},
-    {"enroll-keepalive", PM_OPT_BOOL, "true",
-     "with --enroll-url: one TLS connection per device for its profile download and SCEP "
-     "requests, as a device keeps it (false: a new connection per request)"},
+    {"enroll-connections", PM_OPT_STR, "device",
+     "with --enroll-url: device = as a real device, the profile download, the SCEP requests and "
+     "the check-ins each on its own new TLS connection (3 full handshakes per enrollment); "
+     "shared = the --concurrency keep-alive connections shared by all devices; request = a new "
+     "connection per request (6)"},
+    {"key-dir", PM_OPT_STR, NULL,
+     "with --enroll-url: take device i's RSA key from DIR/rsa<i>.pem, making and writing it "
+     "there when missing (benchmarks: keys made once for several runs; each device of a run "
+     "still has its own key)"},
     {"renew", PM_OPT_BOOL, "false",
      "with --enroll-url: after the sessions, renew every certificate over SCEP (RenewalReq) "
      "and run the sessions again with the new one"},
@@ -152,24 +159,62 @@ static void s_on_ready(void *arg)
         devsim_push_on_ready(sv->push);
 }
 
-//  --enroll-url: every device fetches its own profile (one-time challenge) and
-//  enrolls over SCEP. The first profile's URLs and SignMessage drive the run.
-static int s_scep_enroll(const pm_cfg_t *cfg, devsim_dev_t **devs, int n,
-                         const devsim_scep_opts_t *so, devsim_profile_t **first, char *err,
-                         size_t errlen)
+//  --enroll-url: every device fetches its own profile (one-time challenge),
+//  enrolls over SCEP and checks in, --concurrency (or --rate) devices at a
+//  time (devsim_run_enroll_url). The first profile's URLs and SignMessage
+//  then drive the sessions. Returns the devices that failed, -1 on set-up
+//  errors (err).
+static int s_scep_enroll(const pm_cfg_t *cfg, devsim_run_t *run, int n, devsim_conn_mode_t conn,
+                         char *err, size_t errlen)
 {
     const char *url = pm_cfg_str(cfg, "enroll-url");
     struct timespec t0, t1;
-    //  Every device's RSA key first (2048 bits, the Keysize profiles ask for):
-    //  the slow part of a simulated enrollment is client-side, and making the
-    //  keys up front lets the server see the exchanges back to back.
+    //  Every device's RSA key first (2048 bits, the Keysize profiles ask for),
+    //  one distinct key per device: key generation is the simulator's cost
+    //  (a device makes its own), ~50-100 ms of CPU each, more than the whole
+    //  server spends on an enrollment; made in the timed phase it would cap
+    //  the offered rate at one core's keys per second and take the CPU from
+    //  the server it measures.
     EVP_PKEY **keys = calloc((size_t)n, sizeof *keys);
+    const char *kdir = pm_cfg_str(cfg, "key-dir");
+    int made = 0, loaded = 0;
+    if (kdir && mkdir(kdir, 0700) < 0 && errno != EEXIST) {
+        snprintf(err, errlen, "cannot create --key-dir '%s': %s", kdir, strerror(errno));
+        free(keys);
+        return -1;
+    }
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (int i = 0; keys && i < n && !zsys_interrupted; i++)
-        keys[i] = EVP_RSA_gen(2048);
+    for (int i = 0; keys && i < n && !zsys_interrupted; i++) {
+        char kp[1024] = "";
+        if (kdir) {
+            snprintf(kp, sizeof kp, "%s/rsa%d.pem", kdir, i);
+            FILE *f = fopen(kp, "r");
+            if (f) {
+                keys[i] = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+                fclose(f);
+                loaded += keys[i] != NULL;
+            }
+        }
+        if (!keys[i]) {
+            keys[i] = EVP_RSA_gen(2048);
+            made += keys[i] != NULL;
+            FILE *f = kp[0] && keys[i] ? fopen(kp, "w") : NULL;
+            if (f) {
+                PEM_write_PrivateKey(f, keys[i], NULL, NULL, 0, NULL, NULL);
+                fclose(f);
+            }
+        }
+    }
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    printf("scep: %d RSA-2048 device keys made in %.2f s, before the first request\n", n,
-           (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+    double ks = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    if (loaded)
+        printf("scep: %d RSA-2048 device keys read from %s, %d made, in %.2f s, before the first "
+               "request\n",
+               loaded, kdir, made, ks);
+    else
+        printf("scep: %d RSA-2048 device keys made in %.2f s (%.1f ms each: one core makes "
+               "%.1f/s), before the first request\n",
+               n, ks, n > 0 ? ks * 1e3 / n : 0.0, ks > 0 ? n / ks : 0.0);
     fflush(stdout);
     int rc = -1;
     const char *go = pm_cfg_str(cfg, "go-file");
@@ -181,38 +226,20 @@ static int s_scep_enroll(const pm_cfg_t *cfg, devsim_dev_t **devs, int n,
         zclock_sleep(10);
     }
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (int i = 0; i < n && !zsys_interrupted; i++) {
-        //  one connection per device for its profile download and SCEP requests
-        void *conn = NULL;
-        devsim_scep_opts_t dso = *so;
-        dso.conn = pm_cfg_bool(cfg, "enroll-keepalive") ? &conn : NULL;
-        dso.key = keys ? keys[i] : NULL;
-        devsim_profile_t *p = devsim_profile_fetch(url, &dso, err, errlen);
-        devsim_ident_t *id = NULL;
-        const char *chal = pm_cfg_str(cfg, "scep-challenge");
-        if (p && chal)
-            snprintf(p->challenge, sizeof p->challenge, "%s", chal);
-        if (!p || devsim_scep_enroll(p, &dso, &id, err, errlen) < 0) {
-            devsim_scep_conn_close(&conn);
-            devsim_profile_destroy(&p);
-            goto out;
-        }
-        devsim_scep_conn_close(&conn);
-        devsim_dev_set_ident(devs[i], &id);
-        snprintf(devs[i]->topic, sizeof devs[i]->topic, "%s", p->topic);
-        if (devs[i]->user)
-            snprintf(devs[i]->user->topic, sizeof devs[i]->user->topic, "%s", p->topic);
-        if (!*first)
-            *first = p;
-        else
-            devsim_profile_destroy(&p);
-    }
+    rc = devsim_run_enroll_url(run, url, keys, pm_cfg_str(cfg, "scep-challenge"),
+                               pm_cfg_bool(cfg, "enroll"), conn);
     clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (rc < 0) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
     double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
-    printf("scep: %d device(s) got their identity (profile + GetCACaps + GetCACert + PKCSReq) in "
-           "%.2f s, %.1f/s\n",
-           n, s, s > 0 ? n / s : 0.0);
-    rc = zsys_interrupted ? -1 : 0;
+    long got = devsim_run_identities(run);
+    printf("scep: %ld device(s) got their identity (profile + GetCACert + GetCACaps + PKCSReq, "
+           "then the check-ins) in %.2f s, %.1f/s\n",
+           got, s, s > 0 ? (double)got / s : 0.0);
+    if (zsys_interrupted)
+        rc = rc ? rc : 1;
 out:
     for (int i = 0; keys && i < n; i++)
         EVP_PKEY_free(keys[i]);
@@ -357,8 +384,8 @@ int main(int argc, char **argv)
     devsim_ca_t *ca = NULL;
     devsim_run_t *run = NULL;
     devsim_push_t *push = NULL;
-    devsim_profile_t *profile = NULL; //  --enroll-url: the first device's profile
-    FILE *latlog = NULL;              //  --latency-log
+    const devsim_profile_t *profile = NULL; //  --enroll-url: the first device's profile
+    FILE *latlog = NULL;                    //  --latency-log
     int n = 0;
     char err[256];
     bool verbose = pm_cfg_bool(cfg, "verbose");
@@ -494,27 +521,28 @@ int main(int argc, char **argv)
     const char *spoof = pm_cfg_str(cfg, "spoof"), *malformed = pm_cfg_str(cfg, "malformed");
     const char *enroll_url = pm_cfg_str(cfg, "enroll-url");
     devsim_scep_opts_t so = {pm_cfg_str(cfg, "ca-bundle"), pm_cfg_bool(cfg, "insecure"),
-                             (long)pm_cfg_int(cfg, "timeout-ms"), verbose};
+                             (long)pm_cfg_int(cfg, "timeout-ms"), verbose, NULL};
     char ebase[512] = "", echeckin[256] = "", eserver[256] = "";
+    devsim_conn_mode_t econn = DEVSIM_CONN_DEVICE;
     if (enroll_url && (cert || cacert || spoof || malformed || print)) {
         pm_error("--enroll-url gets identities over SCEP: do not combine it with --cert, "
                  "--ca-cert, --spoof, --malformed or --print");
         goto out;
     }
     if (enroll_url) {
-        if (s_scep_enroll(cfg, devs, n, &so, &profile, err, sizeof err) < 0) {
-            pm_error("enrollment from %s failed: %s", enroll_url, err);
-            rc = 1;
+        const char *ec = pm_cfg_str(cfg, "enroll-connections");
+        if (strcmp(ec, "shared") == 0)
+            econn = DEVSIM_CONN_SHARED;
+        else if (strcmp(ec, "request") == 0)
+            econn = DEVSIM_CONN_REQUEST;
+        else if (strcmp(ec, "device") != 0) {
+            pm_error("--enroll-connections must be device, shared or request, not '%s'", ec);
             goto out;
         }
-        char b2[512];
-        if (devsim_url_split(profile->server_url, ebase, sizeof ebase, eserver, sizeof eserver) <
-                0 ||
-            devsim_url_split(profile->checkin_url, b2, sizeof b2, echeckin, sizeof echeckin) < 0 ||
-            strcmp(ebase, b2) != 0) {
-            pm_error("the profile's ServerURL and CheckInURL must be https://host:port/path on "
-                     "one server");
-            rc = 1;
+        //  the engine starts at the enrollment URL's server; the profile says
+        //  where the check-ins and sessions go (devsim_run_set_target)
+        if (devsim_url_split(enroll_url, ebase, sizeof ebase, echeckin, sizeof echeckin) < 0) {
+            pm_error("--enroll-url must be https://host:port/path, not '%s'", enroll_url);
             goto out;
         }
     }
@@ -612,7 +640,7 @@ int main(int argc, char **argv)
         .server_path = enroll_url ? eserver : pm_cfg_str(cfg, "server-path"),
         .ca_bundle = pm_cfg_str(cfg, "ca-bundle"),
         .insecure = pm_cfg_bool(cfg, "insecure"),
-        .sign = enroll_url ? profile->sign_message : pm_cfg_bool(cfg, "sign"),
+        .sign = enroll_url ? true : pm_cfg_bool(cfg, "sign"), //  then the profile's
         .md = md,
         .concurrency = conc,
         .max_commands = (int)pm_cfg_int(cfg, "max-commands"),
@@ -662,7 +690,40 @@ int main(int argc, char **argv)
         }
     }
     int failed = 0;
-    if (pm_cfg_bool(cfg, "enroll"))
+    if (enroll_url) {
+        int ef = s_scep_enroll(cfg, run, n, econn, err, sizeof err);
+        profile = devsim_run_profile(run);
+        char b2[512];
+        if (ef != 0 || !profile) {
+            if (ef < 0)
+                pm_error("enrollment from %s failed: %s", enroll_url, err);
+            else
+                pm_error("enrollment from %s failed for %d device(s) (see the warnings above "
+                         "for why)",
+                         enroll_url, ef > 0 ? ef : n);
+            devsim_run_report(run, stdout);
+            OPENSSL_free(ca_der);
+            rc = 1;
+            goto out;
+        }
+        if (devsim_url_split(profile->server_url, ebase, sizeof ebase, eserver, sizeof eserver) <
+                0 ||
+            devsim_url_split(profile->checkin_url, b2, sizeof b2, echeckin, sizeof echeckin) < 0 ||
+            strcmp(ebase, b2) != 0) {
+            pm_error("the profile's ServerURL and CheckInURL must be https://host:port/path on "
+                     "one server");
+            OPENSSL_free(ca_der);
+            rc = 1;
+            goto out;
+        }
+        devsim_run_set_target(run, ebase, echeckin, eserver, profile->sign_message);
+        if (!pm_cfg_bool(cfg, "enroll")) //  --no-enroll: enrolled before, by assumption
+            for (int i = 0; i < n; i++) {
+                devs[i]->enrolled = true;
+                if (devs[i]->user)
+                    devs[i]->user->enrolled = true;
+            }
+    } else if (pm_cfg_bool(cfg, "enroll"))
         failed += devsim_run_enroll(run);
     else
         for (int i = 0; i < n; i++) {
@@ -722,7 +783,6 @@ out:
         devsim_dev_destroy(&devs[i]);
     free(devs);
     devsim_ca_destroy(&ca);
-    devsim_profile_destroy(&profile);
     pm_cfg_destroy(&cfg);
     curl_global_cleanup();
     return rc;
