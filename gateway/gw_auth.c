@@ -49,7 +49,7 @@ typedef struct {
 //  key per process, so nobody outside can aim certificates at one set) and
 //  a hit is taken only when the whole DER is byte-for-byte the one kept:
 //  the hash only picks where to look (SHA-256 of the DER per request cost
-//  ~14,000 instructions, SipHash plus the compare ~1,500). The SHA-256 the
+//  ~14,000 instructions, SipHash ~2,000 plus the compare). The SHA-256 the
 //  back end binds is worked out once, when the certificate is decoded
 //  (s_certinfo_t).
 #define S_XWAYS 16
@@ -227,8 +227,8 @@ out:
  *  the same certificate and key out (test_spki_libctx; the differential test
  *  compares it with the plain d2i path), ~0.66 M instructions instead of
  *  ~1.15 M (measured in a loop). A certificate whose key this way leaves
- *  undecoded is decoded again with d2i_X509, so the verdict is never this
- *  context's. Everything done with such a certificate later (its chain,
+ *  undecoded is decoded again with d2i_X509, so no certificate is refused
+ *  for want of a decoder here. Everything done with such a certificate later (its chain,
  *  the signature) fetches from that context, i.e. from the default
  *  provider through the forwarder. Without a default provider in the
  *  default context (another provider configuration) this is off.
