@@ -88,10 +88,10 @@ int gw_auth_verify_escaped_pem(gw_auth_t *auth, const char *escaped, gw_auth_res
 //  56 bytes each) and how long a verification is trusted before it is redone. An
 //  entry is never used past the notAfter of any certificate of its chain,
 //  and only chains made of the leaf and configured CAs are cached. Plus up
-//  to cert_slots decoded certificates (by SHA-256 of their DER; 0 is taken
-//  as 1). slots 0 or ttl_s 0 turns both off (every request decodes the
-//  certificate and verifies the chain). Returns -1 on allocation failure
-//  (caches then off).
+//  to cert_slots decoded certificates (looked up by a keyed hash of their
+//  DER, taken only when the whole DER is the same; 0 is taken as 1). slots 0 or ttl_s 0 turns both
+//  off (every request decodes the certificate and verifies the chain). Returns -1 on allocation
+//  failure (caches then off).
 #define GW_AUTH_CACHE_SLOTS 16384
 #define GW_AUTH_CACHE_TTL_S 600
 //  Decoded certificates kept (cert_slots; option cert-cache).
@@ -102,6 +102,20 @@ void gw_auth_cache_stats(const gw_auth_t *auth, uint64_t *hits, uint64_t *misses
 //  Certificates in Mdm-Signatures taken from the parsed-certificate cache
 //  (same slots; decoding an X509 is most of a signature check in OpenSSL 3.0).
 uint64_t gw_auth_cert_cache_hits(const gw_auth_t *auth);
+//  Certificates decoded (d2i_X509) for Mdm-Signatures so far: the misses of
+//  that cache, or every certificate with the caches off.
+uint64_t gw_auth_cert_decodes(const gw_auth_t *auth);
+//  Whether certificates for the decoded-certificate cache are decoded in
+//  the gateway's own library context (default provider, only its
+//  SubjectPublicKeyInfo decoders: OpenSSL 3.0's decoder set-up at a
+//  fraction of its cost; gw_auth.c s_spki_init).
+bool gw_auth_spki_ctx_on(const gw_auth_t *auth);
+//  Tests only: decode der[0..len) as the cache does (a new X509, NULL if
+//  not exactly one certificate); *own_ctx: decoded in that context.
+X509 *gw_auth_test_decode(gw_auth_t *auth, const uint8_t *der, size_t len, bool *own_ctx);
+//  Tests only: every DER gets the same cache key (one set, every look-up
+//  compares whole DERs), to show that a key match alone is never a hit.
+void gw_auth_test_const_der_key(gw_auth_t *auth, bool on);
 
 //  Signatures checked without CMS_verify's set-up (signed attributes and one
 //  digest algorithm; the same checks, see gw_auth.c s_verify_lean), so far.
@@ -111,6 +125,12 @@ uint64_t gw_auth_lean_checks(const gw_auth_t *auth);
 uint64_t gw_auth_kept_checks(const gw_auth_t *auth);
 //  Use kept verify contexts (default true; the unit tests compare both ways).
 void gw_auth_set_kept_ctx(gw_auth_t *auth, bool on);
+//  Base64 in one piece (the 64 letters, a multiple of 4, '=' only as the
+//  last one or two characters: what devices send) into out (at least
+//  len / 4 * 3 bytes); *outlen bytes. -1 for anything else (line breaks,
+//  other characters, nothing decoded): the same inputs and bytes as
+//  EVP_DecodeBlock on such text with the padding bytes dropped.
+int gw_b64_decode_plain(const char *in, size_t len, uint8_t *out, size_t *outlen);
 //  Lower-case hex of a 32-byte hash into out (at least 65 bytes).
 void gw_auth_hash_hex(const uint8_t hash[32], char *out);
 //  Copy src into dst[size], cut at size - 1 bytes: what snprintf "%s" does,

@@ -11,6 +11,7 @@
 
 #include <openssl/bio.h>
 #include <openssl/cms.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509v3.h>
@@ -395,6 +396,238 @@ static void test_chain_cache(void **state)
     sig = s_sign(s_body, strlen(s_body), &f->leaf, 1, EVP_sha256(), NULL);
     assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
     free(sig);
+    assert_int_equal(gw_auth_set_cache(f->auth, f->nocache ? 0 : 16, 600, 16), 0);
+}
+
+//  Certificates decoded in the gateway's own library context (the default
+//  provider's algorithms, only its SubjectPublicKeyInfo decoders) are the
+//  same certificates with the same keys as d2i_X509's: same DER out, equal
+//  keys, the CA's signature verifies over them (and not over a changed
+//  copy), and signatures by EC and RSA devices (SHA-256 and SHA-1) verify
+//  through the kept contexts made from such keys. Non-certificates and
+//  trailing bytes are refused as before.
+static void test_spki_libctx(void **state)
+{
+    fx_t *f = *state;
+    assert_true(gw_auth_spki_ctx_on(f->auth));
+    ident_t *ids[] = {&f->leaf, &f->leaf_rsa, &f->ca, &f->inter_leaf, &f->expired};
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        unsigned char *der = NULL;
+        int n = i2d_X509(ids[i]->cert, &der);
+        assert_true(n > 0);
+        bool own = false;
+        X509 *x = gw_auth_test_decode(f->auth, der, (size_t)n, &own);
+        assert_non_null(x);
+        assert_true(own);
+        assert_int_equal(X509_cmp(x, ids[i]->cert), 0);
+        unsigned char *der2 = NULL;
+        assert_int_equal(i2d_X509(x, &der2), n);
+        assert_memory_equal(der, der2, (size_t)n);
+        OPENSSL_free(der2);
+        assert_non_null(X509_get0_pubkey(x));
+        assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(x), X509_get0_pubkey(ids[i]->cert)), 1);
+        X509 *issuer = ids[i] == &f->inter_leaf ? f->inter.cert : f->ca.cert;
+        assert_int_equal(X509_verify(x, X509_get0_pubkey(issuer)), 1);
+        X509_free(x);
+        //  the CA's signature changed: decoded, and it no longer verifies
+        der[n - 1] ^= 0x01;
+        x = gw_auth_test_decode(f->auth, der, (size_t)n, &own);
+        assert_non_null(x);
+        assert_int_not_equal(X509_verify(x, X509_get0_pubkey(issuer)), 1);
+        X509_free(x);
+        ERR_clear_error();
+        //  trailing byte, truncated: not a certificate
+        unsigned char *longer = malloc((size_t)n + 1);
+        memcpy(longer, der, (size_t)n);
+        longer[n] = 0;
+        assert_null(gw_auth_test_decode(f->auth, longer, (size_t)n + 1, &own));
+        assert_null(gw_auth_test_decode(f->auth, der, (size_t)n - 1, &own));
+        free(longer);
+        OPENSSL_free(der);
+    }
+    //  end to end through the cache: EC SHA-256, RSA SHA-256 and SHA-1, all on
+    //  the kept contexts of keys from that context
+    assert_int_equal(gw_auth_set_cache(f->auth, 1024, 600, 16), 0);
+    struct {
+        ident_t *id;
+        const EVP_MD *md;
+    } c[] = {{&f->leaf, EVP_sha256()}, {&f->leaf_rsa, EVP_sha256()}, {&f->leaf_rsa, EVP_sha1()}};
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        char *sig = s_sign(s_body, strlen(s_body), c[i].id, 1, c[i].md, NULL);
+        uint64_t k0 = gw_auth_kept_checks(f->auth);
+        gw_auth_result_t r;
+        for (int j = 0; j < 2; j++)
+            assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
+        assert_int_equal(gw_auth_kept_checks(f->auth) - k0, 2);
+        s_expect_fail(f, sig, "<plist/>", 8, "bad_signature");
+        free(sig);
+    }
+    assert_int_equal(gw_auth_set_cache(f->auth, f->nocache ? 0 : 16, 600, 16), 0);
+}
+
+//  gw_b64_decode_plain against what it replaced: EVP_DecodeBlock on text
+//  that is base64 in one piece (alphabet, multiple of 4, '=' only at the
+//  end), padding bytes dropped. Random texts of every length up to 64 with
+//  one or two characters changed into any byte: same acceptance, same bytes.
+static bool s_plain_ref(const char *in, size_t len, uint8_t *out, size_t *outlen)
+{
+    if (len == 0 || len % 4 != 0)
+        return false;
+    size_t pad = in[len - 1] != '=' ? 0 : in[len - 2] == '=' ? 2 : 1;
+    for (size_t i = 0; i < len - pad; i++) {
+        unsigned char c = (unsigned char)in[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '+' || c == '/'))
+            return false;
+    }
+    int n = EVP_DecodeBlock(out, (const unsigned char *)in, (int)len);
+    if (n < 0 || (size_t)n != len / 4 * 3 || (size_t)n <= pad)
+        return false;
+    *outlen = (size_t)n - pad;
+    return true;
+}
+
+static void test_b64_plain(void **state)
+{
+    (void)state;
+    srand(4242);
+    static const char alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    int accepted = 0;
+    for (int iter = 0; iter < 20000; iter++) {
+        uint8_t raw[48], a[80], b[80];
+        size_t rl = (size_t)(rand() % 48);
+        for (size_t i = 0; i < rl; i++)
+            raw[i] = (uint8_t)rand();
+        char txt[80];
+        int tl = EVP_EncodeBlock((unsigned char *)txt, raw, (int)rl);
+        int muts = iter % 3; //  0, 1 or 2 changed characters
+        for (int m = 0; m < muts && tl > 0; m++) {
+            int r = rand() % 4;
+            txt[rand() % tl] = r == 0 ? '=' : r == 1 ? alpha[rand() % 64] : (char)(rand() % 256);
+        }
+        if (iter % 7 == 0 && tl > 0)
+            tl -= rand() % 3; //  cut short
+        size_t la = 0, lb = 0;
+        bool ref = s_plain_ref(txt, (size_t)tl, a, &la);
+        bool got = gw_b64_decode_plain(txt, (size_t)tl, b, &lb) == 0;
+        if (ref != got)
+            fail_msg("iteration %d: reference %d, gw_b64_decode_plain %d (%.*s)", iter, ref, got,
+                     tl, txt);
+        if (ref) {
+            accepted++;
+            assert_int_equal(la, lb);
+            assert_memory_equal(a, b, la);
+        }
+    }
+    assert_true(accepted > 5000); //  the comparison covered real decodes
+    size_t n;
+    uint8_t out[8];
+    assert_int_equal(gw_b64_decode_plain("AA==", 4, out, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(gw_b64_decode_plain("AAA=", 4, out, &n), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(gw_b64_decode_plain("A===", 4, out, &n), -1);
+    assert_int_equal(gw_b64_decode_plain("====", 4, out, &n), -1);
+    assert_int_equal(gw_b64_decode_plain("AA=A", 4, out, &n), -1);
+    assert_int_equal(gw_b64_decode_plain("AAAA\n", 5, out, &n), -1);
+    assert_int_equal(gw_b64_decode_plain("", 0, out, &n), -1);
+}
+
+//  The decoded-certificate cache takes an entry only when the whole DER is
+//  the same: with every DER given the same key (one set, test hook), the
+//  same certificate hits, a different one is decoded on its own and
+//  reported with its own SHA-256, and a copy of a cached certificate with
+//  one byte of the CA's signature changed (same length, same key) is
+//  decoded and refused, not served as the cached one. A certificate that
+//  is refused (expired, other CA) stays refused when it comes from the
+//  cache.
+static void s_der_sha256(X509 *x, uint8_t out[32])
+{
+    unsigned char *der = NULL;
+    int n = i2d_X509(x, &der);
+    assert_true(n > 0);
+    assert_int_equal(EVP_Digest(der, (size_t)n, out, NULL, EVP_sha256(), NULL), 1);
+    OPENSSL_free(der);
+}
+
+static void test_der_key(void **state)
+{
+    fx_t *f = *state;
+    gw_auth_result_t r;
+    assert_int_equal(gw_auth_set_cache(f->auth, 1024, 600, 16), 0);
+    gw_auth_test_const_der_key(f->auth, true);
+    ident_t a = s_make("device-der-a", &f->ca, 0, -3600, 86400, 0);
+    ident_t b = s_make("device-der-b", &f->ca, 0, -3600, 86400, 0);
+    uint8_t ha[32], hb[32];
+    s_der_sha256(a.cert, ha);
+    s_der_sha256(b.cert, hb);
+    char *siga = s_sign(s_body, strlen(s_body), &a, 1, EVP_sha256(), NULL);
+    char *sigb = s_sign(s_body, strlen(s_body), &b, 1, EVP_sha256(), NULL);
+    uint64_t d0 = gw_auth_cert_decodes(f->auth), x0 = gw_auth_cert_cache_hits(f->auth);
+    assert_int_equal(s_verify(f, siga, s_body, strlen(s_body), &r), 0);
+    assert_memory_equal(r.cert_hash, ha, 32);
+    assert_int_equal(s_verify(f, siga, s_body, strlen(s_body), &r), 0); //  same DER: a hit
+    assert_memory_equal(r.cert_hash, ha, 32);
+    assert_int_equal(gw_auth_cert_decodes(f->auth) - d0, 1);
+    assert_int_equal(gw_auth_cert_cache_hits(f->auth) - x0, 1);
+    //  another DER with the same key: decoded, its own hash, its own subject
+    assert_int_equal(s_verify(f, sigb, s_body, strlen(s_body), &r), 0);
+    assert_memory_equal(r.cert_hash, hb, 32);
+    assert_non_null(strstr(r.subject, "device-der-b"));
+    assert_int_equal(gw_auth_cert_decodes(f->auth) - d0, 2);
+    assert_int_equal(s_verify(f, sigb, s_body, strlen(s_body), &r), 0);
+    assert_int_equal(gw_auth_cert_decodes(f->auth) - d0, 2);
+    assert_int_equal(s_verify(f, siga, s_body, strlen(s_body), &r), 0);
+    assert_memory_equal(r.cert_hash, ha, 32);
+    assert_int_equal(gw_auth_cert_decodes(f->auth) - d0, 2);
+    //  a's DER with the last byte of the CA's signature changed: same length,
+    //  same key, same public key (a's key still signs for it)
+    unsigned char *der = NULL;
+    int n = i2d_X509(a.cert, &der);
+    assert_true(n > 0);
+    der[n - 1] ^= 0x01;
+    const unsigned char *p = der;
+    ident_t forged = {d2i_X509(NULL, &p, n), a.key};
+    assert_non_null(forged.cert);
+    OPENSSL_free(der);
+    char *sigf = s_sign(s_body, strlen(s_body), &forged, 1, EVP_sha256(), NULL);
+    s_expect_fail(f, sigf, s_body, strlen(s_body), "untrusted_chain");
+    s_expect_fail(f, sigf, s_body, strlen(s_body), "untrusted_chain"); //  now cached: still refused
+    assert_int_equal(gw_auth_cert_decodes(f->auth) - d0, 3);
+    assert_int_equal(s_verify(f, siga, s_body, strlen(s_body), &r), 0); //  a is unharmed
+    assert_memory_equal(r.cert_hash, ha, 32);
+    //  refused certificates stay refused from the cache: expired, other CA
+    char *sige = s_sign(s_body, strlen(s_body), &f->expired, 1, EVP_sha256(), NULL);
+    char *sigo = s_sign(s_body, strlen(s_body), &f->other_leaf, 1, EVP_sha256(), NULL);
+    for (int i = 0; i < 2; i++) {
+        s_expect_fail(f, sige, s_body, strlen(s_body), "expired");
+        s_expect_fail(f, sigo, s_body, strlen(s_body), "untrusted_chain");
+    }
+    assert_int_equal(gw_auth_cert_decodes(f->auth) - d0, 5);
+    //  more certificates than ways: the least recently used goes, and
+    //  every verdict is still right
+    for (int i = 0; i < 20; i++) {
+        char cn[32];
+        snprintf(cn, sizeof cn, "device-der-%d", i);
+        ident_t d = s_make(cn, &f->ca, 0, -3600, 86400, 0);
+        char *sig = s_sign(s_body, strlen(s_body), &d, 1, EVP_sha256(), NULL);
+        assert_int_equal(s_verify(f, sig, s_body, strlen(s_body), &r), 0);
+        assert_non_null(strstr(r.subject, cn));
+        free(sig);
+        s_free(&d);
+    }
+    s_expect_fail(f, sigf, s_body, strlen(s_body), "untrusted_chain");
+    assert_int_equal(s_verify(f, siga, s_body, strlen(s_body), &r), 0);
+    assert_memory_equal(r.cert_hash, ha, 32);
+    gw_auth_test_const_der_key(f->auth, false);
+    X509_free(forged.cert);
+    free(siga);
+    free(sigb);
+    free(sigf);
+    free(sige);
+    free(sigo);
+    s_free(&a);
+    s_free(&b);
     assert_int_equal(gw_auth_set_cache(f->auth, f->nocache ? 0 : 16, 600, 16), 0);
 }
 
@@ -850,6 +1083,9 @@ int main(void)
         cmocka_unit_test(test_intermediate_in_signature),
         cmocka_unit_test(test_chain_cache),
         cmocka_unit_test(test_cache_ways),
+        cmocka_unit_test(test_der_key),
+        cmocka_unit_test(test_b64_plain),
+        cmocka_unit_test(test_spki_libctx),
         cmocka_unit_test(test_fast_path_same_verdicts),
         cmocka_unit_test(test_kept_ctx),
         cmocka_unit_test(test_unsigned),
