@@ -125,12 +125,6 @@ uint64_t gw_auth_lean_checks(const gw_auth_t *auth);
 uint64_t gw_auth_kept_checks(const gw_auth_t *auth);
 //  Use kept verify contexts (default true; the unit tests compare both ways).
 void gw_auth_set_kept_ctx(gw_auth_t *auth, bool on);
-//  Base64 in one piece (the 64 letters, a multiple of 4, '=' only as the
-//  last one or two characters: what devices send) into out (at least
-//  len / 4 * 3 bytes); *outlen bytes. -1 for anything else (line breaks,
-//  other characters, nothing decoded): the same inputs and bytes as
-//  EVP_DecodeBlock on such text with the padding bytes dropped.
-int gw_b64_decode_plain(const char *in, size_t len, uint8_t *out, size_t *outlen);
 //  Lower-case hex of a 32-byte hash into out (at least 65 bytes).
 void gw_auth_hash_hex(const uint8_t hash[32], char *out);
 //  Copy src into dst[size], cut at size - 1 bytes: what snprintf "%s" does,

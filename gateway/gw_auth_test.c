@@ -465,74 +465,6 @@ static void test_spki_libctx(void **state)
     assert_int_equal(gw_auth_set_cache(f->auth, f->nocache ? 0 : 16, 600, 16), 0);
 }
 
-//  gw_b64_decode_plain against what it replaced: EVP_DecodeBlock on text
-//  that is base64 in one piece (alphabet, multiple of 4, '=' only at the
-//  end), padding bytes dropped. Random texts of every length up to 64 with
-//  one or two characters changed into any byte: same acceptance, same bytes.
-static bool s_plain_ref(const char *in, size_t len, uint8_t *out, size_t *outlen)
-{
-    if (len == 0 || len % 4 != 0)
-        return false;
-    size_t pad = in[len - 1] != '=' ? 0 : in[len - 2] == '=' ? 2 : 1;
-    for (size_t i = 0; i < len - pad; i++) {
-        unsigned char c = (unsigned char)in[i];
-        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-              c == '+' || c == '/'))
-            return false;
-    }
-    int n = EVP_DecodeBlock(out, (const unsigned char *)in, (int)len);
-    if (n < 0 || (size_t)n != len / 4 * 3 || (size_t)n <= pad)
-        return false;
-    *outlen = (size_t)n - pad;
-    return true;
-}
-
-static void test_b64_plain(void **state)
-{
-    (void)state;
-    srand(4242);
-    static const char alpha[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    int accepted = 0;
-    for (int iter = 0; iter < 20000; iter++) {
-        uint8_t raw[48], a[80], b[80];
-        size_t rl = (size_t)(rand() % 48);
-        for (size_t i = 0; i < rl; i++)
-            raw[i] = (uint8_t)rand();
-        char txt[80];
-        int tl = EVP_EncodeBlock((unsigned char *)txt, raw, (int)rl);
-        int muts = iter % 3; //  0, 1 or 2 changed characters
-        for (int m = 0; m < muts && tl > 0; m++) {
-            int r = rand() % 4;
-            txt[rand() % tl] = r == 0 ? '=' : r == 1 ? alpha[rand() % 64] : (char)(rand() % 256);
-        }
-        if (iter % 7 == 0 && tl > 0)
-            tl -= rand() % 3; //  cut short
-        size_t la = 0, lb = 0;
-        bool ref = s_plain_ref(txt, (size_t)tl, a, &la);
-        bool got = gw_b64_decode_plain(txt, (size_t)tl, b, &lb) == 0;
-        if (ref != got)
-            fail_msg("iteration %d: reference %d, gw_b64_decode_plain %d (%.*s)", iter, ref, got,
-                     tl, txt);
-        if (ref) {
-            accepted++;
-            assert_int_equal(la, lb);
-            assert_memory_equal(a, b, la);
-        }
-    }
-    assert_true(accepted > 5000); //  the comparison covered real decodes
-    size_t n;
-    uint8_t out[8];
-    assert_int_equal(gw_b64_decode_plain("AA==", 4, out, &n), 0);
-    assert_int_equal(n, 1);
-    assert_int_equal(gw_b64_decode_plain("AAA=", 4, out, &n), 0);
-    assert_int_equal(n, 2);
-    assert_int_equal(gw_b64_decode_plain("A===", 4, out, &n), -1);
-    assert_int_equal(gw_b64_decode_plain("====", 4, out, &n), -1);
-    assert_int_equal(gw_b64_decode_plain("AA=A", 4, out, &n), -1);
-    assert_int_equal(gw_b64_decode_plain("AAAA\n", 5, out, &n), -1);
-    assert_int_equal(gw_b64_decode_plain("", 0, out, &n), -1);
-}
-
 //  The decoded-certificate cache takes an entry only when the whole DER is
 //  the same: with every DER given the same key (one set, test hook), the
 //  same certificate hits, a different one is decoded on its own and
@@ -1084,7 +1016,6 @@ int main(void)
         cmocka_unit_test(test_chain_cache),
         cmocka_unit_test(test_cache_ways),
         cmocka_unit_test(test_der_key),
-        cmocka_unit_test(test_b64_plain),
         cmocka_unit_test(test_spki_libctx),
         cmocka_unit_test(test_fast_path_same_verdicts),
         cmocka_unit_test(test_kept_ctx),
