@@ -2,6 +2,7 @@
  *  See gw_auth.h. Every check that can fail says which one in res->code.
  */
 #include "gw_auth.h"
+#include "pm_str.h"
 #include "pm_x509.h"
 
 #include <event2/http.h>
@@ -430,13 +431,6 @@ STACK_OF(X509_NAME) * gw_auth_ca_names(const gw_auth_t *auth)
         }
     }
     return names;
-}
-
-void gw_str_copy(char *dst, size_t size, const char *src)
-{
-    size_t n = strnlen(src, size - 1);
-    memcpy(dst, src, n);
-    dst[n] = '\0';
 }
 
 void gw_auth_hash_hex(const uint8_t hash[32], char *out)
@@ -923,8 +917,8 @@ static int s_verify_chain(gw_auth_t *self, X509 *cert, STACK_OF(X509) * untruste
     X509_STORE_CTX *ctx = NULL;
     const s_certinfo_t *ci = s_exidx >= 0 ? X509_get_ex_data(cert, s_exidx) : NULL;
     if (ci) { //  a certificate from the decoded-certificate cache: described once
-        gw_str_copy(res->subject, sizeof res->subject, ci->subject);
-        gw_str_copy(res->issuer, sizeof res->issuer, ci->issuer);
+        pm_str_copy(res->subject, sizeof res->subject, ci->subject, PM_STR_ALL);
+        pm_str_copy(res->issuer, sizeof res->issuer, ci->issuer, PM_STR_ALL);
         memcpy(res->cert_hash, ci->hash, 32);
         memcpy(res->prev_hash, ci->prev_hash, 32);
         res->has_prev = ci->has_prev;

@@ -127,9 +127,5 @@ uint64_t gw_auth_kept_checks(const gw_auth_t *auth);
 void gw_auth_set_kept_ctx(gw_auth_t *auth, bool on);
 //  Lower-case hex of a 32-byte hash into out (at least 65 bytes).
 void gw_auth_hash_hex(const uint8_t hash[32], char *out);
-//  Copy src into dst[size], cut at size - 1 bytes: what snprintf "%s" does,
-//  without its format machinery (~600 instructions a call; the gateway
-//  copies a few strings per request).
-void gw_str_copy(char *dst, size_t size, const char *src);
 
 #endif

@@ -14,6 +14,7 @@
 #include "gw_devreq.h"
 #include "gw_http.h"
 #include "gw_eid.h"
+#include "pm_str.h"
 #include "pm_log.h"
 #include "pm_msg.h"
 #include "pm_plist.h"
@@ -721,10 +722,11 @@ static void s_on_device(gw_server_t *self, struct evhttp_request *req, const cha
     }
     r->route = d.route == GW_DEVREQ_CHECKIN ? GW_ROUTE_CHECKIN : GW_ROUTE_CONNECT;
     r->kind = d.kind;
-    gw_str_copy(r->eid, sizeof r->eid, d.eid);
-    gw_str_copy(r->what, sizeof r->what, d.route == GW_DEVREQ_CHECKIN ? d.mtype : d.status);
-    gw_str_copy(r->remote, sizeof r->remote, remote);
-    gw_str_copy(r->path, sizeof r->path, path);
+    pm_str_copy(r->eid, sizeof r->eid, d.eid, PM_STR_ALL);
+    pm_str_copy(r->what, sizeof r->what, d.route == GW_DEVREQ_CHECKIN ? d.mtype : d.status,
+                PM_STR_ALL);
+    pm_str_copy(r->remote, sizeof r->remote, remote, PM_STR_ALL);
+    pm_str_copy(r->path, sizeof r->path, path, PM_STR_ALL);
     if (has_cert && pm_log_level() >= PM_LOG_DEBUG) { //  no hex per request unless logged
         char hex[65];
         gw_auth_hash_hex(auth.cert_hash, hex);
@@ -748,7 +750,7 @@ static void s_on_request(struct evhttp_request *req, void *arg)
         ev_uint16_t port = 0;
         evhttp_connection_get_peer(evcon, &host, &port);
         if (host)
-            gw_str_copy(remote, sizeof remote, host);
+            pm_str_copy(remote, sizeof remote, host, PM_STR_ALL);
     }
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;

@@ -953,7 +953,7 @@ static int s_enr_load(store_db_t *db, const char *eid, s_enr_t *e, sqlite3_stmt 
         return -1;
     }
     e->found = true;
-    store_copy(e->kind, sizeof e->kind, s_col_text(st, 0) ? s_col_text(st, 0) : "", STORE_ALL);
+    pm_str_copy(e->kind, sizeof e->kind, s_col_text(st, 0) ? s_col_text(st, 0) : "", PM_STR_ALL);
     int n = sqlite3_column_bytes(st, 1);
     if (n > 0 && (size_t)n <= sizeof e->cert_hash) {
         memcpy(e->cert_hash, sqlite3_column_blob(st, 1), (size_t)n);
@@ -962,7 +962,7 @@ static int s_enr_load(store_db_t *db, const char *eid, s_enr_t *e, sqlite3_stmt 
     e->enrolled = sqlite3_column_int(st, 2) != 0;
     e->session = sqlite3_column_int64(st, 3);
     if (s_col_text(st, 7))
-        store_copy(e->parent, sizeof e->parent, s_col_text(st, 7), STORE_ALL);
+        pm_str_copy(e->parent, sizeof e->parent, s_col_text(st, 7), PM_STR_ALL);
     if (stp)
         *stp = st;
     else
@@ -1250,7 +1250,7 @@ static store_rc_t s_user_channel_create(store_db_t *db, const store_checkin_t *i
     if (s_exec(db, st, "creating a user channel") < 0)
         return STORE_ERR_DB;
     e->found = true;
-    store_copy(e->kind, sizeof e->kind, in->kind, STORE_ALL);
+    pm_str_copy(e->kind, sizeof e->kind, in->kind, PM_STR_ALL);
     return STORE_OK;
 }
 
@@ -1375,7 +1375,7 @@ store_rc_t store_db_checkin(store_db_t *db, const store_checkin_t *in, store_che
     }
 event:;
     char name[96];
-    store_join(name, sizeof name, "checkin", '.', mt);
+    pm_str_join(name, sizeof name, "checkin", '.', mt);
     msgpack_packer *pk = s_ev_data(db, 2);
     store_pk_kstr(pk, "kind", in->kind);
     store_pk_kint(pk, "status", res->status);
@@ -1421,7 +1421,7 @@ static const char *s_uuid_of(store_db_t *db, int64_t cmd, char *buf, size_t size
         return buf;
     sqlite3_bind_int64(c, 1, cmd);
     if (sqlite3_step(c) == SQLITE_ROW)
-        store_copy(buf, size, s_col_text(c, 0), STORE_ALL);
+        pm_str_copy(buf, size, s_col_text(c, 0), PM_STR_ALL);
     sqlite3_reset(c);
     return buf;
 }
@@ -1542,7 +1542,7 @@ static int s_record_answer(store_db_t *db, const store_connect_t *in, int64_t se
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         cmd = sqlite3_column_int64(st, 0);
-        store_copy(rtype, sizeof rtype, s_col_text(st, 1), STORE_ALL);
+        pm_str_copy(rtype, sizeof rtype, s_col_text(st, 1), PM_STR_ALL);
     }
     sqlite3_reset(st);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
@@ -1654,9 +1654,9 @@ static int s_pack_command(store_db_t *db, int64_t cmd, msgpack_sbuffer *out, cha
         return -1;
     }
     if (uuid)
-        store_copy(uuid, usize, s_col_text(st, 0), STORE_ALL);
+        pm_str_copy(uuid, usize, s_col_text(st, 0), PM_STR_ALL);
     if (rtype)
-        store_copy(rtype, rsize, s_col_text(st, 1), STORE_ALL);
+        pm_str_copy(rtype, rsize, s_col_text(st, 1), PM_STR_ALL);
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
     msgpack_pack_map(&pk, 2);
@@ -1846,7 +1846,7 @@ store_rc_t store_db_enqueue(store_db_t *db, const store_enqueue_t *in, char *uui
             return STORE_ERR_DB;
         s_bind_text(st, 1, in->rid);
         if (sqlite3_step(st) == SQLITE_ROW) {
-            store_copy(uuid_out, uuid_size, s_col_text(st, 0), STORE_ALL);
+            pm_str_copy(uuid_out, uuid_size, s_col_text(st, 0), PM_STR_ALL);
             *queued = (uint64_t)sqlite3_column_int64(st, 1);
             sqlite3_reset(st);
             return STORE_OK;
@@ -1967,7 +1967,7 @@ store_rc_t store_db_enqueue(store_db_t *db, const store_enqueue_t *in, char *uui
     if (s_event_scratch(db, "command.queued", in->ntargets == 1 ? in->targets[0] : NULL,
                         in->now_ms) < 0)
         return STORE_ERR_DB;
-    store_copy(uuid_out, uuid_size, in->command_uuid, STORE_ALL);
+    pm_str_copy(uuid_out, uuid_size, in->command_uuid, PM_STR_ALL);
     return STORE_OK;
 }
 

@@ -1072,26 +1072,6 @@ static void test_stmt_cache(void **state)
 }
 
 //  store_copy / store_join (store_pack.h) copy as snprintf("%s") / ("%s.%s") did.
-static void test_copy_join(void **state)
-{
-    (void)state;
-    char b[8], ref[8];
-    assert_string_equal(store_copy(b, sizeof b, "abc", STORE_ALL), "abc");
-    assert_string_equal(store_copy(b, sizeof b, "abcdefghij", STORE_ALL), "abcdefg");
-    assert_string_equal(store_copy(b, sizeof b, "abcdef", 3), "abc");  //  n bytes
-    assert_string_equal(store_copy(b, sizeof b, "ab\0cdef", 6), "ab"); //  stops at a NUL
-    assert_string_equal(store_copy(b, sizeof b, NULL, STORE_ALL), "");
-    assert_string_equal(store_copy(b, 1, "abc", STORE_ALL), "");
-    const char *a[] = {"", "a", "abc", "abcdef", "abcdefgh"};
-    for (size_t i = 0; i < 5; i++)
-        for (size_t j = 0; j < 5; j++) {
-            snprintf(ref, sizeof ref, "%s.%s", a[i], a[j]);
-            assert_string_equal(store_join(b, sizeof b, a[i], '.', a[j]), ref);
-            snprintf(ref, sizeof ref, "%s%s", a[i], a[j]);
-            assert_string_equal(store_join(b, sizeof b, a[i], 0, a[j]), ref);
-        }
-}
-
 //  The doctor note skips its upsert when the remembered identity row says it
 //  would change nothing, and forgets what a rollback undid.
 static int s_identity_upserts;
@@ -1172,7 +1152,6 @@ int main(void)
         cmocka_unit_test(test_lists),
         cmocka_unit_test(test_doctor_identity_facts),
         cmocka_unit_test(test_stmt_cache),
-        cmocka_unit_test(test_copy_join),
         cmocka_unit_test(test_doctor_note_memo),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -116,7 +116,7 @@ static bool s_key_is(const msgpack_object *k, const char *name)
 static void s_key_copy(const msgpack_object *k, char *buf, size_t size)
 {
     if (k->type == MSGPACK_OBJECT_STR)
-        store_copy(buf, size, k->via.str.ptr, k->via.str.size);
+        pm_str_copy(buf, size, k->via.str.ptr, k->via.str.size);
     else
         snprintf(buf, size, "(non-string key)");
 }
@@ -127,7 +127,7 @@ static bool s_text(const msgpack_object *o, char *buf, size_t size)
 {
     switch (o->type) {
     case MSGPACK_OBJECT_STR:
-        store_copy(buf, size, o->via.str.ptr, o->via.str.size);
+        pm_str_copy(buf, size, o->via.str.ptr, o->via.str.size);
         return true;
     case MSGPACK_OBJECT_POSITIVE_INTEGER:
         snprintf(buf, size, "%" PRIu64, o->via.u64);
@@ -136,7 +136,7 @@ static bool s_text(const msgpack_object *o, char *buf, size_t size)
         snprintf(buf, size, "%" PRId64, o->via.i64);
         return true;
     case MSGPACK_OBJECT_BOOLEAN:
-        store_copy(buf, size, o->via.boolean ? "true" : "false", STORE_ALL);
+        pm_str_copy(buf, size, o->via.boolean ? "true" : "false", PM_STR_ALL);
         return true;
     case MSGPACK_OBJECT_FLOAT32:
     case MSGPACK_OBJECT_FLOAT64:
@@ -344,9 +344,9 @@ static int s_put(store_inv_t *self, const char *eid, const char *key, const msgp
     if (!same) {
         self->nch_total++;
         if (self->nch < S_MAX_CHANGES) {
-            store_copy(self->ch[self->nch].key, sizeof self->ch[0].key, key, STORE_ALL);
-            store_copy(self->ch[self->nch].old, sizeof self->ch[0].old, old, STORE_ALL);
-            store_copy(self->ch[self->nch].new_, sizeof self->ch[0].new_, text, STORE_ALL);
+            pm_str_copy(self->ch[self->nch].key, sizeof self->ch[0].key, key, PM_STR_ALL);
+            pm_str_copy(self->ch[self->nch].old, sizeof self->ch[0].old, old, PM_STR_ALL);
+            pm_str_copy(self->ch[self->nch].new_, sizeof self->ch[0].new_, text, PM_STR_ALL);
             self->ch[self->nch].had_old = had;
             self->nch++;
         }
@@ -360,7 +360,7 @@ static int s_os_version(store_inv_t *self, const char *eid, const msgpack_object
     if (v->type != MSGPACK_OBJECT_STR || v->via.str.size == 0 || v->via.str.size > 64)
         return 0;
     char os[80];
-    store_copy(os, sizeof os, v->via.str.ptr, v->via.str.size);
+    pm_str_copy(os, sizeof os, v->via.str.ptr, v->via.str.size);
     sqlite3_stmt *st = s_st(self, S_OS);
     if (!st)
         return -1;
@@ -451,11 +451,11 @@ static int s_drop_old(store_inv_t *self, const char *eid, const char *rt, const 
         self->nch_total++;
         if (self->nch == S_MAX_CHANGES)
             continue;
-        store_copy(self->ch[self->nch].key, sizeof self->ch[0].key,
-                   (const char *)sqlite3_column_text(st, 0), STORE_ALL);
+        pm_str_copy(self->ch[self->nch].key, sizeof self->ch[0].key,
+                   (const char *)sqlite3_column_text(st, 0), PM_STR_ALL);
         const char *vt = (const char *)sqlite3_column_text(st, 1);
         if (vt)
-            store_copy(self->ch[self->nch].old, sizeof self->ch[0].old, vt, STORE_ALL);
+            pm_str_copy(self->ch[self->nch].old, sizeof self->ch[0].old, vt, PM_STR_ALL);
         else
             snprintf(self->ch[self->nch].old, sizeof self->ch[0].old, "(list)");
         self->ch[self->nch].new_[0] = '\0';
@@ -505,9 +505,9 @@ int store_inv_ingest(store_inv_t *self, const char *eid, const char *request_typ
                 char cname[96];
                 s_key_copy(ck, cname, sizeof cname);
                 if (merge)
-                    store_copy(attr, sizeof attr, cname, STORE_ALL);
+                    pm_str_copy(attr, sizeof attr, cname, PM_STR_ALL);
                 else
-                    store_join(attr, sizeof attr, request_type, '.', cname);
+                    pm_str_join(attr, sizeof attr, request_type, '.', cname);
                 const cmdtab_key_t *ckey = s_child(sk->child, sk->nchild, ck);
                 if (!ckey)
                     s_issue(self, "%s.%s: key not in Apple's schema (kept)", kname, cname);
@@ -527,9 +527,9 @@ int store_inv_ingest(store_inv_t *self, const char *eid, const char *request_typ
         if (sk)
             s_check(self, sk, v, kname, 0);
         if (cmd->nresp == 1 && sk)
-            store_copy(attr, sizeof attr, request_type, STORE_ALL);
+            pm_str_copy(attr, sizeof attr, request_type, PM_STR_ALL);
         else
-            store_join(attr, sizeof attr, request_type, '.', kname);
+            pm_str_join(attr, sizeof attr, request_type, '.', kname);
         if (s_put(self, eid, attr, v, request_type, command_uuid, now) < 0) {
             ret = -1;
             goto out;

@@ -60,28 +60,6 @@ void store_pk_kcol(msgpack_packer *pk, const char *k, sqlite3_stmt *st, int i)
     store_pk_col(pk, st, i);
 }
 
-char *store_copy(char *buf, size_t size, const char *s, size_t n)
-{
-    size_t len = 0;
-    if (s)
-        len = n == STORE_ALL ? strnlen(s, size - 1) : strnlen(s, n < size - 1 ? n : size - 1);
-    memcpy(buf, s ? s : "", len);
-    buf[len] = '\0';
-    return buf;
-}
-
-char *store_join(char *buf, size_t size, const char *a, char sep, const char *b)
-{
-    store_copy(buf, size, a, STORE_ALL);
-    size_t len = strlen(buf);
-    if (sep && len + 1 < size) {
-        buf[len++] = sep;
-        buf[len] = '\0';
-    }
-    store_copy(buf + len, size - len, b, STORE_ALL);
-    return buf;
-}
-
 bool store_hex64_ok(const char *h)
 {
     if (!h || strlen(h) != 64)

@@ -8,6 +8,7 @@
 #define STORE_PACK_H
 
 #include "pm_msg.h"
+#include "pm_str.h"
 #include "store_db.h"
 
 #include <msgpack.h>
@@ -27,14 +28,7 @@ void store_pk_col(msgpack_packer *pk, sqlite3_stmt *st, int i);
 //  Key + column i, as store_pk_col.
 void store_pk_kcol(msgpack_packer *pk, const char *k, sqlite3_stmt *st, int i);
 
-//  Bounded string copies for the request path: snprintf("%s") parses its
-//  format for every copy, ~3 % of a device request's instructions (session
-//  6). Both truncate to size - 1 bytes and always terminate (size > 0).
-//  store_copy: the first n bytes of s (stopping at a NUL), NULL copies "".
-char *store_copy(char *buf, size_t size, const char *s, size_t n);
-//  a + sep + b (sep a character; 0: none), as snprintf("%s%c%s").
-char *store_join(char *buf, size_t size, const char *a, char sep, const char *b);
-#define STORE_ALL ((size_t)-1) //  store_copy: up to the NUL
+//  Bounded string copies for the request path: common/pm_str.h.
 
 //  A SHA-256 in lowercase hex (64 digits).
 bool store_hex64_ok(const char *h);
