@@ -15,7 +15,6 @@
 #include <openssl/provider.h>
 #include <openssl/rsa.h>
 #include <openssl/x509v3.h>
-#include <sodium.h>
 
 #include <limits.h>
 #include <stdarg.h>
@@ -46,18 +45,14 @@ typedef struct {
 //  ways, 10,000 devices in 16,384 slots still leave ~14 % of them in a set
 //  with more devices than ways (Poisson, 1.22 per set), with sixteen 0.5 %
 //  (a look-up compares at most 16 hashes: nothing next to one decode).
-//  Keyed by SipHash-2-4 of the DER (libsodium crypto_shorthash, a random
-//  key per process, so nobody outside can aim certificates at one set) and
-//  a hit is taken only when the whole DER is byte-for-byte the one kept:
-//  the hash only picks where to look (SHA-256 of the DER per request cost
-//  ~14,000 instructions, SipHash ~2,000 plus the compare). The SHA-256 the
-//  back end binds is worked out once, when the certificate is decoded
-//  (s_certinfo_t).
+//  Keyed by the SHA-256 of the DER: a hit needs all 32 bytes equal. (Session
+//  6 tried SipHash with a kept copy of the DER compared on a hit: ~12,000
+//  fewer instructions per request, but ~0.5 KiB more per device, 5 MB at
+//  10,000 devices, which took the run's RSS to 147-148 of the 150 MB
+//  budget; docs/gateway.md.)
 #define S_XWAYS 16
 typedef struct {
-    uint64_t key; //  SipHash of der (0 with an empty slot too: x says)
-    uint8_t *der; //  a copy of the certificate's DER (owned)
-    size_t derlen;
+    uint8_t hash[32]; //  SHA-256 of the certificate's DER
     X509 *x;
     uint64_t used; //  tick of the last hit (LRU within the set)
 } s_xcached_t;
@@ -72,14 +67,13 @@ struct gw_auth {
     s_xcached_t *xcache; //  parsed certificates by their DER (xslots entries)
     size_t xslots;
     uint64_t xhits, xtick;
-    uint64_t xdecodes;                       //  certificates decoded (d2i_X509) so far
-    uint8_t xkey[crypto_shorthash_KEYBYTES]; //  SipHash key (random per gw_auth_t)
+    uint64_t xdecodes; //  certificates decoded (d2i_X509) so far
     //  Library context whose only provider forwards to the default one but
     //  lists only its SubjectPublicKeyInfo decoders (s_spki_init); NULL:
     //  certificates are decoded with d2i_X509 (s_cert_decode).
     OSSL_LIB_CTX *declib;
     OSSL_PROVIDER *decprov;
-    bool xkey_const; //  test hook: every DER gets key 0
+    bool xkey_const; //  test hook: every DER goes to the first set
     //  SHA-256 and SHA-1 fetched once: EVP_sha256() in EVP_Digest looks the
     //  implementation up in the provider store on every call (a lock, a hash
     //  table walk, string compares), twice per request here.
@@ -340,12 +334,6 @@ gw_auth_t *gw_auth_new(const char *ca_files, char *err, size_t errlen)
     list = strdup(ca_files);
     if (!self || !list)
         goto oom;
-    if (sodium_init() < 0) {
-        snprintf(err, errlen,
-                 "libsodium failed to initialise (no entropy source?): check /dev/urandom");
-        goto fail;
-    }
-    crypto_shorthash_keygen(self->xkey);
     s_spki_new(self);
     self->store = X509_STORE_new();
     self->cas = sk_X509_new_null();
@@ -385,10 +373,8 @@ fail:
 //  Free the decoded-certificate cache (entries and array).
 static void s_xcache_free(gw_auth_t *self)
 {
-    for (size_t i = 0; self->xcache && i < self->xslots; i++) {
+    for (size_t i = 0; self->xcache && i < self->xslots; i++)
         X509_free(self->xcache[i].x);
-        free(self->xcache[i].der);
-    }
     free(self->xcache);
     self->xcache = NULL;
 }
@@ -605,12 +591,13 @@ static void s_certinfo_attach(const gw_auth_t *self, X509 *x, OSSL_LIB_CTX *lctx
 
 //  The certificate encoded by der[0..len): from the cache, or decoded (and
 //  cached). Returns a new reference (X509_free it), NULL if not a certificate.
-//  A cached entry is used only when its DER is exactly der[0..len).
+//  A cached entry is used only when its DER has the same SHA-256.
 static X509 *s_cert_get(gw_auth_t *self, const uint8_t *der, size_t len)
 {
-    const unsigned char *p = der;
-    if (!self->xcache) {
+    uint8_t h[32];
+    if (!self->xcache || EVP_Digest(der, len, h, NULL, s_md(self, NID_sha256), NULL) != 1) {
         self->xdecodes++;
+        const unsigned char *p = der;
         X509 *x = d2i_X509(NULL, &p, (long)len);
         if (x && p != der + len) {
             X509_free(x);
@@ -619,16 +606,12 @@ static X509 *s_cert_get(gw_auth_t *self, const uint8_t *der, size_t len)
         return x;
     }
     uint64_t k = 0;
-    if (!self->xkey_const) {
-        uint8_t h[crypto_shorthash_BYTES];
-        crypto_shorthash(h, der, (unsigned long long)len, self->xkey);
+    if (!self->xkey_const)
         memcpy(&k, h, sizeof k);
-    }
     size_t ways = self->xslots >= S_XWAYS ? S_XWAYS : self->xslots;
     s_xcached_t *set = &self->xcache[(k % (self->xslots / ways)) * ways], *c = set;
     for (size_t i = 0; i < ways; i++) {
-        if (set[i].x && set[i].key == k && set[i].derlen == len &&
-            memcmp(set[i].der, der, len) == 0) {
+        if (set[i].x && memcmp(set[i].hash, h, sizeof h) == 0) {
             self->xhits++;
             set[i].used = ++self->xtick;
             X509_up_ref(set[i].x);
@@ -641,16 +624,9 @@ static X509 *s_cert_get(gw_auth_t *self, const uint8_t *der, size_t len)
     X509 *x = s_cert_decode(self, der, len, &lctx);
     if (!x)
         return NULL;
-    uint8_t *copy = malloc(len);
-    if (!copy) //  not cached, still usable for this request
-        return x;
-    memcpy(copy, der, len);
     s_certinfo_attach(self, x, lctx);
     X509_free(c->x);
-    free(c->der);
-    c->key = k;
-    c->der = copy;
-    c->derlen = len;
+    memcpy(c->hash, h, sizeof h);
     c->x = x;
     c->used = ++self->xtick;
     X509_up_ref(x);

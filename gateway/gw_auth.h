@@ -88,8 +88,8 @@ int gw_auth_verify_escaped_pem(gw_auth_t *auth, const char *escaped, gw_auth_res
 //  56 bytes each) and how long a verification is trusted before it is redone. An
 //  entry is never used past the notAfter of any certificate of its chain,
 //  and only chains made of the leaf and configured CAs are cached. Plus up
-//  to cert_slots decoded certificates (looked up by a keyed hash of their
-//  DER, taken only when the whole DER is the same; 0 is taken as 1). slots 0 or ttl_s 0 turns both
+//  to cert_slots decoded certificates (looked up by the SHA-256 of their
+//  DER, all 32 bytes compared; 0 is taken as 1). slots 0 or ttl_s 0 turns both
 //  off (every request decodes the certificate and verifies the chain). Returns -1 on allocation
 //  failure (caches then off).
 #define GW_AUTH_CACHE_SLOTS 16384
@@ -113,8 +113,8 @@ bool gw_auth_spki_ctx_on(const gw_auth_t *auth);
 //  Tests only: decode der[0..len) as the cache does (a new X509, NULL if
 //  not exactly one certificate); *own_ctx: decoded in that context.
 X509 *gw_auth_test_decode(gw_auth_t *auth, const uint8_t *der, size_t len, bool *own_ctx);
-//  Tests only: every DER gets the same cache key (one set, every look-up
-//  compares whole DERs), to show that a key match alone is never a hit.
+//  Tests only: every DER goes to the same set of the cache (every look-up
+//  compares full SHA-256s), to show that sharing a set is never a hit.
 void gw_auth_test_const_der_key(gw_auth_t *auth, bool on);
 
 //  Signatures checked without CMS_verify's set-up (signed attributes and one

@@ -465,11 +465,11 @@ static void test_spki_libctx(void **state)
     assert_int_equal(gw_auth_set_cache(f->auth, f->nocache ? 0 : 16, 600, 16), 0);
 }
 
-//  The decoded-certificate cache takes an entry only when the whole DER is
-//  the same: with every DER given the same key (one set, test hook), the
+//  The decoded-certificate cache takes an entry only when the DER's SHA-256
+//  is the same: with every DER in the same set (test hook), the
 //  same certificate hits, a different one is decoded on its own and
 //  reported with its own SHA-256, and a copy of a cached certificate with
-//  one byte of the CA's signature changed (same length, same key) is
+//  one byte of the CA's signature changed (same length, same set) is
 //  decoded and refused, not served as the cached one. A certificate that
 //  is refused (expired, other CA) stays refused when it comes from the
 //  cache.
