@@ -51,6 +51,11 @@ typedef struct {
 //  10,000 devices, which took the run's RSS to 147-148 of the 150 MB
 //  budget; docs/gateway.md.)
 #define S_XWAYS 16
+//  Only certificates up to this size are cached: a device identity is
+//  ~0.5-1.5 KiB, and entries are made before the chain is checked, so a
+//  client sending large made-up certificates would otherwise fill 16,384
+//  entries of up to ~50 KiB each (larger ones are decoded every time).
+#define S_XDER_MAX 4096
 typedef struct {
     uint8_t hash[32]; //  SHA-256 of the certificate's DER
     X509 *x;
@@ -259,7 +264,11 @@ static int s_spki_init(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in,
 
 static void s_spki_setup(void)
 {
-    if (OSSL_PROVIDER_available(NULL, "default") != 1)
+    //  The private context reads no openssl.cnf: with FIPS in force (a fips
+    //  provider, or fips=yes by default) certificates must go through the
+    //  configured default context, so the feature is off.
+    if (OSSL_PROVIDER_available(NULL, "default") != 1 ||
+        OSSL_PROVIDER_available(NULL, "fips") == 1 || EVP_default_properties_is_fips_enabled(NULL))
         return;
     s_dflt = OSSL_PROVIDER_load(NULL, "default"); //  one more reference, kept
     if (!s_dflt)
@@ -308,9 +317,13 @@ static X509 *s_cert_decode(gw_auth_t *self, const uint8_t *der, size_t len, OSSL
             *lctx = self->declib;
             return x;
         }
-        X509_free(x);
         ERR_clear_error();
-        p = der;
+        //  not one certificate: the plain decoder would say the same
+        bool whole = x && p == der + len;
+        X509_free(x);
+        if (!whole)
+            return NULL;
+        p = der; //  a certificate whose key did not decode here: d2i_X509's turn
     }
     X509 *x = d2i_X509(NULL, &p, (long)len);
     if (x && p != der + len) {
@@ -595,7 +608,8 @@ static void s_certinfo_attach(const gw_auth_t *self, X509 *x, OSSL_LIB_CTX *lctx
 static X509 *s_cert_get(gw_auth_t *self, const uint8_t *der, size_t len)
 {
     uint8_t h[32];
-    if (!self->xcache || EVP_Digest(der, len, h, NULL, s_md(self, NID_sha256), NULL) != 1) {
+    if (!self->xcache || len > S_XDER_MAX ||
+        EVP_Digest(der, len, h, NULL, s_md(self, NID_sha256), NULL) != 1) {
         self->xdecodes++;
         const unsigned char *p = der;
         X509 *x = d2i_X509(NULL, &p, (long)len);
