@@ -232,20 +232,28 @@ typedef struct {
 
 //  The doctor facts last written for an enrollment (the identity row), so
 //  that a request whose facts change nothing skips the upsert (~7 k
-//  instructions, on every check-in and connect). Cleared whenever a
-//  transaction or savepoint is rolled back; at most S_IDENT_MAX entries.
+//  instructions, on every check-in and connect). The entries a transaction
+//  or savepoint wrote are forgotten when it is rolled back (all of them if
+//  it wrote more than S_IDENT_TXN: then the memo is emptied); at most
+//  S_IDENT_MAX entries.
 #define S_IDENT_MAX 100000
+#define S_IDENT_TXN 64
 typedef struct {
     bool has_na, has_skew;
     int64_t na, skew, skew_at;
 } s_ident_t;
 
 static void s_ident_free(void **item);
-static void s_ident_forget(store_db_t *db);
+static void s_ident_forget(store_db_t *db, size_t from);
 
 struct store_db {
     sqlite3 *sql;
     zhashx_t *ident; //  eid -> s_ident_t (store_db_doctor_note)
+    //  eids whose entry this transaction wrote (owned copies), the first
+    //  written since the savepoint, more than S_IDENT_TXN written
+    char *ident_txn[S_IDENT_TXN];
+    size_t nident_txn, ident_mark;
+    bool ident_over;
     s_cached_t cache[S_CACHE_SLOTS];
     int ncached;
     char errmsg[512];
@@ -725,6 +733,7 @@ void store_db_destroy(store_db_t **pdb)
         sqlite3_close(db->sql);
     s_events_drop(db, 0);
     free(db->ev);
+    s_ident_forget(db, SIZE_MAX);
     zhashx_destroy(&db->ident);
     msgpack_sbuffer_destroy(&db->scratch);
     free(db);
@@ -779,6 +788,7 @@ int store_db_begin(store_db_t *db)
     db->ckpt_ms = 0;
     //  let a hand-over checkpoint end first (store_ckpt.h), a few ms at most
     store_ckpt_hold(db->ckpt);
+    s_ident_forget(db, SIZE_MAX); //  the last transaction's list (nothing undone)
     db->began = s_mono_ms();
     s_events_drop(db, 0);
     db->nev_mark = 0;
@@ -799,12 +809,13 @@ void store_db_rollback(store_db_t *db)
     if (!sqlite3_get_autocommit(db->sql))
         s_exec(db, s_st(db, S_ROLLBACK), "rolling back");
     s_events_drop(db, 0);
-    s_ident_forget(db);
+    s_ident_forget(db, 0);
 }
 
 int store_db_op_begin(store_db_t *db)
 {
     db->nev_mark = db->nev;
+    db->ident_mark = db->nident_txn;
     return s_exec(db, s_st(db, S_SAVEPOINT), "starting a savepoint");
 }
 
@@ -813,7 +824,7 @@ void store_db_op_end(store_db_t *db, bool ok)
     if (!ok) {
         s_exec(db, s_st(db, S_ROLLBACK_TO), "undoing a request");
         s_events_drop(db, db->nev_mark);
-        s_ident_forget(db);
+        s_ident_forget(db, db->ident_mark);
     }
     s_exec(db, s_st(db, S_RELEASE), "ending a savepoint");
 }
@@ -852,17 +863,23 @@ static void s_ident_put(store_db_t *db, const char *eid, const s_ident_t *row)
     if (!db->ident)
         return;
     s_ident_t *m = zhashx_lookup(db->ident, eid);
-    if (m) {
-        *m = *row;
-        return;
-    }
-    if (zhashx_size(db->ident) >= S_IDENT_MAX)
-        zhashx_purge(db->ident);
-    if ((m = malloc(sizeof *m))) {
-        *m = *row;
-        if (zhashx_insert(db->ident, eid, m) != 0)
+    if (!m) {
+        if (zhashx_size(db->ident) >= S_IDENT_MAX)
+            zhashx_purge(db->ident);
+        if (!(m = malloc(sizeof *m)))
+            return;
+        if (zhashx_insert(db->ident, eid, m) != 0) {
             free(m);
+            return;
+        }
     }
+    *m = *row;
+    //  what a rollback must forget
+    char *copy = db->nident_txn < S_IDENT_TXN ? strdup(eid) : NULL;
+    if (copy)
+        db->ident_txn[db->nident_txn++] = copy;
+    else
+        db->ident_over = true;
 }
 
 //  Remember eid's identity row as it is now in the transaction, read back
@@ -884,11 +901,30 @@ static void s_ident_remember(store_db_t *db, const char *eid)
     sqlite3_reset(st);
 }
 
-//  A rollback undoes rows the memo may hold: forget them all (rare).
-static void s_ident_forget(store_db_t *db)
+//  A rollback undid what this transaction wrote from ident_txn[from] on:
+//  forget those entries (every entry if the list overflowed). from =
+//  SIZE_MAX: nothing was undone, only empty the list (a new transaction).
+static void s_ident_forget(store_db_t *db, size_t from)
 {
-    if (db->ident)
-        zhashx_purge(db->ident);
+    bool undo = from != SIZE_MAX;
+    if (!undo)
+        from = 0;
+    if (undo && db->ident_over) { //  the list is incomplete: forget every entry
+        if (db->ident)
+            zhashx_purge(db->ident);
+        from = 0;
+    }
+    for (size_t i = from; i < db->nident_txn; i++) {
+        if (undo && db->ident)
+            zhashx_delete(db->ident, db->ident_txn[i]);
+        free(db->ident_txn[i]);
+        db->ident_txn[i] = NULL;
+    }
+    db->nident_txn = from;
+    if (from == 0)
+        db->ident_over = false;
+    if (db->ident_mark > from)
+        db->ident_mark = from;
 }
 
 int store_db_doctor_note(store_db_t *db, const char *eid, int64_t not_after_ms, bool has_skew,

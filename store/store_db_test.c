@@ -1120,13 +1120,21 @@ static void test_doctor_note_memo(void **state)
     assert_int_equal(s_fact(db, "d1", "cert_not_after"), na);
     assert_int_equal(s_note(db, "d1", na + 5000, true, 500, s_now + 15000), 1);
     assert_int_equal(s_fact(db, "d1", "cert_not_after"), na + 5000);
-    //  forgotten (a rollback), then facts that change nothing: the upsert runs
-    //  once and the row is read back; after that nothing runs again
+    //  a rollback forgets only what its transaction wrote (review M3: a
+    //  failed operator request must not empty the memo): d2, noted in a
+    //  rolled-back transaction, is written (and read back) again; d1 is not
+    s_enroll(db, "d2");
+    assert_int_equal(s_note(db, "d2", na, true, 10, s_now + 15500), 1);
     assert_int_equal(store_db_begin(db), 0);
+    assert_int_equal(store_db_doctor_note(db, "d2", na, true, 700, s_now + 15600), 1);
     store_db_rollback(db);
     int n = s_identity_upserts;
     assert_int_equal(s_note(db, "d1", na + 5000, false, 0, s_now + 16000), 0);
+    assert_int_equal(s_identity_upserts, n);
+    assert_int_equal(s_note(db, "d2", na, false, 0, s_now + 16000), 0);
     assert_int_equal(s_identity_upserts, n + 1);
+    assert_int_equal(s_fact(db, "d2", "clock_skew_s"), 10);
+    assert_int_equal(s_note(db, "d2", 0, true, 12, s_now + 17000), 0);
     assert_int_equal(s_note(db, "d1", 0, true, 505, s_now + 17000), 0);
     assert_int_equal(s_note(db, "d1", na + 5000, true, 495, s_now + 18000), 0);
     assert_int_equal(s_identity_upserts, n + 1);
@@ -1134,6 +1142,22 @@ static void test_doctor_note_memo(void **state)
     assert_int_equal(s_note(db, "d1", 0, true, 500, s_now + 15000 + 3600000), 1);
     assert_int_equal(s_identity_upserts, n + 2);
     assert_int_equal(s_fact(db, "d1", "skew_at"), s_now + 15000 + 3600000);
+    //  a transaction that wrote more entries than it can list forgets every
+    //  entry when rolled back: d1 is written again after it
+    char eid[16];
+    for (int i = 0; i < 70; i++) {
+        snprintf(eid, sizeof eid, "m%d", i);
+        s_enroll(db, eid);
+    }
+    assert_int_equal(store_db_begin(db), 0);
+    for (int i = 0; i < 70; i++) {
+        snprintf(eid, sizeof eid, "m%d", i);
+        assert_int_equal(store_db_doctor_note(db, eid, na, true, 20, s_now + 20000), 1);
+    }
+    store_db_rollback(db);
+    n = s_identity_upserts;
+    assert_int_equal(s_note(db, "d1", 0, true, 500, s_now + 15000 + 3600000 + 1000), 0);
+    assert_int_equal(s_identity_upserts, n + 1);
     sqlite3_trace_v2(store_db_sqlite(db), 0, NULL, NULL);
     store_db_destroy(&db);
 }
