@@ -98,8 +98,9 @@ static void s_run(bool thread, bool sync_full, int txs)
         //  store's thread waits for each hand-over at most once
         assert_true(st.handovers >= 1);
         assert_true(st.hold_waits <= st.handovers);
-        if (sync_full)
-            assert_true(st.handover_wins >= 1);
+        //  (whether a hand-over wins, i.e. the thread's checkpoint ends within
+        //  the store's 4 ms wait, depends on the disk's sync time: printed
+        //  above, measured by store_stall with STORE_PROF=1, not asserted)
         //  everything is copied while idle (on a loaded machine the thread's
         //  idle checkpoint may come late: wait for it, at most 10 s), then
         //  one more commit starts the WAL over

@@ -124,7 +124,7 @@ static void s_measure(int pages, int rows, double seconds, double period, int pe
         over10 += lat[b] > 10;
         over20 += lat[b] > 20;
     }
-    if (getenv("STORE_PROF")) {
+    if (getenv("STORE_PROF") || getenv("STALL_PRINT")) {
         printf("%d batches of %d updates every %.1f ms (%.0f ms behind at the end), interval %d "
                "pages: latency p50 %.1f p99 %.1f p99.9 %.1f max %.1f ms; > 10 ms %d, > 20 ms %d\n",
                nb, per_batch, period, elapsed - nb * period, pages, lat[nb / 2],
@@ -146,10 +146,11 @@ static void s_measure(int pages, int rows, double seconds, double period, int pe
     //  the WAL started over and stayed bounded; no update lost
     assert_true(st.restarts > st0.restarts);
     assert_true(st.wal_max <= 2 * STORE_CKPT_CAP_FACTOR * pages + 2 * per_batch + 10);
-#ifndef STORE_STALL_OLD
-    if (!getenv("STORE_PROF"))
-        assert_true(st.handover_wins >= 1); //  the thread, not the store's thread, finished
-#endif
+    //  How the WAL started over (hand-overs that won, the thread's idle
+    //  copies, or the store's own tidy after 8 misses) depends on the disk's
+    //  sync time and the machine's load: printed with STORE_PROF=1 or
+    //  STALL_PRINT=1, not asserted (review M4); store_ckpt checks that
+    //  hand-overs are asked for at the cap.
     sqlite3_stmt *q = NULL;
     assert_int_equal(sqlite3_prepare_v2(sql, "SELECT sum(n) FROM stall", -1, &q, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(q), SQLITE_ROW);
