@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 static const pm_opt_t s_opts[] = {
@@ -171,7 +172,7 @@ static int s_scep_enroll(const pm_cfg_t *cfg, devsim_run_t *run, int n, devsim_c
     struct timespec t0, t1;
     //  Every device's RSA key first (2048 bits, the Keysize profiles ask for),
     //  one distinct key per device: key generation is the simulator's cost
-    //  (a device makes its own), ~50-100 ms of CPU each, more than the whole
+    //  (a device makes its own), 100-500 ms of CPU each here, more than the whole
     //  server spends on an enrollment; made in the timed phase it would cap
     //  the offered rate at one core's keys per second and take the CPU from
     //  the server it measures.
@@ -198,7 +199,12 @@ static int s_scep_enroll(const pm_cfg_t *cfg, devsim_run_t *run, int n, devsim_c
         if (!keys[i]) {
             keys[i] = EVP_RSA_gen(2048);
             made += keys[i] != NULL;
-            FILE *f = kp[0] && keys[i] ? fopen(kp, "w") : NULL;
+            //  a private key: 0600 whatever the umask or the directory
+            int fd =
+                kp[0] && keys[i] ? open(kp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600) : -1;
+            FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+            if (fd >= 0 && !f)
+                close(fd);
             if (f) {
                 PEM_write_PrivateKey(f, keys[i], NULL, NULL, 0, NULL, NULL);
                 fclose(f);
