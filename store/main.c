@@ -19,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <malloc.h>
+#include <sqlite3.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 
@@ -240,6 +242,16 @@ int main(int argc, char **argv)
                 cpu, (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6,
                 (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6,
                 st.jobs ? cpu / (double)st.jobs * 1e6 : 0.0, ru.ru_nvcsw, ru.ru_nivcsw);
+        //  memory: the peak, and where the heap is now (malloc's arenas, all
+        //  threads; SQLite's page cache of the store's connection)
+        struct mallinfo2 mi = mallinfo2();
+        int cache = 0, hi = 0;
+        sqlite3_db_status(store_db_sqlite(db), SQLITE_DBSTATUS_CACHE_USED, &cache, &hi, 0);
+        pm_info("memory: peak RSS %.1f MB; heap now %.1f MB in use, %.1f MB free in the arenas, "
+                "%.1f MB mapped; SQLite page cache %.1f MB",
+                (double)ru.ru_maxrss / 1024.0, (double)mi.uordblks / 1048576.0,
+                (double)mi.fordblks / 1048576.0, (double)mi.hblkhd / 1048576.0,
+                (double)cache / 1048576.0);
     }
     rc = 0;
 out:
