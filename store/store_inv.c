@@ -452,7 +452,7 @@ static int s_drop_old(store_inv_t *self, const char *eid, const char *rt, const 
         if (self->nch == S_MAX_CHANGES)
             continue;
         pm_str_copy(self->ch[self->nch].key, sizeof self->ch[0].key,
-                   (const char *)sqlite3_column_text(st, 0), PM_STR_ALL);
+                    (const char *)sqlite3_column_text(st, 0), PM_STR_ALL);
         const char *vt = (const char *)sqlite3_column_text(st, 1);
         if (vt)
             pm_str_copy(self->ch[self->nch].old, sizeof self->ch[0].old, vt, PM_STR_ALL);
