@@ -35,14 +35,7 @@ fail() {
 }
 PORT=$(free_port) && PORT2=$(free_port) && [ "$PORT" != "$PORT2" ] || { echo "no free ports found"; exit 77; }
 
-PICOMDM_ENROLL_AUTH=token PICOMDM_ENROLL_BASIC_AUTH= timeout 150 "$BIN/picomdm" up \
-    --data-dir "$T/var" --bin-dir "$BIN" --listen "127.0.0.1:$PORT" --stop-timeout 3000 >"$T/up.log" 2>&1 &
-UP_PID=$!
-export PICOMDM_CONFIG=$T/var/run/picomdm.cfg
-TLS=$T/var/pki/tls.crt
-URL=https://localhost:$PORT
-health() { curl -sf --cacert "$TLS" "$URL/scep?operation=GetCACaps" 2>/dev/null | grep -q POSTPKIOperation; }
-wait_for 40 health || fail "gateway + ca do not answer GetCACaps on $URL/scep"
+PICOMDM_ENROLL_AUTH=token PICOMDM_ENROLL_BASIC_AUTH= enroll_up 150
 
 # every enroll.refused, as an operator would watch them (published after the store logged them)
 timeout 100 "$BIN/picomdm" watch enroll.refused >"$T/watch.out" 2>"$T/watch.err" &

@@ -30,14 +30,7 @@ trap cleanup EXIT
 fail() { echo "FAIL: $*"; echo "--- server log (errors, warnings):"; grep -E "^[EW]:" "$T/up.log" | tail -n 20; exit 1; }
 
 PORT=$(free_port) || { echo "no free port found"; exit 77; }
-PICOMDM_ENROLL_BASIC_AUTH= timeout 100 "$BIN/picomdm" up --data-dir "$T/var" --bin-dir "$BIN" \
-    --listen "127.0.0.1:$PORT" --stop-timeout 3000 >"$T/up.log" 2>&1 &
-UP_PID=$!
-export PICOMDM_CONFIG=$T/var/run/picomdm.cfg
-TLS=$T/var/pki/tls.crt
-URL=https://localhost:$PORT
-health() { curl -sf --cacert "$TLS" "$URL/scep?operation=GetCACaps" 2>/dev/null | grep -q POSTPKIOperation; }
-wait_for 30 health || fail "gateway + ca do not answer GetCACaps on $URL/scep"
+PICOMDM_ENROLL_BASIC_AUTH= enroll_up 100
 
 # the device keys are made once (key generation is the simulator's cost) and
 # both batches read them: within a batch every device has its own key

@@ -30,14 +30,7 @@ fail() { echo "FAIL: $*"; echo "--- server log (errors, warnings):"; grep -E "^[
 
 PORT=$(free_port) || { echo "no free port found"; exit 77; }
 
-PICOMDM_ENROLL_BASIC_AUTH= timeout 120 "$BIN/picomdm" up --data-dir "$T/var" --bin-dir "$BIN" \
-    --listen "127.0.0.1:$PORT" --stop-timeout 3000 >"$T/up.log" 2>&1 &
-UP_PID=$!
-export PICOMDM_CONFIG=$T/var/run/picomdm.cfg
-TLS=$T/var/pki/tls.crt
-URL=https://localhost:$PORT
-health() { curl -sf --cacert "$TLS" "$URL/scep?operation=GetCACaps" 2>/dev/null | grep -q POSTPKIOperation; }
-wait_for 30 health || fail "gateway + ca do not answer GetCACaps on $URL/scep"
+PICOMDM_ENROLL_BASIC_AUTH= enroll_up 120
 
 # the profile, as a browser would download it: content type, CMS to the CA, schema keys
 ct=$(curl -s --cacert "$TLS" -o "$T/p.mobileconfig" -w '%{http_code} %{content_type}' "$URL/mdm/enroll")
