@@ -48,6 +48,13 @@ double pm_stats_now_ms(void)
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
 }
 
+double pm_stats_wall_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
 pm_stats_t *pm_stats_new(const char *process, const char *instance, int interval_s)
 {
     pm_stats_t *st = calloc(1, sizeof *st);

@@ -77,6 +77,9 @@ double pm_stats_value(const pm_stats_series_t *s);
 
 //  Milliseconds on the monotonic clock (for latency observations).
 double pm_stats_now_ms(void);
+//  Seconds since the epoch on the wall clock (to line up log lines with
+//  other processes' and tools' timestamps).
+double pm_stats_wall_s(void);
 
 //  Called by pm_stats_snapshot before it reads the series: copy counts kept
 //  elsewhere (pm_bus_stats, push_apns_stats...) into series. One per registry.

@@ -4,6 +4,7 @@
  */
 #include "store_ckpt.h"
 #include "pm_log.h"
+#include "pm_stats.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -36,20 +37,6 @@ struct store_ckpt {
     store_ckpt_stats_t st;
 };
 
-static double s_now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
-}
-
-static double s_wall_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
 //  Count a checkpoint that began in WAL generation `gen`, run by the thread
 //  (own) or by the store's thread (store_ckpt_done). Under mu.
 static void s_account(store_ckpt_t *ck, int rc, int nckpt, uint64_t gen, bool own)
@@ -58,7 +45,7 @@ static void s_account(store_ckpt_t *ck, int rc, int nckpt, uint64_t gen, bool ow
         //  the thread's own failure: not in a tight loop. BUSY: the other
         //  thread is checkpointing, try again soon; a failing disk: later.
         if (own)
-            ck->retry_at = s_now_ms() + (rc == SQLITE_BUSY ? 10 : ck->idle_ms);
+            ck->retry_at = pm_stats_now_ms() + (rc == SQLITE_BUSY ? 10 : ck->idle_ms);
         return;
     }
     if (ck->gen == gen) {
@@ -79,7 +66,7 @@ static void *s_run(void *arg)
     store_ckpt_t *ck = arg;
     pthread_mutex_lock(&ck->mu);
     while (!ck->stop) {
-        double now = s_now_ms();
+        double now = pm_stats_now_ms();
         int64_t backlog = ck->frames - ck->backfilled;
         bool idle = backlog > 0 && now - ck->last_commit >= ck->idle_ms;
         //  at the cap: copy until only a few frames are left, then leave the
@@ -120,9 +107,9 @@ static void *s_run(void *arg)
         ck->running = true;
         pthread_mutex_unlock(&ck->mu);
         int nlog = 0, nckpt = 0;
-        double t0 = s_now_ms();
+        double t0 = pm_stats_now_ms();
         int rc = sqlite3_wal_checkpoint_v2(ck->sql, NULL, SQLITE_CHECKPOINT_PASSIVE, &nlog, &nckpt);
-        double ms = s_now_ms() - t0;
+        double ms = pm_stats_now_ms() - t0;
         if (rc != SQLITE_OK && rc != SQLITE_BUSY)
             pm_error("WAL checkpoint failed: %s (the store keeps serving and retries; check the "
                      "data directory's disk)",
@@ -133,7 +120,7 @@ static void *s_run(void *arg)
                      handover ? (rc == SQLITE_OK && nckpt == nlog ? " (hand-over, all copied)"
                                                                   : " (hand-over, too late)")
                               : "",
-                     s_wall_s());
+                     pm_stats_wall_s());
         pthread_mutex_lock(&ck->mu);
         ck->running = false;
         if (handover) {
@@ -172,7 +159,7 @@ store_ckpt_t *store_ckpt_new(const char *path, bool sync_full, int threshold, in
     pthread_cond_init(&ck->cv, &ca);
     pthread_cond_init(&ck->idle_cv, &ca);
     pthread_condattr_destroy(&ca);
-    ck->last_commit = s_now_ms();
+    ck->last_commit = pm_stats_now_ms();
     if (!sqlite3_threadsafe()) {
         snprintf(err, errlen,
                  "this SQLite is built without thread support: run the store with "
@@ -256,7 +243,7 @@ void store_ckpt_note(store_ckpt_t *ck, int64_t frames)
     ck->st.wal_frames = frames;
     if (frames > ck->st.wal_max)
         ck->st.wal_max = frames;
-    ck->last_commit = s_now_ms();
+    ck->last_commit = pm_stats_now_ms();
     int64_t backlog = frames - ck->backfilled;
     int64_t cap = (int64_t)STORE_CKPT_CAP_FACTOR * ck->threshold;
     //  at the cap with only a few frames left: ask the thread for a final
@@ -307,7 +294,7 @@ double store_ckpt_hold(store_ckpt_t *ck)
         return 0;
     }
     ck->waited = true;
-    double t0 = s_now_ms();
+    double t0 = pm_stats_now_ms();
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     int64_t ns = (int64_t)ts.tv_nsec + (int64_t)(STORE_CKPT_HOLD_MS * 1e6);
@@ -316,7 +303,7 @@ double store_ckpt_hold(store_ckpt_t *ck)
     while (ck->hold && !ck->stop)
         if (pthread_cond_timedwait(&ck->idle_cv, &ck->mu, &ts) != 0)
             break; //  too long: go on, the thread tries again at a later commit
-    double ms = s_now_ms() - t0;
+    double ms = pm_stats_now_ms() - t0;
     ck->st.hold_waits++;
     ck->st.hold_ms_total += ms;
     if (ms > ck->st.hold_ms_max)

@@ -11,6 +11,7 @@
 #include "store_inv.h"
 #include "store_walbuf.h"
 #include "pm_log.h"
+#include "pm_stats.h"
 
 #include <czmq.h>
 #include <sqlite3.h>
@@ -517,20 +518,6 @@ static int s_migrate(store_db_t *db)
     return 0;
 }
 
-static double s_mono_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
-}
-
-static double s_wall_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
 //  Debug level: a transaction that took over 10 ms from BEGIN to the end of
 //  its commit, or the one that started the WAL over, with its WAL syncs
 //  (store_walbuf's counters), stamped with the wall clock to line up with a
@@ -541,14 +528,14 @@ static void s_commit_timing(store_db_t *db, int frames)
         return;
     store_walbuf_io_t io;
     store_walbuf_io(&io);
-    double ms = db->began > 0 ? s_mono_ms() - db->began : 0;
+    double ms = db->began > 0 ? pm_stats_now_ms() - db->began : 0;
     bool restart = frames < db->wal_prev;
     if (ms > 10 || restart)
         pm_debug("commit at %.3f: %.1f ms since BEGIN, %lu WAL syncs %.1f ms, %lu database syncs "
                  "%.1f ms; %d frames in the WAL%s",
-                 s_wall_s(), ms, io.syncs[0] - db->io.syncs[0], io.sync_ms[0] - db->io.sync_ms[0],
-                 io.syncs[1] - db->io.syncs[1], io.sync_ms[1] - db->io.sync_ms[1], frames,
-                 restart ? " (started over)" : "");
+                 pm_stats_wall_s(), ms, io.syncs[0] - db->io.syncs[0],
+                 io.sync_ms[0] - db->io.sync_ms[0], io.syncs[1] - db->io.syncs[1],
+                 io.sync_ms[1] - db->io.sync_ms[1], frames, restart ? " (started over)" : "");
     db->io = io;
 }
 
@@ -610,26 +597,26 @@ double store_db_wal_tidy(store_db_t *db)
 {
     if (!db->ckpt)
         return 0;
-    double tw = s_mono_ms();
+    double tw = pm_stats_now_ms();
     int64_t left = store_ckpt_tidy_due(db->ckpt);
     if (!left)
         return 0;
     store_walbuf_io_t io0, io1;
     store_walbuf_io(&io0);
-    double t0 = s_mono_ms();
+    double t0 = pm_stats_now_ms();
     int nlog = 0, nckpt = 0;
     int rc = sqlite3_wal_checkpoint_v2(db->sql, NULL, SQLITE_CHECKPOINT_PASSIVE, &nlog, &nckpt);
-    double t1 = s_mono_ms();
+    double t1 = pm_stats_now_ms();
     double ms = t1 - t0;
     store_ckpt_done(db->ckpt, rc, nlog, nckpt, ms);
     //  what it cost, part by part (debug level; docs/queue.md, "Session 6")
     store_walbuf_io(&io1);
     pm_debug("tidy at %.3f: %lld frames left of %d, %.1f ms (waited %.1f ms for the thread): "
              "database %lu writes %.1f ms, %lu syncs %.1f ms; WAL %lu syncs %.1f ms",
-             s_wall_s(), (long long)left, nlog, t1 - tw, t0 - tw, io1.writes[1] - io0.writes[1],
-             io1.write_ms[1] - io0.write_ms[1], io1.syncs[1] - io0.syncs[1],
-             io1.sync_ms[1] - io0.sync_ms[1], io1.syncs[0] - io0.syncs[0],
-             io1.sync_ms[0] - io0.sync_ms[0]);
+             pm_stats_wall_s(), (long long)left, nlog, t1 - tw, t0 - tw,
+             io1.writes[1] - io0.writes[1], io1.write_ms[1] - io0.write_ms[1],
+             io1.syncs[1] - io0.syncs[1], io1.sync_ms[1] - io0.sync_ms[1],
+             io1.syncs[0] - io0.syncs[0], io1.sync_ms[0] - io0.sync_ms[0]);
     db->io = io1;
     return ms > 0 ? ms : 1e-6;
 }
@@ -789,7 +776,7 @@ int store_db_begin(store_db_t *db)
     //  let a hand-over checkpoint end first (store_ckpt.h), a few ms at most
     store_ckpt_hold(db->ckpt);
     s_ident_forget(db, SIZE_MAX); //  the last transaction's list (nothing undone)
-    db->began = s_mono_ms();
+    db->began = pm_stats_now_ms();
     s_events_drop(db, 0);
     db->nev_mark = 0;
     return s_exec(db, s_st(db, S_BEGIN), "starting a transaction");

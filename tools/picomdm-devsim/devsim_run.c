@@ -988,6 +988,16 @@ static int s_run_phase(devsim_run_t *r)
     return failed;
 }
 
+//  A device's enrollment check-ins: Authenticate, TokenUpdate, and the
+//  user channel's TokenUpdate when it has one.
+static void s_add_checkins(job_t *j, devsim_dev_t *d)
+{
+    s_add_step(j, ST_AUTH, d);
+    s_add_step(j, ST_TOKEN, d);
+    if (d->user)
+        s_add_step(j, ST_TOKEN, d->user);
+}
+
 int devsim_run_enroll(devsim_run_t *r)
 {
     s_phase(r, "enroll");
@@ -996,10 +1006,7 @@ int devsim_run_enroll(devsim_run_t *r)
         job_t *j = s_job(d);
         if (!j)
             return -1;
-        s_add_step(j, ST_AUTH, d);
-        s_add_step(j, ST_TOKEN, d);
-        if (d->user)
-            s_add_step(j, ST_TOKEN, d->user);
+        s_add_checkins(j, d);
         s_push(r, j);
     }
     s_schedule(r);
@@ -1021,12 +1028,8 @@ int devsim_run_enroll_url(devsim_run_t *r, const char *enroll_url, EVP_PKEY **ke
         }
         j->conn = conn;
         s_add_step(j, ST_SCEP, d);
-        if (checkin) {
-            s_add_step(j, ST_AUTH, d);
-            s_add_step(j, ST_TOKEN, d);
-            if (d->user)
-                s_add_step(j, ST_TOKEN, d->user);
-        }
+        if (checkin)
+            s_add_checkins(j, d);
         s_push(r, j);
     }
     s_schedule(r);
