@@ -14,7 +14,7 @@ trap '[ -n "$STUB_PID" ] && kill $STUB_PID 2>/dev/null; rm -rf "$W"' EXIT
 [ -x "$BIN/picomdm-devsim" ] && [ -x "$TT/devsim_stubmdm" ] || { echo "build first (make)"; exit 1; }
 "$BIN/picomdm-devsim" --make-ca "$W/ca" >/dev/null || exit 1
 for _ in $(seq 100); do
-    P=$((20000 + RANDOM % 40000)); ss -ltn | awk '{print $4}' | grep -q ":$P\$" || break
+    P=$((20000 + RANDOM % 12000)); ss -ltn | awk '{print $4}' | grep -q ":$P\$" || break
 done
 "$TT/devsim_stubmdm" --port "$P" --device-ca "$W/ca.pem" --refill 4 \
     --commands DeviceInformation,ProfileList,SecurityInfo,CertificateList 2>"$W/stub.log" &

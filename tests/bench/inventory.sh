@@ -21,7 +21,7 @@ cleanup() {
 trap cleanup EXIT
 [ -x "$BIN/picomdm" ] && [ -x "$TT/queuedrv" ] || { echo "build first (make)"; exit 1; }
 for _ in $(seq 50); do
-    port=$((20000 + RANDOM % 40000)); ss -ltn | grep -q ":$port\b" || break
+    port=$((20000 + RANDOM % 12000)); ss -ltn | grep -q ":$port\b" || break
 done
 "$BIN/picomdm" up --data-dir "$T/var" --listen "127.0.0.1:$port" --stop-timeout 5000 >"$T/up.log" 2>&1 &
 UP_PID=$!

@@ -34,7 +34,7 @@ fail() { echo "FAIL: $*"; exit 1; }
 free_port() {
     local p
     for _ in $(seq 1 50); do
-        p=$((20000 + RANDOM % 40000))
+        p=$((20000 + RANDOM % 12000))
         ss -ltnH "sport = :$p" 2>/dev/null | grep -q . || { echo "$p"; return; }
     done
     fail "no free port found"

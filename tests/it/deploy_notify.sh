@@ -35,7 +35,7 @@ fi
 # a free loopback port for the gateway
 port=0
 for _ in $(seq 50); do
-    c=$((20000 + RANDOM % 40000))
+    c=$((20000 + RANDOM % 12000))
     ss -ltn 2>/dev/null | grep -q ":$c " || { port=$c; break; }
 done
 mkdir -p "$tmp/run" "$tmp/data" "$tmp/pki"

@@ -43,7 +43,7 @@ CLI=${PICOMDM_CLI:-$BIN/picomdm}
 free_port() {
     local p i
     for i in $(seq 1 50); do
-        p=$((20000 + RANDOM % 40000))
+        p=$((20000 + RANDOM % 12000))
         ss -ltn 2>/dev/null | awk '{print $4}' | grep -q ":$p\$" || { echo "$p"; return; }
     done
     echo 0
