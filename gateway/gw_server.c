@@ -460,8 +460,9 @@ static void s_flush(gw_server_t *self)
 //  disables reading once it has read a request (evhttp_read_header) and
 //  enables it again with the answer: an epoll_ctl each way per request, in
 //  two loop iterations. Re-enabled here in the request's own iteration, the
-//  two changes cancel out in libevent's change list, and the answer's
-//  enable finds reading on: no epoll_ctl for it at all. What arrives
+//  two changes merge in libevent's change list (one EPOLL_CTL_MOD, which
+//  libevent still makes though nothing changes), and the answer's enable
+//  finds reading on: no epoll_ctl for it at all. What arrives
 //  meanwhile (a pipelined request, or bytes a client sends early) is kept
 //  for evhttp's next request (evhttp_start_read_ processes what the input
 //  buffer holds) — but only up to GW_WAIT_INPUT_MAX: the read callback of
