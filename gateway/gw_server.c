@@ -783,8 +783,10 @@ static void s_on_device(gw_server_t *self, struct evhttp_request *req, const cha
     }
     if (direct)
         self->st.direct++;
-    s_call(r, direct ? self->store_service : self->service, &msg);
+    //  before s_call: whatever answers the request installs evhttp's own
+    //  callbacks again (and req is not touched after s_call)
     s_wait_reading(self, req);
+    s_call(r, direct ? self->store_service : self->service, &msg);
 out:
     pm_msg_destroy(&msg);
     gw_devreq_clear(&d);
