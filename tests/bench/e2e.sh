@@ -203,7 +203,7 @@ run_size() {
                 print line }' "$1"
     }
     if [ -n "${LATENCY_LOG:-}" ]; then
-        for rate in "${rates[@]}"; do persec "$LATENCY_LOG/latency-$n-open-$rate.txt" "open loop $rate sessions/s (connections opened at t = 0)"; done
+        for rate in "${rates[@]}"; do persec "$LATENCY_LOG/latency-$n-open-$rate.txt" "open loop $rate sessions/s (cold: connections opened during the phase, as needed)"; done
     fi
     if [ -n "$wrate" ]; then
         local wlog=${LATENCY_LOG:+$LATENCY_LOG/latency-$n-open-$wrate-warm.txt}
