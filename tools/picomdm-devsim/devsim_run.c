@@ -127,8 +127,8 @@ struct devsim_run {
     //  S_FD_WANT while curl watches it. See s_sockcb.
     uint32_t *fdst;
     int nfdst;
-    int tfd;         //  open loop: timerfd in epfd for the next scheduled start, else -1
-    double tfd_at;   //  when it is armed for (ms), < 0: not armed
+    int tfd;       //  open loop: timerfd in epfd for the next scheduled start, else -1
+    double tfd_at; //  when it is armed for (ms), < 0: not armed
     slot_t *slots;
     int nslots;
     job_t *head, *tail;
@@ -912,8 +912,8 @@ static void s_wait(devsim_run_t *r, bool serve, int fd, int active, long idle_ms
     for (int i = 0; i < n; i++) {
         if (ev[i].data.fd == r->push_fd)
             continue; //  on_ready reads it
-        if (ev[i].data.fd == r->tfd) { //  (edge-triggered: nothing to read)
-            r->tfd_at = -1;
+        if (ev[i].data.fd == r->tfd) {
+            r->tfd_at = -1; //  (edge-triggered: nothing to read)
             continue;
         }
         int efd = ev[i].data.fd;
@@ -1365,12 +1365,13 @@ int devsim_run_report(devsim_run_t *r, FILE *out)
                 : checkout ? "check-out"
                            : "session");
         if (p->warm_n > 0)
-            fprintf(out,
-                    "%-10s warm-up (--warm-connections, before the phase, not in its figures): "
-                    "%ld connections opened (TLS handshakes) by %ld GET requests of the ServerURL "
-                    "sent at once, %ld answered (last HTTP %ld), in %.1f ms, simulator CPU %.3f s\n",
-                    p->name, p->warm_conns, p->warm_n, p->warm_ok, p->warm_code, p->warm_ms,
-                    p->warm_cpu);
+            fprintf(
+                out,
+                "%-10s warm-up (--warm-connections, before the phase, not in its figures): "
+                "%ld connections opened (TLS handshakes) by %ld GET requests of the ServerURL "
+                "sent at once, %ld answered (last HTTP %ld), in %.1f ms, simulator CPU %.3f s\n",
+                p->name, p->warm_conns, p->warm_n, p->warm_ok, p->warm_code, p->warm_ms,
+                p->warm_cpu);
         //  The requests that opened a connection wait for the TLS handshake
         //  (and, at a phase's start, for every other connection's): this
         //  line is the latency of the rest, once the connections are open.

@@ -48,7 +48,7 @@ typedef struct {
     //  a fixed timetable (devsim_sched.h), each first request timed from its
     //  scheduled start; 0 = closed loop (the next starts when one ends).
     double rate;
-    bool rate_jitter;   //  exponential gaps of mean 1 / rate instead of fixed ones
+    bool rate_jitter; //  exponential gaps of mean 1 / rate instead of fixed ones
     //  --warm-connections: before each enrollment / session phase, one GET of
     //  the ServerURL per transfer slot, all at once, so that `concurrency`
     //  connections are open (TLS handshakes done) when the phase starts; not
