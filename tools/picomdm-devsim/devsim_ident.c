@@ -36,6 +36,7 @@ typedef struct {
     STACK_OF(ASN1_TYPE) * attrs;  //  each signed attribute's DER (as a SEQUENCE value)
     ASN1_TYPE *md_der, *time_der; //  the two in attrs re-encoded per request
     EVP_PKEY_CTX *pctx;           //  EVP_PKEY_sign with the key and md
+    size_t der_max;               //  bound on its DER's length (s_sign_kept), 0 = not known yet
 } s_kept_t;
 
 #define S_KEPT 2 //  digests kept per identity (SHA-256, SHA-1)
@@ -656,29 +657,74 @@ static int s_kept_make(const devsim_ident_t *id, s_kept_t *k, const EVP_MD *md, 
     return 0;
 }
 
-//  The SignedData for body from k's kept one. *der OPENSSL_malloc'd. 0 / -1.
+//  One digest with a context kept for the process (EVP_Digest makes and
+//  frees one per call; the simulator is one thread). 0 / -1.
+static int s_digest(const EVP_MD *md, const void *data, size_t len, unsigned char *out,
+                    unsigned int *outlen)
+{
+    static EVP_MD_CTX *ctx;
+    if (!ctx && !(ctx = EVP_MD_CTX_new()))
+        return -1;
+    return EVP_DigestInit_ex(ctx, md, NULL) == 1 && EVP_DigestUpdate(ctx, data, len) == 1 &&
+                   EVP_DigestFinal_ex(ctx, out, outlen) == 1
+               ? 0
+               : -1;
+}
+
+//  The SignedData for body from k's kept one, DER-encoded by OpenSSL into
+//  *der (a buffer of the process's, valid until the next call; do not free).
+//  0 / -1.
+//
+//  i2d_CMS_ContentInfo with no buffer walks the whole tree twice (once for
+//  the length, once to write) and allocates; with one it writes in one walk.
+//  The buffer's size is a bound known after the first encoding: between two
+//  signatures only the messageDigest value (the same length for a digest),
+//  the signingTime (a UTCTime, always 13 characters) and the signature (at
+//  most EVP_PKEY_get_size bytes) change, and each of the six TLVs that
+//  enclose the signature can grow its length field by at most one byte.
 static int s_sign_kept(const devsim_ident_t *id, s_kept_t *k, const void *body, size_t len,
                        unsigned char **der, int *derlen)
 {
+    static unsigned char *buf;
+    static size_t cap;
     unsigned char hash[EVP_MAX_MD_SIZE], sig[1024], *set = NULL;
     unsigned int hl = 0;
-    size_t siglen = sizeof sig;
+    size_t siglen = sizeof sig, maxsig = (size_t)EVP_PKEY_get_size(id->key);
     int rc = -1;
-    if ((size_t)EVP_PKEY_get_size(id->key) > sizeof sig)
+    if (maxsig > sizeof sig)
         return -1;
     //  the new values, then the signed attributes' DER (a SET OF, sorted) with them
-    if (EVP_Digest(body, len, hash, &hl, k->md, NULL) != 1 ||
+    if (s_digest(k->md, body, len, hash, &hl) < 0 ||
         ASN1_OCTET_STRING_set(k->digest, hash, (int)hl) != 1 ||
         !ASN1_UTCTIME_adj(k->time, time(NULL), 0, s_clock_skew_s) ||
         s_attr_der(k->md_attr, k->md_der) < 0 || s_attr_der(k->time_attr, k->time_der) < 0)
         goto out;
     int sl = i2d_ASN1_SET_ANY(k->attrs, &set);
-    if (sl <= 0 || EVP_Digest(set, (size_t)sl, hash, &hl, k->md, NULL) != 1 ||
+    if (sl <= 0 || s_digest(k->md, set, (size_t)sl, hash, &hl) < 0 ||
         EVP_PKEY_sign(k->pctx, sig, &siglen, hash, hl) != 1 ||
         ASN1_STRING_set(CMS_SignerInfo_get0_signature(k->si), sig, (int)siglen) != 1)
         goto out;
-    *der = NULL;
-    *derlen = i2d_CMS_ContentInfo(k->cms, der);
+    if (!k->der_max) { //  the first time: OpenSSL measures and allocates
+        unsigned char *first = NULL;
+        int n = i2d_CMS_ContentInfo(k->cms, &first);
+        if (n > 0)
+            k->der_max = (size_t)n + maxsig + 8;
+        OPENSSL_free(first);
+        if (n <= 0)
+            goto out;
+    }
+    if (k->der_max > cap) {
+        unsigned char *p = realloc(buf, k->der_max);
+        if (!p)
+            goto out;
+        buf = p;
+        cap = k->der_max;
+    }
+    unsigned char *p = buf;
+    *derlen = i2d_CMS_ContentInfo(k->cms, &p);
+    *der = buf;
+    if (*derlen > 0 && (size_t)*derlen > k->der_max)
+        abort(); //  the bound above is wrong: a programming error, not bad input
     rc = *derlen > 0 ? 0 : -1;
 out:
     OPENSSL_free(set);
@@ -689,7 +735,7 @@ int devsim_ident_sign(const devsim_ident_t *cid, const devsim_ident_t *extra, co
                       const void *body, size_t len, char **b64)
 {
     devsim_ident_t *id = (devsim_ident_t *)cid; //  its kept SignedData is a cache
-    unsigned char *der = NULL;
+    unsigned char *der = NULL, *kder = NULL;    //  OpenSSL's (freed here); s_sign_kept's (not)
     int dl = 0, rc = -1, md_nid = EVP_MD_get_type(md);
     s_kept_t *k = NULL;
     if (!extra) { //  two signers (a negative test) always go the OpenSSL way
@@ -702,21 +748,17 @@ int devsim_ident_sign(const devsim_ident_t *cid, const devsim_ident_t *extra, co
                 k->md_nid = md_nid;
                 //  made now; its first signature must verify before it is used
                 if (s_kept_make(id, k, md, body, len) < 0 ||
-                    s_sign_kept(id, k, body, len, &der, &dl) < 0 ||
-                    !s_selfcheck(id, k, der, (size_t)dl, body, len)) {
+                    s_sign_kept(id, k, body, len, &kder, &dl) < 0 ||
+                    !s_selfcheck(id, k, kder, (size_t)dl, body, len)) {
                     s_kept_clear(k);
                     k->bad = true;
-                    OPENSSL_free(der);
-                    der = NULL;
                     ERR_clear_error();
                 } else
                     goto fast;
             }
     }
-    if (k && k->cms && !k->bad && s_sign_kept(id, k, body, len, &der, &dl) == 0)
+    if (k && k->cms && !k->bad && s_sign_kept(id, k, body, len, &kder, &dl) == 0)
         goto fast;
-    OPENSSL_free(der);
-    der = NULL;
     ERR_clear_error();
     CMS_ContentInfo *cms = NULL;
     if (s_sign_openssl_cms(id, extra, md, body, len, &cms) == 0) {
@@ -730,7 +772,7 @@ int devsim_ident_sign(const devsim_ident_t *cid, const devsim_ident_t *extra, co
     goto out;
 fast:
     s_fast_count++;
-    rc = s_b64(der, (size_t)dl, b64);
+    rc = s_b64(kder, (size_t)dl, b64);
 out:
     if (rc)
         ERR_clear_error();

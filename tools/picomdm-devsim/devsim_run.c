@@ -102,6 +102,11 @@ typedef struct {
     double *first; //  ms, per job: its first request from the job's scheduled start
     size_t nfirst, capfirst;
     double cpu0_user, cpu0_sys, cpu_user, cpu_sys; //  s: the simulator's own CPU in this phase
+    //  --warm-connections, before the phase (none of it in the figures above):
+    //  requests sent, answered (any HTTP status), connections they opened,
+    //  the HTTP status of the last answer, time and CPU taken.
+    long warm_n, warm_ok, warm_conns, warm_code;
+    double warm_ms, warm_cpu;
 } phase_t;
 
 struct devsim_run {
@@ -117,8 +122,13 @@ struct devsim_run {
     int epfd;
     double timer_at; //  ms (s_now_ms) curl wants CURL_SOCKET_TIMEOUT, < 0: none
     int push_fd;     //  the push socket once it is in epfd, else -1
-    int tfd;         //  open loop: timerfd in epfd for the next scheduled start, else -1
-    double tfd_at;   //  when it is armed for (ms), < 0: not armed
+    //  Per transfer socket (indexed by descriptor): the events it is
+    //  registered for in epfd (EPOLLIN / EPOLLOUT; 0 = not in epfd) and
+    //  S_FD_WANT while curl watches it. See s_sockcb.
+    uint32_t *fdst;
+    int nfdst;
+    int tfd;       //  open loop: timerfd in epfd for the next scheduled start, else -1
+    double tfd_at; //  when it is armed for (ms), < 0: not armed
     slot_t *slots;
     int nslots;
     job_t *head, *tail;
@@ -177,6 +187,9 @@ static size_t s_write(char *data, size_t size, size_t nmemb, void *arg)
     return n;
 }
 
+static curl_socket_t s_opensock(void *arg, curlsocktype purpose, struct curl_sockaddr *a);
+static int s_closesock(void *arg, curl_socket_t fd);
+
 //  The options every request of a slot shares, set once per handle (not
 //  reset and set again per request): what changes per request is the body,
 //  the Mdm-Signature header and, rarely, the URL and User-Agent.
@@ -196,44 +209,120 @@ static void s_easy_setup(devsim_run_t *r, slot_t *s)
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, s_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, s);
     curl_easy_setopt(e, CURLOPT_PRIVATE, s);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, s_opensock);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, r);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, s_closesock);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, r);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, r->o.timeout_ms > 0 ? r->o.timeout_ms : 30000L);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-    if (r->o.ca_bundle)
+    if (r->o.ca_bundle) {
+        //  The bundle alone: Debian's libcurl also has a default CA directory
+        //  (/etc/ssl/certs), and with one set libcurl neither caches the CA
+        //  store nor skips the directory's lookups: every new connection
+        //  parsed the bundle again (~1.5 M instructions per TLS handshake).
+        //  Without it the store is built once and kept (CURLOPT_CA_CACHE_TIMEOUT,
+        //  24 h by default, libcurl >= 7.87).
         curl_easy_setopt(e, CURLOPT_CAINFO, r->o.ca_bundle);
+        curl_easy_setopt(e, CURLOPT_CAPATH, NULL);
+    }
     if (r->o.insecure) {
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
     }
 }
 
+#define S_FD_WANT (1u << 30) //  fdst: curl watches the socket
+
+//  The state of socket fd (0 for one never seen), growing the table.
+static uint32_t *s_fd(devsim_run_t *r, int fd)
+{
+    if (fd < 0)
+        return NULL;
+    if (fd >= r->nfdst) {
+        int n = r->nfdst ? r->nfdst : 256;
+        while (n <= fd)
+            n *= 2;
+        uint32_t *t = realloc(r->fdst, (size_t)n * sizeof *t);
+        if (!t)
+            return NULL;
+        memset(t + r->nfdst, 0, (size_t)(n - r->nfdst) * sizeof *t);
+        r->fdst = t;
+        r->nfdst = n;
+    }
+    return &r->fdst[fd];
+}
+
 //  curl: wait on socket fd for `what` (CURL_POLL_IN/OUT/INOUT/REMOVE).
-//  sockp is curl_multi_assign's value for fd: the events registered + 1.
+//
+//  A kept-alive connection is registered for input while a request waits
+//  for its reply, then curl removes it and, on the next request on it, adds
+//  it again: two epoll_ctl calls per request (~1-2 us of CPU each on this
+//  VM). So a socket that waited for input only stays in epfd when curl lets
+//  go of it (the connection is idle: the server sends nothing until the
+//  next request), and the next wait for input costs no call. Should an
+//  event come on it while curl does not watch it (the server closed an
+//  idle connection), s_wait takes it out then. A socket number curl opens
+//  anew (s_opensock) or closes (s_closesock) starts from "not in epfd".
 static int s_sockcb(CURL *e, curl_socket_t fd, int what, void *arg, void *sockp)
 {
     (void)e;
+    (void)sockp;
     devsim_run_t *r = arg;
-    intptr_t had = (intptr_t)sockp;
+    uint32_t *st = s_fd(r, fd);
+    if (!st) {
+        pm_warn("no memory for the state of a transfer socket (the transfer will time out)");
+        return -1;
+    }
+    uint32_t had = *st & (EPOLLIN | EPOLLOUT);
     if (what == CURL_POLL_REMOVE) {
-        if (had)
+        *st = had;
+        if (had & EPOLLOUT) { //  writable is always ready: do not keep it
             epoll_ctl(r->epfd, EPOLL_CTL_DEL, fd, NULL); //  (fails harmlessly if closed)
-        curl_multi_assign(r->multi, fd, NULL);
+            *st = 0;
+        }
         return 0;
     }
     uint32_t ev = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
-    if (had && (uint32_t)(had - 1) == ev)
-        return 0;
-    struct epoll_event ee = {.events = ev, .data.fd = fd};
-    if (epoll_ctl(r->epfd, had ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ee) < 0) {
-        //  a descriptor number reused by curl for a new socket, or a stale entry
-        if (epoll_ctl(r->epfd, had ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ee) < 0) {
-            pm_warn("epoll_ctl on a transfer socket failed: %s (the transfer will time out)",
-                    strerror(errno));
-            return -1;
+    if (had != ev) {
+        struct epoll_event ee = {.events = ev, .data.fd = fd};
+        if (epoll_ctl(r->epfd, had ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ee) < 0) {
+            //  a stale entry (a descriptor closed behind curl's back), either way
+            if (epoll_ctl(r->epfd, had ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ee) < 0) {
+                pm_warn("epoll_ctl on a transfer socket failed: %s (the transfer will time out)",
+                        strerror(errno));
+                *st = 0;
+                return -1;
+            }
         }
     }
-    curl_multi_assign(r->multi, fd, (void *)(intptr_t)(ev + 1));
+    *st = ev | S_FD_WANT;
     return 0;
+}
+
+//  curl: open a transfer socket. A descriptor number can be one that an
+//  earlier, closed socket had: it starts from "not in epfd".
+static curl_socket_t s_opensock(void *arg, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    (void)purpose;
+    devsim_run_t *r = arg;
+    curl_socket_t fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+    uint32_t *st = fd >= 0 ? s_fd(r, fd) : NULL;
+    if (st)
+        *st = 0;
+    return fd;
+}
+
+//  curl: close a transfer socket (out of epfd first if it is still there).
+static int s_closesock(void *arg, curl_socket_t fd)
+{
+    devsim_run_t *r = arg;
+    uint32_t *st = fd >= 0 && fd < r->nfdst ? &r->fdst[fd] : NULL;
+    if (st && (*st & (EPOLLIN | EPOLLOUT)))
+        epoll_ctl(r->epfd, EPOLL_CTL_DEL, fd, NULL);
+    if (st)
+        *st = 0;
+    return close(fd);
 }
 
 //  curl: call CURL_SOCKET_TIMEOUT in ms milliseconds (-1: no timer).
@@ -273,7 +362,10 @@ devsim_run_t *devsim_run_new(const devsim_run_opts_t *o, devsim_dev_t **devs, in
         //  the next scheduled start wakes epoll_wait with sub-millisecond
         //  precision (its own timeout counts in whole milliseconds)
         r->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-        struct epoll_event ee = {.events = EPOLLIN, .data.fd = r->tfd};
+        //  edge-triggered: each expiry wakes epoll_wait once, and the next
+        //  timerfd_settime resets the expiry count, so the tick is never read
+        //  (one read system call less per scheduled start)
+        struct epoll_event ee = {.events = EPOLLIN | EPOLLET, .data.fd = r->tfd};
         if (r->tfd < 0 || epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->tfd, &ee) < 0) {
             pm_warn("no timerfd (%s): scheduled starts fall on whole milliseconds",
                     strerror(errno));
@@ -344,8 +436,9 @@ void devsim_run_destroy(devsim_run_t **rp)
         free(r->phases[i].first);
         free(r->phases[i].done);
     }
-    if (r->multi)
+    if (r->multi) //  (closes the kept connections: s_closesock still uses fdst)
         curl_multi_cleanup(r->multi);
+    free(r->fdst);
     if (r->epfd >= 0)
         close(r->epfd);
     if (r->tfd >= 0)
@@ -820,10 +913,15 @@ static void s_wait(devsim_run_t *r, bool serve, int fd, int active, long idle_ms
         if (ev[i].data.fd == r->push_fd)
             continue; //  on_ready reads it
         if (ev[i].data.fd == r->tfd) {
-            uint64_t ticks;
-            ssize_t rd = read(r->tfd, &ticks, sizeof ticks); //  clears it (EAGAIN: harmless)
-            (void)rd;
-            r->tfd_at = -1;
+            r->tfd_at = -1; //  (edge-triggered: nothing to read)
+            continue;
+        }
+        int efd = ev[i].data.fd;
+        if (efd >= 0 && efd < r->nfdst && !(r->fdst[efd] & S_FD_WANT)) {
+            //  an idle kept socket (s_sockcb): the server closed it or sent
+            //  something unasked; curl sees that when it reuses it
+            epoll_ctl(r->epfd, EPOLL_CTL_DEL, efd, NULL);
+            r->fdst[efd] = 0;
             continue;
         }
         int what = (ev[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
@@ -835,6 +933,80 @@ static void s_wait(devsim_run_t *r, bool serve, int fd, int active, long idle_ms
         r->timer_at = -1;
         curl_multi_socket_action(r->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     }
+}
+
+//  --warm-connections: one GET of the ServerURL on every transfer slot at
+//  once, so that as many connections are open (each a TLS handshake) when
+//  the phase starts; curl keeps them (CURLMOPT_MAXCONNECTS = the slots) for
+//  the phase's requests. Any HTTP status will do (PicoMDM's gateway answers
+//  405 "devices use PUT" without asking its back end); a transport error is
+//  only logged. None of it is in the phase's figures: the phase's clock and
+//  CPU start again after it, its requests are neither timed nor counted.
+static void s_warm(devsim_run_t *r)
+{
+    phase_t *p = r->ph;
+    double t0 = s_now_ms(), u0, s0, u1, s1;
+    s_cpu(&u0, &s0);
+    int active = 0;
+    for (int i = 0; i < r->nslots; i++) {
+        slot_t *s = &r->slots[i];
+        CURL *e = s->easy;
+        if (s->job)
+            continue; //  (a phase starts with every slot free)
+        if (s->url_set != r->server_url)
+            curl_easy_setopt(e, CURLOPT_URL, r->server_url);
+        s->url_set = r->server_url;
+        if (s->method_set != 1) {
+            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
+            curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+        }
+        s->method_set = 1;
+        s->hdr[1].next = NULL; //  "Expect:" alone: no Content-Type, no signature
+        if (s->hdr_set != &s->hdr[1])
+            curl_easy_setopt(e, CURLOPT_HTTPHEADER, &s->hdr[1]);
+        s->hdr_set = &s->hdr[1];
+        s_opt_long(e, CURLOPT_FRESH_CONNECT, &s->fresh_set, 0);
+        s_opt_long(e, CURLOPT_FORBID_REUSE, &s->forbid_set, 0);
+        s_opt_long(e, CURLOPT_SSL_SESSIONID_CACHE, &s->sessid_set, 1);
+        s->resplen = 0;
+        s->overflow = false;
+        if (curl_multi_add_handle(r->multi, e) != CURLM_OK)
+            continue;
+        active++;
+        p->warm_n++;
+    }
+    while (active > 0) {
+        if (zsys_interrupted) { //  take the GETs back; destroy() cleans up the rest
+            for (int i = 0; i < r->nslots; i++)
+                if (!r->slots[i].job)
+                    curl_multi_remove_handle(r->multi, r->slots[i].easy);
+            break;
+        }
+        s_wait(r, false, -1, active, 0, 0);
+        CURLMsg *m;
+        int left;
+        while ((m = curl_multi_info_read(r->multi, &left))) {
+            if (m->msg != CURLMSG_DONE)
+                continue;
+            long conns = 0, code = 0;
+            curl_easy_getinfo(m->easy_handle, CURLINFO_NUM_CONNECTS, &conns);
+            curl_easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &code);
+            if (m->data.result == CURLE_OK) {
+                p->warm_ok++;
+                p->warm_code = code;
+            } else
+                pm_warn("warm-up GET %s failed: %s (the phase opens its own connections)",
+                        r->server_url, curl_easy_strerror(m->data.result));
+            p->warm_conns += conns > 0 ? conns : 0;
+            curl_multi_remove_handle(r->multi, m->easy_handle);
+            active--;
+        }
+    }
+    s_cpu(&u1, &s1);
+    p->warm_ms = s_now_ms() - t0;
+    p->warm_cpu = (u1 - u0) + (s1 - s0);
+    p->t0 = s_now_ms();
+    s_cpu(&p->cpu0_user, &p->cpu0_sys);
 }
 
 //  Open loop: a job on the timetable starts now.
@@ -1001,6 +1173,8 @@ static void s_add_checkins(job_t *j, devsim_dev_t *d)
 int devsim_run_enroll(devsim_run_t *r)
 {
     s_phase(r, "enroll");
+    if (r->o.warm)
+        s_warm(r);
     for (int i = 0; i < r->n; i++) {
         devsim_dev_t *d = r->devs[i];
         job_t *j = s_job(d);
@@ -1123,6 +1297,8 @@ int devsim_run_sessions(devsim_run_t *r)
         k += strncmp(r->phases[i].name, "session", 7) == 0;
     snprintf(name, sizeof name, "session %d", k + 1);
     s_phase(r, name);
+    if (r->o.warm)
+        s_warm(r);
     for (int i = 0; i < r->n; i++)
         if (r->devs[i]->enrolled && !r->devs[i]->erased)
             devsim_run_wake(r, r->devs[i]);
@@ -1188,6 +1364,14 @@ int devsim_run_report(devsim_run_t *r, FILE *out)
                 enroll     ? "enrollment"
                 : checkout ? "check-out"
                            : "session");
+        if (p->warm_n > 0)
+            fprintf(
+                out,
+                "%-10s warm-up (--warm-connections, before the phase, not in its figures): "
+                "%ld connections opened (TLS handshakes) by %ld GET requests of the ServerURL "
+                "sent at once, %ld answered (last HTTP %ld), in %.1f ms, simulator CPU %.3f s\n",
+                p->name, p->warm_conns, p->warm_n, p->warm_ok, p->warm_code, p->warm_ms,
+                p->warm_cpu);
         //  The requests that opened a connection wait for the TLS handshake
         //  (and, at a phase's start, for every other connection's): this
         //  line is the latency of the rest, once the connections are open.

@@ -48,7 +48,12 @@ typedef struct {
     //  a fixed timetable (devsim_sched.h), each first request timed from its
     //  scheduled start; 0 = closed loop (the next starts when one ends).
     double rate;
-    bool rate_jitter;   //  exponential gaps of mean 1 / rate instead of fixed ones
+    bool rate_jitter; //  exponential gaps of mean 1 / rate instead of fixed ones
+    //  --warm-connections: before each enrollment / session phase, one GET of
+    //  the ServerURL per transfer slot, all at once, so that `concurrency`
+    //  connections are open (TLS handshakes done) when the phase starts; not
+    //  counted in the phase's figures (a "warm-up" line of its own).
+    bool warm;
     uint64_t rate_seed; //  the jitter's random state (any value)
     //  One line per request: phase, seconds since the run began when it was
     //  sent and when its reply came, latency ms (as reported: corrected for

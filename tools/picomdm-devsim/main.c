@@ -58,6 +58,11 @@ static const pm_opt_t s_opts[] = {
     {"latency-log", PM_OPT_STR, NULL,
      "write one line per request to this file: phase, sent and reply time (s since start), "
      "latency ms, 1 for an open loop's first request (timed from its schedule)"},
+    {"warm-connections", PM_OPT_BOOL, "false",
+     "before each enrollment / session phase, open the --concurrency connections (a TLS "
+     "handshake each) with one GET of the ServerURL each, all at once, outside the phase's "
+     "figures: an open loop then measures its steady state without the burst of handshakes at "
+     "its start"},
     {"rate-jitter", PM_OPT_BOOL, "false",
      "with --rate: exponential gaps of mean 1 / N between starts (Poisson arrivals) instead of "
      "fixed ones"},
@@ -656,6 +661,7 @@ int main(int argc, char **argv)
         .rate = rate,
         .rate_jitter = pm_cfg_bool(cfg, "rate-jitter"),
         .rate_seed = seed,
+        .warm = pm_cfg_bool(cfg, "warm-connections"),
         .answer = ao,
     };
     if (spoof || malformed) {
