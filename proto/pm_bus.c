@@ -154,6 +154,17 @@ static zsock_t *s_socket(pm_bus_t *bus, int type, const char *endpoint)
     return sock;
 }
 
+//  A hash keyed by the rid inside its item (s_pending_t, s_cached_t), which
+//  lives as long as the entry: no copy of the key per request (a malloc and
+//  a free each). The item is freed only after it left the hash.
+static void s_borrow_keys(zhashx_t *h)
+{
+    if (h) {
+        zhashx_set_key_duplicator(h, NULL);
+        zhashx_set_key_destructor(h, NULL);
+    }
+}
+
 /* ---- client side ---- */
 
 static void s_pending_free(s_pending_t **pp)
@@ -331,7 +342,7 @@ int pm_bus_call_async(pm_bus_t *bus, const char *service, const pm_msg_t *req, i
         return -1;
     }
     memcpy(p->service, service, slen + 1);
-    snprintf(p->rid, sizeof p->rid, "%s", rid);
+    memcpy(p->rid, rid, strlen(rid) + 1); //  checked above: at most PM_RID_MAX
     p->timeout_ms = timeout_ms > 0 ? timeout_ms : 3000;
     p->attempts_max = 1 + (retries > 0 ? retries : 0);
     p->started = zclock_mono();
@@ -563,14 +574,15 @@ static void s_worker_request(s_worker_t *w, zmq_msg_t *f)
         pm_msg_destroy(&msg);
         return; //  the client retries
     }
-    snprintf(c->rid, sizeof c->rid, "%s", rid);
+    size_t ridlen = zmq_msg_size(&f[3]); //  pm_bus_frame_str: < sizeof rid
+    memcpy(c->rid, rid, ridlen + 1);
     c->job = job;
     zhashx_insert(w->cache, c->rid, c);
     job->worker = w;
     job->bus = bus;
     memcpy(job->client, client, client_len);
     job->client_len = client_len;
-    snprintf(job->rid, sizeof job->rid, "%s", rid);
+    memcpy(job->rid, rid, ridlen + 1);
     job->msg = msg;
     job->cached = c;
     job->next = bus->jobs;
@@ -663,6 +675,7 @@ int pm_bus_serve(pm_bus_t *bus, const char *service, pm_bus_job_fn *fn, void *ar
     w->arg = arg;
     w->cache = zhashx_new();
     zhashx_set_destructor(w->cache, s_cached_destructor);
+    s_borrow_keys(w->cache);
     w->sock = s_socket(bus, ZMQ_DEALER, bus->request_endpoint);
     if (!w->sock) {
         zhashx_destroy(&w->cache);
@@ -1214,6 +1227,7 @@ pm_bus_t *pm_bus_new(const pm_bus_config_t *cfg)
     bus->capacity = cfg->capacity > 0 ? cfg->capacity : 256;
     bus->next_deadline = INT64_MAX;
     bus->pending = zhashx_new();
+    s_borrow_keys(bus->pending);
     msgpack_sbuffer_init(&bus->evbuf);
     if (cfg->server_public_key && *cfg->server_public_key) {
         if (strlen(cfg->server_public_key) != 40) {
