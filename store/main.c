@@ -20,7 +20,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <malloc.h>
-#include <sched.h>
 #include <sqlite3.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -58,9 +57,6 @@ static const pm_opt_t s_opts[] = {
      "SQLite's two writes per page; durability is the same either way)"},
     {"checkpoint-idle-ms", PM_OPT_INT, "1000",
      "with checkpoint=thread: after this long without a commit, checkpoint what is left"},
-    {"io-batch", PM_OPT_BOOL, "false",
-     "run libzmq's I/O thread as SCHED_BATCH (it no longer preempts the store's thread at each "
-     "reply) and let it run once a batch is answered: one wake-up sends the whole batch"},
     {"server-key", PM_OPT_STR, NULL, "broker CURVE public key (Z85) when not on ipc/loopback"},
     {"curve-cert", PM_OPT_STR, NULL, "our CURVE certificate file (with server-key)"},
     PM_STATS_OPTION,
@@ -185,8 +181,6 @@ int main(int argc, char **argv)
                           .cert_file = pm_cfg_str(cfg, "curve-cert"),
                           .publish_endpoint = pm_cfg_str(cfg, "publish-endpoint"),
                           .capacity = (int)batch};
-    if (pm_cfg_bool(cfg, "io-batch"))
-        zsys_set_thread_sched_policy(SCHED_BATCH); //  before the first socket starts the threads
     bus = pm_bus_new(&bc);
     if (!bus) {
         pm_error("cannot connect to the broker at %s (check request-endpoint)",
@@ -194,8 +188,7 @@ int main(int argc, char **argv)
         goto out;
     }
     store_svc_opts_t so = {.group_commit = pm_cfg_bool(cfg, "group-commit"),
-                           .batch_max = (int)batch,
-                           .yield = pm_cfg_bool(cfg, "io-batch")};
+                           .batch_max = (int)batch};
     svc = store_svc_new(db, bus, &so);
     if (svc)
         store_svc_set_stats(svc, stats);

@@ -12,7 +12,6 @@
 #include "pm_log.h"
 #include "pm_mpck.h"
 
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
@@ -773,10 +772,6 @@ again:
         s_time(&svc->timing.request, in);
     }
     store_db_events_flush(svc->db, s_publish, svc);
-    //  io-batch (main.c): libzmq's I/O thread, woken by the first reply but
-    //  not preempting us, sends the whole batch now
-    if (svc->opts.yield)
-        sched_yield();
     double t2 = pm_stats_now_ms();
     if (tx) {
         pm_stats_observe_ms(svc->reply_ms, t2 - tc);

@@ -27,7 +27,6 @@ typedef struct store_svc store_svc_t;
 typedef struct {
     bool group_commit; //  one transaction per batch (true) or per request
     int batch_max;     //  at most this many requests per transaction (0 = 1024)
-    bool yield;        //  sched_yield() once a batch is answered (main.c, io-batch)
 } store_svc_opts_t;
 
 //  The service over `db`, publishing through `bus` (may be NULL in tests).
