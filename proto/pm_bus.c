@@ -12,11 +12,13 @@
 #include "pm_bus.h"
 #include "pm_bus_wire.h"
 #include "pm_log.h"
+#include "pm_mpck.h"
 
 #include <czmq.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define S_MAX_SERVICES 8
 #define S_MAX_SUBS 32
@@ -106,6 +108,9 @@ struct pm_bus {
     pm_bus_job_t *jobs;
 
     zsock_t *pub;
+    msgpack_sbuffer evbuf; //  pm_bus_publish_event's encoding, reused (keeps its capacity)
+    char ev_prefix[17];    //  and its request ids: this prefix + a counter
+    uint64_t ev_count;     //
     zsock_t *sub;
     s_sub_t subs[S_MAX_SUBS];
     int nsubs;
@@ -147,6 +152,17 @@ static zsock_t *s_socket(pm_bus_t *bus, int type, const char *endpoint)
         return NULL;
     }
     return sock;
+}
+
+//  A hash keyed by the rid inside its item (s_pending_t, s_cached_t), which
+//  lives as long as the entry: no copy of the key per request (a malloc and
+//  a free each). The item is freed only after it left the hash.
+static void s_borrow_keys(zhashx_t *h)
+{
+    if (h) {
+        zhashx_set_key_duplicator(h, NULL);
+        zhashx_set_key_destructor(h, NULL);
+    }
 }
 
 /* ---- client side ---- */
@@ -326,7 +342,7 @@ int pm_bus_call_async(pm_bus_t *bus, const char *service, const pm_msg_t *req, i
         return -1;
     }
     memcpy(p->service, service, slen + 1);
-    snprintf(p->rid, sizeof p->rid, "%s", rid);
+    memcpy(p->rid, rid, strlen(rid) + 1); //  checked above: at most PM_RID_MAX
     p->timeout_ms = timeout_ms > 0 ? timeout_ms : 3000;
     p->attempts_max = 1 + (retries > 0 ? retries : 0);
     p->started = zclock_mono();
@@ -558,14 +574,15 @@ static void s_worker_request(s_worker_t *w, zmq_msg_t *f)
         pm_msg_destroy(&msg);
         return; //  the client retries
     }
-    snprintf(c->rid, sizeof c->rid, "%s", rid);
+    size_t ridlen = zmq_msg_size(&f[3]); //  pm_bus_frame_str: < sizeof rid
+    memcpy(c->rid, rid, ridlen + 1);
     c->job = job;
     zhashx_insert(w->cache, c->rid, c);
     job->worker = w;
     job->bus = bus;
     memcpy(job->client, client, client_len);
     job->client_len = client_len;
-    snprintf(job->rid, sizeof job->rid, "%s", rid);
+    memcpy(job->rid, rid, ridlen + 1);
     job->msg = msg;
     job->cached = c;
     job->next = bus->jobs;
@@ -658,6 +675,7 @@ int pm_bus_serve(pm_bus_t *bus, const char *service, pm_bus_job_fn *fn, void *ar
     w->arg = arg;
     w->cache = zhashx_new();
     zhashx_set_destructor(w->cache, s_cached_destructor);
+    s_borrow_keys(w->cache);
     w->sock = s_socket(bus, ZMQ_DEALER, bus->request_endpoint);
     if (!w->sock) {
         zhashx_destroy(&w->cache);
@@ -808,6 +826,204 @@ int pm_bus_publish(pm_bus_t *bus, const pm_msg_t *event)
     else
         bus->stats.published++;
     free(body);
+    return rc;
+}
+
+/* ---- events from their fields (pm_bus_publish_event) ---- */
+
+//  The `event` table entry has the fields this encoder writes, in this
+//  order and with these types. Checked once; if the table ever changes,
+//  pm_bus_publish_event falls back to a pm_msg_t (slower, still right) and
+//  the unit test test_publish_event_bytes fails, so the encoder gets updated.
+static bool s_event_layout_ok(void)
+{
+    static int known; //  0 = not checked yet, 1 = matches, -1 = does not
+    if (known == 0) {
+        static const struct {
+            const char *name;
+            pm_ftype_t type;
+        } want[] = {{"name", PM_T_STR},
+                    {"seq", PM_T_UINT},
+                    {"eid", PM_T_STR},
+                    {"source", PM_T_STR},
+                    {"data", PM_T_MAP}};
+        const pm_msgdef_t *d = pm_msgdef(PM_MSG_EVENT);
+        bool ok = d && d->nfields == (int)(sizeof want / sizeof want[0]);
+        for (int i = 0; ok && i < d->nfields; i++)
+            ok = strcmp(d->fields[i].name, want[i].name) == 0 &&
+                 d->fields[i].type == want[i].type && d->fields[i].required == (i == 0);
+        known = ok ? 1 : -1;
+    }
+    return known == 1;
+}
+
+//  A topic subscribers accept (s_event_input: 1-255 bytes, no control characters).
+static bool s_topic_ok(const char *t)
+{
+    size_t n = 0;
+    for (; t && t[n]; n++)
+        if ((unsigned char)t[n] < 0x20 || t[n] == 0x7f)
+            return false;
+    return n > 0 && n < 256;
+}
+
+static int s_pk_str(msgpack_packer *pk, const char *s)
+{
+    return msgpack_pack_str_with_body(pk, s, strlen(s));
+}
+
+int pm_bus_event_encode(const pm_bus_event_t *ev, const char *rid, uint64_t ts,
+                        msgpack_sbuffer *out, char *err, size_t errlen)
+{
+    const pm_msgdef_t *d = pm_msgdef(PM_MSG_EVENT);
+    msgpack_sbuffer_clear(out);
+    if (!s_event_layout_ok()) {
+        snprintf(err, errlen,
+                 "event: the table's `event` fields changed; update "
+                 "pm_bus_event_encode (proto/pm_bus.c)");
+        return -1;
+    }
+    if (!ev || !s_topic_ok(ev->name)) {
+        snprintf(err, errlen, "event: the name must be 1-255 bytes without control characters");
+        return -1;
+    }
+    size_t ridlen = rid ? strlen(rid) : 0;
+    bool rid_ok = ridlen > 0 && ridlen <= PM_RID_MAX;
+    for (size_t i = 0; rid_ok && i < ridlen; i++)
+        rid_ok = rid[i] > 0x20 && rid[i] < 0x7f;
+    if (!rid_ok) {
+        snprintf(err, errlen, "event %s: bad request id", ev->name);
+        return -1;
+    }
+    bool has_data = ev->data && ev->len;
+    if (has_data) {
+        //  what pm_msg_set_packed and the decoder ask of a map field: one
+        //  map, nothing after it, within the limits at its depth (2 under
+        //  the envelope and the body)
+        char why[200];
+        pm_mpck_limits_t lim = {PM_MSG_MAX_DEPTH - 2, PM_MSG_MAX_ELEMENTS - 16};
+        uint8_t b = ev->data[0];
+        if (b != 0xde && b != 0xdf && (b & 0xf0) != 0x80) {
+            snprintf(err, errlen, "event %s: data is not a msgpack map (first byte 0x%02x)",
+                     ev->name, b);
+            return -1;
+        }
+        if (ev->len > PM_MSG_MAX_BYTES - 1024 ||
+            pm_mpck_check(ev->data, ev->len, &lim, true, NULL, why, sizeof why) < 0) {
+            snprintf(err, errlen, "event %s: bad data: %s", ev->name,
+                     ev->len > PM_MSG_MAX_BYTES - 1024 ? "too large" : why);
+            return -1;
+        }
+    }
+    const char *vals[5] = {ev->name, NULL, ev->eid, ev->source, NULL};
+    bool present[5] = {true, ev->has_seq, ev->eid != NULL, ev->source != NULL, has_data};
+    uint32_t nbody = 0;
+    for (int i = 0; i < 5; i++)
+        nbody += present[i];
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
+    //  the envelope, as pm_msg_encode writes it
+    int r = msgpack_pack_map(&pk, 5);
+    r |= msgpack_pack_str_with_body(&pk, "v", 1) | msgpack_pack_uint64(&pk, PM_PROTO_VERSION);
+    r |= msgpack_pack_str_with_body(&pk, "type", 4) | s_pk_str(&pk, d->name);
+    r |= msgpack_pack_str_with_body(&pk, "rid", 3) | msgpack_pack_str_with_body(&pk, rid, ridlen);
+    r |= msgpack_pack_str_with_body(&pk, "ts", 2) | msgpack_pack_uint64(&pk, ts);
+    r |= msgpack_pack_str_with_body(&pk, "body", 4) | msgpack_pack_map(&pk, nbody);
+    for (int i = 0; i < 5 && r == 0; i++) {
+        if (!present[i])
+            continue;
+        r |= s_pk_str(&pk, d->fields[i].name);
+        if (i == 1)
+            r |= msgpack_pack_uint64(&pk, ev->seq);
+        else if (i == 4)
+            r |= msgpack_sbuffer_write(out, (const char *)ev->data, ev->len);
+        else
+            r |= s_pk_str(&pk, vals[i]);
+    }
+    if (r != 0 || out->size > PM_MSG_MAX_BYTES) {
+        snprintf(err, errlen, "event %s: larger than %u bytes or out of memory", ev->name,
+                 PM_MSG_MAX_BYTES);
+        msgpack_sbuffer_clear(out);
+        return -1;
+    }
+    return 0;
+}
+
+//  The slow way, for a table this encoder does not know: a pm_msg_t.
+static int s_publish_event_msg(pm_bus_t *bus, const pm_bus_event_t *ev)
+{
+    pm_msg_t *m = pm_msg_new(PM_MSG_EVENT);
+    int rc = -1;
+    if (!m || pm_msg_set_str(m, "name", ev->name) < 0 ||
+        (ev->has_seq && pm_msg_set_uint(m, "seq", ev->seq) < 0) ||
+        (ev->eid && pm_msg_set_str(m, "eid", ev->eid) < 0) ||
+        (ev->source && pm_msg_set_str(m, "source", ev->source) < 0) ||
+        (ev->data && ev->len && pm_msg_set_packed(m, "data", ev->data, ev->len) < 0))
+        pm_bus_ratelog(&bus->ratelog, "bus: event '%s' has invalid fields; not published",
+                       ev->name);
+    else
+        rc = pm_bus_publish(bus, m);
+    pm_msg_destroy(&m);
+    return rc;
+}
+
+//  A fresh request id for an event: 16 hex digits fixed per bus (taken
+//  from a pm_msg request id, so random per process) and 16 of a counter.
+static void s_event_rid(pm_bus_t *bus, char out[33])
+{
+    static const char hex[] = "0123456789abcdef";
+    if (!bus->ev_prefix[0]) {
+        pm_msg_t *m = pm_msg_new(PM_MSG_OK);
+        //  the second half: the mixed counter, not the thread's prefix
+        //  that the process's own request ids begin with
+        const char *r = m ? pm_msg_rid(m) : "0123456789abcdef0123456789abcdef";
+        memcpy(bus->ev_prefix, r + 16, 16);
+        bus->ev_prefix[16] = '\0';
+        pm_msg_destroy(&m);
+    }
+    uint64_t n = ++bus->ev_count;
+    memcpy(out, bus->ev_prefix, 16);
+    for (int i = 0; i < 16; i++)
+        out[16 + i] = hex[(n >> (60 - 4 * i)) & 0xf];
+    out[32] = '\0';
+}
+
+int pm_bus_publish_event(pm_bus_t *bus, const pm_bus_event_t *ev)
+{
+    if (!bus->pub) {
+        pm_error("bus: '%s' has no publish endpoint; set publish-endpoint to publish events",
+                 bus->name);
+        return -1;
+    }
+    if (!ev || !s_topic_ok(ev->name)) {
+        pm_bus_ratelog(&bus->ratelog, "bus: an event needs a name of 1-255 bytes without "
+                                      "control characters; not published");
+        return -1;
+    }
+    if (!s_event_layout_ok())
+        return s_publish_event_msg(bus, ev);
+    char rid[33], err[256];
+    s_event_rid(bus, rid);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    uint64_t ts = (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u;
+    if (pm_bus_event_encode(ev, rid, ts, &bus->evbuf, err, sizeof err) < 0) {
+        pm_bus_ratelog(&bus->ratelog, "bus: %s; not published", err);
+        return -1;
+    }
+    const void *data[2] = {ev->name, bus->evbuf.data};
+    size_t lens[2] = {strlen(ev->name), bus->evbuf.size};
+    int rc = pm_bus_sendv(zsock_resolve(bus->pub), data, lens, 2);
+    if (rc < 0)
+        pm_bus_ratelog(&bus->ratelog, "bus: event '%s' not published (%s)", ev->name,
+                       zmq_strerror(errno));
+    else
+        bus->stats.published++;
+    //  do not keep a big event's buffer for ever
+    if (bus->evbuf.alloc > (1u << 20)) {
+        msgpack_sbuffer_destroy(&bus->evbuf);
+        msgpack_sbuffer_init(&bus->evbuf);
+    }
     return rc;
 }
 
@@ -1011,6 +1227,8 @@ pm_bus_t *pm_bus_new(const pm_bus_config_t *cfg)
     bus->capacity = cfg->capacity > 0 ? cfg->capacity : 256;
     bus->next_deadline = INT64_MAX;
     bus->pending = zhashx_new();
+    s_borrow_keys(bus->pending);
+    msgpack_sbuffer_init(&bus->evbuf);
     if (cfg->server_public_key && *cfg->server_public_key) {
         if (strlen(cfg->server_public_key) != 40) {
             pm_error("bus: the broker's public key must be 40 Z85 characters (the public-key "
@@ -1074,6 +1292,7 @@ void pm_bus_destroy(pm_bus_t **busp)
     zhashx_destroy(&bus->pending);
     zsock_destroy(&bus->client);
     zsock_destroy(&bus->pub);
+    msgpack_sbuffer_destroy(&bus->evbuf);
     zsock_destroy(&bus->sub);
     for (int i = 0; i < bus->nsubs; i++)
         free(bus->subs[i].prefix);

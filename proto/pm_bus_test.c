@@ -686,6 +686,234 @@ static void test_wait_states(void **state)
     zsock_destroy(&a);
 }
 
+/* ---- pm_bus_publish_event: events from their fields ---- */
+
+//  The same event as a pm_msg, encoded by pm_msg_encode with that rid and ts.
+static void s_event_msg_bytes(const pm_bus_event_t *ev, const char *rid, uint64_t ts, uint8_t **out,
+                              size_t *len)
+{
+    pm_msg_t *m = pm_msg_new(PM_MSG_EVENT);
+    assert_int_equal(pm_msg_set_rid(m, rid), 0);
+    assert_int_equal(pm_msg_set_ts(m, ts), 0);
+    assert_int_equal(pm_msg_set_str(m, "name", ev->name), 0);
+    if (ev->has_seq)
+        assert_int_equal(pm_msg_set_uint(m, "seq", ev->seq), 0);
+    if (ev->eid)
+        assert_int_equal(pm_msg_set_str(m, "eid", ev->eid), 0);
+    if (ev->source)
+        assert_int_equal(pm_msg_set_str(m, "source", ev->source), 0);
+    if (ev->data && ev->len)
+        assert_int_equal(pm_msg_set_packed(m, "data", ev->data, ev->len), 0);
+    char err[256];
+    assert_int_equal(pm_msg_encode(m, out, len, err, sizeof err), 0);
+    pm_msg_destroy(&m);
+}
+
+//  pm_bus_event_encode gives exactly pm_msg_encode's bytes for the same
+//  event, whichever optional fields are present; bad fields are refused.
+static void test_publish_event_bytes(void **state)
+{
+    (void)state;
+    //  data: {"uuid": "C1", "status": "Acknowledged", "n": [1, -2, {"deep": true}], "x": 3.5}
+    msgpack_sbuffer d;
+    msgpack_sbuffer_init(&d);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &d, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 4);
+    msgpack_pack_str_with_body(&pk, "uuid", 4);
+    msgpack_pack_str_with_body(&pk, "C1", 2);
+    msgpack_pack_str_with_body(&pk, "status", 6);
+    msgpack_pack_str_with_body(&pk, "Acknowledged", 12);
+    msgpack_pack_str_with_body(&pk, "n", 1);
+    msgpack_pack_array(&pk, 3);
+    msgpack_pack_int(&pk, 1);
+    msgpack_pack_int(&pk, -2);
+    msgpack_pack_map(&pk, 1);
+    msgpack_pack_str_with_body(&pk, "deep", 4);
+    msgpack_pack_true(&pk);
+    msgpack_pack_str_with_body(&pk, "x", 1);
+    msgpack_pack_double(&pk, 3.5);
+    const uint8_t *data = (const uint8_t *)d.data;
+    const pm_bus_event_t cases[] = {
+        {.name = "command.result",
+         .has_seq = true,
+         .seq = 42,
+         .eid = "UDID-1",
+         .source = "store",
+         .data = data,
+         .len = d.size},
+        {.name = "command.delivered", .has_seq = true, .seq = 0},
+        {.name = "x", .has_seq = true, .seq = UINT64_MAX, .eid = ""},
+        {.name = "inventory.changed", .source = "store", .data = data, .len = d.size},
+        {.name = "security.rejected", .eid = "a:b", .data = data, .len = 0}, //  len 0: absent
+    };
+    msgpack_sbuffer out;
+    msgpack_sbuffer_init(&out);
+    char err[256];
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *rid = i % 2 ? "0123456789abcdef0123456789abcdef" : "r-1";
+        uint64_t ts = i == 2 ? UINT64_MAX : 1700000000123ull + i;
+        uint8_t *want;
+        size_t wlen;
+        s_event_msg_bytes(&cases[i], rid, ts, &want, &wlen);
+        assert_int_equal(pm_bus_event_encode(&cases[i], rid, ts, &out, err, sizeof err), 0);
+        assert_int_equal(out.size, wlen);
+        assert_memory_equal(out.data, want, wlen);
+        free(want);
+    }
+
+    //  refused: data that is not one well-formed map within the limits, bad names and rids
+    pm_bus_event_t ev = {.name = "command.result", .has_seq = true, .seq = 1};
+    const struct {
+        const char *bytes;
+        size_t len;
+    } bad[] = {
+        {"\x93\x01\x02\x03", 4},              //  an array
+        {"\xa2hi", 3},                        //  a string
+        {"\x82\xa1k\x01", 4},                 //  a map of 2 with 1 pair
+        {"\x81\xa1k\x01\x00", 5},             //  trailing byte
+        {"\x81\xa1k\xc1", 4},                 //  the reserved byte
+        {"\x81\xa1k\xdd\xff\xff\xff\xff", 8}, //  an array of 2^32-1 in 8 bytes
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ev.data = (const uint8_t *)bad[i].bytes;
+        ev.len = bad[i].len;
+        assert_int_equal(pm_bus_event_encode(&ev, "r", 1, &out, err, sizeof err), -1);
+        assert_non_null(strstr(err, "command.result"));
+        assert_int_equal(out.size, 0);
+    }
+    //  nested deeper than the decoder allows at the data's depth
+    msgpack_sbuffer_clear(&d);
+    for (int i = 0; i < PM_MSG_MAX_DEPTH; i++) {
+        msgpack_pack_map(&pk, 1);
+        msgpack_pack_str_with_body(&pk, "k", 1);
+    }
+    msgpack_pack_nil(&pk);
+    ev.data = (const uint8_t *)d.data;
+    ev.len = d.size;
+    assert_int_equal(pm_bus_event_encode(&ev, "r", 1, &out, err, sizeof err), -1);
+    ev.data = NULL;
+    ev.len = 0;
+    assert_int_equal(pm_bus_event_encode(&ev, "r", 1, &out, err, sizeof err), 0);
+    assert_int_equal(pm_bus_event_encode(&ev, "", 1, &out, err, sizeof err), -1);
+    assert_int_equal(pm_bus_event_encode(&ev, "has space", 1, &out, err, sizeof err), -1);
+    char longname[300];
+    memset(longname, 'a', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    const char *names[] = {"", "bad\nname", longname, NULL};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        ev.name = names[i];
+        assert_int_equal(pm_bus_event_encode(&ev, "r", 1, &out, err, sizeof err), -1);
+    }
+    msgpack_sbuffer_destroy(&out);
+    msgpack_sbuffer_destroy(&d);
+}
+
+//  Receive one event (topic + body) on sub within timeout_ms; NULL if none.
+static zmsg_t *s_sub_recv(zsock_t *sub, int timeout_ms)
+{
+    zpoller_t *p = zpoller_new(sub, NULL);
+    zmsg_t *m = zpoller_wait(p, timeout_ms) ? zmsg_recv(sub) : NULL;
+    zpoller_destroy(&p);
+    return m;
+}
+
+//  Through a real PUB socket: the subscriber sees the topic and bytes that
+//  pm_bus_publish sends for the same event (rid and ts aside), each event a
+//  fresh rid; bad data is refused and nothing is sent.
+static void test_publish_event_wire(void **state)
+{
+    (void)state;
+    const char *ep = "inproc://pm-bus-test-events";
+    zsock_t *sub = zsock_new(ZMQ_SUB);
+    assert_int_equal(zsock_bind(sub, "%s", ep), 0);
+    zsock_set_subscribe(sub, "");
+    pm_bus_config_t cfg = {.name = "test", .publish_endpoint = ep};
+    pm_bus_t *bus = pm_bus_new(&cfg);
+    assert_non_null(bus);
+    //  the subscription reaches the PUB socket after a moment: publish until one arrives
+    pm_bus_event_t hello = {.name = "test.hello"};
+    zmsg_t *m = NULL;
+    for (int i = 0; i < 200 && !m; i++) {
+        assert_int_equal(pm_bus_publish_event(bus, &hello), 0);
+        m = s_sub_recv(sub, 10);
+    }
+    assert_non_null(m);
+    zmsg_destroy(&m);
+    while ((m = s_sub_recv(sub, 20)))
+        zmsg_destroy(&m);
+
+    const uint8_t data[] = {0x81, 0xa4, 'u', 'u', 'i', 'd', 0xa2, 'C', '7'}; //  {"uuid": "C7"}
+    pm_bus_event_t ev = {.name = "command.delivered",
+                         .has_seq = true,
+                         .seq = 9,
+                         .eid = "UDID-9",
+                         .source = "store",
+                         .data = data,
+                         .len = sizeof data};
+    pm_bus_stats_t st0, st1;
+    pm_bus_stats(bus, &st0);
+    char rids[2][PM_RID_MAX + 1];
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(pm_bus_publish_event(bus, &ev), 0);
+        m = s_sub_recv(sub, 2000);
+        assert_non_null(m);
+        assert_int_equal(zmsg_size(m), 2);
+        char *topic = zmsg_popstr(m);
+        assert_string_equal(topic, "command.delivered");
+        zstr_free(&topic);
+        zframe_t *body = zmsg_pop(m);
+        pm_msg_t *got = NULL;
+        char err[256];
+        assert_int_equal(pm_msg_decode(zframe_data(body), zframe_size(body), &got, err, sizeof err),
+                         0);
+        assert_int_equal(pm_msg_type(got), PM_MSG_EVENT);
+        assert_string_equal(pm_msg_str(got, "name"), "command.delivered");
+        assert_int_equal(pm_msg_uint(got, "seq", 0), 9);
+        assert_string_equal(pm_msg_str(got, "eid"), "UDID-9");
+        assert_string_equal(pm_msg_str(got, "source"), "store");
+        assert_int_equal(strlen(pm_msg_rid(got)), 32);
+        snprintf(rids[k], sizeof rids[k], "%s", pm_msg_rid(got));
+        assert_true(pm_msg_ts(got) > 1600000000000ull);
+        //  the same bytes as the pm_msg way with that rid and ts
+        uint8_t *want;
+        size_t wlen;
+        s_event_msg_bytes(&ev, pm_msg_rid(got), pm_msg_ts(got), &want, &wlen);
+        assert_int_equal(zframe_size(body), wlen);
+        assert_memory_equal(zframe_data(body), want, wlen);
+        free(want);
+        pm_msg_destroy(&got);
+        zframe_destroy(&body);
+        zmsg_destroy(&m);
+    }
+    assert_string_not_equal(rids[0], rids[1]);
+    pm_bus_stats(bus, &st1);
+    assert_int_equal(st1.published, st0.published + 2);
+
+    //  refused: nothing sent, nothing counted
+    const uint8_t notmap[] = {0x92, 0x01, 0x02};
+    ev.data = notmap;
+    ev.len = sizeof notmap;
+    assert_int_equal(pm_bus_publish_event(bus, &ev), -1);
+    ev.data = data;
+    ev.len = sizeof data - 1; //  truncated
+    assert_int_equal(pm_bus_publish_event(bus, &ev), -1);
+    ev.name = "";
+    assert_int_equal(pm_bus_publish_event(bus, &ev), -1);
+    assert_null(s_sub_recv(sub, 100));
+    pm_bus_stats(bus, &st1);
+    assert_int_equal(st1.published, st0.published + 2);
+
+    //  no publish endpoint
+    pm_bus_config_t cfg2 = {.name = "test2"};
+    pm_bus_t *bus2 = pm_bus_new(&cfg2);
+    assert_non_null(bus2);
+    assert_int_equal(pm_bus_publish_event(bus2, &hello), -1);
+    pm_bus_destroy(&bus2);
+    pm_bus_destroy(&bus);
+    zsock_destroy(&sub);
+}
+
 int main(void)
 {
     pm_log_init("pm_bus_test", getenv("PM_TEST_VERBOSE") ? "debug" : "error", false);
@@ -707,6 +935,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_foreign_loop, s_setup, s_teardown),
         cmocka_unit_test(test_blocking_call),
         cmocka_unit_test(test_wait_states),
+        cmocka_unit_test(test_publish_event_bytes),
+        cmocka_unit_test(test_publish_event_wire),
         cmocka_unit_test(test_bad_config),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);

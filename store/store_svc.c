@@ -662,21 +662,18 @@ static void s_publish(void *arg, uint64_t seq, int64_t ts, const char *name, con
         pm_stats_set(svc->seq, (double)seq);
     if (!svc->bus)
         return;
-    pm_msg_t *ev = pm_msg_new(PM_MSG_EVENT);
-    if (!ev)
-        return;
-    pm_msg_set_str(ev, "name", name);
-    pm_msg_set_uint(ev, "seq", seq);
-    if (eid)
-        pm_msg_set_str(ev, "eid", eid);
-    if (source)
-        pm_msg_set_str(ev, "source", source);
-    if (data && len)
-        pm_msg_set_packed(ev, "data", data, len);
-    if (pm_bus_publish(svc->bus, ev) < 0)
+    //  the data is msgpack already (store_db packed it): published as it is,
+    //  no pm_msg_t built, unpacked and packed again (pm_bus_publish_event)
+    pm_bus_event_t ev = {.name = name,
+                         .has_seq = true,
+                         .seq = seq,
+                         .eid = eid,
+                         .source = source,
+                         .data = data,
+                         .len = len};
+    if (pm_bus_publish_event(svc->bus, &ev) < 0)
         pm_debug("event %s (seq %llu) not published; it is in the log", name,
                  (unsigned long long)seq);
-    pm_msg_destroy(&ev);
 }
 
 //  One transaction over jobs[from, to). Optimistic: the requests are applied

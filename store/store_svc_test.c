@@ -391,6 +391,133 @@ static void test_batch_undoes_only_the_failure(void **state)
     store_db_destroy(&db);
 }
 
+//  After the commit the store publishes each logged event with its seq
+//  (pm_bus_publish_event): the subscriber sees the topic, seq, eid, source
+//  and the data map exactly as event.append gave them, after the reply.
+static void test_events_published(void **state)
+{
+    (void)state;
+    char err[256];
+    store_db_t *db = store_db_new(":memory:", NULL, err, sizeof err);
+    assert_non_null(db);
+    zsock_t *router = zsock_new_router("@inproc://store-svc-events-test");
+    zsock_t *sub = zsock_new_sub("@inproc://store-svc-events-pub", "");
+    assert_non_null(router);
+    assert_non_null(sub);
+    pm_bus_config_t bc = {.name = "store",
+                          .request_endpoint = "inproc://store-svc-events-test",
+                          .publish_endpoint = "inproc://store-svc-events-pub"};
+    pm_bus_t *bus = pm_bus_new(&bc);
+    assert_non_null(bus);
+    //  the subscription reaches the PUB socket after a moment
+    pm_bus_event_t hello = {.name = "test.hello"};
+    zpoller_t *poller = zpoller_new(sub, NULL);
+    bool joined = false;
+    for (int i = 0; i < 200 && !joined; i++) {
+        assert_int_equal(pm_bus_publish_event(bus, &hello), 0);
+        joined = zpoller_wait(poller, 10) != NULL;
+    }
+    assert_true(joined);
+    zmsg_t *m;
+    while (zpoller_wait(poller, 20) && (m = zmsg_recv(sub)))
+        zmsg_destroy(&m);
+
+    store_svc_t *svc = store_svc_new(db, bus, NULL);
+    assert_non_null(svc);
+    assert_int_equal(pm_bus_serve(bus, "store", store_svc_on_job, svc), 0);
+    zmsg_t *ready = zmsg_recv(router);
+    assert_non_null(ready);
+    zframe_t *id = zframe_dup(zmsg_first(ready));
+    zmsg_destroy(&ready);
+    //  data: {"reason": "bad signature", "n": [1, {"k": nil}]}
+    const char data[] = "\x82\xa6reason\xad"
+                        "bad signature\xa1n\x92\x01\x81\xa1k\xc0";
+    const size_t dlen = sizeof data - 1;
+    pm_msg_t *req = pm_msg_new(PM_MSG_EVENT_APPEND);
+    pm_msg_set_rid(req, "r-ev");
+    pm_msg_set_str(req, "name", "security.rejected");
+    pm_msg_set_str(req, "eid", "UDID-EV");
+    pm_msg_set_str(req, "source", "gateway");
+    assert_int_equal(pm_msg_set_packed(req, "data", (const uint8_t *)data, dlen), 0);
+    uint8_t *bytes;
+    size_t len;
+    assert_int_equal(pm_msg_encode(req, &bytes, &len, err, sizeof err), 0);
+    m = zmsg_new();
+    zmsg_append(m, &(zframe_t *){zframe_dup(id)});
+    zmsg_addstr(m, PM_BUS_WORKER_HDR);
+    zmsg_addmem(m, &(uint8_t){PM_BUS_REQUEST}, 1);
+    zmsg_addstr(m, "client");
+    zmsg_addstr(m, "r-ev");
+    zmsg_addmem(m, bytes, len);
+    zmsg_send(&m, router);
+    free(bytes);
+    pm_msg_destroy(&req);
+    int64_t until = zclock_mono() + 3000;
+    while (store_svc_pending(svc) < 1 && zclock_mono() < until)
+        pm_bus_run_once(bus, 10);
+    assert_int_equal(store_svc_flush(svc), 1);
+
+    //  the reply, with the seq
+    uint64_t seq = 0;
+    until = zclock_mono() + 3000;
+    while (!seq && zclock_mono() < until) {
+        if (!(zsock_events(router) & ZMQ_POLLIN)) {
+            pm_bus_run_once(bus, 10);
+            continue;
+        }
+        m = zmsg_recv(router);
+        if (zmsg_size(m) == 6) {
+            zframe_t *body = zmsg_last(m);
+            pm_msg_t *r = NULL;
+            assert_int_equal(
+                pm_msg_decode(zframe_data(body), zframe_size(body), &r, err, sizeof err), 0);
+            assert_int_equal(pm_msg_type(r), PM_MSG_EVENT_APPEND_REPLY);
+            seq = pm_msg_uint(r, "seq", 0);
+            pm_msg_destroy(&r);
+        }
+        zmsg_destroy(&m);
+    }
+    assert_true(seq > 0);
+    //  the event
+    assert_non_null(zpoller_wait(poller, 2000));
+    m = zmsg_recv(sub);
+    assert_int_equal(zmsg_size(m), 2);
+    char *topic = zmsg_popstr(m);
+    assert_string_equal(topic, "security.rejected");
+    zstr_free(&topic);
+    zframe_t *body = zmsg_pop(m);
+    pm_msg_t *ev = NULL;
+    assert_int_equal(pm_msg_decode(zframe_data(body), zframe_size(body), &ev, err, sizeof err), 0);
+    assert_int_equal(pm_msg_type(ev), PM_MSG_EVENT);
+    assert_string_equal(pm_msg_str(ev, "name"), "security.rejected");
+    assert_int_equal(pm_msg_uint(ev, "seq", 0), seq);
+    assert_string_equal(pm_msg_str(ev, "eid"), "UDID-EV");
+    assert_string_equal(pm_msg_str(ev, "source"), "gateway");
+    msgpack_sbuffer b;
+    msgpack_sbuffer_init(&b);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &b, msgpack_sbuffer_write);
+    assert_non_null(pm_msg_obj(ev, "data"));
+    msgpack_pack_object(&pk, *pm_msg_obj(ev, "data"));
+    assert_int_equal(b.size, dlen);
+    assert_memory_equal(b.data, data, dlen);
+    msgpack_sbuffer_destroy(&b);
+    pm_msg_destroy(&ev);
+    zframe_destroy(&body);
+    zmsg_destroy(&m);
+    pm_bus_stats_t st;
+    pm_bus_stats(bus, &st);
+    assert_true(st.published >= 2); //  hello(s) and the event
+
+    zpoller_destroy(&poller);
+    zframe_destroy(&id);
+    store_svc_destroy(&svc);
+    pm_bus_destroy(&bus);
+    zsock_destroy(&sub);
+    zsock_destroy(&router);
+    store_db_destroy(&db);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -399,6 +526,7 @@ int main(void)
         cmocka_unit_test(test_locked_database),
         cmocka_unit_test_setup_teardown(test_event_batch, s_setup, s_teardown),
         cmocka_unit_test(test_batch_undoes_only_the_failure),
+        cmocka_unit_test(test_events_published),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
