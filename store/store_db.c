@@ -113,7 +113,21 @@ static const char *const s_migrations[] = {
     " coalesce((SELECT priority FROM commands c WHERE c.id=r.cmd), 0), r.received, r.received,"
     " r.id FROM results r WHERE NOT EXISTS(SELECT 1 FROM queue q WHERE q.eid=r.eid AND "
     "q.cmd=r.cmd);"
-    "DROP INDEX queue_expiry;",
+    "DROP INDEX queue_expiry;"
+    /* ... and the event log's seq without AUTOINCREMENT: that kept its high-water
+     * mark in sqlite_sequence, a row rewritten by every INSERT statement (one more
+     * page per commit); events are never deleted, so max(seq) + 1, SQLite's
+     * choice without it, is the same number. events_eid on (eid) alone: its
+     * entries end with the rowid, which is seq (the same order, 4-8 bytes less
+     * per entry). The rebuild copies the log once. */
+    "CREATE TABLE events_9("
+    " seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, name TEXT NOT NULL,"
+    " eid TEXT, source TEXT, data BLOB);"
+    "INSERT INTO events_9(seq,ts,name,eid,source,data)"
+    " SELECT seq, ts, name, eid, source, data FROM events ORDER BY seq;"
+    "DROP TABLE events;"
+    "ALTER TABLE events_9 RENAME TO events;"
+    "CREATE INDEX events_eid ON events(eid) WHERE eid IS NOT NULL;",
 };
 #define S_NMIGRATIONS ((int)(sizeof s_migrations / sizeof s_migrations[0]))
 _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema version");

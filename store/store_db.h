@@ -95,8 +95,9 @@ typedef struct {
 
 //  For the migration tests only: turns a schema-9 database back into the
 //  shape schema 8 gave it (results with its UNIQUE(eid, cmd) and results_cmd
-//  indexes, queue without its result column, queue_expiry), with the same
-//  rows; user_version is the caller's.
+//  indexes, queue without its result column, queue_expiry, events with
+//  AUTOINCREMENT and events_eid on (eid, seq)), with the same rows;
+//  user_version is the caller's.
 #define STORE_SCHEMA_9_UNDO_FOR_TESTS                                                              \
     "CREATE TABLE results_8("                                                                      \
     " id INTEGER PRIMARY KEY, eid TEXT NOT NULL, cmd INTEGER NOT NULL, status TEXT NOT NULL,"      \
@@ -106,7 +107,14 @@ typedef struct {
     "ALTER TABLE results_8 RENAME TO results;"                                                     \
     "CREATE INDEX results_cmd ON results(cmd);"                                                    \
     "ALTER TABLE queue DROP COLUMN result;"                                                        \
-    "CREATE INDEX queue_expiry ON queue(eid, expires) WHERE active = 1 AND expires IS NOT NULL;"
+    "CREATE INDEX queue_expiry ON queue(eid, expires) WHERE active = 1 AND expires IS NOT NULL;"   \
+    "CREATE TABLE events_8("                                                                       \
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, name TEXT NOT NULL,"             \
+    " eid TEXT, source TEXT, data BLOB);"                                                          \
+    "INSERT INTO events_8 SELECT seq, ts, name, eid, source, data FROM events ORDER BY seq;"       \
+    "DROP TABLE events;"                                                                           \
+    "ALTER TABLE events_8 RENAME TO events;"                                                       \
+    "CREATE INDEX events_eid ON events(eid, seq) WHERE eid IS NOT NULL;"
 
 //  Open (creating and migrating) the database at `path` (":memory:" works).
 //  Returns NULL with the reason in err.

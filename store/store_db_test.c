@@ -10,6 +10,7 @@
 #include "store_db.h"
 #include "pm_mpck.h"
 #include "store_doctor.h"
+#include "store_inv.h"
 #include "store_pack.h"
 
 #include <sqlite3.h>
@@ -972,6 +973,9 @@ static void test_schema_9_upgrade(void **state)
     assert_non_null(strstr(plans, "SEARCH r USING INTEGER PRIMARY KEY (rowid=?)"));
     assert_non_null(strstr(plans, "SCAN r")); //  all results: by id, newest first
     int64_t queue_rows = s_count(db, "SELECT count(*) FROM queue");
+    int64_t events = s_count(db, "SELECT count(*) FROM events");
+    int64_t last_seq = s_count(db, "SELECT max(seq) FROM events");
+    assert_true(events > 10 && last_seq == events);
     store_db_destroy(&db);
 
     //  as schema 8 left it, plus a result without a queue entry (by hand)
@@ -992,6 +996,11 @@ static void test_schema_9_upgrade(void **state)
     assert_int_equal(s_count(db, "SELECT count(*) FROM results"), 5);
     assert_int_equal(s_count(db, "SELECT count(*) FROM queue"), queue_rows + 1);
     assert_int_equal(s_count(db, "SELECT count(*) FROM queue WHERE result IS NOT NULL"), 5);
+    //  the event log: every event kept, seq goes on from the last one, no
+    //  AUTOINCREMENT bookkeeping left
+    assert_int_equal(s_count(db, "SELECT count(*) FROM events"), events);
+    assert_int_equal(s_count(db, "SELECT max(seq) FROM events"), last_seq);
+    assert_int_equal(s_count(db, "SELECT count(*) FROM sqlite_sequence"), 0);
     assert_int_equal(s_count(db, "SELECT count(*) FROM sqlite_schema WHERE name IN"
                                  " ('queue_expiry','results_cmd','sqlite_autoindex_results_1')"),
                      0);
@@ -1011,11 +1020,24 @@ static void test_schema_9_upgrade(void **state)
     char q[256];
     s_queue(db, "d3", q, sizeof q);
     assert_string_equal(q, "A:pending B:acknowledged"); //  the orphan's entry, finished
+    //  a device's timeline still searches events_eid, from seq on
+    msgpack_sbuffer tl;
+    msgpack_sbuffer_init(&tl);
+    assert_int_equal(store_inv_timeline(store_db_inv(db), "d1", 2, 100, &tl), 0);
+    assert_true(tl.size > 10);
+    msgpack_sbuffer_destroy(&tl);
+    assert_int_equal(s_plans(db, "SELECT seq, ts, name, eid, source, data FROM events WHERE seq>?2",
+                             plans, sizeof plans),
+                     1);
+    assert_non_null(strstr(plans, "SEARCH events USING INDEX events_eid (eid=? AND rowid>?)"));
+    assert_null(strstr(plans, "SCAN events"));
     //  the expiry sweep reads queue_active now: an expired entry is found
     s_enqueue(db, "E", 5, 1000, "d3");
     s_now += 2000;
     assert_int_equal(s_connect(db, "d3", "Idle", NULL, next), 200);
     assert_true(s_saw("command.expired"));
+    assert_true(s_last_seq > (uint64_t)last_seq);
+    assert_int_equal(s_count(db, "SELECT count(*) FROM sqlite_sequence"), 0);
     assert_string_equal(next, "A");
     assert_int_equal(
         s_plans(db, "SELECT 1 FROM queue INDEXED BY queue_active", plans, sizeof plans), 1);
