@@ -84,15 +84,17 @@ static const char *const s_migrations[] = {
     STORE_CHAL_MIGRATION_7,
     /* 8: one index fewer to write per new inventory attribute (store_inv.h) */
     STORE_INV_MIGRATION_8,
-    /* 9: a result is found through its queue entry (docs/queue.md, "Session 7,
-     * storeio"). The Acknowledged that finishes an entry rewrites that entry's
-     * row anyway; it now also holds the result's id (queue.result), so the
-     * results table needs no index of its own: its rows are appended in id
-     * order (the commit's new rows share its last page), where the UNIQUE(eid,
-     * cmd) index and results_cmd cost 1.8 random pages per answer at 10,000
-     * devices. A device's results are found through the queue's primary key, a
-     * command's through queue_cmd, the newest through results' ids, as before;
-     * one result per entry is kept by the pointer. Every result had its entry
+    /* 9: a device's result is found through its queue entry (docs/queue.md,
+     * "Session 7, storeio"). The Acknowledged that finishes an entry rewrites
+     * that entry's row anyway; it now also holds the result's id (queue.result),
+     * so results loses its UNIQUE(eid, cmd) index (1.1-1.3 random pages per
+     * answer at 10,000 devices): its rows are appended in id order (a commit's
+     * new rows share the last page). A device's results are found through the
+     * queue's primary key, a command's through results_cmd (kept: its entries
+     * end with the id, a command's answers go to the end of its range, and
+     * "the newest results of a command" reads only as many as it lists), the
+     * newest through the ids; one result per entry is kept by the pointer, a
+     * replay updates it in place. Every result had its entry
      * (results were only stored for a queued entry, entries are never deleted);
      * one without (a hand-made row) gets a finished entry, so none is lost.
      * queue_expiry goes: the per-connect expiry sweep reads the device's few
@@ -105,6 +107,7 @@ static const char *const s_migrations[] = {
     " SELECT id, eid, cmd, status, received, body FROM results ORDER BY id;"
     "DROP TABLE results;"
     "ALTER TABLE results_9 RENAME TO results;"
+    "CREATE INDEX results_cmd ON results(cmd);"
     "ALTER TABLE queue ADD COLUMN result INTEGER;"
     "UPDATE queue SET result=r.id FROM results r WHERE r.eid=queue.eid AND r.cmd=queue.cmd;"
     "INSERT INTO queue(eid,cmd,status,active,priority,created,answered,result)"
@@ -218,15 +221,15 @@ _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema 
               " q.notnow_count, q.deliveries, q.expires FROM queue q JOIN commands c"              \
               " ON c.id=q.cmd WHERE q.eid=?1 AND (?2 OR q.active=1) ORDER BY q.active DESC,"       \
               " (?3>0 AND q.notnow_count>=?3), q.priority DESC, q.cmd LIMIT 100000")               \
-    /* results (schema 9): appended, no index; found through their queue entry */                  \
+    /* results (schema 9): appended; a device's found through its queue entries */                 \
     X(RES_INSERT, "INSERT INTO results(eid,cmd,status,received,body) VALUES(?1,?2,?3,?4,?5)")      \
     X(RES_UPDATE, "UPDATE results SET status=?2, received=?3, body=?4 WHERE id=?1")                \
     X(RES_BY_EID, "SELECT r.eid, c.uuid, c.request_type, r.status, r.received, r.body"             \
                   " FROM queue q JOIN results r ON r.id=q.result JOIN commands c ON c.id=q.cmd"    \
                   " WHERE q.eid=?1 ORDER BY r.id DESC LIMIT ?3")                                   \
     X(RES_BY_CMD, "SELECT r.eid, c.uuid, c.request_type, r.status, r.received, r.body"             \
-                  " FROM commands c JOIN queue q INDEXED BY queue_cmd ON q.cmd=c.id"               \
-                  " JOIN results r ON r.id=q.result WHERE c.uuid=?2 ORDER BY r.id DESC LIMIT ?3")  \
+                  " FROM results r JOIN commands c ON c.id=r.cmd WHERE c.uuid=?2"                  \
+                  " ORDER BY r.id DESC LIMIT ?3")                                                  \
     X(RES_BY_BOTH, "SELECT r.eid, c.uuid, c.request_type, r.status, r.received, r.body"            \
                    " FROM queue q JOIN results r ON r.id=q.result JOIN commands c ON c.id=q.cmd"   \
                    " WHERE q.eid=?1 AND c.uuid=?2 ORDER BY r.id DESC LIMIT ?3")                    \

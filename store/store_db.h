@@ -94,8 +94,8 @@ typedef struct {
 #define STORE_SCHEMA_VERSION 9
 
 //  For the migration tests only: turns a schema-9 database back into the
-//  shape schema 8 gave it (results with its UNIQUE(eid, cmd) and results_cmd
-//  indexes, queue without its result column, queue_expiry, events with
+//  shape schema 8 gave it (results with its UNIQUE(eid, cmd) index, queue
+//  without its result column, queue_expiry, events with
 //  AUTOINCREMENT and events_eid on (eid, seq)), with the same rows;
 //  user_version is the caller's.
 #define STORE_SCHEMA_9_UNDO_FOR_TESTS                                                              \

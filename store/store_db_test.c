@@ -969,9 +969,17 @@ static void test_schema_9_upgrade(void **state)
     assert_null(strstr(plans, "SCAN q"));
     assert_null(strstr(plans, "SCAN c"));
     assert_non_null(strstr(plans, "SEARCH q USING PRIMARY KEY (eid=?)"));
-    assert_non_null(strstr(plans, "SEARCH q USING INDEX queue_cmd (cmd=?)"));
+    assert_non_null(strstr(plans, "SEARCH r USING INDEX results_cmd (cmd=?)"));
     assert_non_null(strstr(plans, "SEARCH r USING INTEGER PRIMARY KEY (rowid=?)"));
     assert_non_null(strstr(plans, "SCAN r")); //  all results: by id, newest first
+    //  a command's newest results: read in results_cmd's order, as many as listed
+    assert_int_equal(s_plans(db,
+                             "SELECT r.eid, c.uuid, c.request_type, r.status, r.received, r.body"
+                             " FROM results r JOIN commands c ON c.id=r.cmd WHERE",
+                             plans, sizeof plans),
+                     1);
+    assert_non_null(strstr(plans, "SEARCH r USING INDEX results_cmd (cmd=?)"));
+    assert_null(strstr(plans, "TEMP B-TREE"));
     int64_t queue_rows = s_count(db, "SELECT count(*) FROM queue");
     int64_t events = s_count(db, "SELECT count(*) FROM events");
     int64_t last_seq = s_count(db, "SELECT max(seq) FROM events");
@@ -1002,7 +1010,7 @@ static void test_schema_9_upgrade(void **state)
     assert_int_equal(s_count(db, "SELECT max(seq) FROM events"), last_seq);
     assert_int_equal(s_count(db, "SELECT count(*) FROM sqlite_sequence"), 0);
     assert_int_equal(s_count(db, "SELECT count(*) FROM sqlite_schema WHERE name IN"
-                                 " ('queue_expiry','results_cmd','sqlite_autoindex_results_1')"),
+                                 " ('queue_expiry','sqlite_autoindex_results_1')"),
                      0);
     for (int i = 0; i < 4; i++) {
         size_t alen;
