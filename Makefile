@@ -78,11 +78,28 @@ $(LIB): $(call objs,$(LIB_SRC))
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
+# The allocator of the rel daemons listed in ALLOC_PROCS: mimalloc (Debian 12
+# libmimalloc2.0, in deps.txt) replaces glibc's malloc in the whole process when
+# the binary links it ahead of libc (no source change; OpenSSL, libevent, libplist
+# and czmq allocate through it). The gateway makes ~300 small allocations per
+# device request, most of them OpenSSL's; docs/gateway.md "Session 7" has the
+# figures. Not in the asan/fuzz variants (the sanitizers bring their own malloc);
+# a build without the library falls back to glibc's malloc with a warning.
+ALLOC_PROCS := gateway
+MIMALLOC    := $(shell $(CC) -print-file-name=libmimalloc.so.2 2>/dev/null)
+ifeq ($(VARIANT),rel)
+ifneq ($(filter /%,$(MIMALLOC)),)
+ALLOC_LIBS  := -Wl,--push-state,--no-as-needed -l:libmimalloc.so.2 -Wl,--pop-state
+else
+$(warning libmimalloc.so.2 not found (make deps installs libmimalloc2.0): $(ALLOC_PROCS) built with glibc's malloc)
+endif
+endif
+
 # one binary per process folder
 define PROC_RULE
 $(BIN)/picomdm-$(1): $(call objs,$(call srcs,$(1))) $(LIB)
 	@mkdir -p $$(dir $$@)
-	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(PKG_LIBS)
+	$$(CC) $$(LDFLAGS) -o $$@ $$^ $(if $(filter $(1),$(ALLOC_PROCS)),$$(ALLOC_LIBS)) $$(PKG_LIBS)
 endef
 $(foreach p,$(PROCS),$(eval $(call PROC_RULE,$(p))))
 
