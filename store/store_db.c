@@ -98,7 +98,7 @@ static const char *const s_migrations[] = {
      * (results were only stored for a queued entry, entries are never deleted);
      * one without (a hand-made row) gets a finished entry, so none is lost.
      * queue_expiry goes: the per-connect expiry sweep reads the device's few
-     * active entries through queue_active (Q_EXPIRE_ANY), so a command with an
+     * active entries through queue_active (Q_SWEEP_ANY), so a command with an
      * expiry no longer writes a random index page when queued and answered. */
     "CREATE TABLE results_9("
     " id INTEGER PRIMARY KEY, eid TEXT NOT NULL, cmd INTEGER NOT NULL, status TEXT NOT NULL,"
@@ -196,12 +196,13 @@ _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema 
                 " WHERE eid=?1 AND cmd=?2")                                                        \
     X(Q_NOTNOW, "UPDATE queue SET status='notnow', notnow_count=notnow_count+1, session=?3,"       \
                 " answered=?4 WHERE eid=?1 AND cmd=?2")                                            \
-    /* the device's active entries (queue_active), not its whole history (schema 9                 \
-     * dropped queue_expiry) */                                                                    \
-    X(Q_EXPIRE_ANY, "SELECT 1 FROM queue INDEXED BY queue_active WHERE eid=?1 AND active=1"        \
-                    " AND expires IS NOT NULL AND expires<=?2 LIMIT 1")                            \
-    X(Q_FAIL_ANY, "SELECT 1 FROM queue WHERE eid=?1 AND active=1 AND status='sent'"                \
-                  " AND deliveries>=?3 AND session<?4 AND delivered<=?5 LIMIT 1")                  \
+    /* whether Q_EXPIRE / Q_FAIL would change anything: one pass over the device's                 \
+     * active entries (queue_active), not its whole history (schema 9 dropped                      \
+     * queue_expiry) */                                                                            \
+    X(Q_SWEEP_ANY,                                                                                 \
+      "SELECT coalesce(max(expires IS NOT NULL AND expires<=?2), 0),"                              \
+      " coalesce(max(?3>0 AND status='sent' AND deliveries>=?3 AND session<?4 AND delivered<=?5)," \
+      " 0) FROM queue INDEXED BY queue_active WHERE eid=?1 AND active=1")                          \
     X(Q_EXPIRE,                                                                                    \
       "UPDATE queue INDEXED BY queue_active SET status='expired', active=0, answered=?2"           \
       " WHERE eid=?1 AND active=1 AND expires IS NOT NULL AND expires<=?2 RETURNING cmd")          \
@@ -1543,41 +1544,33 @@ static int s_sweep(store_db_t *db, sqlite3_stmt *st, const char *eid, const char
     return ret;
 }
 
-//  Whether the probe statement `id` (bound like the UPDATE it guards) finds a
-//  row: 1 / 0 / -1. A SELECT is much cheaper than an UPDATE that changes
-//  nothing (no statement journal), and the sweeps almost never find anything.
-static int s_probe(store_db_t *db, int id, const char *eid, int64_t now, int limit, int64_t session,
-                   int64_t before)
-{
-    sqlite3_stmt *st = s_st(db, id);
-    if (!st)
-        return -1;
-    s_bind_text(st, 1, eid);
-    sqlite3_bind_int64(st, 2, now);
-    if (id == S_Q_FAIL_ANY) {
-        sqlite3_bind_int(st, 3, limit);
-        sqlite3_bind_int64(st, 4, session);
-        sqlite3_bind_int64(st, 5, before);
-    }
-    int rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-        s_dberr(db, "checking a queue");
-        return -1;
-    }
-    return rc == SQLITE_ROW;
-}
-
 //  Expire entries past their expiry; fail entries delivered too often without
-//  an answer (only when they would otherwise be offered again).
+//  an answer (only when they would otherwise be offered again). One SELECT
+//  over the device's active entries first: it is much cheaper than an UPDATE
+//  that changes nothing (no statement journal), and the sweeps almost never
+//  find anything.
 static int s_sweeps(store_db_t *db, const char *eid, int64_t session, const store_policy_t *pol,
                     int64_t now)
 {
-    int any = s_probe(db, S_Q_EXPIRE_ANY, eid, now, 0, 0, 0);
-    if (any < 0)
+    sqlite3_stmt *st = s_st(db, S_Q_SWEEP_ANY);
+    if (!st)
         return -1;
-    sqlite3_stmt *st;
-    if (any) {
+    int limit = pol ? pol->redeliver_limit : 0;
+    int64_t before = now - (pol ? pol->delivered_timeout_ms : 0);
+    s_bind_text(st, 1, eid);
+    sqlite3_bind_int64(st, 2, now);
+    sqlite3_bind_int(st, 3, limit);
+    sqlite3_bind_int64(st, 4, session);
+    sqlite3_bind_int64(st, 5, before);
+    int rc = sqlite3_step(st);
+    bool expire = rc == SQLITE_ROW && sqlite3_column_int(st, 0) != 0;
+    bool fail = rc == SQLITE_ROW && sqlite3_column_int(st, 1) != 0;
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW) {
+        s_dberr(db, "checking a queue");
+        return -1;
+    }
+    if (expire) {
         st = s_st(db, S_Q_EXPIRE);
         if (!st)
             return -1;
@@ -1586,19 +1579,15 @@ static int s_sweeps(store_db_t *db, const char *eid, int64_t session, const stor
         if (s_sweep(db, st, eid, "command.expired", now) < 0)
             return -1;
     }
-    if (pol && pol->redeliver_limit > 0) {
-        any = s_probe(db, S_Q_FAIL_ANY, eid, now, pol->redeliver_limit, session,
-                      now - pol->delivered_timeout_ms);
-        if (any <= 0)
-            return any;
+    if (fail) { //  (an entry expired just now is no longer active: not failed too)
         st = s_st(db, S_Q_FAIL);
         if (!st)
             return -1;
         s_bind_text(st, 1, eid);
         sqlite3_bind_int64(st, 2, now);
-        sqlite3_bind_int(st, 3, pol->redeliver_limit);
+        sqlite3_bind_int(st, 3, limit);
         sqlite3_bind_int64(st, 4, session);
-        sqlite3_bind_int64(st, 5, now - pol->delivered_timeout_ms);
+        sqlite3_bind_int64(st, 5, before);
         if (s_sweep(db, st, eid, "command.failed", now) < 0)
             return -1;
     }
