@@ -84,6 +84,53 @@ static const char *const s_migrations[] = {
     STORE_CHAL_MIGRATION_7,
     /* 8: one index fewer to write per new inventory attribute (store_inv.h) */
     STORE_INV_MIGRATION_8,
+    /* 9: a device's result is found through its queue entry (docs/queue.md,
+     * "Session 7, storeio"). The Acknowledged that finishes an entry rewrites
+     * that entry's row anyway; it now also holds the result's id (queue.result),
+     * so results loses its UNIQUE(eid, cmd) index (1.1-1.3 random pages per
+     * answer at 10,000 devices): its rows are appended in id order (a commit's
+     * new rows share the last page). A device's results are found through the
+     * queue's primary key, a command's through results_cmd (kept: its entries
+     * end with the id, a command's answers go to the end of its range, and
+     * "the newest results of a command" reads only as many as it lists), the
+     * newest through the ids; one result per entry is kept by the pointer, a
+     * replay updates it in place. Every result had its entry
+     * (results were only stored for a queued entry, entries are never deleted);
+     * one without (a hand-made row) gets a finished entry, so none is lost.
+     * queue_expiry goes: the per-connect expiry sweep reads the device's few
+     * active entries through queue_active (Q_SWEEP_ANY), so a command with an
+     * expiry no longer writes a random index page when queued and answered. */
+    "CREATE TABLE results_9("
+    " id INTEGER PRIMARY KEY, eid TEXT NOT NULL, cmd INTEGER NOT NULL, status TEXT NOT NULL,"
+    " received INTEGER NOT NULL, body BLOB);"
+    "INSERT INTO results_9(id,eid,cmd,status,received,body)"
+    " SELECT id, eid, cmd, status, received, body FROM results ORDER BY id;"
+    "DROP TABLE results;"
+    "ALTER TABLE results_9 RENAME TO results;"
+    "CREATE INDEX results_cmd ON results(cmd);"
+    "ALTER TABLE queue ADD COLUMN result INTEGER;"
+    "UPDATE queue SET result=r.id FROM results r WHERE r.eid=queue.eid AND r.cmd=queue.cmd;"
+    "INSERT INTO queue(eid,cmd,status,active,priority,created,answered,result)"
+    " SELECT r.eid, r.cmd, CASE r.status WHEN 'Acknowledged' THEN 'acknowledged'"
+    " WHEN 'Error' THEN 'error' ELSE 'format_error' END, 0,"
+    " coalesce((SELECT priority FROM commands c WHERE c.id=r.cmd), 0), r.received, r.received,"
+    " r.id FROM results r WHERE NOT EXISTS(SELECT 1 FROM queue q WHERE q.eid=r.eid AND "
+    "q.cmd=r.cmd);"
+    "DROP INDEX queue_expiry;"
+    /* ... and the event log's seq without AUTOINCREMENT: that kept its high-water
+     * mark in sqlite_sequence, a row rewritten by every INSERT statement (one more
+     * page per commit); events are never deleted, so max(seq) + 1, SQLite's
+     * choice without it, is the same number. events_eid on (eid) alone: its
+     * entries end with the rowid, which is seq (the same order, 4-8 bytes less
+     * per entry). The rebuild copies the log once. */
+    "CREATE TABLE events_9("
+    " seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, name TEXT NOT NULL,"
+    " eid TEXT, source TEXT, data BLOB);"
+    "INSERT INTO events_9(seq,ts,name,eid,source,data)"
+    " SELECT seq, ts, name, eid, source, data FROM events ORDER BY seq;"
+    "DROP TABLE events;"
+    "ALTER TABLE events_9 RENAME TO events;"
+    "CREATE INDEX events_eid ON events(eid) WHERE eid IS NOT NULL;",
 };
 #define S_NMIGRATIONS ((int)(sizeof s_migrations / sizeof s_migrations[0]))
 _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema version");
@@ -141,16 +188,23 @@ _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema 
     X(CMD_TARGETS, "UPDATE commands SET targets=?2 WHERE id=?1")                                   \
     X(Q_INSERT, "INSERT OR IGNORE INTO queue(eid,cmd,status,active,priority,expires,created)"      \
                 " VALUES(?1,?2,'pending',1,?3,?4,?5)")                                             \
-    X(Q_GET, "SELECT status, active, notnow_count FROM queue WHERE eid=?1 AND cmd=?2")             \
-    X(Q_ANSWER, "UPDATE queue SET status=?3, active=0, answered=?4 WHERE eid=?1 AND cmd=?2")       \
+    X(Q_GET, "SELECT status, active, notnow_count, result FROM queue WHERE eid=?1 AND cmd=?2")     \
+    /* the entry gets its result's id; an active one is finished (SET's right-hand                 \
+     * sides see the row as it was) */                                                             \
+    X(Q_FINISH, "UPDATE queue SET result=?3, status=CASE WHEN active=1 THEN ?4 ELSE status END,"   \
+                " answered=CASE WHEN active=1 THEN ?5 ELSE answered END, active=0"                 \
+                " WHERE eid=?1 AND cmd=?2")                                                        \
     X(Q_NOTNOW, "UPDATE queue SET status='notnow', notnow_count=notnow_count+1, session=?3,"       \
                 " answered=?4 WHERE eid=?1 AND cmd=?2")                                            \
-    X(Q_EXPIRE_ANY, "SELECT 1 FROM queue WHERE eid=?1 AND active=1 AND expires IS NOT NULL"        \
-                    " AND expires<=?2 LIMIT 1")                                                    \
-    X(Q_FAIL_ANY, "SELECT 1 FROM queue WHERE eid=?1 AND active=1 AND status='sent'"                \
-                  " AND deliveries>=?3 AND session<?4 AND delivered<=?5 LIMIT 1")                  \
+    /* whether Q_EXPIRE / Q_FAIL would change anything: one pass over the device's                 \
+     * active entries (queue_active), not its whole history (schema 9 dropped                      \
+     * queue_expiry) */                                                                            \
+    X(Q_SWEEP_ANY,                                                                                 \
+      "SELECT coalesce(max(expires IS NOT NULL AND expires<=?2), 0),"                              \
+      " coalesce(max(?3>0 AND status='sent' AND deliveries>=?3 AND session<?4 AND delivered<=?5)," \
+      " 0) FROM queue INDEXED BY queue_active WHERE eid=?1 AND active=1")                          \
     X(Q_EXPIRE,                                                                                    \
-      "UPDATE queue SET status='expired', active=0, answered=?2"                                   \
+      "UPDATE queue INDEXED BY queue_active SET status='expired', active=0, answered=?2"           \
       " WHERE eid=?1 AND active=1 AND expires IS NOT NULL AND expires<=?2 RETURNING cmd")          \
     X(Q_FAIL, "UPDATE queue SET status='failed', active=0, answered=?2"                            \
               " WHERE eid=?1 AND active=1 AND status='sent' AND deliveries>=?3 AND session<?4"     \
@@ -168,19 +222,18 @@ _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema 
               " q.notnow_count, q.deliveries, q.expires FROM queue q JOIN commands c"              \
               " ON c.id=q.cmd WHERE q.eid=?1 AND (?2 OR q.active=1) ORDER BY q.active DESC,"       \
               " (?3>0 AND q.notnow_count>=?3), q.priority DESC, q.cmd LIMIT 100000")               \
-    X(RES_UPSERT, "INSERT INTO results(eid,cmd,status,received,body) VALUES(?1,?2,?3,?4,?5)"       \
-                  " ON CONFLICT(eid,cmd) DO UPDATE SET status=excluded.status,"                    \
-                  " received=excluded.received, body=excluded.body")                               \
-    X(RES_EXISTS, "SELECT 1 FROM results WHERE eid=?1 AND cmd=?2")                                 \
+    /* results (schema 9): appended; a device's found through its queue entries */                 \
+    X(RES_INSERT, "INSERT INTO results(eid,cmd,status,received,body) VALUES(?1,?2,?3,?4,?5)")      \
+    X(RES_UPDATE, "UPDATE results SET status=?2, received=?3, body=?4 WHERE id=?1")                \
     X(RES_BY_EID, "SELECT r.eid, c.uuid, c.request_type, r.status, r.received, r.body"             \
-                  " FROM results r JOIN commands c ON c.id=r.cmd WHERE r.eid=?1"                   \
-                  " ORDER BY r.id DESC LIMIT ?3")                                                  \
+                  " FROM queue q JOIN results r ON r.id=q.result JOIN commands c ON c.id=q.cmd"    \
+                  " WHERE q.eid=?1 ORDER BY r.id DESC LIMIT ?3")                                   \
     X(RES_BY_CMD, "SELECT r.eid, c.uuid, c.request_type, r.status, r.received, r.body"             \
                   " FROM results r JOIN commands c ON c.id=r.cmd WHERE c.uuid=?2"                  \
                   " ORDER BY r.id DESC LIMIT ?3")                                                  \
     X(RES_BY_BOTH, "SELECT r.eid, c.uuid, c.request_type, r.status, r.received, r.body"            \
-                   " FROM results r JOIN commands c ON c.id=r.cmd WHERE r.eid=?1 AND c.uuid=?2"    \
-                   " ORDER BY r.id DESC LIMIT ?3")                                                 \
+                   " FROM queue q JOIN results r ON r.id=q.result JOIN commands c ON c.id=q.cmd"   \
+                   " WHERE q.eid=?1 AND c.uuid=?2 ORDER BY r.id DESC LIMIT ?3")                    \
     X(RES_ALL, "SELECT r.eid, c.uuid, c.request_type, r.status, r.received, r.body"                \
                " FROM results r JOIN commands c ON c.id=r.cmd ORDER BY r.id DESC LIMIT ?3")        \
     X(DEVICES, "SELECT e.eid, e.kind, e.udid, e.serial, e.model, e.os_version, e.topic,"           \
@@ -1491,41 +1544,33 @@ static int s_sweep(store_db_t *db, sqlite3_stmt *st, const char *eid, const char
     return ret;
 }
 
-//  Whether the probe statement `id` (bound like the UPDATE it guards) finds a
-//  row: 1 / 0 / -1. A SELECT is much cheaper than an UPDATE that changes
-//  nothing (no statement journal), and the sweeps almost never find anything.
-static int s_probe(store_db_t *db, int id, const char *eid, int64_t now, int limit, int64_t session,
-                   int64_t before)
-{
-    sqlite3_stmt *st = s_st(db, id);
-    if (!st)
-        return -1;
-    s_bind_text(st, 1, eid);
-    sqlite3_bind_int64(st, 2, now);
-    if (id == S_Q_FAIL_ANY) {
-        sqlite3_bind_int(st, 3, limit);
-        sqlite3_bind_int64(st, 4, session);
-        sqlite3_bind_int64(st, 5, before);
-    }
-    int rc = sqlite3_step(st);
-    sqlite3_reset(st);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-        s_dberr(db, "checking a queue");
-        return -1;
-    }
-    return rc == SQLITE_ROW;
-}
-
 //  Expire entries past their expiry; fail entries delivered too often without
-//  an answer (only when they would otherwise be offered again).
+//  an answer (only when they would otherwise be offered again). One SELECT
+//  over the device's active entries first: it is much cheaper than an UPDATE
+//  that changes nothing (no statement journal), and the sweeps almost never
+//  find anything.
 static int s_sweeps(store_db_t *db, const char *eid, int64_t session, const store_policy_t *pol,
                     int64_t now)
 {
-    int any = s_probe(db, S_Q_EXPIRE_ANY, eid, now, 0, 0, 0);
-    if (any < 0)
+    sqlite3_stmt *st = s_st(db, S_Q_SWEEP_ANY);
+    if (!st)
         return -1;
-    sqlite3_stmt *st;
-    if (any) {
+    int limit = pol ? pol->redeliver_limit : 0;
+    int64_t before = now - (pol ? pol->delivered_timeout_ms : 0);
+    s_bind_text(st, 1, eid);
+    sqlite3_bind_int64(st, 2, now);
+    sqlite3_bind_int(st, 3, limit);
+    sqlite3_bind_int64(st, 4, session);
+    sqlite3_bind_int64(st, 5, before);
+    int rc = sqlite3_step(st);
+    bool expire = rc == SQLITE_ROW && sqlite3_column_int(st, 0) != 0;
+    bool fail = rc == SQLITE_ROW && sqlite3_column_int(st, 1) != 0;
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW) {
+        s_dberr(db, "checking a queue");
+        return -1;
+    }
+    if (expire) {
         st = s_st(db, S_Q_EXPIRE);
         if (!st)
             return -1;
@@ -1534,19 +1579,15 @@ static int s_sweeps(store_db_t *db, const char *eid, int64_t session, const stor
         if (s_sweep(db, st, eid, "command.expired", now) < 0)
             return -1;
     }
-    if (pol && pol->redeliver_limit > 0) {
-        any = s_probe(db, S_Q_FAIL_ANY, eid, now, pol->redeliver_limit, session,
-                      now - pol->delivered_timeout_ms);
-        if (any <= 0)
-            return any;
+    if (fail) { //  (an entry expired just now is no longer active: not failed too)
         st = s_st(db, S_Q_FAIL);
         if (!st)
             return -1;
         s_bind_text(st, 1, eid);
         sqlite3_bind_int64(st, 2, now);
-        sqlite3_bind_int(st, 3, pol->redeliver_limit);
+        sqlite3_bind_int(st, 3, limit);
         sqlite3_bind_int64(st, 4, session);
-        sqlite3_bind_int64(st, 5, now - pol->delivered_timeout_ms);
+        sqlite3_bind_int64(st, 5, before);
         if (s_sweep(db, st, eid, "command.failed", now) < 0)
             return -1;
     }
@@ -1573,6 +1614,7 @@ static int s_record_answer(store_db_t *db, const store_connect_t *in, int64_t se
         return -1;
     }
     bool active = false, known = false;
+    int64_t result = -1; //  the entry's result (results.id), -1: none yet
     if (cmd >= 0) {
         st = s_st(db, S_Q_GET);
         if (!st)
@@ -1582,6 +1624,8 @@ static int s_record_answer(store_db_t *db, const store_connect_t *in, int64_t se
         if (sqlite3_step(st) == SQLITE_ROW) {
             known = true;
             active = sqlite3_column_int(st, 1) != 0;
+            if (sqlite3_column_type(st, 3) != SQLITE_NULL)
+                result = sqlite3_column_int64(st, 3);
         }
         sqlite3_reset(st);
     }
@@ -1612,34 +1656,42 @@ static int s_record_answer(store_db_t *db, const store_connect_t *in, int64_t se
             replay = true;
         }
     } else {
-        //  only a finished entry can have a result already (NotNow stores none)
-        if (!active) {
-            st = s_st(db, S_RES_EXISTS);
+        //  only a finished entry can have a result already (NotNow stores none):
+        //  a replay updates it in place; a new result is appended and its entry
+        //  points to it (schema 9)
+        replay = !active && result >= 0;
+        if (result >= 0) {
+            st = s_st(db, S_RES_UPDATE);
+            if (!st)
+                return -1;
+            sqlite3_bind_int64(st, 1, result);
+            s_bind_text(st, 2, in->status);
+            sqlite3_bind_int64(st, 3, in->now_ms);
+            s_bind_blob(st, 4, in->body, in->body_len);
+            if (s_exec(db, st, "storing a result") < 0)
+                return -1;
+        } else {
+            st = s_st(db, S_RES_INSERT);
             if (!st)
                 return -1;
             s_bind_text(st, 1, in->eid);
             sqlite3_bind_int64(st, 2, cmd);
-            replay = sqlite3_step(st) == SQLITE_ROW;
-            sqlite3_reset(st);
-        }
-        st = s_st(db, S_RES_UPSERT);
-        if (!st)
-            return -1;
-        s_bind_text(st, 1, in->eid);
-        sqlite3_bind_int64(st, 2, cmd);
-        s_bind_text(st, 3, in->status);
-        sqlite3_bind_int64(st, 4, in->now_ms);
-        s_bind_blob(st, 5, in->body, in->body_len);
-        if (s_exec(db, st, "storing a result") < 0)
-            return -1;
-        if (active) {
-            st = s_st(db, S_Q_ANSWER);
-            if (!st)
-                return -1;
-            s_bind_text(st, 1, in->eid);
-            sqlite3_bind_int64(st, 2, cmd);
-            s_bind_text(st, 3, term);
+            s_bind_text(st, 3, in->status);
             sqlite3_bind_int64(st, 4, in->now_ms);
+            s_bind_blob(st, 5, in->body, in->body_len);
+            if (s_exec(db, st, "storing a result") < 0)
+                return -1;
+            result = sqlite3_last_insert_rowid(db->sql);
+        }
+        if (active || !replay) {
+            st = s_st(db, S_Q_FINISH);
+            if (!st)
+                return -1;
+            s_bind_text(st, 1, in->eid);
+            sqlite3_bind_int64(st, 2, cmd);
+            sqlite3_bind_int64(st, 3, result);
+            s_bind_text(st, 4, term);
+            sqlite3_bind_int64(st, 5, in->now_ms);
             if (s_exec(db, st, "finishing a queue entry") < 0)
                 return -1;
         }

@@ -91,7 +91,30 @@ typedef struct {
                                   //  only this long after it was delivered
 } store_policy_t;
 
-#define STORE_SCHEMA_VERSION 8
+#define STORE_SCHEMA_VERSION 9
+
+//  For the migration tests only: turns a schema-9 database back into the
+//  shape schema 8 gave it (results with its UNIQUE(eid, cmd) index, queue
+//  without its result column, queue_expiry, events with
+//  AUTOINCREMENT and events_eid on (eid, seq)), with the same rows;
+//  user_version is the caller's.
+#define STORE_SCHEMA_9_UNDO_FOR_TESTS                                                              \
+    "CREATE TABLE results_8("                                                                      \
+    " id INTEGER PRIMARY KEY, eid TEXT NOT NULL, cmd INTEGER NOT NULL, status TEXT NOT NULL,"      \
+    " received INTEGER NOT NULL, body BLOB, UNIQUE(eid, cmd));"                                    \
+    "INSERT INTO results_8 SELECT id, eid, cmd, status, received, body FROM results ORDER BY id;"  \
+    "DROP TABLE results;"                                                                          \
+    "ALTER TABLE results_8 RENAME TO results;"                                                     \
+    "CREATE INDEX results_cmd ON results(cmd);"                                                    \
+    "ALTER TABLE queue DROP COLUMN result;"                                                        \
+    "CREATE INDEX queue_expiry ON queue(eid, expires) WHERE active = 1 AND expires IS NOT NULL;"   \
+    "CREATE TABLE events_8("                                                                       \
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL, name TEXT NOT NULL,"             \
+    " eid TEXT, source TEXT, data BLOB);"                                                          \
+    "INSERT INTO events_8 SELECT seq, ts, name, eid, source, data FROM events ORDER BY seq;"       \
+    "DROP TABLE events;"                                                                           \
+    "ALTER TABLE events_8 RENAME TO events;"                                                       \
+    "CREATE INDEX events_eid ON events(eid, seq) WHERE eid IS NOT NULL;"
 
 //  Open (creating and migrating) the database at `path` (":memory:" works).
 //  Returns NULL with the reason in err.

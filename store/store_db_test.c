@@ -10,6 +10,7 @@
 #include "store_db.h"
 #include "pm_mpck.h"
 #include "store_doctor.h"
+#include "store_inv.h"
 #include "store_pack.h"
 
 #include <sqlite3.h>
@@ -856,6 +857,209 @@ static void test_group_commit_isolates_failures(void **state)
     store_db_destroy(&db);
 }
 
+/* ---- schema 9: results through their queue entry ---- */
+
+//  store_db_results as packed bytes (malloc'd, *len set).
+static char *s_results_raw(store_db_t *db, const char *eid, const char *uuid, size_t *len)
+{
+    msgpack_sbuffer out;
+    msgpack_sbuffer_init(&out);
+    assert_int_equal(store_db_results(db, eid, uuid, 100, &out), STORE_OK);
+    *len = out.size;
+    return out.data; //  the sbuffer's malloc'd block
+}
+
+static int64_t s_count(store_db_t *db, const char *sql)
+{
+    sqlite3_stmt *q = NULL;
+    assert_int_equal(sqlite3_prepare_v2(store_db_sqlite(db), sql, -1, &q, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+    int64_t n = sqlite3_column_int64(q, 0);
+    sqlite3_finalize(q);
+    return n;
+}
+
+//  The query plan of every statement the connection holds whose SQL starts
+//  with `prefix`, appended into out (the store's own cached statements).
+static int s_plans(store_db_t *db, const char *prefix, char *out, size_t size)
+{
+    sqlite3 *sql = store_db_sqlite(db);
+    int n = 0;
+    out[0] = '\0';
+    for (sqlite3_stmt *st = sqlite3_next_stmt(sql, NULL); st; st = sqlite3_next_stmt(sql, st)) {
+        const char *text = sqlite3_sql(st);
+        if (!text || strncmp(text, prefix, strlen(prefix)) != 0)
+            continue;
+        char eqp[1024];
+        snprintf(eqp, sizeof eqp, "EXPLAIN QUERY PLAN %s", text);
+        sqlite3_stmt *q = NULL;
+        assert_int_equal(sqlite3_prepare_v2(sql, eqp, -1, &q, NULL), SQLITE_OK);
+        while (sqlite3_step(q) == SQLITE_ROW) {
+            size_t l = strlen(out);
+            snprintf(out + l, size - l, "%s|", (const char *)sqlite3_column_text(q, 3));
+        }
+        sqlite3_finalize(q);
+        size_t l = strlen(out);
+        snprintf(out + l, size - l, "\n");
+        n++;
+    }
+    return n;
+}
+
+//  A schema-8 database (results in a table of their own with two indexes)
+//  keeps every result through migration 9, and the four result queries give
+//  the same answers; an orphan result (no queue entry) gets one; the queries
+//  are indexed; the expiry sweep still finds an expired entry (queue_expiry
+//  is gone) and a replay still updates the one result.
+static void test_schema_9_upgrade(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/store_db_testXXXXXX", path[64], err[256] = "", next[128];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/db", dir);
+    store_db_opts_t o = {.sync_full = false};
+    store_db_t *db = store_db_new(path, &o, err, sizeof err);
+    assert_non_null(db);
+    s_last_seq = 0;
+    s_enroll(db, "d1");
+    s_enroll(db, "d2");
+    s_enroll(db, "d3");
+    s_enqueue(db, "A", 0, 0, "d1 d2 d3");
+    s_enqueue(db, "B", 0, 0, "d1");
+    s_enqueue(db, "C", 0, 0, "d2");
+    s_now += 10;
+    assert_int_equal(s_connect(db, "d1", "Idle", NULL, next), 200);
+    assert_string_equal(next, "A");
+    s_now += 10;
+    assert_int_equal(s_connect(db, "d1", "Acknowledged", "A", next), 200);
+    assert_string_equal(next, "B");
+    s_now += 10;
+    assert_int_equal(s_connect(db, "d2", "Idle", NULL, next), 200);
+    assert_string_equal(next, "A");
+    s_now += 10;
+    assert_int_equal(s_connect(db, "d2", "Error", "A", next), 200);
+    assert_string_equal(next, "C");
+    //  C is cancelled after its delivery; the device's answer is still kept
+    uint64_t n;
+    assert_int_equal(store_db_begin(db), 0);
+    assert_int_equal(store_db_cancel(db, "C", NULL, 0, s_now, &n), STORE_OK);
+    s_commit(db);
+    s_now += 10;
+    assert_int_equal(s_connect(db, "d2", "Acknowledged", "C", next), 200);
+    s_now += 10;
+    assert_int_equal(s_connect(db, "d1", "Acknowledged", "B", next), 200);
+    //  a replay of A: still one result, updated
+    s_now += 10;
+    assert_int_equal(s_connect(db, "d1", "Acknowledged", "A", next), 200);
+    assert_true(s_saw("command.result"));
+    char st[256];
+    assert_int_equal(s_results(db, "d1", NULL, st, sizeof st), 2);
+    assert_string_equal(st, "Acknowledged Acknowledged");
+    assert_int_equal(s_results(db, NULL, "C", st, sizeof st), 1);
+    assert_int_equal(s_results(db, NULL, NULL, NULL, 0), 4);
+    assert_int_equal(s_count(db, "SELECT count(*) FROM results"), 4);
+    const char *qs[4][2] = {{"d1", NULL}, {NULL, "A"}, {"d2", "C"}, {NULL, NULL}};
+    char *before[4];
+    size_t blen[4];
+    for (int i = 0; i < 4; i++)
+        before[i] = s_results_raw(db, qs[i][0], qs[i][1], &blen[i]);
+    //  the plans: no scan of queue or results but the newest-first list's
+    char plans[4096];
+    assert_int_equal(s_plans(db, "SELECT r.eid, c.uuid", plans, sizeof plans), 4);
+    assert_null(strstr(plans, "SCAN q"));
+    assert_null(strstr(plans, "SCAN c"));
+    assert_non_null(strstr(plans, "SEARCH q USING PRIMARY KEY (eid=?)"));
+    assert_non_null(strstr(plans, "SEARCH r USING INDEX results_cmd (cmd=?)"));
+    assert_non_null(strstr(plans, "SEARCH r USING INTEGER PRIMARY KEY (rowid=?)"));
+    assert_non_null(strstr(plans, "SCAN r")); //  all results: by id, newest first
+    //  a command's newest results: read in results_cmd's order, as many as listed
+    assert_int_equal(s_plans(db,
+                             "SELECT r.eid, c.uuid, c.request_type, r.status, r.received, r.body"
+                             " FROM results r JOIN commands c ON c.id=r.cmd WHERE",
+                             plans, sizeof plans),
+                     1);
+    assert_non_null(strstr(plans, "SEARCH r USING INDEX results_cmd (cmd=?)"));
+    assert_null(strstr(plans, "TEMP B-TREE"));
+    int64_t queue_rows = s_count(db, "SELECT count(*) FROM queue");
+    int64_t events = s_count(db, "SELECT count(*) FROM events");
+    int64_t last_seq = s_count(db, "SELECT max(seq) FROM events");
+    assert_true(events > 10 && last_seq == events);
+    store_db_destroy(&db);
+
+    //  as schema 8 left it, plus a result without a queue entry (by hand)
+    sqlite3 *raw;
+    assert_int_equal(sqlite3_open(path, &raw), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(raw,
+                                  STORE_SCHEMA_9_UNDO_FOR_TESTS
+                                  "INSERT INTO results(eid,cmd,status,received,body)"
+                                  " SELECT 'd3', id, 'Acknowledged', 1, NULL FROM commands"
+                                  " WHERE uuid='B';"
+                                  "PRAGMA user_version=8",
+                                  NULL, NULL, NULL),
+                     SQLITE_OK);
+    sqlite3_close(raw);
+    db = store_db_new(path, &o, err, sizeof err);
+    assert_non_null(db);
+    assert_int_equal(store_db_schema_version(db), STORE_SCHEMA_VERSION);
+    assert_int_equal(s_count(db, "SELECT count(*) FROM results"), 5);
+    assert_int_equal(s_count(db, "SELECT count(*) FROM queue"), queue_rows + 1);
+    assert_int_equal(s_count(db, "SELECT count(*) FROM queue WHERE result IS NOT NULL"), 5);
+    //  the event log: every event kept, seq goes on from the last one, no
+    //  AUTOINCREMENT bookkeeping left
+    assert_int_equal(s_count(db, "SELECT count(*) FROM events"), events);
+    assert_int_equal(s_count(db, "SELECT max(seq) FROM events"), last_seq);
+    assert_int_equal(s_count(db, "SELECT count(*) FROM sqlite_sequence"), 0);
+    assert_int_equal(s_count(db, "SELECT count(*) FROM sqlite_schema WHERE name IN"
+                                 " ('queue_expiry','sqlite_autoindex_results_1')"),
+                     0);
+    for (int i = 0; i < 4; i++) {
+        size_t alen;
+        char *after = s_results_raw(db, qs[i][0], qs[i][1], &alen);
+        if (i < 3) { //  the orphan is only in the newest-first list
+            assert_int_equal(alen, blen[i]);
+            assert_memory_equal(after, before[i], alen);
+        }
+        free(after);
+        free(before[i]);
+    }
+    assert_int_equal(s_results(db, NULL, NULL, NULL, 0), 5);
+    assert_int_equal(s_results(db, "d3", NULL, st, sizeof st), 1);
+    assert_string_equal(st, "Acknowledged");
+    char q[256];
+    s_queue(db, "d3", q, sizeof q);
+    assert_string_equal(q, "A:pending B:acknowledged"); //  the orphan's entry, finished
+    //  a device's timeline still searches events_eid, from seq on
+    msgpack_sbuffer tl;
+    msgpack_sbuffer_init(&tl);
+    assert_int_equal(store_inv_timeline(store_db_inv(db), "d1", 2, 100, &tl), 0);
+    assert_true(tl.size > 10);
+    msgpack_sbuffer_destroy(&tl);
+    assert_int_equal(s_plans(db, "SELECT seq, ts, name, eid, source, data FROM events WHERE seq>?2",
+                             plans, sizeof plans),
+                     1);
+    assert_non_null(strstr(plans, "SEARCH events USING INDEX events_eid (eid=? AND rowid>?)"));
+    assert_null(strstr(plans, "SCAN events"));
+    //  the expiry sweep reads queue_active now: an expired entry is found
+    s_enqueue(db, "E", 5, 1000, "d3");
+    s_now += 2000;
+    assert_int_equal(s_connect(db, "d3", "Idle", NULL, next), 200);
+    assert_true(s_saw("command.expired"));
+    assert_true(s_last_seq > (uint64_t)last_seq);
+    assert_int_equal(s_count(db, "SELECT count(*) FROM sqlite_sequence"), 0);
+    assert_string_equal(next, "A");
+    assert_int_equal(s_plans(db, "SELECT coalesce(max(expires", plans, sizeof plans), 1);
+    assert_non_null(strstr(plans, "USING INDEX queue_active (eid=?)"));
+    //  an answer after the upgrade: one more result, through its entry
+    s_now += 10;
+    assert_int_equal(s_connect(db, "d3", "Acknowledged", "A", next), 200);
+    assert_int_equal(s_results(db, NULL, "A", st, sizeof st), 3);
+    assert_string_equal(st, "Acknowledged Error Acknowledged"); //  by result id, newest first
+    store_db_destroy(&db);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 static void test_lists(void **state)
 {
     (void)state;
@@ -1174,6 +1378,7 @@ int main(void)
         cmocka_unit_test(test_connect_retry_same_answer),
         cmocka_unit_test(test_group_commit_isolates_failures),
         cmocka_unit_test(test_lists),
+        cmocka_unit_test(test_schema_9_upgrade),
         cmocka_unit_test(test_doctor_identity_facts),
         cmocka_unit_test(test_stmt_cache),
         cmocka_unit_test(test_doctor_note_memo),

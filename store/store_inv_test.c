@@ -347,6 +347,7 @@ static void test_schema_8_upgrade(void **state)
     sqlite3 *raw;
     assert_int_equal(sqlite3_open(path, &raw), SQLITE_OK);
     assert_int_equal(sqlite3_exec(raw,
+                                  STORE_SCHEMA_9_UNDO_FOR_TESTS
                                   "CREATE INDEX inventory_source ON inventory(eid, source);"
                                   "PRAGMA user_version=7",
                                   NULL, NULL, NULL),
@@ -354,7 +355,7 @@ static void test_schema_8_upgrade(void **state)
     sqlite3_close(raw);
     db = store_db_new(path, &(store_db_opts_t){.sync_full = false}, err, sizeof err);
     assert_non_null(db);
-    assert_int_equal(store_db_schema_version(db), 8);
+    assert_int_equal(store_db_schema_version(db), STORE_SCHEMA_VERSION);
     sqlite3_stmt *q = NULL;
     assert_int_equal(sqlite3_prepare_v2(store_db_sqlite(db),
                                         "SELECT count(*) FROM sqlite_schema WHERE"

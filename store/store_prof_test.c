@@ -672,11 +672,14 @@ static void test_pages(void **state)
     assert_true(per_idle > 0.5 && per_idle < 12);
     assert_true(per_ack > 1 && per_ack < 20);
     //  an unchanged answer writes no inventory index page (S_TOUCH), a first
-    //  one does; and no inventory_source any more (schema 8)
+    //  one does; and no inventory_source any more (schema 8); no results
+    //  UNIQUE(eid, cmd) index, no AUTOINCREMENT bookkeeping (schema 9)
     if (ndev <= 1000) {
         int kv = -1;
         for (int k = 0; k < s_nowner; k++) {
             assert_string_not_equal(s_owner[k], "inventory_source");
+            assert_string_not_equal(s_owner[k], "sqlite_autoindex_results_1");
+            assert_string_not_equal(s_owner[k], "sqlite_sequence");
             if (strcmp(s_owner[k], "inventory_kv") == 0)
                 kv = k;
         }
