@@ -456,54 +456,6 @@ static void s_flush(gw_server_t *self)
     }
 }
 
-//  While a device request waits for the back end, reading stays on. evhttp
-//  disables reading once it has read a request (evhttp_read_header) and
-//  enables it again with the answer: an epoll_ctl each way per request, in
-//  two loop iterations. Re-enabled here in the request's own iteration, the
-//  two changes merge in libevent's change list (one EPOLL_CTL_MOD, which
-//  libevent still makes though nothing changes), and the answer's enable
-//  finds reading on: no epoll_ctl for it at all. What arrives
-//  meanwhile (a pipelined request, or bytes a client sends early) is kept
-//  for evhttp's next request (evhttp_start_read_ processes what the input
-//  buffer holds) — but only up to GW_WAIT_INPUT_MAX: the read callback of
-//  ours installed for the wait does nothing but disable reading above it,
-//  which is evhttp's own state, so the rest stays in the kernel's socket
-//  buffer as before (session 5 dropped an unbounded version of this).
-//  Whole TLS records are read (no read watermark, which could leave
-//  decrypted bytes inside OpenSSL that no socket event would bring out).
-//  evhttp's write and event callbacks stay: a client that leaves is noticed
-//  at once (evhttp detaches the request; the late answer only frees it), and
-//  the answer installs evhttp's own callbacks again (evhttp_write_buffer).
-//  Not done when idle-timeout could end the wait first (the read timeout
-//  applies while reading is on).
-#define GW_WAIT_INPUT_MAX (16 * 1024)
-static uint64_t s_wait_paused; //  all servers of the process (there is one)
-
-static void s_on_wait_read(struct bufferevent *bev, void *arg)
-{
-    (void)arg; //  evhttp's connection: its write and event callbacks share it
-    if (evbuffer_get_length(bufferevent_get_input(bev)) > GW_WAIT_INPUT_MAX) {
-        bufferevent_disable(bev, EV_READ);
-        s_wait_paused++;
-    }
-}
-
-static void s_wait_reading(gw_server_t *self, struct evhttp_request *req)
-{
-    if ((int64_t)self->cfg.idle_timeout_s * 1000 <= (int64_t)self->cfg.backend_timeout_ms + 1000)
-        return;
-    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
-    struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
-    if (!bev || evbuffer_get_length(bufferevent_get_input(bev)) > GW_WAIT_INPUT_MAX)
-        return;
-    bufferevent_data_cb rcb = NULL, wcb = NULL;
-    bufferevent_event_cb ecb = NULL;
-    void *arg = NULL;
-    bufferevent_getcb(bev, &rcb, &wcb, &ecb, &arg);
-    bufferevent_setcb(bev, s_on_wait_read, wcb, ecb, arg);
-    bufferevent_enable(bev, EV_READ);
-}
-
 //  Send `msg` to the back end for request context r (takes ownership of
 //  msg): queued, and put on the bus at the end of this loop iteration
 //  (s_flush, from the same deferred event as pm_bus_process).
@@ -600,7 +552,7 @@ static void s_on_health_reply(void *arg, const pm_msg_t *reply, const char *erro
         snprintf(text, sizeof text,
                  "ok\nbackend: %s%s%s\nrequests: %llu\nrejected: %llu\nunavailable: %llu\n"
                  "in_flight: %llu\nchain_cache: %llu hits, %llu verifications\n"
-                 "cert_cache: %llu hits\nwait_paused: %llu\ndevice_path: %s\n",
+                 "cert_cache: %llu hits\ndevice_path: %s\n",
                  up ? "up" : "down (",
                  up ? ""
                     : (error  ? error
@@ -611,7 +563,6 @@ static void s_on_health_reply(void *arg, const pm_msg_t *reply, const char *erro
                  (unsigned long long)self->st.in_flight, (unsigned long long)hits,
                  (unsigned long long)misses,
                  (unsigned long long)gw_auth_cert_cache_hits(self->auth),
-                 (unsigned long long)s_wait_paused,
                  self->cfg.direct_store && self->have_policy ? "direct to the store"
                                                              : "through the scheduler");
         gw_http_send_text(r->p.req, 200, text);
@@ -783,9 +734,6 @@ static void s_on_device(gw_server_t *self, struct evhttp_request *req, const cha
     }
     if (direct)
         self->st.direct++;
-    //  before s_call: whatever answers the request installs evhttp's own
-    //  callbacks again (and req is not touched after s_call)
-    s_wait_reading(self, req);
     s_call(r, direct ? self->store_service : self->service, &msg);
 out:
     pm_msg_destroy(&msg);
@@ -1115,7 +1063,6 @@ int gw_server_port(const gw_server_t *srv)
 void gw_server_stats(const gw_server_t *srv, gw_server_stats_t *st)
 {
     *st = srv->st;
-    st->wait_paused = s_wait_paused;
     //  OpenSSL counts completed server handshakes per SSL_CTX (SSL_CTX_sess_accept_good)
     st->tls_handshakes = srv->ssl ? (uint64_t)SSL_CTX_sess_accept_good(srv->ssl) : 0;
     st->tls_accepts = srv->ssl ? (uint64_t)SSL_CTX_sess_accept(srv->ssl) : 0;

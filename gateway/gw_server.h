@@ -89,7 +89,6 @@ typedef struct {
     uint64_t tls_handshakes; //  TLS handshakes completed (0 in plain-http mode)
     uint64_t tls_accepts;    //  TLS handshakes started
     uint64_t direct;         //  device requests sent straight to the store
-    uint64_t wait_paused;    //  reading paused: a client sent > 16 KiB while its request waited
 } gw_server_stats_t;
 
 void gw_server_stats(const gw_server_t *srv, gw_server_stats_t *st);

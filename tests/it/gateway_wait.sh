@@ -1,8 +1,8 @@
 #!/bin/bash
 # gateway_wait — what a client does while its request waits for the back end.
 # Bytes that arrive during that wait (a pipelined request, garbage) must
-# wait for evhttp's next request, at most ~16 KiB of them (a client that
-# pushes more is paused), a client that leaves must only drop the answer. The store is stopped (SIGSTOP) so that the wait is
+# wait for evhttp's next request, a client that leaves must only drop the
+# answer. The store is stopped (SIGSTOP) so that the wait is
 # long and certain; each case then checks the answers and that the gateway
 # is still up and serving. Real back end (broker, store, scheduler), TLS.
 source "$(dirname "$0")/e2e_lib.bash"
@@ -24,10 +24,9 @@ cont_store() { kill -CONT "$STORE_PID" 2>/dev/null; }
 trap 'cont_store; gw_cleanup' EXIT
 
 # The client stops the store itself, so that nothing else waits on it.
-timeout 50 python3 - "$PORT" "$PKI/ca.pem" "$T/idle" "$T/idle.sig" "$STORE_PID" "$GW_PID" >"$T/wait.out" 2>&1 <<'EOF' || { cat "$T/wait.out"; fail "wait script failed"; }
+timeout 50 python3 - "$PORT" "$PKI/ca.pem" "$T/idle" "$T/idle.sig" "$STORE_PID" >"$T/wait.out" 2>&1 <<'EOF' || { cat "$T/wait.out"; fail "wait script failed"; }
 import http.client, os, signal, socket, ssl, sys, time
 port, ca, body, sig, store = int(sys.argv[1]), sys.argv[2], open(sys.argv[3], "rb").read(), open(sys.argv[4]).read().strip(), int(sys.argv[5])
-gw = int(sys.argv[6])
 ctx = ssl.create_default_context(cafile=ca)
 req = (b"PUT /mdm/connect HTTP/1.1\r\nHost: 127.0.0.1\r\nMdm-Signature: " + sig.encode() +
        b"\r\nContent-Type: application/x-apple-aspen-mdm\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
@@ -83,49 +82,6 @@ print("then:", rest)
 assert rest in (400, "RemoteDisconnected", "BadStatusLine", "ConnectionResetError"), rest
 s.close()
 
-# 5. a client that streams far more than a request while its request waits:
-# the gateway reads on during the wait (docs/gateway.md, session 7) but takes
-# in at most ~16 KiB + one TLS record, then pauses reading (/health counts it,
-# checked below): its memory does not grow with what the client pushes (the
-# rest stays in the kernel's socket buffers), the waiting request is still
-# answered, and the bytes are then refused as a request (400 or a close)
-def rss_kb():
-    for line in open("/proc/%d/status" % gw):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-os.kill(store, signal.SIGSTOP)
-s = conn()
-s.sendall(req)
-time.sleep(0.4)
-r0 = rss_kb()
-s.setblocking(False)
-# (within ~1 s: the broker declares a stopped store dead after 3 missed
-# heartbeats, and the request is then answered 503 and the stream refused)
-sent, chunk, stop = 0, b"x" * 65536, time.time() + 1
-while sent < 64 * 1024 * 1024 and time.time() < stop:
-    try:
-        sent += s.send(chunk)
-    except (ssl.SSLWantWriteError, BlockingIOError):
-        time.sleep(0.02)
-time.sleep(0.2)
-r1 = rss_kb()
-print("streamed during the wait: %d KiB accepted by the kernel, gateway RSS %+d KiB" % (sent // 1024, r1 - r0))
-assert sent > 1024 * 1024, sent           # far more than the bound was offered
-assert r1 - r0 < 6 * 1024, (r0, r1)        # and not taken into the gateway
-s.setblocking(True)
-s.settimeout(20)
-os.kill(store, signal.SIGCONT)
-a = answer(s)
-print("request with a stream after it:", a)
-assert a == 200, a
-try:
-    rest = answer(s)
-except Exception as e:
-    rest = type(e).__name__
-print("then:", rest)
-assert rest in (400, 413, "RemoteDisconnected", "BadStatusLine", "ConnectionResetError", "LineTooLong"), rest
-s.close()
-
 # 4. the same connection again after a normal request: still keep-alive
 s = conn()
 for _ in range(3):
@@ -137,8 +93,5 @@ cat "$T/wait.out"
 kill -0 "$GW_PID" 2>/dev/null || fail "the gateway died (log: $(tail -n 5 "$T/gateway.log"))"
 ! grep -qiE 'illegal connection state|assert|abort' "$T/gateway.log" || fail "gateway log: $(grep -iE 'illegal|assert|abort' "$T/gateway.log" | head -3)"
 expect 200 "$(put /mdm/connect "$T/idle" dev1)" "a normal request after the waits"
-curl -sS -m 5 --cacert "$PKI/ca.pem" "$URL/health" >"$T/health.out" || fail "/health after the waits"
-grep -q '^ok' "$T/health.out" || fail "/health after the waits: $(cat "$T/health.out")"
-# case 5 pushed more than 16 KiB during a wait: reading was paused (at least once)
-grep -qE '^wait_paused: [1-9]' "$T/health.out" || fail "reading was not paused during the wait: $(grep wait_paused "$T/health.out")"
-echo "gateway_wait: pipelined, closed, garbage-trailed and flooding clients during a back-end wait handled (input bounded); gateway up"
+curl -sS -m 5 --cacert "$PKI/ca.pem" "$URL/health" | grep -q '^ok' || fail "/health after the waits"
+echo "gateway_wait: pipelined, closed and garbage-trailed requests during a back-end wait handled; gateway up"
