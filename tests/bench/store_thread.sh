@@ -105,13 +105,15 @@ run() {
 }
 
 echo "store thread bench: $BIN/picomdm-store"
+rc=0 # a run that could not be made fails the bench (tests/bench.sh reports it)
 if [ -z "${SKIP_CG:-}" ]; then
     if command -v valgrind >/dev/null && command -v callgrind_control >/dev/null; then
-        run cg "${CG_N:-500}"
+        run cg "${CG_N:-500}" || rc=1
     else echo "  (no valgrind: callgrind figures skipped)"; fi
 fi
 if [ -z "${SKIP_PERF:-}" ]; then
     if perf stat -e syscalls:sys_enter_getpid true >/dev/null 2>&1; then
-        run perf "${PERF_N:-2000}"
+        run perf "${PERF_N:-2000}" || rc=1
     else echo "  (perf cannot count syscall tracepoints here: system calls skipped)"; fi
 fi
+exit $rc

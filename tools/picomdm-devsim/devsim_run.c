@@ -233,6 +233,7 @@ static void s_easy_setup(devsim_run_t *r, slot_t *s)
 }
 
 #define S_FD_WANT (1u << 30) //  fdst: curl watches the socket
+#define S_FD_OURS (1u << 29) //  fdst: opened by s_opensock (closed through s_closesock)
 
 //  The state of socket fd (0 for one never seen), growing the table.
 static uint32_t *s_fd(devsim_run_t *r, int fd)
@@ -264,6 +265,9 @@ static uint32_t *s_fd(devsim_run_t *r, int fd)
 //  event come on it while curl does not watch it (the server closed an
 //  idle connection), s_wait takes it out then. A socket number curl opens
 //  anew (s_opensock) or closes (s_closesock) starts from "not in epfd".
+//  Only transfer sockets (opened by s_opensock) are kept: a socket curl
+//  makes otherwise (the threaded resolver's socketpair) is closed without
+//  s_closesock, and its number may come back for another such socket.
 static int s_sockcb(CURL *e, curl_socket_t fd, int what, void *arg, void *sockp)
 {
     (void)e;
@@ -275,9 +279,10 @@ static int s_sockcb(CURL *e, curl_socket_t fd, int what, void *arg, void *sockp)
         return -1;
     }
     uint32_t had = *st & (EPOLLIN | EPOLLOUT);
+    uint32_t ours = *st & S_FD_OURS;
     if (what == CURL_POLL_REMOVE) {
-        *st = had;
-        if (had & EPOLLOUT) { //  writable is always ready: do not keep it
+        *st = had | ours;
+        if ((had & EPOLLOUT) || !ours) { //  writable is always ready: do not keep it
             epoll_ctl(r->epfd, EPOLL_CTL_DEL, fd, NULL); //  (fails harmlessly if closed)
             *st = 0;
         }
@@ -296,7 +301,7 @@ static int s_sockcb(CURL *e, curl_socket_t fd, int what, void *arg, void *sockp)
             }
         }
     }
-    *st = ev | S_FD_WANT;
+    *st = ev | S_FD_WANT | ours;
     return 0;
 }
 
@@ -309,7 +314,7 @@ static curl_socket_t s_opensock(void *arg, curlsocktype purpose, struct curl_soc
     curl_socket_t fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
     uint32_t *st = fd >= 0 ? s_fd(r, fd) : NULL;
     if (st)
-        *st = 0;
+        *st = S_FD_OURS;
     return fd;
 }
 
@@ -921,7 +926,7 @@ static void s_wait(devsim_run_t *r, bool serve, int fd, int active, long idle_ms
             //  an idle kept socket (s_sockcb): the server closed it or sent
             //  something unasked; curl sees that when it reuses it
             epoll_ctl(r->epfd, EPOLL_CTL_DEL, efd, NULL);
-            r->fdst[efd] = 0;
+            r->fdst[efd] &= S_FD_OURS; //  out of epfd, still ours
             continue;
         }
         int what = (ev[i].events & EPOLLIN ? CURL_CSELECT_IN : 0) |
