@@ -837,7 +837,7 @@ int pm_bus_publish(pm_bus_t *bus, const pm_msg_t *event)
 //  the unit test test_publish_event_bytes fails, so the encoder gets updated.
 static bool s_event_layout_ok(void)
 {
-    static int known; //  0 = not checked yet, 1 = matches, -1 = does not
+    static _Atomic int known; //  0 = not checked yet, 1 = matches, -1 = does not (any thread)
     if (known == 0) {
         static const struct {
             const char *name;

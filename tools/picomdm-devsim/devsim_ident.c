@@ -708,7 +708,7 @@ static int s_sign_kept(const devsim_ident_t *id, s_kept_t *k, const void *body, 
         unsigned char *first = NULL;
         int n = i2d_CMS_ContentInfo(k->cms, &first);
         if (n > 0)
-            k->der_max = (size_t)n + maxsig + 8;
+            k->der_max = (size_t)n + maxsig + 8 + 64; //  + a margin on top of the bound
         OPENSSL_free(first);
         if (n <= 0)
             goto out;
