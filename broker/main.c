@@ -13,6 +13,7 @@
 #include "broker_router.h"
 #include "pm_bus_wire.h"
 #include "pm_cfg.h"
+#include "pm_getpid.h"
 #include "pm_log.h"
 #include "pm_notify.h"
 #include "pm_stats.h"
@@ -181,6 +182,7 @@ static int s_bind(zsock_t *sock, const s_endpoints_t *e, const char *what, broke
 
 int main(int argc, char **argv)
 {
+    pm_getpid_init(); //  getpid() without a syscall (libzmq, OpenSSL): pm_getpid.h
     int rc = 2;
     pm_cfg_t *cfg = NULL;
     s_endpoints_t eps[3] = {0};
