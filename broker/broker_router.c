@@ -61,24 +61,6 @@ struct broker_router {
     pm_bus_ratelog_t ratelog;
 };
 
-//  The hashes' key hasher: 8 bytes per step (czmq's default takes one byte
-//  per step, and a request key is ~43 bytes, hashed 4 times per request).
-static size_t s_key_hash(const void *key)
-{
-    const unsigned char *p = key;
-    size_t len = strlen(key);
-    uint64_t h = 0x9e3779b97f4a7c15ULL ^ len, w;
-    for (; len >= 8; p += 8, len -= 8) {
-        memcpy(&w, p, 8);
-        h = (h ^ w) * 0xff51afd7ed558ccdULL;
-        h ^= h >> 32;
-    }
-    w = 0;
-    memcpy(&w, p, len);
-    h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL;
-    return (size_t)(h ^ (h >> 29));
-}
-
 /* ---- sending ---- */
 
 static void s_send_to_client(broker_router_t *self, const uint8_t *client, size_t clientlen,
@@ -630,7 +612,7 @@ broker_router_t *broker_router_new(const broker_router_config_t *cfg)
     for (int i = 0; i < 3; i++) {
         zhashx_set_key_duplicator(hashes[i], NULL);
         zhashx_set_key_destructor(hashes[i], NULL);
-        zhashx_set_key_hasher(hashes[i], s_key_hash);
+        zhashx_set_key_hasher(hashes[i], pm_bus_key_hash);
     }
     self->handle = zsock_resolve(self->sock);
     pm_bus_sock_init(&self->zs, self->handle);

@@ -945,6 +945,47 @@ static void test_frame_str(void **state)
     zmq_msg_close(&e);
 }
 
+//  pm_bus_key_hash: the same string hashes the same wherever it lies (any
+//  alignment), strings differing in any byte or length (0-40) differ, and a
+//  zhashx using it finds 20,000 rid keys.
+static void test_key_hash(void **state)
+{
+    (void)state;
+    char a[48], b[56];
+    for (size_t len = 0; len <= 40; len++) {
+        for (size_t k = 0; k < len; k++)
+            a[k] = (char)('a' + k % 26);
+        a[len] = 0;
+        size_t h = pm_bus_key_hash(a);
+        for (size_t off = 1; off < 8; off++) {
+            memcpy(b + off, a, len + 1);
+            assert_true(pm_bus_key_hash(b + off) == h);
+        }
+        for (size_t k = 0; k < len; k++) {
+            a[k] ^= 1;
+            assert_true(pm_bus_key_hash(a) != h);
+            a[k] ^= 1;
+        }
+        if (len > 0) {
+            a[len - 1] = 0;
+            assert_true(pm_bus_key_hash(a) != h);
+        }
+    }
+    zhashx_t *hx = zhashx_new();
+    zhashx_set_key_hasher(hx, pm_bus_key_hash);
+    char rid[33];
+    for (int i = 0; i < 20000; i++) {
+        snprintf(rid, sizeof rid, "%032x", (unsigned)i * 2654435761u);
+        assert_int_equal(zhashx_insert(hx, rid, (void *)(intptr_t)(i + 1)), 0);
+    }
+    for (int i = 0; i < 20000; i++) {
+        snprintf(rid, sizeof rid, "%032x", (unsigned)i * 2654435761u);
+        assert_true(zhashx_lookup(hx, rid) == (void *)(intptr_t)(i + 1));
+    }
+    assert_int_equal(zhashx_size(hx), 20000);
+    zhashx_destroy(&hx);
+}
+
 int main(void)
 {
     pm_log_init("pm_bus_test", getenv("PM_TEST_VERBOSE") ? "debug" : "error", false);
@@ -970,6 +1011,7 @@ int main(void)
         cmocka_unit_test(test_publish_event_wire),
         cmocka_unit_test(test_bad_config),
         cmocka_unit_test(test_frame_str),
+        cmocka_unit_test(test_key_hash),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     zsys_shutdown();

@@ -217,3 +217,19 @@ void pm_bus_hex(const uint8_t *data, size_t len, char *out)
     }
     out[2 * len] = 0;
 }
+
+size_t pm_bus_key_hash(const void *key)
+{
+    const unsigned char *p = key;
+    size_t len = strlen(key);
+    uint64_t h = 0x9e3779b97f4a7c15ULL ^ len, w;
+    for (; len >= 8; p += 8, len -= 8) {
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdULL;
+        h ^= h >> 32;
+    }
+    w = 0;
+    memcpy(&w, p, len);
+    h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL;
+    return (size_t)(h ^ (h >> 29));
+}
