@@ -32,18 +32,17 @@ tck=$(getconf CLK_TCK)
 CC_ARGS=()
 [ -n "${CLIENT_CERT:-}" ] && CC_ARGS=(--cert "$PKI/dev1.pem" --key "$PKI/dev1.key")
 drv() { "$TT/tls_conns" "$PORT" "$1" --ca "$PKI/ca.pem" --path "$PATH_REQ" --expect "$EXPECT" "${CC_ARGS[@]}" ${TLS_ARGS:-}; }
-cpu() { awk '{print $14 + $15}' /proc/$GW_PID/stat; }
 echo "tls_handshake: $N connections, BIN=$BIN, client args '${TLS_ARGS:-}', load $(cut -d' ' -f1-3 /proc/loadavg)"
 for m in $MODES; do
     case $m in
     cpu)
         gw_tls --log-level warn ${GW_ARGS:-}
         drv 50 >/dev/null || fail "warm-up"
-        c0=$(cpu)
+        read -r u0 s0 < <(awk '{print $14, $15}' /proc/$GW_PID/stat)
         r=$(drv "$N") || fail "driver: $r"
-        c1=$(cpu)
+        read -r u1 s1 < <(awk '{print $14, $15}' /proc/$GW_PID/stat)
         echo "  cpu: $r"
-        echo "  cpu: gateway $(( (c1 - c0) * 1000000 / tck / N )) us per connection (load $(cut -d' ' -f1 /proc/loadavg))"
+        echo "  cpu: gateway $(( (u1 + s1 - u0 - s0) * 1000000 / tck / N )) us per connection (user $(( (u1 - u0) * 1000000 / tck / N )), system $(( (s1 - s0) * 1000000 / tck / N )); load $(cut -d' ' -f1 /proc/loadavg))"
         kill "$GW_PID"; wait "$GW_PID" 2>/dev/null
         ;;
     strace)
@@ -57,8 +56,7 @@ for m in $MODES; do
         sleep 0.3
         kill -INT $sp; wait $sp 2>/dev/null
         echo "  strace: $r"
-        awk -v n="$N" '$1 ~ /^[0-9.]+$/ && NF >= 5 { c = $4; s = $NF; if (s != "total") printf "  strace: %-14s %6.2f per connection\n", s, c / n }
-            $NF == "total" { printf "  strace: %-14s %6.2f per connection\n", "all", $3 / n }' "$OUT/strace.txt" | sort -k4 -rn -t' ' | head -n 14
+        awk -v n="$N" '$1 ~ /^[0-9.]+$/ && NF >= 5 { printf "  strace: %-14s %6.2f per connection\n", $NF == "total" ? "all" : $NF, $4 / n }' "$OUT/strace.txt"
         kill "$GW_PID"; wait "$GW_PID" 2>/dev/null
         ;;
     callgrind)
