@@ -740,30 +740,6 @@ out:
     gw_devreq_clear(&d);
 }
 
-//  TLS 1.3 session tickets go only to connections that reach the MDM routes
-//  (CheckInURL, ServerURL): mdmd comes back on new connections all the time
-//  and resumes them; the profile download, SCEP and /health are one
-//  connection each per device or client, so a ticket there (~0.16 M
-//  instructions and one write per handshake) would never be used. A
-//  connection's first device request asks OpenSSL for one ticket
-//  (SSL_new_session_ticket); it leaves just before the answer, in the same
-//  SSL_write. TLS 1.2 is unchanged (its ticket is part of the handshake).
-static void s_ticket(gw_server_t *self, struct evhttp_connection *evcon)
-{
-    if (!self->ssl || !evcon)
-        return;
-    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
-    SSL *ssl = bev ? bufferevent_openssl_get_ssl(bev) : NULL;
-    //  num_tickets 0 = not asked for yet on this connection (s_on_bev)
-    if (!ssl || SSL_version(ssl) != TLS1_3_VERSION || SSL_get_num_tickets(ssl) != 0)
-        return;
-    SSL_set_num_tickets(ssl, 1);
-    if (SSL_new_session_ticket(ssl) != 1) {
-        ERR_clear_error();
-        pm_debug("no TLS session ticket for this connection (OpenSSL refused one)");
-    }
-}
-
 static void s_on_request(struct evhttp_request *req, void *arg)
 {
     gw_server_t *self = arg;
@@ -803,7 +779,6 @@ static void s_on_request(struct evhttp_request *req, void *arg)
         gw_http_send_text(req, 404, "not found\n");
         return;
     }
-    s_ticket(self, evcon);
     if (cmd != EVHTTP_REQ_PUT && cmd != EVHTTP_REQ_POST) {
         gw_http_send_text(req, 405, "devices use PUT\n");
         return;
@@ -838,7 +813,6 @@ static struct bufferevent *s_on_bev(struct event_base *base, void *arg)
     SSL *ssl = SSL_new(self->ssl);
     if (!ssl)
         return NULL;
-    SSL_set_num_tickets(ssl, 0); //  TLS 1.3 tickets: only for the MDM routes (s_ticket)
     return bufferevent_openssl_socket_new(base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                           BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
 }
@@ -857,10 +831,9 @@ static int s_tls_setup(gw_server_t *self)
         return -1;
     SSL_CTX_set_min_proto_version(self->ssl, TLS1_2_VERSION);
     SSL_CTX_set_options(self->ssl, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-    //  TLS 1.3: at most one session ticket per connection instead of
-    //  OpenSSL's two, and only on connections that reach the MDM routes
-    //  (s_ticket). Devices resume one connection at a time (each resumption
-    //  brings a fresh ticket); each ticket costs ~25-35 us of server CPU here
+    //  TLS 1.3: one session ticket per full handshake instead of OpenSSL's
+    //  two. Devices resume one connection at a time (each resumption brings a
+    //  fresh ticket); each ticket costs ~25-35 us of server CPU here
     //  (in-process, docs/enrollment.md "Session 4"). Resumption stays on.
     SSL_CTX_set_num_tickets(self->ssl, 1);
     //  TLS 1.3: the same three suites as OpenSSL's default, but AES-128-GCM

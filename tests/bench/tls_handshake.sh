@@ -4,9 +4,7 @@
 # A TLS gateway (EC P-256 server certificate from a test CA, client
 # certificates asked for as by default) with a broker only (the request
 # chosen needs no back end: `GET /mdm/checkin` is answered 405 by the
-# gateway itself, so the bus is not in the figures; it is an MDM route, so the
-# connection gets its TLS 1.3 ticket; PATH_REQ=/nowhere EXPECT=404 for a
-# connection that does not, like the profile download's); build/rel/tt/tls_conns
+# gateway itself, so the bus is not in the figures); build/rel/tt/tls_conns
 # opens N connections one after the other. Prints, per connection:
 #   cpu       gateway CPU from /proc (utime+stime; noisy, ±10-25 %)
 #   strace    system calls (strace -c -f -p on the gateway)

@@ -4,9 +4,8 @@
 # close) to a TLS gateway in front of the real back end:
 #  - TLS 1.3 negotiates TLS_AES_128_GCM_SHA256 (the server's first suite),
 #    TLS 1.2 still works, TLS 1.1 is refused;
-#  - resumption works: TLS 1.3 tickets on connections that reach the MDM
-#    routes (and none on /health or other routes), TLS 1.2 on any route,
-#    without and with a client certificate;
+#  - resumption works: TLS 1.3 tickets and TLS 1.2, without and with a client
+#    certificate;
 #  - mTLS identities: the handshake no longer verifies the client's chain
 #    (gw_auth does, per request), so: a device certificate authenticates a
 #    check-in on full AND resumed connections (the session keeps the peer
@@ -38,22 +37,13 @@ grep -q 'alert protocol version' "$T/s11" || fail "TLS 1.1 not refused by the se
 echo "ok  TLS 1.1 refused (protocol_version alert)"
 
 # ---- resumption ----
-# TLS 1.3 tickets only on connections that reach the MDM routes (a GET there
-# is answered 405, still an MDM route)
-out=$(conns 5 --path /mdm/connect --expect 405 --resume) || fail "TLS 1.3 resumption: $out"
-got "5 with status 405, 4 resumed, version TLSv1.3" "$out" "TLS 1.3 resumption (tickets), ServerURL"
-out=$(conns 3 --path /mdm/checkin --expect 405 --resume) || fail "TLS 1.3 resumption: $out"
-got "3 with status 405, 2 resumed, version TLSv1.3" "$out" "TLS 1.3 resumption (tickets), CheckInURL"
-out=$(conns 3 --path /health --resume --expect 200) && fail "a /health connection resumed: $out"
-got "3 with status 200, 0 resumed, version TLSv1.3" "$out" "TLS 1.3: no ticket for /health connections"
-out=$(conns 3 --path /nowhere --resume --expect 404) && fail "a 404 connection resumed: $out"
-got "3 with status 404, 0 resumed, version TLSv1.3" "$out" "TLS 1.3: no ticket for other routes"
+out=$(conns 5 --path /health --resume) || fail "TLS 1.3 resumption: $out"
+got "5 with status 200, 4 resumed, version TLSv1.3" "$out" "TLS 1.3 resumption (tickets)"
 out=$(conns 5 --path /health --resume --tls12) || fail "TLS 1.2 resumption: $out"
-got "5 with status 200, 4 resumed, version TLSv1.2" "$out" "TLS 1.2 resumption (any route)"
+got "5 with status 200, 4 resumed, version TLSv1.2" "$out" "TLS 1.2 resumption"
 CERT1=(--cert "$PKI/dev1.pem" --key "$PKI/dev1.key")
-out=$(conns 4 --path /mdm/connect --expect 405 --resume "${CERT1[@]}") ||
-    fail "resumption with a client certificate: $out"
-got "4 with status 405, 3 resumed, version TLSv1.3" "$out" "TLS 1.3 resumption, client certificate"
+out=$(conns 4 --path /health --resume "${CERT1[@]}") || fail "resumption with a client certificate: $out"
+got "4 with status 200, 3 resumed, version TLSv1.3" "$out" "TLS 1.3 resumption, client certificate"
 
 # ---- mTLS identities on full and resumed connections ----
 U1=UDID-TLS-0001
@@ -94,6 +84,6 @@ gw_tls --log-level info --admin-listen off --no-tls-client-cert
 out=$(conns 2 --path /mdm/checkin --body "$T/auth1" --expect 400 "${CERT1[@]}") ||
     fail "tls-client-cert false: $out"
 got "2 with status 400" "$out" "tls-client-cert false: an offered certificate authenticates nothing"
-out=$(conns 3 --path /mdm/connect --expect 405 --resume) || fail "resumption, tls-client-cert false: $out"
-got "3 with status 405, 2 resumed" "$out" "tls-client-cert false: resumption"
+out=$(conns 3 --path /health --resume) || fail "resumption, tls-client-cert false: $out"
+got "3 with status 200, 2 resumed" "$out" "tls-client-cert false: resumption"
 echo "PASS gateway_tls"
