@@ -14,13 +14,13 @@
 #   tests/bench/tls_handshake.sh [N] [MODES]   (default 400 "cpu strace callgrind")
 # Env: BIN (gateway build), TLS_ARGS (extra client args, e.g. "--resume",
 # "--tls12", "--groups P-256"), GW_ARGS (extra gateway args), OUT (dir for
-# the callgrind file, default /tmp/tlshs-bench), PATH_REQ/EXPECT, CLIENT_CERT=1
+# the callgrind file, default $TMPDIR/tls_handshake-bench), PATH_REQ/EXPECT, CLIENT_CERT=1
 # (the client presents a device identity certificate, as mdmd does).
 cd "$(dirname "$0")/../.."
 export BIN=${BIN:-$PWD/bin} TT=${TT:-$PWD/build/rel/tt}
 N=${1:-400}
 MODES=${2:-cpu strace callgrind}
-OUT=${OUT:-/tmp/tlshs-bench}
+OUT=${OUT:-${TMPDIR:-/tmp}/tls_handshake-bench}
 PATH_REQ=${PATH_REQ:-/mdm/checkin}
 EXPECT=${EXPECT:-405}
 mkdir -p "$OUT"
