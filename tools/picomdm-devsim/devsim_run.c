@@ -14,7 +14,6 @@
 #include <stdint.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
-#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -102,6 +101,7 @@ typedef struct {
     double *first; //  ms, per job: its first request from the job's scheduled start
     size_t nfirst, capfirst;
     double cpu0_user, cpu0_sys, cpu_user, cpu_sys; //  s: the simulator's own CPU in this phase
+    long waits; //  epoll waits that could sleep (a non-zero timeout): the loop's wake-ups at most
     //  --warm-connections, before the phase (none of it in the figures above):
     //  requests sent, answered (any HTTP status), connections they opened,
     //  the HTTP status of the last answer, time and CPU taken.
@@ -127,8 +127,10 @@ struct devsim_run {
     //  S_FD_WANT while curl watches it. See s_sockcb.
     uint32_t *fdst;
     int nfdst;
-    int tfd;       //  open loop: timerfd in epfd for the next scheduled start, else -1
-    double tfd_at; //  when it is armed for (ms), < 0: not armed
+    //  The loop waits with epoll_pwait2 (a timeout in nanoseconds: the next
+    //  scheduled start is met without a timerfd to arm per start); false once
+    //  the kernel refused it (then epoll_wait, whole milliseconds rounded up).
+    bool pwait2_off;
     slot_t *slots;
     int nslots;
     job_t *head, *tail;
@@ -345,8 +347,6 @@ devsim_run_t *devsim_run_new(const devsim_run_opts_t *o, devsim_dev_t **devs, in
     if (!r)
         return NULL;
     r->epfd = -1;
-    r->tfd = -1;
-    r->tfd_at = -1;
     r->o = *o;
     if (r->o.concurrency < 1)
         r->o.concurrency = 1;
@@ -363,22 +363,6 @@ devsim_run_t *devsim_run_new(const devsim_run_opts_t *o, devsim_dev_t **devs, in
     r->slots = calloc((size_t)r->nslots, sizeof *r->slots);
     if (!r->multi || !r->slots || r->epfd < 0)
         goto fail;
-    if (r->o.rate > 0) {
-        //  the next scheduled start wakes epoll_wait with sub-millisecond
-        //  precision (its own timeout counts in whole milliseconds)
-        r->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-        //  edge-triggered: each expiry wakes epoll_wait once, and the next
-        //  timerfd_settime resets the expiry count, so the tick is never read
-        //  (one read system call less per scheduled start)
-        struct epoll_event ee = {.events = EPOLLIN | EPOLLET, .data.fd = r->tfd};
-        if (r->tfd < 0 || epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->tfd, &ee) < 0) {
-            pm_warn("no timerfd (%s): scheduled starts fall on whole milliseconds",
-                    strerror(errno));
-            if (r->tfd >= 0)
-                close(r->tfd);
-            r->tfd = -1;
-        }
-    }
     curl_multi_setopt(r->multi, CURLMOPT_SOCKETFUNCTION, s_sockcb);
     curl_multi_setopt(r->multi, CURLMOPT_SOCKETDATA, r);
     curl_multi_setopt(r->multi, CURLMOPT_TIMERFUNCTION, s_timercb);
@@ -446,8 +430,6 @@ void devsim_run_destroy(devsim_run_t **rp)
     free(r->fdst);
     if (r->epfd >= 0)
         close(r->epfd);
-    if (r->tfd >= 0)
-        close(r->tfd);
     free(r);
     *rp = NULL;
 }
@@ -865,6 +847,33 @@ static void s_job_done(devsim_run_t *r, job_t *j)
     s_job_free(j);
 }
 
+//  epoll_wait with a timeout of tmo_ms, to the nanosecond (epoll_pwait2:
+//  the next scheduled start needs no timerfd and no timerfd_settime per
+//  start, one system call less per session); whole milliseconds rounded up
+//  where the kernel refuses epoll_pwait2. Counts the waits that may sleep.
+static int s_epoll(devsim_run_t *r, struct epoll_event *ev, int max, double tmo_ms)
+{
+    if (!(tmo_ms > 0))
+        tmo_ms = 0;
+    else if (r->ph)
+        r->ph->waits++;
+    if (!r->pwait2_off) {
+        struct timespec ts;
+        ts.tv_sec = (time_t)(tmo_ms / 1e3);
+        ts.tv_nsec = (long)ceil((tmo_ms - (double)ts.tv_sec * 1e3) * 1e6);
+        if (ts.tv_nsec > 999999999L)
+            ts.tv_nsec = 999999999L;
+        int n = epoll_pwait2(r->epfd, ev, max, &ts, NULL);
+        if (n >= 0 || errno == EINTR)
+            return n;
+        pm_warn("epoll_pwait2: %s; the loop waits in whole milliseconds instead (a scheduled "
+                "start up to 1 ms late, charged to the figures)",
+                strerror(errno));
+        r->pwait2_off = true;
+    }
+    return epoll_wait(r->epfd, ev, max, (int)ceil(tmo_ms));
+}
+
 //  Wait for the next event (a transfer socket, curl's timer, the push
 //  socket fd) and let curl act on it. The wait is bounded (100 ms with
 //  transfers, 1 s without) only so that SIGTERM and the idle limit are seen.
@@ -881,27 +890,19 @@ static void s_wait(devsim_run_t *r, bool serve, int fd, int active, long idle_ms
     double due = r->head && r->head->sched >= 0 && active < r->nslots ? r->head->sched : -1;
     if (!serve && active == 0 && due < 0)
         return;
-    int tmo = active > 0 ? 100 : 1000;
+    double tmo = active > 0 ? 100 : 1000; //  ms
     if (serve && active == 0 && !r->head && idle_ms > 0) {
         double rem = (double)idle_ms - (now - idle_since);
-        tmo = rem < 1 ? 1 : rem < tmo ? (int)rem : tmo;
+        tmo = rem < 1 ? 1 : rem < tmo ? rem : tmo;
     }
     if (r->timer_at >= 0 && r->timer_at - now < tmo)
-        tmo = (int)(r->timer_at - now) + 1;
+        tmo = r->timer_at - now;
     if (due >= 0) {
-        if (due <= now)
+        //  until the start is due, plus --rate-slack-ms: a reply that wakes
+        //  the loop in between starts it then (the lateness is charged)
+        double dt = devsim_sched_wait_ms(now, due, r->o.rate_slack_ms);
+        if (dt <= 0)
             return;
-        if (r->tfd >= 0 && due != r->tfd_at) {
-            struct itimerspec its = {0};
-            its.it_value.tv_sec = (time_t)(due / 1e3);
-            its.it_value.tv_nsec = (long)((due - (double)its.it_value.tv_sec * 1e3) * 1e6);
-            if (its.it_value.tv_nsec >= 1000000000L)
-                its.it_value.tv_nsec = 999999999L;
-            if (timerfd_settime(r->tfd, TFD_TIMER_ABSTIME, &its, NULL) == 0)
-                r->tfd_at = due;
-        }
-        //  without the timerfd: whole milliseconds, rounded up
-        int dt = r->tfd >= 0 && r->tfd_at == due ? (int)(due - now) + 1 : (int)ceil(due - now);
         if (dt < tmo)
             tmo = dt;
     }
@@ -913,14 +914,10 @@ static void s_wait(devsim_run_t *r, bool serve, int fd, int active, long idle_ms
             r->push_fd = fd;
     }
     struct epoll_event ev[64];
-    int n = epoll_wait(r->epfd, ev, 64, tmo);
+    int n = s_epoll(r, ev, 64, tmo);
     for (int i = 0; i < n; i++) {
         if (ev[i].data.fd == r->push_fd)
             continue; //  on_ready reads it
-        if (ev[i].data.fd == r->tfd) {
-            r->tfd_at = -1; //  (edge-triggered: nothing to read)
-            continue;
-        }
         int efd = ev[i].data.fd;
         if (efd >= 0 && efd < r->nfdst && !(r->fdst[efd] & S_FD_WANT)) {
             //  an idle kept socket (s_sockcb): the server closed it or sent
@@ -1412,14 +1409,15 @@ int devsim_run_report(devsim_run_t *r, FILE *out)
                     "uncorrected round trips p50 %.2f ms p99 %.2f ms; last started %.2f ms "
                     "behind schedule (worst %.2f ms; %ld of %ld started > 1 ms late, %ld of them "
                     "for want of a free transfer slot; %ld never started); at most %d of %d "
-                    "transfers in flight\n",
+                    "transfers in flight; a start rides on another wake-up up to %.2f ms after "
+                    "its time (--rate-slack-ms)\n",
                     p->name, p->rate, what, p->rate * per, per, enroll ? "enrollment" : "session",
                     jobs_s * per, jobs_s, what, s_pct(p->lat, p->nlat, 0.50),
                     s_pct(p->lat, p->nlat, 0.99), p->nlat ? p->lat[p->nlat - 1] : 0.0,
                     s_pct(p->first, p->nfirst, 0.50), s_pct(p->first, p->nfirst, 0.99),
                     s_pct(p->raw, p->nraw, 0.50), s_pct(p->raw, p->nraw, 0.99), p->behind_last,
                     p->behind_max, p->late, p->nsched, p->late_slot, p->nsched - p->nstarted,
-                    p->max_active, r->nslots);
+                    p->max_active, r->nslots, r->o.rate_slack_ms);
         }
     }
     //  The simulator's own CPU per request of each phase (start-up, key
@@ -1427,9 +1425,11 @@ int devsim_run_report(devsim_run_t *r, FILE *out)
     for (int i = 0; i < r->nphases; i++) {
         phase_t *p = &r->phases[i];
         double c = p->cpu_user + p->cpu_sys;
-        fprintf(
-            out, "devsim     %s: cpu user %.2f s sys %.2f s = %.0f us per request (%zu requests)\n",
-            p->name, p->cpu_user, p->cpu_sys, p->nlat ? c / (double)p->nlat * 1e6 : 0.0, p->nlat);
+        fprintf(out,
+                "devsim     %s: cpu user %.2f s sys %.2f s = %.0f us per request (%zu requests; "
+                "%ld event waits = %.2f per request)\n",
+                p->name, p->cpu_user, p->cpu_sys, p->nlat ? c / (double)p->nlat * 1e6 : 0.0,
+                p->nlat, p->waits, p->nlat ? (double)p->waits / (double)p->nlat : 0.0);
     }
     long fast = 0, slow = 0;
     devsim_ident_sign_counts(&fast, &slow);
