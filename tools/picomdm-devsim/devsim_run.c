@@ -6,6 +6,7 @@
 #include "pm_log.h"
 
 #include <curl/curl.h>
+#include <openssl/ssl.h>
 #include <czmq.h>
 #include <math.h>
 #include <stdlib.h>
@@ -69,6 +70,7 @@ typedef struct {
     bool overflow;
     double t0;
     char what[48]; //  for logs: message type or status sent
+    bool in_multi; //  the handle is in the multi (a transfer in flight)
 } slot_t;
 
 #define MAX_PHASES 64
@@ -192,6 +194,21 @@ static size_t s_write(char *data, size_t size, size_t nmemb, void *arg)
 static curl_socket_t s_opensock(void *arg, curlsocktype purpose, struct curl_sockaddr *a);
 static int s_closesock(void *arg, curl_socket_t fd);
 
+//  A slot's transfer into / out of the multi handle (s_pending sweeps those in it).
+static int s_add(devsim_run_t *r, slot_t *s);
+static void s_remove(devsim_run_t *r, slot_t *s);
+
+//  OpenSSL read-ahead: a reply's TLS record is read with one recv (header
+//  and body together) instead of two. What OpenSSL then holds beyond the
+//  record libcurl asked for is found by s_pending, not by libcurl 7.88.
+static CURLcode s_sslctx(CURL *e, void *ctx, void *arg)
+{
+    (void)e;
+    (void)arg;
+    SSL_CTX_set_read_ahead((SSL_CTX *)ctx, 1);
+    return CURLE_OK;
+}
+
 //  The options every request of a slot shares, set once per handle (not
 //  reset and set again per request): what changes per request is the body,
 //  the Mdm-Signature header and, rarely, the URL and User-Agent.
@@ -218,6 +235,7 @@ static void s_easy_setup(devsim_run_t *r, slot_t *s)
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, r->o.timeout_ms > 0 ? r->o.timeout_ms : 30000L);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, s_sslctx);
     if (r->o.ca_bundle) {
         //  The bundle alone: Debian's libcurl also has a default CA directory
         //  (/etc/ssl/certs), and with one set libcurl neither caches the CA
@@ -401,7 +419,7 @@ void devsim_run_destroy(devsim_run_t **rp)
     for (int i = 0; r->slots && i < r->nslots; i++) {
         slot_t *s = &r->slots[i];
         if (s->easy) {
-            if (s->job)
+            if (s->in_multi)
                 curl_multi_remove_handle(r->multi, s->easy);
             curl_easy_cleanup(s->easy);
         }
@@ -584,7 +602,7 @@ static int s_submit(devsim_run_t *r, slot_t *s, plist_t msg, bool checkin)
         fflush(stdout);
     }
     s->t0 = s_now_ms();
-    return curl_multi_add_handle(r->multi, s->easy) == CURLM_OK ? 0 : -1;
+    return s_add(r, s);
 }
 
 //  One SCEP step of the job on slot s: the request its machine asks for.
@@ -605,7 +623,7 @@ static int s_submit_scep(devsim_run_t *r, slot_t *s, const devsim_scep_req_t *q)
         fflush(stdout);
     }
     s->t0 = s_now_ms();
-    return curl_multi_add_handle(r->multi, s->easy) == CURLM_OK ? 0 : -1;
+    return s_add(r, s);
 }
 
 //  Start the job's current step (skipping steps that no longer apply).
@@ -847,6 +865,48 @@ static void s_job_done(devsim_run_t *r, job_t *j)
     s_job_free(j);
 }
 
+static int s_add(devsim_run_t *r, slot_t *s)
+{
+    if (curl_multi_add_handle(r->multi, s->easy) != CURLM_OK)
+        return -1;
+    s->in_multi = true;
+    return 0;
+}
+
+static void s_remove(devsim_run_t *r, slot_t *s)
+{
+    if (!s)
+        return;
+    curl_multi_remove_handle(r->multi, s->easy);
+    s->in_multi = false;
+}
+
+//  Before the loop sleeps: TLS data OpenSSL read ahead (s_sslctx) and holds
+//  unprocessed (a record after the one libcurl asked for) makes no socket
+//  readable again, and libcurl 7.88 only asks SSL_pending (decrypted bytes
+//  of the current record): hand each such transfer to curl as readable.
+//  Returns how many were handed over (the caller then does not sleep).
+static int s_pending(devsim_run_t *r)
+{
+    int n = 0;
+    for (int i = 0; i < r->nslots; i++) {
+        slot_t *s = &r->slots[i];
+        struct curl_tlssessioninfo *ti = NULL;
+        if (!s->in_multi || curl_easy_getinfo(s->easy, CURLINFO_TLS_SSL_PTR, &ti) != CURLE_OK ||
+            !ti || ti->backend != CURLSSLBACKEND_OPENSSL || !ti->internals ||
+            !SSL_has_pending((SSL *)ti->internals))
+            continue;
+        curl_socket_t fd = CURL_SOCKET_BAD;
+        if (curl_easy_getinfo(s->easy, CURLINFO_ACTIVESOCKET, &fd) != CURLE_OK ||
+            fd == CURL_SOCKET_BAD)
+            continue;
+        int running = 0;
+        curl_multi_socket_action(r->multi, fd, CURL_CSELECT_IN, &running);
+        n++;
+    }
+    return n;
+}
+
 //  epoll_wait with a timeout of tmo_ms, to the nanosecond (epoll_pwait2:
 //  the next scheduled start needs no timerfd and no timerfd_settime per
 //  start, one system call less per session); whole milliseconds rounded up
@@ -880,6 +940,8 @@ static int s_epoll(devsim_run_t *r, struct epoll_event *ev, int max, double tmo_
 static void s_wait(devsim_run_t *r, bool serve, int fd, int active, long idle_ms, double idle_since)
 {
     int running = 0;
+    if (s_pending(r) > 0)
+        return; //  buffered TLS data handed to curl: no wait this round
     double now = s_now_ms();
     if (r->timer_at >= 0 && r->timer_at <= now) { //  due: no wait
         r->timer_at = -1;
@@ -972,7 +1034,7 @@ static void s_warm(devsim_run_t *r)
         s_opt_long(e, CURLOPT_SSL_SESSIONID_CACHE, &s->sessid_set, 1);
         s->resplen = 0;
         s->overflow = false;
-        if (curl_multi_add_handle(r->multi, e) != CURLM_OK)
+        if (s_add(r, s) < 0)
             continue;
         active++;
         p->warm_n++;
@@ -981,7 +1043,7 @@ static void s_warm(devsim_run_t *r)
         if (zsys_interrupted) { //  take the GETs back; destroy() cleans up the rest
             for (int i = 0; i < r->nslots; i++)
                 if (!r->slots[i].job)
-                    curl_multi_remove_handle(r->multi, r->slots[i].easy);
+                    s_remove(r, &r->slots[i]);
             break;
         }
         s_wait(r, false, -1, active, 0, 0);
@@ -1000,7 +1062,9 @@ static void s_warm(devsim_run_t *r)
                 pm_warn("warm-up GET %s failed: %s (the phase opens its own connections)",
                         r->server_url, curl_easy_strerror(m->data.result));
             p->warm_conns += conns > 0 ? conns : 0;
-            curl_multi_remove_handle(r->multi, m->easy_handle);
+            slot_t *ws = NULL;
+            curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&ws);
+            s_remove(r, ws);
             active--;
         }
     }
@@ -1108,7 +1172,7 @@ static int s_loop(devsim_run_t *r, bool serve, int fd, void (*on_ready)(void *),
             slot_t *s = NULL;
             curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&s);
             CURLcode res = m->data.result;
-            curl_multi_remove_handle(r->multi, m->easy_handle);
+            s_remove(r, s);
             int rc = s_finish(r, s, res);
             if (rc != 0) {
                 if (rc < 0)
