@@ -71,6 +71,9 @@ typedef struct {
     double t0;
     char what[48]; //  for logs: message type or status sent
     bool in_multi; //  the handle is in the multi (a transfer in flight)
+    //  s_pending: the transfer's bytes received (headers + body) when it was
+    //  last handed to curl for data OpenSSL held, -1: not yet this transfer
+    curl_off_t swept;
 } slot_t;
 
 #define MAX_PHASES 64
@@ -870,6 +873,7 @@ static int s_add(devsim_run_t *r, slot_t *s)
     if (curl_multi_add_handle(r->multi, s->easy) != CURLM_OK)
         return -1;
     s->in_multi = true;
+    s->swept = -1;
     return 0;
 }
 
@@ -885,7 +889,11 @@ static void s_remove(devsim_run_t *r, slot_t *s)
 //  unprocessed (a record after the one libcurl asked for) makes no socket
 //  readable again, and libcurl 7.88 only asks SSL_pending (decrypted bytes
 //  of the current record): hand each such transfer to curl as readable.
-//  Returns how many were handed over (the caller then does not sleep).
+//  OpenSSL also counts a partial record as pending, which curl cannot read
+//  until the rest arrives (the socket then becomes readable): a transfer
+//  that received nothing since it was last handed over is left to epoll,
+//  or the loop would spin. Returns how many were handed over (the caller
+//  then does not sleep).
 static int s_pending(devsim_run_t *r)
 {
     int n = 0;
@@ -896,10 +904,17 @@ static int s_pending(devsim_run_t *r)
             !ti || ti->backend != CURLSSLBACKEND_OPENSSL || !ti->internals ||
             !SSL_has_pending((SSL *)ti->internals))
             continue;
+        long hdr = 0;
+        curl_off_t body = 0;
+        curl_easy_getinfo(s->easy, CURLINFO_HEADER_SIZE, &hdr);
+        curl_easy_getinfo(s->easy, CURLINFO_SIZE_DOWNLOAD_T, &body);
+        if (body + hdr == s->swept)
+            continue; //  nothing read since the last time: a partial record
         curl_socket_t fd = CURL_SOCKET_BAD;
         if (curl_easy_getinfo(s->easy, CURLINFO_ACTIVESOCKET, &fd) != CURLE_OK ||
             fd == CURL_SOCKET_BAD)
             continue;
+        s->swept = body + hdr;
         int running = 0;
         curl_multi_socket_action(r->multi, fd, CURL_CSELECT_IN, &running);
         n++;
