@@ -11,6 +11,7 @@
 #define S_ID_MAX 255                              //  ROUTER routing ids are at most 255 bytes
 #define S_KEY_MAX (2 * S_ID_MAX + 2 + PM_RID_MAX) //  hex(client) "/" rid
 #define S_MAX_SERVICES 1024
+#define S_SPARE_MAX 1024 //  finished requests kept for reuse (no malloc/free per request)
 
 typedef struct s_service s_service_t;
 
@@ -37,6 +38,7 @@ typedef struct {
     void *qhandle;      //  in service->queue while queued
     zmq_msg_t body;     //  moved out when dispatched
     int64_t queued_at;
+    void *next_spare; //  in broker_router's spare list (finished, kept for reuse)
 } s_request_t;
 
 struct s_service {
@@ -53,6 +55,8 @@ struct broker_router {
     zhashx_t *services; //  name -> s_service_t
     zhashx_t *workers;  //  hex id -> s_worker_t
     zhashx_t *requests; //  key -> s_request_t (queued or in flight)
+    s_request_t *spare; //  finished requests for reuse (S_SPARE_MAX at most)
+    int nspare;
     broker_router_stats_t stats;
     pm_bus_ratelog_t ratelog;
 };
@@ -118,11 +122,29 @@ static void s_send_command(broker_router_t *self, const uint8_t *id, size_t idle
 
 /* ---- requests ---- */
 
+//  A request's memory: a finished one if there is one (most of the ~1 KB is
+//  filled by the caller: key, client, rid), else a new one.
+static s_request_t *s_request_alloc(broker_router_t *self)
+{
+    s_request_t *r = self->spare;
+    if (!r)
+        return malloc(sizeof *r);
+    self->spare = r->next_spare;
+    self->nspare--;
+    return r;
+}
+
 static void s_request_free(broker_router_t *self, s_request_t *r)
 {
     zhashx_delete(self->requests, r->key);
     zmq_msg_close(&r->body);
-    free(r);
+    if (self->nspare >= S_SPARE_MAX) {
+        free(r);
+        return;
+    }
+    r->next_spare = self->spare;
+    self->spare = r;
+    self->nspare++;
 }
 
 //  Send a request to a worker. Returns 0, or -1 if the worker cannot take it now.
@@ -314,14 +336,17 @@ static void s_client_input(broker_router_t *self, zmq_msg_t *f, int total)
                      service, self->cfg.max_queue, service);
         return;
     }
-    s_request_t *r = calloc(1, sizeof *r);
+    s_request_t *r = s_request_alloc(self);
     if (!r)
         return; //  the client retries
-    memcpy(r->key, key, strlen(key) + 1);
+    memcpy(r->key, key, kl + 1 + strlen(rid) + 1);
     memcpy(r->client, client, clientlen);
     r->clientlen = clientlen;
     memcpy(r->rid, rid, strlen(rid) + 1);
     r->service = s;
+    r->worker = NULL;
+    r->qhandle = NULL;
+    r->next_spare = NULL;
     zmq_msg_init(&r->body);
     zmq_msg_move(&r->body, &f[4]);
     r->queued_at = zclock_mono();
@@ -580,6 +605,15 @@ broker_router_t *broker_router_new(const broker_router_config_t *cfg)
         broker_router_destroy(&self);
         return NULL;
     }
+    //  Keyed by the name/key inside each item, which outlives its entry (the
+    //  item is freed only after it left the hash): no copy of the key per
+    //  request (a strdup and a free each); hashed 8 bytes at a time.
+    zhashx_t *hashes[3] = {self->services, self->workers, self->requests};
+    for (int i = 0; i < 3; i++) {
+        zhashx_set_key_duplicator(hashes[i], NULL);
+        zhashx_set_key_destructor(hashes[i], NULL);
+        zhashx_set_key_hasher(hashes[i], pm_bus_key_hash);
+    }
     self->handle = zsock_resolve(self->sock);
     pm_bus_sock_init(&self->zs, self->handle);
     zsock_set_router_mandatory(self->sock, 1);
@@ -601,6 +635,11 @@ void broker_router_destroy(broker_router_t **selfp)
             free(r);
         }
         zhashx_destroy(&self->requests);
+    }
+    while (self->spare) {
+        s_request_t *r = self->spare;
+        self->spare = r->next_spare;
+        free(r);
     }
     if (self->workers) {
         for (s_worker_t *w = zhashx_first(self->workers); w; w = zhashx_next(self->workers))

@@ -13,6 +13,7 @@
 #include "broker_router.h"
 #include "pm_bus_wire.h"
 #include "pm_cfg.h"
+#include "pm_getpid.h"
 #include "pm_log.h"
 #include "pm_notify.h"
 #include "pm_stats.h"
@@ -22,6 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sched.h>
 #include <sys/stat.h>
 
 static const pm_opt_t s_opts[] = {
@@ -40,6 +43,9 @@ static const pm_opt_t s_opts[] = {
      "how long a request waits for a worker of its service before `error` no_service/busy"},
     {"max-inflight-per-worker", PM_OPT_INT, "1000", "caps the capacity a worker announces"},
     {"max-queue", PM_OPT_INT, "10000", "queued requests per service before `error` busy"},
+    {"cpu", PM_OPT_INT, "-1",
+     "run the broker's threads (its loop and libzmq's I/O thread) on this CPU only; -1: "
+     "anywhere. Their hand-offs then wake a thread on the same CPU (docs/bus.md, Session 8)"},
     {"curve-secret", PM_OPT_STR, NULL,
      "server certificate (secret file from --keygen); turns CURVE on for every endpoint"},
     {"curve-allow", PM_OPT_STR, NULL, "directory of allowed client public certificates"},
@@ -163,6 +169,36 @@ static void s_stats_tick(pm_stats_t *st, broker_proxy_t *proxy)
     pm_msg_destroy(&snap);
 }
 
+//  Every thread of the process on CPU `cpu` (threads started later inherit
+//  it from the main thread). Returns 0 or -1 (logged).
+static int s_pin(int cpu)
+{
+    cpu_set_t set;
+    if (cpu >= CPU_SETSIZE) {
+        pm_error("--cpu %d: CPUs are numbered 0-%d; pick one listed by `taskset -cp $$`", cpu,
+                 CPU_SETSIZE - 1);
+        return -1;
+    }
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+    int rc = d ? 0 : sched_setaffinity(0, sizeof set, &set);
+    while (d && rc == 0 && (e = readdir(d)))
+        if (e->d_name[0] != '.')
+            rc = sched_setaffinity((pid_t)strtol(e->d_name, NULL, 10), sizeof set, &set);
+    if (d)
+        closedir(d);
+    if (rc < 0) {
+        pm_error("--cpu %d: cannot run there (%s); pick a CPU this process may use (`taskset "
+                 "-cp $$` lists them) or -1",
+                 cpu, strerror(errno));
+        return -1;
+    }
+    pm_info("broker threads pinned to CPU %d", cpu);
+    return 0;
+}
+
 static int s_bind(zsock_t *sock, const s_endpoints_t *e, const char *what, broker_curve_t *curve)
 {
     if (curve)
@@ -181,6 +217,7 @@ static int s_bind(zsock_t *sock, const s_endpoints_t *e, const char *what, broke
 
 int main(int argc, char **argv)
 {
+    pm_getpid_init(); //  getpid() without a syscall (libzmq, OpenSSL): pm_getpid.h
     int rc = 2;
     pm_cfg_t *cfg = NULL;
     s_endpoints_t eps[3] = {0};
@@ -256,9 +293,10 @@ int main(int argc, char **argv)
     int wait = (int)pm_cfg_int(cfg, "request-wait-ms");
     int inflight = (int)pm_cfg_int(cfg, "max-inflight-per-worker");
     int queue = (int)pm_cfg_int(cfg, "max-queue");
-    if (heartbeat < 10 || wait < 1 || inflight < 1 || queue < 1) {
-        fprintf(stderr, "picomdm-broker: heartbeat-ms must be >= 10 and request-wait-ms, "
-                        "max-inflight-per-worker, max-queue >= 1\n");
+    int64_t cpu = pm_cfg_int(cfg, "cpu");
+    if (heartbeat < 10 || wait < 1 || inflight < 1 || queue < 1 || cpu < -1 || cpu > 1 << 20) {
+        fprintf(stderr, "picomdm-broker: heartbeat-ms must be >= 10, request-wait-ms, "
+                        "max-inflight-per-worker, max-queue >= 1 and cpu a CPU number or -1\n");
         goto out;
     }
     rc = 1;
@@ -279,6 +317,8 @@ int main(int argc, char **argv)
     if (uses_run_dir)
         chmod(run_dir, 0700);
 
+    if (cpu >= 0 && s_pin((int)cpu) < 0)
+        goto out;
     broker_router_config_t rcfg = {heartbeat, wait, inflight, queue};
     router = broker_router_new(&rcfg);
     proxy = broker_proxy_new();

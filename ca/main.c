@@ -10,6 +10,7 @@
 #include "ca_svc.h"
 #include "pm_bus.h"
 #include "pm_cfg.h"
+#include "pm_getpid.h"
 #include "pm_log.h"
 #include "pm_notify.h"
 #include "pm_stats.h"
@@ -385,6 +386,7 @@ static int s_write_out(const char *path, const uint8_t *data, size_t len)
 
 int main(int argc, char **argv)
 {
+    pm_getpid_init(); //  getpid() without a syscall (libzmq, OpenSSL): pm_getpid.h
     pm_cfg_t *cfg = NULL;
     pm_cfg_result_t r = pm_cfg_parse(&cfg, "ca", "PicoMDM device CA (SCEP, enrollment profiles)",
                                      s_opts, argc, argv);

@@ -9,6 +9,7 @@
 #include "gw_server.h"
 #include "pm_bus.h"
 #include "pm_cfg.h"
+#include "pm_getpid.h"
 #include "pm_log.h"
 #include "pm_notify.h"
 #include "pm_stats.h"
@@ -89,6 +90,7 @@ static void s_on_signal(evutil_socket_t sig, short what, void *arg)
 
 int main(int argc, char **argv)
 {
+    pm_getpid_init(); //  getpid() without a syscall (libzmq, OpenSSL): pm_getpid.h
     pm_cfg_t *cfg = NULL;
     gw_auth_t *auth = NULL;
     pm_bus_t *bus = NULL;

@@ -162,6 +162,7 @@ static void s_borrow_keys(zhashx_t *h)
     if (h) {
         zhashx_set_key_duplicator(h, NULL);
         zhashx_set_key_destructor(h, NULL);
+        zhashx_set_key_hasher(h, pm_bus_key_hash); //  8 bytes per step
     }
 }
 

@@ -112,6 +112,60 @@
     entry (no strdup/free per request), rids copied without snprintf:
     receive path 13.9 k -> 12.6 k per request. Tried, not kept: libzmq's
     I/O thread as SCHED_BATCH in the store (docs/queue.md, Session 7).
+
+    Session 8, buscpu2 (issue #4: the bus's CPU per device request).
+    getpid in every process: broker/broker_getpid.c is now common/pm_getpid.c
+    (libpicomdm.a); every daemon and picomdm-devsim calls pm_getpid_init()
+    first thing in main() (a static archive links a module only when it is
+    referenced; programs that call getpid through libpicomdm, the CLI and
+    most unit tests, get it as well). Session 4's objection (a child made
+    without fork handlers would see its parent's pid and fool OpenSSL's fork
+    check) is answered by where the pid lives: a page marked
+    MADV_WIPEONFORK, which the kernel zeroes in every fork child (tested with
+    a raw SYS_fork child); the atfork handler stays. strace -c -f, session
+    phase of `RATE=0 bash tests/bench/e2e.sh 2000` (4,000 device requests,
+    figures under strace), getpid per device request: gateway 1.83 -> 0,
+    store 1.64 -> 0, devsim 2.06 -> 0; all system calls: gateway 10.65 ->
+    8.62, store 7.10 -> 5.49, devsim 13.25 -> 11.20.
+    The broker's loop, callgrind (broker under callgrind, tests/tools/bustest
+    echo worker + client, 32 in flight, 5,000 round trips): 15.7 k
+    instructions per round trip in its loop thread, 10.7 k in libzmq's I/O
+    thread. Of the loop's, libzmq's zmq_msg_recv/zmq_send/zmq_msg_send are
+    8.7 k: 11 frames received and 11 sent per round trip at ~400
+    instructions each, set by the wire format. Cut: requests reused from a
+    spare list (was a calloc of ~1 KB and a free each), hash keys borrowed
+    from their items (a strdup and a free), an 8-byte-step key hasher
+    (pm_bus_key_hash; czmq's takes a byte per step; pm_bus's pending table
+    and reply cache use it too), pm_bus_frame_str checking 8 bytes per step:
+    15.7 k -> 13.4 k (I/O thread unchanged). Worker side (bustest worker
+    under callgrind): 14.8 k -> 14.4 k per request.
+    System calls, broker, same strace runs: poll 2.8-3.0, epoll_wait 0.9-1.1,
+    read and write 0.75-0.8 each, epoll_ctl 0.8-0.9, sendto and recvfrom 0.5
+    per device request, all inside libzmq: our poll() that sleeps, the poll
+    libzmq makes of the same mailbox in the first receive after the wake-up
+    (process_commands), the empty receive that re-arms the socket; the rest
+    is the I/O thread's. The leads of the brief were in place already:
+    sockets are drained until EAGAIN, ZMQ_EVENTS is asked only of a socket
+    sent on since its last empty receive, received frames are moved
+    (zmq_msg_move, zmq_msg_send), not copied.
+    Wake-ups: --cpu N (default -1: anywhere) runs the broker's loop and
+    libzmq's I/O thread on CPU N: each hands messages to the other on the
+    same CPU (no cross-CPU wake-up; the woken one runs when the other
+    sleeps). `RATE=0 bash tests/bench/e2e.sh 10000`, closed loop, five
+    rounds alternating main's servers, this branch's, and this branch's with
+    the broker pinned (taskset -c 0 in the first three, --cpu 0 in the last
+    two), load 5-9: broker CPU per device request pinned 49, 52, 70, 55,
+    60 µs; main 68, 89, 74, 97, 93; unpinned 75, 70, 86, 85, 81. Broker
+    context switches per device request pinned 1.2-2.1 (median 1.6), else
+    1.8-2.2. The whole server's CPU per request stayed within the noise
+    (pinned 394-583 µs, main 388-566, unpinned 418-527). Off by default: on
+    a host where that CPU is busy the broker waits for it, and picomdm up
+    does not pass it; tests/it/broker_cpu.sh checks every thread is pinned.
+    Tried, not kept: pm_bus_frame_str as one loop without early exit for
+    the compiler to vectorise (gcc 12 -O2 did not: 796 -> 1,009
+    instructions per round trip). Not done: skipping the receive that
+    re-arms the XPUB after forwarding events (a new subscription could then
+    wait until the next timeout); delaying the loop to batch more per wake-up.
  */
 #ifndef PM_BUS_H
 #define PM_BUS_H

@@ -914,6 +914,78 @@ static void test_publish_event_wire(void **state)
     zsock_destroy(&sub);
 }
 
+//  pm_bus_frame_str (8 bytes per step) agrees with the byte-wise rule:
+//  every byte value at every position of frames of 1-40 bytes, and the length limits.
+static void test_frame_str(void **state)
+{
+    (void)state;
+    unsigned char buf[40];
+    char out[41];
+    for (size_t len = 1; len <= sizeof buf; len++)
+        for (size_t pos = 0; pos < len; pos++)
+            for (int v = 0; v < 256; v++) {
+                memset(buf, 'a', len);
+                buf[pos] = (unsigned char)v;
+                zmq_msg_t f;
+                assert_int_equal(zmq_msg_init_size(&f, len), 0);
+                memcpy(zmq_msg_data(&f), buf, len);
+                bool ok = !(v < 0x20 || v == 0x7f);
+                int rc = pm_bus_frame_str(&f, out, sizeof out);
+                assert_int_equal(rc, ok ? 0 : -1);
+                if (ok) {
+                    assert_memory_equal(out, buf, len);
+                    assert_int_equal(out[len], 0);
+                }
+                assert_int_equal(pm_bus_frame_str(&f, out, len), -1); //  no room for the NUL
+                zmq_msg_close(&f);
+            }
+    zmq_msg_t e;
+    zmq_msg_init(&e);
+    assert_int_equal(pm_bus_frame_str(&e, out, sizeof out), -1); //  empty
+    zmq_msg_close(&e);
+}
+
+//  pm_bus_key_hash: the same string hashes the same wherever it lies (any
+//  alignment), strings differing in any byte or length (0-40) differ, and a
+//  zhashx using it finds 20,000 rid keys.
+static void test_key_hash(void **state)
+{
+    (void)state;
+    char a[48], b[56];
+    for (size_t len = 0; len <= 40; len++) {
+        for (size_t k = 0; k < len; k++)
+            a[k] = (char)('a' + k % 26);
+        a[len] = 0;
+        size_t h = pm_bus_key_hash(a);
+        for (size_t off = 1; off < 8; off++) {
+            memcpy(b + off, a, len + 1);
+            assert_true(pm_bus_key_hash(b + off) == h);
+        }
+        for (size_t k = 0; k < len; k++) {
+            a[k] ^= 1;
+            assert_true(pm_bus_key_hash(a) != h);
+            a[k] ^= 1;
+        }
+        if (len > 0) {
+            a[len - 1] = 0;
+            assert_true(pm_bus_key_hash(a) != h);
+        }
+    }
+    zhashx_t *hx = zhashx_new();
+    zhashx_set_key_hasher(hx, pm_bus_key_hash);
+    char rid[33];
+    for (int i = 0; i < 20000; i++) {
+        snprintf(rid, sizeof rid, "%032x", (unsigned)i * 2654435761u);
+        assert_int_equal(zhashx_insert(hx, rid, (void *)(intptr_t)(i + 1)), 0);
+    }
+    for (int i = 0; i < 20000; i++) {
+        snprintf(rid, sizeof rid, "%032x", (unsigned)i * 2654435761u);
+        assert_true(zhashx_lookup(hx, rid) == (void *)(intptr_t)(i + 1));
+    }
+    assert_int_equal(zhashx_size(hx), 20000);
+    zhashx_destroy(&hx);
+}
+
 int main(void)
 {
     pm_log_init("pm_bus_test", getenv("PM_TEST_VERBOSE") ? "debug" : "error", false);
@@ -938,6 +1010,8 @@ int main(void)
         cmocka_unit_test(test_publish_event_bytes),
         cmocka_unit_test(test_publish_event_wire),
         cmocka_unit_test(test_bad_config),
+        cmocka_unit_test(test_frame_str),
+        cmocka_unit_test(test_key_hash),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     zsys_shutdown();

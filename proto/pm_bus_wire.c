@@ -138,7 +138,18 @@ int pm_bus_frame_str(zmq_msg_t *frame, char *out, size_t max)
     const unsigned char *p = zmq_msg_data(frame);
     if (len == 0 || len >= max)
         return -1;
-    for (size_t i = 0; i < len; i++)
+    //  8 bytes per step (rids are 32 bytes; this runs for several frames of
+    //  every message the broker routes): a byte below 0x20 or equal to 0x7f.
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w, d;
+        memcpy(&w, p + i, 8);
+        d = w ^ (0x7f * ones);
+        if (((w - 0x20 * ones) & ~w & highs) | ((d - ones) & ~d & highs))
+            return -1;
+    }
+    for (; i < len; i++)
         if (p[i] < 0x20 || p[i] == 0x7f)
             return -1;
     memcpy(out, p, len);
@@ -205,4 +216,20 @@ void pm_bus_hex(const uint8_t *data, size_t len, char *out)
         out[2 * i + 1] = digits[data[i] & 15];
     }
     out[2 * len] = 0;
+}
+
+size_t pm_bus_key_hash(const void *key)
+{
+    const unsigned char *p = key;
+    size_t len = strlen(key);
+    uint64_t h = 0x9e3779b97f4a7c15ULL ^ len, w;
+    for (; len >= 8; p += 8, len -= 8) {
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdULL;
+        h ^= h >> 32;
+    }
+    w = 0;
+    memcpy(&w, p, len);
+    h = (h ^ w) * 0xc4ceb9fe1a85ec53ULL;
+    return (size_t)(h ^ (h >> 29));
 }

@@ -98,6 +98,11 @@ void pm_bus_ratelog(pm_bus_ratelog_t *rl, const char *fmt, ...)
 //  localhost are local; anything else needs CURVE.
 bool pm_bus_endpoint_is_local(const char *endpoint);
 
+//  A zhashx key hasher for NUL-terminated string keys, 8 bytes per step
+//  (czmq's default takes one byte per step; rids are 32 bytes, the broker's
+//  request keys ~43, each hashed several times per request).
+size_t pm_bus_key_hash(const void *key);
+
 //  Hex of `len` bytes into out (2*len+1 bytes); used for ROUTER identities in logs/keys.
 void pm_bus_hex(const uint8_t *data, size_t len, char *out);
 

@@ -11,6 +11,7 @@
  *  pushes are held until a valid certificate is loaded.
  */
 #include "pm_cfg.h"
+#include "pm_getpid.h"
 #include "pm_log.h"
 #include "pm_notify.h"
 #include "pm_stats.h"
@@ -216,6 +217,7 @@ static void s_tick(void *arg, push_apns_t *apns)
 
 int main(int argc, char **argv)
 {
+    pm_getpid_init(); //  getpid() without a syscall (libzmq, OpenSSL): pm_getpid.h
     pm_cfg_t *cfg = NULL;
     pm_cfg_result_t r =
         pm_cfg_parse(&cfg, "pusher", "PicoMDM APNs pusher (HTTP/2)", s_opts, argc, argv);

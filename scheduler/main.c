@@ -6,6 +6,7 @@
  */
 #include "pm_bus.h"
 #include "pm_cfg.h"
+#include "pm_getpid.h"
 #include "pm_log.h"
 #include "pm_notify.h"
 #include "pm_stats.h"
@@ -52,6 +53,7 @@ static int64_t s_now_ms(void)
 
 int main(int argc, char **argv)
 {
+    pm_getpid_init(); //  getpid() without a syscall (libzmq, OpenSSL): pm_getpid.h
     pm_cfg_t *cfg = NULL;
     pm_cfg_result_t r =
         pm_cfg_parse(&cfg, "scheduler", "PicoMDM command queue policy service", s_opts, argc, argv);

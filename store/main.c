@@ -8,6 +8,7 @@
  */
 #include "pm_bus.h"
 #include "pm_cfg.h"
+#include "pm_getpid.h"
 #include "pm_log.h"
 #include "pm_notify.h"
 #include "pm_stats.h"
@@ -115,6 +116,7 @@ static void s_log_timing(const store_svc_t *svc, store_db_t *db)
 
 int main(int argc, char **argv)
 {
+    pm_getpid_init(); //  getpid() without a syscall (libzmq, OpenSSL): pm_getpid.h
     pm_cfg_t *cfg = NULL;
     pm_cfg_result_t r = pm_cfg_parse(&cfg, "store", "PicoMDM state store (SQLite, group commit)",
                                      s_opts, argc, argv);

@@ -30,7 +30,8 @@
 #   DEVSIM=PATH (another build of picomdm-devsim, e.g. for a before/after)
 #   WARM=0 (no open loop with warm connections; WARM=1, the default: one, at
 #   the first RATE)
-#   STORE_ARGS="--log-level debug" (extra picomdm-store options)
+#   STORE_ARGS="--log-level debug" (extra picomdm-store options), BROKER_ARGS="--cpu 0"
+#   (extra picomdm-broker options)
 #   KEEP_LOGS=DIR (copy each size's server logs to DIR/<N>-*.log, and the wall
 #   clock at each phase's start to DIR/<N>-phases.txt, before they are removed)
 cd "$(dirname "$0")/../.."

@@ -98,6 +98,15 @@ port=$(free_port) || fail "no free port"
 UP_PID=$!
 export PICOMDM_CONFIG=$T/var2/run/picomdm.cfg
 wait_for 15 "$BIN/picomdm" devices --timeout 1000 --retries 0 >/dev/null 2>&1 || fail "the scheduler does not answer picomdm devices"
+# the gateway asks devices for no TLS client certificate (our profiles sign
+# every message: tls-client-cert = false unless `up --tls-client-cert`)
+grep -q "^    tls-client-cert = false$" "$T/var2/run/picomdm.cfg" || fail "config does not turn tls-client-cert off"
+if [ -x "$BIN/picomdm-gateway" ]; then
+    sc() { openssl s_client -connect "127.0.0.1:$port" -servername localhost </dev/null 2>&1; }
+    wait_for 15 bash -c "openssl s_client -connect 127.0.0.1:$port </dev/null 2>&1 | grep -q CONNECTED" || fail "the gateway does not accept TLS"
+    out=$(sc)
+    echo "$out" | grep -q "No client certificate CA names sent" || fail "the gateway asked for a client certificate: $(echo "$out" | grep -i "client certificate")"
+fi
 # kill the scheduler: it is restarted and answers again
 old=$(cat "$T/var2/run/scheduler.pid")
 kill -KILL "$old"

@@ -104,7 +104,7 @@ gw_devcert() {
 # ---- processes ----
 gw_broker() {
     "$BIN/picomdm-broker" --request-endpoint "ipc://$T/req" --publish-endpoint "ipc://$T/pub" \
-        --subscribe-endpoint "ipc://$T/sub" --run-dir "$T" --request-wait-ms 1000 \
+        --subscribe-endpoint "ipc://$T/sub" --run-dir "$T" --request-wait-ms 1000 ${BROKER_ARGS:-} \
         >>"$T/broker.log" 2>&1 &
     BROKER_PID=$!
     PIDS+=($!)

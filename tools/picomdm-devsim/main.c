@@ -14,6 +14,7 @@
 #include "devsim_run.h"
 #include "devsim_scep.h"
 #include "pm_cfg.h"
+#include "pm_getpid.h"
 #include "pm_log.h"
 
 #include <czmq.h>
@@ -388,6 +389,7 @@ static int s_print(const pm_cfg_t *cfg, devsim_dev_t *dev, const devsim_answer_o
 
 int main(int argc, char **argv)
 {
+    pm_getpid_init(); //  getpid() without a syscall (libzmq, OpenSSL): pm_getpid.h
     pm_cfg_t *cfg = NULL;
     pm_cfg_result_t pr = pm_cfg_parse(&cfg, "picomdm-devsim", s_summary, s_opts, argc, argv);
     if (pr == PM_CFG_EXIT)

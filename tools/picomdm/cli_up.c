@@ -36,6 +36,8 @@ const pm_opt_t cli_up_opts[] = {
     {"server-path", PM_OPT_STR, "/mdm/connect", "ServerURL path"},
     {"push-cert", PM_OPT_STR, NULL,
      "APNs push certificate and key (one PEM file); default <data-dir>/pki/push.pem if present"},
+    {"tls-client-cert", PM_OPT_BOOL, "false",
+     "gateway asks devices for a TLS client certificate (only for profiles without SignMessage)"},
     {"only", PM_OPT_STR, NULL, "comma-separated processes to start (default: every one built)"},
     {"stop-timeout", PM_OPT_INT, "10000", "milliseconds between SIGTERM and SIGKILL on stop"},
     {"max-backoff", PM_OPT_INT, "30000", "longest wait (ms) before restarting a failing process"},
@@ -312,6 +314,12 @@ static int s_write_config(s_up_t *up, const pm_cfg_t *cfg)
             log_level ? log_level : "info", up->ca_crt);
     //  Process sections. A process looks up <its pm_cfg name>/<option>, and
     //  some name themselves "gateway", others "picomdm-gateway": write both.
+    //  tls-client-cert: our profiles set SignMessage, so every device request
+    //  carries an Mdm-Signature, which the gateway checks first; a TLS client
+    //  certificate would authenticate nothing and more than double the
+    //  gateway's cost of each handshake in which a device sends one (~5.9 M
+    //  instructions against ~2.5 M: docs/gateway.md, "Session 8").
+    const char *mtls = pm_cfg_bool(cfg, "tls-client-cert") ? "true" : "false";
     for (int pass = 0; pass < 2; pass++) {
         const char *pre = pass ? "picomdm-" : "";
         fprintf(f,
@@ -319,12 +327,13 @@ static int s_write_config(s_up_t *up, const pm_cfg_t *cfg)
                 "    listen = \"%s\"\n"
                 "    tls-cert = \"%s\"\n"
                 "    tls-key = \"%s\"\n"
+                "    tls-client-cert = %s\n"
                 "    checkin-path = \"%s\"\n"
                 "    server-path = \"%s\"\n"
                 "%sca\n"
                 "    ca-cert = \"%s\"\n"
                 "    ca-key = \"%s\"\n",
-                pre, listen, up->tls_crt, up->tls_key, pm_cfg_str(cfg, "checkin-path"),
+                pre, listen, up->tls_crt, up->tls_key, mtls, pm_cfg_str(cfg, "checkin-path"),
                 pm_cfg_str(cfg, "server-path"), pre, up->ca_crt, up->ca_key);
         //  The enrollment profile points devices at this gateway: ServerURL,
         //  CheckInURL and the SCEP URL (relayed to ca), trusting our TLS cert.
