@@ -10,6 +10,9 @@
 # "open loop:" line is printed with its corrected latencies, and the
 # impossible rate reports starts behind schedule and latencies (timed from
 # the scheduled start) well above the closed loop's: the correction is real.
+# A fourth run at 50 sessions/s with --rate-slack-ms 12 shows that starts
+# made late by the slack are charged (first requests ~12 ms above the round
+# trips, the starts counted late).
 source "$(dirname "$0")/e2e_lib.bash"
 [ -x "$BIN/picomdm-devsim" ] || skip "skipped: $BIN/picomdm-devsim is not built"
 command -v awk >/dev/null || skip "skipped: awk not installed"
@@ -82,6 +85,24 @@ done
 [ -n "$(field "$T/modest.out" 'open loop:' p99 'first requests alone')" ] || fail "no first-request p99"
 grep -q ' of 200 started > 1 ms late, .*; 0 never started); at most [0-9]* of 128 transfers' "$T/modest.out" ||
     fail "not every session started, or the default cap with --rate is not 128"
+
+# --rate-slack-ms: a start may wait for another wake-up of the loop up to
+# that long, and the lateness is charged. At 50/s (20 ms apart) a session's
+# replies come long before the next start is due, so with a 12 ms slack
+# nearly every start waits it out: the first requests, timed from their
+# scheduled start, must show it (~12 ms above the round trips), and the
+# starts must be counted late; a build that timed them from their actual
+# start, or started them on time, fails here
+run slack --rate 50 --rate-slack-ms 12
+s50=$(field "$T/slack.out" 'open loop:' p50 'first requests alone')
+u50=$(field "$T/slack.out" 'open loop:' p50 'uncorrected round trips')
+late=$(awk '/ open loop: / { for (i = 1; i < NF; i++) if ($i == "started" && $(i + 1) == ">") { print $(i - 3); exit } }' "$T/slack.out")
+echo "slack 12 ms at 50/s: first requests p50 $s50 ms from their schedule, round trips p50 $u50 ms; $late of 200 started > 1 ms late"
+ge "$s50" "$(awk -v u="$u50" 'BEGIN { print u + 8 }')" ||
+    fail "with --rate-slack-ms 12 the first requests (p50 ${s50:-?} ms) are not charged the late start (round trips p50 ${u50:-?} ms)"
+ge "${late:-0}" 100 || fail "with --rate-slack-ms 12 only ${late:-?} of 200 starts were counted late"
+grep -q 'up to 12.00 ms after its time (--rate-slack-ms)' "$T/slack.out" || fail "the slack is not printed"
+grep -q 'up to 0.50 ms after its time (--rate-slack-ms)' "$T/modest.out" || fail "the default slack is not 0.5 ms"
 
 run flood --rate 1e6 --concurrency 32
 behind=$(field "$T/flood.out" 'open loop:' started)

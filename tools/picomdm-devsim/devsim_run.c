@@ -6,6 +6,7 @@
 #include "pm_log.h"
 
 #include <curl/curl.h>
+#include <openssl/ssl.h>
 #include <czmq.h>
 #include <math.h>
 #include <stdlib.h>
@@ -14,7 +15,6 @@
 #include <stdint.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
-#include <sys/timerfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -70,6 +70,10 @@ typedef struct {
     bool overflow;
     double t0;
     char what[48]; //  for logs: message type or status sent
+    bool in_multi; //  the handle is in the multi (a transfer in flight)
+    //  s_pending: the transfer's bytes received (headers + body) when it was
+    //  last handed to curl for data OpenSSL held, -1: not yet this transfer
+    curl_off_t swept;
 } slot_t;
 
 #define MAX_PHASES 64
@@ -102,6 +106,7 @@ typedef struct {
     double *first; //  ms, per job: its first request from the job's scheduled start
     size_t nfirst, capfirst;
     double cpu0_user, cpu0_sys, cpu_user, cpu_sys; //  s: the simulator's own CPU in this phase
+    long waits; //  epoll waits that could sleep (a non-zero timeout): the loop's wake-ups at most
     //  --warm-connections, before the phase (none of it in the figures above):
     //  requests sent, answered (any HTTP status), connections they opened,
     //  the HTTP status of the last answer, time and CPU taken.
@@ -127,8 +132,10 @@ struct devsim_run {
     //  S_FD_WANT while curl watches it. See s_sockcb.
     uint32_t *fdst;
     int nfdst;
-    int tfd;       //  open loop: timerfd in epfd for the next scheduled start, else -1
-    double tfd_at; //  when it is armed for (ms), < 0: not armed
+    //  The loop waits with epoll_pwait2 (a timeout in nanoseconds: the next
+    //  scheduled start is met without a timerfd to arm per start); false once
+    //  the kernel refused it (then epoll_wait, whole milliseconds rounded up).
+    bool pwait2_off;
     slot_t *slots;
     int nslots;
     job_t *head, *tail;
@@ -190,6 +197,21 @@ static size_t s_write(char *data, size_t size, size_t nmemb, void *arg)
 static curl_socket_t s_opensock(void *arg, curlsocktype purpose, struct curl_sockaddr *a);
 static int s_closesock(void *arg, curl_socket_t fd);
 
+//  A slot's transfer into / out of the multi handle (s_pending sweeps those in it).
+static int s_add(devsim_run_t *r, slot_t *s);
+static void s_remove(devsim_run_t *r, slot_t *s);
+
+//  OpenSSL read-ahead: a reply's TLS record is read with one recv (header
+//  and body together) instead of two. What OpenSSL then holds beyond the
+//  record libcurl asked for is found by s_pending, not by libcurl 7.88.
+static CURLcode s_sslctx(CURL *e, void *ctx, void *arg)
+{
+    (void)e;
+    (void)arg;
+    SSL_CTX_set_read_ahead((SSL_CTX *)ctx, 1);
+    return CURLE_OK;
+}
+
 //  The options every request of a slot shares, set once per handle (not
 //  reset and set again per request): what changes per request is the body,
 //  the Mdm-Signature header and, rarely, the URL and User-Agent.
@@ -216,6 +238,7 @@ static void s_easy_setup(devsim_run_t *r, slot_t *s)
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, r->o.timeout_ms > 0 ? r->o.timeout_ms : 30000L);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, s_sslctx);
     if (r->o.ca_bundle) {
         //  The bundle alone: Debian's libcurl also has a default CA directory
         //  (/etc/ssl/certs), and with one set libcurl neither caches the CA
@@ -345,8 +368,6 @@ devsim_run_t *devsim_run_new(const devsim_run_opts_t *o, devsim_dev_t **devs, in
     if (!r)
         return NULL;
     r->epfd = -1;
-    r->tfd = -1;
-    r->tfd_at = -1;
     r->o = *o;
     if (r->o.concurrency < 1)
         r->o.concurrency = 1;
@@ -363,22 +384,6 @@ devsim_run_t *devsim_run_new(const devsim_run_opts_t *o, devsim_dev_t **devs, in
     r->slots = calloc((size_t)r->nslots, sizeof *r->slots);
     if (!r->multi || !r->slots || r->epfd < 0)
         goto fail;
-    if (r->o.rate > 0) {
-        //  the next scheduled start wakes epoll_wait with sub-millisecond
-        //  precision (its own timeout counts in whole milliseconds)
-        r->tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-        //  edge-triggered: each expiry wakes epoll_wait once, and the next
-        //  timerfd_settime resets the expiry count, so the tick is never read
-        //  (one read system call less per scheduled start)
-        struct epoll_event ee = {.events = EPOLLIN | EPOLLET, .data.fd = r->tfd};
-        if (r->tfd < 0 || epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->tfd, &ee) < 0) {
-            pm_warn("no timerfd (%s): scheduled starts fall on whole milliseconds",
-                    strerror(errno));
-            if (r->tfd >= 0)
-                close(r->tfd);
-            r->tfd = -1;
-        }
-    }
     curl_multi_setopt(r->multi, CURLMOPT_SOCKETFUNCTION, s_sockcb);
     curl_multi_setopt(r->multi, CURLMOPT_SOCKETDATA, r);
     curl_multi_setopt(r->multi, CURLMOPT_TIMERFUNCTION, s_timercb);
@@ -417,7 +422,7 @@ void devsim_run_destroy(devsim_run_t **rp)
     for (int i = 0; r->slots && i < r->nslots; i++) {
         slot_t *s = &r->slots[i];
         if (s->easy) {
-            if (s->job)
+            if (s->in_multi)
                 curl_multi_remove_handle(r->multi, s->easy);
             curl_easy_cleanup(s->easy);
         }
@@ -446,8 +451,6 @@ void devsim_run_destroy(devsim_run_t **rp)
     free(r->fdst);
     if (r->epfd >= 0)
         close(r->epfd);
-    if (r->tfd >= 0)
-        close(r->tfd);
     free(r);
     *rp = NULL;
 }
@@ -602,7 +605,7 @@ static int s_submit(devsim_run_t *r, slot_t *s, plist_t msg, bool checkin)
         fflush(stdout);
     }
     s->t0 = s_now_ms();
-    return curl_multi_add_handle(r->multi, s->easy) == CURLM_OK ? 0 : -1;
+    return s_add(r, s);
 }
 
 //  One SCEP step of the job on slot s: the request its machine asks for.
@@ -623,7 +626,7 @@ static int s_submit_scep(devsim_run_t *r, slot_t *s, const devsim_scep_req_t *q)
         fflush(stdout);
     }
     s->t0 = s_now_ms();
-    return curl_multi_add_handle(r->multi, s->easy) == CURLM_OK ? 0 : -1;
+    return s_add(r, s);
 }
 
 //  Start the job's current step (skipping steps that no longer apply).
@@ -865,12 +868,95 @@ static void s_job_done(devsim_run_t *r, job_t *j)
     s_job_free(j);
 }
 
+static int s_add(devsim_run_t *r, slot_t *s)
+{
+    if (curl_multi_add_handle(r->multi, s->easy) != CURLM_OK)
+        return -1;
+    s->in_multi = true;
+    s->swept = -1;
+    return 0;
+}
+
+static void s_remove(devsim_run_t *r, slot_t *s)
+{
+    if (!s)
+        return;
+    curl_multi_remove_handle(r->multi, s->easy);
+    s->in_multi = false;
+}
+
+//  Before the loop sleeps: TLS data OpenSSL read ahead (s_sslctx) and holds
+//  unprocessed (a record after the one libcurl asked for) makes no socket
+//  readable again, and libcurl 7.88 only asks SSL_pending (decrypted bytes
+//  of the current record): hand each such transfer to curl as readable.
+//  OpenSSL also counts a partial record as pending, which curl cannot read
+//  until the rest arrives (the socket then becomes readable): a transfer
+//  that received nothing since it was last handed over is left to epoll,
+//  or the loop would spin. Returns how many were handed over (the caller
+//  then does not sleep).
+static int s_pending(devsim_run_t *r)
+{
+    int n = 0;
+    for (int i = 0; i < r->nslots; i++) {
+        slot_t *s = &r->slots[i];
+        struct curl_tlssessioninfo *ti = NULL;
+        if (!s->in_multi || curl_easy_getinfo(s->easy, CURLINFO_TLS_SSL_PTR, &ti) != CURLE_OK ||
+            !ti || ti->backend != CURLSSLBACKEND_OPENSSL || !ti->internals ||
+            !SSL_has_pending((SSL *)ti->internals))
+            continue;
+        long hdr = 0;
+        curl_off_t body = 0;
+        curl_easy_getinfo(s->easy, CURLINFO_HEADER_SIZE, &hdr);
+        curl_easy_getinfo(s->easy, CURLINFO_SIZE_DOWNLOAD_T, &body);
+        if (body + hdr == s->swept)
+            continue; //  nothing read since the last time: a partial record
+        curl_socket_t fd = CURL_SOCKET_BAD;
+        if (curl_easy_getinfo(s->easy, CURLINFO_ACTIVESOCKET, &fd) != CURLE_OK ||
+            fd == CURL_SOCKET_BAD)
+            continue;
+        s->swept = body + hdr;
+        int running = 0;
+        curl_multi_socket_action(r->multi, fd, CURL_CSELECT_IN, &running);
+        n++;
+    }
+    return n;
+}
+
+//  epoll_wait with a timeout of tmo_ms, to the nanosecond (epoll_pwait2:
+//  the next scheduled start needs no timerfd and no timerfd_settime per
+//  start, one system call less per session); whole milliseconds rounded up
+//  where the kernel refuses epoll_pwait2. Counts the waits that may sleep.
+static int s_epoll(devsim_run_t *r, struct epoll_event *ev, int max, double tmo_ms)
+{
+    if (!(tmo_ms > 0))
+        tmo_ms = 0;
+    else if (r->ph)
+        r->ph->waits++;
+    if (!r->pwait2_off) {
+        struct timespec ts;
+        ts.tv_sec = (time_t)(tmo_ms / 1e3);
+        ts.tv_nsec = (long)ceil((tmo_ms - (double)ts.tv_sec * 1e3) * 1e6);
+        if (ts.tv_nsec > 999999999L)
+            ts.tv_nsec = 999999999L;
+        int n = epoll_pwait2(r->epfd, ev, max, &ts, NULL);
+        if (n >= 0 || errno == EINTR)
+            return n;
+        pm_warn("epoll_pwait2: %s; the loop waits in whole milliseconds instead (a scheduled "
+                "start up to 1 ms late, charged to the figures)",
+                strerror(errno));
+        r->pwait2_off = true;
+    }
+    return epoll_wait(r->epfd, ev, max, (int)ceil(tmo_ms));
+}
+
 //  Wait for the next event (a transfer socket, curl's timer, the push
 //  socket fd) and let curl act on it. The wait is bounded (100 ms with
 //  transfers, 1 s without) only so that SIGTERM and the idle limit are seen.
 static void s_wait(devsim_run_t *r, bool serve, int fd, int active, long idle_ms, double idle_since)
 {
     int running = 0;
+    if (s_pending(r) > 0)
+        return; //  buffered TLS data handed to curl: no wait this round
     double now = s_now_ms();
     if (r->timer_at >= 0 && r->timer_at <= now) { //  due: no wait
         r->timer_at = -1;
@@ -881,27 +967,19 @@ static void s_wait(devsim_run_t *r, bool serve, int fd, int active, long idle_ms
     double due = r->head && r->head->sched >= 0 && active < r->nslots ? r->head->sched : -1;
     if (!serve && active == 0 && due < 0)
         return;
-    int tmo = active > 0 ? 100 : 1000;
+    double tmo = active > 0 ? 100 : 1000; //  ms
     if (serve && active == 0 && !r->head && idle_ms > 0) {
         double rem = (double)idle_ms - (now - idle_since);
-        tmo = rem < 1 ? 1 : rem < tmo ? (int)rem : tmo;
+        tmo = rem < 1 ? 1 : rem < tmo ? rem : tmo;
     }
     if (r->timer_at >= 0 && r->timer_at - now < tmo)
-        tmo = (int)(r->timer_at - now) + 1;
+        tmo = r->timer_at - now;
     if (due >= 0) {
-        if (due <= now)
+        //  until the start is due, plus --rate-slack-ms: a reply that wakes
+        //  the loop in between starts it then (the lateness is charged)
+        double dt = devsim_sched_wait_ms(now, due, r->o.rate_slack_ms);
+        if (dt <= 0)
             return;
-        if (r->tfd >= 0 && due != r->tfd_at) {
-            struct itimerspec its = {0};
-            its.it_value.tv_sec = (time_t)(due / 1e3);
-            its.it_value.tv_nsec = (long)((due - (double)its.it_value.tv_sec * 1e3) * 1e6);
-            if (its.it_value.tv_nsec >= 1000000000L)
-                its.it_value.tv_nsec = 999999999L;
-            if (timerfd_settime(r->tfd, TFD_TIMER_ABSTIME, &its, NULL) == 0)
-                r->tfd_at = due;
-        }
-        //  without the timerfd: whole milliseconds, rounded up
-        int dt = r->tfd >= 0 && r->tfd_at == due ? (int)(due - now) + 1 : (int)ceil(due - now);
         if (dt < tmo)
             tmo = dt;
     }
@@ -913,14 +991,10 @@ static void s_wait(devsim_run_t *r, bool serve, int fd, int active, long idle_ms
             r->push_fd = fd;
     }
     struct epoll_event ev[64];
-    int n = epoll_wait(r->epfd, ev, 64, tmo);
+    int n = s_epoll(r, ev, 64, tmo);
     for (int i = 0; i < n; i++) {
         if (ev[i].data.fd == r->push_fd)
             continue; //  on_ready reads it
-        if (ev[i].data.fd == r->tfd) {
-            r->tfd_at = -1; //  (edge-triggered: nothing to read)
-            continue;
-        }
         int efd = ev[i].data.fd;
         if (efd >= 0 && efd < r->nfdst && !(r->fdst[efd] & S_FD_WANT)) {
             //  an idle kept socket (s_sockcb): the server closed it or sent
@@ -975,7 +1049,7 @@ static void s_warm(devsim_run_t *r)
         s_opt_long(e, CURLOPT_SSL_SESSIONID_CACHE, &s->sessid_set, 1);
         s->resplen = 0;
         s->overflow = false;
-        if (curl_multi_add_handle(r->multi, e) != CURLM_OK)
+        if (s_add(r, s) < 0)
             continue;
         active++;
         p->warm_n++;
@@ -984,7 +1058,7 @@ static void s_warm(devsim_run_t *r)
         if (zsys_interrupted) { //  take the GETs back; destroy() cleans up the rest
             for (int i = 0; i < r->nslots; i++)
                 if (!r->slots[i].job)
-                    curl_multi_remove_handle(r->multi, r->slots[i].easy);
+                    s_remove(r, &r->slots[i]);
             break;
         }
         s_wait(r, false, -1, active, 0, 0);
@@ -1003,7 +1077,9 @@ static void s_warm(devsim_run_t *r)
                 pm_warn("warm-up GET %s failed: %s (the phase opens its own connections)",
                         r->server_url, curl_easy_strerror(m->data.result));
             p->warm_conns += conns > 0 ? conns : 0;
-            curl_multi_remove_handle(r->multi, m->easy_handle);
+            slot_t *ws = NULL;
+            curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&ws);
+            s_remove(r, ws);
             active--;
         }
     }
@@ -1111,7 +1187,7 @@ static int s_loop(devsim_run_t *r, bool serve, int fd, void (*on_ready)(void *),
             slot_t *s = NULL;
             curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&s);
             CURLcode res = m->data.result;
-            curl_multi_remove_handle(r->multi, m->easy_handle);
+            s_remove(r, s);
             int rc = s_finish(r, s, res);
             if (rc != 0) {
                 if (rc < 0)
@@ -1412,14 +1488,15 @@ int devsim_run_report(devsim_run_t *r, FILE *out)
                     "uncorrected round trips p50 %.2f ms p99 %.2f ms; last started %.2f ms "
                     "behind schedule (worst %.2f ms; %ld of %ld started > 1 ms late, %ld of them "
                     "for want of a free transfer slot; %ld never started); at most %d of %d "
-                    "transfers in flight\n",
+                    "transfers in flight; a start rides on another wake-up up to %.2f ms after "
+                    "its time (--rate-slack-ms)\n",
                     p->name, p->rate, what, p->rate * per, per, enroll ? "enrollment" : "session",
                     jobs_s * per, jobs_s, what, s_pct(p->lat, p->nlat, 0.50),
                     s_pct(p->lat, p->nlat, 0.99), p->nlat ? p->lat[p->nlat - 1] : 0.0,
                     s_pct(p->first, p->nfirst, 0.50), s_pct(p->first, p->nfirst, 0.99),
                     s_pct(p->raw, p->nraw, 0.50), s_pct(p->raw, p->nraw, 0.99), p->behind_last,
                     p->behind_max, p->late, p->nsched, p->late_slot, p->nsched - p->nstarted,
-                    p->max_active, r->nslots);
+                    p->max_active, r->nslots, r->o.rate_slack_ms);
         }
     }
     //  The simulator's own CPU per request of each phase (start-up, key
@@ -1427,9 +1504,11 @@ int devsim_run_report(devsim_run_t *r, FILE *out)
     for (int i = 0; i < r->nphases; i++) {
         phase_t *p = &r->phases[i];
         double c = p->cpu_user + p->cpu_sys;
-        fprintf(
-            out, "devsim     %s: cpu user %.2f s sys %.2f s = %.0f us per request (%zu requests)\n",
-            p->name, p->cpu_user, p->cpu_sys, p->nlat ? c / (double)p->nlat * 1e6 : 0.0, p->nlat);
+        fprintf(out,
+                "devsim     %s: cpu user %.2f s sys %.2f s = %.0f us per request (%zu requests; "
+                "%ld event waits = %.2f per request)\n",
+                p->name, p->cpu_user, p->cpu_sys, p->nlat ? c / (double)p->nlat * 1e6 : 0.0,
+                p->nlat, p->waits, p->nlat ? (double)p->waits / (double)p->nlat : 0.0);
     }
     long fast = 0, slow = 0;
     devsim_ident_sign_counts(&fast, &slow);

@@ -49,6 +49,11 @@ typedef struct {
     //  scheduled start; 0 = closed loop (the next starts when one ends).
     double rate;
     bool rate_jitter; //  exponential gaps of mean 1 / rate instead of fixed ones
+    //  Open loop: a start due at t is made at the first wake-up of the loop
+    //  from t on (a reply, another start), at the latest at t + rate_slack_ms
+    //  (its own wake-up). 0 = at t exactly (a wake-up per start). The
+    //  lateness is charged to the figures (latency from the scheduled start).
+    double rate_slack_ms;
     //  --warm-connections: before each enrollment / session phase, one GET of
     //  the ServerURL per transfer slot, all at once, so that `concurrency`
     //  connections are open (TLS handshakes done) when the phase starts; not

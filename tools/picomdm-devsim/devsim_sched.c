@@ -31,6 +31,13 @@ double devsim_sched_latency(double reply_ms, double sent_ms, double sched_ms, bo
     return ms > 0 ? ms : 0;
 }
 
+double devsim_sched_wait_ms(double now_ms, double due_ms, double slack_ms)
+{
+    if (due_ms <= now_ms)
+        return 0;
+    return due_ms - now_ms + (slack_ms > 0 ? slack_ms : 0);
+}
+
 double devsim_sched_behind(double start_ms, double sched_ms)
 {
     double d = start_ms - sched_ms;

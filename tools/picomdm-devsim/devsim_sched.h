@@ -34,6 +34,13 @@ double devsim_sched_at(double t0_ms, long i, double rate);
 //  round trip. Never negative.
 double devsim_sched_latency(double reply_ms, double sent_ms, double sched_ms, bool first);
 
+//  How long the event loop may wait (ms) before starting a session due at
+//  due_ms: until due_ms + slack_ms (a reply that wakes it sooner, from
+//  due_ms on, starts the session then). 0 when due_ms <= now_ms (start now).
+//  A slack lets starts ride on the wake-ups replies cause, instead of one
+//  wake-up of their own each; the lateness is charged to the figures.
+double devsim_sched_wait_ms(double now_ms, double due_ms, double slack_ms);
+
 //  How far behind schedule a session started (0 if on time or early).
 double devsim_sched_behind(double start_ms, double sched_ms);
 

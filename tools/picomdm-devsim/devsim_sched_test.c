@@ -124,12 +124,34 @@ static void test_rate(void **state)
     assert_true(devsim_sched_rate(same, 2) == 0);
 }
 
+//  --rate-slack-ms: how long the loop may sleep before a start due later
+static void test_wait(void **state)
+{
+    (void)state;
+    //  due in 0.4 ms, no slack: wake exactly then
+    assert_true(fabs(devsim_sched_wait_ms(100.0, 100.4, 0) - 0.4) < EPS);
+    //  a slack of 0.5 ms: sleep until 0.9 ms (a reply that wakes the loop
+    //  from 100.4 on starts it then)
+    assert_true(fabs(devsim_sched_wait_ms(100.0, 100.4, 0.5) - 0.9) < EPS);
+    //  due now or past: no wait, whatever the slack (never a start later than due + slack)
+    assert_true(devsim_sched_wait_ms(100.4, 100.4, 0.5) == 0);
+    assert_true(devsim_sched_wait_ms(101.0, 100.4, 0.5) == 0);
+    assert_true(devsim_sched_wait_ms(101.0, 100.4, 0) == 0);
+    //  a negative slack counts as none
+    assert_true(fabs(devsim_sched_wait_ms(100.0, 102.0, -3) - 2.0) < EPS);
+    //  the lateness a slack can cause is charged: a start at due + slack is
+    //  that far behind, and its first request is timed from due
+    double due = 100.4, start = due + 0.5;
+    assert_true(fabs(devsim_sched_behind(start, due) - 0.5) < EPS);
+    assert_true(fabs(devsim_sched_latency(start + 3.0, start, due, true) - 3.5) < EPS);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_timetable), cmocka_unit_test(test_jitter),
         cmocka_unit_test(test_latency),   cmocka_unit_test(test_behind),
-        cmocka_unit_test(test_rate),
+        cmocka_unit_test(test_rate),      cmocka_unit_test(test_wait),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
