@@ -17,10 +17,12 @@
  *  shares the parent's memory and execs: it sees the parent's pid, as
  *  with glibc's vfork.
  *
- *  libpicomdm.a is a static archive: a process gets this getpid only if
- *  it references the module, so every daemon's main() calls
- *  pm_getpid_init() first (it also maps the page before any thread
- *  starts). Measured: docs/bus.md ("Session 4", "Session 8, buscpu2").
+ *  libpicomdm.a is a static archive: a program gets this getpid when it
+ *  references the module — any program that calls getpid() and links
+ *  libpicomdm.a does (pm_stats, pm_pem, pm_notify call it: the picomdm
+ *  CLI, fake-apns and most unit tests get it too) — and every daemon's
+ *  main() calls pm_getpid_init() first (it also maps the page before any
+ *  thread starts). Measured: docs/bus.md ("Session 4", "Session 8, buscpu2").
  */
 #ifndef PM_GETPID_H
 #define PM_GETPID_H

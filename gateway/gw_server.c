@@ -655,7 +655,7 @@ static int s_authenticate(gw_server_t *self, struct evhttp_request *req, const u
     res->code = "unsigned";
     snprintf(res->reason, sizeof res->reason,
              "no Mdm-Signature and no client certificate (enable SignMessage in the enrollment "
-             "profile, or mTLS)");
+             "profile, or set tls-client-cert = true: picomdm up --tls-client-cert)");
     return -1;
 }
 

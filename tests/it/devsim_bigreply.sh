@@ -8,8 +8,13 @@
 # device runs one session, in a closed loop (8 at a time) and again in an
 # open loop (20 sessions/s). Asserts every session completed with its
 # command answered Acknowledged, no transport error, and no request near
-# the 5 s per-request timeout (a reply whose last record sat in OpenSSL's
-# buffer unseen would wait for it).
+# the 5 s per-request timeout. What it guards: multi-record replies read
+# correctly with OpenSSL's read-ahead on. What it does not prove: that the
+# sweep is needed — a build without it passed here too (the gateway's
+# records rarely end up buffered behind a complete one), so the sweep and
+# its partial-record guard have no test that fails without them (review M2,
+# session 8; a TLS server that writes a reply's records in one write and
+# then idles would be one).
 source "$(dirname "$0")/e2e_lib.bash"
 [ -x "$BIN/picomdm-devsim" ] || skip "skipped: $BIN/picomdm-devsim is not built"
 command -v python3 >/dev/null || skip "skipped: python3 not installed (it writes the profile)"

@@ -74,7 +74,13 @@ typedef struct {
     //  s_pending: the transfer's bytes received (headers + body) when it was
     //  last handed to curl for data OpenSSL held, -1: not yet this transfer
     curl_off_t swept;
+    //  when s_pending first left it to epoll with the same count (-1: not)
+    double parked_at;
 } slot_t;
+
+//  s_pending leaves a transfer whose count has not moved to epoll for at
+//  most this long, then hands it to curl again (see s_pending)
+#define S_PARK_MS 5.0
 
 #define MAX_PHASES 64
 
@@ -136,6 +142,7 @@ struct devsim_run {
     //  scheduled start is met without a timerfd to arm per start); false once
     //  the kernel refused it (then epoll_wait, whole milliseconds rounded up).
     bool pwait2_off;
+    int parked; //  transfers s_pending left to epoll in its last sweep
     slot_t *slots;
     int nslots;
     job_t *head, *tail;
@@ -874,6 +881,7 @@ static int s_add(devsim_run_t *r, slot_t *s)
         return -1;
     s->in_multi = true;
     s->swept = -1;
+    s->parked_at = -1;
     return 0;
 }
 
@@ -892,11 +900,17 @@ static void s_remove(devsim_run_t *r, slot_t *s)
 //  OpenSSL also counts a partial record as pending, which curl cannot read
 //  until the rest arrives (the socket then becomes readable): a transfer
 //  that received nothing since it was last handed over is left to epoll,
-//  or the loop would spin. Returns how many were handed over (the caller
-//  then does not sleep).
+//  or the loop would spin. But curl can also consume a whole record without
+//  moving those counts (chunk framing, part of a header line), so such a
+//  transfer is handed over again after S_PARK_MS at the latest, and the
+//  caller sleeps no longer than that while one is left (r->parked): a
+//  wake-up per S_PARK_MS at worst, never a stalled transfer. Returns how
+//  many were handed over (the caller then does not sleep).
 static int s_pending(devsim_run_t *r)
 {
     int n = 0;
+    double now = -1;
+    r->parked = 0;
     for (int i = 0; i < r->nslots; i++) {
         slot_t *s = &r->slots[i];
         struct curl_tlssessioninfo *ti = NULL;
@@ -908,8 +922,17 @@ static int s_pending(devsim_run_t *r)
         curl_off_t body = 0;
         curl_easy_getinfo(s->easy, CURLINFO_HEADER_SIZE, &hdr);
         curl_easy_getinfo(s->easy, CURLINFO_SIZE_DOWNLOAD_T, &body);
-        if (body + hdr == s->swept)
-            continue; //  nothing read since the last time: a partial record
+        if (body + hdr == s->swept) { //  nothing read since: a partial record?
+            if (now < 0)
+                now = s_now_ms();
+            if (s->parked_at < 0)
+                s->parked_at = now;
+            if (now - s->parked_at < S_PARK_MS) {
+                r->parked++;
+                continue;
+            }
+        }
+        s->parked_at = -1;
         curl_socket_t fd = CURL_SOCKET_BAD;
         if (curl_easy_getinfo(s->easy, CURLINFO_ACTIVESOCKET, &fd) != CURLE_OK ||
             fd == CURL_SOCKET_BAD)
@@ -974,6 +997,8 @@ static void s_wait(devsim_run_t *r, bool serve, int fd, int active, long idle_ms
     }
     if (r->timer_at >= 0 && r->timer_at - now < tmo)
         tmo = r->timer_at - now;
+    if (r->parked > 0 && tmo > S_PARK_MS)
+        tmo = S_PARK_MS; //  a transfer s_pending left to epoll: see it again
     if (due >= 0) {
         //  until the start is due, plus --rate-slack-ms: a reply that wakes
         //  the loop in between starts it then (the lateness is charged)
