@@ -6,7 +6,6 @@
 #include "pm_log.h"
 
 #include <curl/curl.h>
-#include <openssl/ssl.h>
 #include <czmq.h>
 #include <math.h>
 #include <stdlib.h>
@@ -71,16 +70,7 @@ typedef struct {
     double t0;
     char what[48]; //  for logs: message type or status sent
     bool in_multi; //  the handle is in the multi (a transfer in flight)
-    //  s_pending: the transfer's bytes received (headers + body) when it was
-    //  last handed to curl for data OpenSSL held, -1: not yet this transfer
-    curl_off_t swept;
-    //  when s_pending first left it to epoll with the same count (-1: not)
-    double parked_at;
 } slot_t;
-
-//  s_pending leaves a transfer whose count has not moved to epoll for at
-//  most this long, then hands it to curl again (see s_pending)
-#define S_PARK_MS 5.0
 
 #define MAX_PHASES 64
 
@@ -142,7 +132,6 @@ struct devsim_run {
     //  scheduled start is met without a timerfd to arm per start); false once
     //  the kernel refused it (then epoll_wait, whole milliseconds rounded up).
     bool pwait2_off;
-    int parked; //  transfers s_pending left to epoll in its last sweep
     slot_t *slots;
     int nslots;
     job_t *head, *tail;
@@ -204,20 +193,9 @@ static size_t s_write(char *data, size_t size, size_t nmemb, void *arg)
 static curl_socket_t s_opensock(void *arg, curlsocktype purpose, struct curl_sockaddr *a);
 static int s_closesock(void *arg, curl_socket_t fd);
 
-//  A slot's transfer into / out of the multi handle (s_pending sweeps those in it).
+//  A slot's transfer into / out of the multi handle (in_multi: destroy removes it).
 static int s_add(devsim_run_t *r, slot_t *s);
 static void s_remove(devsim_run_t *r, slot_t *s);
-
-//  OpenSSL read-ahead: a reply's TLS record is read with one recv (header
-//  and body together) instead of two. What OpenSSL then holds beyond the
-//  record libcurl asked for is found by s_pending, not by libcurl 7.88.
-static CURLcode s_sslctx(CURL *e, void *ctx, void *arg)
-{
-    (void)e;
-    (void)arg;
-    SSL_CTX_set_read_ahead((SSL_CTX *)ctx, 1);
-    return CURLE_OK;
-}
 
 //  The options every request of a slot shares, set once per handle (not
 //  reset and set again per request): what changes per request is the body,
@@ -245,7 +223,6 @@ static void s_easy_setup(devsim_run_t *r, slot_t *s)
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, r->o.timeout_ms > 0 ? r->o.timeout_ms : 30000L);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-    curl_easy_setopt(e, CURLOPT_SSL_CTX_FUNCTION, s_sslctx);
     if (r->o.ca_bundle) {
         //  The bundle alone: Debian's libcurl also has a default CA directory
         //  (/etc/ssl/certs), and with one set libcurl neither caches the CA
@@ -880,8 +857,6 @@ static int s_add(devsim_run_t *r, slot_t *s)
     if (curl_multi_add_handle(r->multi, s->easy) != CURLM_OK)
         return -1;
     s->in_multi = true;
-    s->swept = -1;
-    s->parked_at = -1;
     return 0;
 }
 
@@ -891,58 +866,6 @@ static void s_remove(devsim_run_t *r, slot_t *s)
         return;
     curl_multi_remove_handle(r->multi, s->easy);
     s->in_multi = false;
-}
-
-//  Before the loop sleeps: TLS data OpenSSL read ahead (s_sslctx) and holds
-//  unprocessed (a record after the one libcurl asked for) makes no socket
-//  readable again, and libcurl 7.88 only asks SSL_pending (decrypted bytes
-//  of the current record): hand each such transfer to curl as readable.
-//  OpenSSL also counts a partial record as pending, which curl cannot read
-//  until the rest arrives (the socket then becomes readable): a transfer
-//  that received nothing since it was last handed over is left to epoll,
-//  or the loop would spin. But curl can also consume a whole record without
-//  moving those counts (chunk framing, part of a header line), so such a
-//  transfer is handed over again after S_PARK_MS at the latest, and the
-//  caller sleeps no longer than that while one is left (r->parked): a
-//  wake-up per S_PARK_MS at worst, never a stalled transfer. Returns how
-//  many were handed over (the caller then does not sleep).
-static int s_pending(devsim_run_t *r)
-{
-    int n = 0;
-    double now = -1;
-    r->parked = 0;
-    for (int i = 0; i < r->nslots; i++) {
-        slot_t *s = &r->slots[i];
-        struct curl_tlssessioninfo *ti = NULL;
-        if (!s->in_multi || curl_easy_getinfo(s->easy, CURLINFO_TLS_SSL_PTR, &ti) != CURLE_OK ||
-            !ti || ti->backend != CURLSSLBACKEND_OPENSSL || !ti->internals ||
-            !SSL_has_pending((SSL *)ti->internals))
-            continue;
-        long hdr = 0;
-        curl_off_t body = 0;
-        curl_easy_getinfo(s->easy, CURLINFO_HEADER_SIZE, &hdr);
-        curl_easy_getinfo(s->easy, CURLINFO_SIZE_DOWNLOAD_T, &body);
-        if (body + hdr == s->swept) { //  nothing read since: a partial record?
-            if (now < 0)
-                now = s_now_ms();
-            if (s->parked_at < 0)
-                s->parked_at = now;
-            if (now - s->parked_at < S_PARK_MS) {
-                r->parked++;
-                continue;
-            }
-        }
-        s->parked_at = -1;
-        curl_socket_t fd = CURL_SOCKET_BAD;
-        if (curl_easy_getinfo(s->easy, CURLINFO_ACTIVESOCKET, &fd) != CURLE_OK ||
-            fd == CURL_SOCKET_BAD)
-            continue;
-        s->swept = body + hdr;
-        int running = 0;
-        curl_multi_socket_action(r->multi, fd, CURL_CSELECT_IN, &running);
-        n++;
-    }
-    return n;
 }
 
 //  epoll_wait with a timeout of tmo_ms, to the nanosecond (epoll_pwait2:
@@ -978,8 +901,6 @@ static int s_epoll(devsim_run_t *r, struct epoll_event *ev, int max, double tmo_
 static void s_wait(devsim_run_t *r, bool serve, int fd, int active, long idle_ms, double idle_since)
 {
     int running = 0;
-    if (s_pending(r) > 0)
-        return; //  buffered TLS data handed to curl: no wait this round
     double now = s_now_ms();
     if (r->timer_at >= 0 && r->timer_at <= now) { //  due: no wait
         r->timer_at = -1;
@@ -997,8 +918,6 @@ static void s_wait(devsim_run_t *r, bool serve, int fd, int active, long idle_ms
     }
     if (r->timer_at >= 0 && r->timer_at - now < tmo)
         tmo = r->timer_at - now;
-    if (r->parked > 0 && tmo > S_PARK_MS)
-        tmo = S_PARK_MS; //  a transfer s_pending left to epoll: see it again
     if (due >= 0) {
         //  until the start is due, plus --rate-slack-ms: a reply that wakes
         //  the loop in between starts it then (the lateness is charged)
