@@ -548,26 +548,16 @@ static int s_submit(devsim_run_t *r, slot_t *s, plist_t msg, bool checkin)
     const devsim_ident_t *id = devsim_dev_ident(s->job->dev);
     bool sign = s->job->checkin_url ? s->job->sign : r->o.sign; //  the profile's SignMessage
     if (sign && id) {
-        char *b64 = NULL;
-        if (devsim_ident_sign(id, NULL, r->o.md, xml, len, &b64) < 0) {
+        //  the header line in the slot's buffer: the base64 written in place
+        //  after its name (no allocation or copy per request)
+        static const char name[] = "Mdm-Signature: ";
+        if (devsim_ident_sign_into(id, r->o.md, xml, len, &s->sig, &s->sigcap, sizeof name - 1) <
+            0) {
             pm_error("cannot sign a request for %s (OpenSSL CMS_sign failed)",
                      devsim_dev_cn(s->job->dev));
             return -1;
         }
-        static const char name[] = "Mdm-Signature: ";
-        size_t bl = strlen(b64), need = sizeof name + bl;
-        if (need > s->sigcap) {
-            char *p = realloc(s->sig, need);
-            if (!p) {
-                free(b64);
-                return -1;
-            }
-            s->sig = p;
-            s->sigcap = need;
-        }
         memcpy(s->sig, name, sizeof name - 1);
-        memcpy(s->sig + sizeof name - 1, b64, bl + 1);
-        free(b64);
         s->hdr[2].data = s->sig;
         s->hdr[2].next = NULL;
         s->hdr[1].next = &s->hdr[2];
