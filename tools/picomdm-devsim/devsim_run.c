@@ -500,6 +500,13 @@ static void s_set_url(devsim_run_t *r, CURL *e, const char *url)
 //  stays a string (the transfer then reports curl's error).
 static void s_parse_urls(devsim_run_t *r)
 {
+    //  (between phases: no transfer in flight) the handles let go of the
+    //  old ones first, and set a URL again on their next request
+    for (int i = 0; r->slots && i < r->nslots; i++) {
+        if (r->slots[i].easy)
+            curl_easy_setopt(r->slots[i].easy, CURLOPT_CURLU, NULL);
+        r->slots[i].url_set = NULL;
+    }
     curl_url_cleanup(r->checkin_cu);
     curl_url_cleanup(r->server_cu);
     r->checkin_cu = curl_url();
@@ -513,8 +520,6 @@ static void s_parse_urls(devsim_run_t *r)
         curl_url_cleanup(r->server_cu);
         r->server_cu = NULL;
     }
-    for (int i = 0; r->slots && i < r->nslots; i++)
-        r->slots[i].url_set = NULL; //  set again on the next request
 }
 
 static void s_opt_long(CURL *e, CURLoption opt, long *set, long v)
