@@ -880,7 +880,9 @@ static int s_tls_setup(gw_server_t *self)
     //  resumption no longer decrypts and decodes it (with a client
     //  certificate: decodes the certificate again). docs/gateway.md
     //  "Session 9"; gw_tlscache.h says why OpenSSL's own cache cannot do it.
-    if (gw_tlscache_attach(self->ssl, GW_TLSCACHE_MAX) < 0) {
+    //  tls-session-cache = 0 keeps OpenSSL's encrypted tickets.
+    if (c->tls_session_cache > 0 &&
+        gw_tlscache_attach(self->ssl, (size_t)c->tls_session_cache) < 0) {
         pm_error("cannot set up the TLS session cache (out of memory?)");
         return -1;
     }

@@ -27,9 +27,6 @@
 #include <openssl/ssl.h>
 #include <stddef.h>
 
-//  The default bound (sessions per gateway process).
-#define GW_TLSCACHE_MAX 8192
-
 //  Attaches a cache of at most `max` sessions to the server context `ctx`
 //  (session cache mode, callbacks, SSL_OP_NO_TICKET). Call once per ctx,
 //  before the first connection. Returns 0, or -1 (allocation).
