@@ -15,8 +15,9 @@
 #  - with tls-client-cert false no certificate is asked for, and a client
 #    certificate offered anyway authenticates nothing;
 #  - (session 9) resumption comes from the gateway's own session cache
-#    (gw_tlscache, the checks above), and the listener defers accept until a
-#    connection's first bytes (TCP_DEFER_ACCEPT).
+#    (gw_tlscache, the checks above; tls-session-cache 0 goes back to
+#    OpenSSL's tickets, which resume too), and the listener defers accept
+#    until a connection's first bytes (TCP_DEFER_ACCEPT).
 source "$(dirname "$0")/e2e_lib.bash"
 [ -x "$TT/tls_conns" ] || skip "skipped: $TT/tls_conns is not built (make tests)"
 
@@ -127,4 +128,13 @@ out=$(conns 2 --path /mdm/checkin --body "$T/auth1" --expect 400 "${CERT1[@]}") 
 got "2 with status 400" "$out" "tls-client-cert false: an offered certificate authenticates nothing"
 out=$(conns 3 --path /health --resume) || fail "resumption, tls-client-cert false: $out"
 got "3 with status 200, 2 resumed" "$out" "tls-client-cert false: resumption"
+
+# ---- tls-session-cache 0: OpenSSL's encrypted tickets, resumption as well ----
+kill "$GW_PID"
+wait "$GW_PID" 2>/dev/null
+gw_tls --log-level info --admin-listen off --tls-session-cache 0
+out=$(conns 3 --path /health --resume) || fail "TLS 1.3 resumption, tls-session-cache 0: $out"
+got "3 with status 200, 2 resumed, version TLSv1.3" "$out" "tls-session-cache 0: TLS 1.3 resumption (tickets)"
+out=$(conns 3 --path /health --resume --tls12) || fail "TLS 1.2 resumption, tls-session-cache 0: $out"
+got "3 with status 200, 2 resumed, version TLSv1.2" "$out" "tls-session-cache 0: TLS 1.2 resumption (tickets)"
 echo "PASS gateway_tls"
