@@ -502,7 +502,7 @@ static void test_busy_queue_full(void **state)
     zsock_t *w = s_worker(f, "W1", "svc", "1", "1000");
     zsock_t *c = s_peer(f, "C");
     for (int i = 1; i <= 4; i++) {
-        char rid[8];
+        char rid[16];
         snprintf(rid, sizeof rid, "r%d", i);
         s_request(c, "svc", rid, "x");
     }
