@@ -902,6 +902,46 @@ static void test_reuse(void **state)
     s_fix_destroy(&f);
 }
 
+//  A worker whose connection is gone (its process died: the ROUTER has no
+//  route to it any more) is not a live worker: a request the router tries to
+//  send it goes to another worker at once, instead of waiting in the queue
+//  until the dead one misses 3 heartbeats, and the dead one's in-flight
+//  requests fail back (worker_lost) then, not seconds later.
+static void test_worker_gone(void **state)
+{
+    (void)state;
+    s_fix_t *f = s_fix(1000, 10000, 1000, 100);
+    zsock_t *w1 = s_worker(f, "W1", "svc", "5", "2000");
+    zsock_t *w2 = s_worker(f, "W2", "svc", "5", "2000");
+    zsock_t *c = s_peer(f, "C");
+    s_request(c, "svc", "r1", "x"); //  0/0 -> W1
+    s_take_rid(f, w1, "C", "r1");
+    s_request(c, "svc", "r2", "x"); //  1/0 -> W2
+    s_take_rid(f, w2, "C", "r2");
+    s_request(c, "svc", "r3", "x"); //  1/1 -> W1
+    s_take_rid(f, w1, "C", "r3");
+    //  W2's process dies (its socket closes without a word)
+    for (int i = 0; i < f->npeers; i++)
+        if (f->peers[i] == w2)
+            zsock_destroy(&f->peers[i]);
+    s_pump(f, 20);
+    //  2/1: the router picks W2 first and finds it gone
+    int64_t t0 = zclock_mono();
+    s_request(c, "svc", "r4", "x");
+    s_take_rid(f, w1, "C", "r4");
+    s_expect_error(f, c, "svc", "r2", "worker_lost", "its connection is gone", 2000);
+    int64_t took = zclock_mono() - t0;
+    if (took > 1000)
+        fail_msg("r4 reached the live worker after %lld ms (the dead one's heartbeats: 3 x 2000)",
+                 (long long)took);
+    s_assert_service(f, "svc", 1, 0, 3, 5);
+    S_STATS(f, .requests = 4, .dispatched = 4, .errors = 1, .workers_lost = 1);
+    //  queued requests are not held up by it either
+    s_reply(w1, "C", "r1", "a1");
+    s_expect_reply(f, c, "svc", "r1", "a1");
+    s_fix_destroy(&f);
+}
+
 //  next_timeout: the router's heartbeat interval when idle, a worker's
 //  heartbeat when sooner, never negative.
 static void test_next_timeout(void **state)
@@ -929,6 +969,7 @@ int main(void)
         cmocka_unit_test(test_duplicate),       cmocka_unit_test(test_bad_frames),
         cmocka_unit_test(test_untracked_reply), cmocka_unit_test(test_unroutable),
         cmocka_unit_test(test_reuse),           cmocka_unit_test(test_next_timeout),
+        cmocka_unit_test(test_worker_gone),
     };
     pm_log_init("broker_router_test", getenv("PM_TEST_VERBOSE") ? "debug" : "error", false);
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
