@@ -195,7 +195,11 @@
     waited behind it until the dead worker missed 3 heartbeats, however many
     live workers were idle. The router now marks such a worker gone, tries
     the next one, and removes it (worker_lost for its requests, "its
-    connection is gone") at the end of that pass.
+    connection is gone") at the end of that pass. tests/it/broker_worker_gone.sh
+    (kill -9 the idle worker that ties go to, then 20 requests one at a time,
+    workers heartbeating every 1,000 ms): slowest request 1.70-1.79 s with
+    main's broker (the first one waited for the dead worker's expiry), 2.4 ms
+    with this one (load 6).
  */
 #ifndef PM_BUS_H
 #define PM_BUS_H
