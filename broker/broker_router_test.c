@@ -750,7 +750,11 @@ static void test_bad_frames(void **state)
     zmsg_t *empty = zmsg_new();
     zmsg_addmem(empty, NULL, 0);
     zmsg_send(&empty, c);
-    bad += 9;
+    char longsvc[PM_BUS_SERVICE_MAX + 2];
+    memset(longsvc, 's', sizeof longsvc - 1);
+    longsvc[sizeof longsvc - 1] = 0;
+    s_request(c, longsvc, "r1", "b");
+    bad += 10;
     s_pump(f, 20);
     assert_int_equal(s_stats(f).bad_frames, bad);
     assert_int_equal(s_stats(f).requests, 0);
@@ -764,7 +768,9 @@ static void test_bad_frames(void **state)
     s_expect_disconnect(f, x);
     s_send_strs(x, 5, (const char *[]){PM_BUS_WORKER_HDR, s_cmd_ready, "svc", "1", "12x"});
     s_expect_disconnect(f, x);
-    bad += 4;
+    s_ready(x, longsvc, "1", "100");
+    s_expect_disconnect(f, x);
+    bad += 5;
     //  worker header with a short or over-long command frame
     s_send_strs(x, 1, (const char *[]){PM_BUS_WORKER_HDR});
     s_send_strs(x, 2, (const char *[]){PM_BUS_WORKER_HDR, "\x01\x01"});
@@ -780,7 +786,11 @@ static void test_bad_frames(void **state)
     s_send_strs(w, 5, (const char *[]){PM_BUS_WORKER_HDR, s_cmd_reply, "", "r1", "b"});
     s_send_strs(w, 5, (const char *[]){PM_BUS_WORKER_HDR, s_cmd_reply, "C", "", "b"});
     s_send_strs(w, 4, (const char *[]){PM_BUS_WORKER_HDR, s_cmd_dropped, "C", "r\n1"});
-    bad += 6;
+    char longid[300];
+    memset(longid, 'c', sizeof longid - 1);
+    longid[sizeof longid - 1] = 0; //  no ROUTER routing id is that long
+    s_send_strs(w, 5, (const char *[]){PM_BUS_WORKER_HDR, s_cmd_reply, longid, "r1", "b"});
+    bad += 7;
     s_pump(f, 20);
     assert_int_equal(s_stats(f).bad_frames, bad);
     s_expect_none(f, c, 0);
@@ -942,6 +952,27 @@ static void test_worker_gone(void **state)
     s_fix_destroy(&f);
 }
 
+//  The router tracks at most 1,024 services (a client calling misspelled
+//  names cannot grow it without bound): the next new name is answered busy.
+static void test_too_many_services(void **state)
+{
+    (void)state;
+    s_fix_t *f = s_fix(1000, 10000, 1000, 100);
+    zsock_t *c = s_peer(f, "C");
+    for (int i = 0; i < 1024; i++) {
+        char svc[16];
+        snprintf(svc, sizeof svc, "s%d", i);
+        s_request(c, svc, svc, "x"); //  rid = service: (client, rid) unique
+    }
+    s_pump(f, 20);
+    s_request(c, "one-more", "r", "x");
+    s_expect_error(f, c, "one-more", "r", "busy", "knows too many services (1024)", 2000);
+    s_assert_service(f, "s1023", 0, 1, 0, 0);
+    assert_false(s_service(f, "one-more").found);
+    S_STATS(f, .requests = 1025, .queued = 1024, .errors = 1);
+    s_fix_destroy(&f);
+}
+
 //  next_timeout: the router's heartbeat interval when idle, a worker's
 //  heartbeat when sooner, never negative.
 static void test_next_timeout(void **state)
@@ -956,6 +987,14 @@ static void test_next_timeout(void **state)
     zclock_sleep(70); //  overdue: 0, not negative
     assert_int_equal(broker_router_next_timeout(f->router), 0);
     s_fix_destroy(&f);
+
+    //  an announced heartbeat below 50 ms counts as 50 ms
+    f = s_fix(400, 5000, 1000, 100);
+    s_worker(f, "W1", "svc", "1", "1");
+    t = broker_router_next_timeout(f->router);
+    if (t < 30 || t > 50)
+        fail_msg("next_timeout %d ms after READY with a 1 ms heartbeat; want ~50", t);
+    s_fix_destroy(&f);
 }
 
 int main(void)
@@ -969,7 +1008,7 @@ int main(void)
         cmocka_unit_test(test_duplicate),       cmocka_unit_test(test_bad_frames),
         cmocka_unit_test(test_untracked_reply), cmocka_unit_test(test_unroutable),
         cmocka_unit_test(test_reuse),           cmocka_unit_test(test_next_timeout),
-        cmocka_unit_test(test_worker_gone),
+        cmocka_unit_test(test_worker_gone),     cmocka_unit_test(test_too_many_services),
     };
     pm_log_init("broker_router_test", getenv("PM_TEST_VERBOSE") ? "debug" : "error", false);
     int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -181,10 +181,10 @@
     after 3 of its heartbeat intervals with its in-flight requests answered
     worker_lost (the broker's HEARTBEATs seen by the worker); DISCONNECT;
     READY repeated or for another service; duplicates, queued or in flight;
-    21 kinds of malformed frames counted in bad_frames; replies the router
+    24 kinds of malformed frames counted in bad_frames; replies the router
     does not track (unknown rid, finished, another worker's) passed on
-    without freeing a slot; unroutable replies; 100 requests through the
-    spare list. Real processes: tests/it/broker_*.sh (errors, garbage,
+    without freeing a slot; unroutable replies; the 1,024-service bound;
+    the 50 ms heartbeat floor; 100 requests through the spare list. Real processes: tests/it/broker_*.sh (errors, garbage,
     kill_worker, restart, spread, stall, events, curve, cpu). In the
     sanitizer build (make VARIANT=asan) a finished request is poisoned while
     it waits in the spare list (ASAN_POISON_MEMORY_REGION), so a use after
