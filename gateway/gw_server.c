@@ -883,7 +883,8 @@ static int s_tls_setup(gw_server_t *self)
     //  tls-session-cache = 0 keeps OpenSSL's encrypted tickets.
     if (c->tls_session_cache > 0 &&
         gw_tlscache_attach(self->ssl, (size_t)c->tls_session_cache) < 0) {
-        pm_error("cannot set up the TLS session cache (out of memory?)");
+        pm_error("cannot set up the TLS session cache (out of memory?): lower tls-session-cache, "
+                 "or set it to 0 for session tickets");
         return -1;
     }
     return 0;
