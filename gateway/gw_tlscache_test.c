@@ -105,7 +105,7 @@ static int s_connect_aged(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION **sess, long
     if (age)
         SSL_SESSION_set_time(SSL_get_session(srv),
                              SSL_SESSION_get_time(SSL_get_session(srv)) - age);
-    SSL_free(srv); //  no SSL_shutdown: what libevent 2.1 does
+    SSL_free(srv);     //  no SSL_shutdown: what libevent 2.1 does
     SSL_shutdown(cli); //  (else libssl marks the client's copy not resumable)
     SSL_free(cli);
     return reused;
