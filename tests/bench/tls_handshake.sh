@@ -27,8 +27,9 @@
 # (the client presents a device identity certificate, as mdmd does),
 # PAR=P (P clients connect in parallel, each N/P connections one after the
 # other: the cold open loop's burst of new connections), PIN=CPUS (gateway
-# and client pinned to those CPUs, e.g. PIN=0: the two never run at the same
-# time, so neither's CPU time is inflated by the other's).
+# and client pinned to those CPUs, e.g. PIN=1: with one CPU they never run
+# at the same time; on a loaded machine it did not make the figures less
+# noisy, docs/gateway.md "Session 9").
 cd "$(dirname "$0")/../.."
 export BIN=${BIN:-$PWD/bin} TT=${TT:-$PWD/build/rel/tt}
 N=${1:-400}
