@@ -62,7 +62,9 @@ struct gw_server {
     struct event *bus_ev[GW_BUS_FDS_MAX];
     int nbus_ev;
     struct event *bus_timer;
-    struct event *bus_defer; //  one pm_bus_process per loop iteration (s_bus_kick)
+    struct event *bus_defer;   //  one pm_bus_process per loop iteration (s_bus_kick)
+    int fired[GW_BUS_FDS_MAX]; //  bus fds libevent saw readable since the last process
+    int nfired;
     bool kick_pending;
     gw_req_t *sendq, **sendq_tail; //  device requests to put on the bus (s_call, s_flush)
     gw_pending_t *reqs; //  every live request context (their first member) //  every live request
@@ -231,7 +233,11 @@ static void s_bus_process(gw_server_t *self)
 {
     if (!self->bus)
         return;
-    pm_bus_process(self->bus);
+    //  libevent waits on the bus fds (level-triggered) and said which fired:
+    //  no poll() of them again (pm_bus_process_ready; docs/gateway.md,
+    //  "Session 9").
+    pm_bus_process_ready(self->bus, self->fired, self->nfired);
+    self->nfired = 0;
     s_bus_arm_timer(self);
 }
 
@@ -274,9 +280,14 @@ static void s_on_bus_defer(evutil_socket_t fd, short what, void *arg)
 //  by waiting for the end of the iteration.)
 static void s_on_bus_fd(evutil_socket_t fd, short what, void *arg)
 {
-    (void)fd;
     (void)what;
-    s_bus_kick(arg);
+    gw_server_t *self = arg;
+    bool seen = fd < 0;
+    for (int i = 0; i < self->nfired && !seen; i++)
+        seen = self->fired[i] == fd;
+    if (!seen && self->nfired < GW_BUS_FDS_MAX)
+        self->fired[self->nfired++] = fd;
+    s_bus_kick(self);
 }
 
 /* ---- back end replies ---- */

@@ -1154,6 +1154,25 @@ int pm_bus_process(pm_bus_t *bus)
     return s_process(bus, socks, n);
 }
 
+//  No poll(): the caller's loop already waited on the descriptors and says
+//  which fired. A disarmed socket needs no ZMQ_EVENTS first either: s_drain
+//  receives from it (an empty receive costs libzmq the same mailbox check
+//  and arms it). Saves the poll() per call that pm_bus_poll makes, i.e. one
+//  per request sent and one per reply in a gateway whose requests come one
+//  at a time (docs/gateway.md, "Session 9").
+int pm_bus_process_ready(pm_bus_t *bus, const int *fds, int nfds)
+{
+    pm_bus_sock_t *socks[S_MAX_SERVICES + 2];
+    int n = s_socks(bus, socks);
+    for (int i = 0; i < n; i++) {
+        socks[i]->ready = false;
+        for (int k = 0; k < nfds; k++)
+            if (fds[k] >= 0 && fds[k] == socks[i]->fd)
+                socks[i]->ready = true;
+    }
+    return s_process(bus, socks, n);
+}
+
 int pm_bus_run_once(pm_bus_t *bus, int timeout_ms)
 {
     pm_bus_sock_t *socks[S_MAX_SERVICES + 2];

@@ -343,6 +343,13 @@ int pm_bus_run_once(pm_bus_t *bus, int timeout_ms);
 int pm_bus_fds(const pm_bus_t *bus, int *fds, int max);
 //  Non-blocking: handle everything pending now. Returns messages handled.
 int pm_bus_process(pm_bus_t *bus);
+//  The same for a foreign loop that waits on pm_bus_fds level-triggered
+//  (libevent, epoll without EV_ET): `fds` are the descriptors it saw readable
+//  since its last call (may be none: after a send, for the timers). Those
+//  sockets are drained, and so is every socket sent on since its last empty
+//  receive; the other sockets are not polled again (pm_bus_process polls
+//  them all, one poll() per call): the loop's next wait reports them.
+int pm_bus_process_ready(pm_bus_t *bus, const int *fds, int nfds);
 //  Milliseconds until pm_bus_process must run again for heartbeats and retries.
 int pm_bus_next_timeout(const pm_bus_t *bus);
 

@@ -481,17 +481,24 @@ static void s_on_loop_reply(void *arg, const pm_msg_t *reply, const char *error)
     l->done++;
 }
 
-static void test_foreign_loop(void **state)
+//  ready: drive it with pm_bus_process_ready and the fds poll() saw
+//  readable (as the gateway does with libevent's level-triggered events);
+//  one_by_one: a new request only after the previous one's reply (the open
+//  loop's pattern: every send and every reply in a pass of its own).
+static void s_foreign_loop(s_fix_t *f, bool ready, bool one_by_one)
 {
-    s_fix_t *f = *state;
     s_loop_t l = {f, 0};
     enum { N = 500 };
-    for (int i = 0; i < N; i++) {
+    int sent = 0;
+    for (; sent < (one_by_one ? 1 : N); sent++) {
         pm_msg_t *req = pm_msg_new(PM_MSG_ECHO);
         assert_int_equal(pm_bus_call_async(f->bus, "echo", req, 150, 5, s_on_loop_reply, &l), 0);
         pm_msg_destroy(&req);
     }
-    pm_bus_process(f->bus);
+    if (ready)
+        pm_bus_process_ready(f->bus, NULL, 0); //  after the sends: no fd fired
+    else
+        pm_bus_process(f->bus);
     int64_t until = zclock_mono() + 10000;
     int seen = 0, stranded = 0;
     zhashx_t *dropped = zhashx_new();
@@ -502,7 +509,7 @@ static void test_foreign_loop(void **state)
             zmsg_t *m = zmsg_recv(f->router);
             if (zmsg_size(m) == 5) {
                 char *rid = s_frame_str(m, 3);
-                if (seen++ % 2 == 0 && !zhashx_lookup(dropped, rid))
+                if (!one_by_one && seen++ % 2 == 0 && !zhashx_lookup(dropped, rid))
                     zhashx_insert(dropped, rid, (void *)1);
                 else
                     s_answer(f, m, s_body(PM_MSG_ECHO_REPLY, rid, NULL));
@@ -517,7 +524,25 @@ static void test_foreign_loop(void **state)
             pfd[i] = (struct pollfd){fds[i], POLLIN, 0};
         int timeout = pm_bus_next_timeout(f->bus);
         poll(pfd, (nfds_t)n, timeout < 20 ? timeout : 20);
-        pm_bus_process(f->bus);
+        if (ready) {
+            int fired[4], nf = 0;
+            for (int i = 0; i < n; i++)
+                if (pfd[i].revents & POLLIN)
+                    fired[nf++] = pfd[i].fd;
+            pm_bus_process_ready(f->bus, fired, nf);
+        } else
+            pm_bus_process(f->bus);
+        if (one_by_one && l.done == sent && sent < N) {
+            pm_msg_t *req = pm_msg_new(PM_MSG_ECHO);
+            assert_int_equal(pm_bus_call_async(f->bus, "echo", req, 150, 5, s_on_loop_reply, &l),
+                             0);
+            pm_msg_destroy(&req);
+            sent++;
+            if (ready)
+                pm_bus_process_ready(f->bus, NULL, 0);
+            else
+                pm_bus_process(f->bus);
+        }
         //  The contract: if no fd is readable and no immediate call is
         //  wanted, nothing may be waiting (inproc signals synchronously, so
         //  this is exact). A send that consumed the edge would show here.
@@ -531,8 +556,61 @@ static void test_foreign_loop(void **state)
     assert_int_equal(stranded, 0);
     pm_bus_stats_t st;
     pm_bus_stats(f->bus, &st);
-    assert_true(st.resends >= N / 2 - 1);
+    if (!one_by_one)
+        assert_true(st.resends >= N / 2 - 1);
     zhashx_destroy(&dropped);
+}
+
+static void test_foreign_loop(void **state)
+{
+    s_foreign_loop(*state, false, false);
+}
+
+//  pm_bus_process_ready (no poll() of its own): the same contract, with
+//  replies in bursts and with one request at a time.
+static void test_foreign_loop_ready(void **state)
+{
+    s_foreign_loop(*state, true, false);
+}
+
+static void test_foreign_loop_ready_one_by_one(void **state)
+{
+    s_foreign_loop(*state, true, true);
+}
+
+//  The edge a send takes: a reply arrives (the client's fd readable), then a
+//  send processes libzmq's mailbox and the fd is no longer readable although
+//  the reply waits. pm_bus_process_ready with no fd fired must still drain
+//  the socket sent on (it is disarmed), or the reply would wait for a timer.
+static void test_ready_after_send_took_the_edge(void **state)
+{
+    s_fix_t *f = *state;
+    s_loop_t l = {f, 0};
+    pm_msg_t *req = pm_msg_new(PM_MSG_ECHO);
+    assert_int_equal(pm_bus_call_async(f->bus, "echo", req, 5000, 0, s_on_loop_reply, &l), 0);
+    pm_msg_destroy(&req);
+    pm_bus_process_ready(f->bus, NULL, 0); //  an empty receive: armed
+    zmsg_t *m = zmsg_recv(f->router);
+    assert_non_null(m);
+    char *rid = s_frame_str(m, 3);
+    s_answer(f, m, s_body(PM_MSG_ECHO_REPLY, rid, NULL));
+    free(rid);
+    zmsg_destroy(&m);
+    int fds[4];
+    int n = pm_bus_fds(f->bus, fds, 4);
+    assert_int_equal(n, 1);
+    struct pollfd pfd = {fds[0], POLLIN, 0};
+    assert_int_equal(poll(&pfd, 1, 1000), 1); //  the reply's signal
+    zclock_sleep(5); //  past libzmq's command throttle: the next send reads the mailbox
+    req = pm_msg_new(PM_MSG_ECHO);
+    assert_int_equal(pm_bus_call_async(f->bus, "echo", req, 5000, 0, s_on_loop_reply, &l), 0);
+    pm_msg_destroy(&req);
+    pfd.revents = 0;
+    bool taken = poll(&pfd, 1, 0) == 0; //  the send took the edge (libzmq 4.3 does)
+    pm_bus_process_ready(f->bus, NULL, 0);
+    assert_int_equal(l.done, 1);
+    if (!taken)
+        print_message("note: this libzmq's send left the fd readable; the case is moot here\n");
 }
 
 //  A fake broker in its own thread that answers `echo` and ignores the rest.
@@ -1005,6 +1083,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_worker_disconnect_reregisters, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_worker_unserve, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_foreign_loop, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_foreign_loop_ready, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_foreign_loop_ready_one_by_one, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_ready_after_send_took_the_edge, s_setup, s_teardown),
         cmocka_unit_test(test_blocking_call),
         cmocka_unit_test(test_wait_states),
         cmocka_unit_test(test_publish_event_bytes),
