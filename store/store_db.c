@@ -218,9 +218,11 @@ _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema 
     X(Q_FAIL, "UPDATE queue SET status='failed', active=0, answered=?2"                            \
               " WHERE eid=?1 AND active=1 AND status='sent' AND deliveries>=?3 AND session<?4"     \
               " AND delivered<=?5 RETURNING cmd, deliveries")                                      \
-    X(Q_NEXT, "SELECT cmd, deliveries FROM queue WHERE eid=?1 AND active=1"                        \
-              " AND (session IS NULL OR session<?2) AND (status<>'sent' OR delivered<=?3)"         \
-              " AND ((?4>0 AND notnow_count>=?4)=?5) ORDER BY priority DESC, cmd LIMIT 1")         \
+    /* (session 9) with the command's uuid, RequestType and body: no CMD_BY_ID after it */         \
+    X(Q_NEXT, "SELECT q.cmd, q.deliveries, c.uuid, c.request_type, c.body"                         \
+              " FROM queue q JOIN commands c ON c.id=q.cmd WHERE q.eid=?1 AND q.active=1"          \
+              " AND (q.session IS NULL OR q.session<?2) AND (q.status<>'sent' OR q.delivered<=?3)" \
+              " AND ((?4>0 AND q.notnow_count>=?4)=?5) ORDER BY q.priority DESC, q.cmd LIMIT 1")   \
     X(Q_DELIVER, "UPDATE queue SET status='sent', deliveries=deliveries+1, delivered=?3,"          \
                  " session=?4 WHERE eid=?1 AND cmd=?2")                                            \
     X(Q_CANCEL_ONE, "UPDATE queue SET status='cancelled', active=0, answered=?3"                   \
@@ -1737,10 +1739,27 @@ static int s_record_answer(store_db_t *db, const store_connect_t *in, int64_t se
     return s_event_scratch(db, "command.result", in->eid, in->now_ms);
 }
 
-//  Pack the device's view of command `cmd`: {CommandUUID, Command}. The uuid
-//  and RequestType are copied out when buffers are given. 0 / -1.
-static int s_pack_command(store_db_t *db, int64_t cmd, msgpack_sbuffer *out, char *uuid,
-                          size_t usize, char *rtype, size_t rsize)
+//  Pack the device's view of a command from a row whose columns `col` ..
+//  `col` + 2 are its uuid, RequestType and body: {CommandUUID, Command}. The
+//  uuid and RequestType are copied out when buffers are given.
+static void s_pack_row(sqlite3_stmt *st, int col, msgpack_sbuffer *out, char *uuid, size_t usize,
+                       char *rtype, size_t rsize)
+{
+    if (uuid)
+        pm_str_copy(uuid, usize, s_col_text(st, col), PM_STR_ALL);
+    if (rtype)
+        pm_str_copy(rtype, rsize, s_col_text(st, col + 1), PM_STR_ALL);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 2);
+    store_pk_kstr(&pk, "CommandUUID", s_col_text(st, col));
+    store_pk_str(&pk, "Command");
+    msgpack_sbuffer_write(out, sqlite3_column_blob(st, col + 2),
+                          (size_t)sqlite3_column_bytes(st, col + 2));
+}
+
+//  Pack the device's view of command `cmd` (s_pack_row). 0 / -1.
+static int s_pack_command(store_db_t *db, int64_t cmd, msgpack_sbuffer *out)
 {
     sqlite3_stmt *st = s_st(db, S_CMD_BY_ID);
     if (!st)
@@ -1751,16 +1770,7 @@ static int s_pack_command(store_db_t *db, int64_t cmd, msgpack_sbuffer *out, cha
         s_dberr(db, "reading a queued command");
         return -1;
     }
-    if (uuid)
-        pm_str_copy(uuid, usize, s_col_text(st, 0), PM_STR_ALL);
-    if (rtype)
-        pm_str_copy(rtype, rsize, s_col_text(st, 1), PM_STR_ALL);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 2);
-    store_pk_kstr(&pk, "CommandUUID", s_col_text(st, 0));
-    store_pk_str(&pk, "Command");
-    msgpack_sbuffer_write(out, sqlite3_column_blob(st, 2), (size_t)sqlite3_column_bytes(st, 2));
+    s_pack_row(st, 0, out, NULL, 0, NULL, 0);
     sqlite3_reset(st);
     return 0;
 }
@@ -1800,6 +1810,10 @@ static int s_next(store_db_t *db, const store_connect_t *in, int64_t session, ms
     }
     int64_t cmd = sqlite3_column_int64(st, 0);
     int64_t deliveries = sqlite3_column_int64(st, 1) + 1;
+    //  packed now, before the reset: the row is gone after it
+    char uuid[128], rtype[128];
+    size_t mark = out->size;
+    s_pack_row(st, 2, out, uuid, sizeof uuid, rtype, sizeof rtype);
     sqlite3_reset(st);
 
     st = s_st(db, S_Q_DELIVER);
@@ -1809,12 +1823,10 @@ static int s_next(store_db_t *db, const store_connect_t *in, int64_t session, ms
     sqlite3_bind_int64(st, 2, cmd);
     sqlite3_bind_int64(st, 3, in->now_ms);
     sqlite3_bind_int64(st, 4, session);
-    if (s_exec(db, st, "marking a command delivered") < 0)
+    if (s_exec(db, st, "marking a command delivered") < 0) {
+        out->size = mark; //  nothing delivered: nothing offered
         return -1;
-
-    char uuid[128], rtype[128];
-    if (s_pack_command(db, cmd, out, uuid, sizeof uuid, rtype, sizeof rtype) < 0)
-        return -1;
+    }
     *delivered = cmd;
 
     msgpack_packer *ep = s_ev_data(db, 3);
@@ -1866,7 +1878,7 @@ store_rc_t store_db_connect(store_db_t *db, const store_connect_t *in, store_con
         bool had = sqlite3_column_type(est, 6) != SQLITE_NULL;
         int64_t last = sqlite3_column_int64(est, 6);
         sqlite3_reset(est);
-        if (had && s_pack_command(db, last, command_out, NULL, 0, NULL, 0) < 0)
+        if (had && s_pack_command(db, last, command_out) < 0)
             return STORE_ERR_DB;
         return STORE_OK;
     }

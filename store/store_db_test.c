@@ -1287,7 +1287,7 @@ static int s_count_connect(unsigned type, void *ctx, void *p, void *x)
     if (type != SQLITE_TRACE_STMT)
         return 0;
     const char *sql = sqlite3_sql((sqlite3_stmt *)p);
-    if (strncmp(sql, "SELECT cmd, deliveries FROM queue", 33) == 0)
+    if (strncmp(sql, "SELECT q.cmd, q.deliveries", 26) == 0)
         s_next_runs++;
     else if (strncmp(sql, "INSERT INTO sessions", 20) == 0)
         s_ses_upserts++;
@@ -1369,6 +1369,13 @@ static void test_connect_statements(void **state)
     assert_string_equal(next, "C");
     assert_int_equal(s_next_runs, 2);
     sqlite3_trace_v2(store_db_sqlite(db), 0, NULL, NULL);
+    //  Q_NEXT reads the command with the entry: the device's active entries in
+    //  the index's order (no sort), the command by its id
+    char plans[1024];
+    assert_int_equal(s_plans(db, "SELECT q.cmd, q.deliveries", plans, sizeof plans), 1);
+    assert_non_null(strstr(plans, "SEARCH q USING INDEX queue_active (eid=?)"));
+    assert_non_null(strstr(plans, "SEARCH c USING INTEGER PRIMARY KEY (rowid=?)"));
+    assert_null(strstr(plans, "TEMP B-TREE"));
     s_pol = (store_policy_t){0};
     store_db_destroy(&db);
 }
