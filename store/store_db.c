@@ -5,6 +5,7 @@
  *  caller's transaction (group commit) and a savepoint per request.
  */
 #include "store_db.h"
+#include "store_pcache.h"
 #include "store_pack.h"
 #include "store_chal.h"
 #include "store_doctor.h"
@@ -692,11 +693,13 @@ store_db_t *store_db_new(const char *path, const store_db_opts_t *opts, char *er
     //  only SQLite's few global ones, which the checkpoint thread needs), no
     //  memory statistics (mutexes and statistics showed up at ~10% of the
     //  store's CPU in perf in SERIALIZED mode). Only possible before SQLite
-    //  initialises; later calls fail harmlessly.
+    //  initialises; later calls fail harmlessly. The page cache skips the
+    //  per-commit truncation scans that cannot drop a page (store_pcache.h).
     static bool configured;
     if (!configured) {
         sqlite3_config(SQLITE_CONFIG_MULTITHREAD);
         sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+        store_pcache_install();
         configured = true;
     }
     store_db_opts_t defaults = {.sync_full = true};
