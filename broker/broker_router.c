@@ -8,6 +8,27 @@
 #include <stdlib.h>
 #include <string.h>
 
+//  A finished request waits in the spare list for reuse instead of being
+//  freed, so AddressSanitizer would not see a use after its release. In a
+//  sanitizer build (make VARIANT=asan) the whole struct is poisoned while it
+//  sits there: any read or write of it is reported (use-after-poison) until
+//  s_request_alloc hands it out again.
+#if defined(__SANITIZE_ADDRESS__)
+#define S_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define S_ASAN 1
+#endif
+#endif
+#ifdef S_ASAN
+#include <sanitizer/asan_interface.h>
+#define S_POISON(p) ASAN_POISON_MEMORY_REGION((p), sizeof *(p))
+#define S_UNPOISON(p) ASAN_UNPOISON_MEMORY_REGION((p), sizeof *(p))
+#else
+#define S_POISON(p) ((void)(p))
+#define S_UNPOISON(p) ((void)(p))
+#endif
+
 #define S_ID_MAX 255                              //  ROUTER routing ids are at most 255 bytes
 #define S_KEY_MAX (2 * S_ID_MAX + 2 + PM_RID_MAX) //  hex(client) "/" rid
 #define S_MAX_SERVICES 1024
@@ -26,6 +47,7 @@ typedef struct {
     int heartbeat_ms;
     int64_t expiry;
     int64_t heartbeat_at;
+    bool gone; //  no route to it (its connection closed): removed at the next timers pass
 } s_worker_t;
 
 typedef struct {
@@ -129,6 +151,7 @@ static s_request_t *s_request_alloc(broker_router_t *self)
     s_request_t *r = self->spare;
     if (!r)
         return malloc(sizeof *r);
+    S_UNPOISON(r);
     self->spare = r->next_spare;
     self->nspare--;
     return r;
@@ -143,11 +166,14 @@ static void s_request_free(broker_router_t *self, s_request_t *r)
         return;
     }
     r->next_spare = self->spare;
+    S_POISON(r);
     self->spare = r;
     self->nspare++;
 }
 
-//  Send a request to a worker. Returns 0, or -1 if the worker cannot take it now.
+//  Send a request to a worker. Returns 0, or -1 (errno) if the worker cannot
+//  take it now: EHOSTUNREACH when its connection is gone, EAGAIN at its
+//  high-water mark.
 static int s_send_request(broker_router_t *self, s_worker_t *w, s_request_t *r)
 {
     uint8_t cmd = PM_BUS_REQUEST;
@@ -168,9 +194,29 @@ static s_worker_t *s_pick(s_service_t *s)
 {
     s_worker_t *best = NULL;
     for (s_worker_t *w = zlistx_first(s->workers); w; w = zlistx_next(s->workers))
-        if (w->inflight < w->capacity && (!best || w->inflight < best->inflight))
+        if (!w->gone && w->inflight < w->capacity && (!best || w->inflight < best->inflight))
             best = w;
     return best;
+}
+
+//  Send r to the free worker with the fewest in flight. A worker found gone
+//  (its process died; ROUTER_MANDATORY says EHOSTUNREACH) is marked so and
+//  the next one tried: otherwise, having the fewest in flight, it would be
+//  picked for every request until it missed 3 heartbeats while the live
+//  workers sat idle. s_timers removes it (worker_lost for its requests) at
+//  the end of this pass; not here, where a caller may hold it or its
+//  requests. Returns 0, or -1 when no worker took it (the caller queues it).
+static int s_route(broker_router_t *self, s_service_t *s, s_request_t *r)
+{
+    s_worker_t *w;
+    while ((w = s_pick(s))) {
+        if (s_send_request(self, w, r) == 0)
+            return 0;
+        if (errno != EHOSTUNREACH)
+            return -1; //  at its high-water mark: wait for a reply to free it
+        w->gone = true;
+    }
+    return -1;
 }
 
 //  Hand queued requests to free workers, oldest first.
@@ -178,8 +224,7 @@ static void s_dispatch(broker_router_t *self, s_service_t *s)
 {
     s_request_t *r;
     while ((r = zlistx_first(s->queue))) {
-        s_worker_t *w = s_pick(s);
-        if (!w || s_send_request(self, w, r) < 0)
+        if (s_route(self, s, r) < 0)
             return;
         zlistx_delete(s->queue, r->qhandle);
         r->qhandle = NULL;
@@ -351,8 +396,7 @@ static void s_client_input(broker_router_t *self, zmq_msg_t *f, int total)
     zmq_msg_move(&r->body, &f[4]);
     r->queued_at = zclock_mono();
     zhashx_insert(self->requests, r->key, r);
-    s_worker_t *w = zlistx_size(s->queue) == 0 ? s_pick(s) : NULL;
-    if (!w || s_send_request(self, w, r) < 0) {
+    if (zlistx_size(s->queue) > 0 || s_route(self, s, r) < 0) {
         r->qhandle = zlistx_add_end(s->queue, r);
         self->stats.queued++;
     }
@@ -463,7 +507,7 @@ static void s_timers(broker_router_t *self)
     int64_t now = zclock_mono();
     zlistx_t *dead = NULL;
     for (s_worker_t *w = zhashx_first(self->workers); w; w = zhashx_next(self->workers)) {
-        if (now >= w->expiry) {
+        if (w->gone || now >= w->expiry) {
             if (!dead)
                 dead = zlistx_new();
             zlistx_add_end(dead, w);
@@ -474,7 +518,7 @@ static void s_timers(broker_router_t *self)
     }
     if (dead) {
         for (s_worker_t *w = zlistx_first(dead); w; w = zlistx_next(dead))
-            s_worker_delete(self, w, "missed 3 heartbeats");
+            s_worker_delete(self, w, w->gone ? "its connection is gone" : "missed 3 heartbeats");
         zlistx_destroy(&dead);
     }
     zlistx_t *empty = NULL;
@@ -542,6 +586,8 @@ int broker_router_next_timeout(const broker_router_t *self)
     int64_t now = zclock_mono();
     int64_t next = now + self->cfg.heartbeat_ms;
     for (s_worker_t *w = zhashx_first(self->workers); w; w = zhashx_next(self->workers)) {
+        if (w->gone)
+            return 0; //  s_route could not remove it: s_timers does
         if (w->heartbeat_at < next)
             next = w->heartbeat_at;
         if (w->expiry < next)
@@ -638,6 +684,7 @@ void broker_router_destroy(broker_router_t **selfp)
     }
     while (self->spare) {
         s_request_t *r = self->spare;
+        S_UNPOISON(r);
         self->spare = r->next_spare;
         free(r);
     }

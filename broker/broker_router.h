@@ -4,8 +4,9 @@
  *  register (READY) with a capacity and heartbeat interval; each request goes
  *  to the live worker of its service with the fewest in flight below its
  *  capacity, or waits in that service's bounded queue. A worker that stops
- *  heartbeating (or says DISCONNECT) is removed and its in-flight requests are
- *  answered `error` worker_lost so their clients retry at once. Bodies are
+ *  heartbeating (or says DISCONNECT, or is found gone: no route to it) is
+ *  removed and its in-flight requests are answered `error` worker_lost so
+ *  their clients retry at once. Bodies are
  *  never decoded; the router only encodes its own `error` replies. The frames
  *  are documented in proto/pm_bus.h.
  */

@@ -14,6 +14,7 @@
 #include "gw_devreq.h"
 #include "gw_http.h"
 #include "gw_eid.h"
+#include "gw_tlscache.h"
 #include "pm_str.h"
 #include "pm_log.h"
 #include "pm_msg.h"
@@ -789,6 +790,10 @@ static void s_on_request(struct evhttp_request *req, void *arg)
 
 /* ---- TLS ---- */
 
+//  Seconds the kernel holds a new connection that has sent nothing yet
+//  before handing it to accept anyway (TCP_DEFER_ACCEPT, see gw_server_new).
+#define GW_DEFER_ACCEPT_S 5
+
 //  The client certificate's chain is not verified during the handshake:
 //  gw_auth checks it per request (s_authenticate: gw_auth_verify_cert, with
 //  its chain cache), so a bad one gets a 400 (and an event), not a TLS alert,
@@ -867,8 +872,20 @@ static int s_tls_setup(gw_server_t *self)
             SSL_CTX_set_client_CA_list(self->ssl, names);
         SSL_CTX_set_verify(self->ssl, SSL_VERIFY_PEER, NULL);
         SSL_CTX_set_cert_verify_callback(self->ssl, s_cert_verify_later, NULL);
-        static const unsigned char sid[] = "picomdm-gateway";
-        SSL_CTX_set_session_id_context(self->ssl, sid, sizeof sid - 1);
+    }
+    static const unsigned char sid[] = "picomdm-gateway";
+    SSL_CTX_set_session_id_context(self->ssl, sid, sizeof sid - 1);
+    //  Resumption from our own session cache instead of encrypted tickets:
+    //  a full handshake no longer serializes and encrypts its session, a
+    //  resumption no longer decrypts and decodes it (with a client
+    //  certificate: decodes the certificate again). docs/gateway.md
+    //  "Session 9"; gw_tlscache.h says why OpenSSL's own cache cannot do it.
+    //  tls-session-cache = 0 keeps OpenSSL's encrypted tickets.
+    if (c->tls_session_cache > 0 &&
+        gw_tlscache_attach(self->ssl, (size_t)c->tls_session_cache) < 0) {
+        pm_error("cannot set up the TLS session cache (out of memory?): lower tls-session-cache, "
+                 "or set it to 0 for session tickets");
+        return -1;
     }
     return 0;
 }
@@ -964,6 +981,16 @@ gw_server_t *gw_server_new(const gw_server_config_t *cfg, struct event_base *bas
     int one = 1;
     if (setsockopt(lfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0)
         pm_warn("cannot set TCP_NODELAY on %s: answers may be delayed ~40 ms", self->listen);
+    //  TCP_DEFER_ACCEPT: a connection becomes acceptable only when its first
+    //  bytes (the ClientHello, or a proxy's request) have arrived, so the
+    //  accept and the first read share one wake-up of the loop instead of
+    //  two (docs/gateway.md "Session 9"). Clients always speak first here.
+    //  A client silent for GW_DEFER_ACCEPT_S is accepted anyway (the kernel
+    //  then lets its next ACK through) and meets the idle timeout as before.
+    int defer = GW_DEFER_ACCEPT_S;
+    if (setsockopt(lfd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof defer) < 0)
+        pm_debug("cannot set TCP_DEFER_ACCEPT on %s: one more wake-up per connection",
+                 self->listen);
     if (getsockname(lfd, (struct sockaddr *)&bound, &blen) == 0)
         self->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
                                                        : ((struct sockaddr_in *)&bound)->sin_port);

@@ -42,6 +42,7 @@ typedef struct {
     const char *tls_cert;          //  PEM chain file (TLS mode)
     const char *tls_key;           //  PEM key file (TLS mode)
     bool tls_client_cert;          //  ask TLS clients for a certificate (mTLS identity)
+    long tls_session_cache;        //  sessions in gw_tlscache (0: encrypted tickets)
     bool plain_http;               //  no TLS: behind a TLS-terminating proxy
     const char *proxy_cert_header; //  header with the URL-escaped client PEM (plain mode)
     const char *trusted_proxies;   //  comma-separated peer addresses allowed to send it

@@ -13,7 +13,11 @@
 #    still complete the handshake but every request is refused (400, a
 #    security.rejected event, nothing reaches the store), resumed or not;
 #  - with tls-client-cert false no certificate is asked for, and a client
-#    certificate offered anyway authenticates nothing.
+#    certificate offered anyway authenticates nothing;
+#  - (session 9) resumption comes from the gateway's own session cache
+#    (gw_tlscache, the checks above; tls-session-cache 0 goes back to
+#    OpenSSL's tickets, which resume too), and the listener defers accept
+#    until a connection's first bytes (TCP_DEFER_ACCEPT).
 source "$(dirname "$0")/e2e_lib.bash"
 [ -x "$TT/tls_conns" ] || skip "skipped: $TT/tls_conns is not built (make tests)"
 
@@ -71,11 +75,49 @@ r=$(grep -F '"name":"security.rejected"' "$T/events.jsonl" | tail -n 5)
 [ "$(echo "$r" | grep -c untrusted_chain)" = 3 ] && [ "$(echo "$r" | grep -c self_signed)" = 2 ] ||
     fail "expected 3 untrusted_chain and 2 self_signed events, got: $r"
 echo "ok  5 security.rejected events (3 untrusted_chain, 2 self_signed)"
-sleep 0.3
-[ "$(grep -c '"source":"store"' "$T/events.jsonl")" = "$n0" ] ||
+# A barrier instead of a fixed sleep: a good Authenticate sent after the
+# refused ones travels the same path (this gateway's one bus socket, the
+# broker, the store: in order), so once its store event is there, anything
+# the refused requests had put on the bus would have reached the store too.
+U3=UDID-TLS-0003
+plist MessageType Authenticate UDID $U3 Topic com.apple.mgmt.test >"$T/auth3"
+out=$(conns 1 --path /mdm/checkin --body "$T/auth3" --cert "$PKI/dev2.pem" --key "$PKI/dev2.key") || fail "the barrier's Authenticate: $out"
+wait_event 1 checkin.Authenticate "\"eid\":\"$U3\""
+[ "$(grep '"source":"store"' "$T/events.jsonl" | grep -c -- "$U2")" = 0 ] ||
     fail "a refused certificate's request reached the store"
 cli devices | grep -q "^$U2 " && fail "$U2 reached the store"
-echo "ok  nothing of the refused requests reached the store"
+echo "ok  nothing of the refused requests reached the store ($U3, sent after them, did)"
+
+# ---- TCP_DEFER_ACCEPT: a connection is accepted with its first bytes ----
+# A (silent) connects before B, B sends 3 bytes: the gateway must own B's
+# socket (bounded wait) while A, first in the kernel's queue, is still not
+# accepted (without TCP_DEFER_ACCEPT the loop accepts both at once, A
+# first); once A sends its first bytes, it is accepted too.
+python3 - "$PORT" "$GW_PID" <<'EOF' || fail "TCP_DEFER_ACCEPT"
+import socket, subprocess, sys, time
+port, pid = int(sys.argv[1]), sys.argv[2]
+def owned(peer):
+    out = subprocess.run(["ss", "-tnpH", "state", "established",
+                          "( sport = :%d and dport = :%d )" % (port, peer)],
+                         capture_output=True, text=True).stdout
+    return ("pid=%s," % pid) in out
+def wait(peer):
+    t = time.time()
+    while not owned(peer) and time.time() - t < 10:
+        time.sleep(0.05)
+    return owned(peer)
+a = socket.create_connection(("127.0.0.1", port)); ap = a.getsockname()[1]
+b = socket.create_connection(("127.0.0.1", port)); bp = b.getsockname()[1]
+b.sendall(b"\x16\x03\x01")
+if not wait(bp):
+    print("the gateway never accepted a connection that sent bytes"); sys.exit(1)
+if owned(ap):
+    print("a silent connection was accepted before its first byte"); sys.exit(1)
+a.sendall(b"\x16\x03\x01")
+if not wait(ap):
+    print("the silent connection was not accepted after its first byte"); sys.exit(1)
+EOF
+echo "ok  TCP_DEFER_ACCEPT: a silent connection waits in the kernel, accepted with its first bytes"
 
 # ---- tls-client-cert false: no certificate asked for, none used ----
 kill "$GW_PID"
@@ -86,4 +128,13 @@ out=$(conns 2 --path /mdm/checkin --body "$T/auth1" --expect 400 "${CERT1[@]}") 
 got "2 with status 400" "$out" "tls-client-cert false: an offered certificate authenticates nothing"
 out=$(conns 3 --path /health --resume) || fail "resumption, tls-client-cert false: $out"
 got "3 with status 200, 2 resumed" "$out" "tls-client-cert false: resumption"
+
+# ---- tls-session-cache 0: OpenSSL's encrypted tickets, resumption as well ----
+kill "$GW_PID"
+wait "$GW_PID" 2>/dev/null
+gw_tls --log-level info --admin-listen off --tls-session-cache 0
+out=$(conns 3 --path /health --resume) || fail "TLS 1.3 resumption, tls-session-cache 0: $out"
+got "3 with status 200, 2 resumed, version TLSv1.3" "$out" "tls-session-cache 0: TLS 1.3 resumption (tickets)"
+out=$(conns 3 --path /health --resume --tls12) || fail "TLS 1.2 resumption, tls-session-cache 0: $out"
+got "3 with status 200, 2 resumed, version TLSv1.2" "$out" "tls-session-cache 0: TLS 1.2 resumption (tickets)"
 echo "PASS gateway_tls"

@@ -13,8 +13,14 @@
  *  Exit 0 when every connection got the HTTP status --expect (200) (and, with --resume, every
  *  connection after the first resumed), 1 otherwise.
  *
+ *  --parallel P forks P clients that each open N/P connections one after the
+ *  other (P devices connecting at once, like the cold open loop's 128
+ *  connections at t = 0); the counts are summed (with --resume each client
+ *  resumes its own sessions: N - P resumed).
+ *
  *    tls_conns PORT N [--path P] [--body FILE] [--resume] [--tls12] [--ca PEM]
  *              [--cert PEM --key PEM] [--groups LIST] [--expect STATUS] [--quiet]
+ *              [--parallel P]
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -25,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int s_connect(int port)
@@ -116,9 +123,10 @@ out:
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr,
-                "usage: tls_conns PORT N [--path P] [--body FILE] [--resume] [--tls12] [--ca PEM] "
-                "[--cert PEM --key PEM] [--groups LIST] [--expect STATUS] [--quiet]\n");
+        fprintf(
+            stderr,
+            "usage: tls_conns PORT N [--path P] [--body FILE] [--resume] [--tls12] [--ca PEM] "
+            "[--cert PEM --key PEM] [--groups LIST] [--expect STATUS] [--quiet] [--parallel P]\n");
         return 2;
     }
     int port = (int)strtol(argv[1], NULL, 10);
@@ -126,6 +134,7 @@ int main(int argc, char **argv)
     const char *path = "/health", *ca = NULL, *cert = NULL, *key = NULL, *groups = NULL;
     const char *bodyfile = NULL;
     int resume = 0, tls12 = 0, quiet = 0, expect = 200;
+    long par = 1;
     for (int i = 3; i < argc; i++) {
         if (strcmp(argv[i], "--path") == 0 && i + 1 < argc)
             path = argv[++i];
@@ -133,6 +142,8 @@ int main(int argc, char **argv)
             expect = (int)strtol(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--body") == 0 && i + 1 < argc)
             bodyfile = argv[++i];
+        else if (strcmp(argv[i], "--parallel") == 0 && i + 1 < argc)
+            par = strtol(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--resume") == 0)
             resume = 1;
         else if (strcmp(argv[i], "--tls12") == 0)
@@ -152,8 +163,9 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (port <= 0 || n <= 0) {
-        fprintf(stderr, "tls_conns: give a port and a number of connections\n");
+    if (port <= 0 || n <= 0 || par < 1 || par > 1024 || par > n) {
+        fprintf(stderr, "tls_conns: give a port, a number of connections and 1 <= --parallel <= "
+                        "min(N, 1024)\n");
         return 2;
     }
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
@@ -197,10 +209,66 @@ int main(int argc, char **argv)
         blen = fread(body, 1, sizeof body, f);
         fclose(f);
     }
+    //  --parallel: P children, each its share of the N connections; each
+    //  reports "ok reused ver|group" on a pipe, the parent sums them.
+    int pfd[2] = {-1, -1};
+    long first = 0, last = n, child = -1;
+    if (par > 1) {
+        if (pipe(pfd) < 0) {
+            perror("tls_conns: pipe");
+            return 1;
+        }
+        fflush(stdout);
+        for (long c = 0; c < par; c++) {
+            pid_t pid = fork();
+            if (pid < 0) {
+                perror("tls_conns: fork");
+                return 1;
+            }
+            if (pid == 0) {
+                child = c;
+                first = n * c / par;
+                last = n * (c + 1) / par;
+                close(pfd[0]);
+                break;
+            }
+        }
+        if (child < 0) {
+            close(pfd[1]);
+            FILE *in = fdopen(pfd[0], "r");
+            long ok = 0, reused = 0, got = 0, a, b;
+            char ver[96] = "?", group[32] = "?";
+            char line[256];
+            while (in && fgets(line, sizeof line, in)) {
+                char v1[48], v2[48], g[32];
+                if (sscanf(line, "%ld %ld %47s %47s %31s", &a, &b, v1, v2, g) == 5) {
+                    ok += a;
+                    reused += b;
+                    got++;
+                    snprintf(ver, sizeof ver, "%s %s", v1, v2);
+                    snprintf(group, sizeof group, "%s", g);
+                }
+            }
+            if (in)
+                fclose(in);
+            while (wait(NULL) > 0)
+                ;
+            int failed = got != par;
+            printf("tls_conns: %ld connections, %ld with status %d, %ld resumed, version %s, "
+                   "group %s, %ld clients in parallel\n",
+                   n, ok, expect, reused, ver, group, par);
+            SSL_CTX_free(ctx);
+            if (failed || ok != n)
+                return 1;
+            if (resume && reused != n - par)
+                return 1;
+            return 0;
+        }
+    }
     SSL_SESSION *sess = NULL;
     long ok = 0, reused = 0;
     char ver[96] = "?", group[32] = "?";
-    for (long i = 0; i < n; i++) {
+    for (long i = first; i < last; i++) {
         int r = 0;
         int st = s_one(ctx, port, path, bodyfile ? body : NULL, blen, resume ? &sess : NULL, &r,
                        ver, sizeof ver, group, sizeof group);
@@ -209,6 +277,16 @@ int main(int argc, char **argv)
         else if (!quiet)
             fprintf(stderr, "tls_conns: connection %ld: status %d\n", i, st);
         reused += r;
+    }
+    if (child >= 0) {
+        char line[256];
+        int l = snprintf(line, sizeof line, "%ld %ld %s %s\n", ok, reused, ver, group);
+        if (l > 0 && write(pfd[1], line, (size_t)l) != l)
+            return 1;
+        close(pfd[1]);
+        SSL_SESSION_free(sess);
+        SSL_CTX_free(ctx);
+        return 0;
     }
     printf("tls_conns: %ld connections, %ld with status %d, %ld resumed, version %s, group %s\n", n,
            ok, expect, reused, ver, group);

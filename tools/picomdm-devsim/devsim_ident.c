@@ -37,6 +37,14 @@ typedef struct {
     ASN1_TYPE *md_der, *time_der; //  the two in attrs re-encoded per request
     EVP_PKEY_CTX *pctx;           //  EVP_PKEY_sign with the key and md
     size_t der_max;               //  bound on its DER's length (s_sign_kept), 0 = not known yet
+    //  The signingTime in k->time was set for this second and skew (a
+    //  device's requests of one session mostly fall in one second: the
+    //  time and its attribute's DER are then the same, not made again).
+    bool time_set;
+    time_t time_at;
+    long time_skew;
+    unsigned char *set; //  the signed attributes' DER (a SET OF), owned
+    int setcap;         //  its allocated size
 } s_kept_t;
 
 #define S_KEPT 2 //  digests kept per identity (SHA-256, SHA-1)
@@ -574,6 +582,7 @@ static void s_kept_clear(s_kept_t *k)
     CMS_ContentInfo_free(k->cms);
     sk_ASN1_TYPE_pop_free(k->attrs, ASN1_TYPE_free);
     EVP_PKEY_CTX_free(k->pctx);
+    OPENSSL_free(k->set);
     EVP_MD_free(k->md);
     int nid = k->md_nid;
     memset(k, 0, sizeof *k);
@@ -599,8 +608,18 @@ static ASN1_STRING *s_attr_value(CMS_SignerInfo *si, int nid, int type, X509_ATT
 //  whole). 0 / -1.
 static int s_attr_der(X509_ATTRIBUTE *a, ASN1_TYPE *t)
 {
+    //  Renewed per request (messageDigest, signingTime): the same length
+    //  each time (a digest's size, a 13-character UTCTime), so encoded in
+    //  place into the value t already holds, without an allocation.
+    ASN1_STRING *had = t->type == V_ASN1_SEQUENCE ? t->value.sequence : NULL;
+    int n = i2d_X509_ATTRIBUTE(a, NULL);
+    if (had && n > 0 && n == ASN1_STRING_length(had)) {
+        //  (our own string: ASN1_STRING_get0_data's buffer is writable)
+        unsigned char *p = (unsigned char *)ASN1_STRING_get0_data(had);
+        return i2d_X509_ATTRIBUTE(a, &p) == n ? 0 : -1;
+    }
     unsigned char *der = NULL;
-    int n = i2d_X509_ATTRIBUTE(a, &der);
+    n = i2d_X509_ATTRIBUTE(a, &der);
     ASN1_STRING *s = n > 0 ? ASN1_STRING_type_new(V_ASN1_SEQUENCE) : NULL;
     if (!s) {
         OPENSSL_free(der);
@@ -687,20 +706,39 @@ static int s_sign_kept(const devsim_ident_t *id, s_kept_t *k, const void *body, 
 {
     static unsigned char *buf;
     static size_t cap;
-    unsigned char hash[EVP_MAX_MD_SIZE], sig[1024], *set = NULL;
+    unsigned char hash[EVP_MAX_MD_SIZE], sig[1024];
     unsigned int hl = 0;
     size_t siglen = sizeof sig, maxsig = (size_t)EVP_PKEY_get_size(id->key);
     int rc = -1;
     if (maxsig > sizeof sig)
         return -1;
-    //  the new values, then the signed attributes' DER (a SET OF, sorted) with them
+    //  the new values, then the signed attributes' DER (a SET OF, sorted) with
+    //  them; the signingTime only when the second (or the skew) changed
+    time_t now = time(NULL);
+    bool renew_time = !k->time_set || k->time_at != now || k->time_skew != s_clock_skew_s;
+    k->time_set = false; //  (until renewed below)
     if (s_digest(k->md, body, len, hash, &hl) < 0 ||
         ASN1_OCTET_STRING_set(k->digest, hash, (int)hl) != 1 ||
-        !ASN1_UTCTIME_adj(k->time, time(NULL), 0, s_clock_skew_s) ||
-        s_attr_der(k->md_attr, k->md_der) < 0 || s_attr_der(k->time_attr, k->time_der) < 0)
+        (renew_time && !ASN1_UTCTIME_adj(k->time, now, 0, s_clock_skew_s)) ||
+        s_attr_der(k->md_attr, k->md_der) < 0 ||
+        (renew_time && s_attr_der(k->time_attr, k->time_der) < 0))
         goto out;
-    int sl = i2d_ASN1_SET_ANY(k->attrs, &set);
-    if (sl <= 0 || s_digest(k->md, set, (size_t)sl, hash, &hl) < 0 ||
+    k->time_set = true;
+    k->time_at = now;
+    k->time_skew = s_clock_skew_s;
+    //  the SET OF into k's buffer (measured first: OpenSSL does the same
+    //  two walks when it allocates, plus the allocation)
+    int sl = i2d_ASN1_SET_ANY(k->attrs, NULL);
+    if (sl > k->setcap) {
+        unsigned char *nb = OPENSSL_realloc(k->set, (size_t)sl);
+        if (!nb)
+            goto out;
+        k->set = nb;
+        k->setcap = sl;
+    }
+    unsigned char *sp = k->set;
+    if (sl <= 0 || i2d_ASN1_SET_ANY(k->attrs, &sp) != sl ||
+        s_digest(k->md, k->set, (size_t)sl, hash, &hl) < 0 ||
         EVP_PKEY_sign(k->pctx, sig, &siglen, hash, hl) != 1 ||
         ASN1_STRING_set(CMS_SignerInfo_get0_signature(k->si), sig, (int)siglen) != 1)
         goto out;
@@ -727,17 +765,21 @@ static int s_sign_kept(const devsim_ident_t *id, s_kept_t *k, const void *body, 
         abort(); //  the bound above is wrong: a programming error, not bad input
     rc = *derlen > 0 ? 0 : -1;
 out:
-    OPENSSL_free(set);
     return rc;
 }
 
-int devsim_ident_sign(const devsim_ident_t *cid, const devsim_ident_t *extra, const EVP_MD *md,
-                      const void *body, size_t len, char **b64)
+//  The DER of the request's SignedData: *der points into the kept
+//  structure's buffer (*own NULL) or is OpenSSL's allocation (*own = it, the
+//  caller frees it with OPENSSL_free). 0 / -1.
+static int s_sign_der(const devsim_ident_t *cid, const devsim_ident_t *extra, const EVP_MD *md,
+                      const void *body, size_t len, unsigned char **der, int *dl,
+                      unsigned char **own)
 {
     devsim_ident_t *id = (devsim_ident_t *)cid; //  its kept SignedData is a cache
-    unsigned char *der = NULL, *kder = NULL;    //  OpenSSL's (freed here); s_sign_kept's (not)
-    int dl = 0, rc = -1, md_nid = EVP_MD_get_type(md);
+    unsigned char *kder = NULL;                 //  s_sign_kept's (not to be freed)
+    int md_nid = EVP_MD_get_type(md);
     s_kept_t *k = NULL;
+    *own = NULL;
     if (!extra) { //  two signers (a negative test) always go the OpenSSL way
         for (int i = 0; i < S_KEPT && !k; i++)
             if (id->kept[i].md_nid == md_nid)
@@ -748,8 +790,8 @@ int devsim_ident_sign(const devsim_ident_t *cid, const devsim_ident_t *extra, co
                 k->md_nid = md_nid;
                 //  made now; its first signature must verify before it is used
                 if (s_kept_make(id, k, md, body, len) < 0 ||
-                    s_sign_kept(id, k, body, len, &kder, &dl) < 0 ||
-                    !s_selfcheck(id, k, kder, (size_t)dl, body, len)) {
+                    s_sign_kept(id, k, body, len, &kder, dl) < 0 ||
+                    !s_selfcheck(id, k, kder, (size_t)*dl, body, len)) {
                     s_kept_clear(k);
                     k->bad = true;
                     ERR_clear_error();
@@ -757,27 +799,61 @@ int devsim_ident_sign(const devsim_ident_t *cid, const devsim_ident_t *extra, co
                     goto fast;
             }
     }
-    if (k && k->cms && !k->bad && s_sign_kept(id, k, body, len, &kder, &dl) == 0)
+    if (k && k->cms && !k->bad && s_sign_kept(id, k, body, len, &kder, dl) == 0)
         goto fast;
     ERR_clear_error();
     CMS_ContentInfo *cms = NULL;
+    int rc = -1;
     if (s_sign_openssl_cms(id, extra, md, body, len, &cms) == 0) {
-        dl = i2d_CMS_ContentInfo(cms, &der);
-        if (dl > 0) {
+        *dl = i2d_CMS_ContentInfo(cms, own);
+        if (*dl > 0) {
             s_openssl_count++;
-            rc = s_b64(der, (size_t)dl, b64);
+            *der = *own;
+            rc = 0;
         }
     }
     CMS_ContentInfo_free(cms);
-    goto out;
-fast:
-    s_fast_count++;
-    rc = s_b64(kder, (size_t)dl, b64);
-out:
     if (rc)
         ERR_clear_error();
-    OPENSSL_free(der);
     return rc;
+fast:
+    s_fast_count++;
+    *der = kder;
+    return 0;
+}
+
+int devsim_ident_sign(const devsim_ident_t *id, const devsim_ident_t *extra, const EVP_MD *md,
+                      const void *body, size_t len, char **b64)
+{
+    unsigned char *der = NULL, *own = NULL;
+    int dl = 0;
+    int rc = s_sign_der(id, extra, md, body, len, &der, &dl, &own);
+    if (rc == 0)
+        rc = s_b64(der, (size_t)dl, b64);
+    OPENSSL_free(own);
+    return rc;
+}
+
+long devsim_ident_sign_into(const devsim_ident_t *id, const EVP_MD *md, const void *body,
+                            size_t len, char **buf, size_t *cap, size_t off)
+{
+    unsigned char *der = NULL, *own = NULL;
+    int dl = 0;
+    long n = -1;
+    if (s_sign_der(id, NULL, md, body, len, &der, &dl, &own) == 0) {
+        size_t need = off + 4 * (((size_t)dl + 2) / 3) + 1;
+        if (need > *cap) {
+            char *p = realloc(*buf, need);
+            if (p) {
+                *buf = p;
+                *cap = need;
+            }
+        }
+        if (need <= *cap)
+            n = EVP_EncodeBlock((unsigned char *)*buf + off, der, dl);
+    }
+    OPENSSL_free(own);
+    return n;
 }
 
 int devsim_ident_prepare(const devsim_ident_t *id, const EVP_MD *md)

@@ -73,6 +73,12 @@ void devsim_ident_set_clock_skew(long seconds);
 //  less CPU than CMS_sign each time. See devsim_ident.c.
 int devsim_ident_sign(const devsim_ident_t *id, const devsim_ident_t *extra, const EVP_MD *md,
                       const void *body, size_t len, char **b64);
+//  The same signature (one signer), its base64 written at (*buf) + off and
+//  NUL-terminated, *buf grown with realloc (*cap its size; the caller owns
+//  it, the off bytes before are left as they are): no allocation per
+//  request once the buffer is large enough. The base64's length / -1.
+long devsim_ident_sign_into(const devsim_ident_t *id, const EVP_MD *md, const void *body,
+                            size_t len, char **buf, size_t *cap, size_t off);
 //  Signatures made so far: from a kept SignedData, and by CMS_sign each time.
 void devsim_ident_sign_counts(long *fast, long *openssl);
 

@@ -52,6 +52,93 @@ static int s_verify(const char *b64, const void *body, size_t len, X509 *ca)
     return ok == 1 ? signers : -1;
 }
 
+//  The signingTime of a base64 Mdm-Signature (time_t), -1 when it has none.
+static long s_signing_time(const char *b64)
+{
+    size_t blen = strlen(b64);
+    unsigned char *der = malloc(blen);
+    int n = EVP_DecodeBlock(der, (const unsigned char *)b64, (int)blen);
+    while (blen > 0 && b64[blen - 1] == '=') {
+        n--;
+        blen--;
+    }
+    const unsigned char *p = der;
+    CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, n);
+    assert_non_null(cms);
+    long t = -1;
+    CMS_SignerInfo *si = sk_CMS_SignerInfo_value(CMS_get0_SignerInfos(cms), 0);
+    int ix = si ? CMS_signed_get_attr_by_NID(si, NID_pkcs9_signingTime, -1) : -1;
+    if (ix >= 0) {
+        ASN1_TYPE *at = X509_ATTRIBUTE_get0_type(CMS_signed_get_attr(si, ix), 0);
+        struct tm tm;
+        if (ASN1_TIME_to_tm((const ASN1_TIME *)at->value.asn1_string, &tm) == 1)
+            t = (long)timegm(&tm);
+    }
+    CMS_ContentInfo_free(cms);
+    free(der);
+    return t;
+}
+
+//  devsim_ident_sign_into (session 9): the base64 written after the caller's
+//  prefix in the caller's buffer, which grows; every signature verifies;
+//  the signingTime (renewed only when the second or the skew changes) is
+//  the current one: a later second and a new skew show in the next
+//  signature, never the kept value.
+static void test_sign_into(void **state)
+{
+    (void)state;
+    char err[256];
+    devsim_ca_t *ca = devsim_ca_generate("Device CA", DEVSIM_KEY_EC, err, sizeof err);
+    assert_non_null(ca);
+    devsim_ident_t *id =
+        devsim_ident_issue(ca, "INTO-1", DEVSIM_KEY_EC, -60, 86400, err, sizeof err);
+    assert_non_null(id);
+    assert_int_equal(devsim_ident_prepare(id, EVP_sha256()), 0);
+    static const char name[] = "Mdm-Signature: ";
+    char *buf = NULL;
+    size_t cap = 0;
+    char body[64];
+    long f0, o0, f1, o1;
+    devsim_ident_sign_counts(&f0, &o0);
+    for (int i = 0; i < 40; i++) {
+        int bl = snprintf(body, sizeof body, "<plist>request %d</plist>", i);
+        if (buf)
+            memcpy(buf, name, sizeof name - 1);
+        long n =
+            devsim_ident_sign_into(id, EVP_sha256(), body, (size_t)bl, &buf, &cap, sizeof name - 1);
+        assert_true(n > 100);
+        assert_true(cap >= sizeof name + (size_t)n);
+        if (i > 0) //  the prefix is the caller's: left as it was
+            assert_memory_equal(buf, name, sizeof name - 1);
+        assert_int_equal(strlen(buf + sizeof name - 1), (size_t)n);
+        assert_int_equal(s_verify(buf + sizeof name - 1, body, (size_t)bl, devsim_ca_cert(ca)), 1);
+        assert_int_equal(s_verify(buf + sizeof name - 1, "x", 1, devsim_ca_cert(ca)), -1);
+        long d = s_signing_time(buf + sizeof name - 1) - (long)time(NULL);
+        assert_true(d >= -2 && d <= 0);
+    }
+    devsim_ident_sign_counts(&f1, &o1);
+    assert_int_equal(f1, f0 + 40); //  all from the kept structure
+    //  a later second: the next signature carries it
+    long t0 = s_signing_time(buf + sizeof name - 1);
+    sleep(2);
+    assert_true(devsim_ident_sign_into(id, EVP_sha256(), "a", 1, &buf, &cap, 0) > 0);
+    assert_true(s_signing_time(buf) >= t0 + 2);
+    assert_int_equal(s_verify(buf, "a", 1, devsim_ca_cert(ca)), 1);
+    //  a new skew within the same second: the next signature carries it
+    devsim_ident_set_clock_skew(900);
+    assert_true(devsim_ident_sign_into(id, EVP_sha256(), "b", 1, &buf, &cap, 0) > 0);
+    long d = s_signing_time(buf) - (long)time(NULL);
+    assert_true(d >= 898 && d <= 900);
+    assert_int_equal(s_verify(buf, "b", 1, devsim_ca_cert(ca)), 1);
+    devsim_ident_set_clock_skew(0);
+    assert_true(devsim_ident_sign_into(id, EVP_sha256(), "c", 1, &buf, &cap, 0) > 0);
+    d = s_signing_time(buf) - (long)time(NULL);
+    assert_true(d >= -2 && d <= 0);
+    free(buf);
+    devsim_ident_destroy(&id);
+    devsim_ca_destroy(&ca);
+}
+
 static void test_sign_and_verify(void **state)
 {
     (void)state;
@@ -349,7 +436,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sign_and_verify),     cmocka_unit_test(test_fast_path),
         cmocka_unit_test(test_negative_signatures), cmocka_unit_test(test_clock_skew),
-        cmocka_unit_test(test_pem_round_trip),      cmocka_unit_test(test_sign_cost),
+        cmocka_unit_test(test_pem_round_trip),      cmocka_unit_test(test_sign_into),
+        cmocka_unit_test(test_sign_cost),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -113,6 +113,10 @@ typedef struct {
 struct devsim_run {
     devsim_run_opts_t o;
     char checkin_url[1024], server_url[1024];
+    //  The same two URLs parsed once (CURLOPT_CURLU): with CURLOPT_URL curl
+    //  parses the string again at every transfer's start; with a CURLU it
+    //  copies the parsed parts. NULL: that URL goes as a string.
+    CURLU *checkin_cu, *server_cu;
     devsim_dev_t **devs;
     int n;
     CURLM *multi;
@@ -346,6 +350,8 @@ static int s_timercb(CURLM *m, long ms, void *arg)
     return 0;
 }
 
+static void s_parse_urls(devsim_run_t *r);
+
 devsim_run_t *devsim_run_new(const devsim_run_opts_t *o, devsim_dev_t **devs, int n)
 {
     devsim_run_t *r = calloc(1, sizeof *r);
@@ -376,6 +382,7 @@ devsim_run_t *devsim_run_new(const devsim_run_opts_t *o, devsim_dev_t **devs, in
     curl_multi_setopt(r->multi, CURLMOPT_MAXCONNECTS, (long)r->nslots);
     snprintf(r->checkin_url, sizeof r->checkin_url, "%s%s", r->o.url, r->o.checkin_path);
     snprintf(r->server_url, sizeof r->server_url, "%s%s", r->o.url, r->o.server_path);
+    s_parse_urls(r);
     for (int i = 0; i < r->nslots; i++) {
         slot_t *sl = &r->slots[i];
         sl->easy = curl_easy_init();
@@ -433,6 +440,8 @@ void devsim_run_destroy(devsim_run_t **rp)
     if (r->multi) //  (closes the kept connections: s_closesock still uses fdst)
         curl_multi_cleanup(r->multi);
     free(r->fdst);
+    curl_url_cleanup(r->checkin_cu);
+    curl_url_cleanup(r->server_cu);
     if (r->epfd >= 0)
         close(r->epfd);
     free(r);
@@ -477,6 +486,42 @@ static void s_add_step(job_t *j, step_kind_t k, devsim_dev_t *ch)
         j->steps[j->nsteps++] = (step_t){k, ch};
 }
 
+//  Point handle e at url: one of the run's two parsed ones (CURLOPT_CURLU,
+//  which takes precedence over CURLOPT_URL), or a string (CURLU cleared).
+static void s_set_url(devsim_run_t *r, CURL *e, const char *url)
+{
+    CURLU *cu = url == r->checkin_url ? r->checkin_cu : url == r->server_url ? r->server_cu : NULL;
+    curl_easy_setopt(e, CURLOPT_CURLU, cu);
+    if (!cu)
+        curl_easy_setopt(e, CURLOPT_URL, url);
+}
+
+//  (Re)parse the run's two URLs for s_set_url; a URL curl cannot parse
+//  stays a string (the transfer then reports curl's error).
+static void s_parse_urls(devsim_run_t *r)
+{
+    //  (between phases: no transfer in flight) the handles let go of the
+    //  old ones first, and set a URL again on their next request
+    for (int i = 0; r->slots && i < r->nslots; i++) {
+        if (r->slots[i].easy)
+            curl_easy_setopt(r->slots[i].easy, CURLOPT_CURLU, NULL);
+        r->slots[i].url_set = NULL;
+    }
+    curl_url_cleanup(r->checkin_cu);
+    curl_url_cleanup(r->server_cu);
+    r->checkin_cu = curl_url();
+    r->server_cu = curl_url();
+    if (r->checkin_cu &&
+        curl_url_set(r->checkin_cu, CURLUPART_URL, r->checkin_url, 0) != CURLUE_OK) {
+        curl_url_cleanup(r->checkin_cu);
+        r->checkin_cu = NULL;
+    }
+    if (r->server_cu && curl_url_set(r->server_cu, CURLUPART_URL, r->server_url, 0) != CURLUE_OK) {
+        curl_url_cleanup(r->server_cu);
+        r->server_cu = NULL;
+    }
+}
+
 static void s_opt_long(CURL *e, CURLoption opt, long *set, long v)
 {
     if (*set != v)
@@ -494,8 +539,8 @@ static void s_send(devsim_run_t *r, slot_t *s, const char *url, const char *ua, 
 {
     (void)r;
     CURL *e = s->easy;
-    if (s->url_set != url) //  curl parses a URL when it is set: only on change
-        curl_easy_setopt(e, CURLOPT_URL, url);
+    if (s->url_set != url) //  only on change
+        s_set_url(r, e, url);
     s->url_set = url;
     if (s->ua_set != ua)
         curl_easy_setopt(e, CURLOPT_USERAGENT, ua);
@@ -548,26 +593,16 @@ static int s_submit(devsim_run_t *r, slot_t *s, plist_t msg, bool checkin)
     const devsim_ident_t *id = devsim_dev_ident(s->job->dev);
     bool sign = s->job->checkin_url ? s->job->sign : r->o.sign; //  the profile's SignMessage
     if (sign && id) {
-        char *b64 = NULL;
-        if (devsim_ident_sign(id, NULL, r->o.md, xml, len, &b64) < 0) {
+        //  the header line in the slot's buffer: the base64 written in place
+        //  after its name (no allocation or copy per request)
+        static const char name[] = "Mdm-Signature: ";
+        if (devsim_ident_sign_into(id, r->o.md, xml, len, &s->sig, &s->sigcap, sizeof name - 1) <
+            0) {
             pm_error("cannot sign a request for %s (OpenSSL CMS_sign failed)",
                      devsim_dev_cn(s->job->dev));
             return -1;
         }
-        static const char name[] = "Mdm-Signature: ";
-        size_t bl = strlen(b64), need = sizeof name + bl;
-        if (need > s->sigcap) {
-            char *p = realloc(s->sig, need);
-            if (!p) {
-                free(b64);
-                return -1;
-            }
-            s->sig = p;
-            s->sigcap = need;
-        }
         memcpy(s->sig, name, sizeof name - 1);
-        memcpy(s->sig + sizeof name - 1, b64, bl + 1);
-        free(b64);
         s->hdr[2].data = s->sig;
         s->hdr[2].next = NULL;
         s->hdr[1].next = &s->hdr[2];
@@ -977,7 +1012,7 @@ static void s_warm(devsim_run_t *r)
         if (s->job)
             continue; //  (a phase starts with every slot free)
         if (s->url_set != r->server_url)
-            curl_easy_setopt(e, CURLOPT_URL, r->server_url);
+            s_set_url(r, e, r->server_url);
         s->url_set = r->server_url;
         if (s->method_set != 1) {
             curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, NULL);
@@ -1257,6 +1292,7 @@ void devsim_run_set_target(devsim_run_t *r, const char *url, const char *checkin
     r->o.sign = sign;
     snprintf(r->checkin_url, sizeof r->checkin_url, "%s%s", url, checkin_path);
     snprintf(r->server_url, sizeof r->server_url, "%s%s", url, server_path);
+    s_parse_urls(r);
 }
 
 void devsim_run_wake(devsim_run_t *r, devsim_dev_t *d)
