@@ -5,6 +5,7 @@
  *  caller's transaction (group commit) and a savepoint per request.
  */
 #include "store_db.h"
+#include "store_pcache.h"
 #include "store_pack.h"
 #include "store_chal.h"
 #include "store_doctor.h"
@@ -177,6 +178,9 @@ _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema 
                      " session=excluded.session, last_seen=excluded.last_seen,"                    \
                      " last_rid=excluded.last_rid, last_status=excluded.last_status,"              \
                      " last_cmd=excluded.last_cmd")                                                \
+    /* (session 9) the device's sessions row exists (ENR_GET saw it): no upsert */                 \
+    X(SES_UPDATE, "UPDATE sessions SET session=?2, last_seen=?3, last_rid=?4, last_status=?5,"     \
+                  " last_cmd=?6 WHERE eid=?1")                                                     \
     X(WAKE_DONE, "DELETE FROM wake WHERE eid=?1")                                                  \
     X(ENR_EXISTS, "SELECT 1 FROM enrollments WHERE eid=?1")                                        \
     X(ENR_WAKE, "INSERT OR IGNORE INTO wake(eid) VALUES(?1)")                                      \
@@ -188,7 +192,9 @@ _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema 
     X(CMD_TARGETS, "UPDATE commands SET targets=?2 WHERE id=?1")                                   \
     X(Q_INSERT, "INSERT OR IGNORE INTO queue(eid,cmd,status,active,priority,expires,created)"      \
                 " VALUES(?1,?2,'pending',1,?3,?4,?5)")                                             \
-    X(Q_GET, "SELECT status, active, notnow_count, result FROM queue WHERE eid=?1 AND cmd=?2")     \
+    /* (session 9) the answered command and the device's entry for it, in one statement */         \
+    X(CMD_Q_GET, "SELECT c.id, c.request_type, q.eid IS NOT NULL, q.active, q.result"              \
+                 " FROM commands c LEFT JOIN queue q ON q.eid=?2 AND q.cmd=c.id WHERE c.uuid=?1")  \
     /* the entry gets its result's id; an active one is finished (SET's right-hand                 \
      * sides see the row as it was) */                                                             \
     X(Q_FINISH, "UPDATE queue SET result=?3, status=CASE WHEN active=1 THEN ?4 ELSE status END,"   \
@@ -199,19 +205,25 @@ _Static_assert(S_NMIGRATIONS == STORE_SCHEMA_VERSION, "one migration per schema 
     /* whether Q_EXPIRE / Q_FAIL would change anything: one pass over the device's                 \
      * active entries (queue_active), not its whole history (schema 9 dropped                      \
      * queue_expiry) */                                                                            \
-    X(Q_SWEEP_ANY,                                                                                 \
-      "SELECT coalesce(max(expires IS NOT NULL AND expires<=?2), 0),"                              \
-      " coalesce(max(?3>0 AND status='sent' AND deliveries>=?3 AND session<?4 AND delivered<=?5)," \
-      " 0) FROM queue INDEXED BY queue_active WHERE eid=?1 AND active=1")                          \
+    /* (session 9) a row per active entry, no aggregate (SQLite's aggregate steps                  \
+     * cost more than the few rows a device has): the caller ORs the flags and                     \
+     * counts the rows, and also learns whether one is demoted by notnow-limit                     \
+     * (?6), so that s_next runs Q_NEXT only when an entry may be due */                           \
+    X(Q_SWEEP_ANY, "SELECT expires IS NOT NULL AND expires<=?2,"                                   \
+                   " ?3>0 AND status='sent' AND deliveries>=?3 AND session<?4 AND delivered<=?5,"  \
+                   " ?6>0 AND notnow_count>=?6"                                                    \
+                   " FROM queue INDEXED BY queue_active WHERE eid=?1 AND active=1")                \
     X(Q_EXPIRE,                                                                                    \
       "UPDATE queue INDEXED BY queue_active SET status='expired', active=0, answered=?2"           \
       " WHERE eid=?1 AND active=1 AND expires IS NOT NULL AND expires<=?2 RETURNING cmd")          \
     X(Q_FAIL, "UPDATE queue SET status='failed', active=0, answered=?2"                            \
               " WHERE eid=?1 AND active=1 AND status='sent' AND deliveries>=?3 AND session<?4"     \
               " AND delivered<=?5 RETURNING cmd, deliveries")                                      \
-    X(Q_NEXT, "SELECT cmd, deliveries FROM queue WHERE eid=?1 AND active=1"                        \
-              " AND (session IS NULL OR session<?2) AND (status<>'sent' OR delivered<=?3)"         \
-              " AND ((?4>0 AND notnow_count>=?4)=?5) ORDER BY priority DESC, cmd LIMIT 1")         \
+    /* (session 9) with the command's uuid, RequestType and body: no CMD_BY_ID after it */         \
+    X(Q_NEXT, "SELECT q.cmd, q.deliveries, c.uuid, c.request_type, c.body"                         \
+              " FROM queue q JOIN commands c ON c.id=q.cmd WHERE q.eid=?1 AND q.active=1"          \
+              " AND (q.session IS NULL OR q.session<?2) AND (q.status<>'sent' OR q.delivered<=?3)" \
+              " AND ((?4>0 AND q.notnow_count>=?4)=?5) ORDER BY q.priority DESC, q.cmd LIMIT 1")   \
     X(Q_DELIVER, "UPDATE queue SET status='sent', deliveries=deliveries+1, delivered=?3,"          \
                  " session=?4 WHERE eid=?1 AND cmd=?2")                                            \
     X(Q_CANCEL_ONE, "UPDATE queue SET status='cancelled', active=0, answered=?3"                   \
@@ -681,11 +693,13 @@ store_db_t *store_db_new(const char *path, const store_db_opts_t *opts, char *er
     //  only SQLite's few global ones, which the checkpoint thread needs), no
     //  memory statistics (mutexes and statistics showed up at ~10% of the
     //  store's CPU in perf in SERIALIZED mode). Only possible before SQLite
-    //  initialises; later calls fail harmlessly.
+    //  initialises; later calls fail harmlessly. The page cache skips the
+    //  per-commit truncation scans that cannot drop a page (store_pcache.h).
     static bool configured;
     if (!configured) {
         sqlite3_config(SQLITE_CONFIG_MULTITHREAD);
         sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+        store_pcache_install();
         configured = true;
     }
     store_db_opts_t defaults = {.sync_full = true};
@@ -1005,6 +1019,7 @@ int store_db_doctor_note(store_db_t *db, const char *eid, int64_t not_after_ms, 
 typedef struct {
     bool found;
     bool enrolled;
+    bool has_session; //  its sessions row exists (it connected before)
     int64_t session;
     uint8_t cert_hash[64];
     size_t cert_hash_len;
@@ -1036,6 +1051,7 @@ static int s_enr_load(store_db_t *db, const char *eid, s_enr_t *e, sqlite3_stmt 
         e->cert_hash_len = (size_t)n;
     }
     e->enrolled = sqlite3_column_int(st, 2) != 0;
+    e->has_session = sqlite3_column_type(st, 3) != SQLITE_NULL;
     e->session = sqlite3_column_int64(st, 3);
     if (s_col_text(st, 7))
         pm_str_copy(e->parent, sizeof e->parent, s_col_text(st, 7), PM_STR_ALL);
@@ -1544,13 +1560,21 @@ static int s_sweep(store_db_t *db, sqlite3_stmt *st, const char *eid, const char
     return ret;
 }
 
+//  What the per-connect pass over the device's active entries learned, for
+//  s_next: how many are active (-1: not known) and whether one of them is
+//  demoted by notnow-limit (answered NotNow that often).
+typedef struct {
+    int64_t active;
+    bool demoted;
+} s_due_t;
+
 //  Expire entries past their expiry; fail entries delivered too often without
 //  an answer (only when they would otherwise be offered again). One SELECT
 //  over the device's active entries first: it is much cheaper than an UPDATE
 //  that changes nothing (no statement journal), and the sweeps almost never
-//  find anything.
+//  find anything. The same pass counts the active entries (*due).
 static int s_sweeps(store_db_t *db, const char *eid, int64_t session, const store_policy_t *pol,
-                    int64_t now)
+                    int64_t now, s_due_t *due)
 {
     sqlite3_stmt *st = s_st(db, S_Q_SWEEP_ANY);
     if (!st)
@@ -1562,11 +1586,20 @@ static int s_sweeps(store_db_t *db, const char *eid, int64_t session, const stor
     sqlite3_bind_int(st, 3, limit);
     sqlite3_bind_int64(st, 4, session);
     sqlite3_bind_int64(st, 5, before);
-    int rc = sqlite3_step(st);
-    bool expire = rc == SQLITE_ROW && sqlite3_column_int(st, 0) != 0;
-    bool fail = rc == SQLITE_ROW && sqlite3_column_int(st, 1) != 0;
+    sqlite3_bind_int(st, 6, pol ? pol->notnow_limit : 0);
+    bool expire = false, fail = false;
+    *due = (s_due_t){0, false};
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        expire = expire || sqlite3_column_int(st, 0) != 0;
+        fail = fail || sqlite3_column_int(st, 1) != 0;
+        due->demoted = due->demoted || sqlite3_column_int(st, 2) != 0;
+        due->active++;
+    }
+    if (expire || fail) //  the sweeps below change the active set: not known any more
+        *due = (s_due_t){-1, true};
     sqlite3_reset(st);
-    if (rc != SQLITE_ROW) {
+    if (rc != SQLITE_DONE) {
         s_dberr(db, "checking a queue");
         return -1;
     }
@@ -1594,40 +1627,32 @@ static int s_sweeps(store_db_t *db, const char *eid, int64_t session, const stor
     return 0;
 }
 
-//  Record the device's answer for command_uuid. Returns 0 / -1.
-static int s_record_answer(store_db_t *db, const store_connect_t *in, int64_t session)
+//  Record the device's answer for command_uuid; *due follows the entry when
+//  it leaves the active set (or may become demoted). Returns 0 / -1.
+static int s_record_answer(store_db_t *db, const store_connect_t *in, int64_t session, s_due_t *due)
 {
-    sqlite3_stmt *st = s_st(db, S_CMD_BY_UUID);
+    sqlite3_stmt *st = s_st(db, S_CMD_Q_GET);
     if (!st)
         return -1;
     s_bind_text(st, 1, in->command_uuid);
+    s_bind_text(st, 2, in->eid);
     int64_t cmd = -1;
     char rtype[128] = "";
+    bool active = false, known = false;
+    int64_t result = -1; //  the entry's result (results.id), -1: none yet
     int rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         cmd = sqlite3_column_int64(st, 0);
         pm_str_copy(rtype, sizeof rtype, s_col_text(st, 1), PM_STR_ALL);
+        known = sqlite3_column_int(st, 2) != 0;
+        active = known && sqlite3_column_int(st, 3) != 0;
+        if (known && sqlite3_column_type(st, 4) != SQLITE_NULL)
+            result = sqlite3_column_int64(st, 4);
     }
     sqlite3_reset(st);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
         s_dberr(db, "looking up a command");
         return -1;
-    }
-    bool active = false, known = false;
-    int64_t result = -1; //  the entry's result (results.id), -1: none yet
-    if (cmd >= 0) {
-        st = s_st(db, S_Q_GET);
-        if (!st)
-            return -1;
-        s_bind_text(st, 1, in->eid);
-        sqlite3_bind_int64(st, 2, cmd);
-        if (sqlite3_step(st) == SQLITE_ROW) {
-            known = true;
-            active = sqlite3_column_int(st, 1) != 0;
-            if (sqlite3_column_type(st, 3) != SQLITE_NULL)
-                result = sqlite3_column_int64(st, 3);
-        }
-        sqlite3_reset(st);
     }
     if (!known) {
         //  unknown, or another enrollment's command: note it, change nothing
@@ -1652,6 +1677,7 @@ static int s_record_answer(store_db_t *db, const store_connect_t *in, int64_t se
             sqlite3_bind_int64(st, 4, in->now_ms);
             if (s_exec(db, st, "recording NotNow") < 0)
                 return -1;
+            due->demoted = true; //  it may have reached notnow-limit
         } else {
             replay = true;
         }
@@ -1694,6 +1720,8 @@ static int s_record_answer(store_db_t *db, const store_connect_t *in, int64_t se
             sqlite3_bind_int64(st, 5, in->now_ms);
             if (s_exec(db, st, "finishing a queue entry") < 0)
                 return -1;
+            if (active && due->active > 0)
+                due->active--; //  it left the active set
         }
         //  the answer becomes inventory, in this same transaction (store_inv.h)
         if (!replay && strcmp(in->status, "Acknowledged") == 0) {
@@ -1714,10 +1742,27 @@ static int s_record_answer(store_db_t *db, const store_connect_t *in, int64_t se
     return s_event_scratch(db, "command.result", in->eid, in->now_ms);
 }
 
-//  Pack the device's view of command `cmd`: {CommandUUID, Command}. The uuid
-//  and RequestType are copied out when buffers are given. 0 / -1.
-static int s_pack_command(store_db_t *db, int64_t cmd, msgpack_sbuffer *out, char *uuid,
-                          size_t usize, char *rtype, size_t rsize)
+//  Pack the device's view of a command from a row whose columns `col` ..
+//  `col` + 2 are its uuid, RequestType and body: {CommandUUID, Command}. The
+//  uuid and RequestType are copied out when buffers are given.
+static void s_pack_row(sqlite3_stmt *st, int col, msgpack_sbuffer *out, char *uuid, size_t usize,
+                       char *rtype, size_t rsize)
+{
+    if (uuid)
+        pm_str_copy(uuid, usize, s_col_text(st, col), PM_STR_ALL);
+    if (rtype)
+        pm_str_copy(rtype, rsize, s_col_text(st, col + 1), PM_STR_ALL);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 2);
+    store_pk_kstr(&pk, "CommandUUID", s_col_text(st, col));
+    store_pk_str(&pk, "Command");
+    msgpack_sbuffer_write(out, sqlite3_column_blob(st, col + 2),
+                          (size_t)sqlite3_column_bytes(st, col + 2));
+}
+
+//  Pack the device's view of command `cmd` (s_pack_row). 0 / -1.
+static int s_pack_command(store_db_t *db, int64_t cmd, msgpack_sbuffer *out)
 {
     sqlite3_stmt *st = s_st(db, S_CMD_BY_ID);
     if (!st)
@@ -1728,25 +1773,19 @@ static int s_pack_command(store_db_t *db, int64_t cmd, msgpack_sbuffer *out, cha
         s_dberr(db, "reading a queued command");
         return -1;
     }
-    if (uuid)
-        pm_str_copy(uuid, usize, s_col_text(st, 0), PM_STR_ALL);
-    if (rtype)
-        pm_str_copy(rtype, rsize, s_col_text(st, 1), PM_STR_ALL);
-    msgpack_packer pk;
-    msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 2);
-    store_pk_kstr(&pk, "CommandUUID", s_col_text(st, 0));
-    store_pk_str(&pk, "Command");
-    msgpack_sbuffer_write(out, sqlite3_column_blob(st, 2), (size_t)sqlite3_column_bytes(st, 2));
+    s_pack_row(st, 0, out, NULL, 0, NULL, 0);
     sqlite3_reset(st);
     return 0;
 }
 
 //  Pick the next command and mark it delivered; packs {CommandUUID, Command}.
+//  No active entry left (*due): nothing to pick, no statement run.
 static int s_next(store_db_t *db, const store_connect_t *in, int64_t session, msgpack_sbuffer *out,
-                  int64_t *delivered)
+                  int64_t *delivered, const s_due_t *due)
 {
     const store_policy_t *pol = in->policy;
+    if (due->active == 0)
+        return 0;
     sqlite3_stmt *st = s_st(db, S_Q_NEXT);
     if (!st)
         return -1;
@@ -1759,7 +1798,7 @@ static int s_next(store_db_t *db, const store_connect_t *in, int64_t session, ms
     //  demoted by notnow-limit, then the demoted ones
     sqlite3_bind_int(st, 5, 0);
     int rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE && pol && pol->notnow_limit > 0) {
+    if (rc == SQLITE_DONE && pol && pol->notnow_limit > 0 && due->demoted) {
         sqlite3_reset(st);
         sqlite3_bind_int(st, 5, 1);
         rc = sqlite3_step(st);
@@ -1774,6 +1813,10 @@ static int s_next(store_db_t *db, const store_connect_t *in, int64_t session, ms
     }
     int64_t cmd = sqlite3_column_int64(st, 0);
     int64_t deliveries = sqlite3_column_int64(st, 1) + 1;
+    //  packed now, before the reset: the row is gone after it
+    char uuid[128], rtype[128];
+    size_t mark = out->size;
+    s_pack_row(st, 2, out, uuid, sizeof uuid, rtype, sizeof rtype);
     sqlite3_reset(st);
 
     st = s_st(db, S_Q_DELIVER);
@@ -1783,12 +1826,10 @@ static int s_next(store_db_t *db, const store_connect_t *in, int64_t session, ms
     sqlite3_bind_int64(st, 2, cmd);
     sqlite3_bind_int64(st, 3, in->now_ms);
     sqlite3_bind_int64(st, 4, session);
-    if (s_exec(db, st, "marking a command delivered") < 0)
+    if (s_exec(db, st, "marking a command delivered") < 0) {
+        out->size = mark; //  nothing delivered: nothing offered
         return -1;
-
-    char uuid[128], rtype[128];
-    if (s_pack_command(db, cmd, out, uuid, sizeof uuid, rtype, sizeof rtype) < 0)
-        return -1;
+    }
     *delivered = cmd;
 
     msgpack_packer *ep = s_ev_data(db, 3);
@@ -1840,7 +1881,7 @@ store_rc_t store_db_connect(store_db_t *db, const store_connect_t *in, store_con
         bool had = sqlite3_column_type(est, 6) != SQLITE_NULL;
         int64_t last = sqlite3_column_int64(est, 6);
         sqlite3_reset(est);
-        if (had && s_pack_command(db, last, command_out, NULL, 0, NULL, 0) < 0)
+        if (had && s_pack_command(db, last, command_out) < 0)
             return STORE_ERR_DB;
         return STORE_OK;
     }
@@ -1865,14 +1906,17 @@ store_rc_t store_db_connect(store_db_t *db, const store_connect_t *in, store_con
     //  Idle opens a new session: NotNow'd and unanswered commands of earlier
     //  sessions become eligible again
     int64_t session = e.session + (idle ? 1 : 0);
-    if (s_sweeps(db, in->eid, session, in->policy, in->now_ms) < 0)
+    s_due_t due;
+    if (s_sweeps(db, in->eid, session, in->policy, in->now_ms, &due) < 0)
         return STORE_ERR_DB;
-    if (!idle && s_record_answer(db, in, session) < 0)
+    if (!idle && s_record_answer(db, in, session, &due) < 0)
         return STORE_ERR_DB;
     int64_t delivered = -1;
-    if (s_next(db, in, session, command_out, &delivered) < 0)
+    if (s_next(db, in, session, command_out, &delivered, &due) < 0)
         return STORE_ERR_DB;
-    sqlite3_stmt *st = s_st(db, S_ENR_CONNECTED);
+    //  the row exists once it connected: a plain UPDATE, not the upsert's
+    //  insert attempt, conflict and update
+    sqlite3_stmt *st = s_st(db, e.has_session ? S_SES_UPDATE : S_ENR_CONNECTED);
     if (!st)
         return STORE_ERR_DB;
     s_bind_text(st, 1, in->eid);

@@ -1047,7 +1047,7 @@ static void test_schema_9_upgrade(void **state)
     assert_true(s_last_seq > (uint64_t)last_seq);
     assert_int_equal(s_count(db, "SELECT count(*) FROM sqlite_sequence"), 0);
     assert_string_equal(next, "A");
-    assert_int_equal(s_plans(db, "SELECT coalesce(max(expires", plans, sizeof plans), 1);
+    assert_int_equal(s_plans(db, "SELECT expires IS NOT NULL", plans, sizeof plans), 1);
     assert_non_null(strstr(plans, "USING INDEX queue_active (eid=?)"));
     //  an answer after the upgrade: one more result, through its entry
     s_now += 10;
@@ -1275,6 +1275,111 @@ static void test_stmt_cache(void **state)
     unlink(path);
 }
 
+//  Session 9 (docs/queue.md "Session 9, storecpu4"): a connect runs Q_NEXT
+//  only when an active entry may be due, its second pass (the entries
+//  demoted by notnow-limit) only when one may be demoted, and updates the
+//  device's sessions row in place once it exists. The answers are those of
+//  the queue rules; only the statements run change.
+static int s_next_runs, s_ses_upserts, s_ses_updates;
+static int s_count_connect(unsigned type, void *ctx, void *p, void *x)
+{
+    (void)ctx, (void)x;
+    if (type != SQLITE_TRACE_STMT)
+        return 0;
+    const char *sql = sqlite3_sql((sqlite3_stmt *)p);
+    if (strncmp(sql, "SELECT q.cmd, q.deliveries", 26) == 0)
+        s_next_runs++;
+    else if (strncmp(sql, "INSERT INTO sessions", 20) == 0)
+        s_ses_upserts++;
+    else if (strncmp(sql, "UPDATE sessions", 15) == 0)
+        s_ses_updates++;
+    return 0;
+}
+
+static void s_counts_zero(void)
+{
+    s_next_runs = s_ses_upserts = s_ses_updates = 0;
+}
+
+static void test_connect_statements(void **state)
+{
+    (void)state;
+    store_db_t *db = s_open();
+    char next[128];
+    s_pol = (store_policy_t){.notnow_limit = 1};
+    s_enroll(db, "d1");
+    s_enqueue(db, "A", 0, 0, "d1");
+    s_enqueue(db, "B", 0, 0, "d1");
+    sqlite3_trace_v2(store_db_sqlite(db), SQLITE_TRACE_STMT, s_count_connect, NULL);
+    //  the first connect: one pass finds A; the sessions row is created
+    s_counts_zero();
+    assert_int_equal(s_connect(db, "d1", "Idle", NULL, next), 200);
+    assert_string_equal(next, "A");
+    assert_int_equal(s_next_runs, 1);
+    assert_int_equal(s_ses_upserts, 1);
+    assert_int_equal(s_ses_updates, 0);
+    //  A answered, B still active: one pass finds it; the row is updated
+    s_counts_zero();
+    assert_int_equal(s_connect(db, "d1", "Acknowledged", "A", next), 200);
+    assert_string_equal(next, "B");
+    assert_int_equal(s_next_runs, 1);
+    assert_int_equal(s_ses_upserts, 0);
+    assert_int_equal(s_ses_updates, 1);
+    //  B answered, nothing active left: no Q_NEXT at all
+    s_counts_zero();
+    assert_int_equal(s_connect(db, "d1", "Acknowledged", "B", next), 200);
+    assert_string_equal(next, "");
+    assert_int_equal(s_next_runs, 0);
+    assert_int_equal(s_ses_updates, 1);
+    s_counts_zero();
+    assert_int_equal(s_connect(db, "d1", "Idle", NULL, next), 200);
+    assert_string_equal(next, "");
+    assert_int_equal(s_next_runs, 0);
+    //  NotNow (limit 1): C stays active and is demoted; both passes run and
+    //  find nothing in this session; the next session's Idle gets C through
+    //  the second pass; a new command D goes before the demoted C
+    s_enqueue(db, "C", 0, 0, "d1");
+    assert_int_equal(s_connect(db, "d1", "Idle", NULL, next), 200);
+    assert_string_equal(next, "C");
+    s_counts_zero();
+    assert_int_equal(s_connect(db, "d1", "NotNow", "C", next), 200);
+    assert_string_equal(next, "");
+    assert_int_equal(s_next_runs, 2);
+    s_counts_zero();
+    assert_int_equal(s_connect(db, "d1", "Idle", NULL, next), 200);
+    assert_string_equal(next, "C");
+    assert_int_equal(s_next_runs, 2);
+    assert_int_equal(s_connect(db, "d1", "NotNow", "C", next), 200);
+    s_enqueue(db, "D", 0, 0, "d1");
+    s_counts_zero();
+    assert_int_equal(s_connect(db, "d1", "Idle", NULL, next), 200);
+    assert_string_equal(next, "D");
+    assert_int_equal(s_next_runs, 1);
+    //  D answered, only the demoted C left: both passes, C again
+    s_counts_zero();
+    assert_int_equal(s_connect(db, "d1", "Acknowledged", "D", next), 200);
+    assert_string_equal(next, "C");
+    assert_int_equal(s_next_runs, 2);
+    //  an entry that expires: the sweep changes the active set, Q_NEXT runs as before
+    s_enqueue(db, "E", 0, 1000, "d1");
+    s_now += 2000;
+    s_counts_zero();
+    assert_int_equal(s_connect(db, "d1", "Idle", NULL, next), 200);
+    assert_true(s_saw("command.expired"));
+    assert_string_equal(next, "C");
+    assert_int_equal(s_next_runs, 2);
+    sqlite3_trace_v2(store_db_sqlite(db), 0, NULL, NULL);
+    //  Q_NEXT reads the command with the entry: the device's active entries in
+    //  the index's order (no sort), the command by its id
+    char plans[1024];
+    assert_int_equal(s_plans(db, "SELECT q.cmd, q.deliveries", plans, sizeof plans), 1);
+    assert_non_null(strstr(plans, "SEARCH q USING INDEX queue_active (eid=?)"));
+    assert_non_null(strstr(plans, "SEARCH c USING INTEGER PRIMARY KEY (rowid=?)"));
+    assert_null(strstr(plans, "TEMP B-TREE"));
+    s_pol = (store_policy_t){0};
+    store_db_destroy(&db);
+}
+
 //  store_copy / store_join (store_pack.h) copy as snprintf("%s") / ("%s.%s") did.
 //  The doctor note skips its upsert when the remembered identity row says it
 //  would change nothing, and forgets what a rollback undid.
@@ -1382,6 +1487,7 @@ int main(void)
         cmocka_unit_test(test_doctor_identity_facts),
         cmocka_unit_test(test_stmt_cache),
         cmocka_unit_test(test_doctor_note_memo),
+        cmocka_unit_test(test_connect_statements),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -20,13 +20,17 @@
 #define S_TEXT_MAX 256 //  vtext and change texts
 #define S_DEPTH_MAX 8  //  schema check depth
 
-enum { S_GET, S_PUT, S_TOUCH, S_DROP_OLD, S_OS, S_LIST, S_TIMELINE, S_DEVICES, S_NST };
+enum { S_GET, S_PUT, S_SET, S_TOUCH, S_DROP_OLD, S_OS, S_LIST, S_TIMELINE, S_DEVICES, S_NST };
 static const char *const s_sql[S_NST] = {
     [S_GET] = "SELECT value, source FROM inventory WHERE eid=?1 AND key=?2",
     [S_PUT] = "INSERT INTO inventory(eid,key,value,vtext,source,updated,command_uuid)"
               " VALUES(?1,?2,?3,?4,?5,?6,?7) ON CONFLICT(eid,key) DO UPDATE SET"
               " value=excluded.value, vtext=excluded.vtext, source=excluded.source,"
               " updated=excluded.updated, command_uuid=excluded.command_uuid",
+    //  (session 9) a value that changed: the row exists (S_GET saw it), so an
+    //  UPDATE, not the upsert's insert attempt, conflict and update
+    [S_SET] = "UPDATE inventory SET value=?3, vtext=?4, source=?5, updated=?6, command_uuid=?7"
+              " WHERE eid=?1 AND key=?2",
     //  reported again, unchanged: when and by which command, nothing else; no
     //  indexed column is set, so no index page is written (S_PUT rewrites
     //  inventory_kv's entry even when the value is the same)
@@ -326,7 +330,7 @@ static int s_put(store_inv_t *self, const char *eid, const char *key, const msgp
         sqlite3_reset(st);
         return rc == SQLITE_DONE ? 0 : s_dberr(self, "writing the inventory");
     }
-    st = s_st(self, S_PUT);
+    st = s_st(self, had ? S_SET : S_PUT);
     if (!st)
         return -1;
     s_bind_text(st, 1, eid);

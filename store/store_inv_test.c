@@ -232,6 +232,16 @@ static void test_device_information_merge_and_change(void **state)
     assert_int_equal(store_inv_devices(store_db_inv(db), &f, NULL, 100, &out), 0);
     assert_int_equal((uint8_t)out.data[0], 0x90);
     msgpack_sbuffer_clear(&out);
+    //  a changed value is updated in place (S_SET, session 9): its text and
+    //  inventory_kv follow it
+    f = (store_inv_filter_t){.query_key = "OSVersion", .query_value = "18.1", .now_ms = s_now};
+    assert_int_equal(store_inv_devices(store_db_inv(db), &f, NULL, 100, &out), 0);
+    assert_int_equal((uint8_t)out.data[0], 0x91);
+    msgpack_sbuffer_clear(&out);
+    f = (store_inv_filter_t){.query_key = "OSVersion", .query_value = "17.6", .now_ms = s_now};
+    assert_int_equal(store_inv_devices(store_db_inv(db), &f, NULL, 100, &out), 0);
+    assert_int_equal((uint8_t)out.data[0], 0x90);
+    msgpack_sbuffer_clear(&out);
     f = (store_inv_filter_t){.model = "iPhone16,1", .now_ms = s_now};
     assert_int_equal(store_inv_devices(store_db_inv(db), &f, NULL, 100, &out), 0);
     assert_int_equal((uint8_t)out.data[0], 0x91);

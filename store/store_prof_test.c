@@ -198,6 +198,7 @@ static pm_msg_t *s_checkin(const char *eid, const char *mt)
 //  store.connect as the gateway sends it (policy numbers, doctor facts).
 static pm_msg_t *s_connect_keys(const char *eid, const char *status, const char *uuid, int n,
                                 bool bench);
+static int s_cg_round; //  test_cg's second session: the bench answer's backup date a day later
 static pm_msg_t *s_connect(const char *eid, const char *status, const char *uuid, int n)
 {
     return s_connect_keys(eid, status, uuid, n, false);
@@ -242,7 +243,8 @@ static pm_msg_t *s_connect_keys(const char *eid, const char *status, const char 
         s_str(&pk, "14.4"); //  as at Authenticate: os_version unchanged
         s_str(&pk, "LastCloudBackupDate");
         msgpack_timestamp ts = {
-            .tv_sec = 1760000000 - 3600 * (int64_t)(strlen(eid) + (unsigned char)eid[3] % 48),
+            .tv_sec = 1760000000 - 3600 * (int64_t)(strlen(eid) + (unsigned char)eid[3] % 48) +
+                      86400 * s_cg_round,
             .tv_nsec = 0};
         msgpack_pack_timestamp(&pk, &ts);
     } else if (uuid) {
@@ -740,6 +742,8 @@ S_CG_KIND(s_cg_token_update)
 S_CG_KIND(s_cg_chal_use)
 S_CG_KIND(s_cg_idle)
 S_CG_KIND(s_cg_ack)
+S_CG_KIND(s_cg_idle2)
+S_CG_KIND(s_cg_ack2)
 S_CG_KIND(s_cg_push_info)
 S_CG_KIND(s_cg_push_outcome)
 
@@ -815,6 +819,20 @@ static pm_msg_t *s_cg_make_ack(int i, void *arg)
     (void)arg;
     s_device(i);
     return s_connect_keys(s_cg_eid[i], "Acknowledged", "CMD-DI-CG", 2, true);
+}
+//  the second session (session 9): the device's sessions row exists; its
+//  answer moves LastCloudBackupDate (a changed inventory value)
+static pm_msg_t *s_cg_make_idle2(int i, void *arg)
+{
+    (void)arg;
+    s_device(i);
+    return s_connect(s_cg_eid[i], "Idle", NULL, 3);
+}
+static pm_msg_t *s_cg_make_ack2(int i, void *arg)
+{
+    (void)arg;
+    s_device(i);
+    return s_connect_keys(s_cg_eid[i], "Acknowledged", "CMD-DI-CG2", 4, true);
 }
 
 static pm_msg_t *s_cg_make_push_info(int i, void *arg)
@@ -903,6 +921,29 @@ static void test_cg(void **state)
     pm_msg_destroy(&m);
     s_cg_phase(db, svc, ndev, batch, s_cg_idle, s_cg_make_idle, NULL);
     s_cg_phase(db, svc, ndev, batch, s_cg_ack, s_cg_make_ack, NULL);
+    //  a second command and session (s_cg_idle2, s_cg_ack2)
+    m = pm_msg_new(PM_MSG_STORE_ENQUEUE);
+    assert_int_equal(pm_msg_set_packed(m, "command",
+                                       (const uint8_t *)"\x82\xabRequestType\xb1"
+                                                        "DeviceInformation\xa7Queries\x91\xaa"
+                                                        "DeviceName",
+                                       51),
+                     0);
+    pm_msg_set_strs(m, "targets", targets, (size_t)ndev);
+    pm_msg_set_str(m, "command_uuid", "CMD-DI-CG2");
+    pm_msg_set_str(m, "op_rid", "op-cg2");
+    pm_msg_set_bool(m, "no_push", true);
+    assert_int_equal(store_db_begin(db), 0);
+    assert_true(store_svc_apply(svc, m, &reply));
+    assert_int_equal(store_db_commit(db), 0);
+    store_db_events_flush(db, NULL, NULL);
+    assert_int_equal(pm_msg_uint(reply, "queued", 0), (uint64_t)ndev);
+    pm_msg_destroy(&reply);
+    pm_msg_destroy(&m);
+    s_cg_round = 1;
+    s_cg_phase(db, svc, ndev, batch, s_cg_idle2, s_cg_make_idle2, NULL);
+    s_cg_phase(db, svc, ndev, batch, s_cg_ack2, s_cg_make_ack2, NULL);
+    s_cg_round = 0;
     //  every request did what the device path does: the command delivered and answered
     sqlite3_stmt *q = NULL;
     assert_int_equal(sqlite3_prepare_v2(store_db_sqlite(db),
@@ -910,11 +951,13 @@ static void test_cg(void **state)
                                         -1, &q, NULL),
                      SQLITE_OK);
     assert_int_equal(sqlite3_step(q), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(q, 0), ndev);
+    assert_int_equal(sqlite3_column_int(q, 0), 2 * ndev);
     sqlite3_finalize(q);
     if (getenv("STORE_PROF_CG"))
         printf("test_cg: %d requests of each kind (s_cg_chal_use, s_cg_authenticate, "
-               "s_cg_token_update, s_cg_push_info, s_cg_push_outcome, s_cg_idle, s_cg_ack), %d per "
+               "s_cg_token_update, s_cg_push_info, s_cg_push_outcome, s_cg_idle, s_cg_ack, "
+               "s_cg_idle2, "
+               "s_cg_ack2), %d per "
                "transaction\n",
                ndev, batch);
     free(targets);
