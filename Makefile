@@ -85,13 +85,17 @@ $(LIB): $(call objs,$(LIB_SRC))
 # device request, most of them OpenSSL's; docs/gateway.md "Session 7" has the
 # figures. Not in the asan/fuzz variants (the sanitizers bring their own malloc);
 # a build without the library falls back to glibc's malloc with a warning.
+# ALLOC_TOOLS: the same for tools; the device simulator shares the benches'
+# two cores with the servers (docs/devsim.md "Session 9": -4.8 % instructions
+# per request with mimalloc).
 ALLOC_PROCS := gateway
+ALLOC_TOOLS := picomdm-devsim
 MIMALLOC    := $(shell $(CC) -print-file-name=libmimalloc.so.2 2>/dev/null)
 ifeq ($(VARIANT),rel)
 ifneq ($(filter /%,$(MIMALLOC)),)
 ALLOC_LIBS  := -Wl,--push-state,--no-as-needed -l:libmimalloc.so.2 -Wl,--pop-state
 else
-$(warning libmimalloc.so.2 not found (make deps installs libmimalloc2.0): $(ALLOC_PROCS) built with glibc's malloc)
+$(warning libmimalloc.so.2 not found (make deps installs libmimalloc2.0): $(ALLOC_PROCS) $(ALLOC_TOOLS) built with glibc's malloc)
 endif
 endif
 
@@ -106,7 +110,7 @@ $(foreach p,$(PROCS),$(eval $(call PROC_RULE,$(p))))
 define TOOL_RULE
 $(BIN)/$(1): $(call objs,$(call srcs,tools/$(1))) $(LIB)
 	@mkdir -p $$(dir $$@)
-	$$(CC) $$(LDFLAGS) -o $$@ $$^ $$(PKG_LIBS)
+	$$(CC) $$(LDFLAGS) -o $$@ $$^ $(if $(filter $(1),$(ALLOC_TOOLS)),$$(ALLOC_LIBS)) $$(PKG_LIBS)
 endef
 $(foreach t,$(TOOLS),$(eval $(call TOOL_RULE,$(t))))
 

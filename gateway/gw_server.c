@@ -62,7 +62,7 @@ struct gw_server {
     struct event *bus_ev[GW_BUS_FDS_MAX];
     int nbus_ev;
     struct event *bus_timer;
-    struct event *bus_defer;   //  one pm_bus_process per loop iteration (s_bus_kick)
+    struct event *bus_defer;   //  one pm_bus_process_ready per loop iteration (s_bus_kick)
     int fired[GW_BUS_FDS_MAX]; //  bus fds libevent saw readable since the last process
     int nfired;
     bool kick_pending;
@@ -244,8 +244,8 @@ static void s_bus_process(gw_server_t *self)
 //  ZMQ_FD is edge-triggered: after every send the bus must be processed
 //  once more. Not at once but once per event-loop iteration (an active
 //  event, run before the loop waits again): requests that arrive together
-//  share one pm_bus_process, and each of those costs several zmq calls and
-//  syscalls (poll, getpid inside libzmq).
+//  share one pm_bus_process_ready, and each of those costs several zmq calls
+//  and system calls (mailbox polls inside libzmq).
 static void s_bus_kick(gw_server_t *self)
 {
     if (!self->bus)
@@ -272,9 +272,9 @@ static void s_on_bus_defer(evutil_socket_t fd, short what, void *arg)
 }
 
 //  A bus fd readable (or the bus timer): processed with everything else of
-//  this loop iteration by the one deferred pm_bus_process (s_on_bus_defer),
-//  not here as well: each pm_bus_process costs a receive attempt and a
-//  ZMQ_EVENTS query per socket, a getpid and a poll inside libzmq each, and
+//  this loop iteration by the one deferred pm_bus_process_ready
+//  (s_on_bus_defer, told which fds fired), not here as well: each costs a
+//  receive attempt per socket drained, a mailbox poll inside libzmq, and
 //  replies arriving in an iteration that also sends requests needed two.
 //  (The fd stays readable until libzmq has read its mailbox: nothing is lost
 //  by waiting for the end of the iteration.)
@@ -890,7 +890,7 @@ static int s_tls_setup(gw_server_t *self)
     //  a full handshake no longer serializes and encrypts its session, a
     //  resumption no longer decrypts and decodes it (with a client
     //  certificate: decodes the certificate again). docs/gateway.md
-    //  "Session 9"; gw_tlscache.h says why OpenSSL's own cache cannot do it.
+    //  "Session 9"; gw_tlscache.h says what it adds to OpenSSL's cache.
     //  tls-session-cache = 0 keeps OpenSSL's encrypted tickets.
     if (c->tls_session_cache > 0 &&
         gw_tlscache_attach(self->ssl, (size_t)c->tls_session_cache) < 0) {
@@ -996,8 +996,9 @@ gw_server_t *gw_server_new(const gw_server_config_t *cfg, struct event_base *bas
     //  bytes (the ClientHello, or a proxy's request) have arrived, so the
     //  accept and the first read share one wake-up of the loop instead of
     //  two (docs/gateway.md "Session 9"). Clients always speak first here.
-    //  A client silent for GW_DEFER_ACCEPT_S is accepted anyway (the kernel
-    //  then lets its next ACK through) and meets the idle timeout as before.
+    //  A client silent for GW_DEFER_ACCEPT_S (Linux rounds it up to SYN-ACK
+    //  retransmits, ~5-7 s) is accepted once it ACKs the last one, and meets
+    //  the idle timeout as before.
     int defer = GW_DEFER_ACCEPT_S;
     if (setsockopt(lfd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof defer) < 0)
         pm_debug("cannot set TCP_DEFER_ACCEPT on %s: one more wake-up per connection",

@@ -41,15 +41,18 @@ extern long mi_option_get(int option) __attribute__((weak));
 //  madvise a TLB shootdown across both CPUs (the libzmq I/O thread runs on
 //  the other). 1 s: ~250 -> ~4 madvise and ~3,500 -> ~1,500 page faults per
 //  20,000 open-loop requests; memory still goes back after a burst
-//  (docs/gateway.md, "Session 9"). Returns the delay set, or -1.
+//  (docs/gateway.md, "Session 9"). Returns the delay in force, -1 without
+//  mimalloc, -2 for a mimalloc version whose options are not known here.
 static long s_alloc_tune(void)
 {
     if (!mi_version || !mi_option_set || !mi_option_get)
         return -1;
     int v = mi_version(); //  e.g. 209 for 2.0.9
     if (v < 200 || v >= 300)
-        return -1; //  another major version: its option numbers are not known here
-    mi_option_set(S_MI_OPTION_DECOMMIT_DELAY, S_MI_DECOMMIT_DELAY_MS);
+        return -2; //  another major version: its option numbers are not known here
+    //  an operator's own setting wins (mimalloc 2.0 and 2.1 names)
+    if (!getenv("MIMALLOC_DECOMMIT_DELAY") && !getenv("MIMALLOC_PURGE_DELAY"))
+        mi_option_set(S_MI_OPTION_DECOMMIT_DELAY, S_MI_DECOMMIT_DELAY_MS);
     return mi_option_get(S_MI_OPTION_DECOMMIT_DELAY);
 }
 
@@ -60,8 +63,8 @@ static const pm_opt_t s_opts[] = {
     {"tls-client-cert", PM_OPT_BOOL, "true",
      "ask TLS clients for their identity certificate (mTLS; checked per request)"},
     {"tls-session-cache", PM_OPT_INT, "4096",
-     "TLS sessions kept for resumption (~1.3 KiB each, ~5 KiB with a client certificate); 0: "
-     "OpenSSL's encrypted session tickets instead"},
+     "TLS sessions kept for resumption (~1.3 KiB each, ~5 KiB with a client certificate: 4096 "
+     "~5 MB, ~21 MB); 0: OpenSSL's encrypted session tickets instead"},
     {"device-ca", PM_OPT_STR, NULL,
      "PEM file(s), comma-separated, of the CA(s) that issue device identity certificates"},
     {"plain-http", PM_OPT_BOOL, "false", "serve plain HTTP behind a TLS-terminating proxy"},
@@ -188,6 +191,8 @@ int main(int argc, char **argv)
     if (decommit_ms >= 0)
         pm_info("allocator: mimalloc %d, freed memory returned to the OS after %ld ms unused",
                 mi_version(), decommit_ms);
+    else if (decommit_ms == -2)
+        pm_info("allocator: mimalloc %d (not tuned: unknown version)", mi_version());
     else
         pm_info("allocator: the C library's malloc");
 

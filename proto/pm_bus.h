@@ -348,7 +348,9 @@ int pm_bus_process(pm_bus_t *bus);
 //  since its last call (may be none: after a send, for the timers). Those
 //  sockets are drained, and so is every socket sent on since its last empty
 //  receive; the other sockets are not polled again (pm_bus_process polls
-//  them all, one poll() per call): the loop's next wait reports them.
+//  them all, one poll() per call): the loop's next wait reports them. So the
+//  loop must watch every fd pm_bus_fds returns: fetch them again after
+//  pm_bus_serve, which adds a socket.
 int pm_bus_process_ready(pm_bus_t *bus, const int *fds, int nfds);
 //  Milliseconds until pm_bus_process must run again for heartbeats and retries.
 int pm_bus_next_timeout(const pm_bus_t *bus);

@@ -625,8 +625,8 @@ static void test_ready_after_send_took_the_edge(void **state)
     bool taken = poll(&pfd, 1, 0) == 0; //  the send took the edge (libzmq 4.3 does)
     pm_bus_process_ready(f->bus, NULL, 0);
     assert_int_equal(l.done, 1);
-    if (!taken)
-        print_message("note: this libzmq's send left the fd readable; the case is moot here\n");
+    if (!taken) //  this libzmq's send left the fd readable: the case is moot here
+        skip();
 }
 
 //  A fake broker in its own thread that answers `echo` and ignores the rest.

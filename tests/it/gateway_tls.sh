@@ -42,7 +42,7 @@ echo "ok  TLS 1.1 refused (protocol_version alert)"
 
 # ---- resumption ----
 out=$(conns 5 --path /health --resume) || fail "TLS 1.3 resumption: $out"
-got "5 with status 200, 4 resumed, version TLSv1.3" "$out" "TLS 1.3 resumption (tickets)"
+got "5 with status 200, 4 resumed, version TLSv1.3" "$out" "TLS 1.3 resumption (session cache)"
 out=$(conns 5 --path /health --resume --tls12) || fail "TLS 1.2 resumption: $out"
 got "5 with status 200, 4 resumed, version TLSv1.2" "$out" "TLS 1.2 resumption"
 CERT1=(--cert "$PKI/dev1.pem" --key "$PKI/dev1.key")
@@ -61,7 +61,6 @@ got "2 with status 200, 1 resumed, version TLSv1.2" "$out" "Authenticate over mT
 cli devices | grep -q "^$U1 " || fail "$U1 did not reach the store"
 
 ev0=$(events)
-n0=$(grep -c '"source":"store"' "$T/events.jsonl")
 U2=UDID-TLS-0002
 plist MessageType Authenticate UDID $U2 Topic com.apple.mgmt.test >"$T/auth2"
 out=$(conns 3 --path /mdm/checkin --body "$T/auth2" --expect 400 --resume \

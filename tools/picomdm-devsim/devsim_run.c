@@ -598,7 +598,8 @@ static int s_submit(devsim_run_t *r, slot_t *s, plist_t msg, bool checkin)
         static const char name[] = "Mdm-Signature: ";
         if (devsim_ident_sign_into(id, r->o.md, xml, len, &s->sig, &s->sigcap, sizeof name - 1) <
             0) {
-            pm_error("cannot sign a request for %s (OpenSSL CMS_sign failed)",
+            pm_error("cannot sign a request for %s (out of memory, or OpenSSL could not sign: "
+                     "check the identity's key)",
                      devsim_dev_cn(s->job->dev));
             return -1;
         }
