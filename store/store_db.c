@@ -699,7 +699,9 @@ store_db_t *store_db_new(const char *path, const store_db_opts_t *opts, char *er
     if (!configured) {
         sqlite3_config(SQLITE_CONFIG_MULTITHREAD);
         sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
-        store_pcache_install();
+        if (store_pcache_install() < 0)
+            pm_debug("SQLite initialised before the store: its default page cache stays (every "
+                     "commit may scan it; see store_pcache.h)");
         configured = true;
     }
     store_db_opts_t defaults = {.sync_full = true};
@@ -1915,21 +1917,28 @@ store_rc_t store_db_connect(store_db_t *db, const store_connect_t *in, store_con
     if (s_next(db, in, session, command_out, &delivered, &due) < 0)
         return STORE_ERR_DB;
     //  the row exists once it connected: a plain UPDATE, not the upsert's
-    //  insert attempt, conflict and update
-    sqlite3_stmt *st = s_st(db, e.has_session ? S_SES_UPDATE : S_ENR_CONNECTED);
-    if (!st)
-        return STORE_ERR_DB;
-    s_bind_text(st, 1, in->eid);
-    sqlite3_bind_int64(st, 2, session);
-    sqlite3_bind_int64(st, 3, in->now_ms);
-    s_bind_text(st, 4, in->rid && *in->rid ? in->rid : NULL);
-    sqlite3_bind_int(st, 5, (int)res->status);
-    if (delivered >= 0)
-        sqlite3_bind_int64(st, 6, delivered);
-    else
-        sqlite3_bind_null(st, 6);
-    if (s_exec(db, st, "updating the session") < 0)
-        return STORE_ERR_DB;
+    //  insert attempt, conflict and update. An UPDATE that found no row
+    //  (nothing deletes sessions rows today) falls back to the upsert, so
+    //  last_rid is always written (a retried request's answer depends on it).
+    sqlite3_stmt *st = NULL;
+    for (bool upsert = !e.has_session;; upsert = true) {
+        st = s_st(db, upsert ? S_ENR_CONNECTED : S_SES_UPDATE);
+        if (!st)
+            return STORE_ERR_DB;
+        s_bind_text(st, 1, in->eid);
+        sqlite3_bind_int64(st, 2, session);
+        sqlite3_bind_int64(st, 3, in->now_ms);
+        s_bind_text(st, 4, in->rid && *in->rid ? in->rid : NULL);
+        sqlite3_bind_int(st, 5, (int)res->status);
+        if (delivered >= 0)
+            sqlite3_bind_int64(st, 6, delivered);
+        else
+            sqlite3_bind_null(st, 6);
+        if (s_exec(db, st, "updating the session") < 0)
+            return STORE_ERR_DB;
+        if (upsert || sqlite3_changes(db->sql) > 0)
+            break;
+    }
     //  it connected: no wakeup needed any more
     st = s_st(db, S_WAKE_DONE);
     if (!st)

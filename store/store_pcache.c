@@ -1,7 +1,9 @@
 /*  store_pcache — pcache1 behind a wrapper that skips truncations that
  *  cannot drop a page (see store_pcache.h for why). Owns one small struct
  *  per cache (freed by xDestroy); no global state besides the default
- *  methods and two counters.
+ *  methods, the installed flag and two counters. The temporary key assumes
+ *  SQLite's default pending byte (1 GiB): were it moved, the real temporary
+ *  key would count towards `max` like any key (safe; only the saving lost).
  */
 #include "store_pcache.h"
 

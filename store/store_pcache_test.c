@@ -11,7 +11,10 @@
 #include <stddef.h>
 #include <cmocka.h>
 
+#include "store_sql_test.h"
+
 #include <sqlite3.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,25 +27,6 @@ static void s_exec(sqlite3 *db, const char *sql)
         fprintf(stderr, "%s: %s\n", sql, msg ? msg : "?");
     sqlite3_free(msg);
     assert_int_equal(rc, SQLITE_OK);
-}
-
-static long long s_int(sqlite3 *db, const char *sql)
-{
-    sqlite3_stmt *st = NULL;
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    long long v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    return v;
-}
-
-static void s_ok(sqlite3 *db)
-{
-    sqlite3_stmt *st = NULL;
-    assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_string_equal((const char *)sqlite3_column_text(st, 0), "ok");
-    sqlite3_finalize(st);
 }
 
 //  n rows with random keys (page splits all over the b-tree), in one transaction
@@ -60,12 +44,17 @@ static void s_insert(sqlite3 *db, sqlite3_stmt *ins, int n, unsigned *seed)
     }
 }
 
+static sqlite3_pcache_methods2 s_m; //  the installed wrapper's (test_skips_and_keeps_data)
+
 static void test_skips_and_keeps_data(void **state)
 {
     (void)state;
     //  before any connection: installed once
     assert_int_equal(store_pcache_install(), 0);
     assert_int_equal(store_pcache_install(), -1);
+    //  the wrapper's methods, for test_methods_direct (only before SQLite
+    //  initialises: the first sqlite3_open below)
+    assert_int_equal(sqlite3_config(SQLITE_CONFIG_GETPCACHE2, &s_m), SQLITE_OK);
     char dir[] = "/tmp/store_pcache.XXXXXX", path[128];
     assert_non_null(mkdtemp(dir));
     snprintf(path, sizeof path, "%s/t.db", dir);
@@ -133,10 +122,90 @@ static void test_skips_and_keeps_data(void **state)
     assert_int_equal(system(cmd), 0);
 }
 
+//  1 when a truncation to `limit` was skipped, 0 when passed on to pcache1
+static int s_truncate_skipped(sqlite3_pcache *c, unsigned limit)
+{
+    uint64_t p0, s0, p1, s1;
+    store_pcache_counts(&p0, &s0);
+    s_m.xTruncate(c, limit);
+    store_pcache_counts(&p1, &s1);
+    assert_int_equal((p1 - p0) + (s1 - s0), 1);
+    return (int)(s1 - s0);
+}
+
+//  whether page `key` is in the cache (left unpinned)
+static bool s_has(sqlite3_pcache *c, unsigned key)
+{
+    sqlite3_pcache_page *pg = s_m.xFetch(c, key, 0);
+    if (pg)
+        s_m.xUnpin(c, pg, 0);
+    return pg != NULL;
+}
+
+static void s_add(sqlite3_pcache *c, unsigned key)
+{
+    sqlite3_pcache_page *pg = s_m.xFetch(c, key, 1);
+    assert_non_null(pg);
+    s_m.xUnpin(c, pg, 0);
+}
+
+static void s_move(sqlite3_pcache *c, unsigned from, unsigned to)
+{
+    sqlite3_pcache_page *pg = s_m.xFetch(c, from, 0);
+    assert_non_null(pg);
+    s_m.xRekey(c, pg, from, to);
+    s_m.xUnpin(c, pg, 0);
+}
+
+//  The bookkeeping itself, through the page-cache methods (a data check
+//  cannot see a wrongly skipped truncation: SQLite overwrites a page it
+//  allocates again): every way a page gets a key, the temporary key.
+static void test_methods_direct(void **state)
+{
+    (void)state;
+    assert_non_null(s_m.xCreate);
+    sqlite3_pcache *c = s_m.xCreate(4096, 64, 1);
+    assert_non_null(c);
+    s_m.xCachesize(c, 100);
+    const unsigned temp = 0x40000000u / 4096 + 1; //  the pending-byte page + 1
+    //  page 5 created: a truncation above it cannot drop anything
+    s_add(c, 5);
+    assert_int_equal(s_truncate_skipped(c, 6), 1);
+    assert_true(s_has(c, 5));
+    //  re-keyed above the bound: passed on, and the page is dropped
+    s_move(c, 5, 40);
+    assert_int_equal(s_truncate_skipped(c, 10), 0);
+    assert_false(s_has(c, 40));
+    //  a page fetched at the temporary key: passed on until one drops it
+    s_add(c, 3);
+    s_add(c, temp);
+    assert_int_equal(s_truncate_skipped(c, 20), 0);
+    assert_false(s_has(c, temp));
+    assert_true(s_has(c, 3));
+    assert_int_equal(s_truncate_skipped(c, 20), 1);
+    //  re-keyed to the temporary key and away again (balance_nonroot's swap)
+    s_move(c, 3, temp);
+    assert_int_equal(s_truncate_skipped(c, 20), 0); //  a page sits at temp: passed on
+    assert_false(s_has(c, temp));                   //  (and dropped it)
+    s_add(c, 3);
+    sqlite3_pcache_page *pg = s_m.xFetch(c, 3, 0); //  pinned through both moves, as
+    assert_non_null(pg);                           //  sqlite3PcacheMove's caller holds it
+    s_m.xRekey(c, pg, 3, temp);
+    s_m.xRekey(c, pg, temp, 4);
+    s_m.xUnpin(c, pg, 0);
+    assert_int_equal(s_truncate_skipped(c, 20), 1); //  nothing at temp, 4 < 20
+    assert_true(s_has(c, 4));
+    //  a truncation at or below the bound is always passed on
+    assert_int_equal(s_truncate_skipped(c, 4), 0);
+    assert_false(s_has(c, 4));
+    s_m.xDestroy(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_skips_and_keeps_data),
+        cmocka_unit_test(test_methods_direct), //  after it: it reads the methods
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
