@@ -125,12 +125,7 @@ for m in $MODES; do
         SSP=$!
         PIDS+=($SSP)
         for i in $(seq 1 100); do ss -ltn | grep -q ":$SP " && break; sleep 0.1; done
-        sPIN=${PIN:-}
-TS=()
-[ -n "$PIN" ] && TS=(taskset -c "$PIN")
-# pin the gateway (all its threads) to the CPUs $PIN too
-pin_gw() { [ -z "$PIN" ] || taskset -a -p -c "$PIN" "$GW_PID" >/dev/null; }
-drv() { "${TS[@]}" "$TT/tls_conns" "$SP" "$1" --ca "$PKI/ca.pem" --path /empty --parallel 1 ${TLS_ARGS:-}; }
+        sdrv() { "${TS[@]}" "$TT/tls_conns" "$SP" "$1" --ca "$PKI/ca.pem" --path /empty --parallel 1 ${TLS_ARGS:-}; }
         sdrv 20 >/dev/null || fail "s_server warm-up"
         perf stat -x, -e task-clock,context-switches,page-faults -p "$SSP" -o "$OUT/perfstat-s_server.txt" &
         sp=$!
