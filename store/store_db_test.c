@@ -1368,6 +1368,17 @@ static void test_connect_statements(void **state)
     assert_true(s_saw("command.expired"));
     assert_string_equal(next, "C");
     assert_int_equal(s_next_runs, 2);
+    //  an entry delivered in this session, nothing demoted, an answer for an
+    //  unknown command: the first pass finds nothing due and the demoted
+    //  pass is skipped (review L3: only that it runs when needed was checked)
+    s_enroll(db, "d2");
+    s_enqueue(db, "H", 0, 0, "d2");
+    assert_int_equal(s_connect(db, "d2", "Idle", NULL, next), 200);
+    assert_string_equal(next, "H");
+    s_counts_zero();
+    assert_int_equal(s_connect(db, "d2", "Acknowledged", "ZZZ", next), 200);
+    assert_string_equal(next, "");
+    assert_int_equal(s_next_runs, 1);
     sqlite3_trace_v2(store_db_sqlite(db), 0, NULL, NULL);
     //  Q_NEXT reads the command with the entry: the device's active entries in
     //  the index's order (no sort), the command by its id
