@@ -92,6 +92,10 @@ echo "ok  nothing of the refused requests reached the store ($U3, sent after the
 # socket (bounded wait) while A, first in the kernel's queue, is still not
 # accepted (without TCP_DEFER_ACCEPT the loop accepts both at once, A
 # first); once A sends its first bytes, it is accepted too.
+# (ss -p must see the gateway's sockets: not so where /proc is restricted)
+if ! ss -tlnpH "( sport = :$PORT )" | grep -q "pid=$GW_PID,"; then
+    echo "skip TCP_DEFER_ACCEPT check: ss -p cannot see the gateway's sockets here"
+else
 python3 - "$PORT" "$GW_PID" <<'EOF' || fail "TCP_DEFER_ACCEPT"
 import socket, subprocess, sys, time
 port, pid = int(sys.argv[1]), sys.argv[2]
@@ -117,6 +121,7 @@ if not wait(ap):
     print("the silent connection was not accepted after its first byte"); sys.exit(1)
 EOF
 echo "ok  TCP_DEFER_ACCEPT: a silent connection waits in the kernel, accepted with its first bytes"
+fi
 
 # ---- tls-client-cert false: no certificate asked for, none used ----
 kill "$GW_PID"
