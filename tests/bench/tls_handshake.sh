@@ -52,6 +52,21 @@ TS=()
 # pin the gateway (all its threads) to the CPUs $PIN too
 pin_gw() { [ -z "$PIN" ] || taskset -a -p -c "$PIN" "$GW_PID" >/dev/null; }
 drv() { "${TS[@]}" "$TT/tls_conns" "$PORT" "$1" --ca "$PKI/ca.pem" --path "$PATH_REQ" --expect "$EXPECT" --parallel "$(( PAR < $1 ? PAR : $1 ))" "${CC_ARGS[@]}" ${TLS_ARGS:-}; }
+# sdrv: the same against openssl s_server ($SP, the s_server mode)
+sdrv() { "${TS[@]}" "$TT/tls_conns" "$SP" "$1" --ca "$PKI/ca.pem" --path /empty --parallel 1 ${TLS_ARGS:-}; }
+# perfstat_run LABEL PID FILE DRIVER: perf stat of PID while DRIVER makes $N
+# connections; prints its counters per connection under LABEL
+perfstat_run() {
+    local label=$1 pid=$2 file=$3 driver=$4 r sp
+    perf stat -x, -e task-clock,context-switches,page-faults,minor-faults -p "$pid" -o "$file" &
+    sp=$!
+    sleep 0.5
+    r=$("$driver" "$N") || fail "driver ($label): $r"
+    kill -INT $sp; wait $sp 2>/dev/null
+    echo "  $label: $r"
+    awk -F, -v n="$N" -v l="$label" '$3 ~ /^[a-z-]+$/ { v = $1; u = $2; if ($3 == "task-clock") { v = v * 1000; u = "us" }; printf "  %s: %-17s %9.2f %s per connection\n", l, $3, v / n, u }' "$file"
+    echo "  $label: load $(cut -d' ' -f1 /proc/loadavg)"
+}
 echo "tls_handshake: $N connections ($PAR in parallel), BIN=$BIN, client args '${TLS_ARGS:-}', load $(cut -d' ' -f1-3 /proc/loadavg)"
 for m in $MODES; do
     case $m in
@@ -85,14 +100,7 @@ for m in $MODES; do
         gw_tls --log-level warn ${GW_ARGS:-}
         pin_gw
         drv 50 >/dev/null || fail "warm-up"
-        perf stat -x, -e task-clock,context-switches,page-faults,minor-faults -p "$GW_PID" -o "$OUT/perfstat.txt" &
-        sp=$!
-        sleep 0.5
-        r=$(drv "$N") || fail "driver: $r"
-        kill -INT $sp; wait $sp 2>/dev/null
-        echo "  perfstat: $r"
-        awk -F, -v n="$N" '$3 ~ /^[a-z-]+$/ { v = $1; u = $2; if ($3 == "task-clock") { v = v * 1000; u = "us" }; printf "  perfstat: %-17s %9.2f %s per connection\n", $3, v / n, u }' "$OUT/perfstat.txt"
-        echo "  perfstat: load $(cut -d' ' -f1 /proc/loadavg)"
+        perfstat_run perfstat "$GW_PID" "$OUT/perfstat.txt" drv
         kill "$GW_PID"; wait "$GW_PID" 2>/dev/null
         ;;
     perf)
@@ -125,16 +133,8 @@ for m in $MODES; do
         SSP=$!
         PIDS+=($SSP)
         for i in $(seq 1 100); do ss -ltn | grep -q ":$SP " && break; sleep 0.1; done
-        sdrv() { "${TS[@]}" "$TT/tls_conns" "$SP" "$1" --ca "$PKI/ca.pem" --path /empty --parallel 1 ${TLS_ARGS:-}; }
         sdrv 20 >/dev/null || fail "s_server warm-up"
-        perf stat -x, -e task-clock,context-switches,page-faults -p "$SSP" -o "$OUT/perfstat-s_server.txt" &
-        sp=$!
-        sleep 0.5
-        r=$(sdrv "$N") || fail "driver (s_server): $r"
-        kill -INT $sp; wait $sp 2>/dev/null
-        echo "  s_server: $r"
-        awk -F, -v n="$N" '$3 ~ /^[a-z-]+$/ { v = $1; u = $2; if ($3 == "task-clock") { v = v * 1000; u = "us" }; printf "  s_server: %-17s %9.2f %s per connection\n", $3, v / n, u }' "$OUT/perfstat-s_server.txt"
-        echo "  s_server: load $(cut -d' ' -f1 /proc/loadavg)"
+        perfstat_run s_server "$SSP" "$OUT/perfstat-s_server.txt" sdrv
         kill "$SSP"; wait "$SSP" 2>/dev/null
         ;;
     callgrind)
