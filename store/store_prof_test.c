@@ -808,31 +808,17 @@ static pm_msg_t *s_cg_make_chal(int i, void *arg)
     (void)arg;
     return s_chal_use(i);
 }
-static pm_msg_t *s_cg_make_idle(int i, void *arg)
+//  A connect of device i: arg is its status, command uuid (NULL for Idle)
+//  and request number; an answer carries the DeviceInformation keys
+typedef struct {
+    const char *status, *uuid;
+    int n;
+} s_cg_conn_t;
+static pm_msg_t *s_cg_make_connect(int i, void *arg)
 {
-    (void)arg;
+    const s_cg_conn_t *c = arg;
     s_device(i);
-    return s_connect(s_cg_eid[i], "Idle", NULL, 1);
-}
-static pm_msg_t *s_cg_make_ack(int i, void *arg)
-{
-    (void)arg;
-    s_device(i);
-    return s_connect_keys(s_cg_eid[i], "Acknowledged", "CMD-DI-CG", 2, true);
-}
-//  the second session (session 9): the device's sessions row exists; its
-//  answer moves LastCloudBackupDate (a changed inventory value)
-static pm_msg_t *s_cg_make_idle2(int i, void *arg)
-{
-    (void)arg;
-    s_device(i);
-    return s_connect(s_cg_eid[i], "Idle", NULL, 3);
-}
-static pm_msg_t *s_cg_make_ack2(int i, void *arg)
-{
-    (void)arg;
-    s_device(i);
-    return s_connect_keys(s_cg_eid[i], "Acknowledged", "CMD-DI-CG2", 4, true);
+    return s_connect_keys(s_cg_eid[i], c->status, c->uuid, c->n, c->uuid != NULL);
 }
 
 static pm_msg_t *s_cg_make_push_info(int i, void *arg)
@@ -919,8 +905,9 @@ static void test_cg(void **state)
     assert_int_equal(pm_msg_uint(reply, "queued", 0), (uint64_t)ndev);
     pm_msg_destroy(&reply);
     pm_msg_destroy(&m);
-    s_cg_phase(db, svc, ndev, batch, s_cg_idle, s_cg_make_idle, NULL);
-    s_cg_phase(db, svc, ndev, batch, s_cg_ack, s_cg_make_ack, NULL);
+    s_cg_phase(db, svc, ndev, batch, s_cg_idle, s_cg_make_connect, &(s_cg_conn_t){"Idle", NULL, 1});
+    s_cg_phase(db, svc, ndev, batch, s_cg_ack, s_cg_make_connect,
+               &(s_cg_conn_t){"Acknowledged", "CMD-DI-CG", 2});
     //  a second command and session (s_cg_idle2, s_cg_ack2)
     m = pm_msg_new(PM_MSG_STORE_ENQUEUE);
     assert_int_equal(pm_msg_set_packed(m, "command",
@@ -941,8 +928,12 @@ static void test_cg(void **state)
     pm_msg_destroy(&reply);
     pm_msg_destroy(&m);
     s_cg_round = 1;
-    s_cg_phase(db, svc, ndev, batch, s_cg_idle2, s_cg_make_idle2, NULL);
-    s_cg_phase(db, svc, ndev, batch, s_cg_ack2, s_cg_make_ack2, NULL);
+    //  the second session: the sessions row exists; the answer moves
+    //  LastCloudBackupDate (a changed inventory value)
+    s_cg_phase(db, svc, ndev, batch, s_cg_idle2, s_cg_make_connect,
+               &(s_cg_conn_t){"Idle", NULL, 3});
+    s_cg_phase(db, svc, ndev, batch, s_cg_ack2, s_cg_make_connect,
+               &(s_cg_conn_t){"Acknowledged", "CMD-DI-CG2", 4});
     s_cg_round = 0;
     //  every request did what the device path does: the command delivered and answered
     sqlite3_stmt *q = NULL;
