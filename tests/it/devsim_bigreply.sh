@@ -16,9 +16,7 @@ source "$(dirname "$0")/e2e_lib.bash"
 command -v python3 >/dev/null || skip "skipped: python3 not installed (it writes the profile)"
 N=30
 e2e_up --log-level warn
-DS=(timeout 50 "$BIN/picomdm-devsim" --url "$URL" --ca-bundle "$PKI/ca.pem" --ca-cert "$PKI/ca.pem"
-    --ca-key "$PKI/ca.key" --identity-dir "$T/ids" --devices $N --seed 5151 --timeout-ms 5000
-    --log-level warn)
+DS=(devsim_fleet $N 5151 5000)
 "${DS[@]}" --rounds 0 >"$T/enroll.out" 2>&1 || { cat "$T/enroll.out"; fail "enrollment of $N devices failed"; }
 cli devices --limit 100 | awk 'NR > 1 { print $1 }' >"$T/eids"
 [ "$(wc -l <"$T/eids")" -eq $N ] || fail "expected $N enrollments, got $(wc -l <"$T/eids")"

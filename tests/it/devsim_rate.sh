@@ -18,9 +18,7 @@ source "$(dirname "$0")/e2e_lib.bash"
 command -v awk >/dev/null || skip "skipped: awk not installed"
 N=200
 e2e_up --log-level warn
-DS=(timeout 50 "$BIN/picomdm-devsim" --url "$URL" --ca-bundle "$PKI/ca.pem" --ca-cert "$PKI/ca.pem"
-    --ca-key "$PKI/ca.key" --identity-dir "$T/ids" --devices $N --seed 4242 --timeout-ms 10000
-    --log-level warn)
+DS=(devsim_fleet $N 4242 10000)
 
 # enrollment on a timetable too (200 enrollments/s)
 "${DS[@]}" --rounds 0 --rate 200 >"$T/enroll.out" 2>&1 ||

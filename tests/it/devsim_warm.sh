@@ -16,9 +16,7 @@ source "$(dirname "$0")/e2e_lib.bash"
 [ -x "$BIN/picomdm-devsim" ] || skip "skipped: $BIN/picomdm-devsim is not built"
 N=150
 e2e_up --log-level warn
-DS=(timeout 50 "$BIN/picomdm-devsim" --url "$URL" --ca-bundle "$PKI/ca.pem" --ca-cert "$PKI/ca.pem"
-    --ca-key "$PKI/ca.key" --identity-dir "$T/ids" --devices $N --seed 4343 --timeout-ms 10000
-    --log-level warn)
+DS=(devsim_fleet $N 4343 10000)
 ok() { grep -q 'http errors 0, transport errors 0, bad replies 0' "$T/$1.out" || fail "$1: errors: $(tail -n 1 "$T/$1.out")"; }
 # warm NAME PHASE K: the warm-up line of PHASE says K connections by K GETs, K answered with 405
 warm() {
@@ -77,9 +75,7 @@ c=$(conns cold 'session 1')
 gw_tls --log-level warn --idle-timeout 1
 cli enqueue DeviceInformation --no-push --set Queries=OSVersion --to "$(paste -sd, "$T/eids")" \
     >/dev/null || fail "enqueue failed"
-timeout 50 "$BIN/picomdm-devsim" --url "$URL" --ca-bundle "$PKI/ca.pem" --ca-cert "$PKI/ca.pem" \
-    --ca-key "$PKI/ca.key" --identity-dir "$T/ids" --devices 10 --seed 4343 --timeout-ms 10000 \
-    --log-level warn --no-enroll --rounds 1 --rate 2 --concurrency 4 --warm-connections >"$T/idle.out" 2>&1 ||
+devsim_fleet 10 4343 10000 --no-enroll --rounds 1 --rate 2 --concurrency 4 --warm-connections >"$T/idle.out" 2>&1 ||
     { cat "$T/idle.out"; fail "devsim against the gateway with a 1 s idle timeout failed"; }
 grep -E '^(session|devsim +session)' "$T/idle.out" | sed 's/^/idle: /'
 grep -q "^session 1 * 10 sessions in .*, 10 command round trips.*; 20 requests, .*; 0 failed$" "$T/idle.out" ||

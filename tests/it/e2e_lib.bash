@@ -193,6 +193,16 @@ devsim() {
     timeout 60 "$BIN/picomdm-devsim" --url "$URL" --ca-bundle "$PKI/ca.pem" \
         --cert "$PKI/$who.pem" --key "$PKI/$who.key" --seed "$seed" --timeout-ms 10000 "$@"
 }
+# devsim_fleet N SEED TIMEOUT_MS [args...]: N simulated devices whose
+# identities the simulator issues into $T/ids from the test CA (the same
+# ones on every run with the same seed)
+devsim_fleet() {
+    local n=$1 seed=$2 tmo=$3
+    shift 3
+    timeout 50 "$BIN/picomdm-devsim" --url "$URL" --ca-bundle "$PKI/ca.pem" --ca-cert "$PKI/ca.pem" \
+        --ca-key "$PKI/ca.key" --identity-dir "$T/ids" --devices "$n" --seed "$seed" \
+        --timeout-ms "$tmo" --log-level warn "$@"
+}
 # devsim_id SEED [--kind K]: the UDID (or EnrollmentID) the simulator uses for that seed
 devsim_id() {
     local seed=$1
