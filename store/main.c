@@ -28,7 +28,8 @@
 //  mimalloc, when the build links it (Makefile ALLOC_PROCS; the asan and fuzz
 //  variants and a build without the library keep glibc's malloc: these weak
 //  references are then NULL). Debian ships no header: declared here.
-//  docs/queue.md "Session 10, storecpu5": -x % instructions per request.
+//  docs/queue.md "Session 10, storecpu5": its allocator 11.2 k -> 3.9 k of the
+//  store's ~148 k instructions per request, the same peak RSS.
 extern int mi_version(void) __attribute__((weak));
 extern void mi_process_info(size_t *elapsed_ms, size_t *user_ms, size_t *system_ms,
                             size_t *current_rss, size_t *peak_rss, size_t *current_commit,
