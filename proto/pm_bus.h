@@ -254,27 +254,40 @@
     loop. None is a PicoMDM call: the receive-until-EAGAIN and the
     ZMQ_EVENTS-only-after-a-send rules (above) are the minimum the libzmq
     API allows.
-    Changed: the rel broker links mimalloc (Makefile ALLOC_PROCS, as the
-    gateway): callgrind as above, loop thread 66.88 M -> 66.00 M
-    instructions (-1.3 %), I/O thread 53.28 M -> 53.10 M (-0.3 %); peak
-    RSS under bustest with 256 4-KB requests in flight 10.8 MB (glibc)
-    -> 11.4 MB, in e2e.sh 10000 8 -> 9 MB; no madvise and fewer page
-    faults at 1 in flight (strace, /proc minflt); tests/it/broker_alloc.sh
-    checks the mapping and a 48 MB bound. tests/bench/bus.sh measures the
-    event plane too (EVENTS=N through the proxy to SUBS subscribers: the
-    broker's CPU and switches per event) and, with STRACE=1, the broker's
-    system calls per round trip and per event. End to end, alternated with
-    main's binaries (RATE=0 e2e.sh 10000, closed loop, two pairs, load
-    8-12): broker CPU per device request in the session phase 78, 80 us
-    (this branch) against 86, 81 (main); the whole server 436, 425
-    against 446, 429 us: within the noise, as a 1 % instruction cut must be.
+    Changed: in the router, the request's insert into the hash is its
+    duplicate check (was a lookup, then the insert: 6 -> 5 key hashes per
+    round trip), and the worker of the last worker message is compared
+    (routing id) before the hex key and hash lookup (replies come in runs
+    from one store); the cache is cleared with the worker
+    (test_disconnect, test_ready_again send from a removed worker). And the
+    rel broker links mimalloc (Makefile ALLOC_PROCS, as the gateway).
+    Callgrind as above, loop thread per 5,000 round trips: main 66.9-67.1 M
+    (3 runs), mimalloc alone 66.0 M, both cuts 63.96-64.07 M (3 runs):
+    13.4 k -> 12.8 k per round trip (-4.6 %); I/O thread 53.0-53.3 M
+    either way. Mimalloc's memory: peak RSS with 256 4-KB requests in
+    flight (bustest) 10.8 MB with glibc, 11.4 MB with it; e2e.sh 10000
+    8 -> 9 MB; no madvise, no more page faults (strace -c, /proc minflt;
+    1 and 32 in flight, 64 B and 1 KB bodies). tests/it/broker_alloc.sh
+    checks the mapping and a 48 MB bound under load. tests/bench/bus.sh
+    now measures the event plane too (EVENTS=N through the proxy to SUBS
+    subscribers: the broker's CPU and switches per event) and, with
+    STRACE=1, the broker's system calls per round trip and per event.
+    CPU time, alternated with main's binaries (load 6-12), shows nothing
+    either way, as a 4 % instruction cut on the loop thread (~2.5 % of the
+    broker's instructions) cannot above this VM's noise: RATE=0 e2e.sh
+    10000, session phase, broker per device request 78, 80, 95, 95 us
+    (this branch) against 86, 81, 86, 75 (main), the store (same code in
+    both) moving by as much (154-217 us against 144-197); bus.sh, broker per
+    round trip at 1 in flight 176, 378 against 240, 450 us, at 32 in
+    flight 12.8, 17.6 against 7.6, 13.2, per event 2.0, 1.5 against 3.0,
+    1.5.
     Not done: fewer frames. A header frame holding command, client id and
     rid (PMC2/PMW2) would take the broker from 22 to 12 frames per round
     trip, ~10 k of its ~24 k instructions by the per-frame cost above, and
-    2-3 frames per message at each end; by the profile that is roughly
-    5-10 % of the broker's CPU and 1-2 % of the server's, for a wire change
-    in pm_bus.c, the broker, their tests and store/store_svc_test.c (raw
-    worker frames; not this helper's). Skipping the XPUB re-arm after
+    2-3 frames per message at each end; the broker's user time is ~34 %
+    of its samples, so that is at most ~13 % of its CPU and 1-3 % of the
+    server's, for a wire change in pm_bus.c, the broker, their tests and
+    store/store_svc_test.c (raw worker frames; not this helper's). Skipping the XPUB re-arm after
     forwarding events: at most one poll per store commit (~0.1 per device
     request). What would cut the bus's ~29 %: fewer hops (the broker alone
     is 52-57 us of a device request on the idle machine; a direct
