@@ -77,6 +77,7 @@ struct broker_router {
     zhashx_t *services; //  name -> s_service_t
     zhashx_t *workers;  //  hex id -> s_worker_t
     zhashx_t *requests; //  key -> s_request_t (queued or in flight)
+    s_worker_t *last;   //  the worker of the last worker message (NULL: none or removed)
     s_request_t *spare; //  finished requests for reuse (S_SPARE_MAX at most)
     int nspare;
     broker_router_stats_t stats;
@@ -157,9 +158,9 @@ static s_request_t *s_request_alloc(broker_router_t *self)
     return r;
 }
 
-static void s_request_free(broker_router_t *self, s_request_t *r)
+//  Back to the spare list (or freed), for a request that is not in the hash.
+static void s_request_release(broker_router_t *self, s_request_t *r)
 {
-    zhashx_delete(self->requests, r->key);
     zmq_msg_close(&r->body);
     if (self->nspare >= S_SPARE_MAX) {
         free(r);
@@ -169,6 +170,12 @@ static void s_request_free(broker_router_t *self, s_request_t *r)
     S_POISON(r);
     self->spare = r;
     self->nspare++;
+}
+
+static void s_request_free(broker_router_t *self, s_request_t *r)
+{
+    zhashx_delete(self->requests, r->key);
+    s_request_release(self, r);
 }
 
 //  Send a request to a worker. Returns 0, or -1 (errno) if the worker cannot
@@ -285,6 +292,8 @@ static void s_worker_delete(broker_router_t *self, s_worker_t *w, const char *wh
     self->stats.workers_lost++;
     zlistx_delete(s->workers, w->handle);
     zhashx_delete(self->workers, w->key);
+    if (self->last == w)
+        self->last = NULL;
     free(w);
     s_dispatch(self, s); //  nothing if no worker is left; the queue times out
 }
@@ -355,15 +364,21 @@ static void s_client_input(broker_router_t *self, zmq_msg_t *f, int total)
         return;
     }
     self->stats.requests++;
-    char key[S_KEY_MAX + 1];
-    pm_bus_hex(client, clientlen, key);
-    size_t kl = strlen(key);
-    key[kl] = '/';
-    memcpy(key + kl + 1, rid, strlen(rid) + 1);
-    if (zhashx_lookup(self->requests, key)) {
+    s_request_t *r = s_request_alloc(self);
+    if (!r)
+        return; //  the client retries
+    //  The key is built in place and the insert is the duplicate check (one
+    //  hash lookup per request instead of a lookup and then the insert).
+    pm_bus_hex(client, clientlen, r->key);
+    size_t kl = strlen(r->key), rl = strlen(rid);
+    r->key[kl] = '/';
+    memcpy(r->key + kl + 1, rid, rl + 1);
+    zmq_msg_init(&r->body);
+    if (zhashx_insert(self->requests, r->key, r) < 0) {
         //  A retry of a request we still hold: the first copy will be answered.
         self->stats.duplicates++;
         pm_debug("broker: retry of %s for '%s' while still held; dropped", rid, service);
+        s_request_release(self, r);
         return;
     }
     s_service_t *s = s_service(self, service);
@@ -372,6 +387,7 @@ static void s_client_input(broker_router_t *self, zmq_msg_t *f, int total)
                      "the broker knows too many services (%d) to add '%s'; check for clients "
                      "calling misspelled services",
                      S_MAX_SERVICES, service);
+        s_request_free(self, r);
         return;
     }
     if ((int)zlistx_size(s->queue) >= self->cfg.max_queue) {
@@ -379,23 +395,18 @@ static void s_client_input(broker_router_t *self, zmq_msg_t *f, int total)
                      "service '%s' has %d requests queued; retry later or start more workers "
                      "of picomdm-%s",
                      service, self->cfg.max_queue, service);
+        s_request_free(self, r);
         return;
     }
-    s_request_t *r = s_request_alloc(self);
-    if (!r)
-        return; //  the client retries
-    memcpy(r->key, key, kl + 1 + strlen(rid) + 1);
     memcpy(r->client, client, clientlen);
     r->clientlen = clientlen;
-    memcpy(r->rid, rid, strlen(rid) + 1);
+    memcpy(r->rid, rid, rl + 1);
     r->service = s;
     r->worker = NULL;
     r->qhandle = NULL;
     r->next_spare = NULL;
-    zmq_msg_init(&r->body);
     zmq_msg_move(&r->body, &f[4]);
     r->queued_at = zclock_mono();
-    zhashx_insert(self->requests, r->key, r);
     if (zlistx_size(s->queue) > 0 || s_route(self, s, r) < 0) {
         r->qhandle = zlistx_add_end(s->queue, r);
         self->stats.queued++;
@@ -443,9 +454,16 @@ static void s_worker_input(broker_router_t *self, zmq_msg_t *f, int n, int total
                        total);
         return;
     }
-    pm_bus_hex(id, idlen, key);
     uint8_t cmd = *(uint8_t *)zmq_msg_data(&f[2]);
-    s_worker_t *w = zhashx_lookup(self->workers, key);
+    //  Replies come in runs from the same worker (a store commit's): the one
+    //  of the last message is checked first, no hex key and hash lookup.
+    s_worker_t *w = self->last;
+    if (w && w->idlen == idlen && memcmp(w->id, id, idlen) == 0)
+        memcpy(key, w->key, 2 * idlen + 1);
+    else {
+        pm_bus_hex(id, idlen, key);
+        w = self->last = zhashx_lookup(self->workers, key);
+    }
     if (cmd == PM_BUS_READY && (total == 5 || total == 6)) {
         if (w && pm_bus_frame_is(&f[3], w->service->name)) {
             //  Registered already (its READYs queued up while we were away):

@@ -200,6 +200,100 @@
     ties go to, then 20 requests one at a time, workers heartbeating every
     1,000 ms): slowest request 1.70-1.79 s with main's broker (the first one
     waited for the dead worker's expiry), 2.4 ms with this one (load 6).
+
+    Session 10, buscpu3: what the bus costs per device request (issue #4).
+    Messages: the broker's exit line after `tests/bench/e2e.sh 10000`
+    (enrollment + session, 40,000 device requests): 40,081 requests,
+    40,081 replies, 50,048 events. So one request-plane round trip per
+    device request, i.e. 4 broker crossings (gateway -> broker -> store ->
+    broker -> gateway) and 22 frames through the broker (in: 5 + 6, out:
+    6 + 5, routing ids included), plus 1.25 events, each 2 frames in and 2
+    out per subscriber (the bench's `picomdm watch`; the scheduler
+    subscribes to nothing, the gateway's admin to stats. only; without a
+    subscriber the store's PUB drops its events before they leave).
+    Instructions (callgrind, broker under valgrind, tests/tools/bustest,
+    64-byte echo, 32 in flight, 5,000 round trips): loop thread 13.4 k per
+    round trip, libzmq's I/O thread 10.6 k. Of the loop's, zmq_msg_recv
+    4.1 k, zmq_send 3.8 k, zmq_msg_send 0.8 k (inclusive): ~400 per frame
+    each way; our code, czmq's hash and libc's string and malloc calls
+    ~3.4 k (pm_bus_key_hash 0.46 k, pm_bus_recv 0.39 k,
+    broker_router_process 0.34 k, pm_bus_frame_str 0.30 k, pm_bus_hex
+    0.20 k). Events (bustest pub -> broker -> 1 sub, 10,000 in a burst):
+    1.9 k in the loop and 2.3 k in the I/O thread per event (4 frames).
+    So a frame through the broker costs ~1,000 instructions (both threads),
+    and the request plane's 22 frames are ~21 k of its 24 k per round trip.
+    Where the time goes (perf record -e cpu-clock on broker, store and
+    gateway, session phase of e2e.sh 10000, load 8-12): of the three
+    servers' samples the broker's loop thread has 5.6 %, the I/O threads
+    23.4 % (broker 9.9, store 8.0, gateway 5.5), the store's main thread
+    30.5 %, its store thread 3.5 %, the gateway's main thread 37.0 %. So
+    the bus (the broker and the three I/O threads) is ~29 % of the server's
+    CPU, and the broker's I/O thread costs more than its loop. By library:
+    broker loop kernel 55.6 %, libzmq 17.4, libc 15.9, own code 5.5, czmq
+    3.6; the broker's I/O thread kernel 72 %, the store's and gateway's
+    70-72 %. Instructions are the smaller part: the per-frame cost above is
+    in the 17 % (libzmq) and part of the 16 % (libc).
+    System calls (strace -c -f, same phase, 20,000 device requests):
+    broker 4.75 per device request (poll 1.86, epoll_wait 0.69, epoll_ctl
+    0.53, write 0.49, read 0.49, sendto 0.34, recvfrom 0.34), store 7.62
+    (of them bus: poll 0.80, epoll_wait 0.35, epoll_ctl 0.35, sendto 0.21,
+    read/write 0.19 each, recvfrom 0.13), gateway 6.97 (libevent and TLS
+    included). Per thread (strace -ff, bustest, 3,000 round trips one at a
+    time): broker loop 13.0 per round trip (poll 9.0, read 2.0, write
+    2.0), I/O thread 20.4 (epoll_wait 4.3, epoll_ctl 4.0, poll 4.0, read,
+    write, recvfrom, sendto 2.0 each); at 32 in flight 0.50 and 0.73 (one
+    wake-up serves many messages). Per message the loop makes our sleeping
+    poll, then libzmq's own poll of the socket's mailbox in the first
+    receive (= 1) and the read of its eventfd, a poll that finds it empty
+    (the mailbox goes passive), the eventfd write that wakes the I/O thread
+    for the send, and the empty receive that re-arms the socket (its poll);
+    the I/O thread per message out: epoll_wait, its mailbox (poll, read,
+    poll), epoll_ctl adding POLLOUT, the write, epoll_wait again and
+    epoll_ctl removing POLLOUT (libzmq 4.3's speculative write), and per
+    message in: epoll_wait, recvfrom, the eventfd write that wakes the
+    loop. None is a PicoMDM call: the receive-until-EAGAIN and the
+    ZMQ_EVENTS-only-after-a-send rules (above) are the minimum the libzmq
+    API allows.
+    Changed: in the router, the request's insert into the hash is its
+    duplicate check (was a lookup, then the insert: 6 -> 5 key hashes per
+    round trip), and the worker of the last worker message is compared
+    (routing id) before the hex key and hash lookup (replies come in runs
+    from one store); the cache is cleared with the worker
+    (test_disconnect, test_ready_again send from a removed worker). And the
+    rel broker links mimalloc (Makefile ALLOC_PROCS, as the gateway).
+    Callgrind as above, loop thread per 5,000 round trips: main 66.9-67.1 M
+    (3 runs), mimalloc alone 66.0 M, both cuts 63.96-64.07 M (3 runs):
+    13.4 k -> 12.8 k per round trip (-4.6 %); I/O thread 53.0-53.3 M
+    either way. Mimalloc's memory: peak RSS with 256 4-KB requests in
+    flight (bustest) 10.8 MB with glibc, 11.4 MB with it; e2e.sh 10000
+    8 -> 9 MB; no madvise, no more page faults (strace -c, /proc minflt;
+    1 and 32 in flight, 64 B and 1 KB bodies). tests/it/broker_alloc.sh
+    checks the mapping and a 48 MB bound under load. tests/bench/bus.sh
+    now measures the event plane too (EVENTS=N through the proxy to SUBS
+    subscribers: the broker's CPU and switches per event) and, with
+    STRACE=1, the broker's system calls per round trip and per event.
+    CPU time, alternated with main's binaries (load 6-12), shows nothing
+    either way, as a 4 % instruction cut on the loop thread (~2.5 % of the
+    broker's instructions) cannot above this VM's noise: RATE=0 e2e.sh
+    10000, session phase, broker per device request 78, 80, 95, 95 us
+    (this branch) against 86, 81, 86, 75 (main), the store (same code in
+    both) moving by as much (154-217 us against 144-197); bus.sh, broker per
+    round trip at 1 in flight 176, 378 against 240, 450 us, at 32 in
+    flight 12.8, 17.6 against 7.6, 13.2, per event 2.0, 1.5 against 3.0,
+    1.5.
+    Not done: fewer frames. A header frame holding command, client id and
+    rid (PMC2/PMW2) would take the broker from 22 to 12 frames per round
+    trip, ~10 k of its ~24 k instructions by the per-frame cost above, and
+    2-3 frames per message at each end; the broker's user time is ~34 %
+    of its samples, so that is at most ~13 % of its CPU and 1-3 % of the
+    server's, for a wire change in pm_bus.c, the broker, their tests and
+    store/store_svc_test.c (raw worker frames; not this helper's). Skipping the XPUB re-arm after
+    forwarding events: at most one poll per store commit (~0.1 per device
+    request). What would cut the bus's ~29 %: fewer hops (the broker alone
+    is 52-57 us of a device request on the idle machine; a direct
+    gateway-store connection for the session path, the broker kept for
+    discovery and events) or a broker speaking ZMTP itself on one epoll
+    thread (no I/O-thread hand-off); both are design changes.
  */
 #ifndef PM_BUS_H
 #define PM_BUS_H

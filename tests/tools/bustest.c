@@ -13,7 +13,7 @@
  *        With --thread-stats, one line per thread of its own (name, CPU
  *        ticks, voluntary and involuntary context switches: bench/bus.sh).
  *    bustest garbage --endpoint E --count N      malformed frames of every kind
- *    bustest pub     --publish-endpoint E --topic T --count N [--delay-ms D]
+ *    bustest pub     --publish-endpoint E --topic T --count N [--delay-ms D] [--hold-ms H]
  *    bustest sub     --subscribe-endpoint E [--prefix P] --count N [--max-seconds S]
  */
 #include "pm_bus.h"
@@ -46,6 +46,8 @@ static const pm_opt_t s_opts[] = {
     {"max-seconds", PM_OPT_INT, "60", "give up after this long"},
     {"thread-stats", PM_OPT_BOOL, "false", "client: print each thread's CPU and context switches"},
     {"topic", PM_OPT_STR, "test.event", "pub: event name"},
+    {"hold-ms", PM_OPT_INT, "200",
+     "pub: stay connected this long after the last event (unsent events are dropped at exit)"},
     {"prefix", PM_OPT_STR, "", "sub: topic prefix"},
     {"curve-server-key", PM_OPT_STR, NULL, "broker public key (Z85)"},
     {"cert", PM_OPT_STR, NULL, "our certificate (secret file)"},
@@ -468,7 +470,7 @@ static int s_pub(void)
             ok++;
         pm_msg_destroy(&ev);
     }
-    zclock_sleep(200);
+    zclock_sleep((int)pm_cfg_int(s_cfg, "hold-ms"));
     printf("published=%d\n", ok);
     pm_bus_destroy(&bus);
     return ok == count ? 0 : 1;
