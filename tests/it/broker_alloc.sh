@@ -7,9 +7,9 @@
 # 48 MB (it is ~11 MB; issue #4 wants the whole server under 150 MB at
 # 10,000 devices). The event plane's allocations are the same frames:
 # broker_events.sh covers its behaviour.
+. "$(dirname "$0")/common.inc" # need_mimalloc; the lib below may redefine the rest
 . "$(dirname "$0")/broker_lib.bash"
-ldd "$BIN/picomdm-broker" 2>/dev/null | grep -q 'libmimalloc\.so\.2' ||
-    { echo "skip: this build of picomdm-broker does not link mimalloc (libmimalloc2.0 not installed, or not a rel build)"; exit 77; }
+need_mimalloc "$BIN/picomdm-broker"
 start_broker broker
 grep -q 'libmimalloc\.so\.2' /proc/"$BROKER"/maps || fail "the running broker has no libmimalloc mapped"
 start_worker w1 --capacity 1000

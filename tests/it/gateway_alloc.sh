@@ -4,9 +4,9 @@
 # freed spans were given back to the OS 25 ms after use and faulted in
 # again by the next requests when they come spread out; docs/gateway.md,
 # "Session 9"). The value logged is read back from mimalloc.
+. "$(dirname "$0")/common.inc" # need_mimalloc; the lib below may redefine the rest
 source "$(dirname "$0")/e2e_lib.bash"
-ldd "$BIN/picomdm-gateway" 2>/dev/null | grep -q 'libmimalloc\.so\.2' ||
-    skip "skipped: this build of picomdm-gateway does not link mimalloc (libmimalloc2.0 not installed, or not a rel build)"
+need_mimalloc "$BIN/picomdm-gateway"
 gw_pki
 PORT=$(free_port)
 [ "$PORT" != 0 ] || fail "no free port"

@@ -3,9 +3,9 @@
 # "Session 10, storecpu5": fewer instructions per device request), says so at
 # start, and its exit summary reports mimalloc's committed memory (glibc's
 # mallinfo2 would read empty arenas under mimalloc).
+. "$(dirname "$0")/common.inc" # need_mimalloc; the lib below may redefine the rest
 source "$(dirname "$0")/e2e_lib.bash"
-ldd "$BIN/picomdm-store" 2>/dev/null | grep -q 'libmimalloc\.so\.2' ||
-    skip "skipped: this build of picomdm-store does not link mimalloc (libmimalloc2.0 not installed, or not a rel build)"
+need_mimalloc "$BIN/picomdm-store"
 out=$(timeout 20 "$BIN/picomdm-store" --check --data-dir "$T/chk" 2>&1)
 grep -qx 'ok' <<<"$out" || fail "store --check did not say ok: $out"
 grep -Eq 'allocator: mimalloc 2[0-9]{2}$' <<<"$out" ||
