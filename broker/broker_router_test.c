@@ -683,6 +683,11 @@ static void test_ready_again(void **state)
     s_ready(w, "other", "3", "1000");
     s_expect_error(f, c, "svc", "r1", "worker_lost", "READY for another service", 2000);
     s_expect_disconnect(f, w);
+    //  its next message, with nothing in between: the worker it was (the
+    //  router's last-worker cache) is gone, so it is told DISCONNECT again
+    //  (ASan: a stale cache entry would be a use after free)
+    s_command(w, s_cmd_heartbeat);
+    s_expect_disconnect(f, w);
     assert_false(s_service(f, "svc").found); //  no worker, nothing queued: forgotten
     assert_false(s_service(f, "other").found);
     S_STATS(f, .requests = 1, .dispatched = 1, .errors = 1, .workers_lost = 1);
