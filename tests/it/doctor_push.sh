@@ -92,9 +92,10 @@ grep -q "^WARN  clock skew: the device's clock is 1[45]m\( [0-9]*s\)\? ahead of 
     die "doctor does not report the device clock 15 minutes ahead"
 grep -q "TLS and certificate checks fail" "$W/d1.txt" || die "the skew finding does not say why it matters"
 grep -q "not checked" "$W/d1.txt" && die "doctor still says identity/clock are not checked"
-# signingTime has whole seconds: a second boundary between the device's
-# signing and the store's reading makes it 899
-grep -q "W: (store) .*the device's clock is \(899\|900\) s ahead of the server's" "$W/up.log" ||
+# the gateway computes the skew (signingTime, whole seconds, against its
+# clock when it verifies): the second boundaries and the time the request
+# took on a loaded machine make it up to a few seconds less than 900
+grep -q "W: (store) .*the device's clock is 89[5-9] s ahead of the server's\|W: (store) .*the device's clock is 900 s ahead of the server's" "$W/up.log" ||
     die "the store did not log the skew"
 echo "ok   identity certificate near expiry and clock skew (+900 s) reported"
 
