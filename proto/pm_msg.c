@@ -798,13 +798,13 @@ const msgpack_object *pm_msg_obj(const pm_msg_t *msg, const char *field)
     return s_get(msg, field);
 }
 
-const char *pm_val_str(const msgpack_object *o)
+const char *pm_msg_val_str(const msgpack_object *o)
 {
     //  every str slot points at a NUL-terminated copy (setters and decoder ensure it)
     return o && o->type == MSGPACK_OBJECT_STR ? o->via.str.ptr : NULL;
 }
 
-int64_t pm_val_int(const msgpack_object *o, int64_t def)
+int64_t pm_msg_val_int(const msgpack_object *o, int64_t def)
 {
     if (!o)
         return def;
@@ -815,12 +815,12 @@ int64_t pm_val_int(const msgpack_object *o, int64_t def)
     return def;
 }
 
-uint64_t pm_val_uint(const msgpack_object *o, uint64_t def)
+uint64_t pm_msg_val_uint(const msgpack_object *o, uint64_t def)
 {
     return o && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? o->via.u64 : def;
 }
 
-const uint8_t *pm_val_bin(const msgpack_object *o, size_t *len)
+const uint8_t *pm_msg_val_bin(const msgpack_object *o, size_t *len)
 {
     if (!o || o->type != MSGPACK_OBJECT_BIN) {
         if (len)
@@ -832,7 +832,7 @@ const uint8_t *pm_val_bin(const msgpack_object *o, size_t *len)
     return o->via.bin.size ? (const uint8_t *)o->via.bin.ptr : (const uint8_t *)"";
 }
 
-int pm_val_time(const msgpack_object *o, int64_t *sec, uint32_t *nsec)
+int pm_msg_val_time(const msgpack_object *o, int64_t *sec, uint32_t *nsec)
 {
     msgpack_timestamp ts;
     if (!o || !s_time_ok(o) || !msgpack_object_to_timestamp(o, &ts))
@@ -846,17 +846,17 @@ int pm_val_time(const msgpack_object *o, int64_t *sec, uint32_t *nsec)
 
 const char *pm_msg_str(const pm_msg_t *msg, const char *field)
 {
-    return pm_val_str(s_get(msg, field));
+    return pm_msg_val_str(s_get(msg, field));
 }
 
 int64_t pm_msg_int(const pm_msg_t *msg, const char *field, int64_t def)
 {
-    return pm_val_int(s_get(msg, field), def);
+    return pm_msg_val_int(s_get(msg, field), def);
 }
 
 uint64_t pm_msg_uint(const pm_msg_t *msg, const char *field, uint64_t def)
 {
-    return pm_val_uint(s_get(msg, field), def);
+    return pm_msg_val_uint(s_get(msg, field), def);
 }
 
 bool pm_msg_bool(const pm_msg_t *msg, const char *field, bool def)
@@ -885,12 +885,12 @@ double pm_msg_float(const pm_msg_t *msg, const char *field, double def)
 
 const uint8_t *pm_msg_bin(const pm_msg_t *msg, const char *field, size_t *len)
 {
-    return pm_val_bin(s_get(msg, field), len);
+    return pm_msg_val_bin(s_get(msg, field), len);
 }
 
 int pm_msg_time(const pm_msg_t *msg, const char *field, int64_t *sec, uint32_t *nsec)
 {
-    return pm_val_time(s_get(msg, field), sec, nsec);
+    return pm_msg_val_time(s_get(msg, field), sec, nsec);
 }
 
 /* ---- encoder ---- */

@@ -132,12 +132,15 @@ int pm_msg_time(const pm_msg_t *msg, const char *field, int64_t *sec, uint32_t *
 //  resolves its indexes once from pm_msgdef and reads by index.
 const msgpack_object *pm_msg_obj_at(const pm_msg_t *msg, int index);
 //  What the getters above make of a field's value (o may be NULL: absent), for
-//  values read with pm_msg_obj / pm_msg_obj_at: the same results.
-const char *pm_val_str(const msgpack_object *o);
-int64_t pm_val_int(const msgpack_object *o, int64_t def);
-uint64_t pm_val_uint(const msgpack_object *o, uint64_t def);
-const uint8_t *pm_val_bin(const msgpack_object *o, size_t *len);
-int pm_val_time(const msgpack_object *o, int64_t *sec, uint32_t *nsec);
+//  values read with pm_msg_obj / pm_msg_obj_at: the same results. Only for a
+//  field's own value: pm_msg NUL-terminates top-level str values, not the
+//  strings nested in a map or array (pm_msg_val_str would return one
+//  unterminated).
+const char *pm_msg_val_str(const msgpack_object *o);
+int64_t pm_msg_val_int(const msgpack_object *o, int64_t def);
+uint64_t pm_msg_val_uint(const msgpack_object *o, uint64_t def);
+const uint8_t *pm_msg_val_bin(const msgpack_object *o, size_t *len);
+int pm_msg_val_time(const msgpack_object *o, int64_t *sec, uint32_t *nsec);
 
 //  Same type, rid, ts and field values (floats compared bitwise). Tests, fuzzing.
 bool pm_msg_equal(const pm_msg_t *a, const pm_msg_t *b);

@@ -215,7 +215,7 @@ static int s_packed(const pm_msg_t *req, const char *field, msgpack_sbuffer *buf
 //  by index: resolved once from the table, read with pm_msg_obj_at. The
 //  by-name getters compare the name with each field (strlen + memcmp), ~250
 //  instructions a call and ~13 calls per request (docs/queue.md, "Session 10,
-//  storecpu5"); pm_val_* make of the values what the by-name getters make.
+//  storecpu5"); pm_msg_val_* make of the values what the by-name getters make.
 enum {
     F_EID,
     F_KIND,
@@ -336,10 +336,10 @@ static store_rc_t s_doctor_note(store_svc_t *svc, const pm_msg_t *req, const cha
     int64_t skew = 0;
     bool has_skew = s_f(req, F_CLOCK_SKEW_S) != NULL;
     int64_t na = 0;
-    if (pm_val_time(s_f(req, F_CERT_NOT_AFTER), &na, NULL) < 0)
+    if (pm_msg_val_time(s_f(req, F_CERT_NOT_AFTER), &na, NULL) < 0)
         na = 0;
     if (has_skew)
-        skew = pm_val_int(s_f(req, F_CLOCK_SKEW_S), 0);
+        skew = pm_msg_val_int(s_f(req, F_CLOCK_SKEW_S), 0);
     int r = store_db_doctor_note(svc->db, eid, na > 0 ? na * 1000 : 0, has_skew, skew, now_ms);
     if (r < 0)
         return STORE_ERR_DB;
@@ -355,14 +355,14 @@ static store_rc_t s_checkin(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **re
 {
     const msgpack_object *body = s_f(req, F_BODY);
     char udid[256], serial[128], model[128], osv[64], name[256], topic[256], magic[256];
-    store_checkin_t in = {.eid = pm_val_str(s_f(req, F_EID)),
-                          .kind = pm_val_str(s_f(req, F_KIND)),
-                          .message_type = pm_val_str(s_f(req, F_MESSAGE_TYPE)),
-                          .cert_issuer = pm_val_str(s_f(req, F_CERT_ISSUER)),
+    store_checkin_t in = {.eid = pm_msg_val_str(s_f(req, F_EID)),
+                          .kind = pm_msg_val_str(s_f(req, F_KIND)),
+                          .message_type = pm_msg_val_str(s_f(req, F_MESSAGE_TYPE)),
+                          .cert_issuer = pm_msg_val_str(s_f(req, F_CERT_ISSUER)),
                           .awaiting_configuration = -1,
                           .now_ms = s_now_ms()};
-    in.cert_hash = pm_val_bin(s_f(req, F_CERT_HASH), &in.cert_hash_len);
-    in.cert_prev_hash = pm_val_bin(s_f(req, F_CERT_PREV_HASH), &in.cert_prev_hash_len);
+    in.cert_hash = pm_msg_val_bin(s_f(req, F_CERT_HASH), &in.cert_hash_len);
+    in.cert_prev_hash = pm_msg_val_bin(s_f(req, F_CERT_PREV_HASH), &in.cert_prev_hash_len);
     if (s_pack_obj(s_f(req, F_BODY), a) == 0) {
         in.body = (const uint8_t *)a->data;
         in.body_len = a->size;
@@ -402,18 +402,18 @@ static store_rc_t s_checkin(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **re
 static store_rc_t s_connect(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply,
                             msgpack_sbuffer *a, msgpack_sbuffer *b)
 {
-    store_policy_t pol = {.notnow_limit = (int)pm_val_uint(s_f(req, F_NOTNOW_LIMIT), 0),
-                          .redeliver_limit = (int)pm_val_uint(s_f(req, F_REDELIVER_LIMIT), 0),
+    store_policy_t pol = {.notnow_limit = (int)pm_msg_val_uint(s_f(req, F_NOTNOW_LIMIT), 0),
+                          .redeliver_limit = (int)pm_msg_val_uint(s_f(req, F_REDELIVER_LIMIT), 0),
                           .delivered_timeout_ms =
-                              (int64_t)pm_val_uint(s_f(req, F_DELIVERED_TIMEOUT_S), 0) * 1000};
-    store_connect_t in = {.eid = pm_val_str(s_f(req, F_EID)),
-                          .status = pm_val_str(s_f(req, F_STATUS)),
-                          .command_uuid = pm_val_str(s_f(req, F_COMMAND_UUID)),
-                          .rid = pm_val_str(s_f(req, F_DEVICE_RID)),
+                              (int64_t)pm_msg_val_uint(s_f(req, F_DELIVERED_TIMEOUT_S), 0) * 1000};
+    store_connect_t in = {.eid = pm_msg_val_str(s_f(req, F_EID)),
+                          .status = pm_msg_val_str(s_f(req, F_STATUS)),
+                          .command_uuid = pm_msg_val_str(s_f(req, F_COMMAND_UUID)),
+                          .rid = pm_msg_val_str(s_f(req, F_DEVICE_RID)),
                           .now_ms = s_now_ms(),
                           .policy = &pol};
-    in.cert_hash = pm_val_bin(s_f(req, F_CERT_HASH), &in.cert_hash_len);
-    in.cert_prev_hash = pm_val_bin(s_f(req, F_CERT_PREV_HASH), &in.cert_prev_hash_len);
+    in.cert_hash = pm_msg_val_bin(s_f(req, F_CERT_HASH), &in.cert_hash_len);
+    in.cert_prev_hash = pm_msg_val_bin(s_f(req, F_CERT_PREV_HASH), &in.cert_prev_hash_len);
     if (s_pack_obj(s_f(req, F_BODY), a) == 0) {
         in.body = (const uint8_t *)a->data;
         in.body_len = a->size;
