@@ -253,6 +253,14 @@ static void s_fidx_resolve(void)
                     s_fidx[t][f] = i;
         }
     }
+    //  A name in neither table (renamed in proto/pm_msgtab.def) would read as
+    //  absent in every request: say so, once, at the first request.
+    for (int f = 0; f < F_COUNT; f++)
+        if (s_fidx[0][f] < 0 && s_fidx[1][f] < 0)
+            pm_error("store: field '%s' is in neither store.checkin nor store.connect "
+                     "(proto/pm_msgtab.def), so it reads as absent: make store_svc.c's "
+                     "s_fname match the table and rebuild",
+                     s_fname[f]);
 }
 
 //  Field f of a store.checkin or store.connect request (NULL if unset).
