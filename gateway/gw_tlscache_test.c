@@ -2,7 +2,8 @@
  *  OpenSSL client and a server context with the cache attached: sessions
  *  resume (TLS 1.3 and 1.2) although the server's SSL is freed without
  *  SSL_shutdown (as libevent does), the bound evicts the oldest, an expired
- *  session is not handed out, a second attach is refused. */
+ *  session is not handed out, a connection ending in a fatal alert loses its
+ *  session, a second attach is refused. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
