@@ -11,6 +11,7 @@
 #include "broker_curve.h"
 #include "broker_proxy.h"
 #include "broker_router.h"
+#include "pm_alloc.h"
 #include "pm_bus_wire.h"
 #include "pm_cfg.h"
 #include "pm_getpid.h"
@@ -334,7 +335,8 @@ int main(int argc, char **argv)
         pm_info("CURVE on for every endpoint, ipc:// included; clients (local ones too) need "
                 "server key %s and a curve-cert in the allow list",
                 broker_curve_public(curve));
-    pm_info("broker %s ready", PICOMDM_VERSION);
+    char alloc[64];
+    pm_info("broker %s ready (allocator: %s)", PICOMDM_VERSION, pm_alloc_name(alloc, sizeof alloc));
     pm_notify_ready();
 
     s_stats_ctx_t sctx = {router, proxy};

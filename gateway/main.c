@@ -7,6 +7,7 @@
 #include "gw_admin.h"
 #include "gw_auth.h"
 #include "gw_server.h"
+#include "pm_alloc.h"
 #include "pm_bus.h"
 #include "pm_cfg.h"
 #include "pm_getpid.h"
@@ -22,39 +23,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-//  mimalloc, when the build links it (Makefile ALLOC_PROCS; the asan and fuzz
-//  variants and a build without the library keep glibc's malloc: these weak
-//  references are then NULL). No header: Debian ships only the runtime
-//  library, so the two functions and the option's number are declared here.
-extern int mi_version(void) __attribute__((weak));
-extern void mi_option_set(int option, long value) __attribute__((weak));
-extern long mi_option_get(int option) __attribute__((weak));
-//  mi_option_decommit_delay in mimalloc 2.0 (mi_option_purge_delay in 2.1,
-//  the same slot and meaning): how long a span of freed pages stays
-//  committed before mimalloc gives it back to the OS (madvise DONTNEED).
-#define S_MI_OPTION_DECOMMIT_DELAY 15
-#define S_MI_DECOMMIT_DELAY_MS 1000
-
-//  With mimalloc's default (25 ms) the gateway's heap breathes with the
-//  load: when requests come spread out (the open loop), spans freed between
-//  two requests were decommitted and faulted back in by the next ones, each
-//  madvise a TLB shootdown across both CPUs (the libzmq I/O thread runs on
-//  the other). 1 s: ~250 -> ~4 madvise and ~3,500 -> ~1,500 page faults per
-//  20,000 open-loop requests; memory still goes back after a burst
-//  (docs/gateway.md, "Session 9"). Returns the delay in force, -1 without
-//  mimalloc, -2 for a mimalloc version whose options are not known here.
-static long s_alloc_tune(void)
-{
-    if (!mi_version || !mi_option_set || !mi_option_get)
-        return -1;
-    int v = mi_version(); //  e.g. 209 for 2.0.9
-    if (v < 200 || v >= 300)
-        return -2; //  another major version: its option numbers are not known here
-    //  an operator's own setting wins (mimalloc 2.0 and 2.1 names)
-    if (!getenv("MIMALLOC_DECOMMIT_DELAY") && !getenv("MIMALLOC_PURGE_DELAY"))
-        mi_option_set(S_MI_OPTION_DECOMMIT_DELAY, S_MI_DECOMMIT_DELAY_MS);
-    return mi_option_get(S_MI_OPTION_DECOMMIT_DELAY);
-}
+//  mimalloc's decommit delay (pm_alloc.h). With mimalloc's default (25 ms)
+//  the gateway's heap breathes with the load: when requests come spread out
+//  (the open loop), spans freed between two requests were decommitted and
+//  faulted back in by the next ones, each madvise a TLB shootdown across both
+//  CPUs (the libzmq I/O thread runs on the other). 1 s: ~250 -> ~4 madvise
+//  and ~3,500 -> ~1,500 page faults per 20,000 open-loop requests; memory
+//  still goes back after a burst (docs/gateway.md, "Session 9").
+#define S_DECOMMIT_DELAY_MS 1000
 
 static const pm_opt_t s_opts[] = {
     {"listen", PM_OPT_STR, "0.0.0.0:8443", "address:port for devices (shared with SO_REUSEPORT)"},
@@ -128,7 +104,7 @@ static void s_on_signal(evutil_socket_t sig, short what, void *arg)
 int main(int argc, char **argv)
 {
     pm_getpid_init(); //  getpid() without a syscall (libzmq, OpenSSL): pm_getpid.h
-    long decommit_ms = s_alloc_tune();
+    long decommit_ms = pm_alloc_decommit_delay(S_DECOMMIT_DELAY_MS);
     pm_cfg_t *cfg = NULL;
     gw_auth_t *auth = NULL;
     pm_bus_t *bus = NULL;
@@ -188,13 +164,14 @@ int main(int argc, char **argv)
                 "reach this port can impersonate any device. Never use this in production. ***");
     pm_info("%s, %d device CA certificate(s)", OpenSSL_version(OPENSSL_VERSION),
             auth ? gw_auth_ca_count(auth) : 0);
+    char alloc[64];
     if (decommit_ms >= 0)
-        pm_info("allocator: mimalloc %d, freed memory returned to the OS after %ld ms unused",
-                mi_version(), decommit_ms);
+        pm_info("allocator: %s, freed memory returned to the OS after %ld ms unused",
+                pm_alloc_name(alloc, sizeof alloc), decommit_ms);
     else if (decommit_ms == -2)
-        pm_info("allocator: mimalloc %d (not tuned: unknown version)", mi_version());
+        pm_info("allocator: %s (not tuned: unknown version)", pm_alloc_name(alloc, sizeof alloc));
     else
-        pm_info("allocator: the C library's malloc");
+        pm_info("allocator: %s", pm_alloc_name(alloc, sizeof alloc));
 
     gw_server_config_t sc = {
         .listen = pm_cfg_str(cfg, "listen"),

@@ -12,6 +12,7 @@
 need_mimalloc "$BIN/picomdm-broker"
 start_broker broker
 grep -q 'libmimalloc\.so\.2' /proc/"$BROKER"/maps || fail "the running broker has no libmimalloc mapped"
+grep -q "ready (allocator: mimalloc 2[0-9][0-9])" "$D/broker.log" || fail "the broker does not log its allocator: $(grep ready "$D/broker.log")"
 start_worker w1 --capacity 1000
 timeout 60 "$TT/bustest" client --endpoint "$REQ" --count 20000 --inflight 256 --payload-bytes 4000 \
     --timeout-ms 20000 --max-seconds 50 >"$D/client.out" 2>&1 ||

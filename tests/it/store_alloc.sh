@@ -19,8 +19,9 @@ s_store_gone() { ! kill -0 "$STORE_PID" 2>/dev/null; }
 wait_for 20 "the store to stop" s_store_gone
 line=$(grep 'memory: peak RSS' "$T/store.log")
 [ -n "$line" ] || fail "the store logged no memory line at exit"
+grep -Eq 'peak RSS [0-9.]+ MB, now [1-9][0-9.]* MB' <<<"$line" || fail "no resident set now in: $line"
 # a running store has committed some memory: the figure is mimalloc's, not 0
-peak=$(sed -n 's/.*mimalloc: [0-9.]* MB committed now, peak \([0-9.]*\) MB.*/\1/p' <<<"$line")
+peak=$(sed -n 's/.*mimalloc: [0-9.]* MB reserved and committed now, peak \([0-9.]*\) MB.*/\1/p' <<<"$line")
 [ -n "$peak" ] || fail "the exit summary does not give mimalloc's committed memory: $line"
 awk -v p="$peak" 'BEGIN { exit !(p > 0) }' || fail "mimalloc's peak committed memory is 0: $line"
 echo "ok: the store links mimalloc and reports its memory ($line)"
