@@ -517,6 +517,18 @@ static void test_busy_queue_full(void **state)
     s_request(c, "svc", "r5", "x");
     s_expect_none(f, c, 20);
     s_assert_service(f, "svc", 1, 2, 1, 1);
+    //  the refused r4, retried with the same rid, is a new request: the busy
+    //  answer forgot it (not dropped as a copy of one still held)
+    s_reply(w, "C", "r2", "a2");
+    s_expect_reply(f, c, "svc", "r2", "a2");
+    s_take_rid(f, w, "C", "r3");
+    s_request(c, "svc", "r4", "x");
+    s_reply(w, "C", "r3", "a3");
+    s_expect_reply(f, c, "svc", "r3", "a3");
+    s_take_rid(f, w, "C", "r5");
+    s_reply(w, "C", "r5", "a5");
+    s_expect_reply(f, c, "svc", "r5", "a5");
+    s_take_rid(f, w, "C", "r4");
     s_fix_destroy(&f);
 }
 
