@@ -18,9 +18,9 @@ for _ in $(seq 1 100); do
     [ "$(cat "$D/sub1.out" "$D/sub2.out" 2>/dev/null | grep -c subscribed)" = 2 ] && break; sleep 0.05
 done
 # push.sent first: a subscriber that ignored its prefix would stop on those.
-"$TT/bustest" pub --publish-endpoint "$PUB" --topic push.sent --count 5 --delay-ms 500 >"$D/pub1.out" 2>&1 \
+"$TT/bustest" pub --publish-endpoint "$PUB" --topic push.sent --count 5 --delay-ms 1000 >"$D/pub1.out" 2>&1 \
     || fail "publisher 1 failed"
-"$TT/bustest" pub --publish-endpoint "$PUB" --topic checkin.Authenticate --count 5 --delay-ms 300 \
+"$TT/bustest" pub --publish-endpoint "$PUB" --topic checkin.Authenticate --count 5 --delay-ms 1000 \
     >"$D/pub2.out" 2>&1 || fail "publisher 2 failed"
 wait "$S1" || { cat "$D/sub1.out"; fail "prefix subscriber did not get its 5 events"; }
 wait "$S2" || { cat "$D/sub2.out"; fail "catch-all subscriber did not get 10 events"; }

@@ -11,10 +11,10 @@ start_broker broker
 "$TT/bustest" worker --endpoint "$REQ" --name w1 --heartbeat-ms 1000 >"$D/w1.log" 2>&1 &
 W1=$!
 PIDS+=("$W1")
-wait_log broker "registered for 'echo'" 1 5
+wait_log broker "registered for 'echo'" 1 20
 "$TT/bustest" worker --endpoint "$REQ" --name w2 --heartbeat-ms 1000 >"$D/w2.log" 2>&1 &
 PIDS+=("$!")
-wait_log broker "registered for 'echo'" 2 5
+wait_log broker "registered for 'echo'" 2 20
 kill -9 "$W1"
 wait "$W1" 2>/dev/null
 # let the broker's I/O thread see the connection close (milliseconds; a
