@@ -163,7 +163,7 @@ gw_gateway() { # [extra args]
     GW_PID=$!
     PIDS+=($GW_PID)
     local i
-    for i in $(seq 1 100); do
+    for i in $(seq 1 400); do
         ss -ltn 2>/dev/null | awk '{print $4}' | grep -q ":$PORT\$" && return 0
         kill -0 $GW_PID 2>/dev/null || fail "gateway exited at start"
         sleep 0.05
@@ -255,7 +255,7 @@ events() { nevents security.rejected; }
 # wait_event N NAME [GREP]: until at least N such events were seen
 wait_event() {
     local i
-    for i in $(seq 1 100); do
+    for i in $(seq 1 400); do
         [ "$(nevents "$2" "${3:-.}")" -ge "$1" ] && return 0
         sleep 0.05
     done
