@@ -84,7 +84,8 @@ timeout 20 "$TT/bustest" pub --publish-endpoint "$PUB" --curve-server-key "$SKEY
 kill -0 "$ES" 2>/dev/null || { cat "$D/evilsub.out"; fail "the bad key's subscriber ended early"; }
 kill -TERM "$ES"
 wait "$ES" 2>/dev/null
-grep -q "^event" "$D/evilsub.out" && fail "subscriber with a key not in the allow list received events"
+grep -q "^event topic=" "$D/evilsub.out" && fail "subscriber with a key not in the allow list received events"
+grep -q "^events=0$" "$D/evilsub.out" || fail "the bad key's subscriber did not report: $(cat "$D/evilsub.out")"
 
 kill -TERM "$WPID"
 for _ in $(seq 1 400); do grep -q "^worker w1" "$D/w1.log" && break; sleep 0.05; done
