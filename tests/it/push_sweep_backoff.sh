@@ -37,7 +37,7 @@ start_sched() {
 start_pusher
 start_sched
 logs() { for f in store pusher sched fapns; do echo "--- $f"; tail -15 "$W/$f.log"; done; }
-for _ in $(seq 100); do grep -q "serving 'push'" "$W/pusher.log" && break; sleep 0.1; done
+for _ in $(seq 300); do grep -q "serving 'push'" "$W/pusher.log" && break; sleep 0.1; done
 timeout 60 "$TT/push_drv" --request-endpoint "$REQ" enroll --from 0 --n 2 --prefix dev --topic "$TOPIC" \
     > "$W/enroll.out" 2>&1 || { logs; fail "enroll: $(cat "$W/enroll.out")"; }
 touch "$W/delivered"
@@ -78,7 +78,7 @@ before=$(pushes "$T0")
 : > "$W/at"
 start_pusher
 start_sched
-for _ in $(seq 100); do [ "$(grep -c "serving 'push'" "$W/pusher.log")" -ge 2 ] && break; sleep 0.1; done
+for _ in $(seq 300); do [ "$(grep -c "serving 'push'" "$W/pusher.log")" -ge 2 ] && break; sleep 0.1; done
 watch 3
 after=$(($(pushes "$T0") - before))
 [ "$after" -le 1 ] || fail "$after pushes in 3 s after a restart: the backoff was reset (a storm)"
