@@ -145,7 +145,20 @@ gw_watch() {
     WATCH_PID=$!
     PIDS+=($!)
     wait_for 10 "picomdm watch to subscribe" log_has watch.log "watching events"
-    sleep 0.3 # the subscription travels to the broker's XPUB asynchronously
+    # the subscription travels to the broker's XPUB asynchronously, and no
+    # event says when it is there: publish a probe event (it.probe, source
+    # bustest) until watch has printed one, bounded
+    local bt=${TT:-$BIN/../build/rel/tt}/bustest i
+    if [ ! -x "$bt" ]; then sleep 1; return 0; fi
+    for i in $(seq 1 20); do
+        "$bt" pub --publish-endpoint "ipc://$T/pub" --topic it.probe --count 1 --delay-ms 200 \
+            >/dev/null 2>&1
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
+            grep -q '"name":"it.probe"' "$T/events.jsonl" 2>/dev/null && return 0
+            sleep 0.05
+        done
+    done
+    fail "picomdm watch printed none of 20 probe events: its subscription never reached the broker"
 }
 
 # the real back end: store + scheduler, and the event recorder
