@@ -119,7 +119,7 @@ gw_store() { # [extra args]
     STORE_PID=$!
     PIDS+=($!)
     s_store_up() { log_has store.log "serving 'store'" || log_has broker.log "registered for 'store'"; }
-    wait_for 10 "the store to register" s_store_up
+    wait_for 30 "the store to register" s_store_up
 }
 
 gw_scheduler() { # [extra args]; each start waits for its own "serving" line
@@ -131,7 +131,7 @@ gw_scheduler() { # [extra args]; each start waits for its own "serving" line
     BACKEND_PID=$SCHED_PID
     PIDS+=($!)
     s_sched_up() { [ "$(grep -c "registered for 'scheduler'" "$T/broker.log" 2>/dev/null)" -gt "${n:-0}" ]; }
-    wait_for 10 "the scheduler to register" s_sched_up
+    wait_for 30 "the scheduler to register" s_sched_up
 }
 
 # the operator's CLI on this test's bus: cli SUBCOMMAND ARGS...
@@ -144,7 +144,7 @@ gw_watch() {
     "$CLI" watch --subscribe-endpoint "ipc://$T/sub" >"$T/events.jsonl" 2>"$T/watch.log" &
     WATCH_PID=$!
     PIDS+=($!)
-    wait_for 10 "picomdm watch to subscribe" log_has watch.log "watching events"
+    wait_for 30 "picomdm watch to subscribe" log_has watch.log "watching events"
     # the subscription travels to the broker's XPUB asynchronously, and no
     # event says when it is there: publish a probe event (it.probe, source
     # bustest) until watch has printed one, bounded
