@@ -88,7 +88,7 @@ $(LIB): $(call objs,$(LIB_SRC))
 # ALLOC_TOOLS: the same for tools; the device simulator shares the benches'
 # two cores with the servers (docs/devsim.md "Session 9": -4.8 % instructions
 # per request with mimalloc).
-ALLOC_PROCS := gateway
+ALLOC_PROCS := gateway store
 ALLOC_TOOLS := picomdm-devsim
 MIMALLOC    := $(shell $(CC) -print-file-name=libmimalloc.so.2 2>/dev/null)
 ifeq ($(VARIANT),rel)

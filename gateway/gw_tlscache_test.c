@@ -10,6 +10,7 @@
 
 #include "gw_tlscache.h"
 
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -70,8 +71,10 @@ static SSL_CTX *s_client_ctx(int version)
 //  One connection: handshake, one byte from the server (the client reads the
 //  TLS 1.3 ticket with it), then both SSLs freed without SSL_shutdown.
 //  *sess (in: the session to offer or NULL; out: the client's new one).
+//  `corrupt`: before the frees, a forged application-data record reaches the
+//  server, which fails to decrypt it and sends a fatal alert (bad_record_mac).
 //  Returns whether the connection resumed.
-static int s_connect_aged(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION **sess, long age)
+static int s_connect_ex(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION **sess, long age, bool corrupt)
 {
     SSL *srv = SSL_new(sctx), *cli = SSL_new(cctx);
     assert_non_null(srv);
@@ -105,10 +108,24 @@ static int s_connect_aged(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION **sess, long
     if (age)
         SSL_SESSION_set_time(SSL_get_session(srv),
                              SSL_SESSION_get_time(SSL_get_session(srv)) - age);
+    if (corrupt) {
+        unsigned char rec[5 + 32] = {0x17, 0x03, 0x03, 0x00, 0x20};
+        for (size_t i = 5; i < sizeof rec; i++)
+            rec[i] = (unsigned char)(i * 37u);
+        assert_int_equal(BIO_write(SSL_get_wbio(cli), rec, (int)sizeof rec), (int)sizeof rec);
+        assert_true(SSL_read(srv, &c, 1) <= 0);
+        assert_int_equal(SSL_get_error(srv, -1), SSL_ERROR_SSL);
+        ERR_clear_error();
+    }
     SSL_free(srv);     //  no SSL_shutdown: what libevent 2.1 does
     SSL_shutdown(cli); //  (else libssl marks the client's copy not resumable)
     SSL_free(cli);
     return reused;
+}
+
+static int s_connect_aged(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION **sess, long age)
+{
+    return s_connect_ex(sctx, cctx, sess, age, false);
 }
 
 static int s_connect(SSL_CTX *sctx, SSL_CTX *cctx, SSL_SESSION **sess)
@@ -191,6 +208,29 @@ static void test_expired_not_resumed(void **state)
     s_expired(TLS1_2_VERSION);
 }
 
+//  A connection that ends in a fatal alert loses its session: the callback
+//  that keeps sessions of connections freed without SSL_shutdown must not
+//  keep one libssl invalidated.
+static void s_fatal(int version)
+{
+    SSL_CTX *sctx = s_server_ctx(4), *cctx = s_client_ctx(version);
+    SSL_SESSION *sess = NULL;
+    assert_int_equal(s_connect(sctx, cctx, &sess), 0);
+    assert_int_equal(s_connect_ex(sctx, cctx, &sess, 0, true), 1); //  resumed, then the alert
+    assert_int_equal(s_connect(sctx, cctx, &sess), 0);             //  gone: full handshake
+    assert_int_equal(s_connect(sctx, cctx, &sess), 1);             //  its successor resumes
+    SSL_SESSION_free(sess);
+    SSL_CTX_free(cctx);
+    SSL_CTX_free(sctx);
+}
+
+static void test_fatal_alert_not_resumed(void **state)
+{
+    (void)state;
+    s_fatal(TLS1_3_VERSION);
+    s_fatal(TLS1_2_VERSION);
+}
+
 static void test_attach_twice_refused(void **state)
 {
     (void)state;
@@ -207,8 +247,11 @@ static void test_attach_twice_refused(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_resume_tls13),         cmocka_unit_test(test_resume_tls12),
-        cmocka_unit_test(test_bound_evicts_oldest),  cmocka_unit_test(test_expired_not_resumed),
+        cmocka_unit_test(test_resume_tls13),
+        cmocka_unit_test(test_resume_tls12),
+        cmocka_unit_test(test_bound_evicts_oldest),
+        cmocka_unit_test(test_expired_not_resumed),
+        cmocka_unit_test(test_fatal_alert_not_resumed),
         cmocka_unit_test(test_attach_twice_refused),
     };
     return cmocka_run_group_tests(tests, s_setup, s_teardown);

@@ -781,6 +781,13 @@ static const msgpack_object *s_get(const pm_msg_t *msg, const char *field)
     return &msg->vals[i];
 }
 
+const msgpack_object *pm_msg_obj_at(const pm_msg_t *msg, int index)
+{
+    if (!msg || index < 0 || index >= msg->def->nfields || !(msg->present & (1ULL << index)))
+        return NULL;
+    return &msg->vals[index];
+}
+
 bool pm_msg_has(const pm_msg_t *msg, const char *field)
 {
     return s_get(msg, field) != NULL;

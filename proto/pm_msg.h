@@ -126,6 +126,11 @@ const uint8_t *pm_msg_bin(const pm_msg_t *msg, const char *field, size_t *len);
 const msgpack_object *pm_msg_obj(const pm_msg_t *msg, const char *field); //  owned by msg
 //  TIME field: 0 and *sec/*nsec, or -1 if absent / not a timestamp.
 int pm_msg_time(const pm_msg_t *msg, const char *field, int64_t *sec, uint32_t *nsec);
+//  The value of field number `index` of msg's table (pm_msgdef(type)->fields),
+//  owned by msg; NULL if that field is not set or index is out of range. The
+//  getters above compare the name with every field; a caller on a hot path
+//  resolves its indexes once from pm_msgdef and reads by index.
+const msgpack_object *pm_msg_obj_at(const pm_msg_t *msg, int index);
 
 //  Same type, rid, ts and field values (floats compared bitwise). Tests, fuzzing.
 bool pm_msg_equal(const pm_msg_t *a, const pm_msg_t *b);

@@ -245,6 +245,38 @@ static void test_roundtrip_every_type(void **state)
     }
 }
 
+//  pm_msg_obj_at: the same object as pm_msg_obj for every declared field,
+//  set or not, of a built and of a decoded message; NULL out of range.
+static void test_obj_at(void **state)
+{
+    (void)state;
+    const pm_msgdef_t *d = pm_msgdef(PM_MSG_CODEC_TEST);
+    pm_msg_t *m = pm_msg_new(PM_MSG_CODEC_TEST);
+    assert_int_equal(pm_msg_set_str(m, "s", "abc"), 0);
+    assert_int_equal(pm_msg_set_uint(m, "u", 42), 0);
+    for (int pass = 0; pass < 2; pass++) {
+        int set = 0;
+        for (int i = 0; i < d->nfields; i++) {
+            const msgpack_object *by_name = pm_msg_obj(m, d->fields[i].name);
+            assert_ptr_equal(pm_msg_obj_at(m, i), by_name);
+            set += by_name != NULL;
+        }
+        assert_int_equal(set, 2);
+        assert_null(pm_msg_obj_at(m, -1));
+        assert_null(pm_msg_obj_at(m, d->nfields));
+        assert_null(pm_msg_obj_at(NULL, 0));
+        //  the second pass reads a decoded copy
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        char err[128];
+        assert_int_equal(pm_msg_encode(m, &buf, &len, err, sizeof err), 0);
+        pm_msg_destroy(&m);
+        assert_int_equal(pm_msg_decode(buf, len, &m, err, sizeof err), 0);
+        free(buf);
+    }
+    pm_msg_destroy(&m);
+}
+
 static void test_getters_and_setters(void **state)
 {
     (void)state;
@@ -597,6 +629,7 @@ int main(void)
         cmocka_unit_test(test_fingerprint),
         cmocka_unit_test(test_roundtrip_every_type),
         cmocka_unit_test(test_getters_and_setters),
+        cmocka_unit_test(test_obj_at),
         cmocka_unit_test(test_rids),
         cmocka_unit_test(test_reject_envelope),
         cmocka_unit_test(test_reject_body),

@@ -205,6 +205,118 @@ static int s_packed(const pm_msg_t *req, const char *field, msgpack_sbuffer *buf
     return msgpack_pack_object(&pk, *o) == 0 ? 0 : -1;
 }
 
+//  The fields of the device path's two requests (store.checkin, store.connect)
+//  by index: resolved once from the table, read with pm_msg_obj_at. The
+//  by-name getters compare the name with each field (strlen + memcmp), ~250
+//  instructions a call and ~13 calls per request (docs/queue.md, "Session 10,
+//  storecpu5"). Same results as pm_msg_str / _uint / _int / _bin / _time.
+enum {
+    F_EID,
+    F_KIND,
+    F_MESSAGE_TYPE,
+    F_STATUS,
+    F_COMMAND_UUID,
+    F_DEVICE_RID,
+    F_CERT_HASH,
+    F_CERT_PREV_HASH,
+    F_CERT_ISSUER,
+    F_CERT_NOT_AFTER,
+    F_CLOCK_SKEW_S,
+    F_BODY,
+    F_NOTNOW_LIMIT,
+    F_REDELIVER_LIMIT,
+    F_DELIVERED_TIMEOUT_S,
+    F_COUNT
+};
+static const char *const s_fname[F_COUNT] = {
+    "eid",          "kind",      "message_type",   "status",          "command_uuid",
+    "device_rid",   "cert_hash", "cert_prev_hash", "cert_issuer",     "cert_not_after",
+    "clock_skew_s", "body",      "notnow_limit",   "redeliver_limit", "delivered_timeout_s"};
+static int s_fidx[2][F_COUNT]; //  [0] store.checkin, [1] store.connect; -1: not declared
+static bool s_fidx_ready;
+
+static void s_fidx_resolve(void)
+{
+    const pm_msg_type_t types[2] = {PM_MSG_STORE_CHECKIN, PM_MSG_STORE_CONNECT};
+    for (int t = 0; t < 2; t++) {
+        const pm_msgdef_t *d = pm_msgdef(types[t]);
+        for (int f = 0; f < F_COUNT; f++) {
+            s_fidx[t][f] = -1;
+            for (int i = 0; d && i < d->nfields; i++)
+                if (strcmp(d->fields[i].name, s_fname[f]) == 0)
+                    s_fidx[t][f] = i;
+        }
+    }
+    s_fidx_ready = true;
+}
+
+//  Field f of a store.checkin or store.connect request (NULL if unset).
+static const msgpack_object *s_f(const pm_msg_t *req, int f)
+{
+    if (!s_fidx_ready)
+        s_fidx_resolve();
+    pm_msg_type_t t = pm_msg_type(req);
+    int i = t == PM_MSG_STORE_CONNECT   ? s_fidx[1][f]
+            : t == PM_MSG_STORE_CHECKIN ? s_fidx[0][f]
+                                        : -1;
+    return i < 0 ? NULL : pm_msg_obj_at(req, i);
+}
+
+static const char *s_fstr(const pm_msg_t *req, int f)
+{
+    const msgpack_object *o = s_f(req, f);
+    return o && o->type == MSGPACK_OBJECT_STR ? o->via.str.ptr : NULL; //  NUL-terminated (pm_msg)
+}
+
+static uint64_t s_fuint(const pm_msg_t *req, int f)
+{
+    const msgpack_object *o = s_f(req, f);
+    return o && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? o->via.u64 : 0;
+}
+
+static int64_t s_fint(const pm_msg_t *req, int f)
+{
+    const msgpack_object *o = s_f(req, f);
+    if (o && o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+        return o->via.i64;
+    if (o && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= (uint64_t)INT64_MAX)
+        return (int64_t)o->via.u64;
+    return 0;
+}
+
+static const uint8_t *s_fbin(const pm_msg_t *req, int f, size_t *len)
+{
+    const msgpack_object *o = s_f(req, f);
+    *len = 0;
+    if (!o || o->type != MSGPACK_OBJECT_BIN)
+        return NULL;
+    *len = o->via.bin.size;
+    return o->via.bin.size ? (const uint8_t *)o->via.bin.ptr : (const uint8_t *)"";
+}
+
+//  A TIME field's seconds (0 if absent or not a valid timestamp).
+static int64_t s_ftime_s(const pm_msg_t *req, int f)
+{
+    const msgpack_object *o = s_f(req, f);
+    msgpack_timestamp ts;
+    if (!o || o->type != MSGPACK_OBJECT_EXT || o->via.ext.type != -1 ||
+        !msgpack_object_to_timestamp(o, &ts) || ts.tv_nsec >= 1000000000u)
+        return 0;
+    return ts.tv_sec;
+}
+
+//  Pack field f's msgpack object into buf (cleared first). 0 / -1 if absent.
+static int s_fpacked(const pm_msg_t *req, int f, msgpack_sbuffer *buf)
+{
+    msgpack_sbuffer_clear(buf);
+    const msgpack_object *o = s_f(req, f);
+    if (!o)
+        return -1;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, buf, msgpack_sbuffer_write);
+    return msgpack_pack_object(&pk, *o) == 0 ? 0 : -1;
+}
+
 //  NUL-terminated copies of a STRS field: one allocation (*block, caller frees)
 //  holding the pointer array and the strings. Absent field: n = 0.
 static const char **s_strs(const pm_msg_t *req, const char *field, size_t *n, void **block)
@@ -272,13 +384,11 @@ static pm_msg_t *s_error(store_svc_t *svc, const pm_msg_t *req, store_rc_t rc)
 static store_rc_t s_doctor_note(store_svc_t *svc, const pm_msg_t *req, const char *eid,
                                 int64_t now_ms)
 {
-    int64_t na = 0, skew = 0;
-    uint32_t ns;
-    bool has_skew = pm_msg_has(req, "clock_skew_s");
-    if (pm_msg_time(req, "cert_not_after", &na, &ns) < 0)
-        na = 0;
+    int64_t skew = 0;
+    bool has_skew = s_f(req, F_CLOCK_SKEW_S) != NULL;
+    int64_t na = s_ftime_s(req, F_CERT_NOT_AFTER);
     if (has_skew)
-        skew = pm_msg_int(req, "clock_skew_s", 0);
+        skew = s_fint(req, F_CLOCK_SKEW_S);
     int r = store_db_doctor_note(svc->db, eid, na > 0 ? na * 1000 : 0, has_skew, skew, now_ms);
     if (r < 0)
         return STORE_ERR_DB;
@@ -292,17 +402,17 @@ static store_rc_t s_doctor_note(store_svc_t *svc, const pm_msg_t *req, const cha
 static store_rc_t s_checkin(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply,
                             msgpack_sbuffer *a, msgpack_sbuffer *b)
 {
-    const msgpack_object *body = pm_msg_obj(req, "body");
+    const msgpack_object *body = s_f(req, F_BODY);
     char udid[256], serial[128], model[128], osv[64], name[256], topic[256], magic[256];
-    store_checkin_t in = {.eid = pm_msg_str(req, "eid"),
-                          .kind = pm_msg_str(req, "kind"),
-                          .message_type = pm_msg_str(req, "message_type"),
-                          .cert_issuer = pm_msg_str(req, "cert_issuer"),
+    store_checkin_t in = {.eid = s_fstr(req, F_EID),
+                          .kind = s_fstr(req, F_KIND),
+                          .message_type = s_fstr(req, F_MESSAGE_TYPE),
+                          .cert_issuer = s_fstr(req, F_CERT_ISSUER),
                           .awaiting_configuration = -1,
                           .now_ms = s_now_ms()};
-    in.cert_hash = pm_msg_bin(req, "cert_hash", &in.cert_hash_len);
-    in.cert_prev_hash = pm_msg_bin(req, "cert_prev_hash", &in.cert_prev_hash_len);
-    if (s_packed(req, "body", a) == 0) {
+    in.cert_hash = s_fbin(req, F_CERT_HASH, &in.cert_hash_len);
+    in.cert_prev_hash = s_fbin(req, F_CERT_PREV_HASH, &in.cert_prev_hash_len);
+    if (s_fpacked(req, F_BODY, a) == 0) {
         in.body = (const uint8_t *)a->data;
         in.body_len = a->size;
     }
@@ -341,19 +451,19 @@ static store_rc_t s_checkin(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **re
 static store_rc_t s_connect(store_svc_t *svc, const pm_msg_t *req, pm_msg_t **reply,
                             msgpack_sbuffer *a, msgpack_sbuffer *b)
 {
-    store_policy_t pol = {.notnow_limit = (int)pm_msg_uint(req, "notnow_limit", 0),
-                          .redeliver_limit = (int)pm_msg_uint(req, "redeliver_limit", 0),
+    store_policy_t pol = {.notnow_limit = (int)s_fuint(req, F_NOTNOW_LIMIT),
+                          .redeliver_limit = (int)s_fuint(req, F_REDELIVER_LIMIT),
                           .delivered_timeout_ms =
-                              (int64_t)pm_msg_uint(req, "delivered_timeout_s", 0) * 1000};
-    store_connect_t in = {.eid = pm_msg_str(req, "eid"),
-                          .status = pm_msg_str(req, "status"),
-                          .command_uuid = pm_msg_str(req, "command_uuid"),
-                          .rid = pm_msg_str(req, "device_rid"),
+                              (int64_t)s_fuint(req, F_DELIVERED_TIMEOUT_S) * 1000};
+    store_connect_t in = {.eid = s_fstr(req, F_EID),
+                          .status = s_fstr(req, F_STATUS),
+                          .command_uuid = s_fstr(req, F_COMMAND_UUID),
+                          .rid = s_fstr(req, F_DEVICE_RID),
                           .now_ms = s_now_ms(),
                           .policy = &pol};
-    in.cert_hash = pm_msg_bin(req, "cert_hash", &in.cert_hash_len);
-    in.cert_prev_hash = pm_msg_bin(req, "cert_prev_hash", &in.cert_prev_hash_len);
-    if (s_packed(req, "body", a) == 0) {
+    in.cert_hash = s_fbin(req, F_CERT_HASH, &in.cert_hash_len);
+    in.cert_prev_hash = s_fbin(req, F_CERT_PREV_HASH, &in.cert_prev_hash_len);
+    if (s_fpacked(req, F_BODY, a) == 0) {
         in.body = (const uint8_t *)a->data;
         in.body_len = a->size;
     }

@@ -25,7 +25,7 @@ TT=${TT:-$PWD/build/rel/tt}
 D=$(mktemp -d /tmp/pm-bench-store-thread.XXXXXX)
 PIDS=()
 trap 'for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done; wait 2>/dev/null; [ -n "${KEEP_LOGS:-}" ] && echo "logs kept in $D" || rm -rf "$D"' EXIT
-SC=(getpid poll read write pwrite64 pread64 fdatasync fcntl epoll_wait epoll_ctl sendto recvfrom futex)
+SC=(getpid poll read write pwrite64 pread64 fdatasync fcntl epoll_wait epoll_ctl sendto recvfrom futex madvise mmap munmap)
 
 # callgrind figures of one dump: per request, inclusive
 cg_report() { # TREE REQUESTS
