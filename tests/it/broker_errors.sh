@@ -22,7 +22,7 @@ grep -q "no worker of service 'ghost' registered with the broker within 300 ms: 
 # 2. one worker, capacity 1, replies after 3 s: 1 in flight + 5 queued, 4 refused busy
 #    at once, the 5 queued answered busy after request-wait-ms
 start_worker w1 --capacity 1 --delay-ms 3000
-wait_log broker "registered for 'echo'" 1 5
+wait_log broker "registered for 'echo'" 1 20
 timeout 30 "$TT/bustest" client --endpoint "$REQ" --count 10 --inflight 10 --timeout-ms 5000 \
     --retries 0 >"$D/busy.out" 2>"$D/busy.log"
 cat "$D/busy.out"

@@ -5,7 +5,7 @@
 
 start_broker broker
 start_worker w1
-wait_log broker "registered for 'echo'" 1 5
+wait_log broker "registered for 'echo'" 1 20
 
 timeout 30 "$TT/bustest" garbage --endpoint "$REQ" --count 10000 >"$D/garbage.out" 2>"$D/garbage.log" \
     || fail "garbage sender failed"
@@ -18,11 +18,11 @@ cat "$D/client.out"
 lines=$(wc -l <"$D/broker.log")
 [ "$lines" -lt 200 ] || fail "broker log flooded: $lines lines"
 kill -TERM "$LAST_PID"
-for _ in $(seq 1 40); do grep -q "^worker w1" "$D/w1.log" && break; sleep 0.05; done
+for _ in $(seq 1 400); do grep -q "^worker w1" "$D/w1.log" && break; sleep 0.05; done
 bad=$(grep -oE "bad=[0-9]+" "$D/w1.log" | cut -d= -f2)
 [ "${bad:-0}" -gt 0 ] || fail "worker never saw (and rejected) an undecodable body"
 kill -TERM "$BROKER"
-for _ in $(seq 1 40); do grep -q "broker stopping" "$D/broker.log" && break; sleep 0.05; done
+for _ in $(seq 1 400); do grep -q "broker stopping" "$D/broker.log" && break; sleep 0.05; done
 badb=$(grep -oE "[0-9]+ bad frames" "$D/broker.log" | cut -d' ' -f1)
 # 10 of the 13 kinds are counted bad (~7,690); REPLY/unknown command from an
 # unregistered worker get DISCONNECT instead, a bad body is rejected by the worker.

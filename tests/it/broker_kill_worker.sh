@@ -8,7 +8,7 @@ start_broker broker
 start_worker w1 --delay-ms 50
 W1=$LAST_PID
 start_worker w2 --delay-ms 50
-wait_log broker "registered for 'echo'" 2 5
+wait_log broker "registered for 'echo'" 2 20
 
 timeout 60 "$TT/bustest" client --endpoint "$REQ" --count 1000 --inflight 32 \
     --timeout-ms 3000 --retries 5 >"$D/client.out" 2>"$D/client.log" &

@@ -47,7 +47,7 @@ start_broker() {
         --subscribe-endpoint "$SUB" --heartbeat-ms 200 "$@" >"$D/$log.log" 2>&1 &
     BROKER=$!
     PIDS+=("$BROKER")
-    wait_log "$log" "broker .* ready" 1 5
+    wait_log "$log" "broker .* ready" 1 20
 }
 
 # start_worker NAME [extra args]
@@ -61,9 +61,10 @@ start_worker() {
 
 # wait_log LOGNAME REGEX COUNT SECONDS: until REGEX matched COUNT lines.
 wait_log() {
-    local f="$D/$1.log" i
+    local f="$D/$1.log" i n
     for i in $(seq 1 $(($4 * 20))); do
-        [ "$(grep -cE "$2" "$f" 2>/dev/null)" -ge "$3" ] && return 0
+        n=$(grep -cE "$2" "$f" 2>/dev/null)
+        [ "${n:-0}" -ge "$3" ] && return 0
         sleep 0.05
     done
     fail "timed out after $4 s waiting for $3 x '$2' in $1.log"

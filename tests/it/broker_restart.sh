@@ -9,7 +9,7 @@ REQ=tcp://127.0.0.1:$PORT
 start_broker broker1
 start_worker w1 --delay-ms 20
 start_worker w2 --delay-ms 20
-wait_log broker1 "registered for 'echo'" 2 5
+wait_log broker1 "registered for 'echo'" 2 20
 
 timeout 60 "$TT/bustest" client --endpoint "$REQ" --count 2000 --inflight 32 \
     --timeout-ms 1000 --retries 10 >"$D/client.out" 2>"$D/client.log" &

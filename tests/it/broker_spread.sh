@@ -6,7 +6,7 @@
 start_broker broker
 start_worker w1
 start_worker w2
-wait_log broker "registered for 'echo'" 2 5
+wait_log broker "registered for 'echo'" 2 20
 
 timeout 60 "$TT/bustest" client --endpoint "$REQ" --count 1000 --inflight 32 >"$D/client.out" 2>"$D/client.log" \
     || { cat "$D/client.out"; fail "client did not get 1000 answers"; }

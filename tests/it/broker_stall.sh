@@ -9,7 +9,7 @@
 start_broker broker
 start_worker w1 --stall-ms 1500
 WPID=$LAST_PID
-wait_log broker "registered for 'echo'" 1 5
+wait_log broker "registered for 'echo'" 1 20
 timeout 30 "$TT/bustest" client --endpoint "$REQ" --count 1 --inflight 1 --timeout-ms 5000 \
     --retries 2 >"$D/client.out" 2>"$D/client.log"
 rc=$?
@@ -21,10 +21,10 @@ grep -q "requests* in flight failed back" "$D/broker.log" || fail "broker did no
 # the late reply of the expired worker reached the client first, so the cached
 # answer to the resend was the duplicate
 [ "$(field duplicates "$D/client.out")" -ge 1 ] || fail "late reply from the expired worker was not forwarded"
-wait_log broker "registered for 'echo'" 2 5
+wait_log broker "registered for 'echo'" 2 20
 sleep 0.5
 kill -TERM "$WPID"
-for _ in $(seq 1 40); do grep -q "^worker w1" "$D/w1.log" && break; sleep 0.05; done
+for _ in $(seq 1 400); do grep -q "^worker w1" "$D/w1.log" && break; sleep 0.05; done
 grep "^worker w1" "$D/w1.log"
 [ "$(grep -oE "jobs=[0-9]+" "$D/w1.log" | cut -d= -f2)" = 1 ] || fail "handler ran more than once"
 [ "$(grep -oE "retried=[0-9]+" "$D/w1.log" | cut -d= -f2)" -ge 1 ] || fail "the resent copy never reached the worker's cache"

@@ -107,12 +107,17 @@ echo "a second use of that challenge was refused"
 CA2_PID=$!
 wait_for 20 grep -q 'serving "ca"' "$T/ca2.log" || fail "the second picomdm-ca does not start"
 CA1=$(cat "$T/var/run/ca.pid")
+# the broker drops a worker silent for 3 heartbeats: wait for its line
+ca_dropped() { grep -c "of 'ca' removed" "$T/up.log"; }
+dropped=$(ca_dropped)
 kill -STOP "$CA1"
 STOPPED=$CA1
-sleep 4 # the broker drops a worker silent for 3 heartbeats
+wait_for 30 eval '[ "$(ca_dropped)" -gt "$dropped" ]' || fail "the broker did not drop the stopped ca"
 enroll p2.mobileconfig ds2.out || fail "devsim through the second ca: $(tail -5 "$T/ds2.out")"
 grep -q "^scep: 1 device(s) got their identity" "$T/ds2.out" || fail "devsim (second ca): no SCEP identity: $(cat "$T/ds2.out")"
 grep -q "scep: issued" "$T/ca2.log" || fail "the certificate was not issued by the second ca process"
+ca_regs() { grep -c "registered for 'ca'" "$T/up.log"; }
+regs=$(ca_regs)
 kill -CONT "$CA1"
 STOPPED=
 echo "a challenge made by one ca process was accepted by another"
@@ -122,10 +127,14 @@ echo "a challenge made by one ca process was accepted by another"
 "$BIN/picomdm-ca" --config "$PICOMDM_CONFIG" --heartbeat-ms 500 --challenge-ttl 1 >"$T/ca3.log" 2>&1 &
 CA3_PID=$!
 wait_for 20 grep -qs 'serving "ca"' "$T/ca3.log" || fail "the third picomdm-ca does not start"
+# the first ca registers again after its stop, the third for the first time
+wait_for 30 eval '[ "$(ca_regs)" -ge $((regs + 2)) ]' || fail "the first and third ca did not both register"
 kill -TERM "$CA2_PID" 2>/dev/null
+dropped=$(ca_dropped)
 kill -STOP "$CA1"
 STOPPED=$CA1
-sleep 4 # the broker drops the stopped worker; the third ca serves
+# the broker drops the stopped worker; the third ca serves
+wait_for 30 eval '[ "$(ca_dropped)" -gt "$dropped" ]' || fail "the broker did not drop the stopped ca"
 code=$(curl -s --cacert "$TLS" -o "$T/www/p3.mobileconfig" -w '%{http_code}' "$URL/mdm/enroll")
 [ "$code" = 200 ] || fail "profile from the third ca: HTTP $code"
 C3=$(chal "$T/www/p3.mobileconfig")

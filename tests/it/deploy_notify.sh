@@ -95,7 +95,7 @@ for p in "${wired[@]}"; do
     : >"$out"
     python3 "$tmp/listen.py" "$sock" "$out" &
     pids+=($!)
-    for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
+    for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.1; done
     start=$(date +%s%N)
     NOTIFY_SOCKET=$sock "$BIN/picomdm-$p" --config "$tmp/picomdm.cfg" >"$tmp/$p.log" 2>&1 &
     pid=$!

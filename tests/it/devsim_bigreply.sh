@@ -7,7 +7,8 @@
 # device runs one session, in a closed loop (8 at a time) and again in an
 # open loop (20 sessions/s). Asserts every session completed with its
 # command answered Acknowledged, no transport error, and no request near
-# the 5 s per-request timeout: a regression test for replies of several
+# the 20 s per-request timeout (none over 10 s; round trips of 2-3 s are
+# seen on a loaded 2-core machine): a regression test for replies of several
 # records. (Session 8's OpenSSL read-ahead and its sweep, which this test
 # was written for, were reverted: a close-delimited reply then never
 # completed, see docs/devsim.md "Session 8, simcpu3".)
@@ -16,7 +17,7 @@ source "$(dirname "$0")/e2e_lib.bash"
 command -v python3 >/dev/null || skip "skipped: python3 not installed (it writes the profile)"
 N=30
 e2e_up --log-level warn
-DS=(devsim_fleet $N 5151 5000)
+DS=(devsim_fleet $N 5151 20000)
 "${DS[@]}" --rounds 0 >"$T/enroll.out" 2>&1 || { cat "$T/enroll.out"; fail "enrollment of $N devices failed"; }
 cli devices --limit 100 | awk 'NR > 1 { print $1 }' >"$T/eids"
 [ "$(wc -l <"$T/eids")" -eq $N ] || fail "expected $N enrollments, got $(wc -l <"$T/eids")"
@@ -41,7 +42,7 @@ for mode in closed open; do
     grep -q 'http errors 0, transport errors 0, bad replies 0' "$T/$mode.out" ||
         fail "$mode: errors: $(tail -n 1 "$T/$mode.out")"
     max=$(awk '/^session 1 .*requests, latency/ { for (i = 1; i < NF; i++) if ($i == "max") { print $(i + 1); exit } }' "$T/$mode.out")
-    awk -v m="$max" 'BEGIN { exit !(m != "" && m + 0 < 4000) }' ||
-        fail "$mode: a request took ${max:-?} ms (near the 5 s timeout: a reply left unread?)"
+    awk -v m="$max" 'BEGIN { exit !(m != "" && m + 0 < 10000) }' ||
+        fail "$mode: a request took ${max:-?} ms (near the 20 s timeout: a reply left unread?)"
 done
 echo "devsim_bigreply: all checks passed"

@@ -119,7 +119,7 @@ gw_store() { # [extra args]
     STORE_PID=$!
     PIDS+=($!)
     s_store_up() { log_has store.log "serving 'store'" || log_has broker.log "registered for 'store'"; }
-    wait_for 10 "the store to register" s_store_up
+    wait_for 30 "the store to register" s_store_up
 }
 
 gw_scheduler() { # [extra args]; each start waits for its own "serving" line
@@ -131,7 +131,7 @@ gw_scheduler() { # [extra args]; each start waits for its own "serving" line
     BACKEND_PID=$SCHED_PID
     PIDS+=($!)
     s_sched_up() { [ "$(grep -c "registered for 'scheduler'" "$T/broker.log" 2>/dev/null)" -gt "${n:-0}" ]; }
-    wait_for 10 "the scheduler to register" s_sched_up
+    wait_for 30 "the scheduler to register" s_sched_up
 }
 
 # the operator's CLI on this test's bus: cli SUBCOMMAND ARGS...
@@ -144,8 +144,21 @@ gw_watch() {
     "$CLI" watch --subscribe-endpoint "ipc://$T/sub" >"$T/events.jsonl" 2>"$T/watch.log" &
     WATCH_PID=$!
     PIDS+=($!)
-    wait_for 10 "picomdm watch to subscribe" log_has watch.log "watching events"
-    sleep 0.3 # the subscription travels to the broker's XPUB asynchronously
+    wait_for 30 "picomdm watch to subscribe" log_has watch.log "watching events"
+    # the subscription travels to the broker's XPUB asynchronously, and no
+    # event says when it is there: publish a probe event (it.probe, source
+    # bustest) until watch has printed one, bounded
+    local bt=${TT:-$BIN/../build/rel/tt}/bustest i
+    if [ ! -x "$bt" ]; then sleep 1; return 0; fi
+    for i in $(seq 1 20); do
+        "$bt" pub --publish-endpoint "ipc://$T/pub" --topic it.probe --count 1 --delay-ms 200 \
+            >/dev/null 2>&1
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
+            grep -q '"name":"it.probe"' "$T/events.jsonl" 2>/dev/null && return 0
+            sleep 0.05
+        done
+    done
+    fail "picomdm watch printed none of 20 probe events: its subscription never reached the broker"
 }
 
 # the real back end: store + scheduler, and the event recorder
@@ -163,7 +176,7 @@ gw_gateway() { # [extra args]
     GW_PID=$!
     PIDS+=($GW_PID)
     local i
-    for i in $(seq 1 100); do
+    for i in $(seq 1 400); do
         ss -ltn 2>/dev/null | awk '{print $4}' | grep -q ":$PORT\$" && return 0
         kill -0 $GW_PID 2>/dev/null || fail "gateway exited at start"
         sleep 0.05
@@ -255,7 +268,7 @@ events() { nevents security.rejected; }
 # wait_event N NAME [GREP]: until at least N such events were seen
 wait_event() {
     local i
-    for i in $(seq 1 100); do
+    for i in $(seq 1 400); do
         [ "$(nevents "$2" "${3:-.}")" -ge "$1" ] && return 0
         sleep 0.05
     done

@@ -40,7 +40,8 @@ PICOMDM_ENROLL_AUTH=token PICOMDM_ENROLL_BASIC_AUTH= enroll_up 150
 # every enroll.refused, as an operator would watch them (published after the store logged them)
 timeout 100 "$BIN/picomdm" watch enroll.refused >"$T/watch.out" 2>"$T/watch.err" &
 W_PID=$!
-sleep 0.5
+wait_for 20 grep -q "watching events" "$T/watch.err" || fail "picomdm watch did not start: $(cat "$T/watch.err")"
+sleep 0.5 # the subscription travels to the broker (no event says when it is there)
 
 code() { curl -s --cacert "$TLS" -o "${2:-/dev/null}" -w '%{http_code}' "$1"; }
 verifies() {
@@ -129,7 +130,7 @@ r=$(curl -s --cacert "$TLS" -o /dev/null -w '%{http_code}' "$URL2/mdm/enroll?tok
 kill -TERM "$GW2_PID"; wait "$GW2_PID" 2>/dev/null; GW2_PID=
 grep -q "its token is usable again" "$T/gw3.log" || fail "the gateway did not give the token back: $(tail -3 "$T/gw3.log")"
 released() { [ "$(code "${U[5]}" "$T/t5.mobileconfig")" = 200 ]; }
-wait_for 5 released || fail "the token is not usable again after the failed download"
+wait_for 20 released || fail "the token is not usable again after the failed download"
 verifies "$T/t5.mobileconfig" || fail "given-back token: the profile does not verify"
 
 # list: the states

@@ -12,8 +12,9 @@ P1=$GW_PID
     --tls-key "$PKI/tls.key" --log-level debug >"$T/gw2.log" 2>&1 &
 P2=$!
 PIDS+=($P2)
-for i in $(seq 1 50); do grep -q 'listening on' "$T/gw2.log" && break; sleep 0.1; done
+for i in $(seq 1 200); do grep -q 'listening on' "$T/gw2.log" && break; kill -0 $P2 2>/dev/null || break; sleep 0.1; done
 kill -0 $P2 2>/dev/null || fail "second gateway could not share port $PORT: $(cat "$T/gw2.log")"
+grep -q 'listening on' "$T/gw2.log" || fail "second gateway does not listen after 20 s: $(cat "$T/gw2.log")"
 plist MessageType Authenticate UDID REUSE-1 Topic t >"$T/a"
 sig=$(sign "$T/a" dev1)
 for i in $(seq 1 40); do # a new connection each time

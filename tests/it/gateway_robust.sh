@@ -131,7 +131,7 @@ C_PORT=$(free_port)
     >>"$T/gateway-noca.log" 2>&1 &
 C_PID=$!
 PIDS+=($C_PID)
-for i in $(seq 1 100); do ss -ltn | awk '{print $4}' | grep -q ":$C_PORT\$" && break; sleep 0.05; done
+for i in $(seq 1 400); do ss -ltn | awk '{print $4}' | grep -q ":$C_PORT\$" && break; sleep 0.05; done
 code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$C_PORT/health")
 [ "$code" = 200 ] || [ "$code" = 503 ] || fail "lab gateway without a device CA: /health answered $code"
 kill -0 $C_PID || fail "lab gateway without a device CA died on /health"

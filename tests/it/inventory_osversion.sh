@@ -23,10 +23,11 @@ timeout 30 "${DS[@]}" --os-version $OLD --no-enroll --rounds 1 >"$T/ds2.out" 2>&
 "$BIN/picomdm" watch inventory.changed --count 1 >"$T/watch.out" 2>"$T/watch.err" &
 W_PID=$!
 BG_PIDS+=("$W_PID")
-sleep 0.5 # the subscription is up before the event
+wait_for 20 grep -q "watching events" "$T/watch.err" || fail "picomdm watch did not start: $(cat "$T/watch.err")"
+sleep 0.5 # the subscription travels to the broker (no event says when it is there)
 di
 timeout 30 "${DS[@]}" --os-version $NEW --no-enroll --rounds 1 >"$T/ds3.out" 2>&1 || { cat "$T/ds3.out"; fail "second answer failed"; }
-wait_for 10 grep -q OSVersion "$T/watch.out" || { cat "$T/watch.out" "$T/watch.err"; fail "no inventory.changed on the event stream"; }
+wait_for 20 grep -q OSVersion "$T/watch.out" || { cat "$T/watch.out" "$T/watch.err"; fail "no inventory.changed on the event stream"; }
 kill -TERM "$W_PID" 2>/dev/null; W_PID=
 cat "$T/watch.out"
 python3 - "$T/watch.out" $OLD $NEW <<'PY' || fail "the event does not carry OSVersion $OLD -> $NEW"

@@ -52,7 +52,7 @@ echo "requests made: $NCHECKIN check-in, $NCONNECT command loop"
 
 # wait for a snapshot of every back-end process taken after that traffic
 ok=0
-for i in $(seq 1 40); do
+for i in $(seq 1 120); do
     [ "$(scrape)" = 200 ] || fail "GET /metrics: HTTP $(cat "$T/metrics.txt" | head -c 200)"
     s=$(metric 'picomdm_scheduler_requests_total{process="scheduler",')
     b=$(metric 'picomdm_broker_workers{process="broker",')
@@ -68,7 +68,7 @@ for i in $(seq 1 40); do
     fi
     sleep 0.25
 done
-[ $ok = 1 ] || { cat "$T/metrics.txt" | head -80; fail "no scheduler/store/broker/ca/pusher series with the traffic after 10 s"; }
+[ $ok = 1 ] || { cat "$T/metrics.txt" | head -80; fail "no scheduler/store/broker/ca/pusher series with the traffic after 120 scrapes (30 s and more)"; }
 echo "ok  scrape has scheduler, store, broker, ca and pusher series"
 
 python3 - "$T/metrics.txt" $NCHECKIN $NCONNECT <<'PY' || { head -60 "$T/metrics.txt"; fail "exposition checks failed"; }

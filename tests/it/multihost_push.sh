@@ -104,7 +104,7 @@ grep -q "$W1  Acknowledged" "$T/r1" && grep -q "OSVersion" "$T/r1" || fail "resu
 [ "$(apns_stat delivered)" -ge 1 ] || fail "the APNs stand-in on C delivered no push"
 # the outcome reaches the store in the pusher's next batch, maybe after the ack
 pushed() { [ "$(db "SELECT COUNT(*) FROM events WHERE name = 'push.sent' AND eid = '$1'")" -ge 1 ]; }
-for _ in $(seq 50); do pushed "$e1" && break; sleep 0.1; done
+for _ in $(seq 200); do pushed "$e1" && break; sleep 0.1; done
 pushed "$e1" || fail "no push.sent for $e1 in the store's event log"
 [ "$(sessions)" -gt "$s0" ] || fail "the device connected without a session being counted"
 echo "ok   enqueue on A -> pusher on B -> APNs stand-in on C -> device -> gateway on B: Acknowledged in $((t1 - t0)) ms"
@@ -176,7 +176,7 @@ grep -q "Acknowledged $((2 * N + 1))," "$T/devsim.log" ||
 last=$(db "SELECT MAX(seq) FROM events")
 for f in "$T/log/audit.jsonl" "$T/audit-c.jsonl"; do
     seqs() { sed -n 's/^{"seq":\([0-9]*\),.*/\1/p' "$f" 2>/dev/null; }
-    for _ in $(seq 100); do [ "$(seqs | tail -n 1)" = "$last" ] && break; sleep 0.1; done
+    for _ in $(seq 300); do [ "$(seqs | tail -n 1)" = "$last" ] && break; sleep 0.1; done
     seqs | diff -q - <(seq 1 "$last") >/dev/null ||
         fail "$f is not seq 1..$last: $(seqs | tr '\n' ' ' | head -c 300)"
 done

@@ -29,7 +29,7 @@ start_fapns fapns --tokens "$W/tokens" --rules "$W/rules" --deliver-file "$W/del
     --push-cert "$W/push.pem" --backoff-ms 50 --max-attempts 3 > "$W/pusher.log" 2>&1 &
 PUSHER_PID=$!
 PIDS+=($!)
-for _ in $(seq 100); do grep -q "serving 'push'" "$W/pusher.log" && break; sleep 0.1; done
+for _ in $(seq 300); do grep -q "serving 'push'" "$W/pusher.log" && break; sleep 0.1; done
 grep -q "serving 'push'" "$W/pusher.log" || { cat "$W/pusher.log"; fail "pusher did not start"; }
 drv() { timeout 60 "$TT/push_drv" --request-endpoint "$REQ" "$@"; }
 logs() { for f in store pusher fapns; do echo "--- $f"; tail -15 "$W/$f.log"; done; }
@@ -74,7 +74,7 @@ grep -qiE "$(tok 1)" "$W/pusher.log" "$W/store.log" && fail "a token was logged"
 kill "$PUSHER_PID"; wait "$PUSHER_PID" 2>/dev/null
 "$PUSHER" --request-endpoint "$REQ" > "$W/pusher2.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 100); do grep -q "serving 'push'" "$W/pusher2.log" && break; sleep 0.1; done
+for _ in $(seq 300); do grep -q "serving 'push'" "$W/pusher2.log" && break; sleep 0.1; done
 grep -q "no push certificate configured" "$W/pusher2.log" || fail "no notice: $(cat "$W/pusher2.log")"
 drv wake --n 1 --from 4 > /dev/null || fail "wake not accepted without a certificate"
 drv events --name push.failed --count 1 --prefix dev4 > "$W/ev4" || fail "no push.failed without certificate"

@@ -38,7 +38,7 @@ with open(sys.argv[2], "a") as f:
         f.flush()
 PY
 PIDS+=($!)
-for _ in $(seq 50); do [ -S "$W/deliver.sock" ] && break; sleep 0.1; done
+for _ in $(seq 200); do [ -S "$W/deliver.sock" ] && break; sleep 0.1; done
 start_fapns fapns --tokens "$W/tokens" --deliver-file "$W/delivered" --deliver-unix "$W/deliver.sock"
 URL=https://127.0.0.1:$FAPNS_PORT
 
@@ -60,7 +60,7 @@ expect() { # what got want
 expect "accepted push" "$(good "$KNOWN")" "200 "
 expect "space in body" "$(good "$KNOWN" '{"mdm": "MAGIC-2"}')" "200 "
 grep -q '"mdm":"MAGIC-1"' "$W/delivered" || fail "push not delivered to the file hook"
-for _ in $(seq 50); do grep -q MAGIC-2 "$W/datagrams" 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 200); do grep -q MAGIC-2 "$W/datagrams" 2>/dev/null && break; sleep 0.1; done
 grep -q "\"token\":\"$KNOWN\".*\"mdm\":\"MAGIC-2\"" "$W/datagrams" || fail "no datagram delivery"
 echo "ok   delivery hook: file and UNIX datagram"
 

@@ -62,8 +62,8 @@ start_all() {
     start_broker
     start_store "${STORE_ARGS[@]}"
     start_sched "${SCHED_ARGS[@]}"
-    wait_log store "serving 'store'" 1 10
-    wait_log sched "serving 'scheduler'" 1 10
+    wait_log store "serving 'store'" 1 30
+    wait_log sched "serving 'scheduler'" 1 30
 }
 STORE_ARGS=()
 SCHED_ARGS=()

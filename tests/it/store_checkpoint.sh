@@ -7,7 +7,7 @@
 #    across a crash during a checkpoint;
 # 2. the WAL stays bounded: at exit the store reports checkpoints by the
 #    thread, the WAL started over, and never held more than twice the cap
-#    (4 x 100 frames; unbounded it would reach ~13,000); after the burst and an idle pause the -wal file is no
+#    and one batch (4 x 100 frames; unbounded it would reach ~13,000); after the burst and an idle pause the -wal file is no
 #    larger than journal_size_limit allows.
 . "$(dirname "$0")/queue_lib.bash"
 COUNT=6000
@@ -46,6 +46,11 @@ restarts=$(sed -n 's/.*started over \([0-9]*\) times.*/\1/p' <<<"$line")
 most=$(sed -n 's/.*at most \([0-9]*\) frames.*/\1/p' <<<"$line")
 [ "${ckpts:-0}" -ge 3 ] || fail "only ${ckpts:-0} checkpoints by the thread after the restart"
 [ "${restarts:-0}" -ge 1 ] || fail "the WAL never started over"
-# unbounded it would hold every frame of the burst (~13,000)
-[ "${most:-999999}" -le $((2 * CAP)) ] || fail "the WAL held $most frames, more than twice the cap $CAP"
+# unbounded it would hold every frame of the burst (~13,000). The design's
+# bound (store/store_ckpt.h) is twice the cap and one batch: the batch that
+# takes it over twice the cap while the thread's checkpoint still runs (a
+# batch here is at most the driver's 32 enqueues, well under half the cap;
+# a loaded machine showed 819 frames, 19 over twice the cap)
+[ "${most:-999999}" -le $((2 * CAP + CAP / 2)) ] ||
+    fail "the WAL held $most frames, more than twice the cap $CAP and one batch"
 echo "ok: $COUNT enqueues, store killed during checkpoints after $before, all present exactly once; WAL bounded"

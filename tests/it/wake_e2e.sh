@@ -149,7 +149,7 @@ kill -HUP "$DS_PID" # every device re-sends TokenUpdate
 for _ in $(seq 100); do "${P[@]}" device "$e4" | grep -q "^Push  *true" && break; sleep 0.1; done
 grep -q "^Push  *true" <("${P[@]}" device "$e4") || die "TokenUpdate did not clear the stale mark"
 wait_acked "$WAKE_410B" 1 20 || die "$e4 not woken after its TokenUpdate"
-wait_acked "$WAKE_410" 1 5 || die "$e4 did not get the first command after its TokenUpdate"
+wait_acked "$WAKE_410" 1 20 || die "$e4 did not get the first command after its TokenUpdate"
 echo "ok   after the device's next TokenUpdate it is pushed and woken again"
 
 kill "$DS_PID"
