@@ -89,8 +89,11 @@ $(LIB): $(call objs,$(LIB_SRC))
 # two cores with the servers (docs/devsim.md "Session 9": -4.8 % instructions
 # per request with mimalloc).
 # The broker: docs/bus.md "Session 10, buscpu3" (-1.3 % of its loop thread's
-# instructions, peak RSS +1 MB).
-ALLOC_PROCS := gateway store broker
+# instructions, peak RSS +1 MB). Not the store: with mimalloc its rare memory
+# jump under load was larger (139 MB peak against ~85 MB with glibc's malloc,
+# docs/queue.md "Session 10, storecpu5"), for ~7 k of ~148 k instructions per
+# request.
+ALLOC_PROCS := gateway broker
 ALLOC_TOOLS := picomdm-devsim
 MIMALLOC    := $(shell $(CC) -print-file-name=libmimalloc.so.2 2>/dev/null)
 ifeq ($(VARIANT),rel)

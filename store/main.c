@@ -168,7 +168,7 @@ int main(int argc, char **argv)
         pm_error("%s", err);
         goto out;
     }
-    char alloc[64]; //  mimalloc since session 10 (Makefile ALLOC_PROCS; docs/queue.md)
+    char alloc[64]; //  glibc's; mimalloc if linked (Makefile ALLOC_PROCS; docs/queue.md)
     pm_info("allocator: %s", pm_alloc_name(alloc, sizeof alloc));
     pm_info("database %s at schema version %d (synchronous=%s, group commit %s, batch-max %lld, "
             "checkpoints %s every %lld pages, WAL writes %s)",
