@@ -236,6 +236,15 @@ static void s_expect_reply(s_fix_t *f, zsock_t *c, const char *service, const ch
     zmsg_destroy(&m);
 }
 
+//  Worker w answers (client, rid) of service "svc" with body; client socket c
+//  gets that reply.
+static void s_answer(s_fix_t *f, zsock_t *w, zsock_t *c, const char *client, const char *rid,
+                     const char *body)
+{
+    s_reply(w, client, rid, body);
+    s_expect_reply(f, c, "svc", rid, body);
+}
+
 //  m is the router's own `error` reply for `service` with this code, its
 //  message containing `text`. Returns its rid (caller frees).
 static char *s_check_error(zmsg_t *m, const char *service, const char *code, const char *text)
@@ -479,16 +488,14 @@ static void test_queue_then_dispatch(void **state)
     s_assert_service(f, "svc", 1, 2, 1, 1);
     S_STATS(f, .requests = 3, .dispatched = 1, .queued = 2);
 
-    s_reply(w, "C", "r1", "a1");
-    s_expect_reply(f, c, "svc", "r1", "a1");
+    s_answer(f, w, c, "C", "r1", "a1");
     free(s_take(f, w, "C", "b2")); //  the body waited with the request
     s_assert_service(f, "svc", 1, 1, 1, 1);
     //  DROPPED frees the slot too, and the client hears nothing for r2.
     s_send_strs(w, 4, (const char *[]){PM_BUS_WORKER_HDR, s_cmd_dropped, "C", "r2"});
     free(s_take(f, w, "C", "b3"));
     s_expect_none(f, c, 20);
-    s_reply(w, "C", "r3", "a3");
-    s_expect_reply(f, c, "svc", "r3", "a3");
+    s_answer(f, w, c, "C", "r3", "a3");
     s_assert_service(f, "svc", 1, 0, 0, 1);
     S_STATS(f, .requests = 3, .replies = 2, .dispatched = 3, .queued = 2);
     s_fix_destroy(&f);
@@ -511,23 +518,19 @@ static void test_busy_queue_full(void **state)
     s_assert_service(f, "svc", 1, 2, 1, 1);
     S_STATS(f, .requests = 4, .dispatched = 1, .queued = 2, .errors = 1);
     //  a slot frees: the queue moves and takes new requests again
-    s_reply(w, "C", "r1", "a1");
-    s_expect_reply(f, c, "svc", "r1", "a1");
+    s_answer(f, w, c, "C", "r1", "a1");
     s_take_rid(f, w, "C", "r2");
     s_request(c, "svc", "r5", "x");
     s_expect_none(f, c, 20);
     s_assert_service(f, "svc", 1, 2, 1, 1);
     //  the refused r4, retried with the same rid, is a new request: the busy
     //  answer forgot it (not dropped as a copy of one still held)
-    s_reply(w, "C", "r2", "a2");
-    s_expect_reply(f, c, "svc", "r2", "a2");
+    s_answer(f, w, c, "C", "r2", "a2");
     s_take_rid(f, w, "C", "r3");
     s_request(c, "svc", "r4", "x");
-    s_reply(w, "C", "r3", "a3");
-    s_expect_reply(f, c, "svc", "r3", "a3");
+    s_answer(f, w, c, "C", "r3", "a3");
     s_take_rid(f, w, "C", "r5");
-    s_reply(w, "C", "r5", "a5");
-    s_expect_reply(f, c, "svc", "r5", "a5");
+    s_answer(f, w, c, "C", "r5", "a5");
     s_take_rid(f, w, "C", "r4");
     s_fix_destroy(&f);
 }
@@ -618,8 +621,7 @@ static void test_worker_lost(void **state)
                  (long long)(t_lost - t_ready));
     s_assert_service(f, "svc", 1, 0, 1, 5); //  WL and its r2 stay
 
-    s_reply(live, "C", "r2", "a2");
-    s_expect_reply(f, c, "svc", "r2", "a2");
+    s_answer(f, live, c, "C", "r2", "a2");
     S_STATS(f, .requests = 3, .replies = 1, .dispatched = 3, .errors = 2, .workers_lost = 1);
 
     //  the lost worker answers late: its reply still goes to the client
@@ -667,8 +669,7 @@ static void test_disconnect(void **state)
     s_command(w1, s_cmd_disconnect);
     s_expect_error(f, c, "svc", "r1", "worker_lost", "(it said DISCONNECT)", 2000);
     s_assert_service(f, "svc", 1, 1, 1, 1);
-    s_reply(w2, "C", "r2", "a2");
-    s_expect_reply(f, c, "svc", "r2", "a2");
+    s_answer(f, w2, c, "C", "r2", "a2");
     s_take_rid(f, w2, "C", "r3");
 
     //  gone: a heartbeat from it is answered DISCONNECT (it re-registers)
@@ -724,14 +725,11 @@ static void test_duplicate(void **state)
     S_STATS(f, .requests = 5, .dispatched = 1, .queued = 2, .duplicates = 2);
     s_assert_service(f, "svc", 1, 2, 1, 1);
 
-    s_reply(w, "C1", "r1", "a");
-    s_expect_reply(f, c1, "svc", "r1", "a");
+    s_answer(f, w, c1, "C1", "r1", "a");
     s_take_rid(f, w, "C1", "q1");
-    s_reply(w, "C1", "q1", "b");
-    s_expect_reply(f, c1, "svc", "q1", "b");
+    s_answer(f, w, c1, "C1", "q1", "b");
     s_take_rid(f, w, "C2", "r1");
-    s_reply(w, "C2", "r1", "c");
-    s_expect_reply(f, c2, "svc", "r1", "c");
+    s_answer(f, w, c2, "C2", "r1", "c");
     s_expect_none(f, c1, 20);
     //  finished: the same rid again is handled afresh
     s_request(c1, "svc", "r1", "x");
@@ -816,8 +814,7 @@ static void test_bad_frames(void **state)
     //  still routing
     s_request(c, "svc", "ok1", "x");
     s_take_rid(f, w, "C", "ok1");
-    s_reply(w, "C", "ok1", "fine");
-    s_expect_reply(f, c, "svc", "ok1", "fine");
+    s_answer(f, w, c, "C", "ok1", "fine");
     s_assert_service(f, "svc", 1, 0, 0, 2);
     S_STATS(f, .requests = 1, .replies = 1, .dispatched = 1, .bad_frames = bad);
     s_fix_destroy(&f);
@@ -850,8 +847,7 @@ static void test_untracked_reply(void **state)
     s_expect_none(f, w2, 10);
     s_assert_service(f, "svc", 2, 1, 2, 2); //  nothing freed, r3 still waits
 
-    s_reply(w1, "C", "r1", "a1");
-    s_expect_reply(f, c, "svc", "r1", "a1");
+    s_answer(f, w1, c, "C", "r1", "a1");
     s_take_rid(f, w1, "C", "r3");
     s_reply(w1, "C", "r1", "again"); //  finished already
     s_expect_reply(f, c, "svc", "r1", "again");
@@ -876,8 +872,7 @@ static void test_unroutable(void **state)
     s_reply(w, "NOBODY", "r9", "lost");
     s_pump(f, 20);
     S_STATS(f, .requests = 1, .replies = 1, .dispatched = 1, .unroutable = 1);
-    s_reply(w, "C", "r1", "a");
-    s_expect_reply(f, c, "svc", "r1", "a");
+    s_answer(f, w, c, "C", "r1", "a");
     s_assert_service(f, "svc", 1, 0, 0, 2);
     s_fix_destroy(&f);
 }
@@ -923,8 +918,7 @@ static void test_reuse(void **state)
     zsock_t *w2 = s_worker(f, "W2", "svc", "2", "1000");
     s_request(c, "svc", "y1", "body-y1");
     free(s_take(f, w2, "C", "body-y1"));
-    s_reply(w2, "C", "y1", "z");
-    s_expect_reply(f, c, "svc", "y1", "z");
+    s_answer(f, w2, c, "C", "y1", "z");
     s_assert_service(f, "svc", 1, 0, 0, 2);
     s_fix_destroy(&f);
 }
@@ -964,8 +958,7 @@ static void test_worker_gone(void **state)
     s_assert_service(f, "svc", 1, 0, 3, 5);
     S_STATS(f, .requests = 4, .dispatched = 4, .errors = 1, .workers_lost = 1);
     //  queued requests are not held up by it either
-    s_reply(w1, "C", "r1", "a1");
-    s_expect_reply(f, c, "svc", "r1", "a1");
+    s_answer(f, w1, c, "C", "r1", "a1");
     s_fix_destroy(&f);
 }
 
