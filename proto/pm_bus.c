@@ -25,7 +25,14 @@
 #define S_CACHE_MAX_COUNT 20000               //  replies kept for retried rids
 #define S_CACHE_MAX_BYTES (64u * 1024 * 1024) //  and their total size
 #define S_CACHE_TTL_MS (5 * 60 * 1000)        //  and how long
-#define S_MAX_PENDING 100000                  //  client requests in flight per bus
+//  The reply cache's index: a fixed array of S_CACHE_BUCKETS chains (a power of
+//  two; ~0.6 entries per chain when full). Not czmq's zhashx: it also grows its
+//  bucket array when a lookup walks a chain longer than its limit and never
+//  shrinks it, so with ~20,000 entries and churning rids it grew to 16-64 MB
+//  in ~5 % of long runs (the store's rare memory jump; docs/queue.md,
+//  "Session 10, memjump"). 256 KiB per worker, bounded by construction.
+#define S_CACHE_BUCKETS 32768
+#define S_MAX_PENDING 100000 //  client requests in flight per bus
 
 //  An outgoing request waiting for its reply.
 typedef struct {
@@ -54,6 +61,7 @@ typedef struct s_cached {
     size_t len;
     int64_t done_at;
     struct s_cached *prev, *next; //  FIFO of finished entries (oldest first)
+    struct s_cached *hnext;       //  next in its index chain
 } s_cached_t;
 
 typedef struct {
@@ -66,7 +74,7 @@ typedef struct {
     int64_t broker_expiry; //  broker is dead if silent past this
     int64_t heartbeat_at;  //  next heartbeat we send
     bool silent;           //  broker missed 3 heartbeats (logged once per outage)
-    zhashx_t *cache;       //  rid -> s_cached_t
+    s_cached_t **index;    //  rid -> s_cached_t: S_CACHE_BUCKETS chains
     s_cached_t *oldest, *newest;
     size_t cache_count, cache_bytes;
 } s_worker_t;
@@ -405,16 +413,51 @@ static void s_cache_unlink(s_worker_t *w, s_cached_t *c)
     c->prev = c->next = NULL;
 }
 
-static void s_cached_destructor(void **item)
+static void s_cached_free(s_cached_t *c)
 {
-    s_cached_t *c = *item;
+    if (c->job)
+        c->job->cached = NULL;
+    free(c->reply);
+    free(c);
+}
+
+//  Where rid's entry is in the index: the link pointing at it, or at NULL
+//  (the end of its chain) if there is none.
+static s_cached_t **s_cache_link(s_worker_t *w, const char *rid)
+{
+    s_cached_t **pp = &w->index[pm_bus_key_hash(rid) & (S_CACHE_BUCKETS - 1)];
+    while (*pp && strcmp((*pp)->rid, rid) != 0)
+        pp = &(*pp)->hnext;
+    return pp;
+}
+
+static void s_cache_put(s_worker_t *w, s_cached_t *c)
+{
+    s_cached_t **pp = &w->index[pm_bus_key_hash(c->rid) & (S_CACHE_BUCKETS - 1)];
+    c->hnext = *pp;
+    *pp = c;
+}
+
+//  Take rid's entry out of the index and free it (nothing if absent).
+static void s_cache_delete(s_worker_t *w, const char *rid)
+{
+    s_cached_t **pp = s_cache_link(w, rid), *c = *pp;
     if (c) {
-        if (c->job)
-            c->job->cached = NULL;
-        free(c->reply);
-        free(c);
-        *item = NULL;
+        *pp = c->hnext;
+        s_cached_free(c);
     }
+}
+
+static void s_cache_destroy(s_worker_t *w)
+{
+    for (size_t i = 0; w->index && i < S_CACHE_BUCKETS; i++)
+        while (w->index[i]) {
+            s_cached_t *c = w->index[i];
+            w->index[i] = c->hnext;
+            s_cached_free(c);
+        }
+    free(w->index);
+    w->index = NULL;
 }
 
 static void s_cache_evict(s_worker_t *w, int64_t now)
@@ -425,7 +468,7 @@ static void s_cache_evict(s_worker_t *w, int64_t now)
         s_cache_unlink(w, c);
         w->cache_count--;
         w->cache_bytes -= c->len;
-        zhashx_delete(w->cache, c->rid);
+        s_cache_delete(w, c->rid);
     }
 }
 
@@ -532,7 +575,7 @@ static void s_worker_request(s_worker_t *w, zmq_msg_t *f)
         return;
     }
     const uint8_t *client = zmq_msg_data(&f[2]);
-    s_cached_t *c = zhashx_lookup(w->cache, rid);
+    s_cached_t *c = *s_cache_link(w, rid);
     if (c) {
         bus->stats.retried_jobs++;
         if (c->job) {
@@ -578,7 +621,7 @@ static void s_worker_request(s_worker_t *w, zmq_msg_t *f)
     size_t ridlen = zmq_msg_size(&f[3]); //  pm_bus_frame_str: < sizeof rid
     memcpy(c->rid, rid, ridlen + 1);
     c->job = job;
-    zhashx_insert(w->cache, c->rid, c);
+    s_cache_put(w, c);
     job->worker = w;
     job->bus = bus;
     memcpy(job->client, client, client_len);
@@ -674,12 +717,10 @@ int pm_bus_serve(pm_bus_t *bus, const char *service, pm_bus_job_fn *fn, void *ar
     memcpy(w->service, service, slen + 1);
     w->fn = fn;
     w->arg = arg;
-    w->cache = zhashx_new();
-    zhashx_set_destructor(w->cache, s_cached_destructor);
-    s_borrow_keys(w->cache);
-    w->sock = s_socket(bus, ZMQ_DEALER, bus->request_endpoint);
+    w->index = calloc(S_CACHE_BUCKETS, sizeof *w->index);
+    w->sock = w->index ? s_socket(bus, ZMQ_DEALER, bus->request_endpoint) : NULL;
     if (!w->sock) {
-        zhashx_destroy(&w->cache);
+        s_cache_destroy(w);
         free(w);
         return -1;
     }
@@ -783,7 +824,7 @@ void pm_bus_job_drop(pm_bus_job_t **jobp)
         if (job->cached) {
             job->cached->job = NULL;
             job->cached = NULL;
-            zhashx_delete(w->cache, job->rid);
+            s_cache_delete(w, job->rid);
         }
     }
     s_job_free(jobp);
@@ -1303,7 +1344,7 @@ void pm_bus_destroy(pm_bus_t **busp)
             s_worker_command(w, PM_BUS_DISCONNECT);
         }
         zsock_destroy(&w->sock);
-        zhashx_destroy(&w->cache);
+        s_cache_destroy(w);
         free(w);
     }
     if (bus->pending)

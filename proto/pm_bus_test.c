@@ -349,6 +349,43 @@ static void test_worker_reply_cache(void **state)
     zframe_destroy(&id);
 }
 
+//  The reply cache past its bound (20,000 finished entries): the oldest rid
+//  is forgotten (a retry is handled afresh), a recent one is still answered
+//  from the cache; its index is a fixed array (docs/queue.md, "Session 10,
+//  memjump"), so deletes and inserts in the same chains must keep it whole.
+static void test_worker_reply_cache_bound(void **state)
+{
+    s_fix_t *f = *state;
+    s_handler_t h = {0};
+    assert_int_equal(pm_bus_serve(f->bus, "echo", s_on_job, &h), 0);
+    zframe_t *id = s_expect_ready(f);
+    const int n = 20100;
+    char rid[32];
+    for (int i = 0; i < n; i++) {
+        snprintf(rid, sizeof rid, "r-%d", i);
+        s_request(f, id, "C1", rid, s_body(PM_MSG_ECHO, rid, NULL));
+        zmsg_t *r = s_expect(f, PM_BUS_REPLY, "C1", rid);
+        zmsg_destroy(&r);
+    }
+    assert_int_equal(h.calls, n);
+    //  the 20,000 kept are r-100 .. r-20099: the newest 2,000 and the oldest
+    //  kept are answered from the cache (no new call)
+    for (int i = n - 2000; i <= n; i++) {
+        snprintf(rid, sizeof rid, "r-%d", i < n ? i : n - 20000);
+        s_request(f, id, "C2", rid, s_body(PM_MSG_ECHO, rid, NULL));
+        zmsg_t *r = s_expect(f, PM_BUS_REPLY, "C2", rid);
+        zmsg_destroy(&r);
+    }
+    assert_int_equal(h.calls, n);
+    //  the newest evicted is handled afresh
+    snprintf(rid, sizeof rid, "r-%d", n - 20001);
+    s_request(f, id, "C2", rid, s_body(PM_MSG_ECHO, rid, NULL));
+    zmsg_t *r = s_expect(f, PM_BUS_REPLY, "C2", rid);
+    zmsg_destroy(&r);
+    assert_int_equal(h.calls, n + 1);
+    zframe_destroy(&id);
+}
+
 static void test_worker_bad_body_is_bad_request(void **state)
 {
     s_fix_t *f = *state;
@@ -1094,6 +1131,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_client_bad_reply_body, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_client_pending_bound, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_worker_reply_cache, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_worker_reply_cache_bound, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_worker_bad_body_is_bad_request, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_worker_duplicate_in_progress, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_worker_drop_frees_slot_and_forgets, s_setup,
