@@ -115,6 +115,60 @@ static void s_log_timing(const store_svc_t *svc, store_db_t *db)
             (unsigned long long)w.tidy_frames, (long long)w.tidy_frames_max);
 }
 
+//  The store's occasional memory jump (docs/queue.md, "Session 10, memjump"):
+//  once a second, RSS is read (/proc/self/status: ~4 system calls); when it
+//  is 8 MB or more above the highest figure logged so far, one line says
+//  when, with the heap, the page cache, the requests parked and the bus's
+//  counters next to it, so that a run's log dates a jump (a normal run logs
+//  ~5 such lines while its page cache and reply cache fill, to ~45 MB).
+typedef struct {
+    int64_t next_ms; //  next check (zclock_mono)
+    long logged_kb;  //  highest RSS logged (the start's at first)
+    uint64_t jobs, published;
+    int64_t since_ms; //  when the counters above were taken
+} s_memwatch_t;
+
+static void s_memwatch(s_memwatch_t *mw, const store_svc_t *svc, store_db_t *db, pm_bus_t *bus)
+{
+    int64_t now = zclock_mono();
+    if (now < mw->next_ms)
+        return;
+    mw->next_ms = now + 1000;
+    long kb = pm_alloc_rss_kb();
+    pm_bus_stats_t st;
+    pm_bus_stats(bus, &st);
+    if (kb > 0 && mw->logged_kb == 0)
+        mw->logged_kb = kb;
+    else if (kb >= mw->logged_kb + 8 * 1024) {
+        int cache = 0, hi = 0;
+        sqlite3_db_status(store_db_sqlite(db), SQLITE_DBSTATUS_CACHE_USED, &cache, &hi, 0);
+        size_t commit = 0, pcommit = 0;
+        char heap[160];
+        if (pm_alloc_committed(&commit, &pcommit) == 0)
+            snprintf(heap, sizeof heap, "mimalloc %.1f MB committed", (double)commit / 1048576.0);
+        else {
+            struct mallinfo2 mi = mallinfo2();
+            snprintf(heap, sizeof heap,
+                     "heap %.1f MB in use, %.1f MB in the arenas (%.1f MB of it free), %.1f MB "
+                     "mapped",
+                     (double)mi.uordblks / 1048576.0, (double)mi.arena / 1048576.0,
+                     (double)mi.fordblks / 1048576.0, (double)mi.hblkhd / 1048576.0);
+        }
+        double s = (double)(now - mw->since_ms) / 1000.0;
+        pm_info("memory: RSS %.1f MB, up %.1f MB since %.1f MB was logged; %s; SQLite page cache "
+                "%.1f MB; %zu requests parked; in the last %.1f s %llu requests, %llu events "
+                "published",
+                (double)kb / 1024.0, (double)(kb - mw->logged_kb) / 1024.0,
+                (double)mw->logged_kb / 1024.0, heap, (double)cache / 1048576.0,
+                store_svc_pending(svc), s, (unsigned long long)(st.jobs - mw->jobs),
+                (unsigned long long)(st.published - mw->published));
+        mw->logged_kb = kb;
+    }
+    mw->jobs = st.jobs;
+    mw->published = st.published;
+    mw->since_ms = now;
+}
+
 int main(int argc, char **argv)
 {
     pm_getpid_init(); //  getpid() without a syscall (libzmq, OpenSSL): pm_getpid.h
@@ -210,6 +264,7 @@ int main(int argc, char **argv)
         goto out;
     }
     int64_t deadline = 0; //  commit the pending requests at this time (zclock_mono)
+    s_memwatch_t mw = {0};
     while (!zsys_interrupted) {
         //  drain whatever is waiting (for up to commit-wait-ms after the
         //  first), then commit it all at once
@@ -228,6 +283,7 @@ int main(int argc, char **argv)
             deadline = 0;
         }
         pm_stats_tick(stats, bus);
+        s_memwatch(&mw, svc, db, bus);
     }
     pm_notify_stopping();
     pm_bus_stats_t st;
