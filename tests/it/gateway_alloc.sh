@@ -1,6 +1,6 @@
 #!/bin/bash
 # gateway_alloc: the rel gateway links mimalloc (Makefile ALLOC_PROCS) and
-# sets its decommit delay to 1 s at start (gateway/main.c s_alloc_tune:
+# sets its decommit delay to 1 s at start (gateway/main.c with common/pm_alloc.c pm_alloc_decommit_delay:
 # freed spans were given back to the OS 25 ms after use and faulted in
 # again by the next requests when they come spread out; docs/gateway.md,
 # "Session 9"). The value logged is read back from mimalloc.
