@@ -1301,6 +1301,19 @@ static void s_counts_zero(void)
     s_next_runs = s_ses_upserts = s_ses_updates = 0;
 }
 
+//  With the counts zeroed: one connect (status, command uuid or NULL) is
+//  answered 200 with `want` as the next command ("" for none), after `runs`
+//  Q_NEXT passes.
+static void s_connect_runs(store_db_t *db, const char *eid, const char *status, const char *uuid,
+                           const char *want, int runs)
+{
+    char next[128];
+    s_counts_zero();
+    assert_int_equal(s_connect(db, eid, status, uuid, next), 200);
+    assert_string_equal(next, want);
+    assert_int_equal(s_next_runs, runs);
+}
+
 static void test_connect_statements(void **state)
 {
     (void)state;
@@ -1312,54 +1325,30 @@ static void test_connect_statements(void **state)
     s_enqueue(db, "B", 0, 0, "d1");
     sqlite3_trace_v2(store_db_sqlite(db), SQLITE_TRACE_STMT, s_count_connect, NULL);
     //  the first connect: one pass finds A; the sessions row is created
-    s_counts_zero();
-    assert_int_equal(s_connect(db, "d1", "Idle", NULL, next), 200);
-    assert_string_equal(next, "A");
-    assert_int_equal(s_next_runs, 1);
+    s_connect_runs(db, "d1", "Idle", NULL, "A", 1);
     assert_int_equal(s_ses_upserts, 1);
     assert_int_equal(s_ses_updates, 0);
     //  A answered, B still active: one pass finds it; the row is updated
-    s_counts_zero();
-    assert_int_equal(s_connect(db, "d1", "Acknowledged", "A", next), 200);
-    assert_string_equal(next, "B");
-    assert_int_equal(s_next_runs, 1);
+    s_connect_runs(db, "d1", "Acknowledged", "A", "B", 1);
     assert_int_equal(s_ses_upserts, 0);
     assert_int_equal(s_ses_updates, 1);
     //  B answered, nothing active left: no Q_NEXT at all
-    s_counts_zero();
-    assert_int_equal(s_connect(db, "d1", "Acknowledged", "B", next), 200);
-    assert_string_equal(next, "");
-    assert_int_equal(s_next_runs, 0);
+    s_connect_runs(db, "d1", "Acknowledged", "B", "", 0);
     assert_int_equal(s_ses_updates, 1);
-    s_counts_zero();
-    assert_int_equal(s_connect(db, "d1", "Idle", NULL, next), 200);
-    assert_string_equal(next, "");
-    assert_int_equal(s_next_runs, 0);
+    s_connect_runs(db, "d1", "Idle", NULL, "", 0);
     //  NotNow (limit 1): C stays active and is demoted; both passes run and
     //  find nothing in this session; the next session's Idle gets C through
     //  the second pass; a new command D goes before the demoted C
     s_enqueue(db, "C", 0, 0, "d1");
     assert_int_equal(s_connect(db, "d1", "Idle", NULL, next), 200);
     assert_string_equal(next, "C");
-    s_counts_zero();
-    assert_int_equal(s_connect(db, "d1", "NotNow", "C", next), 200);
-    assert_string_equal(next, "");
-    assert_int_equal(s_next_runs, 2);
-    s_counts_zero();
-    assert_int_equal(s_connect(db, "d1", "Idle", NULL, next), 200);
-    assert_string_equal(next, "C");
-    assert_int_equal(s_next_runs, 2);
+    s_connect_runs(db, "d1", "NotNow", "C", "", 2);
+    s_connect_runs(db, "d1", "Idle", NULL, "C", 2);
     assert_int_equal(s_connect(db, "d1", "NotNow", "C", next), 200);
     s_enqueue(db, "D", 0, 0, "d1");
-    s_counts_zero();
-    assert_int_equal(s_connect(db, "d1", "Idle", NULL, next), 200);
-    assert_string_equal(next, "D");
-    assert_int_equal(s_next_runs, 1);
+    s_connect_runs(db, "d1", "Idle", NULL, "D", 1);
     //  D answered, only the demoted C left: both passes, C again
-    s_counts_zero();
-    assert_int_equal(s_connect(db, "d1", "Acknowledged", "D", next), 200);
-    assert_string_equal(next, "C");
-    assert_int_equal(s_next_runs, 2);
+    s_connect_runs(db, "d1", "Acknowledged", "D", "C", 2);
     //  an entry that expires: the sweep changes the active set, Q_NEXT runs as before
     s_enqueue(db, "E", 0, 1000, "d1");
     s_now += 2000;
@@ -1375,10 +1364,7 @@ static void test_connect_statements(void **state)
     s_enqueue(db, "H", 0, 0, "d2");
     assert_int_equal(s_connect(db, "d2", "Idle", NULL, next), 200);
     assert_string_equal(next, "H");
-    s_counts_zero();
-    assert_int_equal(s_connect(db, "d2", "Acknowledged", "ZZZ", next), 200);
-    assert_string_equal(next, "");
-    assert_int_equal(s_next_runs, 1);
+    s_connect_runs(db, "d2", "Acknowledged", "ZZZ", "", 1);
     sqlite3_trace_v2(store_db_sqlite(db), 0, NULL, NULL);
     //  Q_NEXT reads the command with the entry: the device's active entries in
     //  the index's order (no sort), the command by its id
