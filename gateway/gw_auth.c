@@ -1313,8 +1313,20 @@ int gw_auth_verify_signature(gw_auth_t *auth, const char *sig, size_t siglen, co
         rc = 0;
         goto out;
     }
-    content = BIO_new_mem_buf(body ? (const void *)body : "", (int)len);
+    //  The body goes to CMS_verify through a buffer filter, not as a bare
+    //  memory BIO: given a memory BIO, OpenSSL 3.0's CMS_verify makes its own
+    //  read-only copy of it and, with CMS_BINARY, does not free that copy when
+    //  CMS_dataInit fails (a SignedData with no digest algorithm, for one;
+    //  seen with Debian 12's 3.0.19, reported upstream as openssl/openssl#30471),
+    //  so any client could make the gateway leak a few hundred bytes per
+    //  request. A filter is not a memory BIO: CMS_verify reads through it and
+    //  allocates nothing of its own.
+    BIO *mem = BIO_new_mem_buf(body ? (const void *)body : "", (int)len);
+    BIO *filter = mem ? BIO_new(BIO_f_buffer()) : NULL;
+    content = filter ? BIO_push(filter, mem) : NULL;
     if (!content) {
+        BIO_free(filter);
+        BIO_free(mem);
         s_fail(res, "internal", "out of memory");
         goto out;
     }
@@ -1336,7 +1348,7 @@ out:
     sk_X509_free(signers);
     sk_X509_pop_free(certs, X509_free);
     CMS_ContentInfo_free(cms);
-    BIO_free(content);
+    BIO_free_all(content);
     free(der);
     if (rc < 0 && !res->code)
         s_fail(res, "internal", "authentication failed");
