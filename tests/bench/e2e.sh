@@ -34,6 +34,8 @@
 #   (extra picomdm-broker options)
 #   KEEP_LOGS=DIR (copy each size's server logs to DIR/<N>-*.log, and the wall
 #   clock at each phase's start to DIR/<N>-phases.txt, before they are removed)
+#   THREADS=store (default; broker, scheduler, gateway; "" for none): that
+#   process's CPU and context switches per device request by thread, per phase
 cd "$(dirname "$0")/../.."
 export BIN=${BIN:-$PWD/bin}
 SIZES=("$@")
