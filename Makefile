@@ -89,11 +89,12 @@ $(LIB): $(call objs,$(LIB_SRC))
 # two cores with the servers (docs/devsim.md "Session 9": -4.8 % instructions
 # per request with mimalloc).
 # The broker: docs/bus.md "Session 10, buscpu3" (-1.3 % of its loop thread's
-# instructions, peak RSS +1 MB). Not the store: with mimalloc its rare memory
-# jump under load was larger (139 MB peak against ~85 MB with glibc's malloc,
-# docs/queue.md "Session 10, storecpu5"), for ~7 k of ~148 k instructions per
-# request.
-ALLOC_PROCS := gateway broker
+# instructions, peak RSS +1 MB). The store: docs/queue.md "Session 11,
+# storesvc" (-3 to -5 % of its instructions per request, peak RSS +2-3 MB);
+# session 10 had taken it off because its rare memory jump was larger with
+# mimalloc, a jump since found and bounded in proto/pm_bus.c (the reply
+# cache's index, "Session 10, memjump").
+ALLOC_PROCS := gateway broker store
 ALLOC_TOOLS := picomdm-devsim
 MIMALLOC    := $(shell $(CC) -print-file-name=libmimalloc.so.2 2>/dev/null)
 ifeq ($(VARIANT),rel)

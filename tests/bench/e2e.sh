@@ -34,6 +34,8 @@
 #   (extra picomdm-broker options)
 #   KEEP_LOGS=DIR (copy each size's server logs to DIR/<N>-*.log, and the wall
 #   clock at each phase's start to DIR/<N>-phases.txt, before they are removed)
+#   THREADS=store (default; broker, scheduler, gateway; "" for none): that
+#   process's CPU and context switches per device request by thread, per phase
 cd "$(dirname "$0")/../.."
 export BIN=${BIN:-$PWD/bin}
 SIZES=("$@")
@@ -50,6 +52,23 @@ cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; } # clock ticks, user + syste
 # context switches (voluntary + involuntary) of every thread of a process: on
 # this paravirtualised VM each sleep/wake costs tens of µs, the main cost of a bus hop
 csw() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }'; }
+# per thread of a process, one line each: tid name cpu-ticks voluntary involuntary
+threads() { local t; for t in /proc/"$1"/task/*; do
+    { awk -v tid="${t##*/}" '{ i = index($0, "("); j = match($0, /\) [A-Za-z] /); c = substr($0, i + 1, j - i - 1); gsub(/ /, "_", c)
+        split(substr($0, j + 2), f, " "); printf "%s %s %d", tid, c, f[12] + f[13] }' "$t/stat"
+      awk '/^voluntary_ctxt/ { v = $2 } /^nonvoluntary_ctxt/ { n = $2 } END { printf " %d %d\n", v, n }' "$t/status"; } 2>/dev/null
+  done; }
+# THREADS=store (default; "" for none): that process's CPU and context
+# switches per device request by thread after each phase: "main" (the
+# process's first thread), the others by name (the store's checkpoint thread
+# keeps the process's name; libzmq's are ZMQbg/...), threads of one name summed
+thread_report() { # thread_report NAME BEFORE-FILE AFTER-FILE REQUESTS
+    awk -v r="$4" -v t=$tck -v who="$1" -v pid="${P[$1]}" 'NR == FNR { c[$1] = $3; v[$1] = $4; n[$1] = $5; next }
+        { k = $1 == pid ? "main" : $2; cpu[k] += $3 - c[$1]; vol[k] += $4 - v[$1]; inv[k] += $5 - n[$1]; if (!(k in seen)) { seen[k] = 1; order[++m] = k } }
+        END { line = sprintf("  %s %s threads, per device request: CPU µs, context switches voluntary/involuntary:", ph, who)
+            for (i = 1; i <= m; i++) { k = order[i]; line = line sprintf(" %s %.0f %.2f/%.2f;", k, r ? cpu[k] / t / r * 1e6 : 0, r ? vol[k] / r : 0, r ? inv[k] / r : 0) }
+            print line }' ph="$5" "$2" "$3"
+}
 declare -A P
 run_size() {
     local n=$1 ids=$T/ids-$n seed=$((7000 + $1))
@@ -70,6 +89,8 @@ run_size() {
         declare -A c0
         declare -A s0
         for k in "${!P[@]}"; do c0[$k]=$(cpu "${P[$k]}"); s0[$k]=$(csw "${P[$k]}"); done
+        local tw=${THREADS-store}
+        [ -z "$tw" ] || threads "${P[$tw]}" >"$T/threads0"
         local perf_pid=
         [ -z "${KEEP_LOGS:-}" ] || echo "$name $(date +%s.%N)" >>"$KEEP_LOGS/$n-phases.txt"
         if [ -n "${PERF:-}" ] && [ "$PERF" != devsim ]; then # PERF=gateway: perf record that process (perf report -i perf-<name>.data)
@@ -98,6 +119,7 @@ run_size() {
             line+=" $k $(awk -v d=$(($(csw "${P[$k]}") - s0[$k])) -v r=$reqs 'BEGIN { printf "%.1f", r ? d / r : 0 }')"
         done
         echo "$line"
+        [ -z "$tw" ] || { threads "${P[$tw]}" >"$T/threads1"; thread_report "$tw" "$T/threads0" "$T/threads1" "$reqs" "$name"; }
         awk -v t=$total -v tck=$tck -v r=$reqs 'BEGIN { printf "  %s: %d device requests, server CPU %.2f s = %.0f us per device request\n", "'"$name"'", r, t / tck, r ? t / tck / r * 1e6 : 0 }'
         # the simulator's own CPU in this phase (its "devsim <phase>: cpu" line:
         # start-up and identity loading excluded), next to the server's
