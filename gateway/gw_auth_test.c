@@ -51,7 +51,10 @@ static ident_t s_make(const char *cn, const ident_t *issuer, int ca, long nb, lo
 {
     static long serial = 1;
     ident_t id;
-    id.key = rsa ? EVP_RSA_gen(2048) : EVP_EC_gen("P-256");
+    //  rsa: 1 RSA-2048, 2 Ed25519 (a key type no device enrolls with), else P-256
+    id.key = rsa == 2 ? EVP_PKEY_Q_keygen(NULL, NULL, "ED25519")
+             : rsa    ? EVP_RSA_gen(2048)
+                      : EVP_EC_gen("P-256");
     assert_non_null(id.key);
     id.cert = X509_new();
     assert_non_null(id.cert);
@@ -459,6 +462,25 @@ static void test_spki_libctx(void **state)
         assert_null(gw_auth_test_decode(f->auth, der, (size_t)n - 1, &own));
         free(longer);
         OPENSSL_free(der);
+    }
+    //  Only the RSA and EC decoders are in that context (the key types of
+    //  device certificates: SCEP, ACME): a certificate with another key type
+    //  is decoded by d2i_X509 instead, the same certificate with the same key
+    {
+        ident_t ed = s_make("device-ed25519", &f->ca, 0, -3600, 86400, 2);
+        unsigned char *der = NULL;
+        int n = i2d_X509(ed.cert, &der);
+        assert_true(n > 0);
+        bool own = true;
+        X509 *x = gw_auth_test_decode(f->auth, der, (size_t)n, &own);
+        assert_non_null(x);
+        assert_false(own);
+        assert_int_equal(X509_cmp(x, ed.cert), 0);
+        assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(x), ed.key), 1);
+        assert_int_equal(X509_verify(x, X509_get0_pubkey(f->ca.cert)), 1);
+        X509_free(x);
+        OPENSSL_free(der);
+        s_free(&ed);
     }
     //  end to end through the cache: EC SHA-256, RSA SHA-256 and SHA-1, all on
     //  the kept contexts of keys from that context
