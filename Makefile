@@ -93,7 +93,9 @@ $(LIB): $(call objs,$(LIB_SRC))
 # jump under load was larger (139 MB peak against ~85 MB with glibc's malloc,
 # docs/queue.md "Session 10, storecpu5"), for ~7 k of ~148 k instructions per
 # request.
-ALLOC_PROCS := gateway broker
+# The ca: OpenSSL makes ~1,200 allocations per enrollment there (a PKCSReq ~980,
+# a profile ~220); docs/enrollment.md "Session 11, cacpu" has the figures.
+ALLOC_PROCS := gateway broker ca
 ALLOC_TOOLS := picomdm-devsim
 MIMALLOC    := $(shell $(CC) -print-file-name=libmimalloc.so.2 2>/dev/null)
 ifeq ($(VARIANT),rel)
