@@ -226,13 +226,13 @@ static int s_certrep(ca_scep_t *s, const s_req_t *q, int status, int fail_info,
     const ca_scep_nids_t *n = ca_scep_nids();
     int flags = PKCS7_BINARY | PKCS7_NOSMIMECAP | PKCS7_PARTIAL | (content ? 0 : PKCS7_DETACHED);
     PKCS7 *p7 = PKCS7_sign(NULL, NULL, NULL, NULL, flags);
-    BIO *p7bio = NULL;
+    BIO *in = content ? BIO_new_mem_buf(content, clen) : BIO_new(BIO_s_mem());
     uint8_t *der = NULL;
     int rc = -1;
     PKCS7_SIGNER_INFO *si =
-        p7 ? PKCS7_sign_add_signer(p7, ca_pki_ra_cert(s->pki), ca_pki_ra_key(s->pki), q->md,
-                                   PKCS7_BINARY | PKCS7_NOSMIMECAP)
-           : NULL;
+        p7 && in ? PKCS7_sign_add_signer(p7, ca_pki_ra_cert(s->pki), ca_pki_ra_key(s->pki), q->md,
+                                         PKCS7_BINARY | PKCS7_NOSMIMECAP)
+                 : NULL;
     uint8_t nonce[16];
     char num[16];
     bool ok = si && RAND_bytes(nonce, sizeof nonce) == 1;
@@ -248,14 +248,7 @@ static int s_certrep(ca_scep_t *s, const s_req_t *q, int status, int fail_info,
     ok = ok && s_add_octet_attr(si, n->sender_nonce, nonce, sizeof nonce) == 0;
     if (q->nonce_len > 0)
         ok = ok && s_add_octet_attr(si, n->recipient_nonce, q->nonce, q->nonce_len) == 0;
-    //  PKCS7_final(p7, content, PKCS7_BINARY) without its copy of the
-    //  content through a buffering BIO (SMIME_crlf_copy): the content is
-    //  written into the signing chain at once, then flushed and signed
-    ok = ok && (p7bio = PKCS7_dataInit(p7, NULL)) != NULL &&
-         (clen == 0 || BIO_write(p7bio, content, clen) == clen);
-    if (ok)
-        (void)BIO_flush(p7bio);
-    ok = ok && PKCS7_dataFinal(p7, p7bio) == 1;
+    ok = ok && PKCS7_final(p7, in, PKCS7_BINARY) == 1;
     int len = ok ? i2d_PKCS7(p7, &der) : -1;
     if (len <= 0) {
         s_http_error(r, 500, "cannot build the CertRep (OpenSSL failed)");
@@ -267,7 +260,7 @@ static int s_certrep(ca_scep_t *s, const s_req_t *q, int status, int fail_info,
     rc = s_set_body(r, 200, "application/x-pki-message", der, (size_t)len);
 out:
     OPENSSL_free(der);
-    BIO_free_all(p7bio);
+    BIO_free(in);
     PKCS7_free(p7);
     ERR_clear_error();
     return rc;
