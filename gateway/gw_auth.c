@@ -228,9 +228,9 @@ out:
  *  out (test_spki_libctx; the differential test compares it with the plain
  *  d2i path), ~0.66 M instructions instead of ~1.15 M with 12 decoders
  *  (session 6, measured in a loop), 0.24 M (RSA) / 0.44 M (EC) with 2
- *  (session 11; 0.42 M / 0.66 M with 12). A certificate whose key this way leaves
- *  undecoded is decoded again with d2i_X509, so no certificate is refused
- *  for want of a decoder here. Everything done with such a certificate later (its chain,
+ *  (session 11; 0.42 M / 0.66 M with 12). A certificate whose key this
+ *  way leaves undecoded is decoded again with d2i_X509, so no certificate
+ *  is refused for want of a decoder here. Everything done with such a certificate later (its chain,
  *  the signature) fetches from that context, i.e. from the default
  *  provider through the forwarder. Without a default provider in the
  *  default context (another provider configuration) this is off.
