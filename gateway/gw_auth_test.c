@@ -51,7 +51,12 @@ static ident_t s_make(const char *cn, const ident_t *issuer, int ca, long nb, lo
 {
     static long serial = 1;
     ident_t id;
-    id.key = rsa ? EVP_RSA_gen(2048) : EVP_EC_gen("P-256");
+    //  rsa: 1 RSA-2048, 2 Ed25519 (a key type no device enrolls with), 3 an
+    //  EC key on the SM2 curve, else P-256
+    id.key = rsa == 3   ? EVP_EC_gen("SM2")
+             : rsa == 2 ? EVP_PKEY_Q_keygen(NULL, NULL, "ED25519")
+             : rsa      ? EVP_RSA_gen(2048)
+                        : EVP_EC_gen("P-256");
     assert_non_null(id.key);
     id.cert = X509_new();
     assert_non_null(id.cert);
@@ -459,6 +464,49 @@ static void test_spki_libctx(void **state)
         assert_null(gw_auth_test_decode(f->auth, der, (size_t)n - 1, &own));
         free(longer);
         OPENSSL_free(der);
+    }
+    //  Only the RSA and EC decoders are in that context (the key types of
+    //  device certificates: SCEP, ACME): a certificate with another key type
+    //  is decoded by d2i_X509 instead, the same certificate with the same key
+    {
+        ident_t ed = s_make("device-ed25519", &f->ca, 0, -3600, 86400, 2);
+        unsigned char *der = NULL;
+        int n = i2d_X509(ed.cert, &der);
+        assert_true(n > 0);
+        bool own = true;
+        X509 *x = gw_auth_test_decode(f->auth, der, (size_t)n, &own);
+        assert_non_null(x);
+        assert_false(own);
+        assert_int_equal(X509_cmp(x, ed.cert), 0);
+        assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(x), ed.key), 1);
+        assert_int_equal(X509_verify(x, X509_get0_pubkey(f->ca.cert)), 1);
+        X509_free(x);
+        OPENSSL_free(der);
+        s_free(&ed);
+    }
+    //  An id-ecPublicKey key on the SM2 curve: the EC decoder makes it an
+    //  SM2 key, as d2i_X509 (with the SM2 decoder) does
+    {
+        ident_t sm = s_make("device-sm2", &f->ca, 0, -3600, 86400, 3);
+        unsigned char *der = NULL;
+        int n = i2d_X509(sm.cert, &der);
+        assert_true(n > 0);
+        bool own = false;
+        X509 *x = gw_auth_test_decode(f->auth, der, (size_t)n, &own);
+        const unsigned char *p = der;
+        X509 *y = d2i_X509(NULL, &p, n);
+        assert_non_null(x);
+        assert_non_null(y);
+        assert_true(own);
+        assert_int_equal(EVP_PKEY_is_a(X509_get0_pubkey(x), "SM2"),
+                         EVP_PKEY_is_a(X509_get0_pubkey(y), "SM2"));
+        assert_int_equal(EVP_PKEY_is_a(X509_get0_pubkey(x), "EC"),
+                         EVP_PKEY_is_a(X509_get0_pubkey(y), "EC"));
+        assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(x), X509_get0_pubkey(y)), 1);
+        X509_free(x);
+        X509_free(y);
+        OPENSSL_free(der);
+        s_free(&sm);
     }
     //  end to end through the cache: EC SHA-256, RSA SHA-256 and SHA-1, all on
     //  the kept contexts of keys from that context
