@@ -14,7 +14,10 @@
 # inclusive and self, per device request. The callgrind file is kept in OUT.
 #   tests/bench/gw_callgrind.sh [N]     (default 300)
 #   BIN=... (another build), OUT=/tmp/gw_callgrind (where the profile goes),
-#   CONCURRENCY=32, TOP=40 (functions listed), GW_ARGS="..." (gateway options)
+#   CONCURRENCY=32, TOP=40 (functions listed), GW_ARGS="..." (gateway options),
+#   CG_ARGS="..." (more valgrind options, e.g. "--toggle-collect=EVP_PKEY_verify
+#   --toggle-collect=SSL_do_handshake": the profile without the ECDSA
+#   verification and the handshakes, whose self costs then list what is left)
 cd "$(dirname "$0")/../.."
 export BIN=${BIN:-$PWD/bin}
 N=${1:-300}
@@ -33,7 +36,7 @@ gw_store
 gw_scheduler --log-level warn
 W=$T/wrapbin
 mkdir -p "$W"
-printf '#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file=%s/callgrind.%%p "%s/picomdm-gateway" "$@"\n' \
+printf '#!/bin/sh\nexec valgrind --tool=callgrind ${CG_ARGS:-} --callgrind-out-file=%s/callgrind.%%p "%s/picomdm-gateway" "$@"\n' \
     "$OUT" "$BIN" >"$W/picomdm-gateway"
 chmod +x "$W/picomdm-gateway"
 RBIN=$BIN
