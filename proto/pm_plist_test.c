@@ -785,6 +785,56 @@ static void test_text_check_bytes(void **state)
     assert_int_equal(seen_bad, 100 * (29 + 128));
 }
 
+//  Element names, classified once per tag since session 11: every name
+//  and near misses of each (a letter short, one more, the same length with
+//  another last letter or case, a prefix of another), opening and closing.
+static void test_element_names(void **state)
+{
+    (void)state;
+    static const char *const near[] = {
+        "plis",   "plists",  "Plist", "dic",   "dicts",   "Dict",   "arra",  "arrays",
+        "ke",     "keys",    "Key",   "strin", "strings", "intege", "int",   "rea",
+        "reals",  "dat",     "dates", "datas", "tru",     "truex",  "fals",  "falsey",
+        "d",      "da",      "date_", "x",     "dicx",    "plisT",  "arraY", "kez",
+        "strinG", "integeR", "reaL",  "datE",  "dataa",   "truE",   "falsE"};
+    char doc[200], err[256];
+    uint8_t *out = NULL;
+    size_t outlen = 0;
+    for (size_t i = 0; i < sizeof near / sizeof *near; i++) {
+        snprintf(doc, sizeof doc, "<plist version=\"1.0\"><array><%s/></array></plist>", near[i]);
+        assert_int_equal(
+            pm_plist_to_msgpack(doc, strlen(doc), NULL, &out, &outlen, err, sizeof err), -1);
+        if (!strstr(err, "unknown element"))
+            fail_msg("<%s/>: %s", near[i], err);
+        snprintf(doc, sizeof doc, "<plist version=\"1.0\"><array></%s></plist>", near[i]);
+        assert_int_equal(
+            pm_plist_to_msgpack(doc, strlen(doc), NULL, &out, &outlen, err, sizeof err), -1);
+        if (!strstr(err, "mismatched") && !strstr(err, "unknown element"))
+            fail_msg("</%s>: %s", near[i], err);
+    }
+    static const struct {
+        const char *value;
+        const char *type; //  pm_plist_type_name of the element inside the array
+    } ok[] = {{"<dict/>", "dictionary"},        {"<array/>", "array"},
+              {"<string>s</string>", "string"}, {"<integer>1</integer>", "integer"},
+              {"<real>1.5</real>", "real"},     {"<date>2024-01-02T03:04:05Z</date>", "date"},
+              {"<data>QUJD</data>", "data"},    {"<true/>", "boolean"},
+              {"<false/>", "boolean"}};
+    for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+        snprintf(doc, sizeof doc, "<plist version=\"1.0\"><array>%s</array></plist>", ok[i].value);
+        plist_t root = NULL;
+        if (pm_plist_parse(doc, strlen(doc), NULL, &root, err, sizeof err) != 0)
+            fail_msg("%s: %s", ok[i].value, err);
+        assert_string_equal(pm_plist_type_name(plist_array_get_item(root, 0)), ok[i].type);
+        plist_free(root);
+    }
+    //  a closing tag of another known element
+    const char *cross = "<plist version=\"1.0\"><dict></array></plist>";
+    assert_int_equal(
+        pm_plist_to_msgpack(cross, strlen(cross), NULL, &out, &outlen, err, sizeof err), -1);
+    assert_non_null(strstr(err, "mismatched"));
+}
+
 static void test_bad_xml(void **state)
 {
     (void)state;
@@ -1235,6 +1285,7 @@ int main(void)
         cmocka_unit_test(test_deep_xml),
         cmocka_unit_test(test_bad_xml),
         cmocka_unit_test(test_text_check_bytes),
+        cmocka_unit_test(test_element_names),
         cmocka_unit_test(test_truncated_xml),
         cmocka_unit_test(test_bin_cycles_and_trailers),
         cmocka_unit_test(test_bin_bad_objects),
