@@ -117,6 +117,12 @@ X509 *gw_auth_test_decode(gw_auth_t *auth, const uint8_t *der, size_t len, bool 
 //  compares full SHA-256s), to show that sharing a set is never a hit.
 void gw_auth_test_const_der_key(gw_auth_t *auth, bool on);
 
+//  Whether in[0..len) is base64 in one piece (only the 64 letters, a multiple
+//  of 4 long, '=' only as the last one or two characters; *pad = their
+//  number): such a Mdm-Signature is decoded with EVP_DecodeBlock, anything
+//  else with OpenSSL's streaming decoder. Public for its test.
+bool gw_auth_b64_plain(const char *in, size_t len, size_t *pad);
+
 //  Signatures checked without CMS_verify's set-up (signed attributes and one
 //  digest algorithm; the same checks, see gw_auth.c s_verify_lean), so far.
 uint64_t gw_auth_lean_checks(const gw_auth_t *auth);

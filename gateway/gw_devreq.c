@@ -140,7 +140,8 @@ int gw_devreq_parse(const uint8_t *body, size_t len, size_t body_max, bool is_se
     s_key(&obj, "UserID", uid, sizeof uid);
     s_key(&obj, "UserShortName", ushort, sizeof ushort);
     //  only whether UserLongName is there matters (macOS vs Shared iPad)
-    snprintf(ulong, sizeof ulong, "%s", pm_mp_get(&obj, "UserLongName") ? "y" : "");
+    ulong[0] = pm_mp_get(&obj, "UserLongName") ? 'y' : '\0';
+    ulong[1] = '\0';
     s_key(&obj, "EnrollmentID", enr, sizeof enr);
     s_key(&obj, "EnrollmentUserID", enru, sizeof enru);
     gw_eid_keys_t keys = {udid, uid, ushort, ulong, enr, enru};

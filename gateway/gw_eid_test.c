@@ -102,6 +102,24 @@ static void test_bad(void **state)
     assert_int_equal(strlen(eid), 2 * GW_EID_PART_MAX + 1);
     //  a small buffer is an error, not an overflow
     assert_int_equal(gw_eid_derive(&k, eid, 16, &kind, err, sizeof err), -1);
+    //  the edge, both forms (copied, not formatted, since session 11): the id
+    //  and its NUL fit exactly; one byte less is an error, the byte past the
+    //  buffer untouched
+    gw_eid_keys_t one = {.udid = "UDID-1"}, two = {.udid = "UDID-1", .user_id = "U-22"};
+    const gw_eid_keys_t *ks[] = {&one, &two};
+    const char *want[] = {"UDID-1", "UDID-1:U-22"};
+    for (size_t i = 0; i < 2; i++) {
+        size_t n = strlen(want[i]);
+        char small[32];
+        memset(small, '#', sizeof small);
+        assert_int_equal(gw_eid_derive(ks[i], small, n + 1, &kind, err, sizeof err), 0);
+        assert_string_equal(small, want[i]);
+        assert_int_equal(small[n + 1], '#');
+        memset(small, '#', sizeof small);
+        assert_int_equal(gw_eid_derive(ks[i], small, n, &kind, err, sizeof err), -1);
+        assert_non_null(strstr(err, "does not fit"));
+        assert_int_equal(small[n], '#');
+    }
 }
 
 int main(void)

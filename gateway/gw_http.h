@@ -17,6 +17,9 @@ void gw_http_send(struct evhttp_request *req, int code, const char *ctype, const
 void gw_http_send_text(struct evhttp_request *req, int code, const char *text);
 //  503 with Retry-After: the client should come back later, not give up.
 void gw_http_send_503(struct evhttp_request *req, int retry_after_s, const char *text);
+//  Tests only: false leaves the Date and Content-Length lines to evhttp, as
+//  before session 11 (gw_http.c s_std_headers), to compare the two.
+void gw_http_test_own_headers(bool on);
 
 //  Metrics hooks (gw_admin.c; the gateway is single-threaded): `answered` sees
 //  every answer sent through gw_http_send (before it is sent), `latency` the

@@ -45,6 +45,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 const pm_plist_limits_t pm_plist_default_limits = {
     .max_bytes = 8u * 1024 * 1024,
@@ -132,6 +135,29 @@ static size_t s_utf8_next(const uint8_t *s, size_t n, uint32_t *cp)
     return len;
 }
 
+//  How many bytes from s[0] on (at most n) are printable ASCII (0x20..0x7F),
+//  16 at a time: a device's XML body is that but for a line break and a tab
+//  or two per line, and every request's body goes through s_text_check
+//  (~4,800 instructions per request byte by byte under callgrind;
+//  docs/gateway.md, "Session 11, gwcpu6").
+static size_t s_ascii_run(const uint8_t *s, size_t n)
+{
+    size_t i = 0;
+#if defined(__SSE2__)
+    const __m128i lo = _mm_set1_epi8(0x1F);
+    for (; i + 16 <= n; i += 16) {
+        //  signed: 0x80..0xFF are negative, so "> 0x1F" is 0x20..0x7F
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+        unsigned m = (unsigned)_mm_movemask_epi8(_mm_cmpgt_epi8(v, lo)) ^ 0xFFFFu;
+        if (m)
+            return i + (size_t)__builtin_ctz(m);
+    }
+#endif
+    while (i < n && s[i] >= 0x20 && s[i] < 0x80)
+        i++;
+    return i;
+}
+
 //  0 if s[0..n) is UTF-8 made only of XML characters; else -1 and *bad = offset.
 static int s_text_check(const uint8_t *s, size_t n, size_t *bad)
 {
@@ -140,7 +166,7 @@ static int s_text_check(const uint8_t *s, size_t n, size_t *bad)
         uint32_t c;
         size_t k;
         if (s[i] >= 0x20 && s[i] < 0x80) { //  fast path: printable ASCII
-            i++;
+            i += s_ascii_run(s + i, n - i);
             continue;
         }
         k = s_utf8_next(s + i, n - i, &c);
@@ -306,6 +332,40 @@ typedef struct {
     uint8_t kind;
     uint8_t want_value; //  dict: a <key> was read; plist: its value was read
 } s_xframe_t;
+
+//  The elements of an Apple XML plist. The name is classified once per tag
+//  (it was compared with strcmp up to 14 times: ~2,500 instructions per
+//  device request; docs/gateway.md, "Session 11, gwcpu6").
+typedef enum {
+    S_EL_UNKNOWN,
+    S_EL_PLIST,
+    S_EL_DICT,
+    S_EL_ARRAY,
+    S_EL_KEY, //  S_EL_KEY and after: leaves
+    S_EL_STRING,
+    S_EL_INTEGER,
+    S_EL_REAL,
+    S_EL_DATE,
+    S_EL_DATA,
+    S_EL_TRUE,
+    S_EL_FALSE,
+} s_el_t;
+
+static s_el_t s_el_kind(const char *name, size_t nl)
+{
+    static const struct {
+        const char *name;
+        s_el_t el;
+    } els[] = {{"plist", S_EL_PLIST}, {"dict", S_EL_DICT},     {"array", S_EL_ARRAY},
+               {"key", S_EL_KEY},     {"string", S_EL_STRING}, {"integer", S_EL_INTEGER},
+               {"real", S_EL_REAL},   {"date", S_EL_DATE},     {"data", S_EL_DATA},
+               {"true", S_EL_TRUE},   {"false", S_EL_FALSE}};
+    for (size_t i = 0; i < sizeof els / sizeof *els; i++)
+        if (els[i].name[0] == name[0] && strlen(els[i].name) == nl &&
+            memcmp(els[i].name, name, nl) == 0)
+            return els[i].el;
+    return S_EL_UNKNOWN;
+}
 
 static const char *const s_doctypes[] = {
     "<!DOCTYPE plist PUBLIC \"-//Apple//DTD PLIST 1.0//EN\" "
@@ -491,10 +551,10 @@ static bool s_xml_b64_ok(const char *t, size_t n)
 }
 
 //  Leaf element content t[0..n) for element `name`.
-static int s_xml_leaf(s_xml_t *x, const char *name, const char *t, size_t n)
+static int s_xml_leaf(s_xml_t *x, s_el_t el, const char *name, const char *t, size_t n)
 {
     bool ok;
-    if (!strcmp(name, "string") || !strcmp(name, "key")) {
+    if (el == S_EL_STRING || el == S_EL_KEY) {
         ok = true;
         for (size_t i = 0; i < n && ok; i++) {
             if (t[i] == '&') {
@@ -506,13 +566,13 @@ static int s_xml_leaf(s_xml_t *x, const char *name, const char *t, size_t n)
                 ok = false; //  "]]>" is not allowed in XML text
             }
         }
-    } else if (!strcmp(name, "integer")) {
+    } else if (el == S_EL_INTEGER) {
         ok = s_xml_int_ok(t, n);
-    } else if (!strcmp(name, "real")) {
+    } else if (el == S_EL_REAL) {
         ok = s_xml_real_ok(t, n);
-    } else if (!strcmp(name, "date")) {
+    } else if (el == S_EL_DATE) {
         ok = s_xml_date_ok(t, n);
-    } else if (!strcmp(name, "data")) {
+    } else if (el == S_EL_DATA) {
         ok = s_xml_b64_ok(t, n);
     } else { //  true, false
         ok = n == 0;
@@ -559,16 +619,6 @@ static int s_xml_attrs(s_xml_t *x)
         if (x->p < x->end && !s_is_ws(*x->p) && *x->p != '>' && *x->p != '/')
             return s_xfail(x, "bad attribute");
     }
-}
-
-static bool s_is_leaf(const char *name)
-{
-    static const char *const leaves[] = {"key",  "string", "integer", "real",
-                                         "date", "data",   "true",    "false"};
-    for (size_t i = 0; i < sizeof leaves / sizeof *leaves; i++)
-        if (!strcmp(name, leaves[i]))
-            return true;
-    return false;
 }
 
 //  Misc between elements: comments anywhere outside leaves, the XML
@@ -663,6 +713,7 @@ static int s_xml_scan(const char *data, size_t len, const pm_plist_limits_t *lim
             name[nl++] = *x.p++;
         }
         name[nl] = 0;
+        s_el_t el = nl ? s_el_kind(name, nl) : S_EL_UNKNOWN;
 
         if (closing) {
             while (x.p < x.end && s_is_ws(*x.p))
@@ -673,8 +724,8 @@ static int s_xml_scan(const char *data, size_t len, const pm_plist_limits_t *lim
             if (sp == 0)
                 return s_xfail(&x, "unbalanced closing tag");
             s_xframe_t *top = &stack[sp - 1];
-            static const char *const cname[] = {"plist", "dict", "array"};
-            if (strcmp(name, cname[top->kind]))
+            static const s_el_t cel[] = {S_EL_PLIST, S_EL_DICT, S_EL_ARRAY};
+            if (el != cel[top->kind])
                 return s_xfail(&x, "mismatched closing tag");
             if (top->kind == S_C_DICT && top->want_value)
                 return s_xfail(&x, "<key> without a value");
@@ -685,10 +736,10 @@ static int s_xml_scan(const char *data, size_t len, const pm_plist_limits_t *lim
             continue;
         }
 
-        bool is_plist = !strcmp(name, "plist");
-        bool is_cont = !strcmp(name, "dict") || !strcmp(name, "array");
-        bool is_key = !strcmp(name, "key");
-        if (!is_plist && !is_cont && !s_is_leaf(name))
+        bool is_plist = el == S_EL_PLIST;
+        bool is_cont = el == S_EL_DICT || el == S_EL_ARRAY;
+        bool is_key = el == S_EL_KEY;
+        if (el == S_EL_UNKNOWN)
             return s_xfail(&x, "unknown element");
         if (is_plist) {
             if (sp != 0)
@@ -745,7 +796,7 @@ static int s_xml_scan(const char *data, size_t len, const pm_plist_limits_t *lim
                       x.max_depth, (size_t)(x.p - x.s));
                 return -1;
             }
-            stack[sp++] = (s_xframe_t){!strcmp(name, "dict") ? S_C_DICT : S_C_ARRAY, 0};
+            stack[sp++] = (s_xframe_t){el == S_EL_DICT ? S_C_DICT : S_C_ARRAY, 0};
             continue;
         }
         //  a leaf: text up to the next '<', then exactly its closing tag
@@ -760,7 +811,7 @@ static int s_xml_scan(const char *data, size_t len, const pm_plist_limits_t *lim
             size_t cn = nl + 2;
             if ((size_t)(x.end - x.p) < cn || x.p[1] != '/' || memcmp(x.p + 2, name, nl) != 0)
                 return s_xfail(&x, "markup inside a value (comments and CDATA are not accepted)");
-            if (s_xml_leaf(&x, name, t, (size_t)(q - t)) < 0)
+            if (s_xml_leaf(&x, el, name, t, (size_t)(q - t)) < 0)
                 return -1;
             x.p += cn;
             while (x.p < x.end && s_is_ws(*x.p))
@@ -768,7 +819,7 @@ static int s_xml_scan(const char *data, size_t len, const pm_plist_limits_t *lim
             if (x.p >= x.end || *x.p != '>')
                 return s_xfail(&x, "bad closing tag");
             x.p++;
-        } else if (!strcmp(name, "integer") || !strcmp(name, "real") || !strcmp(name, "date")) {
+        } else if (el == S_EL_INTEGER || el == S_EL_REAL || el == S_EL_DATE) {
             return s_xfail(&x, "empty number or date");
         } else if (is_key) {
             return s_xfail(&x, "<key/> (libplist 2.2 needs <key></key>)");

@@ -730,6 +730,111 @@ static void test_deep_xml(void **state)
     assert_non_null(strstr(s_errbuf, "values"));
 }
 
+//  The text check (16 bytes at a time where SSE2 is there, since session
+//  11) against the rule written out plainly: every byte value at every
+//  position of a 100-byte string value, so in every place of a 16-byte
+//  block: the UTF-8 error exactly for the bytes XML text cannot carry alone
+//  (C0 controls but tab, LF, CR; 0x80..0xFF), with the right offset; and a
+//  two- and a three-byte character at every position are text.
+static void test_text_check_bytes(void **state)
+{
+    (void)state;
+    static const char head[] = "<plist version=\"1.0\"><string>", tail[] = "</string></plist>";
+    char doc[256], err[256];
+    size_t hl = strlen(head), tl = strlen(tail), seen_bad = 0;
+    for (size_t pos = 0; pos < 100; pos++) {
+        for (int b = 0; b < 256; b++) {
+            memcpy(doc, head, hl);
+            memset(doc + hl, 'a', 100);
+            doc[hl + pos] = (char)b;
+            memcpy(doc + hl + 100, tail, tl);
+            size_t len = hl + 100 + tl;
+            uint8_t *out = NULL;
+            size_t outlen = 0;
+            err[0] = 0;
+            int rc = pm_plist_to_msgpack(doc, len, &pm_plist_default_limits, &out, &outlen, err,
+                                         sizeof err);
+            free(out);
+            bool bad = (b < 0x20 && b != '\t' && b != '\n' && b != '\r') || b >= 0x80;
+            char want[64];
+            snprintf(want, sizeof want, "UTF-8 or a character XML cannot carry at byte %zu ",
+                     hl + pos);
+            if (bad != (strstr(err, want) != NULL) || (bad && rc == 0))
+                fail_msg("byte 0x%02x at %zu: rc %d, err '%s'", b, pos, rc, err);
+            seen_bad += bad;
+            if (!bad && b != '<' && b != '&' && b != '>')
+                assert_int_equal(rc, 0);
+        }
+        static const char *const multi[] = {"\xc3\xa9", "\xe2\x82\xac"};
+        for (size_t m = 0; m < 2; m++) {
+            size_t ml = strlen(multi[m]);
+            if (pos + ml > 100)
+                continue;
+            memcpy(doc, head, hl);
+            memset(doc + hl, 'a', 100);
+            memcpy(doc + hl + pos, multi[m], ml);
+            memcpy(doc + hl + 100, tail, tl);
+            uint8_t *out = NULL;
+            size_t outlen = 0;
+            if (pm_plist_to_msgpack(doc, hl + 100 + tl, &pm_plist_default_limits, &out, &outlen,
+                                    err, sizeof err) != 0)
+                fail_msg("%zu-byte character at %zu refused: %s", ml, pos, err);
+            free(out);
+        }
+    }
+    assert_int_equal(seen_bad, 100 * (29 + 128));
+}
+
+//  Element names, classified once per tag since session 11: every name
+//  and near misses of each (a letter short, one more, the same length with
+//  another last letter or case, a prefix of another), opening and closing.
+static void test_element_names(void **state)
+{
+    (void)state;
+    static const char *const near[] = {
+        "plis",   "plists",  "Plist", "dic",   "dicts",   "Dict",   "arra",  "arrays",
+        "ke",     "keys",    "Key",   "strin", "strings", "intege", "int",   "rea",
+        "reals",  "dat",     "dates", "datas", "tru",     "truex",  "fals",  "falsey",
+        "d",      "da",      "date_", "x",     "dicx",    "plisT",  "arraY", "kez",
+        "strinG", "integeR", "reaL",  "datE",  "dataa",   "truE",   "falsE"};
+    char doc[200], err[256];
+    uint8_t *out = NULL;
+    size_t outlen = 0;
+    for (size_t i = 0; i < sizeof near / sizeof *near; i++) {
+        snprintf(doc, sizeof doc, "<plist version=\"1.0\"><array><%s/></array></plist>", near[i]);
+        assert_int_equal(
+            pm_plist_to_msgpack(doc, strlen(doc), NULL, &out, &outlen, err, sizeof err), -1);
+        if (!strstr(err, "unknown element"))
+            fail_msg("<%s/>: %s", near[i], err);
+        snprintf(doc, sizeof doc, "<plist version=\"1.0\"><array></%s></plist>", near[i]);
+        assert_int_equal(
+            pm_plist_to_msgpack(doc, strlen(doc), NULL, &out, &outlen, err, sizeof err), -1);
+        if (!strstr(err, "mismatched") && !strstr(err, "unknown element"))
+            fail_msg("</%s>: %s", near[i], err);
+    }
+    static const struct {
+        const char *value;
+        const char *type; //  pm_plist_type_name of the element inside the array
+    } ok[] = {{"<dict/>", "dictionary"},        {"<array/>", "array"},
+              {"<string>s</string>", "string"}, {"<integer>1</integer>", "integer"},
+              {"<real>1.5</real>", "real"},     {"<date>2024-01-02T03:04:05Z</date>", "date"},
+              {"<data>QUJD</data>", "data"},    {"<true/>", "boolean"},
+              {"<false/>", "boolean"}};
+    for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+        snprintf(doc, sizeof doc, "<plist version=\"1.0\"><array>%s</array></plist>", ok[i].value);
+        plist_t root = NULL;
+        if (pm_plist_parse(doc, strlen(doc), NULL, &root, err, sizeof err) != 0)
+            fail_msg("%s: %s", ok[i].value, err);
+        assert_string_equal(pm_plist_type_name(plist_array_get_item(root, 0)), ok[i].type);
+        plist_free(root);
+    }
+    //  a closing tag of another known element
+    const char *cross = "<plist version=\"1.0\"><dict></array></plist>";
+    assert_int_equal(
+        pm_plist_to_msgpack(cross, strlen(cross), NULL, &out, &outlen, err, sizeof err), -1);
+    assert_non_null(strstr(err, "mismatched"));
+}
+
 static void test_bad_xml(void **state)
 {
     (void)state;
@@ -1171,13 +1276,22 @@ static void test_speed_app_list(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_seed_plists),     cmocka_unit_test(test_schema_samples),
-        cmocka_unit_test(test_integers),        cmocka_unit_test(test_reals_and_scalars),
-        cmocka_unit_test(test_dates),           cmocka_unit_test(test_from_msgpack_rejects),
-        cmocka_unit_test(test_deep_xml),        cmocka_unit_test(test_bad_xml),
-        cmocka_unit_test(test_truncated_xml),   cmocka_unit_test(test_bin_cycles_and_trailers),
-        cmocka_unit_test(test_bin_bad_objects), cmocka_unit_test(test_bin_deep_and_wide),
-        cmocka_unit_test(test_bin_truncated),   cmocka_unit_test(test_speed_app_list),
+        cmocka_unit_test(test_seed_plists),
+        cmocka_unit_test(test_schema_samples),
+        cmocka_unit_test(test_integers),
+        cmocka_unit_test(test_reals_and_scalars),
+        cmocka_unit_test(test_dates),
+        cmocka_unit_test(test_from_msgpack_rejects),
+        cmocka_unit_test(test_deep_xml),
+        cmocka_unit_test(test_bad_xml),
+        cmocka_unit_test(test_text_check_bytes),
+        cmocka_unit_test(test_element_names),
+        cmocka_unit_test(test_truncated_xml),
+        cmocka_unit_test(test_bin_cycles_and_trailers),
+        cmocka_unit_test(test_bin_bad_objects),
+        cmocka_unit_test(test_bin_deep_and_wide),
+        cmocka_unit_test(test_bin_truncated),
+        cmocka_unit_test(test_speed_app_list),
     };
     if (getenv("PM_PLIST_BENCH")) {
         const struct CMUnitTest bench[] = {cmocka_unit_test(test_speed_app_list)};
