@@ -74,10 +74,16 @@ static void s_write_now(struct bufferevent *bev, struct evbuffer *out, const uns
 }
 
 static bool s_own_headers = true;
+static unsigned long s_own_lines; //  header lines s_std_headers added (tests)
 
 void gw_http_test_own_headers(bool on)
 {
     s_own_headers = on;
+}
+
+unsigned long gw_http_test_own_lines(void)
+{
+    return s_own_lines;
 }
 
 //  The Date and Content-Length header lines evhttp adds to an HTTP/1.1
@@ -107,8 +113,8 @@ static void s_std_headers(struct evhttp_request *req, int code)
         }
         s_date_at = now;
     }
-    if (!evhttp_find_header(h, "Date"))
-        evhttp_add_header(h, "Date", s_date);
+    if (!evhttp_find_header(h, "Date") && evhttp_add_header(h, "Date", s_date) == 0)
+        s_own_lines++;
     bool needs_body = code != 204 && code != 304 && (code < 100 || code >= 200) &&
                       evhttp_request_get_command(req) != EVHTTP_REQ_HEAD;
     if (needs_body && !evhttp_find_header(h, "Transfer-Encoding") &&
@@ -119,7 +125,8 @@ static void s_std_headers(struct evhttp_request *req, int code)
         do
             *--p = (char)('0' + n % 10);
         while ((n /= 10) != 0);
-        evhttp_add_header(h, "Content-Length", p);
+        if (evhttp_add_header(h, "Content-Length", p) == 0)
+            s_own_lines++;
     }
 }
 

@@ -20,6 +20,9 @@ void gw_http_send_503(struct evhttp_request *req, int retry_after_s, const char 
 //  Tests only: false leaves the Date and Content-Length lines to evhttp, as
 //  before session 11 (gw_http.c s_std_headers), to compare the two.
 void gw_http_test_own_headers(bool on);
+//  Tests only: how many Date and Content-Length lines gw_http has added
+//  itself so far (evhttp adds any it did not).
+unsigned long gw_http_test_own_lines(void);
 
 //  Metrics hooks (gw_admin.c; the gateway is single-threaded): `answered` sees
 //  every answer sent through gw_http_send (before it is sent), `latency` the
