@@ -8,7 +8,9 @@
 # its device keys, N devices enroll from the enrollment URL (profile + SCEP +
 # Authenticate + TokenUpdate, 3 TLS connections each), and the counters are
 # dumped. Prints the instructions per enrollment per process and keeps the
-# dumps (cg.<binary>.<pid>.1) for callgrind_annotate:
+# dumps (cg.<binary>.<pid>.1) for callgrind_annotate, in OUTDIR (default a new
+# /tmp/enroll_cg.XXXXXX, kept and named at the end; earlier dumps in a reused
+# OUTDIR are removed first):
 #   ENROLL_BENCH_KEYS=/tmp/ekeys tests/bench/enroll_callgrind.sh [OUTDIR]
 #   callgrind_annotate --inclusive=yes OUTDIR/cg.picomdm-ca.*.1 | head -60
 # ENROLL_CG_N (50 enrollments), ENROLL_CG_CONC (8 at once),
@@ -17,6 +19,7 @@ set -u
 cd "$(dirname "$0")/../.." || exit 1
 SRC_BIN=${BIN:-$PWD/bin}
 OUT=${1:-$(mktemp -d /tmp/enroll_cg.XXXXXX)}
+mkdir -p "$OUT" && rm -f "$OUT"/cg.*
 N=${ENROLL_CG_N:-50}
 CONC=${ENROLL_CG_CONC:-8}
 KEYS=${ENROLL_BENCH_KEYS:-$OUT/keys}

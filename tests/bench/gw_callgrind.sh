@@ -65,8 +65,8 @@ wait "$GW_PID" 2>/dev/null
 f=$(ls -t "$OUT"/callgrind.*.[0-9]* 2>/dev/null | head -1)
 [ -n "$f" ] || fail "no callgrind dump in $OUT"
 cp "$f" "$OUT/session.callgrind"
-callgrind_annotate --inclusive=yes --auto=no --threshold=100 "$f" >"$OUT/inclusive.txt" 2>/dev/null
-callgrind_annotate --auto=no --threshold=100 "$f" >"$OUT/self.txt" 2>/dev/null
+callgrind_annotate --inclusive=yes --auto=no --threshold=100 --show-percs=no "$f" >"$OUT/inclusive.txt" 2>/dev/null
+callgrind_annotate --auto=no --threshold=100 --show-percs=no "$f" >"$OUT/self.txt" 2>/dev/null
 incl() { # the inclusive count of a function (first match, summed over its objects)
     awk -v fn="$1" '$3 ~ ("^[^:]*:" fn "$") { gsub(",", "", $1); s += $1 } END { print s + 0 }' "$OUT/inclusive.txt"
 }
