@@ -43,14 +43,8 @@ cleanup() {
 }
 trap cleanup EXIT
 PORT=$(free_port) || { echo "no free port found"; exit 1; }
-PICOMDM_ENROLL_BASIC_AUTH= "$OUT/bin/picomdm" up --data-dir "$T/var" --bin-dir "$OUT/bin" \
-    --listen "127.0.0.1:$PORT" --stop-timeout 10000 --log-level warn >"$T/up.log" 2>&1 &
-UP_PID=$!
-export PICOMDM_CONFIG=$T/var/run/picomdm.cfg
-TLS=$T/var/pki/tls.crt
-URL=https://localhost:$PORT
-health() { curl -sf --cacert "$TLS" "$URL/scep?operation=GetCACaps" 2>/dev/null | grep -q POSTPKIOperation; }
-wait_for 120 health || { echo "the server did not come up:"; tail -20 "$T/up.log"; exit 1; }
+PICOMDM_ENROLL_BASIC_AUTH= up_enroll_server "$OUT/bin" 10000 120 --log-level warn ||
+    { echo "the server did not come up:"; tail -20 "$T/up.log"; exit 1; }
 sim() { # $1 devices, $2 concurrency, $3 seed, then more options
     local n=$1 c=$2 seed=$3
     shift 3

@@ -48,14 +48,8 @@ trap cleanup EXIT
 . tests/it/common.inc
 
 PORT=$(free_port) || { echo "no free port found"; exit 1; }
-PICOMDM_ENROLL_BASIC_AUTH= "$BIN/picomdm" up --data-dir "$T/var" --bin-dir "$BIN" \
-    --listen "127.0.0.1:$PORT" --stop-timeout 3000 --log-level warn >"$T/up.log" 2>&1 &
-UP_PID=$!
-export PICOMDM_CONFIG=$T/var/run/picomdm.cfg
-TLS=$T/var/pki/tls.crt
-URL=https://localhost:$PORT
-health() { curl -sf --cacert "$TLS" "$URL/scep?operation=GetCACaps" 2>/dev/null | grep -q POSTPKIOperation; }
-wait_for 30 health || { echo "the server did not come up:"; tail -20 "$T/up.log"; exit 1; }
+PICOMDM_ENROLL_BASIC_AUTH= up_enroll_server "$BIN" 3000 30 --log-level warn ||
+    { echo "the server did not come up:"; tail -20 "$T/up.log"; exit 1; }
 
 # CPU ticks (user + system) of every process `picomdm up` supervises
 server_ticks() {
