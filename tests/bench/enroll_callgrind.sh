@@ -56,7 +56,7 @@ sim 1 1 7000 >"$T/warm.out" 2>&1 || { echo "the warm-up enrollment failed:"; tai
 cg_pids() { pgrep -f "valgrind.*callgrind-out-file=$OUT/cg\\."; }
 sim "$N" "$CONC" 9000 --go-file "$T/go" >"$T/ds.out" 2>"$T/ds.err" &
 DS=$!
-n=0; while ! grep -q "device keys" "$T/ds.out" && kill -0 $DS 2>/dev/null && [ $n -lt 12000 ]; do sleep 0.05; n=$((n + 1)); done
+n=0; while ! grep -qs "device keys" "$T/ds.out" && kill -0 $DS 2>/dev/null && [ $n -lt 12000 ]; do sleep 0.05; n=$((n + 1)); done
 for p in $(cg_pids); do callgrind_control -z "$p" >/dev/null 2>&1; done
 touch "$T/go"
 wait $DS
