@@ -8,6 +8,7 @@
  *                                    stdout, without the bus (static challenge only)
  */
 #include "ca_svc.h"
+#include "pm_alloc.h"
 #include "pm_bus.h"
 #include "pm_cfg.h"
 #include "pm_getpid.h"
@@ -487,8 +488,10 @@ int main(int argc, char **argv)
         rc = 2;
         goto out;
     }
-    pm_info("device CA %s ready (SCEP %s, challenge %s)", o.pki.ca_cert,
-            ca_pki_has_ra(ca_svc_pki(svc)) ? "via RSA RA" : "by the CA", mode);
+    char alloc[64]; //  glibc's; mimalloc if linked (Makefile ALLOC_PROCS)
+    pm_info("device CA %s ready (SCEP %s, challenge %s, allocator: %s)", o.pki.ca_cert,
+            ca_pki_has_ra(ca_svc_pki(svc)) ? "via RSA RA" : "by the CA", mode,
+            pm_alloc_name(alloc, sizeof alloc));
     if (r == PM_CFG_CHECK) {
         printf("ok\n");
         rc = 0;
