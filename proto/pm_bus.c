@@ -421,11 +421,17 @@ static void s_cached_free(s_cached_t *c)
     free(c);
 }
 
+//  The head of rid's chain in the index.
+static s_cached_t **s_cache_chain(s_worker_t *w, const char *rid)
+{
+    return &w->index[pm_bus_key_hash(rid) & (S_CACHE_BUCKETS - 1)];
+}
+
 //  Where rid's entry is in the index: the link pointing at it, or at NULL
 //  (the end of its chain) if there is none.
 static s_cached_t **s_cache_link(s_worker_t *w, const char *rid)
 {
-    s_cached_t **pp = &w->index[pm_bus_key_hash(rid) & (S_CACHE_BUCKETS - 1)];
+    s_cached_t **pp = s_cache_chain(w, rid);
     while (*pp && strcmp((*pp)->rid, rid) != 0)
         pp = &(*pp)->hnext;
     return pp;
@@ -433,7 +439,7 @@ static s_cached_t **s_cache_link(s_worker_t *w, const char *rid)
 
 static void s_cache_put(s_worker_t *w, s_cached_t *c)
 {
-    s_cached_t **pp = &w->index[pm_bus_key_hash(c->rid) & (S_CACHE_BUCKETS - 1)];
+    s_cached_t **pp = s_cache_chain(w, c->rid);
     c->hnext = *pp;
     *pp = c;
 }

@@ -128,6 +128,30 @@ typedef struct {
     int64_t since_ms; //  when the counters above were taken
 } s_memwatch_t;
 
+//  Where the store's memory is now: mimalloc's committed memory when it is
+//  linked, else glibc's arenas (all threads); and SQLite's page cache of the
+//  store's connection. For the memory lines of s_memwatch and the exit.
+static void s_heap_text(char *buf, size_t size, store_db_t *db)
+{
+    int cache = 0, hi = 0;
+    sqlite3_db_status(store_db_sqlite(db), SQLITE_DBSTATUS_CACHE_USED, &cache, &hi, 0);
+    size_t commit = 0, pcommit = 0;
+    if (pm_alloc_committed(&commit, &pcommit) == 0) {
+        snprintf(buf, size,
+                 "mimalloc: %.1f MB reserved and committed now, peak %.1f MB; SQLite page cache "
+                 "%.1f MB",
+                 (double)commit / 1048576.0, (double)pcommit / 1048576.0,
+                 (double)cache / 1048576.0);
+    } else {
+        struct mallinfo2 mi = mallinfo2();
+        snprintf(buf, size,
+                 "heap now %.1f MB in use, %.1f MB free in the arenas, %.1f MB mapped; SQLite "
+                 "page cache %.1f MB",
+                 (double)mi.uordblks / 1048576.0, (double)mi.fordblks / 1048576.0,
+                 (double)mi.hblkhd / 1048576.0, (double)cache / 1048576.0);
+    }
+}
+
 static void s_memwatch(s_memwatch_t *mw, const store_svc_t *svc, store_db_t *db, pm_bus_t *bus)
 {
     int64_t now = zclock_mono();
@@ -140,27 +164,14 @@ static void s_memwatch(s_memwatch_t *mw, const store_svc_t *svc, store_db_t *db,
     if (kb > 0 && mw->logged_kb == 0)
         mw->logged_kb = kb;
     else if (kb >= mw->logged_kb + 8 * 1024) {
-        int cache = 0, hi = 0;
-        sqlite3_db_status(store_db_sqlite(db), SQLITE_DBSTATUS_CACHE_USED, &cache, &hi, 0);
-        size_t commit = 0, pcommit = 0;
-        char heap[160];
-        if (pm_alloc_committed(&commit, &pcommit) == 0)
-            snprintf(heap, sizeof heap, "mimalloc %.1f MB committed", (double)commit / 1048576.0);
-        else {
-            struct mallinfo2 mi = mallinfo2();
-            snprintf(heap, sizeof heap,
-                     "heap %.1f MB in use, %.1f MB in the arenas (%.1f MB of it free), %.1f MB "
-                     "mapped",
-                     (double)mi.uordblks / 1048576.0, (double)mi.arena / 1048576.0,
-                     (double)mi.fordblks / 1048576.0, (double)mi.hblkhd / 1048576.0);
-        }
+        char heap[192];
+        s_heap_text(heap, sizeof heap, db);
         double s = (double)(now - mw->since_ms) / 1000.0;
-        pm_info("memory: RSS %.1f MB, up %.1f MB since %.1f MB was logged; %s; SQLite page cache "
-                "%.1f MB; %zu requests parked; in the last %.1f s %llu requests, %llu events "
-                "published",
+        pm_info("memory: RSS %.1f MB, up %.1f MB since %.1f MB was logged; %s; %zu requests "
+                "parked; in the last %.1f s %llu requests, %llu events published",
                 (double)kb / 1024.0, (double)(kb - mw->logged_kb) / 1024.0,
-                (double)mw->logged_kb / 1024.0, heap, (double)cache / 1048576.0,
-                store_svc_pending(svc), s, (unsigned long long)(st.jobs - mw->jobs),
+                (double)mw->logged_kb / 1024.0, heap, store_svc_pending(svc), s,
+                (unsigned long long)(st.jobs - mw->jobs),
                 (unsigned long long)(st.published - mw->published));
         mw->logged_kb = kb;
     }
@@ -303,27 +314,11 @@ int main(int argc, char **argv)
                 cpu, (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6,
                 (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6,
                 st.jobs ? cpu / (double)st.jobs * 1e6 : 0.0, ru.ru_nvcsw, ru.ru_nivcsw);
-        //  memory: the peak, and where the heap is now (malloc's arenas, all
-        //  threads, or mimalloc's committed memory; SQLite's page cache of the
-        //  store's connection)
-        int cache = 0, hi = 0;
-        sqlite3_db_status(store_db_sqlite(db), SQLITE_DBSTATUS_CACHE_USED, &cache, &hi, 0);
-        size_t commit = 0, pcommit = 0;
-        long rss_kb = pm_alloc_rss_kb();
-        if (pm_alloc_committed(&commit, &pcommit) == 0) {
-            pm_info("memory: peak RSS %.1f MB, now %.1f MB; mimalloc: %.1f MB reserved and "
-                    "committed now, peak %.1f MB; SQLite page cache %.1f MB",
-                    (double)ru.ru_maxrss / 1024.0, (double)rss_kb / 1024.0,
-                    (double)commit / 1048576.0, (double)pcommit / 1048576.0,
-                    (double)cache / 1048576.0);
-        } else {
-            struct mallinfo2 mi = mallinfo2();
-            pm_info("memory: peak RSS %.1f MB, now %.1f MB; heap now %.1f MB in use, %.1f MB "
-                    "free in the arenas, %.1f MB mapped; SQLite page cache %.1f MB",
-                    (double)ru.ru_maxrss / 1024.0, (double)rss_kb / 1024.0,
-                    (double)mi.uordblks / 1048576.0, (double)mi.fordblks / 1048576.0,
-                    (double)mi.hblkhd / 1048576.0, (double)cache / 1048576.0);
-        }
+        //  memory: the peak, and where it is now
+        char heap[192];
+        s_heap_text(heap, sizeof heap, db);
+        pm_info("memory: peak RSS %.1f MB, now %.1f MB; %s", (double)ru.ru_maxrss / 1024.0,
+                (double)pm_alloc_rss_kb() / 1024.0, heap);
     }
     rc = 0;
 out:
