@@ -95,8 +95,16 @@ static void s_run(bool thread, bool sync_full, int txs)
     if (thread) {
         assert_true(st.tidy + st.handover_wins >= 1); //  the WAL started over at the cap
         //  session 6: at the cap the thread hands over (store_ckpt_hold); the
-        //  store's thread waits for each hand-over at most once
-        assert_true(st.handovers >= 1);
+        //  store's thread waits for each hand-over at most once. A hand-over
+        //  is asked for only while the thread is not copying; with synced
+        //  commits it keeps up, so there is one. A writer without syncs can
+        //  find the thread copying at every commit of the window: then the
+        //  store's thread takes over at twice the cap instead (a tidy), and
+        //  either way the WAL started over (asserted above)
+        if (sync_full)
+            assert_true(st.handovers >= 1);
+        else
+            assert_true(st.handovers + st.tidy >= 1);
         assert_true(st.hold_waits <= st.handovers);
         //  (whether a hand-over wins, i.e. the thread's checkpoint ends within
         //  the store's 4 ms wait, depends on the disk's sync time: printed
